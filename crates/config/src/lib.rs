@@ -1,0 +1,12 @@
+//! Switchyard's configuration: the YAML schema ([`model`]), loading with precise errors
+//! ([`load`]), and the cross-reference checks that make a config safe to swap in ([`validate`]).
+
+mod error;
+pub mod load;
+pub mod locate;
+pub mod model;
+pub mod validate;
+
+pub use error::{nearest, ConfigError, ConfigErrors};
+pub use load::{load_file, parse};
+pub use model::*;

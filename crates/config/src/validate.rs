@@ -1,0 +1,241 @@
+//! Checks that need the whole document: names are unique, routes point at pools that exist,
+//! durations are positive, patterns compile. A config that passes is safe to swap in.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use crate::error::{nearest, ConfigError};
+use crate::locate::Locations;
+use crate::model::Config;
+
+struct Checker<'a> {
+    file: &'a Path,
+    locations: &'a Locations,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, path: String, message: impl Into<String>) -> &mut ConfigError {
+        self.errors
+            .push(ConfigError::at(self.file, self.locations, &path, message.into()));
+        self.errors.last_mut().expect("just pushed")
+    }
+
+    fn positive(&mut self, path: String, d: Duration) {
+        if d.is_zero() {
+            self.error(path, "duration must be greater than zero");
+        }
+    }
+
+    fn unique<'n>(&mut self, what: &str, names: impl Iterator<Item = (String, &'n str)>) {
+        let mut seen = HashSet::new();
+        for (path, name) in names {
+            if name.is_empty() {
+                self.error(path, format!("{what} name must not be empty"));
+            } else if !seen.insert(name) {
+                self.error(path, format!("duplicate {what} name `{name}`"));
+            }
+        }
+    }
+}
+
+/// Every cross-field problem in `config`; empty when it is valid.
+pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<ConfigError> {
+    let mut c = Checker {
+        file,
+        locations,
+        errors: Vec::new(),
+    };
+
+    if config.runtime.workers == Some(0) {
+        c.error("runtime.workers".into(), "must be at least 1");
+    }
+    c.positive("runtime.drain_timeout".into(), config.runtime.drain_timeout);
+
+    c.unique(
+        "listener",
+        config
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (format!("listeners[{i}].name"), l.name.as_str())),
+    );
+    let mut addresses = HashMap::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        if let Some(other) = addresses.insert(l.address, &l.name) {
+            c.error(
+                format!("listeners[{i}].address"),
+                format!("address {} is already used by listener `{other}`", l.address),
+            );
+        }
+        if l.address == config.admin.address {
+            c.error(
+                format!("listeners[{i}].address"),
+                format!("address {} is already used by the admin listener", l.address),
+            );
+        }
+        if l.max_header_bytes < 1024 {
+            c.error(
+                format!("listeners[{i}].max_header_bytes"),
+                "must be at least 1024",
+            );
+        }
+        if l.max_headers == 0 {
+            c.error(format!("listeners[{i}].max_headers"), "must be at least 1");
+        }
+        if l.max_concurrent_streams == 0 {
+            c.error(
+                format!("listeners[{i}].max_concurrent_streams"),
+                "must be at least 1",
+            );
+        }
+        c.positive(
+            format!("listeners[{i}].header_read_timeout"),
+            l.header_read_timeout,
+        );
+        if let Some(tls) = &l.tls {
+            for (key, p) in [("cert", &tls.cert), ("key", &tls.key)] {
+                if !p.is_file() {
+                    c.error(
+                        format!("listeners[{i}].tls.{key}"),
+                        format!("file `{}` does not exist", p.display()),
+                    );
+                }
+            }
+        }
+    }
+
+    c.unique(
+        "pool",
+        config
+            .pools
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("pools[{i}].name"), p.name.as_str())),
+    );
+    for (i, p) in config.pools.iter().enumerate() {
+        c.positive(format!("pools[{i}].connect_timeout"), p.connect_timeout);
+        c.positive(format!("pools[{i}].idle_timeout"), p.idle_timeout);
+        let mut seen = HashSet::new();
+        for (j, e) in p.endpoints.iter().enumerate() {
+            if e.weight == 0 {
+                c.error(format!("pools[{i}].endpoints[{j}]"), "weight must be at least 1");
+            }
+            if !seen.insert(e.address) {
+                c.error(
+                    format!("pools[{i}].endpoints[{j}]"),
+                    format!("duplicate endpoint {}", e.address),
+                );
+            }
+        }
+    }
+
+    c.unique(
+        "route",
+        config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("routes[{i}].name"), r.name.as_str())),
+    );
+    let pool_names: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
+    for (i, r) in config.routes.iter().enumerate() {
+        if !pool_names.contains(&r.pool.as_str()) {
+            let suggestion = nearest(&r.pool, pool_names.iter().copied());
+            c.error(
+                format!("routes[{i}].pool"),
+                format!("no pool named `{}`", r.pool),
+            )
+            .suggestion = suggestion;
+        }
+        c.positive(format!("routes[{i}].timeout"), r.timeout);
+        c.positive(format!("routes[{i}].idle_timeout"), r.idle_timeout);
+        let m = &r.matcher;
+        for (key, v) in [("path", &m.path), ("path_prefix", &m.path_prefix)] {
+            if let Some(v) = v {
+                if !v.starts_with('/') {
+                    c.error(
+                        format!("routes[{i}].match.{key}"),
+                        format!("`{v}` must start with `/`"),
+                    );
+                }
+            }
+        }
+        if let Some(re) = &m.path_regex {
+            if let Err(e) = regex::Regex::new(&format!("^(?:{re})$")) {
+                c.error(
+                    format!("routes[{i}].match.path_regex"),
+                    format!("invalid regex: {e}"),
+                );
+            }
+        }
+        if let Some(method) = &m.method {
+            if method.is_empty() || !method.bytes().all(is_token_char) {
+                c.error(
+                    format!("routes[{i}].match.method"),
+                    format!("`{method}` is not an HTTP method"),
+                );
+            }
+        }
+        for name in m.headers.keys() {
+            if name.is_empty() || !name.bytes().all(is_token_char) {
+                c.error(
+                    format!("routes[{i}].match.headers"),
+                    format!("`{name}` is not a valid header name"),
+                );
+            }
+        }
+    }
+    c.errors
+}
+
+/// RFC 9110 `tchar`.
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::parse;
+    use std::path::Path;
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse(text, Path::new("c.yaml")) {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn missing_pool_points_at_route_and_suggests() {
+        let e = errors("pools: [{name: llama}]\nroutes:\n  - name: r\n    pool: lama\n");
+        assert_eq!(
+            e,
+            vec!["c.yaml:4:5: routes[0].pool: no pool named `lama` (did you mean `llama`?)"]
+        );
+    }
+
+    #[test]
+    fn duplicates_and_zero_durations() {
+        let e = errors(
+            "pools: [{name: p}, {name: p, connect_timeout: 0s}]\nroutes:\n  - {name: r, pool: p, timeout: 0s}\n",
+        );
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(e.iter().any(|m| m.contains("duplicate pool name `p`")));
+        assert!(e.iter().any(|m| m.contains("routes[0].timeout")));
+    }
+
+    #[test]
+    fn bad_regex_and_prefix() {
+        let e = errors(
+            "pools: [{name: p}]\nroutes:\n  - name: r\n    pool: p\n    match: {path_regex: '(', path_prefix: v1}\n",
+        );
+        assert_eq!(e.len(), 2, "{e:?}");
+    }
+
+    #[test]
+    fn empty_endpoints_are_valid() {
+        assert!(errors("pools: [{name: p, endpoints: []}]\n").is_empty());
+    }
+}
