@@ -1,1 +1,158 @@
-//! placeholder
+//! The admin listener: what an operator or a scraper asks the gateway about itself.
+//!
+//! - `GET /metrics`: Prometheus/OpenMetrics text
+//! - `GET /ready`: 200 once listeners are bound and config is loaded, 503 before and while draining
+//! - `GET /live`: 200 while the process runs
+//! - `GET /config`: the effective config as JSON
+//! - `GET /pools`: pools, endpoints and their live state as JSON
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use switchyard_proxy::GatewayHandle;
+use tokio::net::TcpListener;
+
+/// Shared admin state.
+pub struct Admin {
+    pub handle: Arc<GatewayHandle>,
+    pub ready: AtomicBool,
+}
+
+impl Admin {
+    pub fn new(handle: Arc<GatewayHandle>) -> Arc<Self> {
+        Arc::new(Self {
+            handle,
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// Serve admin requests on `listener` until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let admin = self.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.route(req)) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    }
+
+    fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported\n");
+        }
+        match req.uri().path() {
+            "/metrics" => {
+                let mut r = Response::new(Full::new(Bytes::from(self.handle.metrics.encode())));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                r
+            }
+            "/ready" => {
+                if self.ready.load(Ordering::SeqCst) {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                }
+            }
+            "/live" => text(StatusCode::OK, "live\n"),
+            "/config" => {
+                let g = self.handle.load();
+                json(serde_json::to_value(&*g.config).unwrap_or_default())
+            }
+            "/pools" => json(self.pools()),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found; try /metrics /ready /live /config /pools\n",
+            ),
+        }
+    }
+
+    fn pools(&self) -> serde_json::Value {
+        let g = self.handle.load();
+        let pools: Vec<_> = g
+            .pools
+            .iter()
+            .map(|p| {
+                let endpoints: Vec<_> = p
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        serde_json::json!({
+                            "address": e.address().to_string(),
+                            "weight": e.weight,
+                            "zone": e.zone,
+                            "region": e.region,
+                            "healthy": e.state.is_healthy(),
+                            "in_flight": e.state.in_flight(),
+                            "requests": e.state.requests(),
+                            "failures": e.state.failures(),
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "name": p.name(),
+                    "protocol": p.spec.protocol,
+                    "balancer": p.picker.name(),
+                    "endpoints": endpoints,
+                })
+            })
+            .collect();
+        serde_json::json!({ "pools": pools })
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json(v: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec_pretty(&v).unwrap_or_default(),
+    )));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Bind the admin address.
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}

@@ -1,1 +1,18 @@
-//! placeholder
+//! The request path: listeners ([`listener`]), one config generation ([`gateway`]), the
+//! per-request flow ([`service`]), bodies that stream with limits and timeouts ([`body`]), and the
+//! running server with reload and drain ([`server`]).
+
+pub mod body;
+pub mod error;
+pub mod gateway;
+pub mod grpc;
+pub mod headers;
+pub mod listener;
+pub mod record;
+pub mod route_match;
+pub mod server;
+pub mod service;
+pub mod tls;
+
+pub use gateway::{Gateway, GatewayHandle};
+pub use server::Server;

@@ -1,1 +1,68 @@
-fn main() {}
+//! `switchyard`: the binary. It parses the command line and wires crates together; behaviour
+//! lives in the crates.
+
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "switchyard", version, about = "Traffic platform for ML inference")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// Config file [default: ./switchyard.yaml]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file: exit 0 when valid, 1 when not.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    switchyard_telemetry::logging::init(matches!(cli.log_format, LogFormat::Json));
+    match cli.command {
+        Command::Check { config } => match switchyard_config::load_file(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Run { config } => {
+            let path = config.unwrap_or_else(|| PathBuf::from("switchyard.yaml"));
+            if !path.exists() {
+                eprintln!(
+                    "error: no config file at `{}`; pass --config FILE (see examples/switchyard.yaml)",
+                    path.display()
+                );
+                return ExitCode::from(1);
+            }
+            run::run(path)
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Endpoints and their live state. The state ([`EndpointState`]) outlives config reloads: an
+//! endpoint that stays in a pool keeps its in-flight count and health, so a reload never makes
+//! the balancer forget what it knew.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Counters and flags for one upstream address, shared by every config generation that uses it.
+#[derive(Debug)]
+pub struct EndpointState {
+    pub address: SocketAddr,
+    in_flight: AtomicU64,
+    requests: AtomicU64,
+    failures: AtomicU64,
+    healthy: AtomicBool,
+}
+
+impl EndpointState {
+    pub fn new(address: SocketAddr) -> Self {
+        Self {
+            address,
+            in_flight: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+        }
+    }
+
+    /// Count a request as started; it stays in flight until the guard drops (after the last
+    /// response byte for streams).
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Record a failed attempt (connect error, reset, timeout).
+    pub fn record_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+}
+
+/// Keeps an endpoint counted as in flight while alive.
+#[derive(Debug)]
+pub struct InFlight(Arc<EndpointState>);
+
+impl InFlight {
+    pub fn endpoint(&self) -> &Arc<EndpointState> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One endpoint as a given config generation sees it: shared state plus this config's weight and
+/// locality.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub state: Arc<EndpointState>,
+    pub weight: u32,
+    pub zone: Option<String>,
+    pub region: Option<String>,
+}
+
+impl Endpoint {
+    pub fn address(&self) -> SocketAddr {
+        self.state.address
+    }
+
+    /// Whether a picker may choose this endpoint.
+    pub fn is_available(&self) -> bool {
+        self.state.is_healthy()
+    }
+}
+
+/// Endpoint states keyed by pool and address, carried from one config generation to the next.
+#[derive(Debug, Default)]
+pub struct StateRegistry {
+    states: HashMap<(String, SocketAddr), Arc<EndpointState>>,
+}
+
+impl StateRegistry {
+    /// The existing state for `(pool, address)`, or a fresh one.
+    pub fn get_or_create(&mut self, pool: &str, address: SocketAddr) -> Arc<EndpointState> {
+        self.states
+            .entry((pool.to_string(), address))
+            .or_insert_with(|| Arc::new(EndpointState::new(address)))
+            .clone()
+    }
+
+    /// Drop states that the new generation no longer uses.
+    pub fn retain(&mut self, keep: impl Fn(&str, SocketAddr) -> bool) {
+        self.states.retain(|(pool, addr), _| keep(pool, *addr));
+    }
+}

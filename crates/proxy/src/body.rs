@@ -1,0 +1,266 @@
+//! Bodies on the request path. Both directions stream frame by frame: nothing here buffers a
+//! whole body. [`RequestBody`] enforces the route's size limit; [`UpstreamBody`] enforces the idle
+//! timeout between chunks and a gRPC call's deadline, and finishes the request's bookkeeping
+//! when the stream ends.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::record::Finish;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The request body grew past the route's `max_request_body`.
+#[derive(Debug)]
+pub struct BodyTooLarge;
+
+impl fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("request body exceeds max_request_body")
+    }
+}
+impl std::error::Error for BodyTooLarge {}
+
+/// No body bytes arrived from the upstream for `idle_timeout`.
+#[derive(Debug)]
+pub struct IdleTimeout;
+
+impl fmt::Display for IdleTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("upstream stream idle timeout")
+    }
+}
+impl std::error::Error for IdleTimeout {}
+
+/// A client's request body on its way upstream, cut off at the route's limit.
+pub struct RequestBody {
+    inner: Incoming,
+    remaining: u64,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, limit: u64) -> Self {
+        Self {
+            inner,
+            remaining: limit,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        Poll::Ready(match frame {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    if len > self.remaining {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                    self.remaining -= len;
+                }
+                Some(Ok(frame))
+            }
+            Some(Err(e)) => Some(Err(Box::new(e))),
+            None => None,
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What a client receives: a gateway-made body or a streamed upstream body.
+pub enum ResponseBody {
+    Full(Option<Bytes>),
+    Upstream(Box<UpstreamBody>),
+}
+
+impl ResponseBody {
+    pub fn empty() -> Self {
+        Self::Full(None)
+    }
+
+    pub fn full(bytes: Bytes) -> Self {
+        Self::Full(Some(bytes))
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Self::Upstream(u) => Pin::new(u.as_mut()).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Full(b) => b.is_none(),
+            Self::Upstream(u) => u.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Full(None) => SizeHint::with_exact(0),
+            Self::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Self::Upstream(u) => u.inner.size_hint(),
+        }
+    }
+}
+
+/// An upstream response body passed through frame by frame.
+///
+/// The idle timer is only armed when the upstream has nothing ready, and on each data frame we
+/// just note the time: a stream of many small SSE events costs one clock read per event, not a
+/// timer reset.
+pub struct UpstreamBody {
+    inner: Incoming,
+    idle_timeout: Duration,
+    last_activity: Instant,
+    deadline: Option<Instant>,
+    grpc: bool,
+    timer: Option<Pin<Box<Sleep>>>,
+    done: bool,
+    finish: Finish,
+}
+
+impl UpstreamBody {
+    pub fn new(
+        inner: Incoming,
+        idle_timeout: Duration,
+        deadline: Option<Instant>,
+        grpc: bool,
+        finish: Finish,
+    ) -> Self {
+        Self {
+            inner,
+            idle_timeout,
+            last_activity: Instant::now(),
+            deadline,
+            grpc,
+            timer: None,
+            done: false,
+            finish,
+        }
+    }
+
+    fn next_wake(&self) -> Instant {
+        let idle = self.last_activity + self.idle_timeout;
+        match self.deadline {
+            Some(d) if d < idle => d,
+            _ => idle,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    /// The gRPC deadline passed mid-stream: end the call the way a gRPC server would.
+    fn deadline_trailers() -> Frame<Bytes> {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("4"));
+        trailers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("deadline exceeded at gateway"),
+        );
+        Frame::trailers(trailers)
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.finish.add_bytes(data.len() as u64);
+                    this.last_activity = Instant::now();
+                }
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.done = true;
+                this.finish.fail("upstream_reset");
+                return Poll::Ready(Some(Err(Box::new(e))));
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                this.finish.complete();
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
+        }
+        loop {
+            let wake = this.next_wake();
+            let timer = this
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(wake)));
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = Instant::now();
+            if this.deadline.is_some_and(|d| now >= d) {
+                this.done = true;
+                this.finish.fail("deadline_exceeded");
+                if this.grpc {
+                    return Poll::Ready(Some(Ok(Self::deadline_trailers())));
+                }
+                return Poll::Ready(Some(Err(Box::new(IdleTimeout))));
+            }
+            if now >= this.last_activity + this.idle_timeout {
+                this.done = true;
+                this.finish.fail("idle_timeout");
+                return Poll::Ready(Some(Err(Box::new(IdleTimeout))));
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        UpstreamBody::is_end_stream(self)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

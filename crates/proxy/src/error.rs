@@ -1,0 +1,158 @@
+//! Responses the gateway makes itself. Each failure has a short snake_case `type`, an HTTP status,
+//! and for gRPC callers the matching `grpc-status` in a trailers-only response, so clients can
+//! tell a gateway failure from an upstream one and react in the right protocol.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Response, StatusCode};
+
+use crate::body::ResponseBody;
+
+/// Why the gateway answered a request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayError {
+    NoRoute,
+    NoEndpoint,
+    ConnectFailed,
+    UpstreamReset,
+    Timeout,
+    HeadersTooLarge,
+    BodyTooLarge,
+    BadRequest(&'static str),
+}
+
+impl GatewayError {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ConnectFailed | Self::UpstreamReset => StatusCode::BAD_GATEWAY,
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The `type` field of the JSON body and the `reason` metric label.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::NoRoute => "no_route",
+            Self::NoEndpoint => "no_endpoint",
+            Self::ConnectFailed => "upstream_connect_failure",
+            Self::UpstreamReset => "upstream_reset",
+            Self::Timeout => "upstream_timeout",
+            Self::HeadersTooLarge => "headers_too_large",
+            Self::BodyTooLarge => "body_too_large",
+            Self::BadRequest(_) => "bad_request",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::NoRoute => "no route matches this request",
+            Self::NoEndpoint => "the pool has no available endpoint",
+            Self::ConnectFailed => "could not connect to an upstream endpoint",
+            Self::UpstreamReset => "the upstream closed or reset the connection",
+            Self::Timeout => "the upstream did not respond in time",
+            Self::HeadersTooLarge => "request headers exceed the listener's limits",
+            Self::BodyTooLarge => "request body exceeds the route's max_request_body",
+            Self::BadRequest(why) => why,
+        }
+    }
+
+    /// gRPC status code (as in `grpc/status.proto`) for gRPC callers.
+    pub fn grpc_status(self) -> u8 {
+        match self {
+            Self::NoRoute => 12,                                // UNIMPLEMENTED
+            Self::NoEndpoint | Self::ConnectFailed | Self::UpstreamReset => 14, // UNAVAILABLE
+            Self::Timeout => 4,                                 // DEADLINE_EXCEEDED
+            Self::HeadersTooLarge | Self::BodyTooLarge => 8,    // RESOURCE_EXHAUSTED
+            Self::BadRequest(_) => 13,                          // INTERNAL
+        }
+    }
+
+    /// Build the response: JSON for HTTP callers, trailers-only for gRPC callers.
+    pub fn response(self, request_id: &HeaderValue, grpc: bool) -> Response<ResponseBody> {
+        let mut builder = Response::builder().header("x-request-id", request_id.clone());
+        if grpc {
+            builder = builder
+                .status(StatusCode::OK)
+                .header(CONTENT_TYPE, "application/grpc")
+                .header("grpc-status", self.grpc_status().to_string())
+                .header("grpc-message", percent_encode(self.message()));
+            return builder
+                .body(ResponseBody::empty())
+                .expect("static parts are valid");
+        }
+        let body = ErrorBody {
+            error: ErrorFields {
+                kind: self.kind(),
+                code: self.status().as_u16(),
+                message: self.message(),
+                request_id: request_id.to_str().unwrap_or(""),
+            },
+        };
+        let mut bytes = serde_json::to_vec(&body).expect("plain strings serialize");
+        bytes.push(b'\n');
+        builder
+            .status(self.status())
+            .header(CONTENT_TYPE, "application/json")
+            .body(ResponseBody::full(Bytes::from(bytes)))
+            .expect("static parts are valid")
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorFields<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct ErrorFields<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    code: u16,
+    message: &'static str,
+    request_id: &'a str,
+}
+
+/// gRPC's percent-encoding for `grpc-message` (spec: PROTOCOL-HTTP2, "Responses").
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn json_body_has_type_code_and_request_id() {
+        let id = HeaderValue::from_static("abc");
+        let resp = GatewayError::NoRoute.response(&id, false);
+        assert_eq!(resp.status(), 404);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["type"], "no_route");
+        assert_eq!(v["error"]["code"], 404);
+        assert_eq!(v["error"]["request_id"], "abc");
+    }
+
+    #[test]
+    fn grpc_is_trailers_only_with_status() {
+        let id = HeaderValue::from_static("abc");
+        let resp = GatewayError::Timeout.response(&id, true);
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["grpc-status"], "4");
+        assert!(http_body::Body::is_end_stream(resp.body()));
+    }
+}

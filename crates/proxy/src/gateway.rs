@@ -1,0 +1,287 @@
+//! One immutable generation of routing state, built from a [`Config`], and the handle that swaps
+//! generations atomically on reload. Requests load the current generation once and keep it, so an
+//! in-flight request finishes on the config it started with.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::uri::Authority;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use switchyard_balance::{Endpoint, Picker, StateRegistry};
+use switchyard_config::{Config, Pool, Protocol};
+use switchyard_telemetry::metrics::{PoolLabels, RequestLabels, RouteLabels, UpstreamErrorLabels};
+use switchyard_telemetry::{AccessLog, Metrics};
+
+use crate::body::RequestBody;
+use crate::route_match::RouteMatch;
+
+/// Pooled upstream connections for one pool (HTTP/1.1 keep-alive or multiplexed HTTP/2).
+pub type UpstreamClient = Client<HttpConnector, RequestBody>;
+
+/// A route, compiled.
+pub struct RouteEntry {
+    pub name: String,
+    pub matcher: RouteMatch,
+    pub pool: Arc<PoolEntry>,
+    pub timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_request_body: u64,
+    pub metrics: RouteMetrics,
+}
+
+/// Per-route metric handles, resolved once per generation so the request path never hashes
+/// label sets.
+pub struct RouteMetrics {
+    route: String,
+    pool: String,
+    family: prometheus_client::metrics::family::Family<RequestLabels, Counter>,
+    by_status: Box<[OnceLock<Counter>]>,
+    pub duration: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn new(metrics: &Metrics, route: &str, pool: &str) -> Self {
+        let duration = metrics
+            .request_duration
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+                pool: pool.to_string(),
+            })
+            .clone();
+        Self {
+            route: route.to_string(),
+            pool: pool.to_string(),
+            family: metrics.requests.clone(),
+            by_status: (100..600).map(|_| OnceLock::new()).collect(),
+            duration,
+        }
+    }
+
+    /// Count one finished request with its status.
+    pub fn count(&self, status: u16) {
+        let idx = usize::from(status.clamp(100, 599) - 100);
+        self.by_status[idx]
+            .get_or_init(|| {
+                self.family
+                    .get_or_create(&RequestLabels {
+                        route: self.route.clone(),
+                        pool: self.pool.clone(),
+                        code: status,
+                    })
+                    .clone()
+            })
+            .inc();
+    }
+
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    pub fn pool(&self) -> &str {
+        &self.pool
+    }
+}
+
+/// A pool, compiled: endpoints with live state, the picker, and the connection pool.
+pub struct PoolEntry {
+    pub spec: Pool,
+    pub endpoints: Vec<Endpoint>,
+    /// `ip:port` authority for each endpoint, prebuilt for upstream URIs.
+    pub authorities: Vec<Authority>,
+    pub picker: Arc<dyn Picker>,
+    pub client: UpstreamClient,
+    pub connect_errors: Counter,
+    pub timeouts: Counter,
+    pub resets: Counter,
+}
+
+impl PoolEntry {
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn http2(&self) -> bool {
+        self.spec.protocol == Protocol::Http2
+    }
+}
+
+/// One config generation.
+pub struct Gateway {
+    pub config: Arc<Config>,
+    pub routes: Vec<RouteEntry>,
+    pub pools: Vec<Arc<PoolEntry>>,
+    /// Route metrics for requests that matched no route.
+    pub unrouted: RouteMetrics,
+}
+
+impl Gateway {
+    pub fn route<B>(&self, req: &http::Request<B>) -> Option<&RouteEntry> {
+        self.routes.iter().find(|r| r.matcher.matches(req))
+    }
+}
+
+/// The settings that decide whether an existing connection pool can be kept across a reload.
+fn client_key(p: &Pool) -> (Protocol, Duration, Duration) {
+    (p.protocol, p.connect_timeout, p.idle_timeout)
+}
+
+fn build_client(p: &Pool) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(p.connect_timeout));
+    connector.enforce_http(true);
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_idle_timeout(p.idle_timeout)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new());
+    if p.protocol == Protocol::Http2 {
+        builder.http2_only(true);
+    }
+    builder.build(connector)
+}
+
+/// Owns the current generation and everything that must survive reloads: endpoint state,
+/// connection pools, metrics.
+pub struct GatewayHandle {
+    current: ArcSwap<Gateway>,
+    states: Mutex<StateRegistry>,
+    pub metrics: Arc<Metrics>,
+    access_log: OnceLock<AccessLog>,
+}
+
+impl GatewayHandle {
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Self>, String> {
+        let mut states = StateRegistry::default();
+        let gateway = build(config, None, &mut states, &metrics)?;
+        Ok(Arc::new(Self {
+            current: ArcSwap::from_pointee(gateway),
+            states: Mutex::new(states),
+            metrics,
+            access_log: OnceLock::new(),
+        }))
+    }
+
+    /// The current generation; hold it for the whole request.
+    pub fn load(&self) -> Arc<Gateway> {
+        self.current.load_full()
+    }
+
+    /// Build a new generation from `config` and swap it in. On error nothing changes.
+    pub fn apply(&self, config: Config) -> Result<(), String> {
+        let mut states = self.states.lock().expect("state registry lock poisoned");
+        let old = self.current.load_full();
+        let gateway = build(config, Some(&old), &mut states, &self.metrics)?;
+        states.retain(|pool, addr| {
+            gateway
+                .pools
+                .iter()
+                .any(|p| p.name() == pool && p.endpoints.iter().any(|e| e.address() == addr))
+        });
+        self.current.store(Arc::new(gateway));
+        Ok(())
+    }
+
+    /// The access log writer, started on first use (inside the runtime).
+    pub fn access_log(&self) -> &AccessLog {
+        self.access_log
+            .get_or_init(|| AccessLog::spawn(self.metrics.access_log_dropped.clone()))
+    }
+}
+
+fn build(
+    config: Config,
+    old: Option<&Gateway>,
+    states: &mut StateRegistry,
+    metrics: &Metrics,
+) -> Result<Gateway, String> {
+    let old_clients: HashMap<&str, (&Pool, &UpstreamClient)> = old
+        .map(|g| {
+            g.pools
+                .iter()
+                .map(|p| (p.name(), (&p.spec, &p.client)))
+                .collect()
+        })
+        .unwrap_or_default();
+
+    let mut pools = Vec::with_capacity(config.pools.len());
+    for p in &config.pools {
+        let endpoints: Vec<Endpoint> = p
+            .endpoints
+            .iter()
+            .map(|e| Endpoint {
+                state: states.get_or_create(&p.name, e.address),
+                weight: e.weight,
+                zone: e.zone.clone(),
+                region: e.region.clone(),
+            })
+            .collect();
+        let authorities = p
+            .endpoints
+            .iter()
+            .map(|e| Authority::try_from(e.address.to_string().as_str()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("pool `{}`: {e}", p.name))?;
+        let client = match old_clients.get(p.name.as_str()) {
+            Some((spec, client)) if client_key(spec) == client_key(p) => (*client).clone(),
+            _ => build_client(p),
+        };
+        let pool_label = PoolLabels {
+            pool: p.name.clone(),
+        };
+        let error_counter = |kind| {
+            metrics
+                .upstream_errors
+                .get_or_create(&UpstreamErrorLabels {
+                    pool: p.name.clone(),
+                    kind,
+                })
+                .clone()
+        };
+        pools.push(Arc::new(PoolEntry {
+            spec: p.clone(),
+            endpoints,
+            authorities,
+            picker: switchyard_balance::build(&p.balancer),
+            client,
+            connect_errors: metrics
+                .upstream_connect_errors
+                .get_or_create(&pool_label)
+                .clone(),
+            timeouts: error_counter("timeout"),
+            resets: error_counter("reset"),
+        }));
+    }
+
+    let mut routes = Vec::with_capacity(config.routes.len());
+    for r in &config.routes {
+        let pool = pools
+            .iter()
+            .find(|p| p.name() == r.pool)
+            .ok_or_else(|| format!("route `{}`: no pool named `{}`", r.name, r.pool))?
+            .clone();
+        routes.push(RouteEntry {
+            name: r.name.clone(),
+            matcher: RouteMatch::compile(&r.matcher)
+                .map_err(|e| format!("route `{}`: {e}", r.name))?,
+            metrics: RouteMetrics::new(metrics, &r.name, &r.pool),
+            pool,
+            timeout: r.timeout,
+            idle_timeout: r.idle_timeout,
+            max_request_body: r.max_request_body,
+        });
+    }
+
+    Ok(Gateway {
+        config: Arc::new(config),
+        routes,
+        pools,
+        unrouted: RouteMetrics::new(metrics, "", ""),
+    })
+}

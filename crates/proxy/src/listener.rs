@@ -1,0 +1,202 @@
+//! Downstream listeners: accept, optional TLS, then HTTP/1.1 or HTTP/2 on the same port (the
+//! HTTP/2 preface decides). Each connection is a task tracked for graceful drain.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
+use prometheus_client::metrics::gauge::Gauge;
+use switchyard_config::Listener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::gateway::GatewayHandle;
+use crate::service::{self, ConnContext};
+use switchyard_telemetry::metrics::ListenerLabels;
+
+/// Bind with SO_REUSEPORT so a reload can open the new socket before closing the old one, and
+/// no connection attempt is refused in between.
+pub fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
+    socket.set_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// Everything an accept loop needs.
+pub struct AcceptLoop {
+    pub spec: Listener,
+    pub socket: std::net::TcpListener,
+    pub tls: Option<TlsAcceptor>,
+    pub handle: Arc<GatewayHandle>,
+    pub tracker: TaskTracker,
+    /// Stop accepting (reload removed or changed this listener).
+    pub stop: CancellationToken,
+    /// Process shutdown: stop accepting and drain connections.
+    pub shutdown: CancellationToken,
+}
+
+fn connection_builder(spec: &Listener) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(spec.header_read_timeout)
+        .max_buf_size(spec.max_header_bytes.max(8192))
+        .max_headers(spec.max_headers)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(spec.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(spec.max_header_bytes).unwrap_or(u32::MAX))
+        // Rapid reset (CVE-2023-44487): cap streams reset before we even accepted them, and
+        // streams we had to reset for the peer's errors; past either the connection gets GOAWAY.
+        .max_pending_accept_reset_streams(Some(64))
+        .max_local_error_reset_streams(Some(256));
+    b
+}
+
+impl AcceptLoop {
+    pub async fn run(self) {
+        let listener = match TcpListener::from_std(self.socket) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(listener = %self.spec.name, error = %e, "cannot register listener");
+                return;
+            }
+        };
+        let labels = ListenerLabels {
+            listener: self.spec.name.clone(),
+        };
+        let open = self
+            .handle
+            .metrics
+            .downstream_connections
+            .get_or_create(&labels)
+            .clone();
+        let accepted = self
+            .handle
+            .metrics
+            .downstream_connections_total
+            .get_or_create(&labels)
+            .clone();
+        let builder = Arc::new(connection_builder(&self.spec));
+        let name: Arc<str> = Arc::from(self.spec.name.as_str());
+        loop {
+            let (stream, peer) = tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => break,
+                _ = self.shutdown.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(listener = %name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            accepted.inc();
+            let cx = Arc::new(ConnContext {
+                listener: name.clone(),
+                client: peer,
+                client_ip: peer.ip().to_string(),
+                https: self.tls.is_some(),
+                max_header_bytes: self.spec.max_header_bytes,
+                max_headers: self.spec.max_headers,
+                access_log: self.spec.access_log,
+            });
+            self.tracker.spawn(serve_connection(
+                stream,
+                self.tls.clone(),
+                self.spec.header_read_timeout,
+                builder.clone(),
+                self.handle.clone(),
+                cx,
+                open.clone(),
+                self.shutdown.clone(),
+            ));
+        }
+        tracing::debug!(listener = %name, "stopped accepting");
+    }
+}
+
+struct OpenGuard(Gauge);
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection(
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    handle: Arc<GatewayHandle>,
+    cx: Arc<ConnContext>,
+    open: Gauge,
+    shutdown: CancellationToken,
+) {
+    open.inc();
+    let _guard = OpenGuard(open);
+    let svc = hyper::service::service_fn(move |req| {
+        let handle = handle.clone();
+        let cx = cx.clone();
+        async move { Ok::<_, Infallible>(service::handle(&handle, &cx, req).await) }
+    });
+    match tls {
+        None => {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            drive(conn, shutdown).await;
+        }
+        Some(acceptor) => {
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+            drive(conn, shutdown).await;
+        }
+    }
+}
+
+/// Run a connection to completion; on shutdown, let in-flight requests finish first
+/// (HTTP/1: close after the current response; HTTP/2: GOAWAY).
+async fn drive<C>(conn: C, shutdown: CancellationToken)
+where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended with error");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! End-of-request bookkeeping. A [`Finish`] rides along with the response body and records
+//! metrics and the access log line when it drops, which for a stream is after its last byte (or
+//! when the client goes away), so durations and byte counts cover the whole exchange.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::{HeaderValue, Method, Version};
+use switchyard_balance::InFlight;
+use switchyard_telemetry::{AccessLog, AccessRecord};
+use tokio::time::Instant;
+
+use crate::gateway::Gateway;
+
+/// Details only kept when the listener writes an access log.
+pub struct AccessInfo {
+    pub log: AccessLog,
+    pub listener: Arc<str>,
+    pub request_id: HeaderValue,
+    pub client: SocketAddr,
+    pub method: Method,
+    pub path: String,
+    pub version: Version,
+}
+
+pub struct Finish {
+    start: Instant,
+    gateway: Arc<Gateway>,
+    route: Option<usize>,
+    status: u16,
+    bytes: u64,
+    error: Option<&'static str>,
+    upstream: Option<InFlight>,
+    access: Option<Box<AccessInfo>>,
+}
+
+impl Finish {
+    pub fn new(start: Instant, gateway: Arc<Gateway>, access: Option<Box<AccessInfo>>) -> Self {
+        Self {
+            start,
+            gateway,
+            route: None,
+            status: 0,
+            bytes: 0,
+            error: None,
+            upstream: None,
+            access,
+        }
+    }
+
+    pub fn set_route(&mut self, index: usize) {
+        self.route = Some(index);
+    }
+
+    pub fn set_upstream(&mut self, in_flight: InFlight) {
+        self.upstream = Some(in_flight);
+    }
+
+    pub fn set_status(&mut self, status: u16) {
+        self.status = status;
+    }
+
+    pub fn add_bytes(&mut self, n: u64) {
+        self.bytes += n;
+    }
+
+    /// The stream ended cleanly.
+    pub fn complete(&mut self) {}
+
+    /// The stream ended early for `reason`.
+    pub fn fail(&mut self, reason: &'static str) {
+        self.error.get_or_insert(reason);
+        if let Some(up) = &self.upstream {
+            up.endpoint().record_failure();
+        }
+    }
+
+    pub fn error(&mut self, reason: &'static str) {
+        self.error.get_or_insert(reason);
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        let elapsed = self.start.elapsed();
+        let metrics = match self.route {
+            Some(i) => &self.gateway.routes[i].metrics,
+            None => &self.gateway.unrouted,
+        };
+        metrics.count(self.status);
+        metrics.duration.observe(elapsed.as_secs_f64());
+        if let Some(a) = self.access.take() {
+            a.log.log(&AccessRecord {
+                time: SystemTime::now(),
+                listener: &a.listener,
+                request_id: a.request_id.to_str().unwrap_or(""),
+                client: a.client.to_string(),
+                method: a.method.as_str(),
+                path: &a.path,
+                protocol: match a.version {
+                    Version::HTTP_2 => "HTTP/2",
+                    Version::HTTP_10 => "HTTP/1.0",
+                    _ => "HTTP/1.1",
+                },
+                route: metrics.route(),
+                pool: metrics.pool(),
+                upstream: self.upstream.as_ref().map(|u| u.endpoint().address.to_string()),
+                status: self.status,
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                response_bytes: self.bytes,
+                error: self.error,
+            });
+        }
+    }
+}

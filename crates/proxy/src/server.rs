@@ -1,0 +1,149 @@
+//! The running gateway: current config generation, bound listeners, and the reload and drain
+//! procedures that change them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use switchyard_config::{Config, Listener};
+use switchyard_telemetry::Metrics;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::gateway::GatewayHandle;
+use crate::listener::{self, AcceptLoop};
+
+struct Running {
+    spec: Listener,
+    local_addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+/// Listeners plus the shared gateway state.
+pub struct Server {
+    pub handle: Arc<GatewayHandle>,
+    listeners: Mutex<HashMap<String, Running>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Server {
+    /// Build the first generation and bind every listener. Must run inside a Tokio runtime.
+    pub fn start(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Self>, String> {
+        let specs = config.listeners.clone();
+        let handle = GatewayHandle::new(config, metrics)?;
+        let server = Arc::new(Self {
+            handle,
+            listeners: Mutex::new(HashMap::new()),
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        });
+        server.reconcile_listeners(&specs)?;
+        Ok(server)
+    }
+
+    /// Addresses actually bound, by listener name (port 0 in config resolves here).
+    pub fn local_addrs(&self) -> HashMap<String, SocketAddr> {
+        self.listeners
+            .lock()
+            .expect("listener lock")
+            .iter()
+            .map(|(n, r)| (n.clone(), r.local_addr))
+            .collect()
+    }
+
+    /// Swap in a new config. New or changed listeners are bound first; if any bind fails the
+    /// reload is refused and the old config keeps serving.
+    pub fn reload(&self, config: Config) -> Result<(), String> {
+        let specs = config.listeners.clone();
+        let old = self.handle.load();
+        if old.config.runtime != config.runtime {
+            tracing::warn!("`runtime` settings changed; they take effect after a restart");
+        }
+        if old.config.admin != config.admin {
+            tracing::warn!("`admin` settings changed; they take effect after a restart");
+        }
+        // Bind before swapping so a failure leaves everything as it was.
+        let prepared = self.prepare_listeners(&specs)?;
+        self.handle.apply(config)?;
+        self.commit_listeners(&specs, prepared);
+        Ok(())
+    }
+
+    fn reconcile_listeners(&self, specs: &[Listener]) -> Result<(), String> {
+        let prepared = self.prepare_listeners(specs)?;
+        self.commit_listeners(specs, prepared);
+        Ok(())
+    }
+
+    /// Bind sockets for listeners that are new or whose settings changed.
+    fn prepare_listeners(&self, specs: &[Listener]) -> Result<Vec<AcceptLoop>, String> {
+        let running = self.listeners.lock().expect("listener lock");
+        let mut out = Vec::new();
+        for spec in specs {
+            if running.get(&spec.name).is_some_and(|r| r.spec == *spec) {
+                continue;
+            }
+            // Rebinding an unchanged port 0 would move it; keep the bound port on reload.
+            let address = match running.get(&spec.name) {
+                Some(r) if r.spec.address == spec.address => r.local_addr,
+                _ => spec.address,
+            };
+            let socket = listener::bind(address)
+                .map_err(|e| format!("listener `{}`: cannot bind {}: {e}", spec.name, address))?;
+            let tls = match &spec.tls {
+                Some(t) => Some(
+                    crate::tls::acceptor(t).map_err(|e| format!("listener `{}`: {e}", spec.name))?,
+                ),
+                None => None,
+            };
+            out.push(AcceptLoop {
+                spec: spec.clone(),
+                socket,
+                tls,
+                handle: self.handle.clone(),
+                tracker: self.tracker.clone(),
+                stop: CancellationToken::new(),
+                shutdown: self.shutdown.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn commit_listeners(&self, specs: &[Listener], prepared: Vec<AcceptLoop>) {
+        let mut running = self.listeners.lock().expect("listener lock");
+        for accept in prepared {
+            let local_addr = accept
+                .socket
+                .local_addr()
+                .unwrap_or(accept.spec.address);
+            tracing::info!(listener = %accept.spec.name, address = %local_addr, tls = accept.tls.is_some(), "listening");
+            let entry = Running {
+                spec: accept.spec.clone(),
+                local_addr,
+                stop: accept.stop.clone(),
+            };
+            if let Some(old) = running.insert(accept.spec.name.clone(), entry) {
+                old.stop.cancel();
+            }
+            tokio::spawn(accept.run());
+        }
+        running.retain(|name, r| {
+            let keep = specs.iter().any(|s| &s.name == name);
+            if !keep {
+                tracing::info!(listener = %name, "listener removed");
+                r.stop.cancel();
+            }
+            keep
+        });
+    }
+
+    /// Stop accepting, let in-flight requests finish for up to `drain`, and return whether
+    /// everything drained in time.
+    pub async fn shutdown(&self, drain: Duration) -> bool {
+        self.shutdown.cancel();
+        self.tracker.close();
+        tokio::time::timeout(drain, self.tracker.wait()).await.is_ok()
+    }
+}

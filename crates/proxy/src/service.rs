@@ -1,0 +1,278 @@
+//! The request path: route, pick, rewrite, forward, stream back. One function reads top to
+//! bottom in the order a request experiences it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{
+    HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TE, TRANSFER_ENCODING, UPGRADE,
+};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use switchyard_telemetry::metrics::RejectLabels;
+use tokio::time::Instant;
+
+use crate::body::{BodyTooLarge, RequestBody, ResponseBody, UpstreamBody};
+use crate::error::GatewayError;
+use crate::gateway::{Gateway, GatewayHandle};
+use crate::headers::{self, X_REQUEST_ID};
+use crate::record::{AccessInfo, Finish};
+use crate::grpc;
+
+/// What the request path needs to know about the client connection.
+pub struct ConnContext {
+    pub listener: Arc<str>,
+    pub client: SocketAddr,
+    pub client_ip: String,
+    pub https: bool,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub access_log: bool,
+}
+
+/// Serve one request. Never fails: every problem becomes a gateway response.
+pub async fn handle(
+    handle: &GatewayHandle,
+    cx: &ConnContext,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let start = Instant::now();
+    let gateway = handle.load();
+    let request_id = headers::request_id(req.headers());
+    let grpc = grpc::is_grpc(req.headers());
+    let access = cx.access_log.then(|| {
+        Box::new(AccessInfo {
+            log: handle.access_log().clone(),
+            listener: cx.listener.clone(),
+            request_id: request_id.clone(),
+            client: cx.client,
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+            version: req.version(),
+        })
+    });
+    let finish = Finish::new(start, gateway.clone(), access);
+    match forward(&gateway, cx, req, &request_id, grpc, start, finish).await {
+        Ok(resp) => resp,
+        Err((err, mut finish, close)) => {
+            let mut resp = err.response(&request_id, grpc);
+            if close {
+                resp.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            finish.set_status(resp.status().as_u16());
+            finish.error(err.kind());
+            handle
+                .metrics
+                .rejected
+                .get_or_create(&RejectLabels {
+                    listener: cx.listener.to_string(),
+                    reason: err.kind(),
+                })
+                .inc();
+            resp
+        }
+    }
+}
+
+/// Error, the request's bookkeeping, and whether to close the client connection.
+type Rejection = (GatewayError, Finish, bool);
+
+async fn forward(
+    gateway: &Gateway,
+    cx: &ConnContext,
+    mut req: Request<Incoming>,
+    request_id: &HeaderValue,
+    grpc: bool,
+    start: Instant,
+    mut finish: Finish,
+) -> Result<Response<ResponseBody>, Rejection> {
+    // 1. Limits and request shape. HTTP/1 limits are mostly enforced by the codec; this also
+    //    covers HTTP/2, whose header block arrives already decoded.
+    let head = req.headers();
+    if head.len() > cx.max_headers
+        || headers::header_bytes(head) + req.uri().to_string().len() > cx.max_header_bytes
+    {
+        return Err((GatewayError::HeadersTooLarge, finish, false));
+    }
+    if req.version() < Version::HTTP_2
+        && head.contains_key(TRANSFER_ENCODING)
+        && head.contains_key(CONTENT_LENGTH)
+    {
+        // Request smuggling shape (RFC 9112 §6.3): refuse and close, forward nothing.
+        return Err((
+            GatewayError::BadRequest("both Content-Length and Transfer-Encoding are present"),
+            finish,
+            true,
+        ));
+    }
+    let content_length = match head.get(CONTENT_LENGTH) {
+        None => None,
+        Some(v) => match v.to_str().ok().and_then(|s| s.parse::<u64>().ok()) {
+            Some(n) => Some(n),
+            None => {
+                return Err((
+                    GatewayError::BadRequest("invalid Content-Length"),
+                    finish,
+                    true,
+                ))
+            }
+        },
+    };
+
+    // 2. Route.
+    let Some((route_index, route)) = gateway
+        .routes
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.matcher.matches(&req))
+    else {
+        return Err((GatewayError::NoRoute, finish, false));
+    };
+    finish.set_route(route_index);
+    if content_length.is_some_and(|n| n > route.max_request_body) {
+        return Err((GatewayError::BodyTooLarge, finish, true));
+    }
+
+    // 3. Pick an endpoint.
+    let pool = &route.pool;
+    let Some(index) = pool.picker.pick(&pool.endpoints) else {
+        return Err((GatewayError::NoEndpoint, finish, false));
+    };
+    let endpoint = &pool.endpoints[index];
+    finish.set_upstream(endpoint.state.begin());
+
+    // 4. Rewrite for the upstream hop.
+    let upgrade = if req.version() < Version::HTTP_2 && is_upgrade(req.headers()) {
+        let protocol = req.headers().get(UPGRADE).cloned();
+        protocol.map(|p| (p, hyper::upgrade::on(&mut req)))
+    } else {
+        None
+    };
+    let (mut parts, body) = req.into_parts();
+    let wants_trailers = headers::wants_trailers(&parts.headers);
+    headers::strip_hop_by_hop(&mut parts.headers);
+    // The gateway answers `Expect: 100-continue` itself when it starts reading the body.
+    parts.headers.remove(EXPECT);
+    if let Some((protocol, _)) = &upgrade {
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(UPGRADE, protocol.clone());
+    }
+    if pool.http2() && wants_trailers {
+        parts.headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+    if !parts.headers.contains_key(HOST) {
+        if let Some(a) = parts.uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                parts.headers.insert(HOST, v);
+            }
+        }
+    }
+    headers::set_forwarded(&mut parts.headers, &cx.client_ip, cx.https);
+    parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(pool.authorities[index].clone());
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    parts.uri = Uri::from_parts(uri).expect("scheme, authority and path are set");
+    parts.version = if pool.http2() {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    let upstream_req = Request::from_parts(parts, RequestBody::new(body, route.max_request_body));
+
+    // 5. Send, bounded by the route timeout and any gRPC deadline.
+    let deadline = if grpc {
+        grpc::timeout(upstream_req.headers()).map(|d| start + d)
+    } else {
+        None
+    };
+    let headers_by = match deadline {
+        Some(d) => d.min(start + route.timeout),
+        None => start + route.timeout,
+    };
+    let result = tokio::time::timeout_at(headers_by, pool.client.request(upstream_req)).await;
+    let mut resp = match result {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => {
+            if has_source::<BodyTooLarge>(&e) {
+                return Err((GatewayError::BodyTooLarge, finish, true));
+            }
+            endpoint.state.record_failure();
+            if e.is_connect() {
+                pool.connect_errors.inc();
+                return Err((GatewayError::ConnectFailed, finish, false));
+            }
+            tracing::debug!(error = %e, upstream = %endpoint.address(), "upstream request failed");
+            pool.resets.inc();
+            return Err((GatewayError::UpstreamReset, finish, false));
+        }
+        Err(_) => {
+            endpoint.state.record_failure();
+            pool.timeouts.inc();
+            return Err((GatewayError::Timeout, finish, false));
+        }
+    };
+
+    // 6. Stream the response back.
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some((_, client_side)) = upgrade {
+            let upstream_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(tunnel(client_side, upstream_side));
+        }
+    }
+    let (mut parts, body) = resp.into_parts();
+    if parts.status != StatusCode::SWITCHING_PROTOCOLS {
+        headers::strip_hop_by_hop(&mut parts.headers);
+    }
+    parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    finish.set_status(parts.status.as_u16());
+    let body = UpstreamBody::new(body, route.idle_timeout, deadline, grpc, finish);
+    Ok(Response::from_parts(parts, ResponseBody::Upstream(Box::new(body))))
+}
+
+fn is_upgrade(h: &http::HeaderMap) -> bool {
+    h.contains_key(UPGRADE)
+        && h.get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Splice an upgraded connection (WebSocket and friends) once both sides have switched.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = tokio::join!(client, upstream);
+    match (client, upstream) {
+        (Ok(c), Ok(u)) => {
+            let mut c = TokioIo::new(c);
+            let mut u = TokioIo::new(u);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                tracing::debug!(error = %e, "upgraded tunnel closed with error");
+            }
+        }
+        (c, u) => tracing::debug!(client = c.is_ok(), upstream = u.is_ok(), "upgrade failed"),
+    }
+}
+
+fn has_source<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<E>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}

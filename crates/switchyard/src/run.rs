@@ -1,0 +1,134 @@
+//! `switchyard run`: load config, start the runtime, listeners and admin, then react to signals
+//! (SIGHUP and file changes reload; SIGTERM and SIGINT drain and exit).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_admin::Admin;
+use switchyard_config::Config;
+use switchyard_proxy::Server;
+use switchyard_telemetry::metrics::ResultLabels;
+use switchyard_telemetry::Metrics;
+use tokio::signal::unix::{signal, SignalKind};
+
+pub fn run(path: PathBuf) -> ExitCode {
+    let config = match switchyard_config::load_file(&path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(1);
+        }
+    };
+    let runtime = match config.runtime.workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(serve(path, config))
+}
+
+async fn serve(path: PathBuf, config: Config) -> ExitCode {
+    let metrics = Metrics::new();
+    let admin_address = config.admin.address;
+    let drain_timeout = config.runtime.drain_timeout;
+    let watch = config.runtime.watch_config;
+    let server = match Server::start(config, metrics) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::from(1);
+        }
+    };
+    let admin = Admin::new(server.handle.clone());
+    match switchyard_admin::bind(admin_address).await {
+        Ok(listener) => {
+            let addr = listener.local_addr().unwrap_or(admin_address);
+            tracing::info!(address = %addr, "admin listening");
+            tokio::spawn(admin.clone().serve(listener));
+        }
+        Err(e) => {
+            tracing::error!(address = %admin_address, error = %e, "cannot bind admin listener");
+            return ExitCode::from(1);
+        }
+    }
+    admin.set_ready(true);
+    tracing::info!(config = %path.display(), "ready");
+
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return ExitCode::from(1);
+    };
+    let mut last_text = std::fs::read(&path).ok();
+    let mut poll = tokio::time::interval(Duration::from_secs(1));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                last_text = std::fs::read(&path).ok();
+                reload(&server, &path);
+            }
+            _ = poll.tick(), if watch => {
+                let now = std::fs::read(&path).ok();
+                if now.is_some() && now != last_text {
+                    tracing::info!("config file changed: reloading");
+                    last_text = now;
+                    reload(&server, &path);
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!(timeout = ?drain_timeout, "draining");
+    admin.set_ready(false);
+    if server.shutdown(drain_timeout).await {
+        tracing::info!("drained; exiting");
+    } else {
+        tracing::warn!("drain timeout passed with requests still in flight; exiting");
+    }
+    ExitCode::SUCCESS
+}
+
+fn reload(server: &Arc<Server>, path: &Path) {
+    let metrics = &server.handle.metrics;
+    let result = switchyard_config::load_file(path)
+        .map_err(|e| e.to_string())
+        .and_then(|config| server.reload(config));
+    match result {
+        Ok(()) => {
+            metrics
+                .config_reloads
+                .get_or_create(&ResultLabels { result: "success" })
+                .inc();
+            tracing::info!("config reloaded");
+        }
+        Err(e) => {
+            metrics
+                .config_reloads
+                .get_or_create(&ResultLabels { result: "failure" })
+                .inc();
+            tracing::error!(error = %e, "config reload rejected; keeping the previous config");
+        }
+    }
+}

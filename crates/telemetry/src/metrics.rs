@@ -1,0 +1,158 @@
+//! Every metric Switchyard exports, named in one place. Names follow Prometheus conventions
+//! (`_total` counters, `_seconds` units); label sets are small and bounded by config (route,
+//! pool, listener names) or by fixed enums (status code, reason).
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub pool: String,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+    pub pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    pub pool: String,
+    /// `connect`, `timeout`, `reset`, `idle_timeout`
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub listener: String,
+    /// `no_route`, `header_too_large`, `body_too_large`, `bad_request`, `no_endpoint`
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `success` or `failure`
+    pub result: &'static str,
+}
+
+/// Handles to all gateway metrics plus the registry that encodes them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub upstream_connect_errors: Family<PoolLabels, Counter>,
+    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    pub downstream_connections: Family<ListenerLabels, Gauge>,
+    pub downstream_connections_total: Family<ListenerLabels, Counter>,
+    pub rejected: Family<RejectLabels, Counter>,
+    pub config_reloads: Family<ResultLabels, Counter>,
+    pub access_log_dropped: Counter,
+}
+
+fn duration_histogram() -> Histogram {
+    // 0.5 ms .. ~75 s: covers proxied API calls and long LLM streams.
+    Histogram::new(exponential_buckets(0.0005, 2.5, 14))
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::default();
+        let requests = Family::default();
+        registry.register(
+            "switchyard_requests",
+            "Requests completed, by route, pool and response status",
+            requests.clone(),
+        );
+        let request_duration =
+            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            );
+        registry.register(
+            "switchyard_request_duration_seconds",
+            "Time from request headers to the last response byte",
+            request_duration.clone(),
+        );
+        let upstream_connect_errors = Family::default();
+        registry.register(
+            "switchyard_upstream_connect_errors",
+            "Failed connection attempts to upstream endpoints",
+            upstream_connect_errors.clone(),
+        );
+        let upstream_errors = Family::default();
+        registry.register(
+            "switchyard_upstream_errors",
+            "Upstream failures by kind (connect, timeout, reset, idle_timeout)",
+            upstream_errors.clone(),
+        );
+        let downstream_connections = Family::default();
+        registry.register(
+            "switchyard_downstream_connections",
+            "Open client connections",
+            downstream_connections.clone(),
+        );
+        let downstream_connections_total = Family::default();
+        registry.register(
+            "switchyard_downstream_connections_accepted",
+            "Client connections accepted",
+            downstream_connections_total.clone(),
+        );
+        let rejected = Family::default();
+        registry.register(
+            "switchyard_requests_rejected",
+            "Requests answered by the gateway itself, by reason",
+            rejected.clone(),
+        );
+        let config_reloads = Family::default();
+        registry.register(
+            "switchyard_config_reloads",
+            "Configuration reload attempts by result",
+            config_reloads.clone(),
+        );
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "switchyard_access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            access_log_dropped.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            requests,
+            request_duration,
+            upstream_connect_errors,
+            upstream_errors,
+            downstream_connections,
+            downstream_connections_total,
+            rejected,
+            config_reloads,
+            access_log_dropped,
+        })
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
