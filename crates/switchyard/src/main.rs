@@ -37,6 +37,10 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run a fleet of simulated OpenAI-compatible model servers.
+    Sim(switchyard_sim::SimArgs),
+    /// Drive load at an OpenAI-compatible endpoint and report TTFT/ITL/goodput.
+    Bench(switchyard_bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +57,8 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Sim(args) => report(switchyard_sim::main(args)),
+        Command::Bench(args) => report(switchyard_bench::main(args)),
         Command::Run { config } => {
             let path = config.unwrap_or_else(|| PathBuf::from("switchyard.yaml"));
             if !path.exists() {
@@ -63,6 +69,16 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
             run::run(path)
+        }
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
         }
     }
 }
