@@ -63,13 +63,17 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
     );
     let mut addresses = HashMap::new();
     for (i, l) in config.listeners.iter().enumerate() {
-        if let Some(other) = addresses.insert(l.address, &l.name) {
+        // Port 0 asks the OS for a free port, so it never collides.
+        let taken = (l.address.port() != 0)
+            .then(|| addresses.insert(l.address, &l.name))
+            .flatten();
+        if let Some(other) = taken {
             c.error(
                 format!("listeners[{i}].address"),
                 format!("address {} is already used by listener `{other}`", l.address),
             );
         }
-        if l.address == config.admin.address {
+        if l.address.port() != 0 && l.address == config.admin.address {
             c.error(
                 format!("listeners[{i}].address"),
                 format!("address {} is already used by the admin listener", l.address),
