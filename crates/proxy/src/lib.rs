@@ -4,6 +4,7 @@
 
 pub mod body;
 pub mod error;
+pub mod framing_guard;
 pub mod gateway;
 pub mod grpc;
 pub mod headers;

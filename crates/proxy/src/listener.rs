@@ -16,6 +16,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::framing_guard::{FramingFlags, Guarded};
 use crate::gateway::GatewayHandle;
 use crate::service::{self, ConnContext};
 use switchyard_telemetry::metrics::ListenerLabels;
@@ -110,7 +111,9 @@ impl AcceptLoop {
             };
             let _ = stream.set_nodelay(true);
             accepted.inc();
+            let framing = Arc::new(FramingFlags::default());
             let cx = Arc::new(ConnContext {
+                framing: framing.clone(),
                 listener: name.clone(),
                 client: peer,
                 client_ip: peer.ip().to_string(),
@@ -120,7 +123,7 @@ impl AcceptLoop {
                 access_log: self.spec.access_log,
             });
             self.tracker.spawn(serve_connection(
-                stream,
+                Guarded::new(stream, framing),
                 self.tls.clone(),
                 self.spec.header_read_timeout,
                 builder.clone(),
@@ -143,7 +146,7 @@ impl Drop for OpenGuard {
 
 #[allow(clippy::too_many_arguments)]
 async fn serve_connection(
-    stream: TcpStream,
+    stream: Guarded<TcpStream>,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
     builder: Arc<auto::Builder<TokioExecutor>>,

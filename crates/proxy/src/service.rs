@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{
-    HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TE, TRANSFER_ENCODING, UPGRADE,
+    HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TE, UPGRADE,
 };
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -30,6 +30,8 @@ pub struct ConnContext {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub access_log: bool,
+    /// Set by the HTTP/1 framing guard on this connection's socket.
+    pub framing: Arc<crate::framing_guard::FramingFlags>,
 }
 
 /// Serve one request. Never fails: every problem becomes a gateway response.
@@ -91,16 +93,15 @@ async fn forward(
 ) -> Result<Response<ResponseBody>, Rejection> {
     // 1. Limits and request shape. HTTP/1 limits are mostly enforced by the codec; this also
     //    covers HTTP/2, whose header block arrives already decoded.
+    let conflicting_framing =
+        req.version() < Version::HTTP_2 && cx.framing.next_request_conflicts();
     let head = req.headers();
     if head.len() > cx.max_headers
         || headers::header_bytes(head) + req.uri().to_string().len() > cx.max_header_bytes
     {
         return Err((GatewayError::HeadersTooLarge, finish, false));
     }
-    if req.version() < Version::HTTP_2
-        && head.contains_key(TRANSFER_ENCODING)
-        && head.contains_key(CONTENT_LENGTH)
-    {
+    if conflicting_framing {
         // Request smuggling shape (RFC 9112 §6.3): refuse and close, forward nothing.
         return Err((
             GatewayError::BadRequest("both Content-Length and Transfer-Encoding are present"),
