@@ -146,7 +146,8 @@ mod tests {
 
     #[test]
     fn finds_nested_keys_and_sequence_items() {
-        let text = "routes:\n  - name: a\n    pool: x\n  - name: b\n    match:\n      headers: {a: b}\n";
+        let text =
+            "routes:\n  - name: a\n    pool: x\n  - name: b\n    match:\n      headers: {a: b}\n";
         let loc = Locations::index(text);
         assert_eq!(loc.find("routes").unwrap().line, 1);
         assert_eq!(loc.find("routes[0].pool").unwrap().line, 3);

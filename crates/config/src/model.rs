@@ -254,7 +254,9 @@ impl<'de> Deserialize<'de> for EndpointSpec {
         impl<'de> Visitor<'de> for V {
             type Value = EndpointSpec;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an `IP:PORT` string or a map with `address`, `weight`, `zone`, `region`")
+                f.write_str(
+                    "an `IP:PORT` string or a map with `address`, `weight`, `zone`, `region`",
+                )
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<EndpointSpec, E> {
                 let address = s.parse().map_err(|_| {

@@ -17,8 +17,12 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn error(&mut self, path: String, message: impl Into<String>) -> &mut ConfigError {
-        self.errors
-            .push(ConfigError::at(self.file, self.locations, &path, message.into()));
+        self.errors.push(ConfigError::at(
+            self.file,
+            self.locations,
+            &path,
+            message.into(),
+        ));
         self.errors.last_mut().expect("just pushed")
     }
 
@@ -70,13 +74,19 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
         if let Some(other) = taken {
             c.error(
                 format!("listeners[{i}].address"),
-                format!("address {} is already used by listener `{other}`", l.address),
+                format!(
+                    "address {} is already used by listener `{other}`",
+                    l.address
+                ),
             );
         }
         if l.address.port() != 0 && l.address == config.admin.address {
             c.error(
                 format!("listeners[{i}].address"),
-                format!("address {} is already used by the admin listener", l.address),
+                format!(
+                    "address {} is already used by the admin listener",
+                    l.address
+                ),
             );
         }
         if l.max_header_bytes < 1024 {
@@ -124,7 +134,10 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
         let mut seen = HashSet::new();
         for (j, e) in p.endpoints.iter().enumerate() {
             if e.weight == 0 {
-                c.error(format!("pools[{i}].endpoints[{j}]"), "weight must be at least 1");
+                c.error(
+                    format!("pools[{i}].endpoints[{j}]"),
+                    "weight must be at least 1",
+                );
             }
             if !seen.insert(e.address) {
                 c.error(

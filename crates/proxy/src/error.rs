@@ -64,11 +64,11 @@ impl GatewayError {
     /// gRPC status code (as in `grpc/status.proto`) for gRPC callers.
     pub fn grpc_status(self) -> u8 {
         match self {
-            Self::NoRoute => 12,                                // UNIMPLEMENTED
+            Self::NoRoute => 12, // UNIMPLEMENTED
             Self::NoEndpoint | Self::ConnectFailed | Self::UpstreamReset => 14, // UNAVAILABLE
-            Self::Timeout => 4,                                 // DEADLINE_EXCEEDED
-            Self::HeadersTooLarge | Self::BodyTooLarge => 8,    // RESOURCE_EXHAUSTED
-            Self::BadRequest(_) => 13,                          // INTERNAL
+            Self::Timeout => 4,  // DEADLINE_EXCEEDED
+            Self::HeadersTooLarge | Self::BodyTooLarge => 8, // RESOURCE_EXHAUSTED
+            Self::BadRequest(_) => 13, // INTERNAL
         }
     }
 

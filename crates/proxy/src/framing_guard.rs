@@ -53,10 +53,15 @@ enum State {
     Start,
     Head,
     Body(u64),
-    ChunkSize { size: u64, in_ext: bool },
+    ChunkSize {
+        size: u64,
+        in_ext: bool,
+    },
     ChunkData(u64),
     ChunkDataEnd,
-    Trailers { line_len: usize },
+    Trailers {
+        line_len: usize,
+    },
     /// HTTP/2, upgraded, or beyond what we track: hyper alone decides.
     Passthrough,
 }
@@ -102,7 +107,10 @@ impl Tracker {
                 State::Head => {
                     // Skip blank lines between messages (RFC 9112 §2.2).
                     if self.head.is_empty() {
-                        let skip = buf.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+                        let skip = buf
+                            .iter()
+                            .take_while(|b| **b == b'\r' || **b == b'\n')
+                            .count();
                         buf = &buf[skip..];
                         if buf.is_empty() {
                             return;

@@ -105,7 +105,10 @@ impl Drop for Finish {
                 },
                 route: metrics.route(),
                 pool: metrics.pool(),
-                upstream: self.upstream.as_ref().map(|u| u.endpoint().address.to_string()),
+                upstream: self
+                    .upstream
+                    .as_ref()
+                    .map(|u| u.endpoint().address.to_string()),
                 status: self.status,
                 duration_ms: elapsed.as_secs_f64() * 1000.0,
                 response_bytes: self.bytes,

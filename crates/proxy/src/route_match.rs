@@ -43,7 +43,11 @@ impl RouteMatch {
             host: m.host.as_ref().map(|h| h.to_ascii_lowercase()),
             method,
             headers,
-            query: m.query.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            query: m
+                .query
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         })
     }
 

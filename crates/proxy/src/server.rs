@@ -94,7 +94,8 @@ impl Server {
                 .map_err(|e| format!("listener `{}`: cannot bind {}: {e}", spec.name, address))?;
             let tls = match &spec.tls {
                 Some(t) => Some(
-                    crate::tls::acceptor(t).map_err(|e| format!("listener `{}`: {e}", spec.name))?,
+                    crate::tls::acceptor(t)
+                        .map_err(|e| format!("listener `{}`: {e}", spec.name))?,
                 ),
                 None => None,
             };
@@ -114,10 +115,7 @@ impl Server {
     fn commit_listeners(&self, specs: &[Listener], prepared: Vec<AcceptLoop>) {
         let mut running = self.listeners.lock().expect("listener lock");
         for accept in prepared {
-            let local_addr = accept
-                .socket
-                .local_addr()
-                .unwrap_or(accept.spec.address);
+            let local_addr = accept.socket.local_addr().unwrap_or(accept.spec.address);
             tracing::info!(listener = %accept.spec.name, address = %local_addr, tls = accept.tls.is_some(), "listening");
             let entry = Running {
                 spec: accept.spec.clone(),
@@ -144,6 +142,8 @@ impl Server {
     pub async fn shutdown(&self, drain: Duration) -> bool {
         self.shutdown.cancel();
         self.tracker.close();
-        tokio::time::timeout(drain, self.tracker.wait()).await.is_ok()
+        tokio::time::timeout(drain, self.tracker.wait())
+            .await
+            .is_ok()
     }
 }

@@ -4,9 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::header::{
-    HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TE, UPGRADE,
-};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TE, UPGRADE};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -17,9 +15,9 @@ use tokio::time::Instant;
 use crate::body::{BodyTooLarge, RequestBody, ResponseBody, UpstreamBody};
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, GatewayHandle};
+use crate::grpc;
 use crate::headers::{self, X_REQUEST_ID};
 use crate::record::{AccessInfo, Finish};
-use crate::grpc;
 
 /// What the request path needs to know about the client connection.
 pub struct ConnContext {
@@ -164,7 +162,9 @@ async fn forward(
         parts.headers.insert(UPGRADE, protocol.clone());
     }
     if pool.http2() && wants_trailers {
-        parts.headers.insert(TE, HeaderValue::from_static("trailers"));
+        parts
+            .headers
+            .insert(TE, HeaderValue::from_static("trailers"));
     }
     if !parts.headers.contains_key(HOST) {
         if let Some(a) = parts.uri.authority() {
@@ -174,7 +174,9 @@ async fn forward(
         }
     }
     headers::set_forwarded(&mut parts.headers, &cx.client_ip, cx.https);
-    parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    parts
+        .headers
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(Scheme::HTTP);
     uri.authority = Some(pool.authorities[index].clone());
@@ -237,10 +239,15 @@ async fn forward(
     if parts.status != StatusCode::SWITCHING_PROTOCOLS {
         headers::strip_hop_by_hop(&mut parts.headers);
     }
-    parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    parts
+        .headers
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
     finish.set_status(parts.status.as_u16());
     let body = UpstreamBody::new(body, route.idle_timeout, deadline, grpc, finish);
-    Ok(Response::from_parts(parts, ResponseBody::Upstream(Box::new(body))))
+    Ok(Response::from_parts(
+        parts,
+        ResponseBody::Upstream(Box::new(body)),
+    ))
 }
 
 fn is_upgrade(h: &http::HeaderMap) -> bool {

@@ -10,8 +10,7 @@ use tokio_rustls::TlsAcceptor;
 pub fn acceptor(tls: &Tls) -> Result<TlsAcceptor, String> {
     let certs = {
         let mut r = std::io::BufReader::new(
-            std::fs::File::open(&tls.cert)
-                .map_err(|e| format!("{}: {e}", tls.cert.display()))?,
+            std::fs::File::open(&tls.cert).map_err(|e| format!("{}: {e}", tls.cert.display()))?,
         );
         rustls_pemfile::certs(&mut r)
             .collect::<Result<Vec<_>, _>>()

@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "switchyard", version, about = "Traffic platform for ML inference")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Traffic platform for ML inference"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]

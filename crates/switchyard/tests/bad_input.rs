@@ -27,11 +27,17 @@ async fn oversized_or_too_many_headers_get_431() {
     let origin = Origin::start();
     let gw = Gateway::start(&config(origin.addr));
     // Over max_header_bytes but within the codec's minimum buffer: caught by the gateway.
-    let big = format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(5000));
+    let big = format!(
+        "GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(5000)
+    );
     let resp = raw_exchange(gw.addr(), big.as_bytes(), Duration::from_secs(5));
     assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
     // Far over: rejected by the codec before parsing completes.
-    let huge = format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(100_000));
+    let huge = format!(
+        "GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(100_000)
+    );
     let resp = raw_exchange(gw.addr(), huge.as_bytes(), Duration::from_secs(5));
     assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
     // Too many headers.
@@ -49,7 +55,12 @@ async fn oversized_or_too_many_headers_get_431() {
         .unwrap();
     match client::http2().request(req).await {
         Ok(resp) => assert_eq!(resp.status(), 431),
-        Err(e) => assert!(format!("{e:?}").contains("REFUSED") || format!("{e:?}").contains("PROTOCOL") || format!("{e:?}").to_lowercase().contains("reset"), "{e:?}"),
+        Err(e) => assert!(
+            format!("{e:?}").contains("REFUSED")
+                || format!("{e:?}").contains("PROTOCOL")
+                || format!("{e:?}").to_lowercase().contains("reset"),
+            "{e:?}"
+        ),
     }
     assert_eq!(origin.hits(), 0, "nothing forwarded");
     still_serves(&gw).await;
@@ -70,7 +81,10 @@ async fn smuggling_shapes_get_400_and_nothing_is_forwarded() {
     ];
     for shape in shapes {
         let resp = raw_exchange(gw.addr(), shape.as_bytes(), Duration::from_secs(5));
-        assert!(resp.starts_with("HTTP/1.1 400"), "shape {shape:?} got {resp:?}");
+        assert!(
+            resp.starts_with("HTTP/1.1 400"),
+            "shape {shape:?} got {resp:?}"
+        );
     }
     assert_eq!(origin.hits(), 0, "a smuggling shape reached the upstream");
     still_serves(&gw).await;
@@ -116,7 +130,11 @@ async fn slowloris_is_disconnected_without_disturbing_others() {
         }
     }
     assert!(closed, "slowloris connection was never closed");
-    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
     assert_eq!(origin.hits(), 1);
 }
 
@@ -150,7 +168,9 @@ async fn http2_rapid_reset_gets_goaway_and_others_keep_working() {
     let driver = tokio::spawn(conn);
     let mut sent = 0;
     for _ in 0..2_000 {
-        let req = http::Request::get(gw.url("/slow?ms=1000")).body(()).unwrap();
+        let req = http::Request::get(gw.url("/slow?ms=1000"))
+            .body(())
+            .unwrap();
         match h2.send_request(req, false) {
             Ok((_, mut stream)) => {
                 stream.send_reset(h2::Reason::CANCEL);
@@ -165,13 +185,19 @@ async fn http2_rapid_reset_gets_goaway_and_others_keep_working() {
     let ended = tokio::time::timeout(Duration::from_secs(10), driver)
         .await
         .expect("attacking connection was not closed");
-    let err = ended.unwrap().expect_err("connection should be closed by the gateway");
+    let err = ended
+        .unwrap()
+        .expect_err("connection should be closed by the gateway");
     // Either the GOAWAY is read, or the gateway's close beats our next write.
     assert!(
         err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || err.is_io(),
         "{err:?}"
     );
     // Far fewer than the attempted streams reached the upstream.
-    assert!(origin.hits() < sent / 2, "{} of {sent} forwarded", origin.hits());
+    assert!(
+        origin.hits() < sent / 2,
+        "{} of {sent} forwarded",
+        origin.hits()
+    );
     still_serves(&gw).await;
 }

@@ -16,27 +16,59 @@ fn check_validates_and_reports_positions() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.yaml");
     std::fs::write(&good, simple_config(&[], "", "")).unwrap();
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&good).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let bad = dir.path().join("bad.yaml");
-    std::fs::write(&bad, "pools: [{name: llama}]\nroutes:\n  - name: r\n    pool: lama\n").unwrap();
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&bad).output().unwrap();
+    std::fs::write(
+        &bad,
+        "pools: [{name: llama}]\nroutes:\n  - name: r\n    pool: lama\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.yaml:4:5: routes[0].pool"), "{err}");
     assert!(err.contains("did you mean `llama`?"), "{err}");
 
     // The shipped example is valid.
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/switchyard.yaml");
-    let out = Command::new(BIN).args(["check", "--config", example]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/switchyard.yaml"
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config", example])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn run_without_config_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN).arg("run").current_dir(dir.path()).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("run")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no config file at `switchyard.yaml`"), "{err}");
@@ -67,14 +99,20 @@ async fn reload_swaps_routes_and_rejects_bad_configs() {
     gw.reload(&simple_config(&[b.addr], "", ""));
     let (_, _, body) = get(&c, &gw.url("/")).await;
     assert_eq!(origin_of(&body), b.addr.to_string());
-    assert_eq!(gw.metric("switchyard_config_reloads_total{result=\"success\"}"), 1.0);
+    assert_eq!(
+        gw.metric("switchyard_config_reloads_total{result=\"success\"}"),
+        1.0
+    );
 
     // A broken config is refused; the previous one keeps serving.
     gw.reload("routes:\n  - name: r\n    pool: missing\n");
     let (status, _, body) = get(&c, &gw.url("/")).await;
     assert_eq!(status, 200);
     assert_eq!(origin_of(&body), b.addr.to_string());
-    assert_eq!(gw.metric("switchyard_config_reloads_total{result=\"failure\"}"), 1.0);
+    assert_eq!(
+        gw.metric("switchyard_config_reloads_total{result=\"failure\"}"),
+        1.0
+    );
     // Same port after reloads.
     assert_eq!(gw.listeners["public"], gw.addr());
 }
@@ -83,9 +121,14 @@ async fn reload_swaps_routes_and_rejects_bad_configs() {
 async fn config_file_change_is_picked_up_without_a_signal() {
     let a = Origin::start();
     let b = Origin::start();
-    let yaml = simple_config(&[a.addr], "", "").replace("watch_config: false", "watch_config: true");
+    let yaml =
+        simple_config(&[a.addr], "", "").replace("watch_config: false", "watch_config: true");
     let gw = Gateway::start(&yaml);
-    std::fs::write(&gw.config_path, yaml.replace(&a.addr.to_string(), &b.addr.to_string())).unwrap();
+    std::fs::write(
+        &gw.config_path,
+        yaml.replace(&a.addr.to_string(), &b.addr.to_string()),
+    )
+    .unwrap();
     gw.wait_log("config reloaded", 1, Duration::from_secs(10));
     let (_, _, body) = get(&client::http1(), &gw.url("/")).await;
     assert!(String::from_utf8_lossy(&body).contains(&b.addr.to_string()));
@@ -154,9 +197,20 @@ async fn ten_reloads_under_load_lose_no_request() {
     for w in workers {
         w.await.unwrap();
     }
-    assert_eq!(gw.metric("switchyard_config_reloads_total{result=\"success\"}"), 10.0);
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "requests failed during reloads");
-    assert!(ok.load(Ordering::Relaxed) > 20, "too little load: {}", ok.load(Ordering::Relaxed));
+    assert_eq!(
+        gw.metric("switchyard_config_reloads_total{result=\"success\"}"),
+        10.0
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during reloads"
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 20,
+        "too little load: {}",
+        ok.load(Ordering::Relaxed)
+    );
 }
 
 #[tokio::test]

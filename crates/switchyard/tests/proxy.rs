@@ -12,7 +12,8 @@ use support::origin::Origin;
 use support::{simple_config, Gateway};
 
 fn json(body: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))
 }
 
 #[tokio::test]
@@ -34,12 +35,18 @@ async fn forwards_http1_and_rewrites_headers() {
     assert_eq!(v["uri"], "/hello?x=1");
     let h = &v["headers"];
     assert_eq!(h["x-keep"], "yes");
-    assert!(h.get("x-drop-me").is_none(), "Connection-listed header forwarded");
+    assert!(
+        h.get("x-drop-me").is_none(),
+        "Connection-listed header forwarded"
+    );
     assert!(h.get("keep-alive").is_none());
     assert_eq!(h["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
     let rid = headers["x-request-id"].to_str().unwrap();
-    assert_eq!(h["x-request-id"], rid, "request id passed upstream and echoed");
+    assert_eq!(
+        h["x-request-id"], rid,
+        "request id passed upstream and echoed"
+    );
     assert_eq!(rid.len(), 36);
     // Response hop-by-hop headers are stripped too.
     assert!(headers.get("x-origin-private").is_none());
@@ -101,7 +108,10 @@ async fn gateway_errors_have_json_bodies() {
     let v = json(&body);
     assert_eq!(v["error"]["type"], "no_route");
     assert_eq!(v["error"]["code"], 404);
-    assert_eq!(v["error"]["request_id"], headers["x-request-id"].to_str().unwrap());
+    assert_eq!(
+        v["error"]["request_id"],
+        headers["x-request-id"].to_str().unwrap()
+    );
     drop(gw);
 
     // 503: no endpoints.
@@ -112,7 +122,10 @@ async fn gateway_errors_have_json_bodies() {
     drop(gw);
 
     // 502: connect failure (a port nothing listens on: bind, learn, close).
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let gw = Gateway::start(&simple_config(&[dead], "", ""));
     let (status, _, body) = get(&c, &gw.url("/")).await;
     assert_eq!(status, 502);
@@ -164,7 +177,11 @@ async fn sse_events_arrive_as_the_upstream_sends_them() {
 #[tokio::test]
 async fn idle_timeout_cuts_a_silent_stream() {
     let origin = Origin::start();
-    let gw = Gateway::start(&simple_config(&[origin.addr], "    idle_timeout: 300ms\n", ""));
+    let gw = Gateway::start(&simple_config(
+        &[origin.addr],
+        "    idle_timeout: 300ms\n",
+        "",
+    ));
     let c = client::http1();
     let resp = c
         .request(
@@ -185,7 +202,11 @@ async fn idle_timeout_cuts_a_silent_stream() {
 #[tokio::test]
 async fn request_body_streams_and_is_limited() {
     let origin = Origin::start();
-    let gw = Gateway::start(&simple_config(&[origin.addr], "    max_request_body: 1000\n", ""));
+    let gw = Gateway::start(&simple_config(
+        &[origin.addr],
+        "    max_request_body: 1000\n",
+        "",
+    ));
     let c = client::http1();
     // Within the limit: echoed back.
     let req = http::Request::post(gw.url("/echo-body"))
@@ -219,8 +240,10 @@ async fn expect_100_continue() {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(gw.addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"POST /echo-body HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n")
-        .unwrap();
+    s.write_all(
+        b"POST /echo-body HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
     let mut buf = [0u8; 256];
     let n = s.read(&mut buf).unwrap();
     let interim = String::from_utf8_lossy(&buf[..n]).to_string();
@@ -241,9 +264,11 @@ async fn upgrade_tunnels_bytes_both_ways() {
     let gw = Gateway::start(&simple_config(&[origin.addr], "", ""));
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
-    s.write_all(b"GET /upgrade HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(
+        b"GET /upgrade HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let mut buf = vec![0u8; 1024];
     let mut got = String::new();
     while !got.contains("\r\n\r\n") {
@@ -280,15 +305,63 @@ async fn routes_match_in_order_on_every_predicate() {
     let c = client::http1();
     let origin_of = |body: &Bytes| json(body)["origin"].as_str().unwrap().to_string();
     let cases: Vec<(http::Request<Full<Bytes>>, std::net::SocketAddr)> = vec![
-        (http::Request::get(gw.url("/x")).header("host", "api.example.com:9999").body(Full::default()).unwrap(), b.addr),
-        (http::Request::delete(gw.url("/x")).body(Full::default()).unwrap(), b.addr),
-        (http::Request::get(gw.url("/x")).header("x-tier", "gold").body(Full::default()).unwrap(), b.addr),
-        (http::Request::get(gw.url("/x")).header("x-tier", "silver").body(Full::default()).unwrap(), a.addr),
-        (http::Request::get(gw.url("/x?a=2&canary=1")).body(Full::default()).unwrap(), b.addr),
-        (http::Request::get(gw.url("/v12/models")).body(Full::default()).unwrap(), b.addr),
-        (http::Request::get(gw.url("/v12/models/extra")).body(Full::default()).unwrap(), a.addr),
-        (http::Request::get(gw.url("/only")).body(Full::default()).unwrap(), b.addr),
-        (http::Request::get(gw.url("/only/not")).body(Full::default()).unwrap(), a.addr),
+        (
+            http::Request::get(gw.url("/x"))
+                .header("host", "api.example.com:9999")
+                .body(Full::default())
+                .unwrap(),
+            b.addr,
+        ),
+        (
+            http::Request::delete(gw.url("/x"))
+                .body(Full::default())
+                .unwrap(),
+            b.addr,
+        ),
+        (
+            http::Request::get(gw.url("/x"))
+                .header("x-tier", "gold")
+                .body(Full::default())
+                .unwrap(),
+            b.addr,
+        ),
+        (
+            http::Request::get(gw.url("/x"))
+                .header("x-tier", "silver")
+                .body(Full::default())
+                .unwrap(),
+            a.addr,
+        ),
+        (
+            http::Request::get(gw.url("/x?a=2&canary=1"))
+                .body(Full::default())
+                .unwrap(),
+            b.addr,
+        ),
+        (
+            http::Request::get(gw.url("/v12/models"))
+                .body(Full::default())
+                .unwrap(),
+            b.addr,
+        ),
+        (
+            http::Request::get(gw.url("/v12/models/extra"))
+                .body(Full::default())
+                .unwrap(),
+            a.addr,
+        ),
+        (
+            http::Request::get(gw.url("/only"))
+                .body(Full::default())
+                .unwrap(),
+            b.addr,
+        ),
+        (
+            http::Request::get(gw.url("/only/not"))
+                .body(Full::default())
+                .unwrap(),
+            a.addr,
+        ),
     ];
     for (i, (req, want)) in cases.into_iter().enumerate() {
         let (status, _, body) = send(&c, req).await;

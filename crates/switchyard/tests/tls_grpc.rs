@@ -81,10 +81,9 @@ async fn tls_with_alpn_h2_and_http11() {
 
     let tls = tls_connect(gw.addr(), &der, b"http/1.1").await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let resp = send
         .send_request(
@@ -105,13 +104,17 @@ fn grpc_request(url: String, timeout: Option<&str>) -> http::Request<Full<Bytes>
     if let Some(t) = timeout {
         b = b.header("grpc-timeout", t);
     }
-    b.body(Full::new(Bytes::from_static(b"\0\0\0\0\0"))).unwrap()
+    b.body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .unwrap()
 }
 
 #[tokio::test]
 async fn grpc_errors_are_trailers_only_with_grpc_status() {
     let origin = Origin::start();
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let yaml = format!(
         "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: false}}\nlisteners:\n  - {{name: public, address: 127.0.0.1:0}}\nroutes:\n  - {{name: svc, match: {{path: /slow}}, pool: grpc}}\n  - {{name: down, match: {{path_prefix: /svc.Down/}}, pool: down}}\npools:\n  - {{name: grpc, protocol: http2, endpoints: [{}]}}\n  - {{name: down, protocol: http2, endpoints: [{dead}]}}\n",
         origin.addr
@@ -125,14 +128,21 @@ async fn grpc_errors_are_trailers_only_with_grpc_status() {
     ];
     for (path, timeout, want) in cases {
         let start = Instant::now();
-        let resp = c.request(grpc_request(gw.url(path), timeout)).await.unwrap();
+        let resp = c
+            .request(grpc_request(gw.url(path), timeout))
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200, "{path}");
         assert_eq!(resp.headers()["content-type"], "application/grpc");
         assert_eq!(resp.headers()["grpc-status"], want, "{path}");
         assert!(resp.headers().contains_key("x-request-id"));
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert!(body.is_empty());
-        assert!(start.elapsed() < Duration::from_secs(2), "{path}: {:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{path}: {:?}",
+            start.elapsed()
+        );
     }
 }
 
@@ -153,5 +163,9 @@ async fn grpc_deadline_bounds_a_whole_stream() {
     let collected = resp.into_body().collect().await.unwrap();
     let trailers = collected.trailers().cloned().expect("deadline trailers");
     assert_eq!(trailers["grpc-status"], "4");
-    assert!(start.elapsed() < Duration::from_millis(1500), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
 }

@@ -40,7 +40,9 @@ pub async fn send(
 pub async fn get(client: &TestClient, url: &str) -> (http::StatusCode, http::HeaderMap, Bytes) {
     send(
         client,
-        http::Request::get(url).body(Full::new(Bytes::new())).unwrap(),
+        http::Request::get(url)
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
     )
     .await
 }

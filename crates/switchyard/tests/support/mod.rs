@@ -75,7 +75,10 @@ impl Gateway {
                 Ok(v) => v,
                 Err(_) => {
                     let _ = child.kill();
-                    panic!("gateway did not become ready; logs: {:?}", logs.lock().unwrap());
+                    panic!(
+                        "gateway did not become ready; logs: {:?}",
+                        logs.lock().unwrap()
+                    );
                 }
             };
             match v["message"].as_str() {

@@ -82,11 +82,10 @@ impl Origin {
                                 hits.fetch_add(1, Ordering::SeqCst);
                                 handle(req, addr)
                             });
-                            let _ = hyper_util::server::conn::auto::Builder::new(
-                                TokioExecutor::new(),
-                            )
-                            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                            .await;
+                            let _ =
+                                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                    .await;
                         });
                     }
                 };
@@ -252,11 +251,14 @@ async fn handle(
             let mut r = Response::new(full(v.to_string()));
             r.headers_mut()
                 .insert("content-type", "application/json".parse().unwrap());
-            r.headers_mut()
-                .insert("connection", "keep-alive, x-origin-private".parse().unwrap());
+            r.headers_mut().insert(
+                "connection",
+                "keep-alive, x-origin-private".parse().unwrap(),
+            );
             r.headers_mut()
                 .insert("x-origin-private", "secret".parse().unwrap());
-            r.headers_mut().insert("keep-alive", "timeout=5".parse().unwrap());
+            r.headers_mut()
+                .insert("keep-alive", "timeout=5".parse().unwrap());
             Ok(r)
         }
     }
