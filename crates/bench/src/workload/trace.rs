@@ -111,6 +111,12 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<TraceEntry>> {
                 bail!("{n}: invalid header `{k}`");
             }
         }
+        if e.timestamp < last {
+            bail!(
+                "{n}: timestamp {} is earlier than the previous line's {last}",
+                e.timestamp
+            );
+        }
         last = e.timestamp;
         out.push(e);
     }
