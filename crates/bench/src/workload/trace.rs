@@ -90,12 +90,6 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<TraceEntry>> {
         if !e.timestamp.is_finite() || e.timestamp < 0.0 {
             bail!("{n}: timestamp must be a non-negative number of seconds");
         }
-        if e.timestamp < last {
-            bail!(
-                "{n}: timestamp {} is earlier than the previous line's {last}",
-                e.timestamp
-            );
-        }
         match (&e.prompt, e.prompt_tokens) {
             (Some(_), Some(_)) => bail!("{n}: give either `prompt` or `prompt_tokens`, not both"),
             (None, None) => bail!("{n}: missing `prompt` or `prompt_tokens`"),
