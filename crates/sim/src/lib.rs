@@ -1,10 +1,161 @@
-//! Model-server simulator (being built; see issue 3).
+//! Model-server simulator: a fleet of simulated vLLM replicas in one process.
+//!
+//! A traffic platform for inference is only testable against servers that behave like inference
+//! servers: latency that depends on queue depth, batch size and prompt reuse, KV-cache pressure,
+//! LoRA adapter swaps, vLLM's metric names. Real GPUs are scarce in CI and in a laptop, so this
+//! crate simulates them: each replica runs vLLM's scheduling algorithm (continuous batching,
+//! chunked prefill, paged KV cache with prefix caching, recompute preemption) against a roofline
+//! cost model of a real GPU, and sleeps for real so real clients see real latencies.
+//!
+//! Map of the crate:
+//! * [`config`] — fleet and replica specs (YAML or code);
+//! * [`fleet`] — [`start_fleet`] and [`Fleet`];
+//! * `replica` — per-replica supervisor (crash/restart), `api`/`openai` — HTTP endpoints,
+//!   `sse` — streaming format;
+//! * `engine` — the timed step loop; `scheduler` — what runs in a step; [`kv_cache`],
+//!   `lora` — the resources it schedules; [`cost_model`] — how long a step takes;
+//! * [`tokenizer`] — deterministic token approximation; `metrics` — vLLM metrics; [`faults`].
+//!
+//! User documentation: `docs/sim.md`.
+
+mod api;
+pub mod config;
+pub mod cost_model;
+mod engine;
+pub mod faults;
+pub mod fleet;
+pub mod kv_cache;
+mod lora;
+mod metrics;
+mod openai;
+mod replica;
+mod scheduler;
+mod sse;
+pub mod tokenizer;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+pub use config::{FleetConfig, ReplicaConfig};
+pub use cost_model::Profile;
+pub use faults::FaultConfig;
+pub use fleet::{start_fleet, Fleet};
 
 /// `switchyard sim` arguments.
 #[derive(clap::Args, Debug, Clone)]
-pub struct SimArgs {}
+pub struct SimArgs {
+    /// Fleet config file (YAML) for heterogeneous fleets; replaces the per-replica flags below.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Number of identical replicas.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
+    /// Port of replica 0 (replica i gets base-port + i); 0 picks ephemeral ports. [default: 8001,
+    /// or the config file's base_port]
+    #[arg(long)]
+    pub base_port: Option<u16>,
+    /// Address to listen on. [default: 127.0.0.1, or the config file's host]
+    #[arg(long)]
+    pub host: Option<IpAddr>,
+    /// Served model name.
+    #[arg(long, default_value = "meta-llama/Llama-3.1-8B-Instruct")]
+    pub model: String,
+    /// Hardware profile: h100, a100 or l4.
+    #[arg(long, default_value = "h100")]
+    pub profile: String,
+    /// Speed multiplier (2 = every step takes half as long).
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// Running requests per step (vLLM --max-num-seqs).
+    #[arg(long, default_value_t = 256)]
+    pub max_num_seqs: usize,
+    /// Tokens per step (vLLM --max-num-batched-tokens).
+    #[arg(long, default_value_t = 8192)]
+    pub max_num_batched_tokens: usize,
+    /// KV cache blocks of 16 tokens. [default: the profile's]
+    #[arg(long)]
+    pub num_gpu_blocks: Option<usize>,
+    /// LoRA adapters served by every replica (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub lora_adapters: Vec<String>,
+    /// Resident LoRA adapters at most (vLLM --max-loras).
+    #[arg(long, default_value_t = 4)]
+    pub max_loras: usize,
+}
 
-/// Entry point for `switchyard sim`.
-pub fn main(_args: SimArgs) -> anyhow::Result<()> {
-    anyhow::bail!("the simulator is not built yet")
+impl SimArgs {
+    /// The fleet these arguments describe (reads `--config` if given).
+    pub fn fleet_config(&self) -> anyhow::Result<FleetConfig> {
+        let mut cfg = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                FleetConfig::from_yaml(&text).with_context(|| format!("in {}", path.display()))?
+            }
+            None => FleetConfig {
+                model: self.model.clone(),
+                host: IpAddr::from([127, 0, 0, 1]),
+                base_port: 8001,
+                replicas: vec![ReplicaConfig {
+                    count: self.replicas,
+                    profile: self.profile.clone(),
+                    speed: self.speed,
+                    max_num_seqs: self.max_num_seqs,
+                    max_num_batched_tokens: self.max_num_batched_tokens,
+                    num_gpu_blocks: self.num_gpu_blocks,
+                    lora_adapters: self.lora_adapters.clone(),
+                    max_loras: self.max_loras,
+                    ..Default::default()
+                }],
+            },
+        };
+        if let Some(port) = self.base_port {
+            cfg.base_port = port;
+        }
+        if let Some(host) = self.host {
+            cfg.host = host;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Entry point for `switchyard sim`: runs the fleet on a single-threaded runtime until Ctrl-C or
+/// SIGTERM. Prints `replica <i> listening on <addr>` per replica to stdout once all are bound.
+pub fn main(args: SimArgs) -> anyhow::Result<()> {
+    let cfg = args.fleet_config()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let fleet = start_fleet(cfg).await?;
+        for (i, addr) in fleet.addresses().iter().enumerate() {
+            println!("replica {i} listening on {addr}");
+        }
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        wait_for_signal().await?;
+        tracing::info!("shutting down simulator");
+        fleet.shutdown().await;
+        Ok(())
+    })
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> anyhow::Result<()> {
+    tokio::signal::ctrl_c().await?;
+    Ok(())
 }

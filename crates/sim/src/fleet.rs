@@ -1,0 +1,91 @@
+//! Starting and stopping a fleet of replicas inside the caller's tokio runtime.
+//!
+//! All replicas share one process and one runtime: each is a supervisor task (accept loop and
+//! connections) plus an engine task. Listeners are bound before anything is spawned, so
+//! [`start_fleet`] either returns a fleet whose every port accepts connections, or an error and
+//! no tasks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::FleetConfig;
+use crate::faults::FaultConfig;
+use crate::replica::{self, Replica};
+
+/// A running fleet. Dropping it stops the replicas without waiting; [`Fleet::shutdown`] waits.
+#[derive(Debug)]
+pub struct Fleet {
+    replicas: Vec<Arc<Replica>>,
+    tasks: Vec<JoinHandle<()>>,
+    shutdown: CancellationToken,
+}
+
+/// Binds and starts every replica of `cfg`. Must be called inside a tokio runtime (with the
+/// time and IO drivers enabled). Replica `i` listens on `host:(base_port + i)`, or an ephemeral
+/// port when `base_port` is 0, or its own `port` when set.
+pub async fn start_fleet(cfg: FleetConfig) -> anyhow::Result<Fleet> {
+    cfg.validate()?;
+    let specs = cfg.expanded();
+    let mut listeners = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.iter().enumerate() {
+        let port = match (spec.port, cfg.base_port) {
+            (Some(p), _) => p,
+            (None, 0) => 0,
+            (None, base) => base + i as u16,
+        };
+        let addr = SocketAddr::new(cfg.host, port);
+        listeners.push(
+            replica::bind(addr).with_context(|| format!("replica {i}: cannot listen on {addr}"))?,
+        );
+    }
+    let shutdown = CancellationToken::new();
+    let mut replicas = Vec::with_capacity(specs.len());
+    let mut tasks = Vec::with_capacity(specs.len());
+    for (i, (spec, listener)) in specs.into_iter().zip(listeners).enumerate() {
+        let (replica, supervisor) =
+            replica::start(i, &cfg.model, spec, listener, shutdown.child_token())?;
+        replicas.push(replica);
+        tasks.push(tokio::spawn(supervisor));
+    }
+    Ok(Fleet {
+        replicas,
+        tasks,
+        shutdown,
+    })
+}
+
+impl Fleet {
+    /// Listening address of each replica, in replica order.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.replicas.iter().map(|r| r.addr).collect()
+    }
+
+    /// Replaces the faults of replica `index` (as `POST /sim/faults` would, minus crashes).
+    pub fn set_faults(&self, index: usize, faults: FaultConfig) -> anyhow::Result<()> {
+        faults.validate().map_err(anyhow::Error::msg)?;
+        let r = self.replicas.get(index).context("no such replica")?;
+        *r.faults.lock().expect("faults lock") = FaultConfig {
+            crash_for_ms: None,
+            ..faults
+        };
+        Ok(())
+    }
+
+    /// Stops every replica: listeners close, connections and in-flight requests are dropped.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        for t in std::mem::take(&mut self.tasks) {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
