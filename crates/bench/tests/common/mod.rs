@@ -39,7 +39,7 @@ pub enum Script {
 #[derive(Clone)]
 pub struct TestServer {
     pub addr: SocketAddr,
-    /// Request bodies received, in order.
+    /// Request bodies received, in order (an `x-tenant` header is copied in as `x-tenant header`).
     pub bodies: Arc<Mutex<Vec<serde_json::Value>>>,
     /// Arrival instants of requests.
     pub arrivals: Arc<Mutex<Vec<Instant>>>,
@@ -95,8 +95,15 @@ async fn respond(
     use http_body_util::BodyExt;
     let start = Instant::now();
     s.arrivals.lock().unwrap().push(start);
+    let tenant = req
+        .headers()
+        .get("x-tenant")
+        .map(|v| v.to_str().unwrap().to_string());
     let bytes = req.into_body().collect().await.unwrap().to_bytes();
-    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let mut body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    if let Some(t) = tenant {
+        body["x-tenant header"] = t.into();
+    }
     let chat = body.get("messages").is_some();
     s.bodies.lock().unwrap().push(body);
     let (tx, rx) = mpsc::channel(64);
