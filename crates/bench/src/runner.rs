@@ -168,15 +168,20 @@ async fn drive_open(
         let Some(target) = run.picker.lock().ok().map(|mut p| p.next()) else {
             break;
         };
+        let Some(plan) = run.workload.lock().ok().and_then(|mut w| w.next(target)) else {
+            break;
+        };
         if tasks.len() >= run.spec.max_in_flight {
+            // The plan is consumed anyway so trace lines stay aligned with their timestamps and
+            // every target keeps seeing the same prompt sequence.
+            if let (Some(session), Ok(mut w)) = (plan.session, run.workload.lock()) {
+                w.complete(target, session, None);
+            }
             if let Ok(mut c) = run.collector.lock() {
                 c.dropped(target);
             }
             continue;
         }
-        let Some(plan) = run.workload.lock().ok().and_then(|mut w| w.next(target)) else {
-            break;
-        };
         run.issued.fetch_add(1, Ordering::Relaxed);
         tasks.spawn(send(run.clone(), plan));
     }

@@ -315,3 +315,25 @@ async fn http2_prior_knowledge_works() {
         (9, 27)
     );
 }
+
+#[tokio::test]
+async fn arrivals_beyond_the_in_flight_cap_are_dropped() {
+    let server = start(Script::Stream {
+        first: Duration::from_millis(300),
+        gap: Duration::from_millis(1),
+        tokens: 1,
+        usage: true,
+    })
+    .await;
+    let mut s = spec(vec![Target::new("t", server.url())]);
+    s.load = Load::Open {
+        rate: 100.0,
+        arrival: Arrival::Constant,
+    };
+    s.duration = Some(Duration::from_millis(95));
+    s.max_in_flight = 2;
+    let r = run_load(s, CancellationToken::new()).await.unwrap();
+    let t = &r.targets[0];
+    assert_eq!((t.sent, t.completed, t.dropped), (2, 2, 8));
+    assert_eq!(server.count(), 2);
+}
