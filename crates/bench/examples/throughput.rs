@@ -143,5 +143,6 @@ fn main() -> anyhow::Result<()> {
         "ttft p50 {:.2} ms p99 {:.2} ms, e2e p50 {:.2} ms p99 {:.2} ms",
         t.ttft_ms.p50, t.ttft_ms.p99, t.e2e_ms.p50, t.e2e_ms.p99
     );
+    println!("{}", report.to_table());
     Ok(())
 }

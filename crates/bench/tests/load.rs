@@ -53,15 +53,15 @@ async fn fixed_latencies_are_measured() {
         "usage completion_tokens are summed exactly"
     );
     assert_eq!(t.prompt_tokens, 60);
-    within(t.ttft_ms.p50, 100.0, 115.0, "ttft p50");
-    within(t.ttft_ms.max, 100.0, 140.0, "ttft max");
+    within(t.ttft_ms.p50, 100.0, 120.0, "ttft p50");
+    within(t.ttft_ms.max, 100.0, 170.0, "ttft max");
     assert_eq!(t.itl_ms.count, 20 * 9);
     within(t.itl_ms.p50, 18.0, 23.0, "itl p50");
-    within(t.itl_ms.mean, 18.0, 23.0, "itl mean");
-    within(t.tpot_ms.mean, 19.5, 23.0, "tpot mean");
-    within(t.e2e_ms.p50, 280.0, 300.0, "e2e p50");
+    within(t.itl_ms.mean, 18.0, 25.0, "itl mean");
+    within(t.tpot_ms.mean, 19.0, 25.0, "tpot mean");
+    within(t.e2e_ms.p50, 280.0, 310.0, "e2e p50");
     // Four users, five rounds of ~280 ms each.
-    within(r.elapsed_s, 1.4, 1.8, "elapsed");
+    within(r.elapsed_s, 1.4, 2.0, "elapsed");
     within(
         t.request_throughput * r.elapsed_s,
         19.99,
@@ -190,14 +190,14 @@ async fn two_targets_are_interleaved() {
     );
     for (x, y) in ta.iter().zip(&tb) {
         let d = y.duration_since(*x).as_secs_f64() * 1000.0;
-        within(d, 5.0, 20.0, "a→b gap");
+        within(d, 2.0, 40.0, "a→b gap");
     }
     // Both targets got the same prompts, in the same order.
     let first =
         |s: &common::TestServer| s.bodies.lock().unwrap()[3]["messages"][0]["content"].clone();
     assert_eq!(first(&a), first(&b));
     // Constant rate: 20 arrivals at 100/s span ~190 ms.
-    within(r.elapsed_s, 0.19, 0.35, "elapsed");
+    within(r.elapsed_s, 0.19, 0.6, "elapsed");
 }
 
 #[tokio::test]
@@ -289,8 +289,8 @@ async fn cancelling_returns_a_partial_report() {
     assert!(r.cancelled);
     within(
         r.targets[0].completed as f64,
-        10.0,
-        17.0,
+        5.0,
+        16.0,
         "completed before cancel",
     );
     assert_eq!(r.config["load"]["mode"], "open");
