@@ -10,7 +10,8 @@ use std::fmt::Write as _;
 use crate::sweep::{SweepKind, SweepReport};
 
 const W: f64 = 960.0;
-const H: f64 = 440.0;
+/// Height without legend rows; each legend row of three entries adds 16 px.
+const H_BASE: f64 = 410.0;
 const PANEL_W: f64 = 440.0;
 const MARGIN_L: f64 = 60.0;
 const MARGIN_T: f64 = 50.0;
@@ -66,12 +67,14 @@ pub fn render(sweep: &SweepReport) -> String {
         SweepKind::Rate => "offered load (requests/s)",
         SweepKind::Concurrency => "concurrency",
     };
+    let legend_rows = decode.len().max(ttft.len()).div_ceil(3) as f64;
+    let h = H_BASE + legend_rows * 16.0;
     let mut s = String::new();
     let _ = writeln!(
         s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}" font-family="sans-serif" font-size="12">"#
     );
-    let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
+    let _ = writeln!(s, r#"<rect width="{W}" height="{h}" fill="white"/>"#);
     panel(
         &mut s,
         0.0,
