@@ -44,12 +44,18 @@ pub fn wants_trailers(headers: &HeaderMap) -> bool {
 }
 
 /// Append the client address to `x-forwarded-for` and set `x-forwarded-proto`.
-pub fn set_forwarded(headers: &mut HeaderMap, client_ip: &str, https: bool) {
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => HeaderValue::try_from(format!("{prev}, {client_ip}")),
-        _ => HeaderValue::try_from(client_ip),
+pub fn set_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, https: bool) {
+    let xff = match headers.get(&X_FORWARDED_FOR) {
+        Some(prev) if !prev.is_empty() => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + client_ip.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(client_ip.as_bytes());
+            HeaderValue::from_bytes(&v).ok()
+        }
+        _ => Some(client_ip.clone()),
     };
-    if let Ok(v) = xff {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(
@@ -119,7 +125,7 @@ mod tests {
     fn forwarded_appends() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
-        set_forwarded(&mut h, "127.0.0.1", false);
+        set_forwarded(&mut h, &HeaderValue::from_static("127.0.0.1"), false);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
     }

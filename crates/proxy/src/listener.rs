@@ -120,7 +120,8 @@ impl AcceptLoop {
                 framing: framing.clone(),
                 listener: name.clone(),
                 client: peer,
-                client_ip: peer.ip().to_string(),
+                client_ip: http::HeaderValue::try_from(peer.ip().to_string())
+                    .expect("an IP address is a valid header value"),
                 https: self.tls.is_some(),
                 max_header_bytes: self.spec.max_header_bytes,
                 max_headers: self.spec.max_headers,

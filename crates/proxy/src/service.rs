@@ -23,7 +23,8 @@ use crate::record::{AccessInfo, Finish};
 pub struct ConnContext {
     pub listener: Arc<str>,
     pub client: SocketAddr,
-    pub client_ip: String,
+    /// The client IP, preformatted for `x-forwarded-for`.
+    pub client_ip: HeaderValue,
     pub https: bool,
     pub max_header_bytes: usize,
     pub max_headers: usize,
@@ -95,7 +96,7 @@ async fn forward(
         req.version() < Version::HTTP_2 && cx.framing.next_request_conflicts();
     let head = req.headers();
     if head.len() > cx.max_headers
-        || headers::header_bytes(head) + req.uri().to_string().len() > cx.max_header_bytes
+        || headers::header_bytes(head) + uri_len(req.uri()) > cx.max_header_bytes
     {
         return Err((GatewayError::HeadersTooLarge, finish, false));
     }
@@ -248,6 +249,12 @@ async fn forward(
         parts,
         ResponseBody::Upstream(Box::new(body)),
     ))
+}
+
+/// Length of the request target as sent, without allocating.
+fn uri_len(uri: &Uri) -> usize {
+    uri.path_and_query().map_or(1, |pq| pq.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
 }
 
 fn is_upgrade(h: &http::HeaderMap) -> bool {
