@@ -159,3 +159,72 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     tokio::signal::ctrl_c().await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sim: SimArgs,
+    }
+
+    fn parse(args: &[&str]) -> anyhow::Result<FleetConfig> {
+        Cli::try_parse_from(std::iter::once("sim").chain(args.iter().copied()))?
+            .sim
+            .fleet_config()
+    }
+
+    #[test]
+    fn flags_describe_a_uniform_fleet() {
+        let cfg = parse(&[
+            "--replicas",
+            "8",
+            "--base-port",
+            "8001",
+            "--model",
+            "m",
+            "--profile",
+            "a100",
+        ])
+        .unwrap();
+        assert_eq!((cfg.model.as_str(), cfg.base_port), ("m", 8001));
+        let r = cfg.expanded();
+        assert_eq!(r.len(), 8);
+        assert_eq!(r[7].profile, "a100");
+        assert!(cfg.host.is_loopback());
+        let cfg = parse(&[
+            "--lora-adapters",
+            "a,b",
+            "--base-port",
+            "0",
+            "--host",
+            "0.0.0.0",
+        ])
+        .unwrap();
+        assert_eq!(cfg.replicas[0].lora_adapters, ["a", "b"]);
+        assert_eq!(cfg.base_port, 0);
+        assert!(!cfg.host.is_loopback());
+        assert!(parse(&["--profile", "tpu"]).is_err());
+        assert!(parse(&["--replicas", "0"]).is_err());
+    }
+
+    #[test]
+    fn config_file_with_port_override() {
+        let path =
+            std::env::temp_dir().join(format!("switchyard-sim-test-{}.yaml", std::process::id()));
+        std::fs::write(
+            &path,
+            "base_port: 9000\nreplicas:\n  - {count: 2, profile: l4}\n",
+        )
+        .unwrap();
+        let cfg = parse(&["--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!((cfg.base_port, cfg.expanded().len()), (9000, 2));
+        let cfg = parse(&["--config", path.to_str().unwrap(), "--base-port", "0"]).unwrap();
+        assert_eq!(cfg.base_port, 0);
+        std::fs::remove_file(&path).unwrap();
+        assert!(parse(&["--config", "/nonexistent/sim.yaml"]).is_err());
+    }
+}

@@ -16,7 +16,12 @@ use switchyard_sim::{start_fleet, FleetConfig, ReplicaConfig};
 /// CPU seconds used by the calling thread (Linux).
 fn thread_cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("procfs");
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
     // utime and stime are fields 14 and 15 of the file, 12 and 13 after the command name.
     (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
 }
@@ -27,10 +32,16 @@ fn sixteen_replicas_by_64_streams_fit_on_one_core() {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let cfg = FleetConfig {
-                replicas: vec![ReplicaConfig { count: 16, ..Default::default() }],
+                replicas: vec![ReplicaConfig {
+                    count: 16,
+                    ..Default::default()
+                }],
                 ..FleetConfig::uniform(MODEL, 1, "h100")
             };
             let fleet = start_fleet(cfg).await.unwrap();
@@ -43,14 +54,20 @@ fn sixteen_replicas_by_64_streams_fit_on_one_core() {
         })
     });
     let addrs = addr_rx.recv().unwrap();
-    let client = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let (tokens, wall) = client.block_on(async {
         let start = Instant::now();
         let mut tasks = Vec::new();
         for &addr in &addrs {
             for i in 0..64 {
                 let body = chat(&words(300, &format!("c{i}x")), "go", 200, true);
-                tasks.push(tokio::spawn(async move { post(addr, "/v1/chat/completions", &body).await }));
+                tasks.push(tokio::spawn(async move {
+                    post(addr, "/v1/chat/completions", &body).await
+                }));
             }
         }
         let mut tokens = 0;
@@ -67,5 +84,8 @@ fn sixteen_replicas_by_64_streams_fit_on_one_core() {
     // Model time for this load is about 2.5 s (prefill of 64 × 310 tokens in 8k chunks, then
     // 200 decode steps of ~9 ms); the simulator must not stretch it much or use the whole core.
     assert!(wall < Duration::from_secs(5), "took {wall:?}");
-    assert!(cpu / wall.as_secs_f64() < 0.9, "simulator used {cpu:.2} s CPU in {wall:?}");
+    assert!(
+        cpu / wall.as_secs_f64() < 0.9,
+        "simulator used {cpu:.2} s CPU in {wall:?}"
+    );
 }
