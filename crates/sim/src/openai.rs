@@ -80,7 +80,10 @@ fn parse(body: &[u8], kind: ApiKind, replica: &Replica) -> Result<Parsed, Reject
         ApiKind::Chat => chat_prompt(obj.get("messages"))?,
         ApiKind::Completion => completion_prompt(obj.get("prompt"))?,
     };
-    if let Some(n) = obj.get("n") {
+    if prompt.is_empty() {
+        return Err(bad("The prompt cannot be empty.", "prompt"));
+    }
+    if let Some(n) = obj.get("n").filter(|n| !n.is_null()) {
         if n.as_u64() != Some(1) {
             return Err(bad("Only n=1 is supported by the simulator.", "n"));
         }

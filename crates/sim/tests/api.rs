@@ -67,6 +67,20 @@ async fn bad_requests_get_openai_errors() {
         400,
         Some("max_tokens"),
     );
+    let empty = format!(r#"{{"model":"{MODEL}","prompt":""}}"#);
+    assert_openai_error(
+        &post(addr, "/v1/completions", &empty).await,
+        400,
+        Some("prompt"),
+    );
+    let two = format!(r#"{{"model":"{MODEL}","prompt":"x","n":2}}"#);
+    assert_openai_error(&post(addr, "/v1/completions", &two).await, 400, Some("n"));
+    let bad_messages = format!(r#"{{"model":"{MODEL}","messages":[{{"content":"no role"}}]}}"#);
+    assert_openai_error(
+        &post(addr, "/v1/chat/completions", &bad_messages).await,
+        400,
+        Some("messages"),
+    );
     assert_openai_error(&get(addr, "/nope").await, 404, None);
     fleet.shutdown().await;
 }
