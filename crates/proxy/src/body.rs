@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::record::Finish;
+use crate::upstream_h1::InlineConn;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -42,6 +43,7 @@ impl fmt::Display for IdleTimeout {
 impl std::error::Error for IdleTimeout {}
 
 /// A client's request body on its way upstream, cut off at the route's limit.
+#[derive(Debug)]
 pub struct RequestBody {
     inner: Incoming,
     remaining: u64,
@@ -150,6 +152,8 @@ pub struct UpstreamBody {
     timer: Option<Pin<Box<Sleep>>>,
     done: bool,
     finish: Finish,
+    /// The HTTP/1 connection this body arrives on, when the request path drives it inline.
+    upstream: Option<InlineConn>,
 }
 
 impl UpstreamBody {
@@ -169,6 +173,25 @@ impl UpstreamBody {
             timer: None,
             done: false,
             finish,
+            upstream: None,
+        }
+    }
+
+    /// Drive `conn` from this body's polls, and return it to its pool when the body ends.
+    pub fn with_connection(mut self, conn: InlineConn) -> Self {
+        self.upstream = Some(conn);
+        self
+    }
+
+    /// Poll the upstream body, driving an inline connection when it has nothing ready.
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let first = Pin::new(&mut self.inner).poll_frame(cx);
+        match (&first, self.upstream.as_mut()) {
+            (Poll::Pending, Some(up)) => {
+                up.poll_drive(cx);
+                Pin::new(&mut self.inner).poll_frame(cx)
+            }
+            _ => first,
         }
     }
 
@@ -196,6 +219,17 @@ impl UpstreamBody {
     }
 }
 
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // A body the server never polled (HEAD, 204, 304) still leaves a reusable connection.
+        if let Some(up) = self.upstream.take() {
+            if !self.done && self.inner.is_end_stream() {
+                up.release();
+            }
+        }
+    }
+}
+
 impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -208,7 +242,7 @@ impl Body for UpstreamBody {
         if this.done {
             return Poll::Ready(None);
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        match this.poll_inner(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.finish.add_bytes(data.len() as u64);
@@ -218,12 +252,16 @@ impl Body for UpstreamBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 this.done = true;
+                this.upstream = None;
                 this.finish.fail("upstream_reset");
                 return Poll::Ready(Some(Err(Box::new(e))));
             }
             Poll::Ready(None) => {
                 this.done = true;
                 this.finish.complete();
+                if let Some(up) = this.upstream.take() {
+                    up.release();
+                }
                 return Poll::Ready(None);
             }
             Poll::Pending => {}

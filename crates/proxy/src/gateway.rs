@@ -20,6 +20,9 @@ use switchyard_telemetry::{AccessLog, Metrics};
 
 use crate::body::RequestBody;
 use crate::route_match::RouteMatch;
+use crate::upstream_h1::EndpointConns;
+
+type ConnRegistry = HashMap<(String, std::net::SocketAddr), Arc<EndpointConns>>;
 
 /// Pooled upstream connections for one pool (HTTP/1.1 keep-alive or multiplexed HTTP/2).
 pub type UpstreamClient = Client<HttpConnector, RequestBody>;
@@ -95,6 +98,10 @@ pub struct PoolEntry {
     /// `ip:port` authority for each endpoint, prebuilt for upstream URIs.
     pub authorities: Vec<Authority>,
     pub picker: Arc<dyn Picker>,
+    /// HTTP/1 pools: per-endpoint idle connections, driven inline by requests (parallel to
+    /// `endpoints`). Empty for HTTP/2 pools, which multiplex through `client`.
+    pub h1: Vec<Arc<EndpointConns>>,
+    /// Pooled client for HTTP/2 upstreams and for HTTP/1 upgrades.
     pub client: UpstreamClient,
     pub connect_errors: Counter,
     pub timeouts: Counter,
@@ -152,6 +159,7 @@ fn build_client(p: &Pool) -> UpstreamClient {
 pub struct GatewayHandle {
     current: ArcSwap<Gateway>,
     states: Mutex<StateRegistry>,
+    conns: Mutex<ConnRegistry>,
     pub metrics: Arc<Metrics>,
     access_log: OnceLock<AccessLog>,
 }
@@ -159,10 +167,12 @@ pub struct GatewayHandle {
 impl GatewayHandle {
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Self>, String> {
         let mut states = StateRegistry::default();
-        let gateway = build(config, None, &mut states, &metrics)?;
+        let mut conns = ConnRegistry::new();
+        let gateway = build(config, None, &mut states, &mut conns, &metrics)?;
         Ok(Arc::new(Self {
             current: ArcSwap::from_pointee(gateway),
             states: Mutex::new(states),
+            conns: Mutex::new(conns),
             metrics,
             access_log: OnceLock::new(),
         }))
@@ -176,8 +186,15 @@ impl GatewayHandle {
     /// Build a new generation from `config` and swap it in. On error nothing changes.
     pub fn apply(&self, config: Config) -> Result<(), String> {
         let mut states = self.states.lock().expect("state registry lock poisoned");
+        let mut conns = self.conns.lock().expect("connection registry lock poisoned");
         let old = self.current.load_full();
-        let gateway = build(config, Some(&old), &mut states, &self.metrics)?;
+        let gateway = build(config, Some(&old), &mut states, &mut conns, &self.metrics)?;
+        conns.retain(|(pool, addr), _| {
+            gateway
+                .pools
+                .iter()
+                .any(|p| p.name() == pool && p.h1.iter().any(|c| c.address() == *addr))
+        });
         states.retain(|pool, addr| {
             gateway
                 .pools
@@ -199,6 +216,7 @@ fn build(
     config: Config,
     old: Option<&Gateway>,
     states: &mut StateRegistry,
+    conns: &mut ConnRegistry,
     metrics: &Metrics,
 ) -> Result<Gateway, String> {
     let old_clients: HashMap<&str, (&Pool, &UpstreamClient)> = old
@@ -228,6 +246,28 @@ fn build(
             .map(|e| Authority::try_from(e.address.to_string().as_str()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("pool `{}`: {e}", p.name))?;
+        let h1 = if p.protocol == Protocol::Http1 {
+            p.endpoints
+                .iter()
+                .map(|e| {
+                    let key = (p.name.clone(), e.address);
+                    match conns.get(&key) {
+                        Some(c) if c.same_settings(p.connect_timeout, p.idle_timeout) => c.clone(),
+                        _ => {
+                            let c = Arc::new(EndpointConns::new(
+                                e.address,
+                                p.connect_timeout,
+                                p.idle_timeout,
+                            ));
+                            conns.insert(key, c.clone());
+                            c
+                        }
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let client = match old_clients.get(p.name.as_str()) {
             Some((spec, client)) if client_key(spec) == client_key(p) => (*client).clone(),
             _ => build_client(p),
@@ -249,6 +289,7 @@ fn build(
             endpoints,
             authorities,
             picker: switchyard_balance::build(&p.balancer),
+            h1,
             client,
             connect_errors: metrics
                 .upstream_connect_errors

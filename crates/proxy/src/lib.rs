@@ -14,6 +14,7 @@ pub mod route_match;
 pub mod server;
 pub mod service;
 pub mod tls;
+pub mod upstream_h1;
 
 pub use gateway::{Gateway, GatewayHandle};
 pub use server::Server;

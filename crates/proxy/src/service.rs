@@ -18,6 +18,7 @@ use crate::gateway::{Gateway, GatewayHandle};
 use crate::grpc;
 use crate::headers::{self, X_REQUEST_ID};
 use crate::record::{AccessInfo, Finish};
+use crate::upstream_h1::SendError;
 
 /// What the request path needs to know about the client connection.
 pub struct ConnContext {
@@ -178,17 +179,21 @@ async fn forward(
     parts
         .headers
         .insert(X_REQUEST_ID.clone(), request_id.clone());
+    let inline = pool.h1.get(index).filter(|_| upgrade.is_none());
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(pool.authorities[index].clone());
-    uri.path_and_query = Some(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    parts.uri = Uri::from_parts(uri).expect("scheme, authority and path are set");
+    if inline.is_none() {
+        // The pooled client wants an absolute URI to pick its connection; the inline
+        // HTTP/1 path writes the request target as given, so it gets origin-form.
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(pool.authorities[index].clone());
+    }
+    uri.path_and_query = Some(path_and_query);
+    parts.uri = Uri::from_parts(uri).expect("path is set; scheme and authority go together");
     parts.version = if pool.http2() {
         Version::HTTP_2
     } else {
@@ -206,19 +211,40 @@ async fn forward(
         Some(d) => d.min(start + route.timeout),
         None => start + route.timeout,
     };
-    let result = tokio::time::timeout_at(headers_by, pool.client.request(upstream_req)).await;
-    let mut resp = match result {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => {
-            if has_source::<BodyTooLarge>(&e) {
+    let send = async {
+        match inline {
+            Some(conns) => conns
+                .send(upstream_req)
+                .await
+                .map(|(resp, conn)| (resp, Some(conn)))
+                .map_err(Failure::Inline),
+            None => pool
+                .client
+                .request(upstream_req)
+                .await
+                .map(|resp| (resp, None))
+                .map_err(Failure::Pooled),
+        }
+    };
+    let (mut resp, conn) = match tokio::time::timeout_at(headers_by, send).await {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(failure)) => {
+            let (connect, err): (bool, Option<&(dyn std::error::Error + 'static)>) = match &failure {
+                Failure::Inline(SendError::Connect(e)) => (true, Some(e)),
+                Failure::Inline(SendError::ConnectTimeout) => (true, None),
+                Failure::Inline(SendError::NotSent(_)) => (false, None),
+                Failure::Inline(SendError::Http(e)) => (false, Some(e)),
+                Failure::Pooled(e) => (e.is_connect(), Some(e)),
+            };
+            if err.is_some_and(has_source::<BodyTooLarge>) {
                 return Err((GatewayError::BodyTooLarge, finish, true));
             }
             endpoint.state.record_failure();
-            if e.is_connect() {
+            if connect {
                 pool.connect_errors.inc();
                 return Err((GatewayError::ConnectFailed, finish, false));
             }
-            tracing::debug!(error = %e, upstream = %endpoint.address(), "upstream request failed");
+            tracing::debug!(error = ?failure, upstream = %endpoint.address(), "upstream request failed");
             pool.resets.inc();
             return Err((GatewayError::UpstreamReset, finish, false));
         }
@@ -244,7 +270,10 @@ async fn forward(
         .headers
         .insert(X_REQUEST_ID.clone(), request_id.clone());
     finish.set_status(parts.status.as_u16());
-    let body = UpstreamBody::new(body, route.idle_timeout, deadline, grpc, finish);
+    let mut body = UpstreamBody::new(body, route.idle_timeout, deadline, grpc, finish);
+    if let Some(conn) = conn {
+        body = body.with_connection(conn);
+    }
     Ok(Response::from_parts(
         parts,
         ResponseBody::Upstream(Box::new(body)),
@@ -255,6 +284,13 @@ async fn forward(
 fn uri_len(uri: &Uri) -> usize {
     uri.path_and_query().map_or(1, |pq| pq.as_str().len())
         + uri.authority().map_or(0, |a| a.as_str().len())
+}
+
+/// How sending upstream failed, from either client.
+#[derive(Debug)]
+enum Failure {
+    Inline(SendError),
+    Pooled(hyper_util::client::legacy::Error),
 }
 
 fn is_upgrade(h: &http::HeaderMap) -> bool {

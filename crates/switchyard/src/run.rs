@@ -14,7 +14,16 @@ use switchyard_telemetry::Metrics;
 use tokio::signal::unix::{signal, SignalKind};
 
 pub fn run(path: PathBuf) -> ExitCode {
-    let config = match switchyard_config::load_file(&path) {
+    // Keep the exact text that was loaded: the file watcher compares against it, so an edit
+    // made while we start up is still noticed.
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: cannot read config file: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    };
+    let config = match switchyard_config::parse(&text, &path) {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{errors}");
@@ -40,10 +49,10 @@ pub fn run(path: PathBuf) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(serve(path, config))
+    runtime.block_on(serve(path, text.into_bytes(), config))
 }
 
-async fn serve(path: PathBuf, config: Config) -> ExitCode {
+async fn serve(path: PathBuf, loaded: Vec<u8>, config: Config) -> ExitCode {
     let metrics = Metrics::new();
     let admin_address = config.admin.address;
     let drain_timeout = config.runtime.drain_timeout;
@@ -78,7 +87,7 @@ async fn serve(path: PathBuf, config: Config) -> ExitCode {
         tracing::error!("cannot install signal handlers");
         return ExitCode::from(1);
     };
-    let mut last_text = std::fs::read(&path).ok();
+    let mut last_text = Some(loaded);
     let mut poll = tokio::time::interval(Duration::from_secs(1));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
