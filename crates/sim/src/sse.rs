@@ -185,13 +185,6 @@ impl SseBody {
         include_usage: bool,
         drop_after: Option<u32>,
     ) -> Self {
-        let mut first = BytesMut::new();
-        writer.role(&mut first);
-        let queued = if first.is_empty() {
-            VecDeque::new()
-        } else {
-            VecDeque::from([first.freeze()])
-        };
         Self {
             rx,
             writer,
@@ -200,13 +193,18 @@ impl SseBody {
             prompt_tokens,
             include_usage,
             drop_after,
-            queued,
+            queued: VecDeque::new(),
             state: State::Streaming,
         }
     }
 
     fn on_event(&mut self, ev: Emitted) {
-        let mut buf = BytesMut::with_capacity(256);
+        let mut buf = BytesMut::with_capacity(512);
+        if self.sent == 0 {
+            // Like vLLM, the role chunk goes out with the first token, not before it, so
+            // "time to first chunk" is still time to first token.
+            self.writer.role(&mut buf);
+        }
         while self.sent < ev.generated {
             self.writer.token(&mut buf, self.seed, self.sent);
             self.sent += 1;
@@ -313,5 +311,35 @@ mod tests {
         .unwrap();
         assert_eq!(v["object"], "text_completion");
         assert!(v["choices"][0]["text"].as_str().unwrap().starts_with(' '));
+    }
+
+    #[tokio::test]
+    async fn role_chunk_leaves_with_first_token_and_stream_ends_with_done() {
+        use http_body_util::BodyExt;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let writer = ChunkWriter::new(ApiKind::Chat, "c", 1, "m");
+        let mut body = SseBody::new(rx, writer, 3, 10, true, None);
+        tx.send(Emitted {
+            generated: 1,
+            finish: None,
+        })
+        .unwrap();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        let first = std::str::from_utf8(&first).unwrap();
+        assert!(
+            first.contains("\"role\":\"assistant\"") && first.contains("\"delta\":{\"content\":\""),
+            "{first}"
+        );
+        tx.send(Emitted {
+            generated: 2,
+            finish: Some(FinishReason::Length),
+        })
+        .unwrap();
+        let last = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert!(last.ends_with(DONE));
+        assert!(std::str::from_utf8(&last)
+            .unwrap()
+            .contains("\"completion_tokens\":2"));
+        assert!(body.frame().await.is_none());
     }
 }
