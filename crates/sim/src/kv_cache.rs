@@ -189,6 +189,28 @@ impl KvCache {
     pub fn refs(&self, block: BlockId) -> u32 {
         self.blocks[block as usize].refs
     }
+
+    /// Panics if the pool's bookkeeping is inconsistent.
+    #[cfg(test)]
+    pub fn check_invariants(&self) {
+        let referenced = self.blocks.iter().filter(|b| b.refs > 0).count();
+        assert_eq!(referenced, self.used);
+        assert_eq!(
+            self.free_plain.len() + self.evictable.len(),
+            self.num_free()
+        );
+        for &b in &self.free_plain {
+            let block = &self.blocks[b as usize];
+            assert!(block.refs == 0 && block.hash.is_none() && block.lru_tick.is_none());
+        }
+        for (&t, &b) in &self.evictable {
+            let block = &self.blocks[b as usize];
+            assert!(block.refs == 0 && block.hash.is_some() && block.lru_tick == Some(t));
+        }
+        for (&h, &b) in &self.by_hash {
+            assert_eq!(self.blocks[b as usize].hash, Some(h));
+        }
+    }
 }
 
 /// Blocks needed to hold `tokens` tokens.
@@ -274,6 +296,50 @@ mod tests {
             "full: referenced blocks are never evicted"
         );
         assert_eq!(kv.usage(), 1.0);
+    }
+
+    proptest::proptest! {
+        /// Random requests over a small alphabet (so prefixes are shared) allocate with prefix
+        /// hits, register their blocks and free in random order; the bookkeeping stays consistent
+        /// and every table's blocks stay referenced.
+        #[test]
+        fn random_workloads_keep_the_pool_consistent(
+            ops in proptest::collection::vec((0u32..3, 1usize..6, proptest::bool::ANY), 1..60),
+        ) {
+            let mut kv = KvCache::new(12);
+            let mut tables: Vec<Vec<BlockId>> = Vec::new();
+            for (family, len_blocks, free_one) in ops {
+                if free_one && !tables.is_empty() {
+                    let mut t = tables.swap_remove(0);
+                    kv.free(&mut t);
+                } else {
+                    let tokens: Vec<u32> = (0..(len_blocks * BLOCK_SIZE) as u32).map(|i| i / 8 + family * (i / 40)).collect();
+                    let hashes = block_hashes(&tokens, 0);
+                    let hit = kv.cached_prefix_len(&hashes, hashes.len());
+                    let mut t = Vec::new();
+                    if kv.allocate(&mut t, &hashes, hit, hashes.len() - hit) {
+                        for (i, &b) in t.iter().enumerate() {
+                            kv.register(b, hashes[i]);
+                        }
+                        tables.push(t);
+                    } else {
+                        proptest::prop_assert!(t.is_empty());
+                    }
+                }
+                kv.check_invariants();
+                for t in &tables {
+                    for &b in t {
+                        let holders = tables.iter().flatten().filter(|&&x| x == b).count() as u32;
+                        proptest::prop_assert_eq!(kv.refs(b), holders);
+                    }
+                }
+            }
+            for mut t in tables {
+                kv.free(&mut t);
+            }
+            kv.check_invariants();
+            proptest::prop_assert_eq!(kv.num_free(), 12);
+        }
     }
 
     #[test]

@@ -216,3 +216,47 @@ fn lora_cap_passes_over_blocked_adapters_and_counts_loads() {
     let steps = run(&mut s, &mut m);
     assert_eq!(steps.iter().map(|w| w.lora_loads).sum::<usize>(), 1);
 }
+
+proptest::proptest! {
+    /// Whatever the mix of prompt sizes, output lengths, shared prefixes and a tight KV cache,
+    /// every request gets exactly its tokens, steps respect the limits, and the cache drains.
+    #[test]
+    fn every_request_completes_within_limits(
+        reqs in proptest::collection::vec((1u32..120, 1u32..40, 0u32..3), 1..12),
+        max_num_seqs in 1usize..6,
+        budget in 16usize..128,
+    ) {
+        let blocks = 20;
+        let mut s = Scheduler::new(cfg(max_num_seqs, budget, blocks));
+        let mut m = EngineMetrics::default();
+        let mut rxs = Vec::new();
+        for (len, out, family) in &reqs {
+            // Prompts of a family share their beginning.
+            let p: Vec<u32> = (0..*len).map(|i| if i < 40 { family * 1000 + i } else { 50_000 + i * 7 + len }).collect();
+            if p.len() + *out as usize > blocks * BLOCK_SIZE {
+                continue;
+            }
+            let (sp, rx) = spec(&p, *out, None);
+            s.add(sp);
+            rxs.push((rx, *out));
+        }
+        let mut steps = 0;
+        while s.has_work() {
+            let w = s.schedule(&mut m);
+            proptest::prop_assert!(w.scheduled_tokens <= budget);
+            proptest::prop_assert!(w.decode_seqs <= max_num_seqs);
+            proptest::prop_assert!(s.kv().usage() <= 1.0);
+            s.kv().check_invariants();
+            s.complete_step(Instant::now(), &mut m);
+            steps += 1;
+            proptest::prop_assert!(steps < 20_000, "no progress");
+        }
+        for (rx, out) in &mut rxs {
+            let ev = drain(rx);
+            proptest::prop_assert_eq!(ev.len() as u32, *out);
+            proptest::prop_assert_eq!(ev.last().unwrap().finish, Some(FinishReason::Length));
+        }
+        proptest::prop_assert_eq!(s.kv().usage(), 0.0);
+        proptest::prop_assert!(m.prefix_hits <= m.prefix_queries);
+    }
+}
