@@ -109,6 +109,13 @@ impl ReplicaConfig {
     }
 }
 
+impl Default for FleetConfig {
+    /// One default H100 replica of Llama-3.1-8B-Instruct on an ephemeral loopback port.
+    fn default() -> Self {
+        Self::uniform(default_model(), 1, "h100")
+    }
+}
+
 impl FleetConfig {
     /// `replicas` identical replicas of `model` on `profile`, on ephemeral loopback ports.
     pub fn uniform(model: impl Into<String>, replicas: usize, profile: impl Into<String>) -> Self {

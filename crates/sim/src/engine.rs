@@ -27,6 +27,9 @@ use crate::scheduler::{Scheduler, SchedulerConfig, SeqSpec};
 /// How far behind schedule the loop may be and still chain steps back to back.
 pub const CATCH_UP: Duration = Duration::from_millis(5);
 
+/// How soon to retry when queued work could not be scheduled.
+const IDLE_RETRY: Duration = Duration::from_millis(1);
+
 /// What the engine needs to know about its replica.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -90,13 +93,17 @@ async fn run(
             work
         };
         if work.scheduled_tokens == 0 && work.lora_loads == 0 {
-            // Idle (or nothing schedulable): wait for a new request.
+            // Idle: wait for a new request. (Queued work that cannot be scheduled should not
+            // exist — admission control rejects requests larger than the cache — but if it did,
+            // retry shortly instead of stalling.)
             prev_deadline = None;
+            let stuck = sched.has_work();
             tokio::select! {
                 spec = rx.recv() => match spec {
                     Some(spec) => sched.add(spec),
                     None => return,
                 },
+                _ = tokio::time::sleep(IDLE_RETRY), if stuck => {}
                 _ = cancel.cancelled() => return,
             }
             continue;
