@@ -35,9 +35,15 @@ pub struct EndpointConns {
 }
 
 struct Idle {
+    parts: Box<ConnParts>,
+    since: Instant,
+}
+
+/// Kept boxed: hyper's connection state is large, and it moves between the idle stack, the
+/// request future and the response body on every request.
+struct ConnParts {
     sender: SendRequest<RequestBody>,
     conn: Connection<Io, RequestBody>,
-    since: Instant,
 }
 
 /// Why an exchange failed, in the terms the request path needs.
@@ -71,7 +77,7 @@ impl EndpointConns {
     }
 
     /// An idle connection that still looks alive, or `None`.
-    fn pop_idle(&self) -> Option<(SendRequest<RequestBody>, Connection<Io, RequestBody>)> {
+    fn pop_idle(&self) -> Option<Box<ConnParts>> {
         let now = Instant::now();
         loop {
             let mut idle = self.idle.lock().expect("idle lock").pop()?;
@@ -80,23 +86,25 @@ impl EndpointConns {
             }
             // Let the connection notice a close that arrived while it sat idle.
             let mut cx = Context::from_waker(Waker::noop());
-            if Pin::new(&mut idle.conn).poll(&mut cx).is_ready() || !idle.sender.is_ready() {
+            let p = &mut idle.parts;
+            if Pin::new(&mut p.conn).poll(&mut cx).is_ready() || !p.sender.is_ready() {
                 continue;
             }
-            return Some((idle.sender, idle.conn));
+            return Some(idle.parts);
         }
     }
 
-    async fn connect(&self) -> Result<(SendRequest<RequestBody>, Connection<Io, RequestBody>), SendError> {
+    async fn connect(&self) -> Result<Box<ConnParts>, SendError> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.address))
             .await
             .map_err(|_| SendError::ConnectTimeout)?
             .map_err(SendError::Connect)?;
         let _ = stream.set_nodelay(true);
-        hyper::client::conn::http1::Builder::new()
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(SendError::Http)
+            .map_err(SendError::Http)?;
+        Ok(Box::new(ConnParts { sender, conn }))
     }
 
     /// Send `req` on a pooled connection (or a new one), returning the response head and the
@@ -106,8 +114,8 @@ impl EndpointConns {
         req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, InlineConn), SendError> {
         let mut req = req;
-        if let Some((sender, conn)) = self.pop_idle() {
-            let mut up = InlineConn::new(self.clone(), sender, conn);
+        if let Some(parts) = self.pop_idle() {
+            let mut up = InlineConn::new(self.clone(), parts);
             match up.exchange(req).await {
                 Ok(resp) => return Ok((resp, up)),
                 // The idle connection was closed under us before the request went out: safe to
@@ -116,8 +124,8 @@ impl EndpointConns {
                 Err(e) => return Err(e),
             }
         }
-        let (sender, conn) = self.connect().await?;
-        let mut up = InlineConn::new(self.clone(), sender, conn);
+        let parts = self.connect().await?;
+        let mut up = InlineConn::new(self.clone(), parts);
         let resp = up.exchange(req).await?;
         Ok((resp, up))
     }
@@ -126,28 +134,22 @@ impl EndpointConns {
 /// One upstream connection in use by one exchange.
 pub struct InlineConn {
     home: Arc<EndpointConns>,
-    sender: SendRequest<RequestBody>,
-    conn: Connection<Io, RequestBody>,
+    parts: Box<ConnParts>,
     finished: bool,
 }
 
 impl InlineConn {
-    fn new(
-        home: Arc<EndpointConns>,
-        sender: SendRequest<RequestBody>,
-        conn: Connection<Io, RequestBody>,
-    ) -> Self {
+    fn new(home: Arc<EndpointConns>, parts: Box<ConnParts>) -> Self {
         Self {
             home,
-            sender,
-            conn,
+            parts,
             finished: false,
         }
     }
 
     async fn exchange(&mut self, req: Request<RequestBody>) -> Result<Response<Incoming>, SendError> {
-        let mut response = std::pin::pin!(self.sender.try_send_request(req));
-        let conn = &mut self.conn;
+        let mut response = std::pin::pin!(self.parts.sender.try_send_request(req));
+        let conn = &mut self.parts.conn;
         let finished = &mut self.finished;
         std::future::poll_fn(|cx| {
             if let Poll::Ready(r) = response.as_mut().poll(cx) {
@@ -181,7 +183,7 @@ impl InlineConn {
 
     /// Make progress on the connection (reading the response body, writing the request body).
     pub fn poll_drive(&mut self, cx: &mut Context<'_>) {
-        if !self.finished && Pin::new(&mut self.conn).poll(cx).is_ready() {
+        if !self.finished && Pin::new(&mut self.parts.conn).poll(cx).is_ready() {
             self.finished = true;
         }
     }
@@ -192,14 +194,14 @@ impl InlineConn {
             return;
         }
         let mut cx = Context::from_waker(Waker::noop());
-        if Pin::new(&mut self.conn).poll(&mut cx).is_ready() || !self.sender.is_ready() {
+        let p = &mut self.parts;
+        if Pin::new(&mut p.conn).poll(&mut cx).is_ready() || !p.sender.is_ready() {
             return;
         }
         let mut idle = self.home.idle.lock().expect("idle lock");
         if idle.len() < self.home.max_idle {
             idle.push(Idle {
-                sender: self.sender,
-                conn: self.conn,
+                parts: self.parts,
                 since: Instant::now(),
             });
         }
