@@ -1,6 +1,7 @@
 //! `switchyard`: the binary. It parses the command line and wires crates together; behaviour
 //! lives in the crates.
 
+mod demo;
 mod run;
 
 /// mimalloc's per-thread free lists suit a proxy's many short-lived, same-sized allocations
@@ -46,6 +47,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Start a simulated fleet, the gateway in front of it and a gentle load: no files needed.
+    Demo(demo::DemoArgs),
     /// Run a fleet of simulated OpenAI-compatible model servers.
     Sim(switchyard_sim::SimArgs),
     /// Drive load at an OpenAI-compatible endpoint and report TTFT/ITL/goodput.
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Demo(args) => demo::demo(args),
         Command::Sim(args) => report(switchyard_sim::main(args)),
         Command::Bench(args) => report(switchyard_bench::main(args)),
         Command::Run { config } => {

@@ -52,31 +52,44 @@ pub fn run(path: PathBuf) -> ExitCode {
     runtime.block_on(serve(path, text.into_bytes(), config))
 }
 
-async fn serve(path: PathBuf, loaded: Vec<u8>, config: Config) -> ExitCode {
+/// A started gateway: listeners bound, admin serving, ready.
+pub struct Started {
+    pub server: Arc<Server>,
+    pub admin: Arc<Admin>,
+    pub admin_address: std::net::SocketAddr,
+}
+
+/// Bind listeners and the admin API for `config` and mark the gateway ready. Must run inside the
+/// runtime.
+pub async fn start(config: Config) -> Result<Started, String> {
     let metrics = Metrics::new();
     let admin_address = config.admin.address;
+    let server = Server::start(config, metrics)?;
+    let admin = Admin::new(server.handle.clone());
+    let listener = switchyard_admin::bind(admin_address)
+        .await
+        .map_err(|e| format!("cannot bind admin listener {admin_address}: {e}"))?;
+    let admin_address = listener.local_addr().unwrap_or(admin_address);
+    tracing::info!(address = %admin_address, "admin listening");
+    tokio::spawn(admin.clone().serve(listener));
+    admin.set_ready(true);
+    Ok(Started {
+        server,
+        admin,
+        admin_address,
+    })
+}
+
+async fn serve(path: PathBuf, loaded: Vec<u8>, config: Config) -> ExitCode {
     let drain_timeout = config.runtime.drain_timeout;
     let watch = config.runtime.watch_config;
-    let server = match Server::start(config, metrics) {
+    let Started { server, admin, .. } = match start(config).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             return ExitCode::from(1);
         }
     };
-    let admin = Admin::new(server.handle.clone());
-    match switchyard_admin::bind(admin_address).await {
-        Ok(listener) => {
-            let addr = listener.local_addr().unwrap_or(admin_address);
-            tracing::info!(address = %addr, "admin listening");
-            tokio::spawn(admin.clone().serve(listener));
-        }
-        Err(e) => {
-            tracing::error!(address = %admin_address, error = %e, "cannot bind admin listener");
-            return ExitCode::from(1);
-        }
-    }
-    admin.set_ready(true);
     tracing::info!(config = %path.display(), "ready");
 
     let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
