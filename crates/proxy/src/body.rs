@@ -184,7 +184,10 @@ impl UpstreamBody {
     }
 
     /// Poll the upstream body, driving an inline connection when it has nothing ready.
-    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let first = Pin::new(&mut self.inner).poll_frame(cx);
         match (&first, self.upstream.as_mut()) {
             (Poll::Pending, Some(up)) => {

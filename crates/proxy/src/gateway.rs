@@ -186,7 +186,10 @@ impl GatewayHandle {
     /// Build a new generation from `config` and swap it in. On error nothing changes.
     pub fn apply(&self, config: Config) -> Result<(), String> {
         let mut states = self.states.lock().expect("state registry lock poisoned");
-        let mut conns = self.conns.lock().expect("connection registry lock poisoned");
+        let mut conns = self
+            .conns
+            .lock()
+            .expect("connection registry lock poisoned");
         let old = self.current.load_full();
         let gateway = build(config, Some(&old), &mut states, &mut conns, &self.metrics)?;
         conns.retain(|(pool, addr), _| {

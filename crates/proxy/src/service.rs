@@ -229,7 +229,8 @@ async fn forward(
     let (mut resp, conn) = match tokio::time::timeout_at(headers_by, send).await {
         Ok(Ok(pair)) => pair,
         Ok(Err(failure)) => {
-            let (connect, err): (bool, Option<&(dyn std::error::Error + 'static)>) = match &failure {
+            let (connect, err): (bool, Option<&(dyn std::error::Error + 'static)>) = match &failure
+            {
                 Failure::Inline(SendError::Connect(e)) => (true, Some(e)),
                 Failure::Inline(SendError::ConnectTimeout) => (true, None),
                 Failure::Inline(SendError::NotSent(_)) => (false, None),

@@ -147,7 +147,10 @@ impl InlineConn {
         }
     }
 
-    async fn exchange(&mut self, req: Request<RequestBody>) -> Result<Response<Incoming>, SendError> {
+    async fn exchange(
+        &mut self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, SendError> {
         let mut response = std::pin::pin!(self.parts.sender.try_send_request(req));
         let conn = &mut self.parts.conn;
         let finished = &mut self.finished;

@@ -56,7 +56,11 @@ fn gateway_yaml(args: &DemoArgs, fleet: &[SocketAddr]) -> String {
         .iter()
         .enumerate()
         .map(|(i, a)| {
-            let zone = if i < fleet.len() / 2 { "zone-a" } else { "zone-b" };
+            let zone = if i < fleet.len() / 2 {
+                "zone-a"
+            } else {
+                "zone-b"
+            };
             format!("      - {{ address: {a}, zone: {zone} }}\n")
         })
         .collect();
@@ -68,7 +72,10 @@ fn gateway_yaml(args: &DemoArgs, fleet: &[SocketAddr]) -> String {
 }
 
 pub fn demo(args: DemoArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start runtime: {e}");

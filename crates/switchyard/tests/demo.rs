@@ -24,13 +24,25 @@ impl Drop for KillOnDrop {
 
 #[test]
 fn demo_serves_openai_streams_and_stops_on_ctrl_c() {
-    let mut child = KillOnDrop(Command::new(BIN)
-        .args(["demo", "--port", "0", "--admin-port", "0", "--rate", "5", "--duration", "120s"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args([
+                "demo",
+                "--port",
+                "0",
+                "--admin-port",
+                "0",
+                "--rate",
+                "5",
+                "--duration",
+                "120s",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut gateway = None;
     let mut admin = None;
     let mut fleet = Vec::new();
@@ -42,7 +54,10 @@ fn demo_serves_openai_streams_and_stops_on_ctrl_c() {
         if let Some(u) = t.strip_prefix("gateway") {
             gateway = Some(u.trim().to_string());
         } else if let Some(u) = t.strip_prefix("admin") {
-            admin = u.split_whitespace().next().map(|s| s.trim_end_matches("/metrics").to_string());
+            admin = u
+                .split_whitespace()
+                .next()
+                .map(|s| s.trim_end_matches("/metrics").to_string());
         } else if t.starts_with("http://") && t.ends_with("/metrics") {
             fleet.push(t.trim_end_matches("/metrics").to_string());
         }
@@ -55,12 +70,19 @@ fn demo_serves_openai_streams_and_stops_on_ctrl_c() {
     assert_eq!(fleet.len(), 4, "four replicas listed");
 
     // The official client streams through the gateway and directly from a replica.
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/interop/openai_interop.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/interop/openai_interop.py"
+    );
     let out = Command::new("python3")
         .args([script, MODEL, &gateway, &fleet[0]])
         .output()
         .expect("python3");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let results: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -69,7 +91,10 @@ fn demo_serves_openai_streams_and_stops_on_ctrl_c() {
     for r in &results {
         assert_eq!(r["usage"]["completion_tokens"], 16, "{r}");
         assert_eq!(r["chunks"], 16, "{r}");
-        assert!(r["text"].as_str().unwrap().split_whitespace().count() >= 8, "{r}");
+        assert!(
+            r["text"].as_str().unwrap().split_whitespace().count() >= 8,
+            "{r}"
+        );
     }
 
     // The background load shows up in the gateway's metrics.
@@ -85,12 +110,19 @@ fn demo_serves_openai_streams_and_stops_on_ctrl_c() {
         if served >= 5.0 {
             break;
         }
-        assert!(Instant::now() < deadline, "background load did not reach the gateway");
+        assert!(
+            Instant::now() < deadline,
+            "background load did not reach the gateway"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 
     // Ctrl-C stops everything and exits 0.
-    assert!(Command::new("kill").args(["-INT", &child.0.id().to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-INT", &child.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(s) = child.0.try_wait().unwrap() {
