@@ -18,7 +18,17 @@ use crate::sweep::run_sweep;
 /// Progress appears only on runs that last longer than this.
 const PROGRESS_AFTER: Duration = Duration::from_secs(3);
 
-pub(crate) async fn run(plan: CliPlan) -> anyhow::Result<()> {
+pub(crate) async fn run(mut plan: CliPlan) -> anyhow::Result<()> {
+    if plan.spec.model.is_none() {
+        // As vLLM's benchmark_serving does: without --model, use the first model the (first)
+        // target serves.
+        if let Some(target) = plan.spec.targets.first() {
+            plan.spec.model = discover_model(&target.url).await;
+            if let Some(m) = &plan.spec.model {
+                eprintln!("model: {m} (from {}/v1/models; set --model to override)", target.url);
+            }
+        }
+    }
     let stop = CancellationToken::new();
     let on_signal = stop.clone();
     tokio::spawn(async move {
@@ -116,4 +126,24 @@ async fn show_progress(progress: Arc<Progress>, done: CancellationToken) {
             eprintln!("{line}");
         }
     }
+}
+
+/// The first model id listed at `{base}/v1/models`, if the target answers in OpenAI format.
+async fn discover_model(base: &str) -> Option<String> {
+    use http_body_util::{BodyExt, Empty};
+    let uri: http::Uri = format!("{}/v1/models", base.trim_end_matches('/')).parse().ok()?;
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build::<_, Empty<bytes::Bytes>>(connector);
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.get(uri))
+        .await
+        .ok()?
+        .ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    v["data"][0]["id"].as_str().map(str::to_string)
 }
