@@ -1,11 +1,17 @@
 //! Endpoints and their live state. The state ([`EndpointState`]) outlives config reloads: an
 //! endpoint that stays in a pool keeps its in-flight count and health, so a reload never makes
-//! the balancer forget what it knew.
+//! the balancer forget what it knew. Latency (peak EWMA) and ORCA load reports live here too,
+//! as atomics the proxy updates per response and pickers read per request.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::latency::PeakEwma;
+use crate::orca::LoadReport;
+use crate::reported_load::{ReportedLoad, WeightPolicy};
 
 /// Counters and flags for one upstream address, shared by every config generation that uses it.
 #[derive(Debug)]
@@ -15,6 +21,10 @@ pub struct EndpointState {
     requests: AtomicU64,
     failures: AtomicU64,
     healthy: AtomicBool,
+    /// Origin of the nanosecond timestamps below.
+    epoch: Instant,
+    latency: PeakEwma,
+    reported: ReportedLoad,
 }
 
 impl EndpointState {
@@ -25,6 +35,9 @@ impl EndpointState {
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
+            epoch: Instant::now(),
+            latency: PeakEwma::new(),
+            reported: ReportedLoad::default(),
         }
     }
 
@@ -59,6 +72,54 @@ impl EndpointState {
 
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    fn nanos(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// Record one response latency (time to response headers, or to the first token for a
+    /// stream) into the peak-EWMA estimate. Call once per completed attempt, failures included.
+    pub fn record_latency(&self, rtt: Duration) {
+        self.record_latency_at(rtt, Instant::now());
+    }
+
+    /// [`EndpointState::record_latency`] with an explicit clock, for tests and replays.
+    pub fn record_latency_at(&self, rtt: Duration, now: Instant) {
+        self.latency.observe(rtt, self.nanos(now));
+    }
+
+    /// The peak-EWMA latency as seen at `now` (decayed toward zero since the last sample), or
+    /// `None` before the first sample.
+    pub fn latency_at(&self, now: Instant) -> Option<Duration> {
+        self.latency_ns_at(now)
+            .map(|ns| Duration::from_nanos(ns as u64))
+    }
+
+    pub(crate) fn latency_ns_at(&self, now: Instant) -> Option<f64> {
+        self.latency.get(self.nanos(now))
+    }
+
+    /// Set the EWMA time constant τ. The `peak_ewma` picker does this itself for the endpoints
+    /// it sees, so the proxy need not; until then τ is 10s.
+    pub fn set_latency_decay(&self, tau: Duration) {
+        self.latency.set_decay(tau);
+    }
+
+    /// Record an ORCA load report parsed from a response's `endpoint-load-metrics` header (see
+    /// [`crate::parse_orca`]). Returns false when the report carries no weight (no qps or no
+    /// utilization) and was ignored.
+    pub fn record_load_report(&self, report: LoadReport) -> bool {
+        self.record_load_report_at(&report, Instant::now())
+    }
+
+    /// [`EndpointState::record_load_report`] with an explicit clock.
+    pub fn record_load_report_at(&self, report: &LoadReport, now: Instant) -> bool {
+        self.reported.record(report, self.nanos(now))
+    }
+
+    pub(crate) fn reported_weight_at(&self, now: Instant, policy: &WeightPolicy) -> Option<f64> {
+        self.reported.weight(self.nanos(now), policy)
     }
 }
 

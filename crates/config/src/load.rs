@@ -144,4 +144,132 @@ mod tests {
         assert_eq!(e.suggestion.as_deref(), Some("round_robin"));
         assert_eq!(e.position.unwrap().line, 3);
     }
+
+    fn balancer(yaml: &str) -> crate::model::Balancer {
+        let text = format!("pools:\n  - name: p\n    balancer: {yaml}\n");
+        parse(&text, Path::new("t.yaml"))
+            .unwrap()
+            .pools
+            .remove(0)
+            .balancer
+    }
+
+    #[test]
+    fn every_balancer_form_parses() {
+        use crate::model::{Balancer as B, HashKey};
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        let s = Duration::from_secs;
+        assert_eq!(balancer("weighted_round_robin"), B::WeightedRoundRobin);
+        assert_eq!(balancer("least_request"), B::LeastRequest { choices: 2 });
+        assert_eq!(
+            balancer("{kind: least_request, choices: 3}"),
+            B::LeastRequest { choices: 3 }
+        );
+        assert_eq!(
+            balancer("{kind: peak_ewma, decay: 5s, default_rtt: 2ms}"),
+            B::PeakEwma {
+                decay: s(5),
+                default_rtt: ms(2)
+            }
+        );
+        assert_eq!(
+            balancer("peak_ewma"),
+            B::PeakEwma {
+                decay: s(10),
+                default_rtt: ms(5)
+            }
+        );
+        assert_eq!(
+            balancer(
+                "{kind: ring_hash, key: {header: X-User}, min_ring_size: 2048, load_factor: 1.5}"
+            ),
+            B::RingHash {
+                key: HashKey::Header("x-user".into()),
+                min_ring_size: 2048,
+                load_factor: 1.5
+            }
+        );
+        assert_eq!(
+            balancer("{kind: ring_hash, key: {cookie: session}}"),
+            B::RingHash {
+                key: HashKey::Cookie("session".into()),
+                min_ring_size: 1024,
+                load_factor: 1.25
+            }
+        );
+        assert_eq!(
+            balancer("{key: source_ip, kind: maglev, table_size: 251}"),
+            B::Maglev {
+                key: HashKey::SourceIp,
+                table_size: 251,
+                load_factor: 1.25
+            }
+        );
+        assert_eq!(
+            balancer("{kind: weighted_least_utilization, blackout: 0s, expiration: 3m, error_penalty: 2}"),
+            B::WeightedLeastUtilization { blackout: s(0), expiration: s(180), error_penalty: 2.0 }
+        );
+        assert_eq!(balancer("maglev").hash_key(), Some(&HashKey::SourceIp));
+        assert_eq!(balancer("random").hash_key(), None);
+    }
+
+    #[test]
+    fn balancers_round_trip_through_serialization() {
+        for yaml in [
+            "round_robin",
+            "{kind: least_request, choices: 4}",
+            "{kind: peak_ewma, decay: 30s, default_rtt: 1ms}",
+            "{kind: ring_hash, key: {header: x-user}}",
+            "{kind: maglev, key: {cookie: s}, table_size: 251}",
+            "weighted_least_utilization",
+        ] {
+            let b = balancer(yaml);
+            let shown = serde_yaml::to_string(&b).unwrap();
+            let back: crate::model::Balancer = serde_yaml::from_str(&shown).unwrap();
+            assert_eq!(back, b, "{shown}");
+            serde_json::to_string(&b).unwrap();
+        }
+    }
+
+    #[test]
+    fn typo_inside_balancer_map_suggests_with_line() {
+        let text = "pools:\n  - name: p\n    balancer:\n      kind: ring_hash\n      key: {header: x-user}\n      load_factr: 1.5\n";
+        let e = err(text);
+        assert_eq!(e.suggestion.as_deref(), Some("load_factor"), "{e}");
+        assert_eq!(e.position.unwrap().line, 6, "{e}");
+        assert!(e.path.starts_with("pools[0].balancer"), "{}", e.path);
+    }
+
+    #[test]
+    fn key_of_another_kind_is_rejected_even_before_kind() {
+        let e = err("pools:\n  - name: p\n    balancer: {table_size: 251, kind: ring_hash}\n");
+        assert!(e.message.contains("unknown field `table_size`"), "{e}");
+        assert!(e.message.contains("min_ring_size"), "{e}");
+        assert_eq!(e.position.unwrap().line, 3);
+        let e = err("pools:\n  - name: p\n    balancer: {kind: least_request, choises: 3}\n");
+        assert_eq!(e.suggestion.as_deref(), Some("choices"));
+    }
+
+    #[test]
+    fn bad_balancer_values() {
+        for (yaml, want) in [
+            ("{kind: maglev, table_size: 65536}", "prime"),
+            ("{kind: ring_hash, load_factor: 0.5}", "load_factor"),
+            ("{kind: least_request, choices: 0}", "choices"),
+            ("{kind: peak_ewma, decay: 0s}", "decay"),
+            (
+                "{kind: ring_hash, key: {headr: x}}",
+                "unknown field `headr`",
+            ),
+            (
+                "{kind: ring_hash, key: client_ip}",
+                "unknown variant `client_ip`",
+            ),
+        ] {
+            let e = err(&format!("pools:\n  - name: p\n    balancer: {yaml}\n"));
+            assert!(e.message.contains(want), "{yaml}: {e}");
+            assert_eq!(e.position.unwrap().line, 3, "{yaml}: {e}");
+        }
+    }
 }
