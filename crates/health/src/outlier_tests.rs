@@ -1,0 +1,266 @@
+//! Deterministic detector scenarios under paused tokio time.
+
+use super::*;
+
+fn addrs(n: u16) -> Vec<SocketAddr> {
+    (1..=n).map(|p| SocketAddr::from(([10, 0, 0, 1], p))).collect()
+}
+
+fn detector(n: u16, settings: OutlierSettings) -> (OutlierDetector, Vec<SocketAddr>) {
+    let a = addrs(n);
+    (OutlierDetector::new(settings, a.clone()), a)
+}
+
+fn ejected(events: &[OutlierEvent]) -> Vec<SocketAddr> {
+    let mut out: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            OutlierEvent::Ejected { address, .. } => Some(*address),
+            OutlierEvent::Returned { .. } => None,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn status_classification() {
+    assert_eq!(Outcome::from_status(200), Outcome::Success);
+    assert_eq!(Outcome::from_status(429), Outcome::Success);
+    assert_eq!(Outcome::from_status(500), Outcome::Http5xx);
+    assert_eq!(Outcome::from_status(503), Outcome::GatewayError);
+}
+
+#[tokio::test(start_paused = true)]
+async fn consecutive_gateway_errors_eject_and_success_resets() {
+    let (mut d, a) = detector(10, OutlierSettings::default());
+    let snapshot = d.snapshot();
+    let now = Instant::now();
+    assert_eq!(d.record(a[0], Outcome::GatewayError, now), None);
+    assert_eq!(d.record(a[0], Outcome::GatewayError, now), None);
+    assert_eq!(d.record(a[0], Outcome::Success, now), None);
+    assert_eq!(d.record(a[0], Outcome::GatewayError, now), None);
+    assert_eq!(d.record(a[0], Outcome::GatewayError, now), None);
+    assert_eq!(d.record(a[0], Outcome::LocalOrigin, now), None, "ignored");
+    let event = d.record(a[0], Outcome::GatewayError, now);
+    assert_eq!(
+        event,
+        Some(OutlierEvent::Ejected {
+            address: a[0],
+            reason: EjectReason::ConsecutiveGatewayErrors,
+            duration: Duration::from_secs(30),
+        })
+    );
+    assert!(d.is_ejected(a[0], now));
+    assert!(snapshot.load().is_ejected(a[0], now));
+    assert!(!snapshot.load().is_ejected(a[1], now));
+}
+
+#[tokio::test(start_paused = true)]
+async fn consecutive_5xx_counts_gateway_errors_too() {
+    let (mut d, a) = detector(10, OutlierSettings::default());
+    let now = Instant::now();
+    // 500, 503, 500, 503: the gateway streak never reaches 3, the 5xx streak reaches 5.
+    for outcome in [Outcome::Http5xx, Outcome::GatewayError, Outcome::Http5xx, Outcome::GatewayError] {
+        assert_eq!(d.record(a[0], outcome, now), None);
+    }
+    let event = d.record(a[0], Outcome::Http5xx, now).unwrap();
+    assert!(matches!(event, OutlierEvent::Ejected { reason: EjectReason::Consecutive5xx, .. }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn ejection_time_grows_with_repeats_returns_and_decays() {
+    let settings = OutlierSettings {
+        base_ejection: Duration::from_secs(30),
+        max_ejection: Duration::from_secs(75),
+        interval: Duration::from_secs(10),
+        ..OutlierSettings::default()
+    };
+    let (mut d, a) = detector(10, settings);
+    let eject = |d: &mut OutlierDetector| {
+        let now = Instant::now();
+        let mut last = None;
+        for _ in 0..3 {
+            last = d.record(a[0], Outcome::GatewayError, now);
+        }
+        match last {
+            Some(OutlierEvent::Ejected { duration, .. }) => duration,
+            other => panic!("expected an ejection, got {other:?}"),
+        }
+    };
+    assert_eq!(eject(&mut d), Duration::from_secs(30));
+    tokio::time::advance(Duration::from_secs(29)).await;
+    assert!(d.is_ejected(a[0], Instant::now()));
+    assert!(d.tick(Instant::now()).is_empty());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(!d.is_ejected(a[0], Instant::now()), "back exactly when the time is up");
+    assert!(!d.snapshot().load().is_ejected(a[0], Instant::now()));
+    assert_eq!(d.tick(Instant::now()), [OutlierEvent::Returned { address: a[0] }]);
+
+    // Ejected again at once: twice the base time; a third time is capped by max_ejection.
+    assert_eq!(eject(&mut d), Duration::from_secs(60));
+    tokio::time::advance(Duration::from_secs(60)).await;
+    d.tick(Instant::now());
+    assert_eq!(eject(&mut d), Duration::from_secs(75));
+    tokio::time::advance(Duration::from_secs(75)).await;
+    d.tick(Instant::now());
+
+    // Staying healthy decays the multiplier by one per interval: 3 → 1 after two intervals.
+    for _ in 0..2 {
+        tokio::time::advance(Duration::from_secs(10)).await;
+        d.tick(Instant::now());
+    }
+    assert_eq!(eject(&mut d), Duration::from_secs(60));
+}
+
+#[tokio::test(start_paused = true)]
+async fn cap_on_ejected_share_holds() {
+    let settings = OutlierSettings {
+        max_ejected_percent: 50,
+        ..OutlierSettings::default()
+    };
+    let (mut d, a) = detector(10, settings);
+    let now = Instant::now();
+    let mut events = Vec::new();
+    for _ in 0..3 {
+        for &addr in &a {
+            events.extend(d.record(addr, Outcome::GatewayError, now));
+        }
+    }
+    assert_eq!(ejected(&events).len(), 5);
+    assert_eq!(d.snapshot().load().count(now), 5);
+
+    // The default 10% of a 3-endpoint pool still allows one ejection, but not two.
+    let (mut d, a) = detector(3, OutlierSettings::default());
+    let mut events = Vec::new();
+    for _ in 0..3 {
+        for &addr in &a {
+            events.extend(d.record(addr, Outcome::GatewayError, now));
+        }
+    }
+    assert_eq!(ejected(&events), [a[0]]);
+}
+
+fn traffic(d: &mut OutlierDetector, addr: SocketAddr, ok: u32, failed: u32, now: Instant) {
+    for _ in 0..ok {
+        d.record(addr, Outcome::Success, now);
+    }
+    // Interleave failures with successes so the consecutive detectors stay quiet.
+    for _ in 0..failed {
+        d.record(addr, Outcome::Http5xx, now);
+        d.record(addr, Outcome::Success, now);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn success_rate_ejects_the_statistical_outlier() {
+    let settings = OutlierSettings {
+        max_ejected_percent: 100,
+        consecutive_5xx: 0,
+        consecutive_gateway_errors: 0,
+        success_rate: Some(SuccessRateSettings::default()),
+        ..OutlierSettings::default()
+    };
+    let (mut d, a) = detector(6, settings);
+    let now = Instant::now();
+    // Five endpoints at ~99%, one at ~67%; a[5] sends too little to count.
+    for &addr in &a[..4] {
+        traffic(&mut d, addr, 198, 2, now);
+    }
+    traffic(&mut d, a[4], 100, 100, now);
+    traffic(&mut d, a[5], 10, 40, now);
+    let events = d.tick(now);
+    assert_eq!(ejected(&events), [a[4]]);
+    assert!(matches!(events[0], OutlierEvent::Ejected { reason: EjectReason::SuccessRate, .. }));
+
+    // Counts start over each interval; with fewer than minimum_hosts qualifying, nothing runs.
+    for &addr in &a[..3] {
+        traffic(&mut d, addr, 198, 2, now);
+    }
+    traffic(&mut d, a[5], 10, 100, now);
+    assert!(d.tick(now).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn success_rate_leaves_a_uniform_pool_alone() {
+    let settings = OutlierSettings {
+        max_ejected_percent: 100,
+        consecutive_5xx: 0,
+        consecutive_gateway_errors: 0,
+        success_rate: Some(SuccessRateSettings::default()),
+        ..OutlierSettings::default()
+    };
+    let (mut d, a) = detector(5, settings);
+    let now = Instant::now();
+    for (i, &addr) in a.iter().enumerate() {
+        traffic(&mut d, addr, 150, 50 + i as u32, now);
+    }
+    assert!(d.tick(now).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn failure_percentage_ejects_above_threshold() {
+    let settings = OutlierSettings {
+        max_ejected_percent: 100,
+        consecutive_5xx: 0,
+        consecutive_gateway_errors: 0,
+        failure_percentage: Some(FailurePercentageSettings::default()),
+        ..OutlierSettings::default()
+    };
+    let (mut d, a) = detector(6, settings);
+    let now = Instant::now();
+    for &addr in &a[..3] {
+        traffic(&mut d, addr, 60, 0, now);
+    }
+    // Local-origin outcomes do not count towards the volume or the percentage.
+    for &addr in &a[3..5] {
+        for _ in 0..10 {
+            for _ in 0..4 {
+                d.record(addr, Outcome::Http5xx, now);
+            }
+            d.record(addr, Outcome::Success, now);
+        }
+        for _ in 0..40 {
+            d.record(addr, Outcome::LocalOrigin, now);
+        }
+    }
+    // a[3] and a[4] fail 80%: below the threshold.
+    assert!(d.tick(now).is_empty());
+    for &addr in &a[..4] {
+        traffic(&mut d, addr, 60, 0, now);
+    }
+    for _ in 0..10 {
+        for _ in 0..9 {
+            d.record(a[4], Outcome::Http5xx, now);
+        }
+        d.record(a[4], Outcome::Success, now);
+    }
+    let events = d.tick(now);
+    assert_eq!(ejected(&events), [a[4]]);
+    assert!(matches!(
+        events[0],
+        OutlierEvent::Ejected { reason: EjectReason::FailurePercentage, .. }
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn reload_keeps_state_of_remaining_endpoints() {
+    let settings = OutlierSettings {
+        max_ejected_percent: 100,
+        ..OutlierSettings::default()
+    };
+    let (mut d, a) = detector(4, settings);
+    let now = Instant::now();
+    for _ in 0..3 {
+        d.record(a[0], Outcome::GatewayError, now);
+    }
+    d.record(a[1], Outcome::GatewayError, now);
+    d.record(a[1], Outcome::GatewayError, now);
+    d.update(None, [a[0], a[1]]);
+    assert!(d.is_ejected(a[0], now));
+    assert!(d.snapshot().load().is_ejected(a[0], now));
+    assert!(d.record(a[1], Outcome::GatewayError, now).is_some(), "streak kept");
+    d.update(None, [a[1]]);
+    assert!(!d.snapshot().load().is_ejected(a[0], now), "removed endpoints leave the snapshot");
+    assert_eq!(d.record(a[2], Outcome::GatewayError, now), None, "unknown address");
+}
