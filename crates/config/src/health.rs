@@ -33,7 +33,11 @@ pub struct HealthCheck {
     pub timeout: Duration,
     /// Each wait is `interval ± jitter`, spreading probes of many gateways over time. Unset means
     /// 10% of `interval`.
-    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub jitter: Option<Duration>,
     /// Consecutive passing probes that turn an unhealthy endpoint healthy.
     #[serde(default = "default_threshold")]
@@ -134,7 +138,11 @@ impl HealthCheck {
     pub fn validate(&self) -> Vec<FieldError> {
         let mut errors = Vec::new();
         let mut err = |key: &str, msg: String| {
-            let path = if key.is_empty() { "health".to_string() } else { format!("health.{key}") };
+            let path = if key.is_empty() {
+                "health".to_string()
+            } else {
+                format!("health.{key}")
+            };
             errors.push((path, msg));
         };
         let kinds = [self.http.is_some(), self.grpc.is_some(), self.tcp.is_some()];
@@ -424,7 +432,10 @@ mod tests {
             "{ http: { path: /health, expect: 200 }, interval: 1s, timeout: 500ms, healthy: 2, unhealthy: 2 }",
         )
         .unwrap();
-        assert_eq!(health.http.as_ref().unwrap().expect, ExpectStatus::Code(200));
+        assert_eq!(
+            health.http.as_ref().unwrap().expect,
+            ExpectStatus::Code(200)
+        );
         assert_eq!(health.timeout, Duration::from_millis(500));
         assert_eq!(health.jitter, None);
         assert!(health.validate().is_empty());
@@ -445,7 +456,10 @@ mod tests {
         .unwrap();
         assert_eq!(outlier.max_ejected_percent, 50);
         assert_eq!(outlier.success_rate, Some(SuccessRate::default()));
-        assert_eq!(outlier.failure_percentage, Some(FailurePercentage::default()));
+        assert_eq!(
+            outlier.failure_percentage,
+            Some(FailurePercentage::default())
+        );
         assert!(outlier.validate().is_empty());
 
         let slow: SlowStart =
@@ -480,9 +494,17 @@ mod tests {
 
     #[test]
     fn expect_accepts_code_list_and_range() {
-        let parse = |y: &str| serde_yaml::from_str::<HttpCheck>(y).unwrap().expect.ranges();
+        let parse = |y: &str| {
+            serde_yaml::from_str::<HttpCheck>(y)
+                .unwrap()
+                .expect
+                .ranges()
+        };
         assert_eq!(parse("expect: 204"), Ok(vec![(204, 204)]));
-        assert_eq!(parse("expect: [200, 204]"), Ok(vec![(200, 200), (204, 204)]));
+        assert_eq!(
+            parse("expect: [200, 204]"),
+            Ok(vec![(200, 200), (204, 204)])
+        );
         assert_eq!(parse("expect: \"200-299\""), Ok(vec![(200, 299)]));
         assert!(parse("expect: \"299-200\"").is_err());
         assert!(parse("expect: 42").is_err());
@@ -492,12 +514,19 @@ mod tests {
 
     #[test]
     fn validation_names_the_key() {
-        let health: HealthCheck =
-            serde_yaml::from_str("{ http: { path: health }, tcp: {}, interval: 0s, healthy: 0, jitter: 10s }")
-                .unwrap();
+        let health: HealthCheck = serde_yaml::from_str(
+            "{ http: { path: health }, tcp: {}, interval: 0s, healthy: 0, jitter: 10s }",
+        )
+        .unwrap();
         assert_eq!(
             keys(&health.validate()),
-            ["health", "health.http.path", "health.interval", "health.jitter", "health.healthy"]
+            [
+                "health",
+                "health.http.path",
+                "health.interval",
+                "health.jitter",
+                "health.healthy"
+            ]
         );
         let none: HealthCheck = serde_yaml::from_str("{}").unwrap();
         assert_eq!(keys(&none.validate()), ["health"]);

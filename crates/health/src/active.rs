@@ -97,7 +97,10 @@ impl ProbeCounters {
                 self.successes = self.successes.saturating_add(1);
                 if !self.healthy && self.successes >= check.healthy {
                     self.healthy = true;
-                    return Some((true, format!("{} consecutive probes passed", self.successes)));
+                    return Some((
+                        true,
+                        format!("{} consecutive probes passed", self.successes),
+                    ));
                 }
             }
             Err(failure) => {
@@ -105,7 +108,13 @@ impl ProbeCounters {
                 self.failures = self.failures.saturating_add(1);
                 if self.healthy && self.failures >= check.unhealthy {
                     self.healthy = false;
-                    return Some((false, format!("{} consecutive probes failed; last: {failure}", self.failures)));
+                    return Some((
+                        false,
+                        format!(
+                            "{} consecutive probes failed; last: {failure}",
+                            self.failures
+                        ),
+                    ));
                 }
             }
         }
@@ -344,6 +353,9 @@ mod tests {
         checker.update(None, [a.clone()]);
         assert!(a.is_healthy());
         assert_eq!(checker.addresses().collect::<Vec<_>>(), [a.address]);
-        assert!(checker.is_healthy(b.address), "unknown addresses are not held back");
+        assert!(
+            checker.is_healthy(b.address),
+            "unknown addresses are not held back"
+        );
     }
 }

@@ -157,12 +157,17 @@ pub struct EjectionSnapshot {
 impl EjectionSnapshot {
     /// Whether `addr` is ejected at `now`. Ejections are few, so this is a short linear scan.
     pub fn is_ejected(&self, addr: SocketAddr, now: Instant) -> bool {
-        self.ejected.iter().any(|&(a, until)| a == addr && now < until)
+        self.ejected
+            .iter()
+            .any(|&(a, until)| a == addr && now < until)
     }
 
     /// Endpoints ejected at `now`.
     pub fn count(&self, now: Instant) -> usize {
-        self.ejected.iter().filter(|&&(_, until)| now < until).count()
+        self.ejected
+            .iter()
+            .filter(|&&(_, until)| now < until)
+            .count()
     }
 }
 
@@ -235,7 +240,12 @@ impl OutlierDetector {
     }
 
     /// Count one attempt's outcome; returns the ejection it caused, if any.
-    pub fn record(&mut self, addr: SocketAddr, outcome: Outcome, now: Instant) -> Option<OutlierEvent> {
+    pub fn record(
+        &mut self,
+        addr: SocketAddr,
+        outcome: Outcome,
+        now: Instant,
+    ) -> Option<OutlierEvent> {
         let s = &self.settings;
         let host = self.hosts.get_mut(&addr)?;
         match outcome {
@@ -289,7 +299,10 @@ impl OutlierDetector {
                 }
                 Some(_) => {}
                 None => {
-                    if host.returned_at.is_some_and(|t| now.duration_since(t) >= interval) {
+                    if host
+                        .returned_at
+                        .is_some_and(|t| now.duration_since(t) >= interval)
+                    {
                         host.multiplier = host.multiplier.saturating_sub(1);
                     }
                 }
@@ -322,7 +335,12 @@ impl OutlierDetector {
             .hosts
             .iter()
             .filter(|(_, h)| !h.is_ejected(now) && h.successes + h.failures >= u64::from(volume))
-            .map(|(&a, h)| (a, 100.0 * h.successes as f64 / (h.successes + h.failures) as f64))
+            .map(|(&a, h)| {
+                (
+                    a,
+                    100.0 * h.successes as f64 / (h.successes + h.failures) as f64,
+                )
+            })
             .collect();
         // Worst first, so the ejection cap keeps out the worst ones.
         rates.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
@@ -367,7 +385,12 @@ impl OutlierDetector {
     }
 
     /// Eject `addr` unless the cap forbids it; the caller publishes.
-    fn try_eject(&mut self, addr: SocketAddr, reason: EjectReason, now: Instant) -> Option<OutlierEvent> {
+    fn try_eject(
+        &mut self,
+        addr: SocketAddr,
+        reason: EjectReason,
+        now: Instant,
+    ) -> Option<OutlierEvent> {
         let total = self.hosts.len() as u64;
         let ejected = self.hosts.values().filter(|h| h.is_ejected(now)).count() as u64;
         let cap = u64::from(self.settings.max_ejected_percent);

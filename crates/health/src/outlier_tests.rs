@@ -3,7 +3,9 @@
 use super::*;
 
 fn addrs(n: u16) -> Vec<SocketAddr> {
-    (1..=n).map(|p| SocketAddr::from(([10, 0, 0, 1], p))).collect()
+    (1..=n)
+        .map(|p| SocketAddr::from(([10, 0, 0, 1], p)))
+        .collect()
 }
 
 fn detector(n: u16, settings: OutlierSettings) -> (OutlierDetector, Vec<SocketAddr>) {
@@ -61,11 +63,22 @@ async fn consecutive_5xx_counts_gateway_errors_too() {
     let (mut d, a) = detector(10, OutlierSettings::default());
     let now = Instant::now();
     // 500, 503, 500, 503: the gateway streak never reaches 3, the 5xx streak reaches 5.
-    for outcome in [Outcome::Http5xx, Outcome::GatewayError, Outcome::Http5xx, Outcome::GatewayError] {
+    for outcome in [
+        Outcome::Http5xx,
+        Outcome::GatewayError,
+        Outcome::Http5xx,
+        Outcome::GatewayError,
+    ] {
         assert_eq!(d.record(a[0], outcome, now), None);
     }
     let event = d.record(a[0], Outcome::Http5xx, now).unwrap();
-    assert!(matches!(event, OutlierEvent::Ejected { reason: EjectReason::Consecutive5xx, .. }));
+    assert!(matches!(
+        event,
+        OutlierEvent::Ejected {
+            reason: EjectReason::Consecutive5xx,
+            ..
+        }
+    ));
 }
 
 #[tokio::test(start_paused = true)]
@@ -93,9 +106,15 @@ async fn ejection_time_grows_with_repeats_returns_and_decays() {
     assert!(d.is_ejected(a[0], Instant::now()));
     assert!(d.tick(Instant::now()).is_empty());
     tokio::time::advance(Duration::from_secs(1)).await;
-    assert!(!d.is_ejected(a[0], Instant::now()), "back exactly when the time is up");
+    assert!(
+        !d.is_ejected(a[0], Instant::now()),
+        "back exactly when the time is up"
+    );
     assert!(!d.snapshot().load().is_ejected(a[0], Instant::now()));
-    assert_eq!(d.tick(Instant::now()), [OutlierEvent::Returned { address: a[0] }]);
+    assert_eq!(
+        d.tick(Instant::now()),
+        [OutlierEvent::Returned { address: a[0] }]
+    );
 
     // Ejected again at once: twice the base time; a third time is capped by max_ejection.
     assert_eq!(eject(&mut d), Duration::from_secs(60));
@@ -171,7 +190,13 @@ async fn success_rate_ejects_the_statistical_outlier() {
     traffic(&mut d, a[5], 10, 40, now);
     let events = d.tick(now);
     assert_eq!(ejected(&events), [a[4]]);
-    assert!(matches!(events[0], OutlierEvent::Ejected { reason: EjectReason::SuccessRate, .. }));
+    assert!(matches!(
+        events[0],
+        OutlierEvent::Ejected {
+            reason: EjectReason::SuccessRate,
+            ..
+        }
+    ));
 
     // Counts start over each interval; with fewer than minimum_hosts qualifying, nothing runs.
     for &addr in &a[..3] {
@@ -239,7 +264,10 @@ async fn failure_percentage_ejects_above_threshold() {
     assert_eq!(ejected(&events), [a[4]]);
     assert!(matches!(
         events[0],
-        OutlierEvent::Ejected { reason: EjectReason::FailurePercentage, .. }
+        OutlierEvent::Ejected {
+            reason: EjectReason::FailurePercentage,
+            ..
+        }
     ));
 }
 
@@ -259,8 +287,18 @@ async fn reload_keeps_state_of_remaining_endpoints() {
     d.update(None, [a[0], a[1]]);
     assert!(d.is_ejected(a[0], now));
     assert!(d.snapshot().load().is_ejected(a[0], now));
-    assert!(d.record(a[1], Outcome::GatewayError, now).is_some(), "streak kept");
+    assert!(
+        d.record(a[1], Outcome::GatewayError, now).is_some(),
+        "streak kept"
+    );
     d.update(None, [a[1]]);
-    assert!(!d.snapshot().load().is_ejected(a[0], now), "removed endpoints leave the snapshot");
-    assert_eq!(d.record(a[2], Outcome::GatewayError, now), None, "unknown address");
+    assert!(
+        !d.snapshot().load().is_ejected(a[0], now),
+        "removed endpoints leave the snapshot"
+    );
+    assert_eq!(
+        d.record(a[2], Outcome::GatewayError, now),
+        None,
+        "unknown address"
+    );
 }

@@ -79,7 +79,11 @@ impl PanicMode {
             self.panic_picks.fetch_add(1, Ordering::Relaxed);
             for (w, word) in bits.iter_mut().enumerate() {
                 let remaining = len - w * 64;
-                *word = if remaining >= 64 { u64::MAX } else { (1 << remaining) - 1 };
+                *word = if remaining >= 64 {
+                    u64::MAX
+                } else {
+                    (1 << remaining) - 1
+                };
             }
         }
         EligibleSet { bits, len, panic }
@@ -108,7 +112,10 @@ mod tests {
         assert!(!in_panic(3, 2, 50));
         assert!(!in_panic(10, 0, 0), "threshold 0 turns panic off");
         assert!(in_panic(10, 9, 100));
-        assert!(!in_panic(0, 0, 50), "an empty pool has nothing to panic over");
+        assert!(
+            !in_panic(0, 0, 50),
+            "an empty pool has nothing to panic over"
+        );
     }
 
     #[test]

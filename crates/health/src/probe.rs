@@ -18,7 +18,10 @@ use tokio::net::TcpStream;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {
     /// `GET path` over HTTP/1.1; passes when the status lies in one of the inclusive ranges.
-    Http { path: String, expect: Vec<(u16, u16)> },
+    Http {
+        path: String,
+        expect: Vec<(u16, u16)>,
+    },
     /// `grpc.health.v1.Health/Check` for `service` (empty: the whole server); passes on SERVING.
     Grpc { service: String },
     /// Passes when a TCP connection opens.
@@ -281,7 +284,10 @@ mod tests {
         // An empty service is the default value and is not encoded at all.
         assert_eq!(&encode_check_request("")[..], &[0, 0, 0, 0, 0]);
         let long = "s".repeat(200);
-        assert_eq!(decode_check_request(encode_check_request(&long)).unwrap(), long);
+        assert_eq!(
+            decode_check_request(encode_check_request(&long)).unwrap(),
+            long
+        );
     }
 
     #[test]
@@ -302,7 +308,10 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let err = Probe::Tcp.run(addr, Duration::from_secs(2)).await.unwrap_err();
+        let err = Probe::Tcp
+            .run(addr, Duration::from_secs(2))
+            .await
+            .unwrap_err();
         assert!(matches!(err, ProbeFailure::Connect(_)), "{err}");
     }
 }

@@ -42,7 +42,11 @@ pub fn effective_weight(weight: f64, since: Instant, now: Instant, s: &SlowStart
     }
     // Envoy floors the time factor so the first instants do not give a zero weight.
     let time_factor = (elapsed.as_secs_f64() / s.window.as_secs_f64()).max(0.001);
-    let aggression = if s.aggression > 0.0 { s.aggression } else { 1.0 };
+    let aggression = if s.aggression > 0.0 {
+        s.aggression
+    } else {
+        1.0
+    };
     let min = f64::from(s.min_weight_percent.min(100)) / 100.0;
     weight * time_factor.powf(1.0 / aggression).max(min)
 }
@@ -150,7 +154,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn off_by_default() {
         let t0 = Instant::now();
-        assert_eq!(effective_weight(7.0, t0, t0, &SlowStartSettings::default()), 7.0);
+        assert_eq!(
+            effective_weight(7.0, t0, t0, &SlowStartSettings::default()),
+            7.0
+        );
         let mut w = Warmups::default();
         let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
         w.begin(a, t0);
@@ -167,7 +174,11 @@ mod tests {
         w.begin(a, t0);
         assert!(w.any_warming(t0));
         assert!((w.weight(a, 10.0, t0 + Duration::from_secs(5)) - 5.0).abs() < 1e-9);
-        assert_eq!(w.weight(b, 10.0, t0), 10.0, "present from the start: full weight");
+        assert_eq!(
+            w.weight(b, 10.0, t0),
+            10.0,
+            "present from the start: full weight"
+        );
         assert_eq!(w.weight(a, 10.0, t0 + Duration::from_secs(10)), 10.0);
         assert!(!w.any_warming(t0 + Duration::from_secs(10)));
         w.begin(b, t0);
