@@ -28,8 +28,8 @@ pub mod slow_start;
 
 pub use active::{ActiveCheck, EventSink, HealthChecker, HealthEvent};
 pub use outlier::{
-    EjectReason, EjectionSnapshot, FailurePercentageSettings, Outcome, OutlierDetector,
-    OutlierEvent, OutlierSettings, SuccessRateSettings,
+    spawn_ticker, EjectReason, EjectionSnapshot, FailurePercentageSettings, Outcome,
+    OutlierDetector, OutlierEvent, OutlierSettings, SuccessRateSettings,
 };
 pub use panic::{in_panic, EligibleSet, PanicMode};
 pub use probe::{Probe, ProbeFailure};

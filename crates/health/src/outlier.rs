@@ -20,10 +20,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// Outlier detection settings for one pool. A consecutive threshold of `0` turns it off.
@@ -427,6 +428,36 @@ impl OutlierDetector {
             self.snapshot.store(Arc::new(EjectionSnapshot { ejected }));
         }
     }
+}
+
+/// Call [`OutlierDetector::tick`] every `settings().interval` (re-read each time, so reloads
+/// apply) and hand each event to `on_event`. The task ends when the detector is dropped.
+pub fn spawn_ticker(
+    detector: &Arc<Mutex<OutlierDetector>>,
+    on_event: impl Fn(OutlierEvent) + Send + 'static,
+) -> JoinHandle<()> {
+    let detector: Weak<Mutex<OutlierDetector>> = Arc::downgrade(detector);
+    tokio::spawn(async move {
+        loop {
+            let interval = match detector.upgrade() {
+                Some(d) => {
+                    d.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .settings
+                        .interval
+                }
+                None => return,
+            };
+            tokio::time::sleep(interval).await;
+            let Some(d) = detector.upgrade() else { return };
+            let events = d
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .tick(Instant::now());
+            drop(d);
+            events.into_iter().for_each(&on_event);
+        }
+    })
 }
 
 #[cfg(test)]

@@ -302,3 +302,24 @@ async fn reload_keeps_state_of_remaining_endpoints() {
         "unknown address"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn ticker_returns_ejected_endpoints_on_schedule() {
+    let (d, a) = detector(10, OutlierSettings::default());
+    let d = Arc::new(Mutex::new(d));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = spawn_ticker(&d, move |e| {
+        let _ = tx.send((e, Instant::now()));
+    });
+    let start = Instant::now();
+    for _ in 0..3 {
+        d.lock().unwrap().record(a[0], Outcome::GatewayError, start);
+    }
+    // Ejected for 30s; the 10s ticker reports the return at the first tick after that.
+    let (event, at) = rx.recv().await.unwrap();
+    assert_eq!(event, OutlierEvent::Returned { address: a[0] });
+    assert_eq!(at - start, Duration::from_secs(30));
+    drop(d);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    task.await.unwrap();
+}
