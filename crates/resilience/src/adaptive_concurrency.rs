@@ -19,7 +19,8 @@
 //! `minRTT` cannot be observed while the upstream is busy, so every `min_rtt_interval` (jittered
 //! by up to 15%, so that gateways sharing an upstream do not all measure at once) the controller
 //! drops the limit to `min_limit` and takes the median of the next `min_rtt_samples` requests as
-//! the new minRTT, then restores the limit it had. It starts in that phase.
+//! the new minRTT, then restores the limit it had. It starts in that phase. Only requests that
+//! started after the drop count: those admitted before it still carry the old queueing delay.
 //!
 //! The controller is a plain state machine over `(now, rtt)` samples; the
 //! [`crate::ConcurrencyLimiter`] feeds it and applies the limits it returns.
@@ -64,8 +65,9 @@ const MAX_SAMPLES: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Measuring minRTT at `min_limit`; `restore` is the limit to return to.
-    MinRtt { restore: u32 },
+    /// Measuring minRTT at `min_limit` from requests started at or after `since`; `restore` is
+    /// the limit to return to.
+    MinRtt { restore: u32, since: Instant },
     /// Adjusting the limit each window.
     Gradient,
 }
@@ -98,7 +100,10 @@ impl Gradient {
             ..params
         };
         Gradient {
-            phase: Phase::MinRtt { restore: min_limit },
+            phase: Phase::MinRtt {
+                restore: min_limit,
+                since: now,
+            },
             limit: min_limit,
             min_rtt: None,
             samples: Vec::new(),
@@ -119,14 +124,20 @@ impl Gradient {
         self.min_rtt
     }
 
-    /// Records one request's RTT, finished at `now`. Returns the new limit when it changed.
-    pub fn on_sample(&mut self, rtt: Duration, now: Instant) -> Option<u32> {
+    /// Records one request that started at `started` and finished (its RTT sample) at `now`.
+    /// Returns the new limit when it changed.
+    pub fn on_sample(&mut self, started: Instant, now: Instant) -> Option<u32> {
         let before = self.limit;
+        if let Phase::MinRtt { since, .. } = self.phase {
+            if started < since {
+                return None;
+            }
+        }
         if self.samples.len() < MAX_SAMPLES {
-            self.samples.push(rtt);
+            self.samples.push(now.saturating_duration_since(started));
         }
         match self.phase {
-            Phase::MinRtt { restore } => {
+            Phase::MinRtt { restore, .. } => {
                 if self.samples.len() >= self.params.min_rtt_samples {
                     self.min_rtt = Some(median(&mut self.samples));
                     self.samples.clear();
@@ -140,6 +151,7 @@ impl Gradient {
                 if now >= self.next_min_rtt {
                     self.phase = Phase::MinRtt {
                         restore: self.limit,
+                        since: now,
                     };
                     self.limit = self.params.min_limit;
                     self.samples.clear();
@@ -204,7 +216,7 @@ mod tests {
             .map(|_| {
                 for _ in 0..10 {
                     *now += 10 * MS;
-                    g.on_sample(rtt, *now);
+                    g.on_sample(*now - rtt, *now);
                 }
                 g.limit()
             })
@@ -216,8 +228,8 @@ mod tests {
         let mut g = Gradient::with_rng(params(), now, fastrand::Rng::with_seed(1));
         assert_eq!(g.limit(), 3);
         for _ in 0..10 {
-            now += MS;
-            g.on_sample(rtt, now);
+            now += rtt;
+            g.on_sample(now - rtt, now);
         }
         assert_eq!(g.min_rtt(), Some(rtt));
         (g, now)
@@ -274,13 +286,18 @@ mod tests {
         let before = g.limit();
         // Past the interval (plus at most 15% jitter), the next sample starts a measurement.
         now += Duration::from_secs(70);
-        assert_eq!(g.on_sample(20 * MS, now), Some(3));
-        for _ in 0..9 {
+        assert_eq!(g.on_sample(now - 20 * MS, now), Some(3));
+        // Requests admitted before the drop still carry queueing delay: ignored.
+        for _ in 0..20 {
             now += MS;
-            g.on_sample(10 * MS, now);
+            assert_eq!(g.on_sample(now - 50 * MS, now), None);
         }
-        now += MS;
-        assert_eq!(g.on_sample(10 * MS, now), Some(before));
+        for _ in 0..9 {
+            now += 10 * MS;
+            g.on_sample(now - 10 * MS, now);
+        }
+        now += 10 * MS;
+        assert_eq!(g.on_sample(now - 10 * MS, now), Some(before));
         assert_eq!(g.min_rtt(), Some(10 * MS));
     }
 

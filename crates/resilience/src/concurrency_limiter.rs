@@ -277,9 +277,8 @@ impl Permit {
     pub fn record_sample(&mut self) {
         if !self.sampled {
             self.sampled = true;
-            let rtt = self.start.elapsed();
             let mut s = self.inner.lock();
-            Self::sample(&mut s, rtt);
+            Self::sample(&mut s, self.start);
         }
     }
 
@@ -289,11 +288,11 @@ impl Permit {
         self.sampled = true;
     }
 
-    fn sample(s: &mut State, rtt: Duration) {
+    fn sample(s: &mut State, started: Instant) {
         let Some(g) = s.gradient.as_mut() else {
             return;
         };
-        if let Some(limit) = g.on_sample(rtt, Instant::now()) {
+        if let Some(limit) = g.on_sample(started, Instant::now()) {
             s.limit = limit;
             s.grant();
         }
@@ -302,10 +301,9 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let rtt = self.start.elapsed();
         let mut s = self.inner.lock();
         if !self.sampled {
-            Self::sample(&mut s, rtt);
+            Self::sample(&mut s, self.start);
         }
         s.release();
     }

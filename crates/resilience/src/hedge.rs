@@ -159,16 +159,28 @@ impl Hedger {
         })
     }
 
-    /// (requests, hedges sent, hedges refused by the budget, hedges in flight).
-    pub fn stats(&self) -> (u64, u64, u64, u32) {
+    pub fn stats(&self) -> HedgeStats {
         let i = &self.inner;
-        (
-            i.requests.load(Ordering::Relaxed),
-            i.hedges.load(Ordering::Relaxed),
-            i.exhausted.load(Ordering::Relaxed),
-            i.active.load(Ordering::Acquire),
-        )
+        HedgeStats {
+            requests: i.requests.load(Ordering::Relaxed),
+            hedges: i.hedges.load(Ordering::Relaxed),
+            exhausted: i.exhausted.load(Ordering::Relaxed),
+            active: i.active.load(Ordering::Acquire),
+        }
     }
+}
+
+/// A snapshot of a hedger's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HedgeStats {
+    /// Requests counted toward the budget.
+    pub requests: u64,
+    /// Hedges sent.
+    pub hedges: u64,
+    /// Hedges refused because the budget was spent.
+    pub exhausted: u64,
+    /// Hedges in flight.
+    pub active: u32,
 }
 
 /// A hedge in flight; hold it for the hedge attempt's lifetime.
@@ -200,8 +212,11 @@ mod tests {
             hedges += usize::from(h.try_acquire_hedge().is_some());
         }
         assert_eq!(hedges, 100);
-        let (requests, sent, refused, active) = h.stats();
-        assert_eq!((requests, sent, refused, active), (1000, 100, 900, 0));
+        let s = h.stats();
+        assert_eq!(
+            (s.requests, s.hedges, s.exhausted, s.active),
+            (1000, 100, 900, 0)
+        );
     }
 
     #[test]
@@ -215,9 +230,9 @@ mod tests {
         }
         let guards: Vec<_> = std::iter::from_fn(|| h.try_acquire_hedge()).collect();
         assert_eq!(guards.len(), 3);
-        assert_eq!(h.stats().3, 3);
+        assert_eq!(h.stats().active, 3);
         drop(guards);
-        assert_eq!(h.stats().3, 0);
+        assert_eq!(h.stats().active, 0);
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub use circuit_breaker::{BreakerGuard, CircuitBreaker, CircuitLimits, Limit, Ov
 pub use concurrency_limiter::{
     ConcurrencyLimiter, ConcurrencyMode, LimiterStats, Permit, QueueParams, Rejected,
 };
-pub use hedge::{HedgeDelay, HedgeGuard, HedgeParams, Hedger};
+pub use hedge::{HedgeDelay, HedgeGuard, HedgeParams, HedgeStats, Hedger};
 pub use latency_histogram::LatencyHistogram;
 pub use retry_budget::{RequestGuard, RetryBudget, RetryBudgetStats, RetryGuard};
 pub use retry_policy::{
