@@ -62,6 +62,34 @@ fn pick(c: &mut Criterion) {
     }
 }
 
+/// The hashing pickers skip the load scan while a key's owner is idle; with every endpoint
+/// busy they sum in-flight over the set on each pick, which is their worst case.
+fn pick_loaded(c: &mut Criterion) {
+    for n in [8usize, 128, 1024] {
+        let eps = endpoints(n);
+        let _busy: Vec<_> = eps
+            .iter()
+            .flat_map(|e| (0..2).map(|_| e.state.begin()))
+            .collect();
+        let mut group = c.benchmark_group(format!("pick_loaded/{n}"));
+        for (name, spec) in kinds()
+            .into_iter()
+            .filter(|(k, _)| matches!(*k, "ring_hash" | "maglev"))
+        {
+            let picker = build(&spec);
+            let mut k = 0u64;
+            group.bench_function(BenchmarkId::from_parameter(name), |b| {
+                b.iter(|| {
+                    k = k.wrapping_add(1);
+                    let ctx = PickContext::with_hash_key(k.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                    black_box(picker.pick_with(black_box(&eps), &ctx))
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
 fn helpers(c: &mut Criterion) {
     c.bench_function("hash_key/36B", |b| {
         b.iter(|| hash_key(black_box(b"0b6c5f7e-2d4a-4c1b-9f6e-1a2b3c4d5e6f")))
@@ -75,5 +103,5 @@ fn helpers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, pick, helpers);
+criterion_group!(benches, pick, pick_loaded, helpers);
 criterion_main!(benches);

@@ -17,12 +17,6 @@ pub(crate) fn fold_mul(a: u64, b: u64) -> u64 {
     (full as u64) ^ ((full >> 64) as u64)
 }
 
-/// Mix two words into one well-spread word.
-#[inline]
-pub(crate) fn mix(a: u64, b: u64) -> u64 {
-    fold_mul(a ^ P0, b ^ P1)
-}
-
 /// Hash a request key (header value, cookie value, source IP bytes) to a `u64`. Stable: the
 /// same bytes give the same value in every process and release.
 pub fn hash_key(bytes: &[u8]) -> u64 {

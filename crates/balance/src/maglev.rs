@@ -16,7 +16,7 @@ use arc_swap::ArcSwapOption;
 use crate::endpoint::Endpoint;
 use crate::hash::hash_key;
 use crate::picker::{PickContext, Picker};
-use crate::select::{fits, load_cap, random_available, scan};
+use crate::select::{first_under_cap, random_available, set_key, SetKey};
 
 /// Default lookup table size (prime, as Maglev requires).
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
@@ -31,7 +31,7 @@ pub struct Maglev {
 
 #[derive(Debug)]
 struct Table {
-    fingerprint: u64,
+    set: SetKey,
     slots: Vec<u32>,
 }
 
@@ -40,7 +40,7 @@ fn is_prime(n: u64) -> bool {
 }
 
 impl Table {
-    fn build(endpoints: &[Endpoint], size: u64, fingerprint: u64) -> Self {
+    fn build(endpoints: &[Endpoint], size: u64, set: SetKey) -> Self {
         let n = endpoints.len();
         // The paper wants M well above N; a too-small configured size grows to a prime ≥ 100 N.
         let mut m = size;
@@ -95,7 +95,7 @@ impl Table {
                 }
             }
         }
-        Table { fingerprint, slots }
+        Table { set, slots }
     }
 }
 
@@ -108,13 +108,13 @@ impl Maglev {
         }
     }
 
-    fn table(&self, endpoints: &[Endpoint], fingerprint: u64) -> Arc<Table> {
+    fn table(&self, endpoints: &[Endpoint], set: SetKey) -> Arc<Table> {
         if let Some(t) = &*self.table.load() {
-            if t.fingerprint == fingerprint {
+            if t.set == set {
                 return t.clone();
             }
         }
-        let t = Arc::new(Table::build(endpoints, self.table_size, fingerprint));
+        let t = Arc::new(Table::build(endpoints, self.table_size, set));
         self.table.store(Some(t.clone()));
         t
     }
@@ -122,7 +122,7 @@ impl Maglev {
     /// The endpoint that owns `key` when load is ignored; for tests of key movement.
     #[cfg(test)]
     fn owner(&self, endpoints: &[Endpoint], key: u64) -> usize {
-        let t = self.table(endpoints, scan(endpoints).fingerprint);
+        let t = self.table(endpoints, set_key(endpoints));
         t.slots[(key % t.slots.len() as u64) as usize] as usize
     }
 }
@@ -146,27 +146,14 @@ impl Picker for Maglev {
         let Some(key) = ctx.hash_key() else {
             return random_available(endpoints);
         };
-        let s = scan(endpoints);
-        if s.available == 0 {
+        if endpoints.is_empty() {
             return None;
         }
-        let table = self.table(endpoints, s.fingerprint);
-        let cap = load_cap(&s, self.load_factor);
+        let table = self.table(endpoints, set_key(endpoints));
         let m = table.slots.len();
         let start = (key % m as u64) as usize;
-        let mut first_available = None;
-        for k in 0..m {
-            let i = table.slots[(start + k) % m] as usize;
-            let e = &endpoints[i];
-            if fits(e, cap) {
-                return Some(i);
-            }
-            if first_available.is_none() && e.is_available() {
-                first_available = Some(i);
-            }
-        }
-        // Only reachable when concurrent picks raced past the cap.
-        first_available
+        let walk = (0..m).map(|k| table.slots[(start + k) % m] as usize);
+        first_under_cap(endpoints, walk, self.load_factor)
     }
 }
 
@@ -183,7 +170,7 @@ mod tests {
     #[test]
     fn table_splits_evenly_and_by_weight() {
         let eps = weighted(&[1, 1, 2]);
-        let t = Table::build(&eps, 65537, 0);
+        let t = Table::build(&eps, 65537, set_key(&eps));
         let owners: Vec<usize> = t.slots.iter().map(|&s| s as usize).collect();
         let s = shares(&owners, 3);
         assert!(
@@ -195,7 +182,7 @@ mod tests {
     #[test]
     fn small_table_grows() {
         let eps = endpoints(&[true; 10]);
-        let t = Table::build(&eps, 7, 0);
+        let t = Table::build(&eps, 7, set_key(&eps));
         assert!(t.slots.len() >= 1000 && is_prime(t.slots.len() as u64));
     }
 

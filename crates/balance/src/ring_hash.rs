@@ -9,8 +9,8 @@
 //! the same few neighbours each time and keeps most of its cache locality. Requests without a key
 //! go to a random endpoint.
 //!
-//! The ring is built on the first pick for an endpoint set and cached (keyed by a fingerprint of
-//! the set) because a picker lives for one config generation, whose endpoints do not change.
+//! The ring is built on the first pick for an endpoint set and cached (keyed by the set's
+//! identity) because a picker lives for one config generation, whose endpoints do not change.
 
 use std::sync::Arc;
 
@@ -19,7 +19,7 @@ use arc_swap::ArcSwapOption;
 use crate::endpoint::Endpoint;
 use crate::hash::hash_key;
 use crate::picker::{PickContext, Picker};
-use crate::select::{fits, load_cap, random_available, scan};
+use crate::select::{first_under_cap, random_available, set_key, SetKey};
 
 /// Default minimum number of points on the ring.
 pub const DEFAULT_MIN_RING_SIZE: u32 = 1024;
@@ -40,14 +40,14 @@ pub struct RingHash {
 
 #[derive(Debug)]
 struct Ring {
-    fingerprint: u64,
+    set: SetKey,
     /// Sorted point hashes, and the endpoint index owning each.
     points: Vec<u64>,
     owners: Vec<u32>,
 }
 
 impl Ring {
-    fn build(endpoints: &[Endpoint], min_ring_size: u32, fingerprint: u64) -> Self {
+    fn build(endpoints: &[Endpoint], min_ring_size: u32, set: SetKey) -> Self {
         let min_w = endpoints.iter().map(|e| e.weight.max(1)).min().unwrap_or(1);
         let units: f64 = endpoints
             .iter()
@@ -75,7 +75,7 @@ impl Ring {
         entries.sort_unstable();
         let (points, owners) = entries.into_iter().unzip();
         Ring {
-            fingerprint,
+            set,
             points,
             owners,
         }
@@ -91,13 +91,13 @@ impl RingHash {
         }
     }
 
-    fn ring(&self, endpoints: &[Endpoint], fingerprint: u64) -> Arc<Ring> {
+    fn ring(&self, endpoints: &[Endpoint], set: SetKey) -> Arc<Ring> {
         if let Some(r) = &*self.ring.load() {
-            if r.fingerprint == fingerprint {
+            if r.set == set {
                 return r.clone();
             }
         }
-        let r = Arc::new(Ring::build(endpoints, self.min_ring_size, fingerprint));
+        let r = Arc::new(Ring::build(endpoints, self.min_ring_size, set));
         self.ring.store(Some(r.clone()));
         r
     }
@@ -105,7 +105,7 @@ impl RingHash {
     /// The endpoint that owns `key` when load is ignored; for tests of key movement.
     #[cfg(test)]
     fn owner(&self, endpoints: &[Endpoint], key: u64) -> usize {
-        let r = self.ring(endpoints, scan(endpoints).fingerprint);
+        let r = self.ring(endpoints, set_key(endpoints));
         r.owners[r.points.partition_point(|&p| p < key) % r.points.len()] as usize
     }
 }
@@ -129,27 +129,14 @@ impl Picker for RingHash {
         let Some(key) = ctx.hash_key() else {
             return random_available(endpoints);
         };
-        let s = scan(endpoints);
-        if s.available == 0 {
+        if endpoints.is_empty() {
             return None;
         }
-        let ring = self.ring(endpoints, s.fingerprint);
-        let cap = load_cap(&s, self.load_factor);
+        let ring = self.ring(endpoints, set_key(endpoints));
         let len = ring.points.len();
         let start = ring.points.partition_point(|&p| p < key);
         let walk = (0..len).map(|k| ring.owners[(start + k) % len] as usize);
-        let mut first_available = None;
-        for i in walk {
-            let e = &endpoints[i];
-            if fits(e, cap) {
-                return Some(i);
-            }
-            if first_available.is_none() && e.is_available() {
-                first_available = Some(i);
-            }
-        }
-        // Only reachable when concurrent picks raced past the cap.
-        first_available
+        first_under_cap(endpoints, walk, self.load_factor)
     }
 }
 

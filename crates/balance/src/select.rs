@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use crate::endpoint::Endpoint;
-use crate::hash::mix;
 
 /// A uniformly random available endpoint; scans from the draw when it lands on an unavailable
 /// one, so it is O(1) while most endpoints are healthy.
@@ -41,29 +40,37 @@ pub(crate) fn random_pair(endpoints: &[Endpoint]) -> Option<(usize, usize)> {
     Some((a, b))
 }
 
-/// One pass over a set: what bounded load and cache checks need.
+/// Identifies an endpoint slice in O(1): its address and length, and its first and last
+/// members. A picker serves one pool in one config generation, whose slice never changes (the
+/// gateway builds them together), so this only has to notice a picker being handed another set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SetKey([usize; 4]);
+
+pub(crate) fn set_key(endpoints: &[Endpoint]) -> SetKey {
+    let id = |e: Option<&Endpoint>| e.map_or(0, |e| Arc::as_ptr(&e.state) as usize);
+    SetKey([
+        endpoints.as_ptr() as usize,
+        endpoints.len(),
+        id(endpoints.first()),
+        id(endpoints.last()),
+    ])
+}
+
+/// One pass over a set: what bounded load needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Scan {
     pub available: usize,
     pub in_flight: u64,
-    /// Identifies the set's members, order and weights; a picker's cached ring or table is
-    /// reused while this matches.
-    pub fingerprint: u64,
 }
 
 pub(crate) fn scan(endpoints: &[Endpoint]) -> Scan {
     let mut s = Scan {
         available: 0,
         in_flight: 0,
-        fingerprint: endpoints.len() as u64,
     };
-    for e in endpoints {
-        if e.is_available() {
-            s.available += 1;
-            s.in_flight += e.state.in_flight();
-        }
-        let id = Arc::as_ptr(&e.state) as usize as u64;
-        s.fingerprint = mix(s.fingerprint ^ id, u64::from(e.weight));
+    for e in endpoints.iter().filter(|e| e.is_available()) {
+        s.available += 1;
+        s.in_flight += e.state.in_flight();
     }
     s
 }
@@ -76,8 +83,34 @@ pub(crate) fn load_cap(s: &Scan, load_factor: f64) -> u64 {
     (load_factor * avg).ceil().max(1.0) as u64
 }
 
-/// Whether endpoint `i` may take the next request under `cap`.
-#[inline]
-pub(crate) fn fits(e: &Endpoint, cap: u64) -> bool {
-    e.is_available() && e.state.in_flight() < cap
+/// Walk `candidates` (endpoint indices in ring or table order) to the first available endpoint
+/// under the bounded-load cap. An idle owner is taken without summing the set's load (the cap
+/// is at least one), so lightly loaded pools pay O(log n) or O(1), not O(n).
+pub(crate) fn first_under_cap(
+    endpoints: &[Endpoint],
+    mut candidates: impl Iterator<Item = usize>,
+    load_factor: f64,
+) -> Option<usize> {
+    let first = candidates.next()?;
+    let e = &endpoints[first];
+    if e.is_available() && e.state.in_flight() == 0 {
+        return Some(first);
+    }
+    let s = scan(endpoints);
+    if s.available == 0 {
+        return None;
+    }
+    let cap = load_cap(&s, load_factor);
+    let mut fallback = None;
+    for i in std::iter::once(first).chain(candidates) {
+        let e = &endpoints[i];
+        if e.is_available() {
+            if e.state.in_flight() < cap {
+                return Some(i);
+            }
+            fallback.get_or_insert(i);
+        }
+    }
+    // Only reachable when concurrent picks raced past the cap.
+    fallback
 }
