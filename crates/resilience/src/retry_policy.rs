@@ -93,6 +93,27 @@ pub enum RetryOn {
 }
 
 impl RetryOn {
+    /// The condition for a config name (`connect-failure`, `5xx`, `503`, `unavailable`, ...), the
+    /// same names `switchyard_config::resilience::RetryOn` parses and prints.
+    pub fn from_name(name: &str) -> Option<RetryOn> {
+        Some(match name {
+            "connect-failure" => RetryOn::ConnectFailure,
+            "refused-stream" => RetryOn::RefusedStream,
+            "reset" => RetryOn::Reset,
+            "5xx" => RetryOn::FiveXx,
+            "gateway-error" => RetryOn::GatewayError,
+            "503" => RetryOn::Status503,
+            "429" => RetryOn::Status429,
+            "retriable-status-codes" => RetryOn::RetriableStatusCodes,
+            "cancelled" => RetryOn::Grpc(GrpcCode::Cancelled),
+            "deadline-exceeded" => RetryOn::Grpc(GrpcCode::DeadlineExceeded),
+            "resource-exhausted" => RetryOn::Grpc(GrpcCode::ResourceExhausted),
+            "internal" => RetryOn::Grpc(GrpcCode::Internal),
+            "unavailable" => RetryOn::Grpc(GrpcCode::Unavailable),
+            _ => return None,
+        })
+    }
+
     fn bit(self) -> u16 {
         1 << match self {
             RetryOn::ConnectFailure => 0,

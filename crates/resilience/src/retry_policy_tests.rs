@@ -244,3 +244,36 @@ fn tried_set_tracks_and_forgets_oldest() {
     assert_eq!(t.len(), TRIED_CAPACITY);
     assert!(!t.contains(0) && !t.contains(1) && t.contains(TRIED_CAPACITY + 1));
 }
+
+#[test]
+fn condition_names_map_one_to_one() {
+    let names = [
+        "connect-failure",
+        "refused-stream",
+        "reset",
+        "5xx",
+        "gateway-error",
+        "503",
+        "429",
+        "retriable-status-codes",
+        "cancelled",
+        "deadline-exceeded",
+        "resource-exhausted",
+        "internal",
+        "unavailable",
+    ];
+    let conditions: Vec<RetryOn> = names.iter().filter_map(|n| RetryOn::from_name(n)).collect();
+    assert_eq!(conditions.len(), names.len());
+    let all = RetryPolicy::new(2, conditions.iter().copied());
+    assert!(conditions.iter().all(|c| all.retries_on(*c)));
+    // Every condition has its own bit.
+    for (i, c) in conditions.iter().enumerate() {
+        let one = RetryPolicy::new(2, [*c]);
+        let others = conditions.iter().enumerate().filter(|(j, _)| *j != i);
+        assert!(
+            others.into_iter().all(|(_, o)| !one.retries_on(*o)),
+            "{c:?}"
+        );
+    }
+    assert_eq!(RetryOn::from_name("500"), None);
+}
