@@ -108,22 +108,27 @@ impl Maglev {
         }
     }
 
-    fn table(&self, endpoints: &[Endpoint], set: SetKey) -> Arc<Table> {
-        if let Some(t) = &*self.table.load() {
-            if t.set == set {
-                return t.clone();
+    /// Run `f` on the cached table for this endpoint set, building it first if needed. The
+    /// cached one is borrowed, not cloned, so concurrent picks share no reference count.
+    fn with_table<R>(&self, endpoints: &[Endpoint], f: impl FnOnce(&Table) -> R) -> R {
+        let set = set_key(endpoints);
+        {
+            let cached = self.table.load();
+            if let Some(t) = cached.as_ref().filter(|t| t.set == set) {
+                return f(t);
             }
         }
         let t = Arc::new(Table::build(endpoints, self.table_size, set));
         self.table.store(Some(t.clone()));
-        t
+        f(&t)
     }
 
     /// The endpoint that owns `key` when load is ignored; for tests of key movement.
     #[cfg(test)]
     fn owner(&self, endpoints: &[Endpoint], key: u64) -> usize {
-        let t = self.table(endpoints, set_key(endpoints));
-        t.slots[(key % t.slots.len() as u64) as usize] as usize
+        self.with_table(endpoints, |t| {
+            t.slots[(key % t.slots.len() as u64) as usize] as usize
+        })
     }
 }
 
@@ -149,11 +154,12 @@ impl Picker for Maglev {
         if endpoints.is_empty() {
             return None;
         }
-        let table = self.table(endpoints, set_key(endpoints));
-        let m = table.slots.len();
-        let start = (key % m as u64) as usize;
-        let walk = (0..m).map(|k| table.slots[(start + k) % m] as usize);
-        first_under_cap(endpoints, walk, self.load_factor)
+        self.with_table(endpoints, |table| {
+            let m = table.slots.len();
+            let start = (key % m as u64) as usize;
+            let walk = (0..m).map(|k| table.slots[(start + k) % m] as usize);
+            first_under_cap(endpoints, walk, self.load_factor)
+        })
     }
 }
 

@@ -91,22 +91,27 @@ impl RingHash {
         }
     }
 
-    fn ring(&self, endpoints: &[Endpoint], set: SetKey) -> Arc<Ring> {
-        if let Some(r) = &*self.ring.load() {
-            if r.set == set {
-                return r.clone();
+    /// Run `f` on the cached ring for this endpoint set, building it first if needed. The
+    /// cached one is borrowed, not cloned, so concurrent picks share no reference count.
+    fn with_ring<R>(&self, endpoints: &[Endpoint], f: impl FnOnce(&Ring) -> R) -> R {
+        let set = set_key(endpoints);
+        {
+            let cached = self.ring.load();
+            if let Some(t) = cached.as_ref().filter(|t| t.set == set) {
+                return f(t);
             }
         }
-        let r = Arc::new(Ring::build(endpoints, self.min_ring_size, set));
-        self.ring.store(Some(r.clone()));
-        r
+        let t = Arc::new(Ring::build(endpoints, self.min_ring_size, set));
+        self.ring.store(Some(t.clone()));
+        f(&t)
     }
 
     /// The endpoint that owns `key` when load is ignored; for tests of key movement.
     #[cfg(test)]
     fn owner(&self, endpoints: &[Endpoint], key: u64) -> usize {
-        let r = self.ring(endpoints, set_key(endpoints));
-        r.owners[r.points.partition_point(|&p| p < key) % r.points.len()] as usize
+        self.with_ring(endpoints, |r| {
+            r.owners[r.points.partition_point(|&p| p < key) % r.points.len()] as usize
+        })
     }
 }
 
@@ -132,11 +137,12 @@ impl Picker for RingHash {
         if endpoints.is_empty() {
             return None;
         }
-        let ring = self.ring(endpoints, set_key(endpoints));
-        let len = ring.points.len();
-        let start = ring.points.partition_point(|&p| p < key);
-        let walk = (0..len).map(|k| ring.owners[(start + k) % len] as usize);
-        first_under_cap(endpoints, walk, self.load_factor)
+        self.with_ring(endpoints, |ring| {
+            let len = ring.points.len();
+            let start = ring.points.partition_point(|&p| p < key);
+            let walk = (0..len).map(|k| ring.owners[(start + k) % len] as usize);
+            first_under_cap(endpoints, walk, self.load_factor)
+        })
     }
 }
 

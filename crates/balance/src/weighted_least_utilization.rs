@@ -85,28 +85,30 @@ impl WeightedLeastUtilization {
         }
     }
 
-    fn weights(&self, endpoints: &[Endpoint], now: Instant) -> Arc<Weights> {
-        let set = (endpoints.as_ptr() as usize, endpoints.len());
-        let current = self.weights.load_full();
-        if let Some(w) = &current {
-            let fresh = now.saturating_duration_since(w.computed_at) < WEIGHT_UPDATE_PERIOD;
-            // One picker recomputes; the others keep using the previous weights meanwhile.
-            if w.set == set && (fresh || self.refreshing.swap(true, Ordering::Acquire)) {
-                return w.clone();
-            }
-        }
-        let w = Arc::new(self.compute(endpoints, now));
-        self.weights.store(Some(w.clone()));
-        self.refreshing.store(false, Ordering::Release);
-        w
-    }
-
     /// [`Picker::pick`] at an explicit time, for tests.
     pub fn pick_at(&self, endpoints: &[Endpoint], now: Instant) -> Option<usize> {
         if endpoints.is_empty() {
             return None;
         }
-        let w = self.weights(endpoints, now);
+        let set = (endpoints.as_ptr() as usize, endpoints.len());
+        {
+            // Borrow the current weights (no reference count shared between cores) unless they
+            // are stale; when stale, one picker recomputes while the others keep using them.
+            let current = self.weights.load();
+            if let Some(w) = current.as_ref().filter(|w| w.set == set) {
+                let fresh = now.saturating_duration_since(w.computed_at) < WEIGHT_UPDATE_PERIOD;
+                if fresh || self.refreshing.swap(true, Ordering::Acquire) {
+                    return self.schedule(endpoints, w);
+                }
+            }
+        }
+        let w = Arc::new(self.compute(endpoints, now));
+        self.weights.store(Some(w.clone()));
+        self.refreshing.store(false, Ordering::Release);
+        self.schedule(endpoints, &w)
+    }
+
+    fn schedule(&self, endpoints: &[Endpoint], w: &Weights) -> Option<usize> {
         stride::pick(&self.seq, endpoints, |i| u64::from(w.scaled[i]))
             .or_else(|| random_available(endpoints))
     }
