@@ -323,3 +323,57 @@ async fn ticker_returns_ejected_endpoints_on_schedule() {
     tokio::time::advance(Duration::from_secs(10)).await;
     task.await.unwrap();
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the traffic, at most `max(1, max_ejected_percent × n / 100)` endpoints are
+        /// ejected at once, and the pick-path snapshot agrees with the detector.
+        #[test]
+        fn cap_holds_and_snapshot_agrees(
+            n in 1u16..16,
+            cap in 0u32..=100,
+            statistical in any::<bool>(),
+            ops in proptest::collection::vec((0u16..16, 0u8..5, 0u64..20), 0..400),
+        ) {
+            let settings = OutlierSettings {
+                max_ejected_percent: cap,
+                consecutive_5xx: 2,
+                consecutive_gateway_errors: 2,
+                success_rate: statistical.then(|| SuccessRateSettings {
+                    minimum_hosts: 2,
+                    request_volume: 3,
+                    stdev_factor: 500,
+                }),
+                failure_percentage: statistical.then(|| FailurePercentageSettings {
+                    threshold: 50,
+                    minimum_hosts: 2,
+                    request_volume: 3,
+                }),
+                ..OutlierSettings::default()
+            };
+            let (mut d, a) = detector(n, settings);
+            let snapshot = d.snapshot();
+            let limit = ((cap as usize) * (n as usize) / 100).max(1);
+            let mut now = Instant::now();
+            for (host, op, advance) in ops {
+                let addr = a[(host % n) as usize];
+                now += Duration::from_secs(advance);
+                match op {
+                    0 => { d.record(addr, Outcome::Success, now); }
+                    1 => { d.record(addr, Outcome::Http5xx, now); }
+                    2 => { d.record(addr, Outcome::GatewayError, now); }
+                    3 => { d.record(addr, Outcome::LocalOrigin, now); }
+                    _ => { d.tick(now); }
+                }
+                let ejected = a.iter().filter(|&&x| d.is_ejected(x, now)).count();
+                prop_assert!(ejected <= limit, "{ejected} ejected, limit {limit}");
+                for &x in &a {
+                    prop_assert_eq!(d.is_ejected(x, now), snapshot.load().is_ejected(x, now));
+                }
+            }
+        }
+    }
+}

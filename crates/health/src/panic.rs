@@ -146,4 +146,22 @@ mod tests {
         assert!(!set.panic);
         assert_eq!(set.count(), 0);
     }
+
+    proptest::proptest! {
+        /// Outside panic the eligible set is exactly the available endpoints; in panic it is all
+        /// of them. Either way an available endpoint is never excluded.
+        #[test]
+        fn eligible_is_available_or_everything(
+            available in proptest::collection::vec(proptest::bool::ANY, 0..150),
+            threshold in 0u32..=100,
+        ) {
+            let set = PanicMode::new(threshold).select(available.len(), |i| available[i]);
+            let up = available.iter().filter(|a| **a).count();
+            proptest::prop_assert_eq!(set.panic, in_panic(available.len(), up, threshold));
+            for (i, &a) in available.iter().enumerate() {
+                proptest::prop_assert_eq!(set.contains(i), a || set.panic);
+            }
+            proptest::prop_assert!(!set.contains(available.len()));
+        }
+    }
 }
