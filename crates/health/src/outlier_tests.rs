@@ -342,12 +342,12 @@ mod properties {
                 max_ejected_percent: cap,
                 consecutive_5xx: 2,
                 consecutive_gateway_errors: 2,
-                success_rate: statistical.then(|| SuccessRateSettings {
+                success_rate: statistical.then_some(SuccessRateSettings {
                     minimum_hosts: 2,
                     request_volume: 3,
                     stdev_factor: 500,
                 }),
-                failure_percentage: statistical.then(|| FailurePercentageSettings {
+                failure_percentage: statistical.then_some(FailurePercentageSettings {
                     threshold: 50,
                     minimum_hosts: 2,
                     request_volume: 3,
