@@ -170,7 +170,7 @@ routes: [{{name: all, match: {{path_prefix: /}}, pool: origin}}]
 pools: [{{name: origin, endpoints: [127.0.0.1:{ORIGIN_PORT}]}}]
 """,
         )
-        binary = os.path.join(ROOT, "target", "release", "switchyard")
+        binary = os.environ.get("SWITCHYARD_BIN") or os.path.join(ROOT, "target", "release", "switchyard")
         return Proc(name, [binary, "run", "--config", conf], 18080, PROXY_CORE), 18080, 18080
     if name == "envoy":
         conf = write(
@@ -270,7 +270,7 @@ def h2load_done(text):
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
-def measure(proxy, h1, h2, seconds, d):
+def measure(proxy, h1, h2, seconds, d, quick=False):
     res = {}
     url1 = f"http://127.0.0.1:{h1}/"
     url2 = f"http://127.0.0.1:{h2}/"
@@ -287,6 +287,8 @@ def measure(proxy, h1, h2, seconds, d):
     res["h1_rps"] = rps
     res["h1_cpu_us"] = (c1 - c0) * 1e6 / n if n else float("nan")
     res["h1_errors"] = int(errors.group(1)) if errors else 0
+    if quick:
+        return res
 
     c0 = cpu_seconds(proxy.p.pid)
     text = run_load(["h2load", "-c10", "-m10", "-D", str(seconds), url2])
@@ -323,7 +325,11 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--proxies", default="switchyard,envoy,nginx,haproxy")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--quick", action="store_true", help="HTTP/1.1 closed loop only (for profiling)")
+    ap.add_argument("--switchyard-bin", default=None, help="binary to test (default target/release)")
     args = ap.parse_args()
+    if args.switchyard_bin:
+        os.environ["SWITCHYARD_BIN"] = args.switchyard_bin
     for tool in ("taskset", "wrk", "h2load", "nginx", "haproxy"):
         if not shutil.which(tool):
             sys.exit(f"missing tool: {tool}")
@@ -337,7 +343,7 @@ def main():
                 proxy, h1, h2 = start_proxy(name, d)
                 try:
                     idle = rss_mb(proxy.p.pid)
-                    res = measure(proxy, h1, h2, args.seconds, d)
+                    res = measure(proxy, h1, h2, args.seconds, d, args.quick)
                     res["rss_idle_mb"] = idle
                     results[name].append(res)
                     print(f"round {r + 1} {name}: {json.dumps(res)}", file=sys.stderr, flush=True)
@@ -346,6 +352,12 @@ def main():
     finally:
         origin.stop()
 
+    if args.quick:
+        for p in proxies:
+            runs = results[p]
+            print(p, "h1 req/s", statistics.median(r["h1_rps"] for r in runs),
+                  "CPU us/req", round(statistics.median(r["h1_cpu_us"] for r in runs), 2))
+        return
     keys = list(next(iter(results.values()))[0].keys())
     summary = {p: {k: statistics.median(x[k] for x in runs) for k in keys} for p, runs in results.items()}
     cols = [
