@@ -4,7 +4,9 @@
 mod error;
 pub mod load;
 pub mod locate;
+pub mod health;
 pub mod model;
+pub mod resilience;
 pub mod validate;
 
 pub use error::{nearest, ConfigError, ConfigErrors};

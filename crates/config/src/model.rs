@@ -150,6 +150,12 @@ pub struct Route {
     /// Largest request body accepted, in bytes. Larger → 413.
     #[serde(default = "default_max_request_body")]
     pub max_request_body: u64,
+    /// Retry policy and retry budget; unset means no retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<crate::resilience::RetryConfig>,
+    /// Hedged requests; unset means none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hedge: Option<crate::resilience::HedgeConfig>,
 }
 
 fn default_route_timeout() -> Duration {
@@ -202,6 +208,24 @@ pub struct Pool {
     /// Pooled idle upstream connections are closed after this long.
     #[serde(default = "default_pool_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Circuit breakers: overflow gets 503 with `x-switchyard-overflow`.
+    #[serde(default)]
+    pub limits: crate::resilience::CircuitLimits,
+    /// Concurrency limit in front of the pool (`adaptive` or a number); unset means none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<crate::resilience::Concurrency>,
+    /// Active health checks; unset means endpoints are taken as healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::health::HealthCheck>,
+    /// Passive outlier detection; unset means none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier: Option<crate::health::OutlierDetection>,
+    /// Below this percentage of available endpoints, route to all of them (panic mode).
+    #[serde(default = "crate::health::default_panic_threshold")]
+    pub panic_threshold: u32,
+    /// Ramp a new or returning endpoint's weight up over a window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start: Option<crate::health::SlowStart>,
 }
 
 fn default_connect_timeout() -> Duration {

@@ -131,6 +131,21 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
     for (i, p) in config.pools.iter().enumerate() {
         c.positive(format!("pools[{i}].connect_timeout"), p.connect_timeout);
         c.positive(format!("pools[{i}].idle_timeout"), p.idle_timeout);
+        for (rel, msg) in p.limits.validate() {
+            c.error(format!("pools[{i}].limits.{rel}"), msg);
+        }
+        for (rel, msg) in p.concurrency.as_ref().map(|x| x.validate()).unwrap_or_default() {
+            c.error(format!("pools[{i}].concurrency.{rel}"), msg);
+        }
+        let health_problems = [
+            p.health.as_ref().map(|x| x.validate()),
+            p.outlier.as_ref().map(|x| x.validate()),
+            p.slow_start.as_ref().map(|x| x.validate()),
+            Some(crate::health::validate_panic_threshold(p.panic_threshold)),
+        ];
+        for (rel, msg) in health_problems.into_iter().flatten().flatten() {
+            c.error(format!("pools[{i}].{rel}"), msg);
+        }
         let mut seen = HashSet::new();
         for (j, e) in p.endpoints.iter().enumerate() {
             if e.weight == 0 {
@@ -165,6 +180,14 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
                 format!("no pool named `{}`", r.pool),
             )
             .suggestion = suggestion;
+        }
+        for (key, problems) in [
+            ("retry", r.retry.as_ref().map(|x| x.validate())),
+            ("hedge", r.hedge.as_ref().map(|x| x.validate())),
+        ] {
+            for (rel, msg) in problems.unwrap_or_default() {
+                c.error(format!("routes[{i}].{key}.{rel}"), msg);
+            }
         }
         c.positive(format!("routes[{i}].timeout"), r.timeout);
         c.positive(format!("routes[{i}].idle_timeout"), r.idle_timeout);

@@ -19,7 +19,6 @@
 //! [`EndpointState::set_healthy`]: switchyard_balance::EndpointState::set_healthy
 
 pub mod active;
-#[cfg(feature = "config")]
 mod from_config;
 pub mod outlier;
 pub mod panic;
