@@ -2,7 +2,8 @@
 //! the estimate replaces it at once (so a slowdown is seen on the first slow response), a lower
 //! sample pulls the estimate down with weight `1 - exp(-elapsed/τ)` (so recovery is believed only
 //! gradually). Readers see the estimate decayed toward zero since the last sample, so an endpoint
-//! that was slow once and then starved of traffic is eventually probed again.
+//! that was slow once and then starved of traffic is eventually probed again; a sample starts
+//! from that decayed value, so a fast response can never raise the estimate.
 //!
 //! Lock-free: the estimate is f64 bits in an `AtomicU64` updated by compare-and-swap, next to the
 //! sample time. The pair is not updated atomically together; a reader racing a writer may decay
@@ -57,7 +58,8 @@ impl PeakEwma {
         let _ = self
             .estimate_ns
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                let cur = f64::from_bits(bits);
+                // The estimate as readers see it now (decayed toward zero), then the sample.
+                let cur = f64::from_bits(bits) * w;
                 let next = if rtt > cur || last == 0 {
                     rtt
                 } else {
@@ -83,6 +85,7 @@ impl PeakEwma {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const MS: u64 = 1_000_000;
 
@@ -101,11 +104,26 @@ mod tests {
         e.observe(ms(10), 0);
         e.observe(ms(100), 1);
         assert!((e.get(1).unwrap() - 100.0 * MS as f64).abs() < 1e3);
-        // One τ later a 10 ms sample moves the estimate 1 - 1/e of the way down.
+        // One τ later the estimate has decayed to 100/e, and a 10 ms sample pulls that
+        // 1 - 1/e of the way down to 10 ms.
+        let seen = e.get(10_000 * MS + 1).unwrap() / MS as f64;
+        assert!((seen - 100.0 / std::f64::consts::E).abs() < 0.01, "{seen}");
         e.observe(ms(10), 10_000 * MS + 1);
-        let want = 100.0 * (-1f64).exp() + 10.0 * (1.0 - (-1f64).exp());
+        let w = (-1f64).exp();
+        let want = seen * w + 10.0 * (1.0 - w);
+        assert!(want < seen);
         let got = e.get(10_000 * MS + 1).unwrap() / MS as f64;
         assert!((got - want).abs() < 0.01, "{got} vs {want}");
+    }
+
+    #[test]
+    fn steady_samples_hold_the_estimate() {
+        let e = PeakEwma::new();
+        for i in 0..1000 {
+            e.observe(ms(10), i * 10 * MS);
+        }
+        let got = e.get(10_000 * MS).unwrap() / MS as f64;
+        assert!((got - 10.0).abs() < 0.1, "{got}");
     }
 
     #[test]
@@ -115,5 +133,27 @@ mod tests {
         e.observe(ms(100), 0);
         let later = e.get(5_000 * MS).unwrap();
         assert!(later < 100.0 * MS as f64 * 0.01, "{later}");
+    }
+
+    proptest! {
+        #[test]
+        fn estimate_stays_between_zero_and_the_peak(samples in prop::collection::vec((0u64..1000, 0u64..20_000), 1..50)) {
+            let e = PeakEwma::new();
+            let mut t = 0;
+            for (rtt, dt) in samples {
+                t += dt * MS;
+                let before = e.get(t).unwrap_or(0.0);
+                e.observe(ms(rtt), t);
+                let after = e.get(t).unwrap();
+                let rtt = (rtt * MS) as f64;
+                prop_assert!(after >= 0.0);
+                // A sample above what readers saw becomes the estimate; one below never raises it.
+                if rtt > before {
+                    prop_assert!((after - rtt).abs() < 1.0);
+                } else {
+                    prop_assert!(after <= before + 1.0 && after >= rtt - 1.0);
+                }
+            }
+        }
     }
 }
