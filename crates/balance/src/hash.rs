@@ -6,6 +6,8 @@
 //! final avalanche. Not DoS-resistant, and it need not be: bounded load caps what a chosen key
 //! can do to one endpoint.
 
+use std::net::IpAddr;
+
 const P0: u64 = 0xa076_1d64_78bd_642f;
 const P1: u64 = 0xe703_7ed1_a0b4_28db;
 const P2: u64 = 0x8ebc_6af0_9c88_c6e3;
@@ -36,6 +38,18 @@ pub fn hash_key(bytes: &[u8]) -> u64 {
     h ^ (h >> 29)
 }
 
+/// Hash a client address for `key: source_ip`. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`,
+/// seen on dual-stack listeners) hash as the IPv4 address, so one client keeps one key.
+pub fn hash_source_ip(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(v4) => hash_key(&v4.octets()),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => hash_key(&v4.octets()),
+            None => hash_key(&v6.octets()),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +78,17 @@ mod tests {
         5882968139251424783,
         992584434981642777,
     ];
+
+    #[test]
+    fn mapped_ipv6_hashes_as_ipv4() {
+        let v4: IpAddr = "10.1.2.3".parse().unwrap();
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(hash_source_ip(v4), hash_source_ip(mapped));
+        assert_ne!(
+            hash_source_ip(v4),
+            hash_source_ip("10.1.2.4".parse().unwrap())
+        );
+    }
 
     #[test]
     fn low_bits_are_spread() {

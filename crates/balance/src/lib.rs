@@ -26,7 +26,7 @@ pub mod weighted_round_robin;
 use std::sync::Arc;
 
 pub use endpoint::{Endpoint, EndpointState, InFlight, StateRegistry};
-pub use hash::hash_key;
+pub use hash::{hash_key, hash_source_ip};
 pub use orca::{parse_orca, LoadReport, OrcaError};
 pub use picker::{PickContext, Picker};
 
@@ -130,19 +130,45 @@ pub(crate) mod testing {
     }
 
     #[test]
+    fn concurrent_picks_stay_on_available_endpoints() {
+        let eps = Arc::new(endpoints(&[true, false, true, true, false, true]));
+        for kind in KINDS {
+            let spec: Balancer = serde_yaml::from_str(kind).unwrap();
+            let picker = build(&spec);
+            std::thread::scope(|s| {
+                for t in 0..4u64 {
+                    let (eps, picker) = (&eps, &picker);
+                    s.spawn(move || {
+                        for k in 0..2000u64 {
+                            let ctx = PickContext::with_hash_key(hash_key(
+                                &(t * 7 + k % 5).to_le_bytes(),
+                            ));
+                            let i = picker.pick_with(eps, &ctx).unwrap();
+                            assert!(eps[i].is_available(), "{kind} picked {i}");
+                            let _guard = eps[i].state.begin();
+                        }
+                    });
+                }
+            });
+            assert!(eps.iter().all(|e| e.state.in_flight() == 0));
+        }
+    }
+
+    const KINDS: [&str; 8] = [
+        "round_robin",
+        "random",
+        "weighted_round_robin",
+        "least_request",
+        "peak_ewma",
+        "ring_hash",
+        "maglev",
+        "weighted_least_utilization",
+    ];
+
+    #[test]
     fn build_covers_every_kind() {
-        let yaml = [
-            "round_robin",
-            "random",
-            "weighted_round_robin",
-            "least_request",
-            "peak_ewma",
-            "ring_hash",
-            "maglev",
-            "weighted_least_utilization",
-        ];
         let eps = endpoints(&[true, false, true]);
-        for kind in yaml {
+        for kind in KINDS {
             let spec: Balancer = serde_yaml::from_str(kind).unwrap();
             let p = build(&spec);
             assert_eq!(p.name(), kind);
