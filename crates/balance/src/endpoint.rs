@@ -21,6 +21,8 @@ pub struct EndpointState {
     requests: AtomicU64,
     failures: AtomicU64,
     healthy: AtomicBool,
+    /// Set by passive outlier detection; independent of active health.
+    ejected: AtomicBool,
     /// Origin of the nanosecond timestamps below.
     epoch: Instant,
     latency: PeakEwma,
@@ -35,6 +37,7 @@ impl EndpointState {
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
+            ejected: AtomicBool::new(false),
             epoch: Instant::now(),
             latency: PeakEwma::new(),
             reported: ReportedLoad::default(),
@@ -72,6 +75,20 @@ impl EndpointState {
 
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// Outlier detection took the endpoint out (or put it back).
+    pub fn set_ejected(&self, ejected: bool) {
+        self.ejected.store(ejected, Ordering::Relaxed);
+    }
+
+    /// Healthy and not ejected: what pickers may choose.
+    pub fn is_available(&self) -> bool {
+        self.is_healthy() && !self.is_ejected()
     }
 
     fn nanos(&self, now: Instant) -> u64 {
@@ -154,9 +171,9 @@ impl Endpoint {
         self.state.address
     }
 
-    /// Whether a picker may choose this endpoint.
+    /// Whether a picker may choose this endpoint: healthy and not ejected.
     pub fn is_available(&self) -> bool {
-        self.state.is_healthy()
+        self.state.is_available()
     }
 }
 
