@@ -566,7 +566,7 @@ fn read_setting<'de, A: MapAccess<'de>>(
             }
             s.error_penalty = Some(p);
         }
-        _ => unreachable!("caller checks the key against BALANCER_KEYS"),
+        other => return Err(de::Error::unknown_field(other, BALANCER_KEYS)),
     }
     Ok(())
 }
