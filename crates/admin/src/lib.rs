@@ -68,6 +68,7 @@ impl Admin {
         }
         match req.uri().path() {
             "/metrics" => {
+                self.handle.refresh_gauges();
                 let mut r = Response::new(Full::new(Bytes::from(self.handle.metrics.encode())));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -113,6 +114,9 @@ impl Admin {
                             "zone": e.zone,
                             "region": e.region,
                             "healthy": e.state.is_healthy(),
+                            "ejected": e.state.is_ejected(),
+                            "available": e.is_available(),
+                            "latency_ewma_ms": e.state.latency_at(std::time::Instant::now()).map(|d| d.as_secs_f64() * 1000.0),
                             "in_flight": e.state.in_flight(),
                             "requests": e.state.requests(),
                             "failures": e.state.failures(),

@@ -42,18 +42,39 @@ impl fmt::Display for IdleTimeout {
 }
 impl std::error::Error for IdleTimeout {}
 
-/// A client's request body on its way upstream, cut off at the route's limit.
+/// A client's request body on its way upstream: streamed (and cut off at the route's limit),
+/// or held in memory so it can be sent again on a retry.
 #[derive(Debug)]
-pub struct RequestBody {
-    inner: Incoming,
-    remaining: u64,
+pub enum RequestBody {
+    Stream { inner: Incoming, remaining: u64 },
+    Buffered(Option<Bytes>),
 }
 
 impl RequestBody {
     pub fn new(inner: Incoming, limit: u64) -> Self {
-        Self {
+        Self::Stream {
             inner,
             remaining: limit,
+        }
+    }
+
+    /// Read the whole body (at most `limit` bytes) so it can be replayed. Only for bodies the
+    /// retry policy allows to keep (small and of known size).
+    pub async fn buffer(inner: Incoming, limit: u64) -> Result<Self, BoxError> {
+        use http_body_util::BodyExt;
+        let bytes = Self::new(inner, limit).collect().await?.to_bytes();
+        Ok(Self::Buffered(Some(bytes)))
+    }
+
+    pub fn is_replayable(&self) -> bool {
+        matches!(self, Self::Buffered(_))
+    }
+
+    /// A fresh copy of a buffered body (cheap: `Bytes` is reference-counted).
+    pub fn replay(&self) -> Self {
+        match self {
+            Self::Buffered(b) => Self::Buffered(b.clone()),
+            Self::Stream { .. } => unreachable!("only buffered bodies are replayed"),
         }
     }
 }
@@ -63,32 +84,43 @@ impl Body for RequestBody {
     type Error = BoxError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        Poll::Ready(match frame {
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    let len = data.len() as u64;
-                    if len > self.remaining {
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+        match self.get_mut() {
+            Self::Buffered(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Self::Stream { inner, remaining } => {
+                let frame = ready!(Pin::new(inner).poll_frame(cx));
+                Poll::Ready(match frame {
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            let len = data.len() as u64;
+                            if len > *remaining {
+                                return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                            }
+                            *remaining -= len;
+                        }
+                        Some(Ok(frame))
                     }
-                    self.remaining -= len;
-                }
-                Some(Ok(frame))
+                    Some(Err(e)) => Some(Err(Box::new(e))),
+                    None => None,
+                })
             }
-            Some(Err(e)) => Some(Err(Box::new(e))),
-            None => None,
-        })
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match self {
+            Self::Buffered(b) => b.as_ref().is_none_or(|b| b.is_empty()),
+            Self::Stream { inner, .. } => inner.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self {
+            Self::Buffered(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Self::Stream { inner, .. } => inner.size_hint(),
+        }
     }
 }
 

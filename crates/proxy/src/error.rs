@@ -19,13 +19,15 @@ pub enum GatewayError {
     HeadersTooLarge,
     BodyTooLarge,
     BadRequest(&'static str),
+    /// A circuit breaker or the concurrency limit refused the request; names which.
+    Overflow(&'static str),
 }
 
 impl GatewayError {
     pub fn status(self) -> StatusCode {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoEndpoint | Self::Overflow(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::ConnectFailed | Self::UpstreamReset => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -45,6 +47,7 @@ impl GatewayError {
             Self::HeadersTooLarge => "headers_too_large",
             Self::BodyTooLarge => "body_too_large",
             Self::BadRequest(_) => "bad_request",
+            Self::Overflow(_) => "overflow",
         }
     }
 
@@ -58,6 +61,7 @@ impl GatewayError {
             Self::HeadersTooLarge => "request headers exceed the listener's limits",
             Self::BodyTooLarge => "request body exceeds the route's max_request_body",
             Self::BadRequest(why) => why,
+            Self::Overflow(_) => "the pool is at its configured limit",
         }
     }
 
@@ -65,16 +69,19 @@ impl GatewayError {
     pub fn grpc_status(self) -> u8 {
         match self {
             Self::NoRoute => 12, // UNIMPLEMENTED
-            Self::NoEndpoint | Self::ConnectFailed | Self::UpstreamReset => 14, // UNAVAILABLE
-            Self::Timeout => 4,  // DEADLINE_EXCEEDED
+            Self::NoEndpoint | Self::ConnectFailed | Self::UpstreamReset | Self::Overflow(_) => 14, // UNAVAILABLE
+            Self::Timeout => 4,                              // DEADLINE_EXCEEDED
             Self::HeadersTooLarge | Self::BodyTooLarge => 8, // RESOURCE_EXHAUSTED
-            Self::BadRequest(_) => 13, // INTERNAL
+            Self::BadRequest(_) => 13,                       // INTERNAL
         }
     }
 
     /// Build the response: JSON for HTTP callers, trailers-only for gRPC callers.
     pub fn response(self, request_id: &HeaderValue, grpc: bool) -> Response<ResponseBody> {
         let mut builder = Response::builder().header("x-request-id", request_id.clone());
+        if let Self::Overflow(which) = self {
+            builder = builder.header("x-switchyard-overflow", which);
+        }
         if grpc {
             builder = builder
                 .status(StatusCode::OK)

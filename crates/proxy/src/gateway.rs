@@ -19,8 +19,14 @@ use switchyard_telemetry::metrics::{PoolLabels, RequestLabels, RouteLabels, Upst
 use switchyard_telemetry::{AccessLog, Metrics};
 
 use crate::body::RequestBody;
+use crate::pool_control::{OutlierSink, PoolControl};
 use crate::route_match::RouteMatch;
 use crate::upstream_h1::EndpointConns;
+use switchyard_health::{Outcome, OutlierDetector};
+use switchyard_resilience::{
+    CircuitBreaker, ConcurrencyLimiter, RetryBudget, RetryOn, RetryPolicy,
+};
+use switchyard_telemetry::metrics::{PoolReasonLabels, RouteReasonLabels};
 
 type ConnRegistry = HashMap<(String, std::net::SocketAddr), Arc<EndpointConns>>;
 
@@ -36,6 +42,61 @@ pub struct RouteEntry {
     pub idle_timeout: Duration,
     pub max_request_body: u64,
     pub metrics: RouteMetrics,
+    pub retry: Option<RouteRetry>,
+    retries: prometheus_client::metrics::family::Family<RouteReasonLabels, Counter>,
+    retries_refused: prometheus_client::metrics::family::Family<RouteReasonLabels, Counter>,
+}
+
+/// A route's retry policy and the budget its retries draw from.
+#[derive(Clone)]
+pub struct RouteRetry {
+    pub config: switchyard_config::resilience::RetryConfig,
+    pub policy: RetryPolicy,
+    pub budget: RetryBudget,
+}
+
+impl RouteRetry {
+    fn new(c: &switchyard_config::resilience::RetryConfig) -> Self {
+        let mut policy = RetryPolicy::new(
+            c.attempts,
+            c.retry_on
+                .iter()
+                .filter_map(|r| RetryOn::from_name(r.as_str())),
+        );
+        policy.retriable_status_codes = c.retriable_status_codes.clone();
+        policy.per_try_timeout = c.per_try_timeout;
+        policy.backoff = switchyard_resilience::Backoff {
+            base: c.backoff.base,
+            max: c.backoff.max,
+        };
+        policy.retry_after_max = c.retry_after_max;
+        policy.max_replay_body = c.max_replay_body;
+        Self {
+            config: c.clone(),
+            policy,
+            budget: RetryBudget::new(c.budget.ratio, c.budget.min_concurrency),
+        }
+    }
+}
+
+impl RouteEntry {
+    pub fn count_retry(&self, reason: &'static str) {
+        self.retries
+            .get_or_create(&RouteReasonLabels {
+                route: self.name.clone(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn count_retry_refused(&self, reason: &'static str) {
+        self.retries_refused
+            .get_or_create(&RouteReasonLabels {
+                route: self.name.clone(),
+                reason,
+            })
+            .inc();
+    }
 }
 
 /// Per-route metric handles, resolved once per generation so the request path never hashes
@@ -106,6 +167,11 @@ pub struct PoolEntry {
     pub connect_errors: Counter,
     pub timeouts: Counter,
     pub resets: Counter,
+    pub breaker: CircuitBreaker,
+    pub limiter: Option<ConcurrencyLimiter>,
+    detector: Option<Arc<Mutex<OutlierDetector>>>,
+    outlier_sink: OutlierSink,
+    overflow: prometheus_client::metrics::family::Family<PoolReasonLabels, Counter>,
 }
 
 impl PoolEntry {
@@ -115,6 +181,30 @@ impl PoolEntry {
 
     pub fn http2(&self) -> bool {
         self.spec.protocol == Protocol::Http2
+    }
+
+    pub fn count_overflow(&self, reason: &'static str) {
+        self.overflow
+            .get_or_create(&PoolReasonLabels {
+                pool: self.spec.name.clone(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// Feed passive outlier detection with one attempt's outcome.
+    pub fn record_outcome(&self, index: usize, outcome: Outcome) {
+        if let Some(d) = &self.detector {
+            let address = self.endpoints[index].address();
+            let event = d.lock().expect("outlier lock").record(
+                address,
+                outcome,
+                tokio::time::Instant::now(),
+            );
+            if let Some(e) = event {
+                (self.outlier_sink)(e);
+            }
+        }
     }
 }
 
@@ -160,6 +250,7 @@ pub struct GatewayHandle {
     current: ArcSwap<Gateway>,
     states: Mutex<StateRegistry>,
     conns: Mutex<ConnRegistry>,
+    controls: Mutex<HashMap<String, PoolControl>>,
     pub metrics: Arc<Metrics>,
     access_log: OnceLock<AccessLog>,
 }
@@ -168,11 +259,20 @@ impl GatewayHandle {
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Self>, String> {
         let mut states = StateRegistry::default();
         let mut conns = ConnRegistry::new();
-        let gateway = build(config, None, &mut states, &mut conns, &metrics)?;
+        let mut controls = HashMap::new();
+        let gateway = build(
+            config,
+            None,
+            &mut states,
+            &mut conns,
+            &mut controls,
+            &metrics,
+        )?;
         Ok(Arc::new(Self {
             current: ArcSwap::from_pointee(gateway),
             states: Mutex::new(states),
             conns: Mutex::new(conns),
+            controls: Mutex::new(controls),
             metrics,
             access_log: OnceLock::new(),
         }))
@@ -190,8 +290,17 @@ impl GatewayHandle {
             .conns
             .lock()
             .expect("connection registry lock poisoned");
+        let mut controls = self.controls.lock().expect("pool control lock poisoned");
         let old = self.current.load_full();
-        let gateway = build(config, Some(&old), &mut states, &mut conns, &self.metrics)?;
+        let gateway = build(
+            config,
+            Some(&old),
+            &mut states,
+            &mut conns,
+            &mut controls,
+            &self.metrics,
+        )?;
+        controls.retain(|name, _| gateway.pools.iter().any(|p| p.name() == name));
         conns.retain(|(pool, addr), _| {
             gateway
                 .pools
@@ -208,6 +317,18 @@ impl GatewayHandle {
         Ok(())
     }
 
+    /// Update gauges read at scrape time (ejected endpoints, concurrency limit and queue).
+    pub fn refresh_gauges(&self) {
+        let gateway = self.load();
+        let controls = self.controls.lock().expect("pool control lock poisoned");
+        for p in &gateway.pools {
+            if let Some(c) = controls.get(p.name()) {
+                let states: Vec<_> = p.endpoints.iter().map(|e| e.state.clone()).collect();
+                c.refresh_gauges(&self.metrics, p.name(), &states);
+            }
+        }
+    }
+
     /// The access log writer, started on first use (inside the runtime).
     pub fn access_log(&self) -> &AccessLog {
         self.access_log
@@ -220,6 +341,7 @@ fn build(
     old: Option<&Gateway>,
     states: &mut StateRegistry,
     conns: &mut ConnRegistry,
+    controls: &mut HashMap<String, PoolControl>,
     metrics: &Metrics,
 ) -> Result<Gateway, String> {
     let old_clients: HashMap<&str, (&Pool, &UpstreamClient)> = old
@@ -287,7 +409,26 @@ fn build(
                 })
                 .clone()
         };
+        let endpoint_states: Vec<_> = endpoints.iter().map(|e| e.state.clone()).collect();
+        let control = match controls.get_mut(&p.name) {
+            Some(c) => {
+                c.update(p, &endpoint_states, metrics);
+                c
+            }
+            None => controls
+                .entry(p.name.clone())
+                .or_insert_with(|| PoolControl::new(p, &endpoint_states, metrics)),
+        };
+        let breaker = control.breaker.clone();
+        let limiter = control.limiter.clone();
+        let detector = control.detector.clone();
+        let outlier_sink = control.sink(metrics, &p.name);
         pools.push(Arc::new(PoolEntry {
+            breaker,
+            limiter,
+            detector,
+            outlier_sink,
+            overflow: metrics.overflow.clone(),
             spec: p.clone(),
             endpoints,
             authorities,
@@ -310,7 +451,17 @@ fn build(
             .find(|p| p.name() == r.pool)
             .ok_or_else(|| format!("route `{}`: no pool named `{}`", r.name, r.pool))?
             .clone();
+        let retry = r.retry.as_ref().map(|c| {
+            let kept = old
+                .and_then(|g| g.routes.iter().find(|o| o.name == r.name))
+                .and_then(|o| o.retry.clone())
+                .filter(|o| o.config == *c);
+            kept.unwrap_or_else(|| RouteRetry::new(c))
+        });
         routes.push(RouteEntry {
+            retry,
+            retries: metrics.retries.clone(),
+            retries_refused: metrics.retries_refused.clone(),
             name: r.name.clone(),
             matcher: RouteMatch::compile(&r.matcher)
                 .map_err(|e| format!("route `{}`: {e}", r.name))?,

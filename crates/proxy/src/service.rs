@@ -15,10 +15,14 @@ use tokio::time::Instant;
 use crate::body::{BodyTooLarge, RequestBody, ResponseBody, UpstreamBody};
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, GatewayHandle};
+use crate::gateway::{PoolEntry, RouteEntry, RouteRetry};
 use crate::grpc;
 use crate::headers::{self, X_REQUEST_ID};
 use crate::record::{AccessInfo, Finish};
 use crate::upstream_h1::SendError;
+use std::time::{Duration, SystemTime};
+use switchyard_health::Outcome;
+use switchyard_resilience::{Attempt, BreakerGuard, Limit, RetryGuard, TriedSet};
 
 /// What the request path needs to know about the client connection.
 pub struct ConnContext {
@@ -137,13 +141,30 @@ async fn forward(
         return Err((GatewayError::BodyTooLarge, finish, true));
     }
 
-    // 3. Pick an endpoint.
+    // 3. Admission: circuit breaker, then the concurrency limit (which may queue).
     let pool = &route.pool;
-    let Some(index) = pool.picker.pick(&pool.endpoints) else {
-        return Err((GatewayError::NoEndpoint, finish, false));
+    let _admitted = match pool.breaker.try_acquire(Limit::Requests) {
+        Ok(g) => g,
+        Err(overflow) => {
+            pool.count_overflow(overflow.limit.as_str());
+            return Err((
+                GatewayError::Overflow(overflow.limit.as_str()),
+                finish,
+                false,
+            ));
+        }
     };
-    let endpoint = &pool.endpoints[index];
-    finish.set_upstream(endpoint.state.begin());
+    let mut permit = match &pool.limiter {
+        None => None,
+        Some(limiter) => match limiter.acquire().await {
+            Ok(p) => Some(p),
+            Err(rejected) => {
+                pool.count_overflow(rejected.as_str());
+                return Err((GatewayError::Overflow("concurrency"), finish, false));
+            }
+        },
+    };
+    let _in_budget = route.retry.as_ref().map(|r| r.budget.start_request());
 
     // 4. Rewrite for the upstream hop.
     let upgrade = if req.version() < Version::HTTP_2 && is_upgrade(req.headers()) {
@@ -179,31 +200,18 @@ async fn forward(
     parts
         .headers
         .insert(X_REQUEST_ID.clone(), request_id.clone());
-    let inline = pool.h1.get(index).filter(|_| upgrade.is_none());
     let path_and_query = parts
         .uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut uri = http::uri::Parts::default();
-    if inline.is_none() {
-        // The pooled client wants an absolute URI to pick its connection; the inline
-        // HTTP/1 path writes the request target as given, so it gets origin-form.
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(pool.authorities[index].clone());
-    }
-    uri.path_and_query = Some(path_and_query);
-    parts.uri = Uri::from_parts(uri).expect("path is set; scheme and authority go together");
     parts.version = if pool.http2() {
         Version::HTTP_2
     } else {
         Version::HTTP_11
     };
-    let upstream_req = Request::from_parts(parts, RequestBody::new(body, route.max_request_body));
-
-    // 5. Send, bounded by the route timeout and any gRPC deadline.
     let deadline = if grpc {
-        grpc::timeout(upstream_req.headers()).map(|d| start + d)
+        grpc::timeout(&parts.headers).map(|d| start + d)
     } else {
         None
     };
@@ -211,52 +219,144 @@ async fn forward(
         Some(d) => d.min(start + route.timeout),
         None => start + route.timeout,
     };
-    let send = async {
-        match inline {
-            Some(conns) => conns
-                .send(upstream_req)
-                .await
-                .map(|(resp, conn)| (resp, Some(conn)))
-                .map_err(Failure::Inline),
-            None => pool
-                .client
-                .request(upstream_req)
-                .await
-                .map(|resp| (resp, None))
-                .map_err(Failure::Pooled),
-        }
-    };
-    let (mut resp, conn) = match tokio::time::timeout_at(headers_by, send).await {
-        Ok(Ok(pair)) => pair,
-        Ok(Err(failure)) => {
-            let (connect, err): (bool, Option<&(dyn std::error::Error + 'static)>) = match &failure
-            {
-                Failure::Inline(SendError::Connect(e)) => (true, Some(e)),
-                Failure::Inline(SendError::ConnectTimeout) => (true, None),
-                Failure::Inline(SendError::NotSent(_)) => (false, None),
-                Failure::Inline(SendError::Http(e)) => (false, Some(e)),
-                Failure::Pooled(e) => (e.is_connect(), Some(e)),
-            };
-            if err.is_some_and(has_source::<BodyTooLarge>) {
+
+    // 5. The body: streamed once, or kept (bounded) so the request can be sent again.
+    let retry = route.retry.as_ref().filter(|r| r.policy.attempts > 1);
+    let replay_cap = retry.map_or(0, |r| r.policy.max_replay_body);
+    let empty_body = http_body::Body::is_end_stream(&body);
+    let mut body = if retry.is_some()
+        && upgrade.is_none()
+        && (empty_body || content_length.is_some_and(|n| n <= replay_cap))
+    {
+        match RequestBody::buffer(body, route.max_request_body).await {
+            Ok(b) => Some(b),
+            Err(e) if has_source::<BodyTooLarge>(e.as_ref()) => {
                 return Err((GatewayError::BodyTooLarge, finish, true));
             }
-            endpoint.state.record_failure();
-            if connect {
-                pool.connect_errors.inc();
-                return Err((GatewayError::ConnectFailed, finish, false));
+            Err(_) => {
+                return Err((
+                    GatewayError::BadRequest("request body aborted"),
+                    finish,
+                    true,
+                ));
             }
-            tracing::debug!(error = ?failure, upstream = %endpoint.address(), "upstream request failed");
-            pool.resets.inc();
-            return Err((GatewayError::UpstreamReset, finish, false));
         }
-        Err(_) => {
-            endpoint.state.record_failure();
-            pool.timeouts.inc();
-            return Err((GatewayError::Timeout, finish, false));
-        }
+    } else {
+        Some(RequestBody::new(body, route.max_request_body))
     };
 
-    // 6. Stream the response back.
+    // 6. Attempts: pick an endpoint not tried yet, send, and retry what the policy allows.
+    let mut tried = TriedSet::new();
+    let mut tries = 0u32;
+    let mut _retry_guards = Vec::new();
+    let (resp, conn, in_flight) = loop {
+        tries += 1;
+        let Some(index) = pick_untried(pool, &tried) else {
+            return Err((GatewayError::NoEndpoint, finish, false));
+        };
+        tried.insert(index);
+        let endpoint = &pool.endpoints[index];
+        let in_flight = endpoint.state.begin();
+        let inline = pool.h1.get(index).filter(|_| upgrade.is_none());
+        let mut uri = http::uri::Parts::default();
+        if inline.is_none() {
+            // The pooled client wants an absolute URI to pick its connection; the inline
+            // HTTP/1 path writes the request target as given, so it gets origin-form.
+            uri.scheme = Some(Scheme::HTTP);
+            uri.authority = Some(pool.authorities[index].clone());
+        }
+        uri.path_and_query = Some(path_and_query.clone());
+        let uri = Uri::from_parts(uri).expect("path is set; scheme and authority go together");
+        let this_body = match &body {
+            Some(b) if b.is_replayable() => b.replay(),
+            _ => body.take().expect("a streamed body is only sent once"),
+        };
+        let upstream_req = attempt_request(&parts, uri, this_body);
+        let attempt_by = retry
+            .and_then(|r| r.policy.per_try_timeout)
+            .map_or(headers_by, |t| headers_by.min(Instant::now() + t));
+        let send = async {
+            match inline {
+                Some(conns) => conns
+                    .send(upstream_req)
+                    .await
+                    .map(|(resp, conn)| (resp, Some(conn)))
+                    .map_err(Failure::Inline),
+                None => pool
+                    .client
+                    .request(upstream_req)
+                    .await
+                    .map(|resp| (resp, None))
+                    .map_err(Failure::Pooled),
+            }
+        };
+        let outcome = tokio::time::timeout_at(attempt_by, send).await;
+        let (attempt, error) = match outcome {
+            Ok(Ok((resp, conn))) => {
+                pool.record_outcome(index, Outcome::from_status(resp.status().as_u16()));
+                let attempt =
+                    Attempt::from_response(resp.status(), resp.headers(), SystemTime::now());
+                match retry_decision(route, pool, retry, tries, &tried, &attempt, body.is_some()) {
+                    Some((delay, guards)) => {
+                        _retry_guards.push(guards);
+                        drop((resp, conn));
+                        sleep_before_retry(delay, headers_by).await;
+                        continue;
+                    }
+                    None => break (resp, conn, in_flight),
+                }
+            }
+            Ok(Err(failure)) => {
+                let (connect, err): (bool, Option<&(dyn std::error::Error + 'static)>) =
+                    match &failure {
+                        Failure::Inline(SendError::Connect(e)) => (true, Some(e)),
+                        Failure::Inline(SendError::ConnectTimeout) => (true, None),
+                        Failure::Inline(SendError::NotSent(_)) => (false, None),
+                        Failure::Inline(SendError::Http(e)) => (false, Some(e)),
+                        Failure::Pooled(e) => (e.is_connect(), Some(e)),
+                    };
+                if err.is_some_and(has_source::<BodyTooLarge>) {
+                    return Err((GatewayError::BodyTooLarge, finish, true));
+                }
+                endpoint.state.record_failure();
+                pool.record_outcome(index, Outcome::GatewayError);
+                if connect {
+                    pool.connect_errors.inc();
+                    (Attempt::ConnectFailure, GatewayError::ConnectFailed)
+                } else {
+                    tracing::debug!(error = ?failure, upstream = %endpoint.address(), "upstream request failed");
+                    pool.resets.inc();
+                    (Attempt::Reset, GatewayError::UpstreamReset)
+                }
+            }
+            Err(_) => {
+                endpoint.state.record_failure();
+                pool.record_outcome(index, Outcome::GatewayError);
+                pool.timeouts.inc();
+                (Attempt::Timeout, GatewayError::Timeout)
+            }
+        };
+        if Instant::now() < headers_by {
+            if let Some((delay, guards)) =
+                retry_decision(route, pool, retry, tries, &tried, &attempt, body.is_some())
+            {
+                _retry_guards.push(guards);
+                sleep_before_retry(delay, headers_by).await;
+                continue;
+            }
+        }
+        if let Some(p) = permit.as_mut() {
+            p.discard_sample();
+        }
+        return Err((error, finish, false));
+    };
+    if let Some(p) = permit.as_mut() {
+        p.record_sample();
+    }
+    finish.set_upstream(in_flight);
+    let mut resp = resp;
+
+    // 7. Stream the response back.
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some((_, client_side)) = upgrade {
             let upstream_side = hyper::upgrade::on(&mut resp);
@@ -279,6 +379,74 @@ async fn forward(
         parts,
         ResponseBody::Upstream(Box::new(body)),
     ))
+}
+
+/// Pick an endpoint this request has not tried yet (any endpoint once all were tried).
+fn pick_untried(pool: &PoolEntry, tried: &TriedSet) -> Option<usize> {
+    let first = pool.picker.pick(&pool.endpoints)?;
+    if !tried.contains(first) || tried.covers(pool.endpoints.len()) {
+        return Some(first);
+    }
+    // Pickers are stateless about a request's history; ask again a few times, then scan.
+    for _ in 0..3 {
+        let i = pool.picker.pick(&pool.endpoints)?;
+        if !tried.contains(i) {
+            return Some(i);
+        }
+    }
+    (0..pool.endpoints.len())
+        .find(|&i| !tried.contains(i) && pool.endpoints[i].is_available())
+        .or(Some(first))
+}
+
+/// One attempt's request, from the rewritten head and a body.
+fn attempt_request(
+    parts: &http::request::Parts,
+    uri: Uri,
+    body: RequestBody,
+) -> Request<RequestBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req
+}
+
+/// Whether to retry `attempt`, and if so after how long, holding the budget and breaker
+/// guards for the retry.
+fn retry_decision(
+    route: &RouteEntry,
+    pool: &PoolEntry,
+    retry: Option<&RouteRetry>,
+    tries: u32,
+    tried: &TriedSet,
+    attempt: &Attempt,
+    replayable: bool,
+) -> Option<(Duration, (RetryGuard, BreakerGuard))> {
+    let retry = retry?;
+    if !replayable {
+        return None;
+    }
+    let decision = retry.policy.should_retry(tries, attempt)?;
+    let _ = tried;
+    let Some(budget) = retry.budget.try_acquire_retry() else {
+        route.count_retry_refused("budget");
+        return None;
+    };
+    let breaker = match pool.breaker.try_acquire(Limit::Retries) {
+        Ok(g) => g,
+        Err(_) => {
+            route.count_retry_refused("breaker");
+            return None;
+        }
+    };
+    route.count_retry(decision.reason.as_str());
+    Some((decision.delay, (budget, breaker)))
+}
+
+async fn sleep_before_retry(delay: Duration, headers_by: Instant) {
+    tokio::time::sleep_until((Instant::now() + delay).min(headers_by)).await;
 }
 
 /// Length of the request target as sent, without allocating.

@@ -52,7 +52,7 @@ pub enum SendError {
     Connect(std::io::Error),
     ConnectTimeout,
     /// The connection closed before the request was written; the request is returned intact.
-    NotSent(Request<RequestBody>),
+    NotSent(Box<Request<RequestBody>>),
     Http(hyper::Error),
 }
 
@@ -120,7 +120,7 @@ impl EndpointConns {
                 Ok(resp) => return Ok((resp, up)),
                 // The idle connection was closed under us before the request went out: safe to
                 // try once more on a fresh connection.
-                Err(SendError::NotSent(back)) => req = back,
+                Err(SendError::NotSent(back)) => req = *back,
                 Err(e) => return Err(e),
             }
         }
@@ -157,7 +157,7 @@ impl InlineConn {
         std::future::poll_fn(|cx| {
             if let Poll::Ready(r) = response.as_mut().poll(cx) {
                 return Poll::Ready(r.map_err(|mut e| match e.take_message() {
-                    Some(req) => SendError::NotSent(req),
+                    Some(req) => SendError::NotSent(Box::new(req)),
                     None => SendError::Http(e.into_error()),
                 }));
             }
@@ -167,7 +167,7 @@ impl InlineConn {
                     // The dispatcher has answered the request's callback by now.
                     if let Poll::Ready(r2) = response.as_mut().poll(cx) {
                         return Poll::Ready(r2.map_err(|mut e| match e.take_message() {
-                            Some(req) => SendError::NotSent(req),
+                            Some(req) => SendError::NotSent(Box::new(req)),
                             None => SendError::Http(e.into_error()),
                         }));
                     }

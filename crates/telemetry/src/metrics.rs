@@ -49,6 +49,18 @@ pub struct RejectLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteReasonLabels {
+    pub route: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolReasonLabels {
+    pub pool: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     /// `success` or `failure`
     pub result: &'static str,
@@ -67,6 +79,15 @@ pub struct Metrics {
     pub rejected: Family<RejectLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub access_log_dropped: Counter,
+    pub retries: Family<RouteReasonLabels, Counter>,
+    pub retries_refused: Family<RouteReasonLabels, Counter>,
+    pub overflow: Family<PoolReasonLabels, Counter>,
+    pub ejections: Family<PoolReasonLabels, Counter>,
+    pub ejected: Family<PoolLabels, Gauge>,
+    pub health_transitions: Family<PoolReasonLabels, Counter>,
+    pub panic: Family<PoolLabels, Gauge>,
+    pub concurrency_limit: Family<PoolLabels, Gauge>,
+    pub concurrency_queued: Family<PoolLabels, Gauge>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -134,8 +155,68 @@ impl Metrics {
             "Access log lines dropped because the writer fell behind",
             access_log_dropped.clone(),
         );
+        let mut family = |name: &str, help: &str| {
+            let f = Family::<RouteReasonLabels, Counter>::default();
+            registry.register(name, help, f.clone());
+            f
+        };
+        let retries = family(
+            "switchyard_retries",
+            "Retries sent, by route and reason (connect-failure, reset, 5xx, unavailable, ...)",
+        );
+        let retries_refused = family(
+            "switchyard_retries_refused",
+            "Retries the policy wanted but the retry budget or breaker refused, by reason",
+        );
+        let mut pool_family = |name: &str, help: &str| {
+            let f = Family::<PoolReasonLabels, Counter>::default();
+            registry.register(name, help, f.clone());
+            f
+        };
+        let overflow = pool_family(
+            "switchyard_overflow",
+            "Requests refused by a circuit breaker or the concurrency limit, by which",
+        );
+        let ejections = pool_family(
+            "switchyard_outlier_ejections",
+            "Endpoints ejected by outlier detection, by detector",
+        );
+        let health_transitions = pool_family(
+            "switchyard_health_transitions",
+            "Active health check transitions, by new state (healthy, unhealthy)",
+        );
+        let mut pool_gauge = |name: &str, help: &str| {
+            let f = Family::<PoolLabels, Gauge>::default();
+            registry.register(name, help, f.clone());
+            f
+        };
+        let ejected = pool_gauge(
+            "switchyard_endpoints_ejected",
+            "Endpoints ejected right now",
+        );
+        let panic = pool_gauge(
+            "switchyard_panic_mode",
+            "1 while too few endpoints are available and the pool routes to all of them",
+        );
+        let concurrency_limit = pool_gauge(
+            "switchyard_concurrency_limit",
+            "Current concurrency limit of the pool (adaptive or fixed)",
+        );
+        let concurrency_queued = pool_gauge(
+            "switchyard_concurrency_queued",
+            "Requests waiting for a concurrency permit",
+        );
         Arc::new(Self {
             registry,
+            retries,
+            retries_refused,
+            overflow,
+            ejections,
+            ejected,
+            health_transitions,
+            panic,
+            concurrency_limit,
+            concurrency_queued,
             requests,
             request_duration,
             upstream_connect_errors,

@@ -1,0 +1,235 @@
+//! The protective state of a pool that must outlive config generations: circuit breakers, the
+//! concurrency limiter, active health checks and outlier detection. A reload updates these in
+//! place (same settings keep their counters; endpoints that remain keep their health and
+//! ejection history) instead of starting from scratch.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use prometheus_client::metrics::counter::Counter;
+use switchyard_balance::EndpointState;
+use switchyard_config::health::OutlierDetection;
+use switchyard_config::resilience::{CircuitLimits, Concurrency};
+use switchyard_config::Pool;
+use switchyard_health::{
+    spawn_ticker, ActiveCheck, HealthChecker, OutlierDetector, OutlierEvent, OutlierSettings,
+};
+use switchyard_resilience::{
+    CircuitBreaker, ConcurrencyLimiter, ConcurrencyMode, GradientParams, QueueParams,
+};
+use switchyard_telemetry::metrics::{PoolLabels, PoolReasonLabels};
+use switchyard_telemetry::Metrics;
+use tokio::task::JoinHandle;
+
+/// Applies an outlier event: endpoint flag, metric, log line.
+pub type OutlierSink = Arc<dyn Fn(OutlierEvent) + Send + Sync>;
+
+type ByAddress = Arc<ArcSwap<HashMap<SocketAddr, Arc<EndpointState>>>>;
+
+/// One pool's long-lived controls.
+pub struct PoolControl {
+    limits: CircuitLimits,
+    pub breaker: CircuitBreaker,
+    concurrency: Option<Concurrency>,
+    pub limiter: Option<ConcurrencyLimiter>,
+    outlier: Option<OutlierDetection>,
+    pub detector: Option<Arc<Mutex<OutlierDetector>>>,
+    ticker: Option<JoinHandle<()>>,
+    checker: HealthChecker,
+    by_address: ByAddress,
+}
+
+impl Drop for PoolControl {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticker.take() {
+            t.abort();
+        }
+        self.checker.shutdown();
+    }
+}
+
+fn breaker(c: &CircuitLimits) -> CircuitBreaker {
+    CircuitBreaker::new(switchyard_resilience::CircuitLimits {
+        max_connections: c.max_connections,
+        max_pending: c.max_pending,
+        max_requests: c.max_requests,
+        max_retries: c.max_retries,
+    })
+}
+
+fn limiter(c: &Concurrency) -> ConcurrencyLimiter {
+    match c {
+        Concurrency::Fixed(f) => ConcurrencyLimiter::new(
+            ConcurrencyMode::Fixed(f.limit),
+            QueueParams {
+                max_queue: f.max_queue as usize,
+                queue_timeout: f.queue_timeout,
+            },
+        ),
+        Concurrency::Adaptive(a) => ConcurrencyLimiter::new(
+            ConcurrencyMode::Adaptive(GradientParams {
+                min_limit: a.min_limit,
+                max_limit: a.max_limit,
+                sample_window: a.sample_window,
+                min_rtt_interval: a.min_rtt_interval,
+                ..GradientParams::default()
+            }),
+            QueueParams {
+                max_queue: a.max_queue as usize,
+                queue_timeout: a.queue_timeout,
+            },
+        ),
+    }
+}
+
+/// Turns outlier events into endpoint flags and metrics.
+fn outlier_sink(
+    by_address: ByAddress,
+    ejections: prometheus_client::metrics::family::Family<PoolReasonLabels, Counter>,
+    pool: String,
+) -> impl Fn(OutlierEvent) + Send + Sync + 'static {
+    move |event| match event {
+        OutlierEvent::Ejected {
+            address, reason, ..
+        } => {
+            if let Some(s) = by_address.load().get(&address) {
+                s.set_ejected(true);
+            }
+            ejections
+                .get_or_create(&PoolReasonLabels {
+                    pool: pool.clone(),
+                    reason: reason.as_str(),
+                })
+                .inc();
+            tracing::info!(pool = %pool, endpoint = %address, reason = reason.as_str(), "endpoint ejected");
+        }
+        OutlierEvent::Returned { address } => {
+            if let Some(s) = by_address.load().get(&address) {
+                s.set_ejected(false);
+            }
+            tracing::info!(pool = %pool, endpoint = %address, "endpoint returned from ejection");
+        }
+    }
+}
+
+impl PoolControl {
+    /// Controls for a new pool. Must run inside the runtime (health checks spawn tasks).
+    pub fn new(spec: &Pool, states: &[Arc<EndpointState>], metrics: &Metrics) -> Self {
+        let by_address: ByAddress = Arc::new(ArcSwap::from_pointee(HashMap::new()));
+        let transitions = metrics.health_transitions.clone();
+        let pool = spec.name.clone();
+        let checker = HealthChecker::new(
+            None,
+            states.iter().cloned(),
+            Arc::new(move |e: switchyard_health::HealthEvent| {
+                let reason = if e.healthy { "healthy" } else { "unhealthy" };
+                transitions
+                    .get_or_create(&PoolReasonLabels {
+                        pool: pool.clone(),
+                        reason,
+                    })
+                    .inc();
+                tracing::info!(pool = %pool, endpoint = %e.address, healthy = e.healthy, reason = %e.reason, "health changed");
+            }),
+        );
+        let mut control = Self {
+            limits: spec.limits.clone(),
+            breaker: breaker(&spec.limits),
+            concurrency: None,
+            limiter: None,
+            outlier: None,
+            detector: None,
+            ticker: None,
+            checker,
+            by_address,
+        };
+        control.update(spec, states, metrics);
+        control
+    }
+
+    /// Apply a new generation's settings for this pool.
+    pub fn update(&mut self, spec: &Pool, states: &[Arc<EndpointState>], metrics: &Metrics) {
+        self.by_address.store(Arc::new(
+            states.iter().map(|s| (s.address, s.clone())).collect(),
+        ));
+        if spec.limits != self.limits {
+            self.limits = spec.limits.clone();
+            self.breaker = breaker(&spec.limits);
+        }
+        if spec.concurrency != self.concurrency {
+            self.concurrency = spec.concurrency.clone();
+            self.limiter = spec.concurrency.as_ref().map(limiter);
+        }
+        self.checker.update(
+            spec.health.as_ref().map(ActiveCheck::from),
+            states.iter().cloned(),
+        );
+        let addrs = states.iter().map(|s| s.address);
+        match (&spec.outlier, &self.detector) {
+            (None, _) => {
+                if let Some(t) = self.ticker.take() {
+                    t.abort();
+                }
+                self.detector = None;
+                self.outlier = None;
+                for s in states {
+                    s.set_ejected(false);
+                }
+            }
+            (Some(cfg), Some(detector)) => {
+                if Some(cfg) != self.outlier.as_ref() {
+                    self.outlier = Some(cfg.clone());
+                }
+                detector
+                    .lock()
+                    .expect("outlier lock")
+                    .update(Some(OutlierSettings::from(cfg)), addrs);
+            }
+            (Some(cfg), None) => {
+                let detector = Arc::new(Mutex::new(OutlierDetector::new(
+                    OutlierSettings::from(cfg),
+                    addrs,
+                )));
+                let sink = outlier_sink(
+                    self.by_address.clone(),
+                    metrics.ejections.clone(),
+                    spec.name.clone(),
+                );
+                self.ticker = Some(spawn_ticker(&detector, sink));
+                self.detector = Some(detector);
+                self.outlier = Some(cfg.clone());
+            }
+        }
+    }
+
+    /// Where ejections found on the request path (by `record`) are applied.
+    pub fn sink(&self, metrics: &Metrics, pool: &str) -> OutlierSink {
+        Arc::new(outlier_sink(
+            self.by_address.clone(),
+            metrics.ejections.clone(),
+            pool.to_string(),
+        ))
+    }
+
+    /// Refresh gauges that are read rather than counted.
+    pub fn refresh_gauges(&self, metrics: &Metrics, pool: &str, states: &[Arc<EndpointState>]) {
+        let labels = PoolLabels {
+            pool: pool.to_string(),
+        };
+        let ejected = states.iter().filter(|s| s.is_ejected()).count();
+        metrics.ejected.get_or_create(&labels).set(ejected as i64);
+        if let Some(l) = &self.limiter {
+            let stats = l.stats();
+            metrics
+                .concurrency_limit
+                .get_or_create(&labels)
+                .set(i64::from(stats.limit));
+            metrics
+                .concurrency_queued
+                .get_or_create(&labels)
+                .set(stats.queued as i64);
+        }
+    }
+}
