@@ -2,9 +2,9 @@
 //! ([`load`]), and the cross-reference checks that make a config safe to swap in ([`validate`]).
 
 mod error;
+pub mod health;
 pub mod load;
 pub mod locate;
-pub mod health;
 pub mod model;
 pub mod resilience;
 pub mod validate;

@@ -134,7 +134,12 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
         for (rel, msg) in p.limits.validate() {
             c.error(format!("pools[{i}].limits.{rel}"), msg);
         }
-        for (rel, msg) in p.concurrency.as_ref().map(|x| x.validate()).unwrap_or_default() {
+        for (rel, msg) in p
+            .concurrency
+            .as_ref()
+            .map(|x| x.validate())
+            .unwrap_or_default()
+        {
             c.error(format!("pools[{i}].concurrency.{rel}"), msg);
         }
         let health_problems = [

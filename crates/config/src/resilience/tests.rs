@@ -190,8 +190,8 @@ fn concurrency_errors_name_the_problem() {
         let err = yaml::<Concurrency>(text).unwrap_err();
         assert!(err.contains(want), "{text}: {err}");
     }
-    let err = yaml::<Pool>("limits: {}\nconcurrency:\n  kind: adaptive\n  min_limt: 3\n")
-        .unwrap_err();
+    let err =
+        yaml::<Pool>("limits: {}\nconcurrency:\n  kind: adaptive\n  min_limt: 3\n").unwrap_err();
     assert!(err.contains("min_limt") && err.contains("line "), "{err}");
 }
 
