@@ -1,0 +1,259 @@
+//! Resilience end to end: the real gateway in front of real simulated model servers whose
+//! faults (errors, crashes, slowness) are injected while traffic flows.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use support::client::{self, send, TestClient};
+use support::Gateway;
+use switchyard_sim::{start_fleet, FaultConfig, Fleet, FleetConfig, ReplicaConfig};
+
+const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+
+async fn fleet(n: usize) -> Fleet {
+    start_fleet(FleetConfig {
+        model: MODEL.into(),
+        base_port: 0,
+        replicas: vec![ReplicaConfig {
+            count: n,
+            speed: 50.0,
+            ..ReplicaConfig::default()
+        }],
+        ..FleetConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn config(endpoints: &[SocketAddr], route_extra: &str, pool_extra: &str) -> String {
+    let eps: Vec<String> = endpoints.iter().map(|e| e.to_string()).collect();
+    format!(
+        "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: false}}\nlisteners:\n  - {{name: public, address: 127.0.0.1:0}}\nroutes:\n  - name: r\n    match: {{path_prefix: /}}\n    pool: p\n{route_extra}pools:\n  - name: p\n    endpoints: [{}]\n{pool_extra}",
+        eps.join(", ")
+    )
+}
+
+async fn chat(c: &TestClient, gw: &Gateway) -> (u16, http::HeaderMap) {
+    let body = format!(
+        r#"{{"model":"{MODEL}","max_tokens":4,"messages":[{{"role":"user","content":"hi"}}]}}"#
+    );
+    let req = http::Request::post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let (status, headers, _) = send(c, req).await;
+    (status.as_u16(), headers)
+}
+
+fn pools(gw: &Gateway) -> serde_json::Value {
+    serde_json::from_str(&gw.admin_get("/pools").1).unwrap()
+}
+
+fn endpoint<'a>(pools: &'a serde_json::Value, addr: SocketAddr) -> &'a serde_json::Value {
+    pools["pools"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == addr.to_string())
+        .unwrap()
+}
+
+fn dead_address() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_hide_a_failing_replica_and_are_counted() {
+    let fleet = fleet(3).await;
+    fleet
+        .set_faults(
+            0,
+            FaultConfig {
+                error_rate: 1.0,
+                error_status: 503,
+                ..FaultConfig::default()
+            },
+        )
+        .unwrap();
+    let route = "    retry: { attempts: 3, retry_on: [503, connect-failure], budget: { ratio: 1.0, min_concurrency: 10 } }\n";
+    let gw = Gateway::start(&config(&fleet.addresses(), route, ""));
+    let c = client::http1();
+    for _ in 0..30 {
+        assert_eq!(chat(&c, &gw).await.0, 200);
+    }
+    let retried = gw.metric("switchyard_retries_total{route=\"r\",reason=\"5xx\"}");
+    assert!(retried >= 5.0, "retries counted: {retried}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_retry_without_a_policy_and_budget_limits_retries() {
+    let fleet = fleet(2).await;
+    for i in 0..2 {
+        fleet
+            .set_faults(
+                i,
+                FaultConfig {
+                    error_rate: 1.0,
+                    error_status: 503,
+                    ..FaultConfig::default()
+                },
+            )
+            .unwrap();
+    }
+    // A budget of 0% with no floor allows no retry at all.
+    let route =
+        "    retry: { attempts: 3, retry_on: [503], budget: { ratio: 0.0, min_concurrency: 0 } }\n";
+    let gw = Gateway::start(&config(&fleet.addresses(), route, ""));
+    let c = client::http1();
+    for _ in 0..5 {
+        assert_eq!(chat(&c, &gw).await.0, 503);
+    }
+    assert_eq!(
+        gw.metric("switchyard_retries_total{route=\"r\",reason=\"5xx\"}"),
+        0.0
+    );
+    assert_eq!(
+        gw.metric("switchyard_retries_refused_total{route=\"r\",reason=\"budget\"}"),
+        5.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_ejects_a_dead_endpoint() {
+    let fleet = fleet(3).await;
+    let dead = dead_address();
+    let mut eps = fleet.addresses();
+    eps.push(dead);
+    let route = "    retry: { attempts: 3, retry_on: [connect-failure] }\n";
+    let pool = "    outlier: { consecutive_gateway_errors: 2, base_ejection: 30s, max_ejected_percent: 50, interval: 100ms }\n";
+    let gw = Gateway::start(&config(&eps, route, pool));
+    let c = client::http1();
+    for _ in 0..40 {
+        assert_eq!(chat(&c, &gw).await.0, 200, "a replayable request failed");
+    }
+    let p = pools(&gw);
+    let d = endpoint(&p, dead);
+    assert_eq!(d["ejected"], true, "{p}");
+    assert!(
+        d["requests"].as_u64().unwrap() <= 3,
+        "ejected endpoint kept getting traffic: {d}"
+    );
+    assert!(
+        gw.metric(
+            "switchyard_outlier_ejections_total{pool=\"p\",reason=\"consecutive_gateway_errors\"}"
+        ) >= 1.0
+            || gw
+                .admin_get("/metrics")
+                .1
+                .contains("switchyard_outlier_ejections_total{pool=\"p\"")
+    );
+    assert_eq!(gw.metric("switchyard_endpoints_ejected{pool=\"p\"}"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_health_checks_follow_a_crash_and_restart() {
+    let fleet = fleet(2).await;
+    let eps = fleet.addresses();
+    let pool = "    health: { http: { path: /health, expect: 200 }, interval: 100ms, timeout: 200ms, healthy: 1, unhealthy: 1 }\n";
+    let route = "    retry: { attempts: 2, retry_on: [connect-failure, reset] }\n";
+    let gw = Gateway::start(&config(&eps, route, pool));
+    // Crash replica 0 for 2 s through the simulator's control API.
+    let crash = http::Request::post(format!("http://{}/sim/faults", eps[0]))
+        .body(Full::new(Bytes::from_static(b"{\"crash_for_ms\": 2000}")))
+        .unwrap();
+    let (status, _, _) = send(&client::http1(), crash).await;
+    assert!(status.is_success());
+    let wait_for = |healthy: bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if endpoint(&pools(&gw), eps[0])["healthy"] == healthy {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "endpoint never became healthy={healthy}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for(false);
+    let c = client::http1();
+    for _ in 0..10 {
+        assert_eq!(chat(&c, &gw).await.0, 200);
+    }
+    wait_for(true);
+    assert!(gw
+        .admin_get("/metrics")
+        .1
+        .contains("switchyard_health_transitions_total{pool=\"p\",reason=\"unhealthy\"} 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breaker_overflow_is_503_with_header() {
+    let fleet = fleet(1).await;
+    fleet
+        .set_faults(
+            0,
+            FaultConfig {
+                added_latency_ms: 800,
+                ..FaultConfig::default()
+            },
+        )
+        .unwrap();
+    let pool = "    limits: { max_requests: 1 }\n";
+    let gw = std::sync::Arc::new(Gateway::start(&config(&fleet.addresses(), "", pool)));
+    let slow = {
+        let gw = gw.clone();
+        tokio::spawn(async move { chat(&client::http1(), &gw).await.0 })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, headers) = chat(&client::http1(), &gw).await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["x-switchyard-overflow"], "requests");
+    assert_eq!(slow.await.unwrap(), 200);
+    assert_eq!(
+        gw.metric("switchyard_overflow_total{pool=\"p\",reason=\"requests\"}"),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_limit_queues_then_times_out() {
+    let fleet = fleet(1).await;
+    fleet
+        .set_faults(
+            0,
+            FaultConfig {
+                added_latency_ms: 1500,
+                ..FaultConfig::default()
+            },
+        )
+        .unwrap();
+    let pool = "    concurrency: { kind: fixed, limit: 1, max_queue: 4, queue_timeout: 300ms }\n";
+    let gw = std::sync::Arc::new(Gateway::start(&config(&fleet.addresses(), "", pool)));
+    let first = {
+        let gw = gw.clone();
+        tokio::spawn(async move { chat(&client::http1(), &gw).await.0 })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let start = Instant::now();
+    let (status, headers) = chat(&client::http1(), &gw).await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["x-switchyard-overflow"], "concurrency");
+    assert!(
+        start.elapsed() >= Duration::from_millis(250),
+        "did not queue first"
+    );
+    assert_eq!(first.await.unwrap(), 200);
+    assert!(gw
+        .admin_get("/metrics")
+        .1
+        .contains("switchyard_concurrency_limit{pool=\"p\"} 1"));
+}
