@@ -115,6 +115,9 @@ impl Admin {
                             "region": e.region,
                             "healthy": e.state.is_healthy(),
                             "ejected": e.state.is_ejected(),
+                            "load_report": e.state.last_load_report().map(|(u, q, eps)| {
+                                serde_json::json!({"utilization": u, "qps": q, "eps": eps})
+                            }),
                             "available": e.is_available(),
                             "latency_ewma_ms": e.state.latency_at(std::time::Instant::now()).map(|d| d.as_secs_f64() * 1000.0),
                             "in_flight": e.state.in_flight(),

@@ -130,6 +130,11 @@ impl EndpointState {
         self.record_load_report_at(&report, Instant::now())
     }
 
+    /// The last kept load report as (utilization, qps, eps), for operators.
+    pub fn last_load_report(&self) -> Option<(f64, f64, f64)> {
+        self.reported.last()
+    }
+
     /// [`EndpointState::record_load_report`] with an explicit clock.
     pub fn record_load_report_at(&self, report: &LoadReport, now: Instant) -> bool {
         self.reported.record(report, self.nanos(now))

@@ -52,6 +52,15 @@ impl ReportedLoad {
         true
     }
 
+    /// The last report kept: (utilization, qps, eps), or `None` before any.
+    pub(crate) fn last(&self) -> Option<(f64, f64, f64)> {
+        if self.last_update.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let f = |a: &AtomicU64| f64::from_bits(a.load(Ordering::Relaxed));
+        Some((f(&self.utilization), f(&self.qps), f(&self.eps)))
+    }
+
     /// The usable weight `at`, or `None` when there is no report, it is still in blackout, or it
     /// has expired (which also restarts the blackout for the next report).
     pub(crate) fn weight(&self, at: u64, policy: &WeightPolicy) -> Option<f64> {

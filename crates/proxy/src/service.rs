@@ -21,6 +21,8 @@ use crate::headers::{self, X_REQUEST_ID};
 use crate::record::{AccessInfo, Finish};
 use crate::upstream_h1::SendError;
 use std::time::{Duration, SystemTime};
+use switchyard_balance::{hash_key, hash_source_ip, parse_orca, PickContext};
+use switchyard_config::{Balancer, HashKey};
 use switchyard_health::Outcome;
 use switchyard_resilience::{Attempt, BreakerGuard, Limit, RetryGuard, TriedSet};
 
@@ -200,6 +202,16 @@ async fn forward(
     parts
         .headers
         .insert(X_REQUEST_ID.clone(), request_id.clone());
+    if matches!(
+        pool.spec.balancer,
+        Balancer::WeightedLeastUtilization { .. }
+    ) {
+        // Ask the backend for an ORCA load report on the response (gRFC A51).
+        parts.headers.insert(
+            http::HeaderName::from_static("endpoint-load-metrics-format"),
+            HeaderValue::from_static("TEXT"),
+        );
+    }
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -246,12 +258,13 @@ async fn forward(
     };
 
     // 6. Attempts: pick an endpoint not tried yet, send, and retry what the policy allows.
+    let ctx = pick_context(pool, &parts.headers, cx.client);
     let mut tried = TriedSet::new();
     let mut tries = 0u32;
     let mut _retry_guards = Vec::new();
     let (resp, conn, in_flight) = loop {
         tries += 1;
-        let Some(index) = pick_untried(pool, &tried) else {
+        let Some(index) = pick_untried(pool, &tried, &ctx) else {
             return Err((GatewayError::NoEndpoint, finish, false));
         };
         tried.insert(index);
@@ -290,10 +303,17 @@ async fn forward(
                     .map_err(Failure::Pooled),
             }
         };
+        let attempt_start = Instant::now();
         let outcome = tokio::time::timeout_at(attempt_by, send).await;
+        endpoint.state.record_latency(attempt_start.elapsed());
         let (attempt, error) = match outcome {
             Ok(Ok((resp, conn))) => {
                 pool.record_outcome(index, Outcome::from_status(resp.status().as_u16()));
+                if let Some(report) = resp.headers().get(&ENDPOINT_LOAD_METRICS) {
+                    if let Ok(r) = parse_orca(report.as_bytes()) {
+                        endpoint.state.record_load_report(r);
+                    }
+                }
                 let attempt =
                     Attempt::from_response(resp.status(), resp.headers(), SystemTime::now());
                 match retry_decision(route, pool, retry, tries, &tried, &attempt, body.is_some()) {
@@ -381,15 +401,41 @@ async fn forward(
     ))
 }
 
+/// ORCA load report header (gRFC A51), read from every upstream response.
+static ENDPOINT_LOAD_METRICS: http::HeaderName =
+    http::HeaderName::from_static("endpoint-load-metrics");
+
+/// The hash key a consistent-hashing balancer asks for (header, cookie or client IP).
+fn pick_context(
+    pool: &PoolEntry,
+    headers: &http::HeaderMap,
+    client: SocketAddr,
+) -> PickContext<'static> {
+    let key = match pool.spec.balancer.hash_key() {
+        None => None,
+        Some(HashKey::SourceIp) => Some(hash_source_ip(client.ip())),
+        Some(HashKey::Header(name)) => headers.get(name.as_str()).map(|v| hash_key(v.as_bytes())),
+        Some(HashKey::Cookie(name)) => headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| hash_key(v.as_bytes())),
+    };
+    key.map_or_else(PickContext::new, PickContext::with_hash_key)
+}
+
 /// Pick an endpoint this request has not tried yet (any endpoint once all were tried).
-fn pick_untried(pool: &PoolEntry, tried: &TriedSet) -> Option<usize> {
-    let first = pool.picker.pick(&pool.endpoints)?;
+fn pick_untried(pool: &PoolEntry, tried: &TriedSet, ctx: &PickContext<'_>) -> Option<usize> {
+    let first = pool.picker.pick_with(&pool.endpoints, ctx)?;
     if !tried.contains(first) || tried.covers(pool.endpoints.len()) {
         return Some(first);
     }
     // Pickers are stateless about a request's history; ask again a few times, then scan.
     for _ in 0..3 {
-        let i = pool.picker.pick(&pool.endpoints)?;
+        let i = pool.picker.pick_with(&pool.endpoints, ctx)?;
         if !tried.contains(i) {
             return Some(i);
         }

@@ -96,6 +96,10 @@ pub struct EngineMetrics {
     pub waiting_loras: Vec<String>,
     /// Arrivals for the request-rate estimate: (current window start, count now, count before).
     rate: (Option<Instant>, u64, u64),
+    /// Time-weighted average of the running batch size (τ = 1 s) and when it was last updated:
+    /// what the ORCA report calls utilization, so a report sent as a request finishes still
+    /// says how busy the replica has been rather than "idle".
+    busy: (f64, Option<Instant>),
 }
 
 impl Default for EngineMetrics {
@@ -116,6 +120,7 @@ impl Default for EngineMetrics {
             running_loras: Vec::new(),
             waiting_loras: Vec::new(),
             rate: (None, 0, 0),
+            busy: (0.0, None),
         }
     }
 }
@@ -144,6 +149,24 @@ impl EngineMetrics {
     }
 
     /// Requests per second over roughly the last second (sliding window of two buckets).
+    /// Fold the current batch size into the busy average at `now`.
+    pub fn observe_busy(&mut self, running: usize, now: Instant) {
+        let (avg, last) = self.busy;
+        let avg = match last {
+            None => running as f64,
+            Some(t) => {
+                let w = (-now.duration_since(t).as_secs_f64() / BUSY_TAU_S).exp();
+                avg * w + running as f64 * (1.0 - w)
+            }
+        };
+        self.busy = (avg, Some(now));
+    }
+
+    /// The busy average (running requests, time-weighted over about a second).
+    pub fn busy(&self) -> f64 {
+        self.busy.0
+    }
+
     pub fn request_rate(&mut self, now: Instant) -> f64 {
         self.roll_rate(now);
         let start = self.rate.0.unwrap_or(now);
@@ -328,15 +351,19 @@ impl OrcaFormat {
     }
 }
 
-/// The ORCA load report for the current state. `cpu_utilization` is batch occupancy
-/// (running / max_num_seqs); named metrics carry the vLLM gauges.
+/// Time constant of the busy average behind the ORCA utilization.
+const BUSY_TAU_S: f64 = 1.0;
+
+/// The ORCA load report for the current state. `cpu_utilization` is batch occupancy averaged
+/// over the last second or so (running / max_num_seqs); named metrics carry the vLLM gauges.
 pub fn orca_report(
     fmt: OrcaFormat,
     info: &MetricsInfo,
     m: &mut EngineMetrics,
     now: Instant,
 ) -> String {
-    let util = m.running as f64 / info.max_num_seqs.max(1) as f64;
+    m.observe_busy(m.running, now);
+    let util = m.busy() / info.max_num_seqs.max(1) as f64;
     let rps = m.request_rate(now);
     match fmt {
         OrcaFormat::Text => format!(

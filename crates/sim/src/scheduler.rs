@@ -269,6 +269,7 @@ impl Scheduler {
     /// caches newly full prompt blocks, samples a token for every request whose KV is complete,
     /// and retires finished requests.
     pub fn complete_step(&mut self, now: Instant, m: &mut EngineMetrics) {
+        m.observe_busy(self.running.len(), now);
         let mut i = 0;
         while i < self.running.len() {
             let seq = &mut self.running[i];

@@ -257,3 +257,71 @@ async fn concurrency_limit_queues_then_times_out() {
         .1
         .contains("switchyard_concurrency_limit{pool=\"p\"} 1"));
 }
+
+/// Which replica served each of `n` requests with the given extra header.
+async fn spread(gw: &Gateway, n: usize, header: Option<(&str, String)>) -> Vec<u64> {
+    let c = client::http1();
+    for _ in 0..n {
+        let body = format!(
+            r#"{{"model":"{MODEL}","max_tokens":2,"messages":[{{"role":"user","content":"hi"}}]}}"#
+        );
+        let mut b = http::Request::post(gw.url("/v1/chat/completions"));
+        if let Some((k, v)) = &header {
+            b = b.header(*k, v.as_str());
+        }
+        let (status, _, _) = send(&c, b.body(Full::new(Bytes::from(body))).unwrap()).await;
+        assert_eq!(status, 200);
+    }
+    pools(gw)["pools"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["requests"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_hash_keeps_a_user_on_one_replica() {
+    let fleet = fleet(4).await;
+    let pool = "    balancer: { kind: ring_hash, key: { header: x-user } }\n";
+    let gw = Gateway::start(&config(&fleet.addresses(), "", pool));
+    let counts = spread(&gw, 20, Some(("x-user", "alice".into()))).await;
+    assert_eq!(counts.iter().filter(|c| **c > 0).count(), 1, "{counts:?}");
+    assert_eq!(counts.iter().sum::<u64>(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peak_ewma_sends_less_to_a_slow_replica() {
+    let fleet = fleet(3).await;
+    fleet
+        .set_faults(
+            0,
+            FaultConfig {
+                added_latency_ms: 150,
+                ..FaultConfig::default()
+            },
+        )
+        .unwrap();
+    let pool = "    balancer: { kind: peak_ewma, decay: 10s }\n";
+    let gw = Gateway::start(&config(&fleet.addresses(), "", pool));
+    let counts = spread(&gw, 60, None).await;
+    assert!(
+        counts[0] * 4 < counts[1] + counts[2],
+        "slow replica got {counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_least_utilization_reads_orca_reports_from_responses() {
+    let fleet = fleet(2).await;
+    let pool = "    balancer: { kind: weighted_least_utilization, blackout: 100ms }\n";
+    let gw = Gateway::start(&config(&fleet.addresses(), "", pool));
+    let counts = spread(&gw, 20, None).await;
+    assert_eq!(counts.iter().sum::<u64>(), 20);
+    // The simulator only sends `endpoint-load-metrics` when asked, so reports arriving means
+    // the gateway asked and parsed them: every endpoint now has a reported load.
+    let p = pools(&gw);
+    for e in p["pools"][0]["endpoints"].as_array().unwrap() {
+        assert!(e["load_report"].is_object(), "no ORCA report recorded: {e}");
+    }
+}
