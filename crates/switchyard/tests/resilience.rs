@@ -53,7 +53,7 @@ fn pools(gw: &Gateway) -> serde_json::Value {
     serde_json::from_str(&gw.admin_get("/pools").1).unwrap()
 }
 
-fn endpoint<'a>(pools: &'a serde_json::Value, addr: SocketAddr) -> &'a serde_json::Value {
+fn endpoint(pools: &serde_json::Value, addr: SocketAddr) -> &serde_json::Value {
     pools["pools"][0]["endpoints"]
         .as_array()
         .unwrap()
