@@ -25,7 +25,10 @@ pub(crate) async fn run(mut plan: CliPlan) -> anyhow::Result<()> {
         if let Some(target) = plan.spec.targets.first() {
             plan.spec.model = discover_model(&target.url).await;
             if let Some(m) = &plan.spec.model {
-                eprintln!("model: {m} (from {}/v1/models; set --model to override)", target.url);
+                eprintln!(
+                    "model: {m} (from {}/v1/models; set --model to override)",
+                    target.url
+                );
             }
         }
     }
@@ -131,7 +134,9 @@ async fn show_progress(progress: Arc<Progress>, done: CancellationToken) {
 /// The first model id listed at `{base}/v1/models`, if the target answers in OpenAI format.
 async fn discover_model(base: &str) -> Option<String> {
     use http_body_util::{BodyExt, Empty};
-    let uri: http::Uri = format!("{}/v1/models", base.trim_end_matches('/')).parse().ok()?;
+    let uri: http::Uri = format!("{}/v1/models", base.trim_end_matches('/'))
+        .parse()
+        .ok()?;
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
     connector.set_nodelay(true);
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
