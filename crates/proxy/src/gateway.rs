@@ -24,7 +24,8 @@ use crate::route_match::RouteMatch;
 use crate::upstream_h1::EndpointConns;
 use switchyard_health::{Outcome, OutlierDetector};
 use switchyard_resilience::{
-    CircuitBreaker, ConcurrencyLimiter, RetryBudget, RetryOn, RetryPolicy,
+    CircuitBreaker, ConcurrencyLimiter, HedgeDelay, HedgeParams, Hedger, RetryBudget, RetryOn,
+    RetryPolicy,
 };
 use switchyard_telemetry::metrics::{PoolReasonLabels, RouteReasonLabels};
 
@@ -43,6 +44,9 @@ pub struct RouteEntry {
     pub max_request_body: u64,
     pub metrics: RouteMetrics,
     pub retry: Option<RouteRetry>,
+    /// Hedging, with the config it was built from (kept across reloads when unchanged).
+    pub hedger: Option<Hedger>,
+    hedge_config: Option<switchyard_config::resilience::HedgeConfig>,
     retries: prometheus_client::metrics::family::Family<RouteReasonLabels, Counter>,
     retries_refused: prometheus_client::metrics::family::Family<RouteReasonLabels, Counter>,
 }
@@ -87,6 +91,10 @@ impl RouteEntry {
                 reason,
             })
             .inc();
+    }
+
+    pub fn count_hedge(&self) {
+        self.count_retry("hedge");
     }
 
     pub fn count_retry_refused(&self, reason: &'static str) {
@@ -172,6 +180,9 @@ pub struct PoolEntry {
     detector: Option<Arc<Mutex<OutlierDetector>>>,
     outlier_sink: OutlierSink,
     overflow: prometheus_client::metrics::family::Family<PoolReasonLabels, Counter>,
+    /// Health or outlier detection can take endpoints out, so panic mode applies.
+    guarded: bool,
+    panic_gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl PoolEntry {
@@ -190,6 +201,19 @@ impl PoolEntry {
                 reason,
             })
             .inc();
+    }
+
+    /// Panic mode (Envoy's healthy panic threshold): when fewer than `panic_threshold` percent
+    /// of endpoints are available, health is ignored and any endpoint may be picked, because
+    /// piling all traffic on the few survivors would take them down too.
+    pub fn in_panic(&self) -> bool {
+        if !self.guarded || self.endpoints.is_empty() {
+            return false;
+        }
+        let available = self.endpoints.iter().filter(|e| e.is_available()).count();
+        let panic = available * 100 < self.spec.panic_threshold as usize * self.endpoints.len();
+        self.panic_gauge.set(i64::from(panic));
+        panic
     }
 
     /// Feed passive outlier detection with one attempt's outcome.
@@ -424,6 +448,8 @@ fn build(
         let detector = control.detector.clone();
         let outlier_sink = control.sink(metrics, &p.name);
         pools.push(Arc::new(PoolEntry {
+            guarded: p.health.is_some() || p.outlier.is_some(),
+            panic_gauge: metrics.panic.get_or_create(&pool_label).clone(),
             breaker,
             limiter,
             detector,
@@ -458,8 +484,26 @@ fn build(
                 .filter(|o| o.config == *c);
             kept.unwrap_or_else(|| RouteRetry::new(c))
         });
+        let old_route = old.and_then(|g| g.routes.iter().find(|o| o.name == r.name));
+        let hedger = r.hedge.as_ref().map(|c| {
+            old_route
+                .filter(|o| o.hedge_config.as_ref() == Some(c))
+                .and_then(|o| o.hedger.clone())
+                .unwrap_or_else(|| {
+                    let delay = match (c.delay, c.percentile) {
+                        (Some(d), _) => HedgeDelay::Fixed(d),
+                        (None, Some(p)) => HedgeDelay::Percentile(p),
+                        (None, None) => HedgeDelay::Percentile(95.0),
+                    };
+                    let mut params = HedgeParams::new(delay);
+                    params.budget_percent = c.budget_percent;
+                    Hedger::new(params)
+                })
+        });
         routes.push(RouteEntry {
             retry,
+            hedger,
+            hedge_config: r.hedge.clone(),
             retries: metrics.retries.clone(),
             retries_refused: metrics.retries_refused.clone(),
             name: r.name.clone(),

@@ -19,7 +19,7 @@ use crate::gateway::{PoolEntry, RouteEntry, RouteRetry};
 use crate::grpc;
 use crate::headers::{self, X_REQUEST_ID};
 use crate::record::{AccessInfo, Finish};
-use crate::upstream_h1::SendError;
+use crate::upstream_h1::{InlineConn, SendError};
 use std::time::{Duration, SystemTime};
 use switchyard_balance::{hash_key, hash_source_ip, parse_orca, PickContext};
 use switchyard_config::{Balancer, HashKey};
@@ -234,9 +234,9 @@ async fn forward(
 
     // 5. The body: streamed once, or kept (bounded) so the request can be sent again.
     let retry = route.retry.as_ref().filter(|r| r.policy.attempts > 1);
-    let replay_cap = retry.map_or(0, |r| r.policy.max_replay_body);
+    let replay_cap = retry.map_or(DEFAULT_MAX_REPLAY_BODY, |r| r.policy.max_replay_body);
     let empty_body = http_body::Body::is_end_stream(&body);
-    let mut body = if retry.is_some()
+    let mut body = if (retry.is_some() || route.hedger.is_some())
         && upgrade.is_none()
         && (empty_body || content_length.is_some_and(|n| n <= replay_cap))
     {
@@ -262,50 +262,91 @@ async fn forward(
     let mut tried = TriedSet::new();
     let mut tries = 0u32;
     let mut _retry_guards = Vec::new();
+    let hedger = route.hedger.as_ref();
+    if let Some(h) = hedger {
+        h.start_request();
+    }
     let (resp, conn, in_flight) = loop {
         tries += 1;
-        let Some(index) = pick_untried(pool, &tried, &ctx) else {
+        let Some(first_index) = pick_untried(pool, &tried, &ctx) else {
             return Err((GatewayError::NoEndpoint, finish, false));
         };
-        tried.insert(index);
-        let endpoint = &pool.endpoints[index];
-        let in_flight = endpoint.state.begin();
-        let inline = pool.h1.get(index).filter(|_| upgrade.is_none());
-        let mut uri = http::uri::Parts::default();
-        if inline.is_none() {
-            // The pooled client wants an absolute URI to pick its connection; the inline
-            // HTTP/1 path writes the request target as given, so it gets origin-form.
-            uri.scheme = Some(Scheme::HTTP);
-            uri.authority = Some(pool.authorities[index].clone());
-        }
-        uri.path_and_query = Some(path_and_query.clone());
-        let uri = Uri::from_parts(uri).expect("path is set; scheme and authority go together");
+        tried.insert(first_index);
+        let attempt_by = retry
+            .and_then(|r| r.policy.per_try_timeout)
+            .map_or(headers_by, |t| headers_by.min(Instant::now() + t));
+        let replayable = body.as_ref().is_some_and(RequestBody::is_replayable);
         let this_body = match &body {
             Some(b) if b.is_replayable() => b.replay(),
             _ => body.take().expect("a streamed body is only sent once"),
         };
-        let upstream_req = attempt_request(&parts, uri, this_body);
-        let attempt_by = retry
-            .and_then(|r| r.policy.per_try_timeout)
-            .map_or(headers_by, |t| headers_by.min(Instant::now() + t));
-        let send = async {
-            match inline {
-                Some(conns) => conns
-                    .send(upstream_req)
-                    .await
-                    .map(|(resp, conn)| (resp, Some(conn)))
-                    .map_err(Failure::Inline),
-                None => pool
-                    .client
-                    .request(upstream_req)
-                    .await
-                    .map(|resp| (resp, None))
-                    .map_err(Failure::Pooled),
+        let first_in_flight = pool.endpoints[first_index].state.begin();
+        // A streamed body goes out once, so its head can be moved rather than copied.
+        let head = if replayable {
+            parts.headers.clone()
+        } else {
+            std::mem::take(&mut parts.headers)
+        };
+        let first = send_attempt(
+            pool,
+            first_index,
+            &parts,
+            head,
+            &path_and_query,
+            this_body,
+            upgrade.is_some(),
+        );
+        let hedge_after = hedger
+            .filter(|_| tries == 1 && replayable && pool.endpoints.len() > 1)
+            .and_then(|h| h.delay());
+        let attempt_start = Instant::now();
+        let raced = async {
+            let Some(delay) = hedge_after else {
+                return (first.await, None);
+            };
+            // Hedging ("The Tail at Scale"): if the first attempt is slow, send a second one to
+            // another endpoint and take whichever answers first; the other is dropped.
+            let mut first = std::pin::pin!(first);
+            tokio::select! {
+                r = &mut first => return (r, None),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            let second_index = pick_untried(pool, &tried, &ctx).filter(|i| !tried.contains(*i));
+            let (Some(second_index), Some(_hedge)) =
+                (second_index, hedger.and_then(|h| h.try_acquire_hedge()))
+            else {
+                return (first.await, None);
+            };
+            route.count_hedge();
+            let second_in_flight = pool.endpoints[second_index].state.begin();
+            let second_body = body.as_ref().expect("hedged bodies are buffered").replay();
+            let second = send_attempt(
+                pool,
+                second_index,
+                &parts,
+                parts.headers.clone(),
+                &path_and_query,
+                second_body,
+                false,
+            );
+            tokio::select! {
+                r = &mut first => (r, None),
+                r = second => (r, Some((second_index, second_in_flight))),
             }
         };
-        let attempt_start = Instant::now();
-        let outcome = tokio::time::timeout_at(attempt_by, send).await;
+        let (outcome, index, in_flight) = match tokio::time::timeout_at(attempt_by, raced).await {
+            Ok((r, None)) => (Ok(r), first_index, first_in_flight),
+            Ok((r, Some((i, f)))) => {
+                tried.insert(i);
+                (Ok(r), i, f)
+            }
+            Err(elapsed) => (Err(elapsed), first_index, first_in_flight),
+        };
+        let endpoint = &pool.endpoints[index];
         endpoint.state.record_latency(attempt_start.elapsed());
+        if let (Some(h), Ok(Ok(_))) = (hedger, &outcome) {
+            h.record_latency(attempt_start.elapsed());
+        }
         let (attempt, error) = match outcome {
             Ok(Ok((resp, conn))) => {
                 pool.record_outcome(index, Outcome::from_status(resp.status().as_u16()));
@@ -429,6 +470,14 @@ fn pick_context(
 
 /// Pick an endpoint this request has not tried yet (any endpoint once all were tried).
 fn pick_untried(pool: &PoolEntry, tried: &TriedSet, ctx: &PickContext<'_>) -> Option<usize> {
+    if pool.in_panic() {
+        let n = pool.endpoints.len();
+        let start = fastrand::usize(..n);
+        return (0..n)
+            .map(|k| (start + k) % n)
+            .find(|i| !tried.contains(*i))
+            .or(Some(start));
+    }
     let first = pool.picker.pick_with(&pool.endpoints, ctx)?;
     if !tried.contains(first) || tried.covers(pool.endpoints.len()) {
         return Some(first);
@@ -445,9 +494,53 @@ fn pick_untried(pool: &PoolEntry, tried: &TriedSet, ctx: &PickContext<'_>) -> Op
         .or(Some(first))
 }
 
+/// Bodies up to this size are kept for replay when a route hedges without a retry policy.
+const DEFAULT_MAX_REPLAY_BODY: u64 = 64 * 1024;
+
+/// Start one attempt at endpoint `index`: HTTP/1 pools drive a pooled connection inline; HTTP/2
+/// pools (and upgrades) go through the multiplexing client.
+fn send_attempt<'a>(
+    pool: &'a PoolEntry,
+    index: usize,
+    parts: &http::request::Parts,
+    headers: http::HeaderMap,
+    path_and_query: &PathAndQuery,
+    body: RequestBody,
+    upgrade: bool,
+) -> impl std::future::Future<Output = Result<(Response<Incoming>, Option<InlineConn>), Failure>> + 'a
+{
+    let inline = pool.h1.get(index).filter(|_| !upgrade);
+    let mut uri = http::uri::Parts::default();
+    if inline.is_none() {
+        // The pooled client wants an absolute URI to pick its connection; the inline HTTP/1
+        // path writes the request target as given, so it gets origin-form.
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(pool.authorities[index].clone());
+    }
+    uri.path_and_query = Some(path_and_query.clone());
+    let uri = Uri::from_parts(uri).expect("path is set; scheme and authority go together");
+    let req = attempt_request(parts, headers, uri, body);
+    async move {
+        match inline {
+            Some(conns) => conns
+                .send(req)
+                .await
+                .map(|(resp, conn)| (resp, Some(conn)))
+                .map_err(Failure::Inline),
+            None => pool
+                .client
+                .request(req)
+                .await
+                .map(|resp| (resp, None))
+                .map_err(Failure::Pooled),
+        }
+    }
+}
+
 /// One attempt's request, from the rewritten head and a body.
 fn attempt_request(
     parts: &http::request::Parts,
+    headers: http::HeaderMap,
     uri: Uri,
     body: RequestBody,
 ) -> Request<RequestBody> {
@@ -455,7 +548,7 @@ fn attempt_request(
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
     *req.version_mut() = parts.version;
-    *req.headers_mut() = parts.headers.clone();
+    *req.headers_mut() = headers;
     req
 }
 

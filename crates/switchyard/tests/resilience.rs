@@ -325,3 +325,52 @@ async fn weighted_least_utilization_reads_orca_reports_from_responses() {
         assert!(e["load_report"].is_object(), "no ORCA report recorded: {e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedging_races_a_slow_replica() {
+    let fleet = fleet(2).await;
+    fleet
+        .set_faults(
+            0,
+            FaultConfig {
+                added_latency_ms: 2000,
+                ..FaultConfig::default()
+            },
+        )
+        .unwrap();
+    let route = "    hedge: { delay: 50ms, budget_percent: 100 }\n";
+    let gw = Gateway::start(&config(&fleet.addresses(), route, ""));
+    let c = client::http1();
+    for i in 0..6 {
+        let start = Instant::now();
+        assert_eq!(chat(&c, &gw).await.0, 200);
+        assert!(
+            start.elapsed() < Duration::from_millis(1500),
+            "request {i} waited for the slow replica"
+        );
+    }
+    assert!(gw.metric("switchyard_retries_total{route=\"r\",reason=\"hedge\"}") >= 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_mode_routes_to_all_when_too_few_are_available() {
+    let fleet = fleet(2).await;
+    let mut eps = fleet.addresses();
+    eps.push(dead_address());
+    let route = "    retry: { attempts: 3, retry_on: [connect-failure] }\n";
+    // Any ejection leaves fewer than 100% available: the pool panics and ignores ejections.
+    let pool = "    outlier: { consecutive_gateway_errors: 1, base_ejection: 30s, max_ejected_percent: 50 }\n    panic_threshold: 100\n";
+    let gw = Gateway::start(&config(&eps, route, pool));
+    let c = client::http1();
+    for _ in 0..30 {
+        assert_eq!(chat(&c, &gw).await.0, 200);
+    }
+    assert_eq!(gw.metric("switchyard_panic_mode{pool=\"p\"}"), 1.0);
+    let p = pools(&gw);
+    let dead = &p["pools"][0]["endpoints"][2];
+    assert_eq!(dead["ejected"], true);
+    assert!(
+        dead["requests"].as_u64().unwrap() > 1,
+        "panic mode should still try it: {dead}"
+    );
+}
