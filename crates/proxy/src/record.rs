@@ -12,6 +12,7 @@ use switchyard_telemetry::{AccessLog, AccessRecord};
 use tokio::time::Instant;
 
 use crate::gateway::Gateway;
+use switchyard_health::Outcome;
 
 /// Details only kept when the listener writes an access log.
 pub struct AccessInfo {
@@ -32,6 +33,8 @@ pub struct Finish {
     bytes: u64,
     error: Option<&'static str>,
     upstream: Option<InFlight>,
+    /// Index of the upstream endpoint in its pool, for outlier detection.
+    upstream_index: usize,
     access: Option<Box<AccessInfo>>,
 }
 
@@ -45,6 +48,7 @@ impl Finish {
             bytes: 0,
             error: None,
             upstream: None,
+            upstream_index: 0,
             access,
         }
     }
@@ -53,8 +57,9 @@ impl Finish {
         self.route = Some(index);
     }
 
-    pub fn set_upstream(&mut self, in_flight: InFlight) {
+    pub fn set_upstream(&mut self, in_flight: InFlight, index: usize) {
         self.upstream = Some(in_flight);
+        self.upstream_index = index;
     }
 
     pub fn set_status(&mut self, status: u16) {
@@ -73,6 +78,16 @@ impl Finish {
         self.error.get_or_insert(reason);
         if let Some(up) = &self.upstream {
             up.endpoint().record_failure();
+            // A stream cut mid-body is a gateway error for outlier detection too (as in
+            // Envoy): a crashed replica is ejected by the streams it broke, before new
+            // requests have to fail over.
+            if reason == "upstream_reset" {
+                if let Some(i) = self.route {
+                    self.gateway.routes[i]
+                        .pool
+                        .record_outcome(self.upstream_index, Outcome::GatewayError);
+                }
+            }
         }
     }
 

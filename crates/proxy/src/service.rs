@@ -266,7 +266,7 @@ async fn forward(
     if let Some(h) = hedger {
         h.start_request();
     }
-    let (resp, conn, in_flight) = loop {
+    let (resp, conn, in_flight, index) = loop {
         tries += 1;
         let Some(first_index) = pick_untried(pool, &tried, &ctx) else {
             return Err((GatewayError::NoEndpoint, finish, false));
@@ -364,7 +364,7 @@ async fn forward(
                         sleep_before_retry(delay, headers_by).await;
                         continue;
                     }
-                    None => break (resp, conn, in_flight),
+                    None => break (resp, conn, in_flight, index),
                 }
             }
             Ok(Err(failure)) => {
@@ -414,7 +414,7 @@ async fn forward(
     if let Some(p) = permit.as_mut() {
         p.record_sample();
     }
-    finish.set_upstream(in_flight);
+    finish.set_upstream(in_flight, index);
     let mut resp = resp;
 
     // 7. Stream the response back.
