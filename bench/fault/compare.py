@@ -164,9 +164,21 @@ def retries_sent(proxy):
         text = urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT}/metrics").read().decode()
         return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
                    if l.startswith("switchyard_retries_total{"))
-    text = urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT}/stats?filter=upstream_rq_retry$").read().decode()
-    m = re.search(r"cluster\.sim\.upstream_rq_retry: (\d+)", text)
-    return float(m.group(1)) if m else 0.0
+    text = urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT}/stats").read().decode()
+    m = re.search(r"^cluster\.sim\.upstream_rq_retry: (\d+)$", text, re.M)
+    if m is None:
+        sys.exit("envoy stats have no cluster.sim.upstream_rq_retry")
+    return float(m.group(1))
+
+
+def ejections(proxy):
+    if proxy == "switchyard":
+        text = urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT}/metrics").read().decode()
+        return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+                   if l.startswith("switchyard_outlier_ejections_total{"))
+    text = urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT}/stats").read().decode()
+    m = re.search(r"^cluster\.sim\.outlier_detection\.ejections_enforced_total: (\d+)$", text, re.M)
+    return float(m.group(1)) if m else float("nan")
 
 
 def inject(addr, body):
@@ -210,6 +222,7 @@ def run(proxy, args, d):
             "ttft_p50_ms": r["ttft_ms"]["p50"], "ttft_p99_ms": r["ttft_ms"]["p99"],
             "e2e_p50_ms": r["e2e_ms"]["p50"], "e2e_p99_ms": r["e2e_ms"]["p99"],
             "retries": retries_sent(proxy),
+            "ejections": ejections(proxy),
         }
     finally:
         if p:
@@ -234,7 +247,8 @@ def main():
     cols = [("success_rate", "success", "{:.2%}"), ("failed_replayable", "failed (replayable)", "{:.0f}"),
             ("stream_broken", "streams cut by the crash", "{:.0f}"), ("ttft_p50_ms", "TTFT p50 ms", "{:.0f}"),
             ("ttft_p99_ms", "TTFT p99 ms", "{:.0f}"), ("e2e_p50_ms", "E2E p50 ms", "{:.0f}"),
-            ("e2e_p99_ms", "E2E p99 ms", "{:.0f}"), ("retries", "retries sent", "{:.0f}")]
+            ("e2e_p99_ms", "E2E p99 ms", "{:.0f}"), ("retries", "retries sent", "{:.0f}"),
+            ("ejections", "ejections", "{:.0f}")]
     print("| proxy | requests | " + " | ".join(c[1] for c in cols) + " |")
     print("|---|---|" + "---|" * len(cols))
     for p, runs in results.items():
