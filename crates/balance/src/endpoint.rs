@@ -23,6 +23,9 @@ pub struct EndpointState {
     healthy: AtomicBool,
     /// Set by passive outlier detection; independent of active health.
     ejected: AtomicBool,
+    /// When the endpoint last entered service (nanoseconds since `epoch`, plus one; zero when
+    /// never recorded), for slow start.
+    entered: AtomicU64,
     /// Origin of the nanosecond timestamps below.
     epoch: Instant,
     latency: PeakEwma,
@@ -38,6 +41,7 @@ impl EndpointState {
             failures: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
             ejected: AtomicBool::new(false),
+            entered: AtomicU64::new(0),
             epoch: Instant::now(),
             latency: PeakEwma::new(),
             reported: ReportedLoad::default(),
@@ -84,6 +88,20 @@ impl EndpointState {
     /// Outlier detection took the endpoint out (or put it back).
     pub fn set_ejected(&self, ejected: bool) {
         self.ejected.store(ejected, Ordering::Relaxed);
+    }
+
+    /// Record that the endpoint (re-)entered service now: added, turned healthy, or returned
+    /// from ejection. Slow start ramps its share up from here.
+    pub fn mark_entered(&self, now: Instant) {
+        self.entered.store(self.nanos(now) + 1, Ordering::Relaxed);
+    }
+
+    /// When the endpoint last entered service, if recorded.
+    pub fn entered_at(&self) -> Option<Instant> {
+        match self.entered.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(self.epoch + Duration::from_nanos(n - 1)),
+        }
     }
 
     /// Healthy and not ejected: what pickers may choose.

@@ -182,6 +182,8 @@ pub struct PoolEntry {
     overflow: prometheus_client::metrics::family::Family<PoolReasonLabels, Counter>,
     /// Health or outlier detection can take endpoints out, so panic mode applies.
     guarded: bool,
+    /// Slow start: a newly entered endpoint's share ramps up over the window.
+    pub slow_start: Option<switchyard_health::SlowStartSettings>,
     panic_gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
@@ -214,6 +216,25 @@ impl PoolEntry {
         let panic = available * 100 < self.spec.panic_threshold as usize * self.endpoints.len();
         self.panic_gauge.set(i64::from(panic));
         panic
+    }
+
+    /// Slow start on the pick path: an endpoint still warming up is kept with probability equal
+    /// to its ramped weight fraction; otherwise the caller picks again. Works with any picker.
+    pub fn warming_declines(&self, index: usize) -> bool {
+        let Some(settings) = &self.slow_start else {
+            return false;
+        };
+        let Some(since) = self.endpoints[index].state.entered_at() else {
+            return false;
+        };
+        let now = std::time::Instant::now();
+        let fraction = switchyard_health::effective_weight(
+            1.0,
+            tokio::time::Instant::from_std(since),
+            tokio::time::Instant::from_std(now),
+            settings,
+        );
+        fraction < 1.0 && fastrand::f64() > fraction
     }
 
     /// Feed passive outlier detection with one attempt's outcome.
@@ -434,6 +455,14 @@ fn build(
                 .clone()
         };
         let endpoint_states: Vec<_> = endpoints.iter().map(|e| e.state.clone()).collect();
+        if let Some(old_pool) = old.and_then(|g| g.pools.iter().find(|o| o.name() == p.name)) {
+            // Endpoints added by this reload start slow (at first start, all are equal).
+            for s in &endpoint_states {
+                if !old_pool.endpoints.iter().any(|e| Arc::ptr_eq(&e.state, s)) {
+                    s.mark_entered(std::time::Instant::now());
+                }
+            }
+        }
         let control = match controls.get_mut(&p.name) {
             Some(c) => {
                 c.update(p, &endpoint_states, metrics);
@@ -449,6 +478,11 @@ fn build(
         let outlier_sink = control.sink(metrics, &p.name);
         pools.push(Arc::new(PoolEntry {
             guarded: p.health.is_some() || p.outlier.is_some(),
+            slow_start: p
+                .slow_start
+                .as_ref()
+                .map(switchyard_health::SlowStartSettings::from)
+                .filter(|s| !s.window.is_zero()),
             panic_gauge: metrics.panic.get_or_create(&pool_label).clone(),
             breaker,
             limiter,

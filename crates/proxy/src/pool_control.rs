@@ -108,6 +108,7 @@ fn outlier_sink(
         OutlierEvent::Returned { address } => {
             if let Some(s) = by_address.load().get(&address) {
                 s.set_ejected(false);
+                s.mark_entered(std::time::Instant::now());
             }
             tracing::info!(pool = %pool, endpoint = %address, "endpoint returned from ejection");
         }
@@ -120,11 +121,17 @@ impl PoolControl {
         let by_address: ByAddress = Arc::new(ArcSwap::from_pointee(HashMap::new()));
         let transitions = metrics.health_transitions.clone();
         let pool = spec.name.clone();
+        let entered = by_address.clone();
         let checker = HealthChecker::new(
             None,
             states.iter().cloned(),
             Arc::new(move |e: switchyard_health::HealthEvent| {
                 let reason = if e.healthy { "healthy" } else { "unhealthy" };
+                if e.healthy {
+                    if let Some(s) = entered.load().get(&e.address) {
+                        s.mark_entered(std::time::Instant::now());
+                    }
+                }
                 transitions
                     .get_or_create(&PoolReasonLabels {
                         pool: pool.clone(),

@@ -478,7 +478,10 @@ fn pick_untried(pool: &PoolEntry, tried: &TriedSet, ctx: &PickContext<'_>) -> Op
             .find(|i| !tried.contains(*i))
             .or(Some(start));
     }
-    let first = pool.picker.pick_with(&pool.endpoints, ctx)?;
+    let mut first = pool.picker.pick_with(&pool.endpoints, ctx)?;
+    if pool.warming_declines(first) {
+        first = pool.picker.pick_with(&pool.endpoints, ctx)?;
+    }
     if !tried.contains(first) || tried.covers(pool.endpoints.len()) {
         return Some(first);
     }

@@ -374,3 +374,20 @@ async fn panic_mode_routes_to_all_when_too_few_are_available() {
         "panic mode should still try it: {dead}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_start_ramps_a_new_endpoint_in() {
+    let fleet = fleet(3).await;
+    let eps = fleet.addresses();
+    let pool = "    slow_start: { window: 30s, min_weight_percent: 10 }\n";
+    let gw = Gateway::start(&config(&eps[..2], "", pool));
+    gw.reload(&config(&eps, "", pool));
+    let counts = spread(&gw, 60, None).await;
+    assert_eq!(counts.len(), 3);
+    assert!(
+        counts[2] < 10,
+        "new endpoint got {} of 60 right after joining: {counts:?}",
+        counts[2]
+    );
+    assert!(counts[2] > 0 || counts[0] + counts[1] == 60);
+}

@@ -162,7 +162,7 @@ impl Gateway {
             + self.log_count("config reload rejected; keeping the previous config");
         std::fs::write(&self.config_path, yaml).expect("write config");
         self.signal("HUP");
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while self.log_count("config reloaded")
             + self.log_count("config reload rejected; keeping the previous config")
             <= before
