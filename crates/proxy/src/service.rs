@@ -374,6 +374,10 @@ async fn forward(
                         Failure::Inline(SendError::ConnectTimeout) => (true, None),
                         Failure::Inline(SendError::NotSent(_)) => (false, None),
                         Failure::Inline(SendError::Http(e)) => (false, Some(e)),
+                        Failure::Inline(SendError::Overflow(o)) => {
+                            pool.count_overflow(o.limit.as_str());
+                            return Err((GatewayError::Overflow(o.limit.as_str()), finish, false));
+                        }
                         Failure::Pooled(e) => (e.is_connect(), Some(e)),
                     };
                 if err.is_some_and(has_source::<BodyTooLarge>) {
@@ -526,7 +530,7 @@ fn send_attempt<'a>(
     async move {
         match inline {
             Some(conns) => conns
-                .send(req)
+                .send(req, &pool.breaker)
                 .await
                 .map(|(resp, conn)| (resp, Some(conn)))
                 .map_err(Failure::Inline),

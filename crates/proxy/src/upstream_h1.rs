@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
+use switchyard_resilience::{BreakerGuard, CircuitBreaker, Limit, Overflow};
 
 type Io = TokioIo<TcpStream>;
 
@@ -44,6 +45,8 @@ struct Idle {
 struct ConnParts {
     sender: SendRequest<RequestBody>,
     conn: Connection<Io, RequestBody>,
+    /// Held against the pool's `max_connections` for the life of the connection.
+    _open: BreakerGuard,
 }
 
 /// Why an exchange failed, in the terms the request path needs.
@@ -54,6 +57,8 @@ pub enum SendError {
     /// The connection closed before the request was written; the request is returned intact.
     NotSent(Box<Request<RequestBody>>),
     Http(hyper::Error),
+    /// A new connection would pass the pool's `max_connections` or `max_pending`.
+    Overflow(Overflow),
 }
 
 impl EndpointConns {
@@ -94,7 +99,13 @@ impl EndpointConns {
         }
     }
 
-    async fn connect(&self) -> Result<Box<ConnParts>, SendError> {
+    async fn connect(&self, breaker: &CircuitBreaker) -> Result<Box<ConnParts>, SendError> {
+        let _pending = breaker
+            .try_acquire(Limit::Pending)
+            .map_err(SendError::Overflow)?;
+        let open = breaker
+            .try_acquire(Limit::Connections)
+            .map_err(SendError::Overflow)?;
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.address))
             .await
             .map_err(|_| SendError::ConnectTimeout)?
@@ -104,7 +115,11 @@ impl EndpointConns {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(SendError::Http)?;
-        Ok(Box::new(ConnParts { sender, conn }))
+        Ok(Box::new(ConnParts {
+            sender,
+            conn,
+            _open: open,
+        }))
     }
 
     /// Send `req` on a pooled connection (or a new one), returning the response head and the
@@ -112,6 +127,7 @@ impl EndpointConns {
     pub async fn send(
         self: &Arc<Self>,
         req: Request<RequestBody>,
+        breaker: &CircuitBreaker,
     ) -> Result<(Response<Incoming>, InlineConn), SendError> {
         let mut req = req;
         if let Some(parts) = self.pop_idle() {
@@ -124,7 +140,7 @@ impl EndpointConns {
                 Err(e) => return Err(e),
             }
         }
-        let parts = self.connect().await?;
+        let parts = self.connect(breaker).await?;
         let mut up = InlineConn::new(self.clone(), parts);
         let resp = up.exchange(req).await?;
         Ok((resp, up))

@@ -391,3 +391,30 @@ async fn slow_start_ramps_a_new_endpoint_in() {
     );
     assert!(counts[2] > 0 || counts[0] + counts[1] == 60);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_caps_upstream_connections() {
+    let fleet = fleet(1).await;
+    fleet
+        .set_faults(
+            0,
+            FaultConfig {
+                added_latency_ms: 800,
+                ..FaultConfig::default()
+            },
+        )
+        .unwrap();
+    let pool = "    limits: { max_connections: 1 }\n";
+    let gw = std::sync::Arc::new(Gateway::start(&config(&fleet.addresses(), "", pool)));
+    let slow = {
+        let gw = gw.clone();
+        tokio::spawn(async move { chat(&client::http1(), &gw).await.0 })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, headers) = chat(&client::http1(), &gw).await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["x-switchyard-overflow"], "connections");
+    assert_eq!(slow.await.unwrap(), 200);
+    // The one connection is pooled again and reused.
+    assert_eq!(chat(&client::http1(), &gw).await.0, 200);
+}
