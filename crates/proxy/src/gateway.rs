@@ -180,6 +180,8 @@ pub struct PoolEntry {
     detector: Option<Arc<Mutex<OutlierDetector>>>,
     outlier_sink: OutlierSink,
     overflow: prometheus_client::metrics::family::Family<PoolReasonLabels, Counter>,
+    /// Attempts per endpoint (parallel to `endpoints`).
+    pub picks: Vec<Counter>,
     /// Health or outlier detection can take endpoints out, so panic mode applies.
     guarded: bool,
     /// Slow start: a newly entered endpoint's share ramps up over the window.
@@ -477,6 +479,19 @@ fn build(
         let detector = control.detector.clone();
         let outlier_sink = control.sink(metrics, &p.name);
         pools.push(Arc::new(PoolEntry {
+            picks: p
+                .endpoints
+                .iter()
+                .map(|e| {
+                    metrics
+                        .picks
+                        .get_or_create(&switchyard_telemetry::metrics::EndpointLabels {
+                            pool: p.name.clone(),
+                            endpoint: e.address.to_string(),
+                        })
+                        .clone()
+                })
+                .collect(),
             guarded: p.health.is_some() || p.outlier.is_some(),
             slow_start: p
                 .slow_start

@@ -281,6 +281,7 @@ async fn forward(
             _ => body.take().expect("a streamed body is only sent once"),
         };
         let first_in_flight = pool.endpoints[first_index].state.begin();
+        pool.picks[first_index].inc();
         // A streamed body goes out once, so its head can be moved rather than copied.
         let head = if replayable {
             parts.headers.clone()
@@ -319,6 +320,7 @@ async fn forward(
             };
             route.count_hedge();
             let second_in_flight = pool.endpoints[second_index].state.begin();
+            pool.picks[second_index].inc();
             let second_body = body.as_ref().expect("hedged bodies are buffered").replay();
             let second = send_attempt(
                 pool,

@@ -386,6 +386,11 @@ async fn round_robin_spreads_over_endpoints_and_metrics_count() {
         gw.metric("switchyard_requests_total{route=\"r\",pool=\"p\",code=\"200\"}"),
         10.0
     );
+    let picks = format!(
+        "switchyard_upstream_picks_total{{pool=\"p\",endpoint=\"{}\"}}",
+        a.addr
+    );
+    assert_eq!(gw.metric(&picks), 5.0);
     let (status, pools) = gw.admin_get("/pools");
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_str(&pools).unwrap();

@@ -61,6 +61,12 @@ pub struct PoolReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub pool: String,
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     /// `success` or `failure`
     pub result: &'static str,
@@ -88,6 +94,7 @@ pub struct Metrics {
     pub panic: Family<PoolLabels, Gauge>,
     pub concurrency_limit: Family<PoolLabels, Gauge>,
     pub concurrency_queued: Family<PoolLabels, Gauge>,
+    pub picks: Family<EndpointLabels, Counter>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -206,7 +213,14 @@ impl Metrics {
             "switchyard_concurrency_queued",
             "Requests waiting for a concurrency permit",
         );
+        let picks = Family::<EndpointLabels, Counter>::default();
+        registry.register(
+            "switchyard_upstream_picks",
+            "Attempts sent to each endpoint (first tries, retries and hedges)",
+            picks.clone(),
+        );
         Arc::new(Self {
+            picks,
             registry,
             retries,
             retries_refused,
