@@ -1,0 +1,522 @@
+//! OpenAI request understanding: what an inference router needs from a request body, read once.
+//!
+//! A model-aware router has to look inside the body: the `model` picks the pool (and, because vLLM
+//! serves LoRA adapters under their own model names, the adapter), the prompt text drives
+//! prefix-cache affinity, and `max_tokens` bounds the work. The Gateway API Inference Extension's
+//! endpoint picker (EPP) and the llm-d scheduler parse the same fields for the same reasons. We
+//! parse with `serde_json` into a struct that keeps only those fields (everything else is skipped,
+//! not built), and walk the three variable-shape fields (`prompt`, `messages`, `input`) by hand so
+//! that an error can say exactly which field is wrong.
+//!
+//! No tokenizer is loaded. [`estimate_tokens`] and [`prompt_block_hashes`] approximate tokens
+//! as 4-character units, which is close to BPE tokenizers on English text and, more importantly,
+//! deterministic: two prompts with the same leading text always produce the same leading block
+//! hashes, which is all prefix affinity needs.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Which OpenAI API a request targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiKind {
+    /// `/v1/completions`
+    Completions,
+    /// `/v1/chat/completions`
+    ChatCompletions,
+    /// `/v1/embeddings`
+    Embeddings,
+}
+
+impl ApiKind {
+    /// The API for a request path (query string ignored), or `None` for other paths.
+    pub fn from_path(path: &str) -> Option<Self> {
+        let path = path.split('?').next().unwrap_or(path);
+        match path.trim_end_matches('/') {
+            "/v1/completions" => Some(Self::Completions),
+            "/v1/chat/completions" => Some(Self::ChatCompletions),
+            "/v1/embeddings" => Some(Self::Embeddings),
+            _ => None,
+        }
+    }
+}
+
+/// The routing-relevant view of one OpenAI request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferenceRequest {
+    pub kind: ApiKind,
+    /// The requested model; with vLLM this may name a LoRA adapter.
+    pub model: String,
+    /// An explicit `lora` field, when the client sent one.
+    pub lora: Option<String>,
+    /// The prompt text: completions `prompt` strings joined by newlines, chat messages rendered as
+    /// `role\ncontent\n` each, embeddings `input` strings joined by newlines. Token-id prompts
+    /// contribute nothing (their length still counts in `prompt_tokens`).
+    pub prompt: String,
+    /// Estimated prompt tokens ([`estimate_tokens`] on `prompt`, or the id count for token prompts).
+    pub prompt_tokens: u32,
+    /// `max_completion_tokens`, else `max_tokens`.
+    pub max_tokens: Option<u32>,
+    pub stream: bool,
+    pub user: Option<String>,
+}
+
+impl InferenceRequest {
+    /// The LoRA adapter this request needs: the explicit `lora` field, else the model name when
+    /// `is_base_model` says it is not a base model (vLLM names adapters as models).
+    pub fn adapter(&self, is_base_model: impl Fn(&str) -> bool) -> Option<&str> {
+        match &self.lora {
+            Some(lora) => Some(lora),
+            None if !is_base_model(&self.model) => Some(&self.model),
+            None => None,
+        }
+    }
+}
+
+/// Why a body could not be understood. Every variant is the client's fault (HTTP 400).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestError {
+    /// The path is not one of the three OpenAI APIs this module reads.
+    UnsupportedPath(String),
+    /// The body is not JSON (or not a JSON object).
+    InvalidJson {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// A required field is absent.
+    MissingField(&'static str),
+    /// A field has the wrong type or value; `field` is its path (`messages[2].content`).
+    InvalidField { field: String, message: String },
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnsupportedPath(p) => write!(f, "unsupported path {p}"),
+            Self::InvalidJson {
+                line,
+                column,
+                message,
+            } => write!(f, "invalid JSON at line {line} column {column}: {message}"),
+            Self::MissingField(name) => write!(f, "missing field {name}"),
+            Self::InvalidField { field, message } => write!(f, "invalid field {field}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for RequestError {}
+
+impl RequestError {
+    /// The HTTP status to answer with (always 400; a body over the size limit is the caller's 413).
+    pub fn status(&self) -> u16 {
+        400
+    }
+
+    /// The field the error is about, for OpenAI's `param`.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            Self::MissingField(f) => Some(f),
+            Self::InvalidField { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
+    /// An OpenAI-style error body: `{"error":{"message","type","param","code"}}`.
+    pub fn to_openai_json(&self) -> String {
+        serde_json::json!({
+            "error": {
+                "message": self.to_string(),
+                "type": "invalid_request_error",
+                "param": self.param(),
+                "code": null,
+            }
+        })
+        .to_string()
+    }
+}
+
+/// The fields we read; serde skips the rest without building them.
+#[derive(Deserialize)]
+struct Body {
+    model: Option<Value>,
+    prompt: Option<Value>,
+    messages: Option<Value>,
+    input: Option<Value>,
+    max_tokens: Option<u32>,
+    max_completion_tokens: Option<u32>,
+    stream: Option<bool>,
+    user: Option<String>,
+    lora: Option<String>,
+}
+
+/// Parse an OpenAI request body for `path`.
+pub fn parse_openai(path: &str, body: &[u8]) -> Result<InferenceRequest, RequestError> {
+    let kind =
+        ApiKind::from_path(path).ok_or_else(|| RequestError::UnsupportedPath(path.to_string()))?;
+    if let Some(i) = body.iter().position(|b| !b.is_ascii_whitespace()) {
+        if body[i] != b'{' {
+            let line = 1 + body[..i].iter().filter(|&&b| b == b'\n').count();
+            let column = i - body[..i].iter().rposition(|&b| b == b'\n').map_or(0, |n| n + 1) + 1;
+            return Err(RequestError::InvalidJson {
+                line,
+                column,
+                message: "expected a JSON object".into(),
+            });
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed: Body = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_data() && field != "." {
+            RequestError::InvalidField {
+                field,
+                message: strip_position(&inner),
+            }
+        } else {
+            RequestError::InvalidJson {
+                line: inner.line(),
+                column: inner.column(),
+                message: strip_position(&inner),
+            }
+        }
+    })?;
+    de.end().map_err(|e| RequestError::InvalidJson {
+        line: e.line(),
+        column: e.column(),
+        message: strip_position(&e),
+    })?;
+
+    let model = match parsed.model {
+        None | Some(Value::Null) => return Err(RequestError::MissingField("model")),
+        Some(Value::String(s)) if !s.is_empty() => s,
+        Some(_) => return Err(invalid("model", "expected a non-empty string")),
+    };
+    let mut prompt = String::new();
+    let mut token_ids = 0usize;
+    match kind {
+        ApiKind::Completions => {
+            let v = parsed.prompt.ok_or(RequestError::MissingField("prompt"))?;
+            text_input(&v, "prompt", &mut prompt, &mut token_ids)?;
+        }
+        ApiKind::Embeddings => {
+            let v = parsed.input.ok_or(RequestError::MissingField("input"))?;
+            text_input(&v, "input", &mut prompt, &mut token_ids)?;
+        }
+        ApiKind::ChatCompletions => {
+            let v = parsed
+                .messages
+                .ok_or(RequestError::MissingField("messages"))?;
+            chat_messages(&v, &mut prompt)?;
+        }
+    }
+    let prompt_tokens =
+        estimate_tokens(&prompt).saturating_add(u32::try_from(token_ids).unwrap_or(u32::MAX));
+    Ok(InferenceRequest {
+        kind,
+        model,
+        lora: parsed.lora,
+        prompt,
+        prompt_tokens,
+        max_tokens: parsed.max_completion_tokens.or(parsed.max_tokens),
+        stream: parsed.stream.unwrap_or(false),
+        user: parsed.user,
+    })
+}
+
+fn invalid(field: &str, message: &str) -> RequestError {
+    RequestError::InvalidField {
+        field: field.to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// serde_json appends " at line L column C"; we report position separately.
+fn strip_position(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// A string, an array of strings, an array of token ids, or an array of token-id arrays.
+fn text_input(
+    v: &Value,
+    field: &str,
+    out: &mut String,
+    token_ids: &mut usize,
+) -> Result<(), RequestError> {
+    const EXPECTED: &str = "expected a string, an array of strings, or token ids";
+    match v {
+        Value::String(s) => out.push_str(s),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                match item {
+                    Value::String(s) => {
+                        if i > 0 {
+                            out.push('\n');
+                        }
+                        out.push_str(s);
+                    }
+                    Value::Number(_) => *token_ids += 1,
+                    Value::Array(ids) if ids.iter().all(Value::is_number) => {
+                        *token_ids += ids.len()
+                    }
+                    _ => return Err(invalid(&format!("{field}[{i}]"), EXPECTED)),
+                }
+            }
+        }
+        _ => return Err(invalid(field, EXPECTED)),
+    }
+    Ok(())
+}
+
+/// `messages[]`: each `{role, content}` with content a string, null, or text parts.
+fn chat_messages(v: &Value, out: &mut String) -> Result<(), RequestError> {
+    let Value::Array(messages) = v else {
+        return Err(invalid("messages", "expected an array of messages"));
+    };
+    if messages.is_empty() {
+        return Err(invalid("messages", "expected at least one message"));
+    }
+    for (i, m) in messages.iter().enumerate() {
+        let Value::Object(m) = m else {
+            return Err(invalid(&format!("messages[{i}]"), "expected an object"));
+        };
+        let role = match m.get("role") {
+            Some(Value::String(r)) => r.as_str(),
+            _ => {
+                return Err(invalid(
+                    &format!("messages[{i}].role"),
+                    "expected a string",
+                ))
+            }
+        };
+        out.push_str(role);
+        out.push('\n');
+        match m.get("content") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) => out.push_str(s),
+            Some(Value::Array(parts)) => {
+                for (j, part) in parts.iter().enumerate() {
+                    match part.get("type").and_then(Value::as_str) {
+                        Some("text") => match part.get("text") {
+                            Some(Value::String(t)) => out.push_str(t),
+                            _ => {
+                                return Err(invalid(
+                                    &format!("messages[{i}].content[{j}].text"),
+                                    "expected a string",
+                                ))
+                            }
+                        },
+                        // Images, audio and other parts carry no prefix text we can hash.
+                        Some(_) => {}
+                        None => {
+                            return Err(invalid(
+                                &format!("messages[{i}].content[{j}].type"),
+                                "expected a string",
+                            ))
+                        }
+                    }
+                }
+            }
+            Some(_) => {
+                return Err(invalid(
+                    &format!("messages[{i}].content"),
+                    "expected a string or an array of content parts",
+                ))
+            }
+        }
+        out.push('\n');
+    }
+    Ok(())
+}
+
+/// Characters per approximate token. BPE tokenizers for English average about four.
+pub const CHARS_PER_TOKEN: usize = 4;
+
+/// Estimated tokens in `text`: characters / 4, rounded up. An approximation for load accounting
+/// and block counting, not a tokenizer; it over-counts code and under-counts CJK text.
+pub fn estimate_tokens(text: &str) -> u32 {
+    let chars = text.chars().count();
+    u32::try_from(chars.div_ceil(CHARS_PER_TOKEN)).unwrap_or(u32::MAX)
+}
+
+/// Block hashes of `prompt`, seeded with 0. See [`prompt_block_hashes_seeded`].
+pub fn prompt_block_hashes(prompt: &str, block_tokens: usize) -> Vec<u64> {
+    prompt_block_hashes_seeded(0, prompt, block_tokens)
+}
+
+/// A hash chain over the full blocks of `prompt`, like vLLM's automatic prefix caching: a block is
+/// `block_tokens` approximate tokens of 4 bytes each (so `4 × block_tokens` bytes; a trailing
+/// partial block is not hashed, as vLLM only caches full blocks), and block *i*'s hash folds in
+/// block *i−1*'s, so a hash names its whole prefix. Two prompts therefore share exactly the hashes
+/// of the full blocks inside their common byte prefix. Bytes rather than characters keep this
+/// fast and allocation-free per block; for non-ASCII text a "token" is then fewer characters.
+/// `seed` separates models and adapters (vLLM seeds the chain with the LoRA adapter).
+pub fn prompt_block_hashes_seeded(seed: u64, prompt: &str, block_tokens: usize) -> Vec<u64> {
+    let block_bytes = block_tokens.max(1) * CHARS_PER_TOKEN;
+    let mut prev = mix(seed ^ 0x5157_4954_4348_5944, block_bytes as u64);
+    prompt
+        .as_bytes()
+        .chunks_exact(block_bytes)
+        .map(|block| {
+            prev = hash_block(prev, block);
+            prev
+        })
+        .collect()
+}
+
+/// A seed for [`prompt_block_hashes_seeded`] from a model or adapter name.
+pub fn seed_for(name: &str) -> u64 {
+    hash_block(0x243F_6A88_85A3_08D3, name.as_bytes())
+}
+
+#[inline]
+fn mix(h: u64, w: u64) -> u64 {
+    (h ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(31)
+}
+
+/// Word-at-a-time multiply-rotate over the block, then the murmur3 finalizer.
+fn hash_block(prev: u64, block: &[u8]) -> u64 {
+    let mut h = mix(prev, block.len() as u64);
+    let mut words = block.chunks_exact(8);
+    for w in &mut words {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        h = mix(h, u64::from_le_bytes(b));
+    }
+    let rest = words.remainder();
+    if !rest.is_empty() {
+        let mut b = [0u8; 8];
+        b[..rest.len()].copy_from_slice(rest);
+        h = mix(h, u64::from_le_bytes(b) ^ 0xFF);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+    h ^ (h >> 33)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn chat_with_string_and_parts() {
+        let body = br#"{"model":"sql-lora","messages":[{"role":"system","content":"be brief"},
+            {"role":"user","content":[{"type":"text","text":"hi "},{"type":"image_url","image_url":{}},{"type":"text","text":"there"}]}],
+            "max_tokens":10,"max_completion_tokens":20,"stream":true,"user":"u1","temperature":0.2}"#;
+        let r = parse_openai("/v1/chat/completions", body).unwrap();
+        assert_eq!(r.kind, ApiKind::ChatCompletions);
+        assert_eq!(r.model, "sql-lora");
+        assert_eq!(r.prompt, "system\nbe brief\nuser\nhi there\n");
+        assert_eq!(r.max_tokens, Some(20));
+        assert!(r.stream);
+        assert_eq!(r.user.as_deref(), Some("u1"));
+        assert_eq!(r.adapter(|m| m == "llama"), Some("sql-lora"));
+        assert_eq!(r.adapter(|_| true), None);
+    }
+
+    #[test]
+    fn completions_and_embeddings_inputs() {
+        let r = parse_openai(
+            "/v1/completions?x=1",
+            br#"{"model":"m","prompt":["ab","cd"],"max_tokens":5,"lora":"a1"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.prompt, "ab\ncd");
+        assert_eq!(r.max_tokens, Some(5));
+        assert!(!r.stream);
+        assert_eq!(r.adapter(|_| true), Some("a1"));
+        let r = parse_openai("/v1/completions", br#"{"model":"m","prompt":[1,2,3]}"#).unwrap();
+        assert_eq!((r.prompt.as_str(), r.prompt_tokens), ("", 3));
+        let r = parse_openai("/v1/embeddings", br#"{"model":"e","input":"hello world"}"#).unwrap();
+        assert_eq!(r.kind, ApiKind::Embeddings);
+        assert_eq!(r.prompt_tokens, 3);
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        let e = parse_openai("/v1/completions", b"{\"model\":\n  ]").unwrap_err();
+        assert!(
+            matches!(e, RequestError::InvalidJson { line: 2, column: 3, .. }),
+            "{e:?}"
+        );
+        assert!(e.to_string().starts_with("invalid JSON at line 2 column 3"));
+        let e = parse_openai("/v1/completions", br#"{"prompt":"x"}"#).unwrap_err();
+        assert_eq!(e.to_string(), "missing field model");
+        let json: Value = serde_json::from_str(&e.to_openai_json()).unwrap();
+        assert_eq!(json["error"]["param"], "model");
+        assert_eq!(json["error"]["type"], "invalid_request_error");
+        assert_eq!(e.status(), 400);
+        let e = parse_openai("/v1/completions", br#"{"model":"m","prompt":"x","max_tokens":"a"}"#)
+            .unwrap_err();
+        assert_eq!(e.param(), Some("max_tokens"));
+        let e = parse_openai(
+            "/v1/chat/completions",
+            br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":1}]}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.param(), Some("messages[0].content[0].text"));
+        let e = parse_openai("/v1/chat/completions", br#"{"model":"m"}"#).unwrap_err();
+        assert_eq!(e, RequestError::MissingField("messages"));
+        assert!(matches!(
+            parse_openai("/v1/models", b"{}"),
+            Err(RequestError::UnsupportedPath(_))
+        ));
+        assert!(matches!(
+            parse_openai("/v1/completions", br#"{"model":"m","prompt":"x"} trailing"#),
+            Err(RequestError::InvalidJson { .. })
+        ));
+        assert!(matches!(
+            parse_openai("/v1/completions", b"[1]"),
+            Err(RequestError::InvalidJson { .. })
+        ));
+    }
+
+    #[test]
+    fn token_estimate_and_blocks() {
+        assert_eq!(estimate_tokens(""), 0);
+        assert_eq!(estimate_tokens("abcde"), 2);
+        let text = "x".repeat(4 * 16 * 3 + 10);
+        assert_eq!(prompt_block_hashes(&text, 16).len(), 3);
+        assert_ne!(
+            prompt_block_hashes_seeded(seed_for("a"), &text, 16),
+            prompt_block_hashes_seeded(seed_for("b"), &text, 16)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parser_never_panics(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse_openai("/v1/chat/completions", &body);
+            let _ = parse_openai("/v1/completions", &body);
+        }
+
+        #[test]
+        fn parser_never_panics_on_jsonish(body in r#"\{"model":"m","(prompt|messages|input)":[\[\]{}"a-z:,0-9 ]{0,40}\}"#) {
+            let _ = parse_openai("/v1/chat/completions", body.as_bytes());
+            let _ = parse_openai("/v1/embeddings", body.as_bytes());
+        }
+
+        #[test]
+        fn chains_share_exactly_the_common_prefix_blocks(
+            common in "[a-c ]{0,300}", a in "[a-c ]{0,200}", b in "[a-c ]{0,200}", block in 1usize..8
+        ) {
+            let (pa, pb) = (format!("{common}{a}"), format!("{common}{b}"));
+            let common_len = pa.bytes().zip(pb.bytes()).take_while(|(x, y)| x == y).count();
+            let (ha, hb) = (prompt_block_hashes(&pa, block), prompt_block_hashes(&pb, block));
+            let shared = ha.iter().zip(&hb).take_while(|(x, y)| x == y).count();
+            let expected = (common_len / (block * CHARS_PER_TOKEN)).min(ha.len()).min(hb.len());
+            prop_assert_eq!(shared, expected);
+            // After the first difference, nothing lines up again: the chain names whole prefixes.
+            prop_assert!(ha.iter().zip(&hb).skip(shared).all(|(x, y)| x != y));
+        }
+    }
+}
