@@ -1,1 +1,2 @@
+pub mod prefix_index;
 pub mod request;

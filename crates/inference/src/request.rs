@@ -158,7 +158,11 @@ pub fn parse_openai(path: &str, body: &[u8]) -> Result<InferenceRequest, Request
     if let Some(i) = body.iter().position(|b| !b.is_ascii_whitespace()) {
         if body[i] != b'{' {
             let line = 1 + body[..i].iter().filter(|&&b| b == b'\n').count();
-            let column = i - body[..i].iter().rposition(|&b| b == b'\n').map_or(0, |n| n + 1) + 1;
+            let column = i - body[..i]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |n| n + 1)
+                + 1;
             return Err(RequestError::InvalidJson {
                 line,
                 column,
@@ -288,12 +292,7 @@ fn chat_messages(v: &Value, out: &mut String) -> Result<(), RequestError> {
         };
         let role = match m.get("role") {
             Some(Value::String(r)) => r.as_str(),
-            _ => {
-                return Err(invalid(
-                    &format!("messages[{i}].role"),
-                    "expected a string",
-                ))
-            }
+            _ => return Err(invalid(&format!("messages[{i}].role"), "expected a string")),
         };
         out.push_str(role);
         out.push('\n');
@@ -445,7 +444,14 @@ mod tests {
     fn errors_say_what_is_wrong() {
         let e = parse_openai("/v1/completions", b"{\"model\":\n  ]").unwrap_err();
         assert!(
-            matches!(e, RequestError::InvalidJson { line: 2, column: 3, .. }),
+            matches!(
+                e,
+                RequestError::InvalidJson {
+                    line: 2,
+                    column: 3,
+                    ..
+                }
+            ),
             "{e:?}"
         );
         assert!(e.to_string().starts_with("invalid JSON at line 2 column 3"));
@@ -455,8 +461,11 @@ mod tests {
         assert_eq!(json["error"]["param"], "model");
         assert_eq!(json["error"]["type"], "invalid_request_error");
         assert_eq!(e.status(), 400);
-        let e = parse_openai("/v1/completions", br#"{"model":"m","prompt":"x","max_tokens":"a"}"#)
-            .unwrap_err();
+        let e = parse_openai(
+            "/v1/completions",
+            br#"{"model":"m","prompt":"x","max_tokens":"a"}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.param(), Some("max_tokens"));
         let e = parse_openai(
             "/v1/chat/completions",
