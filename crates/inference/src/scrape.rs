@@ -1,0 +1,275 @@
+//! Scraping model servers' Prometheus metrics into [`EndpointSignals`].
+//!
+//! The Gateway API Inference Extension's EPP and the llm-d scheduler poll each model server's
+//! `/metrics` every ~50 ms and route on queue depth, KV-cache usage and LoRA state; we do the
+//! same. Each endpoint gets its own task, so a slow or dead server only delays its own data; the
+//! interval is jittered so that scrapes of a large pool do not synchronise. A scrape that fails
+//! (connect error, timeout, non-200, unparsable page) marks the endpoint's data stale, which the
+//! picker treats as "unknown" rather than "idle". Metric names differ per server, so they are
+//! data ([`MetricNames`]), with presets for vLLM, SGLang, TGI and Triton.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::task::JoinHandle;
+
+use crate::prom_text::{self, Sample};
+use crate::signals::{EndpointSignals, LoraState, ScrapedMetrics};
+
+/// A metric name with an optional required label value (`nv_trt_llm_kv_cache_block_metrics`
+/// with `kv_cache_block_type="fraction"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selector {
+    pub name: String,
+    pub label: Option<(String, String)>,
+}
+
+impl Selector {
+    pub fn name(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            label: None,
+        }
+    }
+
+    pub fn with_label(name: &str, key: &str, value: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            label: Some((key.to_string(), value.to_string())),
+        }
+    }
+
+    fn matches(&self, s: &Sample<'_>) -> bool {
+        s.name == self.name
+            && match &self.label {
+                None => true,
+                Some((k, v)) => s.label(k) == Some(v.as_str()),
+            }
+    }
+}
+
+/// Which series carry each signal. Each list is tried in order and the first name present on the
+/// page wins (vLLM renamed `gpu_cache_usage_perc` to `kv_cache_usage_perc`). Queue and running
+/// counts are summed over the series (one per served model); KV usage takes the maximum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricNames {
+    pub waiting: Vec<Selector>,
+    pub running: Vec<Selector>,
+    /// KV cache usage as a fraction 0..1.
+    pub kv_usage: Vec<Selector>,
+    /// A series whose label `num_gpu_blocks` gives the KV cache size (vLLM `cache_config_info`).
+    pub cache_info: Option<String>,
+    /// A series with labels `running_lora_adapters`, `waiting_lora_adapters` (comma-separated)
+    /// and `max_lora` (vLLM `lora_requests_info`).
+    pub lora_info: Option<String>,
+    /// The metrics path.
+    pub path: String,
+}
+
+impl MetricNames {
+    /// vLLM (v0 and v1 names).
+    pub fn vllm() -> Self {
+        Self {
+            waiting: vec![Selector::name("vllm:num_requests_waiting")],
+            running: vec![Selector::name("vllm:num_requests_running")],
+            kv_usage: vec![
+                Selector::name("vllm:kv_cache_usage_perc"),
+                Selector::name("vllm:gpu_cache_usage_perc"),
+            ],
+            cache_info: Some("vllm:cache_config_info".into()),
+            lora_info: Some("vllm:lora_requests_info".into()),
+            path: "/metrics".into(),
+        }
+    }
+
+    /// SGLang.
+    pub fn sglang() -> Self {
+        Self {
+            waiting: vec![Selector::name("sglang:num_queue_reqs")],
+            running: vec![Selector::name("sglang:num_running_reqs")],
+            kv_usage: vec![Selector::name("sglang:token_usage")],
+            cache_info: None,
+            lora_info: None,
+            path: "/metrics".into(),
+        }
+    }
+
+    /// Hugging Face Text Generation Inference (no KV usage metric).
+    pub fn tgi() -> Self {
+        Self {
+            waiting: vec![Selector::name("tgi_queue_size")],
+            running: vec![Selector::name("tgi_batch_current_size")],
+            kv_usage: vec![],
+            cache_info: None,
+            lora_info: None,
+            path: "/metrics".into(),
+        }
+    }
+
+    /// NVIDIA Triton (with the TensorRT-LLM backend's KV and request metrics when present).
+    pub fn triton() -> Self {
+        Self {
+            waiting: vec![
+                Selector::with_label("nv_trt_llm_request_metrics", "request_type", "waiting"),
+                Selector::name("nv_inference_pending_request_count"),
+            ],
+            running: vec![Selector::with_label(
+                "nv_trt_llm_request_metrics",
+                "request_type",
+                "active",
+            )],
+            kv_usage: vec![Selector::with_label(
+                "nv_trt_llm_kv_cache_block_metrics",
+                "kv_cache_block_type",
+                "fraction",
+            )],
+            cache_info: None,
+            lora_info: None,
+            path: "/metrics".into(),
+        }
+    }
+
+    /// Read the signals out of a metrics page.
+    pub fn extract(&self, text: &str) -> Result<ScrapedMetrics, prom_text::ParseError> {
+        let samples = prom_text::parse(text)?;
+        let pick = |sels: &[Selector], fold: fn(f64, f64) -> f64| {
+            sels.iter().find_map(|sel| {
+                samples
+                    .iter()
+                    .filter(|s| sel.matches(s) && s.value.is_finite())
+                    .map(|s| s.value)
+                    .reduce(fold)
+            })
+        };
+        let num_gpu_blocks = self.cache_info.as_ref().and_then(|n| {
+            samples
+                .iter()
+                .filter(|s| s.name == n)
+                .find_map(|s| s.label("num_gpu_blocks")?.parse().ok())
+        });
+        let lora = self.lora_info.as_ref().and_then(|n| {
+            // vLLM emits one series per change, valued with its time; the newest is current.
+            let s = samples
+                .iter()
+                .filter(|s| s.name == n)
+                .max_by(|a, b| a.value.total_cmp(&b.value))?;
+            let list = |key| -> Vec<String> {
+                s.label(key)
+                    .unwrap_or("")
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|a| !a.is_empty())
+                    .map(String::from)
+                    .collect()
+            };
+            Some(LoraState {
+                running: list("running_lora_adapters"),
+                waiting: list("waiting_lora_adapters"),
+                max_lora: s
+                    .label("max_lora")
+                    .and_then(|m| m.parse().ok())
+                    .unwrap_or(0),
+            })
+        });
+        Ok(ScrapedMetrics {
+            waiting: pick(&self.waiting, |a, b| a + b),
+            running: pick(&self.running, |a, b| a + b),
+            kv_usage: pick(&self.kv_usage, f64::max),
+            num_gpu_blocks,
+            lora,
+        })
+    }
+}
+
+/// Running scrape tasks; dropping it stops them.
+#[derive(Debug)]
+pub struct Scraper {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Scraper {
+    /// Stop scraping now.
+    pub fn stop(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Scraper {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Scrape each endpoint's metrics every `interval.0..=interval.1` (uniformly jittered; 50–100 ms
+/// is a good default) until the returned [`Scraper`] drops. A scrape times out after
+/// `stale_after` or fails on a non-200 status or a malformed page, marking the endpoint stale;
+/// the next one is tried on schedule. Must be called inside a tokio runtime.
+pub fn spawn_scraper(
+    endpoints: Vec<(SocketAddr, Arc<EndpointSignals>)>,
+    names: MetricNames,
+    interval: (Duration, Duration),
+    stale_after: Duration,
+) -> Scraper {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(stale_after));
+    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(1)
+        .build(connector);
+    let names = Arc::new(names);
+    let (lo, hi) = (interval.0.min(interval.1), interval.0.max(interval.1));
+    let tasks = endpoints
+        .into_iter()
+        .map(|(addr, signals)| {
+            let client = client.clone();
+            let names = names.clone();
+            tokio::spawn(async move {
+                let uri: hyper::Uri = match format!("http://{addr}{}", names.path).parse() {
+                    Ok(u) => u,
+                    Err(_) => {
+                        signals.mark_failed();
+                        return;
+                    }
+                };
+                loop {
+                    let outcome =
+                        tokio::time::timeout(stale_after, scrape_once(&client, &uri, &names)).await;
+                    match outcome {
+                        Ok(Some(m)) => signals.apply_scrape(&m, Instant::now()),
+                        _ => signals.mark_failed(),
+                    }
+                    let span = (hi - lo).as_nanos() as u64;
+                    let jitter = Duration::from_nanos(fastrand::u64(0..=span));
+                    tokio::time::sleep(lo + jitter).await;
+                }
+            })
+        })
+        .collect();
+    Scraper { tasks }
+}
+
+async fn scrape_once(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    uri: &hyper::Uri,
+    names: &MetricNames,
+) -> Option<ScrapedMetrics> {
+    let resp = client.get(uri.clone()).await.ok()?;
+    if resp.status() != http::StatusCode::OK {
+        return None;
+    }
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    let text = std::str::from_utf8(&body).ok()?;
+    names.extract(text).ok()
+}
+
+#[cfg(test)]
+#[path = "scrape_tests.rs"]
+mod tests;
