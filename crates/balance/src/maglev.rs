@@ -9,14 +9,10 @@
 //! as for the ring (Mirrokni et al.): a loaded endpoint is passed over and the walk continues
 //! through the following slots. Requests without a key go to a random endpoint.
 
-use std::sync::Arc;
-
-use arc_swap::ArcSwapOption;
-
 use crate::endpoint::Endpoint;
 use crate::hash::hash_key;
 use crate::picker::{PickContext, Picker};
-use crate::select::{first_under_cap, random_available, set_key, SetKey};
+use crate::select::{first_under_cap, random_available, PerSet};
 
 /// Default lookup table size (prime, as Maglev requires).
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
@@ -26,12 +22,11 @@ pub use crate::ring_hash::DEFAULT_LOAD_FACTOR;
 pub struct Maglev {
     table_size: u64,
     load_factor: f64,
-    table: ArcSwapOption<Table>,
+    table: PerSet<Table>,
 }
 
 #[derive(Debug)]
 struct Table {
-    set: SetKey,
     slots: Vec<u32>,
 }
 
@@ -40,7 +35,7 @@ fn is_prime(n: u64) -> bool {
 }
 
 impl Table {
-    fn build(endpoints: &[Endpoint], size: u64, set: SetKey) -> Self {
+    fn build(endpoints: &[Endpoint], size: u64) -> Self {
         let n = endpoints.len();
         // The paper wants M well above N; a too-small configured size grows to a prime ≥ 100 N.
         let mut m = size;
@@ -95,7 +90,7 @@ impl Table {
                 }
             }
         }
-        Table { set, slots }
+        Table { slots }
     }
 }
 
@@ -104,23 +99,15 @@ impl Maglev {
         Self {
             table_size: u64::from(table_size.max(2)),
             load_factor: load_factor.max(1.0),
-            table: ArcSwapOption::empty(),
+            table: PerSet::default(),
         }
     }
 
     /// Run `f` on the cached table for this endpoint set, building it first if needed. The
     /// cached one is borrowed, not cloned, so concurrent picks share no reference count.
     fn with_table<R>(&self, endpoints: &[Endpoint], f: impl FnOnce(&Table) -> R) -> R {
-        let set = set_key(endpoints);
-        {
-            let cached = self.table.load();
-            if let Some(t) = cached.as_ref().filter(|t| t.set == set) {
-                return f(t);
-            }
-        }
-        let t = Arc::new(Table::build(endpoints, self.table_size, set));
-        self.table.store(Some(t.clone()));
-        f(&t)
+        self.table
+            .with(endpoints, || Table::build(endpoints, self.table_size), f)
     }
 
     /// The endpoint that owns `key` when load is ignored; for tests of key movement.
@@ -176,7 +163,7 @@ mod tests {
     #[test]
     fn table_splits_evenly_and_by_weight() {
         let eps = weighted(&[1, 1, 2]);
-        let t = Table::build(&eps, 65537, set_key(&eps));
+        let t = Table::build(&eps, 65537);
         let owners: Vec<usize> = t.slots.iter().map(|&s| s as usize).collect();
         let s = shares(&owners, 3);
         assert!(
@@ -188,7 +175,7 @@ mod tests {
     #[test]
     fn small_table_grows() {
         let eps = endpoints(&[true; 10]);
-        let t = Table::build(&eps, 7, set_key(&eps));
+        let t = Table::build(&eps, 7);
         assert!(t.slots.len() >= 1000 && is_prime(t.slots.len() as u64));
     }
 

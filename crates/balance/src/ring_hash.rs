@@ -12,14 +12,10 @@
 //! The ring is built on the first pick for an endpoint set and cached (keyed by the set's
 //! identity) because a picker lives for one config generation, whose endpoints do not change.
 
-use std::sync::Arc;
-
-use arc_swap::ArcSwapOption;
-
 use crate::endpoint::Endpoint;
 use crate::hash::hash_key;
 use crate::picker::{PickContext, Picker};
-use crate::select::{first_under_cap, random_available, set_key, SetKey};
+use crate::select::{first_under_cap, random_available, PerSet};
 
 /// Default minimum number of points on the ring.
 pub const DEFAULT_MIN_RING_SIZE: u32 = 1024;
@@ -35,19 +31,18 @@ const MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
 pub struct RingHash {
     min_ring_size: u32,
     load_factor: f64,
-    ring: ArcSwapOption<Ring>,
+    ring: PerSet<Ring>,
 }
 
 #[derive(Debug)]
 struct Ring {
-    set: SetKey,
     /// Sorted point hashes, and the endpoint index owning each.
     points: Vec<u64>,
     owners: Vec<u32>,
 }
 
 impl Ring {
-    fn build(endpoints: &[Endpoint], min_ring_size: u32, set: SetKey) -> Self {
+    fn build(endpoints: &[Endpoint], min_ring_size: u32) -> Self {
         let min_w = endpoints.iter().map(|e| e.weight.max(1)).min().unwrap_or(1);
         let units: f64 = endpoints
             .iter()
@@ -74,11 +69,7 @@ impl Ring {
         }
         entries.sort_unstable();
         let (points, owners) = entries.into_iter().unzip();
-        Ring {
-            set,
-            points,
-            owners,
-        }
+        Ring { points, owners }
     }
 }
 
@@ -87,23 +78,15 @@ impl RingHash {
         Self {
             min_ring_size: min_ring_size.max(1),
             load_factor: load_factor.max(1.0),
-            ring: ArcSwapOption::empty(),
+            ring: PerSet::default(),
         }
     }
 
     /// Run `f` on the cached ring for this endpoint set, building it first if needed. The
     /// cached one is borrowed, not cloned, so concurrent picks share no reference count.
     fn with_ring<R>(&self, endpoints: &[Endpoint], f: impl FnOnce(&Ring) -> R) -> R {
-        let set = set_key(endpoints);
-        {
-            let cached = self.ring.load();
-            if let Some(t) = cached.as_ref().filter(|t| t.set == set) {
-                return f(t);
-            }
-        }
-        let t = Arc::new(Ring::build(endpoints, self.min_ring_size, set));
-        self.ring.store(Some(t.clone()));
-        f(&t)
+        self.ring
+            .with(endpoints, || Ring::build(endpoints, self.min_ring_size), f)
     }
 
     /// The endpoint that owns `key` when load is ignored; for tests of key movement.

@@ -56,6 +56,39 @@ pub(crate) fn set_key(endpoints: &[Endpoint]) -> SetKey {
     ])
 }
 
+/// A structure built from an endpoint set (a hash ring, a lookup table) and kept until the picker
+/// is handed another set. Reads borrow the cached value, so concurrent picks share no reference
+/// count.
+#[derive(Debug)]
+pub(crate) struct PerSet<T>(arc_swap::ArcSwapOption<(SetKey, T)>);
+
+impl<T> Default for PerSet<T> {
+    fn default() -> Self {
+        Self(arc_swap::ArcSwapOption::empty())
+    }
+}
+
+impl<T> PerSet<T> {
+    /// Run `f` on the value for `endpoints`, building it with `build` first if needed.
+    pub(crate) fn with<R>(
+        &self,
+        endpoints: &[Endpoint],
+        build: impl FnOnce() -> T,
+        f: impl FnOnce(&T) -> R,
+    ) -> R {
+        let set = set_key(endpoints);
+        {
+            let cached = self.0.load();
+            if let Some(c) = cached.as_ref().filter(|c| c.0 == set) {
+                return f(&c.1);
+            }
+        }
+        let built = Arc::new((set, build()));
+        self.0.store(Some(built.clone()));
+        f(&built.1)
+    }
+}
+
 /// One pass over a set: what bounded load needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Scan {
