@@ -1,5 +1,34 @@
+//! Inference-aware routing for Switchyard: what an LLM-serving proxy knows beyond "which endpoint
+//! has the fewest requests".
+//!
+//! Model servers are not interchangeable once they are busy. A vLLM replica with the request's
+//! prompt prefix in its KV cache skips most of the prefill; one with a full KV cache will queue
+//! or preempt; one without the requested LoRA adapter must load it first. The Gateway API
+//! Inference Extension's endpoint picker (EPP) and the llm-d scheduler route on exactly these
+//! signals, and SGLang's router adds cache-aware (prefix-tree) affinity. This crate provides the
+//! pieces, as plain synchronous data structures the proxy calls per request:
+//!
+//! * [`request`]: parse an OpenAI body once (model, prompt, max tokens, adapter), estimate tokens,
+//!   hash the prompt into vLLM-style prefix blocks;
+//! * [`prefix_index`]: which endpoint probably holds which prefix blocks;
+//! * [`signals`] and [`scrape`]: queue depth, KV usage and LoRA state scraped from each model
+//!   server's Prometheus endpoint, corrected between scrapes by the gateway's own picks;
+//! * [`scorer`] and [`picker`]: weighted scorers, a saturation filter and the `inference` picker.
+
+pub mod picker;
 pub mod prefix_index;
 pub mod prom_text;
 pub mod request;
+pub mod scorer;
 pub mod scrape;
 pub mod signals;
+
+pub use picker::{Decision, InferencePicker, PickerConfig, RequestContext};
+pub use prefix_index::PrefixIndex;
+pub use request::{
+    estimate_tokens, parse_openai, prompt_block_hashes, prompt_block_hashes_seeded, seed_for,
+    ApiKind, InferenceRequest, RequestError,
+};
+pub use scorer::{ScoreContext, Scorer, Weights};
+pub use scrape::{spawn_scraper, MetricNames, Scraper};
+pub use signals::{EndpointSignals, SignalSnapshot};

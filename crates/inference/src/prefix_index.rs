@@ -192,6 +192,14 @@ impl PrefixIndex {
         }
     }
 
+    /// `endpoint`'s capacity in blocks.
+    pub fn capacity(&self, endpoint: usize) -> usize {
+        self.lock()
+            .endpoints
+            .get(endpoint)
+            .map_or(DEFAULT_CAPACITY_BLOCKS, |l| l.capacity)
+    }
+
     /// Blocks held by `endpoint`.
     pub fn len(&self, endpoint: usize) -> usize {
         self.lock().endpoints.get(endpoint).map_or(0, |l| l.len)

@@ -1,0 +1,315 @@
+//! The `inference` picker: filter, score, pick, in the shape of the Gateway API Inference
+//! Extension's endpoint picker and the llm-d scheduler.
+//!
+//! 1. **Filter**: only available endpoints (`Endpoint::is_available`), minus saturated ones
+//!    (waiting or KV usage over a threshold). If every available endpoint is saturated the pick
+//!    still happens among all of them and the decision says `saturated`, so the caller can shed
+//!    low-priority traffic instead (the EPP's "sheddable" behaviour).
+//! 2. **Score**: the weighted scorers of [`crate::scorer`]; the total is normalised to 0..1.
+//! 3. **Pick**: the best score, with a uniformly random choice among those within `tie_epsilon`
+//!    of it, so that a burst arriving between two scrapes spreads over equally good replicas
+//!    rather than herding onto the first.
+//!
+//! "Sticky until saturated" for a prompt prefix needs no special case: the prefix scorer keeps
+//! sending a prefix to the replica that holds it while the load scorers allow, and the
+//! saturation filter cuts it off once that replica is over its thresholds.
+//!
+//! The picker does not change state while picking. After sending a request, the proxy calls
+//! [`InferencePicker::record`] (prefix index + gateway-side load) and, when the response ends,
+//! [`InferencePicker::finish`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchyard_balance::Endpoint;
+
+use crate::prefix_index::PrefixIndex;
+use crate::scorer::{ScoreContext, Scorer, Weights};
+use crate::signals::{EndpointSignals, SignalSnapshot};
+
+/// Picker settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PickerConfig {
+    pub weights: Weights,
+    /// An endpoint with more waiting requests than this is saturated.
+    pub max_waiting: f64,
+    /// An endpoint with more KV-cache usage than this (0..1) is saturated.
+    pub max_kv_usage: f64,
+    /// Signals older than this are treated as unknown.
+    pub stale_after: Duration,
+    /// Scores within this of the best (on the 0..1 total) are ties, broken at random.
+    pub tie_epsilon: f64,
+    /// Tokens per prefix block (vLLM's block size, 16 by default).
+    pub block_tokens: usize,
+}
+
+impl Default for PickerConfig {
+    fn default() -> Self {
+        Self {
+            weights: Weights::default(),
+            max_waiting: 128.0,
+            max_kv_usage: 0.9,
+            stale_after: Duration::from_millis(500),
+            tie_epsilon: 0.01,
+            block_tokens: 16,
+        }
+    }
+}
+
+/// What the picker needs to know about one request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestContext<'a> {
+    /// [`crate::prompt_block_hashes_seeded`] of the prompt, with `block_tokens` per block.
+    pub block_hashes: &'a [u64],
+    /// The LoRA adapter the request needs ([`crate::InferenceRequest::adapter`]).
+    pub adapter: Option<&'a str>,
+    /// Estimated tokens: prompt plus expected output.
+    pub est_tokens: u32,
+    /// Fill [`Decision::top`] (for `x-switchyard-debug: 1`).
+    pub debug: bool,
+}
+
+/// One scored endpoint, for debug output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    pub index: usize,
+    pub score: f64,
+    /// Per-scorer scores, by scorer name.
+    pub parts: Vec<(&'static str, f64)>,
+}
+
+/// The outcome of one pick.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Decision {
+    /// The chosen endpoint; `None` when none is available.
+    pub index: Option<usize>,
+    /// Every available endpoint was over a saturation threshold.
+    pub saturated: bool,
+    /// The best candidates, best first (at most 5; only when `debug` was asked).
+    pub top: Vec<Scored>,
+}
+
+/// Number of candidates reported in [`Decision::top`].
+pub const DEBUG_TOP: usize = 5;
+
+/// The `inference` picker for one pool. `signals[i]` and the prefix index's endpoint `i` belong
+/// to `endpoints[i]` of every pick; endpoints beyond `signals` are scored as unknown.
+pub struct InferencePicker {
+    config: PickerConfig,
+    scorers: Vec<(Box<dyn Scorer>, f64)>,
+    weight_sum: f64,
+    signals: Vec<Arc<EndpointSignals>>,
+    prefix: Arc<PrefixIndex>,
+}
+
+impl std::fmt::Debug for InferencePicker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InferencePicker")
+            .field("config", &self.config)
+            .field("endpoints", &self.signals.len())
+            .finish()
+    }
+}
+
+const UNKNOWN: SignalSnapshot = SignalSnapshot {
+    waiting: 0.0,
+    running: 0.0,
+    kv_usage: None,
+    in_flight_tokens: 0.0,
+    num_gpu_blocks: 0,
+    fresh: false,
+};
+
+impl InferencePicker {
+    /// A picker over `signals` (one per endpoint, in pool order) sharing `prefix`, which may be
+    /// kept across config generations while endpoint positions stay the same.
+    pub fn new(
+        config: PickerConfig,
+        signals: Vec<Arc<EndpointSignals>>,
+        prefix: Arc<PrefixIndex>,
+    ) -> Self {
+        let scorers = config.weights.scorers();
+        let weight_sum = scorers
+            .iter()
+            .map(|(_, w)| w)
+            .sum::<f64>()
+            .max(f64::MIN_POSITIVE);
+        Self {
+            config,
+            scorers,
+            weight_sum,
+            signals,
+            prefix,
+        }
+    }
+
+    pub fn config(&self) -> &PickerConfig {
+        &self.config
+    }
+
+    pub fn prefix_index(&self) -> &Arc<PrefixIndex> {
+        &self.prefix
+    }
+
+    /// Choose an endpoint for the request in `req`.
+    pub fn pick(&self, endpoints: &[Endpoint], req: &RequestContext<'_>) -> Decision {
+        self.pick_at(endpoints, req, Instant::now())
+    }
+
+    /// [`InferencePicker::pick`] with an explicit clock.
+    pub fn pick_at(
+        &self,
+        endpoints: &[Endpoint],
+        req: &RequestContext<'_>,
+        now: Instant,
+    ) -> Decision {
+        let n = endpoints.len();
+        let cfg = &self.config;
+        let snapshots: Vec<SignalSnapshot> = (0..n)
+            .map(|i| match self.signals.get(i) {
+                Some(s) => s.snapshot(now, cfg.stale_after),
+                None => UNKNOWN,
+            })
+            .collect();
+        let available = |i: usize| endpoints[i].is_available();
+        let saturated_at = |s: &SignalSnapshot| {
+            s.waiting > cfg.max_waiting || s.kv_usage.is_some_and(|kv| kv > cfg.max_kv_usage)
+        };
+        let mut candidates: Vec<usize> = (0..n)
+            .filter(|&i| available(i) && !saturated_at(&snapshots[i]))
+            .collect();
+        let mut saturated = false;
+        if candidates.is_empty() {
+            candidates = (0..n).filter(|&i| available(i)).collect();
+            saturated = !candidates.is_empty();
+        }
+        if candidates.is_empty() {
+            return Decision::default();
+        }
+
+        let mut matched = vec![0usize; n];
+        if cfg.weights.prefix > 0.0 && !req.block_hashes.is_empty() {
+            self.prefix
+                .matched_blocks_all(req.block_hashes, &mut matched);
+        }
+        let latency: Vec<Option<Duration>> = if cfg.weights.latency > 0.0 {
+            endpoints.iter().map(|e| e.state.latency_at(now)).collect()
+        } else {
+            Vec::new()
+        };
+        let range = |f: &dyn Fn(usize) -> Option<f64>| {
+            candidates
+                .iter()
+                .filter_map(|&i| f(i))
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+                    (lo.min(x), hi.max(x))
+                })
+        };
+        let cx = ScoreContext {
+            snapshots: &snapshots,
+            matched_blocks: &matched,
+            request_blocks: req.block_hashes.len(),
+            adapter: req.adapter,
+            signals: &self.signals,
+            latency: &latency,
+            waiting_range: range(&|i| Some(snapshots[i].waiting)),
+            tokens_range: range(&|i| Some(snapshots[i].in_flight_tokens)),
+            latency_range: range(&|i| latency.get(i).copied().flatten().map(|d| d.as_secs_f64())),
+        };
+
+        let totals: Vec<f64> = candidates
+            .iter()
+            .map(|&i| {
+                self.scorers
+                    .iter()
+                    .map(|(s, w)| w * s.score(&cx, i))
+                    .sum::<f64>()
+                    / self.weight_sum
+            })
+            .collect();
+        let best = totals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        // Reservoir-sample one of the near-best candidates.
+        let mut chosen = candidates[0];
+        let mut ties = 0u32;
+        for (&i, &t) in candidates.iter().zip(&totals) {
+            if t >= best - cfg.tie_epsilon {
+                ties += 1;
+                if fastrand::u32(0..ties) == 0 {
+                    chosen = i;
+                }
+            }
+        }
+
+        let top = if req.debug {
+            let mut order: Vec<usize> = (0..candidates.len()).collect();
+            order.sort_by(|&a, &b| totals[b].total_cmp(&totals[a]));
+            order
+                .into_iter()
+                .take(DEBUG_TOP)
+                .map(|k| Scored {
+                    index: candidates[k],
+                    score: totals[k],
+                    parts: self
+                        .scorers
+                        .iter()
+                        .map(|(s, _)| (s.name(), s.score(&cx, candidates[k])))
+                        .collect(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Decision {
+            index: Some(chosen),
+            saturated,
+            top,
+        }
+    }
+
+    /// The request in `req` was sent to `endpoint`: remember its prefix blocks there and count
+    /// its tokens as in flight until [`InferencePicker::finish`].
+    pub fn record(&self, endpoint: usize, req: &RequestContext<'_>) {
+        let signals = self.signals.get(endpoint);
+        if let Some(s) = signals {
+            s.on_pick(req.est_tokens);
+            let blocks = s.num_gpu_blocks();
+            if blocks > 0 && self.prefix.capacity(endpoint) != blocks as usize {
+                self.prefix.set_capacity(endpoint, blocks as usize);
+            }
+        }
+        self.prefix.record(endpoint, req.block_hashes);
+    }
+
+    /// The request recorded on `endpoint` with `est_tokens` finished (or failed).
+    pub fn finish(&self, endpoint: usize, est_tokens: u32) {
+        if let Some(s) = self.signals.get(endpoint) {
+            s.on_finish(est_tokens);
+        }
+    }
+
+    /// A debug header value for a decision: `idx=score(part=score,...);...`.
+    pub fn debug_header(decision: &Decision) -> String {
+        let mut out = String::new();
+        if decision.saturated {
+            out.push_str("saturated;");
+        }
+        for (k, s) in decision.top.iter().enumerate() {
+            if k > 0 {
+                out.push(';');
+            }
+            out.push_str(&format!("{}={:.3}(", s.index, s.score));
+            for (j, (name, v)) in s.parts.iter().enumerate() {
+                if j > 0 {
+                    out.push(',');
+                }
+                out.push_str(&format!("{name}={v:.2}"));
+            }
+            out.push(')');
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+#[path = "picker_tests.rs"]
+mod tests;

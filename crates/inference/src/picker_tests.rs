@@ -1,0 +1,214 @@
+use std::net::SocketAddr;
+
+use proptest::prelude::*;
+use switchyard_balance::EndpointState;
+
+use super::*;
+use crate::request::prompt_block_hashes;
+use crate::signals::{LoraState, ScrapedMetrics};
+
+fn endpoints(n: usize) -> Vec<Endpoint> {
+    (0..n)
+        .map(|i| {
+            let addr: SocketAddr = format!("127.0.0.1:{}", 9000 + i).parse().unwrap();
+            Endpoint {
+                state: Arc::new(EndpointState::new(addr)),
+                weight: 1,
+                zone: None,
+                region: None,
+            }
+        })
+        .collect()
+}
+
+fn scraped(waiting: f64, kv: f64) -> ScrapedMetrics {
+    ScrapedMetrics {
+        waiting: Some(waiting),
+        running: Some(4.0),
+        kv_usage: Some(kv),
+        num_gpu_blocks: Some(10_000),
+        lora: None,
+    }
+}
+
+fn setup(loads: &[(f64, f64)]) -> (Vec<Endpoint>, InferencePicker, Instant) {
+    let now = Instant::now();
+    let signals: Vec<_> = loads
+        .iter()
+        .map(|&(w, kv)| {
+            let s = Arc::new(EndpointSignals::new());
+            s.apply_scrape(&scraped(w, kv), now);
+            s
+        })
+        .collect();
+    let picker = InferencePicker::new(
+        PickerConfig::default(),
+        signals,
+        Arc::new(PrefixIndex::new()),
+    );
+    (endpoints(loads.len()), picker, now)
+}
+
+fn prompt(seed: &str) -> String {
+    format!("{seed} ").repeat(400)
+}
+
+#[test]
+fn prefers_the_endpoint_holding_the_prefix_when_loads_are_equal() {
+    let (eps, picker, now) = setup(&[(2.0, 0.3); 4]);
+    let hashes = prompt_block_hashes(&prompt("system prompt"), 16);
+    picker.prefix_index().record(2, &hashes);
+    let req = RequestContext {
+        block_hashes: &hashes,
+        est_tokens: 1000,
+        ..Default::default()
+    };
+    for _ in 0..50 {
+        assert_eq!(picker.pick_at(&eps, &req, now).index, Some(2));
+    }
+    // A different prompt spreads over all four.
+    let other = prompt_block_hashes(&prompt("another"), 16);
+    let req = RequestContext {
+        block_hashes: &other,
+        ..Default::default()
+    };
+    let mut seen = [false; 4];
+    for _ in 0..200 {
+        seen[picker.pick_at(&eps, &req, now).index.unwrap()] = true;
+    }
+    assert_eq!(seen, [true; 4], "near-equal scores are broken at random");
+}
+
+#[test]
+fn sticky_until_saturated() {
+    let (eps, picker, now) = setup(&[(0.0, 0.2), (0.0, 0.2)]);
+    let hashes = prompt_block_hashes(&prompt("shared"), 16);
+    let req = RequestContext {
+        block_hashes: &hashes,
+        est_tokens: 500,
+        ..Default::default()
+    };
+    let first = picker.pick_at(&eps, &req, now).index.unwrap();
+    picker.record(first, &req);
+    // Moderate extra load on the holder does not move the prefix.
+    picker.signals[first].apply_scrape(&scraped(20.0, 0.5), now);
+    for _ in 0..20 {
+        assert_eq!(picker.pick_at(&eps, &req, now).index, Some(first));
+    }
+    // Saturated (queue over the threshold): the prefix moves.
+    picker.signals[first].apply_scrape(&scraped(500.0, 0.5), now);
+    let d = picker.pick_at(&eps, &req, now);
+    assert_eq!(d.index, Some(1 - first));
+    assert!(!d.saturated);
+    // Both saturated: still picks, and says so.
+    picker.signals[1 - first].apply_scrape(&scraped(0.0, 0.99), now);
+    let d = picker.pick_at(&eps, &req, now);
+    assert!(d.saturated);
+    assert!(d.index.is_some());
+}
+
+#[test]
+fn prefers_an_endpoint_running_the_adapter() {
+    let (eps, picker, now) = setup(&[(1.0, 0.3); 3]);
+    let lora = |running: &[&str]| ScrapedMetrics {
+        lora: Some(LoraState {
+            running: running.iter().map(|s| s.to_string()).collect(),
+            waiting: vec![],
+            max_lora: 2,
+        }),
+        ..scraped(1.0, 0.3)
+    };
+    picker.signals[0].apply_scrape(&lora(&["x", "y"]), now);
+    picker.signals[1].apply_scrape(&lora(&["sql"]), now);
+    picker.signals[2].apply_scrape(&lora(&["x"]), now);
+    let req = RequestContext {
+        adapter: Some("sql"),
+        debug: true,
+        ..Default::default()
+    };
+    let d = picker.pick_at(&eps, &req, now);
+    assert_eq!(d.index, Some(1));
+    assert_eq!(d.top.len(), 3);
+    assert_eq!(d.top[0].index, 1);
+    assert_eq!(d.top[2].index, 0, "no free slot scores lowest");
+    assert!(d.top[0].parts.contains(&("lora", 1.0)));
+    let header = InferencePicker::debug_header(&d);
+    assert!(header.starts_with("1="), "{header}");
+}
+
+#[test]
+fn picks_between_scrapes_spread_a_burst() {
+    let (eps, picker, now) = setup(&[(0.0, 0.1); 4]);
+    let mut counts = [0; 4];
+    for _ in 0..400 {
+        let req = RequestContext {
+            est_tokens: 2000,
+            ..Default::default()
+        };
+        let i = picker.pick_at(&eps, &req, now).index.unwrap();
+        picker.record(i, &req);
+        counts[i] += 1;
+    }
+    // Gateway-side counts keep the burst balanced although no scrape happened.
+    assert!(
+        counts.iter().all(|&c| (80..=120).contains(&c)),
+        "{counts:?}"
+    );
+    for _ in 0..100 {
+        picker.finish(0, 2000);
+    }
+    assert_eq!(picker.signals[0].in_flight(), 0);
+}
+
+#[test]
+fn stale_signals_and_missing_endpoints() {
+    let (eps, picker, now) = setup(&[(0.0, 0.1), (0.0, 0.1)]);
+    let later = now + Duration::from_secs(10);
+    assert!(picker
+        .pick_at(&eps, &RequestContext::default(), later)
+        .index
+        .is_some());
+    // More endpoints than signals: the extra ones are still candidates, scored as unknown.
+    let eps3 = endpoints(3);
+    eps3[0].state.set_healthy(false);
+    eps3[1].state.set_ejected(true);
+    assert_eq!(
+        picker.pick_at(&eps3, &RequestContext::default(), now).index,
+        Some(2)
+    );
+    eps3[2].state.set_healthy(false);
+    let d = picker.pick_at(&eps3, &RequestContext::default(), now);
+    assert_eq!((d.index, d.saturated), (None, false));
+}
+
+proptest! {
+    #[test]
+    fn never_picks_an_unavailable_endpoint(
+        state in proptest::collection::vec((any::<bool>(), any::<bool>(), 0.0f64..300.0, 0.0f64..1.0, 0usize..3), 1..12),
+        adapter in proptest::option::of("[ab]"),
+    ) {
+        let loads: Vec<_> = state.iter().map(|s| (s.2, s.3)).collect();
+        let (eps, picker, now) = setup(&loads);
+        let hashes = prompt_block_hashes(&prompt("p"), 16);
+        for (i, s) in state.iter().enumerate() {
+            eps[i].state.set_healthy(s.0);
+            eps[i].state.set_ejected(s.1);
+            picker.prefix_index().record(i, &hashes[..hashes.len() * s.4 / 2]);
+        }
+        let req = RequestContext { block_hashes: &hashes, adapter: adapter.as_deref(), est_tokens: 100, debug: true };
+        let d = picker.pick_at(&eps, &req, now);
+        let any = eps.iter().any(Endpoint::is_available);
+        match d.index {
+            Some(i) => prop_assert!(eps[i].is_available()),
+            None => prop_assert!(!any),
+        }
+        prop_assert!(d.top.iter().all(|s| eps[s.index].is_available() && (0.0..=1.0).contains(&s.score)));
+        // A non-saturated endpoint exists: the pick is not saturated.
+        let unsaturated = state.iter().any(|s| s.0 && !s.1 && s.2 <= 128.0 && s.3 <= 0.9);
+        if unsaturated {
+            let i = d.index.unwrap();
+            prop_assert!(!d.saturated);
+            prop_assert!(state[i].2 <= 128.0 && state[i].3 <= 0.9, "picked saturated {}", i);
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! Scorers: each rates one aspect of one endpoint for one request, in 0..1, higher is better.
+//!
+//! This is the llm-d scheduler's design (itself grown from the Gateway API Inference Extension's
+//! EPP filters): several small scorers, each blind to the others, combined by a weighted sum, so
+//! that a deployment tunes behaviour by weights rather than by code. Scores are normalised
+//! across the candidate endpoints where the raw quantity has no natural scale (queue length,
+//! tokens in flight, latency) and absolute where it has one (KV usage, matched-prefix fraction).
+//! The min–max normalisation has a floor on its spread, so that 0 versus 1 waiting request is
+//! not treated like 0 versus 100: without it a tiny difference would override prefix affinity.
+
+use std::time::Duration;
+
+use crate::signals::{EndpointSignals, SignalSnapshot};
+
+/// Everything scorers may read about one pick. Slices are indexed by endpoint position.
+#[derive(Debug)]
+pub struct ScoreContext<'a> {
+    pub snapshots: &'a [SignalSnapshot],
+    /// Leading prefix blocks of the request each endpoint probably holds.
+    pub matched_blocks: &'a [usize],
+    /// Prefix blocks in the request.
+    pub request_blocks: usize,
+    /// The LoRA adapter the request needs, if any.
+    pub adapter: Option<&'a str>,
+    /// Per-endpoint signals (LoRA state); shorter than the pool when some have none.
+    pub signals: &'a [std::sync::Arc<EndpointSignals>],
+    /// Peak-EWMA latency per endpoint, when known.
+    pub latency: &'a [Option<Duration>],
+    /// Min and max over the candidates of waiting requests, in-flight tokens and latency (s).
+    pub waiting_range: (f64, f64),
+    pub tokens_range: (f64, f64),
+    pub latency_range: (f64, f64),
+}
+
+/// Rates one endpoint for the request in `cx`.
+pub trait Scorer: Send + Sync {
+    /// Short name for debug output and config (`queue`, `kv_cache`, ...).
+    fn name(&self) -> &'static str;
+    /// A score in 0..1, higher is better.
+    fn score(&self, cx: &ScoreContext<'_>, endpoint: usize) -> f64;
+}
+
+/// `1 - (x - min) / max(max - min, floor)`: 1 for the best candidate, falling linearly.
+fn lower_is_better(x: f64, (min, max): (f64, f64), floor: f64) -> f64 {
+    let spread = (max - min).max(floor);
+    if spread <= 0.0 {
+        return 1.0;
+    }
+    (1.0 - (x - min) / spread).clamp(0.0, 1.0)
+}
+
+/// Fewer waiting requests is better (scraped queue plus picks since the scrape).
+#[derive(Debug, Clone)]
+pub struct QueueScorer {
+    /// Spread floor in requests.
+    pub floor: f64,
+}
+
+impl Scorer for QueueScorer {
+    fn name(&self) -> &'static str {
+        "queue"
+    }
+    fn score(&self, cx: &ScoreContext<'_>, e: usize) -> f64 {
+        lower_is_better(cx.snapshots[e].waiting, cx.waiting_range, self.floor)
+    }
+}
+
+/// Lower KV-cache usage is better; a replica near full will queue or preempt. Unknown is 0.5.
+#[derive(Debug, Clone)]
+pub struct KvCacheScorer;
+
+impl Scorer for KvCacheScorer {
+    fn name(&self) -> &'static str {
+        "kv_cache"
+    }
+    fn score(&self, cx: &ScoreContext<'_>, e: usize) -> f64 {
+        cx.snapshots[e].kv_usage.map_or(0.5, |kv| 1.0 - kv)
+    }
+}
+
+/// Fewer estimated tokens in flight from this gateway is better: it sees a burst before any
+/// scrape does, and weighs a 4k-token prompt above a 40-token one.
+#[derive(Debug, Clone)]
+pub struct InFlightTokensScorer {
+    /// Spread floor in tokens.
+    pub floor: f64,
+}
+
+impl Scorer for InFlightTokensScorer {
+    fn name(&self) -> &'static str {
+        "in_flight"
+    }
+    fn score(&self, cx: &ScoreContext<'_>, e: usize) -> f64 {
+        lower_is_better(
+            cx.snapshots[e].in_flight_tokens,
+            cx.tokens_range,
+            self.floor,
+        )
+    }
+}
+
+/// Fraction of the request's prefix blocks the endpoint probably has cached (vLLM automatic
+/// prefix caching; llm-d's prefix-cache scorer; SGLang's cache-aware routing).
+#[derive(Debug, Clone)]
+pub struct PrefixScorer;
+
+impl Scorer for PrefixScorer {
+    fn name(&self) -> &'static str {
+        "prefix"
+    }
+    fn score(&self, cx: &ScoreContext<'_>, e: usize) -> f64 {
+        if cx.request_blocks == 0 {
+            return 0.0;
+        }
+        (cx.matched_blocks[e] as f64 / cx.request_blocks as f64).min(1.0)
+    }
+}
+
+/// LoRA affinity, as the EPP's LoRA filter: 1 when the adapter is already running there, 0.5
+/// when it can be loaded (a free adapter slot, or unknown), 0 when it would have to wait for a
+/// slot. Requests for a base model score 1 everywhere.
+#[derive(Debug, Clone)]
+pub struct LoraScorer;
+
+impl Scorer for LoraScorer {
+    fn name(&self) -> &'static str {
+        "lora"
+    }
+    fn score(&self, cx: &ScoreContext<'_>, e: usize) -> f64 {
+        let Some(adapter) = cx.adapter else {
+            return 1.0;
+        };
+        let Some(signals) = cx.signals.get(e) else {
+            return 0.5;
+        };
+        let lora = signals.lora();
+        if lora.running.iter().any(|a| a == adapter) {
+            1.0
+        } else if lora.max_lora == 0 || (lora.running.len() as u32) < lora.max_lora {
+            0.5
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Lower peak-EWMA latency is better (from `balance::EndpointState`); unknown is 0.5. Off in
+/// the default profile: for LLM traffic latency mostly reflects output length, not the server.
+#[derive(Debug, Clone)]
+pub struct LatencyScorer;
+
+impl Scorer for LatencyScorer {
+    fn name(&self) -> &'static str {
+        "latency"
+    }
+    fn score(&self, cx: &ScoreContext<'_>, e: usize) -> f64 {
+        match cx.latency.get(e).copied().flatten() {
+            Some(l) => lower_is_better(l.as_secs_f64(), cx.latency_range, 0.0),
+            None => 0.5,
+        }
+    }
+}
+
+/// Scorer weights. The default follows llm-d's profile (queue : KV : prefix = 2 : 2 : 3) and
+/// adds LoRA affinity and in-flight tokens at 1 each; latency is off.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Weights {
+    pub queue: f64,
+    pub kv_cache: f64,
+    pub prefix: f64,
+    pub lora: f64,
+    pub in_flight: f64,
+    pub latency: f64,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Self {
+            queue: 2.0,
+            kv_cache: 2.0,
+            prefix: 3.0,
+            lora: 1.0,
+            in_flight: 1.0,
+            latency: 0.0,
+        }
+    }
+}
+
+impl Weights {
+    /// The scorers with a positive weight, paired with it.
+    pub fn scorers(&self) -> Vec<(Box<dyn Scorer>, f64)> {
+        let all: [(Box<dyn Scorer>, f64); 6] = [
+            (Box::new(QueueScorer { floor: 4.0 }), self.queue),
+            (Box::new(KvCacheScorer), self.kv_cache),
+            (Box::new(PrefixScorer), self.prefix),
+            (Box::new(LoraScorer), self.lora),
+            (
+                Box::new(InFlightTokensScorer { floor: 4096.0 }),
+                self.in_flight,
+            ),
+            (Box::new(LatencyScorer), self.latency),
+        ];
+        all.into_iter()
+            .filter(|(_, w)| w.is_finite() && *w > 0.0)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signals::{LoraState, ScrapedMetrics};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    fn snap(waiting: f64, kv: Option<f64>, tokens: f64) -> SignalSnapshot {
+        SignalSnapshot {
+            waiting,
+            running: 0.0,
+            kv_usage: kv,
+            in_flight_tokens: tokens,
+            num_gpu_blocks: 0,
+            fresh: true,
+        }
+    }
+
+    #[test]
+    fn each_scorer_orders_endpoints_sensibly() {
+        let snaps = [
+            snap(0.0, Some(0.2), 0.0),
+            snap(20.0, Some(0.9), 8192.0),
+            snap(1.0, None, 100.0),
+        ];
+        let sig: Vec<Arc<EndpointSignals>> =
+            (0..3).map(|_| Arc::new(EndpointSignals::new())).collect();
+        let lora = |running: &[&str], max| ScrapedMetrics {
+            lora: Some(LoraState {
+                running: running.iter().map(|s| s.to_string()).collect(),
+                waiting: vec![],
+                max_lora: max,
+            }),
+            ..Default::default()
+        };
+        sig[0].apply_scrape(&lora(&["a"], 2), Instant::now());
+        sig[1].apply_scrape(&lora(&["b", "c"], 2), Instant::now());
+        sig[2].apply_scrape(&lora(&["b"], 2), Instant::now());
+        let latency = [
+            Some(Duration::from_millis(10)),
+            Some(Duration::from_millis(30)),
+            None,
+        ];
+        let cx = ScoreContext {
+            snapshots: &snaps,
+            matched_blocks: &[4, 0, 8],
+            request_blocks: 8,
+            adapter: Some("a"),
+            signals: &sig,
+            latency: &latency,
+            waiting_range: (0.0, 20.0),
+            tokens_range: (0.0, 8192.0),
+            latency_range: (0.01, 0.03),
+        };
+        let s = |sc: &dyn Scorer| [0, 1, 2].map(|e| sc.score(&cx, e));
+        assert_eq!(s(&QueueScorer { floor: 4.0 }), [1.0, 0.0, 0.95]);
+        assert_eq!(s(&KvCacheScorer), [0.8, 1.0 - 0.9, 0.5]);
+        assert_eq!(s(&PrefixScorer), [0.5, 0.0, 1.0]);
+        assert_eq!(s(&LoraScorer), [1.0, 0.0, 0.5]);
+        assert_eq!(s(&LatencyScorer), [1.0, 0.0, 0.5]);
+        let t = s(&InFlightTokensScorer { floor: 4096.0 });
+        assert_eq!(t[0], 1.0);
+        assert_eq!(t[1], 0.0);
+        // The floor keeps small differences small.
+        let q = lower_is_better(1.0, (0.0, 1.0), 4.0);
+        assert_eq!(q, 0.75);
+        assert_eq!(lower_is_better(3.0, (3.0, 3.0), 0.0), 1.0);
+    }
+
+    #[test]
+    fn default_profile() {
+        let names: Vec<_> = Weights::default()
+            .scorers()
+            .iter()
+            .map(|(s, w)| (s.name(), *w))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("queue", 2.0),
+                ("kv_cache", 2.0),
+                ("prefix", 3.0),
+                ("lora", 1.0),
+                ("in_flight", 1.0)
+            ]
+        );
+    }
+}
