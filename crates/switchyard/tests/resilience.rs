@@ -29,6 +29,25 @@ async fn fleet(n: usize) -> Fleet {
     .unwrap()
 }
 
+/// Make replica `i` answer every request after an extra `ms` milliseconds.
+fn slow(fleet: &Fleet, i: usize, ms: u64) {
+    let faults = FaultConfig {
+        added_latency_ms: ms,
+        ..FaultConfig::default()
+    };
+    fleet.set_faults(i, faults).unwrap();
+}
+
+/// Make replica `i` answer every request with `status`.
+fn failing(fleet: &Fleet, i: usize, status: u16) {
+    let faults = FaultConfig {
+        error_rate: 1.0,
+        error_status: status,
+        ..FaultConfig::default()
+    };
+    fleet.set_faults(i, faults).unwrap();
+}
+
 fn config(endpoints: &[SocketAddr], route_extra: &str, pool_extra: &str) -> String {
     let eps: Vec<String> = endpoints.iter().map(|e| e.to_string()).collect();
     format!(
@@ -72,16 +91,7 @@ fn dead_address() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_hide_a_failing_replica_and_are_counted() {
     let fleet = fleet(3).await;
-    fleet
-        .set_faults(
-            0,
-            FaultConfig {
-                error_rate: 1.0,
-                error_status: 503,
-                ..FaultConfig::default()
-            },
-        )
-        .unwrap();
+    failing(&fleet, 0, 503);
     let route = "    retry: { attempts: 3, retry_on: [503, connect-failure], budget: { ratio: 1.0, min_concurrency: 10 } }\n";
     let gw = Gateway::start(&config(&fleet.addresses(), route, ""));
     let c = client::http1();
@@ -96,16 +106,7 @@ async fn retries_hide_a_failing_replica_and_are_counted() {
 async fn no_retry_without_a_policy_and_budget_limits_retries() {
     let fleet = fleet(2).await;
     for i in 0..2 {
-        fleet
-            .set_faults(
-                i,
-                FaultConfig {
-                    error_rate: 1.0,
-                    error_status: 503,
-                    ..FaultConfig::default()
-                },
-            )
-            .unwrap();
+        failing(&fleet, i, 503);
     }
     // A budget of 0% with no floor allows no retry at all.
     let route =
@@ -198,15 +199,7 @@ async fn active_health_checks_follow_a_crash_and_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn circuit_breaker_overflow_is_503_with_header() {
     let fleet = fleet(1).await;
-    fleet
-        .set_faults(
-            0,
-            FaultConfig {
-                added_latency_ms: 800,
-                ..FaultConfig::default()
-            },
-        )
-        .unwrap();
+    slow(&fleet, 0, 800);
     let pool = "    limits: { max_requests: 1 }\n";
     let gw = std::sync::Arc::new(Gateway::start(&config(&fleet.addresses(), "", pool)));
     let slow = {
@@ -227,15 +220,7 @@ async fn circuit_breaker_overflow_is_503_with_header() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_limit_queues_then_times_out() {
     let fleet = fleet(1).await;
-    fleet
-        .set_faults(
-            0,
-            FaultConfig {
-                added_latency_ms: 1500,
-                ..FaultConfig::default()
-            },
-        )
-        .unwrap();
+    slow(&fleet, 0, 1500);
     let pool = "    concurrency: { kind: fixed, limit: 1, max_queue: 4, queue_timeout: 300ms }\n";
     let gw = std::sync::Arc::new(Gateway::start(&config(&fleet.addresses(), "", pool)));
     let first = {
@@ -293,15 +278,7 @@ async fn ring_hash_keeps_a_user_on_one_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peak_ewma_sends_less_to_a_slow_replica() {
     let fleet = fleet(3).await;
-    fleet
-        .set_faults(
-            0,
-            FaultConfig {
-                added_latency_ms: 150,
-                ..FaultConfig::default()
-            },
-        )
-        .unwrap();
+    slow(&fleet, 0, 150);
     let pool = "    balancer: { kind: peak_ewma, decay: 10s }\n";
     let gw = Gateway::start(&config(&fleet.addresses(), "", pool));
     let counts = spread(&gw, 60, None).await;
@@ -329,15 +306,7 @@ async fn weighted_least_utilization_reads_orca_reports_from_responses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hedging_races_a_slow_replica() {
     let fleet = fleet(2).await;
-    fleet
-        .set_faults(
-            0,
-            FaultConfig {
-                added_latency_ms: 2000,
-                ..FaultConfig::default()
-            },
-        )
-        .unwrap();
+    slow(&fleet, 0, 2000);
     let route = "    hedge: { delay: 50ms, budget_percent: 100 }\n";
     let gw = Gateway::start(&config(&fleet.addresses(), route, ""));
     let c = client::http1();
@@ -395,15 +364,7 @@ async fn slow_start_ramps_a_new_endpoint_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_caps_upstream_connections() {
     let fleet = fleet(1).await;
-    fleet
-        .set_faults(
-            0,
-            FaultConfig {
-                added_latency_ms: 800,
-                ..FaultConfig::default()
-            },
-        )
-        .unwrap();
+    slow(&fleet, 0, 800);
     let pool = "    limits: { max_connections: 1 }\n";
     let gw = std::sync::Arc::new(Gateway::start(&config(&fleet.addresses(), "", pool)));
     let slow = {
