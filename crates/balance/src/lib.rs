@@ -63,6 +63,9 @@ pub fn build(spec: &Balancer) -> Arc<dyn Picker> {
             *expiration,
             *error_penalty,
         )),
+        // The proxy scores `inference` pools with request context (crates/inference); this
+        // picker serves the attempts that have none (retries, hedges).
+        Balancer::Inference { .. } => Arc::new(least_request::LeastRequest::new(2)),
     }
 }
 

@@ -352,7 +352,48 @@ pub enum Balancer {
         expiration: Duration,
         error_penalty: f64,
     },
+    /// Inference-aware scoring from each model server's scraped metrics (queue, KV cache,
+    /// in-flight tokens, prefix-cache affinity, LoRA adapters); see docs/inference.md.
+    Inference {
+        /// Metric name set to scrape: `vllm`, `sglang`, `tgi` or `triton`.
+        metrics: String,
+        /// Scrape period; each scrape waits a random 1–2× this.
+        #[serde(with = "humantime_serde")]
+        scrape_interval: Duration,
+        /// Scraped signals older than this count as unknown.
+        #[serde(with = "humantime_serde")]
+        stale_after: Duration,
+        weights: InferenceWeights,
+    },
 }
+
+/// Scorer weights of the `inference` balancer; the defaults follow llm-d's queue:kv:prefix =
+/// 2:2:3, plus LoRA affinity and in-flight tokens at 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferenceWeights {
+    pub queue: f64,
+    pub kv_cache: f64,
+    pub prefix: f64,
+    pub lora: f64,
+    pub in_flight: f64,
+    pub latency: f64,
+}
+
+impl Default for InferenceWeights {
+    fn default() -> Self {
+        Self {
+            queue: 2.0,
+            kv_cache: 2.0,
+            prefix: 3.0,
+            lora: 1.0,
+            in_flight: 1.0,
+            latency: 0.0,
+        }
+    }
+}
+
+const INFERENCE_METRICS: &[&str] = &["vllm", "sglang", "tgi", "triton"];
 
 /// Where a hashing balancer takes each request's key from: `{header: NAME}`, `{cookie: NAME}`
 /// or `source_ip`.
@@ -373,6 +414,7 @@ const BALANCER_KINDS: &[&str] = &[
     "ring_hash",
     "maglev",
     "weighted_least_utilization",
+    "inference",
 ];
 
 /// Every key any balancer map accepts; used when a key comes before `kind`.
@@ -388,6 +430,10 @@ const BALANCER_KEYS: &[&str] = &[
     "blackout",
     "expiration",
     "error_penalty",
+    "metrics",
+    "scrape_interval",
+    "stale_after",
+    "weights",
 ];
 
 /// Default settings, shared by the bare-name form and the map form.
@@ -411,6 +457,13 @@ impl Balancer {
             "ring_hash" => &["kind", "key", "min_ring_size", "load_factor"],
             "maglev" => &["kind", "key", "table_size", "load_factor"],
             "weighted_least_utilization" => &["kind", "blackout", "expiration", "error_penalty"],
+            "inference" => &[
+                "kind",
+                "metrics",
+                "scrape_interval",
+                "stale_after",
+                "weights",
+            ],
             _ => &["kind"],
         }
     }
@@ -452,6 +505,12 @@ impl Balancer {
                 expiration: s.expiration.unwrap_or(DEFAULT_EXPIRATION),
                 error_penalty: s.error_penalty.unwrap_or(DEFAULT_ERROR_PENALTY),
             },
+            "inference" => Balancer::Inference {
+                metrics: s.metrics.unwrap_or_else(|| "vllm".to_string()),
+                scrape_interval: s.scrape_interval.unwrap_or(Duration::from_millis(50)),
+                stale_after: s.stale_after.unwrap_or(Duration::from_millis(500)),
+                weights: s.weights.unwrap_or_default(),
+            },
             other => return Err(E::unknown_variant(other, BALANCER_KINDS)),
         })
     }
@@ -460,6 +519,10 @@ impl Balancer {
 /// The settings of a balancer map, before `kind` decides which of them are allowed.
 #[derive(Default)]
 struct Settings {
+    metrics: Option<String>,
+    scrape_interval: Option<Duration>,
+    stale_after: Option<Duration>,
+    weights: Option<InferenceWeights>,
     choices: Option<u32>,
     decay: Option<Duration>,
     default_rtt: Option<Duration>,
@@ -566,6 +629,18 @@ fn read_setting<'de, A: MapAccess<'de>>(
             }
             s.error_penalty = Some(p);
         }
+        "metrics" => {
+            let m: String = map.next_value()?;
+            if !INFERENCE_METRICS.contains(&m.as_str()) {
+                return Err(de::Error::unknown_variant(&m, INFERENCE_METRICS));
+            }
+            s.metrics = Some(m);
+        }
+        "scrape_interval" => {
+            s.scrape_interval = Some(positive(key, map.next_value::<HumanDuration>()?.0)?)
+        }
+        "stale_after" => s.stale_after = Some(positive(key, map.next_value::<HumanDuration>()?.0)?),
+        "weights" => s.weights = Some(map.next_value()?),
         other => return Err(de::Error::unknown_field(other, BALANCER_KEYS)),
     }
     Ok(())

@@ -66,6 +66,14 @@ impl RequestBody {
         Ok(Self::Buffered(Some(bytes)))
     }
 
+    /// The whole body, when it was buffered.
+    pub fn buffered(&self) -> Option<Bytes> {
+        match self {
+            Self::Buffered(b) => Some(b.clone().unwrap_or_default()),
+            Self::Stream { .. } => None,
+        }
+    }
+
     pub fn is_replayable(&self) -> bool {
         matches!(self, Self::Buffered(_))
     }

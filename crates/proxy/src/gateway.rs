@@ -180,6 +180,8 @@ pub struct PoolEntry {
     detector: Option<Arc<Mutex<OutlierDetector>>>,
     outlier_sink: OutlierSink,
     overflow: prometheus_client::metrics::family::Family<PoolReasonLabels, Counter>,
+    /// The `inference` picker, for pools whose balancer is `inference`.
+    pub inference: Option<Arc<switchyard_inference::InferencePicker>>,
     /// Attempts per endpoint (parallel to `endpoints`).
     pub picks: Vec<Counter>,
     /// Health or outlier detection can take endpoints out, so panic mode applies.
@@ -478,7 +480,9 @@ fn build(
         let limiter = control.limiter.clone();
         let detector = control.detector.clone();
         let outlier_sink = control.sink(metrics, &p.name);
+        let inference = control.inference_picker(p);
         pools.push(Arc::new(PoolEntry {
+            inference,
             picks: p
                 .endpoints
                 .iter()

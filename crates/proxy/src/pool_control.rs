@@ -12,9 +12,13 @@ use prometheus_client::metrics::counter::Counter;
 use switchyard_balance::EndpointState;
 use switchyard_config::health::OutlierDetection;
 use switchyard_config::resilience::{CircuitLimits, Concurrency};
-use switchyard_config::Pool;
+use switchyard_config::{Balancer, Pool};
 use switchyard_health::{
     spawn_ticker, ActiveCheck, HealthChecker, OutlierDetector, OutlierEvent, OutlierSettings,
+};
+use switchyard_inference::{
+    spawn_scraper, EndpointSignals, InferencePicker, MetricNames, PickerConfig, PrefixIndex,
+    Scraper, Weights,
 };
 use switchyard_resilience::{
     CircuitBreaker, ConcurrencyLimiter, ConcurrencyMode, GradientParams, QueueParams,
@@ -28,8 +32,18 @@ pub type OutlierSink = Arc<dyn Fn(OutlierEvent) + Send + Sync>;
 
 type ByAddress = Arc<ArcSwap<HashMap<SocketAddr, Arc<EndpointState>>>>;
 
+/// Scraped signals and the prefix index of an `inference` pool. Rebuilt when the pool's
+/// endpoints or settings change, since both are indexed by endpoint position.
+struct InferenceState {
+    key: (switchyard_config::Balancer, Vec<SocketAddr>),
+    signals: Vec<Arc<EndpointSignals>>,
+    prefix: Arc<PrefixIndex>,
+    _scraper: Scraper,
+}
+
 /// One pool's long-lived controls.
 pub struct PoolControl {
+    inference: Option<InferenceState>,
     limits: CircuitLimits,
     pub breaker: CircuitBreaker,
     concurrency: Option<Concurrency>,
@@ -142,6 +156,7 @@ impl PoolControl {
             }),
         );
         let mut control = Self {
+            inference: None,
             limits: spec.limits.clone(),
             breaker: breaker(&spec.limits),
             concurrency: None,
@@ -173,6 +188,7 @@ impl PoolControl {
             spec.health.as_ref().map(ActiveCheck::from),
             states.iter().cloned(),
         );
+        self.update_inference(spec, states);
         let addrs = states.iter().map(|s| s.address);
         match (&spec.outlier, &self.detector) {
             (None, _) => {
@@ -209,6 +225,82 @@ impl PoolControl {
                 self.outlier = Some(cfg.clone());
             }
         }
+    }
+
+    fn update_inference(&mut self, spec: &Pool, states: &[Arc<EndpointState>]) {
+        let Balancer::Inference {
+            metrics,
+            scrape_interval,
+            stale_after,
+            ..
+        } = &spec.balancer
+        else {
+            self.inference = None;
+            return;
+        };
+        let key = (
+            spec.balancer.clone(),
+            states.iter().map(|s| s.address).collect::<Vec<_>>(),
+        );
+        if self.inference.as_ref().is_some_and(|i| i.key == key) {
+            return;
+        }
+        let signals: Vec<_> = states
+            .iter()
+            .map(|_| Arc::new(EndpointSignals::new()))
+            .collect();
+        let names = match metrics.as_str() {
+            "sglang" => MetricNames::sglang(),
+            "tgi" => MetricNames::tgi(),
+            "triton" => MetricNames::triton(),
+            _ => MetricNames::vllm(),
+        };
+        let scraper = spawn_scraper(
+            states
+                .iter()
+                .map(|s| s.address)
+                .zip(signals.iter().cloned())
+                .collect(),
+            names,
+            (*scrape_interval, *scrape_interval * 2),
+            *stale_after,
+        );
+        self.inference = Some(InferenceState {
+            key,
+            signals,
+            prefix: Arc::new(PrefixIndex::new()),
+            _scraper: scraper,
+        });
+    }
+
+    /// This generation's `inference` picker, sharing the pool's signals and prefix index.
+    pub fn inference_picker(&self, spec: &Pool) -> Option<Arc<InferencePicker>> {
+        let state = self.inference.as_ref()?;
+        let Balancer::Inference {
+            stale_after,
+            weights,
+            ..
+        } = &spec.balancer
+        else {
+            return None;
+        };
+        let config = PickerConfig {
+            weights: Weights {
+                queue: weights.queue,
+                kv_cache: weights.kv_cache,
+                prefix: weights.prefix,
+                lora: weights.lora,
+                in_flight: weights.in_flight,
+                latency: weights.latency,
+            },
+            stale_after: *stale_after,
+            ..PickerConfig::default()
+        };
+        Some(Arc::new(InferencePicker::new(
+            config,
+            state.signals.clone(),
+            state.prefix.clone(),
+        )))
     }
 
     /// Where ejections found on the request path (by `record`) are applied.

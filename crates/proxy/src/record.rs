@@ -36,6 +36,8 @@ pub struct Finish {
     /// Index of the upstream endpoint in its pool, for outlier detection.
     upstream_index: usize,
     access: Option<Box<AccessInfo>>,
+    /// An `inference` pick to release (its in-flight tokens) when the exchange ends.
+    inference: Option<(Arc<switchyard_inference::InferencePicker>, usize, u32)>,
 }
 
 impl Finish {
@@ -50,6 +52,7 @@ impl Finish {
             upstream: None,
             upstream_index: 0,
             access,
+            inference: None,
         }
     }
 
@@ -60,6 +63,15 @@ impl Finish {
     pub fn set_upstream(&mut self, in_flight: InFlight, index: usize) {
         self.upstream = Some(in_flight);
         self.upstream_index = index;
+    }
+
+    pub fn set_inference(
+        &mut self,
+        picker: Arc<switchyard_inference::InferencePicker>,
+        index: usize,
+        est_tokens: u32,
+    ) {
+        self.inference = Some((picker, index, est_tokens));
     }
 
     pub fn set_status(&mut self, status: u16) {
@@ -98,6 +110,9 @@ impl Finish {
 
 impl Drop for Finish {
     fn drop(&mut self) {
+        if let Some((picker, index, tokens)) = self.inference.take() {
+            picker.finish(index, tokens);
+        }
         let elapsed = self.start.elapsed();
         let metrics = match self.route {
             Some(i) => &self.gateway.routes[i].metrics,

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TE, UPGRADE};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -236,9 +237,12 @@ async fn forward(
     let retry = route.retry.as_ref().filter(|r| r.policy.attempts > 1);
     let replay_cap = retry.map_or(DEFAULT_MAX_REPLAY_BODY, |r| r.policy.max_replay_body);
     let empty_body = http_body::Body::is_end_stream(&body);
-    let mut body = if (retry.is_some() || route.hedger.is_some())
-        && upgrade.is_none()
-        && (empty_body || content_length.is_some_and(|n| n <= replay_cap))
+    // An `inference` pool reads the (bounded) body to route on it.
+    let inference = pool.inference.as_ref().filter(|_| upgrade.is_none());
+    let mut body = if inference.is_some()
+        || (retry.is_some() || route.hedger.is_some())
+            && upgrade.is_none()
+            && (empty_body || content_length.is_some_and(|n| n <= replay_cap))
     {
         match RequestBody::buffer(body, route.max_request_body).await {
             Ok(b) => Some(b),
@@ -257,6 +261,64 @@ async fn forward(
         Some(RequestBody::new(body, route.max_request_body))
     };
 
+    // 5b. Inference-aware first pick: parse the OpenAI body once and score endpoints on queue,
+    //     KV cache, prefix affinity, LoRA and in-flight tokens.
+    let mut preset = None;
+    let mut pick_debug = None;
+    if let Some(picker) = inference {
+        let bytes = body
+            .as_ref()
+            .and_then(RequestBody::buffered)
+            .unwrap_or_default();
+        let parsed = match switchyard_inference::parse_openai(path_and_query.path(), &bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                let mut resp = Response::new(ResponseBody::full(Bytes::from(e.to_openai_json())));
+                *resp.status_mut() =
+                    StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+                resp.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                resp.headers_mut()
+                    .insert(X_REQUEST_ID.clone(), request_id.clone());
+                finish.set_status(resp.status().as_u16());
+                finish.error("bad_inference_request");
+                return Ok(resp);
+            }
+        };
+        let hashes = switchyard_inference::prompt_block_hashes_seeded(
+            switchyard_inference::seed_for(&parsed.model),
+            &parsed.prompt,
+            picker.config().block_tokens,
+        );
+        let est_tokens = parsed
+            .prompt_tokens
+            .saturating_add(parsed.max_tokens.unwrap_or(DEFAULT_EXPECTED_OUTPUT));
+        let debug = parts
+            .headers
+            .get("x-switchyard-debug")
+            .is_some_and(|v| v.as_bytes() == b"1");
+        let req_cx = switchyard_inference::RequestContext {
+            block_hashes: &hashes,
+            adapter: parsed.lora.as_deref().or(Some(parsed.model.as_str())),
+            est_tokens,
+            debug,
+        };
+        let decision = picker.pick(&pool.endpoints, &req_cx);
+        if let Some(i) = decision.index {
+            picker.record(i, &req_cx);
+            finish.set_inference(picker.clone(), i, est_tokens);
+            preset = Some(i);
+        }
+        if debug {
+            pick_debug = HeaderValue::from_str(
+                &switchyard_inference::InferencePicker::debug_header(&decision),
+            )
+            .ok();
+        }
+    }
+
     // 6. Attempts: pick an endpoint not tried yet, send, and retry what the policy allows.
     let ctx = pick_context(pool, &parts.headers, cx.client);
     let mut tried = TriedSet::new();
@@ -268,7 +330,7 @@ async fn forward(
     }
     let (resp, conn, in_flight, index) = loop {
         tries += 1;
-        let Some(first_index) = pick_untried(pool, &tried, &ctx) else {
+        let Some(first_index) = preset.take().or_else(|| pick_untried(pool, &tried, &ctx)) else {
             return Err((GatewayError::NoEndpoint, finish, false));
         };
         tried.insert(first_index);
@@ -437,6 +499,9 @@ async fn forward(
     parts
         .headers
         .insert(X_REQUEST_ID.clone(), request_id.clone());
+    if let Some(v) = pick_debug {
+        parts.headers.insert("x-switchyard-pick", v);
+    }
     finish.set_status(parts.status.as_u16());
     let mut body = UpstreamBody::new(body, route.idle_timeout, deadline, grpc, finish);
     if let Some(conn) = conn {
@@ -502,6 +567,9 @@ fn pick_untried(pool: &PoolEntry, tried: &TriedSet, ctx: &PickContext<'_>) -> Op
         .find(|&i| !tried.contains(i) && pool.endpoints[i].is_available())
         .or(Some(first))
 }
+
+/// Output tokens assumed for a request without `max_tokens`, when estimating its load.
+const DEFAULT_EXPECTED_OUTPUT: u32 = 256;
 
 /// Bodies up to this size are kept for replay when a route hedges without a retry policy.
 const DEFAULT_MAX_REPLAY_BODY: u64 = 64 * 1024;

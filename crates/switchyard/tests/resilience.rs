@@ -379,3 +379,60 @@ async fn max_connections_caps_upstream_connections() {
     // The one connection is pooled again and reused.
     assert_eq!(chat(&client::http1(), &gw).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inference_balancer_keeps_a_prefix_together_and_explains_picks() {
+    let fleet = fleet(4).await;
+    let pool = "    balancer: { kind: inference, scrape_interval: 20ms }\n";
+    let gw = Gateway::start(&config(&fleet.addresses(), "", pool));
+    let c = client::http1();
+    let system = "You are a careful assistant for a railway operations team. ".repeat(40);
+    for i in 0..12 {
+        let body = serde_json::json!({
+            "model": MODEL,
+            "max_tokens": 2,
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": format!("question {i}")}
+            ]
+        });
+        let req = http::Request::post(gw.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .header("x-switchyard-debug", "1")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let (status, headers, _) = send(&c, req).await;
+        assert_eq!(status, 200);
+        assert!(
+            headers.contains_key("x-switchyard-pick"),
+            "no pick explanation"
+        );
+    }
+    let counts: Vec<u64> = pools(&gw)["pools"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["requests"].as_u64().unwrap())
+        .collect();
+    assert!(
+        counts.iter().any(|c| *c >= 10),
+        "shared prefix was not kept together: {counts:?}"
+    );
+
+    // A malformed body gets an OpenAI-style 400 and is not forwarded.
+    let req = http::Request::post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(b"{\"model\": ")))
+        .unwrap();
+    let (status, _, body) = send(&c, req).await;
+    assert_eq!(status, 400);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    let total: u64 = pools(&gw)["pools"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 12);
+}
