@@ -1,6 +1,6 @@
 //! Cost of one `inference` pick: 64 endpoints, a prefix index holding ~100k blocks, a ~2k-token
 //! request (128 blocks of 16 tokens) that shares a 32-block system prompt with every endpoint
-//! and 96 more blocks with one of them.
+//! and all 128 blocks with one of them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +17,8 @@ use switchyard_inference::{
 const ENDPOINTS: usize = 64;
 const SYSTEM_BLOCKS: usize = 32;
 const PROMPT_BLOCKS: usize = 128;
+/// The request repeats this recorded prompt, which went to endpoint `REQUEST_PROMPT % 64`.
+const REQUEST_PROMPT: usize = 200;
 
 fn setup() -> (Vec<Endpoint>, InferencePicker, Vec<u64>, String) {
     fastrand::seed(7);
@@ -49,24 +51,22 @@ fn setup() -> (Vec<Endpoint>, InferencePicker, Vec<u64>, String) {
         })
         .collect();
     let index = Arc::new(PrefixIndex::new());
-    // 8 system prompts of 32 blocks, each followed by 96 unique blocks; 1,050 prompts spread
-    // over the endpoints give ~101k distinct blocks, the system blocks held by every endpoint.
-    let mut next = 1u64 << 40;
-    for p in 0..1050u64 {
-        let mut hashes: Vec<u64> = (0..SYSTEM_BLOCKS as u64)
-            .map(|b| (p % 8) << 32 | b)
-            .collect();
-        hashes.extend((SYSTEM_BLOCKS..PROMPT_BLOCKS).map(|_| {
-            next += 1;
-            next
-        }));
-        index.record(p as usize % ENDPOINTS, &hashes);
+    // 8 system prompts of 32 blocks, each followed by 96 unique blocks. 1,050 prompts over the
+    // endpoints give ~101k distinct blocks; every system prompt is held by every endpoint (the
+    // worst case for matching). Block hashes are random, as the real hash chain's are.
+    let systems: Vec<Vec<u64>> = (0..8)
+        .map(|_| (0..SYSTEM_BLOCKS).map(|_| fastrand::u64(..)).collect())
+        .collect();
+    let mut request = Vec::new();
+    for p in 0..1050usize {
+        let mut hashes = systems[(p / ENDPOINTS) % 8].clone();
+        hashes.extend((SYSTEM_BLOCKS..PROMPT_BLOCKS).map(|_| fastrand::u64(..)));
+        index.record(p % ENDPOINTS, &hashes);
+        if p == REQUEST_PROMPT {
+            request = hashes;
+        }
     }
     assert!(index.distinct_blocks() > 100_000);
-    // The request: system prompt 3 plus the unique part of prompt 3 (recorded on endpoint 3).
-    let mut request: Vec<u64> = (0..SYSTEM_BLOCKS as u64).map(|b| 3 << 32 | b).collect();
-    let base = (1u64 << 40) + 3 * (PROMPT_BLOCKS - SYSTEM_BLOCKS) as u64;
-    request.extend((1..=(PROMPT_BLOCKS - SYSTEM_BLOCKS) as u64).map(|k| base + k));
     let picker = InferencePicker::new(PickerConfig::default(), signals, index);
     let prompt = "You are a helpful assistant. ".repeat(8 * 2048 / 29 + 1);
     (endpoints, picker, request, prompt)
@@ -78,16 +78,38 @@ fn bench(c: &mut Criterion) {
     picker
         .prefix_index()
         .matched_blocks_all(&request, &mut matched);
-    assert_eq!(matched[3], PROMPT_BLOCKS);
+    assert_eq!(matched[REQUEST_PROMPT % ENDPOINTS], PROMPT_BLOCKS);
+    assert_eq!(
+        matched.iter().filter(|&&m| m == SYSTEM_BLOCKS).count(),
+        ENDPOINTS - 1
+    );
     let cx = RequestContext {
         block_hashes: &request,
         adapter: None,
         est_tokens: 2300,
         debug: false,
     };
-    assert_eq!(picker.pick(&endpoints, &cx).index, Some(3));
+    assert_eq!(
+        picker.pick(&endpoints, &cx).index,
+        Some(REQUEST_PROMPT % ENDPOINTS)
+    );
     c.bench_function("inference_pick_64ep_100k_blocks_2k_tokens", |b| {
         b.iter(|| black_box(picker.pick(black_box(&endpoints), black_box(&cx))))
+    });
+    c.bench_function("prefix_matched_blocks_all_64ep", |b| {
+        b.iter(|| {
+            picker
+                .prefix_index()
+                .matched_blocks_all(black_box(&request), &mut matched);
+            black_box(&matched);
+        })
+    });
+    let no_prefix = RequestContext {
+        block_hashes: &[],
+        ..cx
+    };
+    c.bench_function("inference_pick_64ep_no_prefix", |b| {
+        b.iter(|| black_box(picker.pick(black_box(&endpoints), black_box(&no_prefix))))
     });
     let prompt = &prompt[..8192];
     c.bench_function("prompt_block_hashes_2k_tokens", |b| {

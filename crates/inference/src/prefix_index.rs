@@ -8,8 +8,8 @@
 //! where it *sent* each block and assumes the block is still cached there until that endpoint's
 //! share of the index exceeds its KV capacity.
 //!
-//! Design: one `HashMap` keyed by block hash (already a good hash, so the map uses an identity
-//! hasher) whose value lists the endpoints holding the block with the tick at which each last
+//! Design: one `HashMap` keyed by block hash (already a good hash, so the map uses a
+//! one-multiply hasher) whose value lists the endpoints holding the block with the tick at which each last
 //! used it; usually one or two endpoints, so a short `Vec` beats a bitset. Each endpoint keeps an
 //! LRU queue of `(hash, tick)` with lazy deletion: re-recording a block pushes a fresh entry and
 //! leaves the old one to be skipped when it reaches the front; the queue is compacted when stale
@@ -29,25 +29,27 @@ use std::sync::{Mutex, MutexGuard};
 /// Default capacity per endpoint in blocks, when its `num_gpu_blocks` is unknown.
 pub const DEFAULT_CAPACITY_BLOCKS: usize = 10_000;
 
-/// Block hashes are already uniformly distributed; hashing them again is wasted work.
+/// Block hashes are already well mixed, so one multiply (Fx-style, spreading the bits the map
+/// uses for its bucket and tag) replaces a full SipHash; it also keeps structured keys from
+/// callers that pass their own hashes from degrading the map.
 #[derive(Default)]
-struct IdentityHasher(u64);
+struct MulHasher(u64);
 
-impl Hasher for IdentityHasher {
+impl Hasher for MulHasher {
     fn finish(&self) -> u64 {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         }
     }
     fn write_u64(&mut self, n: u64) {
-        self.0 = n;
+        self.0 = (n ^ (n >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 
-type Map<V> = HashMap<u64, V, BuildHasherDefault<IdentityHasher>>;
+type Map<V> = HashMap<u64, V, BuildHasherDefault<MulHasher>>;
 
 /// Prefix-cache affinity for one pool of endpoints, addressed by index into the pool.
 #[derive(Debug, Default)]
