@@ -74,6 +74,26 @@ impl InferenceRequest {
     }
 }
 
+impl InferenceRequest {
+    /// Estimated total tokens for load accounting: prompt plus `max_tokens`, or plus
+    /// `default_output` when the client set no limit.
+    pub fn est_tokens(&self, default_output: u32) -> u32 {
+        self.prompt_tokens
+            .saturating_add(self.max_tokens.unwrap_or(default_output))
+    }
+
+    /// The prompt's prefix block hashes ([`prompt_block_hashes_seeded`]), seeded with the model
+    /// and any explicit adapter, so different models and adapters never share blocks (vLLM seeds
+    /// its chain with the LoRA adapter for the same reason).
+    pub fn block_hashes(&self, block_tokens: usize) -> Vec<u64> {
+        let mut seed = seed_for(&self.model);
+        if let Some(lora) = &self.lora {
+            seed ^= seed_for(lora).rotate_left(1);
+        }
+        prompt_block_hashes_seeded(seed, &self.prompt, block_tokens)
+    }
+}
+
 /// Why a body could not be understood. Every variant is the client's fault (HTTP 400).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestError {
@@ -402,130 +422,5 @@ fn hash_block(prev: u64, block: &[u8]) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn chat_with_string_and_parts() {
-        let body = br#"{"model":"sql-lora","messages":[{"role":"system","content":"be brief"},
-            {"role":"user","content":[{"type":"text","text":"hi "},{"type":"image_url","image_url":{}},{"type":"text","text":"there"}]}],
-            "max_tokens":10,"max_completion_tokens":20,"stream":true,"user":"u1","temperature":0.2}"#;
-        let r = parse_openai("/v1/chat/completions", body).unwrap();
-        assert_eq!(r.kind, ApiKind::ChatCompletions);
-        assert_eq!(r.model, "sql-lora");
-        assert_eq!(r.prompt, "system\nbe brief\nuser\nhi there\n");
-        assert_eq!(r.max_tokens, Some(20));
-        assert!(r.stream);
-        assert_eq!(r.user.as_deref(), Some("u1"));
-        assert_eq!(r.adapter(|m| m == "llama"), Some("sql-lora"));
-        assert_eq!(r.adapter(|_| true), None);
-    }
-
-    #[test]
-    fn completions_and_embeddings_inputs() {
-        let r = parse_openai(
-            "/v1/completions?x=1",
-            br#"{"model":"m","prompt":["ab","cd"],"max_tokens":5,"lora":"a1"}"#,
-        )
-        .unwrap();
-        assert_eq!(r.prompt, "ab\ncd");
-        assert_eq!(r.max_tokens, Some(5));
-        assert!(!r.stream);
-        assert_eq!(r.adapter(|_| true), Some("a1"));
-        let r = parse_openai("/v1/completions", br#"{"model":"m","prompt":[1,2,3]}"#).unwrap();
-        assert_eq!((r.prompt.as_str(), r.prompt_tokens), ("", 3));
-        let r = parse_openai("/v1/embeddings", br#"{"model":"e","input":"hello world"}"#).unwrap();
-        assert_eq!(r.kind, ApiKind::Embeddings);
-        assert_eq!(r.prompt_tokens, 3);
-    }
-
-    #[test]
-    fn errors_say_what_is_wrong() {
-        let e = parse_openai("/v1/completions", b"{\"model\":\n  ]").unwrap_err();
-        assert!(
-            matches!(
-                e,
-                RequestError::InvalidJson {
-                    line: 2,
-                    column: 3,
-                    ..
-                }
-            ),
-            "{e:?}"
-        );
-        assert!(e.to_string().starts_with("invalid JSON at line 2 column 3"));
-        let e = parse_openai("/v1/completions", br#"{"prompt":"x"}"#).unwrap_err();
-        assert_eq!(e.to_string(), "missing field model");
-        let json: Value = serde_json::from_str(&e.to_openai_json()).unwrap();
-        assert_eq!(json["error"]["param"], "model");
-        assert_eq!(json["error"]["type"], "invalid_request_error");
-        assert_eq!(e.status(), 400);
-        let e = parse_openai(
-            "/v1/completions",
-            br#"{"model":"m","prompt":"x","max_tokens":"a"}"#,
-        )
-        .unwrap_err();
-        assert_eq!(e.param(), Some("max_tokens"));
-        let e = parse_openai(
-            "/v1/chat/completions",
-            br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":1}]}]}"#,
-        )
-        .unwrap_err();
-        assert_eq!(e.param(), Some("messages[0].content[0].text"));
-        let e = parse_openai("/v1/chat/completions", br#"{"model":"m"}"#).unwrap_err();
-        assert_eq!(e, RequestError::MissingField("messages"));
-        assert!(matches!(
-            parse_openai("/v1/models", b"{}"),
-            Err(RequestError::UnsupportedPath(_))
-        ));
-        assert!(matches!(
-            parse_openai("/v1/completions", br#"{"model":"m","prompt":"x"} trailing"#),
-            Err(RequestError::InvalidJson { .. })
-        ));
-        assert!(matches!(
-            parse_openai("/v1/completions", b"[1]"),
-            Err(RequestError::InvalidJson { .. })
-        ));
-    }
-
-    #[test]
-    fn token_estimate_and_blocks() {
-        assert_eq!(estimate_tokens(""), 0);
-        assert_eq!(estimate_tokens("abcde"), 2);
-        let text = "x".repeat(4 * 16 * 3 + 10);
-        assert_eq!(prompt_block_hashes(&text, 16).len(), 3);
-        assert_ne!(
-            prompt_block_hashes_seeded(seed_for("a"), &text, 16),
-            prompt_block_hashes_seeded(seed_for("b"), &text, 16)
-        );
-    }
-
-    proptest! {
-        #[test]
-        fn parser_never_panics(body in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let _ = parse_openai("/v1/chat/completions", &body);
-            let _ = parse_openai("/v1/completions", &body);
-        }
-
-        #[test]
-        fn parser_never_panics_on_jsonish(body in r#"\{"model":"m","(prompt|messages|input)":[\[\]{}"a-z:,0-9 ]{0,40}\}"#) {
-            let _ = parse_openai("/v1/chat/completions", body.as_bytes());
-            let _ = parse_openai("/v1/embeddings", body.as_bytes());
-        }
-
-        #[test]
-        fn chains_share_exactly_the_common_prefix_blocks(
-            common in "[a-c ]{0,300}", a in "[a-c ]{0,200}", b in "[a-c ]{0,200}", block in 1usize..8
-        ) {
-            let (pa, pb) = (format!("{common}{a}"), format!("{common}{b}"));
-            let common_len = pa.bytes().zip(pb.bytes()).take_while(|(x, y)| x == y).count();
-            let (ha, hb) = (prompt_block_hashes(&pa, block), prompt_block_hashes(&pb, block));
-            let shared = ha.iter().zip(&hb).take_while(|(x, y)| x == y).count();
-            let expected = (common_len / (block * CHARS_PER_TOKEN)).min(ha.len()).min(hb.len());
-            prop_assert_eq!(shared, expected);
-            // After the first difference, nothing lines up again: the chain names whole prefixes.
-            prop_assert!(ha.iter().zip(&hb).skip(shared).all(|(x, y)| x != y));
-        }
-    }
-}
+#[path = "request_tests.rs"]
+mod tests;
