@@ -225,7 +225,12 @@ pub fn spawn_scraper(
         .pool_max_idle_per_host(1)
         .build(connector);
     let names = Arc::new(names);
-    let (lo, hi) = (interval.0.min(interval.1), interval.0.max(interval.1));
+    // A zero interval would spin; a millisecond is already far faster than useful.
+    let floor = Duration::from_millis(1);
+    let (lo, hi) = (
+        interval.0.min(interval.1).max(floor),
+        interval.0.max(interval.1).max(floor),
+    );
     let tasks = endpoints
         .into_iter()
         .map(|(addr, signals)| {
