@@ -301,7 +301,9 @@ async fn forward(
             .is_some_and(|v| v.as_bytes() == b"1");
         let req_cx = switchyard_inference::RequestContext {
             block_hashes: &hashes,
-            adapter: parsed.lora.as_deref().or(Some(parsed.model.as_str())),
+            // Only an explicit `lora` field names an adapter here: which model names are
+            // adapters is known to the servers, not (yet) to the gateway.
+            adapter: parsed.lora.as_deref(),
             est_tokens,
             debug,
         };
