@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Inference-aware routing vs least_request, same fleet shape, same workload, one run.
+
+A fleet of 8 simulated replicas (`switchyard sim`; H100 profile, a KV cache of 1,500 blocks
+each so no replica can hold every system prompt; replica 7 at half speed) serves a
+shared-prefix chat workload (`switchyard bench --workload shared-prefix`: 16 system prompts of
+1,536 tokens, 8 users each, 4 turns) at each rate given. For each rate and balancer
+(`inference`, `least_request`) a fresh fleet and a fresh gateway start, so caches begin cold
+for both. Reported: TTFT p50/p99, ITL p99, output tokens/s, goodput at TTFT ≤ 1 s and
+TPOT ≤ 50 ms, and the fleet's prefix-cache hit rate (vllm:prefix_cache_hits_total /
+vllm:prefix_cache_queries_total, summed over replicas).
+
+Usage: python3 bench/inference/compare.py [--rates 4,8] [--seconds 30]
+"""
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BIN = os.environ.get("SWITCHYARD_BIN", os.path.join(ROOT, "target", "release", "switchyard"))
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+PORT, ADMIN = 18580, 18581
+
+
+def stop(p):
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(timeout=15)
+    except Exception:
+        os.killpg(p.pid, signal.SIGKILL)
+
+
+def start_fleet(d):
+    conf = os.path.join(d, "fleet.yaml")
+    with open(conf, "w") as f:
+        f.write(f"model: {MODEL}\nbase_port: 0\nreplicas:\n"
+                "  - {count: 7, num_gpu_blocks: 1500}\n"
+                "  - {count: 1, num_gpu_blocks: 1500, speed: 0.5}\n")
+    p = subprocess.Popen(["taskset", "-c", "1", BIN, "sim", "--config", conf, "--base-port", "0"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                         start_new_session=True)
+    addrs = []
+    while len(addrs) < 8:
+        line = p.stdout.readline()
+        if not line:
+            sys.exit("simulator exited early")
+        m = re.search(r"listening on (\S+)", line)
+        if m:
+            addrs.append(m.group(1))
+    return p, addrs
+
+
+def start_gateway(d, addrs, balancer):
+    conf = os.path.join(d, "gw.yaml")
+    with open(conf, "w") as f:
+        f.write(f"""admin: {{address: 127.0.0.1:{ADMIN}}}
+runtime: {{workers: 1, watch_config: false}}
+listeners: [{{name: public, address: 127.0.0.1:{PORT}}}]
+routes: [{{name: chat, match: {{path_prefix: /v1/}}, pool: sim, timeout: 120s}}]
+pools: [{{name: sim, balancer: {balancer}, endpoints: [{", ".join(addrs)}]}}]
+""")
+    p = subprocess.Popen(["taskset", "-c", "0", BIN, "run", "--config", conf],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{ADMIN}/ready", timeout=1)
+            return p
+        except Exception:
+            time.sleep(0.05)
+    sys.exit("gateway not ready")
+
+
+def prefix_hit_rate(addrs):
+    hits = queries = 0.0
+    for a in addrs:
+        text = urllib.request.urlopen(f"http://{a}/metrics", timeout=5).read().decode()
+        for line in text.splitlines():
+            if line.startswith("vllm:prefix_cache_hits_total"):
+                hits += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("vllm:prefix_cache_queries_total"):
+                queries += float(line.rsplit(" ", 1)[1])
+    return hits / queries if queries else 0.0
+
+
+def run(balancer, rate, seconds, d):
+    fleet, addrs = start_fleet(d)
+    gw = None
+    try:
+        gw = start_gateway(d, addrs, balancer)
+        out = os.path.join(d, "bench.json")
+        subprocess.run(["taskset", "-c", "1", BIN, "bench", "--quiet", "--target", f"http://127.0.0.1:{PORT}",
+                        "--model", MODEL, "--workload", "shared-prefix", "--groups", "16",
+                        "--users-per-group", "8", "--system-prompt-tokens", "1536", "--question-tokens", "64",
+                        "--turns", "4", "--output-tokens", "64", "--rate", str(rate),
+                        "--duration", f"{seconds}s", "--seed", "11", "--timeout", "120s",
+                        "--slo", "ttft=1s,tpot=50ms", "--out", out],
+                       check=True, stdout=subprocess.DEVNULL)
+        t = json.load(open(out))["targets"][0]
+        return {
+            "completed": t["completed"], "failed": t["failed"],
+            "ttft_p50_ms": t["ttft_ms"]["p50"], "ttft_p99_ms": t["ttft_ms"]["p99"],
+            "itl_p99_ms": t["itl_ms"]["p99"], "tokens_per_s": t["output_token_throughput"],
+            "goodput": (t.get("goodput") or {}).get("share", 0.0),
+            "prefix_hit_rate": prefix_hit_rate(addrs),
+        }
+    finally:
+        if gw:
+            stop(gw)
+        stop(fleet)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rates", default="4,8")
+    ap.add_argument("--seconds", type=int, default=30)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    d = tempfile.mkdtemp(prefix="sy-inf-")
+    rows = []
+    for rate in [float(r) for r in args.rates.split(",")]:
+        for balancer in ("inference", "least_request"):
+            res = run(balancer, rate, args.seconds, d)
+            rows.append({"rate": rate, "balancer": balancer, **res})
+            print(f"rate {rate} {balancer}: {json.dumps(res)}", file=sys.stderr, flush=True)
+    print("| rate (req/s) | balancer | completed / failed | TTFT p50 / p99 (ms) | ITL p99 (ms) | output tok/s | goodput | prefix hit rate |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['rate']:g} | {r['balancer']} | {r['completed']} / {r['failed']} | "
+              f"{r['ttft_p50_ms']:.0f} / {r['ttft_p99_ms']:.0f} | {r['itl_p99_ms']:.0f} | "
+              f"{r['tokens_per_s']:.0f} | {r['goodput']:.1%} | {r['prefix_hit_rate']:.1%} |")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"args": vars(args), "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
