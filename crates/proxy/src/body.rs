@@ -194,6 +194,32 @@ pub struct UpstreamBody {
     finish: Finish,
     /// The HTTP/1 connection this body arrives on, when the request path drives it inline.
     upstream: Option<InlineConn>,
+    /// For streamed (SSE) responses: request start, whether a chunk was seen, and the
+    /// first-chunk and chunk-gap histograms.
+    stream: Option<StreamTiming>,
+}
+
+/// Per-chunk timing of a streamed response, measured as the bytes pass (no buffering).
+pub struct StreamTiming {
+    pub start: Instant,
+    pub first_chunk: prometheus_client::metrics::histogram::Histogram,
+    pub chunk_gap: prometheus_client::metrics::histogram::Histogram,
+    seen: bool,
+}
+
+impl StreamTiming {
+    pub fn new(
+        start: Instant,
+        first_chunk: prometheus_client::metrics::histogram::Histogram,
+        chunk_gap: prometheus_client::metrics::histogram::Histogram,
+    ) -> Self {
+        Self {
+            start,
+            first_chunk,
+            chunk_gap,
+            seen: false,
+        }
+    }
 }
 
 impl UpstreamBody {
@@ -214,7 +240,14 @@ impl UpstreamBody {
             done: false,
             finish,
             upstream: None,
+            stream: None,
         }
+    }
+
+    /// Time the chunks of a streamed response.
+    pub fn with_stream_timing(mut self, timing: StreamTiming) -> Self {
+        self.stream = Some(timing);
+        self
     }
 
     /// Drive `conn` from this body's polls, and return it to its pool when the body ends.
@@ -289,7 +322,18 @@ impl Body for UpstreamBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.finish.add_bytes(data.len() as u64);
-                    this.last_activity = Instant::now();
+                    let now = Instant::now();
+                    if let Some(t) = this.stream.as_mut() {
+                        if t.seen {
+                            t.chunk_gap
+                                .observe(now.duration_since(this.last_activity).as_secs_f64());
+                        } else {
+                            t.seen = true;
+                            t.first_chunk
+                                .observe(now.duration_since(t.start).as_secs_f64());
+                        }
+                    }
+                    this.last_activity = now;
                 }
                 return Poll::Ready(Some(Ok(frame)));
             }

@@ -115,23 +115,28 @@ pub struct RouteMetrics {
     family: prometheus_client::metrics::family::Family<RequestLabels, Counter>,
     by_status: Box<[OnceLock<Counter>]>,
     pub duration: Histogram,
+    /// Streamed responses: time to the first chunk, and between chunks.
+    pub stream_first_chunk: Histogram,
+    pub stream_chunk_gap: Histogram,
 }
 
 impl RouteMetrics {
     pub fn new(metrics: &Metrics, route: &str, pool: &str) -> Self {
-        let duration = metrics
-            .request_duration
-            .get_or_create(&RouteLabels {
-                route: route.to_string(),
-                pool: pool.to_string(),
-            })
-            .clone();
+        let labels = RouteLabels {
+            route: route.to_string(),
+            pool: pool.to_string(),
+        };
+        let duration = metrics.request_duration.get_or_create(&labels).clone();
+        let stream_first_chunk = metrics.stream_ttft.get_or_create(&labels).clone();
+        let stream_chunk_gap = metrics.stream_gap.get_or_create(&labels).clone();
         Self {
             route: route.to_string(),
             pool: pool.to_string(),
             family: metrics.requests.clone(),
             by_status: (100..600).map(|_| OnceLock::new()).collect(),
             duration,
+            stream_first_chunk,
+            stream_chunk_gap,
         }
     }
 

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use switchyard_telemetry::metrics::RejectLabels;
 use tokio::time::Instant;
 
-use crate::body::{BodyTooLarge, RequestBody, ResponseBody, UpstreamBody};
+use crate::body::{BodyTooLarge, RequestBody, ResponseBody, StreamTiming, UpstreamBody};
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, GatewayHandle};
 use crate::gateway::{PoolEntry, RouteEntry, RouteRetry};
@@ -505,9 +505,20 @@ async fn forward(
         parts.headers.insert("x-switchyard-pick", v);
     }
     finish.set_status(parts.status.as_u16());
+    let is_event_stream = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let mut body = UpstreamBody::new(body, route.idle_timeout, deadline, grpc, finish);
     if let Some(conn) = conn {
         body = body.with_connection(conn);
+    }
+    if is_event_stream {
+        body = body.with_stream_timing(StreamTiming::new(
+            start,
+            route.metrics.stream_first_chunk.clone(),
+            route.metrics.stream_chunk_gap.clone(),
+        ));
     }
     Ok(Response::from_parts(
         parts,

@@ -166,6 +166,13 @@ async fn sse_events_arrive_as_the_upstream_sends_them() {
         }
     }
     assert_eq!(text.matches("data: ").count(), 4);
+    // The gateway timed the stream: one first chunk, three gaps of ~300 ms.
+    let metrics = gw.admin_get("/metrics").1;
+    assert!(
+        metrics.contains("switchyard_stream_first_chunk_seconds_count{route=\"r\",pool=\"p\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("switchyard_stream_chunk_gap_seconds_count{route=\"r\",pool=\"p\"} 3"));
     // The first event must not wait for the stream to finish (~900 ms total).
     assert!(arrivals.len() >= 3, "events were coalesced: {arrivals:?}");
     assert!(

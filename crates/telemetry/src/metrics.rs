@@ -95,11 +95,18 @@ pub struct Metrics {
     pub concurrency_limit: Family<PoolLabels, Gauge>,
     pub concurrency_queued: Family<PoolLabels, Gauge>,
     pub picks: Family<EndpointLabels, Counter>,
+    pub stream_ttft: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub stream_gap: Family<RouteLabels, Histogram, fn() -> Histogram>,
 }
 
 fn duration_histogram() -> Histogram {
     // 0.5 ms .. ~75 s: covers proxied API calls and long LLM streams.
     Histogram::new(exponential_buckets(0.0005, 2.5, 14))
+}
+
+fn gap_histogram() -> Histogram {
+    // 0.1 ms .. ~3 s: inter-token gaps.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 15))
 }
 
 impl Metrics {
@@ -219,7 +226,25 @@ impl Metrics {
             "Attempts sent to each endpoint (first tries, retries and hedges)",
             picks.clone(),
         );
+        let stream_ttft = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            duration_histogram,
+        );
+        registry.register(
+            "switchyard_stream_first_chunk_seconds",
+            "Streamed (SSE) responses: request start to the first body chunk (time to first token)",
+            stream_ttft.clone(),
+        );
+        let stream_gap = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            gap_histogram,
+        );
+        registry.register(
+            "switchyard_stream_chunk_gap_seconds",
+            "Streamed (SSE) responses: time between consecutive body chunks (inter-token latency)",
+            stream_gap.clone(),
+        );
         Arc::new(Self {
+            stream_ttft,
+            stream_gap,
             picks,
             registry,
             retries,
