@@ -156,6 +156,37 @@ pub struct Route {
     /// Hedged requests; unset means none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hedge: Option<crate::resilience::HedgeConfig>,
+    /// Default priority of the route's requests; header `x-switchyard-priority` overrides it.
+    #[serde(default)]
+    pub priority: Priority,
+}
+
+/// How a request fares when its pool is saturated: `sheddable` ones are refused at once (429
+/// with `Retry-After`), `standard` and `critical` ones wait in the pool's bounded queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Sheddable,
+    #[default]
+    Standard,
+    Critical,
+}
+
+impl Priority {
+    /// From a header value: a name, or an integer (negative sheddable, 0 standard, positive
+    /// critical), as the Gateway API Inference Extension's criticality levels map.
+    pub fn parse(v: &str) -> Option<Self> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "sheddable" => Some(Self::Sheddable),
+            "standard" => Some(Self::Standard),
+            "critical" => Some(Self::Critical),
+            n => n.parse::<i64>().ok().map(|n| match n {
+                n if n < 0 => Self::Sheddable,
+                0 => Self::Standard,
+                _ => Self::Critical,
+            }),
+        }
+    }
 }
 
 fn default_route_timeout() -> Duration {

@@ -21,6 +21,8 @@ pub enum GatewayError {
     BadRequest(&'static str),
     /// A circuit breaker or the concurrency limit refused the request; names which.
     Overflow(&'static str),
+    /// A sheddable request met a saturated pool.
+    Shed,
 }
 
 impl GatewayError {
@@ -28,6 +30,7 @@ impl GatewayError {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::NoEndpoint | Self::Overflow(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Shed => StatusCode::TOO_MANY_REQUESTS,
             Self::ConnectFailed | Self::UpstreamReset => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -48,6 +51,7 @@ impl GatewayError {
             Self::BodyTooLarge => "body_too_large",
             Self::BadRequest(_) => "bad_request",
             Self::Overflow(_) => "overflow",
+            Self::Shed => "shed",
         }
     }
 
@@ -62,6 +66,7 @@ impl GatewayError {
             Self::BodyTooLarge => "request body exceeds the route's max_request_body",
             Self::BadRequest(why) => why,
             Self::Overflow(_) => "the pool is at its configured limit",
+            Self::Shed => "the pool is saturated and this request is sheddable; retry later",
         }
     }
 
@@ -70,9 +75,9 @@ impl GatewayError {
         match self {
             Self::NoRoute => 12, // UNIMPLEMENTED
             Self::NoEndpoint | Self::ConnectFailed | Self::UpstreamReset | Self::Overflow(_) => 14, // UNAVAILABLE
-            Self::Timeout => 4,                              // DEADLINE_EXCEEDED
-            Self::HeadersTooLarge | Self::BodyTooLarge => 8, // RESOURCE_EXHAUSTED
-            Self::BadRequest(_) => 13,                       // INTERNAL
+            Self::Timeout => 4, // DEADLINE_EXCEEDED
+            Self::HeadersTooLarge | Self::BodyTooLarge | Self::Shed => 8, // RESOURCE_EXHAUSTED
+            Self::BadRequest(_) => 13, // INTERNAL
         }
     }
 
@@ -81,6 +86,9 @@ impl GatewayError {
         let mut builder = Response::builder().header("x-request-id", request_id.clone());
         if let Self::Overflow(which) = self {
             builder = builder.header("x-switchyard-overflow", which);
+        }
+        if self == Self::Shed {
+            builder = builder.header(http::header::RETRY_AFTER, "1");
         }
         if grpc {
             builder = builder

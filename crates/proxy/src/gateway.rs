@@ -43,6 +43,8 @@ pub struct RouteEntry {
     pub idle_timeout: Duration,
     pub max_request_body: u64,
     pub metrics: RouteMetrics,
+    /// Default priority of the route's requests.
+    pub priority: switchyard_config::Priority,
     pub retry: Option<RouteRetry>,
     /// Hedging, with the config it was built from (kept across reloads when unchanged).
     pub hedger: Option<Hedger>,
@@ -559,6 +561,7 @@ fn build(
                 })
         });
         routes.push(RouteEntry {
+            priority: r.priority,
             retry,
             hedger,
             hedge_config: r.hedge.clone(),

@@ -23,7 +23,7 @@ use crate::record::{AccessInfo, Finish};
 use crate::upstream_h1::{InlineConn, SendError};
 use std::time::{Duration, SystemTime};
 use switchyard_balance::{hash_key, hash_source_ip, parse_orca, PickContext};
-use switchyard_config::{Balancer, HashKey};
+use switchyard_config::{Balancer, HashKey, Priority};
 use switchyard_health::Outcome;
 use switchyard_resilience::{Attempt, BreakerGuard, Limit, RetryGuard, TriedSet};
 
@@ -157,8 +157,22 @@ async fn forward(
             ));
         }
     };
+    let priority = req
+        .headers()
+        .get("x-switchyard-priority")
+        .and_then(|v| v.to_str().ok())
+        .and_then(Priority::parse)
+        .unwrap_or(route.priority);
     let mut permit = match &pool.limiter {
         None => None,
+        // Sheddable requests never queue: refused at once when the pool is at its limit.
+        Some(limiter) if priority == Priority::Sheddable => match limiter.try_acquire() {
+            Some(p) => Some(p),
+            None => {
+                pool.count_overflow("shed");
+                return Err((GatewayError::Shed, finish, false));
+            }
+        },
         Some(limiter) => match limiter.acquire().await {
             Ok(p) => Some(p),
             Err(rejected) => {
@@ -308,6 +322,10 @@ async fn forward(
             debug,
         };
         let decision = picker.pick(&pool.endpoints, &req_cx);
+        if decision.saturated && priority == Priority::Sheddable {
+            pool.count_overflow("shed");
+            return Err((GatewayError::Shed, finish, false));
+        }
         if let Some(i) = decision.index {
             picker.record(i, &req_cx);
             finish.set_inference(picker.clone(), i, est_tokens);

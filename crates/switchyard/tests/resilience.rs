@@ -436,3 +436,42 @@ async fn inference_balancer_keeps_a_prefix_together_and_explains_picks() {
         .sum();
     assert_eq!(total, 12);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sheddable_requests_are_refused_when_the_pool_is_full_critical_ones_wait() {
+    let fleet = fleet(1).await;
+    slow(&fleet, 0, 400);
+    let pool = "    concurrency: { kind: fixed, limit: 1, max_queue: 8, queue_timeout: 5s }\n";
+    let gw = std::sync::Arc::new(Gateway::start(&config(&fleet.addresses(), "", pool)));
+    let first = {
+        let gw = gw.clone();
+        tokio::spawn(async move { chat(&client::http1(), &gw).await.0 })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let with_priority = |p: &'static str| {
+        let gw = gw.clone();
+        async move {
+            let body = format!(
+                r#"{{"model":"{MODEL}","max_tokens":2,"messages":[{{"role":"user","content":"hi"}}]}}"#
+            );
+            let req = http::Request::post(gw.url("/v1/chat/completions"))
+                .header("x-switchyard-priority", p)
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            send(&client::http1(), req).await
+        }
+    };
+    let start = Instant::now();
+    let (status, headers, body) = with_priority("sheddable").await;
+    assert_eq!(status, 429);
+    assert_eq!(headers["retry-after"], "1");
+    assert!(
+        start.elapsed() < Duration::from_millis(200),
+        "sheddable request queued"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["type"], "shed");
+    let (status, _, _) = with_priority("critical").await;
+    assert_eq!(status, 200, "critical request should wait for a permit");
+    assert_eq!(first.await.unwrap(), 200);
+}
