@@ -221,6 +221,10 @@ pub struct Match {
     /// Query parameter name → exact value.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub query: BTreeMap<String, String>,
+    /// The `model` of an OpenAI-style JSON body (header `x-model` when the body has none):
+    /// exact, or a prefix with a trailing `*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 /// A set of interchangeable upstream endpoints and how to spread load over them.

@@ -42,6 +42,24 @@ impl fmt::Display for IdleTimeout {
 }
 impl std::error::Error for IdleTimeout {}
 
+/// A client's body as it reaches the request path: still streaming, or already read (to route
+/// on the model it names).
+#[derive(Debug)]
+pub enum InBody {
+    Incoming(Incoming),
+    Buffered(Bytes),
+}
+
+impl InBody {
+    /// The streaming body; only called on the `Incoming` variant.
+    pub fn into_incoming(self) -> Incoming {
+        match self {
+            Self::Incoming(i) => i,
+            Self::Buffered(_) => unreachable!("buffered bodies are handled before streaming"),
+        }
+    }
+}
+
 /// A client's request body on its way upstream: streamed (and cut off at the route's limit),
 /// or held in memory so it can be sent again on a retry.
 #[derive(Debug)]

@@ -271,6 +271,10 @@ pub struct Gateway {
     pub pools: Vec<Arc<PoolEntry>>,
     /// Route metrics for requests that matched no route.
     pub unrouted: RouteMetrics,
+    /// Some route matches on the model, so bodies are read before routing.
+    pub needs_model: bool,
+    /// How much body is read to find the model: the largest `max_request_body` of any route.
+    pub model_body_limit: u64,
 }
 
 impl Gateway {
@@ -578,7 +582,11 @@ fn build(
         });
     }
 
+    let needs_model = routes.iter().any(|r| r.matcher.needs_model());
+    let model_body_limit = routes.iter().map(|r| r.max_request_body).max().unwrap_or(0);
     Ok(Gateway {
+        needs_model,
+        model_body_limit,
         config: Arc::new(config),
         routes,
         pools,

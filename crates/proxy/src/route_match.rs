@@ -17,6 +17,8 @@ pub struct RouteMatch {
     method: Option<Method>,
     headers: Vec<(HeaderName, HeaderValue)>,
     query: Vec<(String, String)>,
+    /// Model name, exact, or a prefix when written with a trailing `*`.
+    model: Option<(String, bool)>,
 }
 
 impl RouteMatch {
@@ -48,7 +50,26 @@ impl RouteMatch {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            model: m.model.as_ref().map(|m| match m.strip_suffix('*') {
+                Some(prefix) => (prefix.to_string(), true),
+                None => (m.clone(), false),
+            }),
         })
+    }
+
+    /// Whether this route wants the request's model (so the body must be read before routing).
+    pub fn needs_model(&self) -> bool {
+        self.model.is_some()
+    }
+
+    /// The model predicate, given the model the request names (if any).
+    pub fn model_matches(&self, model: Option<&str>) -> bool {
+        match (&self.model, model) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some((want, true)), Some(got)) => got.starts_with(want.as_str()),
+            (Some((want, false)), Some(got)) => got == want,
+        }
     }
 
     pub fn matches<B>(&self, req: &Request<B>) -> bool {

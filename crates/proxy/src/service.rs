@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use switchyard_telemetry::metrics::RejectLabels;
 use tokio::time::Instant;
 
-use crate::body::{BodyTooLarge, RequestBody, ResponseBody, StreamTiming, UpstreamBody};
+use crate::body::{BodyTooLarge, InBody, RequestBody, ResponseBody, StreamTiming, UpstreamBody};
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, GatewayHandle};
 use crate::gateway::{PoolEntry, RouteEntry, RouteRetry};
@@ -92,7 +92,7 @@ type Rejection = (GatewayError, Finish, bool);
 async fn forward(
     gateway: &Gateway,
     cx: &ConnContext,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     request_id: &HeaderValue,
     grpc: bool,
     start: Instant,
@@ -130,12 +130,21 @@ async fn forward(
         },
     };
 
-    // 2. Route.
+    // 2. Route. Routes that match on the model need it before anything else: from the JSON
+    //    body (read once, bounded, then forwarded byte for byte) or the `x-model` header.
+    let (mut req, model) = if gateway.needs_model {
+        match read_model(gateway, req, content_length).await {
+            Ok(pair) => pair,
+            Err(e) => return Err((e, finish, true)),
+        }
+    } else {
+        (req.map(InBody::Incoming), None)
+    };
     let Some((route_index, route)) = gateway
         .routes
         .iter()
         .enumerate()
-        .find(|(_, r)| r.matcher.matches(&req))
+        .find(|(_, r)| r.matcher.matches(&req) && r.matcher.model_matches(model.as_deref()))
     else {
         return Err((GatewayError::NoRoute, finish, false));
     };
@@ -250,15 +259,30 @@ async fn forward(
     // 5. The body: streamed once, or kept (bounded) so the request can be sent again.
     let retry = route.retry.as_ref().filter(|r| r.policy.attempts > 1);
     let replay_cap = retry.map_or(DEFAULT_MAX_REPLAY_BODY, |r| r.policy.max_replay_body);
-    let empty_body = http_body::Body::is_end_stream(&body);
     // An `inference` pool reads the (bounded) body to route on it.
     let inference = pool.inference.as_ref().filter(|_| upgrade.is_none());
-    let mut body = if inference.is_some()
+    let body = match body {
+        // Already read for model-based routing.
+        InBody::Buffered(bytes) => {
+            if bytes.len() as u64 > route.max_request_body {
+                return Err((GatewayError::BodyTooLarge, finish, true));
+            }
+            InBody::Buffered(bytes)
+        }
+        incoming => incoming,
+    };
+    let empty_body = match &body {
+        InBody::Incoming(i) => http_body::Body::is_end_stream(i),
+        InBody::Buffered(b) => b.is_empty(),
+    };
+    let mut body = if let InBody::Buffered(bytes) = body {
+        Some(RequestBody::Buffered(Some(bytes)))
+    } else if inference.is_some()
         || (retry.is_some() || route.hedger.is_some())
             && upgrade.is_none()
             && (empty_body || content_length.is_some_and(|n| n <= replay_cap))
     {
-        match RequestBody::buffer(body, route.max_request_body).await {
+        match RequestBody::buffer(body.into_incoming(), route.max_request_body).await {
             Ok(b) => Some(b),
             Err(e) if has_source::<BodyTooLarge>(e.as_ref()) => {
                 return Err((GatewayError::BodyTooLarge, finish, true));
@@ -272,7 +296,10 @@ async fn forward(
             }
         }
     } else {
-        Some(RequestBody::new(body, route.max_request_body))
+        Some(RequestBody::new(
+            body.into_incoming(),
+            route.max_request_body,
+        ))
     };
 
     // 5b. Inference-aware first pick: parse the OpenAI body once and score endpoints on queue,
@@ -568,6 +595,44 @@ fn pick_context(
             .map(|(_, v)| hash_key(v.as_bytes())),
     };
     key.map_or_else(PickContext::new, PickContext::with_hash_key)
+}
+
+/// Read the model a request asks for: the `model` field of a JSON body (the body is read, up to
+/// the largest `max_request_body` of any route, and kept to be forwarded unchanged), else the
+/// `x-model` header.
+async fn read_model(
+    gateway: &Gateway,
+    req: Request<Incoming>,
+    content_length: Option<u64>,
+) -> Result<(Request<InBody>, Option<String>), GatewayError> {
+    let header = req
+        .headers()
+        .get("x-model")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let has_body =
+        req.method() == http::Method::POST && !http_body::Body::is_end_stream(req.body());
+    if !has_body {
+        return Ok((req.map(InBody::Incoming), header));
+    }
+    if content_length.is_some_and(|n| n > gateway.model_body_limit) {
+        return Err(GatewayError::BodyTooLarge);
+    }
+    let (parts, incoming) = req.into_parts();
+    let bytes = match RequestBody::buffer(incoming, gateway.model_body_limit).await {
+        Ok(b) => b.buffered().unwrap_or_default(),
+        Err(e) if has_source::<BodyTooLarge>(e.as_ref()) => return Err(GatewayError::BodyTooLarge),
+        Err(_) => return Err(GatewayError::BadRequest("request body aborted")),
+    };
+    #[derive(serde::Deserialize)]
+    struct ModelOnly {
+        model: Option<String>,
+    }
+    let model = serde_json::from_slice::<ModelOnly>(&bytes)
+        .ok()
+        .and_then(|m| m.model)
+        .or(header);
+    Ok((Request::from_parts(parts, InBody::Buffered(bytes)), model))
 }
 
 /// Pick an endpoint this request has not tried yet (any endpoint once all were tried).

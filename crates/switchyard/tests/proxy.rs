@@ -419,3 +419,46 @@ async fn round_robin_spreads_over_endpoints_and_metrics_count() {
     assert_eq!(line["status"], 200);
     assert_eq!(line["route"], "r");
 }
+
+#[tokio::test]
+async fn routes_on_the_model_in_the_body_or_x_model_header() {
+    let a = Origin::start();
+    let b = Origin::start();
+    let fallback = Origin::start();
+    let yaml = format!(
+        "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: false}}\nlisteners:\n  - {{name: public, address: 127.0.0.1:0}}\nroutes:\n  - {{name: llama, match: {{path_prefix: /v1/, model: \"llama-3*\"}}, pool: a}}\n  - {{name: mistral, match: {{path_prefix: /v1/, model: mistral}}, pool: b}}\n  - {{name: rest, match: {{path_prefix: /}}, pool: f}}\npools:\n  - {{name: a, endpoints: [{}]}}\n  - {{name: b, endpoints: [{}]}}\n  - {{name: f, endpoints: [{}]}}\n",
+        a.addr, b.addr, fallback.addr
+    );
+    let gw = Gateway::start(&yaml);
+    let c = client::http1();
+    let post = |model: &str| {
+        let body =
+            format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+        let len = body.len();
+        (
+            http::Request::post(gw.url("/v1/chat/completions"))
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap(),
+            len,
+        )
+    };
+    for (model, want) in [
+        ("llama-3.1-8b", a.addr),
+        ("mistral", b.addr),
+        ("mistral-7b", fallback.addr),
+    ] {
+        let (req, len) = post(model);
+        let (status, _, body) = send(&c, req).await;
+        assert_eq!(status, 200);
+        let v = json(&body);
+        assert_eq!(v["origin"], want.to_string(), "{model}");
+        assert_eq!(v["body_len"], len, "body not forwarded byte for byte");
+    }
+    let req = http::Request::get(gw.url("/v1/models"))
+        .header("x-model", "mistral")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (_, _, body) = send(&c, req).await;
+    assert_eq!(json(&body)["origin"], b.addr.to_string());
+}
