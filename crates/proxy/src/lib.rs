@@ -2,6 +2,7 @@
 //! per-request flow ([`service`]), bodies that stream with limits and timeouts ([`body`]), and the
 //! running server with reload and drain ([`server`]).
 
+mod attempt;
 pub mod body;
 pub mod error;
 pub mod framing_guard;

@@ -6,26 +6,29 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TE, UPGRADE};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use switchyard_telemetry::metrics::RejectLabels;
 use tokio::time::Instant;
 
+use crate::attempt::{
+    pick_context, pick_untried, retry_decision, send_attempt, sleep_before_retry, Failure,
+    DEFAULT_MAX_REPLAY_BODY, ENDPOINT_LOAD_METRICS,
+};
 use crate::body::{BodyTooLarge, InBody, RequestBody, ResponseBody, StreamTiming, UpstreamBody};
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, GatewayHandle};
-use crate::gateway::{PoolEntry, RouteEntry, RouteRetry};
 use crate::grpc;
 use crate::headers::{self, X_REQUEST_ID};
 use crate::record::{AccessInfo, Finish};
-use crate::upstream_h1::{InlineConn, SendError};
-use std::time::{Duration, SystemTime};
-use switchyard_balance::{hash_key, hash_source_ip, parse_orca, PickContext};
-use switchyard_config::{Balancer, HashKey, Priority};
+use crate::upstream_h1::SendError;
+use std::time::SystemTime;
+use switchyard_balance::parse_orca;
+use switchyard_config::{Balancer, Priority};
 use switchyard_health::Outcome;
-use switchyard_resilience::{Attempt, BreakerGuard, Limit, RetryGuard, TriedSet};
+use switchyard_resilience::{Attempt, Limit, TriedSet};
 
 /// What the request path needs to know about the client connection.
 pub struct ConnContext {
@@ -571,32 +574,6 @@ async fn forward(
     ))
 }
 
-/// ORCA load report header (gRFC A51), read from every upstream response.
-static ENDPOINT_LOAD_METRICS: http::HeaderName =
-    http::HeaderName::from_static("endpoint-load-metrics");
-
-/// The hash key a consistent-hashing balancer asks for (header, cookie or client IP).
-fn pick_context(
-    pool: &PoolEntry,
-    headers: &http::HeaderMap,
-    client: SocketAddr,
-) -> PickContext<'static> {
-    let key = match pool.spec.balancer.hash_key() {
-        None => None,
-        Some(HashKey::SourceIp) => Some(hash_source_ip(client.ip())),
-        Some(HashKey::Header(name)) => headers.get(name.as_str()).map(|v| hash_key(v.as_bytes())),
-        Some(HashKey::Cookie(name)) => headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|c| c.trim().split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| hash_key(v.as_bytes())),
-    };
-    key.map_or_else(PickContext::new, PickContext::with_hash_key)
-}
-
 /// Read the model a request asks for: the `model` field of a JSON body (the body is read, up to
 /// the largest `max_request_body` of any route, and kept to be forwarded unchanged), else the
 /// `x-model` header.
@@ -635,143 +612,13 @@ async fn read_model(
     Ok((Request::from_parts(parts, InBody::Buffered(bytes)), model))
 }
 
-/// Pick an endpoint this request has not tried yet (any endpoint once all were tried).
-fn pick_untried(pool: &PoolEntry, tried: &TriedSet, ctx: &PickContext<'_>) -> Option<usize> {
-    if pool.in_panic() {
-        let n = pool.endpoints.len();
-        let start = fastrand::usize(..n);
-        return (0..n)
-            .map(|k| (start + k) % n)
-            .find(|i| !tried.contains(*i))
-            .or(Some(start));
-    }
-    let mut first = pool.picker.pick_with(&pool.endpoints, ctx)?;
-    if pool.warming_declines(first) {
-        first = pool.picker.pick_with(&pool.endpoints, ctx)?;
-    }
-    if !tried.contains(first) || tried.covers(pool.endpoints.len()) {
-        return Some(first);
-    }
-    // Pickers are stateless about a request's history; ask again a few times, then scan.
-    for _ in 0..3 {
-        let i = pool.picker.pick_with(&pool.endpoints, ctx)?;
-        if !tried.contains(i) {
-            return Some(i);
-        }
-    }
-    (0..pool.endpoints.len())
-        .find(|&i| !tried.contains(i) && pool.endpoints[i].is_available())
-        .or(Some(first))
-}
-
 /// Output tokens assumed for a request without `max_tokens`, when estimating its load.
 const DEFAULT_EXPECTED_OUTPUT: u32 = 256;
-
-/// Bodies up to this size are kept for replay when a route hedges without a retry policy.
-const DEFAULT_MAX_REPLAY_BODY: u64 = 64 * 1024;
-
-/// Start one attempt at endpoint `index`: HTTP/1 pools drive a pooled connection inline; HTTP/2
-/// pools (and upgrades) go through the multiplexing client.
-fn send_attempt<'a>(
-    pool: &'a PoolEntry,
-    index: usize,
-    parts: &http::request::Parts,
-    headers: http::HeaderMap,
-    path_and_query: &PathAndQuery,
-    body: RequestBody,
-    upgrade: bool,
-) -> impl std::future::Future<Output = Result<(Response<Incoming>, Option<InlineConn>), Failure>> + 'a
-{
-    let inline = pool.h1.get(index).filter(|_| !upgrade);
-    let mut uri = http::uri::Parts::default();
-    if inline.is_none() {
-        // The pooled client wants an absolute URI to pick its connection; the inline HTTP/1
-        // path writes the request target as given, so it gets origin-form.
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(pool.authorities[index].clone());
-    }
-    uri.path_and_query = Some(path_and_query.clone());
-    let uri = Uri::from_parts(uri).expect("path is set; scheme and authority go together");
-    let req = attempt_request(parts, headers, uri, body);
-    async move {
-        match inline {
-            Some(conns) => conns
-                .send(req, &pool.breaker)
-                .await
-                .map(|(resp, conn)| (resp, Some(conn)))
-                .map_err(Failure::Inline),
-            None => pool
-                .client
-                .request(req)
-                .await
-                .map(|resp| (resp, None))
-                .map_err(Failure::Pooled),
-        }
-    }
-}
-
-/// One attempt's request, from the rewritten head and a body.
-fn attempt_request(
-    parts: &http::request::Parts,
-    headers: http::HeaderMap,
-    uri: Uri,
-    body: RequestBody,
-) -> Request<RequestBody> {
-    let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = uri;
-    *req.version_mut() = parts.version;
-    *req.headers_mut() = headers;
-    req
-}
-
-/// Whether to retry `attempt`, and if so after how long, holding the budget and breaker
-/// guards for the retry.
-fn retry_decision(
-    route: &RouteEntry,
-    pool: &PoolEntry,
-    retry: Option<&RouteRetry>,
-    tries: u32,
-    tried: &TriedSet,
-    attempt: &Attempt,
-    replayable: bool,
-) -> Option<(Duration, (RetryGuard, BreakerGuard))> {
-    let retry = retry?;
-    if !replayable {
-        return None;
-    }
-    let decision = retry.policy.should_retry(tries, attempt)?;
-    let _ = tried;
-    let Some(budget) = retry.budget.try_acquire_retry() else {
-        route.count_retry_refused("budget");
-        return None;
-    };
-    let breaker = match pool.breaker.try_acquire(Limit::Retries) {
-        Ok(g) => g,
-        Err(_) => {
-            route.count_retry_refused("breaker");
-            return None;
-        }
-    };
-    route.count_retry(decision.reason.as_str());
-    Some((decision.delay, (budget, breaker)))
-}
-
-async fn sleep_before_retry(delay: Duration, headers_by: Instant) {
-    tokio::time::sleep_until((Instant::now() + delay).min(headers_by)).await;
-}
 
 /// Length of the request target as sent, without allocating.
 fn uri_len(uri: &Uri) -> usize {
     uri.path_and_query().map_or(1, |pq| pq.as_str().len())
         + uri.authority().map_or(0, |a| a.as_str().len())
-}
-
-/// How sending upstream failed, from either client.
-#[derive(Debug)]
-enum Failure {
-    Inline(SendError),
-    Pooled(hyper_util::client::legacy::Error),
 }
 
 fn is_upgrade(h: &http::HeaderMap) -> bool {

@@ -1,0 +1,179 @@
+//! One attempt at an upstream: which endpoint (respecting what this request already tried,
+//! panic mode and slow start), how the request is sent (inline HTTP/1 connection or the pooled
+//! HTTP/2 client), and whether a failed or refused attempt earns a retry under the route's policy
+//! and budget.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use switchyard_balance::{hash_key, hash_source_ip, PickContext};
+use switchyard_config::HashKey;
+use switchyard_resilience::{Attempt, BreakerGuard, Limit, RetryGuard, TriedSet};
+use tokio::time::Instant;
+
+use crate::body::RequestBody;
+use crate::gateway::{PoolEntry, RouteEntry, RouteRetry};
+use crate::upstream_h1::{InlineConn, SendError};
+
+/// ORCA load report header (gRFC A51), read from every upstream response.
+pub(crate) static ENDPOINT_LOAD_METRICS: http::HeaderName =
+    http::HeaderName::from_static("endpoint-load-metrics");
+
+/// The hash key a consistent-hashing balancer asks for (header, cookie or client IP).
+pub(crate) fn pick_context(
+    pool: &PoolEntry,
+    headers: &http::HeaderMap,
+    client: SocketAddr,
+) -> PickContext<'static> {
+    let key = match pool.spec.balancer.hash_key() {
+        None => None,
+        Some(HashKey::SourceIp) => Some(hash_source_ip(client.ip())),
+        Some(HashKey::Header(name)) => headers.get(name.as_str()).map(|v| hash_key(v.as_bytes())),
+        Some(HashKey::Cookie(name)) => headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| hash_key(v.as_bytes())),
+    };
+    key.map_or_else(PickContext::new, PickContext::with_hash_key)
+}
+
+/// Pick an endpoint this request has not tried yet (any endpoint once all were tried).
+pub(crate) fn pick_untried(
+    pool: &PoolEntry,
+    tried: &TriedSet,
+    ctx: &PickContext<'_>,
+) -> Option<usize> {
+    if pool.in_panic() {
+        let n = pool.endpoints.len();
+        let start = fastrand::usize(..n);
+        return (0..n)
+            .map(|k| (start + k) % n)
+            .find(|i| !tried.contains(*i))
+            .or(Some(start));
+    }
+    let mut first = pool.picker.pick_with(&pool.endpoints, ctx)?;
+    if pool.warming_declines(first) {
+        first = pool.picker.pick_with(&pool.endpoints, ctx)?;
+    }
+    if !tried.contains(first) || tried.covers(pool.endpoints.len()) {
+        return Some(first);
+    }
+    // Pickers are stateless about a request's history; ask again a few times, then scan.
+    for _ in 0..3 {
+        let i = pool.picker.pick_with(&pool.endpoints, ctx)?;
+        if !tried.contains(i) {
+            return Some(i);
+        }
+    }
+    (0..pool.endpoints.len())
+        .find(|&i| !tried.contains(i) && pool.endpoints[i].is_available())
+        .or(Some(first))
+}
+
+/// Bodies up to this size are kept for replay when a route hedges without a retry policy.
+pub(crate) const DEFAULT_MAX_REPLAY_BODY: u64 = 64 * 1024;
+
+/// Start one attempt at endpoint `index`: HTTP/1 pools drive a pooled connection inline; HTTP/2
+/// pools (and upgrades) go through the multiplexing client.
+pub(crate) fn send_attempt<'a>(
+    pool: &'a PoolEntry,
+    index: usize,
+    parts: &http::request::Parts,
+    headers: http::HeaderMap,
+    path_and_query: &PathAndQuery,
+    body: RequestBody,
+    upgrade: bool,
+) -> impl std::future::Future<Output = Result<(Response<Incoming>, Option<InlineConn>), Failure>> + 'a
+{
+    let inline = pool.h1.get(index).filter(|_| !upgrade);
+    let mut uri = http::uri::Parts::default();
+    if inline.is_none() {
+        // The pooled client wants an absolute URI to pick its connection; the inline HTTP/1
+        // path writes the request target as given, so it gets origin-form.
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(pool.authorities[index].clone());
+    }
+    uri.path_and_query = Some(path_and_query.clone());
+    let uri = Uri::from_parts(uri).expect("path is set; scheme and authority go together");
+    let req = attempt_request(parts, headers, uri, body);
+    async move {
+        match inline {
+            Some(conns) => conns
+                .send(req, &pool.breaker)
+                .await
+                .map(|(resp, conn)| (resp, Some(conn)))
+                .map_err(Failure::Inline),
+            None => pool
+                .client
+                .request(req)
+                .await
+                .map(|resp| (resp, None))
+                .map_err(Failure::Pooled),
+        }
+    }
+}
+
+/// One attempt's request, from the rewritten head and a body.
+pub(crate) fn attempt_request(
+    parts: &http::request::Parts,
+    headers: http::HeaderMap,
+    uri: Uri,
+    body: RequestBody,
+) -> Request<RequestBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = headers;
+    req
+}
+
+/// Whether to retry `attempt`, and if so after how long, holding the budget and breaker
+/// guards for the retry.
+pub(crate) fn retry_decision(
+    route: &RouteEntry,
+    pool: &PoolEntry,
+    retry: Option<&RouteRetry>,
+    tries: u32,
+    tried: &TriedSet,
+    attempt: &Attempt,
+    replayable: bool,
+) -> Option<(Duration, (RetryGuard, BreakerGuard))> {
+    let retry = retry?;
+    if !replayable {
+        return None;
+    }
+    let decision = retry.policy.should_retry(tries, attempt)?;
+    let _ = tried;
+    let Some(budget) = retry.budget.try_acquire_retry() else {
+        route.count_retry_refused("budget");
+        return None;
+    };
+    let breaker = match pool.breaker.try_acquire(Limit::Retries) {
+        Ok(g) => g,
+        Err(_) => {
+            route.count_retry_refused("breaker");
+            return None;
+        }
+    };
+    route.count_retry(decision.reason.as_str());
+    Some((decision.delay, (budget, breaker)))
+}
+
+pub(crate) async fn sleep_before_retry(delay: Duration, headers_by: Instant) {
+    tokio::time::sleep_until((Instant::now() + delay).min(headers_by)).await;
+}
+
+/// How sending upstream failed, from either client.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Inline(SendError),
+    Pooled(hyper_util::client::legacy::Error),
+}
