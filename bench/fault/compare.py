@@ -21,56 +21,21 @@ import argparse
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.request
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-BIN = os.environ.get("SWITCHYARD_BIN", os.path.join(ROOT, "target", "release", "switchyard"))
-MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from common import BIN, MODEL, start_envoy, start_fleet, stop, wait_http  # noqa: E402
 PROXY_PORT = 18480
 ADMIN_PORT = 18481
 
 
-def envoy_bin():
-    import envoy
-
-    return os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy")
-
-
-def start_fleet(d):
-    conf = os.path.join(d, "fleet.yaml")
-    with open(conf, "w") as f:
-        f.write(f"model: {MODEL}\nbase_port: 0\nreplicas:\n  - count: 8\n    max_num_seqs: 8\n")
-    p = subprocess.Popen(
-        ["taskset", "-c", "1", BIN, "sim", "--config", conf, "--base-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
-    )
-    addrs = []
-    while len(addrs) < 8:
-        line = p.stdout.readline()
-        if not line:
-            sys.exit("simulator exited early")
-        m = re.search(r"listening on (\S+)", line)
-        if m:
-            addrs.append(m.group(1))
-    return p, addrs
-
-
-def wait_http(url, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=1).read()
-            return
-        except Exception:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} never answered")
+def start_fleet_8(d):
+    return start_fleet(d, f"model: {MODEL}\nbase_port: 0\nreplicas:\n  - count: 8\n    max_num_seqs: 8\n", 8)
 
 
 def start_switchyard(d, addrs):
@@ -98,44 +63,10 @@ pools:
     return p
 
 
-def start_envoy(d, addrs):
-    eps = "\n".join(
-        f"        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {a.split(':')[1]}}}}}}}"
-        for a in addrs
-    )
-    conf = os.path.join(d, "envoy.yaml")
-    with open(conf, "w") as f:
-        f.write(f"""admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {ADMIN_PORT}}}}}}}
-static_resources:
-  listeners:
-  - name: l
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {PROXY_PORT}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
-          codec_type: AUTO
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route:
-                  cluster: sim
-                  timeout: 60s
-                  retry_policy: {{retry_on: "connect-failure,reset,gateway-error", num_retries: 2}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
-  - name: sim
-    connect_timeout: 1s
-    type: STATIC
-    lb_policy: LEAST_REQUEST
-    least_request_lb_config: {{choice_count: 2}}
+def start_envoy_equivalent(d, addrs):
+    route = '                  timeout: 60s\n                  retry_policy: {retry_on: "connect-failure,reset,gateway-error", num_retries: 2}\n'
+    cluster = """    lb_policy: LEAST_REQUEST
+    least_request_lb_config: {choice_count: 2}
     outlier_detection:
       consecutive_5xx: 5
       consecutive_gateway_failure: 3
@@ -145,18 +76,9 @@ static_resources:
       interval: 1s
     circuit_breakers:
       thresholds:
-      - retry_budget: {{budget_percent: {{value: 20.0}}, min_retry_concurrency: 3}}
-    load_assignment:
-      cluster_name: sim
-      endpoints:
-      - lb_endpoints:
-{eps}
-""")
-    p = subprocess.Popen(["taskset", "-c", "0", envoy_bin(), "-c", conf, "--concurrency", "1",
-                          "--disable-hot-restart", "-l", "error"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_http(f"http://127.0.0.1:{ADMIN_PORT}/ready")
-    return p
+      - retry_budget: {budget_percent: {value: 20.0}, min_retry_concurrency: 3}
+"""
+    return start_envoy(d, PROXY_PORT, ADMIN_PORT, addrs, route, cluster)
 
 
 def retries_sent(proxy):
@@ -190,19 +112,11 @@ def inject(addr, body):
         pass  # a crash may close the connection before the reply
 
 
-def stop(p):
-    try:
-        os.killpg(p.pid, signal.SIGTERM)
-        p.wait(timeout=15)
-    except Exception:
-        os.killpg(p.pid, signal.SIGKILL)
-
-
 def run(proxy, args, d):
-    fleet, addrs = start_fleet(d)
+    fleet, addrs = start_fleet_8(d)
     p = None
     try:
-        p = start_switchyard(d, addrs) if proxy == "switchyard" else start_envoy(d, addrs)
+        p = start_switchyard(d, addrs) if proxy == "switchyard" else start_envoy_equivalent(d, addrs)
         out = os.path.join(d, f"{proxy}.json")
         t = threading.Timer(5.0, lambda: (inject(addrs[0], {"crash_for_ms": 15000}),
                                            inject(addrs[1], {"slow_factor": 10.0})))

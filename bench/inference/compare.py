@@ -19,46 +19,20 @@ Usage: python3 bench/inference/compare.py [--rates 4,8] [--seconds 30]
 import argparse
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-BIN = os.environ.get("SWITCHYARD_BIN", os.path.join(ROOT, "target", "release", "switchyard"))
-MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from common import BIN, MODEL, start_envoy, start_fleet, stop, wait_http  # noqa: E402
 PORT, ADMIN = 18580, 18581
 
 
-def stop(p):
-    try:
-        os.killpg(p.pid, signal.SIGTERM)
-        p.wait(timeout=15)
-    except Exception:
-        os.killpg(p.pid, signal.SIGKILL)
-
-
-def start_fleet(d):
-    conf = os.path.join(d, "fleet.yaml")
-    with open(conf, "w") as f:
-        f.write(f"model: {MODEL}\nbase_port: 0\nreplicas:\n"
-                "  - {count: 7, num_gpu_blocks: 1500}\n"
-                "  - {count: 1, num_gpu_blocks: 1500, speed: 0.5}\n")
-    p = subprocess.Popen(["taskset", "-c", "1", BIN, "sim", "--config", conf, "--base-port", "0"],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                         start_new_session=True)
-    addrs = []
-    while len(addrs) < 8:
-        line = p.stdout.readline()
-        if not line:
-            sys.exit("simulator exited early")
-        m = re.search(r"listening on (\S+)", line)
-        if m:
-            addrs.append(m.group(1))
-    return p, addrs
+def start_fleet_8(d):
+    return start_fleet(d, f"model: {MODEL}\nbase_port: 0\nreplicas:\n"
+                          "  - {count: 7, num_gpu_blocks: 1500}\n"
+                          "  - {count: 1, num_gpu_blocks: 1500, speed: 0.5}\n", 8)
 
 
 def start_gateway(d, addrs, balancer):
@@ -72,73 +46,8 @@ pools: [{{name: sim, balancer: {balancer}, endpoints: [{", ".join(addrs)}]}}]
 """)
     p = subprocess.Popen(["taskset", "-c", "0", BIN, "run", "--config", conf],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{ADMIN}/ready", timeout=1)
-            return p
-        except Exception:
-            time.sleep(0.05)
-    sys.exit("gateway not ready")
-
-
-def envoy_bin():
-    import envoy
-
-    return os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy")
-
-
-def start_envoy(d, addrs, lb_policy):
-    eps = "\n".join(
-        f"        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {a.split(':')[1]}}}}}}}"
-        for a in addrs
-    )
-    conf = os.path.join(d, "envoy.yaml")
-    with open(conf, "w") as f:
-        f.write(f"""admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {ADMIN}}}}}}}
-static_resources:
-  listeners:
-  - name: l
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {PORT}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
-          codec_type: AUTO
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route: {{cluster: sim, timeout: 120s}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
-  - name: sim
-    connect_timeout: 1s
-    type: STATIC
-    lb_policy: {lb_policy}
-    load_assignment:
-      cluster_name: sim
-      endpoints:
-      - lb_endpoints:
-{eps}
-""")
-    p = subprocess.Popen(["taskset", "-c", "0", envoy_bin(), "-c", conf, "--concurrency", "1",
-                          "--disable-hot-restart", "-l", "error"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{ADMIN}/ready", timeout=1)
-            return p
-        except Exception:
-            time.sleep(0.05)
-    sys.exit("envoy not ready")
+    wait_http(f"http://127.0.0.1:{ADMIN}/ready")
+    return p
 
 
 def prefix_hit_rate(addrs):
@@ -163,11 +72,12 @@ WORKLOADS = {
 
 
 def run(balancer, rate, seconds, d, workload="shared-prefix"):
-    fleet, addrs = start_fleet(d)
+    fleet, addrs = start_fleet_8(d)
     gw = None
     try:
         if balancer.startswith("envoy:"):
-            gw = start_envoy(d, addrs, balancer.split(":", 1)[1])
+            gw = start_envoy(d, PORT, ADMIN, addrs, "                  timeout: 120s\n",
+                             f"    lb_policy: {balancer.split(':', 1)[1]}\n")
         else:
             gw = start_gateway(d, addrs, balancer)
         out = os.path.join(d, "bench.json")

