@@ -222,7 +222,33 @@ pub struct StreamTiming {
     pub start: Instant,
     pub first_chunk: prometheus_client::metrics::histogram::Histogram,
     pub chunk_gap: prometheus_client::metrics::histogram::Histogram,
+    /// Counters for the `usage` an OpenAI-style stream reports: (prompt, completion).
+    pub tokens: Option<(
+        prometheus_client::metrics::counter::Counter,
+        prometheus_client::metrics::counter::Counter,
+    )>,
     seen: bool,
+}
+
+/// Find an OpenAI `usage` object in one chunk of an SSE stream and return (prompt, completion)
+/// tokens. Only chunks that mention `"completion_tokens"` are parsed (normally just the last
+/// one), so the per-token path is a substring scan.
+pub fn usage_in_chunk(chunk: &[u8]) -> Option<(u64, u64)> {
+    const NEEDLE: &[u8] = b"\"completion_tokens\"";
+    if !chunk.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
+        return None;
+    }
+    chunk
+        .split(|b| *b == b'\n')
+        .filter_map(|line| line.strip_prefix(b"data:"))
+        .filter_map(|json| serde_json::from_slice::<serde_json::Value>(json.trim_ascii()).ok())
+        .find_map(|v| {
+            let u = v.get("usage")?;
+            Some((
+                u.get("prompt_tokens")?.as_u64()?,
+                u.get("completion_tokens")?.as_u64()?,
+            ))
+        })
 }
 
 impl StreamTiming {
@@ -235,6 +261,7 @@ impl StreamTiming {
             start,
             first_chunk,
             chunk_gap,
+            tokens: None,
             seen: false,
         }
     }
@@ -342,6 +369,12 @@ impl Body for UpstreamBody {
                     this.finish.add_bytes(data.len() as u64);
                     let now = Instant::now();
                     if let Some(t) = this.stream.as_mut() {
+                        if let Some((prompt, completion)) = t.tokens.as_ref() {
+                            if let Some((p, c)) = usage_in_chunk(data) {
+                                prompt.inc_by(p);
+                                completion.inc_by(c);
+                            }
+                        }
                         if t.seen {
                             t.chunk_gap
                                 .observe(now.duration_since(this.last_activity).as_secs_f64());
@@ -405,5 +438,19 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::usage_in_chunk;
+
+    #[test]
+    fn finds_usage_only_in_the_usage_chunk() {
+        let token = b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
+        assert_eq!(usage_in_chunk(token), None);
+        let usage = b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":7,\"total_tokens\":19}}\n\ndata: [DONE]\n\n";
+        assert_eq!(usage_in_chunk(usage), Some((12, 7)));
+        assert_eq!(usage_in_chunk(b"data: {\"completion_tokens\": oops"), None);
     }
 }

@@ -120,6 +120,8 @@ pub struct RouteMetrics {
     /// Streamed responses: time to the first chunk, and between chunks.
     pub stream_first_chunk: Histogram,
     pub stream_chunk_gap: Histogram,
+    /// Usage tokens seen in streamed responses: (prompt, completion).
+    pub tokens: (Counter, Counter),
 }
 
 impl RouteMetrics {
@@ -131,6 +133,17 @@ impl RouteMetrics {
         let duration = metrics.request_duration.get_or_create(&labels).clone();
         let stream_first_chunk = metrics.stream_ttft.get_or_create(&labels).clone();
         let stream_chunk_gap = metrics.stream_gap.get_or_create(&labels).clone();
+        let token_counter = |kind| {
+            metrics
+                .tokens
+                .get_or_create(&switchyard_telemetry::metrics::TokenLabels {
+                    route: route.to_string(),
+                    pool: pool.to_string(),
+                    kind,
+                })
+                .clone()
+        };
+        let tokens = (token_counter("prompt"), token_counter("completion"));
         Self {
             route: route.to_string(),
             pool: pool.to_string(),
@@ -139,6 +152,7 @@ impl RouteMetrics {
             duration,
             stream_first_chunk,
             stream_chunk_gap,
+            tokens,
         }
     }
 

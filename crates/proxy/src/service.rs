@@ -562,11 +562,13 @@ async fn forward(
         body = body.with_connection(conn);
     }
     if is_event_stream {
-        body = body.with_stream_timing(StreamTiming::new(
+        let mut timing = StreamTiming::new(
             start,
             route.metrics.stream_first_chunk.clone(),
             route.metrics.stream_chunk_gap.clone(),
-        ));
+        );
+        timing.tokens = Some(route.metrics.tokens.clone());
+        body = body.with_stream_timing(timing);
     }
     Ok(Response::from_parts(
         parts,

@@ -117,6 +117,16 @@ fn demo_serves_openai_streams_and_stops_on_ctrl_c() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    // The gateway counted the usage the streams reported (the Python client's 16-token stream
+    // through it, plus the background load's).
+    let (_, metrics) = support::client::raw_get(addr, "/metrics");
+    let completion: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("switchyard_tokens_total{") && l.contains("kind=\"completion\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(completion >= 16.0, "usage tokens not counted: {completion}");
+
     // Ctrl-C stops everything and exits 0.
     assert!(Command::new("kill")
         .args(["-INT", &child.0.id().to_string()])

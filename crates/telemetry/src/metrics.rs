@@ -61,6 +61,14 @@ pub struct PoolReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub route: String,
+    pub pool: String,
+    /// `prompt` or `completion`
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
     pub pool: String,
     pub endpoint: String,
@@ -97,6 +105,7 @@ pub struct Metrics {
     pub picks: Family<EndpointLabels, Counter>,
     pub stream_ttft: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub stream_gap: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub tokens: Family<TokenLabels, Counter>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -242,7 +251,14 @@ impl Metrics {
             "Streamed (SSE) responses: time between consecutive body chunks (inter-token latency)",
             stream_gap.clone(),
         );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "switchyard_tokens",
+            "Tokens reported by upstreams in streamed responses' `usage`, by kind",
+            tokens.clone(),
+        );
         Arc::new(Self {
+            tokens,
             stream_ttft,
             stream_gap,
             picks,
