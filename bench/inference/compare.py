@@ -100,6 +100,54 @@ def run(balancer, rate, seconds, d, workload="shared-prefix"):
         stop(fleet)
 
 
+def chart(rows, path):
+    """TTFT p99 against offered load, one line per balancer, as a plain SVG."""
+    series = {}
+    for r in rows:
+        series.setdefault(r["balancer"], []).append((r["rate"], r["ttft_p99_ms"]))
+    w, h, left, bottom, top, right = 720, 420, 70, 50, 30, 200
+    xs = [x for pts in series.values() for x, _ in pts]
+    ys = [y for pts in series.values() for _, y in pts]
+    x0, x1 = 0.0, max(xs) * 1.05
+    import math
+    y0, y1 = math.log10(max(1.0, min(ys) / 2)), math.log10(max(ys) * 2)
+
+    def px(x):
+        return left + (x - x0) / (x1 - x0) * (w - left - right)
+
+    def py(y):
+        return h - bottom - (math.log10(max(y, 1.0)) - y0) / (y1 - y0) * (h - bottom - top)
+
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{w}" height="{h}" fill="white"/>',
+           f'<text x="{left}" y="18" font-size="14">TTFT p99 vs offered load (shared-prefix chat, 8 simulated replicas)</text>',
+           f'<line x1="{left}" y1="{h - bottom}" x2="{w - right}" y2="{h - bottom}" stroke="black"/>',
+           f'<line x1="{left}" y1="{top}" x2="{left}" y2="{h - bottom}" stroke="black"/>',
+           f'<text x="{(left + w - right) / 2}" y="{h - 12}" text-anchor="middle">offered load (req/s)</text>',
+           f'<text x="16" y="{(top + h - bottom) / 2}" transform="rotate(-90 16 {(top + h - bottom) / 2})" text-anchor="middle">TTFT p99 (ms, log scale)</text>']
+    for e in range(int(math.floor(y0)), int(math.ceil(y1)) + 1):
+        v = 10 ** e
+        if y0 <= e <= y1:
+            out.append(f'<line x1="{left - 4}" y1="{py(v):.1f}" x2="{w - right}" y2="{py(v):.1f}" stroke="#ddd"/>')
+            out.append(f'<text x="{left - 8}" y="{py(v) + 4:.1f}" text-anchor="end">{v:g}</text>')
+    for x in sorted(set(xs)):
+        out.append(f'<text x="{px(x):.1f}" y="{h - bottom + 16}" text-anchor="middle">{x:g}</text>')
+    for i, (name, pts) in enumerate(series.items()):
+        c = colors[i % len(colors)]
+        pts = sorted(pts)
+        out.append('<polyline fill="none" stroke-width="2" stroke="%s" points="%s"/>' % (
+            c, " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)))
+        for x, y in pts:
+            out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{c}"/>')
+        ly = top + 20 + i * 20
+        out.append(f'<line x1="{w - right + 15}" y1="{ly}" x2="{w - right + 40}" y2="{ly}" stroke="{c}" stroke-width="2"/>')
+        out.append(f'<text x="{w - right + 46}" y="{ly + 4}">{name}</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rates", default="4,8")
@@ -108,6 +156,7 @@ def main():
     ap.add_argument("--balancers", default="inference,least_request,envoy:LEAST_REQUEST,envoy:ROUND_ROBIN",
                     help="Switchyard balancer names, or envoy:LB_POLICY for Envoy")
     ap.add_argument("--workload", choices=sorted(WORKLOADS), default="shared-prefix")
+    ap.add_argument("--chart", default=None, help="write TTFT p99 against load as an SVG")
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="sy-inf-")
     rows = []
@@ -125,6 +174,8 @@ def main():
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"args": vars(args), "rows": rows}, f, indent=2)
+    if args.chart:
+        chart(rows, args.chart)
 
 
 if __name__ == "__main__":
