@@ -49,6 +49,18 @@ enum Command {
     },
     /// Start a simulated fleet, the gateway in front of it and a gentle load: no files needed.
     Demo(demo::DemoArgs),
+    /// Serve the picker to an existing Envoy as an ext_proc endpoint picker (Gateway API
+    /// Inference Extension protocol).
+    Epp {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// gRPC (h2c) listen address.
+        #[arg(long, default_value = "127.0.0.1:9002")]
+        listen: std::net::SocketAddr,
+        /// Pool to pick from [default: the first pool].
+        #[arg(long)]
+        pool: Option<String>,
+    },
     /// Run a fleet of simulated OpenAI-compatible model servers.
     Sim(switchyard_sim::SimArgs),
     /// Drive load at an OpenAI-compatible endpoint and report TTFT/ITL/goodput.
@@ -70,6 +82,23 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo(args) => demo::demo(args),
+        Command::Epp {
+            config,
+            listen,
+            pool,
+        } => match switchyard_config::load_file(&config) {
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::from(1)
+            }
+            Ok(cfg) => report(
+                tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|rt| rt.block_on(switchyard_epp::run(cfg, listen, pool))),
+            ),
+        },
         Command::Sim(args) => report(switchyard_sim::main(args)),
         Command::Bench(args) => report(switchyard_bench::main(args)),
         Command::Run { config } => {

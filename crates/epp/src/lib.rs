@@ -1,0 +1,420 @@
+//! `switchyard epp`: Switchyard's picker behind an existing Envoy (or Istio, Envoy Gateway) as an
+//! `ext_proc` gRPC service speaking the Gateway API Inference Extension endpoint-picker protocol.
+//!
+//! Envoy sends each request's headers and (buffered) body over a bidirectional
+//! `envoy.service.ext_proc.v3.ExternalProcessor/Process` stream. We pick an endpoint of the
+//! configured pool exactly as the gateway would (the `inference` scorer on the OpenAI body, or
+//! the pool's balancer) and answer with the picked `ip:port` in the request header
+//! `x-gateway-destination-endpoint` and in dynamic metadata `envoy.lb`, which an `ORIGINAL_DST`
+//! cluster with `use_http_header` routes to. No endpoint → 503; a sheddable request on a
+//! saturated pool → 429; a malformed OpenAI body → 400, each as an immediate response.
+//!
+//! The gRPC layer is small and hand-rolled on hyper's HTTP/2 server (length-prefixed messages,
+//! trailers with `grpc-status`), with prost-derived messages for the few ext_proc types used.
+
+pub mod proto;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prost::Message;
+use switchyard_config::{Config, Priority};
+use switchyard_proxy::GatewayHandle;
+use switchyard_telemetry::Metrics;
+use tokio::sync::mpsc;
+
+use proto::{processing_request, processing_response, value};
+
+/// Header (and `envoy.lb` metadata key) carrying the picked endpoint, per the Gateway API
+/// Inference Extension.
+pub const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
+const METHOD: &str = "/envoy.service.ext_proc.v3.ExternalProcessor/Process";
+
+/// The endpoint picker: the gateway state for one pool.
+pub struct Epp {
+    handle: Arc<GatewayHandle>,
+    pool: usize,
+}
+
+impl Epp {
+    /// Build gateway state from `config` (scrapers and health checks start) and pick from the
+    /// pool named `pool`, or the first pool. Must run inside a Tokio runtime.
+    pub fn new(config: Config, pool: Option<&str>) -> anyhow::Result<Arc<Self>> {
+        let index = match pool {
+            Some(name) => config
+                .pools
+                .iter()
+                .position(|p| p.name == name)
+                .ok_or_else(|| anyhow::anyhow!("no pool named `{name}` in the config"))?,
+            None if config.pools.is_empty() => anyhow::bail!("the config has no pools"),
+            None => 0,
+        };
+        let handle = GatewayHandle::new(config, Metrics::new()).map_err(anyhow::Error::msg)?;
+        Ok(Arc::new(Self {
+            handle,
+            pool: index,
+        }))
+    }
+
+    /// Serve ext_proc streams on `listener` (h2c) until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let epp = self.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let epp = epp.clone();
+                    async move { Ok::<_, Infallible>(epp.call(req)) }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    }
+
+    fn call(self: Arc<Self>, req: Request<Incoming>) -> Response<GrpcBody> {
+        let (tx, rx) = mpsc::channel(8);
+        if req.uri().path() != METHOD {
+            let _ = tx.try_send(Frame::trailers(grpc_status(12, "unknown method")));
+            return grpc_response(rx);
+        }
+        tokio::spawn(self.process(req.into_body(), tx));
+        grpc_response(rx)
+    }
+
+    /// One HTTP request's worth of ext_proc messages.
+    async fn process(self: Arc<Self>, mut body: Incoming, tx: mpsc::Sender<Frame<Bytes>>) {
+        let mut buf = BytesMut::new();
+        let mut headers: Vec<(String, String)> = Vec::new();
+        let mut request_body = Vec::new();
+        let mut picked: Option<Picked> = None;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { break };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buf.extend_from_slice(&data);
+            while let Some(msg) = next_message(&mut buf) {
+                let Ok(msg) = proto::ProcessingRequest::decode(msg) else {
+                    let _ = tx
+                        .send(Frame::trailers(grpc_status(3, "bad message")))
+                        .await;
+                    return;
+                };
+                let reply = match msg.request {
+                    Some(processing_request::Request::RequestHeaders(h)) => {
+                        headers = h
+                            .headers
+                            .map(|m| {
+                                m.headers
+                                    .into_iter()
+                                    .map(|v| {
+                                        let value = if v.raw_value.is_empty() {
+                                            v.value
+                                        } else {
+                                            String::from_utf8_lossy(&v.raw_value).into_owned()
+                                        };
+                                        (v.key.to_ascii_lowercase(), value)
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        if h.end_of_stream {
+                            self.decide(&headers, &[], &mut picked, true)
+                        } else {
+                            continue_headers()
+                        }
+                    }
+                    Some(processing_request::Request::RequestBody(b)) => {
+                        request_body.extend_from_slice(&b.body);
+                        if b.end_of_stream {
+                            self.decide(&headers, &request_body, &mut picked, false)
+                        } else {
+                            continue_body()
+                        }
+                    }
+                    Some(processing_request::Request::ResponseHeaders(_)) => {
+                        response(processing_response::Response::ResponseHeaders(
+                            proto::HeadersResponse::default(),
+                        ))
+                    }
+                    Some(processing_request::Request::ResponseBody(_)) => response(
+                        processing_response::Response::ResponseBody(proto::BodyResponse::default()),
+                    ),
+                    None => continue,
+                };
+                if tx.send(Frame::data(encode(&reply))).await.is_err() {
+                    return;
+                }
+            }
+        }
+        drop(picked);
+        let _ = tx.send(Frame::trailers(grpc_status(0, ""))).await;
+    }
+
+    /// Pick for a request whose headers (and body, if any) are known.
+    fn decide(
+        &self,
+        headers: &[(String, String)],
+        body: &[u8],
+        picked: &mut Option<Picked>,
+        at_headers: bool,
+    ) -> proto::ProcessingResponse {
+        let gateway = self.handle.load();
+        let pool = &gateway.pools[self.pool];
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let priority = header("x-switchyard-priority")
+            .and_then(Priority::parse)
+            .unwrap_or_default();
+        let index = match &pool.inference {
+            Some(picker) if !body.is_empty() => {
+                let path = header(":path").unwrap_or("/v1/chat/completions");
+                let path = path.split('?').next().unwrap_or(path);
+                let parsed = match switchyard_inference::parse_openai(path, body) {
+                    Ok(p) => p,
+                    Err(e) => return immediate(e.status(), e.to_openai_json()),
+                };
+                let hashes = parsed.block_hashes(picker.config().block_tokens);
+                let est_tokens = parsed.est_tokens(256);
+                let cx = switchyard_inference::RequestContext {
+                    block_hashes: &hashes,
+                    adapter: parsed.lora.as_deref(),
+                    est_tokens,
+                    debug: false,
+                };
+                let decision = picker.pick(&pool.endpoints, &cx);
+                if decision.saturated && priority == Priority::Sheddable {
+                    return immediate(
+                        429,
+                        error_json("shed", 429, "the pool is saturated; retry later"),
+                    );
+                }
+                if let Some(i) = decision.index {
+                    picker.record(i, &cx);
+                    *picked = Some(Picked {
+                        picker: picker.clone(),
+                        index: i,
+                        tokens: est_tokens,
+                    });
+                }
+                decision.index
+            }
+            _ => pool.picker.pick(&pool.endpoints),
+        };
+        let Some(index) = index else {
+            return immediate(
+                503,
+                error_json("no_endpoint", 503, "the pool has no available endpoint"),
+            );
+        };
+        let target = pool.endpoints[index].address().to_string();
+        let common = Some(proto::CommonResponse {
+            status: 0,
+            header_mutation: Some(proto::HeaderMutation {
+                set_headers: vec![proto::set_header(DESTINATION_HEADER, &target)],
+            }),
+            clear_route_cache: false,
+        });
+        let mut reply = if at_headers {
+            response(processing_response::Response::RequestHeaders(
+                proto::HeadersResponse { response: common },
+            ))
+        } else {
+            response(processing_response::Response::RequestBody(
+                proto::BodyResponse { response: common },
+            ))
+        };
+        reply.dynamic_metadata = Some(lb_metadata(&target));
+        reply
+    }
+}
+
+/// A pick whose in-flight tokens are released when the ext_proc stream ends.
+struct Picked {
+    picker: Arc<switchyard_inference::InferencePicker>,
+    index: usize,
+    tokens: u32,
+}
+
+impl Drop for Picked {
+    fn drop(&mut self) {
+        self.picker.finish(self.index, self.tokens);
+    }
+}
+
+fn response(r: processing_response::Response) -> proto::ProcessingResponse {
+    proto::ProcessingResponse {
+        response: Some(r),
+        dynamic_metadata: None,
+    }
+}
+
+fn continue_headers() -> proto::ProcessingResponse {
+    response(processing_response::Response::RequestHeaders(
+        proto::HeadersResponse::default(),
+    ))
+}
+
+fn continue_body() -> proto::ProcessingResponse {
+    response(processing_response::Response::RequestBody(
+        proto::BodyResponse::default(),
+    ))
+}
+
+fn immediate(code: u16, body: String) -> proto::ProcessingResponse {
+    response(processing_response::Response::ImmediateResponse(
+        proto::ImmediateResponse {
+            status: Some(proto::HttpStatus {
+                code: i32::from(code),
+            }),
+            headers: Some(proto::HeaderMutation {
+                set_headers: vec![proto::set_header("content-type", "application/json")],
+            }),
+            body: body.into_bytes(),
+            details: "switchyard_epp".into(),
+        },
+    ))
+}
+
+fn error_json(kind: &str, code: u16, message: &str) -> String {
+    format!(r#"{{"error":{{"type":"{kind}","code":{code},"message":"{message}"}}}}"#)
+}
+
+/// `envoy.lb: { x-gateway-destination-endpoint: "ip:port" }`.
+fn lb_metadata(target: &str) -> proto::Struct {
+    let inner = proto::Struct {
+        fields: BTreeMap::from([(
+            DESTINATION_HEADER.to_string(),
+            proto::Value {
+                kind: Some(value::Kind::StringValue(target.to_string())),
+            },
+        )]),
+    };
+    proto::Struct {
+        fields: BTreeMap::from([(
+            "envoy.lb".to_string(),
+            proto::Value {
+                kind: Some(value::Kind::StructValue(inner)),
+            },
+        )]),
+    }
+}
+
+/// Take one length-prefixed gRPC message off the front of `buf`, if complete.
+fn next_message(buf: &mut BytesMut) -> Option<Bytes> {
+    if buf.len() < 5 {
+        return None;
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if buf.len() < 5 + len {
+        return None;
+    }
+    buf.advance(5);
+    Some(buf.split_to(len).freeze())
+}
+
+fn encode(msg: &proto::ProcessingResponse) -> Bytes {
+    let len = msg.encoded_len();
+    let mut out = BytesMut::with_capacity(5 + len);
+    out.extend_from_slice(&[0]);
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    msg.encode(&mut out).expect("buffer has capacity");
+    out.freeze()
+}
+
+fn grpc_status(code: u8, message: &str) -> HeaderMap {
+    let mut t = HeaderMap::new();
+    t.insert("grpc-status", u16::from(code).into());
+    if let Ok(v) = http::HeaderValue::from_str(message) {
+        if !message.is_empty() {
+            t.insert("grpc-message", v);
+        }
+    }
+    t
+}
+
+/// A response body fed from a channel: gRPC messages, then trailers.
+pub struct GrpcBody(mpsc::Receiver<Frame<Bytes>>);
+
+impl Body for GrpcBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|f| f.map(Ok))
+    }
+}
+
+fn grpc_response(rx: mpsc::Receiver<Frame<Bytes>>) -> Response<GrpcBody> {
+    let mut r = Response::new(GrpcBody(rx));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    r
+}
+
+/// Bind `listen` and serve until Ctrl-C.
+pub async fn run(config: Config, listen: SocketAddr, pool: Option<String>) -> anyhow::Result<()> {
+    let epp = Epp::new(config, pool.as_deref())?;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(address = %addr, "endpoint picker listening");
+    println!("switchyard epp listening on {addr}");
+    tokio::select! {
+        _ = epp.serve(listener) => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let msg = continue_headers();
+        let mut buf = BytesMut::from(&encode(&msg)[..]);
+        let got = next_message(&mut buf).unwrap();
+        let back = proto::ProcessingResponse::decode(got).unwrap();
+        assert_eq!(back, msg);
+        assert!(buf.is_empty());
+        let mut partial = BytesMut::from(&encode(&msg)[..3]);
+        assert!(next_message(&mut partial).is_none());
+    }
+
+    #[test]
+    fn metadata_names_the_destination() {
+        let m = lb_metadata("127.0.0.1:9");
+        let Some(value::Kind::StructValue(inner)) = &m.fields["envoy.lb"].kind else {
+            panic!("not a struct");
+        };
+        assert_eq!(
+            inner.fields[DESTINATION_HEADER].kind,
+            Some(value::Kind::StringValue("127.0.0.1:9".into()))
+        );
+    }
+}

