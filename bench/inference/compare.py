@@ -25,7 +25,7 @@ import tempfile
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from common import BIN, MODEL, start_envoy, start_fleet, stop, wait_http  # noqa: E402
+from common import BIN, MODEL, envoy_bin, start_envoy, start_fleet, stop, wait_http  # noqa: E402
 PORT, ADMIN = 18580, 18581
 
 
@@ -48,6 +48,70 @@ pools: [{{name: sim, balancer: {balancer}, endpoints: [{", ".join(addrs)}]}}]
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     wait_http(f"http://127.0.0.1:{ADMIN}/ready")
     return p
+
+
+EPP_PORT = 18582
+
+
+def start_envoy_epp(d, addrs):
+    """Envoy with the ext_proc filter asking `switchyard epp` (inference picker) and an
+    ORIGINAL_DST cluster routing where it says. Returns both processes."""
+    conf = os.path.join(d, "epp.yaml")
+    with open(conf, "w") as f:
+        f.write(f"pools: [{{name: sim, balancer: inference, endpoints: [{', '.join(addrs)}]}}]\n")
+    epp = subprocess.Popen(["taskset", "-c", "0", BIN, "epp", "--config", conf, "--listen", f"127.0.0.1:{EPP_PORT}"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    conf = os.path.join(d, "envoy-epp.yaml")
+    with open(conf, "w") as f:
+        f.write(f"""admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {ADMIN}}}}}}}
+static_resources:
+  listeners:
+  - name: l
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {PORT}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: original_dst, timeout: 120s}}
+          http_filters:
+          - name: envoy.filters.http.ext_proc
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
+              grpc_service: {{envoy_grpc: {{cluster_name: epp}}}}
+              message_timeout: 5s
+              processing_mode: {{request_header_mode: SEND, response_header_mode: SKIP, request_body_mode: BUFFERED, response_body_mode: NONE, request_trailer_mode: SKIP, response_trailer_mode: SKIP}}
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: epp
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: epp
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {EPP_PORT}}}}}}}}}]}}]
+  - name: original_dst
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    connect_timeout: 1s
+    original_dst_lb_config: {{use_http_header: true, http_header_name: x-gateway-destination-endpoint}}
+""")
+    envoy = subprocess.Popen(["taskset", "-c", "0", envoy_bin(), "-c", conf, "--concurrency", "1",
+                              "--disable-hot-restart", "-l", "error"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_http(f"http://127.0.0.1:{ADMIN}/ready")
+    return envoy, epp
 
 
 def prefix_hit_rate(addrs):
@@ -74,8 +138,11 @@ WORKLOADS = {
 def run(balancer, rate, seconds, d, workload="shared-prefix"):
     fleet, addrs = start_fleet_8(d)
     gw = None
+    extra = None
     try:
-        if balancer.startswith("envoy:"):
+        if balancer == "envoy+epp":
+            gw, extra = start_envoy_epp(d, addrs)
+        elif balancer.startswith("envoy:"):
             gw = start_envoy(d, PORT, ADMIN, addrs, "                  timeout: 120s\n",
                              f"    lb_policy: {balancer.split(':', 1)[1]}\n")
         else:
@@ -97,6 +164,8 @@ def run(balancer, rate, seconds, d, workload="shared-prefix"):
     finally:
         if gw:
             stop(gw)
+        if extra:
+            stop(extra)
         stop(fleet)
 
 
@@ -154,7 +223,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--out", default=None)
     ap.add_argument("--balancers", default="inference,least_request,envoy:LEAST_REQUEST,envoy:ROUND_ROBIN",
-                    help="Switchyard balancer names, or envoy:LB_POLICY for Envoy")
+                    help="Switchyard balancer names, envoy:LB_POLICY for Envoy, or envoy+epp for Envoy "
+                         "asking `switchyard epp`")
     ap.add_argument("--workload", choices=sorted(WORKLOADS), default="shared-prefix")
     ap.add_argument("--chart", default=None, help="write TTFT p99 against load as an SVG")
     args = ap.parse_args()
