@@ -114,6 +114,16 @@ static_resources:
     return envoy, epp
 
 
+def start_pypi_router(name, policy, addrs):
+    """`vllm-router` or `smg launch` (PyPI) with `policy`, one process pinned to core 0."""
+    cmd = ["vllm-router"] if name == "vllm-router" else ["smg", "launch"]
+    p = subprocess.Popen(["taskset", "-c", "0", *cmd, "--host", "127.0.0.1", "--port", str(PORT),
+                          "--policy", policy, "--worker-urls", *[f"http://{a}" for a in addrs]],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_http(f"http://127.0.0.1:{PORT}/v1/models", timeout=60)
+    return p
+
+
 def prefix_hit_rate(addrs):
     hits = queries = 0.0
     for a in addrs:
@@ -140,7 +150,10 @@ def run(balancer, rate, seconds, d, workload="shared-prefix"):
     gw = None
     extra = None
     try:
-        if balancer == "envoy+epp":
+        if balancer.split(":")[0] in ("vllm-router", "smg"):
+            name, policy = balancer.split(":", 1)
+            gw = start_pypi_router(name, policy, addrs)
+        elif balancer == "envoy+epp":
             gw, extra = start_envoy_epp(d, addrs)
         elif balancer.startswith("envoy:"):
             gw = start_envoy(d, PORT, ADMIN, addrs, "                  timeout: 120s\n",
