@@ -81,6 +81,37 @@ impl GatewayError {
         }
     }
 
+    /// The same error in the OpenAI API's shape (`{"error":{"message","type","param","code"}}`),
+    /// for clients of `inference` pools whose SDKs parse that shape.
+    pub fn openai_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {
+        let kind = match self.status().as_u16() {
+            400 | 413 | 431 => "invalid_request_error",
+            429 => "rate_limit_error",
+            _ => "server_error",
+        };
+        let body = serde_json::json!({
+            "error": {
+                "message": self.message(),
+                "type": kind,
+                "param": null,
+                "code": self.kind(),
+            }
+        });
+        let mut builder = Response::builder()
+            .status(self.status())
+            .header(CONTENT_TYPE, "application/json")
+            .header("x-request-id", request_id.clone());
+        if self == Self::Shed {
+            builder = builder.header(http::header::RETRY_AFTER, "1");
+        }
+        if let Self::Overflow(which) = self {
+            builder = builder.header("x-switchyard-overflow", which);
+        }
+        builder
+            .body(ResponseBody::full(Bytes::from(body.to_string() + "\n")))
+            .expect("static parts are valid")
+    }
+
     /// Build the response: JSON for HTTP callers, trailers-only for gRPC callers.
     pub fn response(self, request_id: &HeaderValue, grpc: bool) -> Response<ResponseBody> {
         let mut builder = Response::builder().header("x-request-id", request_id.clone());

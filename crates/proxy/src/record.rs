@@ -56,6 +56,11 @@ impl Finish {
         }
     }
 
+    /// The matched route, once routing has happened.
+    pub fn route(&self) -> Option<usize> {
+        self.route
+    }
+
     pub fn set_route(&mut self, index: usize) {
         self.route = Some(index);
     }

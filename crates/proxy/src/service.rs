@@ -69,7 +69,15 @@ pub async fn handle(
     match forward(&gateway, cx, req, &request_id, grpc, start, finish).await {
         Ok(resp) => resp,
         Err((err, mut finish, close)) => {
-            let mut resp = err.response(&request_id, grpc);
+            // Clients of an `inference` pool speak the OpenAI API: answer in its error shape.
+            let openai = finish
+                .route()
+                .is_some_and(|i| gateway.routes[i].pool.inference.is_some());
+            let mut resp = if openai && !grpc {
+                err.openai_response(&request_id)
+            } else {
+                err.response(&request_id, grpc)
+            };
             if close {
                 resp.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));

@@ -475,3 +475,26 @@ async fn sheddable_requests_are_refused_when_the_pool_is_full_critical_ones_wait
     assert_eq!(status, 200, "critical request should wait for a permit");
     assert_eq!(first.await.unwrap(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inference_pools_answer_gateway_errors_in_openai_shape() {
+    let fleet = fleet(1).await;
+    let route = "    max_request_body: 200\n";
+    let pool = "    balancer: inference\n";
+    let gw = Gateway::start(&config(&fleet.addresses(), route, pool));
+    let big = format!(
+        r#"{{"model":"{MODEL}","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(500)
+    );
+    let req = http::Request::post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(big)))
+        .unwrap();
+    let (status, headers, body) = send(&client::http1(), req).await;
+    assert_eq!(status, 413);
+    assert!(headers.contains_key("x-request-id"));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    assert_eq!(v["error"]["code"], "body_too_large");
+    assert!(v["error"]["message"].is_string());
+}
