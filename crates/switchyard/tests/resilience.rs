@@ -48,6 +48,23 @@ fn failing(fleet: &Fleet, i: usize, status: u16) {
     fleet.set_faults(i, faults).unwrap();
 }
 
+/// A gateway (with `pool` settings) over one replica slowed by `ms`, with one request already in
+/// flight on it; the handle yields that request's status.
+async fn busy_gateway(
+    ms: u64,
+    pool: &str,
+) -> (Fleet, std::sync::Arc<Gateway>, tokio::task::JoinHandle<u16>) {
+    let fleet = fleet(1).await;
+    slow(&fleet, 0, ms);
+    let gw = std::sync::Arc::new(Gateway::start(&config(&fleet.addresses(), "", pool)));
+    let first = {
+        let gw = gw.clone();
+        tokio::spawn(async move { chat(&client::http1(), &gw).await.0 })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    (fleet, gw, first)
+}
+
 fn config(endpoints: &[SocketAddr], route_extra: &str, pool_extra: &str) -> String {
     let eps: Vec<String> = endpoints.iter().map(|e| e.to_string()).collect();
     format!(
@@ -198,15 +215,7 @@ async fn active_health_checks_follow_a_crash_and_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn circuit_breaker_overflow_is_503_with_header() {
-    let fleet = fleet(1).await;
-    slow(&fleet, 0, 800);
-    let pool = "    limits: { max_requests: 1 }\n";
-    let gw = std::sync::Arc::new(Gateway::start(&config(&fleet.addresses(), "", pool)));
-    let slow = {
-        let gw = gw.clone();
-        tokio::spawn(async move { chat(&client::http1(), &gw).await.0 })
-    };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_fleet, gw, slow) = busy_gateway(800, "    limits: { max_requests: 1 }\n").await;
     let (status, headers) = chat(&client::http1(), &gw).await;
     assert_eq!(status, 503);
     assert_eq!(headers["x-switchyard-overflow"], "requests");
@@ -219,15 +228,11 @@ async fn circuit_breaker_overflow_is_503_with_header() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_limit_queues_then_times_out() {
-    let fleet = fleet(1).await;
-    slow(&fleet, 0, 1500);
-    let pool = "    concurrency: { kind: fixed, limit: 1, max_queue: 4, queue_timeout: 300ms }\n";
-    let gw = std::sync::Arc::new(Gateway::start(&config(&fleet.addresses(), "", pool)));
-    let first = {
-        let gw = gw.clone();
-        tokio::spawn(async move { chat(&client::http1(), &gw).await.0 })
-    };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_fleet, gw, first) = busy_gateway(
+        1500,
+        "    concurrency: { kind: fixed, limit: 1, max_queue: 4, queue_timeout: 300ms }\n",
+    )
+    .await;
     let start = Instant::now();
     let (status, headers) = chat(&client::http1(), &gw).await;
     assert_eq!(status, 503);
@@ -363,15 +368,7 @@ async fn slow_start_ramps_a_new_endpoint_in() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_caps_upstream_connections() {
-    let fleet = fleet(1).await;
-    slow(&fleet, 0, 800);
-    let pool = "    limits: { max_connections: 1 }\n";
-    let gw = std::sync::Arc::new(Gateway::start(&config(&fleet.addresses(), "", pool)));
-    let slow = {
-        let gw = gw.clone();
-        tokio::spawn(async move { chat(&client::http1(), &gw).await.0 })
-    };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_fleet, gw, slow) = busy_gateway(800, "    limits: { max_connections: 1 }\n").await;
     let (status, headers) = chat(&client::http1(), &gw).await;
     assert_eq!(status, 503);
     assert_eq!(headers["x-switchyard-overflow"], "connections");
