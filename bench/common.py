@@ -64,14 +64,25 @@ def start_fleet(d, fleet_yaml, replicas, core="1"):
     return p, addrs
 
 
-def start_envoy(d, port, admin, addrs, route_extra="", cluster_extra="", core="0"):
-    """Envoy with one worker on `core`: listener `port` (HTTP/1.1 and h2c), one route to cluster
-    `sim` over `addrs`; `route_extra` and `cluster_extra` are YAML lines indented for the route
-    and the cluster."""
+def start_envoy(d, port, admin, addrs, route_extra="", cluster_extra="", core="0",
+                filters="", route_cluster="sim", clusters=""):
+    """Envoy with one worker on `core`: listener `port` (HTTP/1.1 and h2c), one route to
+    `route_cluster`, and cluster `sim` over `addrs` (left out when `addrs` is empty).
+    `route_extra` and `cluster_extra` are YAML lines indented for the route and the `sim`
+    cluster; `filters` are HTTP filters placed before the router; `clusters` are more clusters."""
     eps = "\n".join(
         f"        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {a.split(':')[1]}}}}}}}"
         for a in addrs
     )
+    sim_cluster = f"""  - name: sim
+    connect_timeout: 1s
+    type: STATIC
+{cluster_extra}    load_assignment:
+      cluster_name: sim
+      endpoints:
+      - lb_endpoints:
+{eps}
+""" if addrs else ""
     conf = os.path.join(d, "envoy.yaml")
     with open(conf, "w") as f:
         f.write(f"""admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
@@ -93,20 +104,12 @@ static_resources:
               routes:
               - match: {{prefix: "/"}}
                 route:
-                  cluster: sim
+                  cluster: {route_cluster}
 {route_extra}          http_filters:
-          - name: envoy.filters.http.router
+{filters}          - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
   clusters:
-  - name: sim
-    connect_timeout: 1s
-    type: STATIC
-{cluster_extra}    load_assignment:
-      cluster_name: sim
-      endpoints:
-      - lb_endpoints:
-{eps}
-""")
+{sim_cluster}{clusters}""")
     p = subprocess.Popen(["taskset", "-c", core, envoy_bin(), "-c", conf, "--concurrency", "1",
                           "--disable-hot-restart", "-l", "error"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -25,7 +25,7 @@ import tempfile
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from common import BIN, MODEL, envoy_bin, start_envoy, start_fleet, stop, wait_http  # noqa: E402
+from common import BIN, MODEL, start_envoy, start_fleet, stop, wait_http  # noqa: E402
 PORT, ADMIN = 18580, 18581
 
 
@@ -61,37 +61,14 @@ def start_envoy_epp(d, addrs):
         f.write(f"pools: [{{name: sim, balancer: inference, endpoints: [{', '.join(addrs)}]}}]\n")
     epp = subprocess.Popen(["taskset", "-c", "0", BIN, "epp", "--config", conf, "--listen", f"127.0.0.1:{EPP_PORT}"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    conf = os.path.join(d, "envoy-epp.yaml")
-    with open(conf, "w") as f:
-        f.write(f"""admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {ADMIN}}}}}}}
-static_resources:
-  listeners:
-  - name: l
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {PORT}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route: {{cluster: original_dst, timeout: 120s}}
-          http_filters:
-          - name: envoy.filters.http.ext_proc
+    filters = """          - name: envoy.filters.http.ext_proc
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
-              grpc_service: {{envoy_grpc: {{cluster_name: epp}}}}
+              grpc_service: {envoy_grpc: {cluster_name: epp}}
               message_timeout: 5s
-              processing_mode: {{request_header_mode: SEND, response_header_mode: SKIP, request_body_mode: BUFFERED, response_body_mode: NONE, request_trailer_mode: SKIP, response_trailer_mode: SKIP}}
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
-  - name: epp
+              processing_mode: {request_header_mode: SEND, response_header_mode: SKIP, request_body_mode: BUFFERED, response_body_mode: NONE, request_trailer_mode: SKIP, response_trailer_mode: SKIP}
+"""
+    clusters = f"""  - name: epp
     type: STATIC
     connect_timeout: 1s
     typed_extension_protocol_options:
@@ -106,11 +83,9 @@ static_resources:
     lb_policy: CLUSTER_PROVIDED
     connect_timeout: 1s
     original_dst_lb_config: {{use_http_header: true, http_header_name: x-gateway-destination-endpoint}}
-""")
-    envoy = subprocess.Popen(["taskset", "-c", "0", envoy_bin(), "-c", conf, "--concurrency", "1",
-                              "--disable-hot-restart", "-l", "error"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_http(f"http://127.0.0.1:{ADMIN}/ready")
+"""
+    envoy = start_envoy(d, PORT, ADMIN, [], "                  timeout: 120s\n",
+                        filters=filters, route_cluster="original_dst", clusters=clusters)
     return envoy, epp
 
 
