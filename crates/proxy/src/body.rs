@@ -191,7 +191,7 @@ impl Body for ResponseBody {
         match self {
             Self::Full(None) => SizeHint::with_exact(0),
             Self::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            Self::Upstream(u) => u.inner.size_hint(),
+            Self::Upstream(u) => u.inner_size_hint(),
         }
     }
 }
@@ -202,7 +202,8 @@ impl Body for ResponseBody {
 /// just note the time: a stream of many small SSE events costs one clock read per event, not a
 /// timer reset.
 pub struct UpstreamBody {
-    inner: Incoming,
+    /// The pooled client's body (HTTP/2); `None` when the body comes off `upstream`.
+    inner: Option<Incoming>,
     idle_timeout: Duration,
     last_activity: Instant,
     deadline: Option<Instant>,
@@ -269,7 +270,7 @@ impl StreamTiming {
 
 impl UpstreamBody {
     pub fn new(
-        inner: Incoming,
+        inner: Option<Incoming>,
         idle_timeout: Duration,
         deadline: Option<Instant>,
         grpc: bool,
@@ -295,24 +296,34 @@ impl UpstreamBody {
         self
     }
 
-    /// Drive `conn` from this body's polls, and return it to its pool when the body ends.
+    /// Read the body off `conn` (an inline HTTP/1 connection), and return the connection to its
+    /// pool when the body ends.
     pub fn with_connection(mut self, conn: InlineConn) -> Self {
         self.upstream = Some(conn);
         self
     }
 
-    /// Poll the upstream body, driving an inline connection when it has nothing ready.
-    fn poll_inner(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let first = Pin::new(&mut self.inner).poll_frame(cx);
-        match (&first, self.upstream.as_mut()) {
-            (Poll::Pending, Some(up)) => {
-                up.poll_drive(cx);
-                Pin::new(&mut self.inner).poll_frame(cx)
-            }
-            _ => first,
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match (self.inner.as_mut(), self.upstream.as_mut()) {
+            (Some(inner), _) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+            (None, Some(up)) => up.poll_frame(cx).map_err(Into::into),
+            (None, None) => Poll::Ready(None),
+        }
+    }
+
+    fn inner_is_end_stream(&self) -> bool {
+        match (&self.inner, &self.upstream) {
+            (Some(inner), _) => inner.is_end_stream(),
+            (None, Some(up)) => up.is_end_stream(),
+            (None, None) => true,
+        }
+    }
+
+    fn inner_size_hint(&self) -> SizeHint {
+        match (&self.inner, &self.upstream) {
+            (Some(inner), _) => inner.size_hint(),
+            (None, Some(up)) => up.size_hint(),
+            (None, None) => SizeHint::with_exact(0),
         }
     }
 
@@ -325,7 +336,7 @@ impl UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done || self.inner.is_end_stream()
+        self.done || self.inner_is_end_stream()
     }
 
     /// The gRPC deadline passed mid-stream: end the call the way a gRPC server would.
@@ -344,7 +355,7 @@ impl Drop for UpstreamBody {
     fn drop(&mut self) {
         // A body the server never polled (HEAD, 204, 304) still leaves a reusable connection.
         if let Some(up) = self.upstream.take() {
-            if !self.done && self.inner.is_end_stream() {
+            if !self.done && up.is_end_stream() {
                 up.release();
             }
         }
@@ -392,7 +403,7 @@ impl Body for UpstreamBody {
                 this.done = true;
                 this.upstream = None;
                 this.finish.fail("upstream_reset");
-                return Poll::Ready(Some(Err(Box::new(e))));
+                return Poll::Ready(Some(Err(e)));
             }
             Poll::Ready(None) => {
                 this.done = true;
@@ -437,7 +448,7 @@ impl Body for UpstreamBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner_size_hint()
     }
 }
 

@@ -8,6 +8,7 @@ pub mod error;
 pub mod framing_guard;
 pub mod gateway;
 pub mod grpc;
+pub mod h1_codec;
 pub mod headers;
 pub mod listener;
 pub mod pool_control;

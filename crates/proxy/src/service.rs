@@ -494,12 +494,11 @@ async fn forward(
                     match &failure {
                         Failure::Inline(SendError::Connect(e)) => (true, Some(e)),
                         Failure::Inline(SendError::ConnectTimeout) => (true, None),
-                        Failure::Inline(SendError::NotSent(_)) => (false, None),
-                        Failure::Inline(SendError::Http(e)) => (false, Some(e)),
                         Failure::Inline(SendError::Overflow(o)) => {
                             pool.count_overflow(o.limit.as_str());
                             return Err((GatewayError::Overflow(o.limit.as_str()), finish, false));
                         }
+                        Failure::Inline(e) => (false, e.source_error()),
                         Failure::Pooled(e) => (e.is_connect(), Some(e)),
                     };
                 if err.is_some_and(has_source::<BodyTooLarge>) {
