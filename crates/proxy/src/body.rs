@@ -42,17 +42,54 @@ impl fmt::Display for IdleTimeout {
 }
 impl std::error::Error for IdleTimeout {}
 
+/// A client's request body as the listener hands it over: hyper's stream, or a small body the
+/// HTTP/1 fast path (`h1_server.rs`) read whole with the head.
+#[derive(Debug)]
+pub enum ClientBody {
+    Hyper(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Hyper(i) => Pin::new(i).poll_frame(cx),
+            Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Hyper(i) => i.is_end_stream(),
+            Self::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Hyper(i) => i.size_hint(),
+            Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
 /// A client's body as it reaches the request path: still streaming, or already read (to route
 /// on the model it names).
 #[derive(Debug)]
 pub enum InBody {
-    Incoming(Incoming),
+    Incoming(ClientBody),
     Buffered(Bytes),
 }
 
 impl InBody {
     /// The streaming body; only called on the `Incoming` variant.
-    pub fn into_incoming(self) -> Incoming {
+    pub fn into_incoming(self) -> ClientBody {
         match self {
             Self::Incoming(i) => i,
             Self::Buffered(_) => unreachable!("buffered bodies are handled before streaming"),
@@ -64,12 +101,12 @@ impl InBody {
 /// or held in memory so it can be sent again on a retry.
 #[derive(Debug)]
 pub enum RequestBody {
-    Stream { inner: Incoming, remaining: u64 },
+    Stream { inner: ClientBody, remaining: u64 },
     Buffered(Option<Bytes>),
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: u64) -> Self {
+    pub fn new(inner: ClientBody, limit: u64) -> Self {
         Self::Stream {
             inner,
             remaining: limit,
@@ -78,7 +115,7 @@ impl RequestBody {
 
     /// Read the whole body (at most `limit` bytes) so it can be replayed. Only for bodies the
     /// retry policy allows to keep (small and of known size).
-    pub async fn buffer(inner: Incoming, limit: u64) -> Result<Self, BoxError> {
+    pub async fn buffer(inner: ClientBody, limit: u64) -> Result<Self, BoxError> {
         use http_body_util::BodyExt;
         let bytes = Self::new(inner, limit).collect().await?.to_bytes();
         Ok(Self::Buffered(Some(bytes)))

@@ -9,6 +9,7 @@ pub mod framing_guard;
 pub mod gateway;
 pub mod grpc;
 pub mod h1_codec;
+pub mod h1_server;
 pub mod headers;
 pub mod listener;
 pub mod pool_control;

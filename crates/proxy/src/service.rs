@@ -8,7 +8,6 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TE, UPGRADE};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use switchyard_telemetry::metrics::RejectLabels;
 use tokio::time::Instant;
@@ -17,7 +16,9 @@ use crate::attempt::{
     pick_context, pick_untried, retry_decision, send_attempt, sleep_before_retry, Failure,
     DEFAULT_MAX_REPLAY_BODY, ENDPOINT_LOAD_METRICS,
 };
-use crate::body::{BodyTooLarge, InBody, RequestBody, ResponseBody, StreamTiming, UpstreamBody};
+use crate::body::{
+    BodyTooLarge, ClientBody, InBody, RequestBody, ResponseBody, StreamTiming, UpstreamBody,
+};
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, GatewayHandle};
 use crate::grpc;
@@ -48,7 +49,7 @@ pub struct ConnContext {
 pub async fn handle(
     handle: &GatewayHandle,
     cx: &ConnContext,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Response<ResponseBody> {
     let start = Instant::now();
     let gateway = handle.load();
@@ -103,7 +104,7 @@ type Rejection = (GatewayError, Finish, bool);
 async fn forward(
     gateway: &Gateway,
     cx: &ConnContext,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     request_id: &HeaderValue,
     grpc: bool,
     start: Instant,
@@ -408,7 +409,9 @@ async fn forward(
         } else {
             std::mem::take(&mut parts.headers)
         };
-        let first = send_attempt(
+        // Boxed once: the attempt future is large, and the hedging race and the timeout below
+        // would otherwise copy it as they wrap it.
+        let mut first = Box::pin(send_attempt(
             pool,
             first_index,
             &parts,
@@ -416,7 +419,7 @@ async fn forward(
             &path_and_query,
             this_body,
             upgrade.is_some(),
-        );
+        ));
         let hedge_after = hedger
             .filter(|_| tries == 1 && replayable && pool.endpoints.len() > 1)
             .and_then(|h| h.delay());
@@ -427,7 +430,6 @@ async fn forward(
             };
             // Hedging ("The Tail at Scale"): if the first attempt is slow, send a second one to
             // another endpoint and take whichever answers first; the other is dropped.
-            let mut first = std::pin::pin!(first);
             tokio::select! {
                 r = &mut first => return (r, None),
                 _ = tokio::time::sleep(delay) => {}
@@ -588,7 +590,7 @@ async fn forward(
 /// `x-model` header.
 async fn read_model(
     gateway: &Gateway,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     content_length: Option<u64>,
 ) -> Result<(Request<InBody>, Option<String>), GatewayError> {
     let header = req
