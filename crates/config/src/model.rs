@@ -249,6 +249,10 @@ pub struct Pool {
     /// Concurrency limit in front of the pool (`adaptive` or a number); unset means none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<crate::resilience::Concurrency>,
+    /// Tenants share the concurrency queue fairly (needs `concurrency`); unset means one line
+    /// per priority, first come first served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fairness: Option<crate::resilience::Fairness>,
     /// Active health checks; unset means endpoints are taken as healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<crate::health::HealthCheck>,
