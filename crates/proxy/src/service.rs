@@ -183,23 +183,18 @@ async fn forward(
         .and_then(|v| v.to_str().ok())
         .and_then(Priority::parse)
         .unwrap_or(route.priority);
-    let mut permit = match &pool.limiter {
-        None => None,
-        // Sheddable requests never queue: refused at once when the pool is at its limit.
-        Some(limiter) if priority == Priority::Sheddable => match limiter.try_acquire() {
-            Some(p) => Some(p),
-            None => {
-                pool.count_overflow("shed");
-                return Err((GatewayError::Shed, finish, false));
+    // Sheddable requests never queue; the others wait by priority, tenants taking turns.
+    let mut permit = match (&pool.limiter, &pool.admission) {
+        (Some(limiter), Some(admission)) => {
+            match admission.admit(limiter, priority, req.headers()).await {
+                Ok(p) => Some(p),
+                Err(refused) => {
+                    pool.count_overflow(refused.reason);
+                    return Err((refused.error, finish, false));
+                }
             }
-        },
-        Some(limiter) => match limiter.acquire().await {
-            Ok(p) => Some(p),
-            Err(rejected) => {
-                pool.count_overflow(rejected.as_str());
-                return Err((GatewayError::Overflow("concurrency"), finish, false));
-            }
-        },
+        }
+        _ => None,
     };
     let _in_budget = route.retry.as_ref().map(|r| r.budget.start_request());
 

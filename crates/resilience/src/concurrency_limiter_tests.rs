@@ -373,13 +373,22 @@ async fn one_tenant_cannot_fill_the_queue() {
     let _b: Vec<_> = (0..2).map(|_| waiter(&l, tenant(2), "b", &order)).collect();
     tokio::task::yield_now().await;
     // The room itself is full now.
-    assert_eq!(l.acquire_as(tenant(3)).await.unwrap_err(), Rejected::QueueFull);
+    assert_eq!(
+        l.acquire_as(tenant(3)).await.unwrap_err(),
+        Rejected::QueueFull
+    );
     let s = l.stats();
     assert_eq!((s.queued, s.queued_tenants), (4, 2));
-    assert_eq!((s.rejected_tenant_queue_full, s.rejected_queue_full), (1, 1));
+    assert_eq!(
+        (s.rejected_tenant_queue_full, s.rejected_queue_full),
+        (1, 1)
+    );
     // A reload may change the share in place; then the room is what is full.
     l.set_max_per_tenant(3);
-    assert_eq!(l.acquire_as(tenant(1)).await.unwrap_err(), Rejected::QueueFull);
+    assert_eq!(
+        l.acquire_as(tenant(1)).await.unwrap_err(),
+        Rejected::QueueFull
+    );
 }
 
 /// One tenant floods (4 requests every 2 ms against a capacity of 200/s), another sends one

@@ -474,6 +474,78 @@ async fn sheddable_requests_are_refused_when_the_pool_is_full_critical_ones_wait
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_tenant_does_not_starve_a_light_one() {
+    // One slot, each request takes 200 ms upstream. The flooder (known by its API key) fires
+    // 30 requests at once; the light tenant (known by header) sends one at a time.
+    let fleet = fleet(1).await;
+    slow(&fleet, 0, 200);
+    let pool = "    concurrency: { kind: fixed, limit: 1, max_queue: 32, queue_timeout: 20s }\n    fairness: { tenant_header: x-tenant, max_queued_per_tenant: 8 }\n";
+    let gw = std::sync::Arc::new(Gateway::start(&config(&fleet.addresses(), "", pool)));
+    let request = |header: &'static str, value: &'static str| {
+        let body = format!(
+            r#"{{"model":"{MODEL}","max_tokens":2,"messages":[{{"role":"user","content":"hi"}}]}}"#
+        );
+        http::Request::post(gw.url("/v1/chat/completions"))
+            .header(header, value)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    };
+    let flood: Vec<_> = (0..30)
+        .map(|_| {
+            let req = request("authorization", "Bearer sk-flood-secret");
+            tokio::spawn(async move { send(&client::http1(), req).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = client::http1();
+    for i in 0..3 {
+        let asked = Instant::now();
+        let (status, _, _) = send(&c, request("x-tenant", "light")).await;
+        let took = asked.elapsed();
+        assert_eq!(status, 200, "light request {i}");
+        // Its turn comes after at most one flood request (~200 ms) plus its own 200 ms; behind
+        // the flooder's 8 queued requests (FIFO) it would take 1.8 s.
+        assert!(
+            took < Duration::from_millis(1000),
+            "light request {i} took {took:?}"
+        );
+    }
+    let mut ok = 0;
+    let mut refused = 0;
+    for f in flood {
+        let (status, headers, body) = f.await.unwrap();
+        match status.as_u16() {
+            200 => ok += 1,
+            429 => {
+                refused += 1;
+                assert_eq!(headers["retry-after"], "1");
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(v["error"]["type"], "tenant_queue_full");
+            }
+            other => panic!("flood request answered {other}"),
+        }
+    }
+    // One in flight plus its 8 places in the queue; the rest refused at once.
+    assert_eq!((ok, refused), (9, 21));
+    let m = |s: &str| gw.metric(s);
+    assert_eq!(
+        m(
+            r#"switchyard_admission_rejected_total{pool="p",priority="standard",reason="tenant_queue_full"}"#
+        ),
+        21.0
+    );
+    assert_eq!(
+        m(r#"switchyard_admission_admitted_total{pool="p",priority="standard"}"#),
+        12.0
+    );
+    assert!(m(r#"switchyard_admission_queued_total{pool="p",priority="standard"}"#) >= 10.0);
+    // Identity is hashed: the key is nowhere in what the gateway exports.
+    let (_, metrics) = gw.admin_get("/metrics");
+    let (_, pools) = gw.admin_get("/pools");
+    assert!(!metrics.contains("sk-flood") && !pools.contains("sk-flood"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inference_pools_answer_gateway_errors_in_openai_shape() {
     let fleet = fleet(1).await;
     let route = "    max_request_body: 200\n";

@@ -442,8 +442,7 @@ pub struct Fairness {
 impl Fairness {
     /// The per-tenant share for a queue of `max_queue`.
     pub fn max_queued_per_tenant(&self, max_queue: u32) -> u32 {
-        self.max_queued_per_tenant
-            .unwrap_or((max_queue / 4).max(1))
+        self.max_queued_per_tenant.unwrap_or((max_queue / 4).max(1))
     }
 
     /// Problems, given the pool's concurrency setting (fairness shares its queue).
@@ -473,10 +472,7 @@ impl Fairness {
         };
         let max_queue = concurrency.max_queue();
         match self.max_queued_per_tenant {
-            Some(0) => p.push((
-                "max_queued_per_tenant".into(),
-                "must be at least 1".into(),
-            )),
+            Some(0) => p.push(("max_queued_per_tenant".into(), "must be at least 1".into())),
             Some(n) if n > max_queue => p.push((
                 "max_queued_per_tenant".into(),
                 format!(
