@@ -197,7 +197,8 @@ impl Epp {
                 let est_tokens = parsed.est_tokens(256);
                 let cx = switchyard_inference::RequestContext {
                     block_hashes: &hashes,
-                    adapter: parsed.lora.as_deref(),
+                    // vLLM names adapters as models: `model` may be one.
+                    adapter: parsed.adapter(|m| !picker.is_adapter(m)),
                     est_tokens,
                     debug: false,
                 };

@@ -151,6 +151,39 @@ impl InferencePicker {
         &self.prefix
     }
 
+    /// Whether a requested `model` names a LoRA adapter rather than a base model. vLLM serves
+    /// each adapter under its own model name, so a client asks for `sql-lora` exactly as it
+    /// asks for the base model, with no extra field. It is an adapter when some endpoint lists
+    /// it among its running or waiting adapters; otherwise when some endpoint has LoRA enabled
+    /// (`max_lora` reported) and the endpoints name their base models (the `model_name`
+    /// label) and it is none of them. Without that data it is taken as a base model, which
+    /// scores the same everywhere.
+    pub fn is_adapter(&self, model: &str) -> bool {
+        if self.config.weights.lora <= 0.0 {
+            return false;
+        }
+        let mut lora_enabled = false;
+        for s in &self.signals {
+            let lora = s.lora();
+            if lora.running.iter().chain(&lora.waiting).any(|a| a == model) {
+                return true;
+            }
+            lora_enabled |= lora.max_lora > 0;
+        }
+        if !lora_enabled {
+            return false;
+        }
+        let mut bases_known = false;
+        for s in &self.signals {
+            let models = s.models();
+            if models.iter().any(|m| m == model) {
+                return false;
+            }
+            bases_known |= !models.is_empty();
+        }
+        bases_known
+    }
+
     /// Choose an endpoint for the request in `req`.
     pub fn pick(&self, endpoints: &[Endpoint], req: &RequestContext<'_>) -> Decision {
         self.pick_at(endpoints, req, Instant::now())

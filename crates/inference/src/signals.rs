@@ -39,6 +39,8 @@ pub struct ScrapedMetrics {
     pub kv_usage: Option<f64>,
     pub num_gpu_blocks: Option<u64>,
     pub lora: Option<LoraState>,
+    /// Base models the server says it serves (the model label of its signal series).
+    pub models: Option<Vec<String>>,
 }
 
 /// Signals for one endpoint, shared by the scraper (writer) and the picker (reader).
@@ -51,6 +53,7 @@ pub struct EndpointSignals {
     num_gpu_blocks: AtomicU64,
     has_kv: AtomicBool,
     lora: ArcSwap<LoraState>,
+    models: ArcSwap<Vec<String>>,
     /// Nanoseconds since `epoch` of the last successful scrape, plus one; 0 = never.
     last_scrape: AtomicU64,
     last_failed: AtomicBool,
@@ -92,6 +95,7 @@ impl EndpointSignals {
             num_gpu_blocks: AtomicU64::new(0),
             has_kv: AtomicBool::new(false),
             lora: ArcSwap::from_pointee(LoraState::default()),
+            models: ArcSwap::from_pointee(Vec::new()),
             last_scrape: AtomicU64::new(0),
             last_failed: AtomicBool::new(false),
             picked_since_scrape: AtomicU64::new(0),
@@ -142,6 +146,11 @@ impl EndpointSignals {
                 self.lora.store(Arc::new(l.clone()));
             }
         }
+        if let Some(models) = &m.models {
+            if **self.models.load() != *models {
+                self.models.store(Arc::new(models.clone()));
+            }
+        }
         self.picked_since_scrape.store(0, Ordering::Relaxed);
         self.tokens_since_scrape.store(0, Ordering::Relaxed);
         self.last_failed.store(false, Ordering::Relaxed);
@@ -173,6 +182,11 @@ impl EndpointSignals {
     /// The LoRA adapters reported at the last scrape.
     pub fn lora(&self) -> arc_swap::Guard<Arc<LoraState>> {
         self.lora.load()
+    }
+
+    /// The base models reported at the last scrape that named any.
+    pub fn models(&self) -> arc_swap::Guard<Arc<Vec<String>>> {
+        self.models.load()
     }
 
     /// KV cache size in blocks, 0 when unknown.
@@ -255,6 +269,7 @@ mod tests {
                 kv_usage: Some(0.5),
                 num_gpu_blocks: Some(1000),
                 lora: None,
+                models: None,
             },
             t0,
         );

@@ -348,9 +348,9 @@ async fn forward(
             .is_some_and(|v| v.as_bytes() == b"1");
         let req_cx = switchyard_inference::RequestContext {
             block_hashes: &hashes,
-            // Only an explicit `lora` field names an adapter here: which model names are
-            // adapters is known to the servers, not (yet) to the gateway.
-            adapter: parsed.lora.as_deref(),
+            // An explicit `lora` field, else the model itself when the servers' metrics say it
+            // is an adapter (vLLM serves adapters under their own model names).
+            adapter: parsed.adapter(|m| !picker.is_adapter(m)),
             est_tokens,
             debug,
         };

@@ -435,6 +435,96 @@ async fn inference_balancer_keeps_a_prefix_together_and_explains_picks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_naming_an_adapter_as_model_go_where_it_is_loaded() {
+    // Two replicas serving two LoRA adapters with one adapter slot each. A long request keeps
+    // `sql-lora` running on replica 0 and `chat-lora` on replica 1, so each replica's only slot
+    // is taken: an adapter is either loaded there or must wait there.
+    let fleet = start_fleet(FleetConfig {
+        model: MODEL.into(),
+        base_port: 0,
+        replicas: vec![ReplicaConfig {
+            count: 2,
+            lora_adapters: vec!["sql-lora".into(), "chat-lora".into()],
+            max_loras: 1,
+            ..ReplicaConfig::default()
+        }],
+        ..FleetConfig::default()
+    })
+    .await
+    .unwrap();
+    let addrs = fleet.addresses();
+    let hold = |addr: SocketAddr, model: &'static str| {
+        let body = format!(r#"{{"model":"{model}","prompt":"hold the slot","max_tokens":4000}}"#);
+        let req = http::Request::post(format!("http://{addr}/v1/completions"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        tokio::spawn(async move { send(&client::http1(), req).await })
+    };
+    let holds = [hold(addrs[0], "sql-lora"), hold(addrs[1], "chat-lora")];
+    let pool = "    balancer: { kind: inference, scrape_interval: 20ms }\n";
+    let gw = Gateway::start(&config(&addrs, "", pool));
+    let c = client::http1();
+    // The scrapes have seen both adapters running once a request for one is explained so.
+    let ask = |model: &'static str, i: usize| {
+        let body = serde_json::json!({
+            "model": model,
+            "max_tokens": 2,
+            "messages": [{"role": "user", "content": format!("question {i} for {model}")}]
+        });
+        http::Request::post(gw.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .header("x-switchyard-debug", "1")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, headers, _) = send(&c, ask("sql-lora", 0)).await;
+        let pick = headers["x-switchyard-pick"].to_str().unwrap().to_string();
+        if pick.contains("lora=1.00") && pick.contains("lora=0.00") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "adapters never seen: {pick}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = endpoint_requests(&gw);
+    for i in 1..=8 {
+        for model in ["sql-lora", "chat-lora"] {
+            let (status, headers, body) = send(&c, ask(model, i)).await;
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["model"], model);
+            let pick = headers["x-switchyard-pick"].to_str().unwrap();
+            let chosen = if model == "sql-lora" { 0 } else { 1 };
+            assert!(
+                pick.starts_with(&format!("{chosen}=")) && pick.contains("lora=1.00"),
+                "{model}: {pick}"
+            );
+        }
+    }
+    let after = endpoint_requests(&gw);
+    assert_eq!(
+        [after[0] - before[0], after[1] - before[1]],
+        [8, 8],
+        "each adapter's requests went to the replica running it"
+    );
+    for h in holds {
+        h.abort();
+    }
+}
+
+/// Requests forwarded to each endpoint of the first pool, in config order.
+fn endpoint_requests(gw: &Gateway) -> Vec<u64> {
+    pools(gw)["pools"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["requests"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sheddable_requests_are_refused_when_the_pool_is_full_critical_ones_wait() {
     let fleet = fleet(1).await;
     slow(&fleet, 0, 400);
