@@ -41,6 +41,9 @@ pub struct PickerConfig {
     pub tie_epsilon: f64,
     /// Tokens per prefix block (vLLM's block size, 16 by default).
     pub block_tokens: usize,
+    /// Ask upstreams for ORCA load reports (`endpoint-load-metrics-format`) and fold those
+    /// that carry queue or KV figures into the signals ([`InferencePicker::apply_load_report`]).
+    pub orca: bool,
 }
 
 impl Default for PickerConfig {
@@ -52,6 +55,7 @@ impl Default for PickerConfig {
             stale_after: Duration::from_millis(500),
             tie_epsilon: 0.01,
             block_tokens: 16,
+            orca: true,
         }
     }
 }
@@ -311,6 +315,31 @@ impl InferencePicker {
             }
         }
         self.prefix.record(endpoint, req.block_hashes);
+    }
+
+    /// A response from `endpoint` carried an ORCA load report: its queue and KV figures become
+    /// the endpoint's signals until a newer scrape or report (see [`crate::signals`]). Ignored
+    /// when [`PickerConfig::orca`] is off or the report has no such figures.
+    pub fn apply_load_report(&self, endpoint: usize, report: &switchyard_balance::LoadReport) {
+        self.apply_load_report_at(endpoint, report, Instant::now());
+    }
+
+    /// [`InferencePicker::apply_load_report`] with an explicit clock.
+    pub fn apply_load_report_at(
+        &self,
+        endpoint: usize,
+        report: &switchyard_balance::LoadReport,
+        now: Instant,
+    ) {
+        if !self.config.orca {
+            return;
+        }
+        if let (Some(s), Some(r)) = (
+            self.signals.get(endpoint),
+            crate::signals::OrcaSignals::from_orca(report),
+        ) {
+            s.apply_orca(&r, now);
+        }
     }
 
     /// The request recorded on `endpoint` with `est_tokens` finished (or failed).

@@ -192,6 +192,32 @@ fn an_adapter_is_known_by_its_model_name() {
 }
 
 #[test]
+fn load_reports_feed_the_picker_unless_turned_off() {
+    let (eps, picker, now) = setup(&[(0.0, 0.1); 2]);
+    let full = switchyard_balance::parse_orca(
+        b"TEXT named_metrics.kv_cache_utilization=0.95, named_metrics.num_requests_waiting=0",
+    )
+    .unwrap();
+    // Endpoint 0 reports a nearly full KV cache on a response: it is saturated now, before
+    // the next scrape says so.
+    picker.apply_load_report_at(0, &full, now);
+    let req = RequestContext::default();
+    for _ in 0..20 {
+        assert_eq!(picker.pick_at(&eps, &req, now).index, Some(1));
+    }
+    let off = InferencePicker::new(
+        PickerConfig {
+            orca: false,
+            ..PickerConfig::default()
+        },
+        (0..2).map(|_| Arc::new(EndpointSignals::new())).collect(),
+        Arc::new(PrefixIndex::new()),
+    );
+    off.apply_load_report_at(0, &full, now);
+    assert!(!off.signals[0].snapshot(now, Duration::from_secs(1)).fresh);
+}
+
+#[test]
 fn picks_between_scrapes_spread_a_burst() {
     let (eps, picker, now) = setup(&[(0.0, 0.1); 4]);
     let mut counts = [0; 4];

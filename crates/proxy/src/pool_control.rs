@@ -287,6 +287,7 @@ impl PoolControl {
         let Balancer::Inference {
             stale_after,
             weights,
+            orca,
             ..
         } = &spec.balancer
         else {
@@ -302,6 +303,7 @@ impl PoolControl {
                 latency: weights.latency,
             },
             stale_after: *stale_after,
+            orca: *orca,
             ..PickerConfig::default()
         };
         Some(Arc::new(InferencePicker::new(

@@ -234,7 +234,7 @@ async fn forward(
         .insert(X_REQUEST_ID.clone(), request_id.clone());
     if matches!(
         pool.spec.balancer,
-        Balancer::WeightedLeastUtilization { .. }
+        Balancer::WeightedLeastUtilization { .. } | Balancer::Inference { orca: true, .. }
     ) {
         // Ask the backend for an ORCA load report on the response (gRFC A51).
         parts.headers.insert(
@@ -469,6 +469,9 @@ async fn forward(
                 pool.record_outcome(index, Outcome::from_status(resp.status().as_u16()));
                 if let Some(report) = resp.headers().get(&ENDPOINT_LOAD_METRICS) {
                     if let Ok(r) = parse_orca(report.as_bytes()) {
+                        if let Some(picker) = inference {
+                            picker.apply_load_report(index, &r);
+                        }
                         endpoint.state.record_load_report(r);
                     }
                 }

@@ -514,6 +514,48 @@ async fn requests_naming_an_adapter_as_model_go_where_it_is_loaded() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orca_reports_on_responses_stand_in_for_a_stale_scrape() {
+    // The pool scrapes once at start, then not for an hour: after 300 ms the scrape is stale
+    // and the picker knows no KV usage (the kv_cache scorer says 0.50), unless responses
+    // bring ORCA load reports (the simulator answers `endpoint-load-metrics-format`).
+    let fleet = fleet(1).await;
+    for orca in [true, false] {
+        let pool = format!(
+            "    balancer: {{ kind: inference, scrape_interval: 1h, stale_after: 300ms, orca: {orca} }}\n"
+        );
+        let gw = Gateway::start(&config(&fleet.addresses(), "", &pool));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let c = client::http1();
+        let mut picks = Vec::new();
+        for _ in 0..2 {
+            let body = format!(
+                r#"{{"model":"{MODEL}","max_tokens":2,"messages":[{{"role":"user","content":"hi"}}]}}"#
+            );
+            let req = http::Request::post(gw.url("/v1/chat/completions"))
+                .header("content-type", "application/json")
+                .header("x-switchyard-debug", "1")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            let (status, headers, _) = send(&c, req).await;
+            assert_eq!(status, 200);
+            assert_eq!(headers.contains_key("endpoint-load-metrics"), orca);
+            picks.push(headers["x-switchyard-pick"].to_str().unwrap().to_string());
+        }
+        assert!(
+            picks[0].contains("kv_cache=0.50"),
+            "stale scrape: {}",
+            picks[0]
+        );
+        assert_eq!(
+            !picks[1].contains("kv_cache=0.50"),
+            orca,
+            "after a reported response (orca: {orca}): {}",
+            picks[1]
+        );
+    }
+}
+
 /// Requests forwarded to each endpoint of the first pool, in config order.
 fn endpoint_requests(gw: &Gateway) -> Vec<u64> {
     pools(gw)["pools"][0]["endpoints"]
