@@ -324,6 +324,16 @@ impl InferencePicker {
         self.apply_load_report_at(endpoint, report, Instant::now());
     }
 
+    /// [`InferencePicker::apply_load_report`] from a raw `endpoint-load-metrics` header value
+    /// (for callers that have not parsed it, like the EPP); a malformed value is ignored.
+    pub fn apply_load_report_header(&self, endpoint: usize, value: &[u8]) {
+        if self.config.orca {
+            if let Ok(r) = switchyard_balance::parse_orca(value) {
+                self.apply_load_report(endpoint, &r);
+            }
+        }
+    }
+
     /// [`InferencePicker::apply_load_report`] with an explicit clock.
     pub fn apply_load_report_at(
         &self,
