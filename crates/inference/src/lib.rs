@@ -31,4 +31,4 @@ pub use request::{
 };
 pub use scorer::{ScoreContext, Scorer, Weights};
 pub use scrape::{spawn_scraper, MetricNames, Scraper};
-pub use signals::{EndpointSignals, SignalSnapshot};
+pub use signals::{EndpointSignals, OrcaSignals, SignalSnapshot};

@@ -2,6 +2,7 @@
 //! per-request flow ([`service`]), bodies that stream with limits and timeouts ([`body`]), and the
 //! running server with reload and drain ([`server`]).
 
+pub mod admission;
 mod attempt;
 pub mod body;
 pub mod error;

@@ -184,23 +184,18 @@ async fn forward(
         .and_then(|v| v.to_str().ok())
         .and_then(Priority::parse)
         .unwrap_or(route.priority);
-    let mut permit = match &pool.limiter {
-        None => None,
-        // Sheddable requests never queue: refused at once when the pool is at its limit.
-        Some(limiter) if priority == Priority::Sheddable => match limiter.try_acquire() {
-            Some(p) => Some(p),
-            None => {
-                pool.count_overflow("shed");
-                return Err((GatewayError::Shed, finish, false));
+    // Sheddable requests never queue; the others wait by priority, tenants taking turns.
+    let mut permit = match (&pool.limiter, &pool.admission) {
+        (Some(limiter), Some(admission)) => {
+            match admission.admit(limiter, priority, req.headers()).await {
+                Ok(p) => Some(p),
+                Err(refused) => {
+                    pool.count_overflow(refused.reason);
+                    return Err((refused.error, finish, false));
+                }
             }
-        },
-        Some(limiter) => match limiter.acquire().await {
-            Ok(p) => Some(p),
-            Err(rejected) => {
-                pool.count_overflow(rejected.as_str());
-                return Err((GatewayError::Overflow("concurrency"), finish, false));
-            }
-        },
+        }
+        _ => None,
     };
     let _in_budget = route.retry.as_ref().map(|r| r.budget.start_request());
 
@@ -240,7 +235,7 @@ async fn forward(
         .insert(X_REQUEST_ID.clone(), request_id.clone());
     if matches!(
         pool.spec.balancer,
-        Balancer::WeightedLeastUtilization { .. }
+        Balancer::WeightedLeastUtilization { .. } | Balancer::Inference { orca: true, .. }
     ) {
         // Ask the backend for an ORCA load report on the response (gRFC A51).
         parts.headers.insert(
@@ -354,9 +349,9 @@ async fn forward(
             .is_some_and(|v| v.as_bytes() == b"1");
         let req_cx = switchyard_inference::RequestContext {
             block_hashes: &hashes,
-            // Only an explicit `lora` field names an adapter here: which model names are
-            // adapters is known to the servers, not (yet) to the gateway.
-            adapter: parsed.lora.as_deref(),
+            // An explicit `lora` field, else the model itself when the servers' metrics say it
+            // is an adapter (vLLM serves adapters under their own model names).
+            adapter: parsed.adapter(|m| !picker.is_adapter(m)),
             est_tokens,
             debug,
         };
@@ -476,6 +471,9 @@ async fn forward(
                 pool.record_outcome(index, Outcome::from_status(resp.status().as_u16()));
                 if let Some(report) = resp.headers().get(&ENDPOINT_LOAD_METRICS) {
                     if let Ok(r) = parse_orca(report.as_bytes()) {
+                        if let Some(picker) = inference {
+                            picker.apply_load_report(index, &r);
+                        }
                         endpoint.state.record_load_report(r);
                     }
                 }
