@@ -167,7 +167,9 @@ impl EndpointConns {
                 Err(e) => return Err(e),
             }
         }
-        let conn = self.connect(breaker).await?;
+        // Boxed: connecting is the rare path, and its future would otherwise make every
+        // exchange's future (moved on each request) larger.
+        let conn = Box::pin(self.connect(breaker)).await?;
         let mut up = InlineConn::new(self.clone(), conn);
         let resp = up.exchange(req, false).await?;
         Ok((resp, up))
@@ -226,7 +228,7 @@ impl InlineConn {
             }
             Some(_) => {}
             None if framing == ReqFraming::None => {}
-            None => request_done = self.stream_body(&mut body, framing).await?,
+            None => request_done = Box::pin(self.stream_body(&mut body, framing)).await?,
         }
         // Read the response head, skipping interim (1xx) responses.
         let mut head = loop {
