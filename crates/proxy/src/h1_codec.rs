@@ -137,9 +137,16 @@ pub struct ResponseHead {
 
 /// Parse a response head from the start of `buf`: `Ok(None)` when more bytes are needed.
 pub fn parse_response_head(buf: &[u8]) -> Result<Option<ResponseHead>, ProtocolError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp.parse(buf) {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    // Uninitialised slots: zeroing 128 of them would cost more than parsing a typical head.
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
+    {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
             if buf.len() > MAX_HEAD_BYTES {
