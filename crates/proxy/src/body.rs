@@ -15,7 +15,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::models::ModelStreamMetrics;
 use crate::record::Finish;
+use prometheus_client::metrics::counter::Counter;
 use crate::upstream_h1::InlineConn;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -215,6 +217,104 @@ pub struct UpstreamBody {
     /// For streamed (SSE) responses: request start, whether a chunk was seen, and the
     /// first-chunk and chunk-gap histograms.
     stream: Option<StreamTiming>,
+    /// For requests whose model the gateway read: usage tokens and per-model stream metrics.
+    usage: Option<Box<InferenceUsage>>,
+}
+
+/// Usage accounting of one inference response, as its chunks pass: the bounded tail where
+/// `usage` is looked for at the end, and for streams the per-model/pool/endpoint timing.
+pub struct InferenceUsage {
+    /// Usage counters (prompt, completion) for the route, target pool and model.
+    tokens: (Counter, Counter),
+    tail: switchyard_inference::UsageTail,
+    stream: Option<TokenStream>,
+}
+
+/// Timing of a streamed inference response.
+struct TokenStream {
+    metrics: ModelStreamMetrics,
+    start: Instant,
+    seen_chunk: bool,
+    /// Chunks carrying generated text: first and last arrival, and how many events.
+    first_text: Option<Instant>,
+    last_text: Option<Instant>,
+    text_events: u64,
+}
+
+impl InferenceUsage {
+    /// A non-streamed (JSON) response: usage counters only.
+    pub fn json(tokens: (Counter, Counter)) -> Self {
+        Self {
+            tokens,
+            tail: Default::default(),
+            stream: None,
+        }
+    }
+
+    /// A streamed (SSE) response that started (request headers read) at `start`.
+    pub fn streamed(tokens: (Counter, Counter), metrics: ModelStreamMetrics, start: Instant) -> Self {
+        Self {
+            tokens,
+            tail: Default::default(),
+            stream: Some(TokenStream {
+                metrics,
+                start,
+                seen_chunk: false,
+                first_text: None,
+                last_text: None,
+                text_events: 0,
+            }),
+        }
+    }
+
+    fn on_chunk(&mut self, data: &[u8], now: Instant) {
+        self.tail.push(data);
+        let Some(s) = self.stream.as_mut() else {
+            return;
+        };
+        if !s.seen_chunk {
+            s.seen_chunk = true;
+            s.metrics
+                .ttft
+                .observe(now.duration_since(s.start).as_secs_f64());
+        }
+        let events = switchyard_inference::token_events(data);
+        if events > 0 {
+            if let Some(prev) = s.last_text {
+                s.metrics
+                    .itl
+                    .observe(now.duration_since(prev).as_secs_f64());
+            }
+            s.first_text.get_or_insert(now);
+            s.last_text = Some(now);
+            s.text_events += events;
+        }
+    }
+
+    /// The body ended cleanly: count the usage it reported.
+    fn on_end(&mut self) {
+        let usage = self.tail.usage();
+        if let Some(u) = usage {
+            self.tokens.0.inc_by(u.prompt_tokens);
+            self.tokens.1.inc_by(u.completion_tokens);
+        }
+        let Some(s) = self.stream.as_ref() else {
+            return;
+        };
+        let output = usage.map_or(s.text_events, |u| u.completion_tokens);
+        if output == 0 {
+            return;
+        }
+        s.metrics.output_tokens.observe(output as f64);
+        if let (Some(first), Some(last)) = (s.first_text, s.last_text) {
+            let decode = last.duration_since(first).as_secs_f64();
+            if output > 1 && decode > 0.0 {
+                s.metrics
+                    .tokens_per_second
+                    .observe((output - 1) as f64 / decode);
+            }
+        }
+    }
 }
 
 /// Per-chunk timing of a streamed response, measured as the bytes pass (no buffering).
@@ -286,7 +386,14 @@ impl UpstreamBody {
             finish,
             upstream: None,
             stream: None,
+            usage: None,
         }
+    }
+
+    /// Count the usage (and, when streamed, time the tokens) of an inference response.
+    pub fn with_usage(mut self, usage: InferenceUsage) -> Self {
+        self.usage = Some(Box::new(usage));
+        self
     }
 
     /// Time the chunks of a streamed response.
@@ -342,10 +449,15 @@ impl UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        // A body the server never polled (HEAD, 204, 304) still leaves a reusable connection.
-        if let Some(up) = self.upstream.take() {
-            if !self.done && self.inner.is_end_stream() {
+        // A body the server never polled to its end (HEAD, 204, 304, or the last frame of a
+        // sized body, after which hyper stops polling) still leaves a reusable connection, and
+        // a complete response to account for.
+        if !self.done && self.inner.is_end_stream() {
+            if let Some(up) = self.upstream.take() {
                 up.release();
+            }
+            if let Some(mut u) = self.usage.take() {
+                u.on_end();
             }
         }
     }
@@ -384,6 +496,9 @@ impl Body for UpstreamBody {
                                 .observe(now.duration_since(t.start).as_secs_f64());
                         }
                     }
+                    if let Some(u) = this.usage.as_mut() {
+                        u.on_chunk(data, now);
+                    }
                     this.last_activity = now;
                 }
                 return Poll::Ready(Some(Ok(frame)));
@@ -396,6 +511,9 @@ impl Body for UpstreamBody {
             }
             Poll::Ready(None) => {
                 this.done = true;
+                if let Some(mut u) = this.usage.take() {
+                    u.on_end();
+                }
                 this.finish.complete();
                 if let Some(up) = this.upstream.take() {
                     up.release();

@@ -10,6 +10,7 @@ pub mod gateway;
 pub mod grpc;
 pub mod headers;
 pub mod listener;
+pub mod models;
 pub mod pool_control;
 pub mod record;
 pub mod route_match;

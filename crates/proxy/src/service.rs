@@ -17,12 +17,14 @@ use crate::attempt::{
     pick_context, pick_untried, retry_decision, send_attempt, sleep_before_retry, Failure,
     DEFAULT_MAX_REPLAY_BODY, ENDPOINT_LOAD_METRICS,
 };
-use crate::body::{BodyTooLarge, InBody, RequestBody, ResponseBody, StreamTiming, UpstreamBody};
+use crate::body::{
+    BodyTooLarge, InBody, InferenceUsage, RequestBody, ResponseBody, StreamTiming, UpstreamBody,
+};
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, GatewayHandle};
 use crate::grpc;
 use crate::headers::{self, X_REQUEST_ID};
-use crate::record::{AccessInfo, Finish};
+use crate::record::{AccessInfo, Finish, RequestModel};
 use crate::upstream_h1::SendError;
 use std::time::SystemTime;
 use switchyard_balance::parse_orca;
@@ -70,9 +72,7 @@ pub async fn handle(
         Ok(resp) => resp,
         Err((err, mut finish, close)) => {
             // Clients of an `inference` pool speak the OpenAI API: answer in its error shape.
-            let openai = finish
-                .route()
-                .is_some_and(|i| gateway.routes[i].pool.inference.is_some());
+            let openai = finish.target().is_some_and(|t| t.pool.inference.is_some());
             let mut resp = if openai && !grpc {
                 err.openai_response(&request_id)
             } else {
@@ -143,7 +143,7 @@ async fn forward(
 
     // 2. Route. Routes that match on the model need it before anything else: from the JSON
     //    body (read once, bounded, then forwarded byte for byte) or the `x-model` header.
-    let (mut req, model) = if gateway.needs_model {
+    let (mut req, mut model) = if gateway.needs_model {
         match read_model(gateway, req, content_length).await {
             Ok(pair) => pair,
             Err(e) => return Err((e, finish, true)),
@@ -155,17 +155,22 @@ async fn forward(
         .routes
         .iter()
         .enumerate()
-        .find(|(_, r)| r.matcher.matches(&req) && r.matcher.model_matches(model.as_deref()))
+        .find(|(_, r)| {
+            r.matcher.matches(&req) && r.matcher.model_matches(model.as_ref().map(|m| m.name()))
+        })
     else {
         return Err((GatewayError::NoRoute, finish, false));
     };
-    finish.set_route(route_index);
+    // A weighted split picks its target once; retries and hedges stay on it.
+    let target_index = route.pick_target();
+    let target = &route.targets[target_index];
+    finish.set_route(route_index, target_index);
     if content_length.is_some_and(|n| n > route.max_request_body) {
         return Err((GatewayError::BodyTooLarge, finish, true));
     }
 
     // 3. Admission: circuit breaker, then the concurrency limit (which may queue).
-    let pool = &route.pool;
+    let pool = &target.pool;
     let _admitted = match pool.breaker.try_acquire(Limit::Requests) {
         Ok(g) => g,
         Err(overflow) => {
@@ -270,8 +275,10 @@ async fn forward(
     // 5. The body: streamed once, or kept (bounded) so the request can be sent again.
     let retry = route.retry.as_ref().filter(|r| r.policy.attempts > 1);
     let replay_cap = retry.map_or(DEFAULT_MAX_REPLAY_BODY, |r| r.policy.max_replay_body);
-    // An `inference` pool reads the (bounded) body to route on it.
+    // An `inference` pool reads the (bounded) body to route on it; a model rewrite reads it to
+    // change it.
     let inference = pool.inference.as_ref().filter(|_| upgrade.is_none());
+    let rewrite = target.model.as_ref().filter(|_| upgrade.is_none());
     let body = match body {
         // Already read for model-based routing.
         InBody::Buffered(bytes) => {
@@ -289,6 +296,7 @@ async fn forward(
     let mut body = if let InBody::Buffered(bytes) = body {
         Some(RequestBody::Buffered(Some(bytes)))
     } else if inference.is_some()
+        || rewrite.is_some() && !empty_body
         || (retry.is_some() || route.hedger.is_some())
             && upgrade.is_none()
             && (empty_body || content_length.is_some_and(|n| n <= replay_cap))
@@ -313,17 +321,18 @@ async fn forward(
         ))
     };
 
-    // 5b. Inference-aware first pick: parse the OpenAI body once and score endpoints on queue,
-    //     KV cache, prefix affinity, LoRA and in-flight tokens.
-    let mut preset = None;
-    let mut pick_debug = None;
-    if let Some(picker) = inference {
+    // 5b. The OpenAI body of an `inference` pool, parsed once (malformed → 400 in its shape).
+    let mut parsed = None;
+    if inference.is_some() {
         let bytes = body
             .as_ref()
             .and_then(RequestBody::buffered)
             .unwrap_or_default();
-        let parsed = match switchyard_inference::parse_openai(path_and_query.path(), &bytes) {
-            Ok(p) => p,
+        match switchyard_inference::parse_openai(path_and_query.path(), &bytes) {
+            Ok(p) => {
+                model = Some(RequestedModel::Body(p.model.clone()));
+                parsed = Some(p);
+            }
             Err(e) => {
                 let mut resp = Response::new(ResponseBody::full(Bytes::from(e.to_openai_json())));
                 *resp.status_mut() =
@@ -338,7 +347,55 @@ async fn forward(
                 finish.error("bad_inference_request");
                 return Ok(resp);
             }
+        }
+    } else if rewrite.is_some() && !matches!(model, Some(RequestedModel::Body(_))) {
+        if let Some(m) = body.as_ref().and_then(RequestBody::buffered).and_then(|b| body_model(&b)) {
+            model = Some(RequestedModel::Body(m));
+        }
+    }
+
+    // 5c. Model rewrite (alias, version split): only the body's top-level `model` value changes.
+    if let Some(model) = model.take() {
+        let mut upstream_model = None;
+        if let (Some(new), RequestedModel::Body(old)) = (rewrite, &model) {
+            let bytes = body.as_ref().and_then(RequestBody::buffered);
+            match bytes.and_then(|b| switchyard_inference::rewrite_model(&b, new)) {
+                Some(rewritten) => {
+                    parts
+                        .headers
+                        .insert(CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
+                    body = Some(RequestBody::Buffered(Some(Bytes::from(rewritten))));
+                    upstream_model = Some(new.clone());
+                }
+                // Already the target name; anything else leaves the body as it was.
+                None if **new == **old => upstream_model = Some(new.clone()),
+                None => {}
+            }
+        }
+        let request_model = match upstream_model {
+            Some(new) => {
+                if let Some(p) = parsed.as_mut() {
+                    p.model = new.to_string();
+                }
+                let original = model.name();
+                RequestModel {
+                    original: (*new != *original).then(|| original.to_string()),
+                    model: new,
+                }
+            }
+            None => RequestModel {
+                model: Arc::from(model.name()),
+                original: None,
+            },
         };
+        finish.set_model(request_model);
+    }
+
+    // 5d. Inference-aware first pick: score endpoints on queue, KV cache, prefix affinity, LoRA
+    //     and in-flight tokens.
+    let mut preset = None;
+    let mut pick_debug = None;
+    if let (Some(picker), Some(parsed)) = (inference, parsed.as_ref()) {
         let hashes = switchyard_inference::prompt_block_hashes_seeded(
             switchyard_inference::seed_for(&parsed.model),
             &parsed.prompt,
@@ -561,21 +618,39 @@ async fn forward(
         parts.headers.insert("x-switchyard-pick", v);
     }
     finish.set_status(parts.status.as_u16());
-    let is_event_stream = parts
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let content_type = parts.headers.get(http::header::CONTENT_TYPE);
+    let is_event_stream =
+        content_type.is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let is_json = content_type.is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let finish_model = finish.model().map(|m| m.model.clone());
     let mut body = UpstreamBody::new(body, route.idle_timeout, deadline, grpc, finish);
     if let Some(conn) = conn {
         body = body.with_connection(conn);
     }
+    let metrics = &target.metrics;
+    // Requests whose model the gateway read: usage per model, and per-model stream timing.
+    let mut usage_counted = false;
+    if let Some(m) = finish_model.filter(|_| parts.status.is_success()) {
+        let id = gateway.models.intern(&m);
+        let tokens = metrics.model_tokens(id, &gateway.models).clone();
+        if is_event_stream {
+            let stream = pool.model_metrics.get(index, id, &gateway.models).clone();
+            body = body.with_usage(InferenceUsage::streamed(tokens, stream, start));
+            usage_counted = true;
+        } else if is_json {
+            body = body.with_usage(InferenceUsage::json(tokens));
+            usage_counted = true;
+        }
+    }
     if is_event_stream {
         let mut timing = StreamTiming::new(
             start,
-            route.metrics.stream_first_chunk.clone(),
-            route.metrics.stream_chunk_gap.clone(),
+            metrics.stream_first_chunk.clone(),
+            metrics.stream_chunk_gap.clone(),
         );
-        timing.tokens = Some(route.metrics.tokens.clone());
+        if !usage_counted {
+            timing.tokens = Some(metrics.tokens.clone());
+        }
         body = body.with_stream_timing(timing);
     }
     Ok(Response::from_parts(
@@ -591,12 +666,12 @@ async fn read_model(
     gateway: &Gateway,
     req: Request<Incoming>,
     content_length: Option<u64>,
-) -> Result<(Request<InBody>, Option<String>), GatewayError> {
+) -> Result<(Request<InBody>, Option<RequestedModel>), GatewayError> {
     let header = req
         .headers()
         .get("x-model")
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+        .map(|v| RequestedModel::Header(v.to_string()));
     let has_body =
         req.method() == http::Method::POST && !http_body::Body::is_end_stream(req.body());
     if !has_body {
@@ -611,15 +686,33 @@ async fn read_model(
         Err(e) if has_source::<BodyTooLarge>(e.as_ref()) => return Err(GatewayError::BodyTooLarge),
         Err(_) => return Err(GatewayError::BadRequest("request body aborted")),
     };
+    let model = body_model(&bytes).map(RequestedModel::Body).or(header);
+    Ok((Request::from_parts(parts, InBody::Buffered(bytes)), model))
+}
+
+/// Where the gateway learned a request's model.
+enum RequestedModel {
+    /// The `model` of a JSON body that parsed: the one a rewrite may change.
+    Body(String),
+    /// Header `x-model`, for opaque bodies: routed on, never rewritten.
+    Header(String),
+}
+
+impl RequestedModel {
+    fn name(&self) -> &str {
+        match self {
+            Self::Body(m) | Self::Header(m) => m,
+        }
+    }
+}
+
+/// The `model` string of a JSON object body, when the body parses as JSON.
+fn body_model(bytes: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct ModelOnly {
         model: Option<String>,
     }
-    let model = serde_json::from_slice::<ModelOnly>(&bytes)
-        .ok()
-        .and_then(|m| m.model)
-        .or(header);
-    Ok((Request::from_parts(parts, InBody::Buffered(bytes)), model))
+    serde_json::from_slice::<ModelOnly>(bytes).ok()?.model
 }
 
 /// Output tokens assumed for a request without `max_tokens`, when estimating its load.
