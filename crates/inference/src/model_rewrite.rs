@@ -89,7 +89,10 @@ fn is_model_key(key: &[u8]) -> bool {
 }
 
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
-    while b.get(i).is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r')) {
+    while b
+        .get(i)
+        .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+    {
         i += 1;
     }
     i
@@ -188,7 +191,14 @@ mod tests {
     fn nested_model_keys_are_not_touched() {
         let body = r#"{"messages":[{"role":"user","content":"{\"model\":\"gpt-4\"}","model":"gpt-4"}],"metadata":{"model":"gpt-4","x":[{"model":"gpt-4"}]},"tools":[],"model":"gpt-4","user":"model"}"#;
         let out = rw(body, "llama").unwrap();
-        assert_eq!(out, body.replacen(r#","model":"gpt-4","user""#, r#","model":"llama","user""#, 1));
+        assert_eq!(
+            out,
+            body.replacen(
+                r#","model":"gpt-4","user""#,
+                r#","model":"llama","user""#,
+                1
+            )
+        );
         assert_eq!(out.matches("gpt-4").count(), 4);
     }
 

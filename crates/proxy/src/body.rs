@@ -17,8 +17,8 @@ use tokio::time::{Instant, Sleep};
 
 use crate::models::ModelStreamMetrics;
 use crate::record::Finish;
-use prometheus_client::metrics::counter::Counter;
 use crate::upstream_h1::InlineConn;
+use prometheus_client::metrics::counter::Counter;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -252,7 +252,11 @@ impl InferenceUsage {
     }
 
     /// A streamed (SSE) response that started (request headers read) at `start`.
-    pub fn streamed(tokens: (Counter, Counter), metrics: ModelStreamMetrics, start: Instant) -> Self {
+    pub fn streamed(
+        tokens: (Counter, Counter),
+        metrics: ModelStreamMetrics,
+        start: Instant,
+    ) -> Self {
         Self {
             tokens,
             tail: Default::default(),

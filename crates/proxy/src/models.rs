@@ -156,8 +156,10 @@ impl PoolModelMetrics {
                 pool: self.pool.clone(),
                 endpoint: self.endpoints[index].clone(),
             };
-            let [ttft, itl, output_tokens, tokens_per_second] =
-                self.families.each_ref().map(|f| f.get_or_create(&labels).clone());
+            let [ttft, itl, output_tokens, tokens_per_second] = self
+                .families
+                .each_ref()
+                .map(|f| f.get_or_create(&labels).clone());
             Box::new(ModelStreamMetrics {
                 ttft,
                 itl,

@@ -71,8 +71,7 @@ impl Finish {
 
     /// The matched route's target, once routing has happened.
     pub fn target(&self) -> Option<&RouteTarget> {
-        self.route
-            .map(|(r, t)| &self.gateway.routes[r].targets[t])
+        self.route.map(|(r, t)| &self.gateway.routes[r].targets[t])
     }
 
     pub fn set_route(&mut self, route: usize, target: usize) {

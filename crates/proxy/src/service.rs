@@ -151,14 +151,9 @@ async fn forward(
     } else {
         (req.map(InBody::Incoming), None)
     };
-    let Some((route_index, route)) = gateway
-        .routes
-        .iter()
-        .enumerate()
-        .find(|(_, r)| {
-            r.matcher.matches(&req) && r.matcher.model_matches(model.as_ref().map(|m| m.name()))
-        })
-    else {
+    let Some((route_index, route)) = gateway.routes.iter().enumerate().find(|(_, r)| {
+        r.matcher.matches(&req) && r.matcher.model_matches(model.as_ref().map(|m| m.name()))
+    }) else {
         return Err((GatewayError::NoRoute, finish, false));
     };
     // A weighted split picks its target once; retries and hedges stay on it.
@@ -349,7 +344,11 @@ async fn forward(
             }
         }
     } else if rewrite.is_some() && !matches!(model, Some(RequestedModel::Body(_))) {
-        if let Some(m) = body.as_ref().and_then(RequestBody::buffered).and_then(|b| body_model(&b)) {
+        if let Some(m) = body
+            .as_ref()
+            .and_then(RequestBody::buffered)
+            .and_then(|b| body_model(&b))
+        {
             model = Some(RequestedModel::Body(m));
         }
     }

@@ -157,7 +157,8 @@ async fn weighted_split_lands_within_tolerance_and_each_side_sees_its_model() {
             let c = client::http1();
             let mut models = Vec::new();
             for _ in (w..N).step_by(8) {
-                let (status, body) = post(&c, &gw, "/v1/chat/completions", &chat("llama-3", 1)).await;
+                let (status, body) =
+                    post(&c, &gw, "/v1/chat/completions", &chat("llama-3", 1)).await;
                 // Each simulator serves only its own model name: a 200 means it got it.
                 assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
                 models.push(json(&body)["model"].as_str().unwrap().to_string());
@@ -171,7 +172,10 @@ async fn weighted_split_lands_within_tolerance_and_each_side_sees_its_model() {
             *counts.entry(m).or_default() += 1;
         }
     }
-    let (n1, n2) = (counts["llama-3-v1"], counts.get("llama-3-v2").copied().unwrap_or(0));
+    let (n1, n2) = (
+        counts["llama-3-v1"],
+        counts.get("llama-3-v2").copied().unwrap_or(0),
+    );
     assert_eq!(n1 + n2, N, "{counts:?}");
     // Binomial(200, 0.1): mean 20, sd 4.2; ±16 is beyond 3.7 sd.
     assert!((4..=36).contains(&n2), "10% side got {n2} of {N}");
@@ -185,7 +189,10 @@ async fn weighted_split_lands_within_tolerance_and_each_side_sees_its_model() {
     assert_eq!(ok("llama-v2"), n2 as f64);
     let (_, cfg) = gw.admin_get("/config");
     let cfg = json(cfg.as_bytes());
-    assert_eq!(cfg["routes"][0]["backends"][1]["model"], "llama-3-v2", "{cfg}");
+    assert_eq!(
+        cfg["routes"][0]["backends"][1]["model"], "llama-3-v2",
+        "{cfg}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,7 +219,10 @@ async fn retries_stay_within_the_chosen_backend() {
     let c = client::http1();
     let (mut ok, mut failed) = (0, 0);
     for _ in 0..40 {
-        match post(&c, &gw, "/v1/chat/completions", &chat(MODEL, 1)).await.0 {
+        match post(&c, &gw, "/v1/chat/completions", &chat(MODEL, 1))
+            .await
+            .0
+        {
             200 => ok += 1,
             500 => failed += 1,
             s => panic!("unexpected status {s}"),
@@ -350,10 +360,16 @@ async fn usage_and_stream_metrics_match_what_the_simulator_reported() {
         metric_sum(&gw, &series("switchyard_inference_output_tokens_sum")),
         (streamed_output + unreported_output) as f64
     );
-    assert_eq!(count("switchyard_inference_time_to_first_token_seconds"), 8.0);
+    assert_eq!(
+        count("switchyard_inference_time_to_first_token_seconds"),
+        8.0
+    );
     let itl = count("switchyard_inference_inter_token_latency_seconds");
     let max_itl = (streamed_output + unreported_output - 8) as f64;
-    assert!(itl > 0.0 && itl <= max_itl, "ITL samples {itl}, at most {max_itl}");
+    assert!(
+        itl > 0.0 && itl <= max_itl,
+        "ITL samples {itl}, at most {max_itl}"
+    );
     let tps = count("switchyard_inference_output_tokens_per_second");
     assert!((1.0..=8.0).contains(&tps), "tokens/s samples {tps}");
     // Every series names one of the pool's endpoints.

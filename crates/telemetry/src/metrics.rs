@@ -285,9 +285,10 @@ impl Metrics {
             tokens.clone(),
         );
         let mut model_histogram = |name: &str, help: &str, buckets: fn() -> Histogram| {
-            let f = Family::<ModelEndpointLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                buckets,
-            );
+            let f =
+                Family::<ModelEndpointLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                    buckets,
+                );
             registry.register(name, help, f.clone());
             f
         };
