@@ -620,27 +620,34 @@ async fn forward(
     let content_type = parts.headers.get(http::header::CONTENT_TYPE);
     let is_event_stream =
         content_type.is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let is_json = content_type.is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    let finish_model = finish.model().map(|m| m.model.clone());
+    // Requests whose model the gateway read: usage per model, and per-model stream timing. A
+    // compressed body is passed through unread.
+    let usage = finish
+        .model()
+        .filter(|_| {
+            parts.status.is_success() && !parts.headers.contains_key(http::header::CONTENT_ENCODING)
+        })
+        .and_then(|m| {
+            let id = gateway.models.intern(&m.model);
+            let tokens = target.metrics.model_tokens(id, &gateway.models).clone();
+            if is_event_stream {
+                let stream = pool.model_metrics.get(index, id, &gateway.models).clone();
+                Some(InferenceUsage::streamed(tokens, stream, start))
+            } else if content_type.is_some_and(|v| v.as_bytes().starts_with(b"application/json")) {
+                Some(InferenceUsage::json(tokens))
+            } else {
+                None
+            }
+        });
+    let usage_counted = usage.is_some();
     let mut body = UpstreamBody::new(body, route.idle_timeout, deadline, grpc, finish);
     if let Some(conn) = conn {
         body = body.with_connection(conn);
     }
-    let metrics = &target.metrics;
-    // Requests whose model the gateway read: usage per model, and per-model stream timing.
-    let mut usage_counted = false;
-    if let Some(m) = finish_model.filter(|_| parts.status.is_success()) {
-        let id = gateway.models.intern(&m);
-        let tokens = metrics.model_tokens(id, &gateway.models).clone();
-        if is_event_stream {
-            let stream = pool.model_metrics.get(index, id, &gateway.models).clone();
-            body = body.with_usage(InferenceUsage::streamed(tokens, stream, start));
-            usage_counted = true;
-        } else if is_json {
-            body = body.with_usage(InferenceUsage::json(tokens));
-            usage_counted = true;
-        }
+    if let Some(u) = usage {
+        body = body.with_usage(u);
     }
+    let metrics = &target.metrics;
     if is_event_stream {
         let mut timing = StreamTiming::new(
             start,

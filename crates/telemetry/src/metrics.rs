@@ -300,8 +300,8 @@ impl Metrics {
         );
         let inference_itl = model_histogram(
             "switchyard_inference_inter_token_latency_seconds",
-            "Streamed inference responses: time between consecutive body chunks, by model, pool \
-             and endpoint",
+            "Streamed inference responses: time between consecutive chunks carrying generated \
+             text, by model, pool and endpoint",
             gap_histogram,
         );
         let inference_output_tokens = model_histogram(
