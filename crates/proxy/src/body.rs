@@ -565,7 +565,101 @@ impl Body for UpstreamBody {
 
 #[cfg(test)]
 mod tests {
-    use super::usage_in_chunk;
+    use super::{usage_in_chunk, InferenceUsage};
+    use crate::models::ModelStreamMetrics;
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::histogram::Histogram;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    fn histograms() -> ModelStreamMetrics {
+        let h = || Histogram::new([0.001, 1.0, 10.0, 100.0].into_iter());
+        ModelStreamMetrics {
+            ttft: h(),
+            itl: h(),
+            output_tokens: h(),
+            tokens_per_second: h(),
+        }
+    }
+
+    /// (count, sum) of a histogram, through its text encoding.
+    fn observed(h: &Histogram) -> (u64, f64) {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("h", "", h.clone());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let value = |suffix: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("h_{suffix} ")))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        (value("count") as u64, value("sum"))
+    }
+
+    const ROLE: &[u8] =
+        b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n";
+    const TOKEN: &[u8] = b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n";
+    const END: &[u8] = b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n";
+
+    #[test]
+    fn stream_usage_and_timing() {
+        let tokens = (Counter::default(), Counter::default());
+        let m = histograms();
+        let t0 = Instant::now();
+        let mut u = InferenceUsage::streamed(tokens.clone(), m.clone(), t0);
+        let ms = |n| t0 + Duration::from_millis(n);
+        u.on_chunk(ROLE, ms(100));
+        u.on_chunk(TOKEN, ms(100));
+        u.on_chunk(TOKEN, ms(120));
+        u.on_chunk(TOKEN, ms(140));
+        // The usage event split over two frames is still found at the end.
+        u.on_chunk(&END[..30], ms(141));
+        u.on_chunk(&END[30..], ms(141));
+        u.on_end();
+        assert_eq!((tokens.0.get(), tokens.1.get()), (5, 3));
+        assert_eq!(observed(&m.ttft), (1, 0.1));
+        let (n, sum) = observed(&m.itl);
+        assert_eq!(n, 2);
+        assert!((sum - 0.04).abs() < 1e-9);
+        assert_eq!(observed(&m.output_tokens), (1, 3.0));
+        // (3 - 1) tokens over 40 ms.
+        let (n, rate) = observed(&m.tokens_per_second);
+        assert_eq!(n, 1);
+        assert!((rate - 50.0).abs() < 1e-6, "{rate}");
+    }
+
+    #[test]
+    fn stream_without_usage_counts_text_events() {
+        let tokens = (Counter::default(), Counter::default());
+        let m = histograms();
+        let t0 = Instant::now();
+        let mut u = InferenceUsage::streamed(tokens.clone(), m.clone(), t0);
+        for i in 0..4 {
+            u.on_chunk(TOKEN, t0 + Duration::from_millis(10 * i));
+        }
+        u.on_chunk(b"data: [DONE]\n\n", t0 + Duration::from_millis(50));
+        u.on_end();
+        assert_eq!((tokens.0.get(), tokens.1.get()), (0, 0));
+        assert_eq!(observed(&m.output_tokens), (1, 4.0));
+    }
+
+    #[test]
+    fn json_usage_from_the_tail() {
+        let tokens = (Counter::default(), Counter::default());
+        let mut u = InferenceUsage::json(tokens.clone());
+        let now = Instant::now();
+        u.on_chunk(b"{\"choices\":[{\"message\":{\"content\":\"", now);
+        u.on_chunk(&[b'a'; 200_000], now);
+        u.on_chunk(
+            b"\"}}],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2}}",
+            now,
+        );
+        assert!(u.tail.len() <= switchyard_inference::USAGE_TAIL_BYTES);
+        u.on_end();
+        assert_eq!((tokens.0.get(), tokens.1.get()), (9, 2));
+    }
 
     #[test]
     fn finds_usage_only_in_the_usage_chunk() {

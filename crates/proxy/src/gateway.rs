@@ -703,3 +703,30 @@ fn build(
         models: models.clone(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn weighted_targets_split_by_weight_and_keep_their_model() {
+        let yaml = "pools: [{name: a, endpoints: [127.0.0.1:1]}, {name: b, endpoints: [127.0.0.1:2]}]\nroutes:\n  - {name: plain, pool: a}\n  - name: split\n    rewrite: {model: m}\n    backends: [{pool: a, weight: 3}, {pool: b, weight: 1, model: m-b}]\n";
+        let config = switchyard_config::parse(yaml, std::path::Path::new("t.yaml")).unwrap();
+        let handle = GatewayHandle::new(config, Metrics::new()).unwrap();
+        let g = handle.load();
+        let (plain, split) = (&g.routes[0], &g.routes[1]);
+        assert_eq!(plain.targets.len(), 1);
+        assert!(plain.targets[0].model.is_none());
+        assert!((0..100).all(|_| plain.pick_target() == 0));
+        let models: Vec<_> = split.targets.iter().map(|t| t.model.as_deref()).collect();
+        assert_eq!(models, [Some("m"), Some("m-b")]);
+        assert_eq!(split.targets[1].pool.name(), "b");
+        let n = 40_000;
+        let to_b = (0..n).filter(|_| split.pick_target() == 1).count();
+        let share = to_b as f64 / n as f64;
+        // 1 in 4; the standard deviation of the share is 0.002.
+        assert!((share - 0.25).abs() < 0.02, "share of b: {share}");
+        // Config model names are label values from the start.
+        assert!(g.models.get("m-b").is_some());
+    }
+}
