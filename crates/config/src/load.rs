@@ -210,6 +210,18 @@ mod tests {
             balancer("{kind: weighted_least_utilization, blackout: 0s, expiration: 3m, error_penalty: 2}"),
             B::WeightedLeastUtilization { blackout: s(0), expiration: s(180), error_penalty: 2.0 }
         );
+        match balancer("inference") {
+            B::Inference { orca, metrics, .. } => assert!(orca && metrics == "vllm"),
+            other => panic!("{other:?}"),
+        }
+        match balancer("{kind: inference, orca: false, scrape_interval: 20ms}") {
+            B::Inference {
+                orca,
+                scrape_interval,
+                ..
+            } => assert!(!orca && scrape_interval == ms(20)),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(balancer("maglev").hash_key(), Some(&HashKey::SourceIp));
         assert_eq!(balancer("random").hash_key(), None);
     }
@@ -223,6 +235,7 @@ mod tests {
             "{kind: ring_hash, key: {header: x-user}}",
             "{kind: maglev, key: {cookie: s}, table_size: 251}",
             "weighted_least_utilization",
+            "{kind: inference, orca: false}",
         ] {
             let b = balancer(yaml);
             let shown = serde_yaml::to_string(&b).unwrap();

@@ -257,6 +257,10 @@ pub struct Pool {
     /// Concurrency limit in front of the pool (`adaptive` or a number); unset means none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<crate::resilience::Concurrency>,
+    /// Tenants share the concurrency queue fairly (needs `concurrency`); unset means one line
+    /// per priority, first come first served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fairness: Option<crate::resilience::Fairness>,
     /// Active health checks; unset means endpoints are taken as healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<crate::health::HealthCheck>,
@@ -407,6 +411,9 @@ pub enum Balancer {
         #[serde(with = "humantime_serde")]
         stale_after: Duration,
         weights: InferenceWeights,
+        /// Ask each request's upstream for an ORCA load report and use its queue and KV
+        /// figures when they are newer than the last scrape.
+        orca: bool,
     },
 }
 
@@ -477,6 +484,7 @@ const BALANCER_KEYS: &[&str] = &[
     "scrape_interval",
     "stale_after",
     "weights",
+    "orca",
 ];
 
 /// Default settings, shared by the bare-name form and the map form.
@@ -506,6 +514,7 @@ impl Balancer {
                 "scrape_interval",
                 "stale_after",
                 "weights",
+                "orca",
             ],
             _ => &["kind"],
         }
@@ -553,6 +562,7 @@ impl Balancer {
                 scrape_interval: s.scrape_interval.unwrap_or(Duration::from_millis(50)),
                 stale_after: s.stale_after.unwrap_or(Duration::from_millis(500)),
                 weights: s.weights.unwrap_or_default(),
+                orca: s.orca.unwrap_or(true),
             },
             other => return Err(E::unknown_variant(other, BALANCER_KINDS)),
         })
@@ -566,6 +576,7 @@ struct Settings {
     scrape_interval: Option<Duration>,
     stale_after: Option<Duration>,
     weights: Option<InferenceWeights>,
+    orca: Option<bool>,
     choices: Option<u32>,
     decay: Option<Duration>,
     default_rtt: Option<Duration>,
@@ -684,6 +695,7 @@ fn read_setting<'de, A: MapAccess<'de>>(
         }
         "stale_after" => s.stale_after = Some(positive(key, map.next_value::<HumanDuration>()?.0)?),
         "weights" => s.weights = Some(map.next_value()?),
+        "orca" => s.orca = Some(map.next_value()?),
         other => return Err(de::Error::unknown_field(other, BALANCER_KEYS)),
     }
     Ok(())

@@ -142,6 +142,19 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
         {
             c.error(format!("pools[{i}].concurrency.{rel}"), msg);
         }
+        for (rel, msg) in p
+            .fairness
+            .as_ref()
+            .map(|f| f.validate(p.concurrency.as_ref()))
+            .unwrap_or_default()
+        {
+            let path = if rel.is_empty() {
+                format!("pools[{i}].fairness")
+            } else {
+                format!("pools[{i}].fairness.{rel}")
+            };
+            c.error(path, msg);
+        }
         let health_problems = [
             p.health.as_ref().map(|x| x.validate()),
             p.outlier.as_ref().map(|x| x.validate()),
@@ -282,6 +295,33 @@ mod tests {
             "pools: [{name: p}]\nroutes:\n  - name: r\n    pool: p\n    match: {path_regex: '(', path_prefix: v1}\n",
         );
         assert_eq!(e.len(), 2, "{e:?}");
+    }
+
+    #[test]
+    fn fairness_needs_concurrency_and_a_share_below_the_queue() {
+        let e = errors("pools:\n  - name: p\n    fairness: { tenant_header: x-tenant }\n");
+        assert_eq!(
+            e,
+            vec!["c.yaml:3:5: pools[0].fairness: has no effect without `concurrency`: tenants share the concurrency queue"]
+        );
+        let e = errors(
+            "pools:\n  - name: p\n    concurrency: { kind: fixed, limit: 4, max_queue: 8 }\n    fairness:\n      tenant_header: 'x tenant'\n      max_queued_per_tenant: 9\n",
+        );
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with("c.yaml:5:7: pools[0].fairness.tenant_header: `x tenant` is not a valid header name"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("c.yaml:6:7: pools[0].fairness.max_queued_per_tenant: 9 is above the pool's `concurrency.max_queue` (8)"),
+            "{e:?}"
+        );
+        assert!(errors(
+            "pools:\n  - name: p\n    concurrency: 4\n    fairness: { max_queued_per_tenant: 8 }\n"
+        )
+        .is_empty());
+        let e = errors("pools:\n  - name: p\n    concurrency: 4\n    fairness: { tenant: x }\n");
+        assert!(e[0].contains("unknown field `tenant`"), "{e:?}");
     }
 
     #[test]

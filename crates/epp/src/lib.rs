@@ -38,6 +38,10 @@ use proto::{processing_request, processing_response, value};
 /// Header (and `envoy.lb` metadata key) carrying the picked endpoint, per the Gateway API
 /// Inference Extension.
 pub const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
+/// Request header asking the model server for an ORCA load report, and the response header that
+/// carries it.
+const ORCA_FORMAT_HEADER: &str = "endpoint-load-metrics-format";
+const ORCA_REPORT_HEADER: &str = "endpoint-load-metrics";
 const METHOD: &str = "/envoy.service.ext_proc.v3.ExternalProcessor/Process";
 
 /// The endpoint picker: the gateway state for one pool.
@@ -147,7 +151,24 @@ impl Epp {
                             continue_body()
                         }
                     }
-                    Some(processing_request::Request::ResponseHeaders(_)) => {
+                    Some(processing_request::Request::ResponseHeaders(h)) => {
+                        // The upstream's ORCA load report, when it sent one, is fresher than
+                        // the last scrape.
+                        if let Some(p) = &picked {
+                            let report = h
+                                .headers
+                                .iter()
+                                .flat_map(|m| &m.headers)
+                                .find(|v| v.key.eq_ignore_ascii_case(ORCA_REPORT_HEADER));
+                            if let Some(v) = report {
+                                let raw = if v.raw_value.is_empty() {
+                                    v.value.as_bytes()
+                                } else {
+                                    &v.raw_value
+                                };
+                                p.picker.apply_load_report_header(p.index, raw);
+                            }
+                        }
                         response(processing_response::Response::ResponseHeaders(
                             proto::HeadersResponse::default(),
                         ))
@@ -197,7 +218,8 @@ impl Epp {
                 let est_tokens = parsed.est_tokens(256);
                 let cx = switchyard_inference::RequestContext {
                     block_hashes: &hashes,
-                    adapter: parsed.lora.as_deref(),
+                    // vLLM names adapters as models: `model` may be one.
+                    adapter: parsed.adapter(|m| !picker.is_adapter(m)),
                     est_tokens,
                     debug: false,
                 };
@@ -227,11 +249,14 @@ impl Epp {
             );
         };
         let target = pool.endpoints[index].address().to_string();
+        let mut set_headers = vec![proto::set_header(DESTINATION_HEADER, &target)];
+        if pool.inference.as_ref().is_some_and(|p| p.config().orca) {
+            // Ask the model server for an ORCA load report on its response.
+            set_headers.push(proto::set_header(ORCA_FORMAT_HEADER, "TEXT"));
+        }
         let common = Some(proto::CommonResponse {
             status: 0,
-            header_mutation: Some(proto::HeaderMutation {
-                set_headers: vec![proto::set_header(DESTINATION_HEADER, &target)],
-            }),
+            header_mutation: Some(proto::HeaderMutation { set_headers }),
             clear_route_cache: false,
         });
         let mut reply = if at_headers {

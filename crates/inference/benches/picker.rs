@@ -44,6 +44,7 @@ fn setup() -> (Vec<Endpoint>, InferencePicker, Vec<u64>, String) {
                     kv_usage: Some(fastrand::f64() * 0.85),
                     num_gpu_blocks: Some(26_900),
                     lora: None,
+                    models: None,
                 },
                 now,
             );

@@ -36,5 +36,5 @@ pub use request::{
 };
 pub use scorer::{ScoreContext, Scorer, Weights};
 pub use scrape::{spawn_scraper, MetricNames, Scraper};
-pub use signals::{EndpointSignals, SignalSnapshot};
+pub use signals::{EndpointSignals, OrcaSignals, SignalSnapshot};
 pub use usage::{find_usage, token_events, Usage, UsageTail, USAGE_TAIL_BYTES};

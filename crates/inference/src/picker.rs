@@ -41,6 +41,9 @@ pub struct PickerConfig {
     pub tie_epsilon: f64,
     /// Tokens per prefix block (vLLM's block size, 16 by default).
     pub block_tokens: usize,
+    /// Ask upstreams for ORCA load reports (`endpoint-load-metrics-format`) and fold those
+    /// that carry queue or KV figures into the signals ([`InferencePicker::apply_load_report`]).
+    pub orca: bool,
 }
 
 impl Default for PickerConfig {
@@ -52,6 +55,7 @@ impl Default for PickerConfig {
             stale_after: Duration::from_millis(500),
             tie_epsilon: 0.01,
             block_tokens: 16,
+            orca: true,
         }
     }
 }
@@ -149,6 +153,39 @@ impl InferencePicker {
 
     pub fn prefix_index(&self) -> &Arc<PrefixIndex> {
         &self.prefix
+    }
+
+    /// Whether a requested `model` names a LoRA adapter rather than a base model. vLLM serves
+    /// each adapter under its own model name, so a client asks for `sql-lora` exactly as it
+    /// asks for the base model, with no extra field. It is an adapter when some endpoint lists
+    /// it among its running or waiting adapters; otherwise when some endpoint has LoRA enabled
+    /// (`max_lora` reported) and the endpoints name their base models (the `model_name`
+    /// label) and it is none of them. Without that data it is taken as a base model, which
+    /// scores the same everywhere.
+    pub fn is_adapter(&self, model: &str) -> bool {
+        if self.config.weights.lora <= 0.0 {
+            return false;
+        }
+        let mut lora_enabled = false;
+        for s in &self.signals {
+            let lora = s.lora();
+            if lora.running.iter().chain(&lora.waiting).any(|a| a == model) {
+                return true;
+            }
+            lora_enabled |= lora.max_lora > 0;
+        }
+        if !lora_enabled {
+            return false;
+        }
+        let mut bases_known = false;
+        for s in &self.signals {
+            let models = s.models();
+            if models.iter().any(|m| m == model) {
+                return false;
+            }
+            bases_known |= !models.is_empty();
+        }
+        bases_known
     }
 
     /// Choose an endpoint for the request in `req`.
@@ -278,6 +315,41 @@ impl InferencePicker {
             }
         }
         self.prefix.record(endpoint, req.block_hashes);
+    }
+
+    /// A response from `endpoint` carried an ORCA load report: its queue and KV figures become
+    /// the endpoint's signals until a newer scrape or report (see [`crate::signals`]). Ignored
+    /// when [`PickerConfig::orca`] is off or the report has no such figures.
+    pub fn apply_load_report(&self, endpoint: usize, report: &switchyard_balance::LoadReport) {
+        self.apply_load_report_at(endpoint, report, Instant::now());
+    }
+
+    /// [`InferencePicker::apply_load_report`] from a raw `endpoint-load-metrics` header value
+    /// (for callers that have not parsed it, like the EPP); a malformed value is ignored.
+    pub fn apply_load_report_header(&self, endpoint: usize, value: &[u8]) {
+        if self.config.orca {
+            if let Ok(r) = switchyard_balance::parse_orca(value) {
+                self.apply_load_report(endpoint, &r);
+            }
+        }
+    }
+
+    /// [`InferencePicker::apply_load_report`] with an explicit clock.
+    pub fn apply_load_report_at(
+        &self,
+        endpoint: usize,
+        report: &switchyard_balance::LoadReport,
+        now: Instant,
+    ) {
+        if !self.config.orca {
+            return;
+        }
+        if let (Some(s), Some(r)) = (
+            self.signals.get(endpoint),
+            crate::signals::OrcaSignals::from_orca(report),
+        ) {
+            s.apply_orca(&r, now);
+        }
     }
 
     /// The request recorded on `endpoint` with `est_tokens` finished (or failed).

@@ -28,6 +28,7 @@ fn scraped(waiting: f64, kv: f64) -> ScrapedMetrics {
         kv_usage: Some(kv),
         num_gpu_blocks: Some(10_000),
         lora: None,
+        models: None,
     }
 }
 
@@ -134,6 +135,86 @@ fn prefers_an_endpoint_running_the_adapter() {
     assert!(d.top[0].parts.contains(&("lora", 1.0)));
     let header = InferencePicker::debug_header(&d);
     assert!(header.starts_with("1="), "{header}");
+}
+
+#[test]
+fn an_adapter_is_known_by_its_model_name() {
+    let (eps, picker, now) = setup(&[(1.0, 0.3); 2]);
+    // No LoRA data yet: every model is taken as a base model.
+    assert!(!picker.is_adapter("sql-lora"));
+    let page = |running: &[&str], max_lora| ScrapedMetrics {
+        lora: Some(LoraState {
+            running: running.iter().map(|s| s.to_string()).collect(),
+            waiting: vec![],
+            max_lora,
+        }),
+        models: Some(vec!["llama".to_string()]),
+        ..scraped(1.0, 0.3)
+    };
+    picker.signals[0].apply_scrape(&page(&["chat-lora"], 1), now);
+    picker.signals[1].apply_scrape(&page(&[], 1), now);
+    assert!(picker.is_adapter("chat-lora"), "running somewhere");
+    assert!(picker.is_adapter("sql-lora"), "not a base model, LoRA on");
+    assert!(!picker.is_adapter("llama"));
+    // A request for `chat-lora` goes where it is loaded; `sql-lora` must not wait behind the
+    // only slot of endpoint 0, so it goes to endpoint 1's free slot.
+    for (model, expected) in [("chat-lora", 0), ("sql-lora", 1)] {
+        let req = RequestContext {
+            adapter: picker.is_adapter(model).then_some(model),
+            ..Default::default()
+        };
+        for _ in 0..20 {
+            assert_eq!(
+                picker.pick_at(&eps, &req, now).index,
+                Some(expected),
+                "{model}"
+            );
+        }
+    }
+    // Servers without LoRA: a model they do not list is still not an adapter.
+    picker.signals[0].apply_scrape(&page(&[], 0), now);
+    picker.signals[1].apply_scrape(&page(&[], 0), now);
+    assert!(!picker.is_adapter("sql-lora"));
+    // With the LoRA scorer off, adapters do not matter.
+    let off = InferencePicker::new(
+        PickerConfig {
+            weights: Weights {
+                lora: 0.0,
+                ..Weights::default()
+            },
+            ..PickerConfig::default()
+        },
+        picker.signals.clone(),
+        picker.prefix.clone(),
+    );
+    picker.signals[0].apply_scrape(&page(&["chat-lora"], 1), now);
+    assert!(!off.is_adapter("chat-lora"));
+}
+
+#[test]
+fn load_reports_feed_the_picker_unless_turned_off() {
+    let (eps, picker, now) = setup(&[(0.0, 0.1); 2]);
+    let full = switchyard_balance::parse_orca(
+        b"TEXT named_metrics.kv_cache_utilization=0.95, named_metrics.num_requests_waiting=0",
+    )
+    .unwrap();
+    // Endpoint 0 reports a nearly full KV cache on a response: it is saturated now, before
+    // the next scrape says so.
+    picker.apply_load_report_at(0, &full, now);
+    let req = RequestContext::default();
+    for _ in 0..20 {
+        assert_eq!(picker.pick_at(&eps, &req, now).index, Some(1));
+    }
+    let off = InferencePicker::new(
+        PickerConfig {
+            orca: false,
+            ..PickerConfig::default()
+        },
+        (0..2).map(|_| Arc::new(EndpointSignals::new())).collect(),
+        Arc::new(PrefixIndex::new()),
+    );
+    off.apply_load_report_at(0, &full, now);
+    assert!(!off.signals[0].snapshot(now, Duration::from_secs(1)).fresh);
 }
 
 #[test]

@@ -118,7 +118,8 @@ impl Scorer for PrefixScorer {
 
 /// LoRA affinity, as the EPP's LoRA filter: 1 when the adapter is already running there, 0.5
 /// when it can be loaded (a free adapter slot, or unknown), 0 when it would have to wait for a
-/// slot. Requests for a base model score 1 everywhere.
+/// slot. Slots count every adapter running or waiting there (a waiting one is about to take a
+/// slot). Requests for a base model score 1 everywhere.
 #[derive(Debug, Clone)]
 pub struct LoraScorer;
 
@@ -135,8 +136,16 @@ impl Scorer for LoraScorer {
         };
         let lora = signals.lora();
         if lora.running.iter().any(|a| a == adapter) {
-            1.0
-        } else if lora.max_lora == 0 || (lora.running.len() as u32) < lora.max_lora {
+            return 1.0;
+        }
+        let waiting_new = lora
+            .waiting
+            .iter()
+            .enumerate()
+            .filter(|(i, a)| !lora.running.contains(a) && !lora.waiting[..*i].contains(a))
+            .count();
+        let active = lora.running.len() + waiting_new;
+        if lora.max_lora == 0 || active < lora.max_lora as usize {
             0.5
         } else {
             0.0
@@ -265,6 +274,31 @@ mod tests {
         assert_eq!(s(&KvCacheScorer), [0.8, 1.0 - 0.9, 0.5]);
         assert_eq!(s(&PrefixScorer), [0.5, 0.0, 1.0]);
         assert_eq!(s(&LoraScorer), [1.0, 0.0, 0.5]);
+        // Adapters waiting there take slots too: `b` runs, `c` waits (twice), no slot for `a`.
+        sig[2].apply_scrape(
+            &ScrapedMetrics {
+                lora: Some(LoraState {
+                    running: vec!["b".into()],
+                    waiting: vec!["c".into(), "c".into(), "b".into()],
+                    max_lora: 3,
+                }),
+                ..Default::default()
+            },
+            Instant::now(),
+        );
+        assert_eq!(LoraScorer.score(&cx, 2), 0.5);
+        sig[2].apply_scrape(
+            &ScrapedMetrics {
+                lora: Some(LoraState {
+                    running: vec!["b".into()],
+                    waiting: vec!["c".into(), "c".into(), "b".into()],
+                    max_lora: 2,
+                }),
+                ..Default::default()
+            },
+            Instant::now(),
+        );
+        assert_eq!(LoraScorer.score(&cx, 2), 0.0);
         assert_eq!(s(&LatencyScorer), [1.0, 0.0, 0.5]);
         let t = s(&InFlightTokensScorer { floor: 4096.0 });
         assert_eq!(t[0], 1.0);

@@ -68,6 +68,10 @@ pub struct MetricNames {
     /// A series with labels `running_lora_adapters`, `waiting_lora_adapters` (comma-separated)
     /// and `max_lora` (vLLM `lora_requests_info`).
     pub lora_info: Option<String>,
+    /// The label naming the served base model on the queue, running and KV series (vLLM and
+    /// SGLang `model_name`). With LoRA on, a requested model that is none of these is an
+    /// adapter (vLLM serves adapters under their own model names).
+    pub model_label: Option<String>,
     /// The metrics path.
     pub path: String,
 }
@@ -84,6 +88,7 @@ impl MetricNames {
             ],
             cache_info: Some("vllm:cache_config_info".into()),
             lora_info: Some("vllm:lora_requests_info".into()),
+            model_label: Some("model_name".into()),
             path: "/metrics".into(),
         }
     }
@@ -96,6 +101,7 @@ impl MetricNames {
             kv_usage: vec![Selector::name("sglang:token_usage")],
             cache_info: None,
             lora_info: None,
+            model_label: Some("model_name".into()),
             path: "/metrics".into(),
         }
     }
@@ -108,6 +114,7 @@ impl MetricNames {
             kv_usage: vec![],
             cache_info: None,
             lora_info: None,
+            model_label: None,
             path: "/metrics".into(),
         }
     }
@@ -131,6 +138,7 @@ impl MetricNames {
             )],
             cache_info: None,
             lora_info: None,
+            model_label: None,
             path: "/metrics".into(),
         }
     }
@@ -177,7 +185,26 @@ impl MetricNames {
                     .unwrap_or(0),
             })
         });
+        let models = self.model_label.as_ref().map(|label| {
+            let mut models: Vec<String> = Vec::new();
+            let signal_series = self
+                .waiting
+                .iter()
+                .chain(&self.running)
+                .chain(&self.kv_usage);
+            for sel in signal_series {
+                for s in samples.iter().filter(|s| sel.matches(s)) {
+                    if let Some(m) = s.label(label).filter(|m| !m.is_empty()) {
+                        if !models.iter().any(|x| x == m) {
+                            models.push(m.to_string());
+                        }
+                    }
+                }
+            }
+            models
+        });
         Ok(ScrapedMetrics {
+            models: models.filter(|m| !m.is_empty()),
             waiting: pick(&self.waiting, |a, b| a + b),
             running: pick(&self.running, |a, b| a + b),
             kv_usage: pick(&self.kv_usage, f64::max),

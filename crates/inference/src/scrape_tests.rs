@@ -91,12 +91,24 @@ fn extracts_vllm_signals() {
     assert_eq!(lora.running, vec!["sql-lora".to_string()]);
     assert_eq!(lora.waiting, vec!["chat-lora".to_string()]);
     assert_eq!(lora.max_lora, 2);
+    assert_eq!(
+        m.models,
+        Some(vec!["meta-llama/Llama-3.1-8B-Instruct".to_string()])
+    );
     // Older vLLM name for KV usage.
     let old = MetricNames::vllm()
         .extract("vllm:gpu_cache_usage_perc{model_name=\"m\"} 0.25\n")
         .unwrap();
     assert_eq!(old.kv_usage, Some(0.25));
     assert_eq!(old.waiting, None);
+    assert_eq!(old.models, Some(vec!["m".to_string()]));
+    let unlabeled = MetricNames::vllm()
+        .extract(
+            "vllm:num_requests_waiting 1
+",
+        )
+        .unwrap();
+    assert_eq!(unlabeled.models, None);
 }
 
 #[test]

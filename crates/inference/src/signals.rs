@@ -10,6 +10,15 @@
 //! requests and tokens *in flight* (picked and not yet finished), for the in-flight-tokens scorer
 //! and for endpoints whose scrape is stale.
 //!
+//! A second source can be fresher than the scrape: an ORCA load report (`endpoint-load-metrics`)
+//! that a server such as vLLM or Triton attaches to a response when the request asks for one.
+//! It comes with every response, so under load it is usually milliseconds old while the scrape
+//! is tens. Each source keeps its own timestamp and its own baseline of the gateway's picks, and
+//! a pick reads each signal (queue, running, KV usage) from the newest source that is within
+//! `stale_after`, adding the picks made since *that* source's reading. A scrape that fails makes
+//! the scrape stale, not a fresh report. A report never carries LoRA state or cache size; those
+//! come from scrapes only.
+//!
 //! Everything is atomics, except the LoRA adapter sets, which change rarely and sit behind an
 //! `ArcSwap`; a pick reads them without locking.
 
@@ -18,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use switchyard_balance::LoadReport;
 
 /// Tokens per KV block in vLLM's default configuration, used to turn picked tokens into KV usage.
 pub const KV_BLOCK_TOKENS: u64 = 16;
@@ -39,7 +49,60 @@ pub struct ScrapedMetrics {
     pub kv_usage: Option<f64>,
     pub num_gpu_blocks: Option<u64>,
     pub lora: Option<LoraState>,
+    /// Base models the server says it serves (the model label of its signal series).
+    pub models: Option<Vec<String>>,
 }
+
+/// Queue and KV signals read from an ORCA load report on a response, in a scrape's units.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OrcaSignals {
+    pub waiting: Option<f64>,
+    pub running: Option<f64>,
+    /// KV cache usage 0..1.
+    pub kv_usage: Option<f64>,
+}
+
+/// Named metrics read as the queue depth, running count and KV usage. vLLM's in-band report
+/// names `kv_cache_utilization` and `num_requests_waiting`; Triton's names
+/// `kv_cache_utilization`; the others are the Prometheus names some servers reuse.
+const ORCA_WAITING: &[&str] = &["num_requests_waiting", "num_queue_reqs"];
+const ORCA_RUNNING: &[&str] = &["num_requests_running", "num_running_reqs"];
+const ORCA_KV: &[&str] = &[
+    "kv_cache_utilization",
+    "kv_cache_usage_perc",
+    "kv_cache_usage",
+    "gpu_cache_usage_perc",
+];
+
+impl OrcaSignals {
+    /// The signals in `report`, or `None` when it has none. KV usage is a named KV metric, else
+    /// the standard `application_utilization` (what the application says limits it: for a model
+    /// server, its KV cache). `cpu_utilization` is not used: CPU is not what fills up on a GPU
+    /// server, and a busy host CPU must not make a replica look saturated.
+    pub fn from_orca(report: &LoadReport) -> Option<Self> {
+        let named = |names: &[&str]| {
+            names.iter().find_map(|n| {
+                report
+                    .named
+                    .iter()
+                    .find(|(k, v)| k == n && v.is_finite() && *v >= 0.0)
+                    .map(|(_, v)| *v)
+            })
+        };
+        let app = report.application_utilization;
+        let signals = OrcaSignals {
+            waiting: named(ORCA_WAITING),
+            running: named(ORCA_RUNNING),
+            kv_usage: named(ORCA_KV)
+                .or((app > 0.0 && app.is_finite()).then_some(app))
+                .map(|kv| kv.clamp(0.0, 1.0)),
+        };
+        (signals != OrcaSignals::default()).then_some(signals)
+    }
+}
+
+/// "Not reported" in the ORCA slots.
+const ABSENT: u64 = u64::MAX;
 
 /// Signals for one endpoint, shared by the scraper (writer) and the picker (reader).
 #[derive(Debug)]
@@ -51,11 +114,24 @@ pub struct EndpointSignals {
     num_gpu_blocks: AtomicU64,
     has_kv: AtomicBool,
     lora: ArcSwap<LoraState>,
+    models: ArcSwap<Vec<String>>,
     /// Nanoseconds since `epoch` of the last successful scrape, plus one; 0 = never.
     last_scrape: AtomicU64,
     last_failed: AtomicBool,
-    picked_since_scrape: AtomicU64,
-    tokens_since_scrape: AtomicU64,
+    /// Requests and tokens picked ever; each source remembers these totals as of its reading.
+    picked_total: AtomicU64,
+    tokens_total: AtomicU64,
+    scrape_picked: AtomicU64,
+    scrape_tokens: AtomicU64,
+    /// The last ORCA report: counts (`ABSENT` when not reported), KV usage bits (`ABSENT`
+    /// likewise), when (nanoseconds since `epoch` plus one; 0 = never), and the pick totals
+    /// then.
+    orca_waiting: AtomicU64,
+    orca_running: AtomicU64,
+    orca_kv_bits: AtomicU64,
+    orca_at: AtomicU64,
+    orca_picked: AtomicU64,
+    orca_tokens: AtomicU64,
     in_flight: AtomicU64,
     in_flight_tokens: AtomicU64,
 }
@@ -78,7 +154,8 @@ pub struct SignalSnapshot {
     /// Estimated tokens the gateway has in flight on the endpoint.
     pub in_flight_tokens: f64,
     pub num_gpu_blocks: u64,
-    /// Whether the last scrape succeeded within `stale_after`.
+    /// Whether some source (the last scrape, if it succeeded, or an ORCA report) is within
+    /// `stale_after`.
     pub fresh: bool,
 }
 
@@ -92,10 +169,19 @@ impl EndpointSignals {
             num_gpu_blocks: AtomicU64::new(0),
             has_kv: AtomicBool::new(false),
             lora: ArcSwap::from_pointee(LoraState::default()),
+            models: ArcSwap::from_pointee(Vec::new()),
             last_scrape: AtomicU64::new(0),
             last_failed: AtomicBool::new(false),
-            picked_since_scrape: AtomicU64::new(0),
-            tokens_since_scrape: AtomicU64::new(0),
+            picked_total: AtomicU64::new(0),
+            tokens_total: AtomicU64::new(0),
+            scrape_picked: AtomicU64::new(0),
+            scrape_tokens: AtomicU64::new(0),
+            orca_waiting: AtomicU64::new(ABSENT),
+            orca_running: AtomicU64::new(ABSENT),
+            orca_kv_bits: AtomicU64::new(ABSENT),
+            orca_at: AtomicU64::new(0),
+            orca_picked: AtomicU64::new(0),
+            orca_tokens: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             in_flight_tokens: AtomicU64::new(0),
         }
@@ -108,8 +194,8 @@ impl EndpointSignals {
     /// The gateway sent a request with `est_tokens` (prompt + expected output) to this endpoint.
     pub fn on_pick(&self, est_tokens: u32) {
         let t = u64::from(est_tokens);
-        self.picked_since_scrape.fetch_add(1, Ordering::Relaxed);
-        self.tokens_since_scrape.fetch_add(t, Ordering::Relaxed);
+        self.picked_total.fetch_add(1, Ordering::Relaxed);
+        self.tokens_total.fetch_add(t, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.in_flight_tokens.fetch_add(t, Ordering::Relaxed);
     }
@@ -142,11 +228,43 @@ impl EndpointSignals {
                 self.lora.store(Arc::new(l.clone()));
             }
         }
-        self.picked_since_scrape.store(0, Ordering::Relaxed);
-        self.tokens_since_scrape.store(0, Ordering::Relaxed);
+        if let Some(models) = &m.models {
+            if **self.models.load() != *models {
+                self.models.store(Arc::new(models.clone()));
+            }
+        }
+        self.scrape_picked
+            .store(self.picked_total.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.scrape_tokens
+            .store(self.tokens_total.load(Ordering::Relaxed), Ordering::Relaxed);
         self.last_failed.store(false, Ordering::Relaxed);
         self.last_scrape
             .store(self.nanos(now) + 1, Ordering::Relaxed);
+    }
+
+    /// Store an ORCA load report received at `now` (it replaces the previous report whole).
+    pub fn apply_orca(&self, r: &OrcaSignals, now: Instant) {
+        let count = |v: Option<f64>| v.map_or(ABSENT, f64_count);
+        self.orca_waiting.store(count(r.waiting), Ordering::Relaxed);
+        self.orca_running.store(count(r.running), Ordering::Relaxed);
+        let kv = r.kv_usage.filter(|kv| kv.is_finite());
+        self.orca_kv_bits.store(
+            kv.map_or(ABSENT, |kv| kv.clamp(0.0, 1.0).to_bits()),
+            Ordering::Relaxed,
+        );
+        self.orca_picked
+            .store(self.picked_total.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.orca_tokens
+            .store(self.tokens_total.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.orca_at.store(self.nanos(now) + 1, Ordering::Relaxed);
+    }
+
+    /// When the last ORCA report arrived.
+    pub fn last_orca(&self) -> Option<Instant> {
+        match self.orca_at.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(self.epoch + Duration::from_nanos(n - 1)),
+        }
     }
 
     /// The last scrape failed (connect error, timeout, bad status or unparsable text).
@@ -162,7 +280,8 @@ impl EndpointSignals {
         }
     }
 
-    /// Whether the data is current: the last scrape succeeded and is younger than `stale_after`.
+    /// Whether the scraped data is current: the last scrape succeeded and is younger than
+    /// `stale_after` (ORCA reports aside; [`EndpointSignals::snapshot`] weighs both).
     pub fn is_fresh(&self, now: Instant, stale_after: Duration) -> bool {
         !self.last_failed.load(Ordering::Relaxed)
             && self
@@ -175,6 +294,11 @@ impl EndpointSignals {
         self.lora.load()
     }
 
+    /// The base models reported at the last scrape that named any.
+    pub fn models(&self) -> arc_swap::Guard<Arc<Vec<String>>> {
+        self.models.load()
+    }
+
     /// KV cache size in blocks, 0 when unknown.
     pub fn num_gpu_blocks(&self) -> u64 {
         self.num_gpu_blocks.load(Ordering::Relaxed)
@@ -185,41 +309,88 @@ impl EndpointSignals {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Read the signals for a pick. Stale endpoints report the gateway's in-flight count as
-    /// their queue and no KV usage, so they are neither trusted nor starved.
+    /// Read the signals for a pick: each from the newest source within `stale_after`, plus the
+    /// picks since that source's reading. With no fresh source for the queue, it reads as the
+    /// gateway's in-flight count, and KV usage as unknown, so a silent endpoint is neither
+    /// trusted nor starved.
     pub fn snapshot(&self, now: Instant, stale_after: Duration) -> SignalSnapshot {
-        let fresh = self.is_fresh(now, stale_after);
+        let within =
+            |t: Option<Instant>| t.filter(|t| now.saturating_duration_since(*t) <= stale_after);
+        let scrape_at = if self.last_failed.load(Ordering::Relaxed) {
+            None
+        } else {
+            within(self.last_scrape())
+        };
+        let orca_at = within(self.last_orca());
         let in_flight_tokens = self.in_flight_tokens.load(Ordering::Relaxed) as f64;
         let blocks = self.num_gpu_blocks();
-        if !fresh {
-            return SignalSnapshot {
-                waiting: self.in_flight() as f64,
-                running: 0.0,
-                kv_usage: None,
-                in_flight_tokens,
-                num_gpu_blocks: blocks,
-                fresh,
+        let picked = self.picked_total.load(Ordering::Relaxed);
+        let tokens = self.tokens_total.load(Ordering::Relaxed);
+        let since =
+            |total: u64, base: &AtomicU64| total.saturating_sub(base.load(Ordering::Relaxed));
+        let orca = |slot: &AtomicU64| {
+            orca_at
+                .map(|t| (t, slot.load(Ordering::Relaxed)))
+                .filter(|(_, v)| *v != ABSENT)
+        };
+        // The newer of a scraped and a reported reading; a tie goes to the report.
+        let newest = |scraped: Option<(Instant, f64)>, reported: Option<(Instant, f64)>| match (
+            scraped, reported,
+        ) {
+            (Some(s), Some(r)) if s.0 > r.0 => Some((s.1, false)),
+            (_, Some(r)) => Some((r.1, true)),
+            (s, None) => s.map(|s| (s.1, false)),
+        };
+
+        let waiting = newest(
+            scrape_at.map(|t| (t, self.waiting.load(Ordering::Relaxed) as f64)),
+            orca(&self.orca_waiting).map(|(t, v)| (t, v as f64)),
+        )
+        .map(|(v, reported)| {
+            let base = if reported {
+                &self.orca_picked
+            } else {
+                &self.scrape_picked
             };
-        }
-        let picked = self.picked_since_scrape.load(Ordering::Relaxed) as f64;
-        let kv_usage = self.has_kv.load(Ordering::Relaxed).then(|| {
-            let kv = f64::from_bits(self.kv_usage_bits.load(Ordering::Relaxed));
+            v + since(picked, base) as f64
+        })
+        .unwrap_or(self.in_flight() as f64);
+        let running = newest(
+            scrape_at.map(|t| (t, self.running.load(Ordering::Relaxed) as f64)),
+            orca(&self.orca_running).map(|(t, v)| (t, v as f64)),
+        )
+        .map_or(0.0, |(v, _)| v);
+        let scraped_kv = scrape_at
+            .filter(|_| self.has_kv.load(Ordering::Relaxed))
+            .map(|t| {
+                (
+                    t,
+                    f64::from_bits(self.kv_usage_bits.load(Ordering::Relaxed)),
+                )
+            });
+        let kv_usage = newest(
+            scraped_kv,
+            orca(&self.orca_kv_bits).map(|(t, v)| (t, f64::from_bits(v))),
+        )
+        .map(|(kv, reported)| {
+            let base = if reported {
+                &self.orca_tokens
+            } else {
+                &self.scrape_tokens
+            };
             let extra = match blocks {
                 0 => 0.0,
-                b => {
-                    self.tokens_since_scrape.load(Ordering::Relaxed) as f64
-                        / (b * KV_BLOCK_TOKENS) as f64
-                }
+                b => since(tokens, base) as f64 / (b * KV_BLOCK_TOKENS) as f64,
             };
             (kv + extra).min(1.0)
         });
         SignalSnapshot {
-            waiting: self.waiting.load(Ordering::Relaxed) as f64 + picked,
-            running: self.running.load(Ordering::Relaxed) as f64,
+            waiting,
+            running,
             kv_usage,
             in_flight_tokens,
             num_gpu_blocks: blocks,
-            fresh,
+            fresh: scrape_at.is_some() || orca_at.is_some(),
         }
     }
 }
@@ -255,6 +426,7 @@ mod tests {
                 kv_usage: Some(0.5),
                 num_gpu_blocks: Some(1000),
                 lora: None,
+                models: None,
             },
             t0,
         );
@@ -318,5 +490,120 @@ mod tests {
         );
         assert!(s.snapshot(t0, stale).fresh);
         assert_eq!(**s.lora(), lora);
+    }
+
+    fn scrape(waiting: f64, kv: f64) -> ScrapedMetrics {
+        ScrapedMetrics {
+            waiting: Some(waiting),
+            running: Some(8.0),
+            kv_usage: Some(kv),
+            num_gpu_blocks: Some(1000),
+            ..Default::default()
+        }
+    }
+
+    fn orca(text: &str) -> OrcaSignals {
+        OrcaSignals::from_orca(&switchyard_balance::parse_orca(text.as_bytes()).unwrap()).unwrap()
+    }
+
+    fn close(a: Option<f64>, b: f64) -> bool {
+        a.is_some_and(|a| (a - b).abs() < 1e-9)
+    }
+
+    #[test]
+    fn the_newest_source_wins_with_the_picks_made_since_it() {
+        let s = EndpointSignals::new();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let stale = ms(500);
+        s.apply_scrape(&scrape(10.0, 0.5), t0);
+        s.on_pick(1600);
+        s.on_pick(1600);
+        let snap = s.snapshot(t0, stale);
+        assert_eq!(snap.waiting, 12.0);
+        assert!(close(snap.kv_usage, 0.7));
+        // A response reports the server's state after those picks: it replaces the scrape.
+        s.apply_orca(
+            &orca("TEXT named_metrics.kv_cache_utilization=0.2, named_metrics.num_requests_waiting=3, named_metrics.num_requests_running=9"),
+            t0 + ms(10),
+        );
+        let snap = s.snapshot(t0 + ms(10), stale);
+        assert_eq!((snap.waiting, snap.running), (3.0, 9.0));
+        assert!(close(snap.kv_usage, 0.2));
+        // Picks after the report count on top of it.
+        s.on_pick(1600);
+        let snap = s.snapshot(t0 + ms(11), stale);
+        assert_eq!(snap.waiting, 4.0);
+        assert!(close(snap.kv_usage, 0.3));
+        // A newer scrape wins again, with no picks since it.
+        s.apply_scrape(&scrape(6.0, 0.4), t0 + ms(20));
+        let snap = s.snapshot(t0 + ms(20), stale);
+        assert_eq!((snap.waiting, snap.running), (6.0, 8.0));
+        assert!(close(snap.kv_usage, 0.4));
+        // And an older report never overrides it: the report's time is when it arrived.
+        assert_eq!(s.last_orca(), Some(t0 + ms(10)));
+    }
+
+    #[test]
+    fn reports_keep_an_endpoint_fresh_while_scrapes_fail_and_go_stale_alike() {
+        let s = EndpointSignals::new();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let stale = ms(200);
+        s.apply_scrape(&scrape(50.0, 0.9), t0);
+        s.mark_failed();
+        s.on_pick(10);
+        let snap = s.snapshot(t0, stale);
+        assert!(!snap.fresh);
+        assert_eq!((snap.waiting, snap.kv_usage), (1.0, None));
+        // A report with KV only: KV is known again; the queue has no fresh source.
+        s.apply_orca(&orca("TEXT application_utilization=0.25"), t0 + ms(50));
+        let snap = s.snapshot(t0 + ms(50), stale);
+        assert!(snap.fresh);
+        assert!(close(snap.kv_usage, 0.25));
+        assert_eq!(
+            snap.waiting, 1.0,
+            "queue from the gateway's in-flight count"
+        );
+        // The same staleness bound applies to reports.
+        let late = s.snapshot(t0 + ms(251), stale);
+        assert!(!late.fresh);
+        assert_eq!(late.kv_usage, None);
+    }
+
+    #[test]
+    fn a_partial_report_replaces_only_what_it_carries() {
+        let s = EndpointSignals::new();
+        let t0 = Instant::now();
+        let stale = Duration::from_secs(1);
+        s.apply_scrape(&scrape(5.0, 0.5), t0);
+        s.on_pick(0);
+        s.apply_orca(&orca("TEXT named_metrics.kv_cache_usage=0.1"), t0);
+        let snap = s.snapshot(t0, stale);
+        assert_eq!(
+            snap.waiting, 6.0,
+            "queue still from the scrape, plus the pick since"
+        );
+        assert!(close(snap.kv_usage, 0.1));
+    }
+
+    #[test]
+    fn orca_reports_map_to_signals() {
+        let r = orca("JSON {\"cpu_utilization\":0.9,\"named_metrics\":{\"kv_cache_utilization\":0.4,\"num_requests_waiting\":7}}");
+        assert_eq!(
+            r,
+            OrcaSignals {
+                waiting: Some(7.0),
+                running: None,
+                kv_usage: Some(0.4),
+            }
+        );
+        // A named KV metric wins over application_utilization; values are clamped.
+        let r = orca("TEXT application_utilization=0.7, named_metrics.gpu_cache_usage_perc=1.5");
+        assert_eq!(r.kv_usage, Some(1.0));
+        // CPU alone says nothing about a model server's queue or KV cache.
+        let cpu =
+            switchyard_balance::parse_orca(b"TEXT cpu_utilization=0.9, rps_fractional=3").unwrap();
+        assert_eq!(OrcaSignals::from_orca(&cpu), None);
     }
 }

@@ -90,8 +90,9 @@ pub(crate) fn send_attempt<'a>(
     path_and_query: &PathAndQuery,
     body: RequestBody,
     upgrade: bool,
-) -> impl std::future::Future<Output = Result<(Response<Incoming>, Option<InlineConn>), Failure>> + 'a
-{
+) -> impl std::future::Future<
+    Output = Result<(Response<Option<Incoming>>, Option<InlineConn>), Failure>,
+> + 'a {
     let inline = pool.h1.get(index).filter(|_| !upgrade);
     let mut uri = http::uri::Parts::default();
     if inline.is_none() {
@@ -108,13 +109,13 @@ pub(crate) fn send_attempt<'a>(
             Some(conns) => conns
                 .send(req, &pool.breaker)
                 .await
-                .map(|(resp, conn)| (resp, Some(conn)))
+                .map(|(resp, conn)| (resp.map(|()| None), Some(conn)))
                 .map_err(Failure::Inline),
             None => pool
                 .client
                 .request(req)
                 .await
-                .map(|resp| (resp, None))
+                .map(|resp| (resp.map(Some), None))
                 .map_err(Failure::Pooled),
         }
     }

@@ -44,17 +44,54 @@ impl fmt::Display for IdleTimeout {
 }
 impl std::error::Error for IdleTimeout {}
 
+/// A client's request body as the listener hands it over: hyper's stream, or a small body the
+/// HTTP/1 fast path (`h1_server.rs`) read whole with the head.
+#[derive(Debug)]
+pub enum ClientBody {
+    Hyper(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Hyper(i) => Pin::new(i).poll_frame(cx),
+            Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Hyper(i) => i.is_end_stream(),
+            Self::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Hyper(i) => i.size_hint(),
+            Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
 /// A client's body as it reaches the request path: still streaming, or already read (to route
 /// on the model it names).
 #[derive(Debug)]
 pub enum InBody {
-    Incoming(Incoming),
+    Incoming(ClientBody),
     Buffered(Bytes),
 }
 
 impl InBody {
     /// The streaming body; only called on the `Incoming` variant.
-    pub fn into_incoming(self) -> Incoming {
+    pub fn into_incoming(self) -> ClientBody {
         match self {
             Self::Incoming(i) => i,
             Self::Buffered(_) => unreachable!("buffered bodies are handled before streaming"),
@@ -66,12 +103,12 @@ impl InBody {
 /// or held in memory so it can be sent again on a retry.
 #[derive(Debug)]
 pub enum RequestBody {
-    Stream { inner: Incoming, remaining: u64 },
+    Stream { inner: ClientBody, remaining: u64 },
     Buffered(Option<Bytes>),
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: u64) -> Self {
+    pub fn new(inner: ClientBody, limit: u64) -> Self {
         Self::Stream {
             inner,
             remaining: limit,
@@ -80,7 +117,7 @@ impl RequestBody {
 
     /// Read the whole body (at most `limit` bytes) so it can be replayed. Only for bodies the
     /// retry policy allows to keep (small and of known size).
-    pub async fn buffer(inner: Incoming, limit: u64) -> Result<Self, BoxError> {
+    pub async fn buffer(inner: ClientBody, limit: u64) -> Result<Self, BoxError> {
         use http_body_util::BodyExt;
         let bytes = Self::new(inner, limit).collect().await?.to_bytes();
         Ok(Self::Buffered(Some(bytes)))
@@ -193,7 +230,7 @@ impl Body for ResponseBody {
         match self {
             Self::Full(None) => SizeHint::with_exact(0),
             Self::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            Self::Upstream(u) => u.inner.size_hint(),
+            Self::Upstream(u) => u.inner_size_hint(),
         }
     }
 }
@@ -204,7 +241,8 @@ impl Body for ResponseBody {
 /// just note the time: a stream of many small SSE events costs one clock read per event, not a
 /// timer reset.
 pub struct UpstreamBody {
-    inner: Incoming,
+    /// The pooled client's body (HTTP/2); `None` when the body comes off `upstream`.
+    inner: Option<Incoming>,
     idle_timeout: Duration,
     last_activity: Instant,
     deadline: Option<Instant>,
@@ -373,7 +411,7 @@ impl StreamTiming {
 
 impl UpstreamBody {
     pub fn new(
-        inner: Incoming,
+        inner: Option<Incoming>,
         idle_timeout: Duration,
         deadline: Option<Instant>,
         grpc: bool,
@@ -406,24 +444,34 @@ impl UpstreamBody {
         self
     }
 
-    /// Drive `conn` from this body's polls, and return it to its pool when the body ends.
+    /// Read the body off `conn` (an inline HTTP/1 connection), and return the connection to its
+    /// pool when the body ends.
     pub fn with_connection(mut self, conn: InlineConn) -> Self {
         self.upstream = Some(conn);
         self
     }
 
-    /// Poll the upstream body, driving an inline connection when it has nothing ready.
-    fn poll_inner(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let first = Pin::new(&mut self.inner).poll_frame(cx);
-        match (&first, self.upstream.as_mut()) {
-            (Poll::Pending, Some(up)) => {
-                up.poll_drive(cx);
-                Pin::new(&mut self.inner).poll_frame(cx)
-            }
-            _ => first,
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match (self.inner.as_mut(), self.upstream.as_mut()) {
+            (Some(inner), _) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+            (None, Some(up)) => up.poll_frame(cx).map_err(Into::into),
+            (None, None) => Poll::Ready(None),
+        }
+    }
+
+    fn inner_is_end_stream(&self) -> bool {
+        match (&self.inner, &self.upstream) {
+            (Some(inner), _) => inner.is_end_stream(),
+            (None, Some(up)) => up.is_end_stream(),
+            (None, None) => true,
+        }
+    }
+
+    fn inner_size_hint(&self) -> SizeHint {
+        match (&self.inner, &self.upstream) {
+            (Some(inner), _) => inner.size_hint(),
+            (None, Some(up)) => up.size_hint(),
+            (None, None) => SizeHint::with_exact(0),
         }
     }
 
@@ -436,7 +484,7 @@ impl UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done || self.inner.is_end_stream()
+        self.done || self.inner_is_end_stream()
     }
 
     /// The gRPC deadline passed mid-stream: end the call the way a gRPC server would.
@@ -456,7 +504,7 @@ impl Drop for UpstreamBody {
         // A body the server never polled to its end (HEAD, 204, 304, or the last frame of a
         // sized body, after which hyper stops polling) still leaves a reusable connection, and
         // a complete response to account for.
-        if !self.done && self.inner.is_end_stream() {
+        if !self.done && self.inner_is_end_stream() {
             if let Some(up) = self.upstream.take() {
                 up.release();
             }
@@ -511,7 +559,7 @@ impl Body for UpstreamBody {
                 this.done = true;
                 this.upstream = None;
                 this.finish.fail("upstream_reset");
-                return Poll::Ready(Some(Err(Box::new(e))));
+                return Poll::Ready(Some(Err(e)));
             }
             Poll::Ready(None) => {
                 this.done = true;
@@ -559,7 +607,7 @@ impl Body for UpstreamBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner_size_hint()
     }
 }
 

@@ -23,6 +23,9 @@ pub enum GatewayError {
     Overflow(&'static str),
     /// A sheddable request met a saturated pool.
     Shed,
+    /// The pool is at its concurrency limit and the request's tenant already holds its share
+    /// of the queue.
+    TenantQueueFull,
 }
 
 impl GatewayError {
@@ -30,7 +33,7 @@ impl GatewayError {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::NoEndpoint | Self::Overflow(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Shed => StatusCode::TOO_MANY_REQUESTS,
+            Self::Shed | Self::TenantQueueFull => StatusCode::TOO_MANY_REQUESTS,
             Self::ConnectFailed | Self::UpstreamReset => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -52,6 +55,7 @@ impl GatewayError {
             Self::BadRequest(_) => "bad_request",
             Self::Overflow(_) => "overflow",
             Self::Shed => "shed",
+            Self::TenantQueueFull => "tenant_queue_full",
         }
     }
 
@@ -67,6 +71,10 @@ impl GatewayError {
             Self::BadRequest(why) => why,
             Self::Overflow(_) => "the pool is at its configured limit",
             Self::Shed => "the pool is saturated and this request is sheddable; retry later",
+            Self::TenantQueueFull => {
+                "the pool is at its limit and this tenant already has its share of requests \
+                 queued; retry later"
+            }
         }
     }
 
@@ -76,7 +84,7 @@ impl GatewayError {
             Self::NoRoute => 12, // UNIMPLEMENTED
             Self::NoEndpoint | Self::ConnectFailed | Self::UpstreamReset | Self::Overflow(_) => 14, // UNAVAILABLE
             Self::Timeout => 4, // DEADLINE_EXCEEDED
-            Self::HeadersTooLarge | Self::BodyTooLarge | Self::Shed => 8, // RESOURCE_EXHAUSTED
+            Self::HeadersTooLarge | Self::BodyTooLarge | Self::Shed | Self::TenantQueueFull => 8, // RESOURCE_EXHAUSTED
             Self::BadRequest(_) => 13, // INTERNAL
         }
     }
@@ -101,7 +109,7 @@ impl GatewayError {
             .status(self.status())
             .header(CONTENT_TYPE, "application/json")
             .header("x-request-id", request_id.clone());
-        if self == Self::Shed {
+        if self.status() == StatusCode::TOO_MANY_REQUESTS {
             builder = builder.header(http::header::RETRY_AFTER, "1");
         }
         if let Self::Overflow(which) = self {
@@ -118,7 +126,7 @@ impl GatewayError {
         if let Self::Overflow(which) = self {
             builder = builder.header("x-switchyard-overflow", which);
         }
-        if self == Self::Shed {
+        if self.status() == StatusCode::TOO_MANY_REQUESTS {
             builder = builder.header(http::header::RETRY_AFTER, "1");
         }
         if grpc {

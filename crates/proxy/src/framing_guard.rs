@@ -80,7 +80,9 @@ impl Tracker {
         Self {
             state: State::Start,
             head: Vec::new(),
-            index: 0,
+            // A guard put on a connection mid-way (after requests served without it) counts
+            // from the next request the service will see.
+            index: flags.served.load(Ordering::Relaxed),
             flags,
         }
     }

@@ -253,6 +253,8 @@ pub struct PoolEntry {
     pub resets: Counter,
     pub breaker: CircuitBreaker,
     pub limiter: Option<ConcurrencyLimiter>,
+    /// Priority, tenant and metrics for the limiter; present exactly when `limiter` is.
+    pub admission: Option<crate::admission::Admission>,
     detector: Option<Arc<Mutex<OutlierDetector>>>,
     outlier_sink: OutlierSink,
     overflow: prometheus_client::metrics::family::Family<PoolReasonLabels, Counter>,
@@ -599,6 +601,9 @@ fn build(
                 .filter(|s| !s.window.is_zero()),
             panic_gauge: metrics.panic.get_or_create(&pool_label).clone(),
             breaker,
+            admission: limiter
+                .as_ref()
+                .map(|_| crate::admission::Admission::new(p, metrics)),
             limiter,
             detector,
             outlier_sink,

@@ -2,12 +2,15 @@
 //! per-request flow ([`service`]), bodies that stream with limits and timeouts ([`body`]), and the
 //! running server with reload and drain ([`server`]).
 
+pub mod admission;
 mod attempt;
 pub mod body;
 pub mod error;
 pub mod framing_guard;
 pub mod gateway;
 pub mod grpc;
+pub mod h1_codec;
+pub mod h1_server;
 pub mod headers;
 pub mod listener;
 pub mod models;

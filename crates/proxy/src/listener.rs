@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
@@ -16,8 +17,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::body::ClientBody;
 use crate::framing_guard::{FramingFlags, Guarded};
 use crate::gateway::GatewayHandle;
+use crate::h1_server;
 use crate::service::{self, ConnContext};
 use switchyard_telemetry::metrics::ListenerLabels;
 
@@ -115,9 +118,8 @@ impl AcceptLoop {
             };
             let _ = stream.set_nodelay(true);
             accepted.inc();
-            let framing = Arc::new(FramingFlags::default());
             let cx = Arc::new(ConnContext {
-                framing: framing.clone(),
+                framing: Arc::new(FramingFlags::default()),
                 listener: name.clone(),
                 client: peer,
                 client_ip: http::HeaderValue::try_from(peer.ip().to_string())
@@ -128,7 +130,7 @@ impl AcceptLoop {
                 access_log: self.spec.access_log,
             });
             self.tracker.spawn(serve_connection(
-                Guarded::new(stream, framing),
+                stream,
                 self.tls.clone(),
                 self.spec.header_read_timeout,
                 builder.clone(),
@@ -151,7 +153,7 @@ impl Drop for OpenGuard {
 
 #[allow(clippy::too_many_arguments)]
 async fn serve_connection(
-    stream: Guarded<TcpStream>,
+    stream: TcpStream,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -162,17 +164,37 @@ async fn serve_connection(
 ) {
     open.inc();
     let _guard = OpenGuard(open);
-    let svc = hyper::service::service_fn(move |req| {
+    let framing = cx.framing.clone();
+    let limits = h1_server::Limits {
+        max_header_bytes: cx.max_header_bytes,
+        max_headers: cx.max_headers,
+        header_read_timeout: handshake_timeout,
+    };
+    let fast = tls.is_none().then(|| (handle.clone(), cx.clone()));
+    let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
         let handle = handle.clone();
         let cx = cx.clone();
-        async move { Ok::<_, Infallible>(service::handle(&handle, &cx, req).await) }
+        async move {
+            let req = req.map(ClientBody::Hyper);
+            Ok::<_, Infallible>(service::handle(&handle, &cx, req).await)
+        }
     });
     match tls {
         None => {
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            let (handle, cx) = fast.expect("set for plain connections");
+            // Plain HTTP/1.1 takes the fast path; whatever it does not take (HTTP/2, uploads,
+            // upgrades, odd requests) continues on hyper's server from the same byte.
+            let (stream, buffered) =
+                match h1_server::serve(stream, &handle, &cx, limits, &shutdown).await {
+                    h1_server::Outcome::Closed => return,
+                    h1_server::Outcome::Fallback { stream, buffered } => (stream, buffered),
+                };
+            let io = Guarded::new(h1_server::Rewind::new(buffered, stream), framing);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
             drive(conn, shutdown).await;
         }
         Some(acceptor) => {
+            let stream = Guarded::new(stream, framing);
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {

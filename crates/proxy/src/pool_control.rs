@@ -80,6 +80,7 @@ fn limiter(c: &Concurrency) -> ConcurrencyLimiter {
             QueueParams {
                 max_queue: f.max_queue as usize,
                 queue_timeout: f.queue_timeout,
+                max_per_tenant: usize::MAX,
             },
         ),
         Concurrency::Adaptive(a) => ConcurrencyLimiter::new(
@@ -93,6 +94,7 @@ fn limiter(c: &Concurrency) -> ConcurrencyLimiter {
             QueueParams {
                 max_queue: a.max_queue as usize,
                 queue_timeout: a.queue_timeout,
+                max_per_tenant: usize::MAX,
             },
         ),
     }
@@ -183,6 +185,12 @@ impl PoolControl {
         if spec.concurrency != self.concurrency {
             self.concurrency = spec.concurrency.clone();
             self.limiter = spec.concurrency.as_ref().map(limiter);
+        }
+        if let (Some(l), Some(c)) = (&self.limiter, &spec.concurrency) {
+            // In place, so a reload that only changes fairness keeps the queue.
+            l.set_max_per_tenant(spec.fairness.as_ref().map_or(usize::MAX, |f| {
+                f.max_queued_per_tenant(c.max_queue()) as usize
+            }));
         }
         self.checker.update(
             spec.health.as_ref().map(ActiveCheck::from),
@@ -279,6 +287,7 @@ impl PoolControl {
         let Balancer::Inference {
             stale_after,
             weights,
+            orca,
             ..
         } = &spec.balancer
         else {
@@ -294,6 +303,7 @@ impl PoolControl {
                 latency: weights.latency,
             },
             stale_after: *stale_after,
+            orca: *orca,
             ..PickerConfig::default()
         };
         Some(Arc::new(InferencePicker::new(
@@ -329,6 +339,22 @@ impl PoolControl {
                 .concurrency_queued
                 .get_or_create(&labels)
                 .set(stats.queued as i64);
+            metrics
+                .admission_queued_tenants
+                .get_or_create(&labels)
+                .set(stats.queued_tenants as i64);
+            for (priority, queued) in ["sheddable", "standard", "critical"]
+                .into_iter()
+                .zip(stats.queued_by_priority)
+            {
+                metrics
+                    .admission_queue_depth
+                    .get_or_create(&switchyard_telemetry::metrics::PoolPriorityLabels {
+                        pool: pool.to_string(),
+                        priority,
+                    })
+                    .set(queued as i64);
+            }
         }
     }
 }

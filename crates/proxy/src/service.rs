@@ -8,7 +8,6 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TE, UPGRADE};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use switchyard_telemetry::metrics::RejectLabels;
 use tokio::time::Instant;
@@ -18,7 +17,8 @@ use crate::attempt::{
     DEFAULT_MAX_REPLAY_BODY, ENDPOINT_LOAD_METRICS,
 };
 use crate::body::{
-    BodyTooLarge, InBody, InferenceUsage, RequestBody, ResponseBody, StreamTiming, UpstreamBody,
+    BodyTooLarge, ClientBody, InBody, InferenceUsage, RequestBody, ResponseBody, StreamTiming,
+    UpstreamBody,
 };
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, GatewayHandle};
@@ -50,7 +50,7 @@ pub struct ConnContext {
 pub async fn handle(
     handle: &GatewayHandle,
     cx: &ConnContext,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Response<ResponseBody> {
     let start = Instant::now();
     let gateway = handle.load();
@@ -103,7 +103,7 @@ type Rejection = (GatewayError, Finish, bool);
 async fn forward(
     gateway: &Gateway,
     cx: &ConnContext,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     request_id: &HeaderValue,
     grpc: bool,
     start: Instant,
@@ -183,23 +183,18 @@ async fn forward(
         .and_then(|v| v.to_str().ok())
         .and_then(Priority::parse)
         .unwrap_or(route.priority);
-    let mut permit = match &pool.limiter {
-        None => None,
-        // Sheddable requests never queue: refused at once when the pool is at its limit.
-        Some(limiter) if priority == Priority::Sheddable => match limiter.try_acquire() {
-            Some(p) => Some(p),
-            None => {
-                pool.count_overflow("shed");
-                return Err((GatewayError::Shed, finish, false));
+    // Sheddable requests never queue; the others wait by priority, tenants taking turns.
+    let mut permit = match (&pool.limiter, &pool.admission) {
+        (Some(limiter), Some(admission)) => {
+            match admission.admit(limiter, priority, req.headers()).await {
+                Ok(p) => Some(p),
+                Err(refused) => {
+                    pool.count_overflow(refused.reason);
+                    return Err((refused.error, finish, false));
+                }
             }
-        },
-        Some(limiter) => match limiter.acquire().await {
-            Ok(p) => Some(p),
-            Err(rejected) => {
-                pool.count_overflow(rejected.as_str());
-                return Err((GatewayError::Overflow("concurrency"), finish, false));
-            }
-        },
+        }
+        _ => None,
     };
     let _in_budget = route.retry.as_ref().map(|r| r.budget.start_request());
 
@@ -239,7 +234,7 @@ async fn forward(
         .insert(X_REQUEST_ID.clone(), request_id.clone());
     if matches!(
         pool.spec.balancer,
-        Balancer::WeightedLeastUtilization { .. }
+        Balancer::WeightedLeastUtilization { .. } | Balancer::Inference { orca: true, .. }
     ) {
         // Ask the backend for an ORCA load report on the response (gRFC A51).
         parts.headers.insert(
@@ -409,9 +404,9 @@ async fn forward(
             .is_some_and(|v| v.as_bytes() == b"1");
         let req_cx = switchyard_inference::RequestContext {
             block_hashes: &hashes,
-            // Only an explicit `lora` field names an adapter here: which model names are
-            // adapters is known to the servers, not (yet) to the gateway.
-            adapter: parsed.lora.as_deref(),
+            // An explicit `lora` field, else the model itself when the servers' metrics say it
+            // is an adapter (vLLM serves adapters under their own model names).
+            adapter: parsed.adapter(|m| !picker.is_adapter(m)),
             est_tokens,
             debug,
         };
@@ -464,7 +459,9 @@ async fn forward(
         } else {
             std::mem::take(&mut parts.headers)
         };
-        let first = send_attempt(
+        // Boxed once: the attempt future is large, and the hedging race and the timeout below
+        // would otherwise copy it as they wrap it.
+        let mut first = Box::pin(send_attempt(
             pool,
             first_index,
             &parts,
@@ -472,7 +469,7 @@ async fn forward(
             &path_and_query,
             this_body,
             upgrade.is_some(),
-        );
+        ));
         let hedge_after = hedger
             .filter(|_| tries == 1 && replayable && pool.endpoints.len() > 1)
             .and_then(|h| h.delay());
@@ -483,7 +480,6 @@ async fn forward(
             };
             // Hedging ("The Tail at Scale"): if the first attempt is slow, send a second one to
             // another endpoint and take whichever answers first; the other is dropped.
-            let mut first = std::pin::pin!(first);
             tokio::select! {
                 r = &mut first => return (r, None),
                 _ = tokio::time::sleep(delay) => {}
@@ -530,6 +526,9 @@ async fn forward(
                 pool.record_outcome(index, Outcome::from_status(resp.status().as_u16()));
                 if let Some(report) = resp.headers().get(&ENDPOINT_LOAD_METRICS) {
                     if let Ok(r) = parse_orca(report.as_bytes()) {
+                        if let Some(picker) = inference {
+                            picker.apply_load_report(index, &r);
+                        }
                         endpoint.state.record_load_report(r);
                     }
                 }
@@ -550,12 +549,11 @@ async fn forward(
                     match &failure {
                         Failure::Inline(SendError::Connect(e)) => (true, Some(e)),
                         Failure::Inline(SendError::ConnectTimeout) => (true, None),
-                        Failure::Inline(SendError::NotSent(_)) => (false, None),
-                        Failure::Inline(SendError::Http(e)) => (false, Some(e)),
                         Failure::Inline(SendError::Overflow(o)) => {
                             pool.count_overflow(o.limit.as_str());
                             return Err((GatewayError::Overflow(o.limit.as_str()), finish, false));
                         }
+                        Failure::Inline(e) => (false, e.source_error()),
                         Failure::Pooled(e) => (e.is_connect(), Some(e)),
                     };
                 if err.is_some_and(has_source::<BodyTooLarge>) {
@@ -670,7 +668,7 @@ async fn forward(
 /// `x-model` header.
 async fn read_model(
     gateway: &Gateway,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     content_length: Option<u64>,
 ) -> Result<(Request<InBody>, Option<RequestedModel>), GatewayError> {
     let header = req

@@ -7,24 +7,31 @@
 //! from sending the head to the last body byte, and then put it back on a per-endpoint idle
 //! stack. This is the shape Pingora uses; here it costs no task and no hash per request.
 
-use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{Connection, SendRequest};
-use hyper_util::rt::TokioIo;
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::body::RequestBody;
+use crate::body::{BoxError, RequestBody};
+use crate::h1_codec::{
+    decode_chunked, encode_chunk, encode_last_chunk, encode_request_head, parse_response_head,
+    response_framing, BodyFraming, Chunked, Decoded, ProtocolError, ReqFraming,
+};
 use switchyard_resilience::{BreakerGuard, CircuitBreaker, Limit, Overflow};
 
-type Io = TokioIo<TcpStream>;
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 16 * 1024;
+/// Request bodies up to this size go out in the same write as the head.
+const COALESCE_BODY: usize = 16 * 1024;
 
 /// Idle connections to one endpoint, most recently used on top.
 pub struct EndpointConns {
@@ -36,29 +43,59 @@ pub struct EndpointConns {
 }
 
 struct Idle {
-    parts: Box<ConnParts>,
+    conn: Box<Conn>,
     since: Instant,
 }
 
-/// Kept boxed: hyper's connection state is large, and it moves between the idle stack, the
-/// request future and the response body on every request.
-struct ConnParts {
-    sender: SendRequest<RequestBody>,
-    conn: Connection<Io, RequestBody>,
+/// One open connection: the socket and its read buffer.
+struct Conn {
+    io: TcpStream,
+    buf: BytesMut,
     /// Held against the pool's `max_connections` for the life of the connection.
     _open: BreakerGuard,
+}
+
+impl Conn {
+    /// Whether the upstream closed (or wrote unasked-for bytes) while the connection sat idle.
+    /// Costs no syscall unless the reactor saw the socket become readable.
+    fn is_stale(&self) -> bool {
+        let mut probe = [0u8; 1];
+        !matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
 }
 
 /// Why an exchange failed, in the terms the request path needs.
 #[derive(Debug)]
 pub enum SendError {
-    Connect(std::io::Error),
+    Connect(io::Error),
     ConnectTimeout,
-    /// The connection closed before the request was written; the request is returned intact.
+    /// A reused connection turned out closed before the upstream saw the request; the request
+    /// is returned intact.
     NotSent(Box<Request<RequestBody>>),
-    Http(hyper::Error),
+    /// The connection failed mid-exchange.
+    Io(io::Error),
+    /// The client's request body failed (too large, reset): the upstream is not at fault.
+    Body(BoxError),
     /// A new connection would pass the pool's `max_connections` or `max_pending`.
     Overflow(Overflow),
+}
+
+impl SendError {
+    /// The underlying error, for logs and for telling a body limit from an upstream failure.
+    pub fn source_error(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Connect(e) | Self::Io(e) => Some(e),
+            Self::Body(e) => Some(&**e),
+            _ => None,
+        }
+    }
 }
 
 impl EndpointConns {
@@ -82,147 +119,316 @@ impl EndpointConns {
     }
 
     /// An idle connection that still looks alive, or `None`.
-    fn pop_idle(&self) -> Option<Box<ConnParts>> {
+    fn pop_idle(&self) -> Option<Box<Conn>> {
         let now = Instant::now();
         loop {
-            let mut idle = self.idle.lock().expect("idle lock").pop()?;
-            if now.duration_since(idle.since) > self.idle_timeout {
+            let idle = self.idle.lock().expect("idle lock").pop()?;
+            if now.duration_since(idle.since) > self.idle_timeout || idle.conn.is_stale() {
                 continue;
             }
-            // Let the connection notice a close that arrived while it sat idle.
-            let mut cx = Context::from_waker(Waker::noop());
-            let p = &mut idle.parts;
-            if Pin::new(&mut p.conn).poll(&mut cx).is_ready() || !p.sender.is_ready() {
-                continue;
-            }
-            return Some(idle.parts);
+            return Some(idle.conn);
         }
     }
 
-    async fn connect(&self, breaker: &CircuitBreaker) -> Result<Box<ConnParts>, SendError> {
+    async fn connect(&self, breaker: &CircuitBreaker) -> Result<Box<Conn>, SendError> {
         let _pending = breaker
             .try_acquire(Limit::Pending)
             .map_err(SendError::Overflow)?;
         let open = breaker
             .try_acquire(Limit::Connections)
             .map_err(SendError::Overflow)?;
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.address))
+        let io = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.address))
             .await
             .map_err(|_| SendError::ConnectTimeout)?
             .map_err(SendError::Connect)?;
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(SendError::Http)?;
-        Ok(Box::new(ConnParts {
-            sender,
-            conn,
+        let _ = io.set_nodelay(true);
+        Ok(Box::new(Conn {
+            io,
+            buf: BytesMut::with_capacity(READ_CHUNK),
             _open: open,
         }))
     }
 
     /// Send `req` on a pooled connection (or a new one), returning the response head and the
-    /// connection, which the caller must keep polling while it reads the body.
+    /// connection, from which the caller reads the body.
     pub async fn send(
         self: &Arc<Self>,
         req: Request<RequestBody>,
         breaker: &CircuitBreaker,
-    ) -> Result<(Response<Incoming>, InlineConn), SendError> {
+    ) -> Result<(Response<()>, InlineConn), SendError> {
         let mut req = req;
-        if let Some(parts) = self.pop_idle() {
-            let mut up = InlineConn::new(self.clone(), parts);
-            match up.exchange(req).await {
+        if let Some(conn) = self.pop_idle() {
+            let mut up = InlineConn::new(self.clone(), conn);
+            match up.exchange(req, true).await {
                 Ok(resp) => return Ok((resp, up)),
-                // The idle connection was closed under us before the request went out: safe to
-                // try once more on a fresh connection.
+                // The idle connection was closed under us before the upstream took the
+                // request: safe to try once more on a fresh connection.
                 Err(SendError::NotSent(back)) => req = *back,
                 Err(e) => return Err(e),
             }
         }
-        let parts = self.connect(breaker).await?;
-        let mut up = InlineConn::new(self.clone(), parts);
-        let resp = up.exchange(req).await?;
+        let conn = self.connect(breaker).await?;
+        let mut up = InlineConn::new(self.clone(), conn);
+        let resp = up.exchange(req, false).await?;
         Ok((resp, up))
     }
 }
 
-/// One upstream connection in use by one exchange.
+/// One upstream connection in use by one exchange; after the response head it yields the
+/// response body.
 pub struct InlineConn {
     home: Arc<EndpointConns>,
-    parts: Box<ConnParts>,
-    finished: bool,
+    conn: Box<Conn>,
+    framing: BodyFraming,
+    chunked: Chunked,
+    /// The request went out whole and the response allows another exchange.
+    reusable: bool,
 }
 
 impl InlineConn {
-    fn new(home: Arc<EndpointConns>, parts: Box<ConnParts>) -> Self {
+    fn new(home: Arc<EndpointConns>, conn: Box<Conn>) -> Self {
         Self {
             home,
-            parts,
-            finished: false,
+            conn,
+            framing: BodyFraming::Empty,
+            chunked: Chunked::Size,
+            reusable: false,
         }
     }
 
     async fn exchange(
         &mut self,
         req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, SendError> {
-        let mut response = std::pin::pin!(self.parts.sender.try_send_request(req));
-        let conn = &mut self.parts.conn;
-        let finished = &mut self.finished;
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(r) = response.as_mut().poll(cx) {
-                return Poll::Ready(r.map_err(|mut e| match e.take_message() {
-                    Some(req) => SendError::NotSent(Box::new(req)),
-                    None => SendError::Http(e.into_error()),
-                }));
+        reused: bool,
+    ) -> Result<Response<()>, SendError> {
+        let (parts, mut body) = req.into_parts();
+        let framing = request_framing(&parts.headers, &body);
+        let mut out = BytesMut::new();
+        encode_request_head(&mut out, &parts.method, &parts.uri, &parts.headers, framing);
+        let whole = body.buffered();
+        if let Some(b) = whole.as_ref().filter(|b| b.len() <= COALESCE_BODY) {
+            out.extend_from_slice(b);
+        }
+        let not_sent = |body: RequestBody| {
+            SendError::NotSent(Box::new(Request::from_parts(parts.clone(), body)))
+        };
+        if let Err(e) = self.conn.io.write_all(&out).await {
+            return Err(if reused {
+                not_sent(body)
+            } else {
+                SendError::Io(e)
+            });
+        }
+        let mut request_done = true;
+        match whole {
+            Some(b) if b.len() > COALESCE_BODY => {
+                self.conn.io.write_all(&b).await.map_err(SendError::Io)?
             }
-            if !*finished {
-                if let Poll::Ready(r) = Pin::new(&mut *conn).poll(cx) {
-                    *finished = true;
-                    // The dispatcher has answered the request's callback by now.
-                    if let Poll::Ready(r2) = response.as_mut().poll(cx) {
-                        return Poll::Ready(r2.map_err(|mut e| match e.take_message() {
-                            Some(req) => SendError::NotSent(Box::new(req)),
-                            None => SendError::Http(e.into_error()),
-                        }));
+            Some(_) => {}
+            None if framing == ReqFraming::None => {}
+            None => request_done = self.stream_body(&mut body, framing).await?,
+        }
+        // Read the response head, skipping interim (1xx) responses.
+        let mut head = loop {
+            match parse_response_head(&self.conn.buf).map_err(protocol)? {
+                Some(head) if head.status.is_informational() => {
+                    if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                        return Err(protocol(ProtocolError("unexpected 101")));
                     }
-                    return Poll::Ready(Err(match r {
-                        Err(e) => SendError::Http(e),
-                        Ok(()) => SendError::Connect(std::io::Error::from(
-                            std::io::ErrorKind::ConnectionAborted,
-                        )),
-                    }));
+                    let _ = self.conn.buf.split_to(head.len);
+                }
+                Some(head) => {
+                    let _ = self.conn.buf.split_to(head.len);
+                    break head;
+                }
+                None => {
+                    let n = std::future::poll_fn(|cx| self.conn.poll_read_more(cx))
+                        .await
+                        .map_err(SendError::Io)?;
+                    if n == 0 {
+                        // A reused connection the upstream closed as we wrote to it: nothing
+                        // was answered, and a body we still hold can go out again.
+                        if reused && self.conn.buf.is_empty() && body.is_replayable() {
+                            return Err(not_sent(body.replay()));
+                        }
+                        return Err(SendError::Io(io::ErrorKind::UnexpectedEof.into()));
+                    }
                 }
             }
-            Poll::Pending
-        })
-        .await
+        };
+        let (framing, keep_alive) = response_framing(&parts.method, &mut head).map_err(protocol)?;
+        self.framing = framing;
+        self.chunked = Chunked::Size;
+        self.reusable = keep_alive && request_done;
+        let mut resp = Response::new(());
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        Ok(resp)
     }
 
-    /// Make progress on the connection (reading the response body, writing the request body).
-    pub fn poll_drive(&mut self, cx: &mut Context<'_>) {
-        if !self.finished && Pin::new(&mut self.parts.conn).poll(cx).is_ready() {
-            self.finished = true;
+    /// Stream a request body out. Returns whether it went out whole: an upstream that answers
+    /// before reading all of it (a 413, say) ends the upload, and the connection is not reused.
+    async fn stream_body(
+        &mut self,
+        body: &mut RequestBody,
+        framing: ReqFraming,
+    ) -> Result<bool, SendError> {
+        enum Next {
+            Readable(io::Result<()>),
+            Frame(Option<Result<Frame<Bytes>, BoxError>>),
+        }
+        let mut out = BytesMut::new();
+        loop {
+            let next = tokio::select! {
+                biased;
+                r = self.conn.io.readable() => Next::Readable(r.map(drop)),
+                f = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)) => Next::Frame(f),
+            };
+            out.clear();
+            match next {
+                Next::Readable(r) => {
+                    r.map_err(SendError::Io)?;
+                    // Readiness can be left over from the last exchange: only bytes count.
+                    let n = std::future::poll_fn(|cx| match self.conn.poll_read_more(cx) {
+                        Poll::Pending => Poll::Ready(Ok(None)),
+                        Poll::Ready(r) => Poll::Ready(r.map(Some)),
+                    })
+                    .await
+                    .map_err(SendError::Io)?;
+                    match n {
+                        None => continue,
+                        Some(0) => return Err(SendError::Io(io::ErrorKind::UnexpectedEof.into())),
+                        Some(_) => return Ok(false),
+                    }
+                }
+                Next::Frame(None) => {
+                    if framing == ReqFraming::Chunked {
+                        encode_last_chunk(&mut out, None);
+                        self.conn.io.write_all(&out).await.map_err(SendError::Io)?;
+                    }
+                    return Ok(true);
+                }
+                Next::Frame(Some(Err(e))) => return Err(SendError::Body(e)),
+                Next::Frame(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) if framing == ReqFraming::Chunked => {
+                        encode_chunk(&mut out, &data);
+                        self.conn.io.write_all(&out).await.map_err(SendError::Io)?;
+                    }
+                    Ok(data) => self.conn.io.write_all(&data).await.map_err(SendError::Io)?,
+                    Err(frame) => {
+                        if let (Ok(trailers), ReqFraming::Chunked) =
+                            (frame.into_trailers(), framing)
+                        {
+                            encode_last_chunk(&mut out, Some(&trailers));
+                            self.conn.io.write_all(&out).await.map_err(SendError::Io)?;
+                            return Ok(true);
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// The next piece of the response body.
+    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        loop {
+            let buf = &mut self.conn.buf;
+            match self.framing {
+                BodyFraming::Empty => return Poll::Ready(None),
+                BodyFraming::Length(left) if !buf.is_empty() => {
+                    let n = (left as usize).min(buf.len());
+                    let data = buf.split_to(n).freeze();
+                    self.framing = match left - n as u64 {
+                        0 => BodyFraming::Empty,
+                        left => BodyFraming::Length(left),
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                BodyFraming::Close if !buf.is_empty() => {
+                    let data = buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                BodyFraming::Chunked => match decode_chunked(&mut self.chunked, buf) {
+                    Err(e) => {
+                        self.framing = BodyFraming::Empty;
+                        self.reusable = false;
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                    Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Decoded::Trailers(t)) => {
+                        self.framing = BodyFraming::Empty;
+                        return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                    }
+                    Ok(Decoded::End) => {
+                        self.framing = BodyFraming::Empty;
+                        return Poll::Ready(None);
+                    }
+                    Ok(Decoded::NeedMore) => {}
+                },
+                BodyFraming::Length(_) | BodyFraming::Close => {}
+            }
+            let n = match ready!(self.conn.poll_read_more(cx)) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.framing = BodyFraming::Empty;
+                    self.reusable = false;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            };
+            if n == 0 {
+                let closed = self.framing == BodyFraming::Close;
+                self.framing = BodyFraming::Empty;
+                self.reusable = false;
+                if closed {
+                    return Poll::Ready(None);
+                }
+                return Poll::Ready(Some(Err(io::ErrorKind::UnexpectedEof.into())));
+            }
+        }
+    }
+
+    /// Whether the response body has been read to its end.
+    pub fn is_end_stream(&self) -> bool {
+        self.framing == BodyFraming::Empty
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            BodyFraming::Empty => SizeHint::with_exact(0),
+            BodyFraming::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
         }
     }
 
     /// The exchange completed: keep the connection for the next request if it can take one.
-    pub fn release(mut self) {
-        if self.finished {
-            return;
-        }
-        let mut cx = Context::from_waker(Waker::noop());
-        let p = &mut self.parts;
-        if Pin::new(&mut p.conn).poll(&mut cx).is_ready() || !p.sender.is_ready() {
+    pub fn release(self) {
+        if !self.reusable || !self.is_end_stream() || !self.conn.buf.is_empty() {
             return;
         }
         let mut idle = self.home.idle.lock().expect("idle lock");
         if idle.len() < self.home.max_idle {
             idle.push(Idle {
-                parts: self.parts,
+                conn: self.conn,
                 since: Instant::now(),
             });
         }
     }
+}
+
+/// How to frame a request body upstream: a known length as `content-length` (a GET without a
+/// body gets none), anything else chunked.
+fn request_framing(headers: &http::HeaderMap, body: &RequestBody) -> ReqFraming {
+    let had_length = headers.contains_key(http::header::CONTENT_LENGTH);
+    match body.size_hint().exact() {
+        Some(0) if !had_length => ReqFraming::None,
+        Some(n) => ReqFraming::Length(n),
+        None if body.is_end_stream() => ReqFraming::None,
+        None => ReqFraming::Chunked,
+    }
+}
+
+fn protocol(e: ProtocolError) -> SendError {
+    SendError::Io(e.into())
 }

@@ -1,12 +1,18 @@
-//! A pool's concurrency limit, fixed or adaptive, with a bounded FIFO queue in front of it.
+//! A pool's concurrency limit, fixed or adaptive, with a bounded fair queue in front of it.
 //!
 //! Like a semaphore, but the number of permits moves: the gradient controller
 //! ([`crate::Gradient`]) raises and lowers it as latency changes. Lowering the limit never
 //! revokes a permit; in-flight requests drain until the count is under the new limit. Requests
-//! over the limit wait in a FIFO queue of at most `max_queue`, for at most `queue_timeout`, then
+//! over the limit wait in a queue of at most `max_queue`, for at most `queue_timeout`, then
 //! are rejected (the proxy answers 503): a short wait smooths bursts, an unbounded one would
 //! only move the upstream's queue into the gateway (Netflix `concurrency-limits`, Envoy
 //! `adaptive_concurrency`, which rejects at once).
+//!
+//! The queue ([`crate::fair_queue`]) serves higher priorities first and, within a priority,
+//! takes tenants in turn, so a tenant that floods the pool delays the others by one turn per
+//! grant rather than by its whole backlog; `max_per_tenant` bounds one tenant's share of the
+//! queue, so it cannot fill the room either. With every request in one class (the default
+//! [`QueueClass`]) it is a plain FIFO.
 //!
 //! Every state change happens under one short lock, with no await inside it. A waiter owns its
 //! receiving end; a grant is a send under the lock, and a waiter that gives up (timeout, or its
@@ -14,7 +20,6 @@
 //! hands the slot straight back. So a [`Permit`] is released exactly once, on drop, and
 //! cancellation never leaks a slot.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -23,6 +28,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::adaptive_concurrency::{Gradient, GradientParams};
+use crate::fair_queue::{FairQueue, QueueClass, PRIORITY_LEVELS};
 
 /// Fixed or adaptive concurrency.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -36,6 +42,9 @@ pub enum ConcurrencyMode {
 pub struct QueueParams {
     pub max_queue: usize,
     pub queue_timeout: Duration,
+    /// Waiters one tenant may have queued at one priority; `usize::MAX` for no cap below
+    /// `max_queue`.
+    pub max_per_tenant: usize,
 }
 
 impl Default for QueueParams {
@@ -43,6 +52,7 @@ impl Default for QueueParams {
         QueueParams {
             max_queue: 128,
             queue_timeout: Duration::from_secs(1),
+            max_per_tenant: usize::MAX,
         }
     }
 }
@@ -52,15 +62,18 @@ impl Default for QueueParams {
 pub enum Rejected {
     /// The queue already held `max_queue` requests.
     QueueFull,
+    /// The request's tenant already had `max_per_tenant` requests queued at its priority.
+    TenantQueueFull,
     /// The request waited `queue_timeout` without a permit.
     Timeout,
 }
 
 impl Rejected {
-    /// Metric label: `queue_full` or `queue_timeout`.
+    /// Metric label: `queue_full`, `tenant_queue_full` or `queue_timeout`.
     pub fn as_str(self) -> &'static str {
         match self {
             Rejected::QueueFull => "queue_full",
+            Rejected::TenantQueueFull => "tenant_queue_full",
             Rejected::Timeout => "queue_timeout",
         }
     }
@@ -70,6 +83,9 @@ impl std::fmt::Display for Rejected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Rejected::QueueFull => "upstream concurrency limit reached and queue full",
+            Rejected::TenantQueueFull => {
+                "upstream concurrency limit reached and this tenant's share of the queue is full"
+            }
             Rejected::Timeout => "timed out waiting under the upstream concurrency limit",
         })
     }
@@ -83,7 +99,12 @@ pub struct LimiterStats {
     pub limit: u32,
     pub in_flight: u32,
     pub queued: usize,
+    /// Waiting requests per priority level, lowest first.
+    pub queued_by_priority: [usize; PRIORITY_LEVELS],
+    /// Tenants with a request waiting (per level, summed).
+    pub queued_tenants: usize,
     pub rejected_queue_full: u64,
+    pub rejected_tenant_queue_full: u64,
     pub rejected_timeout: u64,
     pub min_rtt: Option<Duration>,
 }
@@ -99,6 +120,7 @@ struct Inner {
     queue: QueueParams,
     state: Mutex<State>,
     rejected_queue_full: AtomicU64,
+    rejected_tenant_queue_full: AtomicU64,
     rejected_timeout: AtomicU64,
 }
 
@@ -106,16 +128,18 @@ struct Inner {
 struct State {
     limit: u32,
     in_flight: u32,
-    waiters: VecDeque<(u64, oneshot::Sender<()>)>,
+    waiters: FairQueue<oneshot::Sender<()>>,
+    /// `QueueParams::max_per_tenant`, changeable in place on reload.
+    max_per_tenant: usize,
     next_id: u64,
     gradient: Option<Gradient>,
 }
 
 impl State {
-    /// Hands free slots to waiters, oldest first.
+    /// Hands free slots to waiters, in the queue's order.
     fn grant(&mut self) {
         while self.in_flight < self.limit {
-            let Some((_, tx)) = self.waiters.pop_front() else {
+            let Some(tx) = self.waiters.pop() else {
                 break;
             };
             // A waiter removes itself under the lock before its receiver drops, so this send
@@ -155,11 +179,13 @@ impl ConcurrencyLimiter {
                 state: Mutex::new(State {
                     limit,
                     in_flight: 0,
-                    waiters: VecDeque::new(),
+                    waiters: FairQueue::default(),
+                    max_per_tenant: queue.max_per_tenant,
                     next_id: 0,
                     gradient,
                 }),
                 rejected_queue_full: AtomicU64::new(0),
+                rejected_tenant_queue_full: AtomicU64::new(0),
                 rejected_timeout: AtomicU64::new(0),
             }),
         }
@@ -175,13 +201,27 @@ impl ConcurrencyLimiter {
         None
     }
 
-    /// A permit, waiting in FIFO order for at most `queue_timeout` if the limit is reached.
+    /// A permit, waiting (in the default class, so FIFO among such callers) for at most
+    /// `queue_timeout` if the limit is reached.
     pub async fn acquire(&self) -> Result<Permit, Rejected> {
+        self.acquire_as(QueueClass::default()).await
+    }
+
+    /// A permit, waiting for at most `queue_timeout` if the limit is reached: behind every
+    /// higher-priority waiter, and in turn with the other tenants of `class.priority`.
+    pub async fn acquire_as(&self, class: QueueClass) -> Result<Permit, Rejected> {
         let (id, rx) = {
             let mut s = self.inner.lock();
             if s.waiters.is_empty() && s.in_flight < s.limit {
                 s.in_flight += 1;
                 return Ok(self.permit());
+            }
+            // The tenant's own cap first: when both are hit, the flooding tenant is the cause.
+            if s.waiters.tenant_len(class) >= s.max_per_tenant {
+                self.inner
+                    .rejected_tenant_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(Rejected::TenantQueueFull);
             }
             if s.waiters.len() >= self.inner.queue.max_queue {
                 self.inner
@@ -192,11 +232,12 @@ impl ConcurrencyLimiter {
             let (tx, rx) = oneshot::channel();
             let id = s.next_id;
             s.next_id += 1;
-            s.waiters.push_back((id, tx));
+            s.waiters.push(class, id, tx);
             (id, rx)
         };
         let mut wait = Waiting {
             inner: &self.inner,
+            class,
             id,
             rx,
             granted: false,
@@ -218,13 +259,25 @@ impl ConcurrencyLimiter {
         s.grant();
     }
 
+    /// Sets how many waiters one tenant may have queued at one priority (a reload changed
+    /// it); waiters already over a lowered cap keep their places.
+    pub fn set_max_per_tenant(&self, max: usize) {
+        self.inner.lock().max_per_tenant = max.max(1);
+    }
+
     pub fn stats(&self) -> LimiterStats {
         let s = self.inner.lock();
         LimiterStats {
             limit: s.limit,
             in_flight: s.in_flight,
             queued: s.waiters.len(),
+            queued_by_priority: s.waiters.len_by_level(),
+            queued_tenants: s.waiters.tenants(),
             rejected_queue_full: self.inner.rejected_queue_full.load(Ordering::Relaxed),
+            rejected_tenant_queue_full: self
+                .inner
+                .rejected_tenant_queue_full
+                .load(Ordering::Relaxed),
             rejected_timeout: self.inner.rejected_timeout.load(Ordering::Relaxed),
             min_rtt: s.gradient.as_ref().and_then(Gradient::min_rtt),
         }
@@ -242,6 +295,7 @@ impl ConcurrencyLimiter {
 /// A queued acquire; on drop before a grant, leaves the queue or returns a late grant.
 struct Waiting<'a> {
     inner: &'a Inner,
+    class: QueueClass,
     id: u64,
     rx: oneshot::Receiver<()>,
     granted: bool,
@@ -253,10 +307,9 @@ impl Drop for Waiting<'_> {
             return;
         }
         let mut s = self.inner.lock();
-        if let Some(pos) = s.waiters.iter().position(|(id, _)| *id == self.id) {
-            s.waiters.remove(pos);
-        } else if self.rx.try_recv().is_ok() {
-            // Granted after the timeout fired: give the slot to the next waiter.
+        // Still queued: leave. Otherwise a grant raced the timeout: give the slot to the next
+        // waiter.
+        if s.waiters.remove(self.class, self.id).is_none() && self.rx.try_recv().is_ok() {
             s.release();
         }
     }

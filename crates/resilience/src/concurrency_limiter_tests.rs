@@ -5,6 +5,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use proptest::prelude::*;
 
 use super::*;
+use crate::fair_queue::QueueClass;
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -14,6 +15,7 @@ fn fixed(n: u32, max_queue: usize) -> ConcurrencyLimiter {
         QueueParams {
             max_queue,
             queue_timeout: 100 * MS,
+            ..QueueParams::default()
         },
     )
 }
@@ -189,7 +191,7 @@ async fn discarded_and_early_samples() {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Acquire,
+    Acquire(u8, u64),
     Release(usize),
     SetLimit(u32),
     Advance(u64),
@@ -197,7 +199,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => Just(Op::Acquire),
+        4 => (0u8..3, 0u64..3).prop_map(|(p, t)| Op::Acquire(p, t)),
         3 => any::<usize>().prop_map(Op::Release),
         1 => (1u32..8).prop_map(Op::SetLimit),
         1 => (1u64..150).prop_map(Op::Advance),
@@ -215,16 +217,24 @@ proptest! {
             .build()
             .unwrap();
         rt.block_on(async {
-            let l = fixed(3, 4);
+            let l = ConcurrencyLimiter::new(
+                ConcurrencyMode::Fixed(3),
+                QueueParams {
+                    max_queue: 4,
+                    queue_timeout: 100 * MS,
+                    max_per_tenant: 2,
+                },
+            );
             let held = Arc::new(Mutex::new(Vec::new()));
             let violations = Arc::new(AtomicU64::new(0));
             let mut tasks = Vec::new();
             for op in ops {
                 match op {
-                    Op::Acquire => {
+                    Op::Acquire(priority, tenant) => {
                         let (l, held, violations) = (l.clone(), held.clone(), violations.clone());
+                        let class = QueueClass { priority, tenant };
                         tasks.push(tokio::spawn(async move {
-                            if let Ok(p) = l.acquire().await {
+                            if let Ok(p) = l.acquire_as(class).await {
                                 let s = l.stats();
                                 if s.in_flight > s.limit {
                                     violations.fetch_add(1, Ordering::Relaxed);
@@ -248,6 +258,7 @@ proptest! {
                 }
                 let s = l.stats();
                 prop_assert!(s.queued <= 4);
+                prop_assert_eq!(s.queued_by_priority.iter().sum::<usize>(), s.queued);
                 prop_assert_eq!(s.in_flight as usize, held.lock().unwrap().len());
             }
             held.lock().unwrap().clear();
@@ -256,8 +267,202 @@ proptest! {
             }
             held.lock().unwrap().clear();
             prop_assert_eq!(violations.load(Ordering::Relaxed), 0);
-            prop_assert_eq!(l.stats().in_flight, 0);
+            let s = l.stats();
+            prop_assert_eq!((s.in_flight, s.queued, s.queued_tenants), (0, 0, 0));
             Ok(())
         })?;
     }
+}
+
+fn fair(limit: u32, max_queue: usize, max_per_tenant: usize) -> ConcurrencyLimiter {
+    ConcurrencyLimiter::new(
+        ConcurrencyMode::Fixed(limit),
+        QueueParams {
+            max_queue,
+            queue_timeout: Duration::from_secs(10),
+            max_per_tenant,
+        },
+    )
+}
+
+fn tenant(tenant: u64) -> QueueClass {
+    QueueClass {
+        priority: QueueClass::STANDARD,
+        tenant,
+    }
+}
+
+/// Starts a waiter that records `label` in `order` when granted and holds its permit for 1 ms.
+fn waiter(
+    l: &ConcurrencyLimiter,
+    class: QueueClass,
+    label: &'static str,
+    order: &Arc<Mutex<Vec<&'static str>>>,
+) -> tokio::task::JoinHandle<Result<(), Rejected>> {
+    let (l, order) = (l.clone(), order.clone());
+    tokio::spawn(async move {
+        let p = l.acquire_as(class).await?;
+        order.lock().unwrap().push(label);
+        tokio::time::sleep(MS).await;
+        drop(p);
+        Ok(())
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn queued_tenants_take_turns() {
+    let l = fair(1, 16, 16);
+    let held = l.acquire().await.unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for label in ["a1", "a2", "a3", "a4"] {
+        tasks.push(waiter(&l, tenant(1), label, &order));
+        tokio::task::yield_now().await;
+    }
+    for label in ["b1", "b2"] {
+        tasks.push(waiter(&l, tenant(2), label, &order));
+        tokio::task::yield_now().await;
+    }
+    let s = l.stats();
+    assert_eq!((s.queued, s.queued_tenants), (6, 2));
+    drop(held);
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), ["a1", "b1", "a2", "b2", "a3", "a4"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn critical_waiters_go_before_standard_ones() {
+    let l = fair(1, 16, 16);
+    let held = l.acquire().await.unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let critical = |t| QueueClass {
+        priority: 2,
+        tenant: t,
+    };
+    let tasks = vec![
+        waiter(&l, tenant(1), "standard", &order),
+        waiter(&l, critical(1), "critical-1", &order),
+        waiter(&l, critical(2), "critical-2", &order),
+    ];
+    tokio::task::yield_now().await;
+    assert_eq!(l.stats().queued_by_priority, [0, 1, 2]);
+    drop(held);
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        *order.lock().unwrap(),
+        ["critical-1", "critical-2", "standard"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_tenant_cannot_fill_the_queue() {
+    let l = fair(1, 4, 2);
+    let _held = l.acquire().await.unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let _a: Vec<_> = (0..2).map(|_| waiter(&l, tenant(1), "a", &order)).collect();
+    tokio::task::yield_now().await;
+    // Tenant 1 is at its share of the queue.
+    assert_eq!(
+        l.acquire_as(tenant(1)).await.unwrap_err(),
+        Rejected::TenantQueueFull
+    );
+    let _b: Vec<_> = (0..2).map(|_| waiter(&l, tenant(2), "b", &order)).collect();
+    tokio::task::yield_now().await;
+    // The room itself is full now.
+    assert_eq!(
+        l.acquire_as(tenant(3)).await.unwrap_err(),
+        Rejected::QueueFull
+    );
+    let s = l.stats();
+    assert_eq!((s.queued, s.queued_tenants), (4, 2));
+    assert_eq!(
+        (s.rejected_tenant_queue_full, s.rejected_queue_full),
+        (1, 1)
+    );
+    // A reload may change the share in place; then the room is what is full.
+    l.set_max_per_tenant(3);
+    assert_eq!(
+        l.acquire_as(tenant(1)).await.unwrap_err(),
+        Rejected::QueueFull
+    );
+}
+
+/// One tenant floods (4 requests every 2 ms against a capacity of 200/s), another sends one
+/// request at a time; every admitted request holds its permit for 10 ms. Returns the light
+/// tenant's waits (or refusals) and how many flood requests were refused.
+async fn flood(
+    l: &ConcurrencyLimiter,
+    flooder: u64,
+    light: u64,
+) -> (Vec<Result<Duration, Rejected>>, usize) {
+    let end = Instant::now() + Duration::from_secs(1);
+    let flood = {
+        let l = l.clone();
+        tokio::spawn(async move {
+            let mut tasks = Vec::new();
+            while Instant::now() < end {
+                for _ in 0..4 {
+                    let l = l.clone();
+                    tasks.push(tokio::spawn(async move {
+                        let Ok(p) = l.acquire_as(tenant(flooder)).await else {
+                            return 1;
+                        };
+                        tokio::time::sleep(10 * MS).await;
+                        drop(p);
+                        0
+                    }));
+                }
+                tokio::time::sleep(2 * MS).await;
+            }
+            let mut refused = 0;
+            for t in tasks {
+                refused += t.await.unwrap();
+            }
+            refused
+        })
+    };
+    tokio::time::sleep(5 * MS).await;
+    let mut waits = Vec::new();
+    while Instant::now() < end {
+        let asked = Instant::now();
+        match l.acquire_as(tenant(light)).await {
+            Ok(p) => {
+                waits.push(Ok(asked.elapsed()));
+                tokio::time::sleep(10 * MS).await;
+                drop(p);
+            }
+            Err(e) => waits.push(Err(e)),
+        }
+        tokio::time::sleep(15 * MS).await;
+    }
+    (waits, flood.await.unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flooding_tenant_does_not_starve_a_light_one() {
+    let l = fair(2, 64, 8);
+    let (waits, refused) = flood(&l, 1, 2).await;
+    assert!(waits.len() >= 25, "light requests: {}", waits.len());
+    // A slot frees every 5 ms on average; the light tenant waits for at most one flood grant
+    // before its own.
+    let waits: Vec<Duration> = waits.into_iter().map(Result::unwrap).collect();
+    let worst = waits.iter().max().unwrap();
+    assert!(*worst <= 10 * MS, "light tenant waited {worst:?}");
+    assert!(refused > 1000, "flood refusals: {refused}");
+    let s = l.stats();
+    assert_eq!(s.rejected_tenant_queue_full as usize, refused);
+    assert_eq!((s.rejected_queue_full, s.rejected_timeout), (0, 0));
+
+    // The same traffic through a FIFO queue: the light tenant waits behind the whole flood.
+    let fifo = fair(2, 64, usize::MAX);
+    let (waits, _) = flood(&fifo, 0, 0).await;
+    let starved = waits
+        .iter()
+        .filter(|w| w.as_ref().map_or(true, |d| *d >= 100 * MS))
+        .count();
+    assert!(starved * 2 > waits.len(), "FIFO light outcomes: {waits:?}");
 }

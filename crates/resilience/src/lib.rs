@@ -10,7 +10,7 @@
 //! bodies and the upstream connections, and asks these types at fixed points of a request:
 //!
 //! 1. admission: [`CircuitBreaker::try_acquire`] for `requests` (and `pending` while waiting for
-//!    a connection), [`ConcurrencyLimiter::acquire`], [`RetryBudget::start_request`],
+//!    a connection), [`ConcurrencyLimiter::acquire_as`] (priority and tenant), [`RetryBudget::start_request`],
 //!    [`Hedger::start_request`];
 //! 2. after each attempt: [`RetryPolicy::should_retry`] on an [`Attempt`], then
 //!    [`RetryBudget::try_acquire_retry`] and the breaker's `retries` limit, then sleep the delay;
@@ -23,6 +23,7 @@ pub mod adaptive_concurrency;
 pub mod backoff;
 pub mod circuit_breaker;
 pub mod concurrency_limiter;
+pub mod fair_queue;
 pub mod hedge;
 pub mod latency_histogram;
 pub mod retry_budget;
@@ -34,6 +35,7 @@ pub use circuit_breaker::{BreakerGuard, CircuitBreaker, CircuitLimits, Limit, Ov
 pub use concurrency_limiter::{
     ConcurrencyLimiter, ConcurrencyMode, LimiterStats, Permit, QueueParams, Rejected,
 };
+pub use fair_queue::{QueueClass, PRIORITY_LEVELS};
 pub use hedge::{HedgeDelay, HedgeGuard, HedgeParams, HedgeStats, Hedger};
 pub use latency_histogram::LatencyHistogram;
 pub use retry_budget::{RequestGuard, RetryBudget, RetryBudgetStats, RetryGuard};

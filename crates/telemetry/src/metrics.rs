@@ -60,6 +60,22 @@ pub struct PoolReasonLabels {
     pub reason: &'static str,
 }
 
+/// Admission metrics: no tenant label, so cardinality stays pools × 3 priorities.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolPriorityLabels {
+    pub pool: String,
+    /// `sheddable`, `standard` or `critical`
+    pub priority: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolPriorityReasonLabels {
+    pub pool: String,
+    pub priority: &'static str,
+    /// `shed`, `queue_full`, `tenant_queue_full`, `queue_timeout`
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
     pub route: String,
@@ -114,6 +130,12 @@ pub struct Metrics {
     pub panic: Family<PoolLabels, Gauge>,
     pub concurrency_limit: Family<PoolLabels, Gauge>,
     pub concurrency_queued: Family<PoolLabels, Gauge>,
+    pub admitted: Family<PoolPriorityLabels, Counter>,
+    pub admission_queued: Family<PoolPriorityLabels, Counter>,
+    pub admission_rejected: Family<PoolPriorityReasonLabels, Counter>,
+    pub admission_wait: Family<PoolPriorityLabels, Histogram, fn() -> Histogram>,
+    pub admission_queue_depth: Family<PoolPriorityLabels, Gauge>,
+    pub admission_queued_tenants: Family<PoolLabels, Gauge>,
     pub picks: Family<EndpointLabels, Counter>,
     pub stream_ttft: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub stream_gap: Family<RouteLabels, Histogram, fn() -> Histogram>,
@@ -255,6 +277,44 @@ impl Metrics {
             "switchyard_concurrency_queued",
             "Requests waiting for a concurrency permit",
         );
+        let admission_queued_tenants = pool_gauge(
+            "switchyard_admission_queued_tenants",
+            "Tenants with a request waiting for a concurrency permit",
+        );
+        let admitted = Family::<PoolPriorityLabels, Counter>::default();
+        registry.register(
+            "switchyard_admission_admitted",
+            "Requests given a concurrency permit (at once or after queueing), by priority",
+            admitted.clone(),
+        );
+        let admission_queued = Family::<PoolPriorityLabels, Counter>::default();
+        registry.register(
+            "switchyard_admission_queued",
+            "Requests that waited in the concurrency queue, by priority",
+            admission_queued.clone(),
+        );
+        let admission_rejected = Family::<PoolPriorityReasonLabels, Counter>::default();
+        registry.register(
+            "switchyard_admission_rejected",
+            "Requests refused a concurrency permit, by priority and reason (shed, queue_full, \
+             tenant_queue_full, queue_timeout)",
+            admission_rejected.clone(),
+        );
+        let admission_wait =
+            Family::<PoolPriorityLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            );
+        registry.register(
+            "switchyard_admission_wait_seconds",
+            "Time queued requests waited for a concurrency permit (admitted or not), by priority",
+            admission_wait.clone(),
+        );
+        let admission_queue_depth = Family::<PoolPriorityLabels, Gauge>::default();
+        registry.register(
+            "switchyard_admission_queue_depth",
+            "Requests waiting for a concurrency permit, by priority",
+            admission_queue_depth.clone(),
+        );
         let picks = Family::<EndpointLabels, Counter>::default();
         registry.register(
             "switchyard_upstream_picks",
@@ -335,6 +395,12 @@ impl Metrics {
             panic,
             concurrency_limit,
             concurrency_queued,
+            admitted,
+            admission_queued,
+            admission_rejected,
+            admission_wait,
+            admission_queue_depth,
+            admission_queued_tenants,
             requests,
             request_duration,
             upstream_connect_errors,

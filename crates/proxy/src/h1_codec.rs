@@ -1,0 +1,486 @@
+//! The HTTP/1.1 wire format for upstream exchanges: request heads out, response heads and
+//! bodies in.
+//!
+//! A proxy forwards heads it has already parsed, so it needs no general-purpose client: this
+//! writes the head in one buffer, parses the response head once with `httparse`, and decodes
+//! the body (length, chunked or close-delimited) straight out of the read buffer as `Bytes`
+//! slices of it, with no copy and no task or channel between the socket and the request.
+
+use std::fmt;
+use std::io;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+
+/// Response heads larger than this are refused (NGINX's and Envoy's defaults are 4–64 KiB).
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most headers a response head or trailer block may carry.
+const MAX_HEADERS: usize = 128;
+/// Longest chunk-size line accepted (size, extensions and CRLF).
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// The upstream broke the protocol; the connection is not reused.
+#[derive(Debug, Clone, Copy)]
+pub struct ProtocolError(pub &'static str);
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid upstream response: {}", self.0)
+    }
+}
+impl std::error::Error for ProtocolError {}
+
+impl From<ProtocolError> for io::Error {
+    fn from(e: ProtocolError) -> Self {
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
+}
+
+/// How a request body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReqFraming {
+    /// No body and no framing header (GET and friends).
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Write a request head. `content-length` and `transfer-encoding` from `headers` are replaced
+/// by `framing`, and `host` is added from the URI's authority when the request has none (as when
+/// an HTTP/2 client's `:authority` goes to an HTTP/1 upstream).
+pub fn encode_request_head(
+    out: &mut BytesMut,
+    method: &Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    framing: ReqFraming,
+) {
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    out.reserve(64 + target.len() + headers.len() * 32);
+    out.put_slice(method.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(target.as_bytes());
+    out.put_slice(b" HTTP/1.1\r\n");
+    if !headers.contains_key(HOST) {
+        if let Some(authority) = uri.authority() {
+            out.put_slice(b"host: ");
+            out.put_slice(authority.as_str().as_bytes());
+            out.put_slice(b"\r\n");
+        }
+    }
+    for (name, value) in headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    match framing {
+        ReqFraming::None => {}
+        ReqFraming::Length(n) => {
+            out.put_slice(b"content-length: ");
+            put_decimal(out, n);
+            out.put_slice(b"\r\n");
+        }
+        ReqFraming::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.put_slice(b"\r\n");
+}
+
+/// Append `n` in decimal without going through `fmt`.
+fn put_decimal(out: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[i..]);
+}
+
+/// Write one chunk of a chunked body: size line, data, CRLF.
+pub fn encode_chunk(out: &mut BytesMut, data: &[u8]) {
+    out.reserve(data.len() + 20);
+    out.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.put_slice(data);
+    out.put_slice(b"\r\n");
+}
+
+/// Write the last chunk, with trailers if any.
+pub fn encode_last_chunk(out: &mut BytesMut, trailers: Option<&HeaderMap>) {
+    out.put_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"\r\n");
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    /// Bytes of the read buffer the head took.
+    pub len: usize,
+}
+
+/// Parse a response head from the start of `buf`: `Ok(None)` when more bytes are needed.
+pub fn parse_response_head(buf: &[u8]) -> Result<Option<ResponseHead>, ProtocolError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > MAX_HEAD_BYTES {
+                return Err(ProtocolError("response head too large"));
+            }
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(ProtocolError("too many response headers"))
+        }
+        Err(_) => return Err(ProtocolError("malformed response head")),
+    };
+    if len > MAX_HEAD_BYTES {
+        return Err(ProtocolError("response head too large"));
+    }
+    let status = resp
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(ProtocolError("bad status code"))?;
+    let version = match resp.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let headers = header_map(resp.headers)?;
+    Ok(Some(ResponseHead {
+        status,
+        version,
+        headers,
+        len,
+    }))
+}
+
+fn header_map(parsed: &[httparse::Header<'_>]) -> Result<HeaderMap, ProtocolError> {
+    let mut headers = HeaderMap::with_capacity(parsed.len());
+    for h in parsed {
+        let name =
+            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ProtocolError("header name"))?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| ProtocolError("header value"))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// How a response body is delimited, and so whether the connection can carry another exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes: the connection ends with the body.
+    Close,
+}
+
+/// The framing of a response (RFC 9112 §6.3), and whether the connection stays open after it.
+pub fn response_framing(
+    method: &Method,
+    head: &mut ResponseHead,
+) -> Result<(BodyFraming, bool), ProtocolError> {
+    let mut keep_alive = match head.version {
+        Version::HTTP_10 => has_token(&head.headers, "keep-alive"),
+        _ => !has_token(&head.headers, "close"),
+    };
+    let status = head.status.as_u16();
+    if *method == Method::HEAD || status == 204 || status == 304 || (100..200).contains(&status) {
+        return Ok((BodyFraming::Empty, keep_alive));
+    }
+    if head.headers.contains_key(TRANSFER_ENCODING) {
+        let chunked = last_value(&head.headers, &TRANSFER_ENCODING).is_some_and(|te| {
+            te.rsplit(',')
+                .next()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+        });
+        // Transfer-Encoding wins over Content-Length, and a message carrying both is one a
+        // smuggler made: serve it, but never reuse the connection it came on.
+        if head.headers.remove(CONTENT_LENGTH).is_some() {
+            keep_alive = false;
+        }
+        return Ok(if chunked {
+            (BodyFraming::Chunked, keep_alive)
+        } else {
+            (BodyFraming::Close, false)
+        });
+    }
+    let mut length = None;
+    for v in head.headers.get_all(CONTENT_LENGTH) {
+        for part in v.as_bytes().split(|b| *b == b',') {
+            let n = parse_decimal(part.trim_ascii()).ok_or(ProtocolError("content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ProtocolError("conflicting content-length"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => (BodyFraming::Empty, keep_alive),
+        Some(n) => (BodyFraming::Length(n), keep_alive),
+        None => (BodyFraming::Close, false),
+    })
+}
+
+fn last_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    headers
+        .get_all(name)
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+}
+
+fn has_token(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(CONNECTION).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
+}
+
+/// Where a chunked body's decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunked {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+/// What the chunked decoder produced from the buffer.
+#[derive(Debug)]
+pub enum Decoded {
+    /// More bytes are needed.
+    NeedMore,
+    Data(Bytes),
+    Trailers(HeaderMap),
+    End,
+}
+
+/// Decode the next piece of a chunked body from `buf`, advancing `state`.
+pub fn decode_chunked(state: &mut Chunked, buf: &mut BytesMut) -> Result<Decoded, ProtocolError> {
+    loop {
+        match *state {
+            Chunked::Size => {
+                let Some(eol) = find_crlf(buf) else {
+                    if buf.len() > MAX_CHUNK_LINE {
+                        return Err(ProtocolError("chunk size line too long"));
+                    }
+                    return Ok(Decoded::NeedMore);
+                };
+                let line = &buf[..eol];
+                let digits = line
+                    .iter()
+                    .position(|b| *b == b';' || *b == b' ' || *b == b'\t')
+                    .map_or(line, |end| &line[..end]);
+                let size = parse_hex(digits).ok_or(ProtocolError("chunk size"))?;
+                buf.advance(eol + 2);
+                *state = if size == 0 {
+                    Chunked::Trailers
+                } else {
+                    Chunked::Data(size)
+                };
+            }
+            Chunked::Data(left) => {
+                if buf.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                let n = (left as usize).min(buf.len());
+                let data = buf.split_to(n).freeze();
+                *state = if left == n as u64 {
+                    Chunked::DataEnd
+                } else {
+                    Chunked::Data(left - n as u64)
+                };
+                return Ok(Decoded::Data(data));
+            }
+            Chunked::DataEnd => {
+                if buf.len() < 2 {
+                    return Ok(Decoded::NeedMore);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(ProtocolError("chunk not followed by CRLF"));
+                }
+                buf.advance(2);
+                *state = Chunked::Size;
+            }
+            Chunked::Trailers => {
+                if buf.starts_with(b"\r\n") {
+                    buf.advance(2);
+                    return Ok(Decoded::End);
+                }
+                let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                match httparse::parse_headers(buf, &mut slots) {
+                    Ok(httparse::Status::Complete((len, parsed))) => {
+                        let trailers = header_map(parsed)?;
+                        buf.advance(len);
+                        return Ok(Decoded::Trailers(trailers));
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD_BYTES => {
+                        return Ok(Decoded::NeedMore)
+                    }
+                    _ => return Err(ProtocolError("malformed trailers")),
+                }
+            }
+        }
+    }
+}
+
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
+fn parse_hex(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 15 {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, b| {
+        let d = (*b as char).to_digit(16)?;
+        Some(n * 16 + u64::from(d))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str) -> ResponseHead {
+        parse_response_head(raw.as_bytes()).unwrap().unwrap()
+    }
+
+    #[test]
+    fn request_head_replaces_framing_and_adds_host() {
+        let mut out = BytesMut::new();
+        let mut h = HeaderMap::new();
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        let uri: http::Uri = "http://up:9/v1/x?q=1".parse().unwrap();
+        encode_request_head(&mut out, &Method::POST, &uri, &h, ReqFraming::Length(120));
+        assert_eq!(
+            &out[..],
+            b"POST /v1/x?q=1 HTTP/1.1\r\nhost: up:9\r\nx-a: 1\r\ncontent-length: 120\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn response_head_and_framing() {
+        let mut h = head("HTTP/1.1 200 OK\r\nContent-Length: 14\r\nX: y\r\n\r\nbody");
+        assert_eq!(h.len, 45);
+        assert_eq!(
+            response_framing(&Method::GET, &mut h).unwrap(),
+            (BodyFraming::Length(14), true)
+        );
+        let mut h = head("HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n");
+        assert_eq!(
+            response_framing(&Method::HEAD, &mut h).unwrap().0,
+            BodyFraming::Empty
+        );
+        let mut h = head("HTTP/1.0 200 OK\r\n\r\n");
+        assert_eq!(
+            response_framing(&Method::GET, &mut h).unwrap(),
+            (BodyFraming::Close, false)
+        );
+        let mut h =
+            head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(
+            response_framing(&Method::GET, &mut h).unwrap(),
+            (BodyFraming::Chunked, false)
+        );
+        assert!(!h.headers.contains_key(CONTENT_LENGTH));
+        let mut h = head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n");
+        assert!(response_framing(&Method::GET, &mut h).is_err());
+        let mut h = head("HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\nConnection: close\r\n\r\n");
+        assert_eq!(
+            response_framing(&Method::GET, &mut h).unwrap(),
+            (BodyFraming::Length(3), false)
+        );
+        assert!(parse_response_head(b"HTTP/1.1 200 OK\r\nX: y\r\n")
+            .unwrap()
+            .is_none());
+        assert!(parse_response_head(b"HTTP/1.1 abc OK\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn chunked_decoding_in_pieces() {
+        let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\ngrpc-status: 0\r\n\r\n";
+        // Feed the decoder one byte at a time: every split point must work.
+        let mut state = Chunked::Size;
+        let mut buf = BytesMut::new();
+        let mut data = Vec::new();
+        let mut trailers = None;
+        let mut ended = false;
+        for b in wire {
+            buf.put_u8(*b);
+            loop {
+                match decode_chunked(&mut state, &mut buf).unwrap() {
+                    Decoded::NeedMore => break,
+                    Decoded::Data(d) => data.extend_from_slice(&d),
+                    Decoded::Trailers(t) => {
+                        trailers = Some(t);
+                        break;
+                    }
+                    Decoded::End => {
+                        ended = true;
+                        break;
+                    }
+                }
+            }
+        }
+        assert_eq!(data, b"hello world");
+        assert_eq!(trailers.unwrap()["grpc-status"], "0");
+        assert!(!ended, "trailers end the body themselves");
+        assert!(buf.is_empty());
+
+        let mut state = Chunked::Size;
+        let mut buf = BytesMut::from(&b"0\r\n\r\n"[..]);
+        assert!(matches!(
+            decode_chunked(&mut state, &mut buf).unwrap(),
+            Decoded::End
+        ));
+        for bad in [&b"zz\r\n"[..], b"3\r\nabcXY", b"fffffffffffffffff\r\n"] {
+            let mut state = Chunked::Size;
+            let mut buf = BytesMut::from(bad);
+            let r = (0..4).try_for_each(|_| decode_chunked(&mut state, &mut buf).map(|_| ()));
+            assert!(r.is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn chunk_encoding() {
+        let mut out = BytesMut::new();
+        encode_chunk(&mut out, b"hello world, this is sixteen+");
+        let mut t = HeaderMap::new();
+        t.insert("x-t", HeaderValue::from_static("v"));
+        encode_last_chunk(&mut out, Some(&t));
+        assert_eq!(
+            &out[..],
+            b"1d\r\nhello world, this is sixteen+\r\n0\r\nx-t: v\r\n\r\n"
+        );
+    }
+}

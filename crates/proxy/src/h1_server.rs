@@ -1,0 +1,586 @@
+//! The downstream HTTP/1.1 fast path: plain keep-alive requests parsed once and answered
+//! without a general-purpose server in between.
+//!
+//! Most proxied traffic is the same shape: an HTTP/1.1 request with no body or a small body of
+//! known length, answered with a streamed response. This loop reads heads straight into one
+//! buffer, parses them with `httparse`, hands the request to the service, and writes the
+//! response head and the first body bytes in one `write`. Anything else (an HTTP/2 preface,
+//! `Transfer-Encoding`, `Expect`, `Upgrade`, HTTP/1.0, large bodies, heads over the limits or
+//! malformed) is handed, with the bytes already read, to hyper's server for the rest of the
+//! connection, so every edge case keeps hyper's behaviour and the framing guard's checks.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::{ClientBody, ResponseBody};
+use crate::gateway::GatewayHandle;
+use crate::h1_codec::{encode_chunk, encode_last_chunk};
+use crate::service::{self, ConnContext};
+
+/// Request bodies of known length up to this size are read whole before the request is
+/// dispatched (as NGINX's `client_body_buffer_size` does); larger ones stream through hyper.
+const FAST_BODY_MAX: u64 = 64 * 1024;
+/// Response body frames up to this size are copied next to the head and sent in one write.
+const COALESCE: usize = 16 * 1024;
+const READ_CHUNK: usize = 8 * 1024;
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How the fast path ended.
+pub enum Outcome {
+    /// The connection is finished (closed by either side, or after an error).
+    Closed,
+    /// Hand the connection to the general server, replaying `buffered` first.
+    Fallback { stream: TcpStream, buffered: Bytes },
+}
+
+/// Per-listener settings the fast path enforces.
+#[derive(Clone, Copy)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_read_timeout: Duration,
+}
+
+/// Serve HTTP/1.1 requests on `stream` until it closes or needs the general server.
+pub async fn serve(
+    stream: TcpStream,
+    handle: &GatewayHandle,
+    cx: &ConnContext,
+    limits: Limits,
+    shutdown: &CancellationToken,
+) -> Outcome {
+    let mut conn = Conn {
+        io: stream,
+        buf: BytesMut::with_capacity(READ_CHUNK),
+        out: BytesMut::with_capacity(READ_CHUNK),
+        timer: Box::pin(tokio::time::sleep(limits.header_read_timeout)),
+    };
+    loop {
+        let head = match conn.read_head(limits, shutdown).await {
+            Ok(Some(head)) => head,
+            Ok(None) => return Outcome::Closed,
+            Err(Fallback) => return conn.fallback(),
+        };
+        let (req, close_requested, is_head) = match conn.build_request(head).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Outcome::Closed,
+            Err(Fallback) => return conn.fallback(),
+        };
+        let resp = service::handle(handle, cx, req).await;
+        let close = close_requested || shutdown.is_cancelled();
+        match conn.write_response(resp, is_head, close).await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => {
+                let _ = conn.io.shutdown().await;
+                return Outcome::Closed;
+            }
+        }
+    }
+}
+
+/// The request cannot take the fast path.
+struct Fallback;
+
+struct Conn {
+    io: TcpStream,
+    /// Bytes read and not yet consumed.
+    buf: BytesMut,
+    /// The response being written.
+    out: BytesMut,
+    /// The header-read deadline, reset for each head.
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+/// Where a parsed head's parts sit in the read buffer.
+struct Head {
+    len: usize,
+    method: Method,
+    uri: http::Uri,
+    headers: HeaderMap,
+    body_len: u64,
+    close: bool,
+}
+
+impl Conn {
+    fn fallback(self) -> Outcome {
+        Outcome::Fallback {
+            stream: self.io,
+            buffered: self.buf.freeze(),
+        }
+    }
+
+    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// Read until a whole head is buffered. `Ok(None)`: the client went away (or stayed silent
+    /// past the header-read timeout, or the gateway is draining an idle connection).
+    async fn read_head(
+        &mut self,
+        limits: Limits,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Head>, Fallback> {
+        let mut armed = false;
+        loop {
+            if !self.buf.is_empty() {
+                if let Some(head) = parse_head(&self.buf, limits)? {
+                    return Ok(Some(head));
+                }
+            }
+            if !armed {
+                armed = true;
+                let deadline = Instant::now() + limits.header_read_timeout;
+                self.timer.as_mut().reset(deadline);
+            }
+            enum Next {
+                Read(io::Result<usize>),
+                Stop,
+            }
+            // Draining: an idle connection closes now; one mid-head gets its request served.
+            let idle = self.buf.is_empty();
+            if idle && shutdown.is_cancelled() {
+                return Ok(None);
+            }
+            let next = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = self.poll_read_more(cx) {
+                    return Poll::Ready(Next::Read(r));
+                }
+                if self.timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Next::Stop);
+                }
+                Poll::Pending
+            });
+            let next = tokio::select! {
+                biased;
+                n = next => n,
+                _ = shutdown.cancelled(), if idle => Next::Stop,
+            };
+            match next {
+                Next::Read(Ok(0)) | Next::Read(Err(_)) | Next::Stop => return Ok(None),
+                Next::Read(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Consume the head (and a small body) from the buffer and make the service's request.
+    async fn build_request(
+        &mut self,
+        head: Head,
+    ) -> Result<Option<(Request<ClientBody>, bool, bool)>, Fallback> {
+        // Read the whole body first: it is small and of known length.
+        while (self.buf.len() as u64) < head.len as u64 + head.body_len {
+            let read = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = self.poll_read_more(cx) {
+                    return Poll::Ready(Some(r));
+                }
+                if self.timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                Poll::Pending
+            })
+            .await;
+            match read {
+                Some(Ok(0)) | Some(Err(_)) | None => return Ok(None),
+                Some(Ok(_)) => {}
+            }
+        }
+        self.buf.advance(head.len);
+        let body = if head.body_len == 0 {
+            ClientBody::Full(None)
+        } else {
+            ClientBody::Full(Some(self.buf.split_to(head.body_len as usize).freeze()))
+        };
+        let is_head = head.method == Method::HEAD;
+        let mut req = Request::new(body);
+        *req.method_mut() = head.method;
+        *req.uri_mut() = head.uri;
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = head.headers;
+        Ok(Some((req, head.close, is_head)))
+    }
+
+    /// Write the response; returns whether the connection can take another request.
+    async fn write_response(
+        &mut self,
+        resp: Response<ResponseBody>,
+        is_head: bool,
+        mut close: bool,
+    ) -> io::Result<bool> {
+        let (parts, mut body) = resp.into_parts();
+        close |= has_close(&parts.headers);
+        let status = parts.status;
+        let no_body = is_head
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let out = &mut self.out;
+        out.clear();
+        put_status_line(out, status);
+        for (name, value) in &parts.headers {
+            if name == TRANSFER_ENCODING || name == CONNECTION {
+                continue;
+            }
+            put_header(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if !parts.headers.contains_key(DATE) {
+            put_header(out, b"date", &date_now());
+        }
+        let chunked = if parts.headers.contains_key(CONTENT_LENGTH) || no_body {
+            false
+        } else if let Some(n) = body.size_hint().exact() {
+            out.put_slice(b"content-length: ");
+            out.put_slice(n.to_string().as_bytes());
+            out.put_slice(b"\r\n");
+            false
+        } else {
+            out.put_slice(b"transfer-encoding: chunked\r\n");
+            true
+        };
+        if close {
+            out.put_slice(b"connection: close\r\n");
+        }
+        out.put_slice(b"\r\n");
+        if no_body {
+            drop(body);
+            self.io.write_all(&self.out).await?;
+            return Ok(!close);
+        }
+        // Body frames: those ready now join the head in one write; later ones go out as they
+        // arrive, so a streamed event reaches the client as soon as the upstream sends it.
+        loop {
+            let ready =
+                std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
+            let frame = match ready {
+                Poll::Ready(f) => f,
+                Poll::Pending => {
+                    if !self.out.is_empty() {
+                        self.io.write_all(&self.out).await?;
+                        self.out.clear();
+                    }
+                    std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+                }
+            };
+            match frame {
+                None => {
+                    if chunked {
+                        encode_last_chunk(&mut self.out, None);
+                    }
+                    break;
+                }
+                Some(Err(_)) => {
+                    // The upstream broke off mid-body: the client must see the message end
+                    // early, which only closing the connection says.
+                    if !self.out.is_empty() {
+                        let _ = self.io.write_all(&self.out).await;
+                    }
+                    return Ok(false);
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => self.put_data(data, chunked).await?,
+                    Err(frame) => {
+                        if let (Ok(trailers), true) = (frame.into_trailers(), chunked) {
+                            encode_last_chunk(&mut self.out, Some(&trailers));
+                            break;
+                        }
+                    }
+                },
+            }
+        }
+        if !self.out.is_empty() {
+            self.io.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(!close)
+    }
+
+    async fn put_data(&mut self, data: Bytes, chunked: bool) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if data.len() <= COALESCE {
+            if chunked {
+                encode_chunk(&mut self.out, &data);
+            } else {
+                self.out.put_slice(&data);
+            }
+            return Ok(());
+        }
+        if chunked {
+            self.out
+                .put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        }
+        self.io.write_all(&self.out).await?;
+        self.out.clear();
+        self.io.write_all(&data).await?;
+        if chunked {
+            self.out.put_slice(b"\r\n");
+        }
+        Ok(())
+    }
+}
+
+/// Parse a request head at the start of `buf`: `Ok(None)` when more bytes are needed,
+/// `Err(Fallback)` when the request is not one the fast path takes.
+fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<Head>, Fallback> {
+    if buf.len() >= 3 && H2_PREFACE.starts_with(&buf[..buf.len().min(H2_PREFACE.len())]) {
+        return Err(Fallback);
+    }
+    let mut slots = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut slots);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > limits.max_header_bytes {
+                return Err(Fallback);
+            }
+            return Ok(None);
+        }
+        Err(_) => return Err(Fallback),
+    };
+    if len > limits.max_header_bytes
+        || req.headers.len() > limits.max_headers
+        || req.version != Some(1)
+    {
+        return Err(Fallback);
+    }
+    let method =
+        Method::from_bytes(req.method.ok_or(Fallback)?.as_bytes()).map_err(|_| Fallback)?;
+    let uri = http::Uri::try_from(req.path.ok_or(Fallback)?).map_err(|_| Fallback)?;
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    let mut body_len = None;
+    let mut close = false;
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Fallback)?;
+        if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
+            return Err(Fallback);
+        }
+        if name == CONTENT_LENGTH {
+            let n = parse_decimal(h.value).ok_or(Fallback)?;
+            if body_len.is_some() || n > FAST_BODY_MAX {
+                return Err(Fallback);
+            }
+            body_len = Some(n);
+        } else if name == CONNECTION {
+            for token in h.value.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return Err(Fallback);
+                }
+            }
+        }
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| Fallback)?;
+        headers.append(name, value);
+    }
+    Ok(Some(Head {
+        len,
+        method,
+        uri,
+        headers,
+        body_len: body_len.unwrap_or(0),
+        close,
+    }))
+}
+
+fn parse_decimal(s: &[u8]) -> Option<u64> {
+    let s = s.trim_ascii();
+    if s.is_empty() || s.len() > 19 {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
+}
+
+fn has_close(headers: &HeaderMap) -> bool {
+    headers.get_all(CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+    })
+}
+
+fn put_status_line(out: &mut BytesMut, status: StatusCode) {
+    if status == StatusCode::OK {
+        out.put_slice(b"HTTP/1.1 200 OK\r\n");
+        return;
+    }
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(status.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.put_slice(b"\r\n");
+}
+
+fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.put_slice(name);
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
+/// The `Date` header value, formatted once per second per thread.
+fn date_now() -> [u8; 29] {
+    use std::cell::Cell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static CACHED: Cell<(u64, [u8; 29])> = const { Cell::new((0, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHED.with(|c| {
+        let (at, value) = c.get();
+        if at == secs {
+            return value;
+        }
+        let mut v = [0u8; 29];
+        let s = httpdate::fmt_http_date(now);
+        v.copy_from_slice(&s.as_bytes()[..29]);
+        c.set((secs, v));
+        v
+    })
+}
+
+/// An IO that replays bytes already read before reading from the socket again: how a
+/// connection moves from the fast path to hyper's server mid-stream.
+pub struct Rewind<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T> Rewind<T> {
+    pub fn new(prefix: Bytes, inner: T) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_header_bytes: 8192,
+            max_headers: 100,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn plain_requests_take_the_fast_path() {
+        let h = parse_head(b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\n\r\n", limits())
+            .ok()
+            .flatten()
+            .unwrap();
+        assert_eq!(h.method, Method::GET);
+        assert_eq!(h.uri, "/a?b=1");
+        assert_eq!(h.body_len, 0);
+        assert!(!h.close);
+        let h = parse_head(
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+            limits(),
+        )
+        .ok()
+        .flatten()
+        .unwrap();
+        assert_eq!((h.body_len, h.close, h.len), (5, true, 57));
+        assert!(matches!(
+            parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n", limits()),
+            Ok(None)
+        ));
+    }
+
+    #[test]
+    fn everything_else_falls_back() {
+        for raw in [
+            &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
+            b"PRI * HT",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 10000000\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n",
+            b"POST / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+        ] {
+            assert!(
+                parse_head(raw, limits()).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(9000));
+        assert!(parse_head(big.as_bytes(), limits()).is_err());
+    }
+
+    #[test]
+    fn date_is_an_http_date() {
+        let d = date_now();
+        let s = std::str::from_utf8(&d).unwrap();
+        assert!(s.ends_with(" GMT"), "{s}");
+        assert!(httpdate::parse_http_date(s).is_ok());
+    }
+}
