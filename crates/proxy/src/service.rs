@@ -494,7 +494,7 @@ async fn forward(
             let second_in_flight = pool.endpoints[second_index].state.begin();
             pool.picks[second_index].inc();
             let second_body = body.as_ref().expect("hedged bodies are buffered").replay();
-            let second = send_attempt(
+            let second = Box::pin(send_attempt(
                 pool,
                 second_index,
                 &parts,
@@ -502,7 +502,7 @@ async fn forward(
                 &path_and_query,
                 second_body,
                 false,
-            );
+            ));
             tokio::select! {
                 r = &mut first => (r, None),
                 r = second => (r, Some((second_index, second_in_flight))),
@@ -517,9 +517,14 @@ async fn forward(
             Err(elapsed) => (Err(elapsed), first_index, first_in_flight),
         };
         let endpoint = &pool.endpoints[index];
-        endpoint.state.record_latency(attempt_start.elapsed());
+        // One clock read serves every latency record of this attempt.
+        let attempt_end = Instant::now();
+        let attempt_rtt = attempt_end.duration_since(attempt_start);
+        endpoint
+            .state
+            .record_latency_at(attempt_rtt, attempt_end.into_std());
         if let (Some(h), Ok(Ok(_))) = (hedger, &outcome) {
-            h.record_latency(attempt_start.elapsed());
+            h.record_latency(attempt_rtt);
         }
         let (attempt, error) = match outcome {
             Ok(Ok((resp, conn))) => {
@@ -532,8 +537,13 @@ async fn forward(
                         endpoint.state.record_load_report(r);
                     }
                 }
-                let attempt =
-                    Attempt::from_response(resp.status(), resp.headers(), SystemTime::now());
+                // The wall clock only matters for an HTTP-date `Retry-After`.
+                let wall = if resp.headers().contains_key(http::header::RETRY_AFTER) {
+                    SystemTime::now()
+                } else {
+                    SystemTime::UNIX_EPOCH
+                };
+                let attempt = Attempt::from_response(resp.status(), resp.headers(), wall);
                 match retry_decision(route, pool, retry, tries, &tried, &attempt, body.is_some()) {
                     Some((delay, guards)) => {
                         _retry_guards.push(guards);

@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -167,7 +167,9 @@ impl EndpointConns {
                 Err(e) => return Err(e),
             }
         }
-        let conn = self.connect(breaker).await?;
+        // Boxed: connecting is the rare path, and its future would otherwise make every
+        // exchange's future (moved on each request) larger.
+        let conn = Box::pin(self.connect(breaker)).await?;
         let mut up = InlineConn::new(self.clone(), conn);
         let resp = up.exchange(req, false).await?;
         Ok((resp, up))
@@ -181,8 +183,19 @@ pub struct InlineConn {
     conn: Box<Conn>,
     framing: BodyFraming,
     chunked: Chunked,
-    /// The request went out whole and the response allows another exchange.
+    /// The response allows another exchange (the upload must also have finished).
     reusable: bool,
+    /// A request body still going out.
+    upload: Option<Box<Upload>>,
+}
+
+/// A streamed request body on its way out, and its framing.
+struct Upload {
+    body: RequestBody,
+    chunked: bool,
+    /// Encoded bytes not yet written.
+    out: BytesMut,
+    done: bool,
 }
 
 impl InlineConn {
@@ -193,6 +206,7 @@ impl InlineConn {
             framing: BodyFraming::Empty,
             chunked: Chunked::Size,
             reusable: false,
+            upload: None,
         }
     }
 
@@ -201,7 +215,7 @@ impl InlineConn {
         req: Request<RequestBody>,
         reused: bool,
     ) -> Result<Response<()>, SendError> {
-        let (parts, mut body) = req.into_parts();
+        let (parts, body) = req.into_parts();
         let framing = request_framing(&parts.headers, &body);
         let mut out = BytesMut::new();
         encode_request_head(&mut out, &parts.method, &parts.uri, &parts.headers, framing);
@@ -219,47 +233,63 @@ impl InlineConn {
                 SendError::Io(e)
             });
         }
-        let mut request_done = true;
+        let mut replay = None;
         match whole {
             Some(b) if b.len() > COALESCE_BODY => {
-                self.conn.io.write_all(&b).await.map_err(SendError::Io)?
+                self.conn.io.write_all(&b).await.map_err(SendError::Io)?;
+                replay = Some(body);
             }
-            Some(_) => {}
+            Some(_) => replay = Some(body),
             None if framing == ReqFraming::None => {}
-            None => request_done = self.stream_body(&mut body, framing).await?,
+            // A streamed body goes out as it arrives, while the response is read: an upstream
+            // may answer (and even stream its answer) before the upload ends.
+            None => {
+                self.upload = Some(Box::new(Upload {
+                    body,
+                    chunked: framing == ReqFraming::Chunked,
+                    out: BytesMut::new(),
+                    done: false,
+                }))
+            }
         }
         // Read the response head, skipping interim (1xx) responses.
-        let mut head = loop {
-            match parse_response_head(&self.conn.buf).map_err(protocol)? {
-                Some(head) if head.status.is_informational() => {
-                    if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
-                        return Err(protocol(ProtocolError("unexpected 101")));
-                    }
-                    let _ = self.conn.buf.split_to(head.len);
-                }
-                Some(head) => {
-                    let _ = self.conn.buf.split_to(head.len);
-                    break head;
-                }
-                None => {
-                    let n = std::future::poll_fn(|cx| self.conn.poll_read_more(cx))
-                        .await
-                        .map_err(SendError::Io)?;
-                    if n == 0 {
-                        // A reused connection the upstream closed as we wrote to it: nothing
-                        // was answered, and a body we still hold can go out again.
-                        if reused && self.conn.buf.is_empty() && body.is_replayable() {
-                            return Err(not_sent(body.replay()));
+        let head = std::future::poll_fn(|cx| {
+            if let Poll::Ready(Err(e)) = self.poll_upload(cx) {
+                return Poll::Ready(Err(e));
+            }
+            loop {
+                match parse_response_head(&self.conn.buf).map_err(protocol)? {
+                    Some(head) if head.status.is_informational() => {
+                        if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                            return Poll::Ready(Err(protocol(ProtocolError("unexpected 101"))));
                         }
-                        return Err(SendError::Io(io::ErrorKind::UnexpectedEof.into()));
+                        let _ = self.conn.buf.split_to(head.len);
                     }
+                    Some(head) => {
+                        let _ = self.conn.buf.split_to(head.len);
+                        return Poll::Ready(Ok(Some(head)));
+                    }
+                    None => match ready!(self.conn.poll_read_more(cx)) {
+                        Err(e) => return Poll::Ready(Err(SendError::Io(e))),
+                        Ok(0) => return Poll::Ready(Ok(None)),
+                        Ok(_) => {}
+                    },
                 }
             }
+        })
+        .await?;
+        let Some(mut head) = head else {
+            // A reused connection the upstream closed as we wrote to it: nothing was
+            // answered, and a body we still hold can go out again.
+            if let Some(body) = replay.filter(|_| reused && self.conn.buf.is_empty()) {
+                return Err(not_sent(body));
+            }
+            return Err(SendError::Io(io::ErrorKind::UnexpectedEof.into()));
         };
         let (framing, keep_alive) = response_framing(&parts.method, &mut head).map_err(protocol)?;
         self.framing = framing;
         self.chunked = Chunked::Size;
-        self.reusable = keep_alive && request_done;
+        self.reusable = keep_alive;
         let mut resp = Response::new(());
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
@@ -267,63 +297,41 @@ impl InlineConn {
         Ok(resp)
     }
 
-    /// Stream a request body out. Returns whether it went out whole: an upstream that answers
-    /// before reading all of it (a 413, say) ends the upload, and the connection is not reused.
-    async fn stream_body(
-        &mut self,
-        body: &mut RequestBody,
-        framing: ReqFraming,
-    ) -> Result<bool, SendError> {
-        enum Next {
-            Readable(io::Result<()>),
-            Frame(Option<Result<Frame<Bytes>, BoxError>>),
-        }
-        let mut out = BytesMut::new();
+    /// Move the streamed request body along: flush what is encoded, then take the next frame.
+    /// `Ready(Ok)` once it has all gone out (or there is none).
+    fn poll_upload(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        let Some(up) = self.upload.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
         loop {
-            let next = tokio::select! {
-                biased;
-                r = self.conn.io.readable() => Next::Readable(r.map(drop)),
-                f = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)) => Next::Frame(f),
-            };
-            out.clear();
-            match next {
-                Next::Readable(r) => {
-                    r.map_err(SendError::Io)?;
-                    // Readiness can be left over from the last exchange: only bytes count.
-                    let n = std::future::poll_fn(|cx| match self.conn.poll_read_more(cx) {
-                        Poll::Pending => Poll::Ready(Ok(None)),
-                        Poll::Ready(r) => Poll::Ready(r.map(Some)),
-                    })
-                    .await
+            while !up.out.is_empty() {
+                let n = ready!(Pin::new(&mut self.conn.io).poll_write(cx, &up.out))
                     .map_err(SendError::Io)?;
-                    match n {
-                        None => continue,
-                        Some(0) => return Err(SendError::Io(io::ErrorKind::UnexpectedEof.into())),
-                        Some(_) => return Ok(false),
-                    }
+                if n == 0 {
+                    return Poll::Ready(Err(SendError::Io(io::ErrorKind::WriteZero.into())));
                 }
-                Next::Frame(None) => {
-                    if framing == ReqFraming::Chunked {
-                        encode_last_chunk(&mut out, None);
-                        self.conn.io.write_all(&out).await.map_err(SendError::Io)?;
+                up.out.advance(n);
+            }
+            if up.done {
+                self.upload = None;
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut up.body).poll_frame(cx)) {
+                None => {
+                    if up.chunked {
+                        encode_last_chunk(&mut up.out, None);
                     }
-                    return Ok(true);
+                    up.done = true;
                 }
-                Next::Frame(Some(Err(e))) => return Err(SendError::Body(e)),
-                Next::Frame(Some(Ok(frame))) => match frame.into_data() {
+                Some(Err(e)) => return Poll::Ready(Err(SendError::Body(e))),
+                Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) if data.is_empty() => {}
-                    Ok(data) if framing == ReqFraming::Chunked => {
-                        encode_chunk(&mut out, &data);
-                        self.conn.io.write_all(&out).await.map_err(SendError::Io)?;
-                    }
-                    Ok(data) => self.conn.io.write_all(&data).await.map_err(SendError::Io)?,
+                    Ok(data) if up.chunked => encode_chunk(&mut up.out, &data),
+                    Ok(data) => up.out.extend_from_slice(&data),
                     Err(frame) => {
-                        if let (Ok(trailers), ReqFraming::Chunked) =
-                            (frame.into_trailers(), framing)
-                        {
-                            encode_last_chunk(&mut out, Some(&trailers));
-                            self.conn.io.write_all(&out).await.map_err(SendError::Io)?;
-                            return Ok(true);
+                        if let (Ok(trailers), true) = (frame.into_trailers(), up.chunked) {
+                            encode_last_chunk(&mut up.out, Some(&trailers));
+                            up.done = true;
                         }
                     }
                 },
@@ -333,6 +341,17 @@ impl InlineConn {
 
     /// The next piece of the response body.
     pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        if let Poll::Ready(Err(e)) = self.poll_upload(cx) {
+            // The client's upload failed mid-exchange: the upstream's answer is cut off too.
+            self.upload = None;
+            self.framing = BodyFraming::Empty;
+            self.reusable = false;
+            let e = match e {
+                SendError::Io(e) => e,
+                other => io::Error::other(format!("request body: {other:?}")),
+            };
+            return Poll::Ready(Some(Err(e)));
+        }
         loop {
             let buf = &mut self.conn.buf;
             match self.framing {
@@ -404,7 +423,11 @@ impl InlineConn {
 
     /// The exchange completed: keep the connection for the next request if it can take one.
     pub fn release(self) {
-        if !self.reusable || !self.is_end_stream() || !self.conn.buf.is_empty() {
+        if !self.reusable
+            || !self.is_end_stream()
+            || self.upload.is_some()
+            || !self.conn.buf.is_empty()
+        {
             return;
         }
         let mut idle = self.home.idle.lock().expect("idle lock");
