@@ -462,3 +462,83 @@ async fn routes_on_the_model_in_the_body_or_x_model_header() {
     let (_, _, body) = send(&c, req).await;
     assert_eq!(json(&body)["origin"], b.addr.to_string());
 }
+
+/// A one-shot raw HTTP/1 origin: answers each connection's first request with `response`
+/// verbatim, then closes. For upstream framings the test origin (hyper) never produces.
+fn raw_origin(response: &'static [u8]) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        // Bounded: the test makes a handful of requests.
+        for stream in listener.incoming().take(8) {
+            let Ok(mut s) = stream else { return };
+            let mut buf = [0u8; 4096];
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s.write_all(response);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let origin = Origin::start();
+    let gw = Gateway::start(&simple_config(&[origin.addr], "", ""));
+    let raw = b"GET /first HTTP/1.1\r\nhost: x\r\n\r\nGET /second HTTP/1.1\r\nhost: x\r\n\r\nGET /third HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+    let resp = client::raw_exchange(gw.addr(), raw, Duration::from_secs(5));
+    assert_eq!(resp.matches("HTTP/1.1 200").count(), 3, "{resp}");
+    let (a, b, c) = (
+        resp.find("/first").unwrap(),
+        resp.find("/second").unwrap(),
+        resp.find("/third").unwrap(),
+    );
+    assert!(a < b && b < c, "{resp}");
+    assert!(resp.contains("connection: close"), "{resp}");
+}
+
+#[tokio::test]
+async fn upstream_close_delimited_and_chunked_bodies_reach_the_client() {
+    // No length, no chunking: the body ends when the upstream closes.
+    let close = raw_origin(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end");
+    let gw = Gateway::start(&simple_config(&[close], "", ""));
+    let (status, _, body) = get(&client::http1(), &gw.url("/")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, Bytes::from_static(b"until the end"));
+    drop(gw);
+
+    // Chunked with an extension and trailers, re-chunked to the client.
+    let chunked = raw_origin(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\n",
+    );
+    let gw = Gateway::start(&simple_config(&[chunked], "", ""));
+    let (status, _, body) = get(&client::http1(), &gw.url("/")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, Bytes::from_static(b"hello world"));
+    drop(gw);
+
+    // A broken chunk size: the client sees the message cut short, not a made-up body.
+    let broken =
+        raw_origin(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n");
+    let gw = Gateway::start(&simple_config(&[broken], "", ""));
+    let req = http::Request::get(gw.url("/"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client::http1().request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.into_body().collect().await.is_err());
+}
+
+#[tokio::test]
+async fn conflicting_upstream_content_lengths_are_a_bad_gateway() {
+    let bad = raw_origin(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 5\r\n\r\nabc");
+    let gw = Gateway::start(&simple_config(&[bad], "", ""));
+    let (status, _, body) = get(&client::http1(), &gw.url("/")).await;
+    assert_eq!(status, 502, "{body:?}");
+}
