@@ -377,7 +377,7 @@ fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<Head>, Fallback> {
     let mut body_len = None;
     let mut close = false;
     for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Fallback)?;
+        let name = crate::h1_codec::header_name(h.name.as_bytes()).ok_or(Fallback)?;
         if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
             return Err(Fallback);
         }
@@ -388,14 +388,19 @@ fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<Head>, Fallback> {
             }
             body_len = Some(n);
         } else if name == CONNECTION {
-            for token in h.value.split(|b| *b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    return Err(Fallback);
-                }
+            let (c, _, others) = crate::h1_codec::connection_tokens(h.value);
+            close |= c;
+            if others {
+                // `upgrade`, or headers named as hop-by-hop: hyper and the service's
+                // hop-by-hop stripping handle those.
+                return Err(Fallback);
             }
+            // Only `close`/`keep-alive`: consumed here, never forwarded.
+            continue;
+        } else if name == HeaderName::from_static("keep-alive")
+            || name == HeaderName::from_static("proxy-connection")
+        {
+            continue;
         }
         let value = HeaderValue::from_bytes(h.value).map_err(|_| Fallback)?;
         headers.append(name, value);
