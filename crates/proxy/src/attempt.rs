@@ -178,3 +178,13 @@ pub(crate) enum Failure {
     Inline(SendError),
     Pooled(hyper_util::client::legacy::Error),
 }
+
+impl Failure {
+    /// Whether the upstream is to blame (not a local limit or the client's body).
+    pub(crate) fn is_upstream(&self) -> bool {
+        !matches!(
+            self,
+            Failure::Inline(SendError::Overflow(_) | SendError::Body(_))
+        )
+    }
+}

@@ -27,7 +27,7 @@ use switchyard_resilience::{
     CircuitBreaker, ConcurrencyLimiter, HedgeDelay, HedgeParams, Hedger, RetryBudget, RetryOn,
     RetryPolicy,
 };
-use switchyard_telemetry::metrics::{PoolReasonLabels, RouteReasonLabels};
+use switchyard_telemetry::metrics::{PoolReasonLabels, RouteNameLabels, RouteReasonLabels};
 
 type ConnRegistry = HashMap<(String, std::net::SocketAddr), Arc<EndpointConns>>;
 
@@ -51,6 +51,43 @@ pub struct RouteEntry {
     hedge_config: Option<switchyard_config::resilience::HedgeConfig>,
     retries: prometheus_client::metrics::family::Family<RouteReasonLabels, Counter>,
     retries_refused: prometheus_client::metrics::family::Family<RouteReasonLabels, Counter>,
+    /// Present exactly when `hedger` is.
+    pub hedge_metrics: Option<HedgeMetrics>,
+}
+
+/// A hedging route's counters, resolved once per generation.
+pub struct HedgeMetrics {
+    /// Hedges sent.
+    pub sent: Counter,
+    /// Hedges whose response was used.
+    pub won: Counter,
+    /// Hedges due but refused by the hedge budget.
+    pub refused_budget: Counter,
+    /// Hedges due with no untried endpoint to send them to.
+    pub refused_no_endpoint: Counter,
+}
+
+impl HedgeMetrics {
+    fn new(metrics: &Metrics, route: &str) -> Self {
+        let labels = RouteNameLabels {
+            route: route.to_string(),
+        };
+        let refused = |reason| {
+            metrics
+                .hedges_refused
+                .get_or_create(&RouteReasonLabels {
+                    route: route.to_string(),
+                    reason,
+                })
+                .clone()
+        };
+        Self {
+            sent: metrics.hedges.get_or_create(&labels).clone(),
+            won: metrics.hedges_won.get_or_create(&labels).clone(),
+            refused_budget: refused("budget"),
+            refused_no_endpoint: refused("no_endpoint"),
+        }
+    }
 }
 
 /// A route's retry policy and the budget its retries draw from.
@@ -93,10 +130,6 @@ impl RouteEntry {
                 reason,
             })
             .inc();
-    }
-
-    pub fn count_hedge(&self) {
-        self.count_retry("hedge");
     }
 
     pub fn count_retry_refused(&self, reason: &'static str) {
@@ -584,6 +617,7 @@ fn build(
                 })
         });
         routes.push(RouteEntry {
+            hedge_metrics: hedger.as_ref().map(|_| HedgeMetrics::new(metrics, &r.name)),
             priority: r.priority,
             retry,
             hedger,

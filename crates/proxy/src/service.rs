@@ -429,13 +429,21 @@ async fn forward(
                 r = &mut first => return (r, None),
                 _ = tokio::time::sleep(delay) => {}
             }
-            let second_index = pick_untried(pool, &tried, &ctx).filter(|i| !tried.contains(*i));
-            let (Some(second_index), Some(_hedge)) =
-                (second_index, hedger.and_then(|h| h.try_acquire_hedge()))
+            let counters = route
+                .hedge_metrics
+                .as_ref()
+                .expect("hedging routes have counters");
+            let Some(second_index) =
+                pick_untried(pool, &tried, &ctx).filter(|i| !tried.contains(*i))
             else {
+                counters.refused_no_endpoint.inc();
                 return (first.await, None);
             };
-            route.count_hedge();
+            let Some(_hedge) = hedger.and_then(|h| h.try_acquire_hedge()) else {
+                counters.refused_budget.inc();
+                return (first.await, None);
+            };
+            counters.sent.inc();
             let second_in_flight = pool.endpoints[second_index].state.begin();
             pool.picks[second_index].inc();
             let second_body = body.as_ref().expect("hedged bodies are buffered").replay();
@@ -450,7 +458,22 @@ async fn forward(
             ));
             tokio::select! {
                 r = &mut first => (r, None),
-                r = second => (r, Some((second_index, second_in_flight))),
+                r = second => match r {
+                    Ok(resp) => {
+                        counters.won.inc();
+                        (Ok(resp), Some((second_index, second_in_flight)))
+                    }
+                    // A hedge that failed before headers loses the race: the first attempt
+                    // goes on. Its failure still counts against its endpoint.
+                    Err(failure) => {
+                        if failure.is_upstream() {
+                            pool.endpoints[second_index].state.record_failure();
+                            pool.record_outcome(second_index, Outcome::GatewayError);
+                        }
+                        drop(second_in_flight);
+                        (first.await, None)
+                    }
+                },
             }
         };
         let (outcome, index, in_flight) = match tokio::time::timeout_at(attempt_by, raced).await {

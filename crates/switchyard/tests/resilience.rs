@@ -323,7 +323,36 @@ async fn hedging_races_a_slow_replica() {
             "request {i} waited for the slow replica"
         );
     }
-    assert!(gw.metric("switchyard_retries_total{route=\"r\",reason=\"hedge\"}") >= 2.0);
+    // Hedges are their own series, not retries.
+    let sent = gw.metric("switchyard_hedges_total{route=\"r\"}");
+    let won = gw.metric("switchyard_hedges_won_total{route=\"r\"}");
+    assert!(sent >= 2.0, "hedges sent: {sent}");
+    assert!(won >= 2.0 && won <= sent, "hedges won: {won} of {sent}");
+    let (_, metrics) = gw.admin_get("/metrics");
+    assert!(
+        !metrics.contains("switchyard_retries_total{"),
+        "a hedge was counted as a retry"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedges_over_budget_are_refused_and_counted() {
+    let fleet = fleet(2).await;
+    slow(&fleet, 0, 300);
+    slow(&fleet, 1, 300);
+    // 1% of requests may hedge: a handful of requests earn none.
+    let route = "    hedge: { delay: 20ms, budget_percent: 1 }\n";
+    let gw = Gateway::start(&config(&fleet.addresses(), route, ""));
+    let c = client::http1();
+    for _ in 0..4 {
+        assert_eq!(chat(&c, &gw).await.0, 200);
+    }
+    assert_eq!(
+        gw.metric("switchyard_hedges_refused_total{route=\"r\",reason=\"budget\"}"),
+        4.0
+    );
+    assert_eq!(gw.metric("switchyard_hedges_total{route=\"r\"}"), 0.0);
+    assert_eq!(gw.metric("switchyard_hedges_won_total{route=\"r\"}"), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
