@@ -69,7 +69,8 @@ fn breaker(c: &CircuitLimits) -> CircuitBreaker {
         max_connections: c.max_connections,
         max_pending: c.max_pending,
         max_requests: c.max_requests,
-        max_retries: c.max_retries,
+        // Unset: the routes' retry budgets are the bound (Envoy: a budget replaces the breaker).
+        max_retries: c.max_retries.unwrap_or(u32::MAX),
     })
 }
 
