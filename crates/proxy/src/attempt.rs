@@ -11,6 +11,7 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use switchyard_balance::{hash_key, hash_source_ip, PickContext};
 use switchyard_config::HashKey;
+use switchyard_health::Outcome;
 use switchyard_resilience::{Attempt, BreakerGuard, Limit, RetryGuard, TriedSet};
 use tokio::time::Instant;
 
@@ -44,7 +45,8 @@ pub(crate) fn pick_context(
     key.map_or_else(PickContext::new, PickContext::with_hash_key)
 }
 
-/// Pick an endpoint this request has not tried yet (any endpoint once all were tried).
+/// Pick an endpoint this request has not tried yet (any endpoint once all were tried). A retry
+/// or hedge of a request without a hash key goes to [`pick_retry_target`].
 pub(crate) fn pick_untried(
     pool: &PoolEntry,
     tried: &TriedSet,
@@ -57,6 +59,11 @@ pub(crate) fn pick_untried(
             .map(|k| (start + k) % n)
             .find(|i| !tried.contains(*i))
             .or(Some(start));
+    }
+    if !tried.is_empty() && ctx.hash_key().is_none() {
+        if let Some(i) = pick_retry_target(pool, tried) {
+            return Some(i);
+        }
     }
     let mut first = pool.picker.pick_with(&pool.endpoints, ctx)?;
     if pool.warming_declines(first) {
@@ -75,6 +82,43 @@ pub(crate) fn pick_untried(
     (0..pool.endpoints.len())
         .find(|&i| !tried.contains(i) && pool.endpoints[i].is_available())
         .or(Some(first))
+}
+
+/// Where a retry (or hedge) goes: an endpoint the request has not tried, available, and whose
+/// latest attempt did not fail; of two such endpoints drawn at random, the one with the lower
+/// peak-EWMA latency × (in flight + 1) per unit of weight (the cost Linkerd's balancer uses).
+///
+/// The first attempt follows the pool's balancer; a retry has one more thing to go on, that an
+/// attempt just failed, and should spend it. `least_request` alone would happily send the
+/// retry to an endpoint whose last request timed out (few requests in flight there, since they
+/// all time out) or that just reset a stream; each such retry is one more that fails and is
+/// retried again. `None` when no endpoint qualifies; the caller then takes any untried one.
+/// Scans the pool (retries are rare; the first attempt never comes here).
+pub(crate) fn pick_retry_target(pool: &PoolEntry, tried: &TriedSet) -> Option<usize> {
+    let eligible = |i: usize| {
+        let e = &pool.endpoints[i];
+        !tried.contains(i) && e.is_available() && !e.state.is_failing()
+    };
+    let n = pool.endpoints.len();
+    let count = (0..n).filter(|&i| eligible(i)).count();
+    let nth = |k: usize| (0..n).filter(|&i| eligible(i)).nth(k);
+    let a = nth(fastrand::usize(..count.max(1)))?;
+    if count == 1 {
+        return Some(a);
+    }
+    let b = loop {
+        let b = nth(fastrand::usize(..count))?;
+        if b != a {
+            break b;
+        }
+    };
+    let now = std::time::Instant::now();
+    let cost = |i: usize| {
+        let e = &pool.endpoints[i];
+        let latency = e.state.latency_at(now).map_or(0.0, |d| d.as_secs_f64());
+        (latency + 1e-6) * (e.state.in_flight() + 1) as f64 / f64::from(e.weight.max(1))
+    };
+    Some(if cost(b) < cost(a) { b } else { a })
 }
 
 /// Bodies up to this size are kept for replay when a route hedges without a retry policy.
@@ -186,5 +230,32 @@ impl Failure {
             self,
             Failure::Inline(SendError::Overflow(_) | SendError::Body(_))
         )
+    }
+
+    /// The outcome for outlier detection: a gateway error, and a decisive one when the
+    /// connection was refused (nothing listens there).
+    pub(crate) fn outcome(&self) -> Outcome {
+        let refused = match self {
+            Failure::Inline(SendError::Connect(e)) => {
+                e.kind() == std::io::ErrorKind::ConnectionRefused
+            }
+            Failure::Pooled(e) if e.is_connect() => {
+                let mut source = std::error::Error::source(e);
+                let mut refused = false;
+                while let Some(err) = source {
+                    if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                        refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+                    }
+                    source = err.source();
+                }
+                refused
+            }
+            _ => false,
+        };
+        if refused {
+            Outcome::ConnectRefused
+        } else {
+            Outcome::GatewayError
+        }
     }
 }

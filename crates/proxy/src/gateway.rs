@@ -297,8 +297,14 @@ impl PoolEntry {
         fraction < 1.0 && fastrand::f64() > fraction
     }
 
-    /// Feed passive outlier detection with one attempt's outcome.
+    /// Feed passive outlier detection (and the endpoint's failing flag, which steers retries)
+    /// with one attempt's outcome.
     pub fn record_outcome(&self, index: usize, outcome: Outcome) {
+        if outcome != Outcome::LocalOrigin {
+            self.endpoints[index]
+                .state
+                .set_failing(outcome != Outcome::Success);
+        }
         if let Some(d) = &self.detector {
             let address = self.endpoints[index].address();
             let event = d.lock().expect("outlier lock").record(

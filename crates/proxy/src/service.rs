@@ -468,7 +468,7 @@ async fn forward(
                     Err(failure) => {
                         if failure.is_upstream() {
                             pool.endpoints[second_index].state.record_failure();
-                            pool.record_outcome(second_index, Outcome::GatewayError);
+                            pool.record_outcome(second_index, failure.outcome());
                         }
                         drop(second_in_flight);
                         (first.await, None)
@@ -538,7 +538,7 @@ async fn forward(
                     return Err((GatewayError::BodyTooLarge, finish, true));
                 }
                 endpoint.state.record_failure();
-                pool.record_outcome(index, Outcome::GatewayError);
+                pool.record_outcome(index, failure.outcome());
                 if connect {
                     pool.connect_errors.inc();
                     (Attempt::ConnectFailure, GatewayError::ConnectFailed)

@@ -176,6 +176,150 @@ async fn outlier_detection_ejects_a_dead_endpoint() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_ejects_the_endpoint_at_once_and_no_request_fails() {
+    let fleet = fleet(3).await;
+    let dead = dead_address();
+    let mut eps = fleet.addresses();
+    eps.push(dead);
+    let route = "    retry: { attempts: 3, retry_on: [connect-failure] }\n";
+    // Three gateway errors in a row would be needed without the refused-connection detector.
+    let pool = "    outlier: { consecutive_gateway_errors: 3, base_ejection: 30s, max_ejected_percent: 50 }\n";
+    let gw = Gateway::start(&config(&eps, route, pool));
+    let c = client::http1();
+    // Until a request happens to pick the dead endpoint, nothing is known about it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while endpoint(&pools(&gw), dead)["requests"] == 0 {
+        assert_eq!(chat(&c, &gw).await.0, 200, "a replayable request failed");
+        assert!(
+            Instant::now() < deadline,
+            "the dead endpoint was never picked"
+        );
+    }
+    for _ in 0..30 {
+        assert_eq!(chat(&c, &gw).await.0, 200, "a replayable request failed");
+    }
+    let p = pools(&gw);
+    let d = endpoint(&p, dead);
+    assert_eq!(d["ejected"], true, "{p}");
+    assert_eq!(d["requests"], 1, "one refusal is enough: {d}");
+    assert_eq!(
+        gw.metric("switchyard_outlier_ejections_total{pool=\"p\",reason=\"connect_refused\"}"),
+        1.0
+    );
+    assert_eq!(
+        gw.metric("switchyard_retries_total{route=\"r\",reason=\"connect-failure\"}"),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_crashing_under_load_fails_no_replayable_request() {
+    let fleet = fleet(4).await;
+    let eps = fleet.addresses();
+    let route = "    retry: { attempts: 3, retry_on: [connect-failure, reset, gateway-error], per_try_timeout: 2s }\n";
+    let pool = "    outlier: { consecutive_gateway_errors: 3, base_ejection: 30s, max_ejected_percent: 50 }\n";
+    let gw = std::sync::Arc::new(Gateway::start(&config(&eps, route, pool)));
+    // Four clients in a loop of whole (non-streamed) completions, each replayable.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (gw, stop) = (gw.clone(), stop.clone());
+            tokio::spawn(async move {
+                let c = client::http1();
+                let mut statuses = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    statuses.push(chat(&c, &gw).await.0);
+                }
+                statuses
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let crash = http::Request::post(format!("http://{}/sim/faults", eps[0]))
+        .body(Full::new(Bytes::from_static(b"{\"crash_for_ms\": 5000}")))
+        .unwrap();
+    let (status, _, _) = send(&client::http1(), crash).await;
+    assert!(status.is_success());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for c in clients {
+        let statuses = c.await.unwrap();
+        total += statuses.len();
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    }
+    assert!(total > 20, "only {total} requests");
+    let p = pools(&gw);
+    assert_eq!(endpoint(&p, eps[0])["ejected"], true, "{p}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_avoid_a_replica_whose_last_attempt_failed() {
+    // Replicas 0 and 1 answer 503; only replica 2 works. Two attempts per request: a retry
+    // sent to the other failing replica would fail the request.
+    let fleet = fleet(3).await;
+    failing(&fleet, 0, 503);
+    failing(&fleet, 1, 503);
+    let eps = fleet.addresses();
+    let route = "    retry: { attempts: 2, retry_on: [503], budget: { ratio: 1.0, min_concurrency: 10 } }\n";
+    let gw = Gateway::start(&config(&eps, route, ""));
+    let c = client::http1();
+    // Until both failing replicas have failed once, a retry may still land on one of them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let p = pools(&gw);
+        if [0, 1]
+            .iter()
+            .all(|&i| endpoint(&p, eps[i])["requests"] != 0)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a failing replica was never tried"
+        );
+        chat(&c, &gw).await;
+    }
+    for i in 0..30 {
+        assert_eq!(chat(&c, &gw).await.0, 200, "request {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_not_a_fixed_breaker_bounds_concurrent_retries() {
+    // Replica 0 fails fast; replica 1 answers slowly, so retries pile up in flight. A 100%
+    // budget allows them all; Envoy's old `max_retries: 3` default would refuse most.
+    let fleet = fleet(2).await;
+    failing(&fleet, 0, 503);
+    slow(&fleet, 1, 400);
+    let route =
+        "    retry: { attempts: 2, retry_on: [503], budget: { ratio: 1.0, min_concurrency: 1 } }\n";
+    for (pool, want_refused) in [("", false), ("    limits: { max_retries: 1 }\n", true)] {
+        let gw = std::sync::Arc::new(Gateway::start(&config(&fleet.addresses(), route, pool)));
+        let requests: Vec<_> = (0..12)
+            .map(|_| {
+                let gw = gw.clone();
+                tokio::spawn(async move { chat(&client::http1(), &gw).await.0 })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for r in requests {
+            statuses.push(r.await.unwrap());
+        }
+        let refused = gw.metric("switchyard_retries_refused_total{route=\"r\",reason=\"breaker\"}");
+        if want_refused {
+            assert!(
+                refused >= 1.0,
+                "max_retries: 1 refused nothing: {statuses:?}"
+            );
+        } else {
+            assert_eq!(refused, 0.0);
+            assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_health_checks_follow_a_crash_and_restart() {
     let fleet = fleet(2).await;
     let eps = fleet.addresses();
