@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use crate::body::RequestBody;
 use crate::gateway::{PoolEntry, RouteEntry, RouteRetry};
+use crate::record::Finish;
 use crate::upstream_h1::{InlineConn, SendError};
 
 /// ORCA load report header (gRFC A51), read from every upstream response.
@@ -119,6 +120,32 @@ pub(crate) fn pick_retry_target(pool: &PoolEntry, tried: &TriedSet) -> Option<us
         (latency + 1e-6) * (e.state.in_flight() + 1) as f64 / f64::from(e.weight.max(1))
     };
     Some(if cost(b) < cost(a) { b } else { a })
+}
+
+/// Tell outlier detection (and the endpoint's failing flag) how a response went. A streamed
+/// (`text/event-stream`) 2xx is not a success yet: an inference server sends its headers when it
+/// accepts the request, before queueing and generating, so the headers of a stream say as much
+/// about a stalled or crawling replica as about a healthy one. Counting them as successes lets
+/// a 10× slow replica, whose whole-reply requests all time out, reset its gateway-error streak
+/// with every stream it starts and stay in the pool. Its success is recorded when the stream
+/// ends cleanly ([`Finish::complete`]); a stream cut mid-body is a gateway error as before, and
+/// one the client abandons counts for nothing.
+pub(crate) fn record_response<B>(
+    pool: &PoolEntry,
+    index: usize,
+    resp: &Response<B>,
+    finish: &mut Finish,
+) {
+    let outcome = Outcome::from_status(resp.status().as_u16());
+    let event_stream = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if outcome == Outcome::Success && event_stream {
+        finish.defer_success();
+    } else {
+        pool.record_outcome(index, outcome);
+    }
 }
 
 /// Bodies up to this size are kept for replay when a route hedges without a retry policy.

@@ -38,6 +38,8 @@ pub struct Finish {
     access: Option<Box<AccessInfo>>,
     /// An `inference` pick to release (its in-flight tokens) when the exchange ends.
     inference: Option<(Arc<switchyard_inference::InferencePicker>, usize, u32)>,
+    /// A streamed response whose success outlier detection hears of when it ends cleanly.
+    success_deferred: bool,
 }
 
 impl Finish {
@@ -53,6 +55,7 @@ impl Finish {
             upstream_index: 0,
             access,
             inference: None,
+            success_deferred: false,
         }
     }
 
@@ -87,8 +90,22 @@ impl Finish {
         self.bytes += n;
     }
 
+    /// Tell outlier detection of this response's success when the stream ends cleanly rather
+    /// than now (see `attempt::record_response`).
+    pub fn defer_success(&mut self) {
+        self.success_deferred = true;
+    }
+
     /// The stream ended cleanly.
-    pub fn complete(&mut self) {}
+    pub fn complete(&mut self) {
+        if std::mem::take(&mut self.success_deferred) && self.upstream.is_some() {
+            if let Some(i) = self.route {
+                self.gateway.routes[i]
+                    .pool
+                    .record_outcome(self.upstream_index, Outcome::Success);
+            }
+        }
+    }
 
     /// The stream ended early for `reason`.
     pub fn fail(&mut self, reason: &'static str) {

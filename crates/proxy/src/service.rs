@@ -13,8 +13,8 @@ use switchyard_telemetry::metrics::RejectLabels;
 use tokio::time::Instant;
 
 use crate::attempt::{
-    pick_context, pick_untried, retry_decision, send_attempt, sleep_before_retry, Failure,
-    DEFAULT_MAX_REPLAY_BODY, ENDPOINT_LOAD_METRICS,
+    pick_context, pick_untried, record_response, retry_decision, send_attempt, sleep_before_retry,
+    Failure, DEFAULT_MAX_REPLAY_BODY, ENDPOINT_LOAD_METRICS,
 };
 use crate::body::{
     BodyTooLarge, ClientBody, InBody, RequestBody, ResponseBody, StreamTiming, UpstreamBody,
@@ -496,7 +496,7 @@ async fn forward(
         }
         let (attempt, error) = match outcome {
             Ok(Ok((resp, conn))) => {
-                pool.record_outcome(index, Outcome::from_status(resp.status().as_u16()));
+                record_response(pool, index, &resp, &mut finish);
                 if let Some(report) = resp.headers().get(&ENDPOINT_LOAD_METRICS) {
                     if let Ok(r) = parse_orca(report.as_bytes()) {
                         if let Some(picker) = inference {

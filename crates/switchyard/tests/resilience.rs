@@ -320,6 +320,40 @@ async fn the_retry_budget_not_a_fixed_breaker_bounds_concurrent_retries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_that_start_do_not_hide_a_crawling_replica_from_outlier_detection() {
+    // One replica, slowed so much that a whole reply misses the 300 ms per-try timeout while a
+    // stream's headers still come at once. Streams and whole replies alternate: if a stream's
+    // headers counted as a success, the gateway-error streak would never pass one.
+    let fleet = fleet(1).await;
+    let faults = FaultConfig {
+        slow_factor: 3000.0,
+        ..FaultConfig::default()
+    };
+    fleet.set_faults(0, faults).unwrap();
+    let route = "    retry: { attempts: 2, retry_on: [gateway-error], per_try_timeout: 300ms }\n";
+    let pool = "    outlier: { consecutive_gateway_errors: 3, base_ejection: 30s }\n";
+    let gw = Gateway::start(&config(&fleet.addresses(), route, pool));
+    let c = client::http1();
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let body = format!(
+            r#"{{"model":"{MODEL}","max_tokens":50,"stream":true,"messages":[{{"role":"user","content":"hi"}}]}}"#
+        );
+        let req = http::Request::post(gw.url("/v1/chat/completions"))
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        // Headers arrive; the body crawls on (held open until the test ends).
+        let resp = c.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        streams.push(resp);
+        assert_eq!(chat(&c, &gw).await.0, 504, "a whole reply should time out");
+    }
+    let p = pools(&gw);
+    assert_eq!(endpoint(&p, fleet.addresses()[0])["ejected"], true, "{p}");
+    drop(streams);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_health_checks_follow_a_crash_and_restart() {
     let fleet = fleet(2).await;
     let eps = fleet.addresses();
