@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::gateway::Gateway;
 use switchyard_health::Outcome;
+use switchyard_resilience::{BreakerGuard, RequestGuard, RetryGuard};
 
 /// Details only kept when the listener writes an access log.
 pub struct AccessInfo {
@@ -40,6 +41,11 @@ pub struct Finish {
     inference: Option<(Arc<switchyard_inference::InferencePicker>, usize, u32)>,
     /// A streamed response whose success outlier detection hears of when it ends cleanly.
     success_deferred: bool,
+    /// The request's place in its route's retry budget, and the retries it took: held to the
+    /// end of the body, as Envoy counts active requests and retries (a stream's headers come
+    /// long before its end; counting it only until then shrinks the budget of a streaming route).
+    budget: Option<RequestGuard>,
+    retries: Vec<(RetryGuard, BreakerGuard)>,
 }
 
 impl Finish {
@@ -56,6 +62,8 @@ impl Finish {
             access,
             inference: None,
             success_deferred: false,
+            budget: None,
+            retries: Vec::new(),
         }
     }
 
@@ -88,6 +96,16 @@ impl Finish {
 
     pub fn add_bytes(&mut self, n: u64) {
         self.bytes += n;
+    }
+
+    /// Keep the request's retry-budget guards until the exchange ends.
+    pub fn hold_budget(
+        &mut self,
+        budget: Option<RequestGuard>,
+        retries: Vec<(RetryGuard, BreakerGuard)>,
+    ) {
+        self.budget = budget;
+        self.retries = retries;
     }
 
     /// Tell outlier detection of this response's success when the stream ends cleanly rather

@@ -197,7 +197,7 @@ async fn forward(
         }
         _ => None,
     };
-    let _in_budget = route.retry.as_ref().map(|r| r.budget.start_request());
+    let in_budget = route.retry.as_ref().map(|r| r.budget.start_request());
 
     // 4. Rewrite for the upstream hop.
     let upgrade = if req.version() < Version::HTTP_2 && is_upgrade(req.headers()) {
@@ -377,7 +377,7 @@ async fn forward(
     let ctx = pick_context(pool, &parts.headers, cx.client);
     let mut tried = TriedSet::new();
     let mut tries = 0u32;
-    let mut _retry_guards = Vec::new();
+    let mut retry_guards = Vec::new();
     let hedger = route.hedger.as_ref();
     if let Some(h) = hedger {
         h.start_request();
@@ -514,7 +514,7 @@ async fn forward(
                 let attempt = Attempt::from_response(resp.status(), resp.headers(), wall);
                 match retry_decision(route, pool, retry, tries, &tried, &attempt, body.is_some()) {
                     Some((delay, guards)) => {
-                        _retry_guards.push(guards);
+                        retry_guards.push(guards);
                         drop((resp, conn));
                         sleep_before_retry(delay, headers_by).await;
                         continue;
@@ -559,7 +559,7 @@ async fn forward(
             if let Some((delay, guards)) =
                 retry_decision(route, pool, retry, tries, &tried, &attempt, body.is_some())
             {
-                _retry_guards.push(guards);
+                retry_guards.push(guards);
                 sleep_before_retry(delay, headers_by).await;
                 continue;
             }
@@ -573,6 +573,7 @@ async fn forward(
         p.record_sample();
     }
     finish.set_upstream(in_flight, index);
+    finish.hold_budget(in_budget, retry_guards);
     let mut resp = resp;
 
     // 7. Stream the response back.
