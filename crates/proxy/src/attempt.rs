@@ -152,7 +152,8 @@ pub(crate) fn record_response<B>(
 pub(crate) const DEFAULT_MAX_REPLAY_BODY: u64 = 64 * 1024;
 
 /// Start one attempt at endpoint `index`: HTTP/1 pools drive a pooled connection inline; HTTP/2
-/// pools (and upgrades) go through the multiplexing client.
+/// pools multiplex over the endpoint's connection (`upstream_h2`); upgrades go through the
+/// pooled client.
 pub(crate) fn send_attempt<'a>(
     pool: &'a PoolEntry,
     index: usize,
@@ -165,10 +166,12 @@ pub(crate) fn send_attempt<'a>(
     Output = Result<(Response<Option<Incoming>>, Option<InlineConn>), Failure>,
 > + 'a {
     let inline = pool.h1.get(index).filter(|_| !upgrade);
+    let h2 = pool.h2.get(index).filter(|_| !upgrade);
     let mut uri = http::uri::Parts::default();
     if inline.is_none() {
-        // The pooled client wants an absolute URI to pick its connection; the inline HTTP/1
-        // path writes the request target as given, so it gets origin-form.
+        // HTTP/2 takes `:scheme` and `:authority` from an absolute URI (as the pooled client
+        // picks its connection by it); the inline HTTP/1 path writes the request target as
+        // given, so it gets origin-form.
         uri.scheme = Some(Scheme::HTTP);
         uri.authority = Some(pool.authorities[index].clone());
     }
@@ -176,13 +179,18 @@ pub(crate) fn send_attempt<'a>(
     let uri = Uri::from_parts(uri).expect("path is set; scheme and authority go together");
     let req = attempt_request(parts, headers, uri, body);
     async move {
-        match inline {
-            Some(conns) => conns
+        match (inline, h2) {
+            (Some(conns), _) => conns
                 .send(req, &pool.breaker)
                 .await
                 .map(|(resp, conn)| (resp.map(|()| None), Some(conn)))
                 .map_err(Failure::Inline),
-            None => pool
+            (None, Some(h2)) => h2
+                .send(req, &pool.breaker, &pool.endpoints[index].state)
+                .await
+                .map(|resp| (resp.map(Some), None))
+                .map_err(Failure::Inline),
+            (None, None) => pool
                 .client
                 .request(req)
                 .await
@@ -243,10 +251,12 @@ pub(crate) async fn sleep_before_retry(delay: Duration, headers_by: Instant) {
     tokio::time::sleep_until((Instant::now() + delay).min(headers_by)).await;
 }
 
-/// How sending upstream failed, from either client.
+/// How sending upstream failed.
 #[derive(Debug)]
 pub(crate) enum Failure {
+    /// From our own clients: the inline HTTP/1 connection or the HTTP/2 connection.
     Inline(SendError),
+    /// From the pooled client (upgrades).
     Pooled(hyper_util::client::legacy::Error),
 }
 

@@ -222,9 +222,12 @@ pub struct PoolEntry {
     pub authorities: Vec<Authority>,
     pub picker: Arc<dyn Picker>,
     /// HTTP/1 pools: per-endpoint idle connections, driven inline by requests (parallel to
-    /// `endpoints`). Empty for HTTP/2 pools, which multiplex through `client`.
+    /// `endpoints`). Empty for HTTP/2 pools.
     pub h1: Vec<Arc<EndpointConns>>,
-    /// Pooled client for HTTP/2 upstreams and for HTTP/1 upgrades.
+    /// HTTP/2 pools: each endpoint's multiplexed connection, under the pool's connection and
+    /// pending limits (parallel to `endpoints`). Empty for HTTP/1 pools.
+    pub h2: Vec<Arc<crate::upstream_h2::H2Endpoint>>,
+    /// Pooled client for HTTP/1 upgrades.
     pub client: UpstreamClient,
     pub connect_errors: Counter,
     pub timeouts: Counter,
@@ -547,6 +550,7 @@ fn build(
         let detector = control.detector.clone();
         let outlier_sink = control.sink(metrics, &p.name);
         let inference = control.inference_picker(p);
+        let h2 = control.h2_endpoints();
         pools.push(Arc::new(PoolEntry {
             inference,
             picks: p
@@ -582,6 +586,7 @@ fn build(
             authorities,
             picker: switchyard_balance::build(&p.balancer),
             h1,
+            h2,
             client,
             connect_errors: metrics
                 .upstream_connect_errors

@@ -584,6 +584,75 @@ async fn max_connections_caps_upstream_connections() {
     assert_eq!(chat(&client::http1(), &gw).await.0, 200);
 }
 
+/// GET `path` through the gateway on a fresh HTTP/1 connection: status, overflow header, time.
+async fn timed_get(gw: &Gateway, path: &str) -> (u16, Option<String>, Duration) {
+    let start = Instant::now();
+    let (status, headers, _) = client::get(&client::http1(), &gw.url(path)).await;
+    let overflow = headers
+        .get("x-switchyard-overflow")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status.as_u16(), overflow, start.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_pools_enforce_max_pending_and_max_connections() {
+    // One stream per connection: a second request has to wait for the first one's stream.
+    let origin = support::origin::Origin::start_h2_streams(1);
+    let pool = "    protocol: http2\n    limits: { max_connections: 1, max_pending: 1 }\n";
+    let gw = std::sync::Arc::new(Gateway::start(&config(&[origin.addr], "", pool)));
+    let spawn_get = |path: &'static str| {
+        let gw = gw.clone();
+        tokio::spawn(async move { timed_get(&gw, path).await })
+    };
+    let first = spawn_get("/slow?ms=800");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = spawn_get("/slow?ms=10");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The first holds the stream, the second the one pending place: the third overflows.
+    let (status, overflow, took) = timed_get(&gw, "/slow?ms=10").await;
+    assert_eq!((status, overflow.as_deref()), (503, Some("pending")));
+    assert!(took < Duration::from_millis(300), "overflow took {took:?}");
+    assert_eq!(first.await.unwrap().0, 200);
+    let (status, _, waited) = second.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        waited >= Duration::from_millis(400),
+        "the second request did not wait for a stream: {waited:?}"
+    );
+    assert_eq!(
+        origin.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert_eq!(
+        gw.metric("switchyard_overflow_total{pool=\"p\",reason=\"pending\"}"),
+        1.0
+    );
+
+    // Two endpoints, one connection allowed in all: while the first endpoint's connection is
+    // open, a request for the second cannot open another.
+    let (a, b) = (
+        support::origin::Origin::start(),
+        support::origin::Origin::start(),
+    );
+    let pool =
+        "    protocol: http2\n    balancer: round_robin\n    limits: { max_connections: 1 }\n";
+    let gw = Gateway::start(&config(&[a.addr, b.addr], "", pool));
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let (status, overflow, _) = timed_get(&gw, "/").await;
+        seen.push((status, overflow));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [(200, None), (503, Some("connections".to_string()))],
+        "one endpoint served, the other had no connection to use"
+    );
+    let total = a.connections.load(std::sync::atomic::Ordering::SeqCst)
+        + b.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(total, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inference_balancer_keeps_a_prefix_together_and_explains_picks() {
     let fleet = fleet(4).await;
