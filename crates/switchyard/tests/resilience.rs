@@ -354,6 +354,75 @@ async fn streams_that_start_do_not_hide_a_crawling_replica_from_outlier_detectio
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_count_toward_the_retry_budget_until_they_end() {
+    // A crawling replica and a dead address, keyed by user: streams go to the replica and stay
+    // open; whole requests go to the dead address and must be retried on the replica.
+    let fleet = fleet(1).await;
+    let faults = FaultConfig {
+        slow_factor: 300.0,
+        ..FaultConfig::default()
+    };
+    fleet.set_faults(0, faults).unwrap();
+    let live = fleet.addresses()[0];
+    let dead = dead_address();
+    let route = "    retry: { attempts: 2, retry_on: [connect-failure], budget: { ratio: 0.3, min_concurrency: 1 } }\n";
+    // A load factor high enough that no key spills over to the other endpoint.
+    let pool = "    balancer: { kind: ring_hash, key: { header: x-user }, load_factor: 100 }\n";
+    let gw = std::sync::Arc::new(Gateway::start(&config(&[live, dead], route, pool)));
+    let request = |user: &str, stream: bool, tokens: u32| {
+        let body = format!(
+            r#"{{"model":"{MODEL}","max_tokens":{tokens},"stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+        );
+        http::Request::post(gw.url("/v1/chat/completions"))
+            .header("x-user", user)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    };
+    // Find a user the ring puts on the live replica and one it puts on the dead address.
+    let c = client::http1();
+    let (mut to_live, mut to_dead) = (None, None);
+    for i in 0..64 {
+        let user = format!("user-{i}");
+        let before = endpoint(&pools(&gw), dead)["requests"].as_u64().unwrap();
+        assert_eq!(send(&c, request(&user, false, 1)).await.0, 200);
+        let after = endpoint(&pools(&gw), dead)["requests"].as_u64().unwrap();
+        let slot = if after > before {
+            &mut to_dead
+        } else {
+            &mut to_live
+        };
+        slot.get_or_insert(user);
+        if to_live.is_some() && to_dead.is_some() {
+            break;
+        }
+    }
+    let (to_live, to_dead) = (to_live.unwrap(), to_dead.unwrap());
+    // Ten streams open on the live replica: ten active requests once their headers are out.
+    let mut streams = Vec::new();
+    for _ in 0..10 {
+        let resp = c.request(request(&to_live, true, 500)).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        streams.push(resp);
+    }
+    // Three whole requests need a retry each, at once: 30% of 13 active requests allows three.
+    // Counted only to their headers, the streams would leave three active and allow one.
+    let whole: Vec<_> = (0..3)
+        .map(|_| {
+            let req = request(&to_dead, false, 4);
+            tokio::spawn(async move { send(&client::http1(), req).await.0 })
+        })
+        .collect();
+    for w in whole {
+        assert_eq!(w.await.unwrap(), 200);
+    }
+    assert_eq!(
+        gw.metric("switchyard_retries_refused_total{route=\"r\",reason=\"budget\"}"),
+        0.0
+    );
+    drop(streams);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_health_checks_follow_a_crash_and_restart() {
     let fleet = fleet(2).await;
     let eps = fleet.addresses();
