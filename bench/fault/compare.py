@@ -23,7 +23,9 @@ retries sent (Switchyard: switchyard_retries_total; Envoy: cluster.sim.upstream_
 per-try timeouts and ejections.
 
 Usage: python3 bench/fault/compare.py [--rounds 3] [--seconds 25] [--rate 90] [--whole-share 0.5]
-       [--per-try-timeout 3s] [--proxies switchyard,envoy] [--out fault.json]
+       [--per-try-timeout 3s] [--proxies switchyard,envoy] [--no-faults] [--out fault.json]
+(`--no-faults`: the same load and configs without the crash and the slow replica, as a baseline.)
+Each proxy's counters (Prometheus metrics; Envoy /stats and /clusters) are kept in the work dir.
 The Switchyard binary is $SWITCHYARD_BIN (default target/release/switchyard).
 """
 
@@ -165,8 +167,8 @@ def run(proxy, args, d):
     p = None
     try:
         p = start_switchyard(d, addrs, args) if proxy == "switchyard" else start_envoy_equivalent(d, addrs, args)
-        t = threading.Timer(5.0, lambda: (inject(addrs[0], {"crash_for_ms": 15000}),
-                                           inject(addrs[1], {"slow_factor": 10.0})))
+        t = threading.Timer(5.0, lambda: None if args.no_faults else (
+            inject(addrs[0], {"crash_for_ms": 15000}), inject(addrs[1], {"slow_factor": 10.0})))
         t.start()
         # Two Poisson processes (streamed, whole) add up to one at `rate`.
         runs = {}
@@ -203,6 +205,8 @@ def run(proxy, args, d):
         raw = f"http://127.0.0.1:{ADMIN_PORT}/" + ("metrics" if proxy == "switchyard" else "stats")
         with open(os.path.join(d, f"{proxy}-{time.strftime('%H%M%S')}-counters.txt"), "w") as f:
             f.write(urllib.request.urlopen(raw).read().decode())
+            if proxy == "envoy":
+                f.write(urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT}/clusters").read().decode())
         res["success_rate"] = res["ok"] / max(1, res["sent"])
         res["retries"] = retries_sent(proxy)
         res["per_try_timeouts"] = per_try_timeouts(proxy)
@@ -223,6 +227,7 @@ def main():
                     help="share of requests asking for whole replies (stream: false)")
     ap.add_argument("--per-try-timeout", default="3s", help="both proxies' per-try timeout")
     ap.add_argument("--proxies", default="switchyard,envoy")
+    ap.add_argument("--no-faults", action="store_true", help="baseline: the same load, no faults")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="sy-fault-")

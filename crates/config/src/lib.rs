@@ -1,6 +1,7 @@
 //! Switchyard's configuration: the YAML schema ([`model`]), loading with precise errors
 //! ([`load`]), and the cross-reference checks that make a config safe to swap in ([`validate`]).
 
+pub mod backends;
 mod error;
 pub mod health;
 pub mod load;
@@ -9,6 +10,7 @@ pub mod model;
 pub mod resilience;
 pub mod validate;
 
+pub use backends::{Backend, Rewrite, Target};
 pub use error::{nearest, ConfigError, ConfigErrors};
 pub use load::{load_file, parse};
 pub use model::*;

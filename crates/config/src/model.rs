@@ -133,14 +133,22 @@ pub struct Tls {
     pub key: PathBuf,
 }
 
-/// A route: the first route whose `match` fits a request sends it to `pool`.
+/// A route: the first route whose `match` fits a request sends it to `pool`, or to one of its
+/// weighted `backends` (exactly one of the two is set).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     pub name: String,
     #[serde(rename = "match", default)]
     pub matcher: Match,
-    pub pool: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Weighted targets, picked per request (version splits, canaries); instead of `pool`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backends: Option<Vec<crate::backends::Backend>>,
+    /// Request rewrites for every target (a backend's own `model` overrides `rewrite.model`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<crate::backends::Rewrite>,
     /// Bounds the wait for the upstream's response headers.
     #[serde(default = "default_route_timeout", with = "humantime_serde")]
     pub timeout: Duration,

@@ -191,13 +191,18 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
     );
     let pool_names: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
     for (i, r) in config.routes.iter().enumerate() {
-        if !pool_names.contains(&r.pool.as_str()) {
-            let suggestion = nearest(&r.pool, pool_names.iter().copied());
-            c.error(
-                format!("routes[{i}].pool"),
-                format!("no pool named `{}`", r.pool),
-            )
-            .suggestion = suggestion;
+        for (rel, message, missing_pool) in
+            crate::backends::validate_targets(r, |p| pool_names.contains(&p))
+        {
+            let path = if rel.is_empty() {
+                format!("routes[{i}]")
+            } else {
+                format!("routes[{i}].{rel}")
+            };
+            let suggestion = missing_pool
+                .as_deref()
+                .and_then(|p| nearest(p, pool_names.iter().copied()));
+            c.error(path, message).suggestion = suggestion;
         }
         for (key, problems) in [
             ("retry", r.retry.as_ref().map(|x| x.validate())),

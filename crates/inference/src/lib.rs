@@ -13,8 +13,11 @@
 //! * [`prefix_index`]: which endpoint probably holds which prefix blocks;
 //! * [`signals`] and [`scrape`]: queue depth, KV usage and LoRA state scraped from each model
 //!   server's Prometheus endpoint, corrected between scrapes by the gateway's own picks;
-//! * [`scorer`] and [`picker`]: weighted scorers, a saturation filter and the `inference` picker.
+//! * [`scorer`] and [`picker`]: weighted scorers, a saturation filter and the `inference` picker;
+//! * [`model_rewrite`]: per-target model rewrite of a request body, byte for byte otherwise;
+//! * [`usage`]: token usage read from responses as they pass (bounded tail, no buffering).
 
+pub mod model_rewrite;
 pub mod picker;
 pub mod prefix_index;
 pub mod prom_text;
@@ -22,7 +25,9 @@ pub mod request;
 pub mod scorer;
 pub mod scrape;
 pub mod signals;
+pub mod usage;
 
+pub use model_rewrite::rewrite_model;
 pub use picker::{Decision, InferencePicker, PickerConfig, RequestContext};
 pub use prefix_index::PrefixIndex;
 pub use request::{
@@ -32,3 +37,4 @@ pub use request::{
 pub use scorer::{ScoreContext, Scorer, Weights};
 pub use scrape::{spawn_scraper, MetricNames, Scraper};
 pub use signals::{EndpointSignals, OrcaSignals, SignalSnapshot};
+pub use usage::{find_usage, token_events, Usage, UsageTail, USAGE_TAIL_BYTES};

@@ -15,8 +15,10 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::models::ModelStreamMetrics;
 use crate::record::Finish;
 use crate::upstream_h1::InlineConn;
+use prometheus_client::metrics::counter::Counter;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -253,6 +255,108 @@ pub struct UpstreamBody {
     /// For streamed (SSE) responses: request start, whether a chunk was seen, and the
     /// first-chunk and chunk-gap histograms.
     stream: Option<StreamTiming>,
+    /// For requests whose model the gateway read: usage tokens and per-model stream metrics.
+    usage: Option<Box<InferenceUsage>>,
+}
+
+/// Usage accounting of one inference response, as its chunks pass: the bounded tail where
+/// `usage` is looked for at the end, and for streams the per-model/pool/endpoint timing.
+pub struct InferenceUsage {
+    /// Usage counters (prompt, completion) for the route, target pool and model.
+    tokens: (Counter, Counter),
+    tail: switchyard_inference::UsageTail,
+    stream: Option<TokenStream>,
+}
+
+/// Timing of a streamed inference response.
+struct TokenStream {
+    metrics: ModelStreamMetrics,
+    start: Instant,
+    seen_chunk: bool,
+    /// Chunks carrying generated text: first and last arrival, and how many events.
+    first_text: Option<Instant>,
+    last_text: Option<Instant>,
+    text_events: u64,
+}
+
+impl InferenceUsage {
+    /// A non-streamed (JSON) response: usage counters only.
+    pub fn json(tokens: (Counter, Counter)) -> Self {
+        Self {
+            tokens,
+            tail: Default::default(),
+            stream: None,
+        }
+    }
+
+    /// A streamed (SSE) response that started (request headers read) at `start`.
+    pub fn streamed(
+        tokens: (Counter, Counter),
+        metrics: ModelStreamMetrics,
+        start: Instant,
+    ) -> Self {
+        Self {
+            tokens,
+            tail: Default::default(),
+            stream: Some(TokenStream {
+                metrics,
+                start,
+                seen_chunk: false,
+                first_text: None,
+                last_text: None,
+                text_events: 0,
+            }),
+        }
+    }
+
+    fn on_chunk(&mut self, data: &[u8], now: Instant) {
+        self.tail.push(data);
+        let Some(s) = self.stream.as_mut() else {
+            return;
+        };
+        if !s.seen_chunk {
+            s.seen_chunk = true;
+            s.metrics
+                .ttft
+                .observe(now.duration_since(s.start).as_secs_f64());
+        }
+        let events = switchyard_inference::token_events(data);
+        if events > 0 {
+            if let Some(prev) = s.last_text {
+                s.metrics
+                    .itl
+                    .observe(now.duration_since(prev).as_secs_f64());
+            }
+            s.first_text.get_or_insert(now);
+            s.last_text = Some(now);
+            s.text_events += events;
+        }
+    }
+
+    /// The body ended cleanly: count the usage it reported.
+    fn on_end(&mut self) {
+        let usage = self.tail.usage();
+        if let Some(u) = usage {
+            self.tokens.0.inc_by(u.prompt_tokens);
+            self.tokens.1.inc_by(u.completion_tokens);
+        }
+        let Some(s) = self.stream.as_ref() else {
+            return;
+        };
+        let output = usage.map_or(s.text_events, |u| u.completion_tokens);
+        if output == 0 {
+            return;
+        }
+        s.metrics.output_tokens.observe(output as f64);
+        if let (Some(first), Some(last)) = (s.first_text, s.last_text) {
+            let decode = last.duration_since(first).as_secs_f64();
+            if output > 1 && decode > 0.0 {
+                s.metrics
+                    .tokens_per_second
+                    .observe((output - 1) as f64 / decode);
+            }
+        }
+    }
 }
 
 /// Per-chunk timing of a streamed response, measured as the bytes pass (no buffering).
@@ -324,7 +428,14 @@ impl UpstreamBody {
             finish,
             upstream: None,
             stream: None,
+            usage: None,
         }
+    }
+
+    /// Count the usage (and, when streamed, time the tokens) of an inference response.
+    pub fn with_usage(mut self, usage: InferenceUsage) -> Self {
+        self.usage = Some(Box::new(usage));
+        self
     }
 
     /// Time the chunks of a streamed response.
@@ -390,10 +501,15 @@ impl UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        // A body the server never polled (HEAD, 204, 304) still leaves a reusable connection.
-        if let Some(up) = self.upstream.take() {
-            if !self.done && up.is_end_stream() {
+        // A body the server never polled to its end (HEAD, 204, 304, or the last frame of a
+        // sized body, after which hyper stops polling) still leaves a reusable connection, and
+        // a complete response to account for.
+        if !self.done && self.inner_is_end_stream() {
+            if let Some(up) = self.upstream.take() {
                 up.release();
+            }
+            if let Some(mut u) = self.usage.take() {
+                u.on_end();
             }
         }
     }
@@ -432,6 +548,9 @@ impl Body for UpstreamBody {
                                 .observe(now.duration_since(t.start).as_secs_f64());
                         }
                     }
+                    if let Some(u) = this.usage.as_mut() {
+                        u.on_chunk(data, now);
+                    }
                     this.last_activity = now;
                 }
                 return Poll::Ready(Some(Ok(frame)));
@@ -444,6 +563,9 @@ impl Body for UpstreamBody {
             }
             Poll::Ready(None) => {
                 this.done = true;
+                if let Some(mut u) = this.usage.take() {
+                    u.on_end();
+                }
                 this.finish.complete();
                 if let Some(up) = this.upstream.take() {
                     up.release();
@@ -491,7 +613,101 @@ impl Body for UpstreamBody {
 
 #[cfg(test)]
 mod tests {
-    use super::usage_in_chunk;
+    use super::{usage_in_chunk, InferenceUsage};
+    use crate::models::ModelStreamMetrics;
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::histogram::Histogram;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    fn histograms() -> ModelStreamMetrics {
+        let h = || Histogram::new([0.001, 1.0, 10.0, 100.0].into_iter());
+        ModelStreamMetrics {
+            ttft: h(),
+            itl: h(),
+            output_tokens: h(),
+            tokens_per_second: h(),
+        }
+    }
+
+    /// (count, sum) of a histogram, through its text encoding.
+    fn observed(h: &Histogram) -> (u64, f64) {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("h", "", h.clone());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let value = |suffix: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("h_{suffix} ")))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        (value("count") as u64, value("sum"))
+    }
+
+    const ROLE: &[u8] =
+        b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n";
+    const TOKEN: &[u8] = b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n";
+    const END: &[u8] = b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n";
+
+    #[test]
+    fn stream_usage_and_timing() {
+        let tokens = (Counter::default(), Counter::default());
+        let m = histograms();
+        let t0 = Instant::now();
+        let mut u = InferenceUsage::streamed(tokens.clone(), m.clone(), t0);
+        let ms = |n| t0 + Duration::from_millis(n);
+        u.on_chunk(ROLE, ms(100));
+        u.on_chunk(TOKEN, ms(100));
+        u.on_chunk(TOKEN, ms(120));
+        u.on_chunk(TOKEN, ms(140));
+        // The usage event split over two frames is still found at the end.
+        u.on_chunk(&END[..30], ms(141));
+        u.on_chunk(&END[30..], ms(141));
+        u.on_end();
+        assert_eq!((tokens.0.get(), tokens.1.get()), (5, 3));
+        assert_eq!(observed(&m.ttft), (1, 0.1));
+        let (n, sum) = observed(&m.itl);
+        assert_eq!(n, 2);
+        assert!((sum - 0.04).abs() < 1e-9);
+        assert_eq!(observed(&m.output_tokens), (1, 3.0));
+        // (3 - 1) tokens over 40 ms.
+        let (n, rate) = observed(&m.tokens_per_second);
+        assert_eq!(n, 1);
+        assert!((rate - 50.0).abs() < 1e-6, "{rate}");
+    }
+
+    #[test]
+    fn stream_without_usage_counts_text_events() {
+        let tokens = (Counter::default(), Counter::default());
+        let m = histograms();
+        let t0 = Instant::now();
+        let mut u = InferenceUsage::streamed(tokens.clone(), m.clone(), t0);
+        for i in 0..4 {
+            u.on_chunk(TOKEN, t0 + Duration::from_millis(10 * i));
+        }
+        u.on_chunk(b"data: [DONE]\n\n", t0 + Duration::from_millis(50));
+        u.on_end();
+        assert_eq!((tokens.0.get(), tokens.1.get()), (0, 0));
+        assert_eq!(observed(&m.output_tokens), (1, 4.0));
+    }
+
+    #[test]
+    fn json_usage_from_the_tail() {
+        let tokens = (Counter::default(), Counter::default());
+        let mut u = InferenceUsage::json(tokens.clone());
+        let now = Instant::now();
+        u.on_chunk(b"{\"choices\":[{\"message\":{\"content\":\"", now);
+        u.on_chunk(&[b'a'; 200_000], now);
+        u.on_chunk(
+            b"\"}}],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2}}",
+            now,
+        );
+        assert!(u.tail.len() <= switchyard_inference::USAGE_TAIL_BYTES);
+        u.on_end();
+        assert_eq!((tokens.0.get(), tokens.1.get()), (9, 2));
+    }
 
     #[test]
     fn finds_usage_only_in_the_usage_chunk() {

@@ -15,10 +15,13 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use switchyard_balance::{Endpoint, Picker, StateRegistry};
 use switchyard_config::{Config, Pool, Protocol};
-use switchyard_telemetry::metrics::{PoolLabels, RequestLabels, RouteLabels, UpstreamErrorLabels};
+use switchyard_telemetry::metrics::{
+    PoolLabels, RequestLabels, RouteLabels, TokenLabels, UpstreamErrorLabels,
+};
 use switchyard_telemetry::{AccessLog, Metrics};
 
 use crate::body::RequestBody;
+use crate::models::{ModelId, ModelLabels, PoolModelMetrics, MAX_MODEL_LABELS};
 use crate::pool_control::{OutlierSink, PoolControl};
 use crate::route_match::RouteMatch;
 use crate::upstream_h1::EndpointConns;
@@ -38,11 +41,13 @@ pub type UpstreamClient = Client<HttpConnector, RequestBody>;
 pub struct RouteEntry {
     pub name: String,
     pub matcher: RouteMatch,
-    pub pool: Arc<PoolEntry>,
+    /// Where requests go: one target (`pool`), or weighted `backends`.
+    pub targets: Box<[RouteTarget]>,
+    /// Running sums of target weights (parallel to `targets`); used when there are several.
+    cumulative_weights: Box<[u64]>,
     pub timeout: Duration,
     pub idle_timeout: Duration,
     pub max_request_body: u64,
-    pub metrics: RouteMetrics,
     /// Default priority of the route's requests.
     pub priority: switchyard_config::Priority,
     pub retry: Option<RouteRetry>,
@@ -90,6 +95,16 @@ impl HedgeMetrics {
     }
 }
 
+/// One target of a route: a pool, and the model name the upstream is asked for.
+pub struct RouteTarget {
+    pub pool: Arc<PoolEntry>,
+    pub weight: u32,
+    /// Replaces the request body's `model` (aliases, version splits); `None` keeps it.
+    pub model: Option<Arc<str>>,
+    /// Labelled with the route and this target's pool.
+    pub metrics: RouteMetrics,
+}
+
 /// A route's retry policy and the budget its retries draw from.
 #[derive(Clone)]
 pub struct RouteRetry {
@@ -123,6 +138,20 @@ impl RouteRetry {
 }
 
 impl RouteEntry {
+    /// The target for one request, by weight. A single-target route costs nothing here; a
+    /// split draws one number from the thread-local generator (no lock, no shared state).
+    pub fn pick_target(&self) -> usize {
+        if self.targets.len() == 1 {
+            return 0;
+        }
+        let total = self.cumulative_weights.last().copied().unwrap_or(0);
+        if total == 0 {
+            return 0;
+        }
+        let draw = fastrand::u64(..total);
+        self.cumulative_weights.partition_point(|&c| c <= draw)
+    }
+
     pub fn count_retry(&self, reason: &'static str) {
         self.retries
             .get_or_create(&RouteReasonLabels {
@@ -153,8 +182,11 @@ pub struct RouteMetrics {
     /// Streamed responses: time to the first chunk, and between chunks.
     pub stream_first_chunk: Histogram,
     pub stream_chunk_gap: Histogram,
-    /// Usage tokens seen in streamed responses: (prompt, completion).
+    /// Usage tokens of responses whose model the gateway did not read: (prompt, completion).
     pub tokens: (Counter, Counter),
+    tokens_family: prometheus_client::metrics::family::Family<TokenLabels, Counter>,
+    /// Usage tokens per model label (indexed by `ModelId`), resolved on first use.
+    tokens_by_model: Box<[OnceLock<(Counter, Counter)>]>,
 }
 
 impl RouteMetrics {
@@ -166,17 +198,7 @@ impl RouteMetrics {
         let duration = metrics.request_duration.get_or_create(&labels).clone();
         let stream_first_chunk = metrics.stream_ttft.get_or_create(&labels).clone();
         let stream_chunk_gap = metrics.stream_gap.get_or_create(&labels).clone();
-        let token_counter = |kind| {
-            metrics
-                .tokens
-                .get_or_create(&switchyard_telemetry::metrics::TokenLabels {
-                    route: route.to_string(),
-                    pool: pool.to_string(),
-                    kind,
-                })
-                .clone()
-        };
-        let tokens = (token_counter("prompt"), token_counter("completion"));
+        let tokens = token_counters(&metrics.tokens, route, pool, "");
         Self {
             route: route.to_string(),
             pool: pool.to_string(),
@@ -186,7 +208,21 @@ impl RouteMetrics {
             stream_first_chunk,
             stream_chunk_gap,
             tokens,
+            tokens_family: metrics.tokens.clone(),
+            tokens_by_model: (0..MAX_MODEL_LABELS).map(|_| OnceLock::new()).collect(),
         }
+    }
+
+    /// Usage token counters (prompt, completion) for `model`.
+    pub fn model_tokens(&self, model: ModelId, labels: &ModelLabels) -> &(Counter, Counter) {
+        self.tokens_by_model[model.index()].get_or_init(|| {
+            token_counters(
+                &self.tokens_family,
+                &self.route,
+                &self.pool,
+                &labels.name(model),
+            )
+        })
     }
 
     /// Count one finished request with its status.
@@ -212,6 +248,25 @@ impl RouteMetrics {
     pub fn pool(&self) -> &str {
         &self.pool
     }
+}
+
+fn token_counters(
+    family: &prometheus_client::metrics::family::Family<TokenLabels, Counter>,
+    route: &str,
+    pool: &str,
+    model: &str,
+) -> (Counter, Counter) {
+    let counter = |kind| {
+        family
+            .get_or_create(&TokenLabels {
+                route: route.to_string(),
+                pool: pool.to_string(),
+                model: model.to_string(),
+                kind,
+            })
+            .clone()
+    };
+    (counter("prompt"), counter("completion"))
 }
 
 /// A pool, compiled: endpoints with live state, the picker, and the connection pool.
@@ -243,6 +298,8 @@ pub struct PoolEntry {
     pub inference: Option<Arc<switchyard_inference::InferencePicker>>,
     /// Attempts per endpoint (parallel to `endpoints`).
     pub picks: Vec<Counter>,
+    /// Streamed inference responses per endpoint and model.
+    pub model_metrics: PoolModelMetrics,
     /// Health or outlier detection can take endpoints out, so panic mode applies.
     guarded: bool,
     /// Slow start: a newly entered endpoint's share ramps up over the window.
@@ -333,6 +390,8 @@ pub struct Gateway {
     pub needs_model: bool,
     /// How much body is read to find the model: the largest `max_request_body` of any route.
     pub model_body_limit: u64,
+    /// Model label values (shared by all generations).
+    pub models: Arc<ModelLabels>,
 }
 
 impl Gateway {
@@ -370,6 +429,7 @@ pub struct GatewayHandle {
     conns: Mutex<ConnRegistry>,
     controls: Mutex<HashMap<String, PoolControl>>,
     pub metrics: Arc<Metrics>,
+    models: Arc<ModelLabels>,
     access_log: OnceLock<AccessLog>,
 }
 
@@ -378,6 +438,7 @@ impl GatewayHandle {
         let mut states = StateRegistry::default();
         let mut conns = ConnRegistry::new();
         let mut controls = HashMap::new();
+        let models = Arc::new(ModelLabels::new());
         let gateway = build(
             config,
             None,
@@ -385,6 +446,7 @@ impl GatewayHandle {
             &mut conns,
             &mut controls,
             &metrics,
+            &models,
         )?;
         Ok(Arc::new(Self {
             current: ArcSwap::from_pointee(gateway),
@@ -392,6 +454,7 @@ impl GatewayHandle {
             conns: Mutex::new(conns),
             controls: Mutex::new(controls),
             metrics,
+            models,
             access_log: OnceLock::new(),
         }))
     }
@@ -417,6 +480,7 @@ impl GatewayHandle {
             &mut conns,
             &mut controls,
             &self.metrics,
+            &self.models,
         )?;
         controls.retain(|name, _| gateway.pools.iter().any(|p| p.name() == name));
         conns.retain(|(pool, addr), _| {
@@ -461,6 +525,7 @@ fn build(
     conns: &mut ConnRegistry,
     controls: &mut HashMap<String, PoolControl>,
     metrics: &Metrics,
+    models: &Arc<ModelLabels>,
 ) -> Result<Gateway, String> {
     let old_clients: HashMap<&str, (&Pool, &UpstreamClient)> = old
         .map(|g| {
@@ -553,6 +618,11 @@ fn build(
         let h2 = control.h2_endpoints();
         pools.push(Arc::new(PoolEntry {
             inference,
+            model_metrics: PoolModelMetrics::new(
+                metrics,
+                &p.name,
+                p.endpoints.iter().map(|e| e.address.to_string()).collect(),
+            ),
             picks: p
                 .endpoints
                 .iter()
@@ -599,11 +669,36 @@ fn build(
 
     let mut routes = Vec::with_capacity(config.routes.len());
     for r in &config.routes {
-        let pool = pools
+        let mut targets = Vec::new();
+        for t in r.targets() {
+            let pool = pools
+                .iter()
+                .find(|p| p.name() == t.pool)
+                .ok_or_else(|| format!("route `{}`: no pool named `{}`", r.name, t.pool))?
+                .clone();
+            if let Some(m) = t.model {
+                models.intern(m);
+            }
+            targets.push(RouteTarget {
+                pool,
+                weight: t.weight,
+                model: t.model.map(Arc::from),
+                metrics: RouteMetrics::new(metrics, &r.name, t.pool),
+            });
+        }
+        if targets.is_empty() {
+            return Err(format!("route `{}`: no pool or backends", r.name));
+        }
+        if let Some(m) = r.matcher.model.as_deref().filter(|m| !m.ends_with('*')) {
+            models.intern(m);
+        }
+        let cumulative_weights = targets
             .iter()
-            .find(|p| p.name() == r.pool)
-            .ok_or_else(|| format!("route `{}`: no pool named `{}`", r.name, r.pool))?
-            .clone();
+            .scan(0u64, |sum, t| {
+                *sum += u64::from(t.weight);
+                Some(*sum)
+            })
+            .collect();
         let retry = r.retry.as_ref().map(|c| {
             let kept = old
                 .and_then(|g| g.routes.iter().find(|o| o.name == r.name))
@@ -638,8 +733,8 @@ fn build(
             name: r.name.clone(),
             matcher: RouteMatch::compile(&r.matcher)
                 .map_err(|e| format!("route `{}`: {e}", r.name))?,
-            metrics: RouteMetrics::new(metrics, &r.name, &r.pool),
-            pool,
+            targets: targets.into_boxed_slice(),
+            cumulative_weights,
             timeout: r.timeout,
             idle_timeout: r.idle_timeout,
             max_request_body: r.max_request_body,
@@ -655,5 +750,33 @@ fn build(
         routes,
         pools,
         unrouted: RouteMetrics::new(metrics, "", ""),
+        models: models.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn weighted_targets_split_by_weight_and_keep_their_model() {
+        let yaml = "pools: [{name: a, endpoints: [127.0.0.1:1]}, {name: b, endpoints: [127.0.0.1:2]}]\nroutes:\n  - {name: plain, pool: a}\n  - name: split\n    rewrite: {model: m}\n    backends: [{pool: a, weight: 3}, {pool: b, weight: 1, model: m-b}]\n";
+        let config = switchyard_config::parse(yaml, std::path::Path::new("t.yaml")).unwrap();
+        let handle = GatewayHandle::new(config, Metrics::new()).unwrap();
+        let g = handle.load();
+        let (plain, split) = (&g.routes[0], &g.routes[1]);
+        assert_eq!(plain.targets.len(), 1);
+        assert!(plain.targets[0].model.is_none());
+        assert!((0..100).all(|_| plain.pick_target() == 0));
+        let models: Vec<_> = split.targets.iter().map(|t| t.model.as_deref()).collect();
+        assert_eq!(models, [Some("m"), Some("m-b")]);
+        assert_eq!(split.targets[1].pool.name(), "b");
+        let n = 40_000;
+        let to_b = (0..n).filter(|_| split.pick_target() == 1).count();
+        let share = to_b as f64 / n as f64;
+        // 1 in 4; the standard deviation of the share is 0.002.
+        assert!((share - 0.25).abs() < 0.02, "share of b: {share}");
+        // Config model names are label values from the start.
+        assert!(g.models.get("m-b").is_some());
+    }
 }

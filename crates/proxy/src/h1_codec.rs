@@ -10,7 +10,7 @@ use std::fmt;
 use std::io;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
 /// Response heads larger than this are refused (NGINX's and Envoy's defaults are 4–64 KiB).
@@ -133,13 +133,24 @@ pub struct ResponseHead {
     pub headers: HeaderMap,
     /// Bytes of the read buffer the head took.
     pub len: usize,
+    /// `Connection` tokens. A `Connection` header that names only these is consumed here and
+    /// left out of `headers` (it is hop-by-hop), as are `Keep-Alive` and `Proxy-Connection`.
+    pub close: bool,
+    pub keep_alive: bool,
 }
 
 /// Parse a response head from the start of `buf`: `Ok(None)` when more bytes are needed.
 pub fn parse_response_head(buf: &[u8]) -> Result<Option<ResponseHead>, ProtocolError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp.parse(buf) {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    // Uninitialised slots: zeroing 128 of them would cost more than parsing a typical head.
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
+    {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
             if buf.len() > MAX_HEAD_BYTES {
@@ -163,20 +174,86 @@ pub fn parse_response_head(buf: &[u8]) -> Result<Option<ResponseHead>, ProtocolE
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let headers = header_map(resp.headers)?;
+    let mut close = false;
+    let mut keep_alive = false;
+    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    for h in resp.headers.iter() {
+        let raw = h.name.as_bytes();
+        if raw.eq_ignore_ascii_case(b"connection") {
+            let (c, k, others) = connection_tokens(h.value);
+            close |= c;
+            keep_alive |= k;
+            if !others {
+                continue;
+            }
+        } else if raw.eq_ignore_ascii_case(b"keep-alive")
+            || raw.eq_ignore_ascii_case(b"proxy-connection")
+        {
+            continue;
+        }
+        let name = header_name(raw).ok_or(ProtocolError("header name"))?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| ProtocolError("header value"))?;
+        headers.append(name, value);
+    }
     Ok(Some(ResponseHead {
         status,
         version,
         headers,
         len,
+        close,
+        keep_alive,
     }))
+}
+
+/// The tokens of a `Connection` value: (`close`, `keep-alive`, anything else).
+pub fn connection_tokens(value: &[u8]) -> (bool, bool, bool) {
+    let (mut close, mut keep_alive, mut others) = (false, false, false);
+    for token in value.split(|b| *b == b',') {
+        let token = token.trim_ascii();
+        if token.eq_ignore_ascii_case(b"close") {
+            close = true;
+        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+            keep_alive = true;
+        } else if !token.is_empty() {
+            others = true;
+        }
+    }
+    (close, keep_alive, others)
+}
+
+/// A header name from raw bytes, through a small per-thread cache: a proxy sees the same few
+/// dozen names over and over, and parsing one (case folding, the standard-name table, an
+/// allocation for custom names) costs several times a cache probe.
+pub fn header_name(raw: &[u8]) -> Option<HeaderName> {
+    use std::cell::RefCell;
+    const SLOTS: usize = 256;
+    const MAX_CACHED: usize = 48;
+    thread_local! {
+        static CACHE: RefCell<Vec<Option<(Box<[u8]>, HeaderName)>>> =
+            RefCell::new(vec![None; SLOTS]);
+    }
+    let (&first, &last) = (raw.first()?, raw.last()?);
+    if raw.len() > MAX_CACHED {
+        return HeaderName::from_bytes(raw).ok();
+    }
+    let slot = (raw.len() * 31 + usize::from(first) * 7 + usize::from(last) * 3) % SLOTS;
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some((key, name)) = &cache[slot] {
+            if **key == *raw {
+                return Some(name.clone());
+            }
+        }
+        let name = HeaderName::from_bytes(raw).ok()?;
+        cache[slot] = Some((raw.into(), name.clone()));
+        Some(name)
+    })
 }
 
 fn header_map(parsed: &[httparse::Header<'_>]) -> Result<HeaderMap, ProtocolError> {
     let mut headers = HeaderMap::with_capacity(parsed.len());
     for h in parsed {
-        let name =
-            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ProtocolError("header name"))?;
+        let name = header_name(h.name.as_bytes()).ok_or(ProtocolError("header name"))?;
         let value = HeaderValue::from_bytes(h.value).map_err(|_| ProtocolError("header value"))?;
         headers.append(name, value);
     }
@@ -199,8 +276,8 @@ pub fn response_framing(
     head: &mut ResponseHead,
 ) -> Result<(BodyFraming, bool), ProtocolError> {
     let mut keep_alive = match head.version {
-        Version::HTTP_10 => has_token(&head.headers, "keep-alive"),
-        _ => !has_token(&head.headers, "close"),
+        Version::HTTP_10 => head.keep_alive && !head.close,
+        _ => !head.close,
     };
     let status = head.status.as_u16();
     if *method == Method::HEAD || status == 204 || status == 304 || (100..200).contains(&status) {
@@ -246,13 +323,6 @@ fn last_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> 
         .iter()
         .next_back()
         .and_then(|v| v.to_str().ok())
-}
-
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers.get_all(CONNECTION).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
 }
 
 fn parse_decimal(s: &[u8]) -> Option<u64> {

@@ -66,9 +66,11 @@ pub async fn serve(
         buf: BytesMut::with_capacity(READ_CHUNK),
         out: BytesMut::with_capacity(READ_CHUNK),
         timer: Box::pin(tokio::time::sleep(limits.header_read_timeout)),
+        deadline: Instant::now() + limits.header_read_timeout,
+        stop: Box::pin(shutdown.clone().cancelled_owned()),
     };
     loop {
-        let head = match conn.read_head(limits, shutdown).await {
+        let head = match conn.read_head(limits).await {
             Ok(Some(head)) => head,
             Ok(None) => return Outcome::Closed,
             Err(Fallback) => return conn.fallback(),
@@ -99,8 +101,13 @@ struct Conn {
     buf: BytesMut,
     /// The response being written.
     out: BytesMut,
-    /// The header-read deadline, reset for each head.
+    /// Fires at or before `deadline`. Moving the deadline (once per request) only writes the
+    /// field; the timer is re-armed when it fires early, at most once per timeout period.
     timer: Pin<Box<tokio::time::Sleep>>,
+    /// When the head being read (or the body of a small request) must have arrived.
+    deadline: Instant,
+    /// Process shutdown, registered once for the connection's life.
+    stop: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
 }
 
 /// Where a parsed head's parts sit in the read buffer.
@@ -121,6 +128,20 @@ impl Conn {
         }
     }
 
+    /// Ready once the header-read deadline has passed.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if Instant::now() >= self.deadline {
+                return Poll::Ready(());
+            }
+            let deadline = self.deadline;
+            self.timer.as_mut().reset(deadline);
+        }
+    }
+
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(READ_CHUNK);
@@ -130,11 +151,7 @@ impl Conn {
 
     /// Read until a whole head is buffered. `Ok(None)`: the client went away (or stayed silent
     /// past the header-read timeout, or the gateway is draining an idle connection).
-    async fn read_head(
-        &mut self,
-        limits: Limits,
-        shutdown: &CancellationToken,
-    ) -> Result<Option<Head>, Fallback> {
+    async fn read_head(&mut self, limits: Limits) -> Result<Option<Head>, Fallback> {
         let mut armed = false;
         loop {
             if !self.buf.is_empty() {
@@ -144,8 +161,7 @@ impl Conn {
             }
             if !armed {
                 armed = true;
-                let deadline = Instant::now() + limits.header_read_timeout;
-                self.timer.as_mut().reset(deadline);
+                self.deadline = Instant::now() + limits.header_read_timeout;
             }
             enum Next {
                 Read(io::Result<usize>),
@@ -153,23 +169,19 @@ impl Conn {
             }
             // Draining: an idle connection closes now; one mid-head gets its request served.
             let idle = self.buf.is_empty();
-            if idle && shutdown.is_cancelled() {
-                return Ok(None);
-            }
             let next = std::future::poll_fn(|cx| {
                 if let Poll::Ready(r) = self.poll_read_more(cx) {
                     return Poll::Ready(Next::Read(r));
                 }
-                if self.timer.as_mut().poll(cx).is_ready() {
+                if self.poll_deadline(cx).is_ready() {
+                    return Poll::Ready(Next::Stop);
+                }
+                if idle && self.stop.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Next::Stop);
                 }
                 Poll::Pending
-            });
-            let next = tokio::select! {
-                biased;
-                n = next => n,
-                _ = shutdown.cancelled(), if idle => Next::Stop,
-            };
+            })
+            .await;
             match next {
                 Next::Read(Ok(0)) | Next::Read(Err(_)) | Next::Stop => return Ok(None),
                 Next::Read(Ok(_)) => {}
@@ -188,7 +200,7 @@ impl Conn {
                 if let Poll::Ready(r) = self.poll_read_more(cx) {
                     return Poll::Ready(Some(r));
                 }
-                if self.timer.as_mut().poll(cx).is_ready() {
+                if self.poll_deadline(cx).is_ready() {
                     return Poll::Ready(None);
                 }
                 Poll::Pending
@@ -340,9 +352,9 @@ fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<Head>, Fallback> {
     if buf.len() >= 3 && H2_PREFACE.starts_with(&buf[..buf.len().min(H2_PREFACE.len())]) {
         return Err(Fallback);
     }
-    let mut slots = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut slots);
-    let len = match req.parse(buf) {
+    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 64];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
             if buf.len() > limits.max_header_bytes {
@@ -365,7 +377,7 @@ fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<Head>, Fallback> {
     let mut body_len = None;
     let mut close = false;
     for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Fallback)?;
+        let name = crate::h1_codec::header_name(h.name.as_bytes()).ok_or(Fallback)?;
         if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
             return Err(Fallback);
         }
@@ -376,14 +388,19 @@ fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<Head>, Fallback> {
             }
             body_len = Some(n);
         } else if name == CONNECTION {
-            for token in h.value.split(|b| *b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    return Err(Fallback);
-                }
+            let (c, _, others) = crate::h1_codec::connection_tokens(h.value);
+            close |= c;
+            if others {
+                // `upgrade`, or headers named as hop-by-hop: hyper and the service's
+                // hop-by-hop stripping handle those.
+                return Err(Fallback);
             }
+            // Only `close`/`keep-alive`: consumed here, never forwarded.
+            continue;
+        } else if name == HeaderName::from_static("keep-alive")
+            || name == HeaderName::from_static("proxy-connection")
+        {
+            continue;
         }
         let value = HeaderValue::from_bytes(h.value).map_err(|_| Fallback)?;
         headers.append(name, value);

@@ -95,17 +95,18 @@ fn new_request_id() -> HeaderValue {
     // Version 4, variant 10 (RFC 9562).
     n = (n & !(0xf << 76)) | (0x4 << 76);
     n = (n & !(0x3 << 62)) | (0x2 << 62);
-    let mut out = [0u8; 36];
-    let mut nibble = 0;
-    for (i, slot) in out.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            *slot = b'-';
-            continue;
-        }
-        let shift = 124 - 4 * nibble;
-        *slot = HEX[((n >> shift) & 0xf) as usize];
-        nibble += 1;
+    // 32 hex digits, two per byte, then the dashes of the 8-4-4-4-12 groups.
+    let mut hex = [0u8; 32];
+    for (i, byte) in n.to_be_bytes().iter().enumerate() {
+        hex[2 * i] = HEX[usize::from(byte >> 4)];
+        hex[2 * i + 1] = HEX[usize::from(byte & 0xf)];
     }
+    let mut out = [b'-'; 36];
+    out[..8].copy_from_slice(&hex[..8]);
+    out[9..13].copy_from_slice(&hex[8..12]);
+    out[14..18].copy_from_slice(&hex[12..16]);
+    out[19..23].copy_from_slice(&hex[16..20]);
+    out[24..].copy_from_slice(&hex[20..]);
     HeaderValue::from_bytes(&out).expect("hex and dashes are valid header bytes")
 }
 
@@ -150,6 +151,15 @@ mod tests {
         let id = request_id(&h);
         let s = id.to_str().unwrap();
         assert_eq!(s.len(), 36);
+        for (i, c) in s.chars().enumerate() {
+            match i {
+                8 | 13 | 18 | 23 => assert_eq!(c, '-', "{s}"),
+                14 => assert_eq!(c, '4', "{s}"),
+                19 => assert!("89ab".contains(c), "{s}"),
+                _ => assert!(c.is_ascii_hexdigit() && !c.is_ascii_uppercase(), "{s}"),
+            }
+        }
+        assert_ne!(request_id(&h), id, "fresh ids differ");
         assert_eq!(&s[14..15], "4");
         let mut h = HeaderMap::new();
         h.insert("x-request-id", "abc-123".parse().unwrap());

@@ -13,6 +13,7 @@ pub mod h1_codec;
 pub mod h1_server;
 pub mod headers;
 pub mod listener;
+pub mod models;
 pub mod pool_control;
 pub mod record;
 pub mod route_match;

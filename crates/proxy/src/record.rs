@@ -11,7 +11,7 @@ use switchyard_balance::InFlight;
 use switchyard_telemetry::{AccessLog, AccessRecord};
 use tokio::time::Instant;
 
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, RouteTarget};
 use switchyard_health::Outcome;
 use switchyard_resilience::{BreakerGuard, RequestGuard, RetryGuard};
 
@@ -29,7 +29,8 @@ pub struct AccessInfo {
 pub struct Finish {
     start: Instant,
     gateway: Arc<Gateway>,
-    route: Option<usize>,
+    /// The matched route and the target picked for this request.
+    route: Option<(usize, usize)>,
     status: u16,
     bytes: u64,
     error: Option<&'static str>,
@@ -46,6 +47,17 @@ pub struct Finish {
     /// long before its end; counting it only until then shrinks the budget of a streaming route).
     budget: Option<RequestGuard>,
     retries: Vec<(RetryGuard, BreakerGuard)>,
+    /// The request's model, when the gateway read it.
+    model: Option<Box<RequestModel>>,
+}
+
+/// The model a request names, as the upstream sees it and as the client sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestModel {
+    /// Sent upstream (after any rewrite); the `model` metric label and access log field.
+    pub model: Arc<str>,
+    /// What the client asked for, when a rewrite changed it.
+    pub original: Option<String>,
 }
 
 impl Finish {
@@ -64,16 +76,25 @@ impl Finish {
             success_deferred: false,
             budget: None,
             retries: Vec::new(),
+            model: None,
         }
     }
 
-    /// The matched route, once routing has happened.
-    pub fn route(&self) -> Option<usize> {
-        self.route
+    /// The matched route's target, once routing has happened.
+    pub fn target(&self) -> Option<&RouteTarget> {
+        self.route.map(|(r, t)| &self.gateway.routes[r].targets[t])
     }
 
-    pub fn set_route(&mut self, index: usize) {
-        self.route = Some(index);
+    pub fn set_route(&mut self, route: usize, target: usize) {
+        self.route = Some((route, target));
+    }
+
+    pub fn set_model(&mut self, model: RequestModel) {
+        self.model = Some(Box::new(model));
+    }
+
+    pub fn model(&self) -> Option<&RequestModel> {
+        self.model.as_deref()
     }
 
     pub fn set_upstream(&mut self, in_flight: InFlight, index: usize) {
@@ -117,8 +138,8 @@ impl Finish {
     /// The stream ended cleanly.
     pub fn complete(&mut self) {
         if std::mem::take(&mut self.success_deferred) && self.upstream.is_some() {
-            if let Some(i) = self.route {
-                self.gateway.routes[i]
+            if let Some(target) = self.target() {
+                target
                     .pool
                     .record_outcome(self.upstream_index, Outcome::Success);
             }
@@ -134,8 +155,8 @@ impl Finish {
             // Envoy): a crashed replica is ejected by the streams it broke, before new
             // requests have to fail over.
             if reason == "upstream_reset" {
-                if let Some(i) = self.route {
-                    self.gateway.routes[i]
+                if let Some(target) = self.target() {
+                    target
                         .pool
                         .record_outcome(self.upstream_index, Outcome::GatewayError);
                 }
@@ -155,7 +176,7 @@ impl Drop for Finish {
         }
         let elapsed = self.start.elapsed();
         let metrics = match self.route {
-            Some(i) => &self.gateway.routes[i].metrics,
+            Some((r, t)) => &self.gateway.routes[r].targets[t].metrics,
             None => &self.gateway.unrouted,
         };
         metrics.count(self.status);
@@ -179,6 +200,8 @@ impl Drop for Finish {
                     .upstream
                     .as_ref()
                     .map(|u| u.endpoint().address.to_string()),
+                model: self.model.as_ref().map(|m| &*m.model),
+                original_model: self.model.as_ref().and_then(|m| m.original.as_deref()),
                 status: self.status,
                 duration_ms: elapsed.as_secs_f64() * 1000.0,
                 response_bytes: self.bytes,

@@ -17,13 +17,14 @@ use crate::attempt::{
     Failure, DEFAULT_MAX_REPLAY_BODY, ENDPOINT_LOAD_METRICS,
 };
 use crate::body::{
-    BodyTooLarge, ClientBody, InBody, RequestBody, ResponseBody, StreamTiming, UpstreamBody,
+    BodyTooLarge, ClientBody, InBody, InferenceUsage, RequestBody, ResponseBody, StreamTiming,
+    UpstreamBody,
 };
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, GatewayHandle};
 use crate::grpc;
 use crate::headers::{self, X_REQUEST_ID};
-use crate::record::{AccessInfo, Finish};
+use crate::record::{AccessInfo, Finish, RequestModel};
 use crate::upstream_h1::SendError;
 use std::time::SystemTime;
 use switchyard_balance::parse_orca;
@@ -71,9 +72,7 @@ pub async fn handle(
         Ok(resp) => resp,
         Err((err, mut finish, close)) => {
             // Clients of an `inference` pool speak the OpenAI API: answer in its error shape.
-            let openai = finish
-                .route()
-                .is_some_and(|i| gateway.routes[i].pool.inference.is_some());
+            let openai = finish.target().is_some_and(|t| t.pool.inference.is_some());
             let mut resp = if openai && !grpc {
                 err.openai_response(&request_id)
             } else {
@@ -144,7 +143,7 @@ async fn forward(
 
     // 2. Route. Routes that match on the model need it before anything else: from the JSON
     //    body (read once, bounded, then forwarded byte for byte) or the `x-model` header.
-    let (mut req, model) = if gateway.needs_model {
+    let (mut req, mut model) = if gateway.needs_model {
         match read_model(gateway, req, content_length).await {
             Ok(pair) => pair,
             Err(e) => return Err((e, finish, true)),
@@ -152,21 +151,21 @@ async fn forward(
     } else {
         (req.map(InBody::Incoming), None)
     };
-    let Some((route_index, route)) = gateway
-        .routes
-        .iter()
-        .enumerate()
-        .find(|(_, r)| r.matcher.matches(&req) && r.matcher.model_matches(model.as_deref()))
-    else {
+    let Some((route_index, route)) = gateway.routes.iter().enumerate().find(|(_, r)| {
+        r.matcher.matches(&req) && r.matcher.model_matches(model.as_ref().map(|m| m.name()))
+    }) else {
         return Err((GatewayError::NoRoute, finish, false));
     };
-    finish.set_route(route_index);
+    // A weighted split picks its target once; retries and hedges stay on it.
+    let target_index = route.pick_target();
+    let target = &route.targets[target_index];
+    finish.set_route(route_index, target_index);
     if content_length.is_some_and(|n| n > route.max_request_body) {
         return Err((GatewayError::BodyTooLarge, finish, true));
     }
 
     // 3. Admission: circuit breaker, then the concurrency limit (which may queue).
-    let pool = &route.pool;
+    let pool = &target.pool;
     let _admitted = match pool.breaker.try_acquire(Limit::Requests) {
         Ok(g) => g,
         Err(overflow) => {
@@ -266,8 +265,10 @@ async fn forward(
     // 5. The body: streamed once, or kept (bounded) so the request can be sent again.
     let retry = route.retry.as_ref().filter(|r| r.policy.attempts > 1);
     let replay_cap = retry.map_or(DEFAULT_MAX_REPLAY_BODY, |r| r.policy.max_replay_body);
-    // An `inference` pool reads the (bounded) body to route on it.
+    // An `inference` pool reads the (bounded) body to route on it; a model rewrite reads it to
+    // change it.
     let inference = pool.inference.as_ref().filter(|_| upgrade.is_none());
+    let rewrite = target.model.as_ref().filter(|_| upgrade.is_none());
     let body = match body {
         // Already read for model-based routing.
         InBody::Buffered(bytes) => {
@@ -285,6 +286,7 @@ async fn forward(
     let mut body = if let InBody::Buffered(bytes) = body {
         Some(RequestBody::Buffered(Some(bytes)))
     } else if inference.is_some()
+        || rewrite.is_some() && !empty_body
         || (retry.is_some() || route.hedger.is_some())
             && upgrade.is_none()
             && (empty_body || content_length.is_some_and(|n| n <= replay_cap))
@@ -309,17 +311,18 @@ async fn forward(
         ))
     };
 
-    // 5b. Inference-aware first pick: parse the OpenAI body once and score endpoints on queue,
-    //     KV cache, prefix affinity, LoRA and in-flight tokens.
-    let mut preset = None;
-    let mut pick_debug = None;
-    if let Some(picker) = inference {
+    // 5b. The OpenAI body of an `inference` pool, parsed once (malformed → 400 in its shape).
+    let mut parsed = None;
+    if inference.is_some() {
         let bytes = body
             .as_ref()
             .and_then(RequestBody::buffered)
             .unwrap_or_default();
-        let parsed = match switchyard_inference::parse_openai(path_and_query.path(), &bytes) {
-            Ok(p) => p,
+        match switchyard_inference::parse_openai(path_and_query.path(), &bytes) {
+            Ok(p) => {
+                model = Some(RequestedModel::Body(p.model.clone()));
+                parsed = Some(p);
+            }
             Err(e) => {
                 let mut resp = Response::new(ResponseBody::full(Bytes::from(e.to_openai_json())));
                 *resp.status_mut() =
@@ -334,7 +337,59 @@ async fn forward(
                 finish.error("bad_inference_request");
                 return Ok(resp);
             }
+        }
+    } else if rewrite.is_some() && !matches!(model, Some(RequestedModel::Body(_))) {
+        if let Some(m) = body
+            .as_ref()
+            .and_then(RequestBody::buffered)
+            .and_then(|b| body_model(&b))
+        {
+            model = Some(RequestedModel::Body(m));
+        }
+    }
+
+    // 5c. Model rewrite (alias, version split): only the body's top-level `model` value changes.
+    if let Some(model) = model.take() {
+        let mut upstream_model = None;
+        if let (Some(new), RequestedModel::Body(old)) = (rewrite, &model) {
+            let bytes = body.as_ref().and_then(RequestBody::buffered);
+            match bytes.and_then(|b| switchyard_inference::rewrite_model(&b, new)) {
+                Some(rewritten) => {
+                    parts
+                        .headers
+                        .insert(CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
+                    body = Some(RequestBody::Buffered(Some(Bytes::from(rewritten))));
+                    upstream_model = Some(new.clone());
+                }
+                // Already the target name; anything else leaves the body as it was.
+                None if **new == **old => upstream_model = Some(new.clone()),
+                None => {}
+            }
+        }
+        let request_model = match upstream_model {
+            Some(new) => {
+                if let Some(p) = parsed.as_mut() {
+                    p.model = new.to_string();
+                }
+                let original = model.name();
+                RequestModel {
+                    original: (*new != *original).then(|| original.to_string()),
+                    model: new,
+                }
+            }
+            None => RequestModel {
+                model: Arc::from(model.name()),
+                original: None,
+            },
         };
+        finish.set_model(request_model);
+    }
+
+    // 5d. Inference-aware first pick: score endpoints on queue, KV cache, prefix affinity, LoRA
+    //     and in-flight tokens.
+    let mut preset = None;
+    let mut pick_debug = None;
+    if let (Some(picker), Some(parsed)) = (inference, parsed.as_ref()) {
         let hashes = switchyard_inference::prompt_block_hashes_seeded(
             switchyard_inference::seed_for(&parsed.model),
             &parsed.prompt,
@@ -594,21 +649,46 @@ async fn forward(
         parts.headers.insert("x-switchyard-pick", v);
     }
     finish.set_status(parts.status.as_u16());
-    let is_event_stream = parts
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let content_type = parts.headers.get(http::header::CONTENT_TYPE);
+    let is_event_stream =
+        content_type.is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    // Requests whose model the gateway read: usage per model, and per-model stream timing. A
+    // compressed body is passed through unread.
+    let usage = finish
+        .model()
+        .filter(|_| {
+            parts.status.is_success() && !parts.headers.contains_key(http::header::CONTENT_ENCODING)
+        })
+        .and_then(|m| {
+            let id = gateway.models.intern(&m.model);
+            let tokens = target.metrics.model_tokens(id, &gateway.models).clone();
+            if is_event_stream {
+                let stream = pool.model_metrics.get(index, id, &gateway.models).clone();
+                Some(InferenceUsage::streamed(tokens, stream, start))
+            } else if content_type.is_some_and(|v| v.as_bytes().starts_with(b"application/json")) {
+                Some(InferenceUsage::json(tokens))
+            } else {
+                None
+            }
+        });
+    let usage_counted = usage.is_some();
     let mut body = UpstreamBody::new(body, route.idle_timeout, deadline, grpc, finish);
     if let Some(conn) = conn {
         body = body.with_connection(conn);
     }
+    if let Some(u) = usage {
+        body = body.with_usage(u);
+    }
+    let metrics = &target.metrics;
     if is_event_stream {
         let mut timing = StreamTiming::new(
             start,
-            route.metrics.stream_first_chunk.clone(),
-            route.metrics.stream_chunk_gap.clone(),
+            metrics.stream_first_chunk.clone(),
+            metrics.stream_chunk_gap.clone(),
         );
-        timing.tokens = Some(route.metrics.tokens.clone());
+        if !usage_counted {
+            timing.tokens = Some(metrics.tokens.clone());
+        }
         body = body.with_stream_timing(timing);
     }
     Ok(Response::from_parts(
@@ -624,12 +704,12 @@ async fn read_model(
     gateway: &Gateway,
     req: Request<ClientBody>,
     content_length: Option<u64>,
-) -> Result<(Request<InBody>, Option<String>), GatewayError> {
+) -> Result<(Request<InBody>, Option<RequestedModel>), GatewayError> {
     let header = req
         .headers()
         .get("x-model")
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+        .map(|v| RequestedModel::Header(v.to_string()));
     let has_body =
         req.method() == http::Method::POST && !http_body::Body::is_end_stream(req.body());
     if !has_body {
@@ -644,15 +724,33 @@ async fn read_model(
         Err(e) if has_source::<BodyTooLarge>(e.as_ref()) => return Err(GatewayError::BodyTooLarge),
         Err(_) => return Err(GatewayError::BadRequest("request body aborted")),
     };
+    let model = body_model(&bytes).map(RequestedModel::Body).or(header);
+    Ok((Request::from_parts(parts, InBody::Buffered(bytes)), model))
+}
+
+/// Where the gateway learned a request's model.
+enum RequestedModel {
+    /// The `model` of a JSON body that parsed: the one a rewrite may change.
+    Body(String),
+    /// Header `x-model`, for opaque bodies: routed on, never rewritten.
+    Header(String),
+}
+
+impl RequestedModel {
+    fn name(&self) -> &str {
+        match self {
+            Self::Body(m) | Self::Header(m) => m,
+        }
+    }
+}
+
+/// The `model` string of a JSON object body, when the body parses as JSON.
+fn body_model(bytes: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct ModelOnly {
         model: Option<String>,
     }
-    let model = serde_json::from_slice::<ModelOnly>(&bytes)
-        .ok()
-        .and_then(|m| m.model)
-        .or(header);
-    Ok((Request::from_parts(parts, InBody::Buffered(bytes)), model))
+    serde_json::from_slice::<ModelOnly>(bytes).ok()?.model
 }
 
 /// Output tokens assumed for a request without `max_tokens`, when estimating its load.

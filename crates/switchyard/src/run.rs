@@ -90,8 +90,8 @@ async fn serve(path: PathBuf, loaded: Vec<u8>, config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    tracing::info!(config = %path.display(), "ready");
-
+    // Handlers before "ready": a SIGHUP sent as soon as the gateway says it is ready must
+    // reload it, not kill it (the default action).
     let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::hangup()),
         signal(SignalKind::terminate()),
@@ -100,6 +100,7 @@ async fn serve(path: PathBuf, loaded: Vec<u8>, config: Config) -> ExitCode {
         tracing::error!("cannot install signal handlers");
         return ExitCode::from(1);
     };
+    tracing::info!(config = %path.display(), "ready");
     let mut last_text = Some(loaded);
     let mut poll = tokio::time::interval(Duration::from_secs(1));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

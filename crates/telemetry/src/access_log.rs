@@ -23,6 +23,11 @@ pub struct AccessRecord<'a> {
     pub route: &'a str,
     pub pool: &'a str,
     pub upstream: Option<String>,
+    /// The model the upstream was asked for, when the gateway read it (else null).
+    pub model: Option<&'a str>,
+    /// The model the client named, when a rewrite changed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub original_model: Option<&'a str>,
     pub status: u16,
     pub duration_ms: f64,
     pub response_bytes: u64,

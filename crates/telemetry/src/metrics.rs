@@ -85,8 +85,20 @@ pub struct PoolPriorityReasonLabels {
 pub struct TokenLabels {
     pub route: String,
     pub pool: String,
+    /// The model the upstream was asked for; empty when the gateway did not read it (routes
+    /// that neither match on the model, rewrite it, nor use an `inference` pool); `other` past
+    /// the label cap (see `proxy::models`).
+    pub model: String,
     /// `prompt` or `completion`
     pub kind: &'static str,
+}
+
+/// Streamed inference responses, per model, pool and endpoint.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelEndpointLabels {
+    pub model: String,
+    pub pool: String,
+    pub endpoint: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -136,6 +148,10 @@ pub struct Metrics {
     pub stream_ttft: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub stream_gap: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub tokens: Family<TokenLabels, Counter>,
+    pub inference_ttft: Family<ModelEndpointLabels, Histogram, fn() -> Histogram>,
+    pub inference_itl: Family<ModelEndpointLabels, Histogram, fn() -> Histogram>,
+    pub inference_output_tokens: Family<ModelEndpointLabels, Histogram, fn() -> Histogram>,
+    pub inference_tokens_per_second: Family<ModelEndpointLabels, Histogram, fn() -> Histogram>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -146,6 +162,16 @@ fn duration_histogram() -> Histogram {
 fn gap_histogram() -> Histogram {
     // 0.1 ms .. ~3 s: inter-token gaps.
     Histogram::new(exponential_buckets(0.0001, 2.0, 15))
+}
+
+fn output_tokens_histogram() -> Histogram {
+    // 1 .. 32768 tokens per response.
+    Histogram::new(exponential_buckets(1.0, 2.0, 16))
+}
+
+fn tokens_per_second_histogram() -> Histogram {
+    // 1 .. 8192 tokens/s per stream.
+    Histogram::new(exponential_buckets(1.0, 2.0, 14))
 }
 
 impl Metrics {
@@ -342,11 +368,48 @@ impl Metrics {
         let tokens = Family::<TokenLabels, Counter>::default();
         registry.register(
             "switchyard_tokens",
-            "Tokens reported by upstreams in streamed responses' `usage`, by kind",
+            "Tokens reported by upstreams in responses' `usage` (streamed, and JSON responses of \
+             requests whose model the gateway read), by route, pool, model and kind",
             tokens.clone(),
+        );
+        let mut model_histogram = |name: &str, help: &str, buckets: fn() -> Histogram| {
+            let f =
+                Family::<ModelEndpointLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                    buckets,
+                );
+            registry.register(name, help, f.clone());
+            f
+        };
+        let inference_ttft = model_histogram(
+            "switchyard_inference_time_to_first_token_seconds",
+            "Streamed inference responses: request start to the first body chunk, by model, pool \
+             and endpoint",
+            duration_histogram,
+        );
+        let inference_itl = model_histogram(
+            "switchyard_inference_inter_token_latency_seconds",
+            "Streamed inference responses: time between consecutive chunks carrying generated \
+             text, by model, pool and endpoint",
+            gap_histogram,
+        );
+        let inference_output_tokens = model_histogram(
+            "switchyard_inference_output_tokens",
+            "Streamed inference responses: output tokens per response (`usage`, else counted \
+             text events), by model, pool and endpoint",
+            output_tokens_histogram,
+        );
+        let inference_tokens_per_second = model_histogram(
+            "switchyard_inference_output_tokens_per_second",
+            "Streamed inference responses: decode rate, (output tokens - 1) / (last chunk - first \
+             chunk), by model, pool and endpoint",
+            tokens_per_second_histogram,
         );
         Arc::new(Self {
             tokens,
+            inference_ttft,
+            inference_itl,
+            inference_output_tokens,
+            inference_tokens_per_second,
             stream_ttft,
             stream_gap,
             picks,
