@@ -335,7 +335,7 @@ async fn whole(
             .map(str::to_string)
     });
     let output_tokens = reply.usage.and_then(|u| u.completion_tokens).unwrap_or(0);
-    if text.as_deref().map_or(true, str::is_empty) && output_tokens == 0 {
+    if text.as_deref().unwrap_or("").is_empty() && output_tokens == 0 {
         return fail(ErrorKind::EmptyStream);
     }
     Measurement {
