@@ -23,6 +23,8 @@ pub struct EndpointState {
     healthy: AtomicBool,
     /// Set by passive outlier detection; independent of active health.
     ejected: AtomicBool,
+    /// The last attempt sent here failed (gateway error or 5xx); cleared by a success.
+    failing: AtomicBool,
     /// When the endpoint last entered service (nanoseconds since `epoch`, plus one; zero when
     /// never recorded), for slow start.
     entered: AtomicU64,
@@ -41,6 +43,7 @@ impl EndpointState {
             failures: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
             ejected: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
             entered: AtomicU64::new(0),
             epoch: Instant::now(),
             latency: PeakEwma::new(),
@@ -71,6 +74,19 @@ impl EndpointState {
     /// Record a failed attempt (connect error, reset, timeout).
     pub fn record_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Note whether the latest attempt here failed. Retries steer away from failing endpoints
+    /// while others remain. A success on a healthy endpoint costs one relaxed load.
+    pub fn set_failing(&self, failing: bool) {
+        if self.failing.load(Ordering::Relaxed) != failing {
+            self.failing.store(failing, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the latest attempt here failed.
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
     }
 
     pub fn is_healthy(&self) -> bool {

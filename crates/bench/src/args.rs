@@ -96,6 +96,9 @@ pub struct BenchArgs {
     /// Use HTTP/2 with prior knowledge (h2c).
     #[arg(long)]
     pub http2: bool,
+    /// Ask for whole replies (`stream: false`): TTFT is then the time to the whole reply.
+    #[arg(long)]
+    pub no_stream: bool,
     /// Seed for prompts, lengths, arrivals and target picks.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -222,6 +225,7 @@ impl BenchArgs {
             .unwrap_or_default();
         spec.timeout = self.timeout;
         spec.http2 = self.http2;
+        spec.stream = !self.no_stream;
         spec.seed = self.seed;
         spec.max_in_flight = self.max_in_flight;
         spec.headers = headers;

@@ -1,4 +1,5 @@
-//! Sending one streamed completion and timing it.
+//! Sending one completion and timing it: streamed (the default), or with `stream: false`, where
+//! the whole reply arrives as one JSON document and its first token is seen when the reply is.
 //!
 //! The client is hyper-util's pooled client over plain TCP with `TCP_NODELAY` on every socket
 //! (Nagle would hold small request writes back by up to 40 ms and corrupt TTFT), HTTP/1.1
@@ -116,7 +117,8 @@ struct ChatBody<'a> {
     messages: Vec<WireMessage<'a>>,
     max_tokens: u32,
     stream: bool,
-    stream_options: StreamOptions,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
     ignore_eos: bool,
 }
 
@@ -127,15 +129,24 @@ struct CompletionBody<'a> {
     prompt: &'a str,
     max_tokens: u32,
     stream: bool,
-    stream_options: StreamOptions,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
     ignore_eos: bool,
 }
 
-/// The JSON body for `plan` on `endpoint` (streaming, usage included, `ignore_eos`).
-pub fn request_body(endpoint: Endpoint, plan: &RequestPlan, model: Option<&str>) -> Bytes {
+/// The JSON body for `plan` on `endpoint` (`ignore_eos`; streamed with usage included unless
+/// `stream` is false, as servers refuse `stream_options` without `stream`).
+pub fn request_body(
+    endpoint: Endpoint,
+    plan: &RequestPlan,
+    model: Option<&str>,
+    stream: bool,
+) -> Bytes {
     let model = plan.model.as_deref().or(model);
-    let so = || StreamOptions {
-        include_usage: true,
+    let so = || {
+        stream.then_some(StreamOptions {
+            include_usage: true,
+        })
     };
     let v = match endpoint {
         Endpoint::Chat => {
@@ -156,7 +167,7 @@ pub fn request_body(endpoint: Endpoint, plan: &RequestPlan, model: Option<&str>)
                 model,
                 messages,
                 max_tokens: plan.max_tokens,
-                stream: true,
+                stream,
                 stream_options: so(),
                 ignore_eos: true,
             })
@@ -174,7 +185,7 @@ pub fn request_body(endpoint: Endpoint, plan: &RequestPlan, model: Option<&str>)
                 model,
                 prompt,
                 max_tokens: plan.max_tokens,
-                stream: true,
+                stream,
                 stream_options: so(),
                 ignore_eos: true,
             })
@@ -194,16 +205,25 @@ fn join_messages(m: &[Message]) -> String {
     s
 }
 
-/// Sends `req` and times its stream, giving up after `timeout`. Never returns an error: every
-/// failure is a [`Measurement`] with its [`ErrorKind`]. `capture` keeps the reply text.
+/// Sends `req` and times its stream (or, when `stream` is false, its one JSON reply), giving up
+/// after `timeout`. Never returns an error: every failure is a [`Measurement`] with its
+/// [`ErrorKind`]. `capture` keeps the reply text.
 pub async fn execute(
     client: &HttpClient,
     req: http::Request<Full<Bytes>>,
     capture: bool,
     timeout: Duration,
+    stream: bool,
 ) -> Measurement {
     let start = Instant::now();
-    match tokio::time::timeout(timeout, stream(client, req, capture, start)).await {
+    let run = async {
+        if stream {
+            self::stream(client, req, capture, start).await
+        } else {
+            whole(client, req, capture, start).await
+        }
+    };
+    match tokio::time::timeout(timeout, run).await {
         Ok(m) => m,
         Err(_) => Measurement {
             error: Some(ErrorKind::Timeout),
@@ -260,6 +280,74 @@ async fn stream(
         scanner.feed(&data, |payload| t.on_event(payload, now));
     }
     t.finish(start)
+}
+
+/// A `stream: false` request: the reply is one JSON document, so its first token arrives with
+/// the rest of it (TTFT equals E2E, as the client experiences it).
+async fn whole(
+    client: &HttpClient,
+    req: http::Request<Full<Bytes>>,
+    capture: bool,
+    start: Instant,
+) -> Measurement {
+    let fail = |kind| Measurement {
+        error: Some(kind),
+        e2e: start.elapsed(),
+        ..Default::default()
+    };
+    let resp = match client.request(req).await {
+        Ok(r) => r,
+        Err(e) if e.is_connect() => return fail(ErrorKind::Connect),
+        Err(_) => return fail(ErrorKind::ConnectionClosed),
+    };
+    let status = resp.status();
+    let body = resp.into_body().collect().await;
+    if !status.is_success() {
+        return fail(ErrorKind::Status(status.as_u16()));
+    }
+    let Ok(body) = body else {
+        return fail(ErrorKind::StreamBroken);
+    };
+    let e2e = start.elapsed();
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        #[serde(default)]
+        choices: Vec<serde_json::Value>,
+        usage: Option<ReplyUsage>,
+        error: Option<serde_json::Value>,
+    }
+    #[derive(serde::Deserialize, Clone, Copy)]
+    struct ReplyUsage {
+        prompt_tokens: Option<u32>,
+        completion_tokens: Option<u32>,
+    }
+    let reply: Reply = match serde_json::from_slice(&body.to_bytes()) {
+        Ok(r) => r,
+        Err(_) => return fail(ErrorKind::InvalidSse),
+    };
+    if reply.error.is_some() {
+        return fail(ErrorKind::StreamError);
+    }
+    let text = reply.choices.first().and_then(|c| {
+        c.pointer("/message/content")
+            .or_else(|| c.get("text"))
+            .and_then(|t| t.as_str())
+            .map(str::to_string)
+    });
+    let output_tokens = reply.usage.and_then(|u| u.completion_tokens).unwrap_or(0);
+    if text.as_deref().unwrap_or("").is_empty() && output_tokens == 0 {
+        return fail(ErrorKind::EmptyStream);
+    }
+    Measurement {
+        error: None,
+        ttft: Some(e2e),
+        e2e,
+        itl_us: Vec::new(),
+        chunks: 1,
+        output_tokens: output_tokens.max(1),
+        prompt_tokens: reply.usage.and_then(|u| u.prompt_tokens),
+        reply: if capture { text } else { None },
+    }
 }
 
 /// Per-request state while the stream is read.
@@ -360,6 +448,7 @@ mod tests {
             Endpoint::Chat,
             &plan(Input::Text("hello".into())),
             Some("m"),
+            true,
         );
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(
@@ -380,16 +469,27 @@ mod tests {
         let mut p = plan(chat);
         p.model = Some("override".into());
         let v: serde_json::Value =
-            serde_json::from_slice(&request_body(Endpoint::Completions, &p, Some("m"))).unwrap();
+            serde_json::from_slice(&request_body(Endpoint::Completions, &p, Some("m"), true))
+                .unwrap();
         assert_eq!(v["prompt"], "sys\n\nq");
         assert_eq!(v["model"], "override");
         let v: serde_json::Value = serde_json::from_slice(&request_body(
             Endpoint::Chat,
             &plan(Input::Text("x".into())),
             None,
+            true,
         ))
         .unwrap();
         assert!(v.get("model").is_none());
+        let v: serde_json::Value = serde_json::from_slice(&request_body(
+            Endpoint::Chat,
+            &plan(Input::Text("x".into())),
+            None,
+            false,
+        ))
+        .unwrap();
+        assert_eq!(v["stream"], false);
+        assert!(v.get("stream_options").is_none(), "{v}");
     }
 
     #[test]

@@ -210,7 +210,14 @@ async fn send(run: Arc<Run>, plan: RequestPlan) {
     run.progress.sent.fetch_add(1, Ordering::Relaxed);
     let m = match build_request(&run, &plan) {
         Ok(req) => {
-            client::execute(&run.client, req, plan.session.is_some(), run.spec.timeout).await
+            client::execute(
+                &run.client,
+                req,
+                plan.session.is_some(),
+                run.spec.timeout,
+                run.spec.stream,
+            )
+            .await
         }
         Err(_) => client::Measurement {
             error: Some(client::ErrorKind::ConnectionClosed),
@@ -237,10 +244,20 @@ fn build_request(
     run: &Run,
     plan: &RequestPlan,
 ) -> Result<http::Request<Full<bytes::Bytes>>, http::Error> {
-    let body = client::request_body(run.spec.endpoint, plan, run.spec.model.as_deref());
+    let body = client::request_body(
+        run.spec.endpoint,
+        plan,
+        run.spec.model.as_deref(),
+        run.spec.stream,
+    );
+    let accept = if run.spec.stream {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
     let mut b = http::Request::post(run.uris[plan.target].clone())
         .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::ACCEPT, "text/event-stream");
+        .header(http::header::ACCEPT, accept);
     for (k, v) in run.spec.headers.iter().chain(&plan.headers) {
         b = b.header(k.as_str(), v.as_str());
     }

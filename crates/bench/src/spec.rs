@@ -144,6 +144,8 @@ pub struct LoadSpec {
     pub timeout: Duration,
     /// Use HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
     pub http2: bool,
+    /// Stream completions (SSE). When false, each reply is one JSON document (`stream: false`).
+    pub stream: bool,
     /// Seeds every random choice (prompts, lengths, arrivals, target picks).
     pub seed: u64,
     /// Open loop only: arrivals that find this many requests in flight are dropped and counted.
@@ -171,6 +173,7 @@ impl LoadSpec {
             slo: Slo::default(),
             timeout: Duration::from_secs(60),
             http2: false,
+            stream: true,
             seed: 0,
             max_in_flight: 10_000,
             headers: Vec::new(),

@@ -112,6 +112,31 @@ async fn without_usage_tokens_are_counted_from_chunks() {
 }
 
 #[tokio::test]
+async fn whole_replies_are_timed_when_they_arrive() {
+    let server = start(Script::Stream {
+        first: Duration::from_millis(50),
+        gap: Duration::from_millis(10),
+        tokens: 10,
+        usage: true,
+    })
+    .await;
+    let mut s = spec(vec![Target::new("whole", server.url())]);
+    s.stream = false;
+    s.load = Load::Closed { concurrency: 2 };
+    s.max_requests = Some(6);
+    let r = run_load(s, CancellationToken::new()).await.unwrap();
+    let t = &r.targets[0];
+    assert_eq!((t.sent, t.completed, t.failed), (6, 6, 0), "{:?}", t.errors);
+    assert_eq!(t.output_tokens, 60);
+    // The first token is seen with the whole reply, after ~140 ms.
+    within(t.ttft_ms.p50, 135.0, 170.0, "ttft p50");
+    within(t.e2e_ms.p50, 135.0, 170.0, "e2e p50");
+    let body = server.bodies.lock().unwrap()[0].clone();
+    assert_eq!(body["stream"], false);
+    assert!(body.get("stream_options").is_none(), "{body}");
+}
+
+#[tokio::test]
 async fn errors_are_counted_by_kind() {
     let unavailable = start(Script::Status(503)).await;
     let broken = start(Script::BreakAfter { tokens: 2 }).await;

@@ -193,6 +193,10 @@ pub struct OutlierDetection {
     /// Consecutive gateway errors (502/503/504, connect failure, reset, timeout) that eject.
     #[serde(default = "default_consecutive_gateway_errors")]
     pub consecutive_gateway_errors: u32,
+    /// Consecutive refused connections that eject (default 1: nothing listens on the port, so
+    /// the server is down, not slow or unlucky).
+    #[serde(default = "default_consecutive_refused")]
+    pub consecutive_refused: u32,
     /// Ejection time is `base_ejection × times ejected`, capped by `max_ejection`.
     #[serde(default = "default_base_ejection", with = "humantime_serde")]
     pub base_ejection: Duration,
@@ -215,6 +219,7 @@ impl Default for OutlierDetection {
         Self {
             consecutive_5xx: default_consecutive_5xx(),
             consecutive_gateway_errors: default_consecutive_gateway_errors(),
+            consecutive_refused: default_consecutive_refused(),
             base_ejection: default_base_ejection(),
             max_ejection: default_max_ejection(),
             max_ejected_percent: default_max_ejected_percent(),
@@ -230,6 +235,9 @@ fn default_consecutive_5xx() -> u32 {
 }
 fn default_consecutive_gateway_errors() -> u32 {
     3
+}
+fn default_consecutive_refused() -> u32 {
+    1
 }
 fn default_base_ejection() -> Duration {
     Duration::from_secs(30)
@@ -475,6 +483,9 @@ mod tests {
         assert_eq!(outlier, OutlierDetection::default());
         assert_eq!(outlier.max_ejected_percent, 10);
         assert_eq!(outlier.max_ejection, Duration::from_secs(300));
+        assert_eq!(outlier.consecutive_refused, 1);
+        let off: OutlierDetection = serde_yaml::from_str("{ consecutive_refused: 0 }").unwrap();
+        assert_eq!(off.consecutive_refused, 0);
         let slow: SlowStart = serde_yaml::from_str("{}").unwrap();
         assert_eq!(slow, SlowStart::default());
         let health: HealthCheck = serde_yaml::from_str("http: {}").unwrap();

@@ -39,6 +39,7 @@ impl From<&OutlierDetection> for OutlierSettings {
         OutlierSettings {
             consecutive_5xx: o.consecutive_5xx,
             consecutive_gateway_errors: o.consecutive_gateway_errors,
+            consecutive_refused: o.consecutive_refused,
             base_ejection: o.base_ejection,
             max_ejection: o.max_ejection,
             max_ejected_percent: o.max_ejected_percent,

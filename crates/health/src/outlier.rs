@@ -9,7 +9,11 @@
 //!
 //! Four detectors, as in Envoy: consecutive 5xx, consecutive gateway errors (502/503/504,
 //! connect failure, reset, timeout), success rate (statistical, relative to the pool) and
-//! failure percentage (absolute). Ejection time is `base_ejection × times ejected` capped by
+//! failure percentage (absolute). A fifth, consecutive refused connections (default: one),
+//! takes the view Linkerd's balancer takes of an endpoint it cannot connect to: a refused
+//! connection means nothing listens on the port, so the server is down, and every request sent
+//! there until two more pile up only buys a retry. (A full accept queue drops the SYN rather
+//! than refusing it, so overload does not look like this.) Ejection time is `base_ejection × times ejected` capped by
 //! `max_ejection`, so a flapping endpoint stays out longer each time; the multiplier decays by
 //! one for every interval the endpoint stays in. `max_ejected_percent` bounds the share ejected at
 //! once, so a pool-wide failure (a bad deploy) never ejects everything; one endpoint may always
@@ -32,6 +36,7 @@ use tokio::time::Instant;
 pub struct OutlierSettings {
     pub consecutive_5xx: u32,
     pub consecutive_gateway_errors: u32,
+    pub consecutive_refused: u32,
     pub base_ejection: Duration,
     pub max_ejection: Duration,
     pub max_ejected_percent: u32,
@@ -45,6 +50,7 @@ impl Default for OutlierSettings {
         Self {
             consecutive_5xx: 5,
             consecutive_gateway_errors: 3,
+            consecutive_refused: 1,
             base_ejection: Duration::from_secs(30),
             max_ejection: Duration::from_secs(300),
             max_ejected_percent: 10,
@@ -100,6 +106,8 @@ pub enum Outcome {
     Http5xx,
     /// 502/503/504, or no response at all: connect failure, reset, timeout.
     GatewayError,
+    /// The connection was refused: a gateway error that also says nothing listens there.
+    ConnectRefused,
     /// The attempt ended for a reason that says nothing about the endpoint (the client went
     /// away, a local limit): ignored.
     LocalOrigin,
@@ -121,6 +129,7 @@ impl Outcome {
 pub enum EjectReason {
     Consecutive5xx,
     ConsecutiveGatewayErrors,
+    ConsecutiveRefused,
     SuccessRate,
     FailurePercentage,
 }
@@ -130,6 +139,7 @@ impl EjectReason {
         match self {
             EjectReason::Consecutive5xx => "consecutive_5xx",
             EjectReason::ConsecutiveGatewayErrors => "consecutive_gateway_errors",
+            EjectReason::ConsecutiveRefused => "connect_refused",
             EjectReason::SuccessRate => "success_rate",
             EjectReason::FailurePercentage => "failure_percentage",
         }
@@ -176,6 +186,7 @@ impl EjectionSnapshot {
 struct Host {
     consecutive_5xx: u32,
     consecutive_gateway: u32,
+    consecutive_refused: u32,
     /// Times ejected, minus decay: the ejection time multiplier.
     multiplier: u32,
     ejected_until: Option<Instant>,
@@ -255,31 +266,43 @@ impl OutlierDetector {
                 host.successes += 1;
                 host.consecutive_5xx = 0;
                 host.consecutive_gateway = 0;
+                host.consecutive_refused = 0;
                 return None;
             }
             Outcome::Http5xx => {
                 host.failures += 1;
                 host.consecutive_5xx += 1;
                 host.consecutive_gateway = 0;
+                host.consecutive_refused = 0;
             }
             Outcome::GatewayError => {
                 host.failures += 1;
                 host.consecutive_5xx += 1;
                 host.consecutive_gateway += 1;
+                host.consecutive_refused = 0;
+            }
+            Outcome::ConnectRefused => {
+                host.failures += 1;
+                host.consecutive_5xx += 1;
+                host.consecutive_gateway += 1;
+                host.consecutive_refused += 1;
             }
         }
         if host.is_ejected(now) {
             return None;
         }
-        let reason = if s.consecutive_gateway_errors > 0
-            && host.consecutive_gateway >= s.consecutive_gateway_errors
-        {
-            EjectReason::ConsecutiveGatewayErrors
-        } else if s.consecutive_5xx > 0 && host.consecutive_5xx >= s.consecutive_5xx {
-            EjectReason::Consecutive5xx
-        } else {
-            return None;
-        };
+        let reason =
+            if s.consecutive_refused > 0 && host.consecutive_refused >= s.consecutive_refused {
+                EjectReason::ConsecutiveRefused
+            } else if s.consecutive_gateway_errors > 0
+                && host.consecutive_gateway >= s.consecutive_gateway_errors
+            {
+                EjectReason::ConsecutiveGatewayErrors
+            } else if s.consecutive_5xx > 0 && host.consecutive_5xx >= s.consecutive_5xx {
+                EjectReason::Consecutive5xx
+            } else {
+                return None;
+            };
         let event = self.try_eject(addr, reason, now);
         self.publish();
         event
@@ -409,6 +432,7 @@ impl OutlierDetector {
         host.ejected_until = Some(now + duration);
         host.consecutive_5xx = 0;
         host.consecutive_gateway = 0;
+        host.consecutive_refused = 0;
         tracing::info!(%addr, reason = reason.as_str(), ?duration, "endpoint ejected");
         Some(OutlierEvent::Ejected {
             address: addr,

@@ -59,6 +59,60 @@ async fn consecutive_gateway_errors_eject_and_success_resets() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_refused_connection_ejects_at_once_within_the_cap() {
+    let settings = OutlierSettings {
+        max_ejected_percent: 20,
+        ..OutlierSettings::default()
+    };
+    let (mut d, a) = detector(10, settings);
+    let now = Instant::now();
+    assert_eq!(
+        d.record(a[0], Outcome::ConnectRefused, now),
+        Some(OutlierEvent::Ejected {
+            address: a[0],
+            reason: EjectReason::ConsecutiveRefused,
+            duration: Duration::from_secs(30),
+        })
+    );
+    assert_eq!(EjectReason::ConsecutiveRefused.as_str(), "connect_refused");
+    assert!(d.record(a[1], Outcome::ConnectRefused, now).is_some());
+    // The cap (20% of 10) holds for refusals too: a third refusing endpoint stays in.
+    assert_eq!(d.record(a[2], Outcome::ConnectRefused, now), None);
+    assert!(!d.is_ejected(a[2], now));
+    // A refusal is a gateway error as well: two more make three in a row.
+    let (mut d, a) = detector(
+        10,
+        OutlierSettings {
+            consecutive_refused: 0,
+            ..OutlierSettings::default()
+        },
+    );
+    assert_eq!(d.record(a[0], Outcome::ConnectRefused, now), None, "off");
+    assert_eq!(d.record(a[0], Outcome::GatewayError, now), None);
+    assert!(matches!(
+        d.record(a[0], Outcome::ConnectRefused, now),
+        Some(OutlierEvent::Ejected {
+            reason: EjectReason::ConsecutiveGatewayErrors,
+            ..
+        })
+    ));
+    // With a threshold of two, anything else in between starts the count again.
+    let (mut d, a) = detector(
+        10,
+        OutlierSettings {
+            consecutive_refused: 2,
+            consecutive_gateway_errors: 0,
+            consecutive_5xx: 0,
+            ..OutlierSettings::default()
+        },
+    );
+    assert_eq!(d.record(a[0], Outcome::ConnectRefused, now), None);
+    assert_eq!(d.record(a[0], Outcome::GatewayError, now), None);
+    assert_eq!(d.record(a[0], Outcome::ConnectRefused, now), None);
+    assert!(d.record(a[0], Outcome::ConnectRefused, now).is_some());
+}
+
+#[tokio::test(start_paused = true)]
 async fn consecutive_5xx_counts_gateway_errors_too() {
     let (mut d, a) = detector(10, OutlierSettings::default());
     let now = Instant::now();

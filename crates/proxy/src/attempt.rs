@@ -11,11 +11,13 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use switchyard_balance::{hash_key, hash_source_ip, PickContext};
 use switchyard_config::HashKey;
+use switchyard_health::Outcome;
 use switchyard_resilience::{Attempt, BreakerGuard, Limit, RetryGuard, TriedSet};
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
 use crate::gateway::{PoolEntry, RouteEntry, RouteRetry};
+use crate::record::Finish;
 use crate::upstream_h1::{InlineConn, SendError};
 
 /// ORCA load report header (gRFC A51), read from every upstream response.
@@ -44,7 +46,8 @@ pub(crate) fn pick_context(
     key.map_or_else(PickContext::new, PickContext::with_hash_key)
 }
 
-/// Pick an endpoint this request has not tried yet (any endpoint once all were tried).
+/// Pick an endpoint this request has not tried yet (any endpoint once all were tried). A retry
+/// or hedge of a request without a hash key goes to [`pick_retry_target`].
 pub(crate) fn pick_untried(
     pool: &PoolEntry,
     tried: &TriedSet,
@@ -57,6 +60,11 @@ pub(crate) fn pick_untried(
             .map(|k| (start + k) % n)
             .find(|i| !tried.contains(*i))
             .or(Some(start));
+    }
+    if !tried.is_empty() && ctx.hash_key().is_none() {
+        if let Some(i) = pick_retry_target(pool, tried) {
+            return Some(i);
+        }
     }
     let mut first = pool.picker.pick_with(&pool.endpoints, ctx)?;
     if pool.warming_declines(first) {
@@ -77,11 +85,75 @@ pub(crate) fn pick_untried(
         .or(Some(first))
 }
 
+/// Where a retry (or hedge) goes: an endpoint the request has not tried, available, and whose
+/// latest attempt did not fail; of two such endpoints drawn at random, the one with the lower
+/// peak-EWMA latency × (in flight + 1) per unit of weight (the cost Linkerd's balancer uses).
+///
+/// The first attempt follows the pool's balancer; a retry has one more thing to go on, that an
+/// attempt just failed, and should spend it. `least_request` alone would happily send the
+/// retry to an endpoint whose last request timed out (few requests in flight there, since they
+/// all time out) or that just reset a stream; each such retry is one more that fails and is
+/// retried again. `None` when no endpoint qualifies; the caller then takes any untried one.
+/// Scans the pool (retries are rare; the first attempt never comes here).
+pub(crate) fn pick_retry_target(pool: &PoolEntry, tried: &TriedSet) -> Option<usize> {
+    let eligible = |i: usize| {
+        let e = &pool.endpoints[i];
+        !tried.contains(i) && e.is_available() && !e.state.is_failing()
+    };
+    let n = pool.endpoints.len();
+    let count = (0..n).filter(|&i| eligible(i)).count();
+    let nth = |k: usize| (0..n).filter(|&i| eligible(i)).nth(k);
+    let a = nth(fastrand::usize(..count.max(1)))?;
+    if count == 1 {
+        return Some(a);
+    }
+    let b = loop {
+        let b = nth(fastrand::usize(..count))?;
+        if b != a {
+            break b;
+        }
+    };
+    let now = std::time::Instant::now();
+    let cost = |i: usize| {
+        let e = &pool.endpoints[i];
+        let latency = e.state.latency_at(now).map_or(0.0, |d| d.as_secs_f64());
+        (latency + 1e-6) * (e.state.in_flight() + 1) as f64 / f64::from(e.weight.max(1))
+    };
+    Some(if cost(b) < cost(a) { b } else { a })
+}
+
+/// Tell outlier detection (and the endpoint's failing flag) how a response went. A streamed
+/// (`text/event-stream`) 2xx is not a success yet: an inference server sends its headers when it
+/// accepts the request, before queueing and generating, so the headers of a stream say as much
+/// about a stalled or crawling replica as about a healthy one. Counting them as successes lets
+/// a 10× slow replica, whose whole-reply requests all time out, reset its gateway-error streak
+/// with every stream it starts and stay in the pool. Its success is recorded when the stream
+/// ends cleanly ([`Finish::complete`]); a stream cut mid-body is a gateway error as before, and
+/// one the client abandons counts for nothing.
+pub(crate) fn record_response<B>(
+    pool: &PoolEntry,
+    index: usize,
+    resp: &Response<B>,
+    finish: &mut Finish,
+) {
+    let outcome = Outcome::from_status(resp.status().as_u16());
+    let event_stream = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if outcome == Outcome::Success && event_stream {
+        finish.defer_success();
+    } else {
+        pool.record_outcome(index, outcome);
+    }
+}
+
 /// Bodies up to this size are kept for replay when a route hedges without a retry policy.
 pub(crate) const DEFAULT_MAX_REPLAY_BODY: u64 = 64 * 1024;
 
 /// Start one attempt at endpoint `index`: HTTP/1 pools drive a pooled connection inline; HTTP/2
-/// pools (and upgrades) go through the multiplexing client.
+/// pools multiplex over the endpoint's connection (`upstream_h2`); upgrades go through the
+/// pooled client.
 pub(crate) fn send_attempt<'a>(
     pool: &'a PoolEntry,
     index: usize,
@@ -94,10 +166,12 @@ pub(crate) fn send_attempt<'a>(
     Output = Result<(Response<Option<Incoming>>, Option<InlineConn>), Failure>,
 > + 'a {
     let inline = pool.h1.get(index).filter(|_| !upgrade);
+    let h2 = pool.h2.get(index).filter(|_| !upgrade);
     let mut uri = http::uri::Parts::default();
     if inline.is_none() {
-        // The pooled client wants an absolute URI to pick its connection; the inline HTTP/1
-        // path writes the request target as given, so it gets origin-form.
+        // HTTP/2 takes `:scheme` and `:authority` from an absolute URI (as the pooled client
+        // picks its connection by it); the inline HTTP/1 path writes the request target as
+        // given, so it gets origin-form.
         uri.scheme = Some(Scheme::HTTP);
         uri.authority = Some(pool.authorities[index].clone());
     }
@@ -105,13 +179,18 @@ pub(crate) fn send_attempt<'a>(
     let uri = Uri::from_parts(uri).expect("path is set; scheme and authority go together");
     let req = attempt_request(parts, headers, uri, body);
     async move {
-        match inline {
-            Some(conns) => conns
+        match (inline, h2) {
+            (Some(conns), _) => conns
                 .send(req, &pool.breaker)
                 .await
                 .map(|(resp, conn)| (resp.map(|()| None), Some(conn)))
                 .map_err(Failure::Inline),
-            None => pool
+            (None, Some(h2)) => h2
+                .send(req, &pool.breaker, &pool.endpoints[index].state)
+                .await
+                .map(|resp| (resp.map(Some), None))
+                .map_err(Failure::Inline),
+            (None, None) => pool
                 .client
                 .request(req)
                 .await
@@ -172,9 +251,48 @@ pub(crate) async fn sleep_before_retry(delay: Duration, headers_by: Instant) {
     tokio::time::sleep_until((Instant::now() + delay).min(headers_by)).await;
 }
 
-/// How sending upstream failed, from either client.
+/// How sending upstream failed.
 #[derive(Debug)]
 pub(crate) enum Failure {
+    /// From our own clients: the inline HTTP/1 connection or the HTTP/2 connection.
     Inline(SendError),
+    /// From the pooled client (upgrades).
     Pooled(hyper_util::client::legacy::Error),
+}
+
+impl Failure {
+    /// Whether the upstream is to blame (not a local limit or the client's body).
+    pub(crate) fn is_upstream(&self) -> bool {
+        !matches!(
+            self,
+            Failure::Inline(SendError::Overflow(_) | SendError::Body(_))
+        )
+    }
+
+    /// The outcome for outlier detection: a gateway error, and a decisive one when the
+    /// connection was refused (nothing listens there).
+    pub(crate) fn outcome(&self) -> Outcome {
+        let refused = match self {
+            Failure::Inline(SendError::Connect(e)) => {
+                e.kind() == std::io::ErrorKind::ConnectionRefused
+            }
+            Failure::Pooled(e) if e.is_connect() => {
+                let mut source = std::error::Error::source(e);
+                let mut refused = false;
+                while let Some(err) = source {
+                    if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                        refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+                    }
+                    source = err.source();
+                }
+                refused
+            }
+            _ => false,
+        };
+        if refused {
+            Outcome::ConnectRefused
+        } else {
+            Outcome::GatewayError
+        }
+    }
 }

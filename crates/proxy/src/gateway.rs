@@ -30,7 +30,7 @@ use switchyard_resilience::{
     CircuitBreaker, ConcurrencyLimiter, HedgeDelay, HedgeParams, Hedger, RetryBudget, RetryOn,
     RetryPolicy,
 };
-use switchyard_telemetry::metrics::{PoolReasonLabels, RouteReasonLabels};
+use switchyard_telemetry::metrics::{PoolReasonLabels, RouteNameLabels, RouteReasonLabels};
 
 type ConnRegistry = HashMap<(String, std::net::SocketAddr), Arc<EndpointConns>>;
 
@@ -56,6 +56,43 @@ pub struct RouteEntry {
     hedge_config: Option<switchyard_config::resilience::HedgeConfig>,
     retries: prometheus_client::metrics::family::Family<RouteReasonLabels, Counter>,
     retries_refused: prometheus_client::metrics::family::Family<RouteReasonLabels, Counter>,
+    /// Present exactly when `hedger` is.
+    pub hedge_metrics: Option<HedgeMetrics>,
+}
+
+/// A hedging route's counters, resolved once per generation.
+pub struct HedgeMetrics {
+    /// Hedges sent.
+    pub sent: Counter,
+    /// Hedges whose response was used.
+    pub won: Counter,
+    /// Hedges due but refused by the hedge budget.
+    pub refused_budget: Counter,
+    /// Hedges due with no untried endpoint to send them to.
+    pub refused_no_endpoint: Counter,
+}
+
+impl HedgeMetrics {
+    fn new(metrics: &Metrics, route: &str) -> Self {
+        let labels = RouteNameLabels {
+            route: route.to_string(),
+        };
+        let refused = |reason| {
+            metrics
+                .hedges_refused
+                .get_or_create(&RouteReasonLabels {
+                    route: route.to_string(),
+                    reason,
+                })
+                .clone()
+        };
+        Self {
+            sent: metrics.hedges.get_or_create(&labels).clone(),
+            won: metrics.hedges_won.get_or_create(&labels).clone(),
+            refused_budget: refused("budget"),
+            refused_no_endpoint: refused("no_endpoint"),
+        }
+    }
 }
 
 /// One target of a route: a pool, and the model name the upstream is asked for.
@@ -122,10 +159,6 @@ impl RouteEntry {
                 reason,
             })
             .inc();
-    }
-
-    pub fn count_hedge(&self) {
-        self.count_retry("hedge");
     }
 
     pub fn count_retry_refused(&self, reason: &'static str) {
@@ -244,9 +277,12 @@ pub struct PoolEntry {
     pub authorities: Vec<Authority>,
     pub picker: Arc<dyn Picker>,
     /// HTTP/1 pools: per-endpoint idle connections, driven inline by requests (parallel to
-    /// `endpoints`). Empty for HTTP/2 pools, which multiplex through `client`.
+    /// `endpoints`). Empty for HTTP/2 pools.
     pub h1: Vec<Arc<EndpointConns>>,
-    /// Pooled client for HTTP/2 upstreams and for HTTP/1 upgrades.
+    /// HTTP/2 pools: each endpoint's multiplexed connection, under the pool's connection and
+    /// pending limits (parallel to `endpoints`). Empty for HTTP/1 pools.
+    pub h2: Vec<Arc<crate::upstream_h2::H2Endpoint>>,
+    /// Pooled client for HTTP/1 upgrades.
     pub client: UpstreamClient,
     pub connect_errors: Counter,
     pub timeouts: Counter,
@@ -321,8 +357,14 @@ impl PoolEntry {
         fraction < 1.0 && fastrand::f64() > fraction
     }
 
-    /// Feed passive outlier detection with one attempt's outcome.
+    /// Feed passive outlier detection (and the endpoint's failing flag, which steers retries)
+    /// with one attempt's outcome.
     pub fn record_outcome(&self, index: usize, outcome: Outcome) {
+        if outcome != Outcome::LocalOrigin {
+            self.endpoints[index]
+                .state
+                .set_failing(outcome != Outcome::Success);
+        }
         if let Some(d) = &self.detector {
             let address = self.endpoints[index].address();
             let event = d.lock().expect("outlier lock").record(
@@ -573,6 +615,7 @@ fn build(
         let detector = control.detector.clone();
         let outlier_sink = control.sink(metrics, &p.name);
         let inference = control.inference_picker(p);
+        let h2 = control.h2_endpoints();
         pools.push(Arc::new(PoolEntry {
             inference,
             model_metrics: PoolModelMetrics::new(
@@ -613,6 +656,7 @@ fn build(
             authorities,
             picker: switchyard_balance::build(&p.balancer),
             h1,
+            h2,
             client,
             connect_errors: metrics
                 .upstream_connect_errors
@@ -679,6 +723,7 @@ fn build(
                 })
         });
         routes.push(RouteEntry {
+            hedge_metrics: hedger.as_ref().map(|_| HedgeMetrics::new(metrics, &r.name)),
             priority: r.priority,
             retry,
             hedger,

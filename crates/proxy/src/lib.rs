@@ -21,6 +21,7 @@ pub mod server;
 pub mod service;
 pub mod tls;
 pub mod upstream_h1;
+pub mod upstream_h2;
 
 pub use gateway::{Gateway, GatewayHandle};
 pub use server::Server;

@@ -12,7 +12,7 @@ use prometheus_client::metrics::counter::Counter;
 use switchyard_balance::EndpointState;
 use switchyard_config::health::OutlierDetection;
 use switchyard_config::resilience::{CircuitLimits, Concurrency};
-use switchyard_config::{Balancer, Pool};
+use switchyard_config::{Balancer, Pool, Protocol};
 use switchyard_health::{
     spawn_ticker, ActiveCheck, HealthChecker, OutlierDetector, OutlierEvent, OutlierSettings,
 };
@@ -26,6 +26,8 @@ use switchyard_resilience::{
 use switchyard_telemetry::metrics::{PoolLabels, PoolReasonLabels};
 use switchyard_telemetry::Metrics;
 use tokio::task::JoinHandle;
+
+use crate::upstream_h2::H2Endpoint;
 
 /// Applies an outlier event: endpoint flag, metric, log line.
 pub type OutlierSink = Arc<dyn Fn(OutlierEvent) + Send + Sync>;
@@ -53,6 +55,8 @@ pub struct PoolControl {
     ticker: Option<JoinHandle<()>>,
     checker: HealthChecker,
     by_address: ByAddress,
+    /// HTTP/2 pools: each endpoint's connection (parallel to the pool's endpoints).
+    h2: Vec<Arc<H2Endpoint>>,
 }
 
 impl Drop for PoolControl {
@@ -69,7 +73,8 @@ fn breaker(c: &CircuitLimits) -> CircuitBreaker {
         max_connections: c.max_connections,
         max_pending: c.max_pending,
         max_requests: c.max_requests,
-        max_retries: c.max_retries,
+        // Unset: the routes' retry budgets are the bound (Envoy: a budget replaces the breaker).
+        max_retries: c.max_retries.unwrap_or(u32::MAX),
     })
 }
 
@@ -168,6 +173,7 @@ impl PoolControl {
             ticker: None,
             checker,
             by_address,
+            h2: Vec::new(),
         };
         control.update(spec, states, metrics);
         control
@@ -178,6 +184,7 @@ impl PoolControl {
         self.by_address.store(Arc::new(
             states.iter().map(|s| (s.address, s.clone())).collect(),
         ));
+        self.update_h2(spec, states);
         if spec.limits != self.limits {
             self.limits = spec.limits.clone();
             self.breaker = breaker(&spec.limits);
@@ -233,6 +240,40 @@ impl PoolControl {
                 self.outlier = Some(cfg.clone());
             }
         }
+    }
+
+    /// HTTP/2 pools keep an endpoint's connection while its address and connection settings
+    /// stay the same.
+    fn update_h2(&mut self, spec: &Pool, states: &[Arc<EndpointState>]) {
+        if spec.protocol != Protocol::Http2 {
+            self.h2.clear();
+            return;
+        }
+        let old = std::mem::take(&mut self.h2);
+        self.h2 = states
+            .iter()
+            .map(|s| {
+                old.iter()
+                    .find(|h| {
+                        h.address() == s.address
+                            && h.same_settings(spec.connect_timeout, spec.idle_timeout)
+                    })
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        Arc::new(H2Endpoint::new(
+                            s.address,
+                            spec.connect_timeout,
+                            spec.idle_timeout,
+                        ))
+                    })
+            })
+            .collect();
+    }
+
+    /// This generation's HTTP/2 connections, parallel to the pool's endpoints (empty for
+    /// HTTP/1 pools).
+    pub fn h2_endpoints(&self) -> Vec<Arc<H2Endpoint>> {
+        self.h2.clone()
     }
 
     fn update_inference(&mut self, spec: &Pool, states: &[Arc<EndpointState>]) {

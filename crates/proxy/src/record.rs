@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::gateway::{Gateway, RouteTarget};
 use switchyard_health::Outcome;
+use switchyard_resilience::{BreakerGuard, RequestGuard, RetryGuard};
 
 /// Details only kept when the listener writes an access log.
 pub struct AccessInfo {
@@ -39,6 +40,13 @@ pub struct Finish {
     access: Option<Box<AccessInfo>>,
     /// An `inference` pick to release (its in-flight tokens) when the exchange ends.
     inference: Option<(Arc<switchyard_inference::InferencePicker>, usize, u32)>,
+    /// A streamed response whose success outlier detection hears of when it ends cleanly.
+    success_deferred: bool,
+    /// The request's place in its route's retry budget, and the retries it took: held to the
+    /// end of the body, as Envoy counts active requests and retries (a stream's headers come
+    /// long before its end; counting it only until then shrinks the budget of a streaming route).
+    budget: Option<RequestGuard>,
+    retries: Vec<(RetryGuard, BreakerGuard)>,
     /// The request's model, when the gateway read it.
     model: Option<Box<RequestModel>>,
 }
@@ -65,6 +73,9 @@ impl Finish {
             upstream_index: 0,
             access,
             inference: None,
+            success_deferred: false,
+            budget: None,
+            retries: Vec::new(),
             model: None,
         }
     }
@@ -108,8 +119,32 @@ impl Finish {
         self.bytes += n;
     }
 
+    /// Keep the request's retry-budget guards until the exchange ends.
+    pub fn hold_budget(
+        &mut self,
+        budget: Option<RequestGuard>,
+        retries: Vec<(RetryGuard, BreakerGuard)>,
+    ) {
+        self.budget = budget;
+        self.retries = retries;
+    }
+
+    /// Tell outlier detection of this response's success when the stream ends cleanly rather
+    /// than now (see `attempt::record_response`).
+    pub fn defer_success(&mut self) {
+        self.success_deferred = true;
+    }
+
     /// The stream ended cleanly.
-    pub fn complete(&mut self) {}
+    pub fn complete(&mut self) {
+        if std::mem::take(&mut self.success_deferred) && self.upstream.is_some() {
+            if let Some(target) = self.target() {
+                target
+                    .pool
+                    .record_outcome(self.upstream_index, Outcome::Success);
+            }
+        }
+    }
 
     /// The stream ended early for `reason`.
     pub fn fail(&mut self, reason: &'static str) {

@@ -13,8 +13,8 @@ use switchyard_telemetry::metrics::RejectLabels;
 use tokio::time::Instant;
 
 use crate::attempt::{
-    pick_context, pick_untried, retry_decision, send_attempt, sleep_before_retry, Failure,
-    DEFAULT_MAX_REPLAY_BODY, ENDPOINT_LOAD_METRICS,
+    pick_context, pick_untried, record_response, retry_decision, send_attempt, sleep_before_retry,
+    Failure, DEFAULT_MAX_REPLAY_BODY, ENDPOINT_LOAD_METRICS,
 };
 use crate::body::{
     BodyTooLarge, ClientBody, InBody, InferenceUsage, RequestBody, ResponseBody, StreamTiming,
@@ -196,7 +196,7 @@ async fn forward(
         }
         _ => None,
     };
-    let _in_budget = route.retry.as_ref().map(|r| r.budget.start_request());
+    let in_budget = route.retry.as_ref().map(|r| r.budget.start_request());
 
     // 4. Rewrite for the upstream hop.
     let upgrade = if req.version() < Version::HTTP_2 && is_upgrade(req.headers()) {
@@ -432,7 +432,7 @@ async fn forward(
     let ctx = pick_context(pool, &parts.headers, cx.client);
     let mut tried = TriedSet::new();
     let mut tries = 0u32;
-    let mut _retry_guards = Vec::new();
+    let mut retry_guards = Vec::new();
     let hedger = route.hedger.as_ref();
     if let Some(h) = hedger {
         h.start_request();
@@ -484,13 +484,21 @@ async fn forward(
                 r = &mut first => return (r, None),
                 _ = tokio::time::sleep(delay) => {}
             }
-            let second_index = pick_untried(pool, &tried, &ctx).filter(|i| !tried.contains(*i));
-            let (Some(second_index), Some(_hedge)) =
-                (second_index, hedger.and_then(|h| h.try_acquire_hedge()))
+            let counters = route
+                .hedge_metrics
+                .as_ref()
+                .expect("hedging routes have counters");
+            let Some(second_index) =
+                pick_untried(pool, &tried, &ctx).filter(|i| !tried.contains(*i))
             else {
+                counters.refused_no_endpoint.inc();
                 return (first.await, None);
             };
-            route.count_hedge();
+            let Some(_hedge) = hedger.and_then(|h| h.try_acquire_hedge()) else {
+                counters.refused_budget.inc();
+                return (first.await, None);
+            };
+            counters.sent.inc();
             let second_in_flight = pool.endpoints[second_index].state.begin();
             pool.picks[second_index].inc();
             let second_body = body.as_ref().expect("hedged bodies are buffered").replay();
@@ -505,7 +513,22 @@ async fn forward(
             ));
             tokio::select! {
                 r = &mut first => (r, None),
-                r = second => (r, Some((second_index, second_in_flight))),
+                r = second => match r {
+                    Ok(resp) => {
+                        counters.won.inc();
+                        (Ok(resp), Some((second_index, second_in_flight)))
+                    }
+                    // A hedge that failed before headers loses the race: the first attempt
+                    // goes on. Its failure still counts against its endpoint.
+                    Err(failure) => {
+                        if failure.is_upstream() {
+                            pool.endpoints[second_index].state.record_failure();
+                            pool.record_outcome(second_index, failure.outcome());
+                        }
+                        drop(second_in_flight);
+                        (first.await, None)
+                    }
+                },
             }
         };
         let (outcome, index, in_flight) = match tokio::time::timeout_at(attempt_by, raced).await {
@@ -528,7 +551,7 @@ async fn forward(
         }
         let (attempt, error) = match outcome {
             Ok(Ok((resp, conn))) => {
-                pool.record_outcome(index, Outcome::from_status(resp.status().as_u16()));
+                record_response(pool, index, &resp, &mut finish);
                 if let Some(report) = resp.headers().get(&ENDPOINT_LOAD_METRICS) {
                     if let Ok(r) = parse_orca(report.as_bytes()) {
                         if let Some(picker) = inference {
@@ -546,7 +569,7 @@ async fn forward(
                 let attempt = Attempt::from_response(resp.status(), resp.headers(), wall);
                 match retry_decision(route, pool, retry, tries, &tried, &attempt, body.is_some()) {
                     Some((delay, guards)) => {
-                        _retry_guards.push(guards);
+                        retry_guards.push(guards);
                         drop((resp, conn));
                         sleep_before_retry(delay, headers_by).await;
                         continue;
@@ -570,7 +593,7 @@ async fn forward(
                     return Err((GatewayError::BodyTooLarge, finish, true));
                 }
                 endpoint.state.record_failure();
-                pool.record_outcome(index, Outcome::GatewayError);
+                pool.record_outcome(index, failure.outcome());
                 if connect {
                     pool.connect_errors.inc();
                     (Attempt::ConnectFailure, GatewayError::ConnectFailed)
@@ -591,7 +614,7 @@ async fn forward(
             if let Some((delay, guards)) =
                 retry_decision(route, pool, retry, tries, &tried, &attempt, body.is_some())
             {
-                _retry_guards.push(guards);
+                retry_guards.push(guards);
                 sleep_before_retry(delay, headers_by).await;
                 continue;
             }
@@ -605,6 +628,7 @@ async fn forward(
         p.record_sample();
     }
     finish.set_upstream(in_flight, index);
+    finish.hold_budget(in_budget, retry_guards);
     let mut resp = resp;
 
     // 7. Stream the response back.

@@ -176,6 +176,255 @@ async fn outlier_detection_ejects_a_dead_endpoint() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_ejects_the_endpoint_at_once_and_no_request_fails() {
+    let fleet = fleet(3).await;
+    let dead = dead_address();
+    let mut eps = fleet.addresses();
+    eps.push(dead);
+    let route = "    retry: { attempts: 3, retry_on: [connect-failure] }\n";
+    // Three gateway errors in a row would be needed without the refused-connection detector.
+    let pool = "    outlier: { consecutive_gateway_errors: 3, base_ejection: 30s, max_ejected_percent: 50 }\n";
+    let gw = Gateway::start(&config(&eps, route, pool));
+    let c = client::http1();
+    // Until a request happens to pick the dead endpoint, nothing is known about it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while endpoint(&pools(&gw), dead)["requests"] == 0 {
+        assert_eq!(chat(&c, &gw).await.0, 200, "a replayable request failed");
+        assert!(
+            Instant::now() < deadline,
+            "the dead endpoint was never picked"
+        );
+    }
+    for _ in 0..30 {
+        assert_eq!(chat(&c, &gw).await.0, 200, "a replayable request failed");
+    }
+    let p = pools(&gw);
+    let d = endpoint(&p, dead);
+    assert_eq!(d["ejected"], true, "{p}");
+    assert_eq!(d["requests"], 1, "one refusal is enough: {d}");
+    assert_eq!(
+        gw.metric("switchyard_outlier_ejections_total{pool=\"p\",reason=\"connect_refused\"}"),
+        1.0
+    );
+    assert_eq!(
+        gw.metric("switchyard_retries_total{route=\"r\",reason=\"connect-failure\"}"),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_crashing_under_load_fails_no_replayable_request() {
+    let fleet = fleet(4).await;
+    let eps = fleet.addresses();
+    let route = "    retry: { attempts: 3, retry_on: [connect-failure, reset, gateway-error], per_try_timeout: 2s }\n";
+    let pool = "    outlier: { consecutive_gateway_errors: 3, base_ejection: 30s, max_ejected_percent: 50 }\n";
+    let gw = std::sync::Arc::new(Gateway::start(&config(&eps, route, pool)));
+    // Three clients in a paced loop of whole (non-streamed) completions, each replayable
+    // (paced so the test does not take the machine from tests running beside it).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let (gw, stop) = (gw.clone(), stop.clone());
+            tokio::spawn(async move {
+                let c = client::http1();
+                let mut statuses = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    statuses.push(chat(&c, &gw).await.0);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                statuses
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let crash = http::Request::post(format!("http://{}/sim/faults", eps[0]))
+        .body(Full::new(Bytes::from_static(b"{\"crash_for_ms\": 5000}")))
+        .unwrap();
+    let (status, _, _) = send(&client::http1(), crash).await;
+    assert!(status.is_success());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for c in clients {
+        let statuses = c.await.unwrap();
+        total += statuses.len();
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    }
+    assert!(total > 20, "only {total} requests");
+    let p = pools(&gw);
+    assert_eq!(endpoint(&p, eps[0])["ejected"], true, "{p}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_avoid_a_replica_whose_last_attempt_failed() {
+    // Replicas 0 and 1 answer 503; only replica 2 works. Two attempts per request: a retry
+    // sent to the other failing replica would fail the request.
+    let fleet = fleet(3).await;
+    failing(&fleet, 0, 503);
+    failing(&fleet, 1, 503);
+    let eps = fleet.addresses();
+    let route = "    retry: { attempts: 2, retry_on: [503], budget: { ratio: 1.0, min_concurrency: 10 } }\n";
+    let gw = Gateway::start(&config(&eps, route, ""));
+    let c = client::http1();
+    // Until both failing replicas have failed once, a retry may still land on one of them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let p = pools(&gw);
+        if [0, 1]
+            .iter()
+            .all(|&i| endpoint(&p, eps[i])["requests"] != 0)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a failing replica was never tried"
+        );
+        chat(&c, &gw).await;
+    }
+    for i in 0..30 {
+        assert_eq!(chat(&c, &gw).await.0, 200, "request {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_not_a_fixed_breaker_bounds_concurrent_retries() {
+    // Replica 0 fails fast; replica 1 answers slowly, so retries pile up in flight. A 100%
+    // budget allows them all; Envoy's old `max_retries: 3` default would refuse most.
+    let fleet = fleet(2).await;
+    failing(&fleet, 0, 503);
+    slow(&fleet, 1, 400);
+    let route =
+        "    retry: { attempts: 2, retry_on: [503], budget: { ratio: 1.0, min_concurrency: 1 } }\n";
+    for (pool, want_refused) in [("", false), ("    limits: { max_retries: 1 }\n", true)] {
+        let gw = std::sync::Arc::new(Gateway::start(&config(&fleet.addresses(), route, pool)));
+        let requests: Vec<_> = (0..12)
+            .map(|_| {
+                let gw = gw.clone();
+                tokio::spawn(async move { chat(&client::http1(), &gw).await.0 })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for r in requests {
+            statuses.push(r.await.unwrap());
+        }
+        let refused = gw.metric("switchyard_retries_refused_total{route=\"r\",reason=\"breaker\"}");
+        if want_refused {
+            assert!(
+                refused >= 1.0,
+                "max_retries: 1 refused nothing: {statuses:?}"
+            );
+        } else {
+            assert_eq!(refused, 0.0);
+            assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_that_start_do_not_hide_a_crawling_replica_from_outlier_detection() {
+    // One replica, slowed so much that a whole reply misses the 300 ms per-try timeout while a
+    // stream's headers still come at once. Streams and whole replies alternate: if a stream's
+    // headers counted as a success, the gateway-error streak would never pass one.
+    let fleet = fleet(1).await;
+    let faults = FaultConfig {
+        slow_factor: 3000.0,
+        ..FaultConfig::default()
+    };
+    fleet.set_faults(0, faults).unwrap();
+    let route = "    retry: { attempts: 2, retry_on: [gateway-error], per_try_timeout: 300ms }\n";
+    let pool = "    outlier: { consecutive_gateway_errors: 3, base_ejection: 30s }\n";
+    let gw = Gateway::start(&config(&fleet.addresses(), route, pool));
+    let c = client::http1();
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let body = format!(
+            r#"{{"model":"{MODEL}","max_tokens":50,"stream":true,"messages":[{{"role":"user","content":"hi"}}]}}"#
+        );
+        let req = http::Request::post(gw.url("/v1/chat/completions"))
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        // Headers arrive; the body crawls on (held open until the test ends).
+        let resp = c.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        streams.push(resp);
+        assert_eq!(chat(&c, &gw).await.0, 504, "a whole reply should time out");
+    }
+    let p = pools(&gw);
+    assert_eq!(endpoint(&p, fleet.addresses()[0])["ejected"], true, "{p}");
+    drop(streams);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_count_toward_the_retry_budget_until_they_end() {
+    // A crawling replica and a dead address, keyed by user: streams go to the replica and stay
+    // open; whole requests go to the dead address and must be retried on the replica.
+    let fleet = fleet(1).await;
+    let faults = FaultConfig {
+        slow_factor: 300.0,
+        ..FaultConfig::default()
+    };
+    fleet.set_faults(0, faults).unwrap();
+    let live = fleet.addresses()[0];
+    let dead = dead_address();
+    let route = "    retry: { attempts: 2, retry_on: [connect-failure], budget: { ratio: 0.3, min_concurrency: 1 } }\n";
+    // A load factor high enough that no key spills over to the other endpoint.
+    let pool = "    balancer: { kind: ring_hash, key: { header: x-user }, load_factor: 100 }\n";
+    let gw = std::sync::Arc::new(Gateway::start(&config(&[live, dead], route, pool)));
+    let request = |user: &str, stream: bool, tokens: u32| {
+        let body = format!(
+            r#"{{"model":"{MODEL}","max_tokens":{tokens},"stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+        );
+        http::Request::post(gw.url("/v1/chat/completions"))
+            .header("x-user", user)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    };
+    // Find a user the ring puts on the live replica and one it puts on the dead address.
+    let c = client::http1();
+    let (mut to_live, mut to_dead) = (None, None);
+    for i in 0..64 {
+        let user = format!("user-{i}");
+        let before = endpoint(&pools(&gw), dead)["requests"].as_u64().unwrap();
+        assert_eq!(send(&c, request(&user, false, 1)).await.0, 200);
+        let after = endpoint(&pools(&gw), dead)["requests"].as_u64().unwrap();
+        let slot = if after > before {
+            &mut to_dead
+        } else {
+            &mut to_live
+        };
+        slot.get_or_insert(user);
+        if to_live.is_some() && to_dead.is_some() {
+            break;
+        }
+    }
+    let (to_live, to_dead) = (to_live.unwrap(), to_dead.unwrap());
+    // Ten streams open on the live replica: ten active requests once their headers are out.
+    let mut streams = Vec::new();
+    for _ in 0..10 {
+        let resp = c.request(request(&to_live, true, 500)).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        streams.push(resp);
+    }
+    // Three whole requests need a retry each, at once: 30% of 13 active requests allows three.
+    // Counted only to their headers, the streams would leave three active and allow one.
+    let whole: Vec<_> = (0..3)
+        .map(|_| {
+            let req = request(&to_dead, false, 4);
+            tokio::spawn(async move { send(&client::http1(), req).await.0 })
+        })
+        .collect();
+    for w in whole {
+        assert_eq!(w.await.unwrap(), 200);
+    }
+    assert_eq!(
+        gw.metric("switchyard_retries_refused_total{route=\"r\",reason=\"budget\"}"),
+        0.0
+    );
+    drop(streams);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_health_checks_follow_a_crash_and_restart() {
     let fleet = fleet(2).await;
     let eps = fleet.addresses();
@@ -323,7 +572,36 @@ async fn hedging_races_a_slow_replica() {
             "request {i} waited for the slow replica"
         );
     }
-    assert!(gw.metric("switchyard_retries_total{route=\"r\",reason=\"hedge\"}") >= 2.0);
+    // Hedges are their own series, not retries.
+    let sent = gw.metric("switchyard_hedges_total{route=\"r\"}");
+    let won = gw.metric("switchyard_hedges_won_total{route=\"r\"}");
+    assert!(sent >= 2.0, "hedges sent: {sent}");
+    assert!(won >= 2.0 && won <= sent, "hedges won: {won} of {sent}");
+    let (_, metrics) = gw.admin_get("/metrics");
+    assert!(
+        !metrics.contains("switchyard_retries_total{"),
+        "a hedge was counted as a retry"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedges_over_budget_are_refused_and_counted() {
+    let fleet = fleet(2).await;
+    slow(&fleet, 0, 300);
+    slow(&fleet, 1, 300);
+    // 1% of requests may hedge: a handful of requests earn none.
+    let route = "    hedge: { delay: 20ms, budget_percent: 1 }\n";
+    let gw = Gateway::start(&config(&fleet.addresses(), route, ""));
+    let c = client::http1();
+    for _ in 0..4 {
+        assert_eq!(chat(&c, &gw).await.0, 200);
+    }
+    assert_eq!(
+        gw.metric("switchyard_hedges_refused_total{route=\"r\",reason=\"budget\"}"),
+        4.0
+    );
+    assert_eq!(gw.metric("switchyard_hedges_total{route=\"r\"}"), 0.0);
+    assert_eq!(gw.metric("switchyard_hedges_won_total{route=\"r\"}"), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,6 +653,75 @@ async fn max_connections_caps_upstream_connections() {
     assert_eq!(slow.await.unwrap(), 200);
     // The one connection is pooled again and reused.
     assert_eq!(chat(&client::http1(), &gw).await.0, 200);
+}
+
+/// GET `path` through the gateway on a fresh HTTP/1 connection: status, overflow header, time.
+async fn timed_get(gw: &Gateway, path: &str) -> (u16, Option<String>, Duration) {
+    let start = Instant::now();
+    let (status, headers, _) = client::get(&client::http1(), &gw.url(path)).await;
+    let overflow = headers
+        .get("x-switchyard-overflow")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status.as_u16(), overflow, start.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_pools_enforce_max_pending_and_max_connections() {
+    // One stream per connection: a second request has to wait for the first one's stream.
+    let origin = support::origin::Origin::start_h2_streams(1);
+    let pool = "    protocol: http2\n    limits: { max_connections: 1, max_pending: 1 }\n";
+    let gw = std::sync::Arc::new(Gateway::start(&config(&[origin.addr], "", pool)));
+    let spawn_get = |path: &'static str| {
+        let gw = gw.clone();
+        tokio::spawn(async move { timed_get(&gw, path).await })
+    };
+    let first = spawn_get("/slow?ms=800");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = spawn_get("/slow?ms=10");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The first holds the stream, the second the one pending place: the third overflows.
+    let (status, overflow, took) = timed_get(&gw, "/slow?ms=10").await;
+    assert_eq!((status, overflow.as_deref()), (503, Some("pending")));
+    assert!(took < Duration::from_millis(300), "overflow took {took:?}");
+    assert_eq!(first.await.unwrap().0, 200);
+    let (status, _, waited) = second.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        waited >= Duration::from_millis(400),
+        "the second request did not wait for a stream: {waited:?}"
+    );
+    assert_eq!(
+        origin.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert_eq!(
+        gw.metric("switchyard_overflow_total{pool=\"p\",reason=\"pending\"}"),
+        1.0
+    );
+
+    // Two endpoints, one connection allowed in all: while the first endpoint's connection is
+    // open, a request for the second cannot open another.
+    let (a, b) = (
+        support::origin::Origin::start(),
+        support::origin::Origin::start(),
+    );
+    let pool =
+        "    protocol: http2\n    balancer: round_robin\n    limits: { max_connections: 1 }\n";
+    let gw = Gateway::start(&config(&[a.addr, b.addr], "", pool));
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let (status, overflow, _) = timed_get(&gw, "/").await;
+        seen.push((status, overflow));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [(200, None), (503, Some("connections".to_string()))],
+        "one endpoint served, the other had no connection to use"
+    );
+    let total = a.connections.load(std::sync::atomic::Ordering::SeqCst)
+        + b.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(total, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

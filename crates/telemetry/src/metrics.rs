@@ -55,6 +55,11 @@ pub struct RouteReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteNameLabels {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolReasonLabels {
     pub pool: String,
     pub reason: &'static str,
@@ -123,6 +128,9 @@ pub struct Metrics {
     pub access_log_dropped: Counter,
     pub retries: Family<RouteReasonLabels, Counter>,
     pub retries_refused: Family<RouteReasonLabels, Counter>,
+    pub hedges: Family<RouteNameLabels, Counter>,
+    pub hedges_won: Family<RouteNameLabels, Counter>,
+    pub hedges_refused: Family<RouteReasonLabels, Counter>,
     pub overflow: Family<PoolReasonLabels, Counter>,
     pub ejections: Family<PoolReasonLabels, Counter>,
     pub ejected: Family<PoolLabels, Gauge>,
@@ -233,11 +241,31 @@ impl Metrics {
         };
         let retries = family(
             "switchyard_retries",
-            "Retries sent, by route and reason (connect-failure, reset, 5xx, unavailable, ...)",
+            "Retries sent (hedges not included), by route and reason (connect-failure, reset, \
+             5xx, timeout, unavailable, ...)",
         );
         let retries_refused = family(
             "switchyard_retries_refused",
             "Retries the policy wanted but the retry budget or breaker refused, by reason",
+        );
+        let hedges_refused = family(
+            "switchyard_hedges_refused",
+            "Hedges due (first attempt slower than the hedge delay) but not sent, by reason \
+             (budget: the hedge budget was spent; no_endpoint: no untried endpoint)",
+        );
+        let mut route_counter = |name: &str, help: &str| {
+            let f = Family::<RouteNameLabels, Counter>::default();
+            registry.register(name, help, f.clone());
+            f
+        };
+        let hedges = route_counter(
+            "switchyard_hedges",
+            "Hedges sent: second attempts raced against a slow first one",
+        );
+        let hedges_won = route_counter(
+            "switchyard_hedges_won",
+            "Hedges whose response headers came before the first attempt's, so the hedge's \
+             response was used",
         );
         let mut pool_family = |name: &str, help: &str| {
             let f = Family::<PoolReasonLabels, Counter>::default();
@@ -388,6 +416,9 @@ impl Metrics {
             registry,
             retries,
             retries_refused,
+            hedges,
+            hedges_won,
+            hedges_refused,
             overflow,
             ejections,
             ejected,

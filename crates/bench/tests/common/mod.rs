@@ -105,6 +105,8 @@ async fn respond(
         body["x-tenant header"] = t.into();
     }
     let chat = body.get("messages").is_some();
+    // `stream: false`: the whole reply, as one JSON document, when the last token would be sent.
+    let whole = body.get("stream") == Some(&serde_json::Value::Bool(false));
     s.bodies.lock().unwrap().push(body);
     let (tx, rx) = mpsc::channel(64);
     let status = match &script {
@@ -129,6 +131,26 @@ async fn respond(
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 let _ = tx.send(Err(())).await;
+            }
+            Script::Stream {
+                first,
+                gap,
+                tokens,
+                usage: _,
+            } if whole => {
+                let origin = tokio::time::Instant::from_std(start);
+                tokio::time::sleep_until(origin + first + gap * tokens.saturating_sub(1)).await;
+                let text = reply_text(tokens);
+                let choice = if chat {
+                    serde_json::json!({"index": 0, "message": {"role": "assistant", "content": text}})
+                } else {
+                    serde_json::json!({"index": 0, "text": text})
+                };
+                let doc = serde_json::json!({
+                    "choices": [choice],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": tokens, "total_tokens": tokens + 3},
+                });
+                send(doc.to_string()).await;
             }
             Script::Stream {
                 first,
@@ -159,7 +181,7 @@ async fn respond(
     *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        if status == 200 {
+        if status == 200 && !whole {
             "text/event-stream"
         } else {
             "application/json"

@@ -381,8 +381,12 @@ pub struct CircuitLimits {
     pub max_pending: u32,
     #[serde(default = "default_limit")]
     pub max_requests: u32,
-    #[serde(default = "default_max_retries")]
-    pub max_retries: u32,
+    /// A pool-wide cap on retries in flight, on top of the routes' retry budgets. Unset by
+    /// default: every retry policy has a budget, and in Envoy a retry budget replaces the
+    /// `max_retries` breaker (whose default of 3 would refuse retries that a busy route's budget
+    /// allows, failing requests that a retry would have saved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
 }
 
 impl Default for CircuitLimits {
@@ -391,17 +395,13 @@ impl Default for CircuitLimits {
             max_connections: default_limit(),
             max_pending: default_limit(),
             max_requests: default_limit(),
-            max_retries: default_max_retries(),
+            max_retries: None,
         }
     }
 }
 
 fn default_limit() -> u32 {
     1024
-}
-
-fn default_max_retries() -> u32 {
-    3
 }
 
 impl CircuitLimits {

@@ -55,7 +55,13 @@ fn contract_example_parses() {
          concurrency: adaptive\n",
     )
     .unwrap();
-    assert_eq!(p.limits, CircuitLimits::default());
+    assert_eq!(
+        p.limits,
+        CircuitLimits {
+            max_retries: Some(3),
+            ..CircuitLimits::default()
+        }
+    );
     assert_eq!(
         p.concurrency,
         Some(Concurrency::Adaptive(AdaptiveConcurrency::default()))
@@ -82,7 +88,8 @@ fn defaults() {
         (l.max_connections, l.max_pending, l.max_requests),
         (1024, 1024, 1024)
     );
-    assert_eq!(l.max_retries, 5);
+    assert_eq!(l.max_retries, Some(5));
+    assert_eq!(CircuitLimits::default().max_retries, None);
     let h: HedgeConfig = yaml("{ percentile: 95 }").unwrap();
     assert_eq!((h.percentile, h.budget_percent), (Some(95.0), 10.0));
 }

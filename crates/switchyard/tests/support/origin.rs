@@ -51,16 +51,30 @@ fn full(b: impl Into<Bytes>) -> OriginBody {
 pub struct Origin {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    /// Connections accepted.
+    pub connections: Arc<AtomicUsize>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Origin {
     pub fn start() -> Origin {
+        Self::start_with(None)
+    }
+
+    /// An origin whose HTTP/2 connections allow at most `streams` concurrent streams
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub fn start_h2_streams(streams: u32) -> Origin {
+        Self::start_with(Some(streams))
+    }
+
+    fn start_with(max_streams: Option<u32>) -> Origin {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let hits = Arc::new(AtomicUsize::new(0));
         let hits2 = hits.clone();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let connections2 = connections.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -76,16 +90,19 @@ impl Origin {
                             continue;
                         };
                         stream.set_nodelay(true).unwrap();
+                        connections2.fetch_add(1, Ordering::SeqCst);
                         let hits = hits2.clone();
                         tokio::spawn(async move {
                             let svc = hyper::service::service_fn(move |req| {
                                 hits.fetch_add(1, Ordering::SeqCst);
                                 handle(req, addr)
                             });
-                            let _ =
-                                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                                    .await;
+                            let mut builder =
+                                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                            builder.http2().max_concurrent_streams(max_streams);
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                .await;
                         });
                     }
                 };
@@ -99,6 +116,7 @@ impl Origin {
         Origin {
             addr,
             hits,
+            connections,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
