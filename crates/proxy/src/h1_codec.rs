@@ -231,9 +231,10 @@ pub fn header_name(raw: &[u8]) -> Option<HeaderName> {
     use std::cell::RefCell;
     const SLOTS: usize = 256;
     const MAX_CACHED: usize = 48;
+    /// Raw name bytes and the parsed name, in slots by a cheap hash of the bytes.
+    type Slots = Vec<Option<(Box<[u8]>, HeaderName)>>;
     thread_local! {
-        static CACHE: RefCell<Vec<Option<(Box<[u8]>, HeaderName)>>> =
-            RefCell::new(vec![None; SLOTS]);
+        static CACHE: RefCell<Slots> = RefCell::new(vec![None; SLOTS]);
     }
     let (&first, &last) = (raw.first()?, raw.last()?);
     if raw.len() > MAX_CACHED {
