@@ -62,21 +62,23 @@ pub fn encode_request_head(
     out.put_u8(b' ');
     out.put_slice(target.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
-    if !headers.contains_key(HOST) {
+    let mut has_host = false;
+    for (name, value) in headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
+        has_host |= name == HOST;
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    if !has_host {
         if let Some(authority) = uri.authority() {
             out.put_slice(b"host: ");
             out.put_slice(authority.as_str().as_bytes());
             out.put_slice(b"\r\n");
         }
-    }
-    for (name, value) in headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
-            continue;
-        }
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
     }
     match framing {
         ReqFraming::None => {}
@@ -176,7 +178,8 @@ pub fn parse_response_head(buf: &[u8]) -> Result<Option<ResponseHead>, ProtocolE
     };
     let mut close = false;
     let mut keep_alive = false;
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    // Room for what the gateway adds on the way down (x-request-id, a pick explanation).
+    let mut headers = HeaderMap::with_capacity(resp.headers.len() + 2);
     for h in resp.headers.iter() {
         let raw = h.name.as_bytes();
         if raw.eq_ignore_ascii_case(b"connection") {
@@ -228,9 +231,10 @@ pub fn header_name(raw: &[u8]) -> Option<HeaderName> {
     use std::cell::RefCell;
     const SLOTS: usize = 256;
     const MAX_CACHED: usize = 48;
+    /// Raw name bytes and the parsed name, in slots by a cheap hash of the bytes.
+    type Slots = Vec<Option<(Box<[u8]>, HeaderName)>>;
     thread_local! {
-        static CACHE: RefCell<Vec<Option<(Box<[u8]>, HeaderName)>>> =
-            RefCell::new(vec![None; SLOTS]);
+        static CACHE: RefCell<Slots> = RefCell::new(vec![None; SLOTS]);
     }
     let (&first, &last) = (raw.first()?, raw.last()?);
     if raw.len() > MAX_CACHED {
@@ -454,7 +458,7 @@ mod tests {
         encode_request_head(&mut out, &Method::POST, &uri, &h, ReqFraming::Length(120));
         assert_eq!(
             &out[..],
-            b"POST /v1/x?q=1 HTTP/1.1\r\nhost: up:9\r\nx-a: 1\r\ncontent-length: 120\r\n\r\n"
+            b"POST /v1/x?q=1 HTTP/1.1\r\nx-a: 1\r\nhost: up:9\r\ncontent-length: 120\r\n\r\n"
         );
     }
 

@@ -243,16 +243,20 @@ impl Conn {
         let out = &mut self.out;
         out.clear();
         put_status_line(out, status);
+        // One pass over the headers also finds what the framing needs (no hashed lookups).
+        let (mut has_date, mut has_length) = (false, false);
         for (name, value) in &parts.headers {
             if name == TRANSFER_ENCODING || name == CONNECTION {
                 continue;
             }
+            has_date |= name == DATE;
+            has_length |= name == CONTENT_LENGTH;
             put_header(out, name.as_str().as_bytes(), value.as_bytes());
         }
-        if !parts.headers.contains_key(DATE) {
+        if !has_date {
             put_header(out, b"date", &date_now());
         }
-        let chunked = if parts.headers.contains_key(CONTENT_LENGTH) || no_body {
+        let chunked = if has_length || no_body {
             false
         } else if let Some(n) = body.size_hint().exact() {
             out.put_slice(b"content-length: ");
@@ -373,7 +377,9 @@ fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<Head>, Fallback> {
     let method =
         Method::from_bytes(req.method.ok_or(Fallback)?.as_bytes()).map_err(|_| Fallback)?;
     let uri = http::Uri::try_from(req.path.ok_or(Fallback)?).map_err(|_| Fallback)?;
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    // Room for what the gateway adds on the way up (x-forwarded-for, x-forwarded-proto,
+    // x-request-id, a load-report request): growing a map rehashes it.
+    let mut headers = HeaderMap::with_capacity(req.headers.len() + 4);
     let mut body_len = None;
     let mut close = false;
     for h in req.headers.iter() {

@@ -179,7 +179,7 @@ async fn forward(
     };
     let priority = req
         .headers()
-        .get("x-switchyard-priority")
+        .get(&X_SWITCHYARD_PRIORITY)
         .and_then(|v| v.to_str().ok())
         .and_then(Priority::parse)
         .unwrap_or(route.priority);
@@ -755,6 +755,10 @@ fn body_model(bytes: &[u8]) -> Option<String> {
 
 /// Output tokens assumed for a request without `max_tokens`, when estimating its load.
 const DEFAULT_EXPECTED_OUTPUT: u32 = 256;
+
+/// Looked up on every request: a `&str` key would be parsed into a name each time.
+static X_SWITCHYARD_PRIORITY: http::HeaderName =
+    http::HeaderName::from_static("x-switchyard-priority");
 
 /// Length of the request target as sent, without allocating.
 fn uri_len(uri: &Uri) -> usize {

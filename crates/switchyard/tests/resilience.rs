@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use support::client::{self, send, TestClient};
+use support::client::{self, get, send, TestClient};
 use support::Gateway;
 use switchyard_sim::{start_fleet, FaultConfig, Fleet, FleetConfig, ReplicaConfig};
 
@@ -811,8 +811,32 @@ async fn requests_naming_an_adapter_as_model_go_where_it_is_loaded() {
         tokio::spawn(async move { send(&client::http1(), req).await })
     };
     let holds = [hold(addrs[0], "sql-lora"), hold(addrs[1], "chat-lora")];
+    // Each replica runs its hold before the gateway first looks: a probe routed before the
+    // scrapes saw the adapters could land where its adapter must wait behind a hold, and wait
+    // there for the whole hold.
+    for (addr, adapter) in [(addrs[0], "sql-lora"), (addrs[1], "chat-lora")] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, _, body) = get(&client::http1(), &format!("http://{addr}/metrics")).await;
+            let text = String::from_utf8_lossy(&body);
+            if text.lines().any(|l| {
+                l.starts_with("vllm:lora_requests_info")
+                    && l.contains(&format!("running_lora_adapters=\"{adapter}\""))
+            }) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{adapter} never ran on {addr}: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     let pool = "    balancer: { kind: inference, scrape_interval: 20ms }\n";
     let gw = Gateway::start(&config(&addrs, "", pool));
+    // The scraper's first round is not tied to readiness: give it a few intervals (20 ms each)
+    // before the first probe, which the loop below then checks was explained by the scrape.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let c = client::http1();
     // The scrapes have seen both adapters running once a request for one is explained so.
     let ask = |model: &'static str, i: usize| {

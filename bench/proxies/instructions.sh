@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied HTTP/1.1 request, counted by callgrind: a deterministic
+# measure (unlike CPU time on a shared machine) for comparing changes to the request path, and
+# for comparing with NGINX on the same setup.
+#
+# Usage: bench/proxies/instructions.sh switchyard|nginx [REQUESTS]
+#        SWITCHYARD_BIN=path  to measure another build (default target/release/switchyard)
+# Needs: valgrind, nginx, h2load, curl. Ports 18000 (origin) and 18080 (proxy) on 127.0.0.1.
+#
+# The proxy runs under callgrind with one worker; an NGINX origin returns a 14-byte body.
+# After 2,000 warm-up requests the counters are zeroed, REQUESTS more are sent over 10 keep-alive
+# connections (h2load --h1), and the counters are dumped.
+set -euo pipefail
+
+who=${1:?usage: instructions.sh switchyard|nginx [REQUESTS]}
+n=${2:-20000}
+root=$(cd "$(dirname "$0")/../.." && pwd)
+bin=${SWITCHYARD_BIN:-$root/target/release/switchyard}
+dir=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    pkill -f "$dir/" 2>/dev/null || true
+    wait 2>/dev/null || true
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+
+nginx_conf() { # name listen-port body
+    mkdir -p "$dir/$1-tmp"
+    cat >"$dir/$1.conf" <<EOF
+worker_processes 1;
+daemon off;
+user root;
+pid $dir/$1.pid;
+error_log $dir/$1-error.log error;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  client_body_temp_path $dir/$1-tmp; proxy_temp_path $dir/$1-tmp; fastcgi_temp_path $dir/$1-tmp;
+  uwsgi_temp_path $dir/$1-tmp; scgi_temp_path $dir/$1-tmp;
+  $3
+}
+EOF
+}
+
+nginx_conf origin 18000 'server { listen 127.0.0.1:18000; location / { return 200 "hello, world!\n"; } }'
+taskset -c 1 nginx -c "$dir/origin.conf" &
+pids+=($!)
+
+case "$who" in
+switchyard)
+    cat >"$dir/switchyard.yaml" <<EOF
+admin: {address: 127.0.0.1:18901}
+runtime: {workers: 1, watch_config: false}
+listeners: [{name: public, address: 127.0.0.1:18080}]
+routes: [{name: all, match: {path_prefix: /}, pool: origin}]
+pools: [{name: origin, endpoints: [127.0.0.1:18000]}]
+EOF
+    taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$dir/cg.%p" \
+        "$bin" run --config "$dir/switchyard.yaml" 2>/dev/null &
+    pids+=($!)
+    ;;
+nginx)
+    nginx_conf proxy 18080 'upstream origin { server 127.0.0.1:18000; keepalive 256; keepalive_requests 10000000; }
+  server { listen 127.0.0.1:18080; location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } }'
+    taskset -c 0 valgrind --tool=callgrind --trace-children=yes --callgrind-out-file="$dir/cg.%p" \
+        nginx -c "$dir/proxy.conf" 2>/dev/null &
+    pids+=($!)
+    ;;
+*)
+    echo "unknown proxy: $who" >&2
+    exit 2
+    ;;
+esac
+
+for _ in $(seq 1 150); do
+    curl -s -o /dev/null http://127.0.0.1:18080/ && break
+    sleep 0.2
+done
+taskset -c 1 h2load --h1 -n 2000 -c 10 http://127.0.0.1:18080/ >/dev/null
+callgrind_control -z >/dev/null
+taskset -c 1 h2load --h1 -n "$n" -c 10 http://127.0.0.1:18080/ | grep -E '^requests:'
+callgrind_control -d >/dev/null
+sleep 1
+
+total=0
+for f in "$dir"/cg.*.1; do
+    [ -e "$f" ] || continue
+    v=$(grep -E '^(summary|totals):' "$f" | head -1 | awk '{print $2}')
+    total=$((total + ${v:-0}))
+done
+echo "$who: $((total / n)) instructions per request (user space, callgrind)"
