@@ -853,15 +853,7 @@ async fn requests_naming_an_adapter_as_model_go_where_it_is_loaded() {
     };
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        assert!(Instant::now() < deadline, "adapters never seen");
-        // Before the first scrape the picker knows no adapters and may send the probe to the
-        // replica whose only slot the other adapter holds, where it would wait for that
-        // request to end (~30 s): give up on such a probe and ask again.
-        let Ok((_, headers, _)) =
-            tokio::time::timeout(Duration::from_millis(500), send(&c, ask("sql-lora", 0))).await
-        else {
-            continue;
-        };
+        let (_, headers, _) = send(&c, ask("sql-lora", 0)).await;
         let pick = headers["x-switchyard-pick"].to_str().unwrap().to_string();
         if pick.contains("lora=1.00") && pick.contains("lora=0.00") {
             break;
