@@ -98,11 +98,12 @@ fn endpoint(pools: &serde_json::Value, addr: SocketAddr) -> &serde_json::Value {
         .unwrap()
 }
 
-fn dead_address() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// An address where connections are refused: a socket bound to it but never listening. Keep the
+/// socket for the test's length, so no other test's server can be given the port meanwhile.
+fn dead_address() -> (SocketAddr, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    (socket.local_addr().unwrap(), socket)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,7 +147,7 @@ async fn no_retry_without_a_policy_and_budget_limits_retries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outlier_detection_ejects_a_dead_endpoint() {
     let fleet = fleet(3).await;
-    let dead = dead_address();
+    let (dead, _dead) = dead_address();
     let mut eps = fleet.addresses();
     eps.push(dead);
     let route = "    retry: { attempts: 3, retry_on: [connect-failure] }\n";
@@ -178,7 +179,7 @@ async fn outlier_detection_ejects_a_dead_endpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_connection_ejects_the_endpoint_at_once_and_no_request_fails() {
     let fleet = fleet(3).await;
-    let dead = dead_address();
+    let (dead, _dead) = dead_address();
     let mut eps = fleet.addresses();
     eps.push(dead);
     let route = "    retry: { attempts: 3, retry_on: [connect-failure] }\n";
@@ -366,7 +367,7 @@ async fn streams_count_toward_the_retry_budget_until_they_end() {
     };
     fleet.set_faults(0, faults).unwrap();
     let live = fleet.addresses()[0];
-    let dead = dead_address();
+    let (dead, _dead) = dead_address();
     let route = "    retry: { attempts: 2, retry_on: [connect-failure], budget: { ratio: 0.3, min_concurrency: 1 } }\n";
     // A load factor high enough that no key spills over to the other endpoint.
     let pool = "    balancer: { kind: ring_hash, key: { header: x-user }, load_factor: 100 }\n";
@@ -608,7 +609,8 @@ async fn hedges_over_budget_are_refused_and_counted() {
 async fn panic_mode_routes_to_all_when_too_few_are_available() {
     let fleet = fleet(2).await;
     let mut eps = fleet.addresses();
-    eps.push(dead_address());
+    let (dead, _dead) = dead_address();
+    eps.push(dead);
     let route = "    retry: { attempts: 3, retry_on: [connect-failure] }\n";
     // Any ejection leaves fewer than 100% available: the pool panics and ignores ejections.
     let pool = "    outlier: { consecutive_gateway_errors: 1, base_ejection: 30s, max_ejected_percent: 50 }\n    panic_threshold: 100\n";
