@@ -233,13 +233,11 @@ impl InlineConn {
                 SendError::Io(e)
             });
         }
-        let mut replay = None;
         match whole {
             Some(b) if b.len() > COALESCE_BODY => {
-                self.conn.io.write_all(&b).await.map_err(SendError::Io)?;
-                replay = Some(body);
+                self.conn.io.write_all(&b).await.map_err(SendError::Io)?
             }
-            Some(_) => replay = Some(body),
+            Some(_) => {}
             None if framing == ReqFraming::None => {}
             // A streamed body goes out as it arrives, while the response is read: an upstream
             // may answer (and even stream its answer) before the upload ends.
@@ -279,11 +277,11 @@ impl InlineConn {
         })
         .await?;
         let Some(mut head) = head else {
-            // A reused connection the upstream closed as we wrote to it: nothing was
-            // answered, and a body we still hold can go out again.
-            if let Some(body) = replay.filter(|_| reused && self.conn.buf.is_empty()) {
-                return Err(not_sent(body));
-            }
+            // Closed after the whole request went out and before any answer: the upstream may
+            // have acted on it (a replica that died mid-request looks the same as one that
+            // closed an idle connection as we wrote). That is the retry policy's call, with its
+            // budget and its `retry_on`, not a silent resend here; a connection already closed
+            // while idle is caught before use (`is_stale`) or by the failed write above.
             return Err(SendError::Io(io::ErrorKind::UnexpectedEof.into()));
         };
         let (framing, keep_alive) = response_framing(&parts.method, &mut head).map_err(protocol)?;
