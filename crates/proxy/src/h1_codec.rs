@@ -307,7 +307,7 @@ pub fn response_framing(
     let mut length = None;
     for v in head.headers.get_all(CONTENT_LENGTH) {
         for part in v.as_bytes().split(|b| *b == b',') {
-            let n = parse_decimal(part.trim_ascii()).ok_or(ProtocolError("content-length"))?;
+            let n = parse_decimal(part).ok_or(ProtocolError("content-length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(ProtocolError("conflicting content-length"));
             }
@@ -329,13 +329,29 @@ fn last_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> 
         .and_then(|v| v.to_str().ok())
 }
 
-fn parse_decimal(s: &[u8]) -> Option<u64> {
+/// A `Content-Length` value (surrounding whitespace allowed), at most 19 digits.
+pub fn parse_decimal(s: &[u8]) -> Option<u64> {
+    let s = s.trim_ascii();
     if s.is_empty() || s.len() > 19 {
         return None;
     }
     s.iter().try_fold(0u64, |n, b| {
         b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
     })
+}
+
+/// Read more bytes from `io` into `buf`, growing it by `chunk` when under 1 KiB is left. Both
+/// directions of the HTTP/1 path read through this.
+pub fn read_more<T: tokio::io::AsyncRead + Unpin>(
+    io: &mut T,
+    cx: &mut std::task::Context<'_>,
+    buf: &mut BytesMut,
+    chunk: usize,
+) -> std::task::Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(chunk);
+    }
+    tokio_util::io::poll_read_buf(std::pin::Pin::new(io), cx, buf)
 }
 
 /// Where a chunked body's decoder is.

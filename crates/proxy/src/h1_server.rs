@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::{ClientBody, ResponseBody};
 use crate::gateway::GatewayHandle;
-use crate::h1_codec::{encode_chunk, encode_last_chunk};
+use crate::h1_codec::{connection_tokens, encode_chunk, encode_last_chunk, parse_decimal};
 use crate::service::{self, ConnContext};
 
 /// Request bodies of known length up to this size are read whole before the request is
@@ -143,10 +143,7 @@ impl Conn {
     }
 
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(READ_CHUNK);
-        }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+        crate::h1_codec::read_more(&mut self.io, cx, &mut self.buf, READ_CHUNK)
     }
 
     /// Read until a whole head is buffered. `Ok(None)`: the client went away (or stayed silent
@@ -394,7 +391,7 @@ fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<Head>, Fallback> {
             }
             body_len = Some(n);
         } else if name == CONNECTION {
-            let (c, _, others) = crate::h1_codec::connection_tokens(h.value);
+            let (c, _, others) = connection_tokens(h.value);
             close |= c;
             if others {
                 // `upgrade`, or headers named as hop-by-hop: hyper and the service's
@@ -421,22 +418,11 @@ fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<Head>, Fallback> {
     }))
 }
 
-fn parse_decimal(s: &[u8]) -> Option<u64> {
-    let s = s.trim_ascii();
-    if s.is_empty() || s.len() > 19 {
-        return None;
-    }
-    s.iter().try_fold(0u64, |n, b| {
-        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
-    })
-}
-
 fn has_close(headers: &HeaderMap) -> bool {
-    headers.get_all(CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|b| *b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-    })
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .any(|v| connection_tokens(v.as_bytes()).0)
 }
 
 fn put_status_line(out: &mut BytesMut, status: StatusCode) {
