@@ -5,6 +5,7 @@
 #
 # Usage: bench/proxies/instructions.sh switchyard|nginx [REQUESTS]
 #        SWITCHYARD_BIN=path  to measure another build (default target/release/switchyard)
+#        CG_KEEP=dir          keep the callgrind profiles there (for callgrind_annotate)
 # Needs: valgrind, nginx, h2load, curl. Ports 18000 (origin) and 18080 (proxy) on 127.0.0.1.
 #
 # The proxy runs under callgrind with one worker; an NGINX origin returns a 14-byte body.
@@ -92,3 +93,6 @@ for f in "$dir"/cg.*.1; do
     total=$((total + ${v:-0}))
 done
 echo "$who: $((total / n)) instructions per request (user space, callgrind)"
+if [ -n "${CG_KEEP:-}" ]; then
+    mkdir -p "$CG_KEEP" && cp "$dir"/cg.*.1 "$CG_KEEP"/
+fi

@@ -20,10 +20,6 @@ use crate::gateway::{PoolEntry, RouteEntry, RouteRetry};
 use crate::record::Finish;
 use crate::upstream_h1::{InlineConn, SendError};
 
-/// ORCA load report header (gRFC A51), read from every upstream response.
-pub(crate) static ENDPOINT_LOAD_METRICS: http::HeaderName =
-    http::HeaderName::from_static("endpoint-load-metrics");
-
 /// The hash key a consistent-hashing balancer asks for (header, cookie or client IP).
 pub(crate) fn pick_context(
     pool: &PoolEntry,
@@ -130,17 +126,14 @@ pub(crate) fn pick_retry_target(pool: &PoolEntry, tried: &TriedSet) -> Option<us
 /// with every stream it starts and stay in the pool. Its success is recorded when the stream
 /// ends cleanly ([`Finish::complete`]); a stream cut mid-body is a gateway error as before, and
 /// one the client abandons counts for nothing.
-pub(crate) fn record_response<B>(
+pub(crate) fn record_response(
     pool: &PoolEntry,
     index: usize,
-    resp: &Response<B>,
+    status: http::StatusCode,
+    event_stream: bool,
     finish: &mut Finish,
 ) {
-    let outcome = Outcome::from_status(resp.status().as_u16());
-    let event_stream = resp
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let outcome = Outcome::from_status(status.as_u16());
     if outcome == Outcome::Success && event_stream {
         finish.defer_success();
     } else {

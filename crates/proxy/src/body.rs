@@ -433,22 +433,19 @@ impl UpstreamBody {
     }
 
     /// Count the usage (and, when streamed, time the tokens) of an inference response.
-    pub fn with_usage(mut self, usage: InferenceUsage) -> Self {
+    pub fn set_usage(&mut self, usage: InferenceUsage) {
         self.usage = Some(Box::new(usage));
-        self
     }
 
     /// Time the chunks of a streamed response.
-    pub fn with_stream_timing(mut self, timing: StreamTiming) -> Self {
+    pub fn set_stream_timing(&mut self, timing: StreamTiming) {
         self.stream = Some(timing);
-        self
     }
 
     /// Read the body off `conn` (an inline HTTP/1 connection), and return the connection to its
     /// pool when the body ends.
-    pub fn with_connection(mut self, conn: InlineConn) -> Self {
+    pub fn set_connection(&mut self, conn: InlineConn) {
         self.upstream = Some(conn);
-        self
     }
 
     fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {

@@ -4,19 +4,9 @@
 
 use std::time::Duration;
 
-use http::header::CONTENT_TYPE;
-use http::HeaderMap;
-
-pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
-/// Parse `grpc-timeout`; `None` when absent or malformed (a malformed value is ignored, as gRPC
+/// Parse a `grpc-timeout` value; `None` when malformed (a malformed value is ignored, as gRPC
 /// servers do).
-pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get("grpc-timeout")?.as_bytes();
+pub fn parse_timeout(v: &[u8]) -> Option<Duration> {
     if v.len() < 2 || v.len() > 9 {
         return None;
     }
@@ -41,9 +31,7 @@ mod tests {
     use super::*;
 
     fn parse(v: &str) -> Option<Duration> {
-        let mut h = HeaderMap::new();
-        h.insert("grpc-timeout", v.parse().unwrap());
-        timeout(&h)
+        parse_timeout(v.as_bytes())
     }
 
     #[test]

@@ -139,6 +139,11 @@ pub struct ResponseHead {
     /// left out of `headers` (it is hop-by-hop), as are `Keep-Alive` and `Proxy-Connection`.
     pub close: bool,
     pub keep_alive: bool,
+    /// A `Transfer-Encoding` header is present.
+    pub transfer_encoding: bool,
+    /// The `Content-Length` values, read as they were parsed: absent, one length, or an error
+    /// for a malformed or conflicting value (which only matters without `Transfer-Encoding`).
+    pub content_length: Result<Option<u64>, ProtocolError>,
 }
 
 /// Parse a response head from the start of `buf`: `Ok(None)` when more bytes are needed.
@@ -178,11 +183,17 @@ pub fn parse_response_head(buf: &[u8]) -> Result<Option<ResponseHead>, ProtocolE
     };
     let mut close = false;
     let mut keep_alive = false;
+    let mut transfer_encoding = false;
+    let mut content_length = Ok(None);
     // Room for what the gateway adds on the way down (x-request-id, a pick explanation).
     let mut headers = HeaderMap::with_capacity(resp.headers.len() + 2);
     for h in resp.headers.iter() {
         let raw = h.name.as_bytes();
-        if raw.eq_ignore_ascii_case(b"connection") {
+        if raw.eq_ignore_ascii_case(b"content-length") {
+            content_length = content_length.and_then(|prev| add_length(prev, h.value));
+        } else if raw.eq_ignore_ascii_case(b"transfer-encoding") {
+            transfer_encoding = true;
+        } else if raw.eq_ignore_ascii_case(b"connection") {
             let (c, k, others) = connection_tokens(h.value);
             close |= c;
             keep_alive |= k;
@@ -205,11 +216,33 @@ pub fn parse_response_head(buf: &[u8]) -> Result<Option<ResponseHead>, ProtocolE
         len,
         close,
         keep_alive,
+        transfer_encoding,
+        content_length,
     }))
+}
+
+/// Fold one `Content-Length` value (a list, as some servers send) into the length so far.
+fn add_length(prev: Option<u64>, value: &[u8]) -> Result<Option<u64>, ProtocolError> {
+    let mut length = prev;
+    for part in value.split(|b| *b == b',') {
+        let n = parse_decimal(part).ok_or(ProtocolError("content-length"))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(ProtocolError("conflicting content-length"));
+        }
+        length = Some(n);
+    }
+    Ok(length)
 }
 
 /// The tokens of a `Connection` value: (`close`, `keep-alive`, anything else).
 pub fn connection_tokens(value: &[u8]) -> (bool, bool, bool) {
+    // The usual values, without splitting.
+    if value.eq_ignore_ascii_case(b"keep-alive") {
+        return (false, true, false);
+    }
+    if value.eq_ignore_ascii_case(b"close") {
+        return (true, false, false);
+    }
     let (mut close, mut keep_alive, mut others) = (false, false, false);
     for token in value.split(|b| *b == b',') {
         let token = token.trim_ascii();
@@ -232,9 +265,9 @@ pub fn header_name(raw: &[u8]) -> Option<HeaderName> {
     const SLOTS: usize = 256;
     const MAX_CACHED: usize = 48;
     /// Raw name bytes and the parsed name, in slots by a cheap hash of the bytes.
-    type Slots = Vec<Option<(Box<[u8]>, HeaderName)>>;
+    type Slots = [Option<(Box<[u8]>, HeaderName)>; SLOTS];
     thread_local! {
-        static CACHE: RefCell<Slots> = RefCell::new(vec![None; SLOTS]);
+        static CACHE: RefCell<Slots> = const { RefCell::new([const { None }; SLOTS]) };
     }
     let (&first, &last) = (raw.first()?, raw.last()?);
     if raw.len() > MAX_CACHED {
@@ -287,7 +320,7 @@ pub fn response_framing(
     if *method == Method::HEAD || status == 204 || status == 304 || (100..200).contains(&status) {
         return Ok((BodyFraming::Empty, keep_alive));
     }
-    if head.headers.contains_key(TRANSFER_ENCODING) {
+    if head.transfer_encoding {
         let chunked = last_value(&head.headers, &TRANSFER_ENCODING).is_some_and(|te| {
             te.rsplit(',')
                 .next()
@@ -304,17 +337,7 @@ pub fn response_framing(
             (BodyFraming::Close, false)
         });
     }
-    let mut length = None;
-    for v in head.headers.get_all(CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|b| *b == b',') {
-            let n = parse_decimal(part).ok_or(ProtocolError("content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ProtocolError("conflicting content-length"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
+    Ok(match head.content_length? {
         Some(0) => (BodyFraming::Empty, keep_alive),
         Some(n) => (BodyFraming::Length(n), keep_alive),
         None => (BodyFraming::Close, false),

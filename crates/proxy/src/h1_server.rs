@@ -347,6 +347,9 @@ impl Conn {
     }
 }
 
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
 /// Parse a request head at the start of `buf`: `Ok(None)` when more bytes are needed,
 /// `Err(Fallback)` when the request is not one the fast path takes.
 fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<Head>, Fallback> {
@@ -400,9 +403,7 @@ fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<Head>, Fallback> {
             }
             // Only `close`/`keep-alive`: consumed here, never forwarded.
             continue;
-        } else if name == HeaderName::from_static("keep-alive")
-            || name == HeaderName::from_static("proxy-connection")
-        {
+        } else if name == KEEP_ALIVE || name == PROXY_CONNECTION {
             continue;
         }
         let value = HeaderValue::from_bytes(h.value).map_err(|_| Fallback)?;

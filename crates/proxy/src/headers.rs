@@ -1,22 +1,179 @@
 //! Header rewriting on the way through: hop-by-hop removal (RFC 9110 §7.6.1), forwarding headers,
 //! and request ids.
 
-use http::header::{HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    HeaderName, HeaderValue, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, EXPECT,
+    HOST, RETRY_AFTER, TE, TRANSFER_ENCODING, UPGRADE,
+};
 use http::HeaderMap;
+use switchyard_config::Priority;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_SWITCHYARD_PRIORITY: HeaderName = HeaderName::from_static("x-switchyard-priority");
+static X_SWITCHYARD_DEBUG: HeaderName = HeaderName::from_static("x-switchyard-debug");
+static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub static ENDPOINT_LOAD_METRICS: HeaderName = HeaderName::from_static("endpoint-load-metrics");
+
+/// What the request path reads from a request's headers, gathered in one pass over them. A
+/// hashed lookup costs about as much as visiting every header of a typical request, and the
+/// path asks a dozen questions, most about headers that are absent.
+#[derive(Debug, Default)]
+pub struct RequestScan {
+    /// The header block's size on the wire (name + ": " + value + CRLF each).
+    pub bytes: usize,
+    /// `Content-Length`: `Some(Err(()))` when a value is not a number or two values differ.
+    pub content_length: Option<Result<u64, ()>>,
+    /// `content-type: application/grpc...`
+    pub grpc: bool,
+    /// The client's `x-request-id`, when it is sane to pass on (and sent once).
+    pub request_id: Option<HeaderValue>,
+    /// Any `x-request-id` header, sane or not.
+    pub request_id_present: bool,
+    pub priority: Option<Priority>,
+    /// The first `x-forwarded-for` value, to append the client to.
+    pub forwarded_for: Option<HeaderValue>,
+    /// Any `x-forwarded-for` or `x-forwarded-proto` header (replaced, not appended).
+    pub forwarded_headers: bool,
+    pub host: bool,
+    /// Any hop-by-hop header (RFC 9110 §7.6.1), `Connection` included.
+    pub hop_by_hop: bool,
+    /// `Upgrade` present and `Connection` lists `upgrade`.
+    pub upgrade: bool,
+    /// `TE` lists `trailers`.
+    pub trailers: bool,
+    pub expect: bool,
+    pub grpc_timeout: Option<std::time::Duration>,
+    /// `x-switchyard-debug: 1`: explain the pick in the response.
+    pub debug: bool,
+}
+
+impl RequestScan {
+    pub fn new(headers: &HeaderMap) -> Self {
+        let mut scan = RequestScan::default();
+        let (mut upgrade_header, mut connection_upgrade) = (false, false);
+        for (name, value) in headers {
+            scan.bytes += name.as_str().len() + value.len() + 4;
+            if name == CONTENT_LENGTH {
+                let n = crate::h1_codec::parse_decimal(value.as_bytes()).ok_or(());
+                scan.content_length = match scan.content_length {
+                    Some(prev) if prev != n => Some(Err(())),
+                    _ => Some(n),
+                };
+            } else if name == CONTENT_TYPE {
+                scan.grpc = value.as_bytes().starts_with(b"application/grpc");
+            } else if name == HOST {
+                scan.host = true;
+            } else if name == CONNECTION {
+                scan.hop_by_hop = true;
+                connection_upgrade |= has_token(value, "upgrade");
+            } else if name == UPGRADE {
+                scan.hop_by_hop = true;
+                upgrade_header = true;
+            } else if name == TE {
+                scan.hop_by_hop = true;
+                scan.trailers |= has_token(value, "trailers");
+            } else if name == TRANSFER_ENCODING || name == KEEP_ALIVE || name == PROXY_CONNECTION {
+                scan.hop_by_hop = true;
+            } else if name == EXPECT {
+                scan.expect = true;
+            } else if name == X_REQUEST_ID {
+                let b = value.as_bytes();
+                if scan.request_id_present {
+                    // Two ids: neither is the request's.
+                    scan.request_id = None;
+                } else if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+                {
+                    scan.request_id = Some(value.clone());
+                }
+                scan.request_id_present = true;
+            } else if name == X_FORWARDED_FOR {
+                scan.forwarded_headers = true;
+                if scan.forwarded_for.is_none() {
+                    scan.forwarded_for = Some(value.clone());
+                }
+            } else if name == X_FORWARDED_PROTO {
+                scan.forwarded_headers = true;
+            } else if name == X_SWITCHYARD_PRIORITY {
+                scan.priority = value.to_str().ok().and_then(Priority::parse);
+            } else if name == X_SWITCHYARD_DEBUG {
+                scan.debug = value.as_bytes() == b"1";
+            } else if name == GRPC_TIMEOUT {
+                scan.grpc_timeout = crate::grpc::parse_timeout(value.as_bytes());
+            }
+        }
+        scan.upgrade = upgrade_header && connection_upgrade;
+        scan
+    }
+
+    /// The request's id: the client's when it is sane, else a fresh UUIDv4.
+    pub fn request_id(&self) -> HeaderValue {
+        self.request_id.clone().unwrap_or_else(new_request_id)
+    }
+}
+
+/// What the request path reads from an upstream response's headers, in one pass.
+#[derive(Debug, Default)]
+pub struct ResponseScan {
+    pub event_stream: bool,
+    pub json: bool,
+    pub content_encoding: bool,
+    pub hop_by_hop: bool,
+    pub grpc_status: Option<u32>,
+    pub retry_after: Option<HeaderValue>,
+    /// An ORCA load report (`endpoint-load-metrics`).
+    pub load_report: Option<HeaderValue>,
+    /// Any `x-request-id` header.
+    pub request_id: bool,
+}
+
+impl ResponseScan {
+    pub fn new(headers: &HeaderMap) -> Self {
+        let mut scan = ResponseScan::default();
+        for (name, value) in headers {
+            if name == CONTENT_TYPE {
+                let v = value.as_bytes();
+                scan.event_stream = v.starts_with(b"text/event-stream");
+                scan.json = v.starts_with(b"application/json");
+            } else if name == CONTENT_ENCODING {
+                scan.content_encoding = true;
+            } else if is_hop_by_hop(name) {
+                scan.hop_by_hop = true;
+            } else if name == RETRY_AFTER {
+                scan.retry_after = Some(value.clone());
+            } else if name == GRPC_STATUS {
+                scan.grpc_status = value.to_str().ok().and_then(|v| v.trim().parse().ok());
+            } else if name == ENDPOINT_LOAD_METRICS {
+                scan.load_report = Some(value.clone());
+            } else if name == X_REQUEST_ID {
+                scan.request_id = true;
+            }
+        }
+        scan
+    }
+}
+
+fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value
+        .to_str()
+        .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
 
 /// Remove hop-by-hop headers, including every header named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the names (cheap comparisons) instead of a
     // hashed removal per hop-by-hop name.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
+    if headers.keys().any(is_hop_by_hop) {
+        strip_present_hop_by_hop(headers);
     }
+}
+
+/// [`strip_hop_by_hop`] for a message known (from a scan) to carry some.
+pub fn strip_present_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
@@ -57,9 +214,22 @@ pub fn wants_trailers(headers: &HeaderMap) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
 }
 
-/// Append the client address to `x-forwarded-for` and set `x-forwarded-proto`.
-pub fn set_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, https: bool) {
-    let xff = match headers.get(&X_FORWARDED_FOR) {
+/// Append the client address to `x-forwarded-for` and set `x-forwarded-proto`. `scan` says what
+/// the client sent: when it sent neither, the two are appended, which skips the search for values
+/// to replace.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    scan: &RequestScan,
+    client_ip: &HeaderValue,
+    https: bool,
+) {
+    let proto = HeaderValue::from_static(if https { "https" } else { "http" });
+    if !scan.forwarded_headers {
+        headers.append(X_FORWARDED_FOR.clone(), client_ip.clone());
+        headers.append(X_FORWARDED_PROTO.clone(), proto);
+        return;
+    }
+    let xff = match &scan.forwarded_for {
         Some(prev) if !prev.is_empty() => {
             let mut v = Vec::with_capacity(prev.len() + 2 + client_ip.len());
             v.extend_from_slice(prev.as_bytes());
@@ -72,21 +242,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, https: bo
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if https { "https" } else { "http" }),
-    );
-}
-
-/// The request's id: the client's `x-request-id` when it is sane, else a fresh UUIDv4.
-pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&X_REQUEST_ID) {
-        let b = v.as_bytes();
-        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
-            return v.clone();
-        }
-    }
-    new_request_id()
+    headers.insert(X_FORWARDED_PROTO.clone(), proto);
 }
 
 fn new_request_id() -> HeaderValue {
@@ -108,14 +264,6 @@ fn new_request_id() -> HeaderValue {
     out[19..23].copy_from_slice(&hex[16..20]);
     out[24..].copy_from_slice(&hex[20..]);
     HeaderValue::from_bytes(&out).expect("hex and dashes are valid header bytes")
-}
-
-/// Total size of the header block as it would appear on the wire (name + ": " + value + CRLF).
-pub fn header_bytes(headers: &HeaderMap) -> usize {
-    headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum()
 }
 
 #[cfg(test)]
@@ -140,9 +288,104 @@ mod tests {
     fn forwarded_appends() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
-        set_forwarded(&mut h, &HeaderValue::from_static("127.0.0.1"), false);
+        h.insert("x-forwarded-proto", "https".parse().unwrap());
+        let scan = RequestScan::new(&h);
+        set_forwarded(&mut h, &scan, &HeaderValue::from_static("127.0.0.1"), false);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
+    }
+
+    fn request_id(h: &HeaderMap) -> HeaderValue {
+        RequestScan::new(h).request_id()
+    }
+
+    #[test]
+    fn forwarded_headers_are_appended_when_absent() {
+        let mut h = HeaderMap::new();
+        let scan = RequestScan::new(&h);
+        set_forwarded(&mut h, &scan, &HeaderValue::from_static("127.0.0.1"), true);
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn scan_answers_what_the_request_path_asks() {
+        let mut h = HeaderMap::new();
+        h.insert("content-length", "12".parse().unwrap());
+        h.insert("content-type", "application/grpc+proto".parse().unwrap());
+        h.insert("host", "example".parse().unwrap());
+        h.insert("te", "gzip, Trailers".parse().unwrap());
+        h.insert("connection", "keep-alive, Upgrade".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert("expect", "100-continue".parse().unwrap());
+        h.insert("x-switchyard-priority", "critical".parse().unwrap());
+        h.insert("x-switchyard-debug", "1".parse().unwrap());
+        h.insert("grpc-timeout", "250m".parse().unwrap());
+        let s = RequestScan::new(&h);
+        assert_eq!(s.content_length, Some(Ok(12)));
+        assert!(s.grpc && s.host && s.trailers && s.upgrade && s.expect && s.hop_by_hop);
+        assert!(s.debug);
+        assert_eq!(s.priority, Some(Priority::Critical));
+        assert_eq!(s.grpc_timeout, Some(std::time::Duration::from_millis(250)));
+        let wire: usize = h.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+        assert_eq!(s.bytes, wire);
+
+        let plain = RequestScan::new(&HeaderMap::new());
+        assert!(
+            !plain.hop_by_hop && !plain.upgrade && !plain.grpc && plain.content_length.is_none()
+        );
+
+        // Upgrade without `Connection: upgrade` is not an upgrade.
+        let mut h = HeaderMap::new();
+        h.insert("upgrade", "websocket".parse().unwrap());
+        assert!(!RequestScan::new(&h).upgrade);
+    }
+
+    #[test]
+    fn conflicting_or_bad_content_lengths_are_flagged() {
+        let mut h = HeaderMap::new();
+        h.append("content-length", "5".parse().unwrap());
+        h.append("content-length", "5".parse().unwrap());
+        assert_eq!(RequestScan::new(&h).content_length, Some(Ok(5)));
+        h.append("content-length", "6".parse().unwrap());
+        assert_eq!(RequestScan::new(&h).content_length, Some(Err(())));
+        let mut h = HeaderMap::new();
+        h.insert("content-length", "+5".parse().unwrap());
+        assert_eq!(RequestScan::new(&h).content_length, Some(Err(())));
+    }
+
+    #[test]
+    fn two_request_ids_make_a_fresh_one() {
+        let mut h = HeaderMap::new();
+        h.append("x-request-id", "a".parse().unwrap());
+        h.append("x-request-id", "b".parse().unwrap());
+        let s = RequestScan::new(&h);
+        assert!(s.request_id.is_none() && s.request_id_present);
+        assert_eq!(s.request_id().len(), 36);
+    }
+
+    #[test]
+    fn response_scan() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "content-type",
+            "text/event-stream; charset=utf-8".parse().unwrap(),
+        );
+        h.insert("grpc-status", " 14".parse().unwrap());
+        h.insert("retry-after", "3".parse().unwrap());
+        h.insert(
+            "endpoint-load-metrics",
+            "TEXT cpu_utilization=0.5".parse().unwrap(),
+        );
+        h.insert("x-request-id", "r".parse().unwrap());
+        let s = ResponseScan::new(&h);
+        assert!(s.event_stream && !s.json && !s.hop_by_hop && !s.content_encoding && s.request_id);
+        assert_eq!(s.grpc_status, Some(14));
+        assert_eq!(s.retry_after.unwrap(), "3");
+        assert!(s.load_report.is_some());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        assert!(ResponseScan::new(&h).hop_by_hop);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::attempt::{
     pick_context, pick_untried, record_response, retry_decision, send_attempt, sleep_before_retry,
-    Failure, DEFAULT_MAX_REPLAY_BODY, ENDPOINT_LOAD_METRICS,
+    Failure, DEFAULT_MAX_REPLAY_BODY,
 };
 use crate::body::{
     BodyTooLarge, ClientBody, InBody, InferenceUsage, RequestBody, ResponseBody, StreamTiming,
@@ -22,15 +22,14 @@ use crate::body::{
 };
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, GatewayHandle};
-use crate::grpc;
-use crate::headers::{self, X_REQUEST_ID};
+use crate::headers::{self, RequestScan, ResponseScan, X_REQUEST_ID};
 use crate::record::{AccessInfo, Finish, RequestModel};
 use crate::upstream_h1::SendError;
 use std::time::SystemTime;
 use switchyard_balance::parse_orca;
 use switchyard_config::{Balancer, Priority};
 use switchyard_health::Outcome;
-use switchyard_resilience::{Attempt, Limit, TriedSet};
+use switchyard_resilience::{parse_retry_after, Attempt, Limit, TriedSet};
 
 /// What the request path needs to know about the client connection.
 pub struct ConnContext {
@@ -54,8 +53,10 @@ pub async fn handle(
 ) -> Response<ResponseBody> {
     let start = Instant::now();
     let gateway = handle.load();
-    let request_id = headers::request_id(req.headers());
-    let grpc = grpc::is_grpc(req.headers());
+    // Everything the path reads from the request headers, in one pass.
+    let scan = RequestScan::new(req.headers());
+    let request_id = scan.request_id();
+    let grpc = scan.grpc;
     let access = cx.access_log.then(|| {
         Box::new(AccessInfo {
             log: handle.access_log().clone(),
@@ -68,7 +69,7 @@ pub async fn handle(
         })
     });
     let finish = Finish::new(start, gateway.clone(), access);
-    match forward(&gateway, cx, req, &request_id, grpc, start, finish).await {
+    match forward(&gateway, cx, req, scan, &request_id, start, finish).await {
         Ok(resp) => resp,
         Err((err, mut finish, close)) => {
             // Clients of an `inference` pool speak the OpenAI API: answer in its error shape.
@@ -104,18 +105,17 @@ async fn forward(
     gateway: &Gateway,
     cx: &ConnContext,
     req: Request<ClientBody>,
+    scan: RequestScan,
     request_id: &HeaderValue,
-    grpc: bool,
     start: Instant,
     mut finish: Finish,
 ) -> Result<Response<ResponseBody>, Rejection> {
+    let grpc = scan.grpc;
     // 1. Limits and request shape. HTTP/1 limits are mostly enforced by the codec; this also
     //    covers HTTP/2, whose header block arrives already decoded.
     let conflicting_framing =
         req.version() < Version::HTTP_2 && cx.framing.next_request_conflicts();
-    let head = req.headers();
-    if head.len() > cx.max_headers
-        || headers::header_bytes(head) + uri_len(req.uri()) > cx.max_header_bytes
+    if req.headers().len() > cx.max_headers || scan.bytes + uri_len(req.uri()) > cx.max_header_bytes
     {
         return Err((GatewayError::HeadersTooLarge, finish, false));
     }
@@ -127,18 +127,16 @@ async fn forward(
             true,
         ));
     }
-    let content_length = match head.get(CONTENT_LENGTH) {
+    let content_length = match scan.content_length {
         None => None,
-        Some(v) => match v.to_str().ok().and_then(|s| s.parse::<u64>().ok()) {
-            Some(n) => Some(n),
-            None => {
-                return Err((
-                    GatewayError::BadRequest("invalid Content-Length"),
-                    finish,
-                    true,
-                ))
-            }
-        },
+        Some(Ok(n)) => Some(n),
+        Some(Err(())) => {
+            return Err((
+                GatewayError::BadRequest("invalid Content-Length"),
+                finish,
+                true,
+            ))
+        }
     };
 
     // 2. Route. Routes that match on the model need it before anything else: from the JSON
@@ -177,12 +175,7 @@ async fn forward(
             ));
         }
     };
-    let priority = req
-        .headers()
-        .get(&X_SWITCHYARD_PRIORITY)
-        .and_then(|v| v.to_str().ok())
-        .and_then(Priority::parse)
-        .unwrap_or(route.priority);
+    let priority = scan.priority.unwrap_or(route.priority);
     // Sheddable requests never queue; the others wait by priority, tenants taking turns.
     let mut permit = match (&pool.limiter, &pool.admission) {
         (Some(limiter), Some(admission)) => {
@@ -199,48 +192,62 @@ async fn forward(
     let in_budget = route.retry.as_ref().map(|r| r.budget.start_request());
 
     // 4. Rewrite for the upstream hop.
-    let upgrade = if req.version() < Version::HTTP_2 && is_upgrade(req.headers()) {
+    let upgrade = if req.version() < Version::HTTP_2 && scan.upgrade {
         let protocol = req.headers().get(UPGRADE).cloned();
         protocol.map(|p| (p, hyper::upgrade::on(&mut req)))
     } else {
         None
     };
     let (mut parts, body) = req.into_parts();
-    let wants_trailers = headers::wants_trailers(&parts.headers);
-    headers::strip_hop_by_hop(&mut parts.headers);
-    // The gateway answers `Expect: 100-continue` itself when it starts reading the body.
-    parts.headers.remove(EXPECT);
+    if scan.hop_by_hop {
+        headers::strip_present_hop_by_hop(&mut parts.headers);
+    }
+    if scan.expect {
+        // The gateway answers `Expect: 100-continue` itself when it starts reading the body.
+        parts.headers.remove(EXPECT);
+    }
     if let Some((protocol, _)) = &upgrade {
         parts
             .headers
             .insert(CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(UPGRADE, protocol.clone());
     }
-    if pool.http2() && wants_trailers {
+    if pool.http2() && scan.trailers {
         parts
             .headers
             .insert(TE, HeaderValue::from_static("trailers"));
     }
-    if !parts.headers.contains_key(HOST) {
+    if !scan.host {
         if let Some(a) = parts.uri.authority() {
             if let Ok(v) = HeaderValue::from_str(a.as_str()) {
                 parts.headers.insert(HOST, v);
             }
         }
     }
-    headers::set_forwarded(&mut parts.headers, &cx.client_ip, cx.https);
-    parts
-        .headers
-        .insert(X_REQUEST_ID.clone(), request_id.clone());
+    headers::set_forwarded(&mut parts.headers, &scan, &cx.client_ip, cx.https);
+    // A sane id of the client's is already there (once): the scan only keeps a lone one. An
+    // absent header is appended, which skips the search for values to replace.
+    if scan.request_id_present || scan.hop_by_hop {
+        if scan.request_id.is_none() || scan.hop_by_hop {
+            parts
+                .headers
+                .insert(X_REQUEST_ID.clone(), request_id.clone());
+        }
+    } else {
+        parts
+            .headers
+            .append(X_REQUEST_ID.clone(), request_id.clone());
+    }
     if matches!(
         pool.spec.balancer,
         Balancer::WeightedLeastUtilization { .. } | Balancer::Inference { orca: true, .. }
     ) {
         // Ask the backend for an ORCA load report on the response (gRFC A51).
-        parts.headers.insert(
-            http::HeaderName::from_static("endpoint-load-metrics-format"),
-            HeaderValue::from_static("TEXT"),
-        );
+        static FORMAT: http::HeaderName =
+            http::HeaderName::from_static("endpoint-load-metrics-format");
+        parts
+            .headers
+            .insert(FORMAT.clone(), HeaderValue::from_static("TEXT"));
     }
     let path_and_query = parts
         .uri
@@ -253,7 +260,7 @@ async fn forward(
         Version::HTTP_11
     };
     let deadline = if grpc {
-        grpc::timeout(&parts.headers).map(|d| start + d)
+        scan.grpc_timeout.map(|d| start + d)
     } else {
         None
     };
@@ -398,10 +405,7 @@ async fn forward(
         let est_tokens = parsed
             .prompt_tokens
             .saturating_add(parsed.max_tokens.unwrap_or(DEFAULT_EXPECTED_OUTPUT));
-        let debug = parts
-            .headers
-            .get("x-switchyard-debug")
-            .is_some_and(|v| v.as_bytes() == b"1");
+        let debug = scan.debug;
         let req_cx = switchyard_inference::RequestContext {
             block_hashes: &hashes,
             // An explicit `lora` field, else the model itself when the servers' metrics say it
@@ -437,7 +441,7 @@ async fn forward(
     if let Some(h) = hedger {
         h.start_request();
     }
-    let (resp, conn, in_flight, index) = loop {
+    let (resp, rscan, conn, in_flight, index) = loop {
         tries += 1;
         let Some(first_index) = preset.take().or_else(|| pick_untried(pool, &tried, &ctx)) else {
             return Err((GatewayError::NoEndpoint, finish, false));
@@ -551,8 +555,9 @@ async fn forward(
         }
         let (attempt, error) = match outcome {
             Ok(Ok((resp, conn))) => {
-                record_response(pool, index, &resp, &mut finish);
-                if let Some(report) = resp.headers().get(&ENDPOINT_LOAD_METRICS) {
+                let rscan = ResponseScan::new(resp.headers());
+                record_response(pool, index, resp.status(), rscan.event_stream, &mut finish);
+                if let Some(report) = &rscan.load_report {
                     if let Ok(r) = parse_orca(report.as_bytes()) {
                         if let Some(picker) = inference {
                             picker.apply_load_report(index, &r);
@@ -560,22 +565,26 @@ async fn forward(
                         endpoint.state.record_load_report(r);
                     }
                 }
-                // The wall clock only matters for an HTTP-date `Retry-After`.
-                let wall = if resp.headers().contains_key(http::header::RETRY_AFTER) {
-                    SystemTime::now()
-                } else {
-                    SystemTime::UNIX_EPOCH
-                };
-                let attempt = Attempt::from_response(resp.status(), resp.headers(), wall);
-                match retry_decision(route, pool, retry, tries, &tried, &attempt, body.is_some()) {
-                    Some((delay, guards)) => {
+                if retry.is_some() {
+                    let attempt = Attempt::Response {
+                        status: resp.status(),
+                        grpc_status: rscan.grpc_status,
+                        // The wall clock only matters for an HTTP-date `Retry-After`.
+                        retry_after: rscan
+                            .retry_after
+                            .as_ref()
+                            .and_then(|v| parse_retry_after(v.as_bytes(), SystemTime::now())),
+                    };
+                    if let Some((delay, guards)) =
+                        retry_decision(route, pool, retry, tries, &tried, &attempt, body.is_some())
+                    {
                         retry_guards.push(guards);
                         drop((resp, conn));
                         sleep_before_retry(delay, headers_by).await;
                         continue;
                     }
-                    None => break (resp, conn, in_flight, index),
                 }
+                break (resp, rscan, conn, in_flight, index);
             }
             Ok(Err(failure)) => {
                 let (connect, err): (bool, Option<&(dyn std::error::Error + 'static)>) =
@@ -639,45 +648,54 @@ async fn forward(
         }
     }
     let (mut parts, body) = resp.into_parts();
-    if parts.status != StatusCode::SWITCHING_PROTOCOLS {
-        headers::strip_hop_by_hop(&mut parts.headers);
+    if rscan.hop_by_hop && parts.status != StatusCode::SWITCHING_PROTOCOLS {
+        headers::strip_present_hop_by_hop(&mut parts.headers);
     }
-    parts
-        .headers
-        .insert(X_REQUEST_ID.clone(), request_id.clone());
+    if rscan.request_id {
+        parts
+            .headers
+            .insert(X_REQUEST_ID.clone(), request_id.clone());
+    } else {
+        parts
+            .headers
+            .append(X_REQUEST_ID.clone(), request_id.clone());
+    }
     if let Some(v) = pick_debug {
         parts.headers.insert("x-switchyard-pick", v);
     }
     finish.set_status(parts.status.as_u16());
-    let content_type = parts.headers.get(http::header::CONTENT_TYPE);
-    let is_event_stream =
-        content_type.is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let is_event_stream = rscan.event_stream;
     // Requests whose model the gateway read: usage per model, and per-model stream timing. A
     // compressed body is passed through unread.
     let usage = finish
         .model()
-        .filter(|_| {
-            parts.status.is_success() && !parts.headers.contains_key(http::header::CONTENT_ENCODING)
-        })
+        .filter(|_| parts.status.is_success() && !rscan.content_encoding)
         .and_then(|m| {
             let id = gateway.models.intern(&m.model);
             let tokens = target.metrics.model_tokens(id, &gateway.models).clone();
             if is_event_stream {
                 let stream = pool.model_metrics.get(index, id, &gateway.models).clone();
                 Some(InferenceUsage::streamed(tokens, stream, start))
-            } else if content_type.is_some_and(|v| v.as_bytes().starts_with(b"application/json")) {
+            } else if rscan.json {
                 Some(InferenceUsage::json(tokens))
             } else {
                 None
             }
         });
     let usage_counted = usage.is_some();
-    let mut body = UpstreamBody::new(body, route.idle_timeout, deadline, grpc, finish);
+    // Boxed before it is filled in: the body is large, and every move copies it.
+    let mut body = Box::new(UpstreamBody::new(
+        body,
+        route.idle_timeout,
+        deadline,
+        grpc,
+        finish,
+    ));
     if let Some(conn) = conn {
-        body = body.with_connection(conn);
+        body.set_connection(conn);
     }
     if let Some(u) = usage {
-        body = body.with_usage(u);
+        body.set_usage(u);
     }
     let metrics = &target.metrics;
     if is_event_stream {
@@ -689,12 +707,9 @@ async fn forward(
         if !usage_counted {
             timing.tokens = Some(metrics.tokens.clone());
         }
-        body = body.with_stream_timing(timing);
+        body.set_stream_timing(timing);
     }
-    Ok(Response::from_parts(
-        parts,
-        ResponseBody::Upstream(Box::new(body)),
-    ))
+    Ok(Response::from_parts(parts, ResponseBody::Upstream(body)))
 }
 
 /// Read the model a request asks for: the `model` field of a JSON body (the body is read, up to
@@ -756,23 +771,10 @@ fn body_model(bytes: &[u8]) -> Option<String> {
 /// Output tokens assumed for a request without `max_tokens`, when estimating its load.
 const DEFAULT_EXPECTED_OUTPUT: u32 = 256;
 
-/// Looked up on every request: a `&str` key would be parsed into a name each time.
-static X_SWITCHYARD_PRIORITY: http::HeaderName =
-    http::HeaderName::from_static("x-switchyard-priority");
-
 /// Length of the request target as sent, without allocating.
 fn uri_len(uri: &Uri) -> usize {
     uri.path_and_query().map_or(1, |pq| pq.as_str().len())
         + uri.authority().map_or(0, |a| a.as_str().len())
-}
-
-fn is_upgrade(h: &http::HeaderMap) -> bool {
-    h.contains_key(UPGRADE)
-        && h.get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
 /// Splice an upgraded connection (WebSocket and friends) once both sides have switched.

@@ -162,8 +162,9 @@ impl Attempt {
     /// Describes a response from its status and headers; `now` resolves an HTTP-date
     /// `Retry-After`.
     pub fn from_response(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Attempt {
+        static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
         let grpc_status = headers
-            .get("grpc-status")
+            .get(&GRPC_STATUS)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok());
         let retry_after = headers
