@@ -15,6 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::h1_codec::RawHeaders;
 use crate::models::ModelStreamMetrics;
 use crate::record::Finish;
 use crate::upstream_h1::InlineConn;
@@ -257,6 +258,8 @@ pub struct UpstreamBody {
     stream: Option<StreamTiming>,
     /// For requests whose model the gateway read: usage tokens and per-model stream metrics.
     usage: Option<Box<InferenceUsage>>,
+    /// The response headers, raw, for the HTTP/1 writer (the response's map is then empty).
+    raw_head: Option<Box<RawHeaders>>,
 }
 
 /// Usage accounting of one inference response, as its chunks pass: the bounded tail where
@@ -429,6 +432,7 @@ impl UpstreamBody {
             upstream: None,
             stream: None,
             usage: None,
+            raw_head: None,
         }
     }
 
@@ -446,6 +450,15 @@ impl UpstreamBody {
     /// pool when the body ends.
     pub fn set_connection(&mut self, conn: InlineConn) {
         self.upstream = Some(conn);
+    }
+
+    /// Headers kept raw for the HTTP/1 writer, which takes them before the body.
+    pub fn set_raw_head(&mut self, raw: Box<RawHeaders>) {
+        self.raw_head = Some(raw);
+    }
+
+    pub fn take_raw_head(&mut self) -> Option<Box<RawHeaders>> {
+        self.raw_head.take()
     }
 
     fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {

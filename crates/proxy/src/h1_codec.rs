@@ -132,7 +132,11 @@ pub fn encode_last_chunk(out: &mut BytesMut, trailers: Option<&HeaderMap>) {
 pub struct ResponseHead {
     pub status: StatusCode,
     pub version: Version,
+    /// Empty when the headers are kept raw (`raw`).
     pub headers: HeaderMap,
+    /// The headers as they came, without a map: every response except one whose `Connection`
+    /// names other headers. `head` is set by the caller once it splits the head off its buffer.
+    pub raw: Option<Box<RawHeaders>>,
     /// Bytes of the read buffer the head took.
     pub len: usize,
     /// `Connection` tokens. A `Connection` header that names only these is consumed here and
@@ -141,6 +145,8 @@ pub struct ResponseHead {
     pub keep_alive: bool,
     /// A `Transfer-Encoding` header is present.
     pub transfer_encoding: bool,
+    /// The last `Transfer-Encoding` coding is `chunked`.
+    pub chunked: bool,
     /// The `Content-Length` values, read as they were parsed: absent, one length, or an error
     /// for a malformed or conflicting value (which only matters without `Transfer-Encoding`).
     pub content_length: Result<Option<u64>, ProtocolError>,
@@ -184,41 +190,142 @@ pub fn parse_response_head(buf: &[u8]) -> Result<Option<ResponseHead>, ProtocolE
     let mut close = false;
     let mut keep_alive = false;
     let mut transfer_encoding = false;
+    let mut chunked = false;
+    let mut other_tokens = false;
     let mut content_length = Ok(None);
-    // Room for what the gateway adds on the way down (x-request-id, a pick explanation).
-    let mut headers = HeaderMap::with_capacity(resp.headers.len() + 2);
+    // Boxed: the head moves through several futures on its way to the client.
+    let mut raw = Box::new(RawHeaders {
+        spans: Vec::with_capacity(resp.headers.len()),
+        ..RawHeaders::default()
+    });
+    // Offsets into `buf`: the head is later split off the read buffer as it is.
+    let base = buf.as_ptr() as usize;
+    let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
     for h in resp.headers.iter() {
-        let raw = h.name.as_bytes();
-        if raw.eq_ignore_ascii_case(b"content-length") {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
             content_length = content_length.and_then(|prev| add_length(prev, h.value));
-        } else if raw.eq_ignore_ascii_case(b"transfer-encoding") {
-            transfer_encoding = true;
-        } else if raw.eq_ignore_ascii_case(b"connection") {
+            raw.has_length = true;
+        } else if name.eq_ignore_ascii_case(b"connection") {
             let (c, k, others) = connection_tokens(h.value);
             close |= c;
             keep_alive |= k;
-            if !others {
-                continue;
-            }
-        } else if raw.eq_ignore_ascii_case(b"keep-alive")
-            || raw.eq_ignore_ascii_case(b"proxy-connection")
-        {
+            other_tokens |= others;
             continue;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            transfer_encoding = true;
+            chunked = h
+                .value
+                .rsplit(|b| *b == b',')
+                .next()
+                .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            continue;
+        } else if is_hop_by_hop_name(name) {
+            continue;
+        } else {
+            raw.has_date |= name.eq_ignore_ascii_case(b"date");
+            raw.scan.observe(name, h.value);
         }
-        let name = header_name(raw).ok_or(ProtocolError("header name"))?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| ProtocolError("header value"))?;
-        headers.append(name, value);
+        let (n, v) = (offset(name), offset(h.value));
+        raw.spans.push(HeaderSpan {
+            name: (n, n + name.len() as u32),
+            value: (v, v + h.value.len() as u32),
+        });
     }
+    if transfer_encoding {
+        // The body is re-framed downstream; a length next to chunked coding is a smuggler's.
+        raw.spans.retain(|s| {
+            !buf[s.name.0 as usize..s.name.1 as usize].eq_ignore_ascii_case(b"content-length")
+        });
+        raw.has_length = false;
+    }
+    // `Connection` naming other headers makes them hop-by-hop too: those responses get a map,
+    // and the request path's hop-by-hop stripping.
+    let (headers, raw) = if other_tokens {
+        (header_map(resp.headers)?, None)
+    } else {
+        (HeaderMap::new(), Some(raw))
+    };
     Ok(Some(ResponseHead {
         status,
         version,
         headers,
+        raw,
         len,
         close,
         keep_alive,
         transfer_encoding,
+        chunked,
         content_length,
     }))
+}
+
+fn is_hop_by_hop_name(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"keep-alive")
+        || name.eq_ignore_ascii_case(b"proxy-connection")
+        || name.eq_ignore_ascii_case(b"te")
+        || name.eq_ignore_ascii_case(b"upgrade")
+}
+
+/// Where one header's name and value sit in a raw head.
+#[derive(Debug, Clone, Copy)]
+struct HeaderSpan {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+/// A response's headers as the upstream sent them, hop-by-hop ones left out. A downstream
+/// HTTP/1 connection writes them back as they are, so no header map is built (nor hashed, nor
+/// dropped) for a response nothing on the way reads header by header; other writers get one
+/// from [`RawHeaders::to_map`].
+#[derive(Debug, Default)]
+pub struct RawHeaders {
+    /// The response head as read (status line included), once split off the read buffer.
+    head: Bytes,
+    spans: Vec<HeaderSpan>,
+    pub has_date: bool,
+    pub has_length: bool,
+    /// What the request path reads from these headers, gathered while parsing.
+    pub scan: crate::headers::ResponseScan,
+    /// Headers the gateway adds on the way down.
+    pub added: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl RawHeaders {
+    /// The head the spans point into, as split off the read buffer.
+    pub fn set_head(&mut self, head: Bytes) {
+        self.head = head;
+    }
+
+    /// The forwarded headers, then the added ones, as (name, value) bytes.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let head = &self.head[..];
+        self.spans
+            .iter()
+            .map(move |s| {
+                (
+                    &head[s.name.0 as usize..s.name.1 as usize],
+                    &head[s.value.0 as usize..s.value.1 as usize],
+                )
+            })
+            .chain(
+                self.added
+                    .iter()
+                    .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+            )
+    }
+
+    /// The same headers as a map, for writers that need one (HTTP/2, hyper's server).
+    pub fn to_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.spans.len() + self.added.len());
+        for (name, value) in self.iter() {
+            // Both were checked by the parser; a name or value `http` refuses is left out.
+            if let (Some(name), Ok(value)) = (header_name(name), HeaderValue::from_bytes(value)) {
+                map.append(name, value);
+            }
+        }
+        map
+    }
 }
 
 /// Fold one `Content-Length` value (a list, as some servers send) into the length so far.
@@ -321,17 +428,13 @@ pub fn response_framing(
         return Ok((BodyFraming::Empty, keep_alive));
     }
     if head.transfer_encoding {
-        let chunked = last_value(&head.headers, &TRANSFER_ENCODING).is_some_and(|te| {
-            te.rsplit(',')
-                .next()
-                .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
-        });
         // Transfer-Encoding wins over Content-Length, and a message carrying both is one a
         // smuggler made: serve it, but never reuse the connection it came on.
-        if head.headers.remove(CONTENT_LENGTH).is_some() {
+        if !matches!(head.content_length, Ok(None)) {
+            head.headers.remove(CONTENT_LENGTH);
             keep_alive = false;
         }
-        return Ok(if chunked {
+        return Ok(if head.chunked {
             (BodyFraming::Chunked, keep_alive)
         } else {
             (BodyFraming::Close, false)
@@ -342,14 +445,6 @@ pub fn response_framing(
         Some(n) => (BodyFraming::Length(n), keep_alive),
         None => (BodyFraming::Close, false),
     })
-}
-
-fn last_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
-    headers
-        .get_all(name)
-        .iter()
-        .next_back()
-        .and_then(|v| v.to_str().ok())
 }
 
 /// A `Content-Length` value (surrounding whitespace allowed), at most 19 digits.
@@ -499,6 +594,61 @@ mod tests {
             &out[..],
             b"POST /v1/x?q=1 HTTP/1.1\r\nx-a: 1\r\nhost: up:9\r\ncontent-length: 120\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn raw_heads_keep_end_to_end_headers_as_sent() {
+        let buf = b"HTTP/1.1 200 OK\r\nX-A: 1\r\nKeep-Alive: 5\r\nConnection: keep-alive\r\n\
+                    Content-Type: text/event-stream\r\nTE: trailers\r\ngrpc-status: 14\r\nDate: d\r\n\r\n";
+        let mut h = head(std::str::from_utf8(buf).unwrap());
+        let mut raw = h.raw.take().expect("kept raw");
+        assert!(h.headers.is_empty());
+        raw.set_head(Bytes::copy_from_slice(&buf[..h.len]));
+        let kept: Vec<_> = raw.iter().collect();
+        assert_eq!(
+            kept,
+            [
+                (&b"X-A"[..], &b"1"[..]),
+                (b"Content-Type", b"text/event-stream"),
+                (b"grpc-status", b"14"),
+                (b"Date", b"d"),
+            ]
+        );
+        assert!(raw.has_date && !raw.has_length);
+        assert!(raw.scan.event_stream);
+        assert_eq!(raw.scan.grpc_status, Some(14));
+        raw.added.push((
+            HeaderName::from_static("x-b"),
+            HeaderValue::from_static("2"),
+        ));
+        let map = raw.to_map();
+        assert_eq!(map.len(), 5);
+        assert_eq!(map["x-a"], "1");
+        assert_eq!(map["x-b"], "2");
+        assert!(h.keep_alive);
+    }
+
+    #[test]
+    fn raw_heads_drop_a_length_beside_chunked_coding() {
+        let buf =
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        let mut h = head(buf);
+        let mut raw = h.raw.take().unwrap();
+        raw.set_head(Bytes::copy_from_slice(&buf.as_bytes()[..h.len]));
+        assert_eq!(raw.iter().count(), 0);
+        assert!(!raw.has_length);
+        assert_eq!(
+            response_framing(&Method::GET, &mut h).unwrap(),
+            (BodyFraming::Chunked, false)
+        );
+    }
+
+    #[test]
+    fn connection_naming_headers_gets_a_map() {
+        let h = head("HTTP/1.1 200 OK\r\nConnection: x-p\r\nX-P: 1\r\n\r\n");
+        assert!(h.raw.is_none());
+        assert_eq!(h.headers["x-p"], "1");
+        assert!(h.headers.contains_key("connection"));
     }
 
     #[test]

@@ -80,7 +80,7 @@ pub async fn serve(
             Ok(None) => return Outcome::Closed,
             Err(Fallback) => return conn.fallback(),
         };
-        let resp = service::handle(handle, cx, req).await;
+        let resp = service::handle(handle, cx, req, service::Downstream::Http1).await;
         let close = close_requested || shutdown.is_cancelled();
         match conn.write_response(resp, is_head, close).await {
             Ok(true) => {}
@@ -232,6 +232,10 @@ impl Conn {
     ) -> io::Result<bool> {
         let (parts, mut body) = resp.into_parts();
         close |= has_close(&parts.headers);
+        let raw = match &mut body {
+            ResponseBody::Upstream(u) => u.take_raw_head(),
+            ResponseBody::Full(_) => None,
+        };
         let status = parts.status;
         let no_body = is_head
             || status.is_informational()
@@ -242,6 +246,14 @@ impl Conn {
         put_status_line(out, status);
         // One pass over the headers also finds what the framing needs (no hashed lookups).
         let (mut has_date, mut has_length) = (false, false);
+        if let Some(raw) = raw {
+            // The upstream's headers as they came (hop-by-hop ones already left out).
+            has_date = raw.has_date;
+            has_length = raw.has_length;
+            for (name, value) in raw.iter() {
+                put_header(out, name, value);
+            }
+        }
         for (name, value) in &parts.headers {
             if name == TRANSFER_ENCODING || name == CONNECTION {
                 continue;

@@ -132,6 +132,26 @@ pub struct ResponseScan {
 }
 
 impl ResponseScan {
+    /// Note one header of a raw head (hop-by-hop ones are left out by the parser).
+    pub fn observe(&mut self, name: &[u8], value: &[u8]) {
+        if name.eq_ignore_ascii_case(b"content-type") {
+            self.event_stream = value.starts_with(b"text/event-stream");
+            self.json = value.starts_with(b"application/json");
+        } else if name.eq_ignore_ascii_case(b"content-encoding") {
+            self.content_encoding = true;
+        } else if name.eq_ignore_ascii_case(b"x-request-id") {
+            self.request_id = true;
+        } else if name.eq_ignore_ascii_case(b"retry-after") {
+            self.retry_after = HeaderValue::from_bytes(value).ok();
+        } else if name.eq_ignore_ascii_case(b"grpc-status") {
+            self.grpc_status = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok());
+        } else if name.eq_ignore_ascii_case(b"endpoint-load-metrics") {
+            self.load_report = HeaderValue::from_bytes(value).ok();
+        }
+    }
+
     pub fn new(headers: &HeaderMap) -> Self {
         let mut scan = ResponseScan::default();
         for (name, value) in headers {

@@ -12,6 +12,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
 use prometheus_client::metrics::gauge::Gauge;
 use switchyard_config::Listener;
+
+use crate::service::Downstream;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -176,7 +178,7 @@ async fn serve_connection(
         let cx = cx.clone();
         async move {
             let req = req.map(ClientBody::Hyper);
-            Ok::<_, Infallible>(service::handle(&handle, &cx, req).await)
+            Ok::<_, Infallible>(service::handle(&handle, &cx, req, Downstream::Hyper).await)
         }
     });
     match tls {

@@ -80,6 +80,11 @@ impl Finish {
         }
     }
 
+    /// When the request arrived.
+    pub fn start(&self) -> Instant {
+        self.start
+    }
+
     /// The matched route's target, once routing has happened.
     pub fn target(&self) -> Option<&RouteTarget> {
         self.route.map(|(r, t)| &self.gateway.routes[r].targets[t])

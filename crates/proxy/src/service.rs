@@ -24,7 +24,7 @@ use crate::error::GatewayError;
 use crate::gateway::{Gateway, GatewayHandle};
 use crate::headers::{self, RequestScan, ResponseScan, X_REQUEST_ID};
 use crate::record::{AccessInfo, Finish, RequestModel};
-use crate::upstream_h1::SendError;
+use crate::upstream_h1::{InlineConn, SendError};
 use std::time::SystemTime;
 use switchyard_balance::parse_orca;
 use switchyard_config::{Balancer, Priority};
@@ -50,6 +50,7 @@ pub async fn handle(
     handle: &GatewayHandle,
     cx: &ConnContext,
     req: Request<ClientBody>,
+    downstream: Downstream,
 ) -> Response<ResponseBody> {
     let start = Instant::now();
     let gateway = handle.load();
@@ -69,7 +70,7 @@ pub async fn handle(
         })
     });
     let finish = Finish::new(start, gateway.clone(), access);
-    match forward(&gateway, cx, req, scan, &request_id, start, finish).await {
+    match forward(&gateway, cx, req, scan, &request_id, finish, downstream).await {
         Ok(resp) => resp,
         Err((err, mut finish, close)) => {
             // Clients of an `inference` pool speak the OpenAI API: answer in its error shape.
@@ -107,9 +108,10 @@ async fn forward(
     req: Request<ClientBody>,
     scan: RequestScan,
     request_id: &HeaderValue,
-    start: Instant,
     mut finish: Finish,
+    downstream: Downstream,
 ) -> Result<Response<ResponseBody>, Rejection> {
+    let start = finish.start();
     let grpc = scan.grpc;
     // 1. Limits and request shape. HTTP/1 limits are mostly enforced by the codec; this also
     //    covers HTTP/2, whose header block arrives already decoded.
@@ -441,7 +443,7 @@ async fn forward(
     if let Some(h) = hedger {
         h.start_request();
     }
-    let (resp, rscan, conn, in_flight, index) = loop {
+    let (resp, rscan, raw, conn, in_flight, index) = loop {
         tries += 1;
         let Some(first_index) = preset.take().or_else(|| pick_untried(pool, &tried, &ctx)) else {
             return Err((GatewayError::NoEndpoint, finish, false));
@@ -554,8 +556,13 @@ async fn forward(
             h.record_latency(attempt_rtt);
         }
         let (attempt, error) = match outcome {
-            Ok(Ok((resp, conn))) => {
-                let rscan = ResponseScan::new(resp.headers());
+            Ok(Ok((resp, mut conn))) => {
+                // An inline HTTP/1 exchange keeps the headers raw, scanned as they were parsed.
+                let mut raw = conn.as_mut().and_then(InlineConn::take_raw_head);
+                let rscan = match raw.as_mut() {
+                    Some(raw) => std::mem::take(&mut raw.scan),
+                    None => ResponseScan::new(resp.headers()),
+                };
                 record_response(pool, index, resp.status(), rscan.event_stream, &mut finish);
                 if let Some(report) = &rscan.load_report {
                     if let Ok(r) = parse_orca(report.as_bytes()) {
@@ -584,7 +591,7 @@ async fn forward(
                         continue;
                     }
                 }
-                break (resp, rscan, conn, in_flight, index);
+                break (resp, rscan, raw, conn, in_flight, index);
             }
             Ok(Err(failure)) => {
                 let (connect, err): (bool, Option<&(dyn std::error::Error + 'static)>) =
@@ -648,20 +655,38 @@ async fn forward(
         }
     }
     let (mut parts, body) = resp.into_parts();
-    if rscan.hop_by_hop && parts.status != StatusCode::SWITCHING_PROTOCOLS {
-        headers::strip_present_hop_by_hop(&mut parts.headers);
-    }
-    if rscan.request_id {
-        parts
-            .headers
-            .insert(X_REQUEST_ID.clone(), request_id.clone());
-    } else {
-        parts
-            .headers
-            .append(X_REQUEST_ID.clone(), request_id.clone());
-    }
-    if let Some(v) = pick_debug {
-        parts.headers.insert("x-switchyard-pick", v);
+    // Raw headers go back as they came, with the gateway's added, when the client's connection
+    // writes HTTP/1 itself; any other writer gets a map.
+    let raw = match raw {
+        Some(mut raw) if downstream == Downstream::Http1 && !rscan.request_id => {
+            raw.added.push((X_REQUEST_ID.clone(), request_id.clone()));
+            if let Some(v) = pick_debug.take() {
+                raw.added.push((X_SWITCHYARD_PICK.clone(), v));
+            }
+            Some(raw)
+        }
+        Some(raw) => {
+            parts.headers = raw.to_map();
+            None
+        }
+        None => None,
+    };
+    if raw.is_none() {
+        if rscan.hop_by_hop && parts.status != StatusCode::SWITCHING_PROTOCOLS {
+            headers::strip_present_hop_by_hop(&mut parts.headers);
+        }
+        if rscan.request_id {
+            parts
+                .headers
+                .insert(X_REQUEST_ID.clone(), request_id.clone());
+        } else {
+            parts
+                .headers
+                .append(X_REQUEST_ID.clone(), request_id.clone());
+        }
+        if let Some(v) = pick_debug {
+            parts.headers.insert(X_SWITCHYARD_PICK.clone(), v);
+        }
     }
     finish.set_status(parts.status.as_u16());
     let is_event_stream = rscan.event_stream;
@@ -693,6 +718,9 @@ async fn forward(
     ));
     if let Some(conn) = conn {
         body.set_connection(conn);
+    }
+    if let Some(raw) = raw {
+        body.set_raw_head(raw);
     }
     if let Some(u) = usage {
         body.set_usage(u);
@@ -770,6 +798,17 @@ fn body_model(bytes: &[u8]) -> Option<String> {
 
 /// Output tokens assumed for a request without `max_tokens`, when estimating its load.
 const DEFAULT_EXPECTED_OUTPUT: u32 = 256;
+
+static X_SWITCHYARD_PICK: http::HeaderName = http::HeaderName::from_static("x-switchyard-pick");
+
+/// Who writes the response to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Downstream {
+    /// The HTTP/1.1 fast path (`h1_server`), which writes raw upstream heads as they came.
+    Http1,
+    /// hyper's server (HTTP/2, TLS, the HTTP/1 fallback): responses carry a header map.
+    Hyper,
+}
 
 /// Length of the request target as sent, without allocating.
 fn uri_len(uri: &Uri) -> usize {

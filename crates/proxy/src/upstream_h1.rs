@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use crate::body::{BoxError, RequestBody};
 use crate::h1_codec::{
     decode_chunked, encode_chunk, encode_last_chunk, encode_request_head, parse_response_head,
-    response_framing, BodyFraming, Chunked, Decoded, ProtocolError, ReqFraming,
+    response_framing, BodyFraming, Chunked, Decoded, ProtocolError, RawHeaders, ReqFraming,
 };
 use switchyard_resilience::{BreakerGuard, CircuitBreaker, Limit, Overflow};
 
@@ -184,6 +184,9 @@ pub struct InlineConn {
     reusable: bool,
     /// A request body still going out.
     upload: Option<Box<Upload>>,
+    /// The response's headers as they came, when the exchange kept them raw (the response's
+    /// header map is then empty).
+    raw_head: Option<Box<RawHeaders>>,
 }
 
 /// A streamed request body on its way out, and its framing.
@@ -204,7 +207,14 @@ impl InlineConn {
             chunked: Chunked::Size,
             reusable: false,
             upload: None,
+            raw_head: None,
         }
+    }
+
+    /// The response headers kept raw; the caller must use them (or their map) in place of the
+    /// response's empty header map.
+    pub fn take_raw_head(&mut self) -> Option<Box<RawHeaders>> {
+        self.raw_head.take()
     }
 
     async fn exchange(
@@ -260,8 +270,11 @@ impl InlineConn {
                         }
                         let _ = self.conn.buf.split_to(head.len);
                     }
-                    Some(head) => {
-                        let _ = self.conn.buf.split_to(head.len);
+                    Some(mut head) => {
+                        let bytes = self.conn.buf.split_to(head.len).freeze();
+                        if let Some(raw) = head.raw.as_mut() {
+                            raw.set_head(bytes);
+                        }
                         return Poll::Ready(Ok(Some(head)));
                     }
                     None => match ready!(self.conn.poll_read_more(cx)) {
@@ -285,6 +298,7 @@ impl InlineConn {
         self.framing = framing;
         self.chunked = Chunked::Size;
         self.reusable = keep_alive;
+        self.raw_head = head.raw.take();
         let mut resp = Response::new(());
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;

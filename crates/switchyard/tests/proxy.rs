@@ -542,3 +542,61 @@ async fn conflicting_upstream_content_lengths_are_a_bad_gateway() {
     let (status, _, body) = get(&client::http1(), &gw.url("/")).await;
     assert_eq!(status, 502, "{body:?}");
 }
+
+#[tokio::test]
+async fn upstream_response_heads_reach_http1_and_http2_clients_alike() {
+    // HTTP/1 clients get the upstream head as it came (the fast path writes it raw); HTTP/2
+    // clients get it through a header map. Both must see the same headers.
+    let origin = raw_origin(
+        b"HTTP/1.1 201 Created\r\nX-Mixed-Case: Yes\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\n\
+          Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nDate: Tue, 01 Dec 2026 00:00:00 GMT\r\n\
+          X-Request-Id: upstream-own\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+    );
+    let gw = Gateway::start(&simple_config(&[origin], "", ""));
+    for client in [client::http1(), client::http2()] {
+        let (status, headers, body) = get(&client, &gw.url("/")).await;
+        assert_eq!(status, 201);
+        assert_eq!(body, Bytes::from_static(b"ok"));
+        assert_eq!(headers["x-mixed-case"], "Yes");
+        let cookies: Vec<_> = headers.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        for hop in ["keep-alive", "proxy-connection", "transfer-encoding"] {
+            assert!(headers.get(hop).is_none(), "{hop} forwarded: {headers:?}");
+        }
+        assert_eq!(headers.get_all("date").iter().count(), 1, "{headers:?}");
+        assert_eq!(headers["date"], "Tue, 01 Dec 2026 00:00:00 GMT");
+        // The gateway's request id replaces the upstream's, once.
+        let ids: Vec<_> = headers.get_all("x-request-id").iter().collect();
+        assert_eq!(ids.len(), 1, "{headers:?}");
+        assert_ne!(ids[0], "upstream-own");
+    }
+
+    // Transfer-Encoding and Content-Length together: the length is dropped, the body re-framed.
+    let smuggle = raw_origin(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n\
+          2\r\nhi\r\n0\r\n\r\n",
+    );
+    let gw = Gateway::start(&simple_config(&[smuggle], "", ""));
+    for client in [client::http1(), client::http2()] {
+        let (status, headers, body) = get(&client, &gw.url("/")).await;
+        assert_eq!(status, 200);
+        assert_eq!(body, Bytes::from_static(b"hi"));
+        assert_eq!(headers["x-a"], "1");
+        assert!(
+            headers.get("content-length").is_none_or(|v| v == "2"),
+            "{headers:?}"
+        );
+    }
+
+    // `Connection` naming another header makes it hop-by-hop.
+    let named = raw_origin(
+        b"HTTP/1.1 200 OK\r\nConnection: x-private\r\nX-Private: 1\r\nX-Public: 1\r\nContent-Length: 0\r\n\r\n",
+    );
+    let gw = Gateway::start(&simple_config(&[named], "", ""));
+    for client in [client::http1(), client::http2()] {
+        let (status, headers, _) = get(&client, &gw.url("/")).await;
+        assert_eq!(status, 200);
+        assert!(headers.get("x-private").is_none(), "{headers:?}");
+        assert_eq!(headers["x-public"], "1");
+    }
+}
