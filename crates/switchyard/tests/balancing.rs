@@ -1,0 +1,390 @@
+//! Balancers end to end, against simulated replicas: consistent hashing, peak EWMA, ORCA load
+//! reports, the `inference` picker (prefix affinity, adapters, explanations), priority shedding
+//! and tenant fairness.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use support::client::{self, get, send};
+use support::fleet::*;
+use support::Gateway;
+use switchyard_sim::{start_fleet, FleetConfig, ReplicaConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_hash_keeps_a_user_on_one_replica() {
+    let fleet = fleet(4).await;
+    let pool = "    balancer: { kind: ring_hash, key: { header: x-user } }\n";
+    let gw = Gateway::start(&config(&fleet.addresses(), "", pool));
+    let counts = spread(&gw, 20, Some(("x-user", "alice".into()))).await;
+    assert_eq!(counts.iter().filter(|c| **c > 0).count(), 1, "{counts:?}");
+    assert_eq!(counts.iter().sum::<u64>(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peak_ewma_sends_less_to_a_slow_replica() {
+    let fleet = fleet(3).await;
+    slow(&fleet, 0, 150);
+    let pool = "    balancer: { kind: peak_ewma, decay: 10s }\n";
+    let gw = Gateway::start(&config(&fleet.addresses(), "", pool));
+    let counts = spread(&gw, 60, None).await;
+    assert!(
+        counts[0] * 4 < counts[1] + counts[2],
+        "slow replica got {counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_least_utilization_reads_orca_reports_from_responses() {
+    let fleet = fleet(2).await;
+    let pool = "    balancer: { kind: weighted_least_utilization, blackout: 100ms }\n";
+    let gw = Gateway::start(&config(&fleet.addresses(), "", pool));
+    let counts = spread(&gw, 20, None).await;
+    assert_eq!(counts.iter().sum::<u64>(), 20);
+    // The simulator only sends `endpoint-load-metrics` when asked, so reports arriving means
+    // the gateway asked and parsed them: every endpoint now has a reported load.
+    let p = pools(&gw);
+    for e in p["pools"][0]["endpoints"].as_array().unwrap() {
+        assert!(e["load_report"].is_object(), "no ORCA report recorded: {e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inference_balancer_keeps_a_prefix_together_and_explains_picks() {
+    let fleet = fleet(4).await;
+    let pool = "    balancer: { kind: inference, scrape_interval: 20ms }\n";
+    let gw = Gateway::start(&config(&fleet.addresses(), "", pool));
+    let c = client::http1();
+    let system = "You are a careful assistant for a railway operations team. ".repeat(40);
+    for i in 0..12 {
+        let body = serde_json::json!({
+            "model": MODEL,
+            "max_tokens": 2,
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": format!("question {i}")}
+            ]
+        });
+        let req = http::Request::post(gw.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .header("x-switchyard-debug", "1")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let (status, headers, _) = send(&c, req).await;
+        assert_eq!(status, 200);
+        assert!(
+            headers.contains_key("x-switchyard-pick"),
+            "no pick explanation"
+        );
+    }
+    let counts: Vec<u64> = pools(&gw)["pools"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["requests"].as_u64().unwrap())
+        .collect();
+    assert!(
+        counts.iter().any(|c| *c >= 10),
+        "shared prefix was not kept together: {counts:?}"
+    );
+
+    // A malformed body gets an OpenAI-style 400 and is not forwarded.
+    let req = http::Request::post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(b"{\"model\": ")))
+        .unwrap();
+    let (status, _, body) = send(&c, req).await;
+    assert_eq!(status, 400);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    let total: u64 = pools(&gw)["pools"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_naming_an_adapter_as_model_go_where_it_is_loaded() {
+    // Two replicas serving two LoRA adapters with one adapter slot each. A long request keeps
+    // `sql-lora` running on replica 0 and `chat-lora` on replica 1, so each replica's only slot
+    // is taken: an adapter is either loaded there or must wait there.
+    let fleet = start_fleet(FleetConfig {
+        model: MODEL.into(),
+        base_port: 0,
+        replicas: vec![ReplicaConfig {
+            count: 2,
+            lora_adapters: vec!["sql-lora".into(), "chat-lora".into()],
+            max_loras: 1,
+            ..ReplicaConfig::default()
+        }],
+        ..FleetConfig::default()
+    })
+    .await
+    .unwrap();
+    let addrs = fleet.addresses();
+    let hold = |addr: SocketAddr, model: &'static str| {
+        let body = format!(r#"{{"model":"{model}","prompt":"hold the slot","max_tokens":4000}}"#);
+        let req = http::Request::post(format!("http://{addr}/v1/completions"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        tokio::spawn(async move { send(&client::http1(), req).await })
+    };
+    let holds = [hold(addrs[0], "sql-lora"), hold(addrs[1], "chat-lora")];
+    // Each replica runs its hold before the gateway first looks: a probe routed before the
+    // scrapes saw the adapters could land where its adapter must wait behind a hold, and wait
+    // there for the whole hold.
+    for (addr, adapter) in [(addrs[0], "sql-lora"), (addrs[1], "chat-lora")] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, _, body) = get(&client::http1(), &format!("http://{addr}/metrics")).await;
+            let text = String::from_utf8_lossy(&body);
+            if text.lines().any(|l| {
+                l.starts_with("vllm:lora_requests_info")
+                    && l.contains(&format!("running_lora_adapters=\"{adapter}\""))
+            }) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{adapter} never ran on {addr}: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let pool = "    balancer: { kind: inference, scrape_interval: 20ms }\n";
+    let gw = Gateway::start(&config(&addrs, "", pool));
+    // The scraper's first round is not tied to readiness: give it a few intervals (20 ms each)
+    // before the first probe, which the loop below then checks was explained by the scrape.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c = client::http1();
+    // The scrapes have seen both adapters running once a request for one is explained so.
+    let ask = |model: &'static str, i: usize| {
+        let body = serde_json::json!({
+            "model": model,
+            "max_tokens": 2,
+            "messages": [{"role": "user", "content": format!("question {i} for {model}")}]
+        });
+        http::Request::post(gw.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .header("x-switchyard-debug", "1")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, headers, _) = send(&c, ask("sql-lora", 0)).await;
+        let pick = headers["x-switchyard-pick"].to_str().unwrap().to_string();
+        if pick.contains("lora=1.00") && pick.contains("lora=0.00") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "adapters never seen: {pick}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = endpoint_requests(&gw);
+    for i in 1..=8 {
+        for model in ["sql-lora", "chat-lora"] {
+            let (status, headers, body) = send(&c, ask(model, i)).await;
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["model"], model);
+            let pick = headers["x-switchyard-pick"].to_str().unwrap();
+            let chosen = if model == "sql-lora" { 0 } else { 1 };
+            assert!(
+                pick.starts_with(&format!("{chosen}=")) && pick.contains("lora=1.00"),
+                "{model}: {pick}"
+            );
+        }
+    }
+    let after = endpoint_requests(&gw);
+    assert_eq!(
+        [after[0] - before[0], after[1] - before[1]],
+        [8, 8],
+        "each adapter's requests went to the replica running it"
+    );
+    for h in holds {
+        h.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orca_reports_on_responses_stand_in_for_a_stale_scrape() {
+    // The pool scrapes once at start, then not for an hour: after 300 ms the scrape is stale
+    // and the picker knows no KV usage (the kv_cache scorer says 0.50), unless responses
+    // bring ORCA load reports (the simulator answers `endpoint-load-metrics-format`).
+    let fleet = fleet(1).await;
+    for orca in [true, false] {
+        let pool = format!(
+            "    balancer: {{ kind: inference, scrape_interval: 1h, stale_after: 300ms, orca: {orca} }}\n"
+        );
+        let gw = Gateway::start(&config(&fleet.addresses(), "", &pool));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let c = client::http1();
+        let mut picks = Vec::new();
+        for _ in 0..2 {
+            let body = format!(
+                r#"{{"model":"{MODEL}","max_tokens":2,"messages":[{{"role":"user","content":"hi"}}]}}"#
+            );
+            let req = http::Request::post(gw.url("/v1/chat/completions"))
+                .header("content-type", "application/json")
+                .header("x-switchyard-debug", "1")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            let (status, headers, _) = send(&c, req).await;
+            assert_eq!(status, 200);
+            assert_eq!(headers.contains_key("endpoint-load-metrics"), orca);
+            picks.push(headers["x-switchyard-pick"].to_str().unwrap().to_string());
+        }
+        assert!(
+            picks[0].contains("kv_cache=0.50"),
+            "stale scrape: {}",
+            picks[0]
+        );
+        assert_eq!(
+            !picks[1].contains("kv_cache=0.50"),
+            orca,
+            "after a reported response (orca: {orca}): {}",
+            picks[1]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sheddable_requests_are_refused_when_the_pool_is_full_critical_ones_wait() {
+    let fleet = fleet(1).await;
+    slow(&fleet, 0, 400);
+    let pool = "    concurrency: { kind: fixed, limit: 1, max_queue: 8, queue_timeout: 5s }\n";
+    let gw = std::sync::Arc::new(Gateway::start(&config(&fleet.addresses(), "", pool)));
+    let first = {
+        let gw = gw.clone();
+        tokio::spawn(async move { chat(&client::http1(), &gw).await.0 })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let with_priority = |p: &'static str| {
+        let gw = gw.clone();
+        async move {
+            let body = format!(
+                r#"{{"model":"{MODEL}","max_tokens":2,"messages":[{{"role":"user","content":"hi"}}]}}"#
+            );
+            let req = http::Request::post(gw.url("/v1/chat/completions"))
+                .header("x-switchyard-priority", p)
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            send(&client::http1(), req).await
+        }
+    };
+    let start = Instant::now();
+    let (status, headers, body) = with_priority("sheddable").await;
+    assert_eq!(status, 429);
+    assert_eq!(headers["retry-after"], "1");
+    assert!(
+        start.elapsed() < Duration::from_millis(200),
+        "sheddable request queued"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["type"], "shed");
+    let (status, _, _) = with_priority("critical").await;
+    assert_eq!(status, 200, "critical request should wait for a permit");
+    assert_eq!(first.await.unwrap(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_tenant_does_not_starve_a_light_one() {
+    // One slot, each request takes 200 ms upstream. The flooder (known by its API key) fires
+    // 30 requests at once; the light tenant (known by header) sends one at a time.
+    let fleet = fleet(1).await;
+    slow(&fleet, 0, 200);
+    let pool = "    concurrency: { kind: fixed, limit: 1, max_queue: 32, queue_timeout: 20s }\n    fairness: { tenant_header: x-tenant, max_queued_per_tenant: 8 }\n";
+    let gw = std::sync::Arc::new(Gateway::start(&config(&fleet.addresses(), "", pool)));
+    let request = |header: &'static str, value: &'static str| {
+        let body = format!(
+            r#"{{"model":"{MODEL}","max_tokens":2,"messages":[{{"role":"user","content":"hi"}}]}}"#
+        );
+        http::Request::post(gw.url("/v1/chat/completions"))
+            .header(header, value)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    };
+    let flood: Vec<_> = (0..30)
+        .map(|_| {
+            let req = request("authorization", "Bearer sk-flood-secret");
+            tokio::spawn(async move { send(&client::http1(), req).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = client::http1();
+    for i in 0..3 {
+        let asked = Instant::now();
+        let (status, _, _) = send(&c, request("x-tenant", "light")).await;
+        let took = asked.elapsed();
+        assert_eq!(status, 200, "light request {i}");
+        // Its turn comes after at most one flood request (~200 ms) plus its own 200 ms; behind
+        // the flooder's 8 queued requests (FIFO) it would take 1.8 s.
+        assert!(
+            took < Duration::from_millis(1000),
+            "light request {i} took {took:?}"
+        );
+    }
+    let mut ok = 0;
+    let mut refused = 0;
+    for f in flood {
+        let (status, headers, body) = f.await.unwrap();
+        match status.as_u16() {
+            200 => ok += 1,
+            429 => {
+                refused += 1;
+                assert_eq!(headers["retry-after"], "1");
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(v["error"]["type"], "tenant_queue_full");
+            }
+            other => panic!("flood request answered {other}"),
+        }
+    }
+    // One in flight plus its 8 places in the queue; the rest refused at once.
+    assert_eq!((ok, refused), (9, 21));
+    let m = |s: &str| gw.metric(s);
+    assert_eq!(
+        m(
+            r#"switchyard_admission_rejected_total{pool="p",priority="standard",reason="tenant_queue_full"}"#
+        ),
+        21.0
+    );
+    assert_eq!(
+        m(r#"switchyard_admission_admitted_total{pool="p",priority="standard"}"#),
+        12.0
+    );
+    assert!(m(r#"switchyard_admission_queued_total{pool="p",priority="standard"}"#) >= 10.0);
+    // Identity is hashed: the key is nowhere in what the gateway exports.
+    let (_, metrics) = gw.admin_get("/metrics");
+    let (_, pools) = gw.admin_get("/pools");
+    assert!(!metrics.contains("sk-flood") && !pools.contains("sk-flood"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inference_pools_answer_gateway_errors_in_openai_shape() {
+    let fleet = fleet(1).await;
+    let route = "    max_request_body: 200\n";
+    let pool = "    balancer: inference\n";
+    let gw = Gateway::start(&config(&fleet.addresses(), route, pool));
+    let big = format!(
+        r#"{{"model":"{MODEL}","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(500)
+    );
+    let req = http::Request::post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(big)))
+        .unwrap();
+    let (status, headers, body) = send(&client::http1(), req).await;
+    assert_eq!(status, 413);
+    assert!(headers.contains_key("x-request-id"));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    assert_eq!(v["error"]["code"], "body_too_large");
+    assert!(v["error"]["message"].is_string());
+}
