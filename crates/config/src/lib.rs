@@ -8,9 +8,11 @@ pub mod load;
 pub mod locate;
 pub mod model;
 pub mod resilience;
+pub mod trace;
 pub mod validate;
 
 pub use backends::{Backend, Rewrite, Target};
 pub use error::{nearest, ConfigError, ConfigErrors};
 pub use load::{load_file, parse};
 pub use model::*;
+pub use trace::{OtlpProtocol, Tracing};

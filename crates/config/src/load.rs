@@ -241,7 +241,8 @@ mod tests {
             let shown = serde_yaml::to_string(&b).unwrap();
             let back: crate::model::Balancer = serde_yaml::from_str(&shown).unwrap();
             assert_eq!(back, b, "{shown}");
-            serde_json::to_string(&b).unwrap();
+            let json = serde_json::to_value(&b).unwrap();
+            assert_eq!(json["kind"], b.kind(), "{json}");
         }
     }
 

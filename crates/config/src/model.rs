@@ -27,6 +27,9 @@ pub struct Config {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub pools: Vec<Pool>,
+    /// OpenTelemetry tracing; absent means off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<crate::trace::Tracing>,
 }
 
 /// The admin listener: metrics, readiness, and state for operators. Loopback by default because
@@ -415,6 +418,23 @@ pub enum Balancer {
         /// figures when they are newer than the last scrape.
         orca: bool,
     },
+}
+
+impl Balancer {
+    /// The `kind` name, as written in the config.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round_robin",
+            Self::Random => "random",
+            Self::WeightedRoundRobin => "weighted_round_robin",
+            Self::LeastRequest { .. } => "least_request",
+            Self::PeakEwma { .. } => "peak_ewma",
+            Self::RingHash { .. } => "ring_hash",
+            Self::Maglev { .. } => "maglev",
+            Self::WeightedLeastUtilization { .. } => "weighted_least_utilization",
+            Self::Inference { .. } => "inference",
+        }
+    }
 }
 
 /// Scorer weights of the `inference` balancer; the defaults follow llm-d's queue:kv:prefix =

@@ -56,6 +56,9 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
         c.error("runtime.workers".into(), "must be at least 1");
     }
     c.positive("runtime.drain_timeout".into(), config.runtime.drain_timeout);
+    for (path, msg) in config.tracing.iter().flat_map(|t| t.validate()) {
+        c.error(path, msg);
+    }
 
     c.unique(
         "listener",

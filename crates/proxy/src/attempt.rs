@@ -262,6 +262,18 @@ impl Failure {
         )
     }
 
+    /// The gateway error type this failure stands for (for a hedge's span, which fails alone).
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Failure::Inline(SendError::Connect(_) | SendError::ConnectTimeout) => {
+                "upstream_connect_failure"
+            }
+            Failure::Inline(SendError::Overflow(_)) => "overflow",
+            Failure::Pooled(e) if e.is_connect() => "upstream_connect_failure",
+            _ => "upstream_reset",
+        }
+    }
+
     /// The outcome for outlier detection: a gateway error, and a decisive one when the
     /// connection was refused (nothing listens there).
     pub(crate) fn outcome(&self) -> Outcome {

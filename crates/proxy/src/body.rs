@@ -336,19 +336,17 @@ impl InferenceUsage {
         }
     }
 
-    /// The body ended cleanly: count the usage it reported.
-    fn on_end(&mut self) {
+    /// The body ended cleanly: count the usage it reported, and return it.
+    fn on_end(&mut self) -> Option<switchyard_inference::Usage> {
         let usage = self.tail.usage();
         if let Some(u) = usage {
             self.tokens.0.inc_by(u.prompt_tokens);
             self.tokens.1.inc_by(u.completion_tokens);
         }
-        let Some(s) = self.stream.as_ref() else {
-            return;
-        };
+        let s = self.stream.as_ref()?;
         let output = usage.map_or(s.text_events, |u| u.completion_tokens);
         if output == 0 {
-            return;
+            return usage;
         }
         s.metrics.output_tokens.observe(output as f64);
         if let (Some(first), Some(last)) = (s.first_text, s.last_text) {
@@ -359,6 +357,7 @@ impl InferenceUsage {
                     .observe((output - 1) as f64 / decode);
             }
         }
+        usage
     }
 }
 
@@ -518,8 +517,8 @@ impl Drop for UpstreamBody {
             if let Some(up) = self.upstream.take() {
                 up.release();
             }
-            if let Some(mut u) = self.usage.take() {
-                u.on_end();
+            if let Some(u) = self.usage.take().and_then(|mut u| u.on_end()) {
+                self.finish.set_usage(u.prompt_tokens, u.completion_tokens);
             }
         }
     }
@@ -556,6 +555,7 @@ impl Body for UpstreamBody {
                             t.seen = true;
                             t.first_chunk
                                 .observe(now.duration_since(t.start).as_secs_f64());
+                            this.finish.first_chunk();
                         }
                     }
                     if let Some(u) = this.usage.as_mut() {
@@ -573,8 +573,8 @@ impl Body for UpstreamBody {
             }
             Poll::Ready(None) => {
                 this.done = true;
-                if let Some(mut u) = this.usage.take() {
-                    u.on_end();
+                if let Some(u) = this.usage.take().and_then(|mut u| u.on_end()) {
+                    this.finish.set_usage(u.prompt_tokens, u.completion_tokens);
                 }
                 this.finish.complete();
                 if let Some(up) = this.upstream.take() {

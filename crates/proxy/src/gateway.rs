@@ -392,6 +392,8 @@ pub struct Gateway {
     pub model_body_limit: u64,
     /// Model label values (shared by all generations).
     pub models: Arc<ModelLabels>,
+    /// OpenTelemetry tracing; `None` when the config has no `tracing` section.
+    pub tracing: Option<Arc<crate::trace::Tracing>>,
 }
 
 impl Gateway {
@@ -743,7 +745,19 @@ fn build(
 
     let needs_model = routes.iter().any(|r| r.matcher.needs_model());
     let model_body_limit = routes.iter().map(|r| r.max_request_body).max().unwrap_or(0);
+    // Tracing applies live: an unchanged section keeps its provider (and queued spans); a changed
+    // one starts a new provider, and the old one flushes once the last request using it ends.
+    let tracing = match (&config.tracing, old.and_then(|g| g.tracing.as_ref())) {
+        (None, _) => None,
+        (Some(c), Some(t)) if t.config() == c => Some(t.clone()),
+        (Some(c), _) => {
+            let t = crate::trace::Tracing::new(c)?;
+            tracing::info!(endpoint = %c.otlp.endpoint, protocol = ?c.otlp.protocol, sample_ratio = c.sample_ratio, "tracing on");
+            Some(t)
+        }
+    };
     Ok(Gateway {
+        tracing,
         needs_model,
         model_body_limit,
         config: Arc::new(config),

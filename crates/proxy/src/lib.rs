@@ -20,6 +20,7 @@ pub mod route_match;
 pub mod server;
 pub mod service;
 pub mod tls;
+pub mod trace;
 pub mod upstream_h1;
 pub mod upstream_h2;
 

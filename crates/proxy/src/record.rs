@@ -12,6 +12,7 @@ use switchyard_telemetry::{AccessLog, AccessRecord};
 use tokio::time::Instant;
 
 use crate::gateway::{Gateway, RouteTarget};
+use crate::trace::RequestSpan;
 use switchyard_health::Outcome;
 use switchyard_resilience::{BreakerGuard, RequestGuard, RetryGuard};
 
@@ -49,6 +50,8 @@ pub struct Finish {
     retries: Vec<(RetryGuard, BreakerGuard)>,
     /// The request's model, when the gateway read it.
     model: Option<Box<RequestModel>>,
+    /// The request's SERVER span, when tracing is on; it ends here, after the last byte.
+    trace: Option<Box<RequestSpan>>,
 }
 
 /// The model a request names, as the upstream sees it and as the client sent it.
@@ -61,8 +64,14 @@ pub struct RequestModel {
 }
 
 impl Finish {
-    pub fn new(start: Instant, gateway: Arc<Gateway>, access: Option<Box<AccessInfo>>) -> Self {
+    pub fn new(
+        start: Instant,
+        gateway: Arc<Gateway>,
+        access: Option<Box<AccessInfo>>,
+        trace: Option<Box<RequestSpan>>,
+    ) -> Self {
         Self {
+            trace,
             start,
             gateway,
             route: None,
@@ -95,6 +104,9 @@ impl Finish {
     }
 
     pub fn set_model(&mut self, model: RequestModel) {
+        if let Some(t) = &self.trace {
+            t.set_model(&model.model);
+        }
         self.model = Some(Box::new(model));
     }
 
@@ -114,6 +126,29 @@ impl Finish {
         est_tokens: u32,
     ) {
         self.inference = Some((picker, index, est_tokens));
+    }
+
+    /// The request's span, when tracing is on.
+    pub fn trace(&self) -> Option<&RequestSpan> {
+        self.trace.as_deref()
+    }
+
+    pub fn trace_mut(&mut self) -> Option<&mut RequestSpan> {
+        self.trace.as_deref_mut()
+    }
+
+    /// Usage (prompt, completion tokens) the response reported.
+    pub fn set_usage(&mut self, input: u64, output: u64) {
+        if let Some(t) = &self.trace {
+            t.set_usage(input, output);
+        }
+    }
+
+    /// The first chunk of a streamed response went out.
+    pub fn first_chunk(&mut self) {
+        if let Some(t) = &self.trace {
+            t.first_token();
+        }
     }
 
     pub fn set_status(&mut self, status: u16) {
@@ -186,8 +221,23 @@ impl Drop for Finish {
         };
         metrics.count(self.status);
         metrics.duration.observe(elapsed.as_secs_f64());
+        let trace_id = self
+            .trace
+            .as_ref()
+            .filter(|_| self.access.is_some())
+            .and_then(|t| t.trace_id());
+        if let Some(t) = self.trace.take() {
+            let routed = self.route.is_some();
+            t.end(
+                routed.then(|| metrics.route()),
+                routed.then(|| metrics.pool()),
+                self.status,
+                self.error,
+            );
+        }
         if let Some(a) = self.access.take() {
             a.log.log(&AccessRecord {
+                trace_id: trace_id.as_deref(),
                 time: SystemTime::now(),
                 listener: &a.listener,
                 request_id: a.request_id.to_str().unwrap_or(""),

@@ -137,13 +137,18 @@ impl Server {
         });
     }
 
-    /// Stop accepting, let in-flight requests finish for up to `drain`, and return whether
-    /// everything drained in time.
+    /// Stop accepting, let in-flight requests finish for up to `drain`, flush queued spans, and
+    /// return whether everything drained in time.
     pub async fn shutdown(&self, drain: Duration) -> bool {
         self.shutdown.cancel();
         self.tracker.close();
-        tokio::time::timeout(drain, self.tracker.wait())
+        let drained = tokio::time::timeout(drain, self.tracker.wait())
             .await
-            .is_ok()
+            .is_ok();
+        // The drained requests' spans are queued; export them before the process exits.
+        if let Some(t) = self.handle.load().tracing.clone() {
+            t.shutdown().await;
+        }
+        drained
     }
 }

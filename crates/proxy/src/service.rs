@@ -24,6 +24,7 @@ use crate::error::GatewayError;
 use crate::gateway::{Gateway, GatewayHandle};
 use crate::headers::{self, RequestScan, ResponseScan, X_REQUEST_ID};
 use crate::record::{AccessInfo, Finish, RequestModel};
+use crate::trace::{AttemptKind, RequestSpan};
 use crate::upstream_h1::{InlineConn, SendError};
 use std::time::SystemTime;
 use switchyard_balance::parse_orca;
@@ -69,7 +70,17 @@ pub async fn handle(
             version: req.version(),
         })
     });
-    let finish = Finish::new(start, gateway.clone(), access);
+    let trace = gateway.tracing.as_ref().map(|t| {
+        Box::new(t.start_request(
+            req.method(),
+            req.uri().path(),
+            req.version(),
+            req.headers(),
+            cx.client,
+            &request_id,
+        ))
+    });
+    let finish = Finish::new(start, gateway.clone(), access, trace);
     match forward(&gateway, cx, req, scan, &request_id, finish, downstream).await {
         Ok(resp) => resp,
         Err((err, mut finish, close)) => {
@@ -407,7 +418,9 @@ async fn forward(
         let est_tokens = parsed
             .prompt_tokens
             .saturating_add(parsed.max_tokens.unwrap_or(DEFAULT_EXPECTED_OUTPUT));
-        let debug = scan.debug;
+        let debug_header = scan.debug;
+        // A sampled trace carries the explanation whether or not the client asked for it.
+        let debug = debug_header || finish.trace().is_some_and(RequestSpan::recording);
         let req_cx = switchyard_inference::RequestContext {
             block_hashes: &hashes,
             // An explicit `lora` field, else the model itself when the servers' metrics say it
@@ -427,10 +440,13 @@ async fn forward(
             preset = Some(i);
         }
         if debug {
-            pick_debug = HeaderValue::from_str(
-                &switchyard_inference::InferencePicker::debug_header(&decision),
-            )
-            .ok();
+            let explanation = switchyard_inference::InferencePicker::debug_header(&decision);
+            if let Some(t) = finish.trace() {
+                t.set_pick(&explanation, &decision);
+            }
+            if debug_header {
+                pick_debug = HeaderValue::from_str(&explanation).ok();
+            }
         }
     }
 
@@ -460,11 +476,20 @@ async fn forward(
         let first_in_flight = pool.endpoints[first_index].state.begin();
         pool.picks[first_index].inc();
         // A streamed body goes out once, so its head can be moved rather than copied.
-        let head = if replayable {
+        let mut head = if replayable {
             parts.headers.clone()
         } else {
             std::mem::take(&mut parts.headers)
         };
+        let kind = if tries == 1 {
+            AttemptKind::First
+        } else {
+            AttemptKind::Retry
+        };
+        let mut span = finish
+            .trace()
+            .map(|t| t.attempt(kind, pool, first_index, &mut head));
+        let mut hedge_span = None;
         // Boxed once: the attempt future is large, and the hedging race and the timeout below
         // would otherwise copy it as they wrap it.
         let mut first = Box::pin(send_attempt(
@@ -508,11 +533,15 @@ async fn forward(
             let second_in_flight = pool.endpoints[second_index].state.begin();
             pool.picks[second_index].inc();
             let second_body = body.as_ref().expect("hedged bodies are buffered").replay();
+            let mut second_head = parts.headers.clone();
+            hedge_span = finish
+                .trace()
+                .map(|t| t.attempt(AttemptKind::Hedge, pool, second_index, &mut second_head));
             let second = Box::pin(send_attempt(
                 pool,
                 second_index,
                 &parts,
-                parts.headers.clone(),
+                second_head,
                 &path_and_query,
                 second_body,
                 false,
@@ -527,6 +556,9 @@ async fn forward(
                     // A hedge that failed before headers loses the race: the first attempt
                     // goes on. Its failure still counts against its endpoint.
                     Err(failure) => {
+                        if let Some(s) = hedge_span.take() {
+                            s.fail(failure.kind());
+                        }
                         if failure.is_upstream() {
                             pool.endpoints[second_index].state.record_failure();
                             pool.record_outcome(second_index, failure.outcome());
@@ -541,10 +573,15 @@ async fn forward(
             Ok((r, None)) => (Ok(r), first_index, first_in_flight),
             Ok((r, Some((i, f)))) => {
                 tried.insert(i);
+                // The hedge won: its span is the one that goes on.
+                std::mem::swap(&mut span, &mut hedge_span);
                 (Ok(r), i, f)
             }
             Err(elapsed) => (Err(elapsed), first_index, first_in_flight),
         };
+        if let Some(lost) = hedge_span {
+            lost.cancel();
+        }
         let endpoint = &pool.endpoints[index];
         // One clock read serves every latency record of this attempt.
         let attempt_end = Instant::now();
@@ -564,6 +601,9 @@ async fn forward(
                     None => ResponseScan::new(resp.headers()),
                 };
                 record_response(pool, index, resp.status(), rscan.event_stream, &mut finish);
+                if let Some(s) = span.as_mut() {
+                    s.response(resp.status().as_u16());
+                }
                 if let Some(report) = &rscan.load_report {
                     if let Ok(r) = parse_orca(report.as_bytes()) {
                         if let Some(picker) = inference {
@@ -590,6 +630,9 @@ async fn forward(
                         sleep_before_retry(delay, headers_by).await;
                         continue;
                     }
+                }
+                if let (Some(t), Some(s)) = (finish.trace_mut(), span) {
+                    t.set_upstream(s);
                 }
                 break (resp, rscan, raw, conn, in_flight, index);
             }
@@ -626,6 +669,9 @@ async fn forward(
                 (Attempt::Timeout, GatewayError::Timeout)
             }
         };
+        if let Some(s) = span {
+            s.fail(error.kind());
+        }
         if Instant::now() < headers_by {
             if let Some((delay, guards)) =
                 retry_decision(route, pool, retry, tries, &tried, &attempt, body.is_some())

@@ -32,6 +32,9 @@ pub struct AccessRecord<'a> {
     pub duration_ms: f64,
     pub response_bytes: u64,
     pub error: Option<&'a str>,
+    /// The OpenTelemetry trace this request was recorded in, when it was sampled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<&'a str>,
 }
 
 fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {

@@ -1,0 +1,631 @@
+//! OpenTelemetry distributed tracing, driven straight from the request path: one SERVER span per
+//! downstream request and one CLIENT span per upstream attempt (first try, retry or hedge), with
+//! the `inference` pick's explanation on the attempt it chose.
+//!
+//! Why the OpenTelemetry API directly rather than a `tracing` layer (`tracing-opentelemetry`):
+//! the request path then pays for exactly what it records. With no `tracing` section there is
+//! no [`Tracing`], and every hook below is one `Option` check; a request that is not sampled gets
+//! a non-recording span (IDs only, so `traceparent` still propagates) and skips every attribute.
+//!
+//! Export never blocks a request: finished spans go into the SDK's batch processor, a bounded
+//! queue (full → the span is dropped) drained by its own thread, which runs the OTLP export
+//! (gRPC or HTTP/protobuf) on the gateway's runtime. Export failures are logged at most once per
+//! [`EXPORT_WARN_EVERY`].
+//!
+//! Propagation is W3C Trace Context: the server span's parent comes from the client's
+//! `traceparent`/`tracestate`; each attempt replaces them with its own span's context, as
+//! Envoy's router does, so the upstream's spans hang under the attempt that reached it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{
+    Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanData,
+    SpanExporter,
+};
+use opentelemetry_sdk::Resource;
+use switchyard_config::{OtlpProtocol, Tracing as TracingConfig};
+
+use crate::gateway::PoolEntry;
+
+/// At most one export-failure warning per this interval; the rest are counted into the next.
+pub const EXPORT_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// How long shutdown waits for the last spans to be exported.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A tracer provider built from one `tracing` section. Config generations with the same section
+/// share it; a reload that changes the section builds a new one and flushes the old one.
+pub struct Tracing {
+    config: TracingConfig,
+    provider: SdkTracerProvider,
+    tracer: SdkTracer,
+    propagator: TraceContextPropagator,
+    shut_down: AtomicBool,
+}
+
+impl std::fmt::Debug for Tracing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracing")
+            .field("endpoint", &self.config.otlp.endpoint)
+            .finish()
+    }
+}
+
+impl Tracing {
+    /// Build the exporter, batch processor and tracer. Call inside the runtime: exports run on it.
+    pub fn new(config: &TracingConfig) -> Result<Arc<Self>, String> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| "tracing must be started inside the runtime".to_string())?;
+        let otlp = &config.otlp;
+        let url = otlp.export_url();
+        let exporter = match otlp.protocol {
+            OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(url)
+                .with_timeout(otlp.timeout)
+                .build(),
+            OtlpProtocol::Http => opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(url)
+                .with_timeout(otlp.timeout)
+                .build(),
+        }
+        .map_err(|e| format!("tracing: cannot build the OTLP exporter: {e}"))?;
+        let batch = BatchConfigBuilder::default()
+            .with_max_queue_size(config.batch.max_queue_size)
+            .with_max_export_batch_size(config.batch.max_export_batch_size)
+            .with_scheduled_delay(config.batch.scheduled_delay)
+            .build();
+        let processor = BatchSpanProcessor::builder(OnRuntime {
+            inner: exporter,
+            runtime,
+            warn: WarnLimiter::default(),
+            endpoint: otlp.endpoint.clone(),
+        })
+        .with_batch_config(batch)
+        .build();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                config.sample_ratio,
+            ))))
+            .with_resource(
+                Resource::builder()
+                    .with_service_name(config.service_name.clone())
+                    .build(),
+            )
+            .build();
+        let tracer = provider.tracer("switchyard");
+        Ok(Arc::new(Self {
+            config: config.clone(),
+            provider,
+            tracer,
+            propagator: TraceContextPropagator::new(),
+            shut_down: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn config(&self) -> &TracingConfig {
+        &self.config
+    }
+
+    /// Start the SERVER span of one downstream request, parented on its `traceparent`.
+    pub fn start_request(
+        &self,
+        method: &Method,
+        path: &str,
+        version: Version,
+        headers: &HeaderMap,
+        client: SocketAddr,
+        request_id: &HeaderValue,
+    ) -> RequestSpan {
+        let parent = self.propagator.extract(&HeaderExtractor(headers));
+        let builder = self
+            .tracer
+            .span_builder(method.as_str().to_owned())
+            .with_kind(SpanKind::Server);
+        let span = self.tracer.build_with_context(builder, &parent);
+        let recording = span.is_recording();
+        let cx = Context::new().with_span(span);
+        if recording {
+            cx.span().set_attributes([
+                KeyValue::new("http.request.method", method.as_str().to_owned()),
+                KeyValue::new("url.path", path.to_owned()),
+                KeyValue::new("network.protocol.version", protocol_version(version)),
+                KeyValue::new("client.address", client.ip().to_string()),
+                KeyValue::new(
+                    "switchyard.request_id",
+                    String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+                ),
+            ]);
+        }
+        RequestSpan {
+            method: method.clone(),
+            cx,
+            recording,
+            tracer: self.tracer.clone(),
+            propagator: self.propagator.clone(),
+            attempts: AtomicU32::new(0),
+            pick: Mutex::new(None),
+            upstream: None,
+        }
+    }
+
+    /// Export what is queued and stop. Runs on the blocking pool: the export itself needs the
+    /// runtime's I/O, which a blocked worker (or the only thread of a current-thread runtime)
+    /// could not drive.
+    pub async fn shutdown(self: &Arc<Self>) {
+        if self.shut_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let provider = self.provider.clone();
+        let done =
+            tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT))
+                .await;
+        if let Ok(Err(e)) = done {
+            tracing::warn!(error = %e, "tracing: spans may have been lost at shutdown");
+        }
+    }
+}
+
+impl Drop for Tracing {
+    /// Replaced by a reload: flush on a thread of its own, off the request path.
+    fn drop(&mut self) {
+        if !self.shut_down.load(Ordering::Acquire) {
+            let provider = self.provider.clone();
+            let _ = std::thread::Builder::new()
+                .name("otel-shutdown".into())
+                .spawn(move || provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT));
+        }
+    }
+}
+
+/// Whether the upstream attempt is the first, a retry, or a hedge racing the first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptKind {
+    First,
+    Retry,
+    Hedge,
+}
+
+impl AttemptKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::First => "first",
+            Self::Retry => "retry",
+            Self::Hedge => "hedge",
+        }
+    }
+}
+
+/// The SERVER span of one request. It rides in `record::Finish` and ends with it, after the
+/// last byte of the response.
+pub struct RequestSpan {
+    method: Method,
+    /// Holds the span, so attempts are created as its (local) children.
+    cx: Context,
+    recording: bool,
+    tracer: SdkTracer,
+    propagator: TraceContextPropagator,
+    attempts: AtomicU32,
+    /// The `inference` pick's explanation, for the attempt it chose.
+    pick: Mutex<Option<Vec<KeyValue>>>,
+    /// The attempt whose response is being streamed; ends just before this span.
+    upstream: Option<AttemptSpan>,
+}
+
+impl RequestSpan {
+    /// Sampled: attributes are worth computing.
+    pub fn recording(&self) -> bool {
+        self.recording
+    }
+
+    /// The trace ID, for the access log; `None` when not sampled.
+    pub fn trace_id(&self) -> Option<String> {
+        self.recording
+            .then(|| self.cx.span().span_context().trace_id().to_string())
+    }
+
+    /// Keep an `inference` decision for the first attempt: `explanation` is the same string as
+    /// the `x-switchyard-pick` debug header; the winner's per-scorer scores become attributes.
+    pub fn set_pick(&self, explanation: &str, decision: &switchyard_inference::Decision) {
+        if !self.recording {
+            return;
+        }
+        let mut attrs = vec![KeyValue::new(
+            "switchyard.pick.explanation",
+            explanation.to_owned(),
+        )];
+        attrs.push(KeyValue::new("switchyard.pick.saturated", decision.saturated));
+        if let Some(best) = decision.top.first() {
+            attrs.push(KeyValue::new("switchyard.pick.score", best.score));
+            for (name, v) in &best.parts {
+                attrs.push(KeyValue::new(format!("switchyard.pick.score.{name}"), *v));
+            }
+        }
+        *self.pick.lock().expect("pick lock") = Some(attrs);
+    }
+
+    pub fn set_model(&self, model: &str) {
+        if self.recording {
+            self.cx
+                .span()
+                .set_attribute(KeyValue::new("gen_ai.request.model", model.to_owned()));
+        }
+    }
+
+    /// Usage the response reported.
+    pub fn set_usage(&self, input: u64, output: u64) {
+        if self.recording {
+            self.cx.span().set_attributes([
+                KeyValue::new("gen_ai.usage.input_tokens", input as i64),
+                KeyValue::new("gen_ai.usage.output_tokens", output as i64),
+            ]);
+        }
+    }
+
+    /// The first chunk of a streamed response reached the client side (time to first token).
+    pub fn first_token(&self) {
+        if self.recording {
+            self.cx.span().add_event("first_token", Vec::new());
+        }
+    }
+
+    /// Start the CLIENT span of one upstream attempt to endpoint `index` of `pool` and put its
+    /// context in `headers` (replacing the client's `traceparent`/`tracestate`).
+    pub fn attempt(
+        &self,
+        kind: AttemptKind,
+        pool: &PoolEntry,
+        index: usize,
+        headers: &mut HeaderMap,
+    ) -> AttemptSpan {
+        self.attempt_to(
+            kind,
+            pool.name(),
+            pool.spec.balancer.kind(),
+            pool.endpoints[index].address(),
+            headers,
+        )
+    }
+
+    fn attempt_to(
+        &self,
+        kind: AttemptKind,
+        pool: &str,
+        balancer: &'static str,
+        address: SocketAddr,
+        headers: &mut HeaderMap,
+    ) -> AttemptSpan {
+        let n = self.attempts.fetch_add(1, Ordering::Relaxed) + 1;
+        let builder = self
+            .tracer
+            .span_builder(pool.to_owned())
+            .with_kind(SpanKind::Client);
+        let mut span = self.tracer.build_with_context(builder, &self.cx);
+        if span.is_recording() {
+            span.set_attributes([
+                KeyValue::new("switchyard.attempt", i64::from(n)),
+                KeyValue::new("switchyard.attempt.kind", kind.as_str()),
+                KeyValue::new("switchyard.pool", pool.to_owned()),
+                KeyValue::new("switchyard.balancer", balancer),
+                KeyValue::new("server.address", address.ip().to_string()),
+                KeyValue::new("server.port", i64::from(address.port())),
+            ]);
+            if kind == AttemptKind::First {
+                if let Some(pick) = self.pick.lock().expect("pick lock").take() {
+                    span.set_attributes(pick);
+                }
+            }
+        }
+        let cx = Context::new().with_remote_span_context(span.span_context().clone());
+        headers.remove(&TRACESTATE);
+        self.propagator
+            .inject_context(&cx, &mut HeaderInjector(headers));
+        AttemptSpan { span }
+    }
+
+    /// The attempt whose response is returned; it ends when the body does.
+    pub fn set_upstream(&mut self, attempt: AttemptSpan) {
+        self.upstream = Some(attempt);
+    }
+
+    /// End the request: status, route and error, after the last byte.
+    pub fn end(
+        mut self,
+        route: Option<&str>,
+        pool: Option<&str>,
+        status: u16,
+        error: Option<&'static str>,
+    ) {
+        if let Some(mut up) = self.upstream.take() {
+            if let Some(e) = error.filter(|_| up.span.is_recording()) {
+                up.span
+                    .set_attribute(KeyValue::new("switchyard.error.type", e));
+            }
+            up.span.end();
+        }
+        if !self.recording {
+            return;
+        }
+        let span = self.cx.span();
+        if let Some(route) = route {
+            span.update_name(format!("{} {route}", self.method));
+            span.set_attribute(KeyValue::new("http.route", route.to_owned()));
+        }
+        if let Some(pool) = pool {
+            span.set_attribute(KeyValue::new("switchyard.pool", pool.to_owned()));
+        }
+        if status != 0 {
+            span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
+        }
+        if let Some(e) = error {
+            span.set_attributes([
+                KeyValue::new("switchyard.error.type", e),
+                KeyValue::new("error.type", e),
+            ]);
+        } else if status >= 500 {
+            span.set_attribute(KeyValue::new("error.type", status.to_string()));
+        }
+        // OTel HTTP conventions: a SERVER span is an error for 5xx only (4xx is the client's).
+        if status >= 500 || (status == 0 && error.is_some()) {
+            span.set_status(Status::error(error.unwrap_or("")));
+        }
+        span.end();
+    }
+}
+
+/// The CLIENT span of one upstream attempt. Dropped without an outcome (a hedge that lost the
+/// race, a request abandoned by its client), it ends as cancelled.
+pub struct AttemptSpan {
+    span: opentelemetry_sdk::trace::Span,
+}
+
+impl AttemptSpan {
+    /// Response headers arrived with `status`.
+    pub fn response(&mut self, status: u16) {
+        if self.span.is_recording() {
+            self.span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
+            if status >= 500 {
+                self.span
+                    .set_attribute(KeyValue::new("error.type", status.to_string()));
+                self.span.set_status(Status::error(""));
+            }
+        }
+    }
+
+    /// The attempt got no response: `error` is the gateway error type it became.
+    pub fn fail(mut self, error: &'static str) {
+        if self.span.is_recording() {
+            self.span.set_attributes([
+                KeyValue::new("switchyard.error.type", error),
+                KeyValue::new("error.type", error),
+            ]);
+            self.span.set_status(Status::error(error));
+        }
+        self.span.end();
+    }
+
+    /// Another attempt's answer was used (a hedge race) or the attempt was retried.
+    pub fn cancel(mut self) {
+        if self.span.is_recording() {
+            self.span
+                .set_attribute(KeyValue::new("switchyard.attempt.outcome", "cancelled"));
+        }
+        self.span.end();
+    }
+}
+
+fn protocol_version(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_2 => "2",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        // An empty `tracestate` is left out rather than sent empty.
+        if value.is_empty() {
+            return;
+        }
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// The OTLP exporter, run on the gateway's runtime from the batch processor's thread (tonic and
+/// hyper need a Tokio runtime; the processor's thread has none).
+#[derive(Debug)]
+struct OnRuntime {
+    inner: opentelemetry_otlp::SpanExporter,
+    runtime: tokio::runtime::Handle,
+    warn: WarnLimiter,
+    endpoint: String,
+}
+
+impl SpanExporter for OnRuntime {
+    fn export(
+        &self,
+        batch: Vec<SpanData>,
+    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+        let n = batch.len();
+        let result = self.runtime.block_on(self.inner.export(batch));
+        if let Err(e) = &result {
+            if let Some(failed_before) = self.warn.allow() {
+                tracing::warn!(
+                    endpoint = %self.endpoint,
+                    error = %e,
+                    spans = n,
+                    failed_exports_since_last_warning = failed_before,
+                    "tracing: span export failed"
+                );
+            }
+        }
+        std::future::ready(result)
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// Lets one warning through per [`EXPORT_WARN_EVERY`]; counts the ones it holds back.
+#[derive(Debug, Default)]
+struct WarnLimiter {
+    last: Mutex<Option<Instant>>,
+    held_back: AtomicU64,
+}
+
+impl WarnLimiter {
+    /// `Some(held back since the last warning)` when a warning may be logged now.
+    fn allow(&self) -> Option<u64> {
+        let now = Instant::now();
+        let mut last = self.last.lock().expect("warn limiter lock");
+        if last.is_some_and(|t| now.duration_since(t) < EXPORT_WARN_EVERY) {
+            self.held_back.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(self.held_back.swap(0, Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(ratio: f64) -> TracingConfig {
+        switchyard_config::parse(
+            &format!("tracing:\n  otlp: {{endpoint: 'http://127.0.0.1:9'}}\n  sample_ratio: {ratio}\n"),
+            std::path::Path::new("t.yaml"),
+        )
+        .unwrap()
+        .tracing
+        .unwrap()
+    }
+
+    fn start(t: &Tracing, headers: &HeaderMap) -> RequestSpan {
+        t.start_request(
+            &Method::GET,
+            "/x",
+            Version::HTTP_11,
+            headers,
+            "127.0.0.1:1".parse().unwrap(),
+            &HeaderValue::from_static("id"),
+        )
+    }
+
+    const PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    #[tokio::test]
+    async fn attempts_continue_the_incoming_trace_and_replace_traceparent() {
+        let t = Tracing::new(&config(0.0)).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", HeaderValue::from_static(PARENT));
+        headers.insert("tracestate", HeaderValue::from_static("vendor=x"));
+        let req = start(&t, &headers);
+        // A sampled parent is honoured even at ratio 0.
+        assert!(req.recording());
+        assert_eq!(
+            req.trace_id().as_deref(),
+            Some("0af7651916cd43dd8448eb211c80319c")
+        );
+        let attempt = req.attempt_to(
+            AttemptKind::First,
+            "p",
+            "round_robin",
+            "127.0.0.1:2".parse().unwrap(),
+            &mut headers,
+        );
+        let sent = headers["traceparent"].to_str().unwrap().to_string();
+        let sc = attempt.span.span_context();
+        assert_eq!(
+            sent,
+            format!("00-0af7651916cd43dd8448eb211c80319c-{}-01", sc.span_id())
+        );
+        assert_ne!(sent, PARENT);
+        assert_eq!(headers["tracestate"], "vendor=x");
+        attempt.cancel();
+        req.end(Some("r"), Some("p"), 200, None);
+        t.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn unsampled_requests_still_propagate_but_record_nothing() {
+        let t = Tracing::new(&config(0.0)).unwrap();
+        let mut headers = HeaderMap::new();
+        let req = start(&t, &headers);
+        assert!(!req.recording());
+        assert_eq!(req.trace_id(), None);
+        let _a = req.attempt_to(
+            AttemptKind::First,
+            "p",
+            "random",
+            "127.0.0.1:2".parse().unwrap(),
+            &mut headers,
+        );
+        assert!(headers["traceparent"].to_str().unwrap().ends_with("-00"));
+        assert!(!headers.contains_key("tracestate"));
+        t.shutdown().await;
+    }
+
+    #[test]
+    fn warnings_are_rate_limited() {
+        let w = WarnLimiter::default();
+        assert_eq!(w.allow(), Some(0));
+        assert_eq!(w.allow(), None);
+        assert_eq!(w.allow(), None);
+        *w.last.lock().unwrap() = Some(Instant::now() - EXPORT_WARN_EVERY);
+        assert_eq!(w.allow(), Some(2));
+    }
+}
