@@ -160,10 +160,17 @@ fn check_endpoint(endpoint: &str) -> Result<(), String> {
         });
     };
     let authority = rest.split('/').next().unwrap_or("");
-    let (host, port) = match authority.rsplit_once(':') {
-        // `[::1]:4317` or `host:4317`; a bare IPv6 literal without a port keeps its colons.
-        Some((h, p)) if !h.is_empty() && !p.contains(']') => (h, Some(p)),
-        _ => (authority, None),
+    // `[::1]:4317` (an IPv6 literal keeps its brackets) or `host:4317`.
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((h, "")) => (h, None),
+            Some((h, p)) => (h, Some(p.strip_prefix(':').unwrap_or(p))),
+            None => ("", None),
+        },
+        None => match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
     };
     let bad_char = |c: char| c.is_whitespace() || matches!(c, '@' | '?' | '#');
     if host.is_empty() || host.contains(bad_char) {
