@@ -343,7 +343,9 @@ impl InferenceUsage {
             self.tokens.0.inc_by(u.prompt_tokens);
             self.tokens.1.inc_by(u.completion_tokens);
         }
-        let s = self.stream.as_ref()?;
+        let Some(s) = self.stream.as_ref() else {
+            return usage;
+        };
         let output = usage.map_or(s.text_events, |u| u.completion_tokens);
         if output == 0 {
             return usage;
@@ -715,7 +717,8 @@ mod tests {
             now,
         );
         assert!(u.tail.len() <= switchyard_inference::USAGE_TAIL_BYTES);
-        u.on_end();
+        let usage = u.on_end().expect("usage returned for the span");
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (9, 2));
         assert_eq!((tokens.0.get(), tokens.1.get()), (9, 2));
     }
 

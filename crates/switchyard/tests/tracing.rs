@@ -1,0 +1,521 @@
+//! OpenTelemetry tracing end to end: the real gateway exports to a real OTLP receiver running in
+//! this process (OTLP/gRPC through the generated tonic `TraceService`, and OTLP/HTTP protobuf on
+//! a small hyper server), in front of real origins and simulated model servers.
+
+mod support;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use support::client::{self, send, TestClient};
+use support::origin::Origin;
+use support::Gateway;
+
+const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+
+/// Spans received, with the `service.name` of their resource.
+type Received = Arc<Mutex<Vec<(String, Span)>>>;
+
+/// A real OTLP receiver on its own thread and runtime.
+struct Receiver {
+    addr: SocketAddr,
+    spans: Received,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn store(spans: &Received, req: ExportTraceServiceRequest) {
+    let mut out = spans.lock().unwrap();
+    for rs in req.resource_spans {
+        let service = rs
+            .resource
+            .iter()
+            .flat_map(|r| &r.attributes)
+            .find(|kv| kv.key == "service.name")
+            .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                Value::StringValue(s) => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        for ss in rs.scope_spans {
+            out.extend(ss.spans.into_iter().map(|s| (service.clone(), s)));
+        }
+    }
+}
+
+struct Grpc(Received);
+
+#[tonic::async_trait]
+impl TraceService for Grpc {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        store(&self.0, request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// OTLP/HTTP: `POST /v1/traces` with an `application/x-protobuf` body.
+async fn http_export(
+    spans: Received,
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<Full<Bytes>>, Infallible> {
+    let ok = req.method() == http::Method::POST
+        && req.uri().path() == "/v1/traces"
+        && req
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v == "application/x-protobuf");
+    let body = req.into_body().collect().await.map(|b| b.to_bytes());
+    let decoded = body.ok().and_then(|b| ExportTraceServiceRequest::decode(b).ok());
+    let (status, reply) = match decoded {
+        Some(r) if ok => {
+            store(&spans, r);
+            (200, ExportTraceServiceResponse::default().encode_to_vec())
+        }
+        _ => (400, Vec::new()),
+    };
+    let mut resp = http::Response::new(Full::new(Bytes::from(reply)));
+    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+    resp.headers_mut()
+        .insert("content-type", "application/x-protobuf".parse().unwrap());
+    Ok(resp)
+}
+
+impl Receiver {
+    fn grpc() -> Receiver {
+        Self::start(true)
+    }
+
+    fn http() -> Receiver {
+        Self::start(false)
+    }
+
+    fn start(grpc: bool) -> Receiver {
+        let spans: Received = Arc::default();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let stored = spans.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                let serve = async {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let io = TokioIo::new(stream);
+                        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                        if grpc {
+                            let svc = TowerToHyperService::new(TraceServiceServer::new(Grpc(
+                                stored.clone(),
+                            )));
+                            tokio::spawn(async move {
+                                let _ = builder.serve_connection(io, svc).await;
+                            });
+                        } else {
+                            let spans = stored.clone();
+                            let svc = hyper::service::service_fn(move |req| {
+                                http_export(spans.clone(), req)
+                            });
+                            tokio::spawn(async move {
+                                let _ = builder.serve_connection(io, svc).await;
+                            });
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = serve => {}
+                    _ = stop_rx => {}
+                }
+            });
+        });
+        Receiver {
+            addr: addr_rx.recv().unwrap(),
+            spans,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn all(&self) -> Vec<(String, Span)> {
+        self.spans.lock().unwrap().clone()
+    }
+
+    /// The spans of trace `trace_id` (hex), once at least `n` have arrived.
+    fn wait_trace(&self, trace_id: &str, n: usize) -> Vec<Span> {
+        let id = unhex(trace_id);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let spans: Vec<Span> = self
+                .all()
+                .into_iter()
+                .map(|(_, s)| s)
+                .filter(|s| s.trace_id == id)
+                .collect();
+            if spans.len() >= n {
+                return spans;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "trace {trace_id}: {} of {n} spans arrived",
+                spans.len()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A fresh sampled `traceparent`: (header, trace id, parent span id).
+fn traceparent() -> (String, String, String) {
+    let trace = format!("{:032x}", fastrand::u128(1..));
+    let parent = format!("{:016x}", fastrand::u64(1..));
+    (format!("00-{trace}-{parent}-01"), trace, parent)
+}
+
+fn attrs(s: &Span) -> HashMap<String, Value> {
+    s.attributes
+        .iter()
+        .filter_map(|kv| Some((kv.key.clone(), kv.value.clone()?.value?)))
+        .collect()
+}
+
+fn str_attr(s: &Span, key: &str) -> String {
+    match attrs(s).remove(key) {
+        Some(Value::StringValue(v)) => v,
+        other => panic!("{key} on span `{}`: {other:?}", s.name),
+    }
+}
+
+fn int_attr(s: &Span, key: &str) -> i64 {
+    match attrs(s).remove(key) {
+        Some(Value::IntValue(v)) => v,
+        other => panic!("{key} on span `{}`: {other:?}", s.name),
+    }
+}
+
+fn of_kind(spans: &[Span], kind: SpanKind) -> Vec<Span> {
+    let mut v: Vec<Span> = spans
+        .iter()
+        .filter(|s| s.kind == kind as i32)
+        .cloned()
+        .collect();
+    v.sort_by_key(|s| s.start_time_unix_nano);
+    v
+}
+
+fn tracing_section(receiver: &Receiver, protocol: &str, extra: &str) -> String {
+    format!(
+        "tracing:\n  otlp: {{endpoint: 'http://{}', protocol: {protocol}}}\n  service_name: gw-test\n  batch: {{scheduled_delay: 20ms}}\n{extra}",
+        receiver.addr
+    )
+}
+
+async fn get_traced(c: &TestClient, url: &str, traceparent: Option<&str>) -> (u16, Bytes) {
+    let mut req = http::Request::get(url);
+    if let Some(tp) = traceparent {
+        req = req.header("traceparent", tp).header("tracestate", "vendor=1");
+    }
+    let (status, _, body) = send(c, req.body(Full::new(Bytes::new())).unwrap()).await;
+    (status.as_u16(), body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incoming_traceparent_parents_the_server_span_and_the_upstream_sees_the_attempt() {
+    let receiver = Receiver::grpc();
+    let origin = Origin::start();
+    let config = support::simple_config(&[origin.addr], "", "")
+        + &tracing_section(&receiver, "grpc", "");
+    let gw = Gateway::start(&config);
+    let c = client::http1();
+    let (tp, trace, parent) = traceparent();
+    let (status, body) = get_traced(&c, &gw.url("/hello"), Some(&tp)).await;
+    assert_eq!(status, 200);
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+
+    let spans = receiver.wait_trace(&trace, 2);
+    let server = &of_kind(&spans, SpanKind::Server)[0];
+    let attempts = of_kind(&spans, SpanKind::Client);
+    assert_eq!(attempts.len(), 1, "{spans:?}");
+    let attempt = &attempts[0];
+    assert_eq!(hex(&server.parent_span_id), parent);
+    assert_eq!(attempt.parent_span_id, server.span_id);
+    assert_eq!(server.name, "GET r");
+    assert_eq!(str_attr(server, "http.request.method"), "GET");
+    assert_eq!(str_attr(server, "url.path"), "/hello");
+    assert_eq!(str_attr(server, "http.route"), "r");
+    assert_eq!(str_attr(server, "switchyard.pool"), "p");
+    assert_eq!(str_attr(server, "network.protocol.version"), "1.1");
+    assert_eq!(str_attr(server, "client.address"), "127.0.0.1");
+    assert_eq!(int_attr(server, "http.response.status_code"), 200);
+    assert!(!str_attr(server, "switchyard.request_id").is_empty());
+    assert_eq!(str_attr(attempt, "switchyard.attempt.kind"), "first");
+    assert_eq!(int_attr(attempt, "switchyard.attempt"), 1);
+    assert_eq!(str_attr(attempt, "switchyard.balancer"), "round_robin");
+    assert_eq!(str_attr(attempt, "server.address"), "127.0.0.1");
+    assert_eq!(
+        int_attr(attempt, "server.port"),
+        i64::from(origin.addr.port())
+    );
+    assert_eq!(int_attr(attempt, "http.response.status_code"), 200);
+    // The attempt span ends before the server span, both after the response.
+    assert!(attempt.end_time_unix_nano <= server.end_time_unix_nano);
+
+    // The upstream got the attempt's context in place of the client's, and the tracestate.
+    let sent = seen["headers"]["traceparent"].as_str().unwrap();
+    assert_eq!(sent, format!("00-{trace}-{}-01", hex(&attempt.span_id)));
+    assert_eq!(seen["headers"]["tracestate"], "vendor=1");
+    assert!(receiver
+        .all()
+        .iter()
+        .all(|(service, _)| service == "gw-test"));
+
+    // The access log line names the trace.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let line = gw
+            .stdout_lines()
+            .into_iter()
+            .find(|l| l.contains("\"/hello\""));
+        if let Some(line) = line {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["trace_id"], trace.as_str());
+            break;
+        }
+        assert!(Instant::now() < deadline, "no access log line");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inference_attempt_carries_the_pick_explanation_over_otlp_http() {
+    let receiver = Receiver::http();
+    let fleet = switchyard_sim::start_fleet(switchyard_sim::FleetConfig {
+        model: MODEL.into(),
+        base_port: 0,
+        replicas: vec![switchyard_sim::ReplicaConfig {
+            count: 2,
+            speed: 200.0,
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let eps: Vec<String> = fleet.addresses().iter().map(|a| a.to_string()).collect();
+    let config = format!(
+        "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: false}}\nlisteners:\n  - {{name: public, address: 127.0.0.1:0}}\nroutes:\n  - {{name: chat, pool: llm}}\npools:\n  - name: llm\n    endpoints: [{}]\n    balancer: {{kind: inference, scrape_interval: 20ms}}\n{}",
+        eps.join(", "),
+        tracing_section(&receiver, "http", "")
+    );
+    let gw = Gateway::start(&config);
+    let c = client::http1();
+    let body = format!(
+        r#"{{"model":"{MODEL}","max_tokens":3,"messages":[{{"role":"user","content":"hi"}}]}}"#
+    );
+    for debug in [true, false] {
+        let (tp, trace, _) = traceparent();
+        let mut req = http::Request::post(gw.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .header("traceparent", &tp);
+        if debug {
+            req = req.header("x-switchyard-debug", "1");
+        }
+        let req = req.body(Full::new(Bytes::from(body.clone()))).unwrap();
+        let (status, headers, _) = send(&c, req).await;
+        assert_eq!(status, 200);
+        let spans = receiver.wait_trace(&trace, 2);
+        let server = &of_kind(&spans, SpanKind::Server)[0];
+        let attempt = &of_kind(&spans, SpanKind::Client)[0];
+        let explanation = str_attr(attempt, "switchyard.pick.explanation");
+        assert_eq!(str_attr(attempt, "switchyard.balancer"), "inference");
+        assert_eq!(str_attr(server, "gen_ai.request.model"), MODEL);
+        assert!(int_attr(server, "gen_ai.usage.output_tokens") > 0);
+        assert!(int_attr(server, "gen_ai.usage.input_tokens") > 0);
+        let a = attrs(attempt);
+        assert!(
+            matches!(a.get("switchyard.pick.score"), Some(Value::DoubleValue(_))),
+            "{a:?}"
+        );
+        assert!(
+            matches!(a.get("switchyard.pick.score.queue"), Some(Value::DoubleValue(_))),
+            "{a:?}"
+        );
+        if debug {
+            // Exactly what the client was shown.
+            assert_eq!(
+                headers["x-switchyard-pick"].to_str().unwrap(),
+                explanation
+            );
+        } else {
+            assert!(!headers.contains_key("x-switchyard-pick"));
+            assert!(explanation.contains('('), "{explanation}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_request_has_one_span_per_attempt() {
+    let receiver = Receiver::grpc();
+    let (a, b) = (Origin::start(), Origin::start());
+    let route = "    retry: { attempts: 2, retry_on: [503], budget: { ratio: 1.0, min_concurrency: 10 } }\n";
+    let config = support::simple_config(&[a.addr, b.addr], route, "")
+        + &tracing_section(&receiver, "grpc", "");
+    let gw = Gateway::start(&config);
+    let c = client::http1();
+    let (tp, trace, _) = traceparent();
+    // Both origins answer 503 on this path: two attempts, the second's answer is returned.
+    let (status, _) = get_traced(&c, &gw.url("/status/503"), Some(&tp)).await;
+    assert_eq!(status, 503);
+    let spans = receiver.wait_trace(&trace, 3);
+    let server = &of_kind(&spans, SpanKind::Server)[0];
+    let attempts = of_kind(&spans, SpanKind::Client);
+    assert_eq!(attempts.len(), 2, "{spans:?}");
+    let kinds: Vec<String> = attempts
+        .iter()
+        .map(|s| str_attr(s, "switchyard.attempt.kind"))
+        .collect();
+    assert_eq!(kinds, ["first", "retry"]);
+    let ports: Vec<i64> = attempts.iter().map(|s| int_attr(s, "server.port")).collect();
+    assert_ne!(ports[0], ports[1], "a retry goes to another endpoint");
+    for s in &attempts {
+        assert_eq!(s.parent_span_id, server.span_id);
+        assert_eq!(int_attr(s, "http.response.status_code"), 503);
+        assert_eq!(s.status.as_ref().map(|st| st.code), Some(2), "error status");
+    }
+    assert_eq!(int_attr(server, "http.response.status_code"), 503);
+    assert_eq!(server.status.as_ref().map(|st| st.code), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ratio_zero_exports_only_traces_a_client_sampled() {
+    let receiver = Receiver::grpc();
+    let origin = Origin::start();
+    let config = support::simple_config(&[origin.addr], "", "")
+        + &tracing_section(&receiver, "grpc", "  sample_ratio: 0\n");
+    let gw = Gateway::start(&config);
+    let c = client::http1();
+    for _ in 0..20 {
+        let (status, body) = get_traced(&c, &gw.url("/x"), None).await;
+        assert_eq!(status, 200);
+        // Not sampled, but the upstream still gets a trace context (flags 00).
+        let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let tp = seen["headers"]["traceparent"].as_str().unwrap();
+        assert!(tp.ends_with("-00"), "{tp}");
+    }
+    // A client's sampled parent is honoured; once its spans are in, nothing else was exported.
+    let (tp, trace, _) = traceparent();
+    assert_eq!(get_traced(&c, &gw.url("/x"), Some(&tp)).await.0, 200);
+    receiver.wait_trace(&trace, 2);
+    let all = receiver.all();
+    assert_eq!(all.len(), 2, "{all:?}");
+    // And a client's unsampled parent is honoured too.
+    let unsampled = format!("00-{:032x}-{:016x}-00", fastrand::u128(1..), 7u64);
+    let (_, body) = get_traced(&c, &gw.url("/x"), Some(&unsampled)).await;
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let sent = seen["headers"]["traceparent"].as_str().unwrap();
+    assert_eq!(&sent[..35], &unsampled[..35], "same trace");
+    assert!(sent.ends_with("-00"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_collector_never_fails_or_slows_requests() {
+    // Bound but never listening: every export is refused.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dead = socket.local_addr().unwrap();
+    let origin = Origin::start();
+    for protocol in ["grpc", "http"] {
+        let config = support::simple_config(&[origin.addr], "", "")
+            + &format!(
+                "tracing:\n  otlp: {{endpoint: 'http://{dead}', protocol: {protocol}, timeout: 200ms}}\n  batch: {{max_queue_size: 8, max_export_batch_size: 4, scheduled_delay: 5ms}}\n"
+            );
+        let mut gw = Gateway::start(&config);
+        let c = client::http1();
+        for _ in 0..200 {
+            let t = Instant::now();
+            let (status, _) = get_traced(&c, &gw.url("/x"), None).await;
+            assert_eq!(status, 200);
+            assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        }
+        gw.wait_log("tracing: span export failed", 1, Duration::from_secs(15));
+        // Shutdown still ends promptly: the flush gives up after its timeout.
+        gw.signal("TERM");
+        assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_queued_at_sigterm_are_flushed_and_reload_switches_collector() {
+    let (first, second) = (Receiver::grpc(), Receiver::http());
+    let origin = Origin::start();
+    let base = support::simple_config(&[origin.addr], "", "");
+    // A delay no test waits out: spans only leave on a reload's flush or at shutdown.
+    let section = |r: &Receiver, protocol| {
+        format!(
+            "tracing:\n  otlp: {{endpoint: 'http://{}', protocol: {protocol}}}\n  batch: {{scheduled_delay: 1h}}\n",
+            r.addr
+        )
+    };
+    let mut gw = Gateway::start(&(base.clone() + &section(&first, "grpc")));
+    let c = client::http1();
+    let (tp1, trace1, _) = traceparent();
+    assert_eq!(get_traced(&c, &gw.url("/a"), Some(&tp1)).await.0, 200);
+    // A changed section applies live: the next request goes to the second collector, and the
+    // replaced provider flushes what it had.
+    gw.reload(&(base + &section(&second, "http")));
+    first.wait_trace(&trace1, 2);
+    let (tp2, trace2, _) = traceparent();
+    assert_eq!(get_traced(&c, &gw.url("/b"), Some(&tp2)).await.0, 200);
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
+    second.wait_trace(&trace2, 2);
+    assert!(first.all().iter().all(|(_, s)| hex(&s.trace_id) == trace1));
+}
