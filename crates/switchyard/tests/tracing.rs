@@ -388,6 +388,7 @@ async fn inference_attempt_carries_the_pick_explanation_over_otlp_http() {
             matches!(a.get("switchyard.pick.score.queue"), Some(Value::DoubleValue(_))),
             "{a:?}"
         );
+        assert!(server.events.is_empty(), "only streams mark a first token");
         if debug {
             // Exactly what the client was shown.
             assert_eq!(
@@ -399,6 +400,29 @@ async fn inference_attempt_carries_the_pick_explanation_over_otlp_http() {
             assert!(explanation.contains('('), "{explanation}");
         }
     }
+
+    // A stream: the server span marks the first token and ends with the last byte.
+    let (tp, trace, _) = traceparent();
+    let stream = format!(
+        r#"{{"model":"{MODEL}","max_tokens":5,"stream":true,"stream_options":{{"include_usage":true}},"messages":[{{"role":"user","content":"hi"}}]}}"#
+    );
+    let req = http::Request::post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("traceparent", &tp)
+        .body(Full::new(Bytes::from(stream)))
+        .unwrap();
+    let (status, _, _) = send(&c, req).await;
+    assert_eq!(status, 200);
+    let spans = receiver.wait_trace(&trace, 2);
+    let server = &of_kind(&spans, SpanKind::Server)[0];
+    let first = server
+        .events
+        .iter()
+        .find(|e| e.name == "first_token")
+        .expect("first_token event");
+    assert!(first.time_unix_nano > server.start_time_unix_nano);
+    assert!(first.time_unix_nano < server.end_time_unix_nano);
+    assert_eq!(int_attr(server, "gen_ai.usage.output_tokens"), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -518,4 +542,35 @@ async fn spans_queued_at_sigterm_are_flushed_and_reload_switches_collector() {
     assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
     second.wait_trace(&trace2, 2);
     assert!(first.all().iter().all(|(_, s)| hex(&s.trace_id) == trace1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedged_request_has_a_span_for_each_side_of_the_race() {
+    let receiver = Receiver::grpc();
+    let (a, b) = (Origin::start(), Origin::start());
+    let route = "    hedge: { delay: 50ms, budget_percent: 100 }\n";
+    let config = support::simple_config(&[a.addr, b.addr], route, "")
+        + &tracing_section(&receiver, "grpc", "");
+    let gw = Gateway::start(&config);
+    let c = client::http1();
+    let (tp, trace, _) = traceparent();
+    // Both sides take 300 ms: the hedge is sent at 50 ms and the first attempt wins.
+    let (status, body) = get_traced(&c, &gw.url("/slow?ms=300"), Some(&tp)).await;
+    assert_eq!(status, 200, "{body:?}");
+    let spans = receiver.wait_trace(&trace, 3);
+    let attempts = of_kind(&spans, SpanKind::Client);
+    assert_eq!(attempts.len(), 2, "{spans:?}");
+    let kinds: Vec<String> = attempts
+        .iter()
+        .map(|s| str_attr(s, "switchyard.attempt.kind"))
+        .collect();
+    assert_eq!(kinds, ["first", "hedge"]);
+    let cancelled: Vec<bool> = attempts
+        .iter()
+        .map(|s| attrs(s).contains_key("switchyard.attempt.outcome"))
+        .collect();
+    // Exactly one side lost the race and was cancelled; the other carries the response.
+    assert_eq!(cancelled.iter().filter(|c| **c).count(), 1, "{attempts:?}");
+    let winner = attempts.iter().zip(&cancelled).find(|(_, c)| !**c).unwrap().0;
+    assert_eq!(int_attr(winner, "http.response.status_code"), 200);
 }
