@@ -29,6 +29,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
 use switchyard_config::{Config, Priority};
+use switchyard_proxy::trace::PickSpan;
 use switchyard_proxy::GatewayHandle;
 use switchyard_telemetry::Metrics;
 use tokio::sync::mpsc;
@@ -206,13 +207,26 @@ impl Epp {
         let priority = header("x-switchyard-priority")
             .and_then(Priority::parse)
             .unwrap_or_default();
+        // With `tracing`: a span per pick, in the trace of Envoy's `traceparent`.
+        let mut span = gateway
+            .tracing
+            .as_ref()
+            .map(|t| t.start_pick(headers, pool));
+        let end_span = |span: Option<PickSpan>, at, error| {
+            if let Some(s) = span {
+                s.end(at, error);
+            }
+        };
         let index = match &pool.inference {
             Some(picker) if !body.is_empty() => {
                 let path = header(":path").unwrap_or("/v1/chat/completions");
                 let path = path.split('?').next().unwrap_or(path);
                 let parsed = match switchyard_inference::parse_openai(path, body) {
                     Ok(p) => p,
-                    Err(e) => return immediate(e.status(), e.to_openai_json()),
+                    Err(e) => {
+                        end_span(span, None, Some("bad_inference_request"));
+                        return immediate(e.status(), e.to_openai_json());
+                    }
                 };
                 let hashes = parsed.block_hashes(picker.config().block_tokens);
                 let est_tokens = parsed.est_tokens(256);
@@ -221,10 +235,17 @@ impl Epp {
                     // vLLM names adapters as models: `model` may be one.
                     adapter: parsed.adapter(|m| !picker.is_adapter(m)),
                     est_tokens,
-                    debug: false,
+                    debug: span.as_ref().is_some_and(PickSpan::recording),
                 };
                 let decision = picker.pick(&pool.endpoints, &cx);
+                if let Some(s) = span.as_mut().filter(|s| s.recording()) {
+                    s.explain(
+                        &switchyard_inference::InferencePicker::debug_header(&decision),
+                        &decision,
+                    );
+                }
                 if decision.saturated && priority == Priority::Sheddable {
+                    end_span(span, None, Some("shed"));
                     return immediate(
                         429,
                         error_json("shed", 429, "the pool is saturated; retry later"),
@@ -243,11 +264,13 @@ impl Epp {
             _ => pool.picker.pick(&pool.endpoints),
         };
         let Some(index) = index else {
+            end_span(span, None, Some("no_endpoint"));
             return immediate(
                 503,
                 error_json("no_endpoint", 503, "the pool has no available endpoint"),
             );
         };
+        end_span(span, Some(pool.endpoints[index].address()), None);
         let target = pool.endpoints[index].address().to_string();
         let mut set_headers = vec![proto::set_header(DESTINATION_HEADER, &target)];
         if pool.inference.as_ref().is_some_and(|p| p.config().orca) {
@@ -408,9 +431,16 @@ pub async fn run(config: Config, listen: SocketAddr, pool: Option<String>) -> an
     let addr = listener.local_addr()?;
     tracing::info!(address = %addr, "endpoint picker listening");
     println!("switchyard epp listening on {addr}");
+    let handle = epp.handle.clone();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = epp.serve(listener) => {}
         _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    // Export the picks' queued spans before exiting.
+    if let Some(t) = handle.load().tracing.clone() {
+        t.shutdown().await;
     }
     Ok(())
 }

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{
     Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
 };
@@ -132,10 +132,17 @@ impl Tracing {
         client: SocketAddr,
         request_id: &HeaderValue,
     ) -> RequestSpan {
-        let parent = self.propagator.extract(&HeaderExtractor(headers));
+        // The propagator parses a client's `traceparent`; without one there is nothing to read.
+        let parent = if headers.contains_key(&TRACEPARENT) {
+            self.propagator.extract(&HeaderExtractor(headers))
+        } else {
+            Context::new()
+        };
+        // W3C: a `tracestate` without a valid `traceparent` is discarded; with one, it passes on.
+        let keep_tracestate = parent.span().span_context().is_valid();
         let builder = self
             .tracer
-            .span_builder(method.as_str().to_owned())
+            .span_builder(method_name(method))
             .with_kind(SpanKind::Server);
         let span = self.tracer.build_with_context(builder, &parent);
         let recording = span.is_recording();
@@ -156,12 +163,30 @@ impl Tracing {
             method: method.clone(),
             cx,
             recording,
+            keep_tracestate,
             tracer: self.tracer.clone(),
-            propagator: self.propagator.clone(),
             attempts: AtomicU32::new(0),
             pick: Mutex::new(None),
             upstream: None,
         }
+    }
+
+    /// A span for one `switchyard epp` pick, parented on the `traceparent` among the request
+    /// headers Envoy sent (lower-case names).
+    pub fn start_pick(&self, headers: &[(String, String)], pool: &PoolEntry) -> PickSpan {
+        let parent = self.propagator.extract(&PairExtractor(headers));
+        let builder = self
+            .tracer
+            .span_builder(format!("pick {}", pool.name()))
+            .with_kind(SpanKind::Server);
+        let mut span = self.tracer.build_with_context(builder, &parent);
+        if span.is_recording() {
+            span.set_attributes([
+                KeyValue::new("switchyard.pool", pool.name().to_owned()),
+                KeyValue::new("switchyard.balancer", pool.spec.balancer.kind()),
+            ]);
+        }
+        PickSpan { span }
     }
 
     /// Export what is queued and stop. Runs on the blocking pool: the export itself needs the
@@ -218,8 +243,9 @@ pub struct RequestSpan {
     /// Holds the span, so attempts are created as its (local) children.
     cx: Context,
     recording: bool,
+    /// The client's `tracestate` belongs to a valid parent, so it goes upstream as it is.
+    keep_tracestate: bool,
     tracer: SdkTracer,
-    propagator: TraceContextPropagator,
     attempts: AtomicU32,
     /// The `inference` pick's explanation, for the attempt it chose.
     pick: Mutex<Option<Vec<KeyValue>>>,
@@ -245,18 +271,7 @@ impl RequestSpan {
         if !self.recording {
             return;
         }
-        let mut attrs = vec![KeyValue::new(
-            "switchyard.pick.explanation",
-            explanation.to_owned(),
-        )];
-        attrs.push(KeyValue::new("switchyard.pick.saturated", decision.saturated));
-        if let Some(best) = decision.top.first() {
-            attrs.push(KeyValue::new("switchyard.pick.score", best.score));
-            for (name, v) in &best.parts {
-                attrs.push(KeyValue::new(format!("switchyard.pick.score.{name}"), *v));
-            }
-        }
-        *self.pick.lock().expect("pick lock") = Some(attrs);
+        *self.pick.lock().expect("pick lock") = Some(pick_attributes(explanation, decision));
     }
 
     pub fn set_model(&self, model: &str) {
@@ -311,9 +326,10 @@ impl RequestSpan {
         headers: &mut HeaderMap,
     ) -> AttemptSpan {
         let n = self.attempts.fetch_add(1, Ordering::Relaxed) + 1;
+        // OTel HTTP client spans are named after the method.
         let builder = self
             .tracer
-            .span_builder(pool.to_owned())
+            .span_builder(method_name(&self.method))
             .with_kind(SpanKind::Client);
         let mut span = self.tracer.build_with_context(builder, &self.cx);
         if span.is_recording() {
@@ -331,10 +347,10 @@ impl RequestSpan {
                 }
             }
         }
-        let cx = Context::new().with_remote_span_context(span.span_context().clone());
-        headers.remove(&TRACESTATE);
-        self.propagator
-            .inject_context(&cx, &mut HeaderInjector(headers));
+        headers.insert(TRACEPARENT.clone(), traceparent(span.span_context()));
+        if !self.keep_tracestate {
+            headers.remove(&TRACESTATE);
+        }
         AttemptSpan { span }
     }
 
@@ -351,15 +367,16 @@ impl RequestSpan {
         status: u16,
         error: Option<&'static str>,
     ) {
+        // Spans that are not recording are only dropped: ending one still reads the clock.
+        if !self.recording {
+            return;
+        }
         if let Some(mut up) = self.upstream.take() {
-            if let Some(e) = error.filter(|_| up.span.is_recording()) {
+            if let Some(e) = error {
                 up.span
                     .set_attribute(KeyValue::new("switchyard.error.type", e));
             }
             up.span.end();
-        }
-        if !self.recording {
-            return;
         }
         let span = self.cx.span();
         if let Some(route) = route {
@@ -421,18 +438,73 @@ impl AttemptSpan {
                 KeyValue::new("error.type", error),
             ]);
             self.span.set_status(Status::error(error));
+            self.span.end();
         }
-        self.span.end();
     }
 
-    /// Another attempt's answer was used (a hedge race) or the attempt was retried.
+    /// Another attempt's answer was used (the losing side of a hedge race).
     pub fn cancel(mut self) {
         if self.span.is_recording() {
             self.span
                 .set_attribute(KeyValue::new("switchyard.attempt.outcome", "cancelled"));
+            self.span.end();
+        }
+    }
+}
+
+/// The span of one `switchyard epp` pick; it ends with [`PickSpan::end`] (or when dropped).
+pub struct PickSpan {
+    span: opentelemetry_sdk::trace::Span,
+}
+
+impl PickSpan {
+    /// Sampled: the pick's explanation is worth computing.
+    pub fn recording(&self) -> bool {
+        self.span.is_recording()
+    }
+
+    /// Record an `inference` decision (see [`RequestSpan::set_pick`]).
+    pub fn explain(&mut self, explanation: &str, decision: &switchyard_inference::Decision) {
+        if self.span.is_recording() {
+            self.span
+                .set_attributes(pick_attributes(explanation, decision));
+        }
+    }
+
+    /// The pick went to `endpoint`, or failed with gateway error type `error`.
+    pub fn end(mut self, endpoint: Option<SocketAddr>, error: Option<&'static str>) {
+        if self.span.is_recording() {
+            if let Some(a) = endpoint {
+                self.span.set_attributes([
+                    KeyValue::new("server.address", a.ip().to_string()),
+                    KeyValue::new("server.port", i64::from(a.port())),
+                ]);
+            }
+            if let Some(e) = error {
+                self.span.set_attributes([
+                    KeyValue::new("switchyard.error.type", e),
+                    KeyValue::new("error.type", e),
+                ]);
+                self.span.set_status(Status::error(e));
+            }
         }
         self.span.end();
     }
+}
+
+/// The explanation (the `x-switchyard-pick` text) and the winner's scores, as attributes.
+fn pick_attributes(explanation: &str, decision: &switchyard_inference::Decision) -> Vec<KeyValue> {
+    let mut attrs = vec![
+        KeyValue::new("switchyard.pick.explanation", explanation.to_owned()),
+        KeyValue::new("switchyard.pick.saturated", decision.saturated),
+    ];
+    if let Some(best) = decision.top.first() {
+        attrs.push(KeyValue::new("switchyard.pick.score", best.score));
+        for (name, v) in &best.parts {
+            attrs.push(KeyValue::new(format!("switchyard.pick.score.{name}"), *v));
+        }
+    }
+    attrs
 }
 
 fn protocol_version(v: Version) -> &'static str {
@@ -444,7 +516,55 @@ fn protocol_version(v: Version) -> &'static str {
     }
 }
 
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// A span name that borrows the method's text for the standard methods.
+fn method_name(m: &Method) -> std::borrow::Cow<'static, str> {
+    const STANDARD: [Method; 9] = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PATCH,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    const NAMES: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    match STANDARD.iter().position(|s| s == m) {
+        Some(i) => std::borrow::Cow::Borrowed(NAMES[i]),
+        None => std::borrow::Cow::Owned(m.as_str().to_owned()),
+    }
+}
+
+/// `traceparent` for `sc`, as `TraceContextPropagator` writes it (version 00, the sampled flag
+/// only), hex-encoded by hand: the propagator's `format!` is most of the cost of an unsampled
+/// request (tested equal below).
+fn traceparent(sc: &opentelemetry::trace::SpanContext) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 55];
+    out[..3].copy_from_slice(b"00-");
+    let mut at = 3;
+    let trace = sc.trace_id().to_bytes();
+    let span = sc.span_id().to_bytes();
+    let flags = [(sc.trace_flags() & opentelemetry::trace::TraceFlags::SAMPLED).to_u8()];
+    for (part, sep) in [(&trace[..], true), (&span[..], true), (&flags[..], false)] {
+        for b in part {
+            out[at] = HEX[usize::from(b >> 4)];
+            out[at + 1] = HEX[usize::from(b & 0xf)];
+            at += 2;
+        }
+        if sep {
+            out[at] = b'-';
+            at += 1;
+        }
+    }
+    HeaderValue::from_bytes(&out).expect("hex digits and dashes are a valid header value")
+}
 
 struct HeaderExtractor<'a>(&'a HeaderMap);
 
@@ -458,20 +578,19 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-struct HeaderInjector<'a>(&'a mut HeaderMap);
+/// Header pairs as `switchyard epp` receives them from Envoy.
+struct PairExtractor<'a>(&'a [(String, String)]);
 
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        // An empty `tracestate` is left out rather than sent empty.
-        if value.is_empty() {
-            return;
-        }
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(key.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            self.0.insert(name, value);
-        }
+impl Extractor for PairExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| k.as_str()).collect()
     }
 }
 
@@ -617,6 +736,58 @@ mod tests {
         assert!(headers["traceparent"].to_str().unwrap().ends_with("-00"));
         assert!(!headers.contains_key("tracestate"));
         t.shutdown().await;
+    }
+
+    #[test]
+    fn traceparent_is_what_the_w3c_propagator_writes() {
+        use opentelemetry::propagation::TextMapPropagator as _;
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+        for i in 0..200u64 {
+            let flags = if i % 2 == 0 {
+                TraceFlags::SAMPLED
+            } else {
+                TraceFlags::default()
+            };
+            let sc = SpanContext::new(
+                TraceId::from(fastrand::u128(1..)),
+                SpanId::from(fastrand::u64(1..) ^ i),
+                flags,
+                false,
+                TraceState::NONE,
+            );
+            let mut expected = std::collections::HashMap::new();
+            TraceContextPropagator::new()
+                .inject_context(&Context::new().with_remote_span_context(sc.clone()), &mut expected);
+            assert_eq!(traceparent(&sc), expected["traceparent"]);
+        }
+    }
+
+    #[test]
+    fn invalid_parent_drops_tracestate_and_starts_a_trace() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        let t = Tracing::new(&config(1.0)).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", HeaderValue::from_static("00-zz-bad-01"));
+        headers.insert("tracestate", HeaderValue::from_static("vendor=x"));
+        let req = start(&t, &headers);
+        assert!(req.recording());
+        let _a = req.attempt_to(
+            AttemptKind::First,
+            "p",
+            "random",
+            "127.0.0.1:2".parse().unwrap(),
+            &mut headers,
+        );
+        assert!(headers["traceparent"].to_str().unwrap().ends_with("-01"));
+        assert!(!headers.contains_key("tracestate"));
+        assert_eq!(method_name(&Method::GET), "GET");
+        assert_eq!(method_name(&Method::from_bytes(b"PURGE").unwrap()), "PURGE");
+        drop(req);
+        rt.block_on(t.shutdown());
     }
 
     #[test]
