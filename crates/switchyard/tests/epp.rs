@@ -2,6 +2,8 @@
 //! endpoint picker, and an ORIGINAL_DST cluster sends each request where the picker said.
 
 mod support;
+#[path = "support/otlp.rs"]
+mod otlp;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -15,6 +17,7 @@ use support::BIN;
 use switchyard_sim::{start_fleet, FleetConfig, ReplicaConfig};
 
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
 struct Kill(Child);
 impl Drop for Kill {
@@ -117,12 +120,14 @@ async fn envoy_routes_where_the_endpoint_picker_says() {
     .unwrap();
     let eps: Vec<String> = fleet.addresses().iter().map(|a| a.to_string()).collect();
     let dir = tempfile::tempdir().unwrap();
+    let receiver = otlp::Receiver::grpc();
     let config = dir.path().join("epp.yaml");
     std::fs::write(
         &config,
         format!(
-            "pools:\n  - name: llama\n    balancer: {{kind: inference, scrape_interval: 20ms}}\n    endpoints: [{}]\n",
-            eps.join(", ")
+            "pools:\n  - name: llama\n    balancer: {{kind: inference, scrape_interval: 20ms}}\n    endpoints: [{}]\ntracing:\n  otlp: {{endpoint: 'http://{}'}}\n  batch: {{scheduled_delay: 20ms}}\n",
+            eps.join(", "),
+            receiver.addr
         ),
     )
     .unwrap();
@@ -184,10 +189,25 @@ async fn envoy_routes_where_the_endpoint_picker_says() {
         });
         let req = http::Request::post(format!("http://127.0.0.1:{listen}/v1/chat/completions"))
             .header("content-type", "application/json")
+            .header("traceparent", format!("00-{TRACE}-00f067aa0ba902b{i}-01"))
             .body(Full::new(Bytes::from(body.to_string())))
             .unwrap();
         let (status, _, body) = send(&c, req).await;
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    // A span per pick, in the trace Envoy passed on, with the picker's explanation.
+    let spans = receiver.wait_trace(TRACE, 8);
+    for s in &spans {
+        assert!(s.name == "pick llama", "{s:?}");
+        assert!(otlp::hex(&s.parent_span_id).starts_with("00f067aa0ba902b"));
+        let explained = s.attributes.iter().any(|kv| {
+            kv.key == "switchyard.pick.explanation"
+                && matches!(
+                    kv.value.as_ref().and_then(|v| v.value.as_ref()),
+                    Some(otlp::Value::StringValue(e)) if e.contains('(')
+                )
+        });
+        assert!(explained, "{s:?}");
     }
     let mut served = Vec::new();
     for a in fleet.addresses() {
