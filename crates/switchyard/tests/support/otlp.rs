@@ -78,7 +78,9 @@ async fn http_export(
             .get("content-type")
             .is_some_and(|v| v == "application/x-protobuf");
     let body = req.into_body().collect().await.map(|b| b.to_bytes());
-    let decoded = body.ok().and_then(|b| ExportTraceServiceRequest::decode(b).ok());
+    let decoded = body
+        .ok()
+        .and_then(|b| ExportTraceServiceRequest::decode(b).ok());
     let (status, reply) = match decoded {
         Some(r) if ok => {
             store(&spans, r);
@@ -121,7 +123,8 @@ impl Receiver {
                             continue;
                         };
                         let io = TokioIo::new(stream);
-                        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                        let builder =
+                            hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                         if grpc {
                             let svc = TowerToHyperService::new(TraceServiceServer::new(Grpc(
                                 stored.clone(),
@@ -203,4 +206,3 @@ pub fn unhex(s: &str) -> Vec<u8> {
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
-
