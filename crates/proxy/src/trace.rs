@@ -351,7 +351,9 @@ impl RequestSpan {
         if !self.keep_tracestate {
             headers.remove(&TRACESTATE);
         }
-        AttemptSpan { span }
+        AttemptSpan {
+            span: Box::new(span),
+        }
     }
 
     /// The attempt whose response is returned; it ends when the body does.
@@ -411,7 +413,9 @@ impl RequestSpan {
 /// The CLIENT span of one upstream attempt. Dropped without an outcome (a hedge that lost the
 /// race, a request abandoned by its client), it ends as cancelled.
 pub struct AttemptSpan {
-    span: opentelemetry_sdk::trace::Span,
+    /// Boxed: the request future holds two of these (an attempt and its hedge) across awaits,
+    /// and an SDK span is hundreds of bytes that every request would copy, traced or not.
+    span: Box<opentelemetry_sdk::trace::Span>,
 }
 
 impl AttemptSpan {
@@ -792,6 +796,13 @@ mod tests {
         assert_eq!(method_name(&Method::from_bytes(b"PURGE").unwrap()), "PURGE");
         drop(req);
         rt.block_on(t.shutdown());
+    }
+
+    #[test]
+    fn untraced_requests_carry_only_pointers() {
+        // What the request path holds when tracing is off: one word each (see `AttemptSpan`).
+        assert_eq!(std::mem::size_of::<Option<AttemptSpan>>(), 8);
+        assert_eq!(std::mem::size_of::<Option<Box<RequestSpan>>>(), 8);
     }
 
     #[test]
