@@ -147,6 +147,8 @@ pub(crate) const DEFAULT_MAX_REPLAY_BODY: u64 = 64 * 1024;
 /// Start one attempt at endpoint `index`: HTTP/1 pools drive a pooled connection inline; HTTP/2
 /// pools multiplex over the endpoint's connection (`upstream_h2`); upgrades go through the
 /// pooled client.
+/// `deadline`: an inline HTTP/1 exchange bounds itself by it, on its connection's lazily armed
+/// timer; the other paths ignore it and are timed by the caller.
 pub(crate) fn send_attempt<'a>(
     pool: &'a PoolEntry,
     index: usize,
@@ -155,6 +157,7 @@ pub(crate) fn send_attempt<'a>(
     path_and_query: &PathAndQuery,
     body: RequestBody,
     upgrade: bool,
+    deadline: Option<Instant>,
 ) -> impl std::future::Future<
     Output = Result<(Response<Option<Incoming>>, Option<InlineConn>), Failure>,
 > + 'a {
@@ -174,7 +177,7 @@ pub(crate) fn send_attempt<'a>(
     async move {
         match (inline, h2) {
             (Some(conns), _) => conns
-                .send(req, &pool.breaker)
+                .send(req, &pool.breaker, deadline)
                 .await
                 .map(|(resp, conn)| (resp.map(|()| None), Some(conn)))
                 .map_err(Failure::Inline),
@@ -269,6 +272,7 @@ impl Failure {
                 "upstream_connect_failure"
             }
             Failure::Inline(SendError::Overflow(_)) => "overflow",
+            Failure::Inline(SendError::Timeout) => "timeout",
             Failure::Pooled(e) if e.is_connect() => "upstream_connect_failure",
             _ => "upstream_reset",
         }

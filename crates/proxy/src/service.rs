@@ -490,6 +490,13 @@ async fn forward(
             .trace()
             .map(|t| t.attempt(kind, pool, first_index, &mut head));
         let mut hedge_span = None;
+        let hedge_after = hedger
+            .filter(|_| tries == 1 && replayable && pool.endpoints.len() > 1)
+            .and_then(|h| h.delay());
+        // An inline HTTP/1 exchange bounds itself on its connection's timer, which costs no
+        // timer registration per request; a hedged race or any other path is timed here.
+        let self_timed =
+            hedge_after.is_none() && upgrade.is_none() && pool.h1.get(first_index).is_some();
         // Boxed once: the attempt future is large, and the hedging race and the timeout below
         // would otherwise copy it as they wrap it.
         let mut first = Box::pin(send_attempt(
@@ -500,10 +507,8 @@ async fn forward(
             &path_and_query,
             this_body,
             upgrade.is_some(),
+            self_timed.then_some(attempt_by),
         ));
-        let hedge_after = hedger
-            .filter(|_| tries == 1 && replayable && pool.endpoints.len() > 1)
-            .and_then(|h| h.delay());
         let attempt_start = Instant::now();
         let raced = async {
             let Some(delay) = hedge_after else {
@@ -545,6 +550,7 @@ async fn forward(
                 &path_and_query,
                 second_body,
                 false,
+                None,
             ));
             tokio::select! {
                 r = &mut first => (r, None),
@@ -569,7 +575,17 @@ async fn forward(
                 },
             }
         };
-        let (outcome, index, in_flight) = match tokio::time::timeout_at(attempt_by, raced).await {
+        let timed = if self_timed {
+            Ok(raced.await)
+        } else {
+            tokio::time::timeout_at(attempt_by, raced)
+                .await
+                .map_err(|_elapsed| ())
+        };
+        let (outcome, index, in_flight) = match timed {
+            Ok((Err(Failure::Inline(SendError::Timeout)), None)) | Err(()) => {
+                (Err(()), first_index, first_in_flight)
+            }
             Ok((r, None)) => (Ok(r), first_index, first_in_flight),
             Ok((r, Some((i, f)))) => {
                 tried.insert(i);
@@ -577,7 +593,6 @@ async fn forward(
                 std::mem::swap(&mut span, &mut hedge_span);
                 (Ok(r), i, f)
             }
-            Err(elapsed) => (Err(elapsed), first_index, first_in_flight),
         };
         if let Some(lost) = hedge_span {
             lost.cancel();

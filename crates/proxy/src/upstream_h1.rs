@@ -7,6 +7,7 @@
 //! from sending the head to the last body byte, and then put it back on a per-endpoint idle
 //! stack. This is the shape Pingora uses; here it costs no task and no hash per request.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -17,9 +18,10 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio::time::Sleep;
 
 use crate::body::{BoxError, RequestBody};
 use crate::h1_codec::{
@@ -51,6 +53,14 @@ struct Idle {
 struct Conn {
     io: TcpStream,
     buf: BytesMut,
+    /// Bounds each exchange's wait (the attempt's deadline). Armed lazily: a later deadline only
+    /// writes `deadline`, and the timer is re-armed when it fires early, so a steady stream of
+    /// requests registers no timer per request.
+    timer: Pin<Box<Sleep>>,
+    /// `None`: the caller times the exchange.
+    deadline: Option<Instant>,
+    /// When `timer` fires.
+    armed: Instant,
     /// Held against the pool's `max_connections` for the life of the connection.
     _open: BreakerGuard,
 }
@@ -65,6 +75,32 @@ impl Conn {
 
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         crate::h1_codec::read_more(&mut self.io, cx, &mut self.buf, READ_CHUNK)
+    }
+
+    /// Bound the exchange about to start by `deadline` (`None`: the caller times it).
+    fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+        if let Some(d) = deadline.filter(|d| *d < self.armed) {
+            self.armed = d;
+            self.timer.as_mut().reset(d);
+        }
+    }
+
+    /// Ready once the exchange's deadline has passed.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(deadline) = self.deadline else {
+            return Poll::Pending;
+        };
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+            self.armed = deadline;
+            self.timer.as_mut().reset(deadline);
+        }
     }
 }
 
@@ -82,6 +118,9 @@ pub enum SendError {
     Body(BoxError),
     /// A new connection would pass the pool's `max_connections` or `max_pending`.
     Overflow(Overflow),
+    /// The attempt's deadline passed before the response head (an exchange given a deadline
+    /// bounds itself).
+    Timeout,
 }
 
 impl SendError {
@@ -127,21 +166,38 @@ impl EndpointConns {
         }
     }
 
-    async fn connect(&self, breaker: &CircuitBreaker) -> Result<Box<Conn>, SendError> {
+    async fn connect(
+        &self,
+        breaker: &CircuitBreaker,
+        deadline: Option<Instant>,
+    ) -> Result<Box<Conn>, SendError> {
         let _pending = breaker
             .try_acquire(Limit::Pending)
             .map_err(SendError::Overflow)?;
         let open = breaker
             .try_acquire(Limit::Connections)
             .map_err(SendError::Overflow)?;
-        let io = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.address))
+        let now = Instant::now();
+        let connect_by = now + self.connect_timeout;
+        let by = deadline.map_or(connect_by, |d| d.min(connect_by));
+        let io = tokio::time::timeout_at(by, TcpStream::connect(self.address))
             .await
-            .map_err(|_| SendError::ConnectTimeout)?
+            .map_err(|_| {
+                if by < connect_by {
+                    SendError::Timeout
+                } else {
+                    SendError::ConnectTimeout
+                }
+            })?
             .map_err(SendError::Connect)?;
         let _ = io.set_nodelay(true);
+        let far = now + Duration::from_secs(3600);
         Ok(Box::new(Conn {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
+            timer: Box::pin(tokio::time::sleep_until(far)),
+            deadline: None,
+            armed: far,
             _open: open,
         }))
     }
@@ -152,11 +208,12 @@ impl EndpointConns {
         self: &Arc<Self>,
         req: Request<RequestBody>,
         breaker: &CircuitBreaker,
+        deadline: Option<Instant>,
     ) -> Result<(Response<()>, InlineConn), SendError> {
         let mut req = req;
         if let Some(conn) = self.pop_idle() {
             let mut up = InlineConn::new(self.clone(), conn);
-            match up.exchange(req, true).await {
+            match up.exchange(req, true, deadline).await {
                 Ok(resp) => return Ok((resp, up)),
                 // The idle connection was closed under us before the upstream took the
                 // request: safe to try once more on a fresh connection.
@@ -166,11 +223,35 @@ impl EndpointConns {
         }
         // Boxed: connecting is the rare path, and its future would otherwise make every
         // exchange's future (moved on each request) larger.
-        let conn = Box::pin(self.connect(breaker)).await?;
+        let conn = Box::pin(self.connect(breaker, deadline)).await?;
         let mut up = InlineConn::new(self.clone(), conn);
-        let resp = up.exchange(req, false).await?;
+        let resp = up.exchange(req, false, deadline).await?;
         Ok((resp, up))
     }
+}
+
+/// Write all of `buf`, bounded by the exchange's deadline: `Err(None)` when it passes first.
+async fn write_all_by(conn: &mut Conn, mut buf: &[u8]) -> Result<(), Option<io::Error>> {
+    std::future::poll_fn(|cx| {
+        while !buf.is_empty() {
+            match Pin::new(&mut conn.io).poll_write(cx, buf) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(Some(io::ErrorKind::WriteZero.into())));
+                }
+                Poll::Ready(Ok(n)) => buf = &buf[n..],
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Some(e))),
+                Poll::Pending => {
+                    return if conn.poll_deadline(cx).is_ready() {
+                        Poll::Ready(Err(None))
+                    } else {
+                        Poll::Pending
+                    };
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    })
+    .await
 }
 
 /// One upstream connection in use by one exchange; after the response head it yields the
@@ -221,7 +302,9 @@ impl InlineConn {
         &mut self,
         req: Request<RequestBody>,
         reused: bool,
+        deadline: Option<Instant>,
     ) -> Result<Response<()>, SendError> {
+        self.conn.set_deadline(deadline);
         let (parts, body) = req.into_parts();
         let framing = request_framing(&parts.headers, &body);
         let mut out = BytesMut::new();
@@ -233,17 +316,16 @@ impl InlineConn {
         let not_sent = |body: RequestBody| {
             SendError::NotSent(Box::new(Request::from_parts(parts.clone(), body)))
         };
-        if let Err(e) = self.conn.io.write_all(&out).await {
-            return Err(if reused {
-                not_sent(body)
-            } else {
-                SendError::Io(e)
-            });
+        match write_all_by(&mut self.conn, &out).await {
+            Ok(()) => {}
+            Err(Some(_)) if reused => return Err(not_sent(body)),
+            Err(Some(e)) => return Err(SendError::Io(e)),
+            Err(None) => return Err(SendError::Timeout),
         }
         match whole {
-            Some(b) if b.len() > COALESCE_BODY => {
-                self.conn.io.write_all(&b).await.map_err(SendError::Io)?
-            }
+            Some(b) if b.len() > COALESCE_BODY => write_all_by(&mut self.conn, &b)
+                .await
+                .map_err(|e| e.map_or(SendError::Timeout, SendError::Io))?,
             Some(_) => {}
             None if framing == ReqFraming::None => {}
             // A streamed body goes out as it arrives, while the response is read: an upstream
@@ -277,10 +359,16 @@ impl InlineConn {
                         }
                         return Poll::Ready(Ok(Some(head)));
                     }
-                    None => match ready!(self.conn.poll_read_more(cx)) {
-                        Err(e) => return Poll::Ready(Err(SendError::Io(e))),
-                        Ok(0) => return Poll::Ready(Ok(None)),
-                        Ok(_) => {}
+                    None => match self.conn.poll_read_more(cx) {
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(SendError::Io(e))),
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Ok(None)),
+                        Poll::Ready(Ok(_)) => {}
+                        Poll::Pending => {
+                            if self.conn.poll_deadline(cx).is_ready() {
+                                return Poll::Ready(Err(SendError::Timeout));
+                            }
+                            return Poll::Pending;
+                        }
                     },
                 }
             }

@@ -600,3 +600,36 @@ async fn upstream_response_heads_reach_http1_and_http2_clients_alike() {
         assert_eq!(headers["x-public"], "1");
     }
 }
+
+#[tokio::test]
+async fn route_timeouts_hold_on_reused_upstream_connections() {
+    // An HTTP/1 upstream connection times each exchange on its own lazily armed timer: a
+    // shorter deadline than the last one must re-arm it, a later one must not fire early.
+    let origin = Origin::start();
+    let yaml = simple_config(&[origin.addr], "    timeout: 400ms\n", "").replace(
+        "routes:\n",
+        "routes:\n  - name: long\n    match: {path_prefix: /long/}\n    pool: p\n    timeout: 30s\n",
+    );
+    let gw = Gateway::start(&yaml);
+    let c = client::http1();
+    // Served on one upstream connection, armed 30 s out.
+    let (status, _, _) = get(&c, &gw.url("/long/x")).await;
+    assert_eq!(status, 200);
+    // The same connection with a 400 ms deadline: it must fire at 400 ms, not 30 s.
+    let start = Instant::now();
+    let (status, _, body) = get(&c, &gw.url("/slow?ms=3000")).await;
+    assert_eq!(status, 504, "{body:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    // Back to back under the 400 ms route: each deadline is later than the timer, which fires
+    // early, finds time left, and re-arms; no request may time out before its own deadline.
+    for _ in 0..3 {
+        let (status, _, _) = get(&c, &gw.url("/slow?ms=150")).await;
+        assert_eq!(status, 200);
+        let (status, _, _) = get(&c, &gw.url("/slow?ms=250")).await;
+        assert_eq!(status, 200);
+    }
+}
