@@ -154,7 +154,6 @@ pub(crate) fn send_attempt<'a>(
     index: usize,
     parts: &http::request::Parts,
     headers: http::HeaderMap,
-    path_and_query: &PathAndQuery,
     body: RequestBody,
     upgrade: bool,
     deadline: Option<Instant>,
@@ -171,7 +170,13 @@ pub(crate) fn send_attempt<'a>(
         uri.scheme = Some(Scheme::HTTP);
         uri.authority = Some(pool.authorities[index].clone());
     }
-    uri.path_and_query = Some(path_and_query.clone());
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
     let uri = Uri::from_parts(uri).expect("path is set; scheme and authority go together");
     let req = attempt_request(parts, headers, uri, body);
     async move {
