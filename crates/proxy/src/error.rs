@@ -184,6 +184,20 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
+/// Whether `e` or any error in its source chain is an `E`.
+pub(crate) fn has_source<E: std::error::Error + 'static>(
+    e: &(dyn std::error::Error + 'static),
+) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<E>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

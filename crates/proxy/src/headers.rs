@@ -177,6 +177,13 @@ impl ResponseScan {
     }
 }
 
+/// Length of the request target as sent, without allocating: with [`RequestScan::bytes`], the
+/// head's size for the header limit.
+pub fn uri_len(uri: &http::Uri) -> usize {
+    uri.path_and_query().map_or(1, |pq| pq.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+}
+
 fn has_token(value: &HeaderValue, token: &str) -> bool {
     value
         .to_str()

@@ -3,11 +3,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use bytes::Bytes;
-use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TE, UPGRADE};
+use http::header::{HeaderValue, CONNECTION, EXPECT, HOST, TE, UPGRADE};
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use switchyard_telemetry::metrics::RejectLabels;
 use tokio::time::Instant;
@@ -20,13 +20,13 @@ use crate::body::{
     BodyTooLarge, ClientBody, InBody, InferenceUsage, RequestBody, ResponseBody, StreamTiming,
     UpstreamBody,
 };
-use crate::error::GatewayError;
+use crate::error::{has_source, GatewayError};
 use crate::gateway::{Gateway, GatewayHandle};
 use crate::headers::{self, RequestScan, ResponseScan, X_REQUEST_ID};
-use crate::record::{AccessInfo, Finish, RequestModel};
+use crate::record::{AccessInfo, Finish};
+use crate::request_model::{self, body_model, read_model, RequestedModel};
 use crate::trace::{AttemptKind, RequestSpan};
 use crate::upstream_h1::{InlineConn, SendError};
-use std::time::SystemTime;
 use switchyard_balance::parse_orca;
 use switchyard_config::{Balancer, Priority};
 use switchyard_health::Outcome;
@@ -128,7 +128,8 @@ async fn forward(
     //    covers HTTP/2, whose header block arrives already decoded.
     let conflicting_framing =
         req.version() < Version::HTTP_2 && cx.framing.next_request_conflicts();
-    if req.headers().len() > cx.max_headers || scan.bytes + uri_len(req.uri()) > cx.max_header_bytes
+    if req.headers().len() > cx.max_headers
+        || scan.bytes + headers::uri_len(req.uri()) > cx.max_header_bytes
     {
         return Err((GatewayError::HeadersTooLarge, finish, false));
     }
@@ -344,64 +345,30 @@ async fn forward(
                 parsed = Some(p);
             }
             Err(e) => {
-                let mut resp = Response::new(ResponseBody::full(Bytes::from(e.to_openai_json())));
-                *resp.status_mut() =
-                    StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
-                resp.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                resp.headers_mut()
-                    .insert(X_REQUEST_ID.clone(), request_id.clone());
+                let resp = request_model::openai_error(&e, request_id);
                 finish.set_status(resp.status().as_u16());
                 finish.error("bad_inference_request");
                 return Ok(resp);
             }
         }
     } else if rewrite.is_some() && !matches!(model, Some(RequestedModel::Body(_))) {
-        if let Some(m) = body
-            .as_ref()
-            .and_then(RequestBody::buffered)
+        // A rewrite reads the model from the body even when the route did not need it.
+        let from_body = body.as_ref().and_then(RequestBody::buffered);
+        model = from_body
             .and_then(|b| body_model(&b))
-        {
-            model = Some(RequestedModel::Body(m));
-        }
+            .map(RequestedModel::Body)
+            .or(model);
     }
 
     // 5c. Model rewrite (alias, version split): only the body's top-level `model` value changes.
     if let Some(model) = model.take() {
-        let mut upstream_model = None;
-        if let (Some(new), RequestedModel::Body(old)) = (rewrite, &model) {
-            let bytes = body.as_ref().and_then(RequestBody::buffered);
-            match bytes.and_then(|b| switchyard_inference::rewrite_model(&b, new)) {
-                Some(rewritten) => {
-                    parts
-                        .headers
-                        .insert(CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
-                    body = Some(RequestBody::Buffered(Some(Bytes::from(rewritten))));
-                    upstream_model = Some(new.clone());
-                }
-                // Already the target name; anything else leaves the body as it was.
-                None if **new == **old => upstream_model = Some(new.clone()),
-                None => {}
-            }
-        }
-        let request_model = match upstream_model {
-            Some(new) => {
-                if let Some(p) = parsed.as_mut() {
-                    p.model = new.to_string();
-                }
-                let original = model.name();
-                RequestModel {
-                    original: (*new != *original).then(|| original.to_string()),
-                    model: new,
-                }
-            }
-            None => RequestModel {
-                model: Arc::from(model.name()),
-                original: None,
-            },
-        };
+        let request_model = request_model::rewrite(
+            model,
+            rewrite,
+            &mut body,
+            &mut parts.headers,
+            parsed.as_mut(),
+        );
         finish.set_model(request_model);
     }
 
@@ -799,62 +766,6 @@ async fn forward(
     Ok(Response::from_parts(parts, ResponseBody::Upstream(body)))
 }
 
-/// Read the model a request asks for: the `model` field of a JSON body (the body is read, up to
-/// the largest `max_request_body` of any route, and kept to be forwarded unchanged), else the
-/// `x-model` header.
-async fn read_model(
-    gateway: &Gateway,
-    req: Request<ClientBody>,
-    content_length: Option<u64>,
-) -> Result<(Request<InBody>, Option<RequestedModel>), GatewayError> {
-    let header = req
-        .headers()
-        .get("x-model")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| RequestedModel::Header(v.to_string()));
-    let has_body =
-        req.method() == http::Method::POST && !http_body::Body::is_end_stream(req.body());
-    if !has_body {
-        return Ok((req.map(InBody::Incoming), header));
-    }
-    if content_length.is_some_and(|n| n > gateway.model_body_limit) {
-        return Err(GatewayError::BodyTooLarge);
-    }
-    let (parts, incoming) = req.into_parts();
-    let bytes = match RequestBody::buffer(incoming, gateway.model_body_limit).await {
-        Ok(b) => b.buffered().unwrap_or_default(),
-        Err(e) if has_source::<BodyTooLarge>(e.as_ref()) => return Err(GatewayError::BodyTooLarge),
-        Err(_) => return Err(GatewayError::BadRequest("request body aborted")),
-    };
-    let model = body_model(&bytes).map(RequestedModel::Body).or(header);
-    Ok((Request::from_parts(parts, InBody::Buffered(bytes)), model))
-}
-
-/// Where the gateway learned a request's model.
-enum RequestedModel {
-    /// The `model` of a JSON body that parsed: the one a rewrite may change.
-    Body(String),
-    /// Header `x-model`, for opaque bodies: routed on, never rewritten.
-    Header(String),
-}
-
-impl RequestedModel {
-    fn name(&self) -> &str {
-        match self {
-            Self::Body(m) | Self::Header(m) => m,
-        }
-    }
-}
-
-/// The `model` string of a JSON object body, when the body parses as JSON.
-fn body_model(bytes: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct ModelOnly {
-        model: Option<String>,
-    }
-    serde_json::from_slice::<ModelOnly>(bytes).ok()?.model
-}
-
 /// Output tokens assumed for a request without `max_tokens`, when estimating its load.
 const DEFAULT_EXPECTED_OUTPUT: u32 = 256;
 
@@ -867,12 +778,6 @@ pub enum Downstream {
     Http1,
     /// hyper's server (HTTP/2, TLS, the HTTP/1 fallback): responses carry a header map.
     Hyper,
-}
-
-/// Length of the request target as sent, without allocating.
-fn uri_len(uri: &Uri) -> usize {
-    uri.path_and_query().map_or(1, |pq| pq.as_str().len())
-        + uri.authority().map_or(0, |a| a.as_str().len())
 }
 
 /// Splice an upgraded connection (WebSocket and friends) once both sides have switched.
@@ -888,15 +793,4 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
         }
         (c, u) => tracing::debug!(client = c.is_ok(), upstream = u.is_ok(), "upgrade failed"),
     }
-}
-
-fn has_source<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if err.is::<E>() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
 }

@@ -1,0 +1,127 @@
+//! Where the gateway learns a request's model, and the per-target model rewrite: the `model` of
+//! a JSON body (read once, bounded) or the `x-model` header for opaque bodies; a target's model
+//! replaces the body's top-level `model` value and nothing else.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, Request, Response, StatusCode};
+use switchyard_inference::InferenceRequest;
+
+use crate::body::{BodyTooLarge, ClientBody, InBody, RequestBody, ResponseBody};
+use crate::error::{has_source, GatewayError};
+use crate::gateway::Gateway;
+use crate::headers::X_REQUEST_ID;
+use crate::record::RequestModel;
+
+/// Read the model a request asks for: the `model` field of a JSON body (the body is read, up to
+/// the largest `max_request_body` of any route, and kept to be forwarded unchanged), else the
+/// `x-model` header.
+pub(crate) async fn read_model(
+    gateway: &Gateway,
+    req: Request<ClientBody>,
+    content_length: Option<u64>,
+) -> Result<(Request<InBody>, Option<RequestedModel>), GatewayError> {
+    let header = req
+        .headers()
+        .get("x-model")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| RequestedModel::Header(v.to_string()));
+    let has_body =
+        req.method() == http::Method::POST && !http_body::Body::is_end_stream(req.body());
+    if !has_body {
+        return Ok((req.map(InBody::Incoming), header));
+    }
+    if content_length.is_some_and(|n| n > gateway.model_body_limit) {
+        return Err(GatewayError::BodyTooLarge);
+    }
+    let (parts, incoming) = req.into_parts();
+    let bytes = match RequestBody::buffer(incoming, gateway.model_body_limit).await {
+        Ok(b) => b.buffered().unwrap_or_default(),
+        Err(e) if has_source::<BodyTooLarge>(e.as_ref()) => return Err(GatewayError::BodyTooLarge),
+        Err(_) => return Err(GatewayError::BadRequest("request body aborted")),
+    };
+    let model = body_model(&bytes).map(RequestedModel::Body).or(header);
+    Ok((Request::from_parts(parts, InBody::Buffered(bytes)), model))
+}
+
+/// Where the gateway learned a request's model.
+pub(crate) enum RequestedModel {
+    /// The `model` of a JSON body that parsed: the one a rewrite may change.
+    Body(String),
+    /// Header `x-model`, for opaque bodies: routed on, never rewritten.
+    Header(String),
+}
+
+impl RequestedModel {
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Self::Body(m) | Self::Header(m) => m,
+        }
+    }
+}
+
+/// The `model` string of a JSON object body, when the body parses as JSON.
+pub(crate) fn body_model(bytes: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct ModelOnly {
+        model: Option<String>,
+    }
+    serde_json::from_slice::<ModelOnly>(bytes).ok()?.model
+}
+
+/// The answer to a malformed or oversized OpenAI request body, in the OpenAI error shape.
+pub(crate) fn openai_error(
+    e: &switchyard_inference::RequestError,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::full(Bytes::from(e.to_openai_json())));
+    *resp.status_mut() = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    resp
+}
+
+/// Apply a target's model rewrite (`rewrite`) to a request whose model is `model`, and say which
+/// model it is for: the body's `model` value changes (and its `Content-Length` with it) only when
+/// the body carried one and the target names another.
+pub(crate) fn rewrite(
+    model: RequestedModel,
+    rewrite: Option<&Arc<str>>,
+    body: &mut Option<RequestBody>,
+    headers: &mut HeaderMap,
+    parsed: Option<&mut InferenceRequest>,
+) -> RequestModel {
+    let mut upstream_model = None;
+    if let (Some(new), RequestedModel::Body(old)) = (rewrite, &model) {
+        let bytes = body.as_ref().and_then(RequestBody::buffered);
+        match bytes.and_then(|b| switchyard_inference::rewrite_model(&b, new)) {
+            Some(rewritten) => {
+                headers.insert(CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
+                *body = Some(RequestBody::Buffered(Some(Bytes::from(rewritten))));
+                upstream_model = Some(new.clone());
+            }
+            // Already the target name; anything else leaves the body as it was.
+            None if **new == **old => upstream_model = Some(new.clone()),
+            None => {}
+        }
+    }
+    match upstream_model {
+        Some(new) => {
+            if let Some(p) = parsed {
+                p.model = new.to_string();
+            }
+            let original = model.name();
+            RequestModel {
+                original: (*new != *original).then(|| original.to_string()),
+                model: new,
+            }
+        }
+        None => RequestModel {
+            model: Arc::from(model.name()),
+            original: None,
+        },
+    }
+}
