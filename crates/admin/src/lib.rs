@@ -104,11 +104,30 @@ impl Admin {
             .pools
             .iter()
             .map(|p| {
+                let now = std::time::Instant::now();
                 let endpoints: Vec<_> = p
                     .endpoints
                     .iter()
-                    .map(|e| {
+                    .enumerate()
+                    .map(|(i, e)| {
+                        // What the `inference` picker scores: scraped signals corrected by the
+                        // gateway's own picks, and whether they are fresh.
+                        let inference = p.inference.as_ref().and_then(|picker| {
+                            let v = picker.endpoint_view(i, now)?;
+                            Some(serde_json::json!({
+                                "fresh": v.signals.fresh,
+                                "last_scrape_ms_ago": v.last_scrape_age.map(|d| d.as_secs_f64() * 1000.0),
+                                "waiting": v.signals.waiting,
+                                "running": v.signals.running,
+                                "kv_usage": v.signals.kv_usage,
+                                "in_flight_tokens": v.signals.in_flight_tokens,
+                                "num_gpu_blocks": v.signals.num_gpu_blocks,
+                                "lora_running": v.lora_running,
+                                "lora_waiting": v.lora_waiting,
+                            }))
+                        });
                         serde_json::json!({
+                            "inference": inference,
                             "address": e.address().to_string(),
                             "weight": e.weight,
                             "zone": e.zone,

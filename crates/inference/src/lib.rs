@@ -28,7 +28,7 @@ pub mod signals;
 pub mod usage;
 
 pub use model_rewrite::rewrite_model;
-pub use picker::{Decision, InferencePicker, PickerConfig, RequestContext};
+pub use picker::{Decision, EndpointView, InferencePicker, PickerConfig, RequestContext};
 pub use prefix_index::PrefixIndex;
 pub use request::{
     estimate_tokens, parse_openai, prompt_block_hashes, prompt_block_hashes_seeded, seed_for,

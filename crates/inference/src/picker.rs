@@ -96,6 +96,16 @@ pub struct Decision {
 /// Number of candidates reported in [`Decision::top`].
 pub const DEBUG_TOP: usize = 5;
 
+/// One endpoint as the picker sees it (see [`InferencePicker::endpoint_view`]).
+#[derive(Debug, Clone)]
+pub struct EndpointView {
+    pub signals: SignalSnapshot,
+    /// Since the last successful scrape; `None` before the first.
+    pub last_scrape_age: Option<Duration>,
+    pub lora_running: Vec<String>,
+    pub lora_waiting: Vec<String>,
+}
+
 /// The `inference` picker for one pool. `signals[i]` and the prefix index's endpoint `i` belong
 /// to `endpoints[i]` of every pick; endpoints beyond `signals` are scored as unknown.
 pub struct InferencePicker {
@@ -153,6 +163,19 @@ impl InferencePicker {
 
     pub fn prefix_index(&self) -> &Arc<PrefixIndex> {
         &self.prefix
+    }
+
+    /// What the picker knows of endpoint `i` now, as it would score it, and the age of its last
+    /// successful scrape: for operators (`/pools`), not the pick path.
+    pub fn endpoint_view(&self, i: usize, now: Instant) -> Option<EndpointView> {
+        let s = self.signals.get(i)?;
+        let lora = s.lora();
+        Some(EndpointView {
+            signals: s.snapshot(now, self.config.stale_after),
+            last_scrape_age: s.last_scrape().map(|t| now.saturating_duration_since(t)),
+            lora_running: lora.running.clone(),
+            lora_waiting: lora.waiting.clone(),
+        })
     }
 
     /// Whether a requested `model` names a LoRA adapter rather than a base model. vLLM serves

@@ -107,6 +107,32 @@ async fn inference_balancer_keeps_a_prefix_together_and_explains_picks() {
         .map(|e| e["requests"].as_u64().unwrap())
         .sum();
     assert_eq!(total, 12);
+
+    // `/pools` shows what the picker scores each endpoint on, scraped from the replicas.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let p = pools(&gw);
+        let eps = p["pools"][0]["endpoints"].as_array().unwrap().clone();
+        let scraped = eps.iter().all(|e| {
+            let v = &e["inference"];
+            v["fresh"] == true
+                && v["num_gpu_blocks"].as_u64().is_some_and(|n| n > 0)
+                && v["last_scrape_ms_ago"]
+                    .as_f64()
+                    .is_some_and(|ms| ms < 5_000.0)
+                && v["kv_usage"]
+                    .as_f64()
+                    .is_some_and(|u| (0.0..=1.0).contains(&u))
+        });
+        if scraped {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "signals not shown: {p}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
