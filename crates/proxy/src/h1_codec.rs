@@ -644,6 +644,20 @@ mod tests {
     }
 
     #[test]
+    fn raw_heads_carry_no_control_bytes() {
+        // Raw values go back to clients unchecked by `HeaderValue`: the parser must refuse what
+        // `HeaderValue` would (controls other than tab, DEL).
+        for bad in [&b"\x01"[..], b"\x7f", b"a\rb", b"a\x00"] {
+            let mut buf = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
+            buf.extend_from_slice(bad);
+            buf.extend_from_slice(b"\r\n\r\n");
+            assert!(parse_response_head(&buf).is_err(), "{bad:?} accepted");
+        }
+        let ok = parse_response_head(b"HTTP/1.1 200 OK\r\nX: a\tb \xe9\r\n\r\n");
+        assert!(ok.unwrap().is_some());
+    }
+
+    #[test]
     fn connection_naming_headers_gets_a_map() {
         let h = head("HTTP/1.1 200 OK\r\nConnection: x-p\r\nX-P: 1\r\n\r\n");
         assert!(h.raw.is_none());
