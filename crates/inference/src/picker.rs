@@ -165,6 +165,11 @@ impl InferencePicker {
         &self.prefix
     }
 
+    /// Whether every endpoint's first scrape has come back (succeeded or failed).
+    pub fn scraped_once(&self) -> bool {
+        self.signals.iter().all(|s| s.scraped_once())
+    }
+
     /// What the picker knows of endpoint `i` now, as it would score it, and the age of its last
     /// successful scrape: for operators (`/pools`), not the pick path.
     pub fn endpoint_view(&self, i: usize, now: Instant) -> Option<EndpointView> {

@@ -272,6 +272,12 @@ impl EndpointSignals {
         self.last_failed.store(true, Ordering::Relaxed);
     }
 
+    /// Whether a scrape has come back at all, succeeded or failed: until then the picker scores
+    /// this endpoint blind.
+    pub fn scraped_once(&self) -> bool {
+        self.last_scrape.load(Ordering::Relaxed) != 0 || self.last_failed.load(Ordering::Relaxed)
+    }
+
     /// When the last successful scrape happened.
     pub fn last_scrape(&self) -> Option<Instant> {
         match self.last_scrape.load(Ordering::Relaxed) {

@@ -397,6 +397,19 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Whether every `inference` pool has heard back from its first scrape of each endpoint
+    /// (succeeded or failed), and the longest a scrape may take: startup readiness waits on it,
+    /// so a gateway says ready once its pickers see something.
+    pub fn first_scrapes(&self) -> (bool, std::time::Duration) {
+        let mut done = true;
+        let mut bound = std::time::Duration::ZERO;
+        for picker in self.pools.iter().filter_map(|p| p.inference.as_ref()) {
+            done &= picker.scraped_once();
+            bound = bound.max(picker.config().stale_after);
+        }
+        (done, bound)
+    }
+
     pub fn route<B>(&self, req: &http::Request<B>) -> Option<&RouteEntry> {
         self.routes.iter().find(|r| r.matcher.matches(req))
     }

@@ -414,3 +414,48 @@ async fn inference_pools_answer_gateway_errors_in_openai_shape() {
     assert_eq!(v["error"]["code"], "body_too_large");
     assert!(v["error"]["message"].is_string());
 }
+
+/// A model server whose `/metrics` answers after `delay` (vLLM names, 3 waiting, 1 running); it
+/// serves a bounded number of scrapes, one per connection.
+fn slow_metrics_server(delay: Duration) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(50) {
+            let Ok(mut s) = stream else { return };
+            let mut buf = [0u8; 2048];
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            std::thread::sleep(delay);
+            let body = "vllm:num_requests_waiting 3\nvllm:num_requests_running 1\nvllm:kv_cache_usage_perc 0.25\n";
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_waits_for_the_first_scrape_of_an_inference_pool() {
+    // The first scrape takes 300 ms: a gateway that said ready at once would route blind.
+    let metrics = slow_metrics_server(Duration::from_millis(300));
+    let pool = "    balancer: { kind: inference, scrape_interval: 1s }\n";
+    let gw = Gateway::start(&config(&[metrics], "", pool));
+    let p = pools(&gw);
+    let v = &p["pools"][0]["endpoints"][0]["inference"];
+    assert!(
+        v["last_scrape_ms_ago"].is_number(),
+        "ready before the first scrape: {p}"
+    );
+    assert_eq!(v["waiting"], 3.0, "{p}");
+    assert_eq!(v["fresh"], true, "{p}");
+}
