@@ -2,6 +2,7 @@
 //! ([`load`]), and the cross-reference checks that make a config safe to swap in ([`validate`]).
 
 pub mod backends;
+pub mod balancer;
 mod error;
 pub mod health;
 pub mod load;
@@ -12,6 +13,7 @@ pub mod trace;
 pub mod validate;
 
 pub use backends::{Backend, Rewrite, Target};
+pub use balancer::*;
 pub use error::{nearest, ConfigError, ConfigErrors};
 pub use load::{load_file, parse};
 pub use model::*;

@@ -135,7 +135,7 @@ mod tests {
         let text = "pools:\n  - name: p\n    balancer: {kind: random}\n    endpoints:\n      - 127.0.0.1:1\n      - {address: 127.0.0.1:2, weight: 3, zone: a}\n";
         let c = parse(text, Path::new("t.yaml")).unwrap();
         assert_eq!(c.pools[0].endpoints[1].weight, 3);
-        assert_eq!(c.pools[0].balancer, crate::model::Balancer::Random);
+        assert_eq!(c.pools[0].balancer, crate::balancer::Balancer::Random);
     }
 
     #[test]
@@ -145,7 +145,7 @@ mod tests {
         assert_eq!(e.position.unwrap().line, 3);
     }
 
-    fn balancer(yaml: &str) -> crate::model::Balancer {
+    fn balancer(yaml: &str) -> crate::balancer::Balancer {
         let text = format!("pools:\n  - name: p\n    balancer: {yaml}\n");
         parse(&text, Path::new("t.yaml"))
             .unwrap()
@@ -156,7 +156,7 @@ mod tests {
 
     #[test]
     fn every_balancer_form_parses() {
-        use crate::model::{Balancer as B, HashKey};
+        use crate::balancer::{Balancer as B, HashKey};
         use std::time::Duration;
         let ms = Duration::from_millis;
         let s = Duration::from_secs;
@@ -239,7 +239,7 @@ mod tests {
         ] {
             let b = balancer(yaml);
             let shown = serde_yaml::to_string(&b).unwrap();
-            let back: crate::model::Balancer = serde_yaml::from_str(&shown).unwrap();
+            let back: crate::balancer::Balancer = serde_yaml::from_str(&shown).unwrap();
             assert_eq!(back, b, "{shown}");
             let json = serde_json::to_value(&b).unwrap();
             assert_eq!(json["kind"], b.kind(), "{json}");

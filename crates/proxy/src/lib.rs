@@ -17,6 +17,7 @@ pub mod models;
 pub mod pool_control;
 pub mod record;
 mod request_model;
+pub mod route_entry;
 pub mod route_match;
 pub mod server;
 pub mod service;

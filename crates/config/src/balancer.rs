@@ -1,0 +1,482 @@
+//! The `balancer` key of a pool: which picker spreads its requests, with that picker's own
+//! settings. Written as a bare name or as a map whose `kind` decides which settings are allowed,
+//! so the deserializer is hand-written to keep every error at its key's line and column.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Which picker spreads requests over a pool's endpoints. Written as a bare name
+/// (`round_robin`) or as a map with `kind` and the picker's own settings; every setting has a
+/// default, so each bare name is valid on its own.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Balancer {
+    #[default]
+    RoundRobin,
+    Random,
+    /// Round robin in proportion to endpoint `weight`.
+    WeightedRoundRobin,
+    /// Power of `choices` random choices on in-flight requests per unit of weight.
+    LeastRequest {
+        choices: u32,
+    },
+    /// Two random choices on peak-EWMA latency × (in-flight + 1).
+    PeakEwma {
+        /// Time constant of the latency average.
+        #[serde(with = "humantime_serde")]
+        decay: Duration,
+        /// Latency assumed for an endpoint with no samples yet.
+        #[serde(with = "humantime_serde")]
+        default_rtt: Duration,
+    },
+    /// Consistent hashing on a ring of virtual nodes, with bounded load.
+    RingHash {
+        key: HashKey,
+        min_ring_size: u32,
+        load_factor: f64,
+    },
+    /// Consistent hashing with a Maglev lookup table (`table_size` must be prime), with bounded
+    /// load.
+    Maglev {
+        key: HashKey,
+        table_size: u32,
+        load_factor: f64,
+    },
+    /// Weighted round robin over weights derived from ORCA load reports (gRFC A58).
+    WeightedLeastUtilization {
+        #[serde(with = "humantime_serde")]
+        blackout: Duration,
+        #[serde(with = "humantime_serde")]
+        expiration: Duration,
+        error_penalty: f64,
+    },
+    /// Inference-aware scoring from each model server's scraped metrics (queue, KV cache,
+    /// in-flight tokens, prefix-cache affinity, LoRA adapters); see docs/inference.md.
+    Inference {
+        /// Metric name set to scrape: `vllm`, `sglang`, `tgi` or `triton`.
+        metrics: String,
+        /// Scrape period; each scrape waits a random 1–2× this.
+        #[serde(with = "humantime_serde")]
+        scrape_interval: Duration,
+        /// Scraped signals older than this count as unknown.
+        #[serde(with = "humantime_serde")]
+        stale_after: Duration,
+        weights: InferenceWeights,
+        /// Ask each request's upstream for an ORCA load report and use its queue and KV
+        /// figures when they are newer than the last scrape.
+        orca: bool,
+    },
+}
+
+impl Balancer {
+    /// The `kind` name, as written in the config.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round_robin",
+            Self::Random => "random",
+            Self::WeightedRoundRobin => "weighted_round_robin",
+            Self::LeastRequest { .. } => "least_request",
+            Self::PeakEwma { .. } => "peak_ewma",
+            Self::RingHash { .. } => "ring_hash",
+            Self::Maglev { .. } => "maglev",
+            Self::WeightedLeastUtilization { .. } => "weighted_least_utilization",
+            Self::Inference { .. } => "inference",
+        }
+    }
+}
+
+/// Scorer weights of the `inference` balancer; the defaults follow llm-d's queue:kv:prefix =
+/// 2:2:3, plus LoRA affinity and in-flight tokens at 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferenceWeights {
+    pub queue: f64,
+    pub kv_cache: f64,
+    pub prefix: f64,
+    pub lora: f64,
+    pub in_flight: f64,
+    pub latency: f64,
+}
+
+impl Default for InferenceWeights {
+    fn default() -> Self {
+        Self {
+            queue: 2.0,
+            kv_cache: 2.0,
+            prefix: 3.0,
+            lora: 1.0,
+            in_flight: 1.0,
+            latency: 0.0,
+        }
+    }
+}
+
+const INFERENCE_METRICS: &[&str] = &["vllm", "sglang", "tgi", "triton"];
+
+/// Where a hashing balancer takes each request's key from: `{header: NAME}`, `{cookie: NAME}`
+/// or `source_ip`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum HashKey {
+    Header(String),
+    Cookie(String),
+    #[default]
+    SourceIp,
+}
+
+const BALANCER_KINDS: &[&str] = &[
+    "round_robin",
+    "random",
+    "weighted_round_robin",
+    "least_request",
+    "peak_ewma",
+    "ring_hash",
+    "maglev",
+    "weighted_least_utilization",
+    "inference",
+];
+
+/// Every key any balancer map accepts; used when a key comes before `kind`.
+const BALANCER_KEYS: &[&str] = &[
+    "kind",
+    "choices",
+    "decay",
+    "default_rtt",
+    "key",
+    "min_ring_size",
+    "load_factor",
+    "table_size",
+    "blackout",
+    "expiration",
+    "error_penalty",
+    "metrics",
+    "scrape_interval",
+    "stale_after",
+    "weights",
+    "orca",
+];
+
+/// Default settings, shared by the bare-name form and the map form.
+const DEFAULT_CHOICES: u32 = 2;
+const DEFAULT_DECAY: Duration = Duration::from_secs(10);
+const DEFAULT_RTT: Duration = Duration::from_millis(5);
+const DEFAULT_MIN_RING_SIZE: u32 = 1024;
+const MAX_RING_SIZE: u32 = 8 * 1024 * 1024;
+const DEFAULT_LOAD_FACTOR: f64 = 1.25;
+const DEFAULT_TABLE_SIZE: u32 = 65537;
+const DEFAULT_BLACKOUT: Duration = Duration::from_secs(10);
+const DEFAULT_EXPIRATION: Duration = Duration::from_secs(180);
+const DEFAULT_ERROR_PENALTY: f64 = 1.0;
+
+impl Balancer {
+    /// The keys a map of this `kind` accepts (besides `kind`).
+    fn keys(kind: &str) -> &'static [&'static str] {
+        match kind {
+            "least_request" => &["kind", "choices"],
+            "peak_ewma" => &["kind", "decay", "default_rtt"],
+            "ring_hash" => &["kind", "key", "min_ring_size", "load_factor"],
+            "maglev" => &["kind", "key", "table_size", "load_factor"],
+            "weighted_least_utilization" => &["kind", "blackout", "expiration", "error_penalty"],
+            "inference" => &[
+                "kind",
+                "metrics",
+                "scrape_interval",
+                "stale_after",
+                "weights",
+                "orca",
+            ],
+            _ => &["kind"],
+        }
+    }
+
+    /// Where this balancer takes each request's hash key from, if it hashes at all. The proxy
+    /// hashes that header value, cookie value or source IP with `balance::hash_key`.
+    pub fn hash_key(&self) -> Option<&HashKey> {
+        match self {
+            Balancer::RingHash { key, .. } | Balancer::Maglev { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
+    fn from_settings<E: de::Error>(kind: &str, s: Settings) -> Result<Self, E> {
+        let load_factor = s.load_factor.unwrap_or(DEFAULT_LOAD_FACTOR);
+        Ok(match kind {
+            "round_robin" => Balancer::RoundRobin,
+            "random" => Balancer::Random,
+            "weighted_round_robin" => Balancer::WeightedRoundRobin,
+            "least_request" => Balancer::LeastRequest {
+                choices: s.choices.unwrap_or(DEFAULT_CHOICES),
+            },
+            "peak_ewma" => Balancer::PeakEwma {
+                decay: s.decay.unwrap_or(DEFAULT_DECAY),
+                default_rtt: s.default_rtt.unwrap_or(DEFAULT_RTT),
+            },
+            "ring_hash" => Balancer::RingHash {
+                key: s.key.unwrap_or_default(),
+                min_ring_size: s.min_ring_size.unwrap_or(DEFAULT_MIN_RING_SIZE),
+                load_factor,
+            },
+            "maglev" => Balancer::Maglev {
+                key: s.key.unwrap_or_default(),
+                table_size: s.table_size.unwrap_or(DEFAULT_TABLE_SIZE),
+                load_factor,
+            },
+            "weighted_least_utilization" => Balancer::WeightedLeastUtilization {
+                blackout: s.blackout.unwrap_or(DEFAULT_BLACKOUT),
+                expiration: s.expiration.unwrap_or(DEFAULT_EXPIRATION),
+                error_penalty: s.error_penalty.unwrap_or(DEFAULT_ERROR_PENALTY),
+            },
+            "inference" => Balancer::Inference {
+                metrics: s.metrics.unwrap_or_else(|| "vllm".to_string()),
+                scrape_interval: s.scrape_interval.unwrap_or(Duration::from_millis(50)),
+                stale_after: s.stale_after.unwrap_or(Duration::from_millis(500)),
+                weights: s.weights.unwrap_or_default(),
+                orca: s.orca.unwrap_or(true),
+            },
+            other => return Err(E::unknown_variant(other, BALANCER_KINDS)),
+        })
+    }
+}
+
+/// The settings of a balancer map, before `kind` decides which of them are allowed.
+#[derive(Default)]
+struct Settings {
+    metrics: Option<String>,
+    scrape_interval: Option<Duration>,
+    stale_after: Option<Duration>,
+    weights: Option<InferenceWeights>,
+    orca: Option<bool>,
+    choices: Option<u32>,
+    decay: Option<Duration>,
+    default_rtt: Option<Duration>,
+    key: Option<HashKey>,
+    min_ring_size: Option<u32>,
+    load_factor: Option<f64>,
+    table_size: Option<u32>,
+    blackout: Option<Duration>,
+    expiration: Option<Duration>,
+    error_penalty: Option<f64>,
+}
+
+/// A map key that must be one of a list. Checking it while the key itself is deserialized (not
+/// after) lets the YAML error carry the key's own line and column.
+struct KeyIn(&'static [&'static str]);
+
+impl<'de> de::DeserializeSeed<'de> for KeyIn {
+    type Value = String;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyIn {
+    type Value = String;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a balancer setting name")
+    }
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<String, E> {
+        if self.0.contains(&key) {
+            Ok(key.to_string())
+        } else {
+            Err(E::unknown_field(key, self.0))
+        }
+    }
+}
+
+/// A humantime duration (`10s`, `3m`) as a map value.
+struct HumanDuration(Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        humantime_serde::deserialize(d).map(HumanDuration)
+    }
+}
+
+fn is_prime(n: u32) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n / d * d != n)
+}
+
+fn read_setting<'de, A: MapAccess<'de>>(
+    map: &mut A,
+    key: &str,
+    s: &mut Settings,
+) -> Result<(), A::Error> {
+    fn positive<E: de::Error>(key: &str, d: Duration) -> Result<Duration, E> {
+        if d.is_zero() {
+            return Err(E::custom(format!("`{key}` must be greater than zero")));
+        }
+        Ok(d)
+    }
+    match key {
+        "choices" => {
+            let c: u32 = map.next_value()?;
+            if c == 0 {
+                return Err(de::Error::custom("`choices` must be at least 1"));
+            }
+            s.choices = Some(c);
+        }
+        "decay" => s.decay = Some(positive(key, map.next_value::<HumanDuration>()?.0)?),
+        "default_rtt" => s.default_rtt = Some(positive(key, map.next_value::<HumanDuration>()?.0)?),
+        "key" => s.key = Some(map.next_value()?),
+        "min_ring_size" => {
+            let n: u32 = map.next_value()?;
+            if n == 0 || n > MAX_RING_SIZE {
+                return Err(de::Error::custom(format!(
+                    "`min_ring_size` must be between 1 and {MAX_RING_SIZE}"
+                )));
+            }
+            s.min_ring_size = Some(n);
+        }
+        "load_factor" => {
+            let c: f64 = map.next_value()?;
+            if !(c.is_finite() && c >= 1.0) {
+                return Err(de::Error::custom("`load_factor` must be a number >= 1.0"));
+            }
+            s.load_factor = Some(c);
+        }
+        "table_size" => {
+            let n: u32 = map.next_value()?;
+            if !is_prime(n) {
+                return Err(de::Error::custom(format!(
+                    "`table_size` must be a prime number (such as 65537), not {n}"
+                )));
+            }
+            s.table_size = Some(n);
+        }
+        "blackout" => s.blackout = Some(map.next_value::<HumanDuration>()?.0),
+        "expiration" => s.expiration = Some(positive(key, map.next_value::<HumanDuration>()?.0)?),
+        "error_penalty" => {
+            let p: f64 = map.next_value()?;
+            if !(p.is_finite() && p >= 0.0) {
+                return Err(de::Error::custom("`error_penalty` must be a number >= 0"));
+            }
+            s.error_penalty = Some(p);
+        }
+        "metrics" => {
+            let m: String = map.next_value()?;
+            if !INFERENCE_METRICS.contains(&m.as_str()) {
+                return Err(de::Error::unknown_variant(&m, INFERENCE_METRICS));
+            }
+            s.metrics = Some(m);
+        }
+        "scrape_interval" => {
+            s.scrape_interval = Some(positive(key, map.next_value::<HumanDuration>()?.0)?)
+        }
+        "stale_after" => s.stale_after = Some(positive(key, map.next_value::<HumanDuration>()?.0)?),
+        "weights" => s.weights = Some(map.next_value()?),
+        "orca" => s.orca = Some(map.next_value()?),
+        other => return Err(de::Error::unknown_field(other, BALANCER_KEYS)),
+    }
+    Ok(())
+}
+
+impl<'de> Deserialize<'de> for Balancer {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Balancer;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a balancer name or a map with `kind`")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Balancer, E> {
+                Balancer::from_settings(s, Settings::default())
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Balancer, A::Error> {
+                let mut kind: Option<String> = None;
+                let mut seen: Vec<String> = Vec::new();
+                let mut settings = Settings::default();
+                loop {
+                    let allowed = match &kind {
+                        Some(k) => Balancer::keys(k),
+                        None => BALANCER_KEYS,
+                    };
+                    let Some(key) = map.next_key_seed(KeyIn(allowed))? else {
+                        break;
+                    };
+                    if key == "kind" {
+                        let k: String = map.next_value()?;
+                        if !BALANCER_KINDS.contains(&k.as_str()) {
+                            return Err(de::Error::unknown_variant(&k, BALANCER_KINDS));
+                        }
+                        kind = Some(k);
+                    } else {
+                        read_setting(&mut map, &key, &mut settings)?;
+                        seen.push(key);
+                    }
+                }
+                let kind = kind.ok_or_else(|| de::Error::missing_field("kind"))?;
+                // Keys read before `kind` are checked now.
+                let allowed = Balancer::keys(&kind);
+                if let Some(bad) = seen.iter().find(|k| !allowed.contains(&k.as_str())) {
+                    return Err(de::Error::unknown_field(bad, allowed));
+                }
+                Balancer::from_settings(&kind, settings)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for HashKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            HashKey::SourceIp => s.serialize_str("source_ip"),
+            HashKey::Header(name) | HashKey::Cookie(name) => {
+                let tag = if matches!(self, HashKey::Header(_)) {
+                    "header"
+                } else {
+                    "cookie"
+                };
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry(tag, name)?;
+                m.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HashKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const FORMS: &[&str] = &["source_ip"];
+        const SOURCES: &[&str] = &["header", "cookie"];
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = HashKey;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`source_ip`, `{header: NAME}` or `{cookie: NAME}`")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<HashKey, E> {
+                match s {
+                    "source_ip" => Ok(HashKey::SourceIp),
+                    other => Err(E::unknown_variant(other, FORMS)),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HashKey, A::Error> {
+                let key = map
+                    .next_key::<String>()?
+                    .ok_or_else(|| de::Error::custom("expected `header` or `cookie`"))?;
+                let name: String = match key.as_str() {
+                    "header" | "cookie" => map.next_value()?,
+                    other => return Err(de::Error::unknown_field(other, SOURCES)),
+                };
+                if name.is_empty() {
+                    return Err(de::Error::custom(format!("`{key}` name must not be empty")));
+                }
+                if let Some(extra) = map.next_key::<String>()? {
+                    return Err(de::Error::custom(format!(
+                        "`key` takes one source, found `{key}` and `{extra}`"
+                    )));
+                }
+                Ok(if key == "header" {
+                    HashKey::Header(name.to_ascii_lowercase())
+                } else {
+                    HashKey::Cookie(name)
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

@@ -1,0 +1,250 @@
+//! A route of one config generation, compiled: its matcher, weighted targets, retry policy and
+//! budget, hedging, and the metric handles resolved once so requests never look labels up.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use switchyard_resilience::{Hedger, RetryBudget, RetryOn, RetryPolicy};
+use switchyard_telemetry::metrics::{
+    RequestLabels, RouteLabels, RouteNameLabels, RouteReasonLabels, TokenLabels,
+};
+use switchyard_telemetry::Metrics;
+
+use crate::gateway::PoolEntry;
+use crate::models::{ModelId, ModelLabels, MAX_MODEL_LABELS};
+use crate::route_match::RouteMatch;
+
+/// A route, compiled.
+pub struct RouteEntry {
+    pub name: String,
+    pub matcher: RouteMatch,
+    /// Where requests go: one target (`pool`), or weighted `backends`.
+    pub targets: Box<[RouteTarget]>,
+    /// Running sums of target weights (parallel to `targets`); used when there are several.
+    pub(crate) cumulative_weights: Box<[u64]>,
+    pub timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_request_body: u64,
+    /// Default priority of the route's requests.
+    pub priority: switchyard_config::Priority,
+    pub retry: Option<RouteRetry>,
+    /// Hedging, with the config it was built from (kept across reloads when unchanged).
+    pub hedger: Option<Hedger>,
+    pub(crate) hedge_config: Option<switchyard_config::resilience::HedgeConfig>,
+    pub(crate) retries: prometheus_client::metrics::family::Family<RouteReasonLabels, Counter>,
+    pub(crate) retries_refused:
+        prometheus_client::metrics::family::Family<RouteReasonLabels, Counter>,
+    /// Present exactly when `hedger` is.
+    pub hedge_metrics: Option<HedgeMetrics>,
+}
+
+/// A hedging route's counters, resolved once per generation.
+pub struct HedgeMetrics {
+    /// Hedges sent.
+    pub sent: Counter,
+    /// Hedges whose response was used.
+    pub won: Counter,
+    /// Hedges due but refused by the hedge budget.
+    pub refused_budget: Counter,
+    /// Hedges due with no untried endpoint to send them to.
+    pub refused_no_endpoint: Counter,
+}
+
+impl HedgeMetrics {
+    pub(crate) fn new(metrics: &Metrics, route: &str) -> Self {
+        let labels = RouteNameLabels {
+            route: route.to_string(),
+        };
+        let refused = |reason| {
+            metrics
+                .hedges_refused
+                .get_or_create(&RouteReasonLabels {
+                    route: route.to_string(),
+                    reason,
+                })
+                .clone()
+        };
+        Self {
+            sent: metrics.hedges.get_or_create(&labels).clone(),
+            won: metrics.hedges_won.get_or_create(&labels).clone(),
+            refused_budget: refused("budget"),
+            refused_no_endpoint: refused("no_endpoint"),
+        }
+    }
+}
+
+/// One target of a route: a pool, and the model name the upstream is asked for.
+pub struct RouteTarget {
+    pub pool: Arc<PoolEntry>,
+    pub weight: u32,
+    /// Replaces the request body's `model` (aliases, version splits); `None` keeps it.
+    pub model: Option<Arc<str>>,
+    /// Labelled with the route and this target's pool.
+    pub metrics: RouteMetrics,
+}
+
+/// A route's retry policy and the budget its retries draw from.
+#[derive(Clone)]
+pub struct RouteRetry {
+    pub config: switchyard_config::resilience::RetryConfig,
+    pub policy: RetryPolicy,
+    pub budget: RetryBudget,
+}
+
+impl RouteRetry {
+    pub(crate) fn new(c: &switchyard_config::resilience::RetryConfig) -> Self {
+        let mut policy = RetryPolicy::new(
+            c.attempts,
+            c.retry_on
+                .iter()
+                .filter_map(|r| RetryOn::from_name(r.as_str())),
+        );
+        policy.retriable_status_codes = c.retriable_status_codes.clone();
+        policy.per_try_timeout = c.per_try_timeout;
+        policy.backoff = switchyard_resilience::Backoff {
+            base: c.backoff.base,
+            max: c.backoff.max,
+        };
+        policy.retry_after_max = c.retry_after_max;
+        policy.max_replay_body = c.max_replay_body;
+        Self {
+            config: c.clone(),
+            policy,
+            budget: RetryBudget::new(c.budget.ratio, c.budget.min_concurrency),
+        }
+    }
+}
+
+impl RouteEntry {
+    /// The target for one request, by weight. A single-target route costs nothing here; a
+    /// split draws one number from the thread-local generator (no lock, no shared state).
+    pub fn pick_target(&self) -> usize {
+        if self.targets.len() == 1 {
+            return 0;
+        }
+        let total = self.cumulative_weights.last().copied().unwrap_or(0);
+        if total == 0 {
+            return 0;
+        }
+        let draw = fastrand::u64(..total);
+        self.cumulative_weights.partition_point(|&c| c <= draw)
+    }
+
+    pub fn count_retry(&self, reason: &'static str) {
+        self.retries
+            .get_or_create(&RouteReasonLabels {
+                route: self.name.clone(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn count_retry_refused(&self, reason: &'static str) {
+        self.retries_refused
+            .get_or_create(&RouteReasonLabels {
+                route: self.name.clone(),
+                reason,
+            })
+            .inc();
+    }
+}
+
+/// Per-route metric handles, resolved once per generation so the request path never hashes
+/// label sets.
+pub struct RouteMetrics {
+    route: String,
+    pool: String,
+    family: prometheus_client::metrics::family::Family<RequestLabels, Counter>,
+    by_status: Box<[OnceLock<Counter>]>,
+    pub duration: Histogram,
+    /// Streamed responses: time to the first chunk, and between chunks.
+    pub stream_first_chunk: Histogram,
+    pub stream_chunk_gap: Histogram,
+    /// Usage tokens of responses whose model the gateway did not read: (prompt, completion).
+    pub tokens: (Counter, Counter),
+    tokens_family: prometheus_client::metrics::family::Family<TokenLabels, Counter>,
+    /// Usage tokens per model label (indexed by `ModelId`), resolved on first use.
+    tokens_by_model: Box<[OnceLock<(Counter, Counter)>]>,
+}
+
+impl RouteMetrics {
+    pub fn new(metrics: &Metrics, route: &str, pool: &str) -> Self {
+        let labels = RouteLabels {
+            route: route.to_string(),
+            pool: pool.to_string(),
+        };
+        let duration = metrics.request_duration.get_or_create(&labels).clone();
+        let stream_first_chunk = metrics.stream_ttft.get_or_create(&labels).clone();
+        let stream_chunk_gap = metrics.stream_gap.get_or_create(&labels).clone();
+        let tokens = token_counters(&metrics.tokens, route, pool, "");
+        Self {
+            route: route.to_string(),
+            pool: pool.to_string(),
+            family: metrics.requests.clone(),
+            by_status: (100..600).map(|_| OnceLock::new()).collect(),
+            duration,
+            stream_first_chunk,
+            stream_chunk_gap,
+            tokens,
+            tokens_family: metrics.tokens.clone(),
+            tokens_by_model: (0..MAX_MODEL_LABELS).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Usage token counters (prompt, completion) for `model`.
+    pub fn model_tokens(&self, model: ModelId, labels: &ModelLabels) -> &(Counter, Counter) {
+        self.tokens_by_model[model.index()].get_or_init(|| {
+            token_counters(
+                &self.tokens_family,
+                &self.route,
+                &self.pool,
+                &labels.name(model),
+            )
+        })
+    }
+
+    /// Count one finished request with its status.
+    pub fn count(&self, status: u16) {
+        let idx = usize::from(status.clamp(100, 599) - 100);
+        self.by_status[idx]
+            .get_or_init(|| {
+                self.family
+                    .get_or_create(&RequestLabels {
+                        route: self.route.clone(),
+                        pool: self.pool.clone(),
+                        code: status,
+                    })
+                    .clone()
+            })
+            .inc();
+    }
+
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    pub fn pool(&self) -> &str {
+        &self.pool
+    }
+}
+
+fn token_counters(
+    family: &prometheus_client::metrics::family::Family<TokenLabels, Counter>,
+    route: &str,
+    pool: &str,
+    model: &str,
+) -> (Counter, Counter) {
+    let counter = |kind| {
+        family
+            .get_or_create(&TokenLabels {
+                route: route.to_string(),
+                pool: pool.to_string(),
+                model: model.to_string(),
+                kind,
+            })
+            .clone()
+    };
+    (counter("prompt"), counter("completion"))
+}
