@@ -82,7 +82,15 @@ fn clean_message(raw: &str, path: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    /// Every error `text` gets, as shown to users (`c.yaml:line:col: ...`).
+    pub(crate) fn errors(text: &str) -> Vec<String> {
+        match super::parse(text, std::path::Path::new("c.yaml")) {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
     use super::*;
 
     fn err(text: &str) -> ConfigError {

@@ -189,12 +189,7 @@ mod tests {
     use crate::parse;
     use std::path::Path;
 
-    fn errors(text: &str) -> Vec<String> {
-        match parse(text, Path::new("c.yaml")) {
-            Ok(_) => vec![],
-            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
-        }
-    }
+    use crate::load::tests::errors;
 
     #[test]
     fn defaults_and_full_form() {

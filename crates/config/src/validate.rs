@@ -263,15 +263,7 @@ fn is_token_char(b: u8) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use crate::parse;
-    use std::path::Path;
-
-    fn errors(text: &str) -> Vec<String> {
-        match parse(text, Path::new("c.yaml")) {
-            Ok(_) => vec![],
-            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
-        }
-    }
+    use crate::load::tests::errors;
 
     #[test]
     fn missing_pool_points_at_route_and_suggests() {

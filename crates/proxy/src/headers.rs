@@ -2,8 +2,8 @@
 //! and request ids.
 
 use http::header::{
-    HeaderName, HeaderValue, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, EXPECT,
-    HOST, RETRY_AFTER, TE, TRANSFER_ENCODING, UPGRADE,
+    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, TE,
+    TRANSFER_ENCODING, UPGRADE,
 };
 use http::HeaderMap;
 use switchyard_config::Priority;
@@ -16,8 +16,6 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 static X_SWITCHYARD_PRIORITY: HeaderName = HeaderName::from_static("x-switchyard-priority");
 static X_SWITCHYARD_DEBUG: HeaderName = HeaderName::from_static("x-switchyard-debug");
 static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
-static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-pub static ENDPOINT_LOAD_METRICS: HeaderName = HeaderName::from_static("endpoint-load-metrics");
 
 /// What the request path reads from a request's headers, gathered in one pass over them. A
 /// hashed lookup costs about as much as visiting every header of a typical request, and the
@@ -155,22 +153,10 @@ impl ResponseScan {
     pub fn new(headers: &HeaderMap) -> Self {
         let mut scan = ResponseScan::default();
         for (name, value) in headers {
-            if name == CONTENT_TYPE {
-                let v = value.as_bytes();
-                scan.event_stream = v.starts_with(b"text/event-stream");
-                scan.json = v.starts_with(b"application/json");
-            } else if name == CONTENT_ENCODING {
-                scan.content_encoding = true;
-            } else if is_hop_by_hop(name) {
+            if is_hop_by_hop(name) {
                 scan.hop_by_hop = true;
-            } else if name == RETRY_AFTER {
-                scan.retry_after = Some(value.clone());
-            } else if name == GRPC_STATUS {
-                scan.grpc_status = value.to_str().ok().and_then(|v| v.trim().parse().ok());
-            } else if name == ENDPOINT_LOAD_METRICS {
-                scan.load_report = Some(value.clone());
-            } else if name == X_REQUEST_ID {
-                scan.request_id = true;
+            } else {
+                scan.observe(name.as_str().as_bytes(), value.as_bytes());
             }
         }
         scan
@@ -241,21 +227,24 @@ pub fn wants_trailers(headers: &HeaderMap) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
 }
 
-/// Append the client address to `x-forwarded-for` and set `x-forwarded-proto`. `scan` says what
-/// the client sent: when it sent neither, the two are appended, which skips the search for values
-/// to replace.
+/// Set `name` to `value`. When a scan saw no such header (`maybe_present` false) it is appended,
+/// which skips the search for values to replace; otherwise it replaces them.
+pub fn put(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue, maybe_present: bool) {
+    if maybe_present {
+        headers.insert(name.clone(), value);
+    } else {
+        headers.append(name.clone(), value);
+    }
+}
+
+/// Append the client address to `x-forwarded-for` and set `x-forwarded-proto`; `scan` says
+/// whether the client sent either.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     scan: &RequestScan,
     client_ip: &HeaderValue,
     https: bool,
 ) {
-    let proto = HeaderValue::from_static(if https { "https" } else { "http" });
-    if !scan.forwarded_headers {
-        headers.append(X_FORWARDED_FOR.clone(), client_ip.clone());
-        headers.append(X_FORWARDED_PROTO.clone(), proto);
-        return;
-    }
     let xff = match &scan.forwarded_for {
         Some(prev) if !prev.is_empty() => {
             let mut v = Vec::with_capacity(prev.len() + 2 + client_ip.len());
@@ -267,9 +256,10 @@ pub fn set_forwarded(
         _ => Some(client_ip.clone()),
     };
     if let Some(v) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+        put(headers, &X_FORWARDED_FOR, v, scan.forwarded_headers);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), proto);
+    let proto = HeaderValue::from_static(if https { "https" } else { "http" });
+    put(headers, &X_FORWARDED_PROTO, proto, scan.forwarded_headers);
 }
 
 fn new_request_id() -> HeaderValue {

@@ -239,18 +239,16 @@ async fn forward(
         }
     }
     headers::set_forwarded(&mut parts.headers, &scan, &cx.client_ip, cx.https);
-    // A sane id of the client's is already there (once): the scan only keeps a lone one. An
-    // absent header is appended, which skips the search for values to replace.
-    if scan.request_id_present || scan.hop_by_hop {
-        if scan.request_id.is_none() || scan.hop_by_hop {
-            parts
-                .headers
-                .insert(X_REQUEST_ID.clone(), request_id.clone());
-        }
-    } else {
-        parts
-            .headers
-            .append(X_REQUEST_ID.clone(), request_id.clone());
+    // A sane id of the client's is already there (the scan only keeps a lone one), unless the
+    // hop-by-hop stripping could have taken it.
+    if scan.request_id.is_none() || scan.hop_by_hop {
+        let maybe_present = scan.request_id_present || scan.hop_by_hop;
+        headers::put(
+            &mut parts.headers,
+            &X_REQUEST_ID,
+            request_id.clone(),
+            maybe_present,
+        );
     }
     if matches!(
         pool.spec.balancer,
@@ -701,15 +699,12 @@ async fn forward(
         if rscan.hop_by_hop && parts.status != StatusCode::SWITCHING_PROTOCOLS {
             headers::strip_present_hop_by_hop(&mut parts.headers);
         }
-        if rscan.request_id {
-            parts
-                .headers
-                .insert(X_REQUEST_ID.clone(), request_id.clone());
-        } else {
-            parts
-                .headers
-                .append(X_REQUEST_ID.clone(), request_id.clone());
-        }
+        headers::put(
+            &mut parts.headers,
+            &X_REQUEST_ID,
+            request_id.clone(),
+            rscan.request_id,
+        );
         if let Some(v) = pick_debug {
             parts.headers.insert(X_SWITCHYARD_PICK.clone(), v);
         }

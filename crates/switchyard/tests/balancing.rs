@@ -415,33 +415,15 @@ async fn inference_pools_answer_gateway_errors_in_openai_shape() {
     assert!(v["error"]["message"].is_string());
 }
 
-/// A model server whose `/metrics` answers after `delay` (vLLM names, 3 waiting, 1 running); it
-/// serves a bounded number of scrapes, one per connection.
+/// A model server whose `/metrics` answers after `delay` (vLLM names, 3 waiting, 1 running).
 fn slow_metrics_server(delay: Duration) -> std::net::SocketAddr {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(50) {
-            let Ok(mut s) = stream else { return };
-            let mut buf = [0u8; 2048];
-            let mut seen = Vec::new();
-            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => seen.extend_from_slice(&buf[..n]),
-                }
-            }
-            std::thread::sleep(delay);
-            let body = "vllm:num_requests_waiting 3\nvllm:num_requests_running 1\nvllm:kv_cache_usage_perc 0.25\n";
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    addr
+    let body =
+        "vllm:num_requests_waiting 3\nvllm:num_requests_running 1\nvllm:kv_cache_usage_perc 0.25\n";
+    let response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    support::origin::raw(response.into_bytes(), delay)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

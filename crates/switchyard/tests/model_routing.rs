@@ -10,26 +10,10 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http_body_util::Full;
 use support::client::{self, send, TestClient};
+use support::fleet::{fleet_of, MODEL};
 use support::origin::Origin;
 use support::Gateway;
-use switchyard_sim::{start_fleet, FaultConfig, Fleet, FleetConfig, ReplicaConfig};
-
-const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
-
-async fn fleet(model: &str, n: usize) -> Fleet {
-    start_fleet(FleetConfig {
-        model: model.into(),
-        base_port: 0,
-        replicas: vec![ReplicaConfig {
-            count: n,
-            speed: 50.0,
-            ..ReplicaConfig::default()
-        }],
-        ..FleetConfig::default()
-    })
-    .await
-    .unwrap()
-}
+use switchyard_sim::FaultConfig;
 
 fn eps(addrs: &[SocketAddr]) -> String {
     let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
@@ -73,7 +57,7 @@ fn metric_sum(gw: &Gateway, prefix: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alias_reaches_the_upstream_with_the_rewritten_model() {
     let origin = Origin::start();
-    let sim = fleet(MODEL, 1).await;
+    let sim = fleet_of(MODEL, 1).await;
     let routes = format!(
         "  - name: echo-alias\n    match: {{ path: /echo-body, model: gpt-4 }}\n    pool: echo\n    rewrite: {{ model: \"llama-3-8b-\\\"instruct\\\"\" }}\n  - name: gpt4-alias\n    match: {{ model: gpt-4 }}\n    pool: llama\n    rewrite: {{ model: \"{MODEL}\" }}\n  - name: rest\n    match: {{ path_prefix: / }}\n    pool: echo\n"
     );
@@ -140,8 +124,8 @@ async fn alias_reaches_the_upstream_with_the_rewritten_model() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_split_lands_within_tolerance_and_each_side_sees_its_model() {
-    let v1 = fleet("llama-3-v1", 1).await;
-    let v2 = fleet("llama-3-v2", 1).await;
+    let v1 = fleet_of("llama-3-v1", 1).await;
+    let v2 = fleet_of("llama-3-v2", 1).await;
     let routes = "  - name: llama-split\n    match: { model: llama-3 }\n    backends:\n      - { pool: llama-v1, weight: 90, model: llama-3-v1 }\n      - { pool: llama-v2, weight: 10, model: llama-3-v2 }\n";
     let pools = format!(
         "  - {{name: llama-v1, endpoints: {}}}\n  - {{name: llama-v2, endpoints: {}}}\n",
@@ -197,8 +181,8 @@ async fn weighted_split_lands_within_tolerance_and_each_side_sees_its_model() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_stay_within_the_chosen_backend() {
-    let good = fleet(MODEL, 1).await;
-    let bad = fleet(MODEL, 1).await;
+    let good = fleet_of(MODEL, 1).await;
+    let bad = fleet_of(MODEL, 1).await;
     bad.set_faults(
         0,
         FaultConfig {
@@ -279,7 +263,7 @@ async fn stream(c: &TestClient, gw: &Gateway, body: String) -> (Option<(u64, u64
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_and_stream_metrics_match_what_the_simulator_reported() {
-    let sim = fleet(MODEL, 2).await;
+    let sim = fleet_of(MODEL, 2).await;
     let routes = "  - name: r\n    match: { path_prefix: /v1/ }\n    pool: p\n";
     let pools = format!(
         "  - {{name: p, endpoints: {}, balancer: {{kind: inference, scrape_interval: 20ms}}}}\n",

@@ -463,28 +463,9 @@ async fn routes_on_the_model_in_the_body_or_x_model_header() {
     assert_eq!(json(&body)["origin"], b.addr.to_string());
 }
 
-/// A one-shot raw HTTP/1 origin: answers each connection's first request with `response`
-/// verbatim, then closes. For upstream framings the test origin (hyper) never produces.
+/// An origin that answers with `response` verbatim (see `support::origin::raw`).
 fn raw_origin(response: &'static [u8]) -> std::net::SocketAddr {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        // Bounded: the test makes a handful of requests.
-        for stream in listener.incoming().take(8) {
-            let Ok(mut s) = stream else { return };
-            let mut buf = [0u8; 4096];
-            let mut seen = Vec::new();
-            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => seen.extend_from_slice(&buf[..n]),
-                }
-            }
-            let _ = s.write_all(response);
-        }
-    });
-    addr
+    support::origin::raw(response.to_vec(), Duration::ZERO)
 }
 
 #[tokio::test]

@@ -13,9 +13,15 @@ use super::Gateway;
 
 pub const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 
+/// `n` simulated replicas serving [`MODEL`].
 pub async fn fleet(n: usize) -> Fleet {
+    fleet_of(MODEL, n).await
+}
+
+/// `n` simulated replicas serving `model`.
+pub async fn fleet_of(model: &str, n: usize) -> Fleet {
     start_fleet(FleetConfig {
-        model: MODEL.into(),
+        model: model.into(),
         base_port: 0,
         replicas: vec![ReplicaConfig {
             count: n,
@@ -119,12 +125,7 @@ pub async fn spread(gw: &Gateway, n: usize, header: Option<(&str, String)>) -> V
         let (status, _, _) = send(&c, b.body(Full::new(Bytes::from(body))).unwrap()).await;
         assert_eq!(status, 200);
     }
-    pools(gw)["pools"][0]["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["requests"].as_u64().unwrap())
-        .collect()
+    endpoint_requests(gw)
 }
 
 /// GET `path` through the gateway on a fresh HTTP/1 connection: status, overflow header, time.

@@ -281,3 +281,28 @@ async fn handle(
         }
     }
 }
+
+/// A raw HTTP/1 origin: answers each connection's first request with `response` verbatim after
+/// `delay`, then closes. For upstream bytes the test origin (hyper) never produces. Bounded: it
+/// serves at most 50 connections.
+pub fn raw(response: Vec<u8>, delay: Duration) -> SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(50) {
+            let Ok(mut s) = stream else { return };
+            let mut buf = [0u8; 4096];
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            std::thread::sleep(delay);
+            let _ = s.write_all(&response);
+        }
+    });
+    addr
+}
