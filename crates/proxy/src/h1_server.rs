@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::{ClientBody, ResponseBody};
+use crate::deadline::LazyDeadline;
 use crate::gateway::GatewayHandle;
 use crate::h1_codec::{connection_tokens, encode_chunk, encode_last_chunk, parse_decimal};
 use crate::service::{self, ConnContext};
@@ -65,8 +66,7 @@ pub async fn serve(
         io: stream,
         buf: BytesMut::with_capacity(READ_CHUNK),
         out: BytesMut::with_capacity(READ_CHUNK),
-        timer: Box::pin(tokio::time::sleep(limits.header_read_timeout)),
-        deadline: Instant::now() + limits.header_read_timeout,
+        deadline: LazyDeadline::new(Instant::now() + limits.header_read_timeout),
         stop: Box::pin(shutdown.clone().cancelled_owned()),
     };
     loop {
@@ -101,11 +101,8 @@ struct Conn {
     buf: BytesMut,
     /// The response being written.
     out: BytesMut,
-    /// Fires at or before `deadline`. Moving the deadline (once per request) only writes the
-    /// field; the timer is re-armed when it fires early, at most once per timeout period.
-    timer: Pin<Box<tokio::time::Sleep>>,
     /// When the head being read (or the body of a small request) must have arrived.
-    deadline: Instant,
+    deadline: LazyDeadline,
     /// Process shutdown, registered once for the connection's life.
     stop: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
 }
@@ -128,20 +125,6 @@ impl Conn {
         }
     }
 
-    /// Ready once the header-read deadline has passed.
-    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        loop {
-            if self.timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            if Instant::now() >= self.deadline {
-                return Poll::Ready(());
-            }
-            let deadline = self.deadline;
-            self.timer.as_mut().reset(deadline);
-        }
-    }
-
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         crate::h1_codec::read_more(&mut self.io, cx, &mut self.buf, READ_CHUNK)
     }
@@ -158,7 +141,8 @@ impl Conn {
             }
             if !armed {
                 armed = true;
-                self.deadline = Instant::now() + limits.header_read_timeout;
+                self.deadline
+                    .set(Some(Instant::now() + limits.header_read_timeout));
             }
             enum Next {
                 Read(io::Result<usize>),
@@ -170,7 +154,7 @@ impl Conn {
                 if let Poll::Ready(r) = self.poll_read_more(cx) {
                     return Poll::Ready(Next::Read(r));
                 }
-                if self.poll_deadline(cx).is_ready() {
+                if self.deadline.poll(cx).is_ready() {
                     return Poll::Ready(Next::Stop);
                 }
                 if idle && self.stop.as_mut().poll(cx).is_ready() {
@@ -197,7 +181,7 @@ impl Conn {
                 if let Poll::Ready(r) = self.poll_read_more(cx) {
                     return Poll::Ready(Some(r));
                 }
-                if self.poll_deadline(cx).is_ready() {
+                if self.deadline.poll(cx).is_ready() {
                     return Poll::Ready(None);
                 }
                 Poll::Pending

@@ -5,6 +5,7 @@
 pub mod admission;
 mod attempt;
 pub mod body;
+mod deadline;
 pub mod error;
 pub mod framing_guard;
 pub mod gateway;

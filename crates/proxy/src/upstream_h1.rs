@@ -7,7 +7,6 @@
 //! from sending the head to the last body byte, and then put it back on a per-endpoint idle
 //! stack. This is the shape Pingora uses; here it costs no task and no hash per request.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -21,9 +20,9 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio::time::Sleep;
 
 use crate::body::{BoxError, RequestBody};
+use crate::deadline::LazyDeadline;
 use crate::h1_codec::{
     decode_chunked, encode_chunk, encode_last_chunk, encode_request_head, parse_response_head,
     response_framing, BodyFraming, Chunked, Decoded, ProtocolError, RawHeaders, ReqFraming,
@@ -53,14 +52,9 @@ struct Idle {
 struct Conn {
     io: TcpStream,
     buf: BytesMut,
-    /// Bounds each exchange's wait (the attempt's deadline). Armed lazily: a later deadline only
-    /// writes `deadline`, and the timer is re-armed when it fires early, so a steady stream of
-    /// requests registers no timer per request.
-    timer: Pin<Box<Sleep>>,
-    /// `None`: the caller times the exchange.
-    deadline: Option<Instant>,
-    /// When `timer` fires.
-    armed: Instant,
+    /// Bounds each exchange's wait for its head (the attempt's deadline; `None` when the caller
+    /// times the exchange).
+    deadline: LazyDeadline,
     /// Held against the pool's `max_connections` for the life of the connection.
     _open: BreakerGuard,
 }
@@ -75,32 +69,6 @@ impl Conn {
 
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         crate::h1_codec::read_more(&mut self.io, cx, &mut self.buf, READ_CHUNK)
-    }
-
-    /// Bound the exchange about to start by `deadline` (`None`: the caller times it).
-    fn set_deadline(&mut self, deadline: Option<Instant>) {
-        self.deadline = deadline;
-        if let Some(d) = deadline.filter(|d| *d < self.armed) {
-            self.armed = d;
-            self.timer.as_mut().reset(d);
-        }
-    }
-
-    /// Ready once the exchange's deadline has passed.
-    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(deadline) = self.deadline else {
-            return Poll::Pending;
-        };
-        loop {
-            if self.timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            if Instant::now() >= deadline {
-                return Poll::Ready(());
-            }
-            self.armed = deadline;
-            self.timer.as_mut().reset(deadline);
-        }
     }
 }
 
@@ -191,13 +159,10 @@ impl EndpointConns {
             })?
             .map_err(SendError::Connect)?;
         let _ = io.set_nodelay(true);
-        let far = now + Duration::from_secs(3600);
         Ok(Box::new(Conn {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
-            timer: Box::pin(tokio::time::sleep_until(far)),
-            deadline: None,
-            armed: far,
+            deadline: LazyDeadline::new(now + Duration::from_secs(3600)),
             _open: open,
         }))
     }
@@ -241,7 +206,7 @@ async fn write_all_by(conn: &mut Conn, mut buf: &[u8]) -> Result<(), Option<io::
                 Poll::Ready(Ok(n)) => buf = &buf[n..],
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(Some(e))),
                 Poll::Pending => {
-                    return if conn.poll_deadline(cx).is_ready() {
+                    return if conn.deadline.poll(cx).is_ready() {
                         Poll::Ready(Err(None))
                     } else {
                         Poll::Pending
@@ -304,7 +269,7 @@ impl InlineConn {
         reused: bool,
         deadline: Option<Instant>,
     ) -> Result<Response<()>, SendError> {
-        self.conn.set_deadline(deadline);
+        self.conn.deadline.set(deadline);
         let (parts, body) = req.into_parts();
         let framing = request_framing(&parts.headers, &body);
         let mut out = BytesMut::new();
@@ -364,7 +329,7 @@ impl InlineConn {
                         Poll::Ready(Ok(0)) => return Poll::Ready(Ok(None)),
                         Poll::Ready(Ok(_)) => {}
                         Poll::Pending => {
-                            if self.conn.poll_deadline(cx).is_ready() {
+                            if self.conn.deadline.poll(cx).is_ready() {
                                 return Poll::Ready(Err(SendError::Timeout));
                             }
                             return Poll::Pending;
