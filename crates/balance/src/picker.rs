@@ -48,4 +48,10 @@ pub trait Picker: Send + Sync + 'static {
         let _ = ctx;
         self.pick(endpoints)
     }
+
+    /// Whether this policy reads ORCA load reports, so the gateway asks upstreams for one on
+    /// each response (gRFC A51's `endpoint-load-metrics-format` header).
+    fn wants_load_reports(&self) -> bool {
+        false
+    }
 }

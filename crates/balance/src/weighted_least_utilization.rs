@@ -125,6 +125,10 @@ impl Picker for WeightedLeastUtilization {
         "weighted_least_utilization"
     }
 
+    fn wants_load_reports(&self) -> bool {
+        true
+    }
+
     fn pick(&self, endpoints: &[Endpoint]) -> Option<usize> {
         self.pick_at(endpoints, Instant::now())
     }

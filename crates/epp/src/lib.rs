@@ -211,7 +211,7 @@ impl Epp {
         let mut span = gateway
             .tracing
             .as_ref()
-            .map(|t| t.start_pick(headers, pool));
+            .map(|t| t.start_pick(headers, pool.name(), pool.spec.balancer.kind()));
         let end_span = |span: Option<PickSpan>, at, error| {
             if let Some(s) = span {
                 s.end(at, error);
@@ -228,38 +228,30 @@ impl Epp {
                         return immediate(e.status(), e.to_openai_json());
                     }
                 };
-                let hashes = parsed.block_hashes(picker.config().block_tokens);
-                let est_tokens = parsed.est_tokens(256);
-                let cx = switchyard_inference::RequestContext {
-                    block_hashes: &hashes,
-                    // vLLM names adapters as models: `model` may be one.
-                    adapter: parsed.adapter(|m| !picker.is_adapter(m)),
-                    est_tokens,
-                    debug: span.as_ref().is_some_and(PickSpan::recording),
-                };
-                let decision = picker.pick(&pool.endpoints, &cx);
+                let debug = span.as_ref().is_some_and(PickSpan::recording);
+                let sheddable = priority == Priority::Sheddable;
+                let pick = picker.pick_request(&pool.endpoints, &parsed, sheddable, debug);
                 if let Some(s) = span.as_mut().filter(|s| s.recording()) {
                     s.explain(
-                        &switchyard_inference::InferencePicker::debug_header(&decision),
-                        &decision,
+                        &switchyard_inference::InferencePicker::debug_header(&pick.decision),
+                        &pick.decision,
                     );
                 }
-                if decision.saturated && priority == Priority::Sheddable {
+                if pick.shed {
                     end_span(span, None, Some("shed"));
                     return immediate(
                         429,
                         error_json("shed", 429, "the pool is saturated; retry later"),
                     );
                 }
-                if let Some(i) = decision.index {
-                    picker.record(i, &cx);
+                if let Some(i) = pick.index() {
                     *picked = Some(Picked {
                         picker: picker.clone(),
                         index: i,
-                        tokens: est_tokens,
+                        tokens: pick.est_tokens,
                     });
                 }
-                decision.index
+                pick.index()
             }
             _ => pool.picker.pick(&pool.endpoints),
         };

@@ -22,6 +22,7 @@ pub mod picker;
 pub mod prefix_index;
 pub mod prom_text;
 pub mod request;
+pub mod request_pick;
 pub mod scorer;
 pub mod scrape;
 pub mod signals;
@@ -34,6 +35,7 @@ pub use request::{
     estimate_tokens, parse_openai, prompt_block_hashes, prompt_block_hashes_seeded, seed_for,
     ApiKind, InferenceRequest, RequestError,
 };
+pub use request_pick::{RequestPick, DEFAULT_EXPECTED_OUTPUT};
 pub use scorer::{ScoreContext, Scorer, Weights};
 pub use scrape::{spawn_scraper, MetricNames, Scraper};
 pub use signals::{EndpointSignals, OrcaSignals, SignalSnapshot};

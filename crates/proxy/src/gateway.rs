@@ -4,143 +4,25 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::uri::Authority;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use prometheus_client::metrics::counter::Counter;
-use switchyard_balance::{Endpoint, Picker, StateRegistry};
+use switchyard_balance::{Endpoint, StateRegistry};
 use switchyard_config::{Config, Pool, Protocol};
 use switchyard_telemetry::metrics::{PoolLabels, UpstreamErrorLabels};
 use switchyard_telemetry::{AccessLog, Metrics};
 
-use crate::body::RequestBody;
 use crate::models::{ModelLabels, PoolModelMetrics};
-use crate::pool_control::{OutlierSink, PoolControl};
-pub use crate::route_entry::{HedgeMetrics, RouteEntry, RouteMetrics, RouteRetry, RouteTarget};
+use crate::passive_health::PassiveHealth;
+pub use crate::pool::PoolEntry;
+use crate::pool_control::PoolControl;
+pub use crate::route_entry::{HedgeMetrics, RouteEntry, RouteRetry, RouteTarget};
 use crate::route_match::RouteMatch;
-use crate::upstream_h1::EndpointConns;
-use switchyard_health::{Outcome, OutlierDetector};
-use switchyard_resilience::{CircuitBreaker, ConcurrencyLimiter, HedgeDelay, HedgeParams, Hedger};
-use switchyard_telemetry::metrics::PoolReasonLabels;
+pub use crate::route_metrics::RouteMetrics;
+use crate::upstream::upgrade::{build_client, client_key, UpgradeClient};
+use crate::upstream::{EndpointConns, Transport, Upstream};
+use switchyard_resilience::{HedgeDelay, HedgeParams, Hedger};
 
 type ConnRegistry = HashMap<(String, std::net::SocketAddr), Arc<EndpointConns>>;
-
-/// Pooled upstream connections for one pool (HTTP/1.1 keep-alive or multiplexed HTTP/2).
-pub type UpstreamClient = Client<HttpConnector, RequestBody>;
-
-/// A pool, compiled: endpoints with live state, the picker, and the connection pool.
-pub struct PoolEntry {
-    pub spec: Pool,
-    pub endpoints: Vec<Endpoint>,
-    /// `ip:port` authority for each endpoint, prebuilt for upstream URIs.
-    pub authorities: Vec<Authority>,
-    pub picker: Arc<dyn Picker>,
-    /// HTTP/1 pools: per-endpoint idle connections, driven inline by requests (parallel to
-    /// `endpoints`). Empty for HTTP/2 pools.
-    pub h1: Vec<Arc<EndpointConns>>,
-    /// HTTP/2 pools: each endpoint's multiplexed connection, under the pool's connection and
-    /// pending limits (parallel to `endpoints`). Empty for HTTP/1 pools.
-    pub h2: Vec<Arc<crate::upstream_h2::H2Endpoint>>,
-    /// Pooled client for HTTP/1 upgrades.
-    pub client: UpstreamClient,
-    pub connect_errors: Counter,
-    pub timeouts: Counter,
-    pub resets: Counter,
-    pub breaker: CircuitBreaker,
-    pub limiter: Option<ConcurrencyLimiter>,
-    /// Priority, tenant and metrics for the limiter; present exactly when `limiter` is.
-    pub admission: Option<crate::admission::Admission>,
-    detector: Option<Arc<Mutex<OutlierDetector>>>,
-    outlier_sink: OutlierSink,
-    overflow: prometheus_client::metrics::family::Family<PoolReasonLabels, Counter>,
-    /// The `inference` picker, for pools whose balancer is `inference`.
-    pub inference: Option<Arc<switchyard_inference::InferencePicker>>,
-    /// Attempts per endpoint (parallel to `endpoints`).
-    pub picks: Vec<Counter>,
-    /// Streamed inference responses per endpoint and model.
-    pub model_metrics: PoolModelMetrics,
-    /// Health or outlier detection can take endpoints out, so panic mode applies.
-    guarded: bool,
-    /// Slow start: a newly entered endpoint's share ramps up over the window.
-    pub slow_start: Option<switchyard_health::SlowStartSettings>,
-    panic_gauge: prometheus_client::metrics::gauge::Gauge,
-}
-
-impl PoolEntry {
-    pub fn name(&self) -> &str {
-        &self.spec.name
-    }
-
-    pub fn http2(&self) -> bool {
-        self.spec.protocol == Protocol::Http2
-    }
-
-    pub fn count_overflow(&self, reason: &'static str) {
-        self.overflow
-            .get_or_create(&PoolReasonLabels {
-                pool: self.spec.name.clone(),
-                reason,
-            })
-            .inc();
-    }
-
-    /// Panic mode (Envoy's healthy panic threshold): when fewer than `panic_threshold` percent
-    /// of endpoints are available, health is ignored and any endpoint may be picked, because
-    /// piling all traffic on the few survivors would take them down too.
-    pub fn in_panic(&self) -> bool {
-        if !self.guarded || self.endpoints.is_empty() {
-            return false;
-        }
-        let available = self.endpoints.iter().filter(|e| e.is_available()).count();
-        let panic = available * 100 < self.spec.panic_threshold as usize * self.endpoints.len();
-        self.panic_gauge.set(i64::from(panic));
-        panic
-    }
-
-    /// Slow start on the pick path: an endpoint still warming up is kept with probability equal
-    /// to its ramped weight fraction; otherwise the caller picks again. Works with any picker.
-    pub fn warming_declines(&self, index: usize) -> bool {
-        let Some(settings) = &self.slow_start else {
-            return false;
-        };
-        let Some(since) = self.endpoints[index].state.entered_at() else {
-            return false;
-        };
-        let now = std::time::Instant::now();
-        let fraction = switchyard_health::effective_weight(
-            1.0,
-            tokio::time::Instant::from_std(since),
-            tokio::time::Instant::from_std(now),
-            settings,
-        );
-        fraction < 1.0 && fastrand::f64() > fraction
-    }
-
-    /// Feed passive outlier detection (and the endpoint's failing flag, which steers retries)
-    /// with one attempt's outcome.
-    pub fn record_outcome(&self, index: usize, outcome: Outcome) {
-        if outcome != Outcome::LocalOrigin {
-            self.endpoints[index]
-                .state
-                .set_failing(outcome != Outcome::Success);
-        }
-        if let Some(d) = &self.detector {
-            let address = self.endpoints[index].address();
-            let event = d.lock().expect("outlier lock").record(
-                address,
-                outcome,
-                tokio::time::Instant::now(),
-            );
-            if let Some(e) = event {
-                (self.outlier_sink)(e);
-            }
-        }
-    }
-}
 
 /// One config generation.
 pub struct Gateway {
@@ -148,7 +30,7 @@ pub struct Gateway {
     pub routes: Vec<RouteEntry>,
     pub pools: Vec<Arc<PoolEntry>>,
     /// Route metrics for requests that matched no route.
-    pub unrouted: RouteMetrics,
+    pub unrouted: Arc<RouteMetrics>,
     /// Some route matches on the model, so bodies are read before routing.
     pub needs_model: bool,
     /// How much body is read to find the model: the largest `max_request_body` of any route.
@@ -176,27 +58,6 @@ impl Gateway {
     pub fn route<B>(&self, req: &http::Request<B>) -> Option<&RouteEntry> {
         self.routes.iter().find(|r| r.matcher.matches(req))
     }
-}
-
-/// The settings that decide whether an existing connection pool can be kept across a reload.
-fn client_key(p: &Pool) -> (Protocol, Duration, Duration) {
-    (p.protocol, p.connect_timeout, p.idle_timeout)
-}
-
-fn build_client(p: &Pool) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(p.connect_timeout));
-    connector.enforce_http(true);
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_idle_timeout(p.idle_timeout)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new());
-    if p.protocol == Protocol::Http2 {
-        builder.http2_only(true);
-    }
-    builder.build(connector)
 }
 
 /// Owns the current generation and everything that must survive reloads: endpoint state,
@@ -265,7 +126,7 @@ impl GatewayHandle {
             gateway
                 .pools
                 .iter()
-                .any(|p| p.name() == pool && p.h1.iter().any(|c| c.address() == *addr))
+                .any(|p| p.name() == pool && p.upstream.has_h1(*addr))
         });
         states.retain(|pool, addr| {
             gateway
@@ -305,11 +166,11 @@ fn build(
     metrics: &Metrics,
     models: &Arc<ModelLabels>,
 ) -> Result<Gateway, String> {
-    let old_clients: HashMap<&str, (&Pool, &UpstreamClient)> = old
+    let old_clients: HashMap<&str, (&Pool, &UpgradeClient)> = old
         .map(|g| {
             g.pools
                 .iter()
-                .map(|p| (p.name(), (&p.spec, &p.client)))
+                .map(|p| (p.name(), (&p.spec, &p.upstream.upgrades)))
                 .collect()
         })
         .unwrap_or_default();
@@ -326,13 +187,7 @@ fn build(
                 region: e.region.clone(),
             })
             .collect();
-        let authorities = p
-            .endpoints
-            .iter()
-            .map(|e| Authority::try_from(e.address.to_string().as_str()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("pool `{}`: {e}", p.name))?;
-        let h1 = if p.protocol == Protocol::Http1 {
+        let transport = if p.protocol == Protocol::Http1 {
             p.endpoints
                 .iter()
                 .map(|e| {
@@ -350,7 +205,7 @@ fn build(
                         }
                     }
                 })
-                .collect()
+                .collect::<Vec<_>>()
         } else {
             Vec::new()
         };
@@ -393,7 +248,11 @@ fn build(
         let detector = control.detector.clone();
         let outlier_sink = control.sink(metrics, &p.name);
         let inference = control.inference_picker(p);
-        let h2 = control.h2_endpoints();
+        let transport = match p.protocol {
+            Protocol::Http1 => Transport::Http1(transport.into_boxed_slice()),
+            Protocol::Http2 => Transport::Http2(control.h2_endpoints().into_boxed_slice()),
+        };
+        let addresses: Vec<_> = p.endpoints.iter().map(|e| e.address).collect();
         pools.push(Arc::new(PoolEntry {
             inference,
             model_metrics: PoolModelMetrics::new(
@@ -426,16 +285,16 @@ fn build(
                 .as_ref()
                 .map(|_| crate::admission::Admission::new(p, metrics)),
             limiter,
-            detector,
-            outlier_sink,
+            health: Arc::new(PassiveHealth::new(
+                endpoint_states.into_boxed_slice(),
+                detector,
+                outlier_sink,
+            )),
             overflow: metrics.overflow.clone(),
             spec: p.clone(),
             endpoints,
-            authorities,
             picker: switchyard_balance::build(&p.balancer),
-            h1,
-            h2,
-            client,
+            upstream: Upstream::new(transport, client, &addresses),
             connect_errors: metrics
                 .upstream_connect_errors
                 .get_or_create(&pool_label)
@@ -461,7 +320,7 @@ fn build(
                 pool,
                 weight: t.weight,
                 model: t.model.map(Arc::from),
-                metrics: RouteMetrics::new(metrics, &r.name, t.pool),
+                metrics: Arc::new(RouteMetrics::new(metrics, &r.name, t.pool)),
             });
         }
         if targets.is_empty() {
@@ -539,7 +398,7 @@ fn build(
         config: Arc::new(config),
         routes,
         pools,
-        unrouted: RouteMetrics::new(metrics, "", ""),
+        unrouted: Arc::new(RouteMetrics::new(metrics, "", "")),
         models: models.clone(),
     })
 }

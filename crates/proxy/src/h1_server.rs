@@ -27,8 +27,9 @@ use tokio_util::sync::CancellationToken;
 use crate::body::{ClientBody, ResponseBody};
 use crate::deadline::LazyDeadline;
 use crate::gateway::GatewayHandle;
-use crate::h1_codec::{connection_tokens, encode_chunk, encode_last_chunk, parse_decimal};
-use crate::service::{self, ConnContext};
+use crate::h1_codec::{connection_tokens, encode_chunk, encode_last_chunk};
+use crate::headers::parse_decimal;
+use crate::pipeline::{self, ConnContext};
 
 /// Request bodies of known length up to this size are read whole before the request is
 /// dispatched (as NGINX's `client_body_buffer_size` does); larger ones stream through hyper.
@@ -80,7 +81,7 @@ pub async fn serve(
             Ok(None) => return Outcome::Closed,
             Err(Fallback) => return conn.fallback(),
         };
-        let resp = service::handle(handle, cx, req, service::Downstream::Http1).await;
+        let resp = pipeline::handle(handle, cx, req, pipeline::Downstream::Http1).await;
         let close = close_requested || shutdown.is_cancelled();
         match conn.write_response(resp, is_head, close).await {
             Ok(true) => {}

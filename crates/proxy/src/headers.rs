@@ -57,7 +57,7 @@ impl RequestScan {
         for (name, value) in headers {
             scan.bytes += name.as_str().len() + value.len() + 4;
             if name == CONTENT_LENGTH {
-                let n = crate::h1_codec::parse_decimal(value.as_bytes()).ok_or(());
+                let n = parse_decimal(value.as_bytes()).ok_or(());
                 scan.content_length = match scan.content_length {
                     Some(prev) if prev != n => Some(Err(())),
                     _ => Some(n),
@@ -281,6 +281,17 @@ fn new_request_id() -> HeaderValue {
     out[19..23].copy_from_slice(&hex[16..20]);
     out[24..].copy_from_slice(&hex[20..]);
     HeaderValue::from_bytes(&out).expect("hex and dashes are valid header bytes")
+}
+
+/// A `Content-Length` value (surrounding whitespace allowed), at most 19 digits.
+pub fn parse_decimal(s: &[u8]) -> Option<u64> {
+    let s = s.trim_ascii();
+    if s.is_empty() || s.len() > 19 {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
 }
 
 #[cfg(test)]

@@ -1,12 +1,14 @@
-//! The request path: listeners ([`listener`]), one config generation ([`gateway`]), the
-//! per-request flow ([`service`]), bodies that stream with limits and timeouts ([`body`]), and the
-//! running server with reload and drain ([`server`]).
+//! The request path: listeners ([`listener`], [`h1_server`]), one config generation
+//! ([`gateway`]: routes, [`pool`]s), the per-request stages ([`pipeline`]), the upstream
+//! transports behind one seam ([`upstream`]), bodies that stream with limits and timeouts
+//! ([`body`]), the bookkeeping after the last byte ([`finish`]), and the running server with
+//! reload and drain ([`server`]).
 
 pub mod admission;
-mod attempt;
 pub mod body;
 mod deadline;
 pub mod error;
+pub mod finish;
 pub mod framing_guard;
 pub mod gateway;
 pub mod grpc;
@@ -15,17 +17,17 @@ pub mod h1_server;
 pub mod headers;
 pub mod listener;
 pub mod models;
+pub mod passive_health;
+pub mod pipeline;
+pub mod pool;
 pub mod pool_control;
-pub mod record;
-mod request_model;
 pub mod route_entry;
 pub mod route_match;
+pub mod route_metrics;
 pub mod server;
-pub mod service;
 pub mod tls;
 pub mod trace;
-pub mod upstream_h1;
-pub mod upstream_h2;
+pub mod upstream;
 
 pub use gateway::{Gateway, GatewayHandle};
 pub use server::Server;

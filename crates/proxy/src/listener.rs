@@ -13,7 +13,7 @@ use hyper_util::server::graceful::GracefulConnection;
 use prometheus_client::metrics::gauge::Gauge;
 use switchyard_config::Listener;
 
-use crate::service::Downstream;
+use crate::pipeline::Downstream;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +23,7 @@ use crate::body::ClientBody;
 use crate::framing_guard::{FramingFlags, Guarded};
 use crate::gateway::GatewayHandle;
 use crate::h1_server;
-use crate::service::{self, ConnContext};
+use crate::pipeline::{self, ConnContext};
 use switchyard_telemetry::metrics::ListenerLabels;
 
 /// Bind with SO_REUSEPORT so a reload can open the new socket before closing the old one, and
@@ -178,7 +178,7 @@ async fn serve_connection(
         let cx = cx.clone();
         async move {
             let req = req.map(ClientBody::Hyper);
-            Ok::<_, Infallible>(service::handle(&handle, &cx, req, Downstream::Hyper).await)
+            Ok::<_, Infallible>(pipeline::handle(&handle, &cx, req, Downstream::Hyper).await)
         }
     });
     match tls {

@@ -191,3 +191,12 @@ mod tests {
         assert_eq!(m.intern("llama"), a);
     }
 }
+
+/// The model a request names, as the upstream sees it and as the client sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestModel {
+    /// Sent upstream (after any rewrite); the `model` metric label and access log field.
+    pub model: Arc<str>,
+    /// What the client asked for, when a rewrite changed it.
+    pub original: Option<String>,
+}

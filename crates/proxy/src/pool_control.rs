@@ -27,7 +27,7 @@ use switchyard_telemetry::metrics::{PoolLabels, PoolReasonLabels};
 use switchyard_telemetry::Metrics;
 use tokio::task::JoinHandle;
 
-use crate::upstream_h2::H2Endpoint;
+use crate::upstream::H2Endpoint;
 
 /// Applies an outlier event: endpoint flag, metric, log line.
 pub type OutlierSink = Arc<dyn Fn(OutlierEvent) + Send + Sync>;

@@ -1,20 +1,17 @@
 //! A route of one config generation, compiled: its matcher, weighted targets, retry policy and
 //! budget, hedging, and the metric handles resolved once so requests never look labels up.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::histogram::Histogram;
 use switchyard_resilience::{Hedger, RetryBudget, RetryOn, RetryPolicy};
-use switchyard_telemetry::metrics::{
-    RequestLabels, RouteLabels, RouteNameLabels, RouteReasonLabels, TokenLabels,
-};
+use switchyard_telemetry::metrics::{RouteNameLabels, RouteReasonLabels};
 use switchyard_telemetry::Metrics;
 
-use crate::gateway::PoolEntry;
-use crate::models::{ModelId, ModelLabels, MAX_MODEL_LABELS};
+use crate::pool::PoolEntry;
 use crate::route_match::RouteMatch;
+use crate::route_metrics::RouteMetrics;
 
 /// A route, compiled.
 pub struct RouteEntry {
@@ -81,8 +78,9 @@ pub struct RouteTarget {
     pub weight: u32,
     /// Replaces the request body's `model` (aliases, version splits); `None` keeps it.
     pub model: Option<Arc<str>>,
-    /// Labelled with the route and this target's pool.
-    pub metrics: RouteMetrics,
+    /// Labelled with the route and this target's pool; shared with each request's
+    /// [`crate::finish::Finish`], which reports there when the exchange ends.
+    pub metrics: Arc<RouteMetrics>,
 }
 
 /// A route's retry policy and the budget its retries draw from.
@@ -118,6 +116,11 @@ impl RouteRetry {
 }
 
 impl RouteEntry {
+    /// The retry policy, when it allows more than one attempt.
+    pub fn retries(&self) -> Option<&RouteRetry> {
+        self.retry.as_ref().filter(|r| r.policy.attempts > 1)
+    }
+
     /// The target for one request, by weight. A single-target route costs nothing here; a
     /// split draws one number from the thread-local generator (no lock, no shared state).
     pub fn pick_target(&self) -> usize {
@@ -149,102 +152,4 @@ impl RouteEntry {
             })
             .inc();
     }
-}
-
-/// Per-route metric handles, resolved once per generation so the request path never hashes
-/// label sets.
-pub struct RouteMetrics {
-    route: String,
-    pool: String,
-    family: prometheus_client::metrics::family::Family<RequestLabels, Counter>,
-    by_status: Box<[OnceLock<Counter>]>,
-    pub duration: Histogram,
-    /// Streamed responses: time to the first chunk, and between chunks.
-    pub stream_first_chunk: Histogram,
-    pub stream_chunk_gap: Histogram,
-    /// Usage tokens of responses whose model the gateway did not read: (prompt, completion).
-    pub tokens: (Counter, Counter),
-    tokens_family: prometheus_client::metrics::family::Family<TokenLabels, Counter>,
-    /// Usage tokens per model label (indexed by `ModelId`), resolved on first use.
-    tokens_by_model: Box<[OnceLock<(Counter, Counter)>]>,
-}
-
-impl RouteMetrics {
-    pub fn new(metrics: &Metrics, route: &str, pool: &str) -> Self {
-        let labels = RouteLabels {
-            route: route.to_string(),
-            pool: pool.to_string(),
-        };
-        let duration = metrics.request_duration.get_or_create(&labels).clone();
-        let stream_first_chunk = metrics.stream_ttft.get_or_create(&labels).clone();
-        let stream_chunk_gap = metrics.stream_gap.get_or_create(&labels).clone();
-        let tokens = token_counters(&metrics.tokens, route, pool, "");
-        Self {
-            route: route.to_string(),
-            pool: pool.to_string(),
-            family: metrics.requests.clone(),
-            by_status: (100..600).map(|_| OnceLock::new()).collect(),
-            duration,
-            stream_first_chunk,
-            stream_chunk_gap,
-            tokens,
-            tokens_family: metrics.tokens.clone(),
-            tokens_by_model: (0..MAX_MODEL_LABELS).map(|_| OnceLock::new()).collect(),
-        }
-    }
-
-    /// Usage token counters (prompt, completion) for `model`.
-    pub fn model_tokens(&self, model: ModelId, labels: &ModelLabels) -> &(Counter, Counter) {
-        self.tokens_by_model[model.index()].get_or_init(|| {
-            token_counters(
-                &self.tokens_family,
-                &self.route,
-                &self.pool,
-                &labels.name(model),
-            )
-        })
-    }
-
-    /// Count one finished request with its status.
-    pub fn count(&self, status: u16) {
-        let idx = usize::from(status.clamp(100, 599) - 100);
-        self.by_status[idx]
-            .get_or_init(|| {
-                self.family
-                    .get_or_create(&RequestLabels {
-                        route: self.route.clone(),
-                        pool: self.pool.clone(),
-                        code: status,
-                    })
-                    .clone()
-            })
-            .inc();
-    }
-
-    pub fn route(&self) -> &str {
-        &self.route
-    }
-
-    pub fn pool(&self) -> &str {
-        &self.pool
-    }
-}
-
-fn token_counters(
-    family: &prometheus_client::metrics::family::Family<TokenLabels, Counter>,
-    route: &str,
-    pool: &str,
-    model: &str,
-) -> (Counter, Counter) {
-    let counter = |kind| {
-        family
-            .get_or_create(&TokenLabels {
-                route: route.to_string(),
-                pool: pool.to_string(),
-                model: model.to_string(),
-                kind,
-            })
-            .clone()
-    };
-    (counter("prompt"), counter("completion"))
 }

@@ -1,6 +1,7 @@
-//! Where the gateway learns a request's model, and the per-target model rewrite: the `model` of
-//! a JSON body (read once, bounded) or the `x-model` header for opaque bodies; a target's model
-//! replaces the body's top-level `model` value and nothing else.
+//! Stage 5b, the body's model: where the gateway learns a request's model (the `model` of a JSON
+//! body, read once and bounded, or the `x-model` header for opaque bodies), the OpenAI body of an
+//! `inference` pool parsed once, and the per-target model rewrite, which replaces the body's
+//! top-level `model` value and nothing else.
 
 use std::sync::Arc;
 
@@ -9,17 +10,19 @@ use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use switchyard_inference::InferenceRequest;
 
+use super::exchange::Routed;
+use super::exchange::{Exchange, Stop};
+use super::request_rewrite::UpstreamHead;
 use crate::body::{BodyTooLarge, ClientBody, InBody, RequestBody, ResponseBody};
 use crate::error::{has_source, GatewayError};
-use crate::gateway::Gateway;
 use crate::headers::X_REQUEST_ID;
-use crate::record::RequestModel;
+use crate::models::RequestModel;
 
 /// Read the model a request asks for: the `model` field of a JSON body (the body is read, up to
 /// the largest `max_request_body` of any route, and kept to be forwarded unchanged), else the
 /// `x-model` header.
 pub(crate) async fn read_model(
-    gateway: &Gateway,
+    limit: u64,
     req: Request<ClientBody>,
     content_length: Option<u64>,
 ) -> Result<(Request<InBody>, Option<RequestedModel>), GatewayError> {
@@ -33,11 +36,11 @@ pub(crate) async fn read_model(
     if !has_body {
         return Ok((req.map(InBody::Incoming), header));
     }
-    if content_length.is_some_and(|n| n > gateway.model_body_limit) {
+    if content_length.is_some_and(|n| n > limit) {
         return Err(GatewayError::BodyTooLarge);
     }
     let (parts, incoming) = req.into_parts();
-    let bytes = match RequestBody::buffer(incoming, gateway.model_body_limit).await {
+    let bytes = match RequestBody::buffer(incoming, limit).await {
         Ok(b) => b.buffered().unwrap_or_default(),
         Err(e) if has_source::<BodyTooLarge>(e.as_ref()) => return Err(GatewayError::BodyTooLarge),
         Err(_) => return Err(GatewayError::BadRequest("request body aborted")),
@@ -71,6 +74,53 @@ pub(crate) fn body_model(bytes: &[u8]) -> Option<String> {
     serde_json::from_slice::<ModelOnly>(bytes).ok()?.model
 }
 
+/// Parse the OpenAI body of an `inference` pool (a malformed one is answered 400 in the OpenAI
+/// shape), learn the request's model, and apply the target's model rewrite.
+pub(crate) fn read_and_rewrite(
+    rx: &mut Exchange<'_>,
+    to: Routed<'_>,
+    head: &mut UpstreamHead,
+    body: &mut RequestBody,
+    mut model: Option<RequestedModel>,
+) -> Result<Option<InferenceRequest>, Stop> {
+    if head.upgrade.is_some() {
+        return Ok(None);
+    }
+    let rewrite = to.target.model.as_ref();
+    let mut parsed = None;
+    if to.pool().inference.is_some() {
+        let bytes = body.buffered().unwrap_or_default();
+        match switchyard_inference::parse_openai(head.parts.uri.path(), &bytes) {
+            Ok(p) => {
+                model = Some(RequestedModel::Body(p.model.clone()));
+                parsed = Some(p);
+            }
+            Err(e) => {
+                let resp = openai_error(&e, &rx.request_id);
+                return Err(Stop::Respond(Box::new(resp), Some("bad_inference_request")));
+            }
+        }
+    } else if rewrite.is_some() && !matches!(model, Some(RequestedModel::Body(_))) {
+        // A rewrite reads the model from the body even when the route did not need it.
+        model = body
+            .buffered()
+            .and_then(|b| body_model(&b))
+            .map(RequestedModel::Body)
+            .or(model);
+    }
+    if let Some(model) = model {
+        let request_model = apply_rewrite(
+            model,
+            rewrite,
+            body,
+            &mut head.parts.headers,
+            parsed.as_mut(),
+        );
+        rx.finish.set_model(request_model);
+    }
+    Ok(parsed)
+}
+
 /// The answer to a malformed or oversized OpenAI request body, in the OpenAI error shape.
 pub(crate) fn openai_error(
     e: &switchyard_inference::RequestError,
@@ -87,20 +137,20 @@ pub(crate) fn openai_error(
 /// Apply a target's model rewrite (`rewrite`) to a request whose model is `model`, and say which
 /// model it is for: the body's `model` value changes (and its `Content-Length` with it) only when
 /// the body carried one and the target names another.
-pub(crate) fn rewrite(
+fn apply_rewrite(
     model: RequestedModel,
     rewrite: Option<&Arc<str>>,
-    body: &mut Option<RequestBody>,
+    body: &mut RequestBody,
     headers: &mut HeaderMap,
     parsed: Option<&mut InferenceRequest>,
 ) -> RequestModel {
     let mut upstream_model = None;
     if let (Some(new), RequestedModel::Body(old)) = (rewrite, &model) {
-        let bytes = body.as_ref().and_then(RequestBody::buffered);
+        let bytes = body.buffered();
         match bytes.and_then(|b| switchyard_inference::rewrite_model(&b, new)) {
             Some(rewritten) => {
                 headers.insert(CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
-                *body = Some(RequestBody::Buffered(Some(Bytes::from(rewritten))));
+                *body = RequestBody::Buffered(Some(Bytes::from(rewritten)));
                 upstream_model = Some(new.clone());
             }
             // Already the target name; anything else leaves the body as it was.

@@ -38,8 +38,8 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::SendError;
 use crate::body::RequestBody;
-use crate::upstream_h1::SendError;
 
 /// How often a waiting request looks again when nothing woke it.
 const RECHECK: Duration = Duration::from_millis(2);

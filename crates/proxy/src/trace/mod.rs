@@ -17,27 +17,31 @@
 //! Envoy's router does, so the upstream's spans hang under the attempt that reached it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
-use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use http::{HeaderMap, HeaderValue, Method, Version};
+use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{
     Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanData,
-    SpanExporter,
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider,
 };
 use opentelemetry_sdk::Resource;
 use switchyard_config::{OtlpProtocol, Tracing as TracingConfig};
 
-use crate::gateway::PoolEntry;
+mod export;
+mod propagation;
+
+use export::{OnRuntime, WarnLimiter};
+use propagation::{
+    method_name, traceparent, HeaderExtractor, PairExtractor, TRACEPARENT, TRACESTATE,
+};
 
 /// At most one export-failure warning per this interval; the rest are counted into the next.
 pub const EXPORT_WARN_EVERY: Duration = Duration::from_secs(10);
@@ -173,17 +177,22 @@ impl Tracing {
 
     /// A span for one `switchyard epp` pick, parented on the `traceparent` among the request
     /// headers Envoy sent (lower-case names).
-    pub fn start_pick(&self, headers: &[(String, String)], pool: &PoolEntry) -> PickSpan {
+    pub fn start_pick(
+        &self,
+        headers: &[(String, String)],
+        pool: &str,
+        balancer: &'static str,
+    ) -> PickSpan {
         let parent = self.propagator.extract(&PairExtractor(headers));
         let builder = self
             .tracer
-            .span_builder(format!("pick {}", pool.name()))
+            .span_builder(format!("pick {pool}"))
             .with_kind(SpanKind::Server);
         let mut span = self.tracer.build_with_context(builder, &parent);
         if span.is_recording() {
             span.set_attributes([
-                KeyValue::new("switchyard.pool", pool.name().to_owned()),
-                KeyValue::new("switchyard.balancer", pool.spec.balancer.kind()),
+                KeyValue::new("switchyard.pool", pool.to_owned()),
+                KeyValue::new("switchyard.balancer", balancer),
             ]);
         }
         PickSpan { span }
@@ -236,7 +245,7 @@ impl AttemptKind {
     }
 }
 
-/// The SERVER span of one request. It rides in `record::Finish` and ends with it, after the
+/// The SERVER span of one request. It rides in `finish::Finish` and ends with it, after the
 /// last byte of the response.
 pub struct RequestSpan {
     method: Method,
@@ -299,25 +308,9 @@ impl RequestSpan {
         }
     }
 
-    /// Start the CLIENT span of one upstream attempt to endpoint `index` of `pool` and put its
-    /// context in `headers` (replacing the client's `traceparent`/`tracestate`).
+    /// Start the CLIENT span of one upstream attempt to `address` in `pool` and put its context
+    /// in `headers` (replacing the client's `traceparent`/`tracestate`).
     pub fn attempt(
-        &self,
-        kind: AttemptKind,
-        pool: &PoolEntry,
-        index: usize,
-        headers: &mut HeaderMap,
-    ) -> AttemptSpan {
-        self.attempt_to(
-            kind,
-            pool.name(),
-            pool.spec.balancer.kind(),
-            pool.endpoints[index].address(),
-            headers,
-        )
-    }
-
-    fn attempt_to(
         &self,
         kind: AttemptKind,
         pool: &str,
@@ -520,149 +513,5 @@ fn protocol_version(v: Version) -> &'static str {
     }
 }
 
-static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
-
-/// A span name that borrows the method's text for the standard methods.
-fn method_name(m: &Method) -> std::borrow::Cow<'static, str> {
-    const STANDARD: [Method; 9] = [
-        Method::GET,
-        Method::POST,
-        Method::PUT,
-        Method::DELETE,
-        Method::HEAD,
-        Method::OPTIONS,
-        Method::PATCH,
-        Method::CONNECT,
-        Method::TRACE,
-    ];
-    const NAMES: [&str; 9] = [
-        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
-    ];
-    match STANDARD.iter().position(|s| s == m) {
-        Some(i) => std::borrow::Cow::Borrowed(NAMES[i]),
-        None => std::borrow::Cow::Owned(m.as_str().to_owned()),
-    }
-}
-
-/// `traceparent` for `sc`, as `TraceContextPropagator` writes it (version 00, the sampled flag
-/// only), hex-encoded by hand: the propagator's `format!` is most of the cost of an unsampled
-/// request (tested equal below).
-fn traceparent(sc: &opentelemetry::trace::SpanContext) -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 55];
-    out[..3].copy_from_slice(b"00-");
-    let mut at = 3;
-    let trace = sc.trace_id().to_bytes();
-    let span = sc.span_id().to_bytes();
-    let flags = [(sc.trace_flags() & opentelemetry::trace::TraceFlags::SAMPLED).to_u8()];
-    for (part, sep) in [(&trace[..], true), (&span[..], true), (&flags[..], false)] {
-        for b in part {
-            out[at] = HEX[usize::from(b >> 4)];
-            out[at + 1] = HEX[usize::from(b & 0xf)];
-            at += 2;
-        }
-        if sep {
-            out[at] = b'-';
-            at += 1;
-        }
-    }
-    HeaderValue::from_bytes(&out).expect("hex digits and dashes are a valid header value")
-}
-
-struct HeaderExtractor<'a>(&'a HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(HeaderName::as_str).collect()
-    }
-}
-
-/// Header pairs as `switchyard epp` receives them from Envoy.
-struct PairExtractor<'a>(&'a [(String, String)]);
-
-impl Extractor for PairExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.iter().map(|(k, _)| k.as_str()).collect()
-    }
-}
-
-/// The OTLP exporter, run on the gateway's runtime from the batch processor's thread (tonic and
-/// hyper need a Tokio runtime; the processor's thread has none).
-#[derive(Debug)]
-struct OnRuntime {
-    inner: opentelemetry_otlp::SpanExporter,
-    runtime: tokio::runtime::Handle,
-    warn: WarnLimiter,
-    endpoint: String,
-}
-
-impl SpanExporter for OnRuntime {
-    fn export(
-        &self,
-        batch: Vec<SpanData>,
-    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
-        let n = batch.len();
-        let result = self.runtime.block_on(self.inner.export(batch));
-        if let Err(e) = &result {
-            if let Some(failed_before) = self.warn.allow() {
-                tracing::warn!(
-                    endpoint = %self.endpoint,
-                    error = %e,
-                    spans = n,
-                    failed_exports_since_last_warning = failed_before,
-                    "tracing: span export failed"
-                );
-            }
-        }
-        std::future::ready(result)
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
-    }
-}
-
-/// Lets one warning through per [`EXPORT_WARN_EVERY`]; counts the ones it holds back.
-#[derive(Debug, Default)]
-struct WarnLimiter {
-    last: Mutex<Option<Instant>>,
-    held_back: AtomicU64,
-}
-
-impl WarnLimiter {
-    /// `Some(held back since the last warning)` when a warning may be logged now.
-    fn allow(&self) -> Option<u64> {
-        let now = Instant::now();
-        let mut last = self.last.lock().expect("warn limiter lock");
-        if last.is_some_and(|t| now.duration_since(t) < EXPORT_WARN_EVERY) {
-            self.held_back.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        *last = Some(now);
-        Some(self.held_back.swap(0, Ordering::Relaxed))
-    }
-}
-
 #[cfg(test)]
-#[path = "trace_tests.rs"]
 mod tests;

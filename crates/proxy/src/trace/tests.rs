@@ -1,5 +1,6 @@
-//! Unit tests of `trace.rs`.
+//! Unit tests of the `trace` module.
 use super::*;
+use std::time::Instant;
 
 fn config(ratio: f64) -> TracingConfig {
     switchyard_config::parse(
@@ -37,7 +38,7 @@ async fn attempts_continue_the_incoming_trace_and_replace_traceparent() {
         req.trace_id().as_deref(),
         Some("0af7651916cd43dd8448eb211c80319c")
     );
-    let attempt = req.attempt_to(
+    let attempt = req.attempt(
         AttemptKind::First,
         "p",
         "round_robin",
@@ -64,7 +65,7 @@ async fn unsampled_requests_still_propagate_but_record_nothing() {
     let req = start(&t, &headers);
     assert!(!req.recording());
     assert_eq!(req.trace_id(), None);
-    let _a = req.attempt_to(
+    let _a = req.attempt(
         AttemptKind::First,
         "p",
         "random",
@@ -115,7 +116,7 @@ fn invalid_parent_drops_tracestate_and_starts_a_trace() {
     headers.insert("tracestate", HeaderValue::from_static("vendor=x"));
     let req = start(&t, &headers);
     assert!(req.recording());
-    let _a = req.attempt_to(
+    let _a = req.attempt(
         AttemptKind::First,
         "p",
         "random",

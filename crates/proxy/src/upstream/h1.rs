@@ -21,13 +21,14 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::body::{BoxError, RequestBody};
+use super::SendError;
+use crate::body::RequestBody;
 use crate::deadline::LazyDeadline;
 use crate::h1_codec::{
     decode_chunked, encode_chunk, encode_last_chunk, encode_request_head, parse_response_head,
     response_framing, BodyFraming, Chunked, Decoded, ProtocolError, RawHeaders, ReqFraming,
 };
-use switchyard_resilience::{BreakerGuard, CircuitBreaker, Limit, Overflow};
+use switchyard_resilience::{BreakerGuard, CircuitBreaker, Limit};
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -69,36 +70,6 @@ impl Conn {
 
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         crate::h1_codec::read_more(&mut self.io, cx, &mut self.buf, READ_CHUNK)
-    }
-}
-
-/// Why an exchange failed, in the terms the request path needs.
-#[derive(Debug)]
-pub enum SendError {
-    Connect(io::Error),
-    ConnectTimeout,
-    /// A reused connection turned out closed before the upstream saw the request; the request
-    /// is returned intact.
-    NotSent(Box<Request<RequestBody>>),
-    /// The connection failed mid-exchange.
-    Io(io::Error),
-    /// The client's request body failed (too large, reset): the upstream is not at fault.
-    Body(BoxError),
-    /// A new connection would pass the pool's `max_connections` or `max_pending`.
-    Overflow(Overflow),
-    /// The attempt's deadline passed before the response head (an exchange given a deadline
-    /// bounds itself).
-    Timeout,
-}
-
-impl SendError {
-    /// The underlying error, for logs and for telling a body limit from an upstream failure.
-    pub fn source_error(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Connect(e) | Self::Io(e) => Some(e),
-            Self::Body(e) => Some(&**e),
-            _ => None,
-        }
     }
 }
 

@@ -11,7 +11,9 @@ use switchyard_balance::InFlight;
 use switchyard_telemetry::{AccessLog, AccessRecord};
 use tokio::time::Instant;
 
-use crate::gateway::{Gateway, RouteTarget};
+pub use crate::models::RequestModel;
+use crate::passive_health::PassiveHealth;
+use crate::route_metrics::RouteMetrics;
 use crate::trace::RequestSpan;
 use switchyard_health::Outcome;
 use switchyard_resilience::{BreakerGuard, RequestGuard, RetryGuard};
@@ -29,15 +31,16 @@ pub struct AccessInfo {
 
 pub struct Finish {
     start: Instant,
-    gateway: Arc<Gateway>,
-    /// The matched route and the target picked for this request.
-    route: Option<(usize, usize)>,
+    /// The metrics of the matched route's target (or of unrouted requests), once known.
+    metrics: Option<Arc<RouteMetrics>>,
+    /// The target's clients speak the OpenAI API (an `inference` pool): errors in its shape.
+    openai: bool,
     status: u16,
     bytes: u64,
     error: Option<&'static str>,
     upstream: Option<InFlight>,
-    /// Index of the upstream endpoint in its pool, for outlier detection.
-    upstream_index: usize,
+    /// The upstream endpoint's pool health and index, for outlier detection.
+    health: Option<(Arc<PassiveHealth>, usize)>,
     access: Option<Box<AccessInfo>>,
     /// An `inference` pick to release (its in-flight tokens) when the exchange ends.
     inference: Option<(Arc<switchyard_inference::InferencePicker>, usize, u32)>,
@@ -54,32 +57,22 @@ pub struct Finish {
     trace: Option<Box<RequestSpan>>,
 }
 
-/// The model a request names, as the upstream sees it and as the client sent it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestModel {
-    /// Sent upstream (after any rewrite); the `model` metric label and access log field.
-    pub model: Arc<str>,
-    /// What the client asked for, when a rewrite changed it.
-    pub original: Option<String>,
-}
-
 impl Finish {
     pub fn new(
         start: Instant,
-        gateway: Arc<Gateway>,
         access: Option<Box<AccessInfo>>,
         trace: Option<Box<RequestSpan>>,
     ) -> Self {
         Self {
             trace,
             start,
-            gateway,
-            route: None,
+            metrics: None,
+            openai: false,
             status: 0,
             bytes: 0,
             error: None,
             upstream: None,
-            upstream_index: 0,
+            health: None,
             access,
             inference: None,
             success_deferred: false,
@@ -94,13 +87,23 @@ impl Finish {
         self.start
     }
 
-    /// The matched route's target, once routing has happened.
-    pub fn target(&self) -> Option<&RouteTarget> {
-        self.route.map(|(r, t)| &self.gateway.routes[r].targets[t])
+    /// Routing picked a target: its metrics, and whether its clients speak the OpenAI API.
+    pub fn set_route(&mut self, metrics: Arc<RouteMetrics>, openai: bool) {
+        self.metrics = Some(metrics);
+        self.openai = openai;
     }
 
-    pub fn set_route(&mut self, route: usize, target: usize) {
-        self.route = Some((route, target));
+    /// Whether the request was routed to an `inference` pool, whose clients expect errors in
+    /// the OpenAI shape.
+    pub fn openai(&self) -> bool {
+        self.openai
+    }
+
+    /// Where a request that never matched a route is counted.
+    pub fn set_unrouted(&mut self, metrics: &Arc<RouteMetrics>) {
+        if self.metrics.is_none() {
+            self.metrics = Some(metrics.clone());
+        }
     }
 
     pub fn set_model(&mut self, model: RequestModel) {
@@ -114,9 +117,9 @@ impl Finish {
         self.model.as_deref()
     }
 
-    pub fn set_upstream(&mut self, in_flight: InFlight, index: usize) {
+    pub fn set_upstream(&mut self, in_flight: InFlight, health: &Arc<PassiveHealth>, index: usize) {
         self.upstream = Some(in_flight);
-        self.upstream_index = index;
+        self.health = Some((health.clone(), index));
     }
 
     pub fn set_inference(
@@ -177,11 +180,9 @@ impl Finish {
 
     /// The stream ended cleanly.
     pub fn complete(&mut self) {
-        if std::mem::take(&mut self.success_deferred) && self.upstream.is_some() {
-            if let Some(target) = self.target() {
-                target
-                    .pool
-                    .record_outcome(self.upstream_index, Outcome::Success);
+        if std::mem::take(&mut self.success_deferred) {
+            if let Some((health, index)) = &self.health {
+                health.record(*index, Outcome::Success);
             }
         }
     }
@@ -195,10 +196,8 @@ impl Finish {
             // Envoy): a crashed replica is ejected by the streams it broke, before new
             // requests have to fail over.
             if reason == "upstream_reset" {
-                if let Some(target) = self.target() {
-                    target
-                        .pool
-                        .record_outcome(self.upstream_index, Outcome::GatewayError);
+                if let Some((health, index)) = &self.health {
+                    health.record(*index, Outcome::GatewayError);
                 }
             }
         }
@@ -215,22 +214,24 @@ impl Drop for Finish {
             picker.finish(index, tokens);
         }
         let elapsed = self.start.elapsed();
-        let metrics = match self.route {
-            Some((r, t)) => &self.gateway.routes[r].targets[t].metrics,
-            None => &self.gateway.unrouted,
-        };
-        metrics.count(self.status);
-        metrics.duration.observe(elapsed.as_secs_f64());
+        let metrics = self.metrics.take();
+        if let Some(m) = &metrics {
+            m.count(self.status);
+            m.duration.observe(elapsed.as_secs_f64());
+        }
+        let (route, pool) = metrics
+            .as_deref()
+            .map_or(("", ""), |m| (m.route(), m.pool()));
         let trace_id = self
             .trace
             .as_ref()
             .filter(|_| self.access.is_some())
             .and_then(|t| t.trace_id());
         if let Some(t) = self.trace.take() {
-            let routed = self.route.is_some();
+            let routed = !route.is_empty();
             t.end(
-                routed.then(|| metrics.route()),
-                routed.then(|| metrics.pool()),
+                routed.then_some(route),
+                routed.then_some(pool),
                 self.status,
                 self.error,
             );
@@ -249,8 +250,8 @@ impl Drop for Finish {
                     Version::HTTP_10 => "HTTP/1.0",
                     _ => "HTTP/1.1",
                 },
-                route: metrics.route(),
-                pool: metrics.pool(),
+                route,
+                pool,
                 upstream: self
                     .upstream
                     .as_ref()

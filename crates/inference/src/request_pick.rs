@@ -1,0 +1,64 @@
+//! The one way an OpenAI request is scored, used by the gateway's request path and by
+//! `switchyard epp` alike: its prompt's block hashes (seeded with the model and any explicit
+//! adapter), its token estimate, and the adapter it needs. Two copies of this used to drift (one
+//! seeded the hashes with the model only; one estimated output with a bare 256), so the same
+//! request could score differently behind Envoy than through the gateway.
+
+use switchyard_balance::Endpoint;
+
+use crate::picker::{Decision, InferencePicker, RequestContext};
+use crate::request::InferenceRequest;
+
+/// Output tokens assumed for a request without `max_tokens`, when estimating its load.
+pub const DEFAULT_EXPECTED_OUTPUT: u32 = 256;
+
+/// One pick for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestPick {
+    pub decision: Decision,
+    /// Tokens recorded as in flight on the chosen endpoint, to release with
+    /// [`InferencePicker::finish`] when the exchange ends.
+    pub est_tokens: u32,
+    /// The request was sheddable and every endpoint saturated: nothing was recorded; refuse it.
+    pub shed: bool,
+}
+
+impl RequestPick {
+    /// The chosen endpoint, unless the request is to be shed.
+    pub fn index(&self) -> Option<usize> {
+        self.decision.index.filter(|_| !self.shed)
+    }
+}
+
+impl InferencePicker {
+    /// Score `endpoints` for `req` and, unless it is shed, record the pick (its prefix blocks
+    /// and in-flight tokens) on the chosen endpoint. `debug` fills [`Decision::top`].
+    pub fn pick_request(
+        &self,
+        endpoints: &[Endpoint],
+        req: &InferenceRequest,
+        sheddable: bool,
+        debug: bool,
+    ) -> RequestPick {
+        let hashes = req.block_hashes(self.config().block_tokens);
+        let est_tokens = req.est_tokens(DEFAULT_EXPECTED_OUTPUT);
+        let cx = RequestContext {
+            block_hashes: &hashes,
+            // An explicit `lora` field, else the model itself when the servers' metrics say it
+            // is an adapter (vLLM serves adapters under their own model names).
+            adapter: req.adapter(|m| !self.is_adapter(m)),
+            est_tokens,
+            debug,
+        };
+        let decision = self.pick(endpoints, &cx);
+        let shed = decision.saturated && sheddable;
+        if let Some(i) = decision.index.filter(|_| !shed) {
+            self.record(i, &cx);
+        }
+        RequestPick {
+            decision,
+            est_tokens,
+            shed,
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The request path as named stages over one per-request context ([`Exchange`]). [`forward`]
+//! is the list of stages in the order a request meets them; each stage is a file here, and a
+//! stage that refuses a request returns a [`Reject`] (or answers itself with [`Stop::Respond`]):
+//!
+//! 1. `shape.rs`: limits and request shape (431, 400 and close)
+//! 2. `route.rs`: the first matching route (after reading the model when routes need it), and
+//!    its target, drawn by weight
+//! 3. `admit.rs`: circuit breaker, concurrency limit with its fair queue (503, 429)
+//! 4. `request_rewrite.rs`: the upstream hop's head
+//! 5. `request_body.rs`: streamed, or read whole and bounded for replay, routing or rewrite;
+//!    then `model.rs`: an `inference` pool's OpenAI body, parsed once; the model rewrite
+//! 6. `pick.rs`: the inference-aware first pick (the seam shared with `switchyard epp`)
+//! 7. `attempts.rs`: pick (`pick_endpoint.rs`), send, hedge (`hedge.rs`), classify
+//!    (`outcome.rs`), retry (`retry.rs`)
+//! 8. `response.rs`: response rewrite and stream back
+//! 9. `crate::finish`: metrics, access log and span after the last byte
+//!
+//! Where a new policy goes is in ARCHITECTURE.md ("Where to add things").
+
+mod admit;
+mod attempts;
+mod exchange;
+mod hedge;
+mod model;
+mod outcome;
+mod pick;
+mod pick_endpoint;
+mod reject;
+mod request_body;
+mod request_rewrite;
+mod response;
+mod retry;
+mod route;
+mod shape;
+
+use http::Response;
+
+pub use exchange::{ClientRequest, ConnContext, Downstream, Exchange, Reject, Stop};
+pub use request_body::DEFAULT_MAX_REPLAY_BODY;
+pub use response::X_SWITCHYARD_PICK;
+
+use crate::body::ResponseBody;
+use crate::gateway::{Gateway, GatewayHandle};
+
+/// Serve one request. Never fails: every problem becomes a gateway response.
+pub async fn handle(
+    handle: &GatewayHandle,
+    cx: &ConnContext,
+    req: ClientRequest,
+    downstream: Downstream,
+) -> Response<ResponseBody> {
+    // The request keeps the generation it started on to the end, whatever reloads happen.
+    let gateway = handle.load();
+    let mut rx = Exchange::start(handle, &gateway, cx, &req);
+    match forward(&gateway, &mut rx, req).await {
+        Ok(Forwarded { to, answer, added }) => {
+            response::stream_back(&gateway, rx, to, answer, added, downstream)
+        }
+        Err(Stop::Reject(r)) => reject::respond(handle, &gateway, rx, r),
+        Err(Stop::Respond(resp, error)) => reject::answered(rx, *resp, error),
+    }
+}
+
+/// An upstream answered: its response head and where it came from.
+struct Forwarded<'g> {
+    to: exchange::Routed<'g>,
+    answer: attempts::Answer,
+    added: response::Added,
+}
+
+/// The stages up to the upstream's response head, in order.
+async fn forward<'g>(
+    gateway: &'g Gateway,
+    rx: &mut Exchange<'_>,
+    req: ClientRequest,
+) -> Result<Forwarded<'g>, Stop> {
+    let shape = shape::check(rx, &req)?;
+    let routed = route::route(gateway, rx, req, shape).await?;
+    let to = routed.to;
+    let mut admitted = admit::admit(rx, to, routed.req.headers()).await?;
+    let (mut head, body) = request_rewrite::rewrite(rx, to, routed.req);
+    let mut body = request_body::prepare(to, body, shape, head.upgrade.is_some()).await?;
+    let parsed = model::read_and_rewrite(rx, to, &mut head, &mut body, routed.model)?;
+    let priority = admit::priority(rx, to);
+    let first = pick::first_pick(rx, to, parsed.as_ref(), priority)?;
+    drop(parsed);
+    let answer = attempts::run(rx, to, &mut head, body, first.index, &mut admitted).await?;
+    let added = response::Added {
+        upgrade: head.upgrade.map(|(_, client_side)| client_side),
+        pick_debug: first.debug_header,
+    };
+    Ok(Forwarded { to, answer, added })
+}

@@ -1,0 +1,63 @@
+//! Stage 6, the inference-aware first pick: an `inference` pool scores its endpoints on queue,
+//! KV cache, prefix affinity, LoRA adapters and in-flight tokens, through the same seam
+//! `switchyard epp` uses ([`switchyard_inference::InferencePicker::pick_request`]). Other pools
+//! pick in the attempt loop; retries always do.
+
+use http::HeaderValue;
+use switchyard_config::Priority;
+use switchyard_inference::{InferencePicker, InferenceRequest};
+
+use super::exchange::Routed;
+use super::exchange::{Exchange, Reject};
+use crate::error::GatewayError;
+use crate::trace::RequestSpan;
+
+/// The first attempt's endpoint, and the explanation a client asked for with
+/// `x-switchyard-debug: 1`.
+#[derive(Default)]
+pub struct FirstPick {
+    pub index: Option<usize>,
+    pub debug_header: Option<HeaderValue>,
+}
+
+pub fn first_pick(
+    rx: &mut Exchange<'_>,
+    to: Routed<'_>,
+    parsed: Option<&InferenceRequest>,
+    priority: Priority,
+) -> Result<FirstPick, Reject> {
+    let (Some(picker), Some(parsed)) = (to.pool().inference.as_ref(), parsed) else {
+        return Ok(FirstPick::default());
+    };
+    let debug_header = rx.scan.debug;
+    // A sampled trace carries the explanation whether or not the client asked for it.
+    let debug = debug_header || rx.finish.trace().is_some_and(RequestSpan::recording);
+    let pick = picker.pick_request(
+        &to.pool().endpoints,
+        parsed,
+        priority == Priority::Sheddable,
+        debug,
+    );
+    if pick.shed {
+        to.pool().count_overflow("shed");
+        return Err(Reject::keep(GatewayError::Shed));
+    }
+    let index = pick.index();
+    if let Some(i) = index {
+        rx.finish.set_inference(picker.clone(), i, pick.est_tokens);
+    }
+    let mut first = FirstPick {
+        index,
+        debug_header: None,
+    };
+    if debug {
+        let explanation = InferencePicker::debug_header(&pick.decision);
+        if let Some(t) = rx.finish.trace() {
+            t.set_pick(&explanation, &pick.decision);
+        }
+        if debug_header {
+            first.debug_header = HeaderValue::from_str(&explanation).ok();
+        }
+    }
+    Ok(first)
+}

@@ -1,0 +1,43 @@
+//! Stage 1, limits and request shape: what can be refused from the head alone, before any work.
+//! HTTP/1 limits are mostly enforced by the codec; this also covers HTTP/2, whose header block
+//! arrives already decoded.
+
+use http::{Request, Version};
+
+use super::exchange::{Exchange, Reject};
+use crate::error::GatewayError;
+use crate::headers;
+
+/// What the shape check learned about the request's framing.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// The declared `Content-Length`, when there is one.
+    pub content_length: Option<u64>,
+}
+
+pub fn check<B>(rx: &Exchange<'_>, req: &Request<B>) -> Result<Shape, Reject> {
+    let scan = &rx.scan;
+    let conflicting_framing =
+        req.version() < Version::HTTP_2 && rx.conn.framing.next_request_conflicts();
+    if req.headers().len() > rx.conn.max_headers
+        || scan.bytes + headers::uri_len(req.uri()) > rx.conn.max_header_bytes
+    {
+        return Err(Reject::keep(GatewayError::HeadersTooLarge));
+    }
+    if conflicting_framing {
+        // Request smuggling shape (RFC 9112 §6.3): refuse and close, forward nothing.
+        return Err(Reject::close(GatewayError::BadRequest(
+            "both Content-Length and Transfer-Encoding are present",
+        )));
+    }
+    let content_length = match scan.content_length {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(())) => {
+            return Err(Reject::close(GatewayError::BadRequest(
+                "invalid Content-Length",
+            )))
+        }
+    };
+    Ok(Shape { content_length })
+}

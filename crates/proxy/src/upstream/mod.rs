@@ -1,0 +1,147 @@
+//! The upstream side of a pool, behind one seam: [`Upstream::send`] takes an attempt's request
+//! to endpoint `index` over whichever transport the pool speaks. HTTP/1 pools drive a pooled
+//! connection inline (`h1.rs`); HTTP/2 pools multiplex over each endpoint's connection (`h2.rs`);
+//! HTTP/1 upgrades (WebSocket and friends) go through hyper's pooled client (`upgrade.rs`), the
+//! one transport that hands a connection over. A new transport (HTTP/3, TLS upstreams) is one
+//! more variant of [`Transport`] and one more arm in `send`.
+
+mod failure;
+mod h1;
+mod h2;
+pub mod upgrade;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use switchyard_balance::EndpointState;
+use switchyard_resilience::CircuitBreaker;
+use tokio::time::Instant;
+
+use crate::body::RequestBody;
+pub use failure::{Failure, SendError};
+pub use h1::{EndpointConns, InlineConn};
+pub use h2::H2Endpoint;
+pub use upgrade::UpgradeClient;
+
+/// How a pool reaches its endpoints (each list parallel to the pool's endpoints).
+pub enum Transport {
+    /// Per-endpoint idle HTTP/1.1 connections, driven inline by requests.
+    Http1(Box<[Arc<EndpointConns>]>),
+    /// Each endpoint's multiplexed HTTP/2 connection, under the pool's connection and pending
+    /// limits.
+    Http2(Box<[Arc<H2Endpoint>]>),
+}
+
+/// A pool's upstream transports.
+pub struct Upstream {
+    pub transport: Transport,
+    /// Upgrades only.
+    pub upgrades: UpgradeClient,
+    /// `ip:port` authority for each endpoint, prebuilt for absolute upstream URIs.
+    authorities: Box<[Authority]>,
+}
+
+/// An attempt's response head, and the inline HTTP/1 connection its body arrives on (the
+/// other transports carry the body in the response).
+pub type Sent = (Response<Option<Incoming>>, Option<InlineConn>);
+
+impl Upstream {
+    pub fn new(transport: Transport, upgrades: UpgradeClient, addresses: &[SocketAddr]) -> Self {
+        Self {
+            transport,
+            upgrades,
+            authorities: addresses
+                .iter()
+                .map(|a| {
+                    Authority::try_from(a.to_string().as_str())
+                        .expect("a socket address is an authority")
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether an attempt at `index` bounds itself by its deadline (an inline HTTP/1 exchange
+    /// times itself on its connection's lazily armed timer; the caller times the others).
+    pub fn self_timed(&self, index: usize, upgrade: bool) -> bool {
+        !upgrade && matches!(&self.transport, Transport::Http1(c) if index < c.len())
+    }
+
+    /// Whether `address` is served by this pool's HTTP/1 connections (kept across reloads).
+    pub fn has_h1(&self, address: SocketAddr) -> bool {
+        matches!(&self.transport, Transport::Http1(c) if c.iter().any(|c| c.address() == address))
+    }
+
+    /// Send one attempt to endpoint `index`. `deadline` bounds a [`Upstream::self_timed`]
+    /// exchange; the other paths ignore it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn send<'a>(
+        &'a self,
+        index: usize,
+        parts: &http::request::Parts,
+        headers: http::HeaderMap,
+        body: RequestBody,
+        upgrade: bool,
+        deadline: Option<Instant>,
+        breaker: &'a CircuitBreaker,
+        state: &'a Arc<EndpointState>,
+    ) -> impl Future<Output = Result<Sent, Failure>> + 'a {
+        let transport = (!upgrade).then_some(&self.transport);
+        let inline = matches!(transport, Some(Transport::Http1(_)));
+        let mut uri = http::uri::Parts::default();
+        if !inline {
+            // HTTP/2 takes `:scheme` and `:authority` from an absolute URI (as the pooled client
+            // picks its connection by it); the inline HTTP/1 path writes the request target as
+            // given, so it gets origin-form.
+            uri.scheme = Some(Scheme::HTTP);
+            uri.authority = Some(self.authorities[index].clone());
+        }
+        uri.path_and_query = Some(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        let uri = Uri::from_parts(uri).expect("path is set; scheme and authority go together");
+        let req = attempt_request(parts, headers, uri, body);
+        async move {
+            match transport {
+                Some(Transport::Http1(conns)) => conns[index]
+                    .send(req, breaker, deadline)
+                    .await
+                    .map(|(resp, conn)| (resp.map(|()| None), Some(conn)))
+                    .map_err(Failure::Inline),
+                Some(Transport::Http2(h2)) => h2[index]
+                    .send(req, breaker, state)
+                    .await
+                    .map(|resp| (resp.map(Some), None))
+                    .map_err(Failure::Inline),
+                None => self
+                    .upgrades
+                    .request(req)
+                    .await
+                    .map(|resp| (resp.map(Some), None))
+                    .map_err(Failure::Pooled),
+            }
+        }
+    }
+}
+
+/// One attempt's request, from the rewritten head and a body.
+fn attempt_request(
+    parts: &http::request::Parts,
+    headers: http::HeaderMap,
+    uri: Uri,
+    body: RequestBody,
+) -> Request<RequestBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = headers;
+    req
+}
