@@ -174,210 +174,18 @@ fn build(
                 .collect()
         })
         .unwrap_or_default();
-
     let mut pools = Vec::with_capacity(config.pools.len());
     for p in &config.pools {
-        let endpoints: Vec<Endpoint> = p
-            .endpoints
-            .iter()
-            .map(|e| Endpoint {
-                state: states.get_or_create(&p.name, e.address),
-                weight: e.weight,
-                zone: e.zone.clone(),
-                region: e.region.clone(),
-            })
-            .collect();
-        let transport = if p.protocol == Protocol::Http1 {
-            p.endpoints
-                .iter()
-                .map(|e| {
-                    let key = (p.name.clone(), e.address);
-                    match conns.get(&key) {
-                        Some(c) if c.same_settings(p.connect_timeout, p.idle_timeout) => c.clone(),
-                        _ => {
-                            let c = Arc::new(EndpointConns::new(
-                                e.address,
-                                p.connect_timeout,
-                                p.idle_timeout,
-                            ));
-                            conns.insert(key, c.clone());
-                            c
-                        }
-                    }
-                })
-                .collect::<Vec<_>>()
-        } else {
-            Vec::new()
-        };
-        let client = match old_clients.get(p.name.as_str()) {
-            Some((spec, client)) if client_key(spec) == client_key(p) => (*client).clone(),
-            _ => build_client(p),
-        };
-        let pool_label = PoolLabels {
-            pool: p.name.clone(),
-        };
-        let error_counter = |kind| {
-            metrics
-                .upstream_errors
-                .get_or_create(&UpstreamErrorLabels {
-                    pool: p.name.clone(),
-                    kind,
-                })
-                .clone()
-        };
-        let endpoint_states: Vec<_> = endpoints.iter().map(|e| e.state.clone()).collect();
-        if let Some(old_pool) = old.and_then(|g| g.pools.iter().find(|o| o.name() == p.name)) {
-            // Endpoints added by this reload start slow (at first start, all are equal).
-            for s in &endpoint_states {
-                if !old_pool.endpoints.iter().any(|e| Arc::ptr_eq(&e.state, s)) {
-                    s.mark_entered(std::time::Instant::now());
-                }
-            }
-        }
-        let control = match controls.get_mut(&p.name) {
-            Some(c) => {
-                c.update(p, &endpoint_states, metrics);
-                c
-            }
-            None => controls
-                .entry(p.name.clone())
-                .or_insert_with(|| PoolControl::new(p, &endpoint_states, metrics)),
-        };
-        let breaker = control.breaker.clone();
-        let limiter = control.limiter.clone();
-        let detector = control.detector.clone();
-        let outlier_sink = control.sink(metrics, &p.name);
-        let inference = control.inference_picker(p);
-        let transport = match p.protocol {
-            Protocol::Http1 => Transport::Http1(transport.into_boxed_slice()),
-            Protocol::Http2 => Transport::Http2(control.h2_endpoints().into_boxed_slice()),
-        };
-        let addresses: Vec<_> = p.endpoints.iter().map(|e| e.address).collect();
-        pools.push(Arc::new(PoolEntry {
-            inference,
-            model_metrics: PoolModelMetrics::new(
-                metrics,
-                &p.name,
-                p.endpoints.iter().map(|e| e.address.to_string()).collect(),
-            ),
-            picks: p
-                .endpoints
-                .iter()
-                .map(|e| {
-                    metrics
-                        .picks
-                        .get_or_create(&switchyard_telemetry::metrics::EndpointLabels {
-                            pool: p.name.clone(),
-                            endpoint: e.address.to_string(),
-                        })
-                        .clone()
-                })
-                .collect(),
-            guarded: p.health.is_some() || p.outlier.is_some(),
-            slow_start: p
-                .slow_start
-                .as_ref()
-                .map(switchyard_health::SlowStartSettings::from)
-                .filter(|s| !s.window.is_zero()),
-            panic_gauge: metrics.panic.get_or_create(&pool_label).clone(),
-            breaker,
-            admission: limiter
-                .as_ref()
-                .map(|_| crate::admission::Admission::new(p, metrics)),
-            limiter,
-            health: Arc::new(PassiveHealth::new(
-                endpoint_states.into_boxed_slice(),
-                detector,
-                outlier_sink,
-            )),
-            overflow: metrics.overflow.clone(),
-            spec: p.clone(),
-            endpoints,
-            picker: switchyard_balance::build(&p.balancer),
-            upstream: Upstream::new(transport, client, &addresses),
-            connect_errors: metrics
-                .upstream_connect_errors
-                .get_or_create(&pool_label)
-                .clone(),
-            timeouts: error_counter("timeout"),
-            resets: error_counter("reset"),
-        }));
+        let old_client = old_clients.get(p.name.as_str()).copied();
+        pools.push(build_pool(
+            p, old, old_client, states, conns, controls, metrics,
+        )?);
     }
-
-    let mut routes = Vec::with_capacity(config.routes.len());
-    for r in &config.routes {
-        let mut targets = Vec::new();
-        for t in r.targets() {
-            let pool = pools
-                .iter()
-                .find(|p| p.name() == t.pool)
-                .ok_or_else(|| format!("route `{}`: no pool named `{}`", r.name, t.pool))?
-                .clone();
-            if let Some(m) = t.model {
-                models.intern(m);
-            }
-            targets.push(RouteTarget {
-                pool,
-                weight: t.weight,
-                model: t.model.map(Arc::from),
-                metrics: Arc::new(RouteMetrics::new(metrics, &r.name, t.pool)),
-            });
-        }
-        if targets.is_empty() {
-            return Err(format!("route `{}`: no pool or backends", r.name));
-        }
-        if let Some(m) = r.matcher.model.as_deref().filter(|m| !m.ends_with('*')) {
-            models.intern(m);
-        }
-        let cumulative_weights = targets
-            .iter()
-            .scan(0u64, |sum, t| {
-                *sum += u64::from(t.weight);
-                Some(*sum)
-            })
-            .collect();
-        let retry = r.retry.as_ref().map(|c| {
-            let kept = old
-                .and_then(|g| g.routes.iter().find(|o| o.name == r.name))
-                .and_then(|o| o.retry.clone())
-                .filter(|o| o.config == *c);
-            kept.unwrap_or_else(|| RouteRetry::new(c))
-        });
-        let old_route = old.and_then(|g| g.routes.iter().find(|o| o.name == r.name));
-        let hedger = r.hedge.as_ref().map(|c| {
-            old_route
-                .filter(|o| o.hedge_config.as_ref() == Some(c))
-                .and_then(|o| o.hedger.clone())
-                .unwrap_or_else(|| {
-                    let delay = match (c.delay, c.percentile) {
-                        (Some(d), _) => HedgeDelay::Fixed(d),
-                        (None, Some(p)) => HedgeDelay::Percentile(p),
-                        (None, None) => HedgeDelay::Percentile(95.0),
-                    };
-                    let mut params = HedgeParams::new(delay);
-                    params.budget_percent = c.budget_percent;
-                    Hedger::new(params)
-                })
-        });
-        routes.push(RouteEntry {
-            hedge_metrics: hedger.as_ref().map(|_| HedgeMetrics::new(metrics, &r.name)),
-            priority: r.priority,
-            retry,
-            hedger,
-            hedge_config: r.hedge.clone(),
-            retries: metrics.retries.clone(),
-            retries_refused: metrics.retries_refused.clone(),
-            name: r.name.clone(),
-            matcher: RouteMatch::compile(&r.matcher)
-                .map_err(|e| format!("route `{}`: {e}", r.name))?,
-            targets: targets.into_boxed_slice(),
-            cumulative_weights,
-            timeout: r.timeout,
-            idle_timeout: r.idle_timeout,
-            max_request_body: r.max_request_body,
-        });
-    }
-
+    let routes = config
+        .routes
+        .iter()
+        .map(|r| build_route(r, old, &pools, metrics, models))
+        .collect::<Result<Vec<_>, _>>()?;
     let needs_model = routes.iter().any(|r| r.matcher.needs_model());
     let model_body_limit = routes.iter().map(|r| r.max_request_body).max().unwrap_or(0);
     // Tracing applies live: an unchanged section keeps its provider (and queued spans); a changed
@@ -400,6 +208,223 @@ fn build(
         pools,
         unrouted: Arc::new(RouteMetrics::new(metrics, "", "")),
         models: models.clone(),
+    })
+}
+
+/// One pool of a new generation, keeping what survives reloads: endpoint state, connections,
+/// controls, and the upgrade client when its settings are unchanged.
+fn build_pool(
+    p: &Pool,
+    old: Option<&Gateway>,
+    old_client: Option<(&Pool, &UpgradeClient)>,
+    states: &mut StateRegistry,
+    conns: &mut ConnRegistry,
+    controls: &mut HashMap<String, PoolControl>,
+    metrics: &Metrics,
+) -> Result<Arc<PoolEntry>, String> {
+    let endpoints: Vec<Endpoint> = p
+        .endpoints
+        .iter()
+        .map(|e| Endpoint {
+            state: states.get_or_create(&p.name, e.address),
+            weight: e.weight,
+            zone: e.zone.clone(),
+            region: e.region.clone(),
+        })
+        .collect();
+    let transport = if p.protocol == Protocol::Http1 {
+        p.endpoints
+            .iter()
+            .map(|e| {
+                let key = (p.name.clone(), e.address);
+                match conns.get(&key) {
+                    Some(c) if c.same_settings(p.connect_timeout, p.idle_timeout) => c.clone(),
+                    _ => {
+                        let c = Arc::new(EndpointConns::new(
+                            e.address,
+                            p.connect_timeout,
+                            p.idle_timeout,
+                        ));
+                        conns.insert(key, c.clone());
+                        c
+                    }
+                }
+            })
+            .collect::<Vec<_>>()
+    } else {
+        Vec::new()
+    };
+    let client = match old_client {
+        Some((spec, client)) if client_key(spec) == client_key(p) => client.clone(),
+        _ => build_client(p),
+    };
+    let pool_label = PoolLabels {
+        pool: p.name.clone(),
+    };
+    let error_counter = |kind| {
+        metrics
+            .upstream_errors
+            .get_or_create(&UpstreamErrorLabels {
+                pool: p.name.clone(),
+                kind,
+            })
+            .clone()
+    };
+    let endpoint_states: Vec<_> = endpoints.iter().map(|e| e.state.clone()).collect();
+    if let Some(old_pool) = old.and_then(|g| g.pools.iter().find(|o| o.name() == p.name)) {
+        // Endpoints added by this reload start slow (at first start, all are equal).
+        for s in &endpoint_states {
+            if !old_pool.endpoints.iter().any(|e| Arc::ptr_eq(&e.state, s)) {
+                s.mark_entered(std::time::Instant::now());
+            }
+        }
+    }
+    let control = match controls.get_mut(&p.name) {
+        Some(c) => {
+            c.update(p, &endpoint_states, metrics);
+            c
+        }
+        None => controls
+            .entry(p.name.clone())
+            .or_insert_with(|| PoolControl::new(p, &endpoint_states, metrics)),
+    };
+    let breaker = control.breaker.clone();
+    let limiter = control.limiter.clone();
+    let detector = control.detector.clone();
+    let outlier_sink = control.sink(metrics, &p.name);
+    let inference = control.inference_picker(p);
+    let transport = match p.protocol {
+        Protocol::Http1 => Transport::Http1(transport.into_boxed_slice()),
+        Protocol::Http2 => Transport::Http2(control.h2_endpoints().into_boxed_slice()),
+    };
+    let addresses: Vec<_> = p.endpoints.iter().map(|e| e.address).collect();
+    Ok(Arc::new(PoolEntry {
+        inference,
+        model_metrics: PoolModelMetrics::new(
+            metrics,
+            &p.name,
+            p.endpoints.iter().map(|e| e.address.to_string()).collect(),
+        ),
+        picks: p
+            .endpoints
+            .iter()
+            .map(|e| {
+                metrics
+                    .picks
+                    .get_or_create(&switchyard_telemetry::metrics::EndpointLabels {
+                        pool: p.name.clone(),
+                        endpoint: e.address.to_string(),
+                    })
+                    .clone()
+            })
+            .collect(),
+        guarded: p.health.is_some() || p.outlier.is_some(),
+        slow_start: p
+            .slow_start
+            .as_ref()
+            .map(switchyard_health::SlowStartSettings::from)
+            .filter(|s| !s.window.is_zero()),
+        panic_gauge: metrics.panic.get_or_create(&pool_label).clone(),
+        breaker,
+        admission: limiter
+            .as_ref()
+            .map(|_| crate::admission::Admission::new(p, metrics)),
+        limiter,
+        health: Arc::new(PassiveHealth::new(
+            endpoint_states.into_boxed_slice(),
+            detector,
+            outlier_sink,
+        )),
+        overflow: metrics.overflow.clone(),
+        spec: p.clone(),
+        endpoints,
+        picker: switchyard_balance::build(&p.balancer),
+        upstream: Upstream::new(transport, client, &addresses),
+        connect_errors: metrics
+            .upstream_connect_errors
+            .get_or_create(&pool_label)
+            .clone(),
+        timeouts: error_counter("timeout"),
+        resets: error_counter("reset"),
+    }))
+}
+
+/// One route of a new generation; an unchanged retry policy or hedger keeps its state.
+fn build_route(
+    r: &switchyard_config::Route,
+    old: Option<&Gateway>,
+    pools: &[Arc<PoolEntry>],
+    metrics: &Metrics,
+    models: &Arc<ModelLabels>,
+) -> Result<RouteEntry, String> {
+    let mut targets = Vec::new();
+    for t in r.targets() {
+        let pool = pools
+            .iter()
+            .find(|p| p.name() == t.pool)
+            .ok_or_else(|| format!("route `{}`: no pool named `{}`", r.name, t.pool))?
+            .clone();
+        if let Some(m) = t.model {
+            models.intern(m);
+        }
+        targets.push(RouteTarget {
+            pool,
+            weight: t.weight,
+            model: t.model.map(Arc::from),
+            metrics: Arc::new(RouteMetrics::new(metrics, &r.name, t.pool)),
+        });
+    }
+    if targets.is_empty() {
+        return Err(format!("route `{}`: no pool or backends", r.name));
+    }
+    if let Some(m) = r.matcher.model.as_deref().filter(|m| !m.ends_with('*')) {
+        models.intern(m);
+    }
+    let cumulative_weights = targets
+        .iter()
+        .scan(0u64, |sum, t| {
+            *sum += u64::from(t.weight);
+            Some(*sum)
+        })
+        .collect();
+    let retry = r.retry.as_ref().map(|c| {
+        let kept = old
+            .and_then(|g| g.routes.iter().find(|o| o.name == r.name))
+            .and_then(|o| o.retry.clone())
+            .filter(|o| o.config == *c);
+        kept.unwrap_or_else(|| RouteRetry::new(c))
+    });
+    let old_route = old.and_then(|g| g.routes.iter().find(|o| o.name == r.name));
+    let hedger = r.hedge.as_ref().map(|c| {
+        old_route
+            .filter(|o| o.hedge_config.as_ref() == Some(c))
+            .and_then(|o| o.hedger.clone())
+            .unwrap_or_else(|| {
+                let delay = match (c.delay, c.percentile) {
+                    (Some(d), _) => HedgeDelay::Fixed(d),
+                    (None, Some(p)) => HedgeDelay::Percentile(p),
+                    (None, None) => HedgeDelay::Percentile(95.0),
+                };
+                let mut params = HedgeParams::new(delay);
+                params.budget_percent = c.budget_percent;
+                Hedger::new(params)
+            })
+    });
+    Ok(RouteEntry {
+        hedge_metrics: hedger.as_ref().map(|_| HedgeMetrics::new(metrics, &r.name)),
+        priority: r.priority,
+        retry,
+        hedger,
+        hedge_config: r.hedge.clone(),
+        retries: metrics.retries.clone(),
+        retries_refused: metrics.retries_refused.clone(),
+        name: r.name.clone(),
+        matcher: RouteMatch::compile(&r.matcher).map_err(|e| format!("route `{}`: {e}", r.name))?,
+        targets: targets.into_boxed_slice(),
+        cumulative_weights,
+        timeout: r.timeout,
+        idle_timeout: r.idle_timeout,
+        max_request_body: r.max_request_body,
     })
 }
 

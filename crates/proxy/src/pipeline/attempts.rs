@@ -50,6 +50,15 @@ struct Attempts<'g> {
     retry_guards: Vec<(RetryGuard, BreakerGuard)>,
 }
 
+/// An attempt about to be sent.
+struct Begun {
+    body: RequestBody,
+    headers: http::HeaderMap,
+    span: Option<AttemptSpan>,
+    in_flight: InFlight,
+    replayable: bool,
+}
+
 /// How one attempt ended. Not boxed: it is moved once per attempt, and a box would cost an
 /// allocation on every request.
 #[allow(clippy::large_enum_variant)]
@@ -130,37 +139,14 @@ impl Attempts<'_> {
         let attempt_by = retry
             .and_then(|r| r.policy.per_try_timeout)
             .map_or(self.headers_by, |t| self.headers_by.min(Instant::now() + t));
-        let replayable = self.body.as_ref().is_some_and(RequestBody::is_replayable);
-        let this_body = match &self.body {
-            Some(b) if b.is_replayable() => b.replay(),
-            _ => self
-                .body
-                .take()
-                .ok_or(Reject::keep(GatewayError::NoEndpoint))?,
-        };
         let endpoint = &pool.endpoints[index];
-        let in_flight = endpoint.state.begin();
-        pool.picks[index].inc();
-        // A streamed body goes out once, so its head can be moved rather than copied.
-        let mut headers = if replayable {
-            head.parts.headers.clone()
-        } else {
-            mem::take(&mut head.parts.headers)
-        };
-        let kind = if self.tries == 1 {
-            AttemptKind::First
-        } else {
-            AttemptKind::Retry
-        };
-        let mut span = rx.finish.trace().map(|t| {
-            t.attempt(
-                kind,
-                pool.name(),
-                pool.spec.balancer.kind(),
-                endpoint.address(),
-                &mut headers,
-            )
-        });
+        let Begun {
+            body,
+            headers,
+            mut span,
+            in_flight,
+            replayable,
+        } = self.begin(rx, head, index)?;
         let upgrade = head.upgrade.is_some();
         let hedge_after = route
             .hedger
@@ -176,7 +162,7 @@ impl Attempts<'_> {
             index,
             &head.parts,
             headers,
-            this_body,
+            body,
             upgrade,
             self_timed.then_some(attempt_by),
             &pool.breaker,
@@ -248,6 +234,56 @@ impl Attempts<'_> {
             s.fail(error.kind());
         }
         Ok(Ended::Failed(attempt, error))
+    }
+
+    /// The attempt's body and head (a replay, or the streamed body and head moved once), its
+    /// span, and its place among the endpoint's requests in flight.
+    fn begin(
+        &mut self,
+        rx: &Exchange<'_>,
+        head: &mut UpstreamHead,
+        index: usize,
+    ) -> Result<Begun, Reject> {
+        let pool = self.to.pool();
+        let replayable = self.body.as_ref().is_some_and(RequestBody::is_replayable);
+        let body = match &self.body {
+            Some(b) if b.is_replayable() => b.replay(),
+            // A streamed body that already went out cannot be retried: `retry` refuses first.
+            _ => self
+                .body
+                .take()
+                .ok_or(Reject::keep(GatewayError::NoEndpoint))?,
+        };
+        let endpoint = &pool.endpoints[index];
+        let in_flight = endpoint.state.begin();
+        pool.picks[index].inc();
+        // A streamed body goes out once, so its head can be moved rather than copied.
+        let mut headers = if replayable {
+            head.parts.headers.clone()
+        } else {
+            mem::take(&mut head.parts.headers)
+        };
+        let kind = if self.tries == 1 {
+            AttemptKind::First
+        } else {
+            AttemptKind::Retry
+        };
+        let span = rx.finish.trace().map(|t| {
+            t.attempt(
+                kind,
+                pool.name(),
+                pool.spec.balancer.kind(),
+                endpoint.address(),
+                &mut headers,
+            )
+        });
+        Ok(Begun {
+            body,
+            headers,
+            span,
+            in_flight,
+            replayable,
+        })
     }
 
     /// A response head arrived: record it, and return it unless the policy retries it.
