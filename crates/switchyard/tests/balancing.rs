@@ -415,6 +415,30 @@ async fn inference_pools_answer_gateway_errors_in_openai_shape() {
     assert!(v["error"]["message"].is_string());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inference_pools_forward_paths_the_picker_does_not_read() {
+    // The OpenAI SDK's `models.list()`, load generators' readiness probes and health checks go
+    // through the same pool: forwarded, picked by the fallback balancer, never a 400.
+    let fleet = fleet(2).await;
+    let gw = Gateway::start(&config(&fleet.addresses(), "", "    balancer: inference\n"));
+    let c = client::http1();
+    let (status, _, body) = get(&c, &gw.url("/v1/models")).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["data"][0]["id"], MODEL, "{v}");
+    let (status, _, _) = get(&c, &gw.url("/health")).await;
+    assert_eq!(status, 200);
+    // The model server's own answer for a path it does not serve, not the gateway's.
+    let (status, headers, _) = get(&c, &gw.url("/v1/unknown")).await;
+    assert_eq!(status, 404);
+    assert!(!headers.contains_key("x-switchyard-overflow"));
+    let (_, metrics) = gw.admin_get("/metrics");
+    assert!(
+        !metrics.contains("switchyard_requests_rejected_total{"),
+        "{metrics}"
+    );
+}
+
 /// A model server whose `/metrics` answers after `delay` (vLLM names, 3 waiting, 1 running).
 fn slow_metrics_server(delay: Duration) -> std::net::SocketAddr {
     let body =

@@ -59,6 +59,15 @@ impl<'g> Routed<'g> {
     pub fn pool(&self) -> &'g PoolEntry {
         &self.target.pool
     }
+
+    /// Whether the `inference` picker scores this request: its pool is an `inference` pool and
+    /// `path` is one of the OpenAI APIs it reads. Any other path through such a pool (`/v1/models`,
+    /// `/health`, `/tokenize`, ...) is forwarded as it is, picked by the pool's fallback balancer,
+    /// as vllm-router, smg and Envoy do.
+    pub fn inference_api(&self, path: &str) -> bool {
+        self.target.pool.inference.is_some()
+            && switchyard_inference::ApiKind::from_path(path).is_some()
+    }
 }
 
 /// A stage refused the request: answer `error`, and close the client connection when the

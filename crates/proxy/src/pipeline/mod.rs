@@ -79,7 +79,14 @@ async fn forward<'g>(
     let to = routed.to;
     let mut admitted = admit::admit(rx, to, routed.req.headers()).await?;
     let (mut head, body) = request_rewrite::rewrite(rx, to, routed.req);
-    let mut body = request_body::prepare(to, body, shape, head.upgrade.is_some()).await?;
+    let mut body = request_body::prepare(
+        to,
+        head.parts.uri.path(),
+        body,
+        shape,
+        head.upgrade.is_some(),
+    )
+    .await?;
     let parsed = model::read_and_rewrite(rx, to, &mut head, &mut body, routed.model)?;
     let priority = admit::priority(rx, to);
     let first = pick::first_pick(rx, to, parsed.as_ref(), priority)?;

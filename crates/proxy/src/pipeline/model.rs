@@ -88,7 +88,7 @@ pub(crate) fn read_and_rewrite(
     }
     let rewrite = to.target.model.as_ref();
     let mut parsed = None;
-    if to.pool().inference.is_some() {
+    if to.inference_api(head.parts.uri.path()) {
         let bytes = body.buffered().unwrap_or_default();
         match switchyard_inference::parse_openai(head.parts.uri.path(), &bytes) {
             Ok(p) => {

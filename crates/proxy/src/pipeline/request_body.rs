@@ -13,6 +13,7 @@ pub const DEFAULT_MAX_REPLAY_BODY: u64 = 64 * 1024;
 
 pub async fn prepare(
     to: Routed<'_>,
+    path: &str,
     body: InBody,
     shape: Shape,
     upgrade: bool,
@@ -27,7 +28,7 @@ pub async fn prepare(
     let retry = route.retries();
     let replay_cap = retry.map_or(DEFAULT_MAX_REPLAY_BODY, |r| r.policy.max_replay_body);
     let read_whole = !upgrade
-        && (to.pool().inference.is_some()
+        && (to.inference_api(path)
             || to.target.model.is_some() && !empty
             || (retry.is_some() || route.hedger.is_some())
                 && (empty || shape.content_length.is_some_and(|n| n <= replay_cap)));
