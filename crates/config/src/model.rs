@@ -163,6 +163,11 @@ pub struct Route {
     /// Largest request body accepted, in bytes. Larger → 413.
     #[serde(default = "default_max_request_body")]
     pub max_request_body: u64,
+    /// Bounds reading a request body the gateway reads whole (to route on, rewrite, or replay)
+    /// before anything else happens. Longer → 408, so a client trickling its upload holds a
+    /// connection and its bounded buffer, never an admission slot.
+    #[serde(default = "default_body_read_timeout", with = "humantime_serde")]
+    pub body_read_timeout: Duration,
     /// Retry policy and retry budget; unset means no retries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<crate::resilience::RetryConfig>,
@@ -207,6 +212,9 @@ fn default_route_timeout() -> Duration {
 }
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(300)
+}
+fn default_body_read_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_max_request_body() -> u64 {
     16 * 1024 * 1024

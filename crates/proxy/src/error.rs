@@ -18,6 +18,8 @@ pub enum GatewayError {
     Timeout,
     HeadersTooLarge,
     BodyTooLarge,
+    /// The client did not send the body the gateway reads whole within `body_read_timeout`.
+    BodyTimeout,
     BadRequest(&'static str),
     /// A circuit breaker or the concurrency limit refused the request; names which.
     Overflow(&'static str),
@@ -38,6 +40,7 @@ impl GatewayError {
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
     }
@@ -52,6 +55,7 @@ impl GatewayError {
             Self::Timeout => "upstream_timeout",
             Self::HeadersTooLarge => "headers_too_large",
             Self::BodyTooLarge => "body_too_large",
+            Self::BodyTimeout => "body_timeout",
             Self::BadRequest(_) => "bad_request",
             Self::Overflow(_) => "overflow",
             Self::Shed => "shed",
@@ -68,6 +72,9 @@ impl GatewayError {
             Self::Timeout => "the upstream did not respond in time",
             Self::HeadersTooLarge => "request headers exceed the listener's limits",
             Self::BodyTooLarge => "request body exceeds the route's max_request_body",
+            Self::BodyTimeout => {
+                "the request body did not arrive within the route's body_read_timeout"
+            }
             Self::BadRequest(why) => why,
             Self::Overflow(_) => "the pool is at its configured limit",
             Self::Shed => "the pool is saturated and this request is sheddable; retry later",
@@ -83,7 +90,7 @@ impl GatewayError {
         match self {
             Self::NoRoute => 12, // UNIMPLEMENTED
             Self::NoEndpoint | Self::ConnectFailed | Self::UpstreamReset | Self::Overflow(_) => 14, // UNAVAILABLE
-            Self::Timeout => 4, // DEADLINE_EXCEEDED
+            Self::Timeout | Self::BodyTimeout => 4, // DEADLINE_EXCEEDED
             Self::HeadersTooLarge | Self::BodyTooLarge | Self::Shed | Self::TenantQueueFull => 8, // RESOURCE_EXHAUSTED
             Self::BadRequest(_) => 13, // INTERNAL
         }
@@ -93,7 +100,7 @@ impl GatewayError {
     /// for clients of `inference` pools whose SDKs parse that shape.
     pub fn openai_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {
         let kind = match self.status().as_u16() {
-            400 | 413 | 431 => "invalid_request_error",
+            400 | 408 | 413 | 431 => "invalid_request_error",
             429 => "rate_limit_error",
             _ => "server_error",
         };

@@ -35,6 +35,8 @@ pub struct Gateway {
     pub needs_model: bool,
     /// How much body is read to find the model: the largest `max_request_body` of any route.
     pub model_body_limit: u64,
+    /// How long reading it may take: the longest `body_read_timeout` of any route.
+    pub model_body_timeout: std::time::Duration,
     /// Model label values (shared by all generations).
     pub models: Arc<ModelLabels>,
     /// OpenTelemetry tracing; `None` when the config has no `tracing` section.
@@ -188,6 +190,11 @@ fn build(
         .collect::<Result<Vec<_>, _>>()?;
     let needs_model = routes.iter().any(|r| r.matcher.needs_model());
     let model_body_limit = routes.iter().map(|r| r.max_request_body).max().unwrap_or(0);
+    let model_body_timeout = routes
+        .iter()
+        .map(|r| r.body_read_timeout)
+        .max()
+        .unwrap_or_default();
     // Tracing applies live: an unchanged section keeps its provider (and queued spans); a changed
     // one starts a new provider, and the old one flushes once the last request using it ends.
     let tracing = match (&config.tracing, old.and_then(|g| g.tracing.as_ref())) {
@@ -203,6 +210,7 @@ fn build(
         tracing,
         needs_model,
         model_body_limit,
+        model_body_timeout,
         config: Arc::new(config),
         routes,
         pools,
@@ -425,6 +433,7 @@ fn build_route(
         timeout: r.timeout,
         idle_timeout: r.idle_timeout,
         max_request_body: r.max_request_body,
+        body_read_timeout: r.body_read_timeout,
     })
 }
 

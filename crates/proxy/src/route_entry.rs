@@ -24,6 +24,8 @@ pub struct RouteEntry {
     pub timeout: Duration,
     pub idle_timeout: Duration,
     pub max_request_body: u64,
+    /// Bounds reading a body the gateway reads whole.
+    pub body_read_timeout: Duration,
     /// Default priority of the route's requests.
     pub priority: switchyard_config::Priority,
     pub retry: Option<RouteRetry>,

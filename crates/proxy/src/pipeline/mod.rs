@@ -77,17 +77,14 @@ async fn forward<'g>(
     let shape = shape::check(rx, &req)?;
     let routed = route::route(gateway, rx, req, shape).await?;
     let to = routed.to;
-    let mut admitted = admit::admit(rx, to, routed.req.headers()).await?;
     let (mut head, body) = request_rewrite::rewrite(rx, to, routed.req);
-    let mut body = request_body::prepare(
-        to,
-        head.parts.uri.path(),
-        body,
-        shape,
-        head.upgrade.is_some(),
-    )
-    .await?;
+    // Bodies the gateway reads are read (bounded in size and time) before admission, so a slow
+    // upload never holds a slot a ready request could use.
+    let upgrade = head.upgrade.is_some();
+    let path = head.parts.uri.path();
+    let mut body = request_body::prepare(to, path, body, shape, upgrade).await?;
     let parsed = model::read_and_rewrite(rx, to, &mut head, &mut body, routed.model)?;
+    let mut admitted = admit::admit(rx, to, &head.parts.headers).await?;
     let priority = admit::priority(rx, to);
     let first = pick::first_pick(rx, to, parsed.as_ref(), priority)?;
     drop(parsed);

@@ -1,20 +1,21 @@
-//! Stage 5b, the body's model: where the gateway learns a request's model (the `model` of a JSON
+//! Stage 5, the body's model: where the gateway learns a request's model (the `model` of a JSON
 //! body, read once and bounded, or the `x-model` header for opaque bodies), the OpenAI body of an
 //! `inference` pool parsed once, and the per-target model rewrite, which replaces the body's
 //! top-level `model` value and nothing else.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use switchyard_inference::InferenceRequest;
 
-use super::exchange::Routed;
-use super::exchange::{Exchange, Stop};
+use super::exchange::{Exchange, Reject, Routed, Stop};
+use super::request_body::read_whole;
 use super::request_rewrite::UpstreamHead;
-use crate::body::{BodyTooLarge, ClientBody, InBody, RequestBody, ResponseBody};
-use crate::error::{has_source, GatewayError};
+use crate::body::{ClientBody, InBody, RequestBody, ResponseBody};
+use crate::error::GatewayError;
 use crate::headers::X_REQUEST_ID;
 use crate::models::RequestModel;
 
@@ -23,9 +24,10 @@ use crate::models::RequestModel;
 /// `x-model` header.
 pub(crate) async fn read_model(
     limit: u64,
+    timeout: Duration,
     req: Request<ClientBody>,
     content_length: Option<u64>,
-) -> Result<(Request<InBody>, Option<RequestedModel>), GatewayError> {
+) -> Result<(Request<InBody>, Option<RequestedModel>), Reject> {
     let header = req
         .headers()
         .get("x-model")
@@ -37,14 +39,13 @@ pub(crate) async fn read_model(
         return Ok((req.map(InBody::Incoming), header));
     }
     if content_length.is_some_and(|n| n > limit) {
-        return Err(GatewayError::BodyTooLarge);
+        return Err(Reject::close(GatewayError::BodyTooLarge));
     }
     let (parts, incoming) = req.into_parts();
-    let bytes = match RequestBody::buffer(incoming, limit).await {
-        Ok(b) => b.buffered().unwrap_or_default(),
-        Err(e) if has_source::<BodyTooLarge>(e.as_ref()) => return Err(GatewayError::BodyTooLarge),
-        Err(_) => return Err(GatewayError::BadRequest("request body aborted")),
-    };
+    let bytes = read_whole(incoming, limit, timeout)
+        .await?
+        .buffered()
+        .unwrap_or_default();
     let model = body_model(&bytes).map(RequestedModel::Body).or(header);
     Ok((Request::from_parts(parts, InBody::Buffered(bytes)), model))
 }

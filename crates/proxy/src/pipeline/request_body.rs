@@ -5,7 +5,9 @@
 use super::exchange::Reject;
 use super::exchange::Routed;
 use super::shape::Shape;
-use crate::body::{BodyTooLarge, InBody, RequestBody};
+use std::time::Duration;
+
+use crate::body::{BodyTooLarge, ClientBody, InBody, RequestBody};
 use crate::error::{has_source, GatewayError};
 
 /// Bodies up to this size are kept for replay when a route hedges without a retry policy.
@@ -27,21 +29,32 @@ pub async fn prepare(
     let empty = http_body::Body::is_end_stream(&incoming);
     let retry = route.retries();
     let replay_cap = retry.map_or(DEFAULT_MAX_REPLAY_BODY, |r| r.policy.max_replay_body);
-    let read_whole = !upgrade
+    let whole = !upgrade
         && (to.inference_api(path)
             || to.target.model.is_some() && !empty
             || (retry.is_some() || route.hedger.is_some())
                 && (empty || shape.content_length.is_some_and(|n| n <= replay_cap)));
-    if !read_whole {
+    if !whole {
         return Ok(RequestBody::new(incoming, route.max_request_body));
     }
-    RequestBody::buffer(incoming, route.max_request_body)
-        .await
-        .map_err(|e| {
-            if has_source::<BodyTooLarge>(e.as_ref()) {
-                Reject::close(GatewayError::BodyTooLarge)
-            } else {
-                Reject::close(GatewayError::BadRequest("request body aborted"))
-            }
-        })
+    read_whole(incoming, route.max_request_body, route.body_read_timeout).await
+}
+
+/// Read a client's body whole, at most `limit` bytes within `timeout`. Every failure is the
+/// client's and closes its connection (the rest of the body cannot be skipped safely).
+pub async fn read_whole(
+    incoming: ClientBody,
+    limit: u64,
+    timeout: Duration,
+) -> Result<RequestBody, Reject> {
+    match tokio::time::timeout(timeout, RequestBody::buffer(incoming, limit)).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(e)) if has_source::<BodyTooLarge>(e.as_ref()) => {
+            Err(Reject::close(GatewayError::BodyTooLarge))
+        }
+        Ok(Err(_)) => Err(Reject::close(GatewayError::BadRequest(
+            "request body aborted",
+        ))),
+        Err(_elapsed) => Err(Reject::close(GatewayError::BodyTimeout)),
+    }
 }

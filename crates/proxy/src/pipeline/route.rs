@@ -27,9 +27,13 @@ pub async fn route<'g>(
     shape: Shape,
 ) -> Result<RoutedRequest<'g>, Reject> {
     let (req, model) = if gateway.needs_model {
-        read_model(gateway.model_body_limit, req, shape.content_length)
-            .await
-            .map_err(Reject::close)?
+        read_model(
+            gateway.model_body_limit,
+            gateway.model_body_timeout,
+            req,
+            shape.content_length,
+        )
+        .await?
     } else {
         (req.map(InBody::Incoming), None)
     };
