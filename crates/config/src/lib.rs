@@ -5,6 +5,7 @@ pub mod backends;
 pub mod balancer;
 mod error;
 pub mod health;
+mod kind_map;
 pub mod load;
 pub mod locate;
 pub mod model;

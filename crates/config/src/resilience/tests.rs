@@ -1,3 +1,9 @@
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::concurrency::DEFAULT_QUEUE_TIMEOUT;
 use super::*;
 
 /// The shapes a route and a pool hold these under, for the contract examples.
@@ -96,10 +102,11 @@ fn defaults() {
 
 #[test]
 fn every_retry_condition_by_name_and_number() {
-    for name in RETRY_ON_NAMES {
+    for want in RetryOn::ALL {
+        let name = want.as_str();
         let c: RetryOn = yaml(name).unwrap();
-        assert_eq!(c.as_str(), *name);
-        assert_eq!(c.to_string(), *name);
+        assert_eq!(c, want);
+        assert_eq!(c.to_string(), name);
         roundtrip(&c);
     }
     assert_eq!(yaml::<RetryOn>("503").unwrap(), RetryOn::Status503);
@@ -186,7 +193,7 @@ fn concurrency_errors_name_the_problem() {
             "unknown field `min_limit`",
         ),
         ("{ kind: adaptive, limit: 4 }", "unknown field `limit`"),
-        ("{ kind: adaptive, kind: fixed }", "unknown field `kind`"),
+        ("{ kind: adaptive, kind: fixed }", "duplicate field `kind`"),
         ("{ kind: adaptive, sample_window: soon }", "sample_window"),
         (
             "{ kind: adaptive, max_limits: 3 }",
