@@ -136,7 +136,7 @@ pub(crate) mod testing {
     fn concurrent_picks_stay_on_available_endpoints() {
         let eps = Arc::new(endpoints(&[true, false, true, true, false, true]));
         for kind in kinds() {
-            let spec: Balancer = serde_yaml::from_str(kind).unwrap();
+            let spec: Balancer = switchyard_config::yaml::from_str(kind).unwrap();
             let picker = build(&spec);
             std::thread::scope(|s| {
                 for t in 0..4u64 {
@@ -167,7 +167,7 @@ pub(crate) mod testing {
     fn build_covers_every_kind() {
         let eps = endpoints(&[true, false, true]);
         for kind in kinds() {
-            let spec: Balancer = serde_yaml::from_str(kind).unwrap();
+            let spec: Balancer = switchyard_config::yaml::from_str(kind).unwrap();
             let p = build(&spec);
             assert_eq!(p.name(), kind);
             let ctx = PickContext::with_hash_key(hash_key(b"k"));

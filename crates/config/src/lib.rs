@@ -12,6 +12,7 @@ pub mod model;
 pub mod resilience;
 pub mod trace;
 pub mod validate;
+pub mod yaml;
 
 pub use backends::{Backend, Rewrite, Target};
 pub use balancer::*;

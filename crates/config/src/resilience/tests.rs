@@ -23,11 +23,11 @@ struct Pool {
 }
 
 fn yaml<T: for<'de> Deserialize<'de>>(s: &str) -> Result<T, String> {
-    serde_yaml::from_str(s).map_err(|e| e.to_string())
+    crate::yaml::from_str(s).map_err(|e| e.to_string())
 }
 
 fn roundtrip<T: Serialize + for<'de> Deserialize<'de> + PartialEq + fmt::Debug>(v: &T) {
-    let text = serde_yaml::to_string(v).unwrap();
+    let text = serde_json::to_string(v).unwrap();
     assert_eq!(&yaml::<T>(&text).unwrap(), v, "{text}");
 }
 
@@ -142,7 +142,7 @@ fn unknown_keys_are_rejected_with_their_line() {
 fn concurrency_forms() {
     let c: Concurrency = yaml("64").unwrap();
     assert_eq!(c, Concurrency::Fixed(FixedConcurrency::new(64)));
-    assert_eq!(serde_yaml::to_string(&c).unwrap().trim(), "64");
+    assert_eq!(serde_json::to_string(&c).unwrap().trim(), "64");
     let c: Concurrency = yaml("{ kind: fixed, limit: 8, max_queue: 0 }").unwrap();
     let Concurrency::Fixed(f) = &c else {
         panic!("{c:?}")
