@@ -1,5 +1,6 @@
 //! Endpoint sets and pickers. A picker is a small policy behind [`Picker`]; adding one is one new
-//! file plus one line in [`build`].
+//! file here plus one row in the config's registry (`switchyard_config::Balancer::KINDS`), then
+//! the arm in [`build`] the compiler asks for (ARCHITECTURE.md, "Where to add things").
 //!
 //! The proxy calls [`Picker::pick_with`] per request (with the request's [`hash_key`] when the
 //! balancer's `key` setting asks for one), then [`EndpointState::begin`]; after the response it
