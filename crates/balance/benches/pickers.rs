@@ -39,7 +39,12 @@ fn kinds() -> Vec<(&'static str, Balancer)> {
         "weighted_least_utilization",
     ]
     .into_iter()
-    .map(|k| (k, serde_yaml::from_str(k).expect("balancer kind")))
+    .map(|k| {
+        (
+            k,
+            switchyard_config::yaml::from_str(k).expect("balancer kind"),
+        )
+    })
     .collect()
 }
 

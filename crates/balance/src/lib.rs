@@ -1,5 +1,6 @@
 //! Endpoint sets and pickers. A picker is a small policy behind [`Picker`]; adding one is one new
-//! file plus one line in [`build`].
+//! file here plus one row in the config's registry (`switchyard_config::Balancer::KINDS`), then
+//! the arm in [`build`] the compiler asks for (ARCHITECTURE.md, "Where to add things").
 //!
 //! The proxy calls [`Picker::pick_with`] per request (with the request's [`hash_key`] when the
 //! balancer's `key` setting asks for one), then [`EndpointState::begin`]; after the response it
@@ -135,8 +136,8 @@ pub(crate) mod testing {
     #[test]
     fn concurrent_picks_stay_on_available_endpoints() {
         let eps = Arc::new(endpoints(&[true, false, true, true, false, true]));
-        for kind in KINDS {
-            let spec: Balancer = serde_yaml::from_str(kind).unwrap();
+        for kind in kinds() {
+            let spec: Balancer = switchyard_config::yaml::from_str(kind).unwrap();
             let picker = build(&spec);
             std::thread::scope(|s| {
                 for t in 0..4u64 {
@@ -157,22 +158,17 @@ pub(crate) mod testing {
         }
     }
 
-    const KINDS: [&str; 8] = [
-        "round_robin",
-        "random",
-        "weighted_round_robin",
-        "least_request",
-        "peak_ewma",
-        "ring_hash",
-        "maglev",
-        "weighted_least_utilization",
-    ];
+    /// Every kind in the config's registry whose picker lives here (`inference` is scored in
+    /// crates/inference and falls back to `least_request` here).
+    fn kinds() -> impl Iterator<Item = &'static str> {
+        Balancer::kinds().filter(|k| *k != "inference")
+    }
 
     #[test]
     fn build_covers_every_kind() {
         let eps = endpoints(&[true, false, true]);
-        for kind in KINDS {
-            let spec: Balancer = serde_yaml::from_str(kind).unwrap();
+        for kind in kinds() {
+            let spec: Balancer = switchyard_config::yaml::from_str(kind).unwrap();
             let p = build(&spec);
             assert_eq!(p.name(), kind);
             let ctx = PickContext::with_hash_key(hash_key(b"k"));

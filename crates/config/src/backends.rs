@@ -206,7 +206,7 @@ mod tests {
         let e = errors("  - name: r\n    match: {model: x}\n");
         assert_eq!(
             e,
-            vec!["c.yaml:3:9: routes[0]: a route needs `pool` or `backends`"]
+            vec!["c.yaml:3:5: routes[0]: a route needs `pool` or `backends`"]
         );
         let e = errors("  - name: r\n    backends: []\n");
         assert_eq!(

@@ -1,12 +1,16 @@
 //! The `balancer` key of a pool: which picker spreads its requests, with that picker's own
-//! settings. Written as a bare name or as a map whose `kind` decides which settings are allowed,
-//! so the deserializer is hand-written to keep every error at its key's line and column.
+//! settings. Written as a bare name or as a map whose `kind` decides which settings are allowed
+//! (a [`crate::kind_map`]). [`Balancer::KINDS`] is the registry: one row per picker with its
+//! name, its keys and how it is built from them; `switchyard_balance::build` turns the result
+//! into the picker.
 
 use std::fmt;
 use std::time::Duration;
 
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::kind_map::{self, HumanDuration, Kind, KindMap};
 
 /// Which picker spreads requests over a pool's endpoints. Written as a bare name
 /// (`round_robin`) or as a map with `kind` and the picker's own settings; every setting has a
@@ -88,9 +92,11 @@ impl Balancer {
     }
 }
 
-/// Scorer weights of the `inference` balancer; the defaults follow llm-d's queue:kv:prefix =
-/// 2:2:3, plus LoRA affinity and in-flight tokens at 1.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Scorer weights of the `inference` balancer, as written under `weights:` and as the scorers
+/// read them (`switchyard_inference::scorer::scorers`). The defaults follow llm-d's profile
+/// (queue : KV : prefix = 2 : 2 : 3) and add LoRA affinity and in-flight tokens at 1 each;
+/// latency is off.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InferenceWeights {
     pub queue: f64,
@@ -126,69 +132,14 @@ pub enum HashKey {
     SourceIp,
 }
 
-const BALANCER_KINDS: &[&str] = &[
-    "round_robin",
-    "random",
-    "weighted_round_robin",
-    "least_request",
-    "peak_ewma",
-    "ring_hash",
-    "maglev",
-    "weighted_least_utilization",
-    "inference",
-];
-
-/// Every key any balancer map accepts; used when a key comes before `kind`.
-const BALANCER_KEYS: &[&str] = &[
-    "kind",
-    "choices",
-    "decay",
-    "default_rtt",
-    "key",
-    "min_ring_size",
-    "load_factor",
-    "table_size",
-    "blackout",
-    "expiration",
-    "error_penalty",
-    "metrics",
-    "scrape_interval",
-    "stale_after",
-    "weights",
-    "orca",
-];
-
-/// Default settings, shared by the bare-name form and the map form.
-const DEFAULT_CHOICES: u32 = 2;
-const DEFAULT_DECAY: Duration = Duration::from_secs(10);
-const DEFAULT_RTT: Duration = Duration::from_millis(5);
-const DEFAULT_MIN_RING_SIZE: u32 = 1024;
-const MAX_RING_SIZE: u32 = 8 * 1024 * 1024;
+/// Load bound of the two hashing balancers: no endpoint takes more than 1.25 × the mean.
 const DEFAULT_LOAD_FACTOR: f64 = 1.25;
-const DEFAULT_TABLE_SIZE: u32 = 65537;
-const DEFAULT_BLACKOUT: Duration = Duration::from_secs(10);
-const DEFAULT_EXPIRATION: Duration = Duration::from_secs(180);
-const DEFAULT_ERROR_PENALTY: f64 = 1.0;
+const MAX_RING_SIZE: u32 = 8 * 1024 * 1024;
 
 impl Balancer {
-    /// The keys a map of this `kind` accepts (besides `kind`).
-    fn keys(kind: &str) -> &'static [&'static str] {
-        match kind {
-            "least_request" => &["kind", "choices"],
-            "peak_ewma" => &["kind", "decay", "default_rtt"],
-            "ring_hash" => &["kind", "key", "min_ring_size", "load_factor"],
-            "maglev" => &["kind", "key", "table_size", "load_factor"],
-            "weighted_least_utilization" => &["kind", "blackout", "expiration", "error_penalty"],
-            "inference" => &[
-                "kind",
-                "metrics",
-                "scrape_interval",
-                "stale_after",
-                "weights",
-                "orca",
-            ],
-            _ => &["kind"],
-        }
+    /// Every `kind` name, in registry order.
+    pub fn kinds() -> impl Iterator<Item = &'static str> {
+        Self::kind_names()
     }
 
     /// Where this balancer takes each request's hash key from, if it hashes at all. The proxy
@@ -199,50 +150,114 @@ impl Balancer {
             _ => None,
         }
     }
+}
 
-    fn from_settings<E: de::Error>(kind: &str, s: Settings) -> Result<Self, E> {
-        let load_factor = s.load_factor.unwrap_or(DEFAULT_LOAD_FACTOR);
-        Ok(match kind {
-            "round_robin" => Balancer::RoundRobin,
-            "random" => Balancer::Random,
-            "weighted_round_robin" => Balancer::WeightedRoundRobin,
-            "least_request" => Balancer::LeastRequest {
-                choices: s.choices.unwrap_or(DEFAULT_CHOICES),
+impl KindMap for Balancer {
+    const EXPECTING: &'static str = "a balancer name or a map with `kind`";
+    type Settings = Settings;
+
+    /// The registry of pickers: a new picker is one row here (and its file in `crates/balance`).
+    const KINDS: &'static [Kind<Self>] = &[
+        Kind {
+            name: "round_robin",
+            keys: &[],
+            build: |_| Ok(Balancer::RoundRobin),
+        },
+        Kind {
+            name: "random",
+            keys: &[],
+            build: |_| Ok(Balancer::Random),
+        },
+        Kind {
+            name: "weighted_round_robin",
+            keys: &[],
+            build: |_| Ok(Balancer::WeightedRoundRobin),
+        },
+        Kind {
+            name: "least_request",
+            keys: &["choices"],
+            build: |s| {
+                Ok(Balancer::LeastRequest {
+                    choices: s.choices.unwrap_or(2),
+                })
             },
-            "peak_ewma" => Balancer::PeakEwma {
-                decay: s.decay.unwrap_or(DEFAULT_DECAY),
-                default_rtt: s.default_rtt.unwrap_or(DEFAULT_RTT),
+        },
+        Kind {
+            name: "peak_ewma",
+            keys: &["decay", "default_rtt"],
+            build: |s| {
+                Ok(Balancer::PeakEwma {
+                    decay: s.decay.unwrap_or(Duration::from_secs(10)),
+                    default_rtt: s.default_rtt.unwrap_or(Duration::from_millis(5)),
+                })
             },
-            "ring_hash" => Balancer::RingHash {
-                key: s.key.unwrap_or_default(),
-                min_ring_size: s.min_ring_size.unwrap_or(DEFAULT_MIN_RING_SIZE),
-                load_factor,
+        },
+        Kind {
+            name: "ring_hash",
+            keys: &["key", "min_ring_size", "load_factor"],
+            build: |s| {
+                Ok(Balancer::RingHash {
+                    key: s.key.unwrap_or_default(),
+                    min_ring_size: s.min_ring_size.unwrap_or(1024),
+                    load_factor: s.load_factor.unwrap_or(DEFAULT_LOAD_FACTOR),
+                })
             },
-            "maglev" => Balancer::Maglev {
-                key: s.key.unwrap_or_default(),
-                table_size: s.table_size.unwrap_or(DEFAULT_TABLE_SIZE),
-                load_factor,
+        },
+        Kind {
+            name: "maglev",
+            keys: &["key", "table_size", "load_factor"],
+            build: |s| {
+                Ok(Balancer::Maglev {
+                    key: s.key.unwrap_or_default(),
+                    table_size: s.table_size.unwrap_or(65537),
+                    load_factor: s.load_factor.unwrap_or(DEFAULT_LOAD_FACTOR),
+                })
             },
-            "weighted_least_utilization" => Balancer::WeightedLeastUtilization {
-                blackout: s.blackout.unwrap_or(DEFAULT_BLACKOUT),
-                expiration: s.expiration.unwrap_or(DEFAULT_EXPIRATION),
-                error_penalty: s.error_penalty.unwrap_or(DEFAULT_ERROR_PENALTY),
+        },
+        Kind {
+            name: "weighted_least_utilization",
+            keys: &["blackout", "expiration", "error_penalty"],
+            build: |s| {
+                Ok(Balancer::WeightedLeastUtilization {
+                    blackout: s.blackout.unwrap_or(Duration::from_secs(10)),
+                    expiration: s.expiration.unwrap_or(Duration::from_secs(180)),
+                    error_penalty: s.error_penalty.unwrap_or(1.0),
+                })
             },
-            "inference" => Balancer::Inference {
-                metrics: s.metrics.unwrap_or_else(|| "vllm".to_string()),
-                scrape_interval: s.scrape_interval.unwrap_or(Duration::from_millis(50)),
-                stale_after: s.stale_after.unwrap_or(Duration::from_millis(500)),
-                weights: s.weights.unwrap_or_default(),
-                orca: s.orca.unwrap_or(true),
+        },
+        Kind {
+            name: "inference",
+            keys: &[
+                "metrics",
+                "scrape_interval",
+                "stale_after",
+                "weights",
+                "orca",
+            ],
+            build: |s| {
+                Ok(Balancer::Inference {
+                    metrics: s.metrics.unwrap_or_else(|| "vllm".to_string()),
+                    scrape_interval: s.scrape_interval.unwrap_or(Duration::from_millis(50)),
+                    stale_after: s.stale_after.unwrap_or(Duration::from_millis(500)),
+                    weights: s.weights.unwrap_or_default(),
+                    orca: s.orca.unwrap_or(true),
+                })
             },
-            other => return Err(E::unknown_variant(other, BALANCER_KINDS)),
-        })
+        },
+    ];
+
+    fn read_setting<'de, A: MapAccess<'de>>(
+        map: &mut A,
+        key: &str,
+        s: &mut Settings,
+    ) -> Result<(), A::Error> {
+        read_setting(map, key, s)
     }
 }
 
 /// The settings of a balancer map, before `kind` decides which of them are allowed.
 #[derive(Default)]
-struct Settings {
+pub(crate) struct Settings {
     metrics: Option<String>,
     scrape_interval: Option<Duration>,
     stale_after: Option<Duration>,
@@ -258,40 +273,6 @@ struct Settings {
     blackout: Option<Duration>,
     expiration: Option<Duration>,
     error_penalty: Option<f64>,
-}
-
-/// A map key that must be one of a list. Checking it while the key itself is deserialized (not
-/// after) lets the YAML error carry the key's own line and column.
-struct KeyIn(&'static [&'static str]);
-
-impl<'de> de::DeserializeSeed<'de> for KeyIn {
-    type Value = String;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for KeyIn {
-    type Value = String;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a balancer setting name")
-    }
-    fn visit_str<E: de::Error>(self, key: &str) -> Result<String, E> {
-        if self.0.contains(&key) {
-            Ok(key.to_string())
-        } else {
-            Err(E::unknown_field(key, self.0))
-        }
-    }
-}
-
-/// A humantime duration (`10s`, `3m`) as a map value.
-struct HumanDuration(Duration);
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        humantime_serde::deserialize(d).map(HumanDuration)
-    }
 }
 
 fn is_prime(n: u32) -> bool {
@@ -367,55 +348,15 @@ fn read_setting<'de, A: MapAccess<'de>>(
         "stale_after" => s.stale_after = Some(positive(key, map.next_value::<HumanDuration>()?.0)?),
         "weights" => s.weights = Some(map.next_value()?),
         "orca" => s.orca = Some(map.next_value()?),
-        other => return Err(de::Error::unknown_field(other, BALANCER_KEYS)),
+        // `kind_map` only passes keys of some row of `Balancer::KINDS`.
+        other => return Err(de::Error::custom(format!("no reader for `{other}`"))),
     }
     Ok(())
 }
 
 impl<'de> Deserialize<'de> for Balancer {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Balancer;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a balancer name or a map with `kind`")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Balancer, E> {
-                Balancer::from_settings(s, Settings::default())
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Balancer, A::Error> {
-                let mut kind: Option<String> = None;
-                let mut seen: Vec<String> = Vec::new();
-                let mut settings = Settings::default();
-                loop {
-                    let allowed = match &kind {
-                        Some(k) => Balancer::keys(k),
-                        None => BALANCER_KEYS,
-                    };
-                    let Some(key) = map.next_key_seed(KeyIn(allowed))? else {
-                        break;
-                    };
-                    if key == "kind" {
-                        let k: String = map.next_value()?;
-                        if !BALANCER_KINDS.contains(&k.as_str()) {
-                            return Err(de::Error::unknown_variant(&k, BALANCER_KINDS));
-                        }
-                        kind = Some(k);
-                    } else {
-                        read_setting(&mut map, &key, &mut settings)?;
-                        seen.push(key);
-                    }
-                }
-                let kind = kind.ok_or_else(|| de::Error::missing_field("kind"))?;
-                // Keys read before `kind` are checked now.
-                let allowed = Balancer::keys(&kind);
-                if let Some(bad) = seen.iter().find(|k| !allowed.contains(&k.as_str())) {
-                    return Err(de::Error::unknown_field(bad, allowed));
-                }
-                Balancer::from_settings(&kind, settings)
-            }
-        }
-        d.deserialize_any(V)
+        kind_map::deserialize(d)
     }
 }
 
@@ -478,5 +419,22 @@ impl<'de> Deserialize<'de> for HashKey {
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_registry_row_builds_its_own_kind_from_defaults() {
+        let names: Vec<&str> = Balancer::kinds().collect();
+        for (i, kind) in Balancer::KINDS.iter().enumerate() {
+            assert!(!names[..i].contains(&kind.name), "{} twice", kind.name);
+            let b = (kind.build)(Settings::default()).unwrap();
+            assert_eq!(b.kind(), kind.name);
+            let bare: Balancer = serde_json::from_value(serde_json::json!(kind.name)).unwrap();
+            assert_eq!(bare, b);
+        }
     }
 }

@@ -436,7 +436,7 @@ mod tests {
 
     #[test]
     fn the_documented_yaml_parses() {
-        let health: HealthCheck = serde_yaml::from_str(
+        let health: HealthCheck = crate::yaml::from_str(
             "{ http: { path: /health, expect: 200 }, interval: 1s, timeout: 500ms, healthy: 2, unhealthy: 2 }",
         )
         .unwrap();
@@ -449,13 +449,13 @@ mod tests {
         assert!(health.validate().is_empty());
 
         let grpc: HealthCheck =
-            serde_yaml::from_str("{ grpc: { service: \"\" }, jitter: 100ms }").unwrap();
+            crate::yaml::from_str("{ grpc: { service: \"\" }, jitter: 100ms }").unwrap();
         assert_eq!(grpc.grpc, Some(GrpcCheck::default()));
         assert_eq!(grpc.jitter, Some(Duration::from_millis(100)));
-        let tcp: HealthCheck = serde_yaml::from_str("tcp: {}").unwrap();
+        let tcp: HealthCheck = crate::yaml::from_str("tcp: {}").unwrap();
         assert!(tcp.validate().is_empty());
 
-        let outlier: OutlierDetection = serde_yaml::from_str(
+        let outlier: OutlierDetection = crate::yaml::from_str(
             "{ consecutive_5xx: 5, consecutive_gateway_errors: 3, base_ejection: 30s, max_ejection: 300s, \
              max_ejected_percent: 50, interval: 10s, \
              success_rate: { minimum_hosts: 5, request_volume: 100, stdev_factor: 1900 }, \
@@ -471,7 +471,7 @@ mod tests {
         assert!(outlier.validate().is_empty());
 
         let slow: SlowStart =
-            serde_yaml::from_str("{ window: 30s, aggression: 1.0, min_weight_percent: 10 }")
+            crate::yaml::from_str("{ window: 30s, aggression: 1.0, min_weight_percent: 10 }")
                 .unwrap();
         assert_eq!(slow.window, Duration::from_secs(30));
         assert!(slow.validate().is_empty());
@@ -479,16 +479,16 @@ mod tests {
 
     #[test]
     fn defaults_follow_envoy_and_the_brief() {
-        let outlier: OutlierDetection = serde_yaml::from_str("{}").unwrap();
+        let outlier: OutlierDetection = crate::yaml::from_str("{}").unwrap();
         assert_eq!(outlier, OutlierDetection::default());
         assert_eq!(outlier.max_ejected_percent, 10);
         assert_eq!(outlier.max_ejection, Duration::from_secs(300));
         assert_eq!(outlier.consecutive_refused, 1);
-        let off: OutlierDetection = serde_yaml::from_str("{ consecutive_refused: 0 }").unwrap();
+        let off: OutlierDetection = crate::yaml::from_str("{ consecutive_refused: 0 }").unwrap();
         assert_eq!(off.consecutive_refused, 0);
-        let slow: SlowStart = serde_yaml::from_str("{}").unwrap();
+        let slow: SlowStart = crate::yaml::from_str("{}").unwrap();
         assert_eq!(slow, SlowStart::default());
-        let health: HealthCheck = serde_yaml::from_str("http: {}").unwrap();
+        let health: HealthCheck = crate::yaml::from_str("http: {}").unwrap();
         assert_eq!(health.http.as_ref().unwrap().path, "/health");
         assert_eq!((health.healthy, health.unhealthy), (2, 2));
         assert_eq!(default_panic_threshold(), 50);
@@ -496,17 +496,17 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected_at_every_level() {
-        assert!(serde_yaml::from_str::<HealthCheck>("{ tcp: {}, intervall: 1s }").is_err());
-        assert!(serde_yaml::from_str::<HealthCheck>("http: { pth: / }").is_err());
-        assert!(serde_yaml::from_str::<HealthCheck>("tcp: { port: 1 }").is_err());
-        assert!(serde_yaml::from_str::<OutlierDetection>("success_rate: { factor: 1 }").is_err());
-        assert!(serde_yaml::from_str::<SlowStart>("windw: 1s").is_err());
+        assert!(crate::yaml::from_str::<HealthCheck>("{ tcp: {}, intervall: 1s }").is_err());
+        assert!(crate::yaml::from_str::<HealthCheck>("http: { pth: / }").is_err());
+        assert!(crate::yaml::from_str::<HealthCheck>("tcp: { port: 1 }").is_err());
+        assert!(crate::yaml::from_str::<OutlierDetection>("success_rate: { factor: 1 }").is_err());
+        assert!(crate::yaml::from_str::<SlowStart>("windw: 1s").is_err());
     }
 
     #[test]
     fn expect_accepts_code_list_and_range() {
         let parse = |y: &str| {
-            serde_yaml::from_str::<HttpCheck>(y)
+            crate::yaml::from_str::<HttpCheck>(y)
                 .unwrap()
                 .expect
                 .ranges()
@@ -525,7 +525,7 @@ mod tests {
 
     #[test]
     fn validation_names_the_key() {
-        let health: HealthCheck = serde_yaml::from_str(
+        let health: HealthCheck = crate::yaml::from_str(
             "{ http: { path: health }, tcp: {}, interval: 0s, healthy: 0, jitter: 10s }",
         )
         .unwrap();
@@ -539,10 +539,10 @@ mod tests {
                 "health.healthy"
             ]
         );
-        let none: HealthCheck = serde_yaml::from_str("{}").unwrap();
+        let none: HealthCheck = crate::yaml::from_str("{}").unwrap();
         assert_eq!(keys(&none.validate()), ["health"]);
 
-        let outlier: OutlierDetection = serde_yaml::from_str(
+        let outlier: OutlierDetection = crate::yaml::from_str(
             "{ base_ejection: 60s, max_ejection: 30s, max_ejected_percent: 101, \
              failure_percentage: { threshold: 200 } }",
         )
@@ -556,7 +556,7 @@ mod tests {
             ]
         );
         let slow: SlowStart =
-            serde_yaml::from_str("{ aggression: 0, min_weight_percent: 120 }").unwrap();
+            crate::yaml::from_str("{ aggression: 0, min_weight_percent: 120 }").unwrap();
         assert_eq!(
             keys(&slow.validate()),
             ["slow_start.aggression", "slow_start.min_weight_percent"]
@@ -580,7 +580,7 @@ mod tests {
             healthy: 3,
             unhealthy: 1,
         };
-        let yaml = serde_yaml::to_string(&health).unwrap();
-        assert_eq!(serde_yaml::from_str::<HealthCheck>(&yaml).unwrap(), health);
+        let yaml = serde_json::to_string(&health).unwrap();
+        assert_eq!(crate::yaml::from_str::<HealthCheck>(&yaml).unwrap(), health);
     }
 }

@@ -5,12 +5,14 @@ pub mod backends;
 pub mod balancer;
 mod error;
 pub mod health;
+mod kind_map;
 pub mod load;
 pub mod locate;
 pub mod model;
 pub mod resilience;
 pub mod trace;
 pub mod validate;
+pub mod yaml;
 
 pub use backends::{Backend, Rewrite, Target};
 pub use balancer::*;

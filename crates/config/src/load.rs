@@ -4,9 +4,10 @@
 use std::path::Path;
 
 use crate::error::{suggest_from_message, ConfigError, ConfigErrors};
-use crate::locate::{Locations, Position};
+use crate::locate::Locations;
 use crate::model::Config;
 use crate::validate::validate;
+use crate::yaml;
 
 /// Read, parse and validate the file at `path`.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
@@ -22,16 +23,21 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     parse(&text, path)
 }
 
-/// Parse and validate YAML `text`; `file` names it in errors.
+/// Parse and validate YAML `text`; `file` names it in errors. The text is parsed once: the
+/// typed config and the key-path index that validation errors use come from the same tree.
 pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
-    let locations = Locations::index(text);
-    let config = if text.trim().is_empty() {
-        Config::default()
-    } else {
-        let de = serde_yaml::Deserializer::from_str(text);
-        serde_path_to_error::deserialize::<_, Config>(de)
-            .map_err(|e| ConfigErrors(vec![serde_error(e, file, &locations)]))?
+    let root = yaml::parse(text).map_err(|e| ConfigErrors(vec![yaml_error(e, file, "")]))?;
+    let Some(root) = root else {
+        return Ok(Config::default());
     };
+    let locations = Locations::of(&root);
+    let config = serde_path_to_error::deserialize::<_, Config>(&root).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let mut error = yaml_error(e.into_inner(), file, &path);
+        error.position = error.position.or_else(|| locations.find(&path));
+        ConfigErrors(vec![error])
+    })?;
     let errors = validate(&config, file, &locations);
     if errors.is_empty() {
         Ok(config)
@@ -40,45 +46,15 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
     }
 }
 
-fn serde_error(
-    e: serde_path_to_error::Error<serde_yaml::Error>,
-    file: &Path,
-    locations: &Locations,
-) -> ConfigError {
-    let path = e.path().to_string();
-    let path = if path == "." { String::new() } else { path };
-    let inner = e.into_inner();
-    let position = inner
-        .location()
-        .map(|l| Position {
-            line: l.line(),
-            column: l.column(),
-        })
-        .or_else(|| locations.find(&path));
-    let message = clean_message(&inner.to_string(), &path);
-    let suggestion = suggest_from_message(&message);
+fn yaml_error(e: yaml::Error, file: &Path, path: &str) -> ConfigError {
+    let suggestion = suggest_from_message(&e.message);
     ConfigError {
         file: file.to_path_buf(),
-        position,
-        path,
-        message,
+        position: e.position,
+        path: path.to_string(),
+        message: e.message,
         suggestion,
     }
-}
-
-/// serde_yaml decorates messages with the path and " at line L column C"; we print those
-/// ourselves, once.
-fn clean_message(raw: &str, path: &str) -> String {
-    let mut msg = raw;
-    if let Some(i) = msg.rfind(" at line ") {
-        msg = &msg[..i];
-    }
-    if let Some((prefix, rest)) = msg.split_once(": ") {
-        if !prefix.is_empty() && path.starts_with(prefix) {
-            msg = rest;
-        }
-    }
-    msg.to_string()
 }
 
 #[cfg(test)]
@@ -92,6 +68,7 @@ pub(crate) mod tests {
     }
 
     use super::*;
+    use crate::locate::Position;
 
     fn err(text: &str) -> ConfigError {
         parse(text, Path::new("t.yaml")).unwrap_err().0.remove(0)
@@ -246,8 +223,8 @@ pub(crate) mod tests {
             "{kind: inference, orca: false}",
         ] {
             let b = balancer(yaml);
-            let shown = serde_yaml::to_string(&b).unwrap();
-            let back: crate::balancer::Balancer = serde_yaml::from_str(&shown).unwrap();
+            let shown = serde_json::to_string(&b).unwrap();
+            let back: crate::balancer::Balancer = crate::yaml::from_str(&shown).unwrap();
             assert_eq!(back, b, "{shown}");
             let json = serde_json::to_value(&b).unwrap();
             assert_eq!(json["kind"], b.kind(), "{json}");

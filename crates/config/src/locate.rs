@@ -1,10 +1,10 @@
 //! Maps key paths (`routes[1].match.headers`) to where they sit in the YAML text, so that errors
 //! found after parsing (a route naming a missing pool, a duplicate name) still point at a line.
+//! The index is built from the tree [`crate::yaml`] parsed, not from a second parse.
 
 use std::collections::HashMap;
 
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::Marker;
+use crate::yaml::{Node, Value};
 
 /// A 1-based line and column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,13 +20,20 @@ pub struct Locations {
 }
 
 impl Locations {
-    /// Index a YAML document. Text that does not parse gives an empty index; the serde pass
-    /// reports that error with its own position.
+    /// Index a parsed YAML document (the same tree the config is read from).
+    pub fn of(root: &Node) -> Self {
+        let mut map = HashMap::new();
+        walk(root, &mut String::new(), &mut map);
+        Self { map }
+    }
+
+    /// Index YAML text. Text that does not parse gives an empty index; the loader reports that
+    /// error with its own position.
     pub fn index(text: &str) -> Self {
-        let mut walker = Walker::default();
-        let mut parser = Parser::new_from_str(text);
-        let _ = parser.load(&mut walker, false);
-        Self { map: walker.map }
+        match crate::yaml::parse(text) {
+            Ok(Some(root)) => Self::of(&root),
+            _ => Self::default(),
+        }
     }
 
     /// The position of `path`, or of its nearest indexed ancestor.
@@ -42,100 +49,31 @@ impl Locations {
     }
 }
 
-enum Frame {
-    Map { key: Option<String> },
-    Seq { index: usize },
-}
-
-#[derive(Default)]
-struct Walker {
-    stack: Vec<Frame>,
-    map: HashMap<String, Position>,
-}
-
-impl Walker {
-    fn path(&self) -> String {
-        let mut out = String::new();
-        for frame in &self.stack {
-            match frame {
-                Frame::Map { key: Some(k) } => {
-                    if !out.is_empty() {
-                        out.push('.');
-                    }
-                    out.push_str(k);
+fn walk(node: &Node, path: &mut String, map: &mut HashMap<String, Position>) {
+    let len = path.len();
+    match &node.value {
+        Value::Scalar { .. } => {}
+        Value::Seq(items) => {
+            for (i, item) in items.iter().enumerate() {
+                path.push_str(&format!("[{i}]"));
+                map.entry(path.clone()).or_insert(item.position);
+                walk(item, path, map);
+                path.truncate(len);
+            }
+        }
+        Value::Map(entries) => {
+            for (key, value) in entries {
+                let Value::Scalar { text, .. } = &key.value else {
+                    continue;
+                };
+                if !path.is_empty() {
+                    path.push('.');
                 }
-                Frame::Map { key: None } => {}
-                Frame::Seq { index } => {
-                    out.push('[');
-                    out.push_str(&index.to_string());
-                    out.push(']');
-                }
+                path.push_str(text);
+                map.entry(path.clone()).or_insert(key.position);
+                walk(value, path, map);
+                path.truncate(len);
             }
-        }
-        out
-    }
-
-    fn position(mark: Marker) -> Position {
-        Position {
-            line: mark.line(),
-            column: mark.col() + 1,
-        }
-    }
-
-    /// Called before a value node starts; returns true when the node is a mapping key.
-    fn before_node(&mut self, mark: Marker) -> bool {
-        match self.stack.last_mut() {
-            Some(Frame::Map { key }) if key.is_none() => true,
-            Some(Frame::Seq { .. }) => {
-                let path = self.path();
-                self.map.entry(path).or_insert(Self::position(mark));
-                false
-            }
-            _ => false,
-        }
-    }
-
-    /// Called after a value node has ended.
-    fn after_value(&mut self) {
-        match self.stack.last_mut() {
-            Some(Frame::Map { key }) => *key = None,
-            Some(Frame::Seq { index }) => *index += 1,
-            None => {}
-        }
-    }
-}
-
-impl MarkedEventReceiver for Walker {
-    fn on_event(&mut self, ev: Event, mark: Marker) {
-        match ev {
-            Event::Scalar(value, ..) => {
-                if self.before_node(mark) {
-                    if let Some(Frame::Map { key }) = self.stack.last_mut() {
-                        *key = Some(value);
-                    }
-                    let path = self.path();
-                    self.map.entry(path).or_insert(Self::position(mark));
-                } else {
-                    self.after_value();
-                }
-            }
-            Event::MappingStart(..) => {
-                self.before_node(mark);
-                self.stack.push(Frame::Map { key: None });
-            }
-            Event::SequenceStart(..) => {
-                self.before_node(mark);
-                self.stack.push(Frame::Seq { index: 0 });
-            }
-            Event::MappingEnd | Event::SequenceEnd => {
-                self.stack.pop();
-                self.after_value();
-            }
-            Event::Alias(..) => {
-                self.before_node(mark);
-                self.after_value();
-            }
-            _ => {}
         }
     }
 }

@@ -85,9 +85,10 @@ mod tests {
             SlowStartSettings::from(&SlowStart::default()),
             SlowStartSettings::default()
         );
-        let check: HealthCheck =
-            serde_yaml::from_str("{ http: { path: /ready, expect: \"200-299\" }, interval: 1s }")
-                .unwrap();
+        let check: HealthCheck = switchyard_config::yaml::from_str(
+            "{ http: { path: /ready, expect: \"200-299\" }, interval: 1s }",
+        )
+        .unwrap();
         let active = ActiveCheck::from(&check);
         assert_eq!(
             active.probe,

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use switchyard_balance::Endpoint;
 
 use crate::prefix_index::PrefixIndex;
-use crate::scorer::{ScoreContext, Scorer, Weights};
+use crate::scorer::{scorers, ScoreContext, Scorer, Weights};
 use crate::signals::{EndpointSignals, SignalSnapshot};
 
 /// Picker settings.
@@ -142,7 +142,7 @@ impl InferencePicker {
         signals: Vec<Arc<EndpointSignals>>,
         prefix: Arc<PrefixIndex>,
     ) -> Self {
-        let scorers = config.weights.scorers();
+        let scorers = scorers(&config.weights);
         let weight_sum = scorers
             .iter()
             .map(|(_, w)| w)

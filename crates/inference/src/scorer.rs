@@ -170,49 +170,26 @@ impl Scorer for LatencyScorer {
     }
 }
 
-/// Scorer weights. The default follows llm-d's profile (queue : KV : prefix = 2 : 2 : 3) and
-/// adds LoRA affinity and in-flight tokens at 1 each; latency is off.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Weights {
-    pub queue: f64,
-    pub kv_cache: f64,
-    pub prefix: f64,
-    pub lora: f64,
-    pub in_flight: f64,
-    pub latency: f64,
-}
+/// Scorer weights: the config's `weights:` of the `inference` balancer, the one definition
+/// (defaults included) of which scorers count and how much.
+pub use switchyard_config::InferenceWeights as Weights;
 
-impl Default for Weights {
-    fn default() -> Self {
-        Self {
-            queue: 2.0,
-            kv_cache: 2.0,
-            prefix: 3.0,
-            lora: 1.0,
-            in_flight: 1.0,
-            latency: 0.0,
-        }
-    }
-}
-
-impl Weights {
-    /// The scorers with a positive weight, paired with it.
-    pub fn scorers(&self) -> Vec<(Box<dyn Scorer>, f64)> {
-        let all: [(Box<dyn Scorer>, f64); 6] = [
-            (Box::new(QueueScorer { floor: 4.0 }), self.queue),
-            (Box::new(KvCacheScorer), self.kv_cache),
-            (Box::new(PrefixScorer), self.prefix),
-            (Box::new(LoraScorer), self.lora),
-            (
-                Box::new(InFlightTokensScorer { floor: 4096.0 }),
-                self.in_flight,
-            ),
-            (Box::new(LatencyScorer), self.latency),
-        ];
-        all.into_iter()
-            .filter(|(_, w)| w.is_finite() && *w > 0.0)
-            .collect()
-    }
+/// The scorers with a positive weight, paired with it.
+pub fn scorers(weights: &Weights) -> Vec<(Box<dyn Scorer>, f64)> {
+    let all: [(Box<dyn Scorer>, f64); 6] = [
+        (Box::new(QueueScorer { floor: 4.0 }), weights.queue),
+        (Box::new(KvCacheScorer), weights.kv_cache),
+        (Box::new(PrefixScorer), weights.prefix),
+        (Box::new(LoraScorer), weights.lora),
+        (
+            Box::new(InFlightTokensScorer { floor: 4096.0 }),
+            weights.in_flight,
+        ),
+        (Box::new(LatencyScorer), weights.latency),
+    ];
+    all.into_iter()
+        .filter(|(_, w)| w.is_finite() && *w > 0.0)
+        .collect()
 }
 
 #[cfg(test)]
@@ -311,8 +288,7 @@ mod tests {
 
     #[test]
     fn default_profile() {
-        let names: Vec<_> = Weights::default()
-            .scorers()
+        let names: Vec<_> = scorers(&Weights::default())
             .iter()
             .map(|(s, w)| (s.name(), *w))
             .collect();

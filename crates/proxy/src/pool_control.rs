@@ -18,7 +18,7 @@ use switchyard_health::{
 };
 use switchyard_inference::{
     spawn_scraper, EndpointSignals, InferencePicker, MetricNames, PickerConfig, PrefixIndex,
-    Scraper, Weights,
+    Scraper,
 };
 use switchyard_resilience::{
     CircuitBreaker, ConcurrencyLimiter, ConcurrencyMode, GradientParams, QueueParams,
@@ -335,14 +335,7 @@ impl PoolControl {
             return None;
         };
         let config = PickerConfig {
-            weights: Weights {
-                queue: weights.queue,
-                kv_cache: weights.kv_cache,
-                prefix: weights.prefix,
-                lora: weights.lora,
-                in_flight: weights.in_flight,
-                latency: weights.latency,
-            },
+            weights: *weights,
             stale_after: *stale_after,
             orca: *orca,
             ..PickerConfig::default()

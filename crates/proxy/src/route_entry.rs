@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
-use switchyard_resilience::{Hedger, RetryBudget, RetryOn, RetryPolicy};
+use switchyard_resilience::{Hedger, RetryBudget, RetryPolicy};
 use switchyard_telemetry::metrics::{RouteNameLabels, RouteReasonLabels};
 use switchyard_telemetry::Metrics;
 
@@ -95,12 +95,7 @@ pub struct RouteRetry {
 
 impl RouteRetry {
     pub(crate) fn new(c: &switchyard_config::resilience::RetryConfig) -> Self {
-        let mut policy = RetryPolicy::new(
-            c.attempts,
-            c.retry_on
-                .iter()
-                .filter_map(|r| RetryOn::from_name(r.as_str())),
-        );
+        let mut policy = RetryPolicy::new(c.attempts, c.retry_on.iter().copied());
         policy.retriable_status_codes = c.retriable_status_codes.clone();
         policy.per_try_timeout = c.per_try_timeout;
         policy.backoff = switchyard_resilience::Backoff {

@@ -23,9 +23,12 @@
 //! A retry should go to an endpoint not tried yet: the proxy records each endpoint in a
 //! [`TriedSet`] and the picker skips those while others remain.
 
+use std::fmt;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, StatusCode};
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::backoff::Backoff;
 
@@ -93,25 +96,41 @@ pub enum RetryOn {
 }
 
 impl RetryOn {
-    /// The condition for a config name (`connect-failure`, `5xx`, `503`, `unavailable`, ...), the
-    /// same names `switchyard_config::resilience::RetryOn` parses and prints.
+    /// Every condition, in the order the docs list them.
+    pub const ALL: [RetryOn; 13] = [
+        RetryOn::ConnectFailure,
+        RetryOn::RefusedStream,
+        RetryOn::Reset,
+        RetryOn::FiveXx,
+        RetryOn::GatewayError,
+        RetryOn::Status503,
+        RetryOn::Status429,
+        RetryOn::RetriableStatusCodes,
+        RetryOn::Grpc(GrpcCode::Cancelled),
+        RetryOn::Grpc(GrpcCode::DeadlineExceeded),
+        RetryOn::Grpc(GrpcCode::ResourceExhausted),
+        RetryOn::Grpc(GrpcCode::Internal),
+        RetryOn::Grpc(GrpcCode::Unavailable),
+    ];
+
+    /// The config name (`connect-failure`, `5xx`, `503`, `unavailable`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryOn::ConnectFailure => "connect-failure",
+            RetryOn::RefusedStream => "refused-stream",
+            RetryOn::Reset => "reset",
+            RetryOn::FiveXx => "5xx",
+            RetryOn::GatewayError => "gateway-error",
+            RetryOn::Status503 => "503",
+            RetryOn::Status429 => "429",
+            RetryOn::RetriableStatusCodes => "retriable-status-codes",
+            RetryOn::Grpc(code) => code.as_str(),
+        }
+    }
+
+    /// The condition for a config name; the inverse of [`RetryOn::as_str`].
     pub fn from_name(name: &str) -> Option<RetryOn> {
-        Some(match name {
-            "connect-failure" => RetryOn::ConnectFailure,
-            "refused-stream" => RetryOn::RefusedStream,
-            "reset" => RetryOn::Reset,
-            "5xx" => RetryOn::FiveXx,
-            "gateway-error" => RetryOn::GatewayError,
-            "503" => RetryOn::Status503,
-            "429" => RetryOn::Status429,
-            "retriable-status-codes" => RetryOn::RetriableStatusCodes,
-            "cancelled" => RetryOn::Grpc(GrpcCode::Cancelled),
-            "deadline-exceeded" => RetryOn::Grpc(GrpcCode::DeadlineExceeded),
-            "resource-exhausted" => RetryOn::Grpc(GrpcCode::ResourceExhausted),
-            "internal" => RetryOn::Grpc(GrpcCode::Internal),
-            "unavailable" => RetryOn::Grpc(GrpcCode::Unavailable),
-            _ => return None,
-        })
+        RetryOn::ALL.into_iter().find(|c| c.as_str() == name)
     }
 
     fn bit(self) -> u16 {
@@ -127,6 +146,58 @@ impl RetryOn {
             RetryOn::Grpc(code) => 8 + grpc_slot(code),
         }
     }
+}
+
+impl fmt::Display for RetryOn {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for RetryOn {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// A name from [`RetryOn::ALL`]; `503` and `429` may also be written as numbers. Anything else is
+/// an error naming the allowed values, so a config loader can point at it and suggest a spelling.
+impl<'de> Deserialize<'de> for RetryOn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = RetryOn;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a retry condition such as `connect-failure`, `5xx` or `503`")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RetryOn, E> {
+                RetryOn::from_name(s).ok_or_else(|| E::unknown_variant(s, names()))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<RetryOn, E> {
+                match n {
+                    503 => Ok(RetryOn::Status503),
+                    429 => Ok(RetryOn::Status429),
+                    _ => Err(E::custom(format!(
+                        "`{n}` is not a retry condition; only 503 and 429 are named by number, \
+                         use `retriable-status-codes` for others"
+                    ))),
+                }
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<RetryOn, E> {
+                match u64::try_from(n) {
+                    Ok(n) => self.visit_u64(n),
+                    Err(_) => Err(E::custom(format!("`{n}` is not a retry condition"))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The names of [`RetryOn::ALL`], for "expected one of" in errors.
+fn names() -> &'static [&'static str] {
+    static NAMES: OnceLock<Vec<&'static str>> = OnceLock::new();
+    NAMES.get_or_init(|| RetryOn::ALL.iter().map(|c| c.as_str()).collect())
 }
 
 fn grpc_slot(code: GrpcCode) -> u16 {

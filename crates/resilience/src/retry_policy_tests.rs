@@ -276,4 +276,25 @@ fn condition_names_map_one_to_one() {
         );
     }
     assert_eq!(RetryOn::from_name("500"), None);
+    for c in RetryOn::ALL {
+        assert_eq!(RetryOn::from_name(c.as_str()), Some(c));
+    }
+}
+
+#[test]
+fn conditions_deserialize_by_name_and_number_and_reject_the_rest() {
+    let parse = |s: &str| serde_json::from_str::<RetryOn>(s).map_err(|e| e.to_string());
+    for c in RetryOn::ALL {
+        assert_eq!(parse(&format!("\"{c}\"")), Ok(c));
+        assert_eq!(serde_json::to_string(&c).unwrap(), format!("\"{c}\""));
+    }
+    assert_eq!(parse("503"), Ok(RetryOn::Status503));
+    assert_eq!(parse("429"), Ok(RetryOn::Status429));
+    assert!(parse("500").unwrap_err().contains("retriable-status-codes"));
+    assert!(parse("-1").is_err());
+    let err = parse("\"conect-failure\"").unwrap_err();
+    assert!(
+        err.contains("unknown variant") && err.contains("`connect-failure`"),
+        "{err}"
+    );
 }

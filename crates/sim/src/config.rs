@@ -133,7 +133,8 @@ impl FleetConfig {
 
     /// Parses YAML (see docs/sim.md for the format) and validates it.
     pub fn from_yaml(text: &str) -> anyhow::Result<Self> {
-        let cfg: FleetConfig = serde_yaml::from_str(text).context("invalid simulator config")?;
+        let cfg: FleetConfig =
+            switchyard_config::yaml::from_str(text).context("invalid simulator config")?;
         cfg.validate()?;
         Ok(cfg)
     }
