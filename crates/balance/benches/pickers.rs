@@ -60,7 +60,7 @@ fn pick(c: &mut Criterion) {
                     k = k.wrapping_add(1);
                     let ctx = PickContext::with_hash_key(k.wrapping_mul(0x9e37_79b9_7f4a_7c15));
                     black_box(picker.pick_with(black_box(&eps), &ctx))
-                })
+                });
             });
         }
         group.finish();
@@ -88,7 +88,7 @@ fn pick_loaded(c: &mut Criterion) {
                     k = k.wrapping_add(1);
                     let ctx = PickContext::with_hash_key(k.wrapping_mul(0x9e37_79b9_7f4a_7c15));
                     black_box(picker.pick_with(black_box(&eps), &ctx))
-                })
+                });
             });
         }
         group.finish();
@@ -97,14 +97,14 @@ fn pick_loaded(c: &mut Criterion) {
 
 fn helpers(c: &mut Criterion) {
     c.bench_function("hash_key/36B", |b| {
-        b.iter(|| hash_key(black_box(b"0b6c5f7e-2d4a-4c1b-9f6e-1a2b3c4d5e6f")))
+        b.iter(|| hash_key(black_box(b"0b6c5f7e-2d4a-4c1b-9f6e-1a2b3c4d5e6f")));
     });
     c.bench_function("parse_orca/text", |b| {
         b.iter(|| {
             parse_orca(black_box(
                 b"TEXT cpu_utilization=0.3, rps_fractional=10, eps=0.1",
             ))
-        })
+        });
     });
 }
 

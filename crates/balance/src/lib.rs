@@ -7,6 +7,9 @@
 //! feeds back [`EndpointState::record_latency`] and, when the response carries an
 //! `endpoint-load-metrics` header, [`EndpointState::record_load_report`] with [`parse_orca`].
 
+// The request path never panics on a missing value: it answers or fails the request.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod endpoint;
 pub mod hash;
 mod latency;

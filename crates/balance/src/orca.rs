@@ -52,7 +52,7 @@ impl LoadReport {
             "cpu_utilization" | "cpuUtilization" => self.cpu_utilization = v,
             "mem_utilization" | "memUtilization" => self.mem_utilization = v,
             "application_utilization" | "applicationUtilization" => {
-                self.application_utilization = v
+                self.application_utilization = v;
             }
             "rps_fractional" | "rpsFractional" => self.rps_fractional = v,
             "eps" => self.eps = v,
@@ -292,7 +292,7 @@ fn map_entry(bytes: &[u8]) -> Result<(&str, f64), OrcaError> {
     while !w.0.is_empty() {
         match w.field()? {
             (1, Value::Bytes(k)) => {
-                key = std::str::from_utf8(k).map_err(|_| OrcaError::Protobuf("key not UTF-8"))?
+                key = std::str::from_utf8(k).map_err(|_| OrcaError::Protobuf("key not UTF-8"))?;
             }
             (2, Value::Double(v)) => value = v,
             (1 | 2, _) => return Err(OrcaError::Protobuf("wrong wire type in map entry")),

@@ -263,12 +263,9 @@ async fn stream(
     };
     let mut scanner = SseScanner::new();
     while let Some(frame) = body.frame().await {
-        let frame = match frame {
-            Ok(f) => f,
-            Err(_) => {
-                t.error.get_or_insert(ErrorKind::StreamBroken);
-                break;
-            }
+        let Ok(frame) = frame else {
+            t.error.get_or_insert(ErrorKind::StreamBroken);
+            break;
         };
         let Ok(data) = frame.into_data() else {
             continue;

@@ -343,7 +343,7 @@ fn read_setting<'de, A: MapAccess<'de>>(
             s.metrics = Some(m);
         }
         "scrape_interval" => {
-            s.scrape_interval = Some(positive(key, map.next_value::<HumanDuration>()?.0)?)
+            s.scrape_interval = Some(positive(key, map.next_value::<HumanDuration>()?.0)?);
         }
         "stale_after" => s.stale_after = Some(positive(key, map.next_value::<HumanDuration>()?.0)?),
         "weights" => s.weights = Some(map.next_value()?),

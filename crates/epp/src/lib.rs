@@ -12,6 +12,9 @@
 //! The gRPC layer is small and hand-rolled on hyper's HTTP/2 server (length-prefixed messages,
 //! trailers with `grpc-status`), with prost-derived messages for the few ext_proc types used.
 
+// The request path never panics on a missing value: it answers or fails the request.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod proto;
 
 use std::collections::BTreeMap;

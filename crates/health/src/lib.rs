@@ -18,6 +18,9 @@
 //!
 //! [`EndpointState::set_healthy`]: switchyard_balance::EndpointState::set_healthy
 
+// The request path never panics on a missing value: it answers or fails the request.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod active;
 mod from_config;
 pub mod outlier;

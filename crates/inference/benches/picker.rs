@@ -95,7 +95,7 @@ fn bench(c: &mut Criterion) {
         Some(REQUEST_PROMPT % ENDPOINTS)
     );
     c.bench_function("inference_pick_64ep_100k_blocks_2k_tokens", |b| {
-        b.iter(|| black_box(picker.pick(black_box(&endpoints), black_box(&cx))))
+        b.iter(|| black_box(picker.pick(black_box(&endpoints), black_box(&cx))));
     });
     c.bench_function("prefix_matched_blocks_all_64ep", |b| {
         b.iter(|| {
@@ -103,18 +103,18 @@ fn bench(c: &mut Criterion) {
                 .prefix_index()
                 .matched_blocks_all(black_box(&request), &mut matched);
             black_box(&matched);
-        })
+        });
     });
     let no_prefix = RequestContext {
         block_hashes: &[],
         ..cx
     };
     c.bench_function("inference_pick_64ep_no_prefix", |b| {
-        b.iter(|| black_box(picker.pick(black_box(&endpoints), black_box(&no_prefix))))
+        b.iter(|| black_box(picker.pick(black_box(&endpoints), black_box(&no_prefix))));
     });
     let prompt = &prompt[..8192];
     c.bench_function("prompt_block_hashes_2k_tokens", |b| {
-        b.iter(|| black_box(prompt_block_hashes(black_box(prompt), 16)))
+        b.iter(|| black_box(prompt_block_hashes(black_box(prompt), 16)));
     });
 }
 

@@ -17,6 +17,9 @@
 //! * [`model_rewrite`]: per-target model rewrite of a request body, byte for byte otherwise;
 //! * [`usage`]: token usage read from responses as they pass (bounded tail, no buffering).
 
+// The request path never panics on a missing value: it answers or fails the request.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod model_rewrite;
 pub mod picker;
 pub mod prefix_index;

@@ -287,7 +287,7 @@ fn text_input(
                     }
                     Value::Number(_) => *token_ids += 1,
                     Value::Array(ids) if ids.iter().all(Value::is_number) => {
-                        *token_ids += ids.len()
+                        *token_ids += ids.len();
                     }
                     _ => return Err(invalid(&format!("{field}[{i}]"), EXPECTED)),
                 }

@@ -165,7 +165,7 @@ impl Conn {
             })
             .await;
             match next {
-                Next::Read(Ok(0)) | Next::Read(Err(_)) | Next::Stop => return Ok(None),
+                Next::Read(Ok(0) | Err(_)) | Next::Stop => return Ok(None),
                 Next::Read(Ok(_)) => {}
             }
         }
@@ -189,7 +189,7 @@ impl Conn {
             })
             .await;
             match read {
-                Some(Ok(0)) | Some(Err(_)) | None => return Ok(None),
+                Some(Ok(0) | Err(_)) | None => return Ok(None),
                 Some(Ok(_)) => {}
             }
         }

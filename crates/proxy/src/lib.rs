@@ -4,6 +4,9 @@
 //! ([`body`]), the bookkeeping after the last byte ([`finish`]), and the running server with
 //! reload and drain ([`server`]).
 
+// The request path never panics on a missing value: it answers or fails the request.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod admission;
 pub mod body;
 mod deadline;

@@ -89,7 +89,7 @@ impl LatencyHistogram {
                 .compare_exchange(seen, epoch, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            for b in slot.buckets.iter() {
+            for b in &slot.buckets {
                 b.store(0, Ordering::Relaxed);
             }
         }

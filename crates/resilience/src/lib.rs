@@ -19,6 +19,9 @@
 //!
 //! See `docs/resilience.md` for the configuration and the full sequence.
 
+// The request path never panics on a missing value: it answers or fails the request.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod adaptive_concurrency;
 pub mod backoff;
 pub mod circuit_breaker;

@@ -27,12 +27,9 @@ pub(crate) fn retry_decision(
         route.count_retry_refused("budget");
         return None;
     };
-    let breaker = match pool.breaker.try_acquire(Limit::Retries) {
-        Ok(g) => g,
-        Err(_) => {
-            route.count_retry_refused("breaker");
-            return None;
-        }
+    let Ok(breaker) = pool.breaker.try_acquire(Limit::Retries) else {
+        route.count_retry_refused("breaker");
+        return None;
     };
     route.count_retry(decision.reason.as_str());
     Some((decision.delay, (budget, breaker)))

@@ -272,7 +272,7 @@ impl InlineConn {
                     chunked: framing == ReqFraming::Chunked,
                     out: BytesMut::new(),
                     done: false,
-                }))
+                }));
             }
         }
         // Read the response head, skipping interim (1xx) responses.

@@ -72,15 +72,12 @@ impl Gateway {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let v = match rx.recv_timeout(left) {
-                Ok(v) => v,
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!(
-                        "gateway did not become ready; logs: {:?}",
-                        logs.lock().unwrap()
-                    );
-                }
+            let Ok(v) = rx.recv_timeout(left) else {
+                let _ = child.kill();
+                panic!(
+                    "gateway did not become ready; logs: {:?}",
+                    logs.lock().unwrap()
+                );
             };
             match v["message"].as_str() {
                 Some("listening") => {
