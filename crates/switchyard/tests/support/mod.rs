@@ -17,6 +17,17 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
+/// The Python for the interop tests: the project's `.venv/`, which `scripts/test` makes from
+/// `tests/interop/requirements.txt`, when it exists; else `python3` from the PATH.
+pub fn python3() -> PathBuf {
+    let venv = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../.venv/bin/python3"));
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
 /// A running gateway process.
 pub struct Gateway {
     child: Child,
