@@ -128,7 +128,7 @@ async fn incoming_traceparent_parents_the_server_span_and_the_upstream_sees_the_
         .all(|(service, _)| service == "gw-test"));
 
     // The access log line names the trace.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + support::WAIT;
     loop {
         let line = gw
             .stdout_lines()
@@ -305,9 +305,7 @@ async fn ratio_zero_exports_only_traces_a_client_sampled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_collector_never_fails_or_slows_requests() {
     // Bound but never listening: every export is refused.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let dead = socket.local_addr().unwrap();
+    let (dead, _socket) = support::fleet::dead_address();
     let origin = Origin::start();
     for protocol in ["grpc", "http"] {
         let config = support::simple_config(&[origin.addr], "", "")
