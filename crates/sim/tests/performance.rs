@@ -99,7 +99,7 @@ async fn throughput_saturates_at_max_num_seqs() {
     let load = tokio::spawn(throughput(addr, 16, 48));
     let mut max_running = 0.0f64;
     let mut max_waiting = 0.0f64;
-    while !load.is_finished() && !(max_running >= 4.0 && max_waiting >= 4.0) {
+    while !(load.is_finished() || (max_running >= 4.0 && max_waiting >= 4.0)) {
         let m = scrape(addr).await;
         max_running = max_running.max(metric(&m, "vllm:num_requests_running"));
         max_waiting = max_waiting.max(metric(&m, "vllm:num_requests_waiting"));
