@@ -23,6 +23,9 @@ fn spec(targets: Vec<Target>) -> LoadSpec {
     s
 }
 
+/// Timings are checked against what the scripted server makes them: never below its delays
+/// (the lower bound is exact), and well short of the next wrong answer (the upper bound leaves
+/// room for a loaded machine; it catches measuring the wrong span, not a slow one).
 fn within(v: f64, lo: f64, hi: f64, what: &str) {
     assert!(v >= lo && v <= hi, "{what} = {v}, expected {lo}..={hi}");
 }
@@ -39,7 +42,7 @@ async fn fixed_latencies_are_measured() {
     let mut s = spec(vec![Target::new("fixed", server.url())]);
     s.load = Load::Closed { concurrency: 4 };
     s.max_requests = Some(20);
-    s.slo = Slo::parse("ttft=150ms,tpot=30ms").unwrap();
+    s.slo = Slo::parse("ttft=1s,tpot=100ms").unwrap();
     let r = run_load(s, CancellationToken::new()).await.unwrap();
     let t = &r.targets[0];
     assert_eq!(
@@ -53,15 +56,16 @@ async fn fixed_latencies_are_measured() {
         "usage completion_tokens are summed exactly"
     );
     assert_eq!(t.prompt_tokens, 60);
-    within(t.ttft_ms.p50, 100.0, 120.0, "ttft p50");
-    within(t.ttft_ms.max, 100.0, 170.0, "ttft max");
+    // TTFT is 100 ms (the whole reply, a wrong answer, 280 ms); gaps are 20 ms.
+    within(t.ttft_ms.p50, 100.0, 190.0, "ttft p50");
+    within(t.ttft_ms.max, 100.0, 270.0, "ttft max");
     assert_eq!(t.itl_ms.count, 20 * 9);
-    within(t.itl_ms.p50, 18.0, 23.0, "itl p50");
-    within(t.itl_ms.mean, 18.0, 25.0, "itl mean");
-    within(t.tpot_ms.mean, 19.0, 25.0, "tpot mean");
-    within(t.e2e_ms.p50, 280.0, 310.0, "e2e p50");
-    // Four users, five rounds of ~280 ms each.
-    within(r.elapsed_s, 1.4, 2.0, "elapsed");
+    within(t.itl_ms.p50, 18.0, 40.0, "itl p50");
+    within(t.itl_ms.mean, 18.0, 40.0, "itl mean");
+    within(t.tpot_ms.mean, 19.0, 40.0, "tpot mean");
+    within(t.e2e_ms.p50, 280.0, 500.0, "e2e p50");
+    // Four users, five rounds of ~280 ms each (one user would take 5.6 s).
+    within(r.elapsed_s, 1.4, 3.5, "elapsed");
     within(
         t.request_throughput * r.elapsed_s,
         19.99,
@@ -128,9 +132,9 @@ async fn whole_replies_are_timed_when_they_arrive() {
     let t = &r.targets[0];
     assert_eq!((t.sent, t.completed, t.failed), (6, 6, 0), "{:?}", t.errors);
     assert_eq!(t.output_tokens, 60);
-    // The first token is seen with the whole reply, after ~140 ms.
-    within(t.ttft_ms.p50, 135.0, 170.0, "ttft p50");
-    within(t.e2e_ms.p50, 135.0, 170.0, "e2e p50");
+    // The first token is seen with the whole reply, after ~140 ms (not at 50 ms).
+    within(t.ttft_ms.p50, 135.0, 300.0, "ttft p50");
+    within(t.e2e_ms.p50, 135.0, 300.0, "e2e p50");
     let body = server.bodies.lock().unwrap()[0].clone();
     assert_eq!(body["stream"], false);
     assert!(body.get("stream_options").is_none(), "{body}");
@@ -148,12 +152,10 @@ async fn errors_are_counted_by_kind() {
         usage: true,
     })
     .await;
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        drop(l); // nothing listens here any more: connections are refused
-        format!("http://{addr}")
-    };
+    // Bound for the test's length but not listening: connections are refused.
+    let closed_socket = tokio::net::TcpSocket::new_v4().unwrap();
+    closed_socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let closed = format!("http://{}", closed_socket.local_addr().unwrap());
     let mut s = spec(vec![
         Target::new("unavailable", unavailable.url()),
         Target::new("broken", broken.url()),
@@ -208,21 +210,24 @@ async fn two_targets_are_interleaved() {
         r.targets.iter().map(|t| t.completed).collect::<Vec<_>>(),
         vec![10, 10]
     );
-    // Arrivals alternate: every request to `a` is followed by one to `b` ~10 ms later.
+    // Arrivals alternate: every request to `a` is followed by one to `b` (10 ms later on
+    // schedule) before the next one to `a`.
     let (ta, tb) = (
         a.arrivals.lock().unwrap().clone(),
         b.arrivals.lock().unwrap().clone(),
     );
-    for (x, y) in ta.iter().zip(&tb) {
-        let d = y.duration_since(*x).as_secs_f64() * 1000.0;
-        within(d, 2.0, 40.0, "a→b gap");
+    for (i, (x, y)) in ta.iter().zip(&tb).enumerate() {
+        assert!(x < y, "request {i} to b came before the one to a");
+        if let Some(next) = ta.get(i + 1) {
+            assert!(y < next, "request {} to a came before {i} to b", i + 1);
+        }
     }
     // Both targets got the same prompts, in the same order.
     let first =
         |s: &common::TestServer| s.bodies.lock().unwrap()[3]["messages"][0]["content"].clone();
     assert_eq!(first(&a), first(&b));
     // Constant rate: 20 arrivals at 100/s span ~190 ms.
-    within(r.elapsed_s, 0.19, 0.6, "elapsed");
+    within(r.elapsed_s, 0.19, 1.0, "elapsed");
 }
 
 #[tokio::test]
@@ -308,15 +313,25 @@ async fn cancelling_returns_a_partial_report() {
     };
     let stop = CancellationToken::new();
     let run = tokio::spawn(run_load(s, stop.clone()));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Cancel once some requests have arrived (with no duration set, only cancelling ends it).
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while server.count() < 6 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("requests did not arrive");
     stop.cancel();
     let r = run.await.unwrap().unwrap();
     assert!(r.cancelled);
-    within(
-        r.targets[0].completed as f64,
-        5.0,
-        16.0,
-        "completed before cancel",
+    let t = &r.targets[0];
+    // Requests cut off in flight are not counted; all that are reached the server.
+    assert!(t.completed >= 1, "none completed before cancel");
+    assert!(
+        t.sent <= server.count() as u64,
+        "{} > {}",
+        t.sent,
+        server.count()
     );
     assert_eq!(r.config["load"]["mode"], "open");
 }

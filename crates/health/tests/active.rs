@@ -150,9 +150,10 @@ async fn http_endpoint_goes_unhealthy_after_threshold_and_returns() {
 
 #[tokio::test]
 async fn tcp_check_against_a_closed_port_fails() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Bound for the test's length but not listening: connections are refused.
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = closed.local_addr().unwrap();
-    drop(closed);
     let endpoint = Arc::new(EndpointState::new(addr));
     let (sink, mut events) = sink(None);
     let check = ActiveCheck {

@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use http::Method;
 use switchyard_sim::ReplicaConfig;
@@ -298,14 +300,13 @@ async fn lora_adapter_load_delays_first_request_only() {
     let first = post(addr, "/v1/completions", &body).await;
     assert_eq!(first.status, 200, "{}", first.body);
     assert_eq!(first.json()["model"], "sql-lora");
-    let second = post(addr, "/v1/completions", &body).await;
+    // The quicker of two later requests (a stall of the machine only lengthens one).
+    let mut later = Duration::MAX;
+    for _ in 0..2 {
+        later = later.min(post(addr, "/v1/completions", &body).await.elapsed);
+    }
     assert!(first.elapsed.as_millis() >= 50, "{:?}", first.elapsed);
-    assert!(
-        second.elapsed < first.elapsed,
-        "{:?} {:?}",
-        second.elapsed,
-        first.elapsed
-    );
+    assert!(later < first.elapsed, "{later:?} {:?}", first.elapsed);
     fleet.shutdown().await;
 }
 

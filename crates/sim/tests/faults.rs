@@ -76,17 +76,17 @@ async fn crash_closes_the_port_and_it_comes_back() {
         addr,
         Method::POST,
         "/sim/faults",
-        r#"{"crash_for_ms":400}"#,
+        r#"{"crash_for_ms":1500}"#,
         &[],
     )
     .await;
     let r = inflight.await.unwrap();
     assert!(r.aborted && !r.body.contains("[DONE]"));
-    // Down: connections are refused.
+    // Down: connections are refused (seen before the 1.5 s crash is over).
     let refused = loop {
         match tokio::net::TcpStream::connect(addr).await {
             Err(_) => break true,
-            Ok(_) if crashed_at.elapsed() > Duration::from_millis(300) => break false,
+            Ok(_) if crashed_at.elapsed() > Duration::from_millis(1500) => break false,
             Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
         }
     };
@@ -97,13 +97,13 @@ async fn crash_closes_the_port_and_it_comes_back() {
             break r;
         }
         assert!(
-            crashed_at.elapsed() < Duration::from_secs(5),
+            crashed_at.elapsed() < Duration::from_secs(30),
             "replica did not come back"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(back.status, 200);
-    assert!(crashed_at.elapsed() >= Duration::from_millis(400));
+    assert!(crashed_at.elapsed() >= Duration::from_millis(1500));
     assert_eq!(
         metric(&scrape(addr).await, "vllm:generation_tokens_total"),
         0.0
@@ -138,9 +138,12 @@ async fn stream_is_dropped_after_n_tokens() {
 #[tokio::test(flavor = "current_thread")]
 async fn latency_slowdown_and_hang() {
     let (fleet, addr) = one(fast()).await;
-    let base = post(addr, "/v1/chat/completions", &chat("s", "u", 20, false))
-        .await
-        .elapsed;
+    // The quickest of three: a stall of the machine only ever lengthens a measurement.
+    let mut base = Duration::MAX;
+    for _ in 0..3 {
+        let r = post(addr, "/v1/chat/completions", &chat("s", "u", 20, false)).await;
+        base = base.min(r.elapsed);
+    }
     set_faults(addr, r#"{"added_latency_ms":100}"#).await;
     let delayed = post(addr, "/v1/chat/completions", &chat("s", "u", 20, false))
         .await

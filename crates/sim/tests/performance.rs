@@ -95,19 +95,17 @@ async fn throughput_saturates_at_max_num_seqs() {
     .await;
     let t1 = throughput(addr, 1, 48).await;
     let t4 = throughput(addr, 4, 48).await;
-    let probe = tokio::spawn(async move {
-        let mut max_running = 0.0f64;
-        let mut max_waiting = 0.0f64;
-        for _ in 0..20 {
-            let m = scrape(addr).await;
-            max_running = max_running.max(metric(&m, "vllm:num_requests_running"));
-            max_waiting = max_waiting.max(metric(&m, "vllm:num_requests_waiting"));
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        (max_running, max_waiting)
-    });
-    let t16 = throughput(addr, 16, 48).await;
-    let (max_running, max_waiting) = probe.await.unwrap();
+    // Sample the queue while 16 streams run, until it is seen full or the load ends.
+    let load = tokio::spawn(throughput(addr, 16, 48));
+    let mut max_running = 0.0f64;
+    let mut max_waiting = 0.0f64;
+    while !(load.is_finished() || (max_running >= 4.0 && max_waiting >= 4.0)) {
+        let m = scrape(addr).await;
+        max_running = max_running.max(metric(&m, "vllm:num_requests_running"));
+        max_waiting = max_waiting.max(metric(&m, "vllm:num_requests_waiting"));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let t16 = load.await.unwrap();
     assert!(
         t4 > t1 * 2.5,
         "batching: 1 stream {t1:.0} tok/s, 4 streams {t4:.0} tok/s"

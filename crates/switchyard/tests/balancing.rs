@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use support::client::{self, get, send};
 use support::fleet::*;
-use support::Gateway;
+use support::{eventually, Gateway};
 use switchyard_sim::{start_fleet, FleetConfig, ReplicaConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,7 +109,7 @@ async fn inference_balancer_keeps_a_prefix_together_and_explains_picks() {
     assert_eq!(total, 12);
 
     // `/pools` shows what the picker scores each endpoint on, scraped from the replicas.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + support::WAIT;
     loop {
         let p = pools(&gw);
         let eps = p["pools"][0]["endpoints"].as_array().unwrap().clone();
@@ -167,7 +167,7 @@ async fn requests_naming_an_adapter_as_model_go_where_it_is_loaded() {
     // scrapes saw the adapters could land where its adapter must wait behind a hold, and wait
     // there for the whole hold.
     for (addr, adapter) in [(addrs[0], "sql-lora"), (addrs[1], "chat-lora")] {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + support::WAIT;
         loop {
             let (_, _, body) = get(&client::http1(), &format!("http://{addr}/metrics")).await;
             let text = String::from_utf8_lossy(&body);
@@ -186,9 +186,18 @@ async fn requests_naming_an_adapter_as_model_go_where_it_is_loaded() {
     }
     let pool = "    balancer: { kind: inference, scrape_interval: 20ms }\n";
     let gw = Gateway::start(&config(&addrs, "", pool));
-    // The scraper's first round is not tied to readiness: give it a few intervals (20 ms each)
-    // before the first probe, which the loop below then checks was explained by the scrape.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Probe only once the scrapes have seen each replica's adapter running (`/pools`).
+    eventually("the scrapes to see both adapters running", || {
+        let p = pools(&gw);
+        [(addrs[0], "sql-lora"), (addrs[1], "chat-lora")]
+            .iter()
+            .all(|(addr, adapter)| {
+                endpoint(&p, *addr)["inference"]["lora_running"]
+                    .to_string()
+                    .contains(adapter)
+            })
+    })
+    .await;
     let c = client::http1();
     // The scrapes have seen both adapters running once a request for one is explained so.
     let ask = |model: &'static str, i: usize| {
@@ -203,7 +212,7 @@ async fn requests_naming_an_adapter_as_model_go_where_it_is_loaded() {
             .body(Full::new(Bytes::from(body.to_string())))
             .unwrap()
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + support::WAIT;
     loop {
         let (_, headers, _) = send(&c, ask("sql-lora", 0)).await;
         let pick = headers["x-switchyard-pick"].to_str().unwrap().to_string();
@@ -250,7 +259,10 @@ async fn orca_reports_on_responses_stand_in_for_a_stale_scrape() {
             "    balancer: {{ kind: inference, scrape_interval: 1h, stale_after: 300ms, orca: {orca} }}\n"
         );
         let gw = Gateway::start(&config(&fleet.addresses(), "", &pool));
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        eventually("the first scrape to go stale", || {
+            pools(&gw)["pools"][0]["endpoints"][0]["inference"]["fresh"] == false
+        })
+        .await;
         let c = client::http1();
         let mut picks = Vec::new();
         for _ in 0..2 {
@@ -291,7 +303,7 @@ async fn sheddable_requests_are_refused_when_the_pool_is_full_critical_ones_wait
         let gw = gw.clone();
         tokio::spawn(async move { chat(&client::http1(), &gw).await.0 })
     };
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    in_flight(&gw, 1).await;
     let with_priority = |p: &'static str| {
         let gw = gw.clone();
         async move {
@@ -305,13 +317,19 @@ async fn sheddable_requests_are_refused_when_the_pool_is_full_critical_ones_wait
             send(&client::http1(), req).await
         }
     };
-    let start = Instant::now();
     let (status, headers, body) = with_priority("sheddable").await;
     assert_eq!(status, 429);
     assert_eq!(headers["retry-after"], "1");
-    assert!(
-        start.elapsed() < Duration::from_millis(200),
+    assert_eq!(
+        gw.metric(r#"switchyard_admission_queued_total{pool="p",priority="sheddable"}"#),
+        0.0,
         "sheddable request queued"
+    );
+    assert_eq!(
+        gw.metric(
+            r#"switchyard_admission_rejected_total{pool="p",priority="sheddable",reason="shed"}"#
+        ),
+        1.0
     );
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["error"]["type"], "shed");
@@ -343,18 +361,24 @@ async fn a_flooding_tenant_does_not_starve_a_light_one() {
             tokio::spawn(async move { send(&client::http1(), req).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // One flood request in flight, 8 queued, the other 21 refused.
+    eventually("the flood to be admitted, queued or refused", || {
+        gw.metric(
+            r#"switchyard_admission_rejected_total{pool="p",priority="standard",reason="tenant_queue_full"}"#,
+        ) == 21.0
+    })
+    .await;
+    in_flight(&gw, 1).await;
     let c = client::http1();
-    for i in 0..3 {
-        let asked = Instant::now();
+    for i in 0..3u64 {
         let (status, _, _) = send(&c, request("x-tenant", "light")).await;
-        let took = asked.elapsed();
         assert_eq!(status, 200, "light request {i}");
-        // Its turn comes after at most one flood request (~200 ms) plus its own 200 ms; behind
-        // the flooder's 8 queued requests (FIFO) it would take 1.8 s.
+        // Its turn comes after about one flood request per light one (two, with slack for a
+        // slow client); behind the flooder's 8 queued requests (FIFO) it would come after 9.
+        let flood_sent = endpoint_requests(&gw)[0] - (i + 1);
         assert!(
-            took < Duration::from_millis(1000),
-            "light request {i} took {took:?}"
+            flood_sent <= 2 * (i + 1) + 1,
+            "light request {i} answered after {flood_sent} flood requests"
         );
     }
     let mut ok = 0;

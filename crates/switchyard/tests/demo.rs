@@ -74,10 +74,10 @@ fn demo_serves_openai_streams_and_stops_on_ctrl_c() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/interop/openai_interop.py"
     );
-    let out = Command::new("python3")
+    let out = Command::new(support::python3())
         .args([script, MODEL, &gateway, &fleet[0]])
         .output()
-        .expect("python3");
+        .expect("python3 (scripts/test makes .venv/)");
     assert!(
         out.status.success(),
         "{}",

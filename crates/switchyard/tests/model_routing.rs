@@ -99,7 +99,7 @@ async fn alias_reaches_the_upstream_with_the_rewritten_model() {
     assert_eq!(gw.metric(&completion), 3.0);
 
     // The access log names the model sent upstream and the one the client asked for.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + support::WAIT;
     let line = loop {
         let found = gw
             .stdout_lines()

@@ -121,11 +121,8 @@ async fn gateway_errors_have_json_bodies() {
     assert_eq!(json(&body)["error"]["type"], "no_endpoint");
     drop(gw);
 
-    // 502: connect failure (a port nothing listens on: bind, learn, close).
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // 502: connect failure (a port bound, for the test's length, but not listening).
+    let (dead, _dead) = support::fleet::dead_address();
     let gw = Gateway::start(&simple_config(&[dead], "", ""));
     let (status, _, body) = get(&c, &gw.url("/")).await;
     assert_eq!(status, 502);
@@ -133,12 +130,10 @@ async fn gateway_errors_have_json_bodies() {
     assert!(gw.metric("switchyard_upstream_connect_errors_total{pool=\"p\"}") >= 1.0);
     drop(gw);
 
-    // 504: the upstream is slower than the route timeout.
+    // 504: the upstream is slower than the route timeout (it would answer 200 after 3 s).
     let gw = Gateway::start(&simple_config(&[origin.addr], "    timeout: 200ms\n", ""));
-    let start = Instant::now();
     let (status, _, body) = get(&c, &gw.url("/slow?ms=3000")).await;
     assert_eq!(status, 504);
-    assert!(start.elapsed() < Duration::from_secs(2));
     assert_eq!(json(&body)["error"]["type"], "upstream_timeout");
 }
 
@@ -150,7 +145,7 @@ async fn sse_events_arrive_as_the_upstream_sends_them() {
     let start = Instant::now();
     let resp = c
         .request(
-            http::Request::get(gw.url("/sse?n=4&ms=300"))
+            http::Request::get(gw.url("/sse?n=4&ms=500"))
                 .body(Full::new(Bytes::new()))
                 .unwrap(),
         )
@@ -166,14 +161,15 @@ async fn sse_events_arrive_as_the_upstream_sends_them() {
         }
     }
     assert_eq!(text.matches("data: ").count(), 4);
-    // The gateway timed the stream: one first chunk, three gaps of ~300 ms.
+    // The gateway timed the stream: one first chunk, three gaps of ~500 ms.
     let metrics = gw.admin_get("/metrics").1;
     assert!(
         metrics.contains("switchyard_stream_first_chunk_seconds_count{route=\"r\",pool=\"p\"} 1"),
         "{metrics}"
     );
     assert!(metrics.contains("switchyard_stream_chunk_gap_seconds_count{route=\"r\",pool=\"p\"} 3"));
-    // The first event must not wait for the stream to finish (~900 ms total).
+    // The first event must not wait for the stream to finish: the origin sends the last one
+    // 1.5 s after the first (a 1 s margin for a loaded machine).
     assert!(arrivals.len() >= 3, "events were coalesced: {arrivals:?}");
     assert!(
         arrivals[0] + Duration::from_millis(500) < *arrivals.last().unwrap(),
@@ -199,11 +195,10 @@ async fn idle_timeout_cuts_a_silent_stream() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let start = Instant::now();
-    let res = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect()).await;
+    // Unless cut, the stream stays silent and open for good.
+    let res = tokio::time::timeout(support::WAIT, resp.into_body().collect()).await;
     let res = res.expect("stream not cut by idle timeout");
     assert!(res.is_err(), "silent stream should end with an error");
-    assert!(start.elapsed() < Duration::from_secs(2));
 }
 
 #[tokio::test]
@@ -409,10 +404,7 @@ async fn round_robin_spreads_over_endpoints_and_metrics_count() {
     assert_eq!(gw.admin_get("/ready").0, 200);
     assert_eq!(gw.admin_get("/live").0, 200);
     // The access log has one JSON line per request.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while gw.stdout_lines().len() < 10 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::eventually("10 access log lines", || gw.stdout_lines().len() >= 10).await;
     let lines = gw.stdout_lines();
     assert_eq!(lines.len(), 10);
     let line: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
@@ -596,15 +588,10 @@ async fn route_timeouts_hold_on_reused_upstream_connections() {
     // Served on one upstream connection, armed 30 s out.
     let (status, _, _) = get(&c, &gw.url("/long/x")).await;
     assert_eq!(status, 200);
-    // The same connection with a 400 ms deadline: it must fire at 400 ms, not 30 s.
-    let start = Instant::now();
+    // The same connection with a 400 ms deadline: it must fire at 400 ms, not 30 s (the origin
+    // would answer 200 at 3 s).
     let (status, _, body) = get(&c, &gw.url("/slow?ms=3000")).await;
     assert_eq!(status, 504, "{body:?}");
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        start.elapsed()
-    );
     // Back to back under the 400 ms route: each deadline is later than the timer, which fires
     // early, finds time left, and re-arms; no request may time out before its own deadline.
     for _ in 0..3 {

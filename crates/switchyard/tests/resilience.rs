@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use support::client::{self, send};
 use support::fleet::*;
-use support::Gateway;
+use support::{eventually, Gateway};
 use switchyard_sim::FaultConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,13 +175,20 @@ async fn concurrency_limit_queues_then_times_out() {
         "    concurrency: { kind: fixed, limit: 1, max_queue: 4, queue_timeout: 300ms }\n",
     )
     .await;
-    let start = Instant::now();
     let (status, headers) = chat(&client::http1(), &gw).await;
     assert_eq!(status, 503);
     assert_eq!(headers["x-switchyard-overflow"], "concurrency");
-    assert!(
-        start.elapsed() >= Duration::from_millis(250),
+    // Refused by the queue's timeout, not at once for want of a place.
+    assert_eq!(
+        gw.metric(r#"switchyard_admission_queued_total{pool="p",priority="standard"}"#),
+        1.0,
         "did not queue first"
+    );
+    assert_eq!(
+        gw.metric(
+            r#"switchyard_admission_rejected_total{pool="p",priority="standard",reason="queue_timeout"}"#
+        ),
+        1.0
     );
     assert_eq!(first.await.unwrap(), 200);
     assert!(gw
@@ -250,23 +257,24 @@ async fn http2_pools_enforce_max_pending_and_max_connections() {
     let gw = std::sync::Arc::new(Gateway::start(&config(&[origin.addr], "", pool)));
     let spawn_get = |path: &'static str| {
         let gw = gw.clone();
-        tokio::spawn(async move { timed_get(&gw, path).await })
+        tokio::spawn(async move { overflow_get(&gw, path).await })
     };
-    let first = spawn_get("/slow?ms=800");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The first holds the one stream for 2 s (the margin for the steps below).
+    let first = spawn_get("/slow?ms=2000");
+    eventually("the first request at the origin", || origin.hits() == 1).await;
+    // The second waits for a stream, holding the one pending place.
     let second = spawn_get("/slow?ms=10");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    // The first holds the stream, the second the one pending place: the third overflows.
-    let (status, overflow, took) = timed_get(&gw, "/slow?ms=10").await;
+    in_flight(&gw, 2).await;
+    // The third overflows.
+    let (status, overflow) = overflow_get(&gw, "/slow?ms=10").await;
     assert_eq!((status, overflow.as_deref()), (503, Some("pending")));
-    assert!(took < Duration::from_millis(300), "overflow took {took:?}");
-    assert_eq!(first.await.unwrap().0, 200);
-    let (status, _, waited) = second.await.unwrap();
-    assert_eq!(status, 200);
-    assert!(
-        waited >= Duration::from_millis(400),
-        "the second request did not wait for a stream: {waited:?}"
+    assert_eq!(
+        origin.hits(),
+        1,
+        "the second request did not wait for the first one's stream"
     );
+    assert_eq!(first.await.unwrap().0, 200);
+    assert_eq!(second.await.unwrap().0, 200);
     assert_eq!(
         origin.connections.load(std::sync::atomic::Ordering::SeqCst),
         1
@@ -287,7 +295,7 @@ async fn http2_pools_enforce_max_pending_and_max_connections() {
     let gw = Gateway::start(&config(&[a.addr, b.addr], "", pool));
     let mut seen = Vec::new();
     for _ in 0..2 {
-        let (status, overflow, _) = timed_get(&gw, "/").await;
+        let (status, overflow) = overflow_get(&gw, "/").await;
         seen.push((status, overflow));
     }
     seen.sort();

@@ -3,7 +3,6 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -111,10 +110,7 @@ fn grpc_request(url: String, timeout: Option<&str>) -> http::Request<Full<Bytes>
 #[tokio::test]
 async fn grpc_errors_are_trailers_only_with_grpc_status() {
     let origin = Origin::start();
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (dead, _dead) = support::fleet::dead_address();
     let yaml = format!(
         "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: false}}\nlisteners:\n  - {{name: public, address: 127.0.0.1:0}}\nroutes:\n  - {{name: svc, match: {{path: /slow}}, pool: grpc}}\n  - {{name: down, match: {{path_prefix: /svc.Down/}}, pool: down}}\npools:\n  - {{name: grpc, protocol: http2, endpoints: [{}]}}\n  - {{name: down, protocol: http2, endpoints: [{dead}]}}\n",
         origin.addr
@@ -126,8 +122,8 @@ async fn grpc_errors_are_trailers_only_with_grpc_status() {
         ("/svc.Down/M", None, "14"),
         ("/slow?ms=3000", Some("200m"), "4"),
     ];
+    // The slow origin would answer after 3 s, without grpc-status: status 4 is the deadline.
     for (path, timeout, want) in cases {
-        let start = Instant::now();
         let resp = c
             .request(grpc_request(gw.url(path), timeout))
             .await
@@ -138,11 +134,6 @@ async fn grpc_errors_are_trailers_only_with_grpc_status() {
         assert!(resp.headers().contains_key("x-request-id"));
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert!(body.is_empty());
-        assert!(
-            start.elapsed() < Duration::from_secs(2),
-            "{path}: {:?}",
-            start.elapsed()
-        );
     }
 }
 
@@ -154,8 +145,8 @@ async fn grpc_deadline_bounds_a_whole_stream() {
         origin.addr
     );
     let gw = Gateway::start(&yaml);
-    // Headers come at once, then events every 100 ms for 2 s; the 300 ms deadline ends it.
-    let start = Instant::now();
+    // Headers come at once, then events every 100 ms for 2 s; the 300 ms deadline ends it
+    // before the last event (the origin sends no trailers of its own).
     let resp = client::http2()
         .request(grpc_request(gw.url("/sse?n=20&ms=100"), Some("300m")))
         .await
@@ -163,9 +154,11 @@ async fn grpc_deadline_bounds_a_whole_stream() {
     let collected = resp.into_body().collect().await.unwrap();
     let trailers = collected.trailers().cloned().expect("deadline trailers");
     assert_eq!(trailers["grpc-status"], "4");
+    let events = String::from_utf8_lossy(&collected.to_bytes())
+        .matches("data: ")
+        .count();
     assert!(
-        start.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        start.elapsed()
+        events < 20,
+        "the whole stream went through: {events} events"
     );
 }

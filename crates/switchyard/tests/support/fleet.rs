@@ -2,7 +2,6 @@
 //! balancing suites: replicas with injected faults, a one-pool config, and readers of `/pools`.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -66,8 +65,22 @@ pub async fn busy_gateway(
         let gw = gw.clone();
         tokio::spawn(async move { chat(&client::http1(), &gw).await.0 })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    in_flight(&gw, 1).await;
     (fleet, gw, first)
+}
+
+/// Wait until the first pool has `n` requests in flight (`/pools`).
+pub async fn in_flight(gw: &Gateway, n: u64) {
+    super::eventually(&format!("{n} requests in flight"), || {
+        pools(gw)["pools"][0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["in_flight"].as_u64().unwrap())
+            .sum::<u64>()
+            == n
+    })
+    .await;
 }
 
 pub fn config(endpoints: &[SocketAddr], route_extra: &str, pool_extra: &str) -> String {
@@ -128,14 +141,13 @@ pub async fn spread(gw: &Gateway, n: usize, header: Option<(&str, String)>) -> V
     endpoint_requests(gw)
 }
 
-/// GET `path` through the gateway on a fresh HTTP/1 connection: status, overflow header, time.
-pub async fn timed_get(gw: &Gateway, path: &str) -> (u16, Option<String>, Duration) {
-    let start = Instant::now();
+/// GET `path` through the gateway on a fresh HTTP/1 connection: status and overflow header.
+pub async fn overflow_get(gw: &Gateway, path: &str) -> (u16, Option<String>) {
     let (status, headers, _) = client::get(&client::http1(), &gw.url(path)).await;
     let overflow = headers
         .get("x-switchyard-overflow")
         .map(|v| v.to_str().unwrap().to_string());
-    (status.as_u16(), overflow, start.elapsed())
+    (status.as_u16(), overflow)
 }
 
 /// Requests forwarded to each endpoint of the first pool, in config order.

@@ -17,6 +17,34 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
+/// The Python for the interop tests: the project's `.venv/`, which `scripts/test` makes from
+/// `tests/interop/requirements.txt`, when it exists; else `python3` from the PATH.
+pub fn python3() -> PathBuf {
+    let venv = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../.venv/bin/python3"
+    ));
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
+/// How long a test waits for a state it expects before failing: generous, so that a loaded
+/// machine is slow rather than wrong.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Poll `done` until it holds; after [`WAIT`], fail saying what never happened. Async, so tasks
+/// of the test's own runtime (requests it has in flight) keep running meanwhile.
+pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "waited {WAIT:?} for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A running gateway process.
 pub struct Gateway {
     child: Child,

@@ -164,7 +164,7 @@ impl Receiver {
     /// The spans of trace `trace_id` (hex), once at least `n` have arrived.
     pub fn wait_trace(&self, trace_id: &str, n: usize) -> Vec<Span> {
         let id = unhex(trace_id);
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + super::support::WAIT;
         loop {
             let spans: Vec<Span> = self
                 .all()
