@@ -72,18 +72,22 @@ struct Forwarded<'g> {
 async fn forward<'g>(
     gateway: &'g Gateway,
     rx: &mut Exchange<'_>,
-    req: ClientRequest,
+    mut req: ClientRequest,
 ) -> Result<Forwarded<'g>, Stop> {
     let shape = shape::check(rx, &req)?;
-    let routed = route::route(gateway, rx, req, shape).await?;
-    let to = routed.to;
-    let (mut head, body) = request_rewrite::rewrite(rx, to, routed.req);
+    let (pre_read, model) = if gateway.needs_model {
+        model::read_model(gateway, &mut req, shape).await?
+    } else {
+        (None, None)
+    };
+    let to = route::route(gateway, rx, &req, model.as_ref(), pre_read.as_ref(), shape)?;
+    let (mut head, body) = request_rewrite::rewrite(rx, to, req, pre_read);
     // Bodies the gateway reads are read (bounded in size and time) before admission, so a slow
     // upload never holds a slot a ready request could use.
     let upgrade = head.upgrade.is_some();
     let path = head.parts.uri.path();
     let mut body = request_body::prepare(to, path, body, shape, upgrade).await?;
-    let parsed = model::read_and_rewrite(rx, to, &mut head, &mut body, routed.model)?;
+    let parsed = model::read_and_rewrite(rx, to, &mut head, &mut body, model)?;
     let mut admitted = admit::admit(rx, to, &head.parts.headers).await?;
     let priority = admit::priority(rx, to);
     let first = pick::first_pick(rx, to, parsed.as_ref(), priority)?;

@@ -4,7 +4,6 @@
 //! top-level `model` value and nothing else.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
@@ -14,8 +13,10 @@ use switchyard_inference::InferenceRequest;
 use super::exchange::{Exchange, Reject, Routed, Stop};
 use super::request_body::read_whole;
 use super::request_rewrite::UpstreamHead;
-use crate::body::{ClientBody, InBody, RequestBody, ResponseBody};
+use super::shape::Shape;
+use crate::body::{ClientBody, RequestBody, ResponseBody};
 use crate::error::GatewayError;
+use crate::gateway::Gateway;
 use crate::headers::X_REQUEST_ID;
 use crate::models::RequestModel;
 
@@ -23,11 +24,10 @@ use crate::models::RequestModel;
 /// the largest `max_request_body` of any route, and kept to be forwarded unchanged), else the
 /// `x-model` header.
 pub(crate) async fn read_model(
-    limit: u64,
-    timeout: Duration,
-    req: Request<ClientBody>,
-    content_length: Option<u64>,
-) -> Result<(Request<InBody>, Option<RequestedModel>), Reject> {
+    gateway: &Gateway,
+    req: &mut Request<ClientBody>,
+    shape: Shape,
+) -> Result<(Option<Bytes>, Option<RequestedModel>), Reject> {
     let header = req
         .headers()
         .get("x-model")
@@ -36,18 +36,19 @@ pub(crate) async fn read_model(
     let has_body =
         req.method() == http::Method::POST && !http_body::Body::is_end_stream(req.body());
     if !has_body {
-        return Ok((req.map(InBody::Incoming), header));
+        return Ok((None, header));
     }
-    if content_length.is_some_and(|n| n > limit) {
+    let limit = gateway.model_body_limit;
+    if shape.content_length.is_some_and(|n| n > limit) {
         return Err(Reject::close(GatewayError::BodyTooLarge));
     }
-    let (parts, incoming) = req.into_parts();
-    let bytes = read_whole(incoming, limit, timeout)
+    let incoming = std::mem::replace(req.body_mut(), ClientBody::Full(None));
+    let bytes = read_whole(incoming, limit, gateway.model_body_timeout)
         .await?
         .buffered()
         .unwrap_or_default();
     let model = body_model(&bytes).map(RequestedModel::Body).or(header);
-    Ok((Request::from_parts(parts, InBody::Buffered(bytes)), model))
+    Ok((Some(bytes), model))
 }
 
 /// Where the gateway learned a request's model.

@@ -4,10 +4,12 @@
 
 use http::header::{HeaderName, HeaderValue, CONNECTION, EXPECT, HOST, TE, UPGRADE};
 use http::request::Parts;
-use http::{Request, Version};
+use http::Version;
 
-use super::exchange::Exchange;
+use bytes::Bytes;
+
 use super::exchange::Routed;
+use super::exchange::{ClientRequest, Exchange};
 use crate::body::InBody;
 use crate::headers::{self, X_REQUEST_ID};
 
@@ -21,7 +23,8 @@ pub struct UpstreamHead {
 pub fn rewrite(
     rx: &Exchange<'_>,
     to: Routed<'_>,
-    mut req: Request<InBody>,
+    mut req: ClientRequest,
+    pre_read: Option<Bytes>,
 ) -> (UpstreamHead, InBody) {
     let scan = &rx.scan;
     let upgrade = if req.version() < Version::HTTP_2 && scan.upgrade {
@@ -31,6 +34,10 @@ pub fn rewrite(
         None
     };
     let (mut parts, body) = req.into_parts();
+    let body = match pre_read {
+        Some(bytes) => InBody::Buffered(bytes),
+        None => InBody::Incoming(body),
+    };
     hop_by_hop(rx, &mut parts, upgrade.as_ref().map(|(p, _)| p));
     let http2 = to.pool().http2();
     if http2 && scan.trailers {
