@@ -42,4 +42,4 @@ pub use request_pick::{RequestPick, DEFAULT_EXPECTED_OUTPUT};
 pub use scorer::{ScoreContext, Scorer, Weights};
 pub use scrape::{spawn_scraper, MetricNames, Scraper};
 pub use signals::{EndpointSignals, OrcaSignals, SignalSnapshot};
-pub use usage::{find_usage, token_events, Usage, UsageTail, USAGE_TAIL_BYTES};
+pub use usage::{find_usage, token_events, TokenEvents, Usage, UsageTail, USAGE_TAIL_BYTES};

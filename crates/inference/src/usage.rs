@@ -108,6 +108,61 @@ pub fn token_events(chunk: &[u8]) -> u64 {
         .count() as u64
 }
 
+/// [`token_events`] over a stream whose chunks may split an event anywhere: the unfinished last
+/// line of a chunk is kept (bounded) and counted when the next chunk completes it, so an event cut
+/// in two by a TCP read is counted once, not lost.
+#[derive(Debug, Default)]
+pub struct TokenEvents {
+    partial: Vec<u8>,
+    /// The unfinished line outgrew the bound: skip to the next line break.
+    skipping: bool,
+}
+
+impl TokenEvents {
+    /// Longest unfinished line kept; a longer one is not a token event worth counting.
+    const MAX_LINE: usize = 16 * 1024;
+
+    /// Text-carrying events completed by `chunk`.
+    pub fn push(&mut self, chunk: &[u8]) -> u64 {
+        let Some(first_break) = chunk.iter().position(|&b| b == b'\n') else {
+            self.keep(chunk);
+            return 0;
+        };
+        let mut count = 0;
+        if !self.partial.is_empty() || self.skipping {
+            if !self.skipping {
+                self.partial.extend_from_slice(&chunk[..first_break]);
+                count += token_events(&self.partial);
+            }
+            self.partial.clear();
+            self.skipping = false;
+        } else {
+            count += token_events(&chunk[..first_break]);
+        }
+        let rest = &chunk[first_break + 1..];
+        let last_break = rest.iter().rposition(|&b| b == b'\n');
+        let (complete, tail) = match last_break {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (&rest[..0], rest),
+        };
+        count += token_events(complete);
+        self.keep(tail);
+        count
+    }
+
+    fn keep(&mut self, bytes: &[u8]) {
+        if self.skipping {
+            return;
+        }
+        if self.partial.len() + bytes.len() > Self::MAX_LINE {
+            self.partial.clear();
+            self.skipping = true;
+        } else {
+            self.partial.extend_from_slice(bytes);
+        }
+    }
+}
+
 /// Whether `line` has `key` followed by `:` and a non-empty string.
 fn has_text(line: &[u8], key: &[u8]) -> bool {
     let mut from = 0;
@@ -128,6 +183,27 @@ fn has_text(line: &[u8], key: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_events_split_anywhere_are_counted_once() {
+        let stream = b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"b\"}}]}\n\ndata: [DONE]\n\n";
+        assert_eq!(token_events(stream), 2);
+        for cut in 0..stream.len() {
+            for cut2 in cut..stream.len() {
+                let mut t = TokenEvents::default();
+                let n =
+                    t.push(&stream[..cut]) + t.push(&stream[cut..cut2]) + t.push(&stream[cut2..]);
+                assert_eq!(n, 2, "cut at {cut} and {cut2}");
+            }
+        }
+        // An endless line is dropped, bounded, and counting resumes after it.
+        let mut t = TokenEvents::default();
+        for _ in 0..10 {
+            assert_eq!(t.push(&[b'x'; 4096]), 0);
+        }
+        assert!(t.partial.len() <= TokenEvents::MAX_LINE);
+        assert_eq!(t.push(b"\ndata: {\"text\":\"z\"}\n"), 1);
+    }
 
     #[test]
     fn finds_usage_at_the_end_of_a_json_response() {

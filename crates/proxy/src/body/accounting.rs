@@ -44,6 +44,8 @@ struct ModelTiming {
     first_text: Option<Instant>,
     last_text: Option<Instant>,
     text_events: u64,
+    /// Counts events across chunk boundaries (an event split by a read is counted once).
+    events: switchyard_inference::TokenEvents,
 }
 
 impl StreamTimer {
@@ -65,6 +67,7 @@ impl StreamTimer {
             first_text: None,
             last_text: None,
             text_events: 0,
+            events: switchyard_inference::TokenEvents::default(),
         });
         self
     }
@@ -88,7 +91,7 @@ impl StreamTimer {
         };
         self.last_chunk = Some(now);
         if let Some(m) = self.model.as_mut() {
-            let events = switchyard_inference::token_events(data);
+            let events = m.events.push(data);
             if events > 0 {
                 if let Some(prev) = m.last_text {
                     m.metrics
