@@ -82,6 +82,13 @@ impl Finish {
         }
     }
 
+    /// Hand the bookkeeping over (to the response body, which finishes it after the last
+    /// byte), leaving a spent one that records nothing.
+    pub fn take(&mut self) -> Finish {
+        let start = self.start;
+        std::mem::replace(self, Finish::new(start, None, None))
+    }
+
     /// When the request arrived.
     pub fn start(&self) -> Instant {
         self.start
@@ -212,6 +219,10 @@ impl Drop for Finish {
     fn drop(&mut self) {
         if let Some((picker, index, tokens)) = self.inference.take() {
             picker.finish(index, tokens);
+        }
+        if self.metrics.is_none() && self.access.is_none() && self.trace.is_none() {
+            // Spent (handed over with `take`), or nothing to report to.
+            return;
         }
         let elapsed = self.start.elapsed();
         let metrics = self.metrics.take();

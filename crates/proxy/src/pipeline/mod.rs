@@ -52,28 +52,20 @@ pub async fn handle(
     // The request keeps the generation it started on to the end, whatever reloads happen.
     let gateway = handle.load();
     let mut rx = Exchange::start(handle, &gateway, cx, &req);
-    match forward(&gateway, &mut rx, req).await {
-        Ok(Forwarded { to, answer, added }) => {
-            response::stream_back(&gateway, rx, to, answer, added, downstream)
-        }
+    match forward(&gateway, &mut rx, req, downstream).await {
+        Ok(resp) => resp,
         Err(Stop::Reject(r)) => reject::respond(handle, &gateway, rx, r),
         Err(Stop::Respond(resp, error)) => reject::answered(rx, *resp, error),
     }
 }
 
-/// An upstream answered: its response head and where it came from.
-struct Forwarded<'g> {
-    to: exchange::Routed<'g>,
-    answer: attempts::Answer,
-    added: response::Added,
-}
-
-/// The stages up to the upstream's response head, in order.
-async fn forward<'g>(
-    gateway: &'g Gateway,
+/// The stages, in order.
+async fn forward(
+    gateway: &Gateway,
     rx: &mut Exchange<'_>,
     mut req: ClientRequest,
-) -> Result<Forwarded<'g>, Stop> {
+    downstream: Downstream,
+) -> Result<Response<ResponseBody>, Stop> {
     let shape = shape::check(rx, &req)?;
     let (pre_read, model) = if gateway.needs_model {
         model::read_model(gateway, &mut req, shape).await?
@@ -97,5 +89,7 @@ async fn forward<'g>(
         upgrade: head.upgrade.map(|(_, client_side)| client_side),
         pick_debug: first.debug_header,
     };
-    Ok(Forwarded { to, answer, added })
+    Ok(response::stream_back(
+        gateway, rx, to, answer, added, downstream,
+    ))
 }

@@ -25,7 +25,7 @@ pub struct Added {
 
 pub fn stream_back(
     gateway: &Gateway,
-    mut rx: Exchange<'_>,
+    rx: &mut Exchange<'_>,
     to: Routed<'_>,
     answer: Answer,
     added: Added,
@@ -81,7 +81,7 @@ pub fn stream_back(
         }
     }
     rx.finish.set_status(parts.status.as_u16());
-    let accounting = accounting(gateway, &rx, to, &scan, parts.status, index);
+    let accounting = accounting(gateway, rx, to, &scan, parts.status, index);
     let start = rx.start_time();
     let grpc = rx.scan.grpc;
     let deadline = rx.scan.grpc_timeout.filter(|_| grpc).map(|d| start + d);
@@ -91,7 +91,7 @@ pub fn stream_back(
         to.route.idle_timeout,
         deadline,
         grpc,
-        rx.finish,
+        rx.finish.take(),
     ));
     if let Some(conn) = conn {
         body.set_connection(conn);
