@@ -64,7 +64,9 @@ async fn concurrency(
     let (Some(limiter), Some(admission)) = (&pool.limiter, &pool.admission) else {
         return Ok(None);
     };
-    match admission.admit(limiter, priority, headers).await {
+    // Boxed: a queue wait is the slow path, and unboxed its future would swell the request's
+    // future, which every request moves.
+    match Box::pin(admission.admit(limiter, priority, headers)).await {
         Ok(p) => Ok(Some(p)),
         Err(refused) => {
             pool.count_overflow(refused.reason);

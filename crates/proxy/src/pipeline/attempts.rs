@@ -11,8 +11,7 @@ use switchyard_resilience::{Attempt, BreakerGuard, RetryGuard, TriedSet};
 use tokio::time::Instant;
 
 use super::admit::Admitted;
-use super::exchange::Routed;
-use super::exchange::{Exchange, Reject};
+use super::exchange::{Exchange, Reject, Routed};
 use super::hedge::{self, HedgeCx, Raced};
 use super::outcome;
 use super::pick_endpoint::{pick_context, pick_untried};
@@ -50,26 +49,21 @@ struct Attempts<'g> {
     retry_guards: Vec<(RetryGuard, BreakerGuard)>,
 }
 
-/// An attempt about to be sent.
-struct Begun {
-    body: RequestBody,
-    headers: http::HeaderMap,
-    span: Option<AttemptSpan>,
-    in_flight: InFlight,
-    replayable: bool,
-}
-
-/// How one attempt ended. Not boxed: it is moved once per attempt, and a box would cost an
-/// allocation on every request.
+/// How one attempt ended. Not boxed: it is returned by synchronous helpers the compiler
+/// inlines, and a box would cost an allocation on every request.
 #[allow(clippy::large_enum_variant)]
 enum Ended {
     Answer(Answer),
-    /// Failed: the attempt and the error to answer with, unless it is retried.
+    /// Failed: the attempt as the retry policy sees it, and the error to answer with unless it
+    /// is retried.
     Failed(Attempt, GatewayError),
-    /// Answered with a response the policy retries; already waited for.
-    Retried,
+    /// Answered with a response the policy retries (its budget taken), after this wait.
+    Retry(std::time::Duration),
 }
 
+/// The one async function of the attempt stage: everything around the awaits (the send, the
+/// hedging race, the wait before a retry) is synchronous, so no nested future is built and
+/// moved per request (a nested attempt future was ~1.8 KB copied on every request).
 pub async fn run(
     rx: &mut Exchange<'_>,
     to: Routed<'_>,
@@ -95,16 +89,64 @@ pub async fn run(
     if let Some(h) = &to.route.hedger {
         h.start_request();
     }
+    let pool = to.pool();
     loop {
         a.tries += 1;
         let Some(index) = preset
             .take()
-            .or_else(|| pick_untried(to.pool(), &a.tried, &a.pick))
+            .or_else(|| pick_untried(pool, &a.tried, &a.pick))
         else {
             return Err(Reject::keep(GatewayError::NoEndpoint));
         };
         a.tried.insert(index);
-        let (attempt, error) = match a.attempt(rx, head, index).await? {
+        let sending = a.begin(rx, head, index)?;
+        let endpoint = &pool.endpoints[index];
+        // Boxed once: the attempt future is large, and the hedging race and the timeout below
+        // would otherwise copy it as they wrap it.
+        let mut first = Box::pin(pool.upstream.send(
+            index,
+            &head.parts,
+            sending.headers,
+            sending.body,
+            sending.upgrade,
+            sending.self_timed.then_some(sending.attempt_by),
+            &pool.breaker,
+            &endpoint.state,
+        ));
+        let attempt_start = Instant::now();
+        let raced = match sending.hedge_after {
+            Some(delay) => {
+                let cx = HedgeCx {
+                    to,
+                    tried: &a.tried,
+                    pick: &a.pick,
+                    parts: &head.parts,
+                    body: a
+                        .body
+                        .as_ref()
+                        .ok_or(Reject::keep(GatewayError::NoEndpoint))?,
+                    trace: rx.finish.trace(),
+                };
+                // Boxed: only hedged attempts pay for the race's future.
+                let race = Box::pin(hedge::race(first.as_mut(), delay, cx));
+                tokio::time::timeout_at(sending.attempt_by, race).await.ok()
+            }
+            None if sending.self_timed => Some(Raced::alone(first.as_mut().await)),
+            None => tokio::time::timeout_at(sending.attempt_by, first.as_mut())
+                .await
+                .ok()
+                .map(Raced::alone),
+        };
+        drop(first);
+        let ended = a.ended(
+            rx,
+            raced,
+            index,
+            sending.in_flight,
+            sending.span,
+            attempt_start,
+        )?;
+        let (attempt, error) = match ended {
             Ended::Answer(answer) => {
                 if let Some(p) = admitted.permit.as_mut() {
                     p.record_sample();
@@ -114,10 +156,16 @@ pub async fn run(
                 return Ok(answer);
             }
             Ended::Failed(attempt, error) => (attempt, error),
-            Ended::Retried => continue,
+            Ended::Retry(delay) => {
+                sleep_before_retry(delay, a.headers_by).await;
+                continue;
+            }
         };
-        if Instant::now() < a.headers_by && a.retry(&attempt).await {
-            continue;
+        if Instant::now() < a.headers_by {
+            if let Some(delay) = a.retry(&attempt) {
+                sleep_before_retry(delay, a.headers_by).await;
+                continue;
+            }
         }
         if let Some(p) = admitted.permit.as_mut() {
             p.discard_sample();
@@ -126,68 +174,98 @@ pub async fn run(
     }
 }
 
+/// An attempt about to be sent.
+struct Sending {
+    body: RequestBody,
+    headers: http::HeaderMap,
+    span: Option<AttemptSpan>,
+    in_flight: InFlight,
+    upgrade: bool,
+    /// When this attempt's response head must have arrived.
+    attempt_by: Instant,
+    /// Race a hedge after this long (first attempts of hedging routes with a replayable body).
+    hedge_after: Option<std::time::Duration>,
+    /// An inline HTTP/1 exchange bounds itself on its connection's timer, which costs no timer
+    /// registration per request; a hedged race or any other path is timed by the loop.
+    self_timed: bool,
+}
+
 impl Attempts<'_> {
-    /// Send to endpoint `index` (racing a hedge when due) and say how it ended.
-    async fn attempt(
+    /// The attempt's body and head (a replay, or the streamed body and head moved once), its
+    /// span, its deadline, and its place among the endpoint's requests in flight.
+    fn begin(
         &mut self,
-        rx: &mut Exchange<'_>,
+        rx: &Exchange<'_>,
         head: &mut UpstreamHead,
         index: usize,
-    ) -> Result<Ended, Reject> {
+    ) -> Result<Sending, Reject> {
         let (route, pool) = (self.to.route, self.to.pool());
-        let retry = route.retries();
-        let attempt_by = retry
+        let attempt_by = route
+            .retries()
             .and_then(|r| r.policy.per_try_timeout)
             .map_or(self.headers_by, |t| self.headers_by.min(Instant::now() + t));
+        let replayable = self.body.as_ref().is_some_and(RequestBody::is_replayable);
+        let body = match &self.body {
+            Some(b) if b.is_replayable() => b.replay(),
+            // A streamed body that already went out cannot be retried: `retry` refuses first.
+            _ => self
+                .body
+                .take()
+                .ok_or(Reject::keep(GatewayError::NoEndpoint))?,
+        };
         let endpoint = &pool.endpoints[index];
-        let Begun {
-            body,
-            headers,
-            mut span,
-            in_flight,
-            replayable,
-        } = self.begin(rx, head, index)?;
+        let in_flight = endpoint.state.begin();
+        pool.picks[index].inc();
+        // A streamed body goes out once, so its head can be moved rather than copied.
+        let mut headers = if replayable {
+            head.parts.headers.clone()
+        } else {
+            mem::take(&mut head.parts.headers)
+        };
+        let kind = if self.tries == 1 {
+            AttemptKind::First
+        } else {
+            AttemptKind::Retry
+        };
+        let span = rx.finish.trace().map(|t| {
+            t.attempt(
+                kind,
+                pool.name(),
+                pool.spec.balancer.kind(),
+                endpoint.address(),
+                &mut headers,
+            )
+        });
         let upgrade = head.upgrade.is_some();
         let hedge_after = route
             .hedger
             .as_ref()
             .filter(|_| self.tries == 1 && replayable && pool.endpoints.len() > 1)
             .and_then(|h| h.delay());
-        // An inline HTTP/1 exchange bounds itself on its connection's timer, which costs no
-        // timer registration per request; a hedged race or any other path is timed here.
-        let self_timed = hedge_after.is_none() && pool.upstream.self_timed(index, upgrade);
-        // Boxed once: the attempt future is large, and the hedging race and the timeout below
-        // would otherwise copy it as they wrap it.
-        let mut first = Box::pin(pool.upstream.send(
-            index,
-            &head.parts,
-            headers,
+        Ok(Sending {
             body,
+            headers,
+            span,
+            in_flight,
             upgrade,
-            self_timed.then_some(attempt_by),
-            &pool.breaker,
-            &endpoint.state,
-        ));
-        let attempt_start = Instant::now();
-        let raced = async {
-            let Some(delay) = hedge_after else {
-                return Raced::alone(first.await);
-            };
-            let cx = HedgeCx {
-                to: self.to,
-                tried: &self.tried,
-                pick: &self.pick,
-                parts: &head.parts,
-                body: self.body.as_ref().expect("hedged bodies are buffered"),
-                trace: rx.finish.trace(),
-            };
-            hedge::race(first.as_mut(), delay, cx).await
-        };
-        let raced = if self_timed {
-            Some(raced.await)
-        } else {
-            tokio::time::timeout_at(attempt_by, raced).await.ok()
-        };
+            attempt_by,
+            self_timed: hedge_after.is_none() && pool.upstream.self_timed(index, upgrade),
+            hedge_after,
+        })
+    }
+
+    /// Record how the attempt at `index` ended (`None`: past its deadline) and say what it
+    /// means for the request.
+    fn ended(
+        &mut self,
+        rx: &mut Exchange<'_>,
+        raced: Option<Raced>,
+        index: usize,
+        in_flight: InFlight,
+        mut span: Option<AttemptSpan>,
+        attempt_start: Instant,
+    ) -> Result<Ended, Reject> {
+        let (route, pool) = (self.to.route, self.to.pool());
         let (result, index, in_flight, hedge_span) = match raced {
             None => (None, index, in_flight, None),
             Some(Raced {
@@ -225,7 +303,7 @@ impl Attempts<'_> {
                 if let Some(h) = &route.hedger {
                     h.record_latency(rtt);
                 }
-                return self.on_response(rx, sent, index, in_flight, span).await;
+                return Ok(self.on_response(rx, sent, index, in_flight, span));
             }
             Some(Err(failure)) => outcome::failure(pool, index, &failure)?,
             None => outcome::timeout(pool, index),
@@ -236,65 +314,15 @@ impl Attempts<'_> {
         Ok(Ended::Failed(attempt, error))
     }
 
-    /// The attempt's body and head (a replay, or the streamed body and head moved once), its
-    /// span, and its place among the endpoint's requests in flight.
-    fn begin(
-        &mut self,
-        rx: &Exchange<'_>,
-        head: &mut UpstreamHead,
-        index: usize,
-    ) -> Result<Begun, Reject> {
-        let pool = self.to.pool();
-        let replayable = self.body.as_ref().is_some_and(RequestBody::is_replayable);
-        let body = match &self.body {
-            Some(b) if b.is_replayable() => b.replay(),
-            // A streamed body that already went out cannot be retried: `retry` refuses first.
-            _ => self
-                .body
-                .take()
-                .ok_or(Reject::keep(GatewayError::NoEndpoint))?,
-        };
-        let endpoint = &pool.endpoints[index];
-        let in_flight = endpoint.state.begin();
-        pool.picks[index].inc();
-        // A streamed body goes out once, so its head can be moved rather than copied.
-        let mut headers = if replayable {
-            head.parts.headers.clone()
-        } else {
-            mem::take(&mut head.parts.headers)
-        };
-        let kind = if self.tries == 1 {
-            AttemptKind::First
-        } else {
-            AttemptKind::Retry
-        };
-        let span = rx.finish.trace().map(|t| {
-            t.attempt(
-                kind,
-                pool.name(),
-                pool.spec.balancer.kind(),
-                endpoint.address(),
-                &mut headers,
-            )
-        });
-        Ok(Begun {
-            body,
-            headers,
-            span,
-            in_flight,
-            replayable,
-        })
-    }
-
-    /// A response head arrived: record it, and return it unless the policy retries it.
-    async fn on_response(
+    /// A response head arrived: record it, and return it unless the policy may retry it.
+    fn on_response(
         &mut self,
         rx: &mut Exchange<'_>,
         (resp, mut conn): Sent,
         index: usize,
         in_flight: InFlight,
         mut span: Option<AttemptSpan>,
-    ) -> Result<Ended, Reject> {
+    ) -> Ended {
         let pool = self.to.pool();
         // An inline HTTP/1 exchange keeps the headers raw, scanned as they were parsed.
         let mut raw = conn.as_mut().and_then(InlineConn::take_raw_head);
@@ -308,39 +336,38 @@ impl Attempts<'_> {
         }
         if self.to.route.retries().is_some() {
             let attempt = outcome::response_attempt(resp.status(), &scan);
-            if self.retry(&attempt).await {
+            if let Some(delay) = self.retry(&attempt) {
+                // Dropped unread: the retry goes on (the connection is not reused mid-body).
                 drop((resp, conn));
-                return Ok(Ended::Retried);
+                return Ended::Retry(delay);
             }
         }
         if let (Some(t), Some(s)) = (rx.finish.trace_mut(), span) {
             t.set_upstream(s);
         }
-        Ok(Ended::Answer(Answer {
+        Ended::Answer(Answer {
             resp,
             scan,
             raw,
             conn,
             index,
             in_flight,
-        }))
+        })
     }
 
-    /// Whether `attempt` is retried; if so, after waiting the backoff.
-    async fn retry(&mut self, attempt: &Attempt) -> bool {
+    /// Whether `attempt` is retried, and after how long, holding the retry's budget and breaker
+    /// guards.
+    fn retry(&mut self, attempt: &Attempt) -> Option<std::time::Duration> {
         let (route, pool) = (self.to.route, self.to.pool());
-        let Some((delay, guards)) = retry_decision(
+        let (delay, guards) = retry_decision(
             route,
             pool,
             route.retries(),
             self.tries,
             attempt,
             self.body.is_some(),
-        ) else {
-            return false;
-        };
+        )?;
         self.retry_guards.push(guards);
-        sleep_before_retry(delay, self.headers_by).await;
-        true
+        Some(delay)
     }
 }

@@ -87,7 +87,9 @@ where
             &mut head,
         )
     });
-    let second = pool.upstream.send(
+    // Boxed: an attempt future is large, and unboxed it would swell every future that can
+    // hold a race, which the request path moves on every request, hedged or not.
+    let second = Box::pin(pool.upstream.send(
         index,
         cx.parts,
         head,
@@ -96,7 +98,7 @@ where
         None,
         &pool.breaker,
         &endpoint.state,
-    );
+    ));
     tokio::select! {
         r = &mut first => Raced { result: r, won: None, span },
         r = second => match r {

@@ -47,7 +47,13 @@ pub async fn read_whole(
     limit: u64,
     timeout: Duration,
 ) -> Result<RequestBody, Reject> {
-    match tokio::time::timeout(timeout, RequestBody::buffer(incoming, limit)).await {
+    // Boxed: reading a whole body is the slow path, and unboxed its future would swell the
+    // request's future, which every request moves.
+    let read = Box::pin(tokio::time::timeout(
+        timeout,
+        RequestBody::buffer(incoming, limit),
+    ));
+    match read.await {
         Ok(Ok(body)) => Ok(body),
         Ok(Err(e)) if has_source::<BodyTooLarge>(e.as_ref()) => {
             Err(Reject::close(GatewayError::BodyTooLarge))
