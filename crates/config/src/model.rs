@@ -115,6 +115,23 @@ pub struct Listener {
     /// Write one JSON line per request to stdout.
     #[serde(default)]
     pub access_log: bool,
+    /// Gateway control headers honoured from this listener's clients. By default a client may
+    /// only lower its own priority (`x-switchyard-priority` at or below the route's) and cannot
+    /// ask for pick explanations; list a header here for listeners whose clients are trusted
+    /// (an internal gateway tier, a sidecar).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_headers: Vec<TrustedHeader>,
+}
+
+/// A control header a listener may trust its clients with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrustedHeader {
+    /// `x-switchyard-priority` may raise a request above its route's priority (escape
+    /// shedding, jump the queue).
+    Priority,
+    /// `x-switchyard-debug: 1` returns the `inference` pick's scores (`x-switchyard-pick`).
+    Debug,
 }
 
 fn default_max_header_bytes() -> usize {

@@ -23,7 +23,7 @@ use crate::body::ClientBody;
 use crate::framing_guard::{FramingFlags, Guarded};
 use crate::gateway::GatewayHandle;
 use crate::h1_server;
-use crate::pipeline::{self, ConnContext};
+use crate::pipeline::{self, ConnContext, Trust};
 use switchyard_telemetry::metrics::ListenerLabels;
 
 /// Bind with SO_REUSEPORT so a reload can open the new socket before closing the old one, and
@@ -130,6 +130,7 @@ impl AcceptLoop {
                 max_header_bytes: self.spec.max_header_bytes,
                 max_headers: self.spec.max_headers,
                 access_log: self.spec.access_log,
+                trust: Trust::of(&self.spec.trusted_headers),
             });
             self.tracker.spawn(serve_connection(
                 stream,

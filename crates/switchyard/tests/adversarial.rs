@@ -91,3 +91,69 @@ async fn a_clients_malformed_body_is_its_own_fault_not_the_upstreams() {
     let (status, _) = chat(&client::http1(), &gw).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_clients_cannot_raise_their_priority_or_read_pick_scores() {
+    // A sheddable route over a pool at its limit: a sheddable request is refused at once.
+    let fleet = fleet(1).await;
+    slow(&fleet, 0, 300);
+    let route = "    priority: sheddable\n";
+    let pool = "    balancer: inference\n    concurrency: { kind: fixed, limit: 1, max_queue: 8, queue_timeout: 10s }\n";
+    let untrusted =
+        config(&fleet.addresses(), route, pool).replace(", trusted_headers: [priority, debug]", "");
+    let trusted = config(&fleet.addresses(), route, pool);
+    for (yaml, trusted) in [(untrusted, false), (trusted, true)] {
+        let gw = std::sync::Arc::new(Gateway::start(&yaml));
+        // Hold the pool's one slot with a request of the route's own priority.
+        let holder = {
+            let gw = gw.clone();
+            tokio::spawn(async move {
+                let c = client::http1();
+                let req = chat_request(&gw, &[("x-switchyard-priority", "critical")]);
+                support::client::send(&c, req).await.0
+            })
+        };
+        in_flight(&gw, 1).await;
+        let c = client::http1();
+        let req = chat_request(
+            &gw,
+            &[
+                ("x-switchyard-priority", "critical"),
+                ("x-switchyard-debug", "1"),
+            ],
+        );
+        let (status, headers, _) = support::client::send(&c, req).await;
+        if trusted {
+            // Critical on a listener that trusts the header: queued behind the holder, served.
+            assert_eq!(status, 200);
+            assert!(headers.contains_key("x-switchyard-pick"), "{headers:?}");
+        } else {
+            assert_eq!(status, 429, "an untrusted client escaped shedding");
+            let req = chat_request(&gw, &[("x-switchyard-debug", "1")]);
+            holder.await.unwrap();
+            let (status, headers, _) = support::client::send(&c, req).await;
+            assert_eq!(status, 200);
+            assert!(
+                !headers.contains_key("x-switchyard-pick"),
+                "scores shown to an untrusted client"
+            );
+            continue;
+        }
+        assert_eq!(holder.await.unwrap(), 200);
+    }
+}
+
+fn chat_request(
+    gw: &Gateway,
+    headers: &[(&str, &str)],
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut req = http::Request::post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.body(http_body_util::Full::new(bytes::Bytes::from(format!(
+        r#"{{"model":"{MODEL}","max_tokens":2,"messages":[{{"role":"user","content":"hi"}}]}}"#
+    ))))
+    .unwrap()
+}

@@ -161,7 +161,7 @@ async fn inference_attempt_carries_the_pick_explanation_over_otlp_http() {
     .unwrap();
     let eps: Vec<String> = fleet.addresses().iter().map(|a| a.to_string()).collect();
     let config = format!(
-        "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: false}}\nlisteners:\n  - {{name: public, address: 127.0.0.1:0}}\nroutes:\n  - {{name: chat, pool: llm}}\npools:\n  - name: llm\n    endpoints: [{}]\n    balancer: {{kind: inference, scrape_interval: 20ms}}\n{}",
+        "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: false}}\nlisteners:\n  - {{name: public, address: 127.0.0.1:0, trusted_headers: [debug]}}\nroutes:\n  - {{name: chat, pool: llm}}\npools:\n  - name: llm\n    endpoints: [{}]\n    balancer: {{kind: inference, scrape_interval: 20ms}}\n{}",
         eps.join(", "),
         tracing_section(&receiver, "http", "")
     );

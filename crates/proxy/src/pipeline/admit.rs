@@ -22,9 +22,15 @@ pub struct Admitted {
     pub budget: Option<RequestGuard>,
 }
 
-/// The priority a request runs at: the header's (when sent), else its route's.
+/// The priority a request runs at: its route's, unless `x-switchyard-priority` lowers it, or
+/// raises it on a listener that trusts its clients with that (`trusted_headers: [priority]`).
+/// An untrusted client can give up its own place, never take another's.
 pub fn priority(rx: &Exchange<'_>, to: Routed<'_>) -> Priority {
-    rx.scan.priority.unwrap_or(to.route.priority)
+    let route = to.route.priority;
+    match rx.scan.priority {
+        Some(p) if p <= route || rx.conn.trust.priority => p,
+        _ => route,
+    }
 }
 
 pub async fn admit(

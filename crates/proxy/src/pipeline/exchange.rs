@@ -28,6 +28,27 @@ pub struct ConnContext {
     pub access_log: bool,
     /// Set by the HTTP/1 framing guard on this connection's socket.
     pub framing: Arc<crate::framing_guard::FramingFlags>,
+    /// Which control headers this listener's clients are trusted with.
+    pub trust: Trust,
+}
+
+/// The control headers a listener honours from its clients (`listeners[].trusted_headers`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trust {
+    /// `x-switchyard-priority` may raise a request above its route's priority.
+    pub priority: bool,
+    /// `x-switchyard-debug: 1` is answered with the pick's explanation.
+    pub debug: bool,
+}
+
+impl Trust {
+    pub fn of(headers: &[switchyard_config::TrustedHeader]) -> Self {
+        use switchyard_config::TrustedHeader;
+        Self {
+            priority: headers.contains(&TrustedHeader::Priority),
+            debug: headers.contains(&TrustedHeader::Debug),
+        }
+    }
 }
 
 /// Who writes the response to the client.

@@ -35,7 +35,7 @@ mod shape;
 
 use http::Response;
 
-pub use exchange::{ClientRequest, ConnContext, Downstream, Exchange, Reject, Stop};
+pub use exchange::{ClientRequest, ConnContext, Downstream, Exchange, Reject, Stop, Trust};
 pub use request_body::DEFAULT_MAX_REPLAY_BODY;
 pub use response::X_SWITCHYARD_PICK;
 

@@ -29,7 +29,8 @@ pub fn first_pick(
     let (Some(picker), Some(parsed)) = (to.pool().inference.as_ref(), parsed) else {
         return Ok(FirstPick::default());
     };
-    let debug_header = rx.scan.debug;
+    // Scores are for operators: only a listener that trusts its clients answers the header.
+    let debug_header = rx.scan.debug && rx.conn.trust.debug;
     // A sampled trace carries the explanation whether or not the client asked for it.
     let debug = debug_header || rx.finish.trace().is_some_and(RequestSpan::recording);
     let pick = picker.pick_request(

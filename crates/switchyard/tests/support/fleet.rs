@@ -86,7 +86,7 @@ pub async fn in_flight(gw: &Gateway, n: u64) {
 pub fn config(endpoints: &[SocketAddr], route_extra: &str, pool_extra: &str) -> String {
     let eps: Vec<String> = endpoints.iter().map(|e| e.to_string()).collect();
     format!(
-        "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: false}}\nlisteners:\n  - {{name: public, address: 127.0.0.1:0}}\nroutes:\n  - name: r\n    match: {{path_prefix: /}}\n    pool: p\n{route_extra}pools:\n  - name: p\n    endpoints: [{}]\n{pool_extra}",
+        "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: false}}\nlisteners:\n  - {{name: public, address: 127.0.0.1:0, trusted_headers: [priority, debug]}}\nroutes:\n  - name: r\n    match: {{path_prefix: /}}\n    pool: p\n{route_extra}pools:\n  - name: p\n    endpoints: [{}]\n{pool_extra}",
         eps.join(", ")
     )
 }
