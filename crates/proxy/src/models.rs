@@ -166,7 +166,11 @@ impl ModelLabels {
     fn intern_at(&self, model: &str, now: u64) -> ModelId {
         match self.table.load().ids.get(model) {
             Some(id @ ModelId::Shared { slot, .. }) => {
-                self.last_used[usize::from(*slot)].store(now, Ordering::Relaxed);
+                // Written at most once a millisecond, so busy workers do not fight over the line.
+                let used = &self.last_used[usize::from(*slot)];
+                if used.load(Ordering::Relaxed) != now {
+                    used.store(now, Ordering::Relaxed);
+                }
                 *id
             }
             Some(id) => *id,
@@ -301,10 +305,12 @@ impl<T: Clone> ModelCells<T> {
                 let pinned = self
                     .pinned
                     .get_or_init(|| (0..labels.pinned_len()).map(|_| OnceLock::new()).collect());
-                match (pinned.get(i as usize), labels.label(id)) {
-                    (Some(cell), _) => cell.get_or_init(|| make(&labels.name(id)).0).clone(),
-                    (None, Some(name)) => make(&name).0,
-                    (None, None) => self.get(ModelId::Other, labels, make),
+                if let Some(cell) = pinned.get(i as usize) {
+                    return cell.get_or_init(|| make(&labels.name(id)).0).clone();
+                }
+                match labels.label(id) {
+                    Some(name) => make(&name).0,
+                    None => self.get(ModelId::Other, labels, make),
                 }
             }
             ModelId::Shared { slot, generation } => {
