@@ -114,9 +114,18 @@ impl Admin {
                         // gateway's own picks, and whether they are fresh.
                         let inference = p.inference.as_ref().and_then(|picker| {
                             let v = picker.endpoint_view(i, now)?;
+                            let scrape_error = v.last_scrape_error.map(|(e, age)| {
+                                serde_json::json!({
+                                    "cause": e.cause(),
+                                    "status": e.status(),
+                                    "ms_ago": age.as_secs_f64() * 1000.0,
+                                })
+                            });
                             Some(serde_json::json!({
                                 "fresh": v.signals.fresh,
+                                "scrape_fresh": v.scrape_fresh,
                                 "last_scrape_ms_ago": v.last_scrape_age.map(|d| d.as_secs_f64() * 1000.0),
+                                "last_scrape_error": scrape_error,
                                 "waiting": v.signals.waiting,
                                 "running": v.signals.running,
                                 "kv_usage": v.signals.kv_usage,
@@ -145,10 +154,21 @@ impl Admin {
                         })
                     })
                     .collect();
+                // An `inference` pool with no fresh signals anywhere scores every endpoint on the
+                // gateway's own in-flight counts: say so rather than claim to be scoring.
+                let mode = match &p.inference {
+                    Some(picker) if picker.fresh_endpoints(now) == 0 => format!(
+                        "degraded: {} (no endpoint has fresh metrics)",
+                        p.picker.name()
+                    ),
+                    Some(_) => "inference".to_string(),
+                    None => p.picker.name().to_string(),
+                };
                 serde_json::json!({
                     "name": p.name(),
                     "protocol": p.spec.protocol,
-                    "balancer": p.picker.name(),
+                    "balancer": p.spec.balancer.kind(),
+                    "mode": mode,
                     "endpoints": endpoints,
                 })
             })

@@ -60,7 +60,7 @@ pub enum Balancer {
     /// Inference-aware scoring from each model server's scraped metrics (queue, KV cache,
     /// in-flight tokens, prefix-cache affinity, LoRA adapters); see docs/inference.md.
     Inference {
-        /// Metric name set to scrape: `vllm`, `sglang`, `tgi` or `triton`.
+        /// Metric name set to scrape: `vllm`, `sglang`, `tgi`, `triton` or `llamacpp`.
         metrics: String,
         /// Scrape period; each scrape waits a random 1–2× this.
         #[serde(with = "humantime_serde")]
@@ -120,7 +120,7 @@ impl Default for InferenceWeights {
     }
 }
 
-const INFERENCE_METRICS: &[&str] = &["vllm", "sglang", "tgi", "triton"];
+const INFERENCE_METRICS: &[&str] = &["vllm", "sglang", "tgi", "triton", "llamacpp"];
 
 /// Where a hashing balancer takes each request's key from: `{header: NAME}`, `{cookie: NAME}`
 /// or `source_ip`.

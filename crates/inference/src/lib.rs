@@ -40,6 +40,8 @@ pub use request::{
 };
 pub use request_pick::{RequestPick, DEFAULT_EXPECTED_OUTPUT};
 pub use scorer::{ScoreContext, Scorer, Weights};
-pub use scrape::{spawn_scraper, MetricNames, Scraper};
+pub use scrape::{
+    spawn_scraper, MetricNames, ScrapeError, ScrapeEvent, ScrapeSink, Scraper, MAX_SCRAPE_BYTES,
+};
 pub use signals::{EndpointSignals, OrcaSignals, SignalSnapshot};
 pub use usage::{find_usage, token_events, TokenEvents, Usage, UsageTail, USAGE_TAIL_BYTES};

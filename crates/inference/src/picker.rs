@@ -102,6 +102,10 @@ pub struct EndpointView {
     pub signals: SignalSnapshot,
     /// Since the last successful scrape; `None` before the first.
     pub last_scrape_age: Option<Duration>,
+    /// Whether the last scrape succeeded and is within `stale_after` (ORCA reports aside).
+    pub scrape_fresh: bool,
+    /// The last failed scrape's error and its age (also after a clean scrape since).
+    pub last_scrape_error: Option<(crate::scrape::ScrapeError, Duration)>,
     pub lora_running: Vec<String>,
     pub lora_waiting: Vec<String>,
 }
@@ -170,6 +174,16 @@ impl InferencePicker {
         self.signals.iter().all(|s| s.scraped_once())
     }
 
+    /// How many endpoints have fresh signals (a scrape or an ORCA report within
+    /// `stale_after`). With none, every endpoint reads as its in-flight count and the pick is
+    /// least-request in effect (prefix affinity aside).
+    pub fn fresh_endpoints(&self, now: Instant) -> usize {
+        self.signals
+            .iter()
+            .filter(|s| s.snapshot(now, self.config.stale_after).fresh)
+            .count()
+    }
+
     /// What the picker knows of endpoint `i` now, as it would score it, and the age of its last
     /// successful scrape: for operators (`/pools`), not the pick path.
     pub fn endpoint_view(&self, i: usize, now: Instant) -> Option<EndpointView> {
@@ -178,6 +192,10 @@ impl InferencePicker {
         Some(EndpointView {
             signals: s.snapshot(now, self.config.stale_after),
             last_scrape_age: s.last_scrape().map(|t| now.saturating_duration_since(t)),
+            scrape_fresh: s.is_fresh(now, self.config.stale_after),
+            last_scrape_error: s
+                .last_error()
+                .map(|(e, t)| (e, now.saturating_duration_since(t))),
             lora_running: lora.running.clone(),
             lora_waiting: lora.waiting.clone(),
         })

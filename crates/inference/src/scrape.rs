@@ -4,23 +4,108 @@
 //! `/metrics` every ~50 ms and route on queue depth, KV-cache usage and LoRA state; we do the
 //! same. Each endpoint gets its own task, so a slow or dead server only delays its own data; the
 //! interval is jittered so that scrapes of a large pool do not synchronise. A scrape that fails
-//! (connect error, timeout, non-200, unparsable page) marks the endpoint's data stale, which the
-//! picker treats as "unknown" rather than "idle". Metric names differ per server, so they are
-//! data ([`MetricNames`]), with presets for vLLM, SGLang, TGI and Triton.
+//! (connect error, timeout, non-200, a page over [`MAX_SCRAPE_BYTES`], an unparsable page, or
+//! one without any of the expected series) marks the endpoint's data stale, which the picker
+//! treats as "unknown" rather than "idle". Metric names differ per server, so they are data
+//! ([`MetricNames`]), with presets for vLLM, SGLang, TGI, Triton and llama.cpp.
+//!
+//! A failing scrape must not be silent: a pool whose servers expose no metrics the gateway can
+//! read routes on its own in-flight counts, which is least-request by another name. Every
+//! failure goes to the caller's [`ScrapeSink`] with its [`ScrapeError`], marked `first` the
+//! first time that cause is seen since the endpoint last scraped cleanly (the caller warns once
+//! per endpoint and cause, and counts every failure), and a clean scrape after failures reports
+//! [`ScrapeEvent::Recovered`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::task::JoinHandle;
 
 use crate::prom_text::{self, Sample};
-use crate::signals::{EndpointSignals, LoraState, ScrapedMetrics};
+use crate::signals::{EndpointSignals, LoraState, ScrapedMetrics, KV_BLOCK_TOKENS};
+
+/// The largest metrics page read; a longer one fails the scrape as `too_large`. vLLM's page with
+/// a few LoRA adapters and every histogram is well under 1 MiB.
+pub const MAX_SCRAPE_BYTES: usize = 4 << 20;
+
+/// Why a scrape failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScrapeError {
+    /// No connection (refused, unreachable, connect timeout).
+    Connect,
+    /// Connected, but the exchange failed before a response head.
+    Request,
+    /// No complete page within `stale_after`.
+    Timeout,
+    /// A response other than 200 (a server without metrics answers 404, llama.cpp without
+    /// `--metrics` 501).
+    HttpStatus(u16),
+    /// The body failed mid-way.
+    Body,
+    /// The page is over [`MAX_SCRAPE_BYTES`].
+    TooLarge,
+    /// Not UTF-8 or not Prometheus text.
+    Parse,
+    /// A page without any of the queue, running or KV series of the pool's `metrics:` preset
+    /// (a server of another kind, or one that has not served yet).
+    MissingMetrics,
+}
+
+impl ScrapeError {
+    /// The `cause` label value.
+    pub fn cause(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Request => "request",
+            Self::Timeout => "timeout",
+            Self::HttpStatus(_) => "http_status",
+            Self::Body => "body",
+            Self::TooLarge => "too_large",
+            Self::Parse => "parse",
+            Self::MissingMetrics => "missing_metrics",
+        }
+    }
+
+    /// The HTTP status of an `http_status` error.
+    pub fn status(self) -> Option<u16> {
+        match self {
+            Self::HttpStatus(code) => Some(code),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ScrapeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::HttpStatus(code) => write!(f, "http_status {code}"),
+            other => f.write_str(other.cause()),
+        }
+    }
+}
+
+/// What a scrape task reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScrapeEvent {
+    /// A scrape of `endpoint` failed; `first` the first time for this cause since the endpoint
+    /// last scraped cleanly.
+    Failed {
+        endpoint: SocketAddr,
+        error: ScrapeError,
+        first: bool,
+    },
+    /// A clean scrape of `endpoint` after failures.
+    Recovered { endpoint: SocketAddr },
+}
+
+/// Where scrape tasks report failures and recoveries.
+pub type ScrapeSink = Arc<dyn Fn(ScrapeEvent) + Send + Sync>;
 
 /// A metric name with an optional required label value (`nv_trt_llm_kv_cache_block_metrics`
 /// with `kv_cache_block_type="fraction"`).
@@ -72,6 +157,9 @@ pub struct MetricNames {
     /// SGLang `model_name`). With LoRA on, a requested model that is none of these is an
     /// adapter (vLLM serves adapters under their own model names).
     pub model_label: Option<String>,
+    /// KV cache tokens in use (llama.cpp `kv_cache_tokens`): with KV usage it gives the cache
+    /// size, in place of `cache_info`.
+    pub kv_tokens: Option<String>,
     /// The metrics path.
     pub path: String,
 }
@@ -89,6 +177,7 @@ impl MetricNames {
             cache_info: Some("vllm:cache_config_info".into()),
             lora_info: Some("vllm:lora_requests_info".into()),
             model_label: Some("model_name".into()),
+            kv_tokens: None,
             path: "/metrics".into(),
         }
     }
@@ -102,6 +191,7 @@ impl MetricNames {
             cache_info: None,
             lora_info: None,
             model_label: Some("model_name".into()),
+            kv_tokens: None,
             path: "/metrics".into(),
         }
     }
@@ -115,6 +205,7 @@ impl MetricNames {
             cache_info: None,
             lora_info: None,
             model_label: None,
+            kv_tokens: None,
             path: "/metrics".into(),
         }
     }
@@ -139,8 +230,38 @@ impl MetricNames {
             cache_info: None,
             lora_info: None,
             model_label: None,
+            kv_tokens: None,
             path: "/metrics".into(),
         }
+    }
+
+    /// llama.cpp's `llama-server --metrics`: deferred and processing requests, and KV cache use
+    /// where the server still exports it (`kv_cache_usage_ratio`, `kv_cache_tokens`, dropped by
+    /// later versions). No model label: one server serves one model.
+    pub fn llamacpp() -> Self {
+        Self {
+            waiting: vec![Selector::name("llamacpp:requests_deferred")],
+            running: vec![Selector::name("llamacpp:requests_processing")],
+            kv_usage: vec![Selector::name("llamacpp:kv_cache_usage_ratio")],
+            cache_info: None,
+            lora_info: None,
+            model_label: None,
+            kv_tokens: Some("llamacpp:kv_cache_tokens".into()),
+            path: "/metrics".into(),
+        }
+    }
+
+    /// The preset named by a pool's `metrics:` setting (`vllm`, `sglang`, `tgi`, `triton`,
+    /// `llamacpp`).
+    pub fn preset(name: &str) -> Option<Self> {
+        Some(match name {
+            "vllm" => Self::vllm(),
+            "sglang" => Self::sglang(),
+            "tgi" => Self::tgi(),
+            "triton" => Self::triton(),
+            "llamacpp" => Self::llamacpp(),
+            _ => return None,
+        })
     }
 
     /// Read the signals out of a metrics page.
@@ -155,11 +276,22 @@ impl MetricNames {
                     .reduce(fold)
             })
         };
+        let kv_usage = pick(&self.kv_usage, f64::max);
         let num_gpu_blocks = self.cache_info.as_ref().and_then(|n| {
             samples
                 .iter()
                 .filter(|s| s.name == n)
                 .find_map(|s| s.label("num_gpu_blocks")?.parse().ok())
+        });
+        // Tokens in use over the fraction in use is the cache size (unknown while it is empty).
+        let num_gpu_blocks = num_gpu_blocks.or_else(|| {
+            let n = self.kv_tokens.as_ref()?;
+            let tokens = samples
+                .iter()
+                .find(|s| s.name == n && s.value.is_finite())?;
+            let usage = kv_usage.filter(|u| *u > 0.0)?;
+            let blocks = (tokens.value / usage / KV_BLOCK_TOKENS as f64).round();
+            (blocks >= 1.0).then_some(blocks as u64)
         });
         let lora = self.lora_info.as_ref().and_then(|n| {
             // vLLM emits one series per change, valued with its time; the newest is current.
@@ -207,7 +339,7 @@ impl MetricNames {
             models: models.filter(|m| !m.is_empty()),
             waiting: pick(&self.waiting, |a, b| a + b),
             running: pick(&self.running, |a, b| a + b),
-            kv_usage: pick(&self.kv_usage, f64::max),
+            kv_usage,
             num_gpu_blocks,
             lora,
         })
@@ -237,13 +369,14 @@ impl Drop for Scraper {
 
 /// Scrape each endpoint's metrics every `interval.0..=interval.1` (uniformly jittered; 50–100 ms
 /// is a good default) until the returned [`Scraper`] drops. A scrape times out after
-/// `stale_after` or fails on a non-200 status or a malformed page, marking the endpoint stale;
-/// the next one is tried on schedule. Must be called inside a tokio runtime.
+/// `stale_after` or fails as [`ScrapeError`] says, marking the endpoint stale and reporting to
+/// `sink`; the next one is tried on schedule. Must be called inside a tokio runtime.
 pub fn spawn_scraper(
     endpoints: Vec<(SocketAddr, Arc<EndpointSignals>)>,
     names: MetricNames,
     interval: (Duration, Duration),
     stale_after: Duration,
+    sink: ScrapeSink,
 ) -> Scraper {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -263,20 +396,40 @@ pub fn spawn_scraper(
         .map(|(addr, signals)| {
             let client = client.clone();
             let names = names.clone();
+            let sink = sink.clone();
             tokio::spawn(async move {
-                let uri: hyper::Uri = match format!("http://{addr}{}", names.path).parse() {
-                    Ok(u) => u,
-                    Err(_) => {
-                        signals.mark_failed();
-                        return;
-                    }
-                };
+                let uri: Option<hyper::Uri> = format!("http://{addr}{}", names.path).parse().ok();
+                // Causes reported since the last clean scrape.
+                let mut seen: Vec<&'static str> = Vec::new();
                 loop {
-                    let outcome =
-                        tokio::time::timeout(stale_after, scrape_once(&client, &uri, &names)).await;
+                    let outcome = match &uri {
+                        Some(uri) => {
+                            tokio::time::timeout(stale_after, scrape_once(&client, uri, &names))
+                                .await
+                                .unwrap_or(Err(ScrapeError::Timeout))
+                        }
+                        None => Err(ScrapeError::Request),
+                    };
                     match outcome {
-                        Ok(Some(m)) => signals.apply_scrape(&m, Instant::now()),
-                        _ => signals.mark_failed(),
+                        Ok(m) => {
+                            signals.apply_scrape(&m, Instant::now());
+                            if !seen.is_empty() {
+                                seen.clear();
+                                sink(ScrapeEvent::Recovered { endpoint: addr });
+                            }
+                        }
+                        Err(error) => {
+                            signals.mark_failed(error);
+                            let first = !seen.contains(&error.cause());
+                            if first {
+                                seen.push(error.cause());
+                            }
+                            sink(ScrapeEvent::Failed {
+                                endpoint: addr,
+                                error,
+                                first,
+                            });
+                        }
                     }
                     let span = (hi - lo).as_nanos() as u64;
                     let jitter = Duration::from_nanos(fastrand::u64(0..=span));
@@ -292,14 +445,34 @@ async fn scrape_once(
     client: &Client<HttpConnector, Empty<Bytes>>,
     uri: &hyper::Uri,
     names: &MetricNames,
-) -> Option<ScrapedMetrics> {
-    let resp = client.get(uri.clone()).await.ok()?;
+) -> Result<ScrapedMetrics, ScrapeError> {
+    let resp = client.get(uri.clone()).await.map_err(|e| {
+        if e.is_connect() {
+            ScrapeError::Connect
+        } else {
+            ScrapeError::Request
+        }
+    })?;
     if resp.status() != http::StatusCode::OK {
-        return None;
+        return Err(ScrapeError::HttpStatus(resp.status().as_u16()));
     }
-    let body = resp.into_body().collect().await.ok()?.to_bytes();
-    let text = std::str::from_utf8(&body).ok()?;
-    names.extract(text).ok()
+    let body = Limited::new(resp.into_body(), MAX_SCRAPE_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ScrapeError::TooLarge
+            } else {
+                ScrapeError::Body
+            }
+        })?
+        .to_bytes();
+    let text = std::str::from_utf8(&body).map_err(|_| ScrapeError::Parse)?;
+    let m = names.extract(text).map_err(|_| ScrapeError::Parse)?;
+    if m.waiting.is_none() && m.running.is_none() && m.kv_usage.is_none() {
+        return Err(ScrapeError::MissingMetrics);
+    }
+    Ok(m)
 }
 
 #[cfg(test)]

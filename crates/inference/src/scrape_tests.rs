@@ -69,6 +69,147 @@ async fn serve(waiting: Arc<AtomicUsize>, status: Arc<AtomicU16>) -> SocketAddr 
     addr
 }
 
+/// A sink that keeps every event.
+fn recorder() -> (ScrapeSink, Arc<std::sync::Mutex<Vec<ScrapeEvent>>>) {
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = events.clone();
+    (Arc::new(move |e| kept.lock().unwrap().push(e)), events)
+}
+
+/// A server on port 0 answering every request with 200 and `page`.
+async fn serve_page(page: Bytes) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let page = page.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                    let page = page.clone();
+                    async move { Ok::<_, Infallible>(Response::new(Full::new(page))) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// The first scrape error `page` gets when scraped with `names`.
+async fn first_error(page: Bytes, names: MetricNames) -> ScrapeError {
+    let addr = serve_page(page).await;
+    let signals = Arc::new(EndpointSignals::new());
+    let _scraper = spawn_scraper(
+        vec![(addr, signals.clone())],
+        names,
+        (Duration::from_millis(5), Duration::from_millis(10)),
+        Duration::from_secs(2),
+        recorder().0,
+    );
+    until(|| signals.last_error().is_some()).await;
+    signals.last_error().unwrap().0
+}
+
+/// A llama.cpp `llama-server --metrics` page, with the names and help texts its server
+/// documents (the KV figures are those of versions that still export them).
+const LLAMACPP_PAGE: &str = "\
+# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.
+# TYPE llamacpp:prompt_tokens_total counter
+llamacpp:prompt_tokens_total 10240
+# HELP llamacpp:prompt_seconds_total Prompt process time
+# TYPE llamacpp:prompt_seconds_total counter
+llamacpp:prompt_seconds_total 3.2
+# HELP llamacpp:tokens_predicted_total Number of generation tokens processed.
+# TYPE llamacpp:tokens_predicted_total counter
+llamacpp:tokens_predicted_total 4096
+# HELP llamacpp:tokens_predicted_seconds_total Predict process time
+# TYPE llamacpp:tokens_predicted_seconds_total counter
+llamacpp:tokens_predicted_seconds_total 51.7
+# HELP llamacpp:n_decode_total Total number of llama_decode() calls
+# TYPE llamacpp:n_decode_total counter
+llamacpp:n_decode_total 4200
+# HELP llamacpp:n_busy_slots_per_decode Average number of busy slots per llama_decode() call
+# TYPE llamacpp:n_busy_slots_per_decode counter
+llamacpp:n_busy_slots_per_decode 2.5
+# HELP llamacpp:prompt_tokens_seconds Average prompt throughput in tokens/s.
+# TYPE llamacpp:prompt_tokens_seconds gauge
+llamacpp:prompt_tokens_seconds 3200
+# HELP llamacpp:predicted_tokens_seconds Average generation throughput in tokens/s.
+# TYPE llamacpp:predicted_tokens_seconds gauge
+llamacpp:predicted_tokens_seconds 79.2
+# HELP llamacpp:kv_cache_usage_ratio KV-cache usage. 1 means 100 percent usage.
+# TYPE llamacpp:kv_cache_usage_ratio gauge
+llamacpp:kv_cache_usage_ratio 0.25
+# HELP llamacpp:kv_cache_tokens KV-cache tokens.
+# TYPE llamacpp:kv_cache_tokens gauge
+llamacpp:kv_cache_tokens 8192
+# HELP llamacpp:requests_processing Number of requests processing.
+# TYPE llamacpp:requests_processing gauge
+llamacpp:requests_processing 3
+# HELP llamacpp:requests_deferred Number of requests deferred.
+# TYPE llamacpp:requests_deferred gauge
+llamacpp:requests_deferred 2
+";
+
+#[test]
+fn extracts_llamacpp_signals() {
+    let m = MetricNames::llamacpp().extract(LLAMACPP_PAGE).unwrap();
+    assert_eq!(m.waiting, Some(2.0));
+    assert_eq!(m.running, Some(3.0));
+    assert_eq!(m.kv_usage, Some(0.25));
+    // 8192 tokens are a quarter of the cache: 32768 tokens, 2048 blocks of 16.
+    assert_eq!(m.num_gpu_blocks, Some(2048));
+    assert_eq!((m.models, m.lora), (None, None));
+    // A version without the KV figures still gives the queue; an empty cache gives no size.
+    let queue_only = "llamacpp:requests_processing 1\nllamacpp:requests_deferred 0\n";
+    let m = MetricNames::llamacpp().extract(queue_only).unwrap();
+    assert_eq!(
+        (m.waiting, m.running, m.kv_usage),
+        (Some(0.0), Some(1.0), None)
+    );
+    assert_eq!(m.num_gpu_blocks, None);
+    let idle = "llamacpp:kv_cache_usage_ratio 0\nllamacpp:kv_cache_tokens 0\n";
+    assert_eq!(
+        MetricNames::llamacpp()
+            .extract(idle)
+            .unwrap()
+            .num_gpu_blocks,
+        None
+    );
+    assert_eq!(
+        MetricNames::preset("llamacpp"),
+        Some(MetricNames::llamacpp())
+    );
+    assert_eq!(MetricNames::preset("nope"), None);
+}
+
+#[tokio::test]
+async fn a_page_of_another_server_or_too_large_fails_with_its_cause() {
+    let llamacpp = Bytes::from_static(LLAMACPP_PAGE.as_bytes());
+    assert_eq!(
+        first_error(llamacpp, MetricNames::vllm()).await,
+        ScrapeError::MissingMetrics
+    );
+    let mut big = vllm_page(1).into_bytes();
+    while big.len() <= MAX_SCRAPE_BYTES {
+        big.extend_from_slice(b"# padding comment line, repeated until the page is too large\n");
+    }
+    assert_eq!(
+        first_error(Bytes::from(big), MetricNames::vllm()).await,
+        ScrapeError::TooLarge
+    );
+    assert_eq!(
+        first_error(
+            Bytes::from_static(b"\xff\xfe not text"),
+            MetricNames::vllm()
+        )
+        .await,
+        ScrapeError::Parse
+    );
+}
+
 /// Wait (bounded) until `cond` holds, polling the shared state the scraper writes.
 async fn until(mut cond: impl FnMut() -> bool) {
     tokio::time::timeout(Duration::from_secs(5), async {
@@ -148,11 +289,13 @@ async fn scrapes_a_live_server_and_goes_stale_on_errors() {
     let addr = serve(waiting.clone(), status.clone()).await;
     let signals = Arc::new(EndpointSignals::new());
     let stale = Duration::from_millis(500);
+    let (sink, events) = recorder();
     let scraper = spawn_scraper(
         vec![(addr, signals.clone())],
         MetricNames::vllm(),
         (Duration::from_millis(5), Duration::from_millis(10)),
         stale,
+        sink,
     );
     until(|| signals.snapshot(Instant::now(), stale).fresh).await;
     let snap = signals.snapshot(Instant::now(), stale);
@@ -165,8 +308,34 @@ async fn scrapes_a_live_server_and_goes_stale_on_errors() {
 
     status.store(500, Ordering::Relaxed);
     until(|| !signals.snapshot(Instant::now(), stale).fresh).await;
+    until(|| events.lock().unwrap().len() >= 2).await;
     status.store(200, Ordering::Relaxed);
     until(|| signals.snapshot(Instant::now(), stale).fresh).await;
+    until(|| {
+        events
+            .lock()
+            .unwrap()
+            .contains(&ScrapeEvent::Recovered { endpoint: addr })
+    })
+    .await;
+    // Each failure is reported; only the first of its cause is marked for a warning.
+    let seen = events.lock().unwrap().clone();
+    let failures: Vec<_> = seen
+        .iter()
+        .filter_map(|e| match e {
+            ScrapeEvent::Failed { error, first, .. } => Some((*error, *first)),
+            ScrapeEvent::Recovered { .. } => None,
+        })
+        .collect();
+    assert!(failures.len() >= 2, "{seen:?}");
+    assert_eq!(failures[0], (ScrapeError::HttpStatus(500), true));
+    assert!(failures[1..]
+        .iter()
+        .all(|f| *f == (ScrapeError::HttpStatus(500), false)));
+    assert_eq!(
+        signals.last_error().map(|e| e.0),
+        Some(ScrapeError::HttpStatus(500))
+    );
 
     // Dropping the scraper stops it: the data then ages out.
     drop(scraper);
@@ -191,6 +360,7 @@ async fn a_hung_endpoint_is_stale_and_does_not_stall_the_others() {
         MetricNames::vllm(),
         (Duration::from_millis(5), Duration::from_millis(10)),
         stale,
+        recorder().0,
     );
     let accepted = tokio::time::timeout(Duration::from_secs(5), hung.accept()).await;
     let _held = accepted.unwrap().unwrap();
@@ -199,5 +369,6 @@ async fn a_hung_endpoint_is_stale_and_does_not_stall_the_others() {
     tokio::time::sleep(stale * 3).await;
     assert!(a.last_scrape().is_none());
     assert!(!a.snapshot(Instant::now(), stale).fresh);
+    assert_eq!(a.last_error().map(|e| e.0), Some(ScrapeError::Timeout));
     until(|| b.snapshot(Instant::now(), stale).fresh).await;
 }

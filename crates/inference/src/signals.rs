@@ -23,11 +23,13 @@
 //! `ArcSwap`; a pick reads them without locking.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use switchyard_balance::LoadReport;
+
+use crate::scrape::ScrapeError;
 
 /// Tokens per KV block in vLLM's default configuration, used to turn picked tokens into KV usage.
 pub const KV_BLOCK_TOKENS: u64 = 16;
@@ -118,6 +120,8 @@ pub struct EndpointSignals {
     /// Nanoseconds since `epoch` of the last successful scrape, plus one; 0 = never.
     last_scrape: AtomicU64,
     last_failed: AtomicBool,
+    /// The last failed scrape's error and when (kept after a clean scrape, for `/pools`).
+    last_error: Mutex<Option<(ScrapeError, Instant)>>,
     /// Requests and tokens picked ever; each source remembers these totals as of its reading.
     picked_total: AtomicU64,
     tokens_total: AtomicU64,
@@ -172,6 +176,7 @@ impl EndpointSignals {
             models: ArcSwap::from_pointee(Vec::new()),
             last_scrape: AtomicU64::new(0),
             last_failed: AtomicBool::new(false),
+            last_error: Mutex::new(None),
             picked_total: AtomicU64::new(0),
             tokens_total: AtomicU64::new(0),
             scrape_picked: AtomicU64::new(0),
@@ -267,9 +272,21 @@ impl EndpointSignals {
         }
     }
 
-    /// The last scrape failed (connect error, timeout, bad status or unparsable text).
-    pub fn mark_failed(&self) {
+    /// The last scrape failed with `error`.
+    pub fn mark_failed(&self, error: ScrapeError) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some((error, Instant::now()));
         self.last_failed.store(true, Ordering::Relaxed);
+    }
+
+    /// The last failed scrape's error and when it happened, whether or not a clean scrape has
+    /// come since ([`EndpointSignals::is_fresh`] says which is current).
+    pub fn last_error(&self) -> Option<(ScrapeError, Instant)> {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the last scrape failed.
+    pub fn last_scrape_failed(&self) -> bool {
+        self.last_failed.load(Ordering::Relaxed)
     }
 
     /// Whether a scrape has come back at all, succeeded or failed: until then the picker scores
@@ -480,7 +497,7 @@ mod tests {
         assert!(!late.fresh);
         assert_eq!((late.waiting, late.kv_usage), (1.0, None));
         assert!(s.snapshot(t0, stale).fresh);
-        s.mark_failed();
+        s.mark_failed(ScrapeError::Connect);
         assert!(!s.snapshot(t0, stale).fresh);
         let lora = LoraState {
             running: vec!["a".into()],
@@ -557,7 +574,7 @@ mod tests {
         let ms = Duration::from_millis;
         let stale = ms(200);
         s.apply_scrape(&scrape(50.0, 0.9), t0);
-        s.mark_failed();
+        s.mark_failed(ScrapeError::Connect);
         s.on_pick(10);
         let snap = s.snapshot(t0, stale);
         assert!(!snap.fresh);

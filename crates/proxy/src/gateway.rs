@@ -176,6 +176,13 @@ fn build(
                 .collect()
         })
         .unwrap_or_default();
+    // Config-named models are label values before any metric cell of this generation exists.
+    for r in &config.routes {
+        let matched = r.matcher.model.as_deref().filter(|m| !m.ends_with('*'));
+        for m in r.targets().iter().filter_map(|t| t.model).chain(matched) {
+            models.pin(m);
+        }
+    }
     let mut pools = Vec::with_capacity(config.pools.len());
     for p in &config.pools {
         let old_client = old_clients.get(p.name.as_str()).copied();
@@ -186,7 +193,7 @@ fn build(
     let routes = config
         .routes
         .iter()
-        .map(|r| build_route(r, old, &pools, metrics, models))
+        .map(|r| build_route(r, old, &pools, metrics))
         .collect::<Result<Vec<_>, _>>()?;
     let needs_model = routes.iter().any(|r| r.matcher.needs_model());
     let model_body_limit = routes.iter().map(|r| r.max_request_body).max().unwrap_or(0);
@@ -363,7 +370,6 @@ fn build_route(
     old: Option<&Gateway>,
     pools: &[Arc<PoolEntry>],
     metrics: &Metrics,
-    models: &Arc<ModelLabels>,
 ) -> Result<RouteEntry, String> {
     let mut targets = Vec::new();
     for t in r.targets() {
@@ -372,9 +378,6 @@ fn build_route(
             .find(|p| p.name() == t.pool)
             .ok_or_else(|| format!("route `{}`: no pool named `{}`", r.name, t.pool))?
             .clone();
-        if let Some(m) = t.model {
-            models.intern(m);
-        }
         targets.push(RouteTarget {
             pool,
             weight: t.weight,
@@ -384,9 +387,6 @@ fn build_route(
     }
     if targets.is_empty() {
         return Err(format!("route `{}`: no pool or backends", r.name));
-    }
-    if let Some(m) = r.matcher.model.as_deref().filter(|m| !m.ends_with('*')) {
-        models.intern(m);
     }
     let cumulative_weights = targets
         .iter()

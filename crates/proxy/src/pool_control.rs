@@ -18,12 +18,12 @@ use switchyard_health::{
 };
 use switchyard_inference::{
     spawn_scraper, EndpointSignals, InferencePicker, MetricNames, PickerConfig, PrefixIndex,
-    Scraper,
+    ScrapeEvent, ScrapeSink, Scraper,
 };
 use switchyard_resilience::{
     CircuitBreaker, ConcurrencyLimiter, ConcurrencyMode, GradientParams, QueueParams,
 };
-use switchyard_telemetry::metrics::{PoolLabels, PoolReasonLabels};
+use switchyard_telemetry::metrics::{PoolLabels, PoolReasonLabels, ScrapeErrorLabels};
 use switchyard_telemetry::Metrics;
 use tokio::task::JoinHandle;
 
@@ -136,6 +136,35 @@ fn outlier_sink(
     }
 }
 
+/// Turns scrape events into a counter and log lines: a warning the first time an endpoint fails
+/// for a cause since it last scraped cleanly, and a line when it recovers.
+fn scrape_sink(
+    errors: prometheus_client::metrics::family::Family<ScrapeErrorLabels, Counter>,
+    pool: String,
+) -> ScrapeSink {
+    Arc::new(move |event| match event {
+        ScrapeEvent::Failed {
+            endpoint,
+            error,
+            first,
+        } => {
+            errors
+                .get_or_create(&ScrapeErrorLabels {
+                    pool: pool.clone(),
+                    endpoint: endpoint.to_string(),
+                    cause: error.cause(),
+                })
+                .inc();
+            if first {
+                tracing::warn!(pool = %pool, endpoint = %endpoint, cause = error.cause(), error = %error, "metrics scrape failed");
+            }
+        }
+        ScrapeEvent::Recovered { endpoint } => {
+            tracing::info!(pool = %pool, endpoint = %endpoint, "metrics scrape recovered");
+        }
+    })
+}
+
 impl PoolControl {
     /// Controls for a new pool. Must run inside the runtime (health checks spawn tasks).
     pub fn new(spec: &Pool, states: &[Arc<EndpointState>], metrics: &Metrics) -> Self {
@@ -203,7 +232,7 @@ impl PoolControl {
             spec.health.as_ref().map(ActiveCheck::from),
             states.iter().cloned(),
         );
-        self.update_inference(spec, states);
+        self.update_inference(spec, states, metrics);
         let addrs = states.iter().map(|s| s.address);
         match (&spec.outlier, &self.detector) {
             (None, _) => {
@@ -276,9 +305,9 @@ impl PoolControl {
         self.h2.clone()
     }
 
-    fn update_inference(&mut self, spec: &Pool, states: &[Arc<EndpointState>]) {
+    fn update_inference(&mut self, spec: &Pool, states: &[Arc<EndpointState>], metrics: &Metrics) {
         let Balancer::Inference {
-            metrics,
+            metrics: flavour,
             scrape_interval,
             stale_after,
             ..
@@ -298,12 +327,8 @@ impl PoolControl {
             .iter()
             .map(|_| Arc::new(EndpointSignals::new()))
             .collect();
-        let names = match metrics.as_str() {
-            "sglang" => MetricNames::sglang(),
-            "tgi" => MetricNames::tgi(),
-            "triton" => MetricNames::triton(),
-            _ => MetricNames::vllm(),
-        };
+        // The config accepts only preset names.
+        let names = MetricNames::preset(flavour).unwrap_or_else(MetricNames::vllm);
         let scraper = spawn_scraper(
             states
                 .iter()
@@ -313,6 +338,7 @@ impl PoolControl {
             names,
             (*scrape_interval, *scrape_interval * 2),
             *stale_after,
+            scrape_sink(metrics.scrape_errors.clone(), spec.name.clone()),
         );
         self.inference = Some(InferenceState {
             key,

@@ -8,7 +8,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use switchyard_telemetry::metrics::{RequestLabels, RouteLabels, TokenLabels};
 use switchyard_telemetry::Metrics;
 
-use crate::models::{ModelId, ModelLabels, MAX_MODEL_LABELS};
+use crate::models::{ModelCells, ModelId, ModelLabels, SeriesRemover};
 
 /// The metric handles of one route target (route × pool).
 pub struct RouteMetrics {
@@ -23,8 +23,8 @@ pub struct RouteMetrics {
     /// Usage tokens of responses whose model the gateway did not read: (prompt, completion).
     pub tokens: (Counter, Counter),
     tokens_family: prometheus_client::metrics::family::Family<TokenLabels, Counter>,
-    /// Usage tokens per model label (indexed by `ModelId`), resolved on first use.
-    tokens_by_model: Box<[OnceLock<(Counter, Counter)>]>,
+    /// Usage tokens per model label, resolved on first use.
+    tokens_by_model: ModelCells<(Counter, Counter)>,
 }
 
 impl RouteMetrics {
@@ -47,19 +47,31 @@ impl RouteMetrics {
             stream_chunk_gap,
             tokens,
             tokens_family: metrics.tokens.clone(),
-            tokens_by_model: (0..MAX_MODEL_LABELS).map(|_| OnceLock::new()).collect(),
+            tokens_by_model: ModelCells::new(),
         }
     }
 
     /// Usage token counters (prompt, completion) for `model`.
-    pub fn model_tokens(&self, model: ModelId, labels: &ModelLabels) -> &(Counter, Counter) {
-        self.tokens_by_model[model.index()].get_or_init(|| {
-            token_counters(
-                &self.tokens_family,
-                &self.route,
-                &self.pool,
-                &labels.name(model),
-            )
+    pub fn model_tokens(&self, model: ModelId, labels: &ModelLabels) -> (Counter, Counter) {
+        self.tokens_by_model.get(model, labels, |name| {
+            let counters = token_counters(&self.tokens_family, &self.route, &self.pool, name);
+            let (family, route, pool, model) = (
+                self.tokens_family.clone(),
+                self.route.clone(),
+                self.pool.clone(),
+                name.to_string(),
+            );
+            let remove: SeriesRemover = Box::new(move || {
+                for kind in ["prompt", "completion"] {
+                    family.remove(&TokenLabels {
+                        route: route.clone(),
+                        pool: pool.clone(),
+                        model: model.clone(),
+                        kind,
+                    });
+                }
+            });
+            (counters, remove)
         })
     }
 

@@ -489,3 +489,87 @@ async fn ready_waits_for_the_first_scrape_of_an_inference_pool() {
     assert_eq!(v["waiting"], 3.0, "{p}");
     assert_eq!(v["fresh"], true, "{p}");
 }
+
+/// A model server whose `/metrics` answers 404 (as llama-cpp-python's server does) until
+/// `metrics` is set, then a llama.cpp `--metrics` page; anything else is a chat completion.
+async fn server_without_metrics(
+    metrics: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> SocketAddr {
+    use hyper::server::conn::http1;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| {
+                        let on = metrics.load(std::sync::atomic::Ordering::SeqCst);
+                        let (status, body) = match req.uri().path() {
+                        "/metrics" if on => (
+                            200,
+                            "llamacpp:requests_processing 1\nllamacpp:requests_deferred 2\n",
+                        ),
+                        "/metrics" => (404, "{\"detail\":\"Not Found\"}"),
+                        _ => (200, "{\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}"),
+                    };
+                        let resp = http::Response::builder()
+                            .status(status)
+                            .body(Full::new(Bytes::from_static(body.as_bytes())))
+                            .unwrap();
+                        async move { Ok::<_, std::convert::Infallible>(resp) }
+                    },
+                );
+                let _ = http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inference_pool_without_readable_metrics_says_it_is_degraded() {
+    let has_metrics = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server = server_without_metrics(has_metrics.clone()).await;
+    let pool = "    balancer: { kind: inference, metrics: llamacpp, scrape_interval: 20ms, stale_after: 200ms }\n";
+    let gw = Gateway::start(&config(&[server], "", pool));
+    let failures = format!(
+        "switchyard_scrape_errors_total{{pool=\"p\",endpoint=\"{server}\",cause=\"http_status\"}}"
+    );
+    eventually("several failed scrapes counted", || {
+        gw.metric(&failures) >= 5.0
+    })
+    .await;
+    // Warned once for the endpoint and cause, however many scrapes failed.
+    gw.wait_log("metrics scrape failed", 1, support::WAIT);
+    assert_eq!(gw.log_count("metrics scrape failed"), 1);
+    let p = pools(&gw);
+    let pool = &p["pools"][0];
+    assert_eq!(pool["balancer"], "inference", "{p}");
+    assert_eq!(
+        pool["mode"], "degraded: least_request (no endpoint has fresh metrics)",
+        "{p}"
+    );
+    let v = &endpoint(&p, server)["inference"];
+    assert_eq!(v["scrape_fresh"], false, "{p}");
+    assert_eq!(v["last_scrape_error"]["cause"], "http_status", "{p}");
+    assert_eq!(v["last_scrape_error"]["status"], 404, "{p}");
+    // Requests still go through, on the gateway's own counts.
+    let c = client::http1();
+    assert_eq!(chat(&c, &gw).await.0, 200);
+
+    // The server starts exporting llama.cpp metrics: the pool scores again, and says so.
+    has_metrics.store(true, std::sync::atomic::Ordering::SeqCst);
+    gw.wait_log("metrics scrape recovered", 1, support::WAIT);
+    eventually("the pool scores on scraped metrics", || {
+        pools(&gw)["pools"][0]["mode"] == "inference"
+    })
+    .await;
+    let p = pools(&gw);
+    let v = &endpoint(&p, server)["inference"];
+    assert_eq!(v["scrape_fresh"], true, "{p}");
+    assert_eq!(v["running"], 1.0, "{p}");
+    assert_eq!(gw.log_count("metrics scrape failed"), 1);
+}

@@ -375,3 +375,101 @@ async fn usage_and_stream_metrics_match_what_the_simulator_reported() {
         8.0
     );
 }
+
+/// A model server that serves any model: `/metrics` is a vLLM page, anything else a chat
+/// completion with usage 2 + 3 tokens.
+async fn any_model_server() -> SocketAddr {
+    use hyper::server::conn::http1;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| {
+                        let (ctype, body) = if req.uri().path() == "/metrics" {
+                            ("text/plain", "vllm:num_requests_waiting 0\n".to_string())
+                        } else {
+                            (
+                            "application/json",
+                            r#"{"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5}}"#
+                                .to_string(),
+                        )
+                        };
+                        let resp = http::Response::builder()
+                            .header("content-type", ctype)
+                            .body(Full::new(Bytes::from(body)))
+                            .unwrap();
+                        async move { Ok::<_, std::convert::Infallible>(resp) }
+                    },
+                );
+                let _ = http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_model_names_cannot_take_the_label_of_a_model_configured_later() {
+    let server = any_model_server().await;
+    let pools = format!(
+        "  - {{name: p, endpoints: {}, balancer: inference}}\n",
+        eps(&[server])
+    );
+    let open_route = "  - name: r\n    match: { path_prefix: / }\n    pool: p\n";
+    let gw = Gateway::start(&config(open_route, &pools));
+    let c = client::http1();
+    // The route reads the model (an `inference` pool) but matches on none: every name a client
+    // sends reaches a server that answers 200.
+    for i in 0..100 {
+        let (status, body) = post(
+            &c,
+            &gw,
+            "/v1/chat/completions",
+            &chat(&format!("flood-{i}"), 1),
+        )
+        .await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    let (_, page) = gw.admin_get("/metrics");
+    let labelled: std::collections::HashSet<&str> = page
+        .lines()
+        .filter(|l| l.starts_with("switchyard_tokens_total{route=\"r\""))
+        .filter_map(|l| l.split("model=\"").nth(1)?.split('"').next())
+        .filter(|m| !m.is_empty())
+        .collect();
+    // A bounded set of the flood's names, and `other` for the rest.
+    assert!(labelled.contains("other"), "{labelled:?}");
+    assert!(labelled.len() <= 33, "{} model labels", labelled.len());
+    let completion = |route: &str, model: &str| {
+        gw.metric(&format!(
+            "switchyard_tokens_total{{route=\"{route}\",pool=\"p\",model=\"{model}\",kind=\"completion\"}}"
+        ))
+    };
+    assert_eq!(completion("r", "flood-0"), 3.0);
+    assert_eq!(
+        completion("r", "other"),
+        3.0 * (100 - (labelled.len() - 1)) as f64
+    );
+
+    // A reload configures a new model: it is counted under its own label at once.
+    let routes =
+        format!("  - name: late\n    match: {{ model: late-model }}\n    pool: p\n{open_route}");
+    gw.reload(&config(&routes, &pools));
+    for _ in 0..2 {
+        let (status, _) = post(&c, &gw, "/v1/chat/completions", &chat("late-model", 1)).await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(completion("late", "late-model"), 6.0);
+    // And a model named only by a rewrite target, too.
+    let routes = format!(
+        "  - name: alias\n    match: {{ model: alias }}\n    pool: p\n    rewrite: {{ model: rewritten-model }}\n{routes}"
+    );
+    gw.reload(&config(&routes, &pools));
+    let (status, _) = post(&c, &gw, "/v1/chat/completions", &chat("alias", 1)).await;
+    assert_eq!(status, 200);
+    assert_eq!(completion("alias", "rewritten-model"), 3.0);
+}

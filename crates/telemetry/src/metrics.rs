@@ -86,8 +86,9 @@ pub struct TokenLabels {
     pub route: String,
     pub pool: String,
     /// The model the upstream was asked for; empty when the gateway did not read it (routes
-    /// that neither match on the model, rewrite it, nor use an `inference` pool); `other` past
-    /// the label cap (see `proxy::models`).
+    /// that neither match on the model, rewrite it, nor use an `inference` pool); `other` for a
+    /// name the config does not give while the shared label slots are taken (see
+    /// `proxy::models`).
     pub model: String,
     /// `prompt` or `completion`
     pub kind: &'static str,
@@ -105,6 +106,16 @@ pub struct ModelEndpointLabels {
 pub struct EndpointLabels {
     pub pool: String,
     pub endpoint: String,
+}
+
+/// Failed metric scrapes of an `inference` pool's endpoints.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScrapeErrorLabels {
+    pub pool: String,
+    pub endpoint: String,
+    /// `connect`, `request`, `timeout`, `http_status`, `body`, `too_large`, `parse`,
+    /// `missing_metrics`
+    pub cause: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -145,6 +156,7 @@ pub struct Metrics {
     pub admission_queue_depth: Family<PoolPriorityLabels, Gauge>,
     pub admission_queued_tenants: Family<PoolLabels, Gauge>,
     pub picks: Family<EndpointLabels, Counter>,
+    pub scrape_errors: Family<ScrapeErrorLabels, Counter>,
     pub stream_ttft: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub stream_gap: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub tokens: Family<TokenLabels, Counter>,
@@ -349,6 +361,13 @@ impl Metrics {
             "Attempts sent to each endpoint (first tries, retries and hedges)",
             picks.clone(),
         );
+        let scrape_errors = Family::<ScrapeErrorLabels, Counter>::default();
+        registry.register(
+            "switchyard_scrape_errors",
+            "Failed metric scrapes of `inference` pool endpoints, by cause (connect, request, \
+             timeout, http_status, body, too_large, parse, missing_metrics)",
+            scrape_errors.clone(),
+        );
         let stream_ttft = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             duration_histogram,
         );
@@ -413,6 +432,7 @@ impl Metrics {
             stream_ttft,
             stream_gap,
             picks,
+            scrape_errors,
             registry,
             retries,
             retries_refused,
