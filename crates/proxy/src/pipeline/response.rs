@@ -124,7 +124,7 @@ fn accounting(
         .map(|m| gateway.models.intern(&m.model));
     let usage_tokens = match model {
         Some(id) if scan.event_stream || scan.json => {
-            Some(metrics.model_tokens(id, &gateway.models).clone())
+            Some(metrics.model_tokens(id, &gateway.models))
         }
         None if scan.event_stream && !scan.content_encoding => Some(metrics.tokens.clone()),
         _ => None,
@@ -138,7 +138,7 @@ fn accounting(
         match model {
             Some(id) => {
                 let m = to.pool().model_metrics.get(index, id, &gateway.models);
-                timer.with_model(m.clone())
+                timer.with_model(m)
             }
             None => timer,
         }
