@@ -131,6 +131,7 @@ impl AcceptLoop {
                 max_headers: self.spec.max_headers,
                 access_log: self.spec.access_log,
                 trust: Trust::of(&self.spec.trusted_headers),
+                paths: self.spec.path_normalization,
             });
             self.tracker.spawn(serve_connection(
                 stream,
