@@ -198,7 +198,6 @@ async fn serve_connection(
             drive(conn, shutdown).await;
         }
         Some(acceptor) => {
-            let stream = Guarded::new(stream, framing);
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -207,7 +206,9 @@ async fn serve_connection(
                 }
                 Err(_) => return,
             };
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+            // The guard reads the decrypted bytes: under TLS it would see only ciphertext.
+            let io = Guarded::new(tls, framing);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
             drive(conn, shutdown).await;
         }
     }
