@@ -82,7 +82,12 @@ async fn forward(
     let upgrade = head.upgrade.is_some();
     let path = head.parts.uri.path();
     let mut body = request_body::prepare(to, path, body, shape, upgrade).await?;
-    let parsed = model::read_and_rewrite(rx, to, &mut head, &mut body, model)?;
+    let parsed = if head.upgrade.is_none() && to.inference_api(head.parts.uri.path()) {
+        Some(model::parse_openai(rx, &head, &body).await?)
+    } else {
+        None
+    };
+    let parsed = model::read_and_rewrite(rx, to, &mut head, &mut body, model, parsed)?;
     let mut admitted = admit::admit(rx, to, &head.parts.headers).await?;
     let priority = admit::priority(rx, to);
     let first = pick::first_pick(rx, to, parsed.as_ref(), priority)?;
