@@ -40,6 +40,9 @@ pub struct RequestScan {
     pub host: bool,
     /// How many `Host` headers (more than one is a bad request).
     pub hosts: u8,
+    /// Every `Host` value is a valid `host[:port]` (checked in the same pass, so the request
+    /// target stage needs no lookup of its own).
+    pub host_valid: bool,
     /// `Transfer-Encoding` names a coding other than `chunked` (RFC 9112 §6.1: 501).
     pub unknown_coding: bool,
     /// Any hop-by-hop header (RFC 9110 §7.6.1), `Connection` included.
@@ -71,6 +74,8 @@ impl RequestScan {
             } else if name == HOST {
                 scan.host = true;
                 scan.hosts = scan.hosts.saturating_add(1);
+                scan.host_valid =
+                    valid_authority(value.as_bytes()) && (scan.hosts == 1 || scan.host_valid);
             } else if name == CONNECTION {
                 scan.hop_by_hop = true;
                 connection_upgrade |= has_token(value, "upgrade");
@@ -303,6 +308,42 @@ pub fn parse_decimal(s: &[u8]) -> Option<u64> {
     s.iter().try_fold(0u64, |n, b| {
         b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
     })
+}
+
+/// `host[:port]` as RFC 3986 allows it in a request (no userinfo): a reg-name, IPv4 or
+/// bracketed IPv6 literal, and an optional numeric port.
+pub fn valid_authority(a: &[u8]) -> bool {
+    if a.is_empty() || a.len() > 255 {
+        return false;
+    }
+    let (host, port) = if a[0] == b'[' {
+        let Some(end) = a.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &a[1..end];
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        {
+            return false;
+        }
+        match &a[end + 1..] {
+            [] => (&a[..0], None),
+            [b':', port @ ..] => (&a[..0], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match a.iter().rposition(|&b| b == b':') {
+            Some(i) => (&a[..i], Some(&a[i + 1..])),
+            None => (a, None),
+        }
+    };
+    let host_ok = host
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
+    host_ok && port_ok
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use switchyard_config::{EscapedSlashes, PathNormalization};
 
 use super::exchange::{Exchange, Reject};
 use crate::error::GatewayError;
+use crate::headers::valid_authority;
 
 pub fn check<B>(rx: &Exchange<'_>, req: &mut Request<B>) -> Result<(), Reject> {
     authority(rx, req)?;
@@ -43,7 +44,9 @@ pub fn check<B>(rx: &Exchange<'_>, req: &mut Request<B>) -> Result<(), Reject> {
     Ok(())
 }
 
-/// One authority for the request, in `Host` as well as in the target when it has one.
+/// One authority for the request, in `Host` as well as in the target when it has one. The
+/// header scan already counted and checked `Host`; only a target with its own authority
+/// (absolute form, HTTP/2) needs the header's value.
 fn authority<B>(rx: &Exchange<'_>, req: &mut Request<B>) -> Result<(), Reject> {
     // A client that cannot say which host it wants is confused about the connection too.
     let bad = |why| Err(Reject::close(GatewayError::BadRequest(why)));
@@ -51,74 +54,30 @@ fn authority<B>(rx: &Exchange<'_>, req: &mut Request<B>) -> Result<(), Reject> {
     if scan.hosts > 1 {
         return bad("more than one Host header");
     }
-    let host = req.headers().get(HOST);
-    if let Some(h) = host {
-        if !valid_authority(h.as_bytes()) {
-            return bad("invalid Host header");
-        }
+    if scan.host && !scan.host_valid {
+        return bad("invalid Host header");
     }
-    match req.uri().authority() {
-        None if host.is_none() && req.version() == Version::HTTP_11 => {
-            bad("HTTP/1.1 request without a Host header")
+    let Some(a) = req.uri().authority() else {
+        if !scan.host && req.version() == Version::HTTP_11 {
+            return bad("HTTP/1.1 request without a Host header");
         }
-        None => Ok(()),
-        Some(a) => {
-            if !valid_authority(a.as_str().as_bytes()) {
-                return bad("invalid request authority");
-            }
-            match host {
-                Some(h) if h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) => Ok(()),
-                // HTTP/2: `host` must name the entity `:authority` names.
-                Some(_) if req.version() == Version::HTTP_2 => {
-                    bad("Host header differs from :authority")
-                }
-                // HTTP/1 absolute form: the target's authority wins over `Host`.
-                _ => {
-                    let value = HeaderValue::from_str(a.as_str()).map_err(|_| {
-                        Reject::close(GatewayError::BadRequest("invalid authority"))
-                    })?;
-                    req.headers_mut().insert(HOST, value);
-                    Ok(())
-                }
-            }
-        }
-    }
-}
-
-/// `host[:port]` as RFC 3986 allows it in a request (no userinfo): a reg-name, IPv4 or
-/// bracketed IPv6 literal, and an optional numeric port.
-fn valid_authority(a: &[u8]) -> bool {
-    if a.is_empty() || a.len() > 255 {
-        return false;
-    }
-    let (host, port) = if a[0] == b'[' {
-        let Some(end) = a.iter().position(|&b| b == b']') else {
-            return false;
-        };
-        let literal = &a[1..end];
-        if literal.is_empty()
-            || !literal
-                .iter()
-                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
-        {
-            return false;
-        }
-        match &a[end + 1..] {
-            [] => (&a[..0], None),
-            [b':', port @ ..] => (&a[..0], Some(port)),
-            _ => return false,
-        }
-    } else {
-        match a.iter().rposition(|&b| b == b':') {
-            Some(i) => (&a[..i], Some(&a[i + 1..])),
-            None => (a, None),
-        }
+        return Ok(());
     };
-    let host_ok = host
-        .iter()
-        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
-    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
-    host_ok && port_ok
+    if !valid_authority(a.as_str().as_bytes()) {
+        return bad("invalid request authority");
+    }
+    match req.headers().get(HOST) {
+        Some(h) if h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) => Ok(()),
+        // HTTP/2: `host` must name the entity `:authority` names.
+        Some(_) if req.version() == Version::HTTP_2 => bad("Host header differs from :authority"),
+        // HTTP/1 absolute form: the target's authority wins over `Host`.
+        _ => {
+            let value = HeaderValue::from_str(a.as_str())
+                .map_err(|_| Reject::close(GatewayError::BadRequest("invalid authority")))?;
+            req.headers_mut().insert(HOST, value);
+            Ok(())
+        }
+    }
 }
 
 /// The normalized form of `path`, or `None` when it is already normal. `Err` names why the path
@@ -128,11 +87,7 @@ pub fn normalize_path(
     opts: &PathNormalization,
 ) -> Result<Option<String>, &'static str> {
     let b = path.as_bytes();
-    let needs = b.contains(&b'%')
-        || b.contains(&b'\\')
-        || b.windows(2)
-            .any(|w| w == b"/." || (opts.merge_slashes && w == b"//"));
-    if !needs || !opts.normalize {
+    if !opts.normalize || !needs_normalizing(b, opts.merge_slashes) {
         return Ok(None);
     }
     if b.contains(&b'\\') && opts.escaped_slashes == EscapedSlashes::Reject {
@@ -146,6 +101,19 @@ pub fn normalize_path(
     // Only ASCII went in, and decoding only produced unreserved ASCII or kept escapes.
     let out = String::from_utf8(out).map_err(|_| "invalid request path")?;
     Ok((out != path).then_some(out))
+}
+
+/// One pass: an escape, a backslash, a segment starting with `.`, or (when merging) `//`.
+fn needs_normalizing(b: &[u8], merge_slashes: bool) -> bool {
+    let mut prev = 0u8;
+    for &c in b {
+        if c == b'%' || c == b'\\' || (prev == b'/' && (c == b'.' || (merge_slashes && c == b'/')))
+        {
+            return true;
+        }
+        prev = c;
+    }
+    false
 }
 
 /// Decode `%XX` escapes of unreserved characters (RFC 3986 §2.3); other escapes are kept, with
