@@ -111,6 +111,12 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
             format!("listeners[{i}].header_read_timeout"),
             l.header_read_timeout,
         );
+        if !l.http2_keepalive_interval.is_zero() {
+            c.positive(
+                format!("listeners[{i}].http2_keepalive_timeout"),
+                l.http2_keepalive_timeout,
+            );
+        }
         if let Some(tls) = &l.tls {
             for (key, p) in [("cert", &tls.cert), ("key", &tls.key)] {
                 if !p.is_file() {
