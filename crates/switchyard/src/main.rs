@@ -2,6 +2,7 @@
 //! lives in the crates.
 
 mod demo;
+mod file_watch;
 mod run;
 
 /// mimalloc's per-thread free lists suit a proxy's many short-lived, same-sized allocations
