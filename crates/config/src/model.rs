@@ -41,14 +41,26 @@ pub struct Config {
 pub struct Admin {
     #[serde(default = "default_admin_address")]
     pub address: SocketAddr,
+    /// A client that has not sent a complete request head within this time is disconnected.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Connections served at once; past it the admin listener stops accepting until one closes.
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for Admin {
     fn default() -> Self {
         Self {
             address: default_admin_address(),
+            header_read_timeout: default_header_read_timeout(),
+            max_connections: default_admin_max_connections(),
         }
     }
+}
+
+fn default_admin_max_connections() -> usize {
+    64
 }
 
 fn default_admin_address() -> SocketAddr {
