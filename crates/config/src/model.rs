@@ -143,6 +143,42 @@ pub struct Listener {
     /// (an internal gateway tier, a sidecar).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_headers: Vec<TrustedHeader>,
+    /// How request paths are normalized before routing (and forwarded normalized).
+    #[serde(default)]
+    pub path_normalization: PathNormalization,
+}
+
+/// Request path normalization (RFC 3986 §6.2.2), applied before routing; the upstream gets the
+/// normalized path, so what a route matched is what the backend sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathNormalization {
+    /// Decode escaped unreserved characters and remove `.` and `..` segments.
+    pub normalize: bool,
+    /// Merge repeated slashes (`//v1///chat` → `/v1/chat`).
+    pub merge_slashes: bool,
+    /// What an encoded slash or backslash (`%2F`, `%5C`, or a raw `\`) in a path does.
+    pub escaped_slashes: EscapedSlashes,
+}
+
+impl Default for PathNormalization {
+    fn default() -> Self {
+        Self {
+            normalize: true,
+            merge_slashes: false,
+            escaped_slashes: EscapedSlashes::Reject,
+        }
+    }
+}
+
+/// Encoded path separators: a backend that decodes them after routing could be steered
+/// elsewhere than the route allowed, so they are refused (400) unless kept or decoded on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashes {
+    Reject,
+    Keep,
+    Unescape,
 }
 
 /// A control header a listener may trust its clients with.

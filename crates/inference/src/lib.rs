@@ -24,6 +24,7 @@ pub mod model_rewrite;
 pub mod picker;
 pub mod prefix_index;
 pub mod prom_text;
+mod prompt_walk;
 pub mod request;
 pub mod request_pick;
 pub mod scorer;

@@ -5,8 +5,9 @@
 //! prefix-cache affinity, and `max_tokens` bounds the work. The Gateway API Inference Extension's
 //! endpoint picker (EPP) and the llm-d scheduler parse the same fields for the same reasons. We
 //! parse with `serde_json` into a struct that keeps only those fields (everything else is skipped,
-//! not built), and walk the three variable-shape fields (`prompt`, `messages`, `input`) by hand so
-//! that an error can say exactly which field is wrong.
+//! not built), and walk the three variable-shape fields (`prompt`, `messages`, `input`) by hand
+//! ([`crate::prompt_walk`]), straight from the body into the prompt text, so that a body costs at
+//! most its own size again whatever its shape, and an error can say exactly which field is wrong.
 //!
 //! No tokenizer is loaded. [`estimate_tokens`] and [`prompt_block_hashes`] approximate tokens
 //! as 4-character units, which is close to BPE tokenizers on English text and, more importantly,
@@ -15,8 +16,11 @@
 
 use std::fmt;
 
+use serde::de::{self, Deserializer};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::prompt_walk::{line_column, too_deep, PromptWalk, MAX_DEPTH};
 
 /// Which OpenAI API a request targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,18 +161,45 @@ impl RequestError {
     }
 }
 
-/// The fields we read; serde skips the rest without building them.
+/// The fields we read; serde skips the rest without building them. The variable-shape and
+/// free-text fields are kept as borrowed raw JSON (slices of the body) and read by
+/// [`PromptWalk`], so no field of any size or shape is built as a tree or copied twice.
 #[derive(Deserialize)]
-struct Body {
-    model: Option<Value>,
-    prompt: Option<Value>,
-    messages: Option<Value>,
-    input: Option<Value>,
+struct Body<'a> {
+    #[serde(borrow, default, deserialize_with = "raw")]
+    model: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw")]
+    prompt: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw")]
+    messages: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw")]
+    input: Option<&'a RawValue>,
     max_tokens: Option<u32>,
     max_completion_tokens: Option<u32>,
     stream: Option<bool>,
-    user: Option<String>,
-    lora: Option<String>,
+    #[serde(borrow, default, deserialize_with = "string_or_null")]
+    user: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "string_or_null")]
+    lora: Option<&'a RawValue>,
+}
+
+/// Any value; `null` is `None`, as for an absent field.
+fn raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    let raw = <&RawValue>::deserialize(d)?;
+    Ok((raw.get() != "null").then_some(raw))
+}
+
+/// A string (`null` is `None`), failing as `Option<String>` would on anything else.
+fn string_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    let raw = <&RawValue>::deserialize(d)?;
+    match raw.get().as_bytes().first() {
+        Some(b'"') => Ok(Some(raw)),
+        Some(b'n') => Ok(None),
+        _ => match String::deserialize(raw) {
+            Err(e) => Err(de::Error::custom(strip_position(&e))),
+            Ok(_) => Err(de::Error::custom("expected a string")),
+        },
+    }
 }
 
 /// Parse an OpenAI request body for `path`.
@@ -177,12 +208,7 @@ pub fn parse_openai(path: &str, body: &[u8]) -> Result<InferenceRequest, Request
         ApiKind::from_path(path).ok_or_else(|| RequestError::UnsupportedPath(path.to_string()))?;
     if let Some(i) = body.iter().position(|b| !b.is_ascii_whitespace()) {
         if body[i] != b'{' {
-            let line = 1 + body[..i].iter().filter(|&&b| b == b'\n').count();
-            let column = i - body[..i]
-                .iter()
-                .rposition(|&b| b == b'\n')
-                .map_or(0, |n| n + 1)
-                + 1;
+            let (line, column) = line_column(body, i);
             return Err(RequestError::InvalidJson {
                 line,
                 column,
@@ -190,8 +216,16 @@ pub fn parse_openai(path: &str, body: &[u8]) -> Result<InferenceRequest, Request
             });
         }
     }
+    if let Some(i) = too_deep(body, MAX_DEPTH) {
+        let (line, column) = line_column(body, i);
+        return Err(RequestError::InvalidJson {
+            line,
+            column,
+            message: "recursion limit exceeded".into(),
+        });
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed: Body = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let parsed: Body<'_> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let field = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_data() && field != "." {
@@ -212,41 +246,45 @@ pub fn parse_openai(path: &str, body: &[u8]) -> Result<InferenceRequest, Request
         column: e.column(),
         message: strip_position(&e),
     })?;
+    // Its scratch buffer (escaped keys) is no longer needed while we walk.
+    drop(de);
 
+    let mut walk = PromptWalk::new(body);
     let model = match parsed.model {
-        None | Some(Value::Null) => return Err(RequestError::MissingField("model")),
-        Some(Value::String(s)) if !s.is_empty() => s,
+        None => return Err(RequestError::MissingField("model")),
+        Some(m) if m.get().starts_with('"') && m.get() != "\"\"" => walk.owned_str(m)?,
         Some(_) => return Err(invalid("model", "expected a non-empty string")),
     };
-    let mut prompt = String::new();
-    let mut token_ids = 0usize;
+    let user = parsed.user.map(|u| walk.owned_str(u)).transpose()?;
+    let lora = parsed.lora.map(|l| walk.owned_str(l)).transpose()?;
     match kind {
         ApiKind::Completions => {
             let v = parsed.prompt.ok_or(RequestError::MissingField("prompt"))?;
-            text_input(&v, "prompt", &mut prompt, &mut token_ids)?;
+            walk.text_input(v, "prompt")?;
         }
         ApiKind::Embeddings => {
             let v = parsed.input.ok_or(RequestError::MissingField("input"))?;
-            text_input(&v, "input", &mut prompt, &mut token_ids)?;
+            walk.text_input(v, "input")?;
         }
         ApiKind::ChatCompletions => {
             let v = parsed
                 .messages
                 .ok_or(RequestError::MissingField("messages"))?;
-            chat_messages(&v, &mut prompt)?;
+            walk.chat_messages(v)?;
         }
     }
+    let prompt = walk.prompt;
     let prompt_tokens =
-        estimate_tokens(&prompt).saturating_add(u32::try_from(token_ids).unwrap_or(u32::MAX));
+        estimate_tokens(&prompt).saturating_add(u32::try_from(walk.token_ids).unwrap_or(u32::MAX));
     Ok(InferenceRequest {
         kind,
         model,
-        lora: parsed.lora,
+        lora,
         prompt,
         prompt_tokens,
         max_tokens: parsed.max_completion_tokens.or(parsed.max_tokens),
         stream: parsed.stream.unwrap_or(false),
-        user: parsed.user,
+        user,
     })
 }
 
@@ -264,94 +302,6 @@ fn strip_position(e: &serde_json::Error) -> String {
         Some(i) => s[..i].to_string(),
         None => s,
     }
-}
-
-/// A string, an array of strings, an array of token ids, or an array of token-id arrays.
-fn text_input(
-    v: &Value,
-    field: &str,
-    out: &mut String,
-    token_ids: &mut usize,
-) -> Result<(), RequestError> {
-    const EXPECTED: &str = "expected a string, an array of strings, or token ids";
-    match v {
-        Value::String(s) => out.push_str(s),
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                match item {
-                    Value::String(s) => {
-                        if i > 0 {
-                            out.push('\n');
-                        }
-                        out.push_str(s);
-                    }
-                    Value::Number(_) => *token_ids += 1,
-                    Value::Array(ids) if ids.iter().all(Value::is_number) => {
-                        *token_ids += ids.len();
-                    }
-                    _ => return Err(invalid(&format!("{field}[{i}]"), EXPECTED)),
-                }
-            }
-        }
-        _ => return Err(invalid(field, EXPECTED)),
-    }
-    Ok(())
-}
-
-/// `messages[]`: each `{role, content}` with content a string, null, or text parts.
-fn chat_messages(v: &Value, out: &mut String) -> Result<(), RequestError> {
-    let Value::Array(messages) = v else {
-        return Err(invalid("messages", "expected an array of messages"));
-    };
-    if messages.is_empty() {
-        return Err(invalid("messages", "expected at least one message"));
-    }
-    for (i, m) in messages.iter().enumerate() {
-        let Value::Object(m) = m else {
-            return Err(invalid(&format!("messages[{i}]"), "expected an object"));
-        };
-        let role = match m.get("role") {
-            Some(Value::String(r)) => r.as_str(),
-            _ => return Err(invalid(&format!("messages[{i}].role"), "expected a string")),
-        };
-        out.push_str(role);
-        out.push('\n');
-        match m.get("content") {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) => out.push_str(s),
-            Some(Value::Array(parts)) => {
-                for (j, part) in parts.iter().enumerate() {
-                    match part.get("type").and_then(Value::as_str) {
-                        Some("text") => match part.get("text") {
-                            Some(Value::String(t)) => out.push_str(t),
-                            _ => {
-                                return Err(invalid(
-                                    &format!("messages[{i}].content[{j}].text"),
-                                    "expected a string",
-                                ))
-                            }
-                        },
-                        // Images, audio and other parts carry no prefix text we can hash.
-                        Some(_) => {}
-                        None => {
-                            return Err(invalid(
-                                &format!("messages[{i}].content[{j}].type"),
-                                "expected a string",
-                            ))
-                        }
-                    }
-                }
-            }
-            Some(_) => {
-                return Err(invalid(
-                    &format!("messages[{i}].content"),
-                    "expected a string or an array of content parts",
-                ))
-            }
-        }
-        out.push('\n');
-    }
-    Ok(())
 }
 
 /// Characters per approximate token. BPE tokenizers for English average about four.

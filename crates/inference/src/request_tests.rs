@@ -1,5 +1,9 @@
 use super::*;
 use proptest::prelude::*;
+use serde_json::Value;
+
+#[path = "request_oracle.rs"]
+mod oracle;
 
 #[test]
 fn chat_with_string_and_parts() {
@@ -100,6 +104,211 @@ fn token_estimate_and_blocks() {
     );
 }
 
+#[test]
+fn role_is_written_first_whatever_the_key_order() {
+    let body = br#"{"messages":[{"content":"x","name":"n","role":"user"}],"model":"m"}"#;
+    let r = parse_openai("/v1/chat/completions", body).unwrap();
+    assert_eq!(r.prompt, "user\nx\n");
+    // A repeated key keeps its last value, as a JSON object does.
+    let body =
+        br#"{"model":"m","messages":[{"role":"a","role":"b","content":[1],"content":null}]}"#;
+    let r = parse_openai("/v1/chat/completions", body).unwrap();
+    assert_eq!(r.prompt, "b\n\n");
+}
+
+#[test]
+fn escapes_in_keys_and_values_are_read() {
+    let body = br#"{"m\u006fdel":"m\u00e9","user":"u\"1","messages":[{"r\u006fle":"us\u0065r",
+        "content":[{"t\u0079pe":"t\u0065xt","text":"a\nb\ud83d\ude00"}]}]}"#;
+    let r = parse_openai("/v1/chat/completions", body).unwrap();
+    assert_eq!(r.model, "m\u{e9}");
+    assert_eq!(r.user.as_deref(), Some("u\"1"));
+    assert_eq!(r.prompt, "user\na\nb\u{1F600}\n");
+}
+
+#[test]
+fn unpaired_surrogates_are_invalid_json_with_a_position() {
+    let body = b"{\"model\":\"m\",\n\"prompt\":\"ab\\ud83d\"}";
+    let e = parse_openai("/v1/completions", body).unwrap_err();
+    assert_eq!(
+        e,
+        RequestError::InvalidJson {
+            line: 2,
+            column: 13,
+            message: "unpaired surrogate in hex escape".into()
+        }
+    );
+    // The tree-building parser rejected them too (in its own words).
+    assert!(matches!(
+        oracle::parse_with_tree("/v1/completions", body),
+        Err(RequestError::InvalidJson { line: 2, .. })
+    ));
+}
+
+#[test]
+fn free_text_fields_fail_as_strings_would() {
+    let e = parse_openai("/v1/completions", br#"{"model":"m","prompt":"x","user":1}"#);
+    assert_eq!(
+        e,
+        oracle::parse_with_tree("/v1/completions", br#"{"model":"m","prompt":"x","user":1}"#)
+    );
+    assert_eq!(e.unwrap_err().param(), Some("user"));
+    for model in ["1", "\"\"", "[]"] {
+        let body = format!(r#"{{"model":{model},"prompt":"x"}}"#);
+        let e = parse_openai("/v1/completions", body.as_bytes()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid field model: expected a non-empty string"
+        );
+    }
+}
+
+#[test]
+fn nesting_deeper_than_serde_json_allows_is_refused_anywhere() {
+    let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+    for (path, body) in [
+        (
+            "/v1/completions",
+            format!(r#"{{"model":"m","prompt":{}}}"#, deep(100_000)),
+        ),
+        (
+            "/v1/chat/completions",
+            format!(
+                r#"{{"model":"m","messages":[{{"role":"u","content":"x","tool_calls":{}}}]}}"#,
+                deep(200)
+            ),
+        ),
+        (
+            "/v1/embeddings",
+            format!(r#"{{"model":"m","input":"x","x":{}}}"#, deep(128)),
+        ),
+    ] {
+        let e = parse_openai(path, body.as_bytes()).unwrap_err();
+        assert!(
+            matches!(&e, RequestError::InvalidJson { line: 1, message, .. } if message == "recursion limit exceeded"),
+            "{e:?}"
+        );
+    }
+    // Brackets inside strings do not count; 128 levels in all is the limit.
+    let body = format!(r#"{{"model":"m","input":"[[[[\"{{{{","x":{}}}"#, deep(127));
+    assert!(parse_openai("/v1/embeddings", body.as_bytes()).is_ok());
+}
+
+#[test]
+fn the_prompt_never_holds_more_than_the_body() {
+    let body = format!(r#"{{"model":"m","prompt":"{}"}}"#, "a".repeat(5000));
+    let r = parse_openai("/v1/completions", body.as_bytes()).unwrap();
+    assert_eq!(r.prompt.len(), 5000);
+    assert!(r.prompt.capacity() <= body.len());
+    let items = vec![r#""abcdefgh""#; 1000].join(",");
+    let body = format!(r#"{{"model":"m","input":[{items}]}}"#);
+    let r = parse_openai("/v1/embeddings", body.as_bytes()).unwrap();
+    assert_eq!(r.prompt.len(), 1000 * 9 - 1);
+    assert!(r.prompt.capacity() <= body.len());
+}
+
+/// JSON text shaped like an OpenAI body: objects whose keys are the ones the parser looks for,
+/// in any order and possibly repeated, and leaves of every type.
+fn request_like_json() -> impl Strategy<Value = String> {
+    let keys = prop::sample::select(vec![
+        "model",
+        "prompt",
+        "messages",
+        "input",
+        "role",
+        "content",
+        "type",
+        "text",
+        "user",
+        "lora",
+        "max_tokens",
+        "stream",
+        "image_url",
+        "x",
+    ]);
+    let string = prop_oneof![
+        prop::sample::select(vec!["text", "user", "m", "", "image_url"]).prop_map(str::to_string),
+        r#"[a-c \n"\\é😀]{0,5}"#,
+    ]
+    .prop_map(|s| serde_json::to_string(&s).unwrap());
+    let leaf = prop_oneof![
+        Just("null".to_string()),
+        Just("true".to_string()),
+        (-2i64..70_000).prop_map(|n| n.to_string()),
+        Just("1.5".to_string()),
+        string.clone(),
+    ];
+    let value = leaf.prop_recursive(4, 24, 4, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(|v| format!("[{}]", v.join(","))),
+            prop::collection::vec((keys.clone(), inner), 0..4).prop_map(|entries| {
+                let entries: Vec<_> = entries
+                    .iter()
+                    .map(|(k, v)| format!("\"{k}\":{v}"))
+                    .collect();
+                format!("{{{}}}", entries.join(","))
+            }),
+        ]
+    });
+    // Well-formed messages too, or the random ones above would almost never parse.
+    let part = (
+        prop::sample::select(vec!["text", "image_url"]),
+        value.clone(),
+    )
+        .prop_map(|(kind, text)| format!(r#"{{"type":"{kind}","text":{text}}}"#));
+    let content = prop_oneof![
+        value.clone(),
+        prop::collection::vec(part, 0..3).prop_map(|p| format!("[{}]", p.join(","))),
+    ];
+    let role = prop_oneof![3 => string.clone(), 1 => value.clone()];
+    let message = (role, content, prop::bool::ANY).prop_map(|(role, content, swap)| {
+        if swap {
+            format!(r#"{{"content":{content},"role":{role}}}"#)
+        } else {
+            format!(r#"{{"role":{role},"content":{content}}}"#)
+        }
+    });
+    let messages = prop::collection::vec(message, 1..4).prop_map(|m| format!("[{}]", m.join(",")));
+    let top_keys = prop::sample::select(vec![
+        "prompt",
+        "messages",
+        "input",
+        "user",
+        "lora",
+        "max_tokens",
+        "stream",
+        "x",
+    ]);
+    let text_item = prop_oneof![
+        string.clone(),
+        (0u32..70_000).prop_map(|n| n.to_string()),
+        prop::collection::vec(0u32..9, 0..3).prop_map(|ids| format!("{ids:?}").replace(' ', "")),
+    ];
+    let text = prop_oneof![
+        string,
+        prop::collection::vec(text_item, 0..4).prop_map(|v| format!("[{}]", v.join(","))),
+    ];
+    let entry = prop_oneof![
+        (top_keys, value),
+        messages.prop_map(|m| ("messages", m)),
+        (prop::sample::select(vec!["prompt", "input"]), text),
+    ];
+    (prop::collection::vec(entry, 0..4), prop::bool::ANY).prop_map(|(entries, escape)| {
+        let mut body = String::from(r#"{"model":"m""#);
+        for (k, v) in entries {
+            body.push_str(&format!(",\"{k}\":{v}"));
+        }
+        body.push('}');
+        if escape {
+            // The same text as `\u` escapes, a surrogate pair for the non-BMP character.
+            body = body
+                .replace('\u{e9}', r"\u00e9")
+                .replace('\u{1F600}', r"\ud83d\ude00");
+        }
+        body
+    })
+}
+
 proptest! {
     #[test]
     fn parser_never_panics(body in proptest::collection::vec(any::<u8>(), 0..256)) {
@@ -111,6 +320,19 @@ proptest! {
     fn parser_never_panics_on_jsonish(body in r#"\{"model":"m","(prompt|messages|input)":[\[\]{}"a-z:,0-9 ]{0,40}\}"#) {
         let _ = parse_openai("/v1/chat/completions", body.as_bytes());
         let _ = parse_openai("/v1/embeddings", body.as_bytes());
+    }
+
+    /// The parser reads bodies exactly as the tree-building parser it replaced: the same request,
+    /// or the same error, on every path.
+    #[test]
+    fn reads_bodies_as_the_tree_parser_did(body in request_like_json()) {
+        for path in ["/v1/completions", "/v1/chat/completions", "/v1/embeddings"] {
+            prop_assert_eq!(
+                parse_openai(path, body.as_bytes()),
+                oracle::parse_with_tree(path, body.as_bytes()),
+                "{} {}", path, body
+            );
+        }
     }
 
     #[test]

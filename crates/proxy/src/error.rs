@@ -21,6 +21,8 @@ pub enum GatewayError {
     /// The client did not send the body the gateway reads whole within `body_read_timeout`.
     BodyTimeout,
     BadRequest(&'static str),
+    /// A method or transfer coding the gateway does not forward (501).
+    NotImplemented(&'static str),
     /// A circuit breaker or the concurrency limit refused the request; names which.
     Overflow(&'static str),
     /// A sheddable request met a saturated pool.
@@ -42,6 +44,7 @@ impl GatewayError {
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -57,6 +60,7 @@ impl GatewayError {
             Self::BodyTooLarge => "body_too_large",
             Self::BodyTimeout => "body_timeout",
             Self::BadRequest(_) => "bad_request",
+            Self::NotImplemented(_) => "not_implemented",
             Self::Overflow(_) => "overflow",
             Self::Shed => "shed",
             Self::TenantQueueFull => "tenant_queue_full",
@@ -75,7 +79,7 @@ impl GatewayError {
             Self::BodyTimeout => {
                 "the request body did not arrive within the route's body_read_timeout"
             }
-            Self::BadRequest(why) => why,
+            Self::BadRequest(why) | Self::NotImplemented(why) => why,
             Self::Overflow(_) => "the pool is at its configured limit",
             Self::Shed => "the pool is saturated and this request is sheddable; retry later",
             Self::TenantQueueFull => {
@@ -92,7 +96,8 @@ impl GatewayError {
             Self::NoEndpoint | Self::ConnectFailed | Self::UpstreamReset | Self::Overflow(_) => 14, // UNAVAILABLE
             Self::Timeout | Self::BodyTimeout => 4, // DEADLINE_EXCEEDED
             Self::HeadersTooLarge | Self::BodyTooLarge | Self::Shed | Self::TenantQueueFull => 8, // RESOURCE_EXHAUSTED
-            Self::BadRequest(_) => 13, // INTERNAL
+            Self::BadRequest(_) => 13,     // INTERNAL
+            Self::NotImplemented(_) => 12, // UNIMPLEMENTED
         }
     }
 

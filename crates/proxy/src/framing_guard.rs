@@ -8,12 +8,13 @@
 //! both framing headers. The service then answers 400 and closes.
 //!
 //! The tracker never changes or delays bytes. It costs one header parse per request head and a
-//! few branches per body read. HTTP/2 connections (detected by the preface) and upgraded
-//! connections are passed through untouched.
+//! few branches per body read. HTTP/2 connections (detected by the preface) and connections the
+//! service switched to another protocol are passed through untouched; a refused upgrade is not a
+//! switch, and the connection's next request is checked like any other.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -26,6 +27,8 @@ pub struct FramingFlags {
     conflict_at: AtomicU64,
     /// Requests the service has seen on this connection.
     served: AtomicU64,
+    /// The service switched this connection to another protocol (a `101` it passed on).
+    upgraded: AtomicBool,
 }
 
 impl Default for FramingFlags {
@@ -33,6 +36,7 @@ impl Default for FramingFlags {
         Self {
             conflict_at: AtomicU64::new(u64::MAX),
             served: AtomicU64::new(0),
+            upgraded: AtomicBool::new(false),
         }
     }
 }
@@ -42,6 +46,11 @@ impl FramingFlags {
     pub fn next_request_conflicts(&self) -> bool {
         let index = self.served.fetch_add(1, Ordering::Relaxed);
         self.conflict_at.load(Ordering::Relaxed) == index
+    }
+
+    /// The connection switched protocols: what follows is not HTTP/1 and is not tracked.
+    pub fn mark_upgraded(&self) {
+        self.upgraded.store(true, Ordering::Relaxed);
     }
 }
 
@@ -73,6 +82,9 @@ pub struct Tracker {
     head: Vec<u8>,
     index: u64,
     flags: Arc<FramingFlags>,
+    /// The last request asked to upgrade: the next bytes are HTTP/1 again unless the service
+    /// switched protocols. A refused upgrade leaves an HTTP/1 connection that is still checked.
+    upgrade_pending: bool,
 }
 
 impl Tracker {
@@ -84,6 +96,7 @@ impl Tracker {
             // from the next request the service will see.
             index: flags.served.load(Ordering::Relaxed),
             flags,
+            upgrade_pending: false,
         }
     }
 
@@ -107,6 +120,13 @@ impl Tracker {
                     }
                 }
                 State::Head => {
+                    if self.upgrade_pending {
+                        if self.flags.upgraded.load(Ordering::Relaxed) {
+                            self.state = State::Passthrough;
+                            return;
+                        }
+                        self.upgrade_pending = false;
+                    }
                     // Skip blank lines between messages (RFC 9112 §2.2).
                     if self.head.is_empty() {
                         let skip = buf
@@ -223,9 +243,8 @@ impl Tracker {
             // hyper will answer 400 and close.
             return State::Passthrough;
         }
-        if req.method == Some("CONNECT") {
-            return State::Passthrough;
-        }
+        // CONNECT is refused and its connection closed by the service (`pipeline/shape.rs`); its
+        // framing is tracked like any other request's until then.
         let mut content_length: Option<u64> = None;
         let mut chunked = false;
         let mut te = false;
@@ -253,9 +272,11 @@ impl Tracker {
             self.flags.conflict_at.store(index, Ordering::Relaxed);
             return State::Passthrough;
         }
-        if upgrade || (te && !chunked) {
+        if te && !chunked {
+            // hyper answers 400 and closes.
             return State::Passthrough;
         }
+        self.upgrade_pending = upgrade;
         if chunked {
             State::ChunkSize {
                 size: 0,
@@ -363,6 +384,30 @@ mod tests {
         }
         let at = flags.conflict_at.load(Ordering::Relaxed);
         ((at != u64::MAX).then_some(at), t.index)
+    }
+
+    const UPGRADE: &[u8] =
+        b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
+    const SMUGGLE: &[u8] = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n";
+
+    #[test]
+    fn a_refused_upgrade_leaves_the_connection_checked() {
+        let stream = [UPGRADE, SMUGGLE].concat();
+        for step in 1..stream.len() {
+            assert_eq!(run(&stream, step).0, Some(1), "step {step}");
+        }
+    }
+
+    #[test]
+    fn a_switched_connection_is_not_parsed() {
+        let flags = Arc::new(FramingFlags::default());
+        let mut t = Tracker::new(flags.clone());
+        t.advance(UPGRADE);
+        flags.mark_upgraded();
+        // Tunnel bytes that happen to look like a smuggling head are not HTTP/1 any more.
+        t.advance(SMUGGLE);
+        assert!(matches!(t.state, State::Passthrough));
+        assert_eq!(flags.conflict_at.load(Ordering::Relaxed), u64::MAX);
     }
 
     const PIPELINE: &[u8] = b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhelloPOST /b HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nx-trailer: 1\r\n\r\nGET /c HTTP/1.1\r\nhost: x\r\n\r\nPOST /d HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n";

@@ -38,6 +38,10 @@ pub struct RequestScan {
     /// Any `x-forwarded-for` or `x-forwarded-proto` header (replaced, not appended).
     pub forwarded_headers: bool,
     pub host: bool,
+    /// How many `Host` headers (more than one is a bad request).
+    pub hosts: u8,
+    /// `Transfer-Encoding` names a coding other than `chunked` (RFC 9112 §6.1: 501).
+    pub unknown_coding: bool,
     /// Any hop-by-hop header (RFC 9110 §7.6.1), `Connection` included.
     pub hop_by_hop: bool,
     /// `Upgrade` present and `Connection` lists `upgrade`.
@@ -66,6 +70,7 @@ impl RequestScan {
                 scan.grpc = value.as_bytes().starts_with(b"application/grpc");
             } else if name == HOST {
                 scan.host = true;
+                scan.hosts = scan.hosts.saturating_add(1);
             } else if name == CONNECTION {
                 scan.hop_by_hop = true;
                 connection_upgrade |= has_token(value, "upgrade");
@@ -75,7 +80,13 @@ impl RequestScan {
             } else if name == TE {
                 scan.hop_by_hop = true;
                 scan.trailers |= has_token(value, "trailers");
-            } else if name == TRANSFER_ENCODING || name == KEEP_ALIVE || name == PROXY_CONNECTION {
+            } else if name == TRANSFER_ENCODING {
+                scan.hop_by_hop = true;
+                scan.unknown_coding |= value
+                    .as_bytes()
+                    .split(|&b| b == b',')
+                    .any(|t| !t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            } else if name == KEEP_ALIVE || name == PROXY_CONNECTION {
                 scan.hop_by_hop = true;
             } else if name == EXPECT {
                 scan.expect = true;

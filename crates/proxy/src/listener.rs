@@ -152,6 +152,7 @@ impl AcceptLoop {
                 max_headers: self.spec.max_headers,
                 access_log: self.spec.access_log,
                 trust: Trust::of(&self.spec.trusted_headers),
+                paths: self.spec.path_normalization,
             });
             let bounds = Bounds {
                 header_read: self.spec.header_read_timeout,
@@ -228,7 +229,6 @@ async fn serve_connection(
             drive(conn, shutdown, &activity, bounds).await;
         }
         Some(acceptor) => {
-            let stream = Guarded::new(stream, framing);
             let tls = match tokio::time::timeout(bounds.header_read, acceptor.accept(stream)).await
             {
                 Ok(Ok(s)) => s,
@@ -238,7 +238,9 @@ async fn serve_connection(
                 }
                 Err(_) => return,
             };
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+            // The guard reads the decrypted bytes: under TLS it would see only ciphertext.
+            let io = Guarded::new(tls, framing);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
             drive(conn, shutdown, &activity, bounds).await;
         }
     }

@@ -157,3 +157,93 @@ fn chat_request(
     ))))
     .unwrap()
 }
+
+/// A gateway with one route, `/v1/` only, in front of an origin that describes what it got.
+fn v1_only(origin: SocketAddr) -> String {
+    format!(
+        "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: false}}\nlisteners:\n  - {{name: public, address: 127.0.0.1:0}}\nroutes:\n  - {{name: v1, match: {{path_prefix: /v1/}}, pool: p}}\npools:\n  - {{name: p, endpoints: [{origin}]}}\n"
+    )
+}
+
+/// The JSON the echo origin answered, from a raw HTTP/1.1 response.
+fn echoed(resp: &str) -> serde_json::Value {
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|_| panic!("not an echo: {resp}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_are_normalized_before_routing_and_forwarded_normalized() {
+    let origin = support::origin::Origin::start();
+    let gw = Gateway::start(&v1_only(origin.addr));
+    let get = |path: &str| {
+        raw_exchange(
+            gw.addr(),
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+            Duration::from_secs(30),
+        )
+    };
+    // Traversals out of /v1/ no longer match it.
+    for path in [
+        "/v1/../internal/x",
+        "/v1/%2e%2e/internal",
+        "/v1/./../internal",
+    ] {
+        let resp = get(path);
+        assert!(resp.starts_with("HTTP/1.1 404"), "{path}: {resp}");
+    }
+    // Encoded separators are refused outright.
+    for path in ["/v1/..%2finternal", "/v1/..%5Cinternal", "/v1/a%2"] {
+        let resp = get(path);
+        assert!(resp.starts_with("HTTP/1.1 400"), "{path}: {resp}");
+    }
+    assert_eq!(origin.hits(), 0, "a refused path reached the upstream");
+    // What matched is what the upstream sees.
+    let resp = get("/v1/x/../%63hat?q=%2e");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(echoed(&resp)["path"], "/v1/chat", "{resp}");
+    assert!(echoed(&resp)["uri"]
+        .as_str()
+        .unwrap()
+        .ends_with("/v1/chat?q=%2e"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_authority_is_validated_and_sent_upstream() {
+    let origin = support::origin::Origin::start();
+    let gw = Gateway::start(&v1_only(origin.addr));
+    let send = |raw: &str| raw_exchange(gw.addr(), raw.as_bytes(), Duration::from_secs(30));
+    for bad in [
+        "GET /v1/a HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n",
+        "GET /v1/a HTTP/1.1\r\nconnection: close\r\n\r\n",
+        "GET /v1/a HTTP/1.1\r\nhost: a@b\r\n\r\n",
+        "GET /v1/a HTTP/1.1\r\nhost: a b\r\n\r\n",
+    ] {
+        let resp = send(bad);
+        assert!(resp.starts_with("HTTP/1.1 400"), "{bad:?}: {resp}");
+    }
+    assert_eq!(origin.hits(), 0);
+    // `Connection: host` does not strip the Host the route saw.
+    let resp = send("GET /v1/a HTTP/1.1\r\nhost: api.example\r\nconnection: host, close\r\n\r\n");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(echoed(&resp)["headers"]["host"], "api.example", "{resp}");
+    // An absolute-form target's authority replaces Host (RFC 9112 §3.2.2).
+    let resp = send(
+        "GET http://real.example/v1/a HTTP/1.1\r\nhost: decoy.example\r\nconnection: close\r\n\r\n",
+    );
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(echoed(&resp)["headers"]["host"], "real.example", "{resp}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_and_unknown_codings_are_refused_not_reshaped() {
+    let origin = support::origin::Origin::start();
+    let gw = Gateway::start(&v1_only(origin.addr));
+    for raw in [
+        "CONNECT origin.example:443 HTTP/1.1\r\nhost: origin.example:443\r\n\r\n",
+        "POST /v1/a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    ] {
+        let resp = raw_exchange(gw.addr(), raw.as_bytes(), Duration::from_secs(30));
+        assert!(resp.starts_with("HTTP/1.1 501"), "{raw:?}: {resp}");
+    }
+    assert_eq!(origin.hits(), 0, "a refused request reached the upstream");
+}

@@ -96,6 +96,30 @@ async fn tls_with_alpn_h2_and_http11() {
     assert_eq!(resp.status(), 200);
 }
 
+#[tokio::test]
+async fn smuggling_shapes_over_tls_are_refused_like_plain_ones() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, der) = tls_files(dir.path());
+    let yaml = format!(
+        "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: false}}\nlisteners:\n  - name: public\n    address: 127.0.0.1:0\n    tls: {{cert: {}, key: {}}}\nroutes:\n  - {{name: r, match: {{path_prefix: /}}, pool: p}}\npools:\n  - {{name: p, endpoints: [{}]}}\n",
+        cert.display(),
+        key.display(),
+        origin.addr
+    );
+    let gw = Gateway::start(&yaml);
+    let mut tls = tls_connect(gw.addr(), &der, b"http/1.1").await;
+    tls.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    let resp = String::from_utf8_lossy(&out);
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert_eq!(origin.hits(), 0, "CL+TE over TLS reached the upstream");
+}
+
 fn grpc_request(url: String, timeout: Option<&str>) -> http::Request<Full<Bytes>> {
     let mut b = http::Request::post(url)
         .header("content-type", "application/grpc")

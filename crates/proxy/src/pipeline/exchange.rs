@@ -30,6 +30,8 @@ pub struct ConnContext {
     pub framing: Arc<crate::framing_guard::FramingFlags>,
     /// Which control headers this listener's clients are trusted with.
     pub trust: Trust,
+    /// How this listener normalizes request paths.
+    pub paths: switchyard_config::PathNormalization,
 }
 
 /// The control headers a listener honours from its clients (`listeners[].trusted_headers`).

@@ -2,7 +2,8 @@
 //! is the list of stages in the order a request meets them; each stage is a file here, and a
 //! stage that refuses a request returns a [`Reject`] (or answers itself with [`Stop::Respond`]):
 //!
-//! 1. `shape.rs`: limits and request shape (431, 400 and close)
+//! 1. `shape.rs`: limits and request shape (431, 400 and close, 501); `target.rs`: one
+//!    validated authority and a normalized path, for routing and upstream alike
 //! 2. `route.rs`: the first matching route (after reading the model when routes need it), and
 //!    its target, drawn by weight
 //! 3. `admit.rs`: circuit breaker, concurrency limit with its fair queue (503, 429)
@@ -32,6 +33,7 @@ mod response;
 mod retry;
 mod route;
 mod shape;
+mod target;
 
 use http::Response;
 
@@ -67,6 +69,7 @@ async fn forward(
     downstream: Downstream,
 ) -> Result<Response<ResponseBody>, Stop> {
     let shape = shape::check(rx, &req)?;
+    target::check(rx, &mut req)?;
     let (pre_read, model) = if gateway.needs_model {
         model::read_model(gateway, &mut req, shape).await?
     } else {
@@ -79,7 +82,12 @@ async fn forward(
     let upgrade = head.upgrade.is_some();
     let path = head.parts.uri.path();
     let mut body = request_body::prepare(to, path, body, shape, upgrade).await?;
-    let parsed = model::read_and_rewrite(rx, to, &mut head, &mut body, model)?;
+    let parsed = if head.upgrade.is_none() && to.inference_api(head.parts.uri.path()) {
+        Some(model::parse_openai(rx, &head, &body).await?)
+    } else {
+        None
+    };
+    let parsed = model::read_and_rewrite(rx, to, &mut head, &mut body, model, parsed)?;
     let mut admitted = admit::admit(rx, to, &head.parts.headers).await?;
     let priority = admit::priority(rx, to);
     let first = pick::first_pick(rx, to, parsed.as_ref(), priority)?;

@@ -78,30 +78,52 @@ pub(crate) fn body_model(bytes: &[u8]) -> Option<String> {
 
 /// Parse the OpenAI body of an `inference` pool (a malformed one is answered 400 in the OpenAI
 /// shape), learn the request's model, and apply the target's model rewrite.
+/// Bodies larger than this are parsed on the blocking pool: parsing costs 2–8 ms per MiB
+/// (docs/benchmarks.md), and a worker parsing a 16 MiB body inline would hold up every other
+/// request on it for ~100 ms.
+const INLINE_PARSE_BYTES: usize = 256 * 1024;
+
+/// The OpenAI body of a request the `inference` picker scores, parsed once (a malformed one is
+/// answered 400 in the OpenAI shape). Only called for such requests.
+pub(crate) async fn parse_openai(
+    rx: &Exchange<'_>,
+    head: &UpstreamHead,
+    body: &RequestBody,
+) -> Result<InferenceRequest, Stop> {
+    let bytes = body.buffered().unwrap_or_default();
+    let path = head.parts.uri.path();
+    let parsed = if bytes.len() <= INLINE_PARSE_BYTES {
+        switchyard_inference::parse_openai(path, &bytes)
+    } else {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || switchyard_inference::parse_openai(&path, &bytes))
+            .await
+            .map_err(|_| {
+                Stop::Reject(Reject::keep(GatewayError::BadRequest("body parse failed")))
+            })?
+    };
+    parsed.map_err(|e| {
+        let resp = openai_error(&e, &rx.request_id);
+        Stop::Respond(Box::new(resp), Some("bad_inference_request"))
+    })
+}
+
+/// Learn the request's model (from the parsed OpenAI body, or the body's `model` for a rewrite)
+/// and apply the target's model rewrite.
 pub(crate) fn read_and_rewrite(
     rx: &mut Exchange<'_>,
     to: Routed<'_>,
     head: &mut UpstreamHead,
     body: &mut RequestBody,
     mut model: Option<RequestedModel>,
+    mut parsed: Option<InferenceRequest>,
 ) -> Result<Option<InferenceRequest>, Stop> {
     if head.upgrade.is_some() {
         return Ok(None);
     }
     let rewrite = to.target.model.as_ref();
-    let mut parsed = None;
-    if to.inference_api(head.parts.uri.path()) {
-        let bytes = body.buffered().unwrap_or_default();
-        match switchyard_inference::parse_openai(head.parts.uri.path(), &bytes) {
-            Ok(p) => {
-                model = Some(RequestedModel::Body(p.model.clone()));
-                parsed = Some(p);
-            }
-            Err(e) => {
-                let resp = openai_error(&e, &rx.request_id);
-                return Err(Stop::Respond(Box::new(resp), Some("bad_inference_request")));
-            }
-        }
+    if let Some(p) = &parsed {
+        model = Some(RequestedModel::Body(p.model.clone()));
     } else if rewrite.is_some() && !matches!(model, Some(RequestedModel::Body(_))) {
         // A rewrite reads the model from the body even when the route did not need it.
         model = body

@@ -34,6 +34,11 @@ pub fn rewrite(
         None
     };
     let (mut parts, body) = req.into_parts();
+    // `Connection: host` would strip the one validated `Host`; it goes back after stripping.
+    let kept_host = scan
+        .hop_by_hop
+        .then(|| parts.headers.get(HOST).cloned())
+        .flatten();
     let body = match pre_read {
         Some(bytes) => InBody::Buffered(bytes),
         None => InBody::Incoming(body),
@@ -44,6 +49,9 @@ pub fn rewrite(
         parts
             .headers
             .insert(TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(h) = kept_host {
+        parts.headers.insert(HOST, h);
     }
     host(rx, &mut parts);
     headers::set_forwarded(&mut parts.headers, scan, &rx.conn.client_ip, rx.conn.https);

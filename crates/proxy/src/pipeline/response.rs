@@ -43,6 +43,7 @@ pub fn stream_back(
     rx.finish.set_upstream(in_flight, &pool.health, index);
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_side) = added.upgrade {
+            rx.conn.framing.mark_upgraded();
             let upstream_side = hyper::upgrade::on(&mut resp);
             tokio::spawn(tunnel(client_side, upstream_side));
         }

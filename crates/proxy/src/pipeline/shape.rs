@@ -30,6 +30,20 @@ pub fn check<B>(rx: &Exchange<'_>, req: &Request<B>) -> Result<Shape, Reject> {
             "both Content-Length and Transfer-Encoding are present",
         )));
     }
+    if req.method() == http::Method::CONNECT {
+        // Tunnels are not forwarded (a CONNECT's target is not a path a route could match);
+        // what follows it on the connection is tunnel data, so close.
+        return Err(Reject::close(GatewayError::NotImplemented(
+            "CONNECT is not supported",
+        )));
+    }
+    if scan.unknown_coding {
+        // RFC 9112 §6.1: a transfer coding the gateway cannot decode; forwarding the body as
+        // plain chunked would change its meaning.
+        return Err(Reject::close(GatewayError::NotImplemented(
+            "unsupported Transfer-Encoding",
+        )));
+    }
     let content_length = match scan.content_length {
         None => None,
         Some(Ok(n)) => Some(n),
