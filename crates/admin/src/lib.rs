@@ -5,19 +5,32 @@
 //! - `GET /live`: 200 while the process runs
 //! - `GET /config`: the effective config as JSON
 //! - `GET /pools`: pools, endpoints and their live state as JSON
+//!
+//! The admin port is for operators and scrapers, but it is a port all the same: a request head
+//! must arrive within `admin.header_read_timeout` and fit in 16 KiB, a connection with nothing in
+//! flight is closed after the same time, and at most `admin.max_connections` are served at once
+//! (past that the listener stops accepting, as HAProxy does at `maxconn`, and the kernel's
+//! backlog holds the rest).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use switchyard_proxy::connection_idle::{Activity, Tracked};
 use switchyard_proxy::GatewayHandle;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Largest admin request head (request line and headers), in bytes.
+pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
 
 /// Shared admin state.
 pub struct Admin {
@@ -37,27 +50,49 @@ impl Admin {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
-    /// Serve admin requests on `listener` until the task is dropped.
+    /// Serve admin requests on `listener` until the task is dropped, with the limits of the
+    /// config it started with (admin settings change only on restart).
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let settings = self.handle.load().config.admin.clone();
+        let header_read = settings.header_read_timeout;
+        let slots = Arc::new(Semaphore::new(settings.max_connections));
+        let builder = Arc::new(connection_builder(header_read));
         loop {
+            // At the cap, wait for a connection to close before accepting the next.
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let (stream, _) = match listener.accept().await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
             let _ = stream.set_nodelay(true);
             let admin = self.clone();
+            let builder = builder.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.route(req)) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let _slot = slot;
+                let activity = Activity::new();
+                let svc = {
+                    let activity = activity.clone();
+                    hyper::service::service_fn(move |req| {
+                        let in_flight = activity.start();
+                        let response = admin.route(req).map(|b| Tracked::new(b, in_flight));
+                        async move { Ok::<_, Infallible>(response) }
+                    })
+                };
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = activity.idle(header_read, Some(header_read)) => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(header_read, conn).await;
+                    }
+                }
             });
         }
     }
@@ -175,6 +210,21 @@ impl Admin {
             .collect();
         serde_json::json!({ "pools": pools })
     }
+}
+
+fn connection_builder(header_read: Duration) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read)
+        .max_buf_size(MAX_REQUEST_HEAD);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_REQUEST_HEAD as u32)
+        .max_concurrent_streams(16)
+        .keep_alive_interval(Some(header_read))
+        .keep_alive_timeout(header_read);
+    b
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -41,14 +41,26 @@ pub struct Config {
 pub struct Admin {
     #[serde(default = "default_admin_address")]
     pub address: SocketAddr,
+    /// A client that has not sent a complete request head within this time is disconnected.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Connections served at once; past it the admin listener stops accepting until one closes.
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for Admin {
     fn default() -> Self {
         Self {
             address: default_admin_address(),
+            header_read_timeout: default_header_read_timeout(),
+            max_connections: default_admin_max_connections(),
         }
     }
+}
+
+fn default_admin_max_connections() -> usize {
+    64
 }
 
 fn default_admin_address() -> SocketAddr {
@@ -112,6 +124,16 @@ pub struct Listener {
     /// HTTP/2: streams one connection may have open at once.
     #[serde(default = "default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
+    /// A connection with no request in flight for this long is closed (HTTP/2 with GOAWAY).
+    /// `0s` disables it.
+    #[serde(default = "default_connection_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// HTTP/2: PING the client after this long without a frame from it; `0s` disables pings.
+    #[serde(default = "default_http2_keepalive_interval", with = "humantime_serde")]
+    pub http2_keepalive_interval: Duration,
+    /// HTTP/2: close the connection when a PING is not acknowledged within this time.
+    #[serde(default = "default_http2_keepalive_timeout", with = "humantime_serde")]
+    pub http2_keepalive_timeout: Duration,
     /// Write one JSON line per request to stdout.
     #[serde(default)]
     pub access_log: bool,
@@ -181,6 +203,15 @@ fn default_header_read_timeout() -> Duration {
 }
 fn default_max_concurrent_streams() -> u32 {
     100
+}
+fn default_connection_idle_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_http2_keepalive_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_http2_keepalive_timeout() -> Duration {
+    Duration::from_secs(20)
 }
 
 /// TLS termination settings: PEM certificate chain and private key.

@@ -68,6 +68,13 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
             .enumerate()
             .map(|(i, l)| (format!("listeners[{i}].name"), l.name.as_str())),
     );
+    c.positive(
+        "admin.header_read_timeout".to_string(),
+        config.admin.header_read_timeout,
+    );
+    if config.admin.max_connections == 0 {
+        c.error("admin.max_connections".to_string(), "must be at least 1");
+    }
     let mut addresses = HashMap::new();
     for (i, l) in config.listeners.iter().enumerate() {
         // Port 0 asks the OS for a free port, so it never collides.
@@ -111,6 +118,12 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
             format!("listeners[{i}].header_read_timeout"),
             l.header_read_timeout,
         );
+        if !l.http2_keepalive_interval.is_zero() {
+            c.positive(
+                format!("listeners[{i}].http2_keepalive_timeout"),
+                l.http2_keepalive_timeout,
+            );
+        }
         if let Some(tls) = &l.tls {
             for (key, p) in [("cert", &tls.cert), ("key", &tls.key)] {
                 if !p.is_file() {

@@ -11,6 +11,12 @@
 //!
 //! The gRPC layer is small and hand-rolled on hyper's HTTP/2 server (length-prefixed messages,
 //! trailers with `grpc-status`), with prost-derived messages for the few ext_proc types used.
+//!
+//! The peer is trusted to route, not to size our memory: a message whose 5-byte prefix declares
+//! more than `max_message_bytes` (gRPC's own default receive limit, 4 MiB) ends the stream with
+//! `RESOURCE_EXHAUSTED` before any of it is buffered, and a request body streamed in many
+//! messages is held only up to the same bound (past it the client gets an immediate 413, as
+//! Envoy answers a body over its buffer limit).
 
 // The request path never panics on a missing value: it answers or fails the request.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -47,17 +53,30 @@ pub const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
 const ORCA_FORMAT_HEADER: &str = "endpoint-load-metrics-format";
 const ORCA_REPORT_HEADER: &str = "endpoint-load-metrics";
 const METHOD: &str = "/envoy.service.ext_proc.v3.ExternalProcessor/Process";
+/// Largest gRPC message (and buffered request body) accepted unless configured otherwise: the
+/// default receive limit of every gRPC implementation.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// gRPC status codes used here.
+const GRPC_INVALID_ARGUMENT: u8 = 3;
+const GRPC_RESOURCE_EXHAUSTED: u8 = 8;
+const GRPC_UNIMPLEMENTED: u8 = 12;
 
 /// The endpoint picker: the gateway state for one pool.
 pub struct Epp {
     handle: Arc<GatewayHandle>,
     pool: usize,
+    max_message_bytes: usize,
 }
 
 impl Epp {
     /// Build gateway state from `config` (scrapers and health checks start) and pick from the
     /// pool named `pool`, or the first pool. Must run inside a Tokio runtime.
-    pub fn new(config: Config, pool: Option<&str>) -> anyhow::Result<Arc<Self>> {
+    /// `max_message_bytes` bounds one gRPC message and the request body buffered for a pick.
+    pub fn new(
+        config: Config,
+        pool: Option<&str>,
+        max_message_bytes: usize,
+    ) -> anyhow::Result<Arc<Self>> {
         let index = match pool {
             Some(name) => config
                 .pools
@@ -71,6 +90,7 @@ impl Epp {
         Ok(Arc::new(Self {
             handle,
             pool: index,
+            max_message_bytes,
         }))
     }
 
@@ -97,7 +117,10 @@ impl Epp {
     fn call(self: Arc<Self>, req: Request<Incoming>) -> Response<GrpcBody> {
         let (tx, rx) = mpsc::channel(8);
         if req.uri().path() != METHOD {
-            let _ = tx.try_send(Frame::trailers(grpc_status(12, "unknown method")));
+            let _ = tx.try_send(Frame::trailers(grpc_status(
+                GRPC_UNIMPLEMENTED,
+                "unknown method",
+            )));
             return grpc_response(rx);
         }
         tokio::spawn(self.process(req.into_body(), tx));
@@ -116,10 +139,37 @@ impl Epp {
                 continue;
             };
             buf.extend_from_slice(&data);
-            while let Some(msg) = next_message(&mut buf) {
+            loop {
+                let msg = match next_message(&mut buf, self.max_message_bytes) {
+                    Ok(Some(msg)) => msg,
+                    Ok(None) => break,
+                    Err(TooLarge(declared)) => {
+                        // Dropping the request body on return resets the stream: nothing more
+                        // of the oversized message is read.
+                        tracing::debug!(
+                            declared,
+                            limit = self.max_message_bytes,
+                            "gRPC message over the limit"
+                        );
+                        let message = format!(
+                            "message of {declared} bytes exceeds the limit of {}",
+                            self.max_message_bytes
+                        );
+                        let _ = tx
+                            .send(Frame::trailers(grpc_status(
+                                GRPC_RESOURCE_EXHAUSTED,
+                                &message,
+                            )))
+                            .await;
+                        return;
+                    }
+                };
                 let Ok(msg) = proto::ProcessingRequest::decode(msg) else {
                     let _ = tx
-                        .send(Frame::trailers(grpc_status(3, "bad message")))
+                        .send(Frame::trailers(grpc_status(
+                            GRPC_INVALID_ARGUMENT,
+                            "bad message",
+                        )))
                         .await;
                     return;
                 };
@@ -148,6 +198,16 @@ impl Epp {
                         }
                     }
                     Some(processing_request::Request::RequestBody(b)) => {
+                        if request_body.len() + b.body.len() > self.max_message_bytes {
+                            // The body would outgrow the bound: answer the client and stop.
+                            let reply = immediate(
+                                413,
+                                error_json("body_too_large", 413, "the request body is too large"),
+                            );
+                            let _ = tx.send(Frame::data(encode(&reply))).await;
+                            let _ = tx.send(Frame::trailers(grpc_status(0, ""))).await;
+                            return;
+                        }
                         request_body.extend_from_slice(&b.body);
                         if b.end_of_stream {
                             self.decide(&headers, &request_body, &mut picked, false)
@@ -362,17 +422,27 @@ fn lb_metadata(target: &str) -> proto::Struct {
     }
 }
 
-/// Take one length-prefixed gRPC message off the front of `buf`, if complete.
-fn next_message(buf: &mut BytesMut) -> Option<Bytes> {
+/// A message prefix declared this many bytes, over the limit.
+#[derive(Debug, PartialEq, Eq)]
+struct TooLarge(usize);
+
+/// Take one length-prefixed gRPC message off the front of `buf`, if complete. The declared length
+/// is checked as soon as the 5-byte prefix is in, so `buf` never holds more than one message of
+/// at most `max` bytes plus one read.
+fn next_message(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, TooLarge> {
     if buf.len() < 5 {
-        return None;
+        return Ok(None);
     }
     let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if len > max {
+        return Err(TooLarge(len));
+    }
     if buf.len() < 5 + len {
-        return None;
+        // No reserving ahead for the declared length: memory follows bytes actually received.
+        return Ok(None);
     }
     buf.advance(5);
-    Some(buf.split_to(len).freeze())
+    Ok(Some(buf.split_to(len).freeze()))
 }
 
 fn encode(msg: &proto::ProcessingResponse) -> Bytes {
@@ -420,8 +490,13 @@ fn grpc_response(rx: mpsc::Receiver<Frame<Bytes>>) -> Response<GrpcBody> {
 }
 
 /// Bind `listen` and serve until Ctrl-C.
-pub async fn run(config: Config, listen: SocketAddr, pool: Option<String>) -> anyhow::Result<()> {
-    let epp = Epp::new(config, pool.as_deref())?;
+pub async fn run(
+    config: Config,
+    listen: SocketAddr,
+    pool: Option<String>,
+    max_message_bytes: usize,
+) -> anyhow::Result<()> {
+    let epp = Epp::new(config, pool.as_deref(), max_message_bytes)?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     tracing::info!(address = %addr, "endpoint picker listening");
@@ -448,12 +523,31 @@ mod tests {
     fn frames_round_trip() {
         let msg = continue_headers();
         let mut buf = BytesMut::from(&encode(&msg)[..]);
-        let got = next_message(&mut buf).unwrap();
+        let got = next_message(&mut buf, 1024).unwrap().unwrap();
         let back = proto::ProcessingResponse::decode(got).unwrap();
         assert_eq!(back, msg);
         assert!(buf.is_empty());
         let mut partial = BytesMut::from(&encode(&msg)[..3]);
-        assert!(next_message(&mut partial).is_none());
+        assert_eq!(next_message(&mut partial, 1024), Ok(None));
+    }
+
+    #[test]
+    fn a_declared_length_over_the_limit_is_refused_from_the_prefix_alone() {
+        // 4 GiB - 1 declared, nothing of it sent: refused before any buffering.
+        let mut buf = BytesMut::from(&[0u8, 0xff, 0xff, 0xff, 0xff][..]);
+        assert_eq!(
+            next_message(&mut buf, 4 << 20),
+            Err(TooLarge(u32::MAX as usize))
+        );
+        // Exactly at the limit is fine; one over is not.
+        let mut at = BytesMut::from(&[0u8, 0, 0, 0, 4][..]);
+        at.extend_from_slice(b"abcd");
+        assert_eq!(
+            next_message(&mut at, 4).unwrap().as_deref(),
+            Some(&b"abcd"[..])
+        );
+        let mut over = BytesMut::from(&[0u8, 0, 0, 0, 5][..]);
+        assert_eq!(next_message(&mut over, 4), Err(TooLarge(5)));
     }
 
     #[test]

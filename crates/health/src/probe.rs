@@ -4,13 +4,20 @@
 //! Every probe opens a fresh connection. Envoy reuses one by default, but a fresh connection
 //! also tests what real traffic needs first (that the endpoint still accepts connections), and
 //! one connection per interval per endpoint is negligible next to inference traffic.
+//!
+//! A probe reads at most [`MAX_RESPONSE_BODY`] of a response body. An HTTP check is decided by
+//! the status, so past the bound it stops reading and closes the connection (the endpoint may be
+//! broken, but it must not make a health check hold memory or time); a gRPC health response is a
+//! few bytes, so one over the bound is a protocol failure.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::HeaderMap;
 use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Body;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
@@ -102,8 +109,8 @@ async fn http(
         .map_err(protocol)?;
     let response = sender.send_request(request).await.map_err(protocol)?;
     let status = response.status().as_u16();
-    // Drain the body so the server sees a complete exchange, but ignore its content.
-    let _ = response.into_body().collect().await;
+    // Read the body (bounded) so the server sees a complete exchange, but ignore its content.
+    let _ = read_bounded(response.into_body(), MAX_RESPONSE_BODY).await;
     if expect.iter().any(|&(lo, hi)| (lo..=hi).contains(&status)) {
         Ok(())
     } else {
@@ -128,9 +135,16 @@ async fn grpc(stream: TcpStream, addr: SocketAddr, service: &str) -> Result<(), 
         return Err(ProbeFailure::Status(response.status().as_u16()));
     }
     let (parts, body) = response.into_parts();
-    let collected = body.collect().await.map_err(protocol)?;
+    let (data, trailers) = match read_bounded(body, MAX_RESPONSE_BODY).await? {
+        Bounded::Complete { data, trailers } => (data, trailers),
+        Bounded::Truncated => {
+            return Err(protocol(format_args!(
+                "health response over {MAX_RESPONSE_BODY} bytes"
+            )))
+        }
+    };
     // A trailers-only response carries grpc-status in the headers.
-    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let trailers = trailers.unwrap_or_default();
     let grpc_status = trailers
         .get("grpc-status")
         .or_else(|| parts.headers.get("grpc-status"))
@@ -139,10 +153,53 @@ async fn grpc(stream: TcpStream, addr: SocketAddr, service: &str) -> Result<(), 
     if grpc_status != 0 {
         return Err(ProbeFailure::GrpcStatus(grpc_status));
     }
-    match decode_check_response(collected.to_bytes()).map_err(protocol)? {
+    match decode_check_response(data).map_err(protocol)? {
         SERVING => Ok(()),
         other => Err(ProbeFailure::NotServing(other)),
     }
+}
+
+/// The most of a response body a probe reads.
+pub const MAX_RESPONSE_BODY: usize = 64 * 1024;
+
+/// A response body read up to a bound.
+enum Bounded {
+    Complete {
+        data: Bytes,
+        trailers: Option<HeaderMap>,
+    },
+    /// More than the bound arrived; reading stopped there.
+    Truncated,
+}
+
+/// Read `body` to its end or until more than `limit` bytes of data arrived, whichever is first.
+async fn read_bounded<B>(mut body: B, limit: usize) -> Result<Bounded, ProbeFailure>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: fmt::Display,
+{
+    let mut data = BytesMut::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(protocol)?;
+        match frame.into_data() {
+            Ok(chunk) => {
+                if data.len() + chunk.len() > limit {
+                    return Ok(Bounded::Truncated);
+                }
+                data.extend_from_slice(&chunk);
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers = Some(t);
+                }
+            }
+        }
+    }
+    Ok(Bounded::Complete {
+        data: data.freeze(),
+        trailers,
+    })
 }
 
 /// `HealthCheckResponse.ServingStatus.SERVING`.
@@ -301,6 +358,50 @@ mod tests {
         assert!(decode_check_response(Bytes::from_static(&[0, 0, 0])).is_err());
         assert!(decode_check_response(grpc_frame(&[0x08])).is_err());
         assert!(decode_check_response(Bytes::from_static(&[1, 0, 0, 0, 0])).is_err());
+    }
+
+    /// A target that answers 200 with a body that never ends: the probe still decides (on the
+    /// status) instead of reading until its timeout, and closes the connection.
+    #[tokio::test]
+    async fn an_endless_body_still_yields_a_result() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 1024];
+            let _ = s.read(&mut head).await.unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .unwrap();
+            let chunk = format!("4000\r\n{}\r\n", "x".repeat(0x4000));
+            let mut sent = 0usize;
+            // Until the probe hangs up.
+            while s.write_all(chunk.as_bytes()).await.is_ok() {
+                sent += 0x4000;
+            }
+            sent
+        });
+        let probe = Probe::Http {
+            path: "/health".into(),
+            expect: vec![(200, 299)],
+        };
+        // The timeout is far beyond what the probe needs; hitting it is the failure.
+        let result = probe.run(addr, Duration::from_secs(60)).await;
+        assert_eq!(result, Ok(()));
+        let sent = server.await.unwrap();
+        assert!(sent >= MAX_RESPONSE_BODY, "{sent}");
+    }
+
+    #[tokio::test]
+    async fn read_bounded_stops_past_the_limit() {
+        let small = Full::new(Bytes::from_static(b"abc"));
+        assert!(matches!(
+            read_bounded(small, 3).await,
+            Ok(Bounded::Complete { data, .. }) if &data[..] == b"abc"
+        ));
+        let big = Full::new(Bytes::from(vec![0u8; 4]));
+        assert!(matches!(read_bounded(big, 3).await, Ok(Bounded::Truncated)));
     }
 
     #[tokio::test]

@@ -1,5 +1,9 @@
 //! Downstream listeners: accept, optional TLS, then HTTP/1.1 or HTTP/2 on the same port (the
 //! HTTP/2 preface decides). Each connection is a task tracked for graceful drain.
+//!
+//! Every connection is bounded in time as well as in size: the TLS handshake and the first
+//! request by `header_read_timeout`, a connection with nothing in flight by `idle_timeout`
+//! ([`crate::connection_idle`]), and an HTTP/2 peer that stops answering by keep-alive PINGs.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::body::ClientBody;
+use crate::connection_idle::{Activity, Tracked};
 use crate::framing_guard::{FramingFlags, Guarded};
 use crate::gateway::GatewayHandle;
 use crate::h1_server;
@@ -49,9 +54,10 @@ pub fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 pub struct AcceptLoop {
     pub spec: Listener,
     pub socket: std::net::TcpListener,
-    pub tls: Option<TlsAcceptor>,
     pub handle: Arc<GatewayHandle>,
     pub tracker: TaskTracker,
+    /// Swappable so that a reload can rotate the certificate of a listener it leaves running.
+    pub tls: Option<Arc<crate::tls::ReloadableTls>>,
     /// Stop accepting (reload removed or changed this listener).
     pub stop: CancellationToken,
     /// Process shutdown: stop accepting and drain connections.
@@ -73,8 +79,23 @@ fn connection_builder(spec: &Listener) -> auto::Builder<TokioExecutor> {
         // Rapid reset (CVE-2023-44487): cap streams reset before we even accepted them, and
         // streams we had to reset for the peer's errors; past either the connection gets GOAWAY.
         .max_pending_accept_reset_streams(Some(64))
-        .max_local_error_reset_streams(Some(256));
+        .max_local_error_reset_streams(Some(256))
+        // A peer that stops answering (or sits inside a header block, where it cannot answer)
+        // is closed after the interval plus the timeout.
+        .keep_alive_interval(
+            (!spec.http2_keepalive_interval.is_zero()).then_some(spec.http2_keepalive_interval),
+        )
+        .keep_alive_timeout(spec.http2_keepalive_timeout);
     b
+}
+
+/// Time bounds of one connection.
+#[derive(Clone, Copy)]
+struct Bounds {
+    /// TLS handshake, and the wait for the first request.
+    header_read: Duration,
+    /// Nothing in flight; `None`: unbounded.
+    idle: Option<Duration>,
 }
 
 impl AcceptLoop {
@@ -133,10 +154,14 @@ impl AcceptLoop {
                 trust: Trust::of(&self.spec.trusted_headers),
                 paths: self.spec.path_normalization,
             });
+            let bounds = Bounds {
+                header_read: self.spec.header_read_timeout,
+                idle: (!self.spec.idle_timeout.is_zero()).then_some(self.spec.idle_timeout),
+            };
             self.tracker.spawn(serve_connection(
                 stream,
-                self.tls.clone(),
-                self.spec.header_read_timeout,
+                self.tls.as_ref().map(|t| t.acceptor()),
+                bounds,
                 builder.clone(),
                 self.handle.clone(),
                 cx,
@@ -159,7 +184,7 @@ impl Drop for OpenGuard {
 async fn serve_connection(
     stream: TcpStream,
     tls: Option<TlsAcceptor>,
-    handshake_timeout: Duration,
+    bounds: Bounds,
     builder: Arc<auto::Builder<TokioExecutor>>,
     handle: Arc<GatewayHandle>,
     cx: Arc<ConnContext>,
@@ -172,17 +197,23 @@ async fn serve_connection(
     let limits = h1_server::Limits {
         max_header_bytes: cx.max_header_bytes,
         max_headers: cx.max_headers,
-        header_read_timeout: handshake_timeout,
+        header_read_timeout: bounds.header_read,
     };
     let fast = tls.is_none().then(|| (handle.clone(), cx.clone()));
-    let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-        let handle = handle.clone();
-        let cx = cx.clone();
-        async move {
-            let req = req.map(ClientBody::Hyper);
-            Ok::<_, Infallible>(pipeline::handle(&handle, &cx, req, Downstream::Hyper).await)
-        }
-    });
+    let activity = Activity::new();
+    let svc = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |req: http::Request<Incoming>| {
+            let handle = handle.clone();
+            let cx = cx.clone();
+            let in_flight = activity.start();
+            async move {
+                let req = req.map(ClientBody::Hyper);
+                let resp = pipeline::handle(&handle, &cx, req, Downstream::Hyper).await;
+                Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, in_flight)))
+            }
+        })
+    };
     match tls {
         None => {
             let (handle, cx) = fast.expect("set for plain connections");
@@ -195,10 +226,11 @@ async fn serve_connection(
                 };
             let io = Guarded::new(h1_server::Rewind::new(buffered, stream), framing);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-            drive(conn, shutdown).await;
+            drive(conn, shutdown, &activity, bounds).await;
         }
         Some(acceptor) => {
-            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+            let tls = match tokio::time::timeout(bounds.header_read, acceptor.accept(stream)).await
+            {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "TLS handshake failed");
@@ -209,14 +241,16 @@ async fn serve_connection(
             // The guard reads the decrypted bytes: under TLS it would see only ciphertext.
             let io = Guarded::new(tls, framing);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-            drive(conn, shutdown).await;
+            drive(conn, shutdown, &activity, bounds).await;
         }
     }
 }
 
 /// Run a connection to completion; on shutdown, let in-flight requests finish first
-/// (HTTP/1: close after the current response; HTTP/2: GOAWAY).
-async fn drive<C>(conn: C, shutdown: CancellationToken)
+/// (HTTP/1: close after the current response; HTTP/2: GOAWAY). A connection idle past its
+/// bounds is closed the same way, but only waited for as long as a header read: with nothing
+/// in flight, a peer that does not let the close complete (no PING ack) is cut off.
+async fn drive<C>(conn: C, shutdown: CancellationToken, activity: &Activity, bounds: Bounds)
 where
     C: GracefulConnection,
     C::Error: std::fmt::Display,
@@ -231,6 +265,11 @@ where
         _ = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
+        }
+        _ = activity.idle(bounds.header_read, bounds.idle) => {
+            tracing::debug!("closing idle connection");
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(bounds.header_read, conn).await;
         }
     }
 }

@@ -7,17 +7,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use switchyard_config::{Config, Listener};
+use switchyard_telemetry::metrics::ListenerResultLabels;
 use switchyard_telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::gateway::GatewayHandle;
 use crate::listener::{self, AcceptLoop};
+use crate::tls::ReloadableTls;
 
 struct Running {
     spec: Listener,
     local_addr: SocketAddr,
     stop: CancellationToken,
+    tls: Option<Arc<ReloadableTls>>,
 }
 
 /// Listeners plus the shared gateway state.
@@ -54,7 +57,8 @@ impl Server {
     }
 
     /// Swap in a new config. New or changed listeners are bound first; if any bind fails the
-    /// reload is refused and the old config keeps serving.
+    /// reload is refused and the old config keeps serving. Listeners left running re-read their
+    /// certificates (a failed read keeps the old certificate and is logged, not fatal).
     pub fn reload(&self, config: Config) -> Result<(), String> {
         let specs = config.listeners.clone();
         let old = self.handle.load();
@@ -66,9 +70,62 @@ impl Server {
         }
         // Bind before swapping so a failure leaves everything as it was.
         let prepared = self.prepare_listeners(&specs)?;
+        let fresh: Vec<String> = prepared.iter().map(|a| a.spec.name.clone()).collect();
         self.handle.apply(config)?;
         self.commit_listeners(&specs, prepared);
+        self.reload_certificates(|name| !fresh.iter().any(|f| f == name));
         Ok(())
+    }
+
+    /// Certificate and key files of the running TLS listeners (what a file watch should watch).
+    pub fn certificate_files(&self) -> Vec<std::path::PathBuf> {
+        let running = self.listeners.lock().expect("listener lock");
+        let mut files: Vec<_> = running
+            .values()
+            .filter_map(|r| r.tls.as_ref())
+            .flat_map(|t| [t.spec().cert.clone(), t.spec().key.clone()])
+            .collect();
+        files.sort();
+        files.dedup();
+        files
+    }
+
+    /// Re-read the certificate and key of every running TLS listener that `which` selects.
+    /// Returns how many reads failed; each failure keeps that listener's previous certificate.
+    pub fn reload_certificates(&self, which: impl Fn(&str) -> bool) -> usize {
+        let running: Vec<(String, Arc<ReloadableTls>)> = {
+            let running = self.listeners.lock().expect("listener lock");
+            running
+                .iter()
+                .filter(|(name, _)| which(name))
+                .filter_map(|(name, r)| Some((name.clone(), r.tls.clone()?)))
+                .collect()
+        };
+        let mut failed = 0;
+        for (name, tls) in running {
+            let result = tls.reload();
+            let labels = ListenerResultLabels {
+                listener: name.clone(),
+                result: if result.is_ok() { "success" } else { "failure" },
+            };
+            self.handle
+                .metrics
+                .tls_certificate_reloads
+                .get_or_create(&labels)
+                .inc();
+            match result {
+                Ok(()) => tracing::info!(listener = %name, "TLS certificate reloaded"),
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(
+                        listener = %name,
+                        error = %e,
+                        "TLS certificate reload failed; keeping the previous certificate"
+                    );
+                }
+            }
+        }
+        failed
     }
 
     fn reconcile_listeners(&self, specs: &[Listener]) -> Result<(), String> {
@@ -93,10 +150,9 @@ impl Server {
             let socket = listener::bind(address)
                 .map_err(|e| format!("listener `{}`: cannot bind {}: {e}", spec.name, address))?;
             let tls = match &spec.tls {
-                Some(t) => Some(
-                    crate::tls::acceptor(t)
-                        .map_err(|e| format!("listener `{}`: {e}", spec.name))?,
-                ),
+                Some(t) => Some(Arc::new(
+                    ReloadableTls::load(t).map_err(|e| format!("listener `{}`: {e}", spec.name))?,
+                )),
                 None => None,
             };
             out.push(AcceptLoop {
@@ -121,6 +177,7 @@ impl Server {
                 spec: accept.spec.clone(),
                 local_addr,
                 stop: accept.stop.clone(),
+                tls: accept.tls.clone(),
             };
             if let Some(old) = running.insert(accept.spec.name.clone(), entry) {
                 old.stop.cancel();

@@ -1,13 +1,25 @@
 //! TLS termination with rustls. ALPN offers `h2` and `http/1.1`; the connection layer then speaks
 //! whichever was agreed.
+//!
+//! Certificates rotate without a restart: a listener holds its rustls config in an `ArcSwap`,
+//! each new connection takes the current one, and [`ReloadableTls::reload`] (on every config
+//! reload and whenever the certificate or key file changes) re-reads both files. A read that
+//! fails — a missing file, a key that does not match, a half-written PEM — keeps the previous
+//! certificate serving: an expired-soon certificate beats a listener that refuses every
+//! handshake. Connections already open keep the certificate they were accepted with.
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use switchyard_config::Tls;
 use tokio_rustls::TlsAcceptor;
 
 /// Build an acceptor from PEM files; errors name the file.
 pub fn acceptor(tls: &Tls) -> Result<TlsAcceptor, String> {
+    server_config(tls).map(TlsAcceptor::from)
+}
+
+fn server_config(tls: &Tls) -> Result<Arc<rustls::ServerConfig>, String> {
     let certs = {
         let mut r = std::io::BufReader::new(
             std::fs::File::open(&tls.cert).map_err(|e| format!("{}: {e}", tls.cert.display()))?,
@@ -35,5 +47,39 @@ pub fn acceptor(tls: &Tls) -> Result<TlsAcceptor, String> {
         .with_single_cert(certs, key)
         .map_err(|e| format!("{}: {e}", tls.cert.display()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(Arc::new(config))
+}
+
+/// A listener's TLS settings and the rustls config currently served.
+pub struct ReloadableTls {
+    spec: Tls,
+    current: ArcSwap<rustls::ServerConfig>,
+}
+
+impl ReloadableTls {
+    /// Read the certificate and key; errors name the file.
+    pub fn load(spec: &Tls) -> Result<Self, String> {
+        Ok(Self {
+            spec: spec.clone(),
+            current: ArcSwap::new(server_config(spec)?),
+        })
+    }
+
+    /// The acceptor for a new connection: the certificate current now.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.current.load_full())
+    }
+
+    /// The files this listener reads.
+    pub fn spec(&self) -> &Tls {
+        &self.spec
+    }
+
+    /// Re-read the files and serve what they hold from the next connection on. On error the
+    /// previous certificate stays.
+    pub fn reload(&self) -> Result<(), String> {
+        let fresh = server_config(&self.spec)?;
+        self.current.store(fresh);
+        Ok(())
+    }
 }

@@ -2,6 +2,7 @@
 //! lives in the crates.
 
 mod demo;
+mod file_watch;
 mod run;
 
 /// mimalloc's per-thread free lists suit a proxy's many short-lived, same-sized allocations
@@ -60,6 +61,10 @@ enum Command {
         /// Pool to pick from [default: the first pool].
         #[arg(long)]
         pool: Option<String>,
+        /// Largest gRPC message, and largest request body buffered for a pick, in bytes.
+        /// Longer messages end the stream with RESOURCE_EXHAUSTED; longer bodies get 413.
+        #[arg(long, default_value_t = switchyard_epp::DEFAULT_MAX_MESSAGE_BYTES)]
+        max_message_bytes: usize,
     },
     /// Run a fleet of simulated OpenAI-compatible model servers.
     Sim(switchyard_sim::SimArgs),
@@ -86,6 +91,7 @@ fn main() -> ExitCode {
             config,
             listen,
             pool,
+            max_message_bytes,
         } => match switchyard_config::load_file(&config) {
             Err(errors) => {
                 eprintln!("{errors}");
@@ -96,7 +102,9 @@ fn main() -> ExitCode {
                     .enable_all()
                     .build()
                     .map_err(anyhow::Error::from)
-                    .and_then(|rt| rt.block_on(switchyard_epp::run(cfg, listen, pool))),
+                    .and_then(|rt| {
+                        rt.block_on(switchyard_epp::run(cfg, listen, pool, max_message_bytes))
+                    }),
             ),
         },
         Command::Sim(args) => report(switchyard_sim::main(args)),

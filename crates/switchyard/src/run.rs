@@ -1,5 +1,9 @@
 //! `switchyard run`: load config, start the runtime, listeners and admin, then react to signals
 //! (SIGHUP and file changes reload; SIGTERM and SIGINT drain and exit).
+//!
+//! The watch polls the config file and the TLS listeners' certificate and key files once a
+//! second and acts on a change only once the files have stopped changing
+//! ([`crate::file_watch`]). A changed certificate or key is re-read without a config reload.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,6 +16,8 @@ use switchyard_proxy::Server;
 use switchyard_telemetry::metrics::ResultLabels;
 use switchyard_telemetry::Metrics;
 use tokio::signal::unix::{signal, SignalKind};
+
+use crate::file_watch::{self, read_settled, SETTLE, SETTLE_READS};
 
 pub fn run(path: PathBuf) -> ExitCode {
     // Keep the exact text that was loaded: the file watcher compares against it, so an edit
@@ -116,21 +122,48 @@ async fn serve(path: PathBuf, loaded: Vec<u8>, config: Config) -> ExitCode {
     };
     tracing::info!(config = %path.display(), "ready");
     let mut last_text = Some(loaded);
+    let mut cert_files = server.certificate_files();
+    let mut last_certs = file_watch::contents(&cert_files);
     let mut poll = tokio::time::interval(Duration::from_secs(1));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
-                last_text = std::fs::read(&path).ok();
-                reload(&server, &path);
+                let text = read_settled(|| file_watch::content(&path), SETTLE, SETTLE_READS).await;
+                last_text = text.clone().flatten();
+                reload(&server, &path, text);
+                // The reload re-read the certificates; the watch starts from what it read.
+                cert_files = server.certificate_files();
+                last_certs = file_watch::contents(&cert_files);
             }
             _ = poll.tick(), if watch => {
-                let now = std::fs::read(&path).ok();
+                let now = file_watch::content(&path);
                 if now.is_some() && now != last_text {
-                    tracing::info!("config file changed: reloading");
-                    last_text = now;
-                    reload(&server, &path);
+                    let text = read_settled(|| file_watch::content(&path), SETTLE, SETTLE_READS).await;
+                    match text {
+                        Some(Some(text)) if Some(&text) != last_text.as_ref() => {
+                            tracing::info!("config file changed: reloading");
+                            last_text = Some(text.clone());
+                            reload(&server, &path, Some(Some(text)));
+                            cert_files = server.certificate_files();
+                            last_certs = file_watch::contents(&cert_files);
+                        }
+                        Some(_) => {}
+                        None => tracing::warn!("config file keeps changing; waiting for it to settle"),
+                    }
+                    continue;
+                }
+                if file_watch::contents(&cert_files) != last_certs {
+                    let files = cert_files.clone();
+                    match read_settled(|| file_watch::contents(&files), SETTLE, SETTLE_READS).await {
+                        Some(settled) => {
+                            tracing::info!("TLS certificate or key file changed: reloading certificates");
+                            last_certs = settled;
+                            server.reload_certificates(|_| true);
+                        }
+                        None => tracing::warn!("TLS certificate files keep changing; waiting for them to settle"),
+                    }
                 }
             }
             _ = term.recv() => break,
@@ -147,11 +180,21 @@ async fn serve(path: PathBuf, loaded: Vec<u8>, config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn reload(server: &Arc<Server>, path: &Path) {
+/// Reload from `text`, the settled contents of the config file (`Some(None)`: unreadable;
+/// `None`: it never stopped changing).
+fn reload(server: &Arc<Server>, path: &Path, text: Option<Option<Vec<u8>>>) {
     let metrics = &server.handle.metrics;
-    let result = switchyard_config::load_file(path)
-        .map_err(|e| e.to_string())
-        .and_then(|config| server.reload(config));
+    let result = match text {
+        None => Err(format!(
+            "{}: the file kept changing; not loading it half-written",
+            path.display()
+        )),
+        Some(None) => Err(format!("{}: cannot read config file", path.display())),
+        Some(Some(bytes)) => String::from_utf8(bytes)
+            .map_err(|e| format!("{}: {e}", path.display()))
+            .and_then(|text| switchyard_config::parse(&text, path).map_err(|e| e.to_string())),
+    }
+    .and_then(|config| server.reload(config));
     match result {
         Ok(()) => {
             metrics

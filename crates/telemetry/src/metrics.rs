@@ -42,6 +42,13 @@ pub struct ListenerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerResultLabels {
+    pub listener: String,
+    /// `success` or `failure`
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectLabels {
     pub listener: String,
     /// `no_route`, `header_too_large`, `body_too_large`, `bad_request`, `no_endpoint`
@@ -136,6 +143,7 @@ pub struct Metrics {
     pub downstream_connections_total: Family<ListenerLabels, Counter>,
     pub rejected: Family<RejectLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
+    pub tls_certificate_reloads: Family<ListenerResultLabels, Counter>,
     pub access_log_dropped: Counter,
     pub retries: Family<RouteReasonLabels, Counter>,
     pub retries_refused: Family<RouteReasonLabels, Counter>,
@@ -239,6 +247,13 @@ impl Metrics {
             "switchyard_config_reloads",
             "Configuration reload attempts by result",
             config_reloads.clone(),
+        );
+        let tls_certificate_reloads = Family::default();
+        registry.register(
+            "switchyard_tls_certificate_reloads",
+            "Re-reads of a TLS listener's certificate and key by result; on failure the previous \
+             certificate keeps serving",
+            tls_certificate_reloads.clone(),
         );
         let access_log_dropped = Counter::default();
         registry.register(
@@ -460,6 +475,7 @@ impl Metrics {
             downstream_connections_total,
             rejected,
             config_reloads,
+            tls_certificate_reloads,
             access_log_dropped,
         })
     }

@@ -1,0 +1,464 @@
+//! Every connection and every buffer has a bound (issue 12 items 6, 9 and 11): HTTP/2
+//! connections that idle or stall inside a header block are closed, rotated certificates are
+//! served after a reload, the admin port cuts off slow clients, and the endpoint picker refuses
+//! a gRPC message larger than its limit. Tests wait on state; a bound that does not hold fails
+//! at the harness's generous deadline.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prost::Message;
+use support::origin::Origin;
+use support::{Gateway, BIN, WAIT};
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const HEADERS: u8 = 0x1;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = len.to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Frames read from a raw h2 connection: (type, flags).
+struct FrameReader {
+    stream: std::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    fn new(stream: std::net::TcpStream) -> Self {
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next frame, or `None` when the server closed the connection. Panics when nothing
+    /// arrives for [`WAIT`].
+    fn next(&mut self) -> Option<(u8, u8)> {
+        loop {
+            if self.buf.len() >= 9 {
+                let len = u32::from_be_bytes([0, self.buf[0], self.buf[1], self.buf[2]]) as usize;
+                if self.buf.len() >= 9 + len {
+                    let head = (self.buf[3], self.buf[4]);
+                    self.buf.drain(..9 + len);
+                    return Some(head);
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("no frame and no close within {WAIT:?}: {e}"),
+            }
+        }
+    }
+
+    /// Read until the server closes; returns the frame types seen.
+    fn until_closed(&mut self) -> Vec<u8> {
+        let mut kinds = Vec::new();
+        while let Some((kind, _)) = self.next() {
+            kinds.push(kind);
+        }
+        kinds
+    }
+}
+
+fn listener_config(origin: SocketAddr, settings: &str) -> String {
+    format!(
+        "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: false}}\nlisteners:\n  - name: public\n    address: 127.0.0.1:0\n{settings}routes:\n  - {{name: r, match: {{path_prefix: /}}, pool: p}}\npools:\n  - {{name: p, endpoints: [{origin}]}}\n"
+    )
+}
+
+/// Open a raw h2 connection: preface and an empty SETTINGS.
+fn raw_h2(addr: SocketAddr) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(PREFACE).unwrap();
+    s.write_all(&frame(SETTINGS, 0, 0, &[])).unwrap();
+    s
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_gets_goaway_but_a_long_stream_does_not() {
+    let origin = Origin::start();
+    let gw = Gateway::start(&listener_config(origin.addr, "    idle_timeout: 300ms\n"));
+    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut h2, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    // A response that takes several idle timeouts: in flight, so the connection is not idle.
+    let req = http::Request::get(gw.url("/slow?ms=1200"))
+        .body(())
+        .unwrap();
+    let (resp, _) = h2.send_request(req, true).unwrap();
+    let resp = tokio::select! {
+        r = resp => r.unwrap(),
+        r = &mut conn => panic!("connection ended with a stream in flight: {r:?}"),
+    };
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let read_body = async {
+        while let Some(chunk) = body.data().await {
+            chunk.unwrap();
+        }
+    };
+    tokio::select! {
+        () = read_body => {}
+        r = &mut conn => panic!("connection ended with a stream in flight: {r:?}"),
+    }
+    // Now nothing is in flight: the gateway closes the connection with GOAWAY (NO_ERROR).
+    let ended = tokio::time::timeout(WAIT, conn)
+        .await
+        .expect("idle HTTP/2 connection was never closed");
+    match ended {
+        Ok(()) => {}
+        Err(e) => assert!(
+            e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR),
+            "{e:?}"
+        ),
+    }
+}
+
+#[test]
+fn a_header_block_without_end_headers_is_closed_within_the_header_timeout() {
+    let origin = Origin::start();
+    let gw = Gateway::start(&listener_config(
+        origin.addr,
+        "    header_read_timeout: 500ms\n    idle_timeout: 1h\n    http2_keepalive_interval: 0s\n",
+    ));
+    let mut s = raw_h2(gw.addr());
+    // HEADERS for stream 1 with END_STREAM but not END_HEADERS, and never a CONTINUATION:
+    // :method GET, :scheme http, :path / (HPACK static table indices 2, 6, 4).
+    s.write_all(&frame(HEADERS, END_STREAM, 1, &[0x82, 0x86, 0x84]))
+        .unwrap();
+    let kinds = FrameReader::new(s).until_closed();
+    assert!(kinds.contains(&GOAWAY), "no GOAWAY before close: {kinds:?}");
+    assert_eq!(origin.hits(), 0);
+}
+
+#[test]
+fn a_silent_http2_peer_is_pinged() {
+    let origin = Origin::start();
+    let gw = Gateway::start(&listener_config(
+        origin.addr,
+        "    header_read_timeout: 1h\n    http2_keepalive_interval: 100ms\n    http2_keepalive_timeout: 100ms\n",
+    ));
+    let mut reader = FrameReader::new(raw_h2(gw.addr()));
+    // The gateway PINGs; unanswered, the connection is then closed.
+    let mut pinged = false;
+    while let Some((kind, flags)) = reader.next() {
+        pinged |= kind == PING && flags & ACK == 0;
+    }
+    assert!(pinged, "closed without a PING");
+}
+
+// ---- TLS certificate rotation ----
+
+struct Cert {
+    cert_pem: String,
+    key_pem: String,
+    der: Vec<u8>,
+}
+
+fn new_cert() -> Cert {
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    Cert {
+        cert_pem: c.cert.pem(),
+        key_pem: c.key_pair.serialize_pem(),
+        der: c.cert.der().to_vec(),
+    }
+}
+
+/// The certificate the gateway presents now; `None` if the handshake fails.
+async fn served_cert(addr: SocketAddr, trusted: &[&Cert]) -> Option<Vec<u8>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in trusted {
+        roots.add(c.der.clone().into()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .ok()?;
+    Some(tls.get_ref().1.peer_certificates()?[0].to_vec())
+}
+
+/// Poll handshakes until the gateway presents `want`.
+async fn wait_for_cert(addr: SocketAddr, trusted: &[&Cert], want: &Cert) {
+    let deadline = Instant::now() + WAIT;
+    while served_cert(addr, trusted).await.as_deref() != Some(&want.der[..]) {
+        assert!(Instant::now() < deadline, "new certificate never served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn tls_gateway(dir: &std::path::Path, cert: &Cert, watch: bool) -> (Gateway, Origin) {
+    let origin = Origin::start();
+    let (cp, kp) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cp, &cert.cert_pem).unwrap();
+    std::fs::write(&kp, &cert.key_pem).unwrap();
+    let yaml = format!(
+        "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: {watch}}}\nlisteners:\n  - name: public\n    address: 127.0.0.1:0\n    tls: {{cert: {}, key: {}}}\nroutes:\n  - {{name: r, match: {{path_prefix: /}}, pool: p}}\npools:\n  - {{name: p, endpoints: [{}]}}\n",
+        cp.display(),
+        kp.display(),
+        origin.addr
+    );
+    (Gateway::start(&yaml), origin)
+}
+
+const CERT_KEPT: &str = "TLS certificate reload failed; keeping the previous certificate";
+
+#[tokio::test]
+async fn sighup_serves_a_rotated_certificate_and_keeps_it_when_the_next_is_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (new_cert(), new_cert());
+    let (gw, _origin) = tls_gateway(dir.path(), &a, false);
+    let both = [&a, &b];
+    assert_eq!(served_cert(gw.addr(), &both).await, Some(a.der.clone()));
+
+    std::fs::write(dir.path().join("cert.pem"), &b.cert_pem).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &b.key_pem).unwrap();
+    gw.signal("HUP");
+    wait_for_cert(gw.addr(), &both, &b).await;
+
+    // A broken key: the reload says so and B keeps serving.
+    std::fs::write(
+        dir.path().join("key.pem"),
+        "-----BEGIN PRIVATE KEY-----\nnope\n",
+    )
+    .unwrap();
+    gw.signal("HUP");
+    gw.wait_log(CERT_KEPT, 1, WAIT);
+    assert_eq!(served_cert(gw.addr(), &both).await, Some(b.der.clone()));
+    let failures = gw
+        .metric("switchyard_tls_certificate_reloads_total{listener=\"public\",result=\"failure\"}");
+    assert_eq!(failures, 1.0);
+}
+
+#[tokio::test]
+async fn the_file_watch_follows_a_rotated_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (new_cert(), new_cert());
+    let (gw, _origin) = tls_gateway(dir.path(), &a, true);
+    let both = [&a, &b];
+    assert_eq!(served_cert(gw.addr(), &both).await, Some(a.der.clone()));
+    // The key first, then the certificate, as a rotation tool might: whatever the watch reads
+    // in between, it ends up serving B.
+    std::fs::write(dir.path().join("key.pem"), &b.key_pem).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), &b.cert_pem).unwrap();
+    wait_for_cert(gw.addr(), &both, &b).await;
+}
+
+// ---- Admin listener ----
+
+#[test]
+fn a_slow_admin_client_is_disconnected_and_others_are_served() {
+    let origin = Origin::start();
+    let yaml = listener_config(origin.addr, "").replace(
+        "admin: {address: 127.0.0.1:0}",
+        "admin: {address: 127.0.0.1:0, header_read_timeout: 300ms, max_connections: 2}",
+    );
+    let gw = Gateway::start(&yaml);
+    // Fill every admin slot with a client that never finishes its request head.
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(gw.admin).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nhost: a\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    for mut s in slow {
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut rest = Vec::new();
+        // Closed by the gateway (possibly after a 408): read_to_end returns; a timeout fails.
+        match s.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("slow admin client was not disconnected: {e}"),
+        }
+    }
+    // The slots are free again.
+    assert_eq!(gw.admin_get("/live").0, 200);
+    // A request head over 16 KiB is refused, not buffered.
+    let big = format!(
+        "GET /live HTTP/1.1\r\nhost: a\r\nx-big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let resp = support::client::raw_exchange(gw.admin, big.as_bytes(), WAIT);
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp:?}");
+}
+
+// ---- Endpoint picker ----
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_epp(dir: &std::path::Path, extra_args: &[&str]) -> (Kill, SocketAddr) {
+    let config = dir.join("epp.yaml");
+    std::fs::write(
+        &config,
+        "pools:\n  - name: p\n    endpoints: [127.0.0.1:9]\n",
+    )
+    .unwrap();
+    let mut epp = Kill(
+        Command::new(BIN)
+            .args(["epp", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .args(extra_args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let line = BufReader::new(epp.0.stdout.take().unwrap())
+        .lines()
+        .next()
+        .expect("epp printed its address")
+        .unwrap();
+    let addr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    (epp, addr)
+}
+
+/// Open an ext_proc stream; returns the request body sender and the response.
+async fn ext_proc_stream(
+    addr: SocketAddr,
+) -> (
+    h2::SendStream<Bytes>,
+    h2::client::ResponseFuture,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(conn);
+    let mut h2 = h2.ready().await.unwrap();
+    let req = http::Request::post(format!(
+        "http://{addr}/envoy.service.ext_proc.v3.ExternalProcessor/Process"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let (resp, send) = h2.send_request(req, false).unwrap();
+    (send, resp, driver)
+}
+
+fn grpc_message(msg: &impl Message) -> Bytes {
+    let body = msg.encode_to_vec();
+    let mut out = vec![0u8];
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    Bytes::from(out)
+}
+
+/// Read the response: the gRPC messages' bytes and `grpc-status`.
+async fn ext_proc_reply(resp: h2::client::ResponseFuture) -> (Vec<u8>, Option<String>) {
+    let resp = tokio::time::timeout(WAIT, resp)
+        .await
+        .expect("no response")
+        .unwrap();
+    let status = resp.headers().get("grpc-status").cloned();
+    let mut body = resp.into_body();
+    let mut data = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(WAIT, body.data()).await.unwrap() {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = tokio::time::timeout(WAIT, body.trailers())
+        .await
+        .unwrap()
+        .unwrap();
+    let status = trailers
+        .as_ref()
+        .and_then(|t| t.get("grpc-status"))
+        .or(status.as_ref())
+        .map(|v| v.to_str().unwrap().to_string());
+    (data, status)
+}
+
+#[tokio::test]
+async fn epp_refuses_a_gigantic_declared_message_from_its_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_epp, addr) = start_epp(dir.path(), &[]);
+    let (mut send, resp, _driver) = ext_proc_stream(addr).await;
+    // A prefix declaring 4 GiB - 1, and a little of it.
+    let mut data = vec![0u8, 0xff, 0xff, 0xff, 0xff];
+    data.extend_from_slice(&[0u8; 1024]);
+    send.send_data(Bytes::from(data), false).unwrap();
+    let (_, status) = ext_proc_reply(resp).await;
+    assert_eq!(status.as_deref(), Some("8"), "RESOURCE_EXHAUSTED expected");
+}
+
+#[tokio::test]
+async fn epp_bounds_a_body_streamed_in_many_messages() {
+    use switchyard_epp::proto::{self, processing_request::Request};
+    let dir = tempfile::tempdir().unwrap();
+    let (_epp, addr) = start_epp(dir.path(), &["--max-message-bytes", "65536"]);
+    let (mut send, resp, _driver) = ext_proc_stream(addr).await;
+    let headers = proto::ProcessingRequest {
+        request: Some(Request::RequestHeaders(proto::HttpHeaders::default())),
+    };
+    send.send_data(grpc_message(&headers), false).unwrap();
+    // 16 KiB chunks, never end_of_stream: the picker must stop buffering at 64 KiB.
+    let chunk = proto::ProcessingRequest {
+        request: Some(Request::RequestBody(proto::HttpBody {
+            body: vec![b'x'; 16 * 1024],
+            end_of_stream: false,
+        })),
+    };
+    let sender = tokio::spawn(async move {
+        for _ in 0..64 {
+            if send.send_data(grpc_message(&chunk), false).is_err() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        send
+    });
+    let (data, status) = ext_proc_reply(resp).await;
+    assert_eq!(status.as_deref(), Some("0"));
+    // The last message is the immediate 413.
+    let mut rest = &data[..];
+    let mut last = None;
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        last = Some(proto::ProcessingResponse::decode(&rest[5..5 + len]).unwrap());
+        rest = &rest[5 + len..];
+    }
+    let Some(proto::processing_response::Response::ImmediateResponse(immediate)) =
+        last.and_then(|m| m.response)
+    else {
+        panic!("no immediate response");
+    };
+    assert_eq!(immediate.status.unwrap().code, 413);
+    drop(sender);
+}
