@@ -209,7 +209,29 @@ impl Epp {
                             return;
                         }
                         request_body.extend_from_slice(&b.body);
-                        if b.end_of_stream {
+                        if b.end_of_stream && request_body.len() > INLINE_PARSE_BYTES {
+                            // A large body is parsed and scored on the blocking pool, so the
+                            // other streams on this worker keep moving.
+                            let this = self.clone();
+                            let h = std::mem::take(&mut headers);
+                            let body = std::mem::take(&mut request_body);
+                            let decided = tokio::task::spawn_blocking(move || {
+                                let mut picked = None;
+                                let reply = this.decide(&h, &body, &mut picked, false);
+                                (reply, picked)
+                            })
+                            .await;
+                            match decided {
+                                Ok((reply, p)) => {
+                                    picked = p;
+                                    reply
+                                }
+                                Err(_) => immediate(
+                                    500,
+                                    error_json("internal", 500, "the pick did not complete"),
+                                ),
+                            }
+                        } else if b.end_of_stream {
                             self.decide(&headers, &request_body, &mut picked, false)
                         } else {
                             continue_body()
@@ -350,6 +372,10 @@ impl Epp {
         reply
     }
 }
+
+/// Bodies larger than this are parsed and scored on the blocking pool (parsing costs 2–8 ms per
+/// MiB; see docs/benchmarks.md).
+const INLINE_PARSE_BYTES: usize = 256 * 1024;
 
 /// A pick whose in-flight tokens are released when the ext_proc stream ends.
 struct Picked {

@@ -323,12 +323,16 @@ impl Drop for Kill {
 }
 
 fn start_epp(dir: &std::path::Path, extra_args: &[&str]) -> (Kill, SocketAddr) {
-    let config = dir.join("epp.yaml");
-    std::fs::write(
-        &config,
+    start_epp_with(
+        dir,
         "pools:\n  - name: p\n    endpoints: [127.0.0.1:9]\n",
+        extra_args,
     )
-    .unwrap();
+}
+
+fn start_epp_with(dir: &std::path::Path, yaml: &str, extra_args: &[&str]) -> (Kill, SocketAddr) {
+    let config = dir.join("epp.yaml");
+    std::fs::write(&config, yaml).unwrap();
     let mut epp = Kill(
         Command::new(BIN)
             .args(["epp", "--listen", "127.0.0.1:0", "--config"])
@@ -461,4 +465,65 @@ async fn epp_bounds_a_body_streamed_in_many_messages() {
     };
     assert_eq!(immediate.status.unwrap().code, 413);
     drop(sender);
+}
+
+#[tokio::test]
+async fn epp_scores_a_large_body_off_its_worker_and_answers_as_for_a_small_one() {
+    use switchyard_epp::proto::{self, processing_request::Request};
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "pools:\n  - name: p\n    balancer: inference\n    endpoints: [127.0.0.1:9]\n";
+    let (_epp, addr) = start_epp_with(dir.path(), yaml, &[]);
+    // Over the 256 KiB inline bound: parsed on the blocking pool. Valid, then malformed.
+    let text = "y".repeat(300 * 1024);
+    let valid = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"{text}"}}]}}"#);
+    for (body, want_pick) in [(valid.clone(), true), (format!("{valid}x"), false)] {
+        let (mut send, resp, _driver) = ext_proc_stream(addr).await;
+        let path = proto::HeaderMap {
+            headers: vec![proto::HeaderValue {
+                key: ":path".into(),
+                value: "/v1/chat/completions".into(),
+                raw_value: Vec::new(),
+            }],
+        };
+        let headers = proto::ProcessingRequest {
+            request: Some(Request::RequestHeaders(proto::HttpHeaders {
+                headers: Some(path),
+                ..Default::default()
+            })),
+        };
+        send.send_data(grpc_message(&headers), false).unwrap();
+        let body = proto::ProcessingRequest {
+            request: Some(Request::RequestBody(proto::HttpBody {
+                body: body.into_bytes(),
+                end_of_stream: true,
+            })),
+        };
+        send.send_data(grpc_message(&body), true).unwrap();
+        let (data, _) = ext_proc_reply(resp).await;
+        let mut rest = &data[..];
+        let mut replies = Vec::new();
+        while rest.len() >= 5 {
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            replies.push(proto::ProcessingResponse::decode(&rest[5..5 + len]).unwrap());
+            rest = &rest[5 + len..];
+        }
+        let last = replies
+            .pop()
+            .and_then(|m| m.response)
+            .expect("a reply to the body");
+        match (want_pick, last) {
+            (true, proto::processing_response::Response::RequestBody(b)) => {
+                let set = b.response.unwrap().header_mutation.unwrap().set_headers;
+                let picked = set.iter().filter_map(|h| h.header.as_ref()).any(|h| {
+                    h.key == "x-gateway-destination-endpoint"
+                        && (h.raw_value == b"127.0.0.1:9" || h.value == "127.0.0.1:9")
+                });
+                assert!(picked, "{set:?}");
+            }
+            (false, proto::processing_response::Response::ImmediateResponse(i)) => {
+                assert_eq!(i.status.unwrap().code, 400);
+            }
+            (want, other) => panic!("pick expected: {want}, got {other:?}"),
+        }
+    }
 }
