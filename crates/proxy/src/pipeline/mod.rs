@@ -82,7 +82,7 @@ async fn forward(
     let upgrade = head.upgrade.is_some();
     let path = head.parts.uri.path();
     let mut body = request_body::prepare(to, path, body, shape, upgrade).await?;
-    let parsed = if head.upgrade.is_none() && to.inference_api(head.parts.uri.path()) {
+    let parsed = if !upgrade && to.inference_api(path) {
         Some(model::parse_openai(rx, &head, &body).await?)
     } else {
         None
