@@ -81,7 +81,13 @@ async fn forward(
     // upload never holds a slot a ready request could use.
     let upgrade = head.upgrade.is_some();
     let path = head.parts.uri.path();
-    let mut body = request_body::prepare(to, path, body, shape, upgrade).await?;
+    let mut body = match request_body::plan(to, path, body, shape, upgrade) {
+        request_body::Plan::Ready(body) => body,
+        request_body::Plan::ReadWhole(incoming) => {
+            let (limit, timeout) = (to.route.max_request_body, to.route.body_read_timeout);
+            request_body::read_whole(incoming, limit, timeout).await?
+        }
+    };
     let parsed = if !upgrade && to.inference_api(path) {
         Some(model::parse_openai(rx, &head, &body).await?)
     } else {

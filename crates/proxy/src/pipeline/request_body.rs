@@ -13,17 +13,19 @@ use crate::error::{has_source, GatewayError};
 /// Bodies up to this size are kept for replay when a route hedges without a retry policy.
 pub const DEFAULT_MAX_REPLAY_BODY: u64 = 64 * 1024;
 
-pub async fn prepare(
-    to: Routed<'_>,
-    path: &str,
-    body: InBody,
-    shape: Shape,
-    upgrade: bool,
-) -> Result<RequestBody, Reject> {
+/// What to do with a request's body: stream it as it is, or read it whole first.
+pub enum Plan {
+    Ready(RequestBody),
+    /// Read whole with [`read_whole`], bounded by the route's limits.
+    ReadWhole(ClientBody),
+}
+
+/// Decide the body's form; synchronous, so a streamed body (the common case) costs no await.
+pub fn plan(to: Routed<'_>, path: &str, body: InBody, shape: Shape, upgrade: bool) -> Plan {
     let route = to.route;
     let incoming = match body {
         // Already read, for model-based routing.
-        InBody::Buffered(bytes) => return Ok(RequestBody::Buffered(Some(bytes))),
+        InBody::Buffered(bytes) => return Plan::Ready(RequestBody::Buffered(Some(bytes))),
         InBody::Incoming(incoming) => incoming,
     };
     let empty = http_body::Body::is_end_stream(&incoming);
@@ -34,10 +36,11 @@ pub async fn prepare(
             || to.target.model.is_some() && !empty
             || (retry.is_some() || route.hedger.is_some())
                 && (empty || shape.content_length.is_some_and(|n| n <= replay_cap)));
-    if !whole {
-        return Ok(RequestBody::new(incoming, route.max_request_body));
+    if whole {
+        Plan::ReadWhole(incoming)
+    } else {
+        Plan::Ready(RequestBody::new(incoming, route.max_request_body))
     }
-    read_whole(incoming, route.max_request_body, route.body_read_timeout).await
 }
 
 /// Read a client's body whole, at most `limit` bytes within `timeout`. Every failure is the
