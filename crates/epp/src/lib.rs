@@ -21,6 +21,8 @@
 // The request path never panics on a missing value: it answers or fails the request.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+#[doc(hidden)]
+pub mod framing;
 pub mod proto;
 
 use std::collections::BTreeMap;

@@ -112,7 +112,12 @@ impl Tracker {
                     self.head.extend_from_slice(&buf[..take]);
                     buf = &buf[take..];
                     if self.head[..] != PREFACE[..self.head.len()] {
+                        // Not HTTP/2: the bytes held back are the start of an HTTP/1 stream,
+                        // read like any other (blank lines skipped, the head's end looked for
+                        // from their first byte), so where the first read ended does not matter.
+                        let held = std::mem::take(&mut self.head);
                         self.state = State::Head;
+                        self.advance(&held);
                     } else if self.head.len() == PREFACE.len() {
                         self.head = Vec::new();
                         self.state = State::Passthrough;
@@ -141,7 +146,7 @@ impl Tracker {
                     if self.head.is_empty() {
                         // Common case: the whole head arrived in this read.
                         if let Some(end) = find_head_end(buf) {
-                            self.state = self.on_head(&buf[..end]);
+                            self.state = self.on_head_within_limit(&buf[..end]);
                             buf = &buf[end..];
                             continue;
                         }
@@ -155,7 +160,7 @@ impl Tracker {
                         Some(end) => {
                             let end = start + end;
                             let head = std::mem::take(&mut self.head);
-                            self.state = self.on_head(&head[..end]);
+                            self.state = self.on_head_within_limit(&head[..end]);
                             self.head = head;
                             self.head.clear();
                             buf = &buf[end - old_len..];
@@ -227,6 +232,15 @@ impl Tracker {
                 }
             }
         }
+    }
+
+    /// A head over `MAX_HEAD` is not tracked, whether it came in one read or many (hyper
+    /// refuses it on its own, smaller limit).
+    fn on_head_within_limit(&mut self, head: &[u8]) -> State {
+        if head.len() > MAX_HEAD {
+            return State::Passthrough;
+        }
+        self.on_head(head)
     }
 
     /// Inspect a complete head and decide how its body is framed.
@@ -435,6 +449,52 @@ mod tests {
     fn http2_preface_is_passed_through() {
         let (conflict, heads) = run(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 4);
         assert_eq!((conflict, heads), (None, 0));
+    }
+
+    #[test]
+    fn blank_lines_before_the_first_request_are_skipped_at_any_split() {
+        // Found by the split-invariance property below: the connection's first bytes were held
+        // back for the HTTP/2 preface check and then never looked at, so blank lines that came
+        // in a read of their own were taken as a malformed head (`\r\n\r\n`) and the guard
+        // stopped checking, while hyper (httparse) skips them and served the CL+TE request.
+        let stream = [&b"\r\n\r\n"[..], SMUGGLE].concat();
+        for step in 1..=stream.len() {
+            assert_eq!(run(&stream, step), (Some(0), 1), "step {step}");
+        }
+    }
+
+    #[test]
+    fn a_head_over_the_limit_is_not_tracked_however_it_is_read() {
+        // It used to be parsed when its end came in the same read, passed through when not.
+        let big = [
+            &b"GET / HTTP/1.1\r\nx: "[..],
+            &vec![b'a'; MAX_HEAD][..],
+            b"\r\n\r\n",
+            SMUGGLE,
+        ]
+        .concat();
+        for step in [MAX_HEAD + 1, 64 * 1024, big.len()] {
+            assert_eq!(run(&big, step), (None, 0), "step {step}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_marked_request_does_not_depend_on_where_reads_are_cut(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    UPGRADE, SMUGGLE, PIPELINE, b"\r\n" as &[u8], b"GET / HTTP/1.1\r\n\r\n",
+                    b"POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc",
+                    b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                    b"PRI * HTTP/2.0\r\n\r\n", b"\n", b"x",
+                ]),
+                0..6,
+            ),
+            step in 1usize..40,
+        ) {
+            let stream = parts.concat();
+            proptest::prop_assert_eq!(run(&stream, stream.len().max(1)), run(&stream, step));
+        }
     }
 
     #[test]

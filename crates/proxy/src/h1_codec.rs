@@ -486,8 +486,11 @@ pub fn decode_chunked(state: &mut Chunked, buf: &mut BytesMut) -> Result<Decoded
     loop {
         match *state {
             Chunked::Size => {
-                let Some(eol) = find_crlf(buf) else {
-                    if buf.len() > MAX_CHUNK_LINE {
+                // The limit holds however the line was cut into reads: a line is refused when
+                // its CRLF cannot end within `MAX_CHUNK_LINE` bytes, whether the CRLF is here
+                // yet or not (the scan stops there too).
+                let Some(eol) = find_crlf(&buf[..buf.len().min(MAX_CHUNK_LINE)]) else {
+                    if buf.len() >= MAX_CHUNK_LINE {
                         return Err(ProtocolError("chunk size line too long"));
                     }
                     return Ok(Decoded::NeedMore);
@@ -535,7 +538,9 @@ pub fn decode_chunked(state: &mut Chunked, buf: &mut BytesMut) -> Result<Decoded
                 }
                 let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 match httparse::parse_headers(buf, &mut slots) {
-                    Ok(httparse::Status::Complete((len, parsed))) => {
+                    // As for the chunk line, a block too large is refused whether it came
+                    // whole or in pieces.
+                    Ok(httparse::Status::Complete((len, parsed))) if len <= MAX_HEAD_BYTES => {
                         let trailers = header_map(parsed)?;
                         buf.advance(len);
                         return Ok(Decoded::Trailers(trailers));

@@ -40,6 +40,8 @@ use http::Response;
 pub use exchange::{ClientRequest, ConnContext, Downstream, Exchange, Reject, Stop, Trust};
 pub use request_body::DEFAULT_MAX_REPLAY_BODY;
 pub use response::X_SWITCHYARD_PICK;
+#[doc(hidden)]
+pub use target::normalize_path;
 
 use crate::body::ResponseBody;
 use crate::gateway::{Gateway, GatewayHandle};
