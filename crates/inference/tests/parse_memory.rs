@@ -14,8 +14,14 @@ use switchyard_inference::parse_openai;
 #[global_allocator]
 static ALLOC: PeakAlloc = PeakAlloc;
 
-/// The peak counter is process-wide: one measurement at a time.
+/// The peak counter is process-wide: one test at a time, bodies built inside the lock too (the
+/// test harness runs tests on parallel threads, and another test's 16 MiB body counts as this
+/// one's allocation otherwise).
 static MEASURE: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    MEASURE.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 const BODY: usize = 16 << 20;
 
@@ -43,7 +49,6 @@ struct Measured {
 /// Parse `body` for `path`, returning whether it parsed, the peak bytes allocated above what was
 /// live before the parse (the body itself is not counted), and the wall time.
 fn measure(name: &str, path: &str, body: &[u8]) -> Measured {
-    let _guard = MEASURE.lock().unwrap_or_else(|e| e.into_inner());
     let base = ALLOC.current_usage();
     ALLOC.reset_peak_usage();
     let start = Instant::now();
@@ -81,6 +86,7 @@ fn assert_bounded(m: &Measured, body: &[u8]) {
 
 #[test]
 fn many_small_objects_in_content_parts() {
+    let _one = one_at_a_time();
     let b = body(
         r#"{"model":"m","messages":[{"role":"user","content":["#,
         r#"{"type":"text","text":"a"},{"type":"image_url","image_url":{}}"#,
@@ -93,6 +99,7 @@ fn many_small_objects_in_content_parts() {
 
 #[test]
 fn many_small_objects_in_an_ignored_message_field() {
+    let _one = one_at_a_time();
     let b = body(
         r#"{"model":"m","messages":[{"role":"user","content":"hi","tool_calls":["#,
         "{}",
@@ -105,6 +112,7 @@ fn many_small_objects_in_an_ignored_message_field() {
 
 #[test]
 fn many_small_objects_in_an_ignored_top_level_field() {
+    let _one = one_at_a_time();
     let b = body(
         r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"metadata":["#,
         r#"{"a":[1]}"#,
@@ -117,6 +125,7 @@ fn many_small_objects_in_an_ignored_top_level_field() {
 
 #[test]
 fn many_small_objects_in_a_field_of_another_api() {
+    let _one = one_at_a_time();
     // `prompt` means nothing to chat; it used to be built as a tree all the same.
     let b = body(
         r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"prompt":["#,
@@ -130,6 +139,7 @@ fn many_small_objects_in_a_field_of_another_api() {
 
 #[test]
 fn many_small_objects_as_a_prompt_fail_cleanly() {
+    let _one = one_at_a_time();
     let b = body(r#"{"model":"m","prompt":["#, "{}", "]}");
     let m = measure("objects as a prompt", "/v1/completions", &b);
     assert!(!m.ok);
@@ -138,6 +148,7 @@ fn many_small_objects_as_a_prompt_fail_cleanly() {
 
 #[test]
 fn many_messages() {
+    let _one = one_at_a_time();
     let b = body(
         r#"{"model":"m","messages":["#,
         r#"{"role":"user","content":"x"}"#,
@@ -150,6 +161,7 @@ fn many_messages() {
 
 #[test]
 fn one_long_escaped_string() {
+    let _one = one_at_a_time();
     let b = body(r#"{"model":"m","input":""#, r"\n\u00e9", r#""}"#);
     let m = measure("escaped input", "/v1/embeddings", &b);
     assert!(m.ok);
@@ -158,6 +170,7 @@ fn one_long_escaped_string() {
 
 #[test]
 fn one_long_escaped_key() {
+    let _one = one_at_a_time();
     let b = body(
         r#"{"model":"m","messages":[{"role":"user","content":"hi"}],""#,
         r"\u0061",
@@ -170,6 +183,7 @@ fn one_long_escaped_key() {
 
 #[test]
 fn deep_nesting_fails_cleanly() {
+    let _one = one_at_a_time();
     let depth = BODY / 2 - 128;
     let nested = |head: &str, tail: &str| {
         let mut b = head.as_bytes().to_vec();
