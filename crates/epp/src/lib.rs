@@ -211,7 +211,9 @@ impl Epp {
                             return;
                         }
                         request_body.extend_from_slice(&b.body);
-                        if b.end_of_stream && request_body.len() > INLINE_PARSE_BYTES {
+                        if b.end_of_stream
+                            && request_body.len() > switchyard_inference::INLINE_PARSE_BYTES
+                        {
                             // A large body is parsed and scored on the blocking pool, so the
                             // other streams on this worker keep moving.
                             let this = self.clone();
@@ -374,10 +376,6 @@ impl Epp {
         reply
     }
 }
-
-/// Bodies larger than this are parsed and scored on the blocking pool (parsing costs 2–8 ms per
-/// MiB; see docs/benchmarks.md).
-const INLINE_PARSE_BYTES: usize = 256 * 1024;
 
 /// A pick whose in-flight tokens are released when the ext_proc stream ends.
 struct Picked {

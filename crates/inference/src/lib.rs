@@ -37,7 +37,7 @@ pub use picker::{Decision, EndpointView, InferencePicker, PickerConfig, RequestC
 pub use prefix_index::PrefixIndex;
 pub use request::{
     estimate_tokens, parse_openai, prompt_block_hashes, prompt_block_hashes_seeded, seed_for,
-    ApiKind, InferenceRequest, RequestError,
+    ApiKind, InferenceRequest, RequestError, INLINE_PARSE_BYTES,
 };
 pub use request_pick::{RequestPick, DEFAULT_EXPECTED_OUTPUT};
 pub use scorer::{ScoreContext, Scorer, Weights};

@@ -202,6 +202,11 @@ fn string_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
     }
 }
 
+/// Bodies larger than this are better parsed off an async worker (on a blocking pool): parsing
+/// costs 2–8 ms per MiB (docs/benchmarks.md), and a worker parsing 16 MiB inline would hold up
+/// every other request on it for ~100 ms. The gateway and `switchyard epp` both go by it.
+pub const INLINE_PARSE_BYTES: usize = 256 * 1024;
+
 /// Parse an OpenAI request body for `path`.
 pub fn parse_openai(path: &str, body: &[u8]) -> Result<InferenceRequest, RequestError> {
     let kind =

@@ -21,6 +21,18 @@ fn tls_files(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, 
     (cp, kp, cert.cert.der().to_vec())
 }
 
+/// A gateway with one TLS listener in front of `origin`, and the certificate to trust.
+fn tls_gateway(dir: &std::path::Path, origin: &Origin) -> (Gateway, Vec<u8>) {
+    let (cert, key, der) = tls_files(dir);
+    let yaml = format!(
+        "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: false}}\nlisteners:\n  - name: public\n    address: 127.0.0.1:0\n    tls: {{cert: {}, key: {}}}\nroutes:\n  - {{name: r, match: {{path_prefix: /}}, pool: p}}\npools:\n  - {{name: p, endpoints: [{}]}}\n",
+        cert.display(),
+        key.display(),
+        origin.addr
+    );
+    (Gateway::start(&yaml), der)
+}
+
 async fn tls_connect(
     addr: std::net::SocketAddr,
     der: &[u8],
@@ -47,14 +59,7 @@ async fn tls_connect(
 async fn tls_with_alpn_h2_and_http11() {
     let origin = Origin::start();
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, der) = tls_files(dir.path());
-    let yaml = format!(
-        "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: false}}\nlisteners:\n  - name: public\n    address: 127.0.0.1:0\n    tls: {{cert: {}, key: {}}}\nroutes:\n  - {{name: r, match: {{path_prefix: /}}, pool: p}}\npools:\n  - {{name: p, endpoints: [{}]}}\n",
-        cert.display(),
-        key.display(),
-        origin.addr
-    );
-    let gw = Gateway::start(&yaml);
+    let (gw, der) = tls_gateway(dir.path(), &origin);
 
     let tls = tls_connect(gw.addr(), &der, b"h2").await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
@@ -101,14 +106,7 @@ async fn smuggling_shapes_over_tls_are_refused_like_plain_ones() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let origin = Origin::start();
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, der) = tls_files(dir.path());
-    let yaml = format!(
-        "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: false}}\nlisteners:\n  - name: public\n    address: 127.0.0.1:0\n    tls: {{cert: {}, key: {}}}\nroutes:\n  - {{name: r, match: {{path_prefix: /}}, pool: p}}\npools:\n  - {{name: p, endpoints: [{}]}}\n",
-        cert.display(),
-        key.display(),
-        origin.addr
-    );
-    let gw = Gateway::start(&yaml);
+    let (gw, der) = tls_gateway(dir.path(), &origin);
     let mut tls = tls_connect(gw.addr(), &der, b"http/1.1").await;
     tls.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n")
         .await

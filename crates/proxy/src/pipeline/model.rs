@@ -78,11 +78,6 @@ pub(crate) fn body_model(bytes: &[u8]) -> Option<String> {
 
 /// Parse the OpenAI body of an `inference` pool (a malformed one is answered 400 in the OpenAI
 /// shape), learn the request's model, and apply the target's model rewrite.
-/// Bodies larger than this are parsed on the blocking pool: parsing costs 2–8 ms per MiB
-/// (docs/benchmarks.md), and a worker parsing a 16 MiB body inline would hold up every other
-/// request on it for ~100 ms.
-const INLINE_PARSE_BYTES: usize = 256 * 1024;
-
 /// The OpenAI body of a request the `inference` picker scores, parsed once (a malformed one is
 /// answered 400 in the OpenAI shape). Only called for such requests.
 pub(crate) async fn parse_openai(
@@ -92,7 +87,7 @@ pub(crate) async fn parse_openai(
 ) -> Result<InferenceRequest, Stop> {
     let bytes = body.buffered().unwrap_or_default();
     let path = head.parts.uri.path();
-    let parsed = if bytes.len() <= INLINE_PARSE_BYTES {
+    let parsed = if bytes.len() <= switchyard_inference::INLINE_PARSE_BYTES {
         switchyard_inference::parse_openai(path, &bytes)
     } else {
         let path = path.to_owned();
