@@ -6,16 +6,15 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message;
 use support::origin::Origin;
-use support::{Gateway, BIN, WAIT};
+use support::{Gateway, Kill, WAIT};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADERS: u8 = 0x1;
@@ -314,14 +313,6 @@ fn a_slow_admin_client_is_disconnected_and_others_are_served() {
 
 // ---- Endpoint picker ----
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start_epp(dir: &std::path::Path, extra_args: &[&str]) -> (Kill, SocketAddr) {
     start_epp_with(
         dir,
@@ -333,23 +324,7 @@ fn start_epp(dir: &std::path::Path, extra_args: &[&str]) -> (Kill, SocketAddr) {
 fn start_epp_with(dir: &std::path::Path, yaml: &str, extra_args: &[&str]) -> (Kill, SocketAddr) {
     let config = dir.join("epp.yaml");
     std::fs::write(&config, yaml).unwrap();
-    let mut epp = Kill(
-        Command::new(BIN)
-            .args(["epp", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&config)
-            .args(extra_args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let line = BufReader::new(epp.0.stdout.take().unwrap())
-        .lines()
-        .next()
-        .expect("epp printed its address")
-        .unwrap();
-    let addr = line.rsplit(' ').next().unwrap().parse().unwrap();
-    (epp, addr)
+    support::start_epp(&config, extra_args)
 }
 
 /// Open an ext_proc stream; returns the request body sender and the response.

@@ -5,26 +5,17 @@
 mod otlp;
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use support::client::{self, send};
-use support::BIN;
+use support::Kill;
 use switchyard_sim::{start_fleet, FleetConfig, ReplicaConfig};
 
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn envoy_bin() -> String {
     let out = Command::new(support::python3())
@@ -122,21 +113,7 @@ async fn envoy_routes_where_the_endpoint_picker_says() {
         ),
     )
     .unwrap();
-    let mut epp = Kill(
-        Command::new(BIN)
-            .args(["epp", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let line = BufReader::new(epp.0.stdout.take().unwrap())
-        .lines()
-        .next()
-        .expect("epp printed its address")
-        .unwrap();
-    let epp_addr: SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let (_epp, epp_addr) = support::start_epp(&config, &[]);
 
     let envoy_yaml = dir.path().join("envoy.yaml");
     std::fs::write(&envoy_yaml, envoy_config(epp_addr)).unwrap();

@@ -242,3 +242,39 @@ pub fn simple_config(endpoints: &[SocketAddr], extra_route: &str, extra_pool: &s
         eps.join(", ")
     )
 }
+
+/// A child process killed (and reaped) when the test lets go of it.
+pub struct Kill(pub Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start `switchyard epp` on an ephemeral port with `config` (and `extra_args`); returns it and
+/// the address it printed once listening.
+pub fn start_epp(config: &std::path::Path, extra_args: &[&str]) -> (Kill, SocketAddr) {
+    let mut epp = Kill(
+        Command::new(BIN)
+            .args(["epp", "--listen", "127.0.0.1:0", "--config"])
+            .arg(config)
+            .args(extra_args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start switchyard epp"),
+    );
+    let line = BufReader::new(epp.0.stdout.take().expect("piped stdout"))
+        .lines()
+        .next()
+        .expect("epp printed its address")
+        .expect("a line");
+    let addr = line
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .expect("an address at the end of the line");
+    (epp, addr)
+}
