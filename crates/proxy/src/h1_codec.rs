@@ -11,7 +11,7 @@ use std::io;
 
 use crate::headers::parse_decimal;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
 /// Response heads larger than this are refused (NGINX's and Envoy's defaults are 4–64 KiB).
@@ -48,38 +48,28 @@ pub enum ReqFraming {
 }
 
 /// Write a request head. `content-length` and `transfer-encoding` from `headers` are replaced
-/// by `framing`, and `host` is added from the URI's authority when the request has none (as when
-/// an HTTP/2 client's `:authority` goes to an HTTP/1 upstream).
+/// by `framing`. `host` is already in `headers`: the request-rewrite stage puts an HTTP/2
+/// client's `:authority` there.
 pub fn encode_request_head(
     out: &mut BytesMut,
     method: &Method,
-    uri: &http::Uri,
+    target: &str,
     headers: &HeaderMap,
     framing: ReqFraming,
 ) {
-    let target = uri.path_and_query().map_or("/", |p| p.as_str());
     out.reserve(64 + target.len() + headers.len() * 32);
     out.put_slice(method.as_str().as_bytes());
     out.put_u8(b' ');
     out.put_slice(target.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
-    let mut has_host = false;
     for (name, value) in headers {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
             continue;
         }
-        has_host |= name == HOST;
         out.put_slice(name.as_str().as_bytes());
         out.put_slice(b": ");
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
-    }
-    if !has_host {
-        if let Some(authority) = uri.authority() {
-            out.put_slice(b"host: ");
-            out.put_slice(authority.as_str().as_bytes());
-            out.put_slice(b"\r\n");
-        }
     }
     match framing {
         ReqFraming::None => {}

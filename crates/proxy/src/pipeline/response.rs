@@ -27,7 +27,7 @@ pub fn stream_back(
     gateway: &Gateway,
     rx: &mut Exchange<'_>,
     to: Routed<'_>,
-    answer: Answer,
+    answer: Box<Answer>,
     added: Added,
     downstream: Downstream,
 ) -> Response<ResponseBody> {
@@ -38,7 +38,7 @@ pub fn stream_back(
         conn,
         index,
         in_flight,
-    } = answer;
+    } = *answer;
     let pool = to.pool();
     rx.finish.set_upstream(in_flight, &pool.health, index);
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -4,20 +4,19 @@
 
 use std::io;
 
-use http::Request;
 use switchyard_health::Outcome;
 use switchyard_resilience::Overflow;
 
-use crate::body::{BoxError, RequestBody};
+use crate::body::BoxError;
 
 /// Why an exchange failed, in the terms the request path needs.
 #[derive(Debug)]
 pub enum SendError {
     Connect(io::Error),
     ConnectTimeout,
-    /// A reused connection turned out closed before the upstream saw the request; the request
-    /// is returned intact.
-    NotSent(Box<Request<RequestBody>>),
+    /// A reused connection turned out closed before the upstream saw the request, which is
+    /// still whole to send again.
+    NotSent,
     /// The connection failed mid-exchange.
     Io(io::Error),
     /// The client's request body failed (too large, reset): the upstream is not at fault.

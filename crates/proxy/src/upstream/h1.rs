@@ -15,7 +15,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{Request, Response};
+use http::{HeaderMap, Method, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
@@ -142,27 +142,38 @@ impl EndpointConns {
     /// connection, from which the caller reads the body.
     pub async fn send(
         self: &Arc<Self>,
-        req: Request<RequestBody>,
+        mut req: Encoded,
         breaker: &CircuitBreaker,
         deadline: Option<Instant>,
     ) -> Result<(Response<()>, InlineConn), SendError> {
-        let mut req = req;
-        if let Some(conn) = self.pop_idle() {
+        // One exchange await, not one per case: the future is moved on every request, and two
+        // awaits of the exchange would lay out two of its states.
+        let (mut conn, mut reused) = match self.pop_idle() {
+            Some(conn) => (conn, true),
+            None => (self.connect_boxed(breaker, deadline).await?, false),
+        };
+        loop {
             let mut up = InlineConn::new(self.clone(), conn);
-            match up.exchange(req, true, deadline).await {
+            match up.exchange(&mut req, reused, deadline).await {
                 Ok(resp) => return Ok((resp, up)),
                 // The idle connection was closed under us before the upstream took the
                 // request: safe to try once more on a fresh connection.
-                Err(SendError::NotSent(back)) => req = *back,
+                Err(SendError::NotSent) if reused => {}
                 Err(e) => return Err(e),
             }
+            conn = self.connect_boxed(breaker, deadline).await?;
+            reused = false;
         }
-        // Boxed: connecting is the rare path, and its future would otherwise make every
-        // exchange's future (moved on each request) larger.
-        let conn = Box::pin(self.connect(breaker, deadline)).await?;
-        let mut up = InlineConn::new(self.clone(), conn);
-        let resp = up.exchange(req, false, deadline).await?;
-        Ok((resp, up))
+    }
+
+    /// Boxed: connecting is the rare path, and its future would otherwise make every
+    /// exchange's future (moved on each request) larger.
+    async fn connect_boxed(
+        &self,
+        breaker: &CircuitBreaker,
+        deadline: Option<Instant>,
+    ) -> Result<Box<Conn>, SendError> {
+        Box::pin(self.connect(breaker, deadline)).await
     }
 }
 
@@ -188,6 +199,41 @@ async fn write_all_by(conn: &mut Conn, mut buf: &[u8]) -> Result<(), Option<io::
         Poll::Ready(Ok(()))
     })
     .await
+}
+
+/// A request encoded for the wire before the exchange starts. The exchange's future then holds
+/// these bytes and the body, not the request: a 272-byte head was stored four times over in it,
+/// and that future is moved on every request.
+pub struct Encoded {
+    /// The head, with a small buffered body coalesced into the same write.
+    out: BytesMut,
+    /// The body still to send after the head; taken when a streamed upload starts.
+    body: Option<RequestBody>,
+    framing: ReqFraming,
+    method: Method,
+}
+
+impl Encoded {
+    /// `target` is the request target as written on the wire (origin-form).
+    pub fn new(method: &Method, target: &str, headers: &HeaderMap, body: RequestBody) -> Self {
+        let framing = request_framing(headers, &body);
+        let mut out = BytesMut::new();
+        encode_request_head(&mut out, method, target, headers, framing);
+        let body = match body.buffered() {
+            Some(b) if b.len() <= COALESCE_BODY => {
+                out.extend_from_slice(&b);
+                None
+            }
+            _ if framing == ReqFraming::None => None,
+            _ => Some(body),
+        };
+        Self {
+            out,
+            body,
+            framing,
+            method: method.clone(),
+        }
+    }
 }
 
 /// One upstream connection in use by one exchange; after the response head it yields the
@@ -236,43 +282,33 @@ impl InlineConn {
 
     async fn exchange(
         &mut self,
-        req: Request<RequestBody>,
+        req: &mut Encoded,
         reused: bool,
         deadline: Option<Instant>,
     ) -> Result<Response<()>, SendError> {
         self.conn.deadline.set(deadline);
-        let (parts, body) = req.into_parts();
-        let framing = request_framing(&parts.headers, &body);
-        let mut out = BytesMut::new();
-        encode_request_head(&mut out, &parts.method, &parts.uri, &parts.headers, framing);
-        let whole = body.buffered();
-        if let Some(b) = whole.as_ref().filter(|b| b.len() <= COALESCE_BODY) {
-            out.extend_from_slice(b);
-        }
-        let not_sent = |body: RequestBody| {
-            SendError::NotSent(Box::new(Request::from_parts(parts.clone(), body)))
-        };
-        match write_all_by(&mut self.conn, &out).await {
+        match write_all_by(&mut self.conn, &req.out).await {
             Ok(()) => {}
-            Err(Some(_)) if reused => return Err(not_sent(body)),
+            Err(Some(_)) if reused => return Err(SendError::NotSent),
             Err(Some(e)) => return Err(SendError::Io(e)),
             Err(None) => return Err(SendError::Timeout),
         }
-        match whole {
-            Some(b) if b.len() > COALESCE_BODY => write_all_by(&mut self.conn, &b)
+        match req.body.as_ref().and_then(RequestBody::buffered) {
+            // Too large to coalesce with the head.
+            Some(b) => write_all_by(&mut self.conn, &b)
                 .await
                 .map_err(|e| e.map_or(SendError::Timeout, SendError::Io))?,
-            Some(_) => {}
-            None if framing == ReqFraming::None => {}
             // A streamed body goes out as it arrives, while the response is read: an upstream
             // may answer (and even stream its answer) before the upload ends.
             None => {
-                self.upload = Some(Box::new(Upload {
-                    body,
-                    chunked: framing == ReqFraming::Chunked,
-                    out: BytesMut::new(),
-                    done: false,
-                }));
+                if let Some(body) = req.body.take() {
+                    self.upload = Some(Box::new(Upload {
+                        body,
+                        chunked: req.framing == ReqFraming::Chunked,
+                        out: BytesMut::new(),
+                        done: false,
+                    }));
+                }
             }
         }
         // Read the response head, skipping interim (1xx) responses.
@@ -318,7 +354,7 @@ impl InlineConn {
             // while idle is caught before use (`is_stale`) or by the failed write above.
             return Err(SendError::Io(io::ErrorKind::UnexpectedEof.into()));
         };
-        let (framing, keep_alive) = response_framing(&parts.method, &mut head).map_err(protocol)?;
+        let (framing, keep_alive) = response_framing(&req.method, &mut head).map_err(protocol)?;
         self.framing = framing;
         self.chunked = Chunked::Size;
         self.reusable = keep_alive;

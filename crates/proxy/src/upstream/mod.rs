@@ -12,6 +12,7 @@ pub mod upgrade;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -23,7 +24,7 @@ use tokio::time::Instant;
 
 use crate::body::RequestBody;
 pub use failure::{Failure, SendError};
-pub use h1::{EndpointConns, InlineConn};
+pub use h1::{Encoded, EndpointConns, InlineConn};
 pub use h2::H2Endpoint;
 pub use upgrade::UpgradeClient;
 
@@ -88,17 +89,63 @@ impl Upstream {
         deadline: Option<Instant>,
         breaker: &'a CircuitBreaker,
         state: &'a Arc<EndpointState>,
-    ) -> impl Future<Output = Result<Sent, Failure>> + 'a {
-        let transport = (!upgrade).then_some(&self.transport);
-        let inline = matches!(transport, Some(Transport::Http1(_)));
-        let mut uri = http::uri::Parts::default();
-        if !inline {
-            // HTTP/2 takes `:scheme` and `:authority` from an absolute URI (as the pooled client
-            // picks its connection by it); the inline HTTP/1 path writes the request target as
-            // given, so it gets origin-form.
-            uri.scheme = Some(Scheme::HTTP);
-            uri.authority = Some(self.authorities[index].clone());
+    ) -> impl Future<Output = Result<Sent, Failure>> + Send + 'a {
+        // Everything up to the first await happens here, so the future holds only what the
+        // exchange needs: it is moved on every request.
+        let prepared = match (!upgrade).then_some(&self.transport) {
+            // The inline HTTP/1 path writes the request target as given, in origin-form.
+            Some(Transport::Http1(conns)) => {
+                let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                let req = Encoded::new(&parts.method, target, &headers, body);
+                Prepared::Inline(&conns[index], req)
+            }
+            // Boxed, as are upgrades: the inline HTTP/1 exchange is the one path whose future is
+            // not boxed, and these would otherwise make it larger to copy.
+            Some(Transport::Http2(h2)) => {
+                let req = self.absolute(index, parts, headers, body);
+                Prepared::Pooled(Box::pin(async move {
+                    h2[index]
+                        .send(req, breaker, state)
+                        .await
+                        .map(|resp| (resp.map(Some), None))
+                        .map_err(Failure::Inline)
+                }))
+            }
+            None => {
+                let req = self.absolute(index, parts, headers, body);
+                Prepared::Pooled(Box::pin(async move {
+                    self.upgrades
+                        .request(req)
+                        .await
+                        .map(|resp| (resp.map(Some), None))
+                        .map_err(Failure::Pooled)
+                }))
+            }
+        };
+        async move {
+            match prepared {
+                Prepared::Inline(conns, req) => conns
+                    .send(req, breaker, deadline)
+                    .await
+                    .map(|(resp, conn)| (resp.map(|()| None), Some(conn)))
+                    .map_err(Failure::Inline),
+                Prepared::Pooled(sending) => sending.await,
+            }
         }
+    }
+
+    /// The attempt as a request with an absolute URI: HTTP/2 takes `:scheme` and `:authority`
+    /// from it, and the pooled client picks its connection by it.
+    fn absolute(
+        &self,
+        index: usize,
+        parts: &http::request::Parts,
+        headers: http::HeaderMap,
+        body: RequestBody,
+    ) -> Request<RequestBody> {
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(self.authorities[index].clone());
         uri.path_and_query = Some(
             parts
                 .uri
@@ -106,42 +153,19 @@ impl Upstream {
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
         );
-        let uri = Uri::from_parts(uri).expect("path is set; scheme and authority go together");
-        let req = attempt_request(parts, headers, uri, body);
-        async move {
-            match transport {
-                Some(Transport::Http1(conns)) => conns[index]
-                    .send(req, breaker, deadline)
-                    .await
-                    .map(|(resp, conn)| (resp.map(|()| None), Some(conn)))
-                    .map_err(Failure::Inline),
-                Some(Transport::Http2(h2)) => h2[index]
-                    .send(req, breaker, state)
-                    .await
-                    .map(|resp| (resp.map(Some), None))
-                    .map_err(Failure::Inline),
-                None => self
-                    .upgrades
-                    .request(req)
-                    .await
-                    .map(|resp| (resp.map(Some), None))
-                    .map_err(Failure::Pooled),
-            }
-        }
+        let uri = Uri::from_parts(uri).expect("scheme, authority and path are set");
+        let mut req = Request::new(body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = parts.version;
+        *req.headers_mut() = headers;
+        req
     }
 }
 
-/// One attempt's request, from the rewritten head and a body.
-fn attempt_request(
-    parts: &http::request::Parts,
-    headers: http::HeaderMap,
-    uri: Uri,
-    body: RequestBody,
-) -> Request<RequestBody> {
-    let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = uri;
-    *req.version_mut() = parts.version;
-    *req.headers_mut() = headers;
-    req
+/// An attempt ready to go: encoded for an inline HTTP/1 exchange, or another transport's boxed
+/// future.
+enum Prepared<'a> {
+    Inline(&'a Arc<EndpointConns>, Encoded),
+    Pooled(Pin<Box<dyn Future<Output = Result<Sent, Failure>> + Send + 'a>>),
 }
