@@ -12,9 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use prost::Message;
 use support::origin::Origin;
-use support::{Gateway, Kill, WAIT};
+use support::{ext_proc, Gateway, Kill, WAIT};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADERS: u8 = 0x1;
@@ -327,112 +326,42 @@ fn start_epp_with(dir: &std::path::Path, yaml: &str, extra_args: &[&str]) -> (Ki
     support::start_epp(&config, extra_args)
 }
 
-/// Open an ext_proc stream; returns the request body sender and the response.
-async fn ext_proc_stream(
-    addr: SocketAddr,
-) -> (
-    h2::SendStream<Bytes>,
-    h2::client::ResponseFuture,
-    tokio::task::JoinHandle<Result<(), h2::Error>>,
-) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
-    let driver = tokio::spawn(conn);
-    let mut h2 = h2.ready().await.unwrap();
-    let req = http::Request::post(format!(
-        "http://{addr}/envoy.service.ext_proc.v3.ExternalProcessor/Process"
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .body(())
-    .unwrap();
-    let (resp, send) = h2.send_request(req, false).unwrap();
-    (send, resp, driver)
-}
-
-fn grpc_message(msg: &impl Message) -> Bytes {
-    let body = msg.encode_to_vec();
-    let mut out = vec![0u8];
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
-    Bytes::from(out)
-}
-
-/// Read the response: the gRPC messages' bytes and `grpc-status`.
-async fn ext_proc_reply(resp: h2::client::ResponseFuture) -> (Vec<u8>, Option<String>) {
-    let resp = tokio::time::timeout(WAIT, resp)
-        .await
-        .expect("no response")
-        .unwrap();
-    let status = resp.headers().get("grpc-status").cloned();
-    let mut body = resp.into_body();
-    let mut data = Vec::new();
-    while let Some(chunk) = tokio::time::timeout(WAIT, body.data()).await.unwrap() {
-        let chunk = chunk.unwrap();
-        let _ = body.flow_control().release_capacity(chunk.len());
-        data.extend_from_slice(&chunk);
-    }
-    let trailers = tokio::time::timeout(WAIT, body.trailers())
-        .await
-        .unwrap()
-        .unwrap();
-    let status = trailers
-        .as_ref()
-        .and_then(|t| t.get("grpc-status"))
-        .or(status.as_ref())
-        .map(|v| v.to_str().unwrap().to_string());
-    (data, status)
-}
-
 #[tokio::test]
 async fn epp_refuses_a_gigantic_declared_message_from_its_prefix() {
     let dir = tempfile::tempdir().unwrap();
     let (_epp, addr) = start_epp(dir.path(), &[]);
-    let (mut send, resp, _driver) = ext_proc_stream(addr).await;
+    let (mut send, resp, _driver) = ext_proc::stream(addr).await;
     // A prefix declaring 4 GiB - 1, and a little of it.
     let mut data = vec![0u8, 0xff, 0xff, 0xff, 0xff];
     data.extend_from_slice(&[0u8; 1024]);
     send.send_data(Bytes::from(data), false).unwrap();
-    let (_, status) = ext_proc_reply(resp).await;
+    let (_, status) = ext_proc::reply(resp).await;
     assert_eq!(status.as_deref(), Some("8"), "RESOURCE_EXHAUSTED expected");
 }
 
 #[tokio::test]
 async fn epp_bounds_a_body_streamed_in_many_messages() {
-    use switchyard_epp::proto::{self, processing_request::Request};
+    use switchyard_epp::proto;
     let dir = tempfile::tempdir().unwrap();
     let (_epp, addr) = start_epp(dir.path(), &["--max-message-bytes", "65536"]);
-    let (mut send, resp, _driver) = ext_proc_stream(addr).await;
-    let headers = proto::ProcessingRequest {
-        request: Some(Request::RequestHeaders(proto::HttpHeaders::default())),
-    };
-    send.send_data(grpc_message(&headers), false).unwrap();
+    let (mut send, resp, _driver) = ext_proc::stream(addr).await;
+    send.send_data(ext_proc::message(&ext_proc::headers(&[], false)), false)
+        .unwrap();
     // 16 KiB chunks, never end_of_stream: the picker must stop buffering at 64 KiB.
-    let chunk = proto::ProcessingRequest {
-        request: Some(Request::RequestBody(proto::HttpBody {
-            body: vec![b'x'; 16 * 1024],
-            end_of_stream: false,
-        })),
-    };
+    let chunk = ext_proc::body(&[b'x'; 16 * 1024], false);
     let sender = tokio::spawn(async move {
         for _ in 0..64 {
-            if send.send_data(grpc_message(&chunk), false).is_err() {
+            if send.send_data(ext_proc::message(&chunk), false).is_err() {
                 break;
             }
             tokio::task::yield_now().await;
         }
         send
     });
-    let (data, status) = ext_proc_reply(resp).await;
+    let (data, status) = ext_proc::reply(resp).await;
     assert_eq!(status.as_deref(), Some("0"));
     // The last message is the immediate 413.
-    let mut rest = &data[..];
-    let mut last = None;
-    while rest.len() >= 5 {
-        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
-        last = Some(proto::ProcessingResponse::decode(&rest[5..5 + len]).unwrap());
-        rest = &rest[5 + len..];
-    }
+    let last = ext_proc::decode(&data).pop();
     let Some(proto::processing_response::Response::ImmediateResponse(immediate)) =
         last.and_then(|m| m.response)
     else {
@@ -444,7 +373,7 @@ async fn epp_bounds_a_body_streamed_in_many_messages() {
 
 #[tokio::test]
 async fn epp_scores_a_large_body_off_its_worker_and_answers_as_for_a_small_one() {
-    use switchyard_epp::proto::{self, processing_request::Request};
+    use switchyard_epp::proto;
     let dir = tempfile::tempdir().unwrap();
     let yaml = "pools:\n  - name: p\n    balancer: inference\n    endpoints: [127.0.0.1:9]\n";
     let (_epp, addr) = start_epp_with(dir.path(), yaml, &[]);
@@ -452,37 +381,13 @@ async fn epp_scores_a_large_body_off_its_worker_and_answers_as_for_a_small_one()
     let text = "y".repeat(300 * 1024);
     let valid = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"{text}"}}]}}"#);
     for (body, want_pick) in [(valid.clone(), true), (format!("{valid}x"), false)] {
-        let (mut send, resp, _driver) = ext_proc_stream(addr).await;
-        let path = proto::HeaderMap {
-            headers: vec![proto::HeaderValue {
-                key: ":path".into(),
-                value: "/v1/chat/completions".into(),
-                raw_value: Vec::new(),
-            }],
-        };
-        let headers = proto::ProcessingRequest {
-            request: Some(Request::RequestHeaders(proto::HttpHeaders {
-                headers: Some(path),
-                ..Default::default()
-            })),
-        };
-        send.send_data(grpc_message(&headers), false).unwrap();
-        let body = proto::ProcessingRequest {
-            request: Some(Request::RequestBody(proto::HttpBody {
-                body: body.into_bytes(),
-                end_of_stream: true,
-            })),
-        };
-        send.send_data(grpc_message(&body), true).unwrap();
-        let (data, _) = ext_proc_reply(resp).await;
-        let mut rest = &data[..];
-        let mut replies = Vec::new();
-        while rest.len() >= 5 {
-            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
-            replies.push(proto::ProcessingResponse::decode(&rest[5..5 + len]).unwrap());
-            rest = &rest[5 + len..];
-        }
-        let last = replies
+        let (mut send, resp, _driver) = ext_proc::stream(addr).await;
+        let headers = ext_proc::headers(&[(":path", "/v1/chat/completions")], false);
+        send.send_data(ext_proc::message(&headers), false).unwrap();
+        let body = ext_proc::body(body.as_bytes(), true);
+        send.send_data(ext_proc::message(&body), true).unwrap();
+        let (data, _) = ext_proc::reply(resp).await;
+        let last = ext_proc::decode(&data)
             .pop()
             .and_then(|m| m.response)
             .expect("a reply to the body");

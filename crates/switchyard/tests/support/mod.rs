@@ -3,8 +3,10 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod ext_proc;
 pub mod fleet;
 pub mod origin;
+pub mod static_model;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
