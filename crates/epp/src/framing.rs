@@ -14,6 +14,8 @@ pub enum FrameError {
     TooLarge(usize),
     /// A complete message prost refuses (the stream ends with `grpc-status: 3`).
     Decode(prost::DecodeError),
+    /// The compressed flag is set (the stream ends `UNIMPLEMENTED`).
+    Compressed,
 }
 
 /// The next `ProcessingRequest` at the front of `buf`, under the default message limit: `None`
@@ -22,7 +24,8 @@ pub fn next_request(buf: &mut BytesMut) -> Option<Result<ProcessingRequest, Fram
     match super::next_message(buf, crate::DEFAULT_MAX_MESSAGE_BYTES) {
         Ok(None) => None,
         Ok(Some(msg)) => Some(ProcessingRequest::decode(msg).map_err(FrameError::Decode)),
-        Err(super::TooLarge(n)) => Some(Err(FrameError::TooLarge(n))),
+        Err(super::Refused::TooLarge(n)) => Some(Err(FrameError::TooLarge(n))),
+        Err(super::Refused::Compressed) => Some(Err(FrameError::Compressed)),
     }
 }
 
@@ -65,6 +68,11 @@ mod tests {
         assert!(matches!(
             next_request(&mut huge),
             Some(Err(FrameError::TooLarge(_)))
+        ));
+        let mut compressed = BytesMut::from(&[1, 0, 0, 0, 1, 0][..]);
+        assert!(matches!(
+            next_request(&mut compressed),
+            Some(Err(FrameError::Compressed))
         ));
     }
 }

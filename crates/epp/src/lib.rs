@@ -145,7 +145,16 @@ impl Epp {
                 let msg = match next_message(&mut buf, self.max_message_bytes) {
                     Ok(Some(msg)) => msg,
                     Ok(None) => break,
-                    Err(TooLarge(declared)) => {
+                    Err(Refused::Compressed) => {
+                        let _ = tx
+                            .send(Frame::trailers(grpc_status(
+                                GRPC_UNIMPLEMENTED,
+                                "compressed messages are not supported (grpc-accept-encoding: identity)",
+                            )))
+                            .await;
+                        return;
+                    }
+                    Err(Refused::TooLarge(declared)) => {
                         // Dropping the request body on return resets the stream: nothing more
                         // of the oversized message is read.
                         tracing::debug!(
@@ -448,20 +457,29 @@ fn lb_metadata(target: &str) -> proto::Struct {
     }
 }
 
-/// A message prefix declared this many bytes, over the limit.
+/// Why a message prefix was refused.
 #[derive(Debug, PartialEq, Eq)]
-struct TooLarge(usize);
+enum Refused {
+    /// It declared this many bytes, over the limit.
+    TooLarge(usize),
+    /// Its compressed flag is set: the picker accepts only `identity`, as its
+    /// `grpc-accept-encoding` says, so the bytes are not a protobuf message to decode.
+    Compressed,
+}
 
-/// Take one length-prefixed gRPC message off the front of `buf`, if complete. The declared length
-/// is checked as soon as the 5-byte prefix is in, so `buf` never holds more than one message of
-/// at most `max` bytes plus one read.
-fn next_message(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, TooLarge> {
+/// Take one length-prefixed gRPC message off the front of `buf`, if complete. The prefix is
+/// checked as soon as its 5 bytes are in, so `buf` never holds more than one message of at most
+/// `max` bytes plus one read.
+fn next_message(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, Refused> {
     if buf.len() < 5 {
         return Ok(None);
     }
+    if buf[0] != 0 {
+        return Err(Refused::Compressed);
+    }
     let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
     if len > max {
-        return Err(TooLarge(len));
+        return Err(Refused::TooLarge(len));
     }
     if buf.len() < 5 + len {
         // No reserving ahead for the declared length: memory follows bytes actually received.
@@ -511,6 +529,10 @@ fn grpc_response(rx: mpsc::Receiver<Frame<Bytes>>) -> Response<GrpcBody> {
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/grpc"),
+    );
+    r.headers_mut().insert(
+        "grpc-accept-encoding",
+        http::HeaderValue::from_static("identity"),
     );
     r
 }
@@ -563,7 +585,7 @@ mod tests {
         let mut buf = BytesMut::from(&[0u8, 0xff, 0xff, 0xff, 0xff][..]);
         assert_eq!(
             next_message(&mut buf, 4 << 20),
-            Err(TooLarge(u32::MAX as usize))
+            Err(Refused::TooLarge(u32::MAX as usize))
         );
         // Exactly at the limit is fine; one over is not.
         let mut at = BytesMut::from(&[0u8, 0, 0, 0, 4][..]);
@@ -573,7 +595,7 @@ mod tests {
             Some(&b"abcd"[..])
         );
         let mut over = BytesMut::from(&[0u8, 0, 0, 0, 5][..]);
-        assert_eq!(next_message(&mut over, 4), Err(TooLarge(5)));
+        assert_eq!(next_message(&mut over, 4), Err(Refused::TooLarge(5)));
     }
 
     #[test]

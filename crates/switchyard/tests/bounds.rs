@@ -340,6 +340,19 @@ async fn epp_refuses_a_gigantic_declared_message_from_its_prefix() {
 }
 
 #[tokio::test]
+async fn epp_refuses_a_compressed_message_instead_of_decoding_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_epp, addr) = start_epp(dir.path(), &[]);
+    let (mut send, resp, _driver) = ext_proc::stream(addr).await;
+    // The compressed flag on a message whose bytes happen to be a valid protobuf when read raw.
+    let mut data = ext_proc::message(&ext_proc::headers(&[(":path", "/")], true)).to_vec();
+    data[0] = 1;
+    send.send_data(Bytes::from(data), false).unwrap();
+    let (_, status) = ext_proc::reply(resp).await;
+    assert_eq!(status.as_deref(), Some("12"), "UNIMPLEMENTED expected");
+}
+
+#[tokio::test]
 async fn epp_bounds_a_body_streamed_in_many_messages() {
     use switchyard_epp::proto;
     let dir = tempfile::tempdir().unwrap();
