@@ -98,8 +98,16 @@ impl Admin {
     }
 
     fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() == Method::POST {
+            if let Some(rest) = req.uri().path().strip_prefix("/rollouts/") {
+                return self.rollout_action(rest);
+            }
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported\n");
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only GET is supported (and POST /rollouts/ROUTE/ACTION)\n",
+            );
         }
         match req.uri().path() {
             "/metrics" => {
@@ -126,10 +134,50 @@ impl Admin {
                 json(serde_json::to_value(&*g.config).unwrap_or_default())
             }
             "/pools" => json(self.pools()),
+            "/rollouts" => {
+                let g = self.handle.load();
+                let rollouts: Vec<_> = g
+                    .routes
+                    .iter()
+                    .filter_map(|r| r.rollout.as_ref().map(|ro| ro.view()))
+                    .collect();
+                json(serde_json::json!({ "rollouts": rollouts }))
+            }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /metrics /ready /live /config /pools\n",
+                "not found; try /metrics /ready /live /config /pools /rollouts\n",
             ),
+        }
+    }
+
+    /// `POST /rollouts/{route}/{pause|resume|promote|abort}`.
+    fn rollout_action(&self, rest: &str) -> Response<Full<Bytes>> {
+        use switchyard_proxy::rollout::Action;
+        let Some((route, action)) = rest.rsplit_once('/') else {
+            return text(StatusCode::NOT_FOUND, "use /rollouts/ROUTE/ACTION\n");
+        };
+        let Some(action) = Action::parse(action) else {
+            return text(
+                StatusCode::NOT_FOUND,
+                "actions: pause, resume, promote, abort\n",
+            );
+        };
+        let g = self.handle.load();
+        let Some(rollout) = g
+            .routes
+            .iter()
+            .find(|r| r.name == route)
+            .and_then(|r| r.rollout.as_ref())
+        else {
+            return text(StatusCode::NOT_FOUND, "no rollout on that route\n");
+        };
+        match rollout.act(action) {
+            Ok(_) => json(rollout.view()),
+            Err(e) => {
+                let mut r = json(serde_json::json!({ "error": e }));
+                *r.status_mut() = StatusCode::CONFLICT;
+                r
+            }
         }
     }
 

@@ -26,6 +26,45 @@ fn default_backend_weight() -> u32 {
     1
 }
 
+/// What keeps a user on one backend of a weighted split (`sticky:`): the key is hashed into the
+/// weights, so a user stays put while the weights do, and users already on the last backend (the
+/// canary, by convention) stay there as its weight grows. A request without the key is drawn at
+/// random, as without `sticky`; with `cookie`, the gateway then sets one on the response.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Sticky {
+    /// A cookie of this name; the gateway sets it (a random id) when the request has none.
+    Cookie(String),
+    /// A request header's value (a user or session id set by the client or an auth layer).
+    Header(String),
+    /// The bearer token of `Authorization`, hashed, never logged.
+    ApiKey,
+    /// The client's IP address.
+    SourceIp,
+}
+
+/// A copy of some of a route's requests sent to another pool (`mirror:`), its response drained
+/// and discarded: a shadow model sees production traffic without affecting it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Mirror {
+    pub pool: String,
+    /// Share of the route's requests copied, 0 < percent ≤ 100.
+    #[serde(default = "default_mirror_percent")]
+    pub percent: f64,
+    /// Copies in flight at once for this mirror; past it, copies are dropped (and counted).
+    #[serde(default = "default_mirror_in_flight")]
+    pub max_in_flight: u32,
+}
+
+fn default_mirror_percent() -> f64 {
+    100.0
+}
+
+fn default_mirror_in_flight() -> u32 {
+    64
+}
+
 /// Changes made to a request on its way upstream.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -122,6 +161,29 @@ pub(crate) fn validate_targets(
             }
         }
     }
+    out.extend(validate_split(route));
+    for (j, m) in route.mirror.iter().enumerate() {
+        if !pool_exists(&m.pool) {
+            out.push(missing(format!("mirror[{j}].pool"), &m.pool));
+        }
+        if !(m.percent > 0.0 && m.percent <= 100.0) {
+            out.push((
+                format!("mirror[{j}].percent"),
+                format!(
+                    "{} is not a share of requests: use 0 < percent <= 100",
+                    m.percent
+                ),
+                None,
+            ));
+        }
+        if m.max_in_flight == 0 {
+            out.push((
+                format!("mirror[{j}].max_in_flight"),
+                "must be at least 1".into(),
+                None,
+            ));
+        }
+    }
     if route
         .rewrite
         .as_ref()
@@ -130,6 +192,49 @@ pub(crate) fn validate_targets(
         out.push((
             "rewrite.model".into(),
             "model must not be empty".into(),
+            None,
+        ));
+    }
+    out
+}
+
+/// `sticky` and `force_backend_header` need a split to choose in, and names HTTP accepts.
+fn validate_split(route: &Route) -> Vec<(String, String, Option<String>)> {
+    let mut out = Vec::new();
+    let split = route.backends.as_ref().is_some_and(|b| b.len() > 1);
+    let mut need_split = |key: &str| {
+        if !split {
+            out.push((
+                key.to_string(),
+                "applies to a split: list two or more `backends`".into(),
+                None,
+            ));
+        }
+    };
+    if route.sticky.is_some() {
+        need_split("sticky");
+    }
+    if route.force_backend_header.is_some() {
+        need_split("force_backend_header");
+    }
+    let token = |s: &str| !s.is_empty() && s.bytes().all(crate::validate::is_token_char);
+    match &route.sticky {
+        Some(Sticky::Cookie(name)) if !token(name) => out.push((
+            "sticky.cookie".into(),
+            format!("`{name}` is not a cookie name"),
+            None,
+        )),
+        Some(Sticky::Header(name)) if !token(name) => out.push((
+            "sticky.header".into(),
+            format!("`{name}` is not a header name"),
+            None,
+        )),
+        _ => {}
+    }
+    if let Some(name) = route.force_backend_header.as_deref().filter(|n| !token(n)) {
+        out.push((
+            "force_backend_header".into(),
+            format!("`{name}` is not a header name"),
             None,
         ));
     }
@@ -149,6 +254,43 @@ mod tests {
             Ok(_) => vec![],
             Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn sticky_splits_and_mirrors_parse_and_are_checked() {
+        let split = "    backends: [{pool: llama-v1, weight: 9}, {pool: llama-v2}]\n";
+        for (sticky, want) in [
+            ("{cookie: variant}", Sticky::Cookie("variant".into())),
+            ("{header: x-user}", Sticky::Header("x-user".into())),
+            ("api_key", Sticky::ApiKey),
+            ("source_ip", Sticky::SourceIp),
+        ] {
+            let text = format!(
+                "{POOLS}routes:\n  - name: r\n{split}    sticky: {sticky}\n    force_backend_header: x-switchyard-backend\n    mirror: [{{pool: llama, percent: 10}}, {{pool: llama-v1}}]\n"
+            );
+            let c = parse(&text, Path::new("c.yaml")).unwrap();
+            assert_eq!(c.routes[0].sticky.as_ref(), Some(&want));
+            assert_eq!(c.routes[0].mirror[0].percent, 10.0);
+            assert_eq!(c.routes[0].mirror[1].percent, 100.0);
+            assert_eq!(c.routes[0].mirror[1].max_in_flight, 64);
+        }
+        let all = errors(
+            "  - name: one\n    pool: llama\n    sticky: api_key\n    force_backend_header: x-b\n    mirror: [{pool: lama, percent: 0}, {pool: llama, max_in_flight: 0}]\n  - name: two\n    backends: [{pool: llama-v1}, {pool: llama-v2}]\n    sticky: {cookie: 'a b'}\n    force_backend_header: 'x y'\n",
+        )
+        .join("\n");
+        for want in [
+            "routes[0].sticky: applies to a split",
+            "routes[0].force_backend_header: applies to a split",
+            "routes[0].mirror[0].pool: no pool named `lama`",
+            "routes[0].mirror[0].percent: 0 is not a share",
+            "routes[0].mirror[1].max_in_flight: must be at least 1",
+            "routes[1].sticky.cookie: `a b` is not a cookie name",
+            "routes[1].force_backend_header: `x y` is not a header name",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in:\n{all}");
+        }
+        let unknown = errors("  - name: r\n    pool: llama\n    sticky: {session: x}\n").join("\n");
+        assert!(unknown.contains("routes[0].sticky"), "{unknown}");
     }
 
     #[test]

@@ -10,11 +10,12 @@ pub mod load;
 pub mod locate;
 pub mod model;
 pub mod resilience;
+pub mod rollout;
 pub mod trace;
 pub mod validate;
 pub mod yaml;
 
-pub use backends::{Backend, Rewrite, Target};
+pub use backends::{Backend, Mirror, Rewrite, Sticky, Target};
 pub use balancer::*;
 pub use error::{nearest, ConfigError, ConfigErrors};
 pub use load::{load_file, parse};

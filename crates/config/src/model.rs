@@ -238,6 +238,19 @@ pub struct Route {
     /// Request rewrites for every target (a backend's own `model` overrides `rewrite.model`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<crate::backends::Rewrite>,
+    /// Keep each user on one backend of the split (by cookie, header, API key or client IP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<crate::backends::Sticky>,
+    /// A request header naming the backend's pool sends the request there (for testers); off
+    /// unless set, as the header would let any client choose its variant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_backend_header: Option<String>,
+    /// Pools that get a copy of some of the route's requests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirror: Vec<crate::backends::Mirror>,
+    /// A canary rollout between two of the route's backends, judged and driven by the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::Rollout>,
     /// Bounds the wait for the upstream's response headers.
     #[serde(default = "default_route_timeout", with = "humantime_serde")]
     pub timeout: Duration,

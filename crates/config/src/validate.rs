@@ -220,6 +220,9 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
                 .and_then(|p| nearest(p, pool_names.iter().copied()));
             c.error(path, message).suggestion = suggestion;
         }
+        for (rel, msg) in crate::rollout::validate(r) {
+            c.error(format!("routes[{i}].{rel}"), msg);
+        }
         for (key, problems) in [
             ("retry", r.retry.as_ref().map(|x| x.validate())),
             ("hedge", r.hedge.as_ref().map(|x| x.validate())),
@@ -270,7 +273,7 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
 }
 
 /// RFC 9110 `tchar`.
-fn is_token_char(b: u8) -> bool {
+pub(crate) fn is_token_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 

@@ -582,11 +582,12 @@ mod tests {
     }
 
     #[test]
-    fn the_example_config_loads() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../examples/switchyard.yaml"
-        );
-        crate::load_file(std::path::Path::new(path)).unwrap();
+    fn the_example_configs_load() {
+        for name in ["switchyard.yaml", "canary.yaml"] {
+            let path = format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"));
+            if let Err(e) = crate::load_file(std::path::Path::new(&path)) {
+                panic!("{name}: {e}");
+            }
+        }
     }
 }

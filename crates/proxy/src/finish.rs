@@ -229,6 +229,9 @@ impl Drop for Finish {
         if let Some(m) = &metrics {
             m.count(self.status);
             m.duration.observe(elapsed.as_secs_f64());
+            if let Some(arm) = &m.arm {
+                arm.record(self.status, elapsed);
+            }
         }
         let (route, pool) = metrics
             .as_deref()

@@ -371,8 +371,9 @@ fn build_route(
     pools: &[Arc<PoolEntry>],
     metrics: &Metrics,
 ) -> Result<RouteEntry, String> {
+    let rollout = build_rollout(r, old, metrics)?;
     let mut targets = Vec::new();
-    for t in r.targets() {
+    for (i, t) in r.targets().into_iter().enumerate() {
         let pool = pools
             .iter()
             .find(|p| p.name() == t.pool)
@@ -382,7 +383,10 @@ fn build_route(
             pool,
             weight: t.weight,
             model: t.model.map(Arc::from),
-            metrics: Arc::new(RouteMetrics::new(metrics, &r.name, t.pool)),
+            metrics: Arc::new(
+                RouteMetrics::new(metrics, &r.name, t.pool)
+                    .with_arm(rollout.as_ref().and_then(|ro| ro.arm(i)).cloned()),
+            ),
         });
     }
     if targets.is_empty() {
@@ -434,7 +438,52 @@ fn build_route(
         idle_timeout: r.idle_timeout,
         max_request_body: r.max_request_body,
         body_read_timeout: r.body_read_timeout,
+        split: crate::route_entry::Split::new(r)?,
+        rollout,
+        mirrors: r
+            .mirror
+            .iter()
+            .map(|m| {
+                let pool = pools
+                    .iter()
+                    .find(|p| p.name() == m.pool)
+                    .ok_or_else(|| format!("route `{}`: no pool named `{}`", r.name, m.pool))?;
+                Ok(Arc::new(crate::mirror::Mirror::new(
+                    r,
+                    m,
+                    pool.clone(),
+                    metrics,
+                )))
+            })
+            .collect::<Result<_, String>>()?,
     })
+}
+
+/// A route's rollout: the running one when its block and backends are unchanged (a reload keeps
+/// its step, failures and windows), else a new one at its first step.
+fn build_rollout(
+    r: &switchyard_config::Route,
+    old: Option<&Gateway>,
+    metrics: &Metrics,
+) -> Result<Option<Arc<crate::rollout::Rollout>>, String> {
+    let Some(config) = &r.rollout else {
+        return Ok(None);
+    };
+    let pools: Vec<&str> = r.targets().iter().map(|t| t.pool).collect();
+    let kept = old
+        .and_then(|g| g.routes.iter().find(|o| o.name == r.name))
+        .filter(|o| {
+            let old_pools: Vec<&str> = o.targets.iter().map(|t| t.pool.name()).collect();
+            old_pools == pools
+        })
+        .and_then(|o| o.rollout.clone())
+        .filter(|ro| ro.config == *config);
+    if let Some(ro) = kept {
+        return Ok(Some(ro));
+    }
+    let ro = crate::rollout::Rollout::new(&r.name, config, &pools, metrics)?;
+    ro.spawn();
+    Ok(Some(ro))
 }
 
 #[cfg(test)]

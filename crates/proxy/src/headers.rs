@@ -233,6 +233,18 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == PROXY_CONNECTION
 }
 
+/// The value of cookie `name`, from any `Cookie` header of the request.
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
 /// Whether a `TE` header asks for trailers (gRPC needs `te: trailers` on HTTP/2 upstreams).
 pub fn wants_trailers(headers: &HeaderMap) -> bool {
     headers

@@ -37,6 +37,46 @@ pub struct RouteEntry {
         prometheus_client::metrics::family::Family<RouteReasonLabels, Counter>,
     /// Present exactly when `hedger` is.
     pub hedge_metrics: Option<HedgeMetrics>,
+    /// How a split chooses among `targets` besides by weight.
+    pub split: Split,
+    /// Pools that get a copy of some of the route's requests.
+    pub mirrors: Box<[Arc<crate::mirror::Mirror>]>,
+    /// A canary rollout between two of `targets`: it sets their shares.
+    pub rollout: Option<Arc<crate::rollout::Rollout>>,
+}
+
+/// A weighted split's stickiness and tester override (`sticky`, `force_backend_header`).
+#[derive(Default)]
+pub struct Split {
+    pub sticky: Option<StickyKey>,
+    pub force: Option<http::HeaderName>,
+}
+
+/// The key a sticky split hashes.
+pub enum StickyKey {
+    Cookie(Box<str>),
+    Header(http::HeaderName),
+    ApiKey,
+    SourceIp,
+}
+
+impl Split {
+    pub(crate) fn new(r: &switchyard_config::Route) -> Result<Self, String> {
+        use switchyard_config::Sticky;
+        let header = |n: &str| {
+            http::HeaderName::from_bytes(n.as_bytes())
+                .map_err(|_| format!("route `{}`: `{n}` is not a header name", r.name))
+        };
+        let sticky = match &r.sticky {
+            None => None,
+            Some(Sticky::Cookie(name)) => Some(StickyKey::Cookie(name.as_str().into())),
+            Some(Sticky::Header(name)) => Some(StickyKey::Header(header(name)?)),
+            Some(Sticky::ApiKey) => Some(StickyKey::ApiKey),
+            Some(Sticky::SourceIp) => Some(StickyKey::SourceIp),
+        };
+        let force = r.force_backend_header.as_deref().map(header).transpose()?;
+        Ok(Self { sticky, force })
+    }
 }
 
 /// A hedging route's counters, resolved once per generation.

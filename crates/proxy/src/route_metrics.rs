@@ -1,7 +1,7 @@
 //! Per-route metric handles, resolved once per generation so the request path never hashes
 //! label sets.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
@@ -25,6 +25,9 @@ pub struct RouteMetrics {
     tokens_family: prometheus_client::metrics::family::Family<TokenLabels, Counter>,
     /// Usage tokens per model label, resolved on first use.
     tokens_by_model: ModelCells<(Counter, Counter)>,
+    /// The rollout arm this target is, if its route has a rollout: it sees every finished
+    /// request and streamed first chunk of the target.
+    pub arm: Option<Arc<crate::rollout::judge::ArmWindow>>,
 }
 
 impl RouteMetrics {
@@ -48,7 +51,14 @@ impl RouteMetrics {
             tokens,
             tokens_family: metrics.tokens.clone(),
             tokens_by_model: ModelCells::new(),
+            arm: None,
         }
+    }
+
+    /// Feed a rollout arm too.
+    pub fn with_arm(mut self, arm: Option<Arc<crate::rollout::judge::ArmWindow>>) -> Self {
+        self.arm = arm;
+        self
     }
 
     /// Usage token counters (prompt, completion) for `model`.

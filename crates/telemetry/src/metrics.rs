@@ -125,6 +125,33 @@ pub struct ScrapeErrorLabels {
     pub cause: &'static str,
 }
 
+/// Mirrored copies of a route's requests, by the mirror's pool and how the copy ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorLabels {
+    pub route: String,
+    pub pool: String,
+    /// `2xx` .. `5xx` by the response status; `error` (no response: connect, reset, protocol);
+    /// `timeout`; or, for copies never sent, the reason: `in_flight`, `overflow`,
+    /// `no_endpoint`, `body` (a body the gateway did not hold).
+    pub outcome: &'static str,
+}
+
+/// A rollout's analyses (`what`: pass, fail, inconclusive) or transitions (`what`: the phase
+/// entered: progressing, paused, promoted, rolled_back, aborted).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabels {
+    pub route: String,
+    pub what: &'static str,
+}
+
+/// A rollout check's last measured value.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutCheckLabels {
+    pub route: String,
+    /// `error_rate`, `latency_p99`, `ttft_p99`
+    pub check: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     /// `success` or `failure`
@@ -172,6 +199,13 @@ pub struct Metrics {
     pub inference_itl: Family<ModelEndpointLabels, Histogram, fn() -> Histogram>,
     pub inference_output_tokens: Family<ModelEndpointLabels, Histogram, fn() -> Histogram>,
     pub inference_tokens_per_second: Family<ModelEndpointLabels, Histogram, fn() -> Histogram>,
+    pub mirror_requests: Family<MirrorLabels, Counter>,
+    pub mirror_dropped: Family<MirrorLabels, Counter>,
+    pub mirror_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub rollout_canary_percent: Family<RouteNameLabels, Gauge>,
+    pub rollout_analyses: Family<RolloutLabels, Counter>,
+    pub rollout_transitions: Family<RolloutLabels, Counter>,
+    pub rollout_check_value: Family<RolloutCheckLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -438,7 +472,65 @@ impl Metrics {
              chunk), by model, pool and endpoint",
             tokens_per_second_histogram,
         );
+        let mirror_requests = Family::<MirrorLabels, Counter>::default();
+        registry.register(
+            "switchyard_mirror_requests",
+            "Copies of requests sent to a mirror pool, by route, mirror pool and outcome (2xx, \
+             3xx, 4xx, 5xx, error, timeout); their responses are drained and discarded",
+            mirror_requests.clone(),
+        );
+        let mirror_dropped = Family::<MirrorLabels, Counter>::default();
+        registry.register(
+            "switchyard_mirror_dropped",
+            "Copies due to a mirror pool but not sent, by reason (in_flight: the mirror's \
+             max_in_flight was reached; overflow: its pool's circuit breaker; no_endpoint; body)",
+            mirror_dropped.clone(),
+        );
+        let mirror_duration =
+            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            );
+        registry.register(
+            "switchyard_mirror_duration_seconds",
+            "Mirrored copies that got a response: send to the response's last byte, by route and \
+             mirror pool (compare with switchyard_request_duration_seconds of the primary)",
+            mirror_duration.clone(),
+        );
+        let rollout_canary_percent = Family::<RouteNameLabels, Gauge>::default();
+        registry.register(
+            "switchyard_rollout_canary_percent",
+            "A rollout's canary share of its route's requests, in percent",
+            rollout_canary_percent.clone(),
+        );
+        let rollout_analyses = Family::<RolloutLabels, Counter>::default();
+        registry.register(
+            "switchyard_rollout_analyses",
+            "Rollout analyses by verdict (what: pass, fail, inconclusive)",
+            rollout_analyses.clone(),
+        );
+        let rollout_transitions = Family::<RolloutLabels, Counter>::default();
+        registry.register(
+            "switchyard_rollout_transitions",
+            "Rollout state changes, by the phase entered (what: progressing, paused, promoted, \
+             rolled_back, aborted)",
+            rollout_transitions.clone(),
+        );
+        let rollout_check_value =
+            Family::<RolloutCheckLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "switchyard_rollout_check_value",
+            "A rollout check's value at the last conclusive analysis: canary minus baseline \
+             error rate, or canary over baseline p99",
+            rollout_check_value.clone(),
+        );
         Arc::new(Self {
+            rollout_canary_percent,
+            rollout_analyses,
+            rollout_transitions,
+            rollout_check_value,
+            mirror_requests,
+            mirror_dropped,
+            mirror_duration,
             tokens,
             inference_ttft,
             inference_itl,

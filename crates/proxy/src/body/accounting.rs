@@ -36,6 +36,8 @@ pub struct StreamTimer {
     last_chunk: Option<Instant>,
     /// Token timing per model, pool and endpoint, when the gateway read the model.
     model: Option<ModelTiming>,
+    /// The rollout arm of the route target, for its `ttft_p99` check.
+    arm: Option<std::sync::Arc<crate::rollout::judge::ArmWindow>>,
 }
 
 struct ModelTiming {
@@ -57,7 +59,17 @@ impl StreamTimer {
             chunk_gap,
             last_chunk: None,
             model: None,
+            arm: None,
         }
+    }
+
+    /// Also report the first chunk's time to a rollout arm.
+    pub fn with_arm(
+        mut self,
+        arm: Option<std::sync::Arc<crate::rollout::judge::ArmWindow>>,
+    ) -> Self {
+        self.arm = arm;
+        self
     }
 
     /// Also time tokens into a model's histograms.
@@ -76,8 +88,12 @@ impl StreamTimer {
     fn on_chunk(&mut self, data: &[u8], now: Instant) -> bool {
         let first = match self.last_chunk {
             None => {
-                let ttft = now.duration_since(self.start).as_secs_f64();
+                let elapsed = now.duration_since(self.start);
+                let ttft = elapsed.as_secs_f64();
                 self.first_chunk.observe(ttft);
+                if let Some(arm) = &self.arm {
+                    arm.record_ttft(elapsed);
+                }
                 if let Some(m) = &self.model {
                     m.metrics.ttft.observe(ttft);
                 }

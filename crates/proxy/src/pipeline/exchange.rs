@@ -69,6 +69,8 @@ pub struct Exchange<'c> {
     pub scan: RequestScan,
     pub request_id: HeaderValue,
     pub finish: Finish,
+    /// Headers stages add to the upstream's response (a sticky split's `Set-Cookie`).
+    pub response_headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 /// Where routing sent a request.
@@ -170,6 +172,7 @@ impl<'c> Exchange<'c> {
             scan,
             request_id,
             finish: Finish::new(start, access, trace),
+            response_headers: Vec::new(),
         }
     }
 

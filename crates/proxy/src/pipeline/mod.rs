@@ -5,12 +5,13 @@
 //! 1. `shape.rs`: limits and request shape (431, 400 and close, 501); `target.rs`: one
 //!    validated authority and a normalized path, for routing and upstream alike
 //! 2. `route.rs`: the first matching route (after reading the model when routes need it), and
-//!    its target, drawn by weight
+//!    its target (`split.rs`: by weight, sticky per user, or forced by a tester's header)
 //! 3. `admit.rs`: circuit breaker, concurrency limit with its fair queue (503, 429)
 //! 4. `request_rewrite.rs`: the upstream hop's head
 //! 5. `request_body.rs`: streamed, or read whole and bounded for replay, routing or rewrite;
 //!    then `model.rs`: an `inference` pool's OpenAI body, parsed once; the model rewrite
-//! 6. `pick.rs`: the inference-aware first pick (the seam shared with `switchyard epp`)
+//! 6. `pick.rs`: the inference-aware first pick (the seam shared with `switchyard epp`); then
+//!    `mirror.rs`: copies of the request to the route's mirror pools, sent from their own tasks
 //! 7. `attempts.rs`: pick (`pick_endpoint.rs`), send, hedge (`hedge.rs`), classify
 //!    (`outcome.rs`), retry (`retry.rs`)
 //! 8. `response.rs`: response rewrite and stream back
@@ -22,6 +23,7 @@ mod admit;
 mod attempts;
 mod exchange;
 mod hedge;
+mod mirror;
 mod model;
 mod outcome;
 mod pick;
@@ -33,6 +35,7 @@ mod response;
 mod retry;
 mod route;
 mod shape;
+mod split;
 mod target;
 
 use http::Response;
@@ -100,6 +103,7 @@ async fn forward(
     let priority = admit::priority(rx, to);
     let first = pick::first_pick(rx, to, parsed.as_ref(), priority)?;
     drop(parsed);
+    mirror::copy(rx, to, &head, &body);
     let answer = attempts::run(rx, to, &mut head, body, first.index, &mut admitted).await?;
     let added = response::Added {
         upgrade: head.upgrade.map(|(_, client_side)| client_side),

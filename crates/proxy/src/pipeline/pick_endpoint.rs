@@ -11,6 +11,7 @@ use switchyard_resilience::TriedSet;
 use crate::pool::PoolEntry;
 
 /// The hash key a consistent-hashing balancer asks for (header, cookie or client IP).
+#[inline]
 pub(crate) fn pick_context(
     pool: &PoolEntry,
     headers: &http::HeaderMap,
@@ -20,14 +21,9 @@ pub(crate) fn pick_context(
         None => None,
         Some(HashKey::SourceIp) => Some(hash_source_ip(client.ip())),
         Some(HashKey::Header(name)) => headers.get(name.as_str()).map(|v| hash_key(v.as_bytes())),
-        Some(HashKey::Cookie(name)) => headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|c| c.trim().split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| hash_key(v.as_bytes())),
+        Some(HashKey::Cookie(name)) => {
+            crate::headers::cookie(headers, name).map(|v| hash_key(v.as_bytes()))
+        }
     };
     key.map_or_else(PickContext::new, PickContext::with_hash_key)
 }

@@ -1,6 +1,6 @@
 //! Stage 5, the request body: streamed once, or read whole (bounded by the route's
 //! `max_request_body`) when something must see it or send it again: an `inference` pool routes
-//! on it, a model rewrite changes it, a retry or hedge replays it.
+//! on it, a model rewrite changes it, a retry, hedge or mirror replays it.
 
 use super::exchange::Reject;
 use super::exchange::Routed;
@@ -31,8 +31,10 @@ pub fn plan(to: Routed<'_>, path: &str, body: InBody, shape: Shape, upgrade: boo
     let empty = http_body::Body::is_end_stream(&incoming);
     let retry = route.retries();
     let replay_cap = retry.map_or(DEFAULT_MAX_REPLAY_BODY, |r| r.policy.max_replay_body);
+    // A mirrored route holds every body (within its `max_request_body`) to copy it.
     let whole = !upgrade
         && (to.inference_api(path)
+            || !route.mirrors.is_empty()
             || to.target.model.is_some() && !empty
             || (retry.is_some() || route.hedger.is_some())
                 && (empty || shape.content_length.is_some_and(|n| n <= replay_cap)));

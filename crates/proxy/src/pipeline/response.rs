@@ -59,6 +59,9 @@ pub fn stream_back(
             if let Some(v) = pick_debug.take() {
                 raw.added.push((X_SWITCHYARD_PICK.clone(), v));
             }
+            if !rx.response_headers.is_empty() {
+                raw.added.append(&mut rx.response_headers);
+            }
             Some(raw)
         }
         Some(raw) => {
@@ -79,6 +82,9 @@ pub fn stream_back(
         );
         if let Some(v) = pick_debug {
             parts.headers.insert(X_SWITCHYARD_PICK.clone(), v);
+        }
+        for (name, value) in rx.response_headers.drain(..) {
+            parts.headers.append(name, value);
         }
     }
     rx.finish.set_status(parts.status.as_u16());
@@ -135,7 +141,8 @@ fn accounting(
             rx.start_time(),
             metrics.stream_first_chunk.clone(),
             metrics.stream_chunk_gap.clone(),
-        );
+        )
+        .with_arm(metrics.arm.clone());
         match model {
             Some(id) => {
                 let m = to.pool().model_metrics.get(index, id, &gateway.models);

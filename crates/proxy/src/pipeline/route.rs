@@ -1,6 +1,6 @@
 //! Stage 2, route: the first route whose match accepts the request (routes that match on the
 //! model need it first: from the JSON body, read once and bounded, or the `x-model` header), then
-//! the route's target, drawn by weight once so retries and hedges stay on it.
+//! the route's target, chosen once (`split.rs`) so retries and hedges stay on it.
 
 use std::sync::Arc;
 
@@ -28,7 +28,11 @@ pub fn route<'g>(
     else {
         return Err(Reject::keep(GatewayError::NoRoute));
     };
-    let target = &route.targets[route.pick_target()];
+    let choice = super::split::choose(route, req.headers(), rx.conn.client.ip());
+    if let Some(cookie) = choice.set_cookie {
+        rx.response_headers.push((http::header::SET_COOKIE, cookie));
+    }
+    let target = &route.targets[choice.index];
     rx.finish
         .set_route(Arc::clone(&target.metrics), target.pool.inference.is_some());
     let length = pre_read.map(|b| b.len() as u64).or(shape.content_length);

@@ -44,6 +44,9 @@ impl Body for ChannelBody {
 
 type OriginBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
+type Answered = Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+const MAX_ANSWERED: usize = 1000;
+
 fn full(b: impl Into<Bytes>) -> OriginBody {
     http_body_util::Full::new(b.into()).boxed()
 }
@@ -51,6 +54,9 @@ fn full(b: impl Into<Bytes>) -> OriginBody {
 pub struct Origin {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    /// What the default path answered (the first [`MAX_ANSWERED`]), for tests of what reached
+    /// the origin.
+    answered: Answered,
     /// Connections accepted.
     pub connections: Arc<AtomicUsize>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -75,6 +81,8 @@ impl Origin {
         let hits2 = hits.clone();
         let connections = Arc::new(AtomicUsize::new(0));
         let connections2 = connections.clone();
+        let answered = Answered::default();
+        let answered2 = answered.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -92,10 +100,11 @@ impl Origin {
                         stream.set_nodelay(true).unwrap();
                         connections2.fetch_add(1, Ordering::SeqCst);
                         let hits = hits2.clone();
+                        let answered = answered2.clone();
                         tokio::spawn(async move {
                             let svc = hyper::service::service_fn(move |req| {
                                 hits.fetch_add(1, Ordering::SeqCst);
-                                handle(req, addr)
+                                handle(req, addr, answered.clone())
                             });
                             let mut builder =
                                 hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -116,6 +125,7 @@ impl Origin {
         Origin {
             addr,
             hits,
+            answered,
             connections,
             stop: Some(stop_tx),
             thread: Some(thread),
@@ -124,6 +134,11 @@ impl Origin {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// The JSON descriptions the default path answered with, in order.
+    pub fn answered(&self) -> Vec<serde_json::Value> {
+        self.answered.lock().unwrap().clone()
     }
 }
 
@@ -155,6 +170,7 @@ fn num(q: &HashMap<String, String>, k: &str, default: u64) -> u64 {
 async fn handle(
     mut req: Request<Incoming>,
     me: SocketAddr,
+    answered: Answered,
 ) -> Result<Response<OriginBody>, Infallible> {
     let q = query(&req);
     let path = req.uri().path().to_string();
@@ -266,6 +282,12 @@ async fn handle(
                 "headers": headers,
                 "body_len": body.map(|b| b.len()).unwrap_or(0),
             });
+            {
+                let mut answered = answered.lock().unwrap();
+                if answered.len() < MAX_ANSWERED {
+                    answered.push(v.clone());
+                }
+            }
             let mut r = Response::new(full(v.to_string()));
             r.headers_mut()
                 .insert("content-type", "application/json".parse().unwrap());
