@@ -82,6 +82,10 @@ pub struct Runtime {
     /// Watch the config file and reload when it changes (SIGHUP always reloads).
     #[serde(default = "yes")]
     pub watch_config: bool,
+    /// Where state that must survive a restart is kept (a rollout's phase and step); none when
+    /// unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Runtime {
@@ -90,6 +94,7 @@ impl Default for Runtime {
             workers: None,
             drain_timeout: default_drain_timeout(),
             watch_config: true,
+            state_dir: None,
         }
     }
 }

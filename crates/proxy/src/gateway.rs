@@ -193,7 +193,7 @@ fn build(
     let routes = config
         .routes
         .iter()
-        .map(|r| build_route(r, old, &pools, metrics))
+        .map(|r| build_route(r, old, &pools, metrics, config.runtime.state_dir.as_deref()))
         .collect::<Result<Vec<_>, _>>()?;
     let needs_model = routes.iter().any(|r| r.matcher.needs_model());
     let model_body_limit = routes.iter().map(|r| r.max_request_body).max().unwrap_or(0);
@@ -370,8 +370,9 @@ fn build_route(
     old: Option<&Gateway>,
     pools: &[Arc<PoolEntry>],
     metrics: &Metrics,
+    state_dir: Option<&std::path::Path>,
 ) -> Result<RouteEntry, String> {
-    let rollout = build_rollout(r, old, metrics)?;
+    let rollout = build_rollout(r, old, metrics, state_dir)?;
     let mut targets = Vec::new();
     for (i, t) in r.targets().into_iter().enumerate() {
         let pool = pools
@@ -460,11 +461,13 @@ fn build_route(
 }
 
 /// A route's rollout: the running one when its block and backends are unchanged (a reload keeps
-/// its step, failures and windows), else a new one at its first step.
+/// its step, failures and windows), else one from its saved state (`runtime.state_dir`, after a
+/// restart), else a new one at its first step.
 fn build_rollout(
     r: &switchyard_config::Route,
     old: Option<&Gateway>,
     metrics: &Metrics,
+    state_dir: Option<&std::path::Path>,
 ) -> Result<Option<Arc<crate::rollout::Rollout>>, String> {
     let Some(config) = &r.rollout else {
         return Ok(None);
@@ -481,7 +484,7 @@ fn build_rollout(
     if let Some(ro) = kept {
         return Ok(Some(ro));
     }
-    let ro = crate::rollout::Rollout::new(&r.name, config, &pools, metrics)?;
+    let ro = crate::rollout::Rollout::new(&r.name, config, &pools, metrics, state_dir)?;
     ro.spawn();
     Ok(Some(ro))
 }

@@ -170,3 +170,46 @@ async fn the_admin_api_pauses_resumes_and_aborts() {
     assert!(post("/rollouts/nope/pause").starts_with("HTTP/1.1 404"));
     assert!(post("/rollouts/r/explode").starts_with("HTTP/1.1 404"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_keeps_its_state_across_a_restart() {
+    let (v1, v2) = (fleet::fleet(1).await, fleet::fleet(1).await);
+    let state = tempfile::tempdir().unwrap();
+    let yaml = config(&v1.addresses(), &v2.addresses(), "steps: [10, 50, 100]")
+        .replace("interval: 250ms", "interval: 1h")
+        .replace(
+            "watch_config: false}",
+            &format!(
+                "watch_config: false, state_dir: '{}'}}",
+                state.path().display()
+            ),
+        );
+    let post = |gw: &Gateway, path: &str| {
+        support::client::raw_exchange(
+            gw.admin,
+            format!(
+                "POST {path} HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+            support::WAIT,
+        )
+    };
+    {
+        let gw = Gateway::start(&yaml);
+        assert!(post(&gw, "/rollouts/r/pause").starts_with("HTTP/1.1 200"));
+    }
+    let gw = Gateway::start(&yaml);
+    let restored = rollout(&gw);
+    assert_eq!(restored["phase"], "paused", "{restored}");
+    assert_eq!(restored["canary_percent"], 10);
+    assert!(post(&gw, "/rollouts/r/abort").starts_with("HTTP/1.1 200"));
+    drop(gw);
+    let gw = Gateway::start(&yaml);
+    assert_eq!(rollout(&gw)["phase"], "aborted");
+    assert_eq!(rollout(&gw)["canary_percent"], 0);
+    drop(gw);
+    // A changed rollout block starts over.
+    let gw = Gateway::start(&yaml.replace("steps: [10, 50, 100]", "steps: [20, 100]"));
+    assert_eq!(rollout(&gw)["phase"], "progressing");
+    assert_eq!(rollout(&gw)["canary_percent"], 20);
+}

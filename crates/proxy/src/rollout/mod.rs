@@ -4,7 +4,9 @@
 //! failure holds the step, and `failure_limit` failures in a row roll the canary back to 0%. Too
 //! few requests in either arm is inconclusive: the step holds and nothing is counted. The split
 //! reads the canary's share per request (`pipeline/split.rs`); the admin API pauses, resumes,
-//! promotes or aborts. A rollout whose block is unchanged survives a reload with its state.
+//! promotes or aborts. A rollout whose block is unchanged survives a reload with its state, and
+//! with `runtime.state_dir` a restart too (`<state_dir>/rollouts/<route>.json`, written on every
+//! change of phase or step, restored when its block is the same).
 
 pub mod judge;
 
@@ -25,7 +27,7 @@ use judge::{ArmSample, ArmWindow, CheckResult};
 /// Analyses kept for the admin API.
 const HISTORY: usize = 10;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Progressing,
@@ -88,6 +90,16 @@ struct State {
     analyses: VecDeque<Analysis>,
 }
 
+/// What a restart restores: the phase and step of a rollout whose block is unchanged.
+#[derive(Serialize, serde::Deserialize)]
+struct Saved {
+    config: switchyard_config::rollout::Rollout,
+    phase: Phase,
+    step: usize,
+    failures: u32,
+    canary_percent: u32,
+}
+
 /// One route's rollout.
 pub struct Rollout {
     pub route: String,
@@ -103,6 +115,8 @@ pub struct Rollout {
     analyses: Family<RolloutLabels, Counter>,
     transitions: Family<RolloutLabels, Counter>,
     check_values: Family<RolloutCheckLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Where the state is saved, if anywhere.
+    state_file: Option<std::path::PathBuf>,
 }
 
 impl Rollout {
@@ -112,6 +126,7 @@ impl Rollout {
         config: &switchyard_config::rollout::Rollout,
         pools: &[&str],
         metrics: &Metrics,
+        state_dir: Option<&std::path::Path>,
     ) -> Result<Arc<Self>, String> {
         let index = |pool: &str| {
             pools
@@ -119,18 +134,29 @@ impl Rollout {
                 .position(|p| *p == pool)
                 .ok_or_else(|| format!("route `{route}`: rollout pool `{pool}` is not a backend"))
         };
+        let state_file = state_dir.map(|d| d.join("rollouts").join(format!("{route}.json")));
+        let saved = state_file
+            .as_deref()
+            .and_then(|f| std::fs::read(f).ok())
+            .and_then(|bytes| serde_json::from_slice::<Saved>(&bytes).ok())
+            .filter(|s| s.config == *config && s.step < config.steps.len().max(1));
         let first = config.steps.first().copied().unwrap_or(100);
+        let (phase, step, failures, percent) = saved
+            .as_ref()
+            .map_or((Phase::Progressing, 0, 0, first), |s| {
+                (s.phase, s.step, s.failures, s.canary_percent.min(100))
+            });
         let rollout = Arc::new(Self {
             route: route.to_string(),
             config: config.clone(),
             baseline: index(&config.baseline)?,
             canary: index(&config.canary)?,
             arms: [Arc::default(), Arc::default()],
-            canary_percent: AtomicU32::new(first),
+            canary_percent: AtomicU32::new(percent),
             state: Mutex::new(State {
-                phase: Phase::Progressing,
-                step: 0,
-                failures: 0,
+                phase,
+                step,
+                failures,
                 analyses: VecDeque::new(),
             }),
             percent_gauge: metrics
@@ -142,9 +168,15 @@ impl Rollout {
             analyses: metrics.rollout_analyses.clone(),
             transitions: metrics.rollout_transitions.clone(),
             check_values: metrics.rollout_check_value.clone(),
+            state_file,
         });
-        rollout.percent_gauge.set(i64::from(first));
-        event(route, Phase::Progressing, first, "started");
+        rollout.percent_gauge.set(i64::from(percent));
+        let what = if saved.is_some() {
+            "restored"
+        } else {
+            "started"
+        };
+        event(route, phase, percent, what);
         Ok(rollout)
     }
 
@@ -238,6 +270,7 @@ impl Rollout {
                     Some(_) => {
                         s.step = next;
                         self.set_percent(&s);
+                        self.save(&s);
                         event(&self.route, s.phase, self.canary_percent(), "stepped");
                     }
                     None if self.config.on_success
@@ -252,6 +285,8 @@ impl Rollout {
                 s.failures += 1;
                 if s.failures >= self.config.failure_limit {
                     self.finish(&mut s, Phase::RolledBack, 0);
+                } else {
+                    self.save(&s);
                 }
             }
             _ => {}
@@ -331,7 +366,38 @@ impl Rollout {
     fn transition(&self, s: &mut State, phase: Phase) {
         s.phase = phase;
         self.count(&self.transitions, phase.as_str());
+        self.save(s);
         event(&self.route, phase, self.canary_percent(), "transition");
+    }
+
+    /// Write the state where a restart finds it: to a temporary file, then renamed over the old
+    /// one, so a crash mid-write leaves the previous state, never half of one. A failure is
+    /// logged; the rollout goes on.
+    fn save(&self, s: &State) {
+        let Some(file) = &self.state_file else {
+            return;
+        };
+        let saved = Saved {
+            config: self.config.clone(),
+            phase: s.phase,
+            step: s.step,
+            failures: s.failures,
+            canary_percent: self.canary_percent(),
+        };
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = file.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = file.with_extension("json.tmp");
+            std::fs::write(
+                &tmp,
+                serde_json::to_vec(&saved).map_err(std::io::Error::other)?,
+            )?;
+            std::fs::rename(&tmp, file)
+        };
+        if let Err(e) = write() {
+            tracing::warn!(route = %self.route, file = %file.display(), error = %e, "rollout state not saved");
+        }
     }
 
     fn count(&self, family: &Family<RolloutLabels, Counter>, what: &'static str) {
