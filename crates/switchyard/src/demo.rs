@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -29,6 +30,31 @@ pub struct DemoArgs {
     /// Stop by itself after this long (default: run until Ctrl-C).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
+    /// Also roll out a v2 of the model that is deliberately slower (a simulator fault), and
+    /// watch the gateway judge it against v1 and roll it back (load at least 20 req/s).
+    #[arg(long)]
+    pub canary: bool,
+}
+
+/// The canary's fault: every v2 response is this much slower.
+const CANARY_ADDED_LATENCY_MS: u64 = 400;
+
+/// v2 for `--canary`: two replicas like v1's, each slowed by a fault.
+fn canary_fleet_config() -> FleetConfig {
+    FleetConfig {
+        model: MODEL.to_string(),
+        base_port: 0,
+        replicas: vec![ReplicaConfig {
+            count: 2,
+            zone: Some("zone-a".to_string()),
+            faults: switchyard_sim::FaultConfig {
+                added_latency_ms: CANARY_ADDED_LATENCY_MS,
+                ..switchyard_sim::FaultConfig::default()
+            },
+            ..ReplicaConfig::default()
+        }],
+        ..FleetConfig::default()
+    }
 }
 
 /// The demo fleet: two zones of two H100-like replicas; zone b also serves the LoRA adapter.
@@ -50,8 +76,9 @@ fn fleet_config() -> FleetConfig {
     }
 }
 
-/// The embedded gateway config, in the same YAML a user would write.
-fn gateway_yaml(args: &DemoArgs, fleet: &[SocketAddr]) -> String {
+/// The embedded gateway config, in the same YAML a user would write; with `canary`, route
+/// `openai` rolls `llama-v2` out over `llama`.
+fn gateway_yaml(args: &DemoArgs, fleet: &[SocketAddr], canary: &[SocketAddr]) -> String {
     let endpoints: String = fleet
         .iter()
         .enumerate()
@@ -64,8 +91,20 @@ fn gateway_yaml(args: &DemoArgs, fleet: &[SocketAddr]) -> String {
             format!("      - {{ address: {a}, zone: {zone} }}\n")
         })
         .collect();
+    let (target, v2_pool) = if canary.is_empty() {
+        ("    pool: llama\n".to_string(), String::new())
+    } else {
+        let eps: String = canary
+            .iter()
+            .map(|a| format!("      - {{ address: {a}, zone: zone-a }}\n"))
+            .collect();
+        (
+            "    backends: [{ pool: llama }, { pool: llama-v2 }]\n    rollout:\n      baseline: llama\n      canary: llama-v2\n      steps: [10, 25, 50, 100]\n      interval: 5s\n      min_requests: 8\n      checks:\n        - { metric: error_rate, max_increase: 0.01 }\n        - { metric: latency_p99, max_ratio: 1.2 }\n        - { metric: ttft_p99, max_ratio: 1.2 }\n".to_string(),
+            format!("  - name: llama-v2\n    protocol: http1\n    balancer: round_robin\n    endpoints:\n{eps}"),
+        )
+    };
     format!(
-        "admin:\n  address: 127.0.0.1:{admin}\nruntime:\n  watch_config: false\nlisteners:\n  - name: public\n    address: 127.0.0.1:{port}\nroutes:\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pool: llama\n    timeout: 60s\npools:\n  - name: llama\n    protocol: http1\n    balancer: round_robin\n    endpoints:\n{endpoints}",
+        "admin:\n  address: 127.0.0.1:{admin}\nruntime:\n  watch_config: false\nlisteners:\n  - name: public\n    address: 127.0.0.1:{port}\nroutes:\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n{target}    timeout: 60s\npools:\n  - name: llama\n    protocol: http1\n    balancer: round_robin\n    endpoints:\n{endpoints}{v2_pool}",
         admin = args.admin_port,
         port = args.port,
     )
@@ -91,16 +130,30 @@ pub fn demo(args: DemoArgs) -> ExitCode {
     }
 }
 
-async fn run(args: DemoArgs) -> anyhow::Result<()> {
+async fn run(mut args: DemoArgs) -> anyhow::Result<()> {
     let fleet = switchyard_sim::start_fleet(fleet_config()).await?;
     let addresses = fleet.addresses();
-    let yaml = gateway_yaml(&args, &addresses);
+    let canary_fleet = if args.canary {
+        // Enough requests for the canary's 10% to be judged every interval.
+        args.rate = args.rate.max(20.0);
+        Some(switchyard_sim::start_fleet(canary_fleet_config()).await?)
+    } else {
+        None
+    };
+    let canary_addresses = canary_fleet
+        .as_ref()
+        .map(|f| f.addresses())
+        .unwrap_or_default();
+    let yaml = gateway_yaml(&args, &addresses, &canary_addresses);
     let config = switchyard_config::parse(&yaml, std::path::Path::new("<embedded demo config>"))
         .map_err(|e| anyhow::anyhow!("embedded demo config: {e}"))?;
     let started = match crate::run::start(config).await {
         Ok(s) => s,
         Err(e) => {
             fleet.shutdown().await;
+            if let Some(f) = canary_fleet {
+                f.shutdown().await;
+            }
             anyhow::bail!("{e} (use --port / --admin-port to pick free ports)");
         }
     };
@@ -148,6 +201,14 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         },
     );
 
+    if args.canary {
+        println!(
+            "Canary: llama-v2 ({n} replicas, every response {CANARY_ADDED_LATENCY_MS} ms slower) rolls out over llama\nin steps of 10, 25, 50, 100% every 5 s, judged by the gateway. Watch it here, or at\n  http://{admin}/rollouts\n",
+            n = canary_addresses.len(),
+            admin = started.admin_address,
+        );
+        tokio::spawn(watch_rollout(started.server.clone()));
+    }
     let until = async {
         match args.duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -173,5 +234,62 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     started.admin.set_ready(false);
     started.server.shutdown(Duration::from_secs(5)).await;
     fleet.shutdown().await;
+    if let Some(f) = canary_fleet {
+        f.shutdown().await;
+    }
     Ok(())
+}
+
+/// Print the canary's progress as the gateway judges it: each analysis and each change of step
+/// or phase, until the rollout ends.
+async fn watch_rollout(server: Arc<switchyard_proxy::server::Server>) {
+    // The last analysis printed, by its time (the view keeps only the last ten).
+    let mut printed = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let gateway = server.handle.load();
+        let Some(rollout) = gateway.routes.iter().find_map(|r| r.rollout.clone()) else {
+            return;
+        };
+        let view = rollout.view();
+        let analyses = view["analyses"].as_array().cloned().unwrap_or_default();
+        for a in &analyses {
+            let at = a["at_unix_ms"].as_u64().unwrap_or(0);
+            if at <= printed {
+                continue;
+            }
+            printed = at;
+            let checks: Vec<String> = a["checks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    let verdict = if c["passed"] == true { "ok" } else { "FAIL" };
+                    let shown = if c["metric"] == "error_rate" {
+                        format!("{:+.3}", c["value"].as_f64().unwrap_or(0.0))
+                    } else {
+                        format!("x{:.2}", c["value"].as_f64().unwrap_or(0.0))
+                    };
+                    format!("{} {shown} {verdict}", c["metric"].as_str().unwrap_or(""))
+                })
+                .collect();
+            println!(
+                "rollout: {}% canary, {} (v1 {} / v2 {} requests) {}",
+                a["canary_percent"],
+                a["verdict"].as_str().unwrap_or(""),
+                a["baseline_requests"],
+                a["canary_requests"],
+                checks.join(", ")
+            );
+        }
+        let phase = rollout.phase();
+        if phase != switchyard_proxy::rollout::Phase::Progressing {
+            println!(
+                "rollout: {} (canary at {}%)",
+                view["phase"].as_str().unwrap_or(""),
+                rollout.canary_percent()
+            );
+            return;
+        }
+    }
 }

@@ -143,3 +143,58 @@ fn demo_serves_openai_streams_and_stops_on_ctrl_c() {
     };
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn demo_canary_is_judged_and_rolled_back_live() {
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args([
+                "demo",
+                "--canary",
+                "--port",
+                "0",
+                "--admin-port",
+                "0",
+                "--duration",
+                "300s",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // The demo prints each analysis and the outcome; the slowed v2 must end rolled back, having
+    // failed on latency, never promoted past its first step.
+    let mut analyses = Vec::new();
+    let mut outcome = None;
+    for line in BufReader::new(child.0.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("rollout: ") {
+            if rest.contains("% canary,") {
+                analyses.push(rest.to_string());
+            } else {
+                outcome = Some(rest.to_string());
+                break;
+            }
+        }
+    }
+    let outcome = outcome.expect("the demo reported the rollout's end");
+    assert!(
+        outcome.starts_with("rolled_back"),
+        "{outcome}; {analyses:?}"
+    );
+    assert!(
+        analyses.iter().all(|a| a.starts_with("10% canary")),
+        "{analyses:?}"
+    );
+    let failed = analyses.iter().filter(|a| a.contains(" fail ")).count();
+    assert_eq!(failed, 2, "two failed analyses roll back: {analyses:?}");
+    assert!(
+        analyses
+            .iter()
+            .any(|a| a.contains("latency_p99 x") && a.contains("FAIL")),
+        "{analyses:?}"
+    );
+    drop(child);
+}
