@@ -117,7 +117,10 @@ pub fn judge(check: &Check, baseline: &ArmSample, canary: &ArmSample) -> CheckRe
         CheckMetric::ErrorRate => {
             let delta = check.max_increase.unwrap_or(0.0);
             let (pb, pc) = (rate(baseline), rate(canary));
-            let z = proportion_z(baseline, canary, delta);
+            // Significance of "the canary fails more than the baseline" and relevance of "by
+            // more than `max_increase`", as for latencies: testing against the margin itself
+            // would let one error in a hundred canary requests pass as noise.
+            let z = proportion_z(baseline, canary, 0.0);
             CheckResult {
                 metric: check.metric.as_str(),
                 baseline: pb,
