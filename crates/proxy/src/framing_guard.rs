@@ -105,74 +105,14 @@ impl Tracker {
         while !buf.is_empty() {
             match &mut self.state {
                 State::Passthrough => return,
-                State::Start => {
-                    const PREFACE: &[u8] = b"PRI * HTTP/2.0";
-                    let want = PREFACE.len() - self.head.len();
-                    let take = want.min(buf.len());
-                    self.head.extend_from_slice(&buf[..take]);
-                    buf = &buf[take..];
-                    if self.head[..] != PREFACE[..self.head.len()] {
-                        // Not HTTP/2: the bytes held back are the start of an HTTP/1 stream,
-                        // read like any other (blank lines skipped, the head's end looked for
-                        // from their first byte), so where the first read ended does not matter.
-                        let held = std::mem::take(&mut self.head);
-                        self.state = State::Head;
-                        self.advance(&held);
-                    } else if self.head.len() == PREFACE.len() {
-                        self.head = Vec::new();
-                        self.state = State::Passthrough;
-                        return;
-                    }
-                }
-                State::Head => {
-                    if self.upgrade_pending {
-                        if self.flags.upgraded.load(Ordering::Relaxed) {
-                            self.state = State::Passthrough;
-                            return;
-                        }
-                        self.upgrade_pending = false;
-                    }
-                    // Skip blank lines between messages (RFC 9112 §2.2).
-                    if self.head.is_empty() {
-                        let skip = buf
-                            .iter()
-                            .take_while(|b| **b == b'\r' || **b == b'\n')
-                            .count();
-                        buf = &buf[skip..];
-                        if buf.is_empty() {
-                            return;
-                        }
-                    }
-                    if self.head.is_empty() {
-                        // Common case: the whole head arrived in this read.
-                        if let Some(end) = find_head_end(buf) {
-                            self.state = self.on_head_within_limit(&buf[..end]);
-                            buf = &buf[end..];
-                            continue;
-                        }
-                        self.head.extend_from_slice(buf);
-                        return;
-                    }
-                    let old_len = self.head.len();
-                    let start = old_len.saturating_sub(3);
-                    self.head.extend_from_slice(buf);
-                    match find_head_end(&self.head[start..]) {
-                        Some(end) => {
-                            let end = start + end;
-                            let head = std::mem::take(&mut self.head);
-                            self.state = self.on_head_within_limit(&head[..end]);
-                            self.head = head;
-                            self.head.clear();
-                            buf = &buf[end - old_len..];
-                        }
-                        None => {
-                            if self.head.len() > MAX_HEAD {
-                                self.state = State::Passthrough;
-                            }
-                            return;
-                        }
-                    }
-                }
+                State::Start => match self.on_start(buf) {
+                    Some(rest) => buf = rest,
+                    None => return,
+                },
+                State::Head => match self.between_messages(buf) {
+                    Some(rest) => buf = rest,
+                    None => return,
+                },
                 State::Body(left) => {
                     let n = (*left).min(buf.len() as u64);
                     *left -= n;
@@ -230,6 +170,78 @@ impl Tracker {
                         _ => *line_len += 1,
                     }
                 }
+            }
+        }
+    }
+
+    /// The connection's first bytes: held back until they show whether this is HTTP/2's
+    /// preface. Returns the bytes still to read, or `None` when this read is done.
+    fn on_start<'b>(&mut self, buf: &'b [u8]) -> Option<&'b [u8]> {
+        const PREFACE: &[u8] = b"PRI * HTTP/2.0";
+        let want = PREFACE.len() - self.head.len();
+        let take = want.min(buf.len());
+        self.head.extend_from_slice(&buf[..take]);
+        if self.head[..] != PREFACE[..self.head.len()] {
+            // Not HTTP/2: the bytes held back are the start of an HTTP/1 stream, read like any
+            // other (blank lines skipped, the head's end looked for from their first byte), so
+            // where the first read ended does not matter.
+            let held = std::mem::take(&mut self.head);
+            self.state = State::Head;
+            self.advance(&held);
+        } else if self.head.len() == PREFACE.len() {
+            self.head = Vec::new();
+            self.state = State::Passthrough;
+            return None;
+        }
+        Some(&buf[take..])
+    }
+
+    /// Between messages: skip blank lines, find the end of the next head (in this read, or
+    /// across reads), and take its framing. Returns the bytes after the head, or `None` when
+    /// this read is done.
+    fn between_messages<'b>(&mut self, mut buf: &'b [u8]) -> Option<&'b [u8]> {
+        if self.upgrade_pending {
+            if self.flags.upgraded.load(Ordering::Relaxed) {
+                self.state = State::Passthrough;
+                return None;
+            }
+            self.upgrade_pending = false;
+        }
+        if self.head.is_empty() {
+            // Skip blank lines between messages (RFC 9112 §2.2).
+            let skip = buf
+                .iter()
+                .take_while(|b| **b == b'\r' || **b == b'\n')
+                .count();
+            buf = &buf[skip..];
+            if buf.is_empty() {
+                return None;
+            }
+            // Common case: the whole head arrived in this read.
+            if let Some(end) = find_head_end(buf) {
+                self.state = self.on_head_within_limit(&buf[..end]);
+                return Some(&buf[end..]);
+            }
+            self.head.extend_from_slice(buf);
+            return None;
+        }
+        let old_len = self.head.len();
+        let start = old_len.saturating_sub(3);
+        self.head.extend_from_slice(buf);
+        match find_head_end(&self.head[start..]) {
+            Some(end) => {
+                let end = start + end;
+                let head = std::mem::take(&mut self.head);
+                self.state = self.on_head_within_limit(&head[..end]);
+                self.head = head;
+                self.head.clear();
+                Some(&buf[end - old_len..])
+            }
+            None => {
+                if self.head.len() > MAX_HEAD {
+                    self.state = State::Passthrough;
+                }
+                None
             }
         }
     }
