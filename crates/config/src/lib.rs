@@ -9,6 +9,7 @@ mod kind_map;
 pub mod load;
 pub mod locate;
 pub mod model;
+pub mod rate_limit;
 pub mod resilience;
 pub mod rollout;
 pub mod trace;

@@ -29,6 +29,9 @@ pub struct Config {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub pools: Vec<Pool>,
+    /// Named rate limits, applied by the routes that list them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<crate::rate_limit::RateLimit>,
     /// OpenTelemetry tracing; absent means off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<crate::trace::Tracing>,
@@ -253,6 +256,9 @@ pub struct Route {
     /// Pools that get a copy of some of the route's requests.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mirror: Vec<crate::backends::Mirror>,
+    /// Rate limits (by name, from `rate_limits`) this route applies, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<String>,
     /// A canary rollout between two of the route's backends, judged and driven by the gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<crate::rollout::Rollout>,

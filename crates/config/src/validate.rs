@@ -205,6 +205,19 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
             .enumerate()
             .map(|(i, r)| (format!("routes[{i}].name"), r.name.as_str())),
     );
+    c.unique(
+        "rate limit",
+        config
+            .rate_limits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (format!("rate_limits[{i}].name"), l.name.as_str())),
+    );
+    for (i, l) in config.rate_limits.iter().enumerate() {
+        for (rel, msg) in crate::rate_limit::validate(l) {
+            c.error(format!("rate_limits[{i}].{rel}"), msg);
+        }
+    }
     let pool_names: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
     for (i, r) in config.routes.iter().enumerate() {
         for (rel, message, missing_pool) in
@@ -219,6 +232,16 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
                 .as_deref()
                 .and_then(|p| nearest(p, pool_names.iter().copied()));
             c.error(path, message).suggestion = suggestion;
+        }
+        for (j, name) in r.rate_limits.iter().enumerate() {
+            if !config.rate_limits.iter().any(|l| l.name == *name) {
+                let names = config.rate_limits.iter().map(|l| l.name.as_str());
+                c.error(
+                    format!("routes[{i}].rate_limits[{j}]"),
+                    format!("no rate limit named `{name}`"),
+                )
+                .suggestion = nearest(name, names);
+            }
         }
         for (rel, msg) in crate::rollout::validate(r) {
             c.error(format!("routes[{i}].{rel}"), msg);

@@ -30,6 +30,12 @@ pub enum GatewayError {
     /// The pool is at its concurrency limit and the request's tenant already holds its share
     /// of the queue.
     TenantQueueFull,
+    /// Over a rate limit: its `limit` per `window_secs`, and when to retry.
+    RateLimited {
+        limit: u64,
+        window_secs: u64,
+        retry_after_secs: u64,
+    },
 }
 
 impl GatewayError {
@@ -37,7 +43,9 @@ impl GatewayError {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::NoEndpoint | Self::Overflow(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Shed | Self::TenantQueueFull => StatusCode::TOO_MANY_REQUESTS,
+            Self::Shed | Self::TenantQueueFull | Self::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::ConnectFailed | Self::UpstreamReset => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -64,6 +72,8 @@ impl GatewayError {
             Self::Overflow(_) => "overflow",
             Self::Shed => "shed",
             Self::TenantQueueFull => "tenant_queue_full",
+            // OpenAI's own code for the same answer.
+            Self::RateLimited { .. } => "rate_limit_exceeded",
         }
     }
 
@@ -86,6 +96,7 @@ impl GatewayError {
                 "the pool is at its limit and this tenant already has its share of requests \
                  queued; retry later"
             }
+            Self::RateLimited { .. } => "rate limit reached; retry after the Retry-After delay",
         }
     }
 
@@ -95,9 +106,13 @@ impl GatewayError {
             Self::NoRoute => 12, // UNIMPLEMENTED
             Self::NoEndpoint | Self::ConnectFailed | Self::UpstreamReset | Self::Overflow(_) => 14, // UNAVAILABLE
             Self::Timeout | Self::BodyTimeout => 4, // DEADLINE_EXCEEDED
-            Self::HeadersTooLarge | Self::BodyTooLarge | Self::Shed | Self::TenantQueueFull => 8, // RESOURCE_EXHAUSTED
-            Self::BadRequest(_) => 13,     // INTERNAL
-            Self::NotImplemented(_) => 12, // UNIMPLEMENTED
+            Self::HeadersTooLarge
+            | Self::BodyTooLarge
+            | Self::Shed
+            | Self::TenantQueueFull
+            | Self::RateLimited { .. } => 8, // RESOURCE_EXHAUSTED
+            Self::BadRequest(_) => 13,              // INTERNAL
+            Self::NotImplemented(_) => 12,          // UNIMPLEMENTED
         }
     }
 
@@ -121,9 +136,7 @@ impl GatewayError {
             .status(self.status())
             .header(CONTENT_TYPE, "application/json")
             .header("x-request-id", request_id.clone());
-        if self.status() == StatusCode::TOO_MANY_REQUESTS {
-            builder = builder.header(http::header::RETRY_AFTER, "1");
-        }
+        builder = self.limit_headers(builder);
         if let Self::Overflow(which) = self {
             builder = builder.header("x-switchyard-overflow", which);
         }
@@ -132,15 +145,35 @@ impl GatewayError {
             .expect("static parts are valid")
     }
 
+    /// `Retry-After` on a 429, and for a rate limit the IETF `RateLimit-Policy` and `RateLimit`
+    /// fields (draft-ietf-httpapi-ratelimit-headers).
+    fn limit_headers(self, builder: http::response::Builder) -> http::response::Builder {
+        match self {
+            Self::RateLimited {
+                limit,
+                window_secs,
+                retry_after_secs,
+            } => builder
+                .header(http::header::RETRY_AFTER, retry_after_secs.to_string())
+                .header("ratelimit-policy", format!("{limit};w={window_secs}"))
+                .header(
+                    "ratelimit",
+                    format!("limit={limit}, remaining=0, reset={retry_after_secs}"),
+                ),
+            _ if self.status() == StatusCode::TOO_MANY_REQUESTS => {
+                builder.header(http::header::RETRY_AFTER, "1")
+            }
+            _ => builder,
+        }
+    }
+
     /// Build the response: JSON for HTTP callers, trailers-only for gRPC callers.
     pub fn response(self, request_id: &HeaderValue, grpc: bool) -> Response<ResponseBody> {
         let mut builder = Response::builder().header("x-request-id", request_id.clone());
         if let Self::Overflow(which) = self {
             builder = builder.header("x-switchyard-overflow", which);
         }
-        if self.status() == StatusCode::TOO_MANY_REQUESTS {
-            builder = builder.header(http::header::RETRY_AFTER, "1");
-        }
+        builder = self.limit_headers(builder);
         if grpc {
             builder = builder
                 .status(StatusCode::OK)

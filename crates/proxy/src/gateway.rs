@@ -41,6 +41,8 @@ pub struct Gateway {
     pub models: Arc<ModelLabels>,
     /// OpenTelemetry tracing; `None` when the config has no `tracing` section.
     pub tracing: Option<Arc<crate::trace::Tracing>>,
+    /// The named rate limits; an unchanged one keeps its buckets across reloads.
+    pub rate_limits: Vec<Arc<crate::rate_limit::Limiter>>,
 }
 
 impl Gateway {
@@ -190,10 +192,33 @@ fn build(
             p, old, old_client, states, conns, controls, metrics,
         )?);
     }
+    let rate_limits: Vec<Arc<crate::rate_limit::Limiter>> = config
+        .rate_limits
+        .iter()
+        .map(|l| {
+            old.and_then(|g| g.rate_limits.iter().find(|o| o.config == *l).cloned())
+                .unwrap_or_else(|| Arc::new(crate::rate_limit::Limiter::new(l, metrics)))
+        })
+        .collect();
     let routes = config
         .routes
         .iter()
-        .map(|r| build_route(r, old, &pools, metrics, config.runtime.state_dir.as_deref()))
+        .map(|r| {
+            let mut route =
+                build_route(r, old, &pools, metrics, config.runtime.state_dir.as_deref())?;
+            route.rate_limits = r
+                .rate_limits
+                .iter()
+                .map(|name| {
+                    rate_limits
+                        .iter()
+                        .find(|l| l.config.name == *name)
+                        .cloned()
+                        .ok_or_else(|| format!("route `{}`: no rate limit named `{name}`", r.name))
+                })
+                .collect::<Result<_, String>>()?;
+            Ok::<_, String>(route)
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let needs_model = routes.iter().any(|r| r.matcher.needs_model());
     let model_body_limit = routes.iter().map(|r| r.max_request_body).max().unwrap_or(0);
@@ -223,6 +248,7 @@ fn build(
         pools,
         unrouted: Arc::new(RouteMetrics::new(metrics, "", "")),
         models: models.clone(),
+        rate_limits,
     })
 }
 
@@ -441,6 +467,7 @@ fn build_route(
         body_read_timeout: r.body_read_timeout,
         split: crate::route_entry::Split::new(r)?,
         rollout,
+        rate_limits: Box::new([]),
         mirrors: r
             .mirror
             .iter()

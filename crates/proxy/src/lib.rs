@@ -26,6 +26,7 @@ pub mod passive_health;
 pub mod pipeline;
 pub mod pool;
 pub mod pool_control;
+pub mod rate_limit;
 pub mod rollout;
 pub mod route_entry;
 pub mod route_match;

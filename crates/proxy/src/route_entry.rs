@@ -43,6 +43,8 @@ pub struct RouteEntry {
     pub mirrors: Box<[Arc<crate::mirror::Mirror>]>,
     /// A canary rollout between two of `targets`: it sets their shares.
     pub rollout: Option<Arc<crate::rollout::Rollout>>,
+    /// Rate limits the route applies, in order (shared with other routes naming them).
+    pub rate_limits: Box<[Arc<crate::rate_limit::Limiter>]>,
 }
 
 /// A weighted split's stickiness and tester override (`sticky`, `force_backend_header`).

@@ -136,6 +136,13 @@ pub struct MirrorLabels {
     pub outcome: &'static str,
 }
 
+/// A rate limit's decisions (`outcome`: allowed, limited, shadow_limited, untracked).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    pub limit: String,
+    pub outcome: &'static str,
+}
+
 /// A rollout's analyses (`what`: pass, fail, inconclusive) or transitions (`what`: the phase
 /// entered: progressing, paused, promoted, rolled_back, aborted).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -202,6 +209,7 @@ pub struct Metrics {
     pub mirror_requests: Family<MirrorLabels, Counter>,
     pub mirror_dropped: Family<MirrorLabels, Counter>,
     pub mirror_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub rate_limited: Family<RateLimitLabels, Counter>,
     pub rollout_canary_percent: Family<RouteNameLabels, Gauge>,
     pub rollout_analyses: Family<RolloutLabels, Counter>,
     pub rollout_transitions: Family<RolloutLabels, Counter>,
@@ -523,7 +531,15 @@ impl Metrics {
              error rate, or canary over baseline p99",
             rollout_check_value.clone(),
         );
+        let rate_limited = Family::<RateLimitLabels, Counter>::default();
+        registry.register(
+            "switchyard_rate_limit",
+            "Rate limit decisions, by limit and outcome (allowed, limited: refused with 429, \
+             shadow_limited: over a shadow limit and let through, untracked: no room for the key)",
+            rate_limited.clone(),
+        );
         Arc::new(Self {
+            rate_limited,
             rollout_canary_percent,
             rollout_analyses,
             rollout_transitions,

@@ -1,6 +1,6 @@
 //! Stage 3, admission: each step may refuse the request or hand back a guard held until its
-//! response head (or its end, for the retry budget). The steps run in order, cheapest first:
-//! the circuit breaker, then the concurrency limit, which may queue (by priority, tenants taking
+//! response head (or its end, for the retry budget). The steps run in order: the route's rate
+//! limits (`rate_limit.rs`), the circuit breaker, then the concurrency limit, which may queue (by priority, tenants taking
 //! turns: `crate::admission`). A new admission policy (a rate limit, a quota) is one more step
 //! here: a file of its own and one line in [`admit`].
 
@@ -39,6 +39,7 @@ pub async fn admit(
     headers: &HeaderMap,
 ) -> Result<Admitted, Reject> {
     let pool = to.pool();
+    super::rate_limit::check(to, headers, rx.conn.client.ip())?;
     let breaker = breaker(pool)?;
     let permit = concurrency(pool, priority(rx, to), headers).await?;
     let budget = to.route.retry.as_ref().map(|r| r.budget.start_request());

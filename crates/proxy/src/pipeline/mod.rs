@@ -28,6 +28,7 @@ mod model;
 mod outcome;
 mod pick;
 mod pick_endpoint;
+mod rate_limit;
 mod reject;
 mod request_body;
 mod request_rewrite;

@@ -1,0 +1,132 @@
+//! Rate limits (`rate_limits:`), named once and applied by the routes that list them. A limit
+//! counts requests per key (a header, the hashed API key, the client IP, or the route as a
+//! whole) in a token bucket: `limit` per `per`, up to `burst` at once.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub name: String,
+    pub key: LimitKey,
+    /// Requests allowed per `per`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<Rate>,
+    /// LLM tokens per `per` (not built yet: refused with a clear error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<Rate>,
+    /// The most taken at once after a quiet spell; default `limit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    /// Where the counts live: `local` (per gateway) only, for now.
+    #[serde(default)]
+    pub store: Store,
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub limit: u64,
+    #[serde(with = "humantime_serde")]
+    pub per: Duration,
+}
+
+/// What a limit counts by. A request without its key is not limited by it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum LimitKey {
+    Header(String),
+    /// The bearer token of `Authorization`, hashed.
+    ApiKey,
+    SourceIp,
+    /// The route as a whole: one bucket for everyone.
+    Route,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Store {
+    #[default]
+    Local,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Refuse requests over the limit (429).
+    #[default]
+    Enforce,
+    /// Count them as limited, and let them through.
+    Shadow,
+}
+
+/// Problems with one limit, as (key below `rate_limits[i]`, message).
+pub(crate) fn validate(l: &RateLimit) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    match (&l.requests, &l.tokens) {
+        (None, None) => out.push((
+            "requests".into(),
+            "a limit needs `requests: {limit, per}`".into(),
+        )),
+        (_, Some(_)) => out.push((
+            "tokens".into(),
+            "token limits are not built yet; use `requests`".into(),
+        )),
+        (Some(r), None) => {
+            if r.limit == 0 {
+                out.push(("requests.limit".into(), "must be at least 1".into()));
+            }
+            if r.per.is_zero() {
+                out.push(("requests.per".into(), "must be positive".into()));
+            }
+        }
+    }
+    if l.burst == Some(0) {
+        out.push(("burst".into(), "must be at least 1".into()));
+    }
+    if l.store == Store::Redis {
+        out.push((
+            "store".into(),
+            "a shared (redis) store is not built yet; use `local`".into(),
+        ));
+    }
+    if let LimitKey::Header(h) = &l.key {
+        if h.is_empty() || !h.bytes().all(crate::validate::is_token_char) {
+            out.push(("key.header".into(), format!("`{h}` is not a header name")));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::parse;
+    use std::path::Path;
+
+    #[test]
+    fn what_is_not_built_yet_is_refused_by_name() {
+        let errs = match parse(
+            "rate_limits:\n  - {name: a, key: api_key, tokens: {limit: 100, per: 1m}}\n  - {name: b, key: {header: 'x y'}, requests: {limit: 0, per: 0s}, store: redis, burst: 0}\n  - {name: a, key: route, requests: {limit: 1, per: 1s}}\n",
+            Path::new("c.yaml"),
+        ) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"),
+        };
+        for want in [
+            "rate_limits[0].tokens: token limits are not built yet",
+            "rate_limits[1].key.header: `x y` is not a header name",
+            "rate_limits[1].requests.limit: must be at least 1",
+            "rate_limits[1].requests.per: must be positive",
+            "rate_limits[1].store: a shared (redis) store is not built yet",
+            "rate_limits[1].burst: must be at least 1",
+            "rate_limits[2].name",
+        ] {
+            assert!(errs.contains(want), "missing {want:?} in:\n{errs}");
+        }
+    }
+}

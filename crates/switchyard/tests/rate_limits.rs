@@ -1,0 +1,102 @@
+//! Local rate limits (issue 14, first part): a per-key bucket answers 429 with `Retry-After`
+//! and the IETF `RateLimit` fields, other keys and keyless requests go on, a shadow limit only
+//! counts, and a route naming an unknown limit is a config error.
+
+mod support;
+
+use support::origin::Origin;
+use support::{client, Gateway};
+
+fn gateway(origin: &Origin) -> Gateway {
+    Gateway::start(&format!(
+        "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: false}}\n\
+         listeners: [{{name: public, address: 127.0.0.1:0}}]\n\
+         rate_limits:\n\
+         \x20 - {{name: per-tenant, key: {{header: x-tenant}}, requests: {{limit: 3, per: 1h}}}}\n\
+         \x20 - {{name: watch, key: route, requests: {{limit: 1, per: 1h}}, mode: shadow}}\n\
+         routes:\n  - name: r\n    match: {{path_prefix: /}}\n    pool: p\n    rate_limits: [per-tenant, watch]\n\
+         pools: [{{name: p, endpoints: [{}]}}]\n",
+        origin.addr
+    ))
+}
+
+async fn get(
+    c: &client::TestClient,
+    gw: &Gateway,
+    tenant: Option<&str>,
+) -> (u16, http::HeaderMap, String) {
+    let mut req = http::Request::get(gw.url("/x"));
+    if let Some(t) = tenant {
+        req = req.header("x-tenant", t);
+    }
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let (status, headers, body) = client::send(c, req).await;
+    (
+        status.as_u16(),
+        headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_tenant_over_its_limit_gets_429_and_the_others_go_on() {
+    let origin = Origin::start();
+    let gw = gateway(&origin);
+    let c = client::http1();
+    for _ in 0..3 {
+        assert_eq!(get(&c, &gw, Some("a")).await.0, 200);
+    }
+    let (status, headers, body) = get(&c, &gw, Some("a")).await;
+    assert_eq!(status, 429, "{body}");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=3600).contains(&retry), "{retry}");
+    assert_eq!(headers["ratelimit-policy"], "3;w=3600");
+    assert!(headers["ratelimit"]
+        .to_str()
+        .unwrap()
+        .starts_with("limit=3, remaining=0, reset="));
+    assert!(body.contains("rate_limit_exceeded"), "{body}");
+    // Another tenant has its own bucket; a request without the key is not limited by it.
+    assert_eq!(get(&c, &gw, Some("b")).await.0, 200);
+    for _ in 0..5 {
+        assert_eq!(get(&c, &gw, None).await.0, 200);
+    }
+    // The refused request never reached the origin.
+    assert_eq!(origin.hits(), 9);
+    let series = |limit: &str, outcome: &str| {
+        gw.metric(&format!(
+            "switchyard_rate_limit_total{{limit=\"{limit}\",outcome=\"{outcome}\"}}"
+        ))
+    };
+    assert_eq!(series("per-tenant", "limited"), 1.0);
+    assert_eq!(series("per-tenant", "allowed"), 4.0);
+    // The shadow limit (1 per hour for the whole route) let everything through and counted it.
+    assert_eq!(series("watch", "allowed"), 1.0);
+    assert_eq!(series("watch", "shadow_limited"), 8.0);
+}
+
+#[test]
+fn a_route_naming_an_unknown_limit_is_refused_with_a_suggestion() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(
+        &path,
+        "rate_limits: [{name: per-tenant, key: api_key, requests: {limit: 1, per: 1s}}]\n\
+         routes: [{name: r, pool: p, rate_limits: [per-tenat]}]\npools: [{name: p}]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(support::BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("routes[0].rate_limits[0]: no rate limit named `per-tenat`")
+            && err.contains("per-tenant"),
+        "{err}"
+    );
+}
