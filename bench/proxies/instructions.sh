@@ -6,6 +6,9 @@
 # Usage: bench/proxies/instructions.sh switchyard|nginx [REQUESTS]
 #        SWITCHYARD_BIN=path  to measure another build (default target/release/switchyard)
 #        CG_KEEP=dir          keep the callgrind profiles there (for callgrind_annotate)
+#        HEADER_OPS=1         the route makes three header changes: sets `x-env: prod` and
+#                             removes `x-internal` on the request, adds `x-served-by: sy` to the
+#                             response (switchyard `filters`; NGINX proxy_set_header/add_header)
 # Needs: valgrind, nginx, h2load, curl. Ports 18000 (origin) and 18080 (proxy) on 127.0.0.1.
 #
 # The proxy runs under callgrind with one worker; an NGINX origin returns a 14-byte body.
@@ -50,13 +53,20 @@ nginx_conf origin 18000 'server { listen 127.0.0.1:18000; location / { return 20
 taskset -c 1 nginx -c "$dir/origin.conf" &
 pids+=($!)
 
+sy_filters=""
+nginx_ops=""
+if [ -n "${HEADER_OPS:-}" ]; then
+    sy_filters=", filters: [{request_headers: {set: {x-env: prod}, remove: [x-internal]}}, {response_headers: {add: {x-served-by: sy}}}]"
+    nginx_ops='proxy_set_header X-Env prod; proxy_set_header X-Internal ""; add_header X-Served-By sy always;'
+fi
+
 case "$who" in
 switchyard)
     cat >"$dir/switchyard.yaml" <<EOF
 admin: {address: 127.0.0.1:18901}
 runtime: {workers: 1, watch_config: false}
 listeners: [{name: public, address: 127.0.0.1:18080}]
-routes: [{name: all, match: {path_prefix: /}, pool: origin}]
+routes: [{name: all, match: {path_prefix: /}, pool: origin$sy_filters}]
 pools: [{name: origin, endpoints: [127.0.0.1:18000]}]
 EOF
     taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$dir/cg.%p" \
@@ -65,7 +75,7 @@ EOF
     ;;
 nginx)
     nginx_conf proxy 18080 'upstream origin { server 127.0.0.1:18000; keepalive 256; keepalive_requests 10000000; }
-  server { listen 127.0.0.1:18080; location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } }'
+  server { listen 127.0.0.1:18080; location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; '"$nginx_ops"' } }'
     taskset -c 0 valgrind --tool=callgrind --trace-children=yes --callgrind-out-file="$dir/cg.%p" \
         nginx -c "$dir/proxy.conf" 2>/dev/null &
     pids+=($!)

@@ -125,9 +125,10 @@ pub(crate) fn validate_targets(
             "`pool` and `backends` are mutually exclusive: use one".into(),
             None,
         )),
-        (None, None) => out.push((
+        (None, None) if !route.answers_itself() => out.push((
             String::new(),
-            "a route needs `pool` or `backends`".into(),
+            "a route needs `pool` or `backends` (or a `redirect` or `direct_response` filter)"
+                .into(),
             None,
         )),
         (Some(pool), None) if !pool_exists(pool) => out.push(missing("pool".into(), pool)),
@@ -348,7 +349,7 @@ mod tests {
         let e = errors("  - name: r\n    match: {model: x}\n");
         assert_eq!(
             e,
-            vec!["c.yaml:3:5: routes[0]: a route needs `pool` or `backends`"]
+            vec!["c.yaml:3:5: routes[0]: a route needs `pool` or `backends` (or a `redirect` or `direct_response` filter)"]
         );
         let e = errors("  - name: r\n    backends: []\n");
         assert_eq!(

@@ -4,6 +4,7 @@
 pub mod backends;
 pub mod balancer;
 mod error;
+pub mod filters;
 pub mod health;
 mod kind_map;
 pub mod load;

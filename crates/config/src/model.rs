@@ -259,6 +259,9 @@ pub struct Route {
     /// Rate limits (by name, from `rate_limits`) this route applies, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<String>,
+    /// Header changes, URL rewrites, redirects and direct responses, applied in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<crate::filters::Filter>,
     /// A canary rollout between two of the route's backends, judged and driven by the gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<crate::rollout::Rollout>,

@@ -243,6 +243,9 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
                 .suggestion = nearest(name, names);
             }
         }
+        for (rel, msg) in crate::filters::validate(r) {
+            c.error(format!("routes[{i}].{rel}"), msg);
+        }
         for (rel, msg) in crate::rollout::validate(r) {
             c.error(format!("routes[{i}].{rel}"), msg);
         }

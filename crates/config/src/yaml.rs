@@ -583,7 +583,7 @@ mod tests {
 
     #[test]
     fn the_example_configs_load() {
-        for name in ["switchyard.yaml", "canary.yaml"] {
+        for name in ["switchyard.yaml", "canary.yaml", "filters.yaml"] {
             let path = format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"));
             if let Err(e) = crate::load_file(std::path::Path::new(&path)) {
                 panic!("{name}: {e}");

@@ -416,7 +416,12 @@ fn build_route(
             ),
         });
     }
-    if targets.is_empty() {
+    let filters = crate::filters::RouteFilters::compile(r, || {
+        Arc::new(RouteMetrics::new(metrics, &r.name, ""))
+    })
+    .map_err(|e| format!("route `{}`: {e}", r.name))?;
+    let answers = filters.as_ref().is_some_and(|f| f.answer.is_some());
+    if targets.is_empty() && !answers {
         return Err(format!("route `{}`: no pool or backends", r.name));
     }
     let cumulative_weights = targets
@@ -468,6 +473,7 @@ fn build_route(
         split: crate::route_entry::Split::new(r)?,
         rollout,
         rate_limits: Box::new([]),
+        filters,
         mirrors: r
             .mirror
             .iter()

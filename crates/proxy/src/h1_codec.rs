@@ -306,6 +306,26 @@ impl RawHeaders {
             )
     }
 
+    /// Drops every header of this name, forwarded or added (a route's response filter).
+    pub fn remove_all(&mut self, name: &HeaderName) {
+        let head = &self.head;
+        let want = name.as_str().as_bytes();
+        self.spans
+            .retain(|s| !head[s.name.0 as usize..s.name.1 as usize].eq_ignore_ascii_case(want));
+        self.added.retain(|(n, _)| n != name);
+        if *name == http::header::DATE {
+            self.has_date = false;
+        }
+    }
+
+    /// Adds a header after the forwarded ones.
+    pub fn push(&mut self, name: HeaderName, value: HeaderValue) {
+        if name == http::header::DATE {
+            self.has_date = true;
+        }
+        self.added.push((name, value));
+    }
+
     /// The same headers as a map, for writers that need one (HTTP/2, hyper's server).
     pub fn to_map(&self) -> HeaderMap {
         let mut map = HeaderMap::with_capacity(self.spans.len() + self.added.len());

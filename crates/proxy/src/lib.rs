@@ -12,6 +12,7 @@ pub mod body;
 pub mod connection_idle;
 mod deadline;
 pub mod error;
+pub mod filters;
 pub mod finish;
 pub mod framing_guard;
 pub mod gateway;

@@ -107,6 +107,7 @@ impl AcceptLoop {
                 return;
             }
         };
+        let local_port = listener.local_addr().map_or(0, |a| a.port());
         let labels = ListenerLabels {
             listener: self.spec.name.clone(),
         };
@@ -148,6 +149,7 @@ impl AcceptLoop {
                 client_ip: http::HeaderValue::try_from(peer.ip().to_string())
                     .expect("an IP address is a valid header value"),
                 https: self.tls.is_some(),
+                local_port,
                 max_header_bytes: self.spec.max_header_bytes,
                 max_headers: self.spec.max_headers,
                 access_log: self.spec.access_log,

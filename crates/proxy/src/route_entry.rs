@@ -45,6 +45,8 @@ pub struct RouteEntry {
     pub rollout: Option<Arc<crate::rollout::Rollout>>,
     /// Rate limits the route applies, in order (shared with other routes naming them).
     pub rate_limits: Box<[Arc<crate::rate_limit::Limiter>]>,
+    /// Header changes, URL rewrite and the route's own answer; `None` without filters.
+    pub filters: Option<Box<crate::filters::RouteFilters>>,
 }
 
 /// A weighted split's stickiness and tester override (`sticky`, `force_backend_header`).

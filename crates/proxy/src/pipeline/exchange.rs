@@ -23,6 +23,8 @@ pub struct ConnContext {
     /// The client IP, preformatted for `x-forwarded-for`.
     pub client_ip: HeaderValue,
     pub https: bool,
+    /// The listener's port (a redirect's default port).
+    pub local_port: u16,
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub access_log: bool,

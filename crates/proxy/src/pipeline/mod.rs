@@ -105,10 +105,18 @@ async fn forward(
     let first = pick::first_pick(rx, to, parsed.as_ref(), priority)?;
     drop(parsed);
     mirror::copy(rx, to, &head, &body);
+    // Kept only for a response filter that reads them: the last attempt takes the headers.
+    let request_headers = to
+        .route
+        .filters
+        .as_deref()
+        .filter(|f| f.response_reads_request())
+        .map(|_| Box::new(head.parts.headers.clone()));
     let answer = attempts::run(rx, to, &mut head, body, first.index, &mut admitted).await?;
     let added = response::Added {
         upgrade: head.upgrade.map(|(_, client_side)| client_side),
         pick_debug: first.debug_header,
+        request_headers,
     };
     Ok(response::stream_back(
         gateway, rx, to, answer, added, downstream,

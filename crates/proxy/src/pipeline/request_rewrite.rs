@@ -63,6 +63,14 @@ pub fn rewrite(
             .headers
             .insert(FORMAT.clone(), HeaderValue::from_static("TEXT"));
     }
+    if let Some(f) = to.route.filters.as_deref() {
+        let vars = crate::filters::Vars {
+            request_id: &rx.request_id,
+            client_ip: &rx.conn.client_ip,
+            route: &to.route.name,
+        };
+        f.apply_request(&mut parts, &vars);
+    }
     parts.version = if http2 {
         Version::HTTP_2
     } else {

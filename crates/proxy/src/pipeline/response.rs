@@ -21,6 +21,8 @@ pub struct Added {
     pub upgrade: Option<hyper::upgrade::OnUpgrade>,
     /// The `inference` pick's explanation, for `x-switchyard-debug: 1`.
     pub pick_debug: Option<HeaderValue>,
+    /// The upstream request's headers, for response filters that read them.
+    pub request_headers: Option<Box<http::HeaderMap>>,
 }
 
 pub fn stream_back(
@@ -52,6 +54,12 @@ pub fn stream_back(
     // Raw headers go back as they came, with the gateway's added, when the client's connection
     // writes HTTP/1 itself; any other writer gets a map.
     let mut pick_debug = added.pick_debug;
+    let filters = to.route.filters.as_deref().filter(|f| f.changes_response());
+    let vars = || crate::filters::Vars {
+        request_id: &rx.request_id,
+        client_ip: &rx.conn.client_ip,
+        route: &to.route.name,
+    };
     let raw = match raw {
         Some(mut raw) if downstream == Downstream::Http1 && !scan.request_id => {
             raw.added
@@ -61,6 +69,9 @@ pub fn stream_back(
             }
             if !rx.response_headers.is_empty() {
                 raw.added.append(&mut rx.response_headers);
+            }
+            if let Some(f) = filters {
+                f.apply_response_raw(&mut raw, &vars(), added.request_headers.as_deref());
             }
             Some(raw)
         }
@@ -85,6 +96,13 @@ pub fn stream_back(
         }
         for (name, value) in rx.response_headers.drain(..) {
             parts.headers.append(name, value);
+        }
+        if let Some(f) = filters {
+            f.apply_response(
+                &mut parts.headers,
+                &vars(),
+                added.request_headers.as_deref(),
+            );
         }
     }
     rx.finish.set_status(parts.status.as_u16());

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::exchange::{ClientRequest, Exchange, Reject, Routed};
+use super::exchange::{ClientRequest, Exchange, Reject, Routed, Stop};
 use super::model::RequestedModel;
 use super::shape::Shape;
 use crate::error::GatewayError;
@@ -19,15 +19,21 @@ pub fn route<'g>(
     model: Option<&RequestedModel>,
     pre_read: Option<&Bytes>,
     shape: Shape,
-) -> Result<Routed<'g>, Reject> {
+) -> Result<Routed<'g>, Stop> {
     let model_name = model.map(RequestedModel::name);
     let Some(route) = gateway
         .routes
         .iter()
         .find(|r| r.matcher.matches(req) && r.matcher.model_matches(model_name))
     else {
-        return Err(Reject::keep(GatewayError::NoRoute));
+        return Err(Reject::keep(GatewayError::NoRoute).into());
     };
+    if let Some(f) = route.filters.as_deref() {
+        if let Some(answer) = &f.answer {
+            rx.finish.set_route(answer.metrics(), false);
+            return Err(respond(rx, route, f, req));
+        }
+    }
     let choice = super::split::choose(route, req.headers(), rx.conn.client.ip());
     if let Some(cookie) = choice.set_cookie {
         rx.response_headers.push((http::header::SET_COOKIE, cookie));
@@ -37,7 +43,32 @@ pub fn route<'g>(
         .set_route(Arc::clone(&target.metrics), target.pool.inference.is_some());
     let length = pre_read.map(|b| b.len() as u64).or(shape.content_length);
     if length.is_some_and(|n| n > route.max_request_body) {
-        return Err(Reject::close(GatewayError::BodyTooLarge));
+        return Err(Reject::close(GatewayError::BodyTooLarge).into());
     }
     Ok(Routed { route, target })
+}
+
+/// A route that answers itself (`redirect`, `direct_response`) does so here: it has no upstream.
+#[cold]
+fn respond(
+    rx: &Exchange<'_>,
+    route: &crate::route_entry::RouteEntry,
+    f: &crate::filters::RouteFilters,
+    req: &ClientRequest,
+) -> Stop {
+    let to = crate::filters::AnswerTo {
+        uri: req.uri(),
+        headers: req.headers(),
+        https: rx.conn.https,
+        local_port: rx.conn.local_port,
+    };
+    let vars = crate::filters::Vars {
+        request_id: &rx.request_id,
+        client_ip: &rx.conn.client_ip,
+        route: &route.name,
+    };
+    match f.answer(&to, &vars) {
+        Some(resp) => Stop::Respond(Box::new(resp), None),
+        None => Reject::keep(GatewayError::NoRoute).into(),
+    }
 }

@@ -102,7 +102,8 @@ impl Upstream {
             // Boxed, as are upgrades: the inline HTTP/1 exchange is the one path whose future is
             // not boxed, and these would otherwise make it larger to copy.
             Some(Transport::Http2(h2)) => {
-                let req = self.absolute(index, parts, headers, body);
+                let mut req = self.absolute(index, parts, headers, body);
+                host_to_authority(&mut req);
                 Prepared::Pooled(Box::pin(async move {
                     h2[index]
                         .send(req, breaker, state)
@@ -161,6 +162,21 @@ impl Upstream {
         *req.headers_mut() = headers;
         req
     }
+}
+
+/// HTTP/2 carries the request's host as `:authority` (RFC 9113 §8.3.1), as Envoy sends it: the
+/// client's `Host` (or a `url_rewrite`'s), not the endpoint's address, which only picked the
+/// connection.
+fn host_to_authority(req: &mut Request<RequestBody>) {
+    let Some(host) = req.headers_mut().remove(http::header::HOST) else {
+        return;
+    };
+    let Ok(authority) = http::uri::Authority::try_from(host.as_bytes()) else {
+        return;
+    };
+    let mut uri = std::mem::take(req.uri_mut()).into_parts();
+    uri.authority = Some(authority);
+    *req.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path are set");
 }
 
 /// An attempt ready to go: encoded for an inline HTTP/1 exchange, or another transport's boxed

@@ -8,7 +8,8 @@
 //! - `/upgrade`: 101 to protocol `echo`, then echo bytes back
 //! - `/echo-body`: stream the request body back
 //! - `/trailers`: a body followed by trailers `grpc-status: 0`
-//! - anything else: JSON describing the request (method, path, headers, body length)
+//! - anything else: JSON describing the request (method, path, headers, body length), answered
+//!   with `server: test-origin` and two `x-origin-multi` values besides
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -269,6 +270,12 @@ async fn handle(
                     )
                 })
                 .collect();
+            // Every value in order, for tests of repeated headers (the map above keeps one).
+            let header_list: Vec<(String, String)> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                .collect();
             let method = req.method().to_string();
             let version = format!("{:?}", req.version());
             let uri = req.uri().to_string();
@@ -280,6 +287,7 @@ async fn handle(
                 "path": path,
                 "version": version,
                 "headers": headers,
+                "header_list": header_list,
                 "body_len": body.map(|b| b.len()).unwrap_or(0),
             });
             {
@@ -299,6 +307,11 @@ async fn handle(
                 .insert("x-origin-private", "secret".parse().unwrap());
             r.headers_mut()
                 .insert("keep-alive", "timeout=5".parse().unwrap());
+            r.headers_mut()
+                .insert("server", "test-origin".parse().unwrap());
+            for v in ["one", "two"] {
+                r.headers_mut().append("x-origin-multi", v.parse().unwrap());
+            }
             Ok(r)
         }
     }
