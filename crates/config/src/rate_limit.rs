@@ -1,6 +1,8 @@
 //! Rate limits (`rate_limits:`), named once and applied by the routes that list them. A limit
-//! counts requests per key (a header, the hashed API key, the client IP, or the route as a
-//! whole) in a token bucket: `limit` per `per`, up to `burst` at once.
+//! counts per key (a header, the hashed API key, the client IP, or the route as a whole) either
+//! requests, in a token bucket (`limit` per `per`, up to `burst` at once), or LLM tokens, in
+//! fixed windows of `per` aligned to the Unix epoch (as Envoy's rate limit service counts), each
+//! request reserving its estimate up front and settling with the usage the response reports.
 
 use std::time::Duration;
 
@@ -14,9 +16,13 @@ pub struct RateLimit {
     /// Requests allowed per `per`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests: Option<Rate>,
-    /// LLM tokens per `per` (not built yet: refused with a clear error).
+    /// LLM tokens (prompt and completion) per `per`; for routes to `inference` pools, whose
+    /// request bodies the gateway reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<Rate>,
+    /// The completion tokens reserved for a request that does not give `max_tokens`.
+    #[serde(default = "default_max_tokens")]
+    pub default_max_tokens: u32,
     /// The most taken at once after a quiet spell; default `limit`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u64>,
@@ -25,6 +31,10 @@ pub struct RateLimit {
     pub store: Store,
     #[serde(default)]
     pub mode: Mode,
+}
+
+fn default_max_tokens() -> u32 {
+    256
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
@@ -68,26 +78,49 @@ pub enum Mode {
 /// Problems with one limit, as (key below `rate_limits[i]`, message).
 pub(crate) fn validate(l: &RateLimit) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    match (&l.requests, &l.tokens) {
-        (None, None) => out.push((
-            "requests".into(),
-            "a limit needs `requests: {limit, per}`".into(),
-        )),
-        (_, Some(_)) => out.push((
-            "tokens".into(),
-            "token limits are not built yet; use `requests`".into(),
-        )),
-        (Some(r), None) => {
-            if r.limit == 0 {
-                out.push(("requests.limit".into(), "must be at least 1".into()));
-            }
-            if r.per.is_zero() {
-                out.push(("requests.per".into(), "must be positive".into()));
-            }
+    let (what, rate) = match (&l.requests, &l.tokens) {
+        (None, None) => {
+            out.push((
+                "requests".into(),
+                "a limit needs `requests: {limit, per}` or `tokens: {limit, per}`".into(),
+            ));
+            return out;
         }
+        (Some(_), Some(_)) => {
+            out.push((
+                "tokens".into(),
+                "a limit counts `requests` or `tokens`, not both: make two limits".into(),
+            ));
+            return out;
+        }
+        (Some(r), None) => ("requests", r),
+        (None, Some(t)) => ("tokens", t),
+    };
+    if rate.limit == 0 {
+        out.push((format!("{what}.limit"), "must be at least 1".into()));
+    }
+    if rate.per.is_zero() || rate.per.subsec_nanos() != 0 && what == "tokens" {
+        out.push((
+            format!("{what}.per"),
+            if what == "tokens" {
+                "must be a positive whole number of seconds (windows are aligned to them)"
+            } else {
+                "must be positive"
+            }
+            .into(),
+        ));
     }
     if l.burst == Some(0) {
         out.push(("burst".into(), "must be at least 1".into()));
+    }
+    if what == "tokens" && l.burst.is_some() {
+        out.push((
+            "burst".into(),
+            "token limits count fixed windows of `per`; `burst` applies to `requests`".into(),
+        ));
+    }
+    if l.default_max_tokens == 0 {
+        out.push(("default_max_tokens".into(), "must be at least 1".into()));
     }
     if l.store == Store::Redis {
         out.push((
@@ -109,24 +142,28 @@ mod tests {
     use std::path::Path;
 
     #[test]
-    fn what_is_not_built_yet_is_refused_by_name() {
+    fn bad_limits_are_refused_by_name() {
         let errs = match parse(
-            "rate_limits:\n  - {name: a, key: api_key, tokens: {limit: 100, per: 1m}}\n  - {name: b, key: {header: 'x y'}, requests: {limit: 0, per: 0s}, store: redis, burst: 0}\n  - {name: a, key: route, requests: {limit: 1, per: 1s}}\n",
+            "rate_limits:\n  - {name: a, key: api_key, tokens: {limit: 100, per: 1m}}\n  - {name: b, key: {header: 'x y'}, requests: {limit: 0, per: 0s}, store: redis, burst: 0}\n  - {name: a, key: route, requests: {limit: 1, per: 1s}}\n  - {name: c, key: route, tokens: {limit: 10, per: 1500ms}, burst: 5, default_max_tokens: 0}\n  - {name: d, key: route, tokens: {limit: 10, per: 1s}, requests: {limit: 1, per: 1s}}\n",
             Path::new("c.yaml"),
         ) {
             Ok(_) => panic!("accepted"),
             Err(e) => e.0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"),
         };
         for want in [
-            "rate_limits[0].tokens: token limits are not built yet",
             "rate_limits[1].key.header: `x y` is not a header name",
             "rate_limits[1].requests.limit: must be at least 1",
             "rate_limits[1].requests.per: must be positive",
             "rate_limits[1].store: a shared (redis) store is not built yet",
             "rate_limits[1].burst: must be at least 1",
             "rate_limits[2].name",
+            "rate_limits[3].tokens.per: must be a positive whole number of seconds",
+            "rate_limits[3].burst: token limits count fixed windows",
+            "rate_limits[3].default_max_tokens: must be at least 1",
+            "rate_limits[4].tokens: a limit counts `requests` or `tokens`, not both",
         ] {
             assert!(errs.contains(want), "missing {want:?} in:\n{errs}");
         }
+        assert!(!errs.contains("rate_limits[0]"), "{errs}");
     }
 }

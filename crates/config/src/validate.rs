@@ -233,8 +233,20 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
                 .and_then(|p| nearest(p, pool_names.iter().copied()));
             c.error(path, message).suggestion = suggestion;
         }
+        let inference_only = r.targets().iter().all(|t| {
+            config.pools.iter().any(|p| {
+                p.name == t.pool && matches!(p.balancer, crate::Balancer::Inference { .. })
+            })
+        });
         for (j, name) in r.rate_limits.iter().enumerate() {
-            if !config.rate_limits.iter().any(|l| l.name == *name) {
+            let limit = config.rate_limits.iter().find(|l| l.name == *name);
+            if limit.is_some_and(|l| l.tokens.is_some()) && !inference_only {
+                c.error(
+                    format!("routes[{i}].rate_limits[{j}]"),
+                    format!("`{name}` counts tokens, which the gateway reads from requests to `inference` pools: every pool of the route needs `balancer: inference`"),
+                );
+            }
+            if limit.is_none() {
                 let names = config.rate_limits.iter().map(|l| l.name.as_str());
                 c.error(
                     format!("routes[{i}].rate_limits[{j}]"),

@@ -55,6 +55,10 @@ pub struct Finish {
     model: Option<Box<RequestModel>>,
     /// The request's SERVER span, when tracing is on; it ends here, after the last byte.
     trace: Option<Box<RequestSpan>>,
+    /// Token limits' reservations, settled with `usage` when the exchange ends.
+    charges: Vec<crate::rate_limit::TokenCharge>,
+    /// Prompt plus completion tokens the response reported.
+    usage: Option<u64>,
 }
 
 impl Finish {
@@ -79,7 +83,14 @@ impl Finish {
             budget: None,
             retries: Vec::new(),
             model: None,
+            charges: Vec::new(),
+            usage: None,
         }
+    }
+
+    /// A token limit's reservation, to settle when the exchange ends.
+    pub fn charge(&mut self, charge: crate::rate_limit::TokenCharge) {
+        self.charges.push(charge);
     }
 
     /// Hand the bookkeeping over (to the response body, which finishes it after the last
@@ -149,6 +160,7 @@ impl Finish {
 
     /// Usage (prompt, completion tokens) the response reported.
     pub fn set_usage(&mut self, input: u64, output: u64) {
+        self.usage = Some(input + output);
         if let Some(t) = &self.trace {
             t.set_usage(input, output);
         }
@@ -219,6 +231,12 @@ impl Drop for Finish {
     fn drop(&mut self) {
         if let Some((picker, index, tokens)) = self.inference.take() {
             picker.finish(index, tokens);
+        }
+        if !self.charges.is_empty() {
+            let ok = (200..300).contains(&self.status);
+            for c in self.charges.drain(..) {
+                c.settle(self.usage, ok);
+            }
         }
         if self.metrics.is_none() && self.access.is_none() && self.trace.is_none() {
             // Spent (handed over with `take`), or nothing to report to.

@@ -1,7 +1,13 @@
-//! Local rate limits (`rate_limits:`): a token bucket per key, `limit` per `per`, up to
-//! `burst`. Keys are hashed (an API key is never kept). The map of buckets is bounded: a full
-//! bucket is the same as none, so when the map reaches [`MAX_KEYS`] the full ones are dropped,
-//! and a key that still finds no room is let through (and counted) rather than refused.
+//! Local rate limits (`rate_limits:`). A request limit is a token bucket per key, `limit` per
+//! `per`, up to `burst`. A token limit counts LLM tokens per key in fixed windows of `per`
+//! (aligned to the Unix epoch): a request reserves its estimate (prompt tokens and `max_tokens`)
+//! before it goes upstream and fits or is refused whole, and settles when its response ends,
+//! the difference to the usage the response reported refunded (or charged) to the window it
+//! reserved in. So a window never serves more than its limit, whatever is in flight.
+//!
+//! Keys are hashed (an API key is never kept). The maps are bounded: a full bucket or a past
+//! window is the same as none, so when a map reaches [`MAX_KEYS`] those are dropped, and a key
+//! that still finds no room is let through (and counted) rather than refused.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -20,6 +26,30 @@ struct Bucket {
     at: Instant,
 }
 
+/// One key's tokens in its current window.
+struct Window {
+    index: u64,
+    used: u64,
+}
+
+/// A token limit's windows and what it reserves for a request without `max_tokens`.
+struct TokenWindows {
+    per_secs: u64,
+    default_max_tokens: u64,
+    windows: Mutex<HashMap<u64, Window>>,
+    reserved: Counter,
+    settled: Counter,
+    refunded: Counter,
+}
+
+/// Tokens a request holds in one limit's window until its response ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    pub key: u64,
+    pub window: u64,
+    pub tokens: u64,
+}
+
 /// One limit, compiled.
 pub struct Limiter {
     pub config: RateLimit,
@@ -32,6 +62,8 @@ pub struct Limiter {
     pub limit: u64,
     pub window_secs: u64,
     buckets: Mutex<HashMap<u64, Bucket>>,
+    /// Set for a token limit.
+    tokens: Option<TokenWindows>,
     allowed: Counter,
     limited: Counter,
     shadow_limited: Counter,
@@ -48,6 +80,7 @@ impl Limiter {
     pub fn new(config: &RateLimit, metrics: &Metrics) -> Self {
         let rate = config
             .requests
+            .or(config.tokens)
             .map_or((1, Duration::from_secs(1)), |r| (r.limit, r.per));
         let per_second = rate.0 as f64 / rate.1.as_secs_f64().max(1e-9);
         let counter = |outcome| {
@@ -59,7 +92,25 @@ impl Limiter {
                 })
                 .clone()
         };
+        let token_counter = |kind| {
+            metrics
+                .rate_limit_tokens
+                .get_or_create(&RateLimitLabels {
+                    limit: config.name.clone(),
+                    outcome: kind,
+                })
+                .clone()
+        };
+        let tokens = config.tokens.map(|t| TokenWindows {
+            per_secs: t.per.as_secs().max(1),
+            default_max_tokens: u64::from(config.default_max_tokens),
+            windows: Mutex::new(HashMap::new()),
+            reserved: token_counter("reserved"),
+            settled: token_counter("settled"),
+            refunded: token_counter("refunded"),
+        });
         Self {
+            tokens,
             key: config.key.clone(),
             rate: per_second,
             burst: config.burst.unwrap_or(rate.0).max(1) as f64,
@@ -113,6 +164,105 @@ impl Limiter {
     }
 }
 
+impl Limiter {
+    /// Whether this limit counts tokens (and so needs the request's parsed body).
+    pub fn counts_tokens(&self) -> bool {
+        self.tokens.is_some()
+    }
+
+    /// The tokens a request is expected to take: its prompt's estimate and `max_tokens`, or the
+    /// limit's default for requests that give none.
+    pub fn estimate(&self, prompt_tokens: u32, max_tokens: Option<u32>) -> u64 {
+        let default = self.tokens.as_ref().map_or(0, |t| t.default_max_tokens);
+        u64::from(prompt_tokens) + max_tokens.map_or(default, u64::from)
+    }
+
+    /// Reserve `tokens` for `key` in the window holding `unix_secs`: `Err` when they do not fit
+    /// and the limit enforces (a shadow limit reserves anyway, and counts it).
+    pub fn reserve(&self, key: u64, tokens: u64, unix_secs: u64) -> Result<Reservation, Limited> {
+        let Some(t) = &self.tokens else {
+            return Ok(Reservation {
+                key,
+                window: 0,
+                tokens: 0,
+            });
+        };
+        let index = unix_secs / t.per_secs;
+        let granted = Reservation {
+            key,
+            window: index,
+            tokens,
+        };
+        let Ok(mut windows) = t.windows.lock() else {
+            return Ok(granted);
+        };
+        if windows.len() >= MAX_KEYS && !windows.contains_key(&key) {
+            windows.retain(|_, w| w.index >= index);
+            if windows.len() >= MAX_KEYS {
+                self.untracked.inc();
+                return Ok(Reservation {
+                    tokens: 0,
+                    ..granted
+                });
+            }
+        }
+        let w = windows.entry(key).or_insert(Window { index, used: 0 });
+        if w.index != index {
+            *w = Window { index, used: 0 };
+        }
+        if w.used + tokens <= self.limit || self.config.mode == Mode::Shadow {
+            let over = w.used + tokens > self.limit;
+            w.used += tokens;
+            drop(windows);
+            t.reserved.inc_by(tokens);
+            if over {
+                self.shadow_limited.inc();
+            } else {
+                self.allowed.inc();
+            }
+            return Ok(granted);
+        }
+        drop(windows);
+        self.limited.inc();
+        Err(Limited {
+            retry_after_secs: ((index + 1) * t.per_secs).saturating_sub(unix_secs).max(1),
+        })
+    }
+
+    /// The response ended having used `used` tokens (`None`: it reported none, so the
+    /// reservation stands): the difference goes back to, or is taken from, the window the
+    /// request reserved in, if that is still the key's current one.
+    pub fn settle(&self, r: Reservation, used: Option<u64>) {
+        let Some(t) = &self.tokens else { return };
+        let used = used.unwrap_or(r.tokens);
+        t.settled.inc_by(used);
+        if used < r.tokens {
+            t.refunded.inc_by(r.tokens - used);
+        }
+        let Ok(mut windows) = t.windows.lock() else {
+            return;
+        };
+        if let Some(w) = windows.get_mut(&r.key).filter(|w| w.index == r.window) {
+            w.used = (w.used + used).saturating_sub(r.tokens);
+        }
+    }
+}
+
+/// What a request's token reservations settle against when its exchange ends.
+pub struct TokenCharge {
+    pub limiter: std::sync::Arc<Limiter>,
+    pub reservation: Reservation,
+}
+
+impl TokenCharge {
+    /// Settle with the usage the response reported; a response that failed (`ok` false: an
+    /// error status, or none) used nothing it reported, and gets everything back.
+    pub fn settle(self, usage: Option<u64>, ok: bool) {
+        let used = if ok { usage } else { Some(usage.unwrap_or(0)) };
+        self.limiter.settle(self.reservation, used);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +311,56 @@ mod tests {
         }
         assert!(l.buckets.lock().unwrap().len() <= MAX_KEYS);
         assert_eq!(l.untracked.get(), 10);
+    }
+
+    #[test]
+    fn token_windows_reserve_whole_requests_and_settle_to_the_usage() {
+        let l = limiter(
+            "{name: t, key: route, tokens: {limit: 1000, per: 1m}, default_max_tokens: 100}",
+        );
+        assert_eq!(l.estimate(50, Some(200)), 250);
+        assert_eq!(l.estimate(50, None), 150);
+        let t0 = 60 * 1000 + 5; // 5 s into window 1000
+        let a = l.reserve(1, 600, t0).unwrap();
+        let b = l.reserve(1, 400, t0).unwrap();
+        // Full: the next request does not fit, and is told when the window ends.
+        assert_eq!(
+            l.reserve(1, 1, t0),
+            Err(Limited {
+                retry_after_secs: 55
+            })
+        );
+        // Other keys have their own windows.
+        assert!(l.reserve(2, 1000, t0).is_ok());
+        // `a` used 100 of its 600: 500 come back; `b` reported nothing and keeps its 400.
+        l.settle(a, Some(100));
+        l.settle(b, None);
+        assert!(l.reserve(1, 500, t0 + 1).is_ok());
+        assert!(l.reserve(1, 1, t0 + 1).is_err());
+        // A new window starts empty; a late settlement of the old one changes nothing in it.
+        let c = l.reserve(1, 1000, t0 + 60).unwrap();
+        l.settle(
+            Reservation {
+                key: 1,
+                window: 1000,
+                tokens: 500,
+            },
+            Some(0),
+        );
+        assert!(l.reserve(1, 1, t0 + 60).is_err());
+        // A usage above the reservation is charged.
+        l.settle(c, Some(1200));
+        assert!(l.reserve(1, 1, t0 + 61).is_err());
+        let t = l.tokens.as_ref().unwrap();
+        assert_eq!(t.reserved.get(), 600 + 400 + 1000 + 500 + 1000);
+        assert_eq!(t.refunded.get(), 500 + 500);
+    }
+
+    #[test]
+    fn a_shadow_token_limit_reserves_past_the_limit_and_counts_it() {
+        let l = limiter("{name: t, key: route, tokens: {limit: 10, per: 1s}, mode: shadow}");
+        assert!(l.reserve(0, 8, 100).is_ok());
+        assert!(l.reserve(0, 8, 100).is_ok());
+        assert_eq!((l.allowed.get(), l.shadow_limited.get()), (1, 1));
     }
 }

@@ -100,3 +100,96 @@ fn a_route_naming_an_unknown_limit_is_refused_with_a_suggestion() {
         "{err}"
     );
 }
+
+/// Post a chat request for `tenant`; returns the status and the usage's total tokens.
+async fn chat(
+    c: &client::TestClient,
+    gw: &Gateway,
+    tenant: &str,
+    max_tokens: Option<u32>,
+    stream: bool,
+) -> (u16, Option<u64>) {
+    let mut body = serde_json::json!({
+        "model": support::fleet::MODEL,
+        "messages": [{"role": "user", "content": "Tell me about rate limits."}],
+    });
+    if let Some(n) = max_tokens {
+        body["max_tokens"] = n.into();
+    }
+    if stream {
+        body["stream"] = true.into();
+        body["stream_options"] = serde_json::json!({"include_usage": true});
+    }
+    let req = http::Request::post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-tenant", tenant)
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .unwrap();
+    let (status, _, answer) = client::send(c, req).await;
+    let text = String::from_utf8_lossy(&answer);
+    let total = |v: &serde_json::Value| v["usage"]["total_tokens"].as_u64();
+    let usage = if stream {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+            .find_map(|v| total(&v))
+    } else {
+        serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| total(&v))
+    };
+    (status.as_u16(), usage)
+}
+
+#[tokio::test]
+async fn token_limits_reserve_up_front_and_settle_to_the_reported_usage() {
+    let fleet = support::fleet::fleet(1).await;
+    let gw = Gateway::start(&support::fleet::config(
+        &fleet.addresses(),
+        "    rate_limits: [tokens]\n",
+        "    balancer: { kind: inference, scrape_interval: 20ms }\n",
+    )
+    .replace(
+        "routes:",
+        "rate_limits:\n  - {name: tokens, key: {header: x-tenant}, tokens: {limit: 1000, per: 1h}, default_max_tokens: 300}\nroutes:",
+    ));
+    let c = client::http1();
+    let metric = |what: &str| {
+        gw.metric(&format!(
+            "switchyard_rate_limit_tokens_total{{limit=\"tokens\",outcome=\"{what}\"}}"
+        ))
+    };
+    // A request that could never fit is refused before it reaches a replica.
+    assert_eq!(chat(&c, &gw, "a", Some(5000), false).await.0, 429);
+    assert_eq!(metric("reserved"), 0.0);
+    // Without max_tokens the default is reserved; the simulated model stops by itself (16 to
+    // 256 tokens), so part of the reservation comes back when the response ends.
+    let (status, used) = chat(&c, &gw, "a", None, false).await;
+    assert_eq!(status, 200);
+    let used = used.expect("usage reported");
+    let reserved = metric("reserved");
+    assert!(reserved > 300.0, "{reserved}");
+    support::eventually("the response settled", || metric("settled") == used as f64).await;
+    assert_eq!(metric("refunded"), reserved - used as f64);
+    // What is left is exactly the limit minus the usage: a request reserving all of it and its
+    // prompt does not fit; one leaving room for the prompt does.
+    let left = 1000 - used as u32;
+    assert_eq!(chat(&c, &gw, "a", Some(left), false).await.0, 429);
+    assert_eq!(chat(&c, &gw, "a", Some(left - 40), true).await.0, 200);
+    // Other tenants have budgets of their own; a streamed response settles from its usage chunk.
+    let (status, streamed) = chat(&c, &gw, "b", Some(8), true).await;
+    assert_eq!(status, 200);
+    assert!(streamed.is_some());
+    let streamed = streamed.unwrap() as f64;
+    assert_eq!(
+        gw.metric("switchyard_rate_limit_total{limit=\"tokens\",outcome=\"allowed\"}"),
+        3.0
+    );
+    // The second stream of `a` settled too (its usage is not known here): more than `b`'s.
+    support::eventually("both streams settled", || {
+        metric("settled") > used as f64 + streamed
+    })
+    .await;
+}

@@ -259,8 +259,8 @@ async fn http2_pools_enforce_max_pending_and_max_connections() {
         let gw = gw.clone();
         tokio::spawn(async move { overflow_get(&gw, path).await })
     };
-    // The first holds the one stream for 2 s (the margin for the steps below).
-    let first = spawn_get("/slow?ms=2000");
+    // The first holds the one stream until the steps below are done.
+    let first = spawn_get("/gate");
     eventually("the first request at the origin", || origin.hits() == 1).await;
     // The second waits for a stream, holding the one pending place.
     let second = spawn_get("/slow?ms=10");
@@ -273,6 +273,7 @@ async fn http2_pools_enforce_max_pending_and_max_connections() {
         1,
         "the second request did not wait for the first one's stream"
     );
+    origin.open_gate(1);
     assert_eq!(first.await.unwrap().0, 200);
     assert_eq!(second.await.unwrap().0, 200);
     assert_eq!(

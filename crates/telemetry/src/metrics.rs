@@ -210,6 +210,7 @@ pub struct Metrics {
     pub mirror_dropped: Family<MirrorLabels, Counter>,
     pub mirror_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub rate_limited: Family<RateLimitLabels, Counter>,
+    pub rate_limit_tokens: Family<RateLimitLabels, Counter>,
     pub rollout_canary_percent: Family<RouteNameLabels, Gauge>,
     pub rollout_analyses: Family<RolloutLabels, Counter>,
     pub rollout_transitions: Family<RolloutLabels, Counter>,
@@ -538,7 +539,16 @@ impl Metrics {
              shadow_limited: over a shadow limit and let through, untracked: no room for the key)",
             rate_limited.clone(),
         );
+        let rate_limit_tokens = Family::<RateLimitLabels, Counter>::default();
+        registry.register(
+            "switchyard_rate_limit_tokens",
+            "LLM tokens of token limits, by limit and outcome (reserved: taken up front for \
+             requests; settled: what their responses used, the reservation where they reported \
+             none; refunded: reserved and given back)",
+            rate_limit_tokens.clone(),
+        );
         Arc::new(Self {
+            rate_limit_tokens,
             rate_limited,
             rollout_canary_percent,
             rollout_analyses,

@@ -1,8 +1,9 @@
 //! Stage 3, admission: each step may refuse the request or hand back a guard held until its
-//! response head (or its end, for the retry budget). The steps run in order: the route's rate
-//! limits (`rate_limit.rs`), the circuit breaker, then the concurrency limit, which may queue (by priority, tenants taking
-//! turns: `crate::admission`). A new admission policy (a rate limit, a quota) is one more step
-//! here: a file of its own and one line in [`admit`].
+//! response head (or its end, for the retry budget). The steps run in order: the circuit
+//! breaker, then the concurrency limit, which may queue (by priority, tenants taking turns:
+//! `crate::admission`). The route's rate limits (`rate_limit.rs`) run just before, in
+//! `forward`: a token limit needs the parsed body and hands its reservation to `Finish`. A new
+//! admission policy is one more step here: a file of its own and one line in [`admit`].
 
 use http::HeaderMap;
 use switchyard_config::Priority;
@@ -39,9 +40,6 @@ pub async fn admit(
     headers: &HeaderMap,
 ) -> Result<Admitted, Reject> {
     let pool = to.pool();
-    if !to.route.rate_limits.is_empty() {
-        super::rate_limit::check(to, headers, rx.conn.client.ip())?;
-    }
     let breaker = breaker(pool)?;
     let permit = concurrency(pool, priority(rx, to), headers).await?;
     let budget = to.route.retry.as_ref().map(|r| r.budget.start_request());

@@ -6,7 +6,8 @@
 //!    validated authority and a normalized path, for routing and upstream alike
 //! 2. `route.rs`: the first matching route (after reading the model when routes need it), and
 //!    its target (`split.rs`: by weight, sticky per user, or forced by a tester's header)
-//! 3. `admit.rs`: circuit breaker, concurrency limit with its fair queue (503, 429)
+//! 3. `rate_limit.rs`: the route's request and token limits (429); `admit.rs`: circuit
+//!    breaker, concurrency limit with its fair queue (503, 429)
 //! 4. `request_rewrite.rs`: the upstream hop's head
 //! 5. `request_body.rs`: streamed, or read whole and bounded for replay, routing or rewrite;
 //!    then `model.rs`: an `inference` pool's OpenAI body, parsed once; the model rewrite
@@ -100,6 +101,9 @@ async fn forward(
         None
     };
     let parsed = model::read_and_rewrite(rx, to, &mut head, &mut body, model, parsed)?;
+    if !to.route.rate_limits.is_empty() {
+        rate_limit::check(rx, to, &head.parts.headers, parsed.as_ref())?;
+    }
     let mut admitted = admit::admit(rx, to, &head.parts.headers).await?;
     let priority = admit::priority(rx, to);
     let first = pick::first_pick(rx, to, parsed.as_ref(), priority)?;

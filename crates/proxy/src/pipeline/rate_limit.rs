@@ -1,29 +1,56 @@
 //! Admission step: the route's rate limits, in order, before any other admission work. A
 //! request over an enforcing limit gets 429 with `Retry-After`, `RateLimit-Policy` and
 //! `RateLimit` (the OpenAI error shape on inference routes, `RESOURCE_EXHAUSTED` for gRPC).
+//! A token limit reserves the request's estimate here (from its parsed OpenAI body; a request
+//! the gateway did not parse is not counted by it) and hands the reservation to `Finish`,
+//! which settles it with the response's usage.
 
 use std::net::IpAddr;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
 use switchyard_balance::{hash_key, hash_source_ip};
 use switchyard_config::rate_limit::LimitKey;
 
-use super::exchange::{Reject, Routed};
+use super::exchange::{Exchange, Reject, Routed};
 use crate::error::GatewayError;
+use crate::rate_limit::TokenCharge;
+use switchyard_inference::InferenceRequest;
 
 /// Out of line: most routes have no limit, and the caller checks that first, so the request's
 /// future stays as small as without this step.
 #[inline(never)]
-pub fn check(to: Routed<'_>, headers: &HeaderMap, client: IpAddr) -> Result<(), Reject> {
+pub fn check(
+    rx: &mut Exchange<'_>,
+    to: Routed<'_>,
+    headers: &HeaderMap,
+    parsed: Option<&InferenceRequest>,
+) -> Result<(), Reject> {
     let limits = &to.route.rate_limits;
+    let client = rx.conn.client.ip();
     let now = Instant::now();
     for l in limits {
         let Some(key) = key(&l.key, headers, client) else {
             continue;
         };
-        if let Err(over) = l.check(key, now) {
+        let outcome = if l.counts_tokens() {
+            let Some(p) = parsed else { continue };
+            let unix = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            l.reserve(key, l.estimate(p.prompt_tokens, p.max_tokens), unix)
+                .map(|reservation| {
+                    rx.finish.charge(TokenCharge {
+                        limiter: Arc::clone(l),
+                        reservation,
+                    });
+                })
+        } else {
+            l.check(key, now)
+        };
+        if let Err(over) = outcome {
             return Err(Reject::keep(GatewayError::RateLimited {
                 limit: l.limit,
                 window_secs: l.window_secs,

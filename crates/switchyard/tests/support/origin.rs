@@ -3,6 +3,8 @@
 //!
 //! - `/sse?n=N&ms=M`: N server-sent events, M ms apart
 //! - `/slow?ms=M`: answer after M ms
+//! - `/gate`: answer once the test lets it through ([`Origin::open_gate`]), for tests that must
+//!   hold a request at the origin for as long as they need, whatever the machine's load
 //! - `/status/NNN`: answer with that status
 //! - `/stall`: headers and one chunk, then silence
 //! - `/upgrade`: 101 to protocol `echo`, then echo bytes back
@@ -60,6 +62,8 @@ pub struct Origin {
     answered: Answered,
     /// Connections accepted.
     pub connections: Arc<AtomicUsize>,
+    /// Requests to `/gate` wait here for a permit.
+    gate: Arc<tokio::sync::Semaphore>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -75,6 +79,11 @@ impl Origin {
         Self::start_with(Some(streams))
     }
 
+    /// Let `n` requests waiting at `/gate` (or the next `n` to arrive) through.
+    pub fn open_gate(&self, n: usize) {
+        self.gate.add_permits(n);
+    }
+
     fn start_with(max_streams: Option<u32>) -> Origin {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -84,6 +93,8 @@ impl Origin {
         let connections2 = connections.clone();
         let answered = Answered::default();
         let answered2 = answered.clone();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let gate2 = gate.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -102,10 +113,11 @@ impl Origin {
                         connections2.fetch_add(1, Ordering::SeqCst);
                         let hits = hits2.clone();
                         let answered = answered2.clone();
+                        let gate = gate2.clone();
                         tokio::spawn(async move {
                             let svc = hyper::service::service_fn(move |req| {
                                 hits.fetch_add(1, Ordering::SeqCst);
-                                handle(req, addr, answered.clone())
+                                handle(req, addr, answered.clone(), gate.clone())
                             });
                             let mut builder =
                                 hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -128,6 +140,7 @@ impl Origin {
             hits,
             answered,
             connections,
+            gate,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
@@ -172,6 +185,7 @@ async fn handle(
     mut req: Request<Incoming>,
     me: SocketAddr,
     answered: Answered,
+    gate: Arc<tokio::sync::Semaphore>,
 ) -> Result<Response<OriginBody>, Infallible> {
     let q = query(&req);
     let path = req.uri().path().to_string();
@@ -201,6 +215,12 @@ async fn handle(
             r.headers_mut()
                 .insert("content-type", "text/event-stream".parse().unwrap());
             Ok(r)
+        }
+        "/gate" => {
+            if let Ok(permit) = gate.acquire().await {
+                permit.forget();
+            }
+            Ok(Response::new(full("gate passed")))
         }
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(num(&q, "ms", 1000))).await;
