@@ -32,6 +32,9 @@ pub struct Config {
     /// Named rate limits, applied by the routes that list them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<crate::rate_limit::RateLimit>,
+    /// The Redis that `store: redis` limits share across gateways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<crate::rate_limit::Redis>,
     /// OpenTelemetry tracing; absent means off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<crate::trace::Tracing>,

@@ -57,6 +57,34 @@ pub enum LimitKey {
     Route,
 }
 
+/// The Redis shared limits live in.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Redis {
+    /// `redis://host:port[/db]`.
+    pub url: String,
+    /// Bounds each call; past it the call counts as an error.
+    #[serde(default = "default_redis_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(20)
+}
+
+/// What a shared limit does when Redis cannot answer in time.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Let the request through, uncounted (fail open).
+    #[default]
+    Allow,
+    /// Refuse it with 429 (fail closed).
+    Deny,
+}
+
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Store {
@@ -73,6 +101,18 @@ pub enum Mode {
     Enforce,
     /// Count them as limited, and let them through.
     Shadow,
+}
+
+/// Problems with the `redis` section, as (key below `redis`, message).
+pub(crate) fn validate_redis(r: &Redis) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if !r.url.starts_with("redis://") {
+        out.push(("url".into(), format!("`{}`: use redis://host:port", r.url)));
+    }
+    if r.timeout.is_zero() {
+        out.push(("timeout".into(), "must be positive".into()));
+    }
+    out
 }
 
 /// Problems with one limit, as (key below `rate_limits[i]`, message).
@@ -113,7 +153,7 @@ pub(crate) fn validate(l: &RateLimit) -> Vec<(String, String)> {
     if l.burst == Some(0) {
         out.push(("burst".into(), "must be at least 1".into()));
     }
-    if what == "tokens" && l.burst.is_some() {
+    if what == "tokens" && l.burst.is_some() && l.burst != Some(0) {
         out.push((
             "burst".into(),
             "token limits count fixed windows of `per`; `burst` applies to `requests`".into(),
@@ -122,10 +162,17 @@ pub(crate) fn validate(l: &RateLimit) -> Vec<(String, String)> {
     if l.default_max_tokens == 0 {
         out.push(("default_max_tokens".into(), "must be at least 1".into()));
     }
-    if l.store == Store::Redis {
+    if l.store == Store::Redis && l.burst.is_some() && what == "requests" {
         out.push((
-            "store".into(),
-            "a shared (redis) store is not built yet; use `local`".into(),
+            "burst".into(),
+            "shared (redis) limits count fixed windows of `per`; `burst` applies to local ones"
+                .into(),
+        ));
+    }
+    if l.store == Store::Redis && what == "requests" && rate.per.subsec_nanos() != 0 {
+        out.push((
+            "requests.per".into(),
+            "must be a whole number of seconds for a shared (redis) limit".into(),
         ));
     }
     if let LimitKey::Header(h) = &l.key {
@@ -154,7 +201,6 @@ mod tests {
             "rate_limits[1].key.header: `x y` is not a header name",
             "rate_limits[1].requests.limit: must be at least 1",
             "rate_limits[1].requests.per: must be positive",
-            "rate_limits[1].store: a shared (redis) store is not built yet",
             "rate_limits[1].burst: must be at least 1",
             "rate_limits[2].name",
             "rate_limits[3].tokens.per: must be a positive whole number of seconds",

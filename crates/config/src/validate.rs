@@ -217,6 +217,20 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
         for (rel, msg) in crate::rate_limit::validate(l) {
             c.error(format!("rate_limits[{i}].{rel}"), msg);
         }
+        if l.store == crate::rate_limit::Store::Redis && config.redis.is_none() {
+            c.error(
+                format!("rate_limits[{i}].store"),
+                "a shared limit needs a `redis: { url: redis://host:port }` section",
+            );
+        }
+    }
+    for (rel, msg) in config
+        .redis
+        .as_ref()
+        .map(crate::rate_limit::validate_redis)
+        .unwrap_or_default()
+    {
+        c.error(format!("redis.{rel}"), msg);
     }
     let pool_names: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
     for (i, r) in config.routes.iter().enumerate() {

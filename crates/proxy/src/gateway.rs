@@ -192,12 +192,42 @@ fn build(
             p, old, old_client, states, conns, controls, metrics,
         )?);
     }
+    // One Redis connection for the generation's shared limits, kept while its config is.
+    let store = match &config.redis {
+        None => None,
+        Some(r) => match old
+            .and_then(|g| g.rate_limits.iter().find_map(|l| l.store()))
+            .filter(|s| s.config == *r)
+        {
+            Some(s) => Some(Arc::clone(s)),
+            None => Some(Arc::new(crate::rate_limit::SharedStore::new(
+                r,
+                metrics
+                    .rate_limited
+                    .get_or_create(&switchyard_telemetry::metrics::RateLimitLabels {
+                        limit: "redis".into(),
+                        outcome: "store_error",
+                    })
+                    .clone(),
+            )?)),
+        },
+    };
     let rate_limits: Vec<Arc<crate::rate_limit::Limiter>> = config
         .rate_limits
         .iter()
         .map(|l| {
-            old.and_then(|g| g.rate_limits.iter().find(|o| o.config == *l).cloned())
-                .unwrap_or_else(|| Arc::new(crate::rate_limit::Limiter::new(l, metrics)))
+            old.and_then(|g| {
+                g.rate_limits
+                    .iter()
+                    .find(|o| {
+                        o.config == *l
+                            && o.store().map(Arc::as_ptr) == store.as_ref().map(Arc::as_ptr)
+                    })
+                    .cloned()
+            })
+            .unwrap_or_else(|| {
+                Arc::new(crate::rate_limit::Limiter::new(l, metrics, store.as_ref()))
+            })
         })
         .collect();
     let routes = config

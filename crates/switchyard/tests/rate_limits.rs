@@ -193,3 +193,65 @@ async fn token_limits_reserve_up_front_and_settle_to_the_reported_usage() {
     })
     .await;
 }
+
+fn shared_gateway(origin: &Origin, redis: &support::redis::RedisServer, on_error: &str) -> Gateway {
+    Gateway::start(&format!(
+        "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: false}}\n\
+         listeners: [{{name: public, address: 127.0.0.1:0}}]\n\
+         redis: {{url: '{}', timeout: 100ms, on_error: {on_error}}}\n\
+         rate_limits:\n\
+         \x20 - {{name: fleet, key: {{header: x-tenant}}, requests: {{limit: 3, per: 1h}}, store: redis}}\n\
+         routes:\n  - name: r\n    match: {{path_prefix: /}}\n    pool: p\n    rate_limits: [fleet]\n\
+         pools: [{{name: p, endpoints: [{}]}}]\n",
+        redis.url(),
+        origin.addr
+    ))
+}
+
+#[tokio::test]
+async fn a_shared_limit_holds_across_gateways_and_follows_on_error_when_redis_dies() {
+    let origin = Origin::start();
+    let mut redis = support::redis::RedisServer::start();
+    let open = shared_gateway(&origin, &redis, "allow");
+    let closed = shared_gateway(&origin, &redis, "deny");
+    let c = client::http1();
+    // Three requests in all for tenant `a`, whichever gateway they go through.
+    assert_eq!(get(&c, &open, Some("a")).await.0, 200);
+    assert_eq!(get(&c, &closed, Some("a")).await.0, 200);
+    assert_eq!(get(&c, &open, Some("a")).await.0, 200);
+    for gw in [&closed, &open] {
+        let (status, headers, body) = get(&c, gw, Some("a")).await;
+        assert_eq!(status, 429, "{body}");
+        assert_eq!(headers["ratelimit-policy"], "3;w=3600");
+        let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=3600).contains(&retry), "{retry}");
+    }
+    assert_eq!(get(&c, &closed, Some("b")).await.0, 200);
+    // Redis gone: the fail-open gateway lets requests through uncounted, the fail-closed one
+    // refuses them; neither waits past the timeout.
+    redis.kill();
+    assert_eq!(get(&c, &open, Some("a")).await.0, 200);
+    assert_eq!(get(&c, &closed, Some("b")).await.0, 429);
+    let errors = "switchyard_rate_limit_total{limit=\"redis\",outcome=\"store_error\"}";
+    assert!(open.metric(errors) >= 1.0 && closed.metric(errors) >= 1.0);
+    // Redis back (empty: it keeps nothing on disk here): both gateways count again.
+    redis.restart();
+    // The first calls after the restart may still find the old connection broken.
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let s = get(&c, &closed, Some("c")).await.0;
+        statuses.push(s);
+        if s == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        statuses.last(),
+        Some(&200),
+        "never reconnected: {statuses:?}"
+    );
+    assert_eq!(get(&c, &open, Some("c")).await.0, 200);
+    assert_eq!(get(&c, &closed, Some("c")).await.0, 200);
+    assert_eq!(get(&c, &open, Some("c")).await.0, 429);
+}

@@ -102,7 +102,13 @@ async fn forward(
     };
     let parsed = model::read_and_rewrite(rx, to, &mut head, &mut body, model, parsed)?;
     if !to.route.rate_limits.is_empty() {
-        rate_limit::check(rx, to, &head.parts.headers, parsed.as_ref())?;
+        Box::pin(rate_limit::check(
+            rx,
+            to,
+            &head.parts.headers,
+            parsed.as_ref(),
+        ))
+        .await?;
     }
     let mut admitted = admit::admit(rx, to, &head.parts.headers).await?;
     let priority = admit::priority(rx, to);

@@ -19,10 +19,9 @@ use crate::error::GatewayError;
 use crate::rate_limit::TokenCharge;
 use switchyard_inference::InferenceRequest;
 
-/// Out of line: most routes have no limit, and the caller checks that first, so the request's
-/// future stays as small as without this step.
-#[inline(never)]
-pub fn check(
+/// Most routes have no limit: the caller checks that first, and boxes this future only for
+/// routes that have, so the request's own future stays as small as without this step.
+pub async fn check(
     rx: &mut Exchange<'_>,
     to: Routed<'_>,
     headers: &HeaderMap,
@@ -40,13 +39,20 @@ pub fn check(
             let unix = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            l.reserve(key, l.estimate(p.prompt_tokens, p.max_tokens), unix)
-                .map(|reservation| {
-                    rx.finish.charge(TokenCharge {
-                        limiter: Arc::clone(l),
-                        reservation,
-                    });
-                })
+            let cost = l.estimate(p.prompt_tokens, p.max_tokens);
+            let reserved = if l.is_shared() {
+                l.reserve_shared(key, cost).await
+            } else {
+                l.reserve(key, cost, unix)
+            };
+            reserved.map(|reservation| {
+                rx.finish.charge(TokenCharge {
+                    limiter: Arc::clone(l),
+                    reservation,
+                });
+            })
+        } else if l.is_shared() {
+            l.reserve_shared(key, 1).await.map(|_| ())
         } else {
             l.check(key, now)
         };

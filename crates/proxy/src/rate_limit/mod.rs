@@ -9,14 +9,19 @@
 //! window is the same as none, so when a map reaches [`MAX_KEYS`] those are dropped, and a key
 //! that still finds no room is let through (and counted) rather than refused.
 
+mod shared;
+
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use switchyard_config::rate_limit::{LimitKey, Mode, RateLimit};
 use switchyard_telemetry::metrics::RateLimitLabels;
 use switchyard_telemetry::Metrics;
+
+use shared::Shared;
+pub use shared::SharedStore;
 
 /// Keys tracked per limit at most.
 pub const MAX_KEYS: usize = 100_000;
@@ -64,6 +69,8 @@ pub struct Limiter {
     buckets: Mutex<HashMap<u64, Bucket>>,
     /// Set for a token limit.
     tokens: Option<TokenWindows>,
+    /// Set for a limit kept in Redis (`store: redis`), with its keys' prefix there.
+    shared: Option<(Arc<SharedStore>, String)>,
     allowed: Counter,
     limited: Counter,
     shadow_limited: Counter,
@@ -77,7 +84,7 @@ pub struct Limited {
 }
 
 impl Limiter {
-    pub fn new(config: &RateLimit, metrics: &Metrics) -> Self {
+    pub fn new(config: &RateLimit, metrics: &Metrics, store: Option<&Arc<SharedStore>>) -> Self {
         let rate = config
             .requests
             .or(config.tokens)
@@ -109,8 +116,12 @@ impl Limiter {
             settled: token_counter("settled"),
             refunded: token_counter("refunded"),
         });
+        let shared = store
+            .filter(|_| config.store == switchyard_config::rate_limit::Store::Redis)
+            .map(|s| (Arc::clone(s), format!("switchyard:rl:{}", config.name)));
         Self {
             tokens,
+            shared,
             key: config.key.clone(),
             rate: per_second,
             burst: config.burst.unwrap_or(rate.0).max(1) as f64,
@@ -165,6 +176,65 @@ impl Limiter {
 }
 
 impl Limiter {
+    /// Whether this limit is kept in Redis, and so answered by [`Limiter::reserve_shared`].
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// The store this limit uses, if shared.
+    pub fn store(&self) -> Option<&Arc<SharedStore>> {
+        self.shared.as_ref().map(|(s, _)| s)
+    }
+
+    /// Reserve `cost` (1 for a request limit) for `key` in Redis, in one round trip.
+    pub async fn reserve_shared(&self, key: u64, cost: u64) -> Result<Reservation, Limited> {
+        let Some((store, prefix)) = &self.shared else {
+            return Ok(Reservation {
+                key,
+                window: 0,
+                tokens: 0,
+            });
+        };
+        let shadow = self.config.mode == Mode::Shadow;
+        let at = format!("{prefix}:{key:016x}");
+        match store
+            .reserve(&at, self.window_secs, self.limit, cost, shadow)
+            .await
+        {
+            Shared::Granted { window, over } => {
+                if over {
+                    self.shadow_limited.inc();
+                } else {
+                    self.allowed.inc();
+                }
+                if let Some(t) = &self.tokens {
+                    t.reserved.inc_by(cost);
+                }
+                Ok(Reservation {
+                    key,
+                    window,
+                    tokens: cost,
+                })
+            }
+            Shared::Limited { retry_after_secs } => {
+                self.limited.inc();
+                Err(Limited { retry_after_secs })
+            }
+            // Nothing was taken: nothing to settle.
+            Shared::Error if store.fails_open() => Ok(Reservation {
+                key,
+                window: 0,
+                tokens: 0,
+            }),
+            Shared::Error => {
+                self.limited.inc();
+                Err(Limited {
+                    retry_after_secs: 1,
+                })
+            }
+        }
+    }
+
     /// Whether this limit counts tokens (and so needs the request's parsed body).
     pub fn counts_tokens(&self) -> bool {
         self.tokens.is_some()
@@ -239,6 +309,13 @@ impl Limiter {
         if used < r.tokens {
             t.refunded.inc_by(r.tokens - used);
         }
+        if let Some((store, prefix)) = &self.shared {
+            if r.tokens > 0 {
+                let delta = used as i64 - r.tokens as i64;
+                store.settle(format!("{prefix}:{:016x}:{}", r.key, r.window), delta);
+            }
+            return;
+        }
         let Ok(mut windows) = t.windows.lock() else {
             return;
         };
@@ -269,7 +346,7 @@ mod tests {
 
     fn limiter(yaml: &str) -> Limiter {
         let l: RateLimit = switchyard_config::yaml::from_str(yaml).unwrap();
-        Limiter::new(&l, &Metrics::new())
+        Limiter::new(&l, &Metrics::new(), None)
     }
 
     #[test]
