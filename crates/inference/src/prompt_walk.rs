@@ -37,6 +37,8 @@ pub(crate) struct PromptWalk<'b> {
     pub(crate) prompt: String,
     /// Token ids seen in token prompts (they contribute no text).
     pub(crate) token_ids: usize,
+    /// Chat messages walked.
+    pub(crate) messages: usize,
 }
 
 impl<'b> PromptWalk<'b> {
@@ -45,6 +47,7 @@ impl<'b> PromptWalk<'b> {
             body,
             prompt: String::new(),
             token_ids: 0,
+            messages: 0,
         }
     }
 
@@ -96,6 +99,7 @@ impl<'b> PromptWalk<'b> {
         if count == 0 {
             return Err(invalid("messages", "expected at least one message"));
         }
+        self.messages = count;
         Ok(())
     }
 

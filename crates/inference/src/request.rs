@@ -64,6 +64,8 @@ pub struct InferenceRequest {
     pub max_tokens: Option<u32>,
     pub stream: bool,
     pub user: Option<String>,
+    /// Chat messages (0 for other APIs): each adds its chat template's tokens on the server.
+    pub messages: u32,
 }
 
 impl InferenceRequest {
@@ -290,6 +292,7 @@ pub fn parse_openai(path: &str, body: &[u8]) -> Result<InferenceRequest, Request
         max_tokens: parsed.max_completion_tokens.or(parsed.max_tokens),
         stream: parsed.stream.unwrap_or(false),
         user,
+        messages: u32::try_from(walk.messages).unwrap_or(u32::MAX),
     })
 }
 

@@ -71,6 +71,7 @@ pub fn parse_with_tree(path: &str, body: &[u8]) -> Result<InferenceRequest, Requ
     };
     let mut prompt = String::new();
     let mut token_ids = 0usize;
+    let mut messages = 0usize;
     match kind {
         ApiKind::Completions => {
             let v = parsed.prompt.ok_or(RequestError::MissingField("prompt"))?;
@@ -85,11 +86,13 @@ pub fn parse_with_tree(path: &str, body: &[u8]) -> Result<InferenceRequest, Requ
                 .messages
                 .ok_or(RequestError::MissingField("messages"))?;
             chat_messages(&v, &mut prompt)?;
+            messages = v.as_array().map_or(0, Vec::len);
         }
     }
     let prompt_tokens =
         estimate_tokens(&prompt).saturating_add(u32::try_from(token_ids).unwrap_or(u32::MAX));
     Ok(InferenceRequest {
+        messages: u32::try_from(messages).unwrap_or(u32::MAX),
         kind,
         model,
         lora: parsed.lora,

@@ -39,7 +39,7 @@ pub async fn check(
             let unix = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            let cost = l.estimate(p.prompt_tokens, p.max_tokens);
+            let cost = l.estimate(p.prompt_tokens, p.messages, p.max_tokens);
             let reserved = if l.is_shared() {
                 l.reserve_shared(key, cost).await
             } else {

@@ -240,11 +240,18 @@ impl Limiter {
         self.tokens.is_some()
     }
 
-    /// The tokens a request is expected to take: its prompt's estimate and `max_tokens`, or the
-    /// limit's default for requests that give none.
-    pub fn estimate(&self, prompt_tokens: u32, max_tokens: Option<u32>) -> u64 {
+    /// The tokens a request is expected to take: its prompt's estimate, its chat template's
+    /// tokens as OpenAI counts them (3 per message and 3 to open the reply), and `max_tokens`,
+    /// or the limit's default for requests that give none. Erring high costs a refund; erring
+    /// low lets the requests in flight take a window past its limit.
+    pub fn estimate(&self, prompt_tokens: u32, messages: u32, max_tokens: Option<u32>) -> u64 {
         let default = self.tokens.as_ref().map_or(0, |t| t.default_max_tokens);
-        u64::from(prompt_tokens) + max_tokens.map_or(default, u64::from)
+        let template = if messages > 0 {
+            3 * u64::from(messages) + 3
+        } else {
+            0
+        };
+        u64::from(prompt_tokens) + template + max_tokens.map_or(default, u64::from)
     }
 
     /// Reserve `tokens` for `key` in the window holding `unix_secs`: `Err` when they do not fit
@@ -395,8 +402,9 @@ mod tests {
         let l = limiter(
             "{name: t, key: route, tokens: {limit: 1000, per: 1m}, default_max_tokens: 100}",
         );
-        assert_eq!(l.estimate(50, Some(200)), 250);
-        assert_eq!(l.estimate(50, None), 150);
+        assert_eq!(l.estimate(50, 0, Some(200)), 250);
+        assert_eq!(l.estimate(50, 0, None), 150);
+        assert_eq!(l.estimate(50, 2, None), 150 + 9);
         let t0 = 60 * 1000 + 5; // 5 s into window 1000
         let a = l.reserve(1, 600, t0).unwrap();
         let b = l.reserve(1, 400, t0).unwrap();
