@@ -5,6 +5,8 @@
 //! - `GET /live`: 200 while the process runs
 //! - `GET /config`: the effective config as JSON
 //! - `GET /pools`: pools, endpoints and their live state as JSON
+//! - `GET /rollouts`, `POST /rollouts/{route}/{action}`: canary rollouts and their controls
+//! - `GET /rate_limits`: each rate limit and its ten busiest keys now (hashed)
 //!
 //! The admin port is for operators and scrapers, but it is a port all the same: a request head
 //! must arrive within `admin.header_read_timeout` and fit in 16 KiB, a connection with nothing in
@@ -143,9 +145,14 @@ impl Admin {
                     .collect();
                 json(serde_json::json!({ "rollouts": rollouts }))
             }
+            "/rate_limits" => {
+                let g = self.handle.load();
+                let limits: Vec<_> = g.rate_limits.iter().map(|l| l.view(10)).collect();
+                json(serde_json::json!({ "rate_limits": limits }))
+            }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /metrics /ready /live /config /pools /rollouts\n",
+                "not found; try /metrics /ready /live /config /pools /rollouts /rate_limits\n",
             ),
         }
     }

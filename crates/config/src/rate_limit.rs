@@ -12,7 +12,11 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     pub name: String,
-    pub key: LimitKey,
+    pub key: KeySpec,
+    /// The key a request without the limit's key counts under; unset, such a request is not
+    /// limited by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_key: Option<String>,
     /// Requests allowed per `per`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests: Option<Rate>,
@@ -45,7 +49,25 @@ pub struct Rate {
     pub per: Duration,
 }
 
-/// What a limit counts by. A request without its key is not limited by it.
+/// What a limit counts by: one key, or several combined (`[api_key, model]`: each API key's
+/// use of each model). A request missing any part has no key.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum KeySpec {
+    One(LimitKey),
+    All(Vec<LimitKey>),
+}
+
+impl KeySpec {
+    pub fn parts(&self) -> &[LimitKey] {
+        match self {
+            KeySpec::One(k) => std::slice::from_ref(k),
+            KeySpec::All(v) => v,
+        }
+    }
+}
+
+/// One part of a limit's key.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum LimitKey {
@@ -55,6 +77,8 @@ pub enum LimitKey {
     SourceIp,
     /// The route as a whole: one bucket for everyone.
     Route,
+    /// The model the request's OpenAI body names (requests to `inference` pools).
+    Model,
 }
 
 /// The Redis shared limits live in.
@@ -175,9 +199,17 @@ pub(crate) fn validate(l: &RateLimit) -> Vec<(String, String)> {
             "must be a whole number of seconds for a shared (redis) limit".into(),
         ));
     }
-    if let LimitKey::Header(h) = &l.key {
-        if h.is_empty() || !h.bytes().all(crate::validate::is_token_char) {
-            out.push(("key.header".into(), format!("`{h}` is not a header name")));
+    if l.key.parts().is_empty() {
+        out.push((
+            "key".into(),
+            "a combined key needs at least one part".into(),
+        ));
+    }
+    for k in l.key.parts() {
+        if let LimitKey::Header(h) = k {
+            if h.is_empty() || !h.bytes().all(crate::validate::is_token_char) {
+                out.push(("key.header".into(), format!("`{h}` is not a header name")));
+            }
         }
     }
     out
@@ -191,7 +223,7 @@ mod tests {
     #[test]
     fn bad_limits_are_refused_by_name() {
         let errs = match parse(
-            "rate_limits:\n  - {name: a, key: api_key, tokens: {limit: 100, per: 1m}}\n  - {name: b, key: {header: 'x y'}, requests: {limit: 0, per: 0s}, store: redis, burst: 0}\n  - {name: a, key: route, requests: {limit: 1, per: 1s}}\n  - {name: c, key: route, tokens: {limit: 10, per: 1500ms}, burst: 5, default_max_tokens: 0}\n  - {name: d, key: route, tokens: {limit: 10, per: 1s}, requests: {limit: 1, per: 1s}}\n",
+            "rate_limits:\n  - {name: a, key: api_key, tokens: {limit: 100, per: 1m}}\n  - {name: b, key: {header: 'x y'}, requests: {limit: 0, per: 0s}, store: redis, burst: 0}\n  - {name: a, key: route, requests: {limit: 1, per: 1s}}\n  - {name: c, key: route, tokens: {limit: 10, per: 1500ms}, burst: 5, default_max_tokens: 0}\n  - {name: d, key: route, tokens: {limit: 10, per: 1s}, requests: {limit: 1, per: 1s}}\n  - {name: e, key: [], requests: {limit: 1, per: 1s}}\n  - {name: f, key: [api_key, model, {header: x-tenant}], requests: {limit: 1, per: 1s}, default_key: anon}\n",
             Path::new("c.yaml"),
         ) {
             Ok(_) => panic!("accepted"),
@@ -207,9 +239,12 @@ mod tests {
             "rate_limits[3].burst: token limits count fixed windows",
             "rate_limits[3].default_max_tokens: must be at least 1",
             "rate_limits[4].tokens: a limit counts `requests` or `tokens`, not both",
+            "rate_limits[5].key: a combined key needs at least one part",
+            "rate_limits[1].store: a shared limit needs a `redis: { url: redis://host:port }` section",
         ] {
             assert!(errs.contains(want), "missing {want:?} in:\n{errs}");
         }
         assert!(!errs.contains("rate_limits[0]"), "{errs}");
+        assert!(!errs.contains("rate_limits[6]"), "{errs}");
     }
 }

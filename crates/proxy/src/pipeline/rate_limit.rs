@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime};
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
 use switchyard_balance::{hash_key, hash_source_ip};
-use switchyard_config::rate_limit::LimitKey;
+use switchyard_config::rate_limit::{KeySpec, LimitKey};
 
 use super::exchange::{Exchange, Reject, Routed};
 use crate::error::GatewayError;
@@ -31,7 +31,7 @@ pub async fn check(
     let client = rx.conn.client.ip();
     let now = Instant::now();
     for l in limits {
-        let Some(key) = key(&l.key, headers, client) else {
+        let Some(key) = key(&l.key, headers, client, parsed).or(l.default_key) else {
             continue;
         };
         let outcome = if l.counts_tokens() {
@@ -68,7 +68,30 @@ pub async fn check(
 }
 
 /// The request's key for a limit; `None`: the request does not have it, and is not limited.
-fn key(key: &LimitKey, headers: &HeaderMap, client: IpAddr) -> Option<u64> {
+fn key(
+    spec: &KeySpec,
+    headers: &HeaderMap,
+    client: IpAddr,
+    parsed: Option<&InferenceRequest>,
+) -> Option<u64> {
+    match spec {
+        KeySpec::One(k) => part(k, headers, client, parsed),
+        KeySpec::All(parts) => {
+            let mut joined = Vec::with_capacity(parts.len() * 8);
+            for k in parts {
+                joined.extend_from_slice(&part(k, headers, client, parsed)?.to_le_bytes());
+            }
+            Some(hash_key(&joined))
+        }
+    }
+}
+
+fn part(
+    key: &LimitKey,
+    headers: &HeaderMap,
+    client: IpAddr,
+    parsed: Option<&InferenceRequest>,
+) -> Option<u64> {
     match key {
         LimitKey::Header(name) => headers.get(name.as_str()).map(|v| hash_key(v.as_bytes())),
         LimitKey::ApiKey => headers
@@ -77,5 +100,6 @@ fn key(key: &LimitKey, headers: &HeaderMap, client: IpAddr) -> Option<u64> {
             .map(|t| hash_key(t.trim_ascii())),
         LimitKey::SourceIp => Some(hash_source_ip(client)),
         LimitKey::Route => Some(0),
+        LimitKey::Model => parsed.map(|p| hash_key(p.model.as_bytes())),
     }
 }
