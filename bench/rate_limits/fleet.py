@@ -31,7 +31,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from common import BIN, MODEL, stop, wait_http  # noqa: E402
+from common import BIN, MODEL, start_envoy, stop, wait_http  # noqa: E402
 
 
 def free_port():
@@ -133,6 +133,13 @@ def main():
     ap.add_argument("--redis-aof", action="store_true",
                     help="Redis keeps an append-only file (fsync every second), so a restart "
                          "keeps the windows' counts")
+    ap.add_argument("--proxy", default="switchyard", choices=["switchyard", "envoy"],
+                    help="envoy: three Envoys, each with its own local rate limit per tenant "
+                         "(requests: --limit / --tokens-per-request per window); the reference "
+                         "global ratelimit service does not install here")
+    ap.add_argument("--tokens-per-request", type=int, default=66,
+                    help="for --proxy envoy: the tokens one request uses, to turn --limit into "
+                         "requests")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -153,7 +160,34 @@ def main():
                 wait_http(f"http://127.0.0.1:{sim_port + i}/v1/models")
             endpoints = ", ".join(f"127.0.0.1:{sim_port + i}" for i in range(args.replicas))
             ports, admins = [], []
-            for g in range(3):
+            if args.proxy == "envoy":
+                per_window = max(1, args.limit // args.tokens_per_request)
+                bucket = (f"{{max_tokens: {per_window}, tokens_per_fill: {per_window}, "
+                          f"fill_interval: {args.window}s}}")
+                descriptors = "".join(
+                    f"              - entries: [{{key: tenant, value: t{t}}}]\n"
+                    f"                token_bucket: {bucket}\n" for t in range(args.tenants))
+                filters = f"""          - name: envoy.filters.http.local_ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+              stat_prefix: tenants
+              token_bucket: {{max_tokens: 1000000, tokens_per_fill: 1000000, fill_interval: 1s}}
+              filter_enabled: {{default_value: {{numerator: 100, denominator: HUNDRED}}, runtime_key: rl_enabled}}
+              filter_enforced: {{default_value: {{numerator: 100, denominator: HUNDRED}}, runtime_key: rl_enforced}}
+              descriptors:
+{descriptors}"""
+                route_extra = ("                  rate_limits:\n"
+                               "                  - actions: [{request_headers: {header_name: x-tenant, "
+                               "descriptor_key: tenant}}]\n")
+                addrs = [f"127.0.0.1:{sim_port + i}" for i in range(args.replicas)]
+                for g in range(3):
+                    port, admin = free_port(), free_port()
+                    gd = os.path.join(d, f"envoy{g}")
+                    os.makedirs(gd)
+                    procs.append(start_envoy(gd, port, admin, addrs, route_extra=route_extra,
+                                             filters=filters))
+                    ports.append(port)
+            for g in range(3 if args.proxy == "switchyard" else 0):
                 port, admin = free_port(), free_port()
                 conf = os.path.join(d, f"gw{g}.yaml")
                 with open(conf, "w") as f:
@@ -198,7 +232,7 @@ pools:
             for r in nonlocal_redis:
                 procs.append(r)
             errors = 0
-            for admin in admins:
+            for admin in admins:  # Switchyard's only
                 text = subprocess.run(["curl", "-s", f"http://127.0.0.1:{admin}/metrics"],
                                       capture_output=True, text=True).stdout
                 for line in text.splitlines():
@@ -233,7 +267,7 @@ pools:
         touched = {int((k - t0) // args.window) for k in killed}
     print(f"limit {args.limit} tokens per tenant per {args.window}s window; "
           f"{args.concurrency} concurrent streams, {args.tenants} tenants, 3 gateways; "
-          f"on_error {args.on_error}; store errors counted: {errors:.0f}")
+          f"{args.proxy}; on_error {args.on_error}; store errors counted: {errors:.0f}")
     print("window | served/limit per tenant: min / max | 200s | 429s | other | "
           "slowest 429 (s) | redis killed")
     out = []
