@@ -249,9 +249,10 @@ async fn a_shared_limit_holds_across_gateways_and_follows_on_error_when_redis_di
     // Redis gone: the fail-open gateway lets requests through uncounted, the fail-closed one
     // refuses them; neither waits past the timeout.
     redis.kill();
-    assert_eq!(get(&c, &open, Some("a")).await.0, 200);
-    assert_eq!(get(&c, &closed, Some("b")).await.0, 429);
     let errors = "switchyard_rate_limit_total{limit=\"redis\",outcome=\"store_error\"}";
+    assert_eq!(get(&c, &closed, Some("a")).await.0, 429);
+    assert_eq!(get(&c, &open, Some("d")).await.0, 200);
+    assert_eq!(get(&c, &closed, Some("b")).await.0, 429);
     assert!(open.metric(errors) >= 1.0 && closed.metric(errors) >= 1.0);
     // Redis back (empty: it keeps nothing on disk here): both gateways count again.
     redis.restart();

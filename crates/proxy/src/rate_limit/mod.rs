@@ -47,6 +47,17 @@ struct TokenWindows {
     refunded: Counter,
 }
 
+/// How long a shared limit refuses a key Redis refused without asking again.
+pub const RECHECK_REFUSED: Duration = Duration::from_secs(1);
+
+/// A key Redis refused, remembered by the gateway that asked.
+struct Refusal {
+    /// The smallest request refused.
+    cost: u64,
+    recheck: Instant,
+    window_end: Instant,
+}
+
 /// Tokens a request holds in one limit's window until its response ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reservation {
@@ -73,6 +84,8 @@ pub struct Limiter {
     tokens: Option<TokenWindows>,
     /// Set for a limit kept in Redis (`store: redis`), with its keys' prefix there.
     shared: Option<(Arc<SharedStore>, String)>,
+    /// Keys Redis refused lately (shared limits), bounded by [`MAX_KEYS`].
+    refused: Mutex<HashMap<u64, Refusal>>,
     allowed: Counter,
     limited: Counter,
     shadow_limited: Counter,
@@ -124,6 +137,7 @@ impl Limiter {
         Self {
             tokens,
             shared,
+            refused: Mutex::new(HashMap::new()),
             key: config.key.clone(),
             default_key: config
                 .default_key
@@ -202,6 +216,11 @@ impl Limiter {
             });
         };
         let shadow = self.config.mode == Mode::Shadow;
+        let now = Instant::now();
+        if let Some(retry_after_secs) = self.refused_here(key, cost, now) {
+            self.limited.inc();
+            return Err(Limited { retry_after_secs });
+        }
         let at = format!("{prefix}:{key:016x}");
         match store
             .reserve(&at, self.window_secs, self.limit, cost, shadow)
@@ -224,6 +243,7 @@ impl Limiter {
             }
             Shared::Limited { retry_after_secs } => {
                 self.limited.inc();
+                self.remember_refusal(key, cost, now, retry_after_secs);
                 Err(Limited { retry_after_secs })
             }
             // Nothing was taken: nothing to settle.
@@ -239,6 +259,42 @@ impl Limiter {
                 })
             }
         }
+    }
+
+    /// A key Redis just refused stays refused here, with no round trip, for a request as large
+    /// or larger, until its window ends or for [`RECHECK_REFUSED`], whichever is sooner: a
+    /// request window stays full to its end, and a token window frees only what refunds give
+    /// back, which the next check after the recheck sees.
+    fn refused_here(&self, key: u64, cost: u64, now: Instant) -> Option<u64> {
+        let refused = self.refused.lock().ok()?;
+        let r = refused.get(&key)?;
+        (now < r.recheck && cost >= r.cost)
+            .then(|| r.window_end.saturating_duration_since(now).as_secs().max(1))
+    }
+
+    fn remember_refusal(&self, key: u64, cost: u64, now: Instant, retry_after_secs: u64) {
+        let Ok(mut refused) = self.refused.lock() else {
+            return;
+        };
+        if refused.len() >= MAX_KEYS {
+            refused.retain(|_, r| r.recheck > now);
+            if refused.len() >= MAX_KEYS {
+                return;
+            }
+        }
+        let window_end = now + Duration::from_secs(retry_after_secs);
+        let smallest = refused
+            .get(&key)
+            .filter(|r| r.recheck > now)
+            .map_or(cost, |r| r.cost.min(cost));
+        refused.insert(
+            key,
+            Refusal {
+                cost: smallest,
+                recheck: window_end.min(now + RECHECK_REFUSED),
+                window_end,
+            },
+        );
     }
 
     /// Whether this limit counts tokens (and so needs the request's parsed body).
@@ -516,5 +572,23 @@ mod tests {
         assert!(l.reserve(0, 8, 100).is_ok());
         assert!(l.reserve(0, 8, 100).is_ok());
         assert_eq!((l.allowed.get(), l.shadow_limited.get()), (1, 1));
+    }
+
+    #[test]
+    fn a_key_redis_refused_is_refused_here_until_the_recheck() {
+        let l = limiter("{name: t, key: route, tokens: {limit: 10, per: 1m}}");
+        let t0 = Instant::now();
+        l.remember_refusal(7, 5, t0, 30);
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(l.refused_here(7, 5, at(500)), Some(29));
+        assert_eq!(l.refused_here(7, 9, at(500)), Some(29));
+        // A smaller request might fit: it asks Redis.
+        assert_eq!(l.refused_here(7, 4, at(500)), None);
+        // Another key, or after the recheck: Redis again.
+        assert_eq!(l.refused_here(8, 5, at(500)), None);
+        assert_eq!(l.refused_here(7, 5, at(1001)), None);
+        // A window that ends before the recheck bounds it.
+        l.remember_refusal(9, 1, t0, 0);
+        assert_eq!(l.refused_here(9, 1, at(1)), None);
     }
 }
