@@ -58,6 +58,9 @@ pub enum CheckMetric {
     LatencyP99,
     /// 99th percentile of time to the first body chunk of streamed responses.
     TtftP99,
+    /// 99th percentile of time per output token after the first, of streamed responses whose
+    /// model the gateway read (routes to `inference` pools).
+    TpotP99,
 }
 
 impl CheckMetric {
@@ -66,6 +69,7 @@ impl CheckMetric {
             Self::ErrorRate => "error_rate",
             Self::LatencyP99 => "latency_p99",
             Self::TtftP99 => "ttft_p99",
+            Self::TpotP99 => "tpot_p99",
         }
     }
 }

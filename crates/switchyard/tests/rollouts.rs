@@ -213,3 +213,71 @@ async fn a_rollout_keeps_its_state_across_a_restart() {
     assert_eq!(rollout(&gw)["phase"], "progressing");
     assert_eq!(rollout(&gw)["canary_percent"], 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_slower_per_token_is_rolled_back_on_tpot() {
+    let (v1, v2) = (fleet::fleet(2).await, fleet::fleet(1).await);
+    // Every engine step of the canary takes three times as long: slower per output token.
+    let faults = switchyard_sim::FaultConfig {
+        slow_factor: 3.0,
+        ..switchyard_sim::FaultConfig::default()
+    };
+    v2.set_faults(0, faults).unwrap();
+    let eps = |f: &switchyard_sim::Fleet| {
+        f.addresses()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let gw = Arc::new(Gateway::start(&format!(
+        "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: false}}\n\
+         listeners: [{{name: public, address: 127.0.0.1:0}}]\n\
+         routes:\n  - name: r\n    match: {{path_prefix: /}}\n\
+         \x20   backends: [{{pool: v1}}, {{pool: v2}}]\n\
+         \x20   rollout: {{baseline: v1, canary: v2, interval: 250ms, min_requests: 10, steps: [20, 50, 100], \
+         checks: [{{metric: tpot_p99, max_ratio: 1.5}}]}}\n\
+         pools:\n  - {{name: v1, endpoints: [{}], balancer: {{kind: inference, scrape_interval: 50ms}}}}\n\
+         \x20 - {{name: v2, endpoints: [{}], balancer: {{kind: inference, scrape_interval: 50ms}}}}\n",
+        eps(&v1),
+        eps(&v2)
+    )));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (gw, stop) = (gw.clone(), stop.clone());
+            tokio::spawn(async move {
+                let c = client::http1();
+                let body = format!(
+                    r#"{{"model":"{}","max_tokens":12,"stream":true,"messages":[{{"role":"user","content":"hi"}}]}}"#,
+                    fleet::MODEL
+                );
+                for _ in 0..5000 {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let req = http::Request::post(gw.url("/v1/chat/completions"))
+                        .header("content-type", "application/json")
+                        .body(http_body_util::Full::new(bytes::Bytes::from(body.clone())))
+                        .unwrap();
+                    assert_eq!(client::send(&c, req).await.0, 200);
+                }
+            })
+        })
+        .collect();
+    let state = until_phase(&gw, "rolled_back").await;
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let last = state["analyses"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["verdict"], "fail", "{state}");
+    let tpot = &last["checks"][0];
+    assert_eq!(tpot["metric"], "tpot_p99");
+    assert!(tpot["value"].as_f64().unwrap() > 1.5, "{state}");
+}

@@ -36,7 +36,7 @@ pub struct StreamTimer {
     last_chunk: Option<Instant>,
     /// Token timing per model, pool and endpoint, when the gateway read the model.
     model: Option<ModelTiming>,
-    /// The rollout arm of the route target, for its `ttft_p99` check.
+    /// The rollout arm of the route target, for its `ttft_p99` and `tpot_p99` checks.
     arm: Option<std::sync::Arc<crate::rollout::judge::ArmWindow>>,
 }
 
@@ -135,6 +135,9 @@ impl StreamTimer {
                 m.metrics
                     .tokens_per_second
                     .observe((output - 1) as f64 / decode);
+                if let Some(arm) = &self.arm {
+                    arm.record_tpot(decode / (output - 1) as f64);
+                }
             }
         }
     }

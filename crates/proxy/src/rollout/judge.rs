@@ -25,6 +25,7 @@ pub struct ArmWindow {
     errors: AtomicU64,
     latency: Mutex<Reservoir>,
     ttft: Mutex<Reservoir>,
+    tpot: Mutex<Reservoir>,
 }
 
 #[derive(Default)]
@@ -56,6 +57,7 @@ pub struct ArmSample {
     pub errors: u64,
     pub latency: Vec<f64>,
     pub ttft: Vec<f64>,
+    pub tpot: Vec<f64>,
 }
 
 impl ArmWindow {
@@ -77,6 +79,13 @@ impl ArmWindow {
         }
     }
 
+    /// A streamed response's time per output token after the first.
+    pub fn record_tpot(&self, seconds_per_token: f64) {
+        if let Ok(mut r) = self.tpot.lock() {
+            r.add(seconds_per_token);
+        }
+    }
+
     /// Everything since the last take, leaving the window empty.
     pub fn take(&self) -> ArmSample {
         let take = |m: &Mutex<Reservoir>| {
@@ -89,6 +98,7 @@ impl ArmWindow {
             errors: self.errors.swap(0, Ordering::Relaxed),
             latency: take(&self.latency),
             ttft: take(&self.ttft),
+            tpot: take(&self.tpot),
         }
     }
 }
@@ -132,11 +142,11 @@ pub fn judge(check: &Check, baseline: &ArmSample, canary: &ArmSample) -> CheckRe
                 passed: !(pc - pb > delta && z > Z_CRITICAL),
             }
         }
-        CheckMetric::LatencyP99 | CheckMetric::TtftP99 => {
-            let (b, c) = if check.metric == CheckMetric::LatencyP99 {
-                (&baseline.latency, &canary.latency)
-            } else {
-                (&baseline.ttft, &canary.ttft)
+        CheckMetric::LatencyP99 | CheckMetric::TtftP99 | CheckMetric::TpotP99 => {
+            let (b, c) = match check.metric {
+                CheckMetric::LatencyP99 => (&baseline.latency, &canary.latency),
+                CheckMetric::TtftP99 => (&baseline.ttft, &canary.ttft),
+                _ => (&baseline.tpot, &canary.tpot),
             };
             let ratio_max = check.max_ratio.unwrap_or(f64::INFINITY);
             let (pb, pc) = (percentile(b, 0.99), percentile(c, 0.99));
@@ -264,6 +274,7 @@ mod tests {
             requests,
             errors,
             ttft: latency.clone(),
+            tpot: latency.clone(),
             latency,
         }
     }
@@ -302,7 +313,11 @@ mod tests {
             // A 5% canary step at 200 req/s for 10 s: 1,900 baseline and 100 canary requests.
             let b = arm(1900, 0, lognormal(1900, 0.1));
             let c = arm(100, 0, lognormal(100, 0.1));
-            for m in [CheckMetric::ErrorRate, CheckMetric::LatencyP99] {
+            for m in [
+                CheckMetric::ErrorRate,
+                CheckMetric::LatencyP99,
+                CheckMetric::TpotP99,
+            ] {
                 if !judge(&check(m), &b, &c).passed {
                     failed += 1;
                 }
@@ -314,7 +329,7 @@ mod tests {
                 failed += 1;
             }
         }
-        assert!(failed <= 15, "{failed} false failures in 1,500 checks");
+        assert!(failed <= 20, "{failed} false failures in 2,000 checks");
     }
 
     #[test]
@@ -327,6 +342,11 @@ mod tests {
             if judge(&check(CheckMetric::LatencyP99), &b, &slow).passed {
                 missed_slow += 1;
             }
+            // The same samples as time per token: the same verdict.
+            assert_eq!(
+                judge(&check(CheckMetric::TpotP99), &b, &slow).passed,
+                judge(&check(CheckMetric::LatencyP99), &b, &slow).passed
+            );
             let failing = arm(100, 5, lognormal(100, 0.1));
             let r = judge(&check(CheckMetric::ErrorRate), &b, &failing);
             assert!(!r.passed, "5% errors passed: {r:?}");
