@@ -268,8 +268,11 @@ impl Limiter {
     fn refused_here(&self, key: u64, cost: u64, now: Instant) -> Option<u64> {
         let refused = self.refused.lock().ok()?;
         let r = refused.get(&key)?;
-        (now < r.recheck && cost >= r.cost)
-            .then(|| r.window_end.saturating_duration_since(now).as_secs().max(1))
+        // Rounded up, as Redis's own answer is: a client back a moment early is refused again.
+        (now < r.recheck && cost >= r.cost).then(|| {
+            let left = r.window_end.saturating_duration_since(now);
+            left.as_millis().div_ceil(1000).max(1) as u64
+        })
     }
 
     fn remember_refusal(&self, key: u64, cost: u64, now: Instant, retry_after_secs: u64) {
@@ -580,8 +583,8 @@ mod tests {
         let t0 = Instant::now();
         l.remember_refusal(7, 5, t0, 30);
         let at = |ms| t0 + Duration::from_millis(ms);
-        assert_eq!(l.refused_here(7, 5, at(500)), Some(29));
-        assert_eq!(l.refused_here(7, 9, at(500)), Some(29));
+        assert_eq!(l.refused_here(7, 5, at(500)), Some(30));
+        assert_eq!(l.refused_here(7, 9, at(500)), Some(30));
         // A smaller request might fit: it asks Redis.
         assert_eq!(l.refused_here(7, 4, at(500)), None);
         // Another key, or after the recheck: Redis again.
