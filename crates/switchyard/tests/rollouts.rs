@@ -279,5 +279,10 @@ async fn a_canary_slower_per_token_is_rolled_back_on_tpot() {
     assert_eq!(last["verdict"], "fail", "{state}");
     let tpot = &last["checks"][0];
     assert_eq!(tpot["metric"], "tpot_p99");
-    assert!(tpot["value"].as_f64().unwrap() > 1.5, "{state}");
+    // Slower than allowed at the p99 or throughout (the shift): the judge fails on either.
+    let slower = tpot["value"]
+        .as_f64()
+        .unwrap()
+        .max(tpot["shift"].as_f64().unwrap());
+    assert!(slower > 1.5, "{state}");
 }
