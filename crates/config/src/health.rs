@@ -212,6 +212,43 @@ pub struct OutlierDetection {
     pub success_rate: Option<SuccessRate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_percentage: Option<FailurePercentage>,
+    /// Latency outliers: an endpoint slower than `factor` × the pool's median for `intervals`
+    /// intervals in a row is ejected like an erroring one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyOutlier>,
+}
+
+/// `outlier.latency`: each endpoint's mean attempt latency over an `interval` (time to the
+/// response head, or to the per-try timeout) against the median of those means.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyOutlier {
+    #[serde(default = "default_latency_factor")]
+    pub factor: f64,
+    /// Attempts an endpoint needs in an interval to be judged in it.
+    #[serde(default = "default_latency_min_requests")]
+    pub min_requests: u32,
+    #[serde(default = "default_latency_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Slow intervals in a row before an ejection.
+    #[serde(default = "default_latency_intervals")]
+    pub intervals: u32,
+}
+
+fn default_latency_factor() -> f64 {
+    3.0
+}
+
+fn default_latency_min_requests() -> u32 {
+    20
+}
+
+fn default_latency_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_latency_intervals() -> u32 {
+    2
 }
 
 impl Default for OutlierDetection {
@@ -226,6 +263,7 @@ impl Default for OutlierDetection {
             interval: default_outlier_interval(),
             success_rate: None,
             failure_percentage: None,
+            latency: None,
         }
     }
 }
@@ -350,6 +388,20 @@ impl OutlierDetection {
             }
             if fp.request_volume == 0 {
                 err("failure_percentage.request_volume", "must be at least 1");
+            }
+        }
+        if let Some(l) = &self.latency {
+            if !(l.factor.is_finite() && l.factor > 1.0) {
+                err("latency.factor", "must be a number above 1");
+            }
+            if l.min_requests == 0 {
+                err("latency.min_requests", "must be at least 1");
+            }
+            if l.interval.is_zero() {
+                err("latency.interval", "must be positive");
+            }
+            if l.intervals == 0 {
+                err("latency.intervals", "must be at least 1");
             }
         }
         errors

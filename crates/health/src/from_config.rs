@@ -57,6 +57,12 @@ impl From<&OutlierDetection> for OutlierSettings {
                     minimum_hosts: f.minimum_hosts,
                     request_volume: f.request_volume,
                 }),
+            latency: o.latency.as_ref().map(|l| crate::outlier::LatencySettings {
+                factor: l.factor,
+                min_requests: l.min_requests,
+                interval: l.interval,
+                intervals: l.intervals,
+            }),
         }
     }
 }

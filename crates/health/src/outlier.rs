@@ -43,6 +43,16 @@ pub struct OutlierSettings {
     pub interval: Duration,
     pub success_rate: Option<SuccessRateSettings>,
     pub failure_percentage: Option<FailurePercentageSettings>,
+    pub latency: Option<LatencySettings>,
+}
+
+/// Latency outlier settings: see [`OutlierDetector::record_latency`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencySettings {
+    pub factor: f64,
+    pub min_requests: u32,
+    pub interval: Duration,
+    pub intervals: u32,
 }
 
 impl Default for OutlierSettings {
@@ -57,6 +67,7 @@ impl Default for OutlierSettings {
             interval: Duration::from_secs(10),
             success_rate: None,
             failure_percentage: None,
+            latency: None,
         }
     }
 }
@@ -132,6 +143,7 @@ pub enum EjectReason {
     ConsecutiveRefused,
     SuccessRate,
     FailurePercentage,
+    Latency,
 }
 
 impl EjectReason {
@@ -142,6 +154,7 @@ impl EjectReason {
             EjectReason::ConsecutiveRefused => "connect_refused",
             EjectReason::SuccessRate => "success_rate",
             EjectReason::FailurePercentage => "failure_percentage",
+            EjectReason::Latency => "latency",
         }
     }
 }
@@ -193,6 +206,11 @@ struct Host {
     returned_at: Option<Instant>,
     successes: u64,
     failures: u64,
+    /// Attempt latencies of the current latency interval: sum (seconds) and count.
+    latency_sum: f64,
+    latency_n: u64,
+    /// Latency intervals in a row this endpoint was judged slow.
+    slow_intervals: u32,
 }
 
 impl Host {
@@ -208,6 +226,8 @@ pub struct OutlierDetector {
     settings: OutlierSettings,
     hosts: HashMap<SocketAddr, Host>,
     snapshot: Arc<ArcSwap<EjectionSnapshot>>,
+    /// When the current latency interval began.
+    latency_since: Option<Instant>,
 }
 
 impl OutlierDetector {
@@ -216,6 +236,7 @@ impl OutlierDetector {
             settings,
             hosts: HashMap::new(),
             snapshot: Arc::default(),
+            latency_since: None,
         };
         detector.update(None, endpoints);
         detector
@@ -306,6 +327,75 @@ impl OutlierDetector {
         let event = self.try_eject(addr, reason, now);
         self.publish();
         event
+    }
+
+    /// One attempt's latency (to its response head, or to its per-try timeout). Every
+    /// `latency.interval`, each endpoint with `min_requests` attempts in it is judged: mean
+    /// latency above `factor` × the median of those means (over at least three endpoints, so
+    /// the median means something) counts a slow interval, any other resets the count, and
+    /// `intervals` slow ones in a row eject it, under the same cap, backoff and return as any
+    /// ejection. A pool that slows down as a whole moves its median with it: nobody is ejected.
+    pub fn record_latency(
+        &mut self,
+        addr: SocketAddr,
+        latency: Duration,
+        now: Instant,
+    ) -> Vec<OutlierEvent> {
+        let Some(l) = self.settings.latency.clone() else {
+            return Vec::new();
+        };
+        if let Some(host) = self.hosts.get_mut(&addr) {
+            host.latency_sum += latency.as_secs_f64();
+            host.latency_n += 1;
+        }
+        let since = *self.latency_since.get_or_insert(now);
+        if now.duration_since(since) < l.interval {
+            return Vec::new();
+        }
+        self.latency_since = Some(now);
+        let judged: Vec<(SocketAddr, f64)> = self
+            .hosts
+            .iter()
+            .filter(|(_, h)| !h.is_ejected(now) && h.latency_n >= u64::from(l.min_requests))
+            .map(|(&a, h)| (a, h.latency_sum / h.latency_n as f64))
+            .collect();
+        for h in self.hosts.values_mut() {
+            h.latency_sum = 0.0;
+            h.latency_n = 0;
+        }
+        if judged.len() < 3 {
+            return Vec::new();
+        }
+        let mut means: Vec<f64> = judged.iter().map(|j| j.1).collect();
+        means.sort_by(f64::total_cmp);
+        let median = means[means.len() / 2];
+        let mut slow = Vec::new();
+        for (addr, mean) in judged {
+            let Some(host) = self.hosts.get_mut(&addr) else {
+                continue;
+            };
+            if mean > l.factor * median {
+                host.slow_intervals += 1;
+                if host.slow_intervals >= l.intervals {
+                    slow.push((mean, addr));
+                }
+            } else {
+                host.slow_intervals = 0;
+            }
+        }
+        // Slowest first, so the ejection cap keeps out the worst ones.
+        slow.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut events = Vec::new();
+        for (_, addr) in slow {
+            if let Some(e) = self.try_eject(addr, EjectReason::Latency, now) {
+                if let Some(h) = self.hosts.get_mut(&addr) {
+                    h.slow_intervals = 0;
+                }
+                events.push(e);
+            }
+        }
+        self.publish();
+        events
     }
 
     /// Run the interval work at `now`: return endpoints whose ejection ended, decay

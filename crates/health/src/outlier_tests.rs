@@ -431,3 +431,94 @@ mod properties {
         }
     }
 }
+
+fn latency_settings(max_ejected_percent: u32) -> OutlierSettings {
+    OutlierSettings {
+        max_ejected_percent,
+        latency: Some(LatencySettings {
+            factor: 3.0,
+            min_requests: 5,
+            interval: Duration::from_secs(1),
+            intervals: 2,
+        }),
+        ..OutlierSettings::default()
+    }
+}
+
+/// One interval of traffic: `n` attempts on every endpoint, at `latency(i)` for endpoint `i`;
+/// returns what the interval's judgement ejected.
+fn latency_interval(
+    d: &mut OutlierDetector,
+    a: &[SocketAddr],
+    start: Instant,
+    latency: impl Fn(usize) -> Duration,
+) -> Vec<OutlierEvent> {
+    let mut events = Vec::new();
+    for _ in 0..6 {
+        for (i, addr) in a.iter().enumerate() {
+            events.extend(d.record_latency(*addr, latency(i), start));
+        }
+    }
+    // The first record of the next interval runs the judgement.
+    events.extend(d.record_latency(a[0], latency(0), start + Duration::from_secs(1)));
+    events
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_endpoint_is_ejected_after_slow_intervals_in_a_row() {
+    let (mut d, a) = detector(5, latency_settings(20));
+    let t0 = Instant::now();
+    let slow = |i: usize| Duration::from_millis(if i == 3 { 1000 } else { 100 });
+    assert!(
+        latency_interval(&mut d, &a, t0, slow).is_empty(),
+        "one slow interval is not enough"
+    );
+    let events = latency_interval(&mut d, &a, t0 + Duration::from_secs(1), slow);
+    assert_eq!(ejected(&events), vec![a[3]]);
+    assert!(matches!(
+        events[0],
+        OutlierEvent::Ejected {
+            reason: EjectReason::Latency,
+            ..
+        }
+    ));
+    // A slow interval followed by a normal one starts the count over.
+    let (mut d, a) = detector(5, latency_settings(20));
+    assert!(latency_interval(&mut d, &a, t0, slow).is_empty());
+    let fine = |_| Duration::from_millis(100);
+    assert!(latency_interval(&mut d, &a, t0 + Duration::from_secs(1), fine).is_empty());
+    assert!(latency_interval(&mut d, &a, t0 + Duration::from_secs(2), slow).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fleet_wide_slowdown_ejects_nobody_and_the_cap_holds() {
+    let t0 = Instant::now();
+    // Everyone twice as slow: the median moves with them.
+    let (mut d, a) = detector(5, latency_settings(20));
+    for k in 0..4 {
+        let events = latency_interval(&mut d, &a, t0 + Duration::from_secs(k), |i| {
+            Duration::from_millis(200 + i as u64)
+        });
+        assert!(events.is_empty(), "{events:?}");
+    }
+    // Two slow endpoints of five with a 20% cap: only the slower one goes.
+    let (mut d, a) = detector(5, latency_settings(20));
+    let two = |i: usize| {
+        Duration::from_millis(match i {
+            1 => 2000,
+            2 => 1000,
+            _ => 100,
+        })
+    };
+    latency_interval(&mut d, &a, t0, two);
+    let events = latency_interval(&mut d, &a, t0 + Duration::from_secs(1), two);
+    assert_eq!(ejected(&events), vec![a[1]]);
+    // Fewer than three endpoints with enough attempts: no median to judge by.
+    let (mut d, a) = detector(2, latency_settings(50));
+    for k in 0..3 {
+        let events = latency_interval(&mut d, &a, t0 + Duration::from_secs(k), |i| {
+            Duration::from_millis(if i == 0 { 100 } else { 5000 })
+        });
+        assert!(events.is_empty());
+    }
+}

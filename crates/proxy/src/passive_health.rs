@@ -15,6 +15,8 @@ pub struct PassiveHealth {
     states: Box<[Arc<EndpointState>]>,
     detector: Option<Arc<Mutex<OutlierDetector>>>,
     sink: OutlierSink,
+    /// The detector judges latency (`outlier.latency`): attempts report theirs.
+    latency: bool,
 }
 
 impl PassiveHealth {
@@ -23,10 +25,37 @@ impl PassiveHealth {
         detector: Option<Arc<Mutex<OutlierDetector>>>,
         sink: OutlierSink,
     ) -> Self {
+        let latency = detector.as_ref().is_some_and(|d| {
+            d.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .settings()
+                .latency
+                .is_some()
+        });
         Self {
             states,
             detector,
             sink,
+            latency,
+        }
+    }
+
+    /// Whether attempts should report their latency ([`PassiveHealth::record_latency`]).
+    pub fn tracks_latency(&self) -> bool {
+        self.latency
+    }
+
+    /// One attempt's latency, for latency outlier detection.
+    pub fn record_latency(&self, index: usize, latency: std::time::Duration) {
+        let (Some(state), Some(d)) = (self.states.get(index), &self.detector) else {
+            return;
+        };
+        let events = d
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .record_latency(state.address, latency, tokio::time::Instant::now());
+        for e in events {
+            (self.sink)(e);
         }
     }
 

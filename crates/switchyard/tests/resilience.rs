@@ -309,3 +309,43 @@ async fn http2_pools_enforce_max_pending_and_max_connections() {
         + b.connections.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(total, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_replica_is_ejected_as_a_latency_outlier() {
+    let fleet = fleet(4).await;
+    let eps = fleet.addresses();
+    slow(&fleet, 2, 200);
+    let pool = "    balancer: round_robin\n    outlier: { max_ejected_percent: 25, base_ejection: 30s, latency: { factor: 3, min_requests: 3, interval: 300ms, intervals: 2 } }\n";
+    let gw = std::sync::Arc::new(Gateway::start(&config(&eps, "", pool)));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (gw, stop) = (gw.clone(), stop.clone());
+            tokio::spawn(async move {
+                let c = client::http1();
+                for _ in 0..2000 {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    assert_eq!(chat(&c, &gw).await.0, 200);
+                }
+            })
+        })
+        .collect();
+    eventually("the slow replica ejected", || {
+        endpoint(&pools(&gw), eps[2])["ejected"] == true
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let p = pools(&gw);
+    for (i, e) in eps.iter().enumerate() {
+        assert_eq!(endpoint(&p, *e)["ejected"], i == 2, "{p}");
+    }
+    assert_eq!(
+        gw.metric("switchyard_outlier_ejections_total{pool=\"p\",reason=\"latency\"}"),
+        1.0
+    );
+}

@@ -298,6 +298,9 @@ impl Attempts<'_> {
         pool.endpoints[index]
             .state
             .record_latency_at(rtt, attempt_end.into_std());
+        if pool.health.tracks_latency() {
+            pool.health.record_latency(index, rtt);
+        }
         let (attempt, error) = match result {
             Some(Ok(sent)) => {
                 if let Some(h) = &route.hedger {
