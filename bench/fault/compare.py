@@ -23,7 +23,8 @@ retries sent (Switchyard: switchyard_retries_total; Envoy: cluster.sim.upstream_
 per-try timeouts and ejections.
 
 Usage: python3 bench/fault/compare.py [--rounds 3] [--seconds 25] [--rate 90] [--whole-share 0.5]
-       [--per-try-timeout 3s] [--proxies switchyard,envoy] [--no-faults] [--out fault.json]
+       [--per-try-timeout 3s] [--proxies switchyard,envoy] [--no-faults] [--latency-outliers]
+       [--out fault.json]
 (`--no-faults`: the same load and configs without the crash and the slow replica, as a baseline.)
 Each proxy's counters (Prometheus metrics; Envoy /stats and /clusters) are kept in the work dir.
 The Switchyard binary is $SWITCHYARD_BIN (default target/release/switchyard).
@@ -53,6 +54,8 @@ def start_fleet_8(d):
 
 def start_switchyard(d, addrs, args):
     eps = ", ".join(addrs)
+    latency = (", latency: {factor: 3, min_requests: 10, interval: 1s, intervals: 2}"
+               if args.latency_outliers else "")
     conf = os.path.join(d, "switchyard.yaml")
     with open(conf, "w") as f:
         f.write(f"""admin: {{address: 127.0.0.1:{ADMIN_PORT}}}
@@ -68,7 +71,7 @@ pools:
   - name: sim
     balancer: least_request
     endpoints: [{eps}]
-    outlier: {{consecutive_5xx: 5, consecutive_gateway_errors: 3, base_ejection: 30s, max_ejected_percent: 50, interval: 1s}}
+    outlier: {{consecutive_5xx: 5, consecutive_gateway_errors: 3, base_ejection: 30s, max_ejected_percent: 50, interval: 1s{latency}}}
 """)
     p = subprocess.Popen(["taskset", "-c", "0", BIN, "run", "--config", conf],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -228,6 +231,9 @@ def main():
     ap.add_argument("--per-try-timeout", default="3s", help="both proxies' per-try timeout")
     ap.add_argument("--proxies", default="switchyard,envoy")
     ap.add_argument("--no-faults", action="store_true", help="baseline: the same load, no faults")
+    ap.add_argument("--latency-outliers", action="store_true",
+                    help="Switchyard also ejects latency outliers (outlier.latency: factor 3, "
+                         "min_requests 10, interval 1s, intervals 2)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="sy-fault-")
