@@ -24,8 +24,8 @@
 #[doc(hidden)]
 pub mod framing;
 pub mod proto;
+mod replies;
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -45,7 +45,8 @@ use switchyard_proxy::GatewayHandle;
 use switchyard_telemetry::Metrics;
 use tokio::sync::mpsc;
 
-use proto::{processing_request, processing_response, value};
+use proto::{processing_request, processing_response};
+use replies::{continue_body, continue_headers, error_json, immediate, lb_metadata, response};
 
 /// Header (and `envoy.lb` metadata key) carrying the picked endpoint, per the Gateway API
 /// Inference Extension.
@@ -399,64 +400,6 @@ impl Drop for Picked {
     }
 }
 
-fn response(r: processing_response::Response) -> proto::ProcessingResponse {
-    proto::ProcessingResponse {
-        response: Some(r),
-        dynamic_metadata: None,
-    }
-}
-
-fn continue_headers() -> proto::ProcessingResponse {
-    response(processing_response::Response::RequestHeaders(
-        proto::HeadersResponse::default(),
-    ))
-}
-
-fn continue_body() -> proto::ProcessingResponse {
-    response(processing_response::Response::RequestBody(
-        proto::BodyResponse::default(),
-    ))
-}
-
-fn immediate(code: u16, body: String) -> proto::ProcessingResponse {
-    response(processing_response::Response::ImmediateResponse(
-        proto::ImmediateResponse {
-            status: Some(proto::HttpStatus {
-                code: i32::from(code),
-            }),
-            headers: Some(proto::HeaderMutation {
-                set_headers: vec![proto::set_header("content-type", "application/json")],
-            }),
-            body: body.into_bytes(),
-            details: "switchyard_epp".into(),
-        },
-    ))
-}
-
-fn error_json(kind: &str, code: u16, message: &str) -> String {
-    format!(r#"{{"error":{{"type":"{kind}","code":{code},"message":"{message}"}}}}"#)
-}
-
-/// `envoy.lb: { x-gateway-destination-endpoint: "ip:port" }`.
-fn lb_metadata(target: &str) -> proto::Struct {
-    let inner = proto::Struct {
-        fields: BTreeMap::from([(
-            DESTINATION_HEADER.to_string(),
-            proto::Value {
-                kind: Some(value::Kind::StringValue(target.to_string())),
-            },
-        )]),
-    };
-    proto::Struct {
-        fields: BTreeMap::from([(
-            "envoy.lb".to_string(),
-            proto::Value {
-                kind: Some(value::Kind::StructValue(inner)),
-            },
-        )]),
-    }
-}
-
 /// Why a message prefix was refused.
 #[derive(Debug, PartialEq, Eq)]
 enum Refused {
@@ -601,12 +544,12 @@ mod tests {
     #[test]
     fn metadata_names_the_destination() {
         let m = lb_metadata("127.0.0.1:9");
-        let Some(value::Kind::StructValue(inner)) = &m.fields["envoy.lb"].kind else {
+        let Some(proto::value::Kind::StructValue(inner)) = &m.fields["envoy.lb"].kind else {
             panic!("not a struct");
         };
         assert_eq!(
             inner.fields[DESTINATION_HEADER].kind,
-            Some(value::Kind::StringValue("127.0.0.1:9".into()))
+            Some(proto::value::Kind::StringValue("127.0.0.1:9".into()))
         );
     }
 }

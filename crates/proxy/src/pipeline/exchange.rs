@@ -137,6 +137,15 @@ impl From<Reject> for Stop {
 }
 
 impl<'c> Exchange<'c> {
+    /// What a route filter's values may read of this request.
+    pub fn filter_vars<'a>(&'a self, route: &'a str) -> crate::filters::Vars<'a> {
+        crate::filters::Vars {
+            request_id: &self.request_id,
+            client_ip: &self.conn.client_ip,
+            route,
+        }
+    }
+
     /// Start the bookkeeping of a request that arrived now: request id, access log details,
     /// and (with `tracing`) its SERVER span.
     pub fn start<B>(

@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
@@ -36,14 +36,11 @@ pub async fn check(
         };
         let outcome = if l.counts_tokens() {
             let Some(p) = parsed else { continue };
-            let unix = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
             let cost = l.estimate(p.prompt_tokens, p.messages, p.max_tokens);
             let reserved = if l.is_shared() {
                 l.reserve_shared(key, cost).await
             } else {
-                l.reserve(key, cost, unix)
+                l.reserve(key, cost, crate::rate_limit::unix_secs())
             };
             reserved.map(|reservation| {
                 rx.finish.charge(TokenCharge {

@@ -64,12 +64,7 @@ pub fn rewrite(
             .insert(FORMAT.clone(), HeaderValue::from_static("TEXT"));
     }
     if let Some(f) = to.route.filters.as_deref() {
-        let vars = crate::filters::Vars {
-            request_id: &rx.request_id,
-            client_ip: &rx.conn.client_ip,
-            route: &to.route.name,
-        };
-        f.apply_request(&mut parts, &vars);
+        f.apply_request(&mut parts, &rx.filter_vars(&to.route.name));
     }
     parts.version = if http2 {
         Version::HTTP_2

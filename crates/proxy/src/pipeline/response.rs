@@ -55,11 +55,6 @@ pub fn stream_back(
     // writes HTTP/1 itself; any other writer gets a map.
     let mut pick_debug = added.pick_debug;
     let filters = to.route.filters.as_deref().filter(|f| f.changes_response());
-    let vars = || crate::filters::Vars {
-        request_id: &rx.request_id,
-        client_ip: &rx.conn.client_ip,
-        route: &to.route.name,
-    };
     let raw = match raw {
         Some(mut raw) if downstream == Downstream::Http1 && !scan.request_id => {
             raw.added
@@ -71,7 +66,11 @@ pub fn stream_back(
                 raw.added.append(&mut rx.response_headers);
             }
             if let Some(f) = filters {
-                f.apply_response_raw(&mut raw, &vars(), added.request_headers.as_deref());
+                f.apply_response_raw(
+                    &mut raw,
+                    &rx.filter_vars(&to.route.name),
+                    added.request_headers.as_deref(),
+                );
             }
             Some(raw)
         }
@@ -100,7 +99,7 @@ pub fn stream_back(
         if let Some(f) = filters {
             f.apply_response(
                 &mut parts.headers,
-                &vars(),
+                &rx.filter_vars(&to.route.name),
                 added.request_headers.as_deref(),
             );
         }

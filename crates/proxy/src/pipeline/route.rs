@@ -62,11 +62,7 @@ fn respond(
         https: rx.conn.https,
         local_port: rx.conn.local_port,
     };
-    let vars = crate::filters::Vars {
-        request_id: &rx.request_id,
-        client_ip: &rx.conn.client_ip,
-        route: &route.name,
-    };
+    let vars = rx.filter_vars(&route.name);
     match f.answer(&to, &vars) {
         Some(resp) => Stop::Respond(Box::new(resp), None),
         None => Reject::keep(GatewayError::NoRoute).into(),
