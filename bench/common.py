@@ -115,3 +115,38 @@ static_resources:
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     wait_http(f"http://127.0.0.1:{admin}/ready")
     return p
+
+
+def envoy_operator_retry(per_try_timeout, timeout):
+    """Route lines (indented for `start_envoy`'s `route_extra`): the retry policy an operator first
+    writes, as the fault benchmarks configure it: 3 attempts on connect-failure, reset and
+    gateway-error with a per-try timeout, to hosts not tried yet."""
+    return f"""                  timeout: {timeout}
+                  retry_policy:
+                    retry_on: connect-failure,reset,gateway-error
+                    num_retries: 2
+                    per_try_timeout: {per_try_timeout}
+                    retry_host_predicate:
+                    - name: envoy.retry_host_predicates.previous_hosts
+                      typed_config: {{"@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}}
+                    host_selection_retry_max_attempts: 5
+"""
+
+
+def envoy_operator_cluster(health_check=""):
+    """Cluster lines (for `cluster_extra`): least_request (P2C), outlier detection on 5
+    consecutive 5xx or 3 consecutive gateway errors (30 s base ejection, at most 50% ejected,
+    1 s interval), a 20% retry budget (minimum 3); `health_check` lines go before them."""
+    return f"""    lb_policy: LEAST_REQUEST
+    least_request_lb_config: {{choice_count: 2}}
+{health_check}    outlier_detection:
+      consecutive_5xx: 5
+      consecutive_gateway_failure: 3
+      enforcing_consecutive_gateway_failure: 100
+      base_ejection_time: 30s
+      max_ejection_percent: 50
+      interval: 1s
+    circuit_breakers:
+      thresholds:
+      - retry_budget: {{budget_percent: {{value: 20.0}}, min_retry_concurrency: 3}}
+"""

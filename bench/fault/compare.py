@@ -43,7 +43,8 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from common import BIN, MODEL, start_envoy, start_fleet, stop, wait_http  # noqa: E402
+from common import (BIN, MODEL, envoy_operator_cluster, envoy_operator_retry,  # noqa: E402
+                    start_envoy, start_fleet, stop, wait_http)
 PROXY_PORT = 18480
 ADMIN_PORT = 18481
 
@@ -80,30 +81,8 @@ pools:
 
 
 def start_envoy_equivalent(d, addrs, args):
-    route = f"""                  timeout: 60s
-                  retry_policy:
-                    retry_on: connect-failure,reset,gateway-error
-                    num_retries: 2
-                    per_try_timeout: {args.per_try_timeout}
-                    retry_host_predicate:
-                    - name: envoy.retry_host_predicates.previous_hosts
-                      typed_config: {{"@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}}
-                    host_selection_retry_max_attempts: 5
-"""
-    cluster = """    lb_policy: LEAST_REQUEST
-    least_request_lb_config: {choice_count: 2}
-    outlier_detection:
-      consecutive_5xx: 5
-      consecutive_gateway_failure: 3
-      enforcing_consecutive_gateway_failure: 100
-      base_ejection_time: 30s
-      max_ejection_percent: 50
-      interval: 1s
-    circuit_breakers:
-      thresholds:
-      - retry_budget: {budget_percent: {value: 20.0}, min_retry_concurrency: 3}
-"""
-    return start_envoy(d, PROXY_PORT, ADMIN_PORT, addrs, route, cluster)
+    return start_envoy(d, PROXY_PORT, ADMIN_PORT, addrs,
+                       envoy_operator_retry(args.per_try_timeout, "60s"), envoy_operator_cluster())
 
 
 def metric_sum(prefix):

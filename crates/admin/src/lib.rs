@@ -26,6 +26,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use switchyard_balance::head_latency::{HeadClass, LatencyHistogram};
 use switchyard_proxy::connection_idle::{Activity, Tracked};
 use switchyard_proxy::GatewayHandle;
 use tokio::net::TcpListener;
@@ -259,12 +260,27 @@ impl Admin {
                     "protocol": p.spec.protocol,
                     "balancer": p.spec.balancer.kind(),
                     "mode": mode,
+                    "head_latency": head_latency(&p.health.head_latency()),
                     "endpoints": endpoints,
                 })
             })
             .collect();
         serde_json::json!({ "pools": pools })
     }
+}
+
+/// The pool's recent time to response head, per class (what `per_try_timeout: auto` reads):
+/// p50 and p99 in milliseconds, `null` until enough attempts were seen.
+fn head_latency(h: &LatencyHistogram) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for class in HeadClass::ALL {
+        let ms = |q| h.quantile(class, q).map(|s| s * 1000.0);
+        out.insert(
+            class.as_str().into(),
+            serde_json::json!({"p50_ms": ms(0.5), "p99_ms": ms(0.99)}),
+        );
+    }
+    out.into()
 }
 
 fn connection_builder(header_read: Duration) -> auto::Builder<TokioExecutor> {

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::head_latency::{HeadClass, HeadRecorder, HeadWindow, Waiting};
 use crate::latency::PeakEwma;
 use crate::orca::LoadReport;
 use crate::reported_load::{ReportedLoad, WeightPolicy};
@@ -32,6 +33,8 @@ pub struct EndpointState {
     epoch: Instant,
     latency: PeakEwma,
     reported: ReportedLoad,
+    /// Time to response head, for latency outlier detection and adaptive per-try timeouts.
+    head: HeadRecorder,
 }
 
 impl EndpointState {
@@ -48,6 +51,7 @@ impl EndpointState {
             epoch: Instant::now(),
             latency: PeakEwma::new(),
             reported: ReportedLoad::default(),
+            head: HeadRecorder::default(),
         }
     }
 
@@ -56,7 +60,16 @@ impl EndpointState {
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        InFlight {
+            state: self.clone(),
+            waiting: None,
+        }
+    }
+
+    /// This interval's head latencies (finished attempts, from zero again after this) and the
+    /// attempts still waiting for their head at `now`.
+    pub fn take_head_window(&self, now: Instant) -> HeadWindow {
+        self.head.take(self.nanos(now) / 1000)
     }
 
     pub fn in_flight(&self) -> u64 {
@@ -181,17 +194,40 @@ impl EndpointState {
 
 /// Keeps an endpoint counted as in flight while alive.
 #[derive(Debug)]
-pub struct InFlight(Arc<EndpointState>);
+pub struct InFlight {
+    state: Arc<EndpointState>,
+    /// Counted among the endpoint's attempts waiting for a response head.
+    waiting: Option<Waiting>,
+}
 
 impl InFlight {
     pub fn endpoint(&self) -> &Arc<EndpointState> {
-        &self.0
+        &self.state
+    }
+
+    /// Count this attempt as waiting for its head since `since` (see [`crate::head_latency`]),
+    /// until [`InFlight::head_done`] or the drop.
+    pub fn wait_head(&mut self, class: HeadClass, size: u32, since: Instant) {
+        if self.waiting.is_none() {
+            let us = self.state.nanos(since) / 1000;
+            self.waiting = Some(self.state.head.wait(class, size, us));
+        }
+    }
+
+    /// The attempt's head came (or it failed or timed out) after `latency`.
+    pub fn head_done(&mut self, latency: Duration) {
+        if let Some(w) = self.waiting.take() {
+            self.state.head.end(w, Some(latency));
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(w) = self.waiting.take() {
+            self.state.head.end(w, None);
+        }
+        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -12,6 +12,7 @@
 
 pub mod endpoint;
 pub mod hash;
+pub mod head_latency;
 mod latency;
 pub mod least_request;
 pub mod maglev;

@@ -22,6 +22,9 @@ pub struct Summary {
     pub p50: f64,
     pub p90: f64,
     pub p99: f64,
+    /// The tail a fleet's worst replica sets (reports before it had none: 0).
+    #[serde(default)]
+    pub p999: f64,
     pub max: f64,
 }
 
@@ -50,6 +53,7 @@ impl Summary {
             p50: percentile_sorted(n, &at, 50.0),
             p90: percentile_sorted(n, &at, 90.0),
             p99: percentile_sorted(n, &at, 99.0),
+            p999: percentile_sorted(n, &at, 99.9),
             max: at(n - 1),
         }
     }

@@ -2,7 +2,7 @@
 //! validated before conversion (`validate()`), so these never fail on a loaded config; an
 //! unvalidated `expect` that does not parse falls back to `200`.
 
-use switchyard_config::health::{HealthCheck, OutlierDetection, SlowStart};
+use switchyard_config::health::{HealthCheck, LatencyOutlier, OutlierDetection, SlowStart};
 
 use crate::{
     ActiveCheck, FailurePercentageSettings, OutlierSettings, Probe, SlowStartSettings,
@@ -57,13 +57,29 @@ impl From<&OutlierDetection> for OutlierSettings {
                     minimum_hosts: f.minimum_hosts,
                     request_volume: f.request_volume,
                 }),
-            latency: o.latency.as_ref().map(|l| crate::outlier::LatencySettings {
-                factor: l.factor,
-                min_requests: l.min_requests,
-                interval: l.interval,
-                intervals: l.intervals,
-            }),
+            // Explicit settings only: the default for larger pools is `for_pool`'s.
+            latency: o.latency_for(0).map(latency_settings),
         }
+    }
+}
+
+impl OutlierSettings {
+    /// The settings for a pool of `endpoints`: latency outliers are judged by default in pools
+    /// of more than two.
+    pub fn for_pool(o: &OutlierDetection, endpoints: usize) -> Self {
+        OutlierSettings {
+            latency: o.latency_for(endpoints).map(latency_settings),
+            ..OutlierSettings::from(o)
+        }
+    }
+}
+
+fn latency_settings(l: LatencyOutlier) -> crate::outlier::LatencySettings {
+    crate::outlier::LatencySettings {
+        factor: l.factor,
+        min_requests: l.min_requests,
+        interval: l.interval,
+        intervals: l.intervals,
     }
 }
 

@@ -23,12 +23,14 @@
 
 pub mod active;
 mod from_config;
+pub mod head_watch;
 pub mod outlier;
 pub mod panic;
 pub mod probe;
 pub mod slow_start;
 
 pub use active::{ActiveCheck, EventSink, HealthChecker, HealthEvent};
+pub use head_watch::spawn_head_watch;
 pub use outlier::{
     spawn_ticker, EjectReason, EjectionSnapshot, FailurePercentageSettings, Outcome,
     OutlierDetector, OutlierEvent, OutlierSettings, SuccessRateSettings,

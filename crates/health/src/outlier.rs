@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use switchyard_balance::head_latency::{HeadClass, HeadWindow};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -46,7 +47,7 @@ pub struct OutlierSettings {
     pub latency: Option<LatencySettings>,
 }
 
-/// Latency outlier settings: see [`OutlierDetector::record_latency`].
+/// Latency outlier settings: see [`OutlierDetector::judge_latency`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct LatencySettings {
     pub factor: f64,
@@ -206,9 +207,6 @@ struct Host {
     returned_at: Option<Instant>,
     successes: u64,
     failures: u64,
-    /// Attempt latencies of the current latency interval: sum (seconds) and count.
-    latency_sum: f64,
-    latency_n: u64,
     /// Latency intervals in a row this endpoint was judged slow.
     slow_intervals: u32,
 }
@@ -226,8 +224,6 @@ pub struct OutlierDetector {
     settings: OutlierSettings,
     hosts: HashMap<SocketAddr, Host>,
     snapshot: Arc<ArcSwap<EjectionSnapshot>>,
-    /// When the current latency interval began.
-    latency_since: Option<Instant>,
 }
 
 impl OutlierDetector {
@@ -236,7 +232,6 @@ impl OutlierDetector {
             settings,
             hosts: HashMap::new(),
             snapshot: Arc::default(),
-            latency_since: None,
         };
         detector.update(None, endpoints);
         detector
@@ -261,6 +256,17 @@ impl OutlierDetector {
 
     pub fn settings(&self) -> &OutlierSettings {
         &self.settings
+    }
+
+    /// Whether attempt outcomes feed a detector ([`OutlierDetector::record`] does anything);
+    /// a latency-only detector needs none, so the request path can skip its lock.
+    pub fn counts_outcomes(&self) -> bool {
+        let s = &self.settings;
+        s.consecutive_5xx > 0
+            || s.consecutive_gateway_errors > 0
+            || s.consecutive_refused > 0
+            || s.success_rate.is_some()
+            || s.failure_percentage.is_some()
     }
 
     /// A handle the pick path loads (`handle.load().is_ejected(addr, now)`); it stays current.
@@ -329,62 +335,59 @@ impl OutlierDetector {
         event
     }
 
-    /// One attempt's latency (to its response head, or to its per-try timeout). Every
-    /// `latency.interval`, each endpoint with `min_requests` attempts in it is judged: mean
-    /// latency above `factor` × the median of those means (over at least three endpoints, so
-    /// the median means something) counts a slow interval, any other resets the count, and
-    /// `intervals` slow ones in a row eject it, under the same cap, backoff and return as any
-    /// ejection. A pool that slows down as a whole moves its median with it: nobody is ejected.
-    pub fn record_latency(
+    /// Judge one latency interval (every `latency.interval`, from each endpoint's
+    /// [`HeadWindow`]): in each class, an endpoint with `min_requests` samples (attempts that
+    /// finished in the interval, and those still waiting for their head) is compared with the
+    /// others. Its median above `factor` × the median of those medians (over at least three
+    /// endpoints, so the median means something) counts a slow interval; judged and slow in no
+    /// class resets the count; `intervals` slow ones in a row eject it, under the same cap,
+    /// backoff and return as any ejection. A pool that slows down as a whole moves its median
+    /// with it: nobody is ejected.
+    pub fn judge_latency(
         &mut self,
-        addr: SocketAddr,
-        latency: Duration,
+        windows: &[(SocketAddr, HeadWindow)],
         now: Instant,
     ) -> Vec<OutlierEvent> {
         let Some(l) = self.settings.latency.clone() else {
             return Vec::new();
         };
-        if let Some(host) = self.hosts.get_mut(&addr) {
-            host.latency_sum += latency.as_secs_f64();
-            host.latency_n += 1;
+        // Per endpoint: slowest ratio to its class's pool median; `None` when not judged.
+        let mut verdicts: HashMap<SocketAddr, f64> = HashMap::new();
+        for class in HeadClass::ALL {
+            let judged: Vec<(SocketAddr, f64)> = windows
+                .iter()
+                .filter(|(a, _)| self.hosts.get(a).is_some_and(|h| !h.is_ejected(now)))
+                .filter(|(_, w)| w.class(class).samples() >= u64::from(l.min_requests))
+                .filter_map(|(a, w)| Some((*a, w.class(class).median()?)))
+                .collect();
+            if judged.len() < 3 {
+                continue;
+            }
+            let mut medians: Vec<f64> = judged.iter().map(|j| j.1).collect();
+            medians.sort_by(f64::total_cmp);
+            let pool = medians[medians.len() / 2];
+            for (addr, m) in judged {
+                let ratio = m / pool.max(f64::MIN_POSITIVE);
+                let v = verdicts.entry(addr).or_insert(0.0);
+                *v = v.max(ratio);
+            }
         }
-        let since = *self.latency_since.get_or_insert(now);
-        if now.duration_since(since) < l.interval {
-            return Vec::new();
-        }
-        self.latency_since = Some(now);
-        let judged: Vec<(SocketAddr, f64)> = self
-            .hosts
-            .iter()
-            .filter(|(_, h)| !h.is_ejected(now) && h.latency_n >= u64::from(l.min_requests))
-            .map(|(&a, h)| (a, h.latency_sum / h.latency_n as f64))
-            .collect();
-        for h in self.hosts.values_mut() {
-            h.latency_sum = 0.0;
-            h.latency_n = 0;
-        }
-        if judged.len() < 3 {
-            return Vec::new();
-        }
-        let mut means: Vec<f64> = judged.iter().map(|j| j.1).collect();
-        means.sort_by(f64::total_cmp);
-        let median = means[means.len() / 2];
         let mut slow = Vec::new();
-        for (addr, mean) in judged {
+        for (addr, ratio) in verdicts {
             let Some(host) = self.hosts.get_mut(&addr) else {
                 continue;
             };
-            if mean > l.factor * median {
+            if ratio > l.factor {
                 host.slow_intervals += 1;
                 if host.slow_intervals >= l.intervals {
-                    slow.push((mean, addr));
+                    slow.push((ratio, addr));
                 }
             } else {
                 host.slow_intervals = 0;
             }
         }
         // Slowest first, so the ejection cap keeps out the worst ones.
-        slow.sort_by(|a, b| b.0.total_cmp(&a.0));
+        slow.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         let mut events = Vec::new();
         for (_, addr) in slow {
             if let Some(e) = self.try_eject(addr, EjectReason::Latency, now) {

@@ -445,23 +445,74 @@ fn latency_settings(max_ejected_percent: u32) -> OutlierSettings {
     }
 }
 
-/// One interval of traffic: `n` attempts on every endpoint, at `latency(i)` for endpoint `i`;
-/// returns what the interval's judgement ejected.
+/// One interval of traffic: six finished attempts on every endpoint, at `latency(i)` for
+/// endpoint `i`; returns what the interval's judgement ejected.
 fn latency_interval(
     d: &mut OutlierDetector,
     a: &[SocketAddr],
-    start: Instant,
+    at: Instant,
     latency: impl Fn(usize) -> Duration,
 ) -> Vec<OutlierEvent> {
-    let mut events = Vec::new();
-    for _ in 0..6 {
-        for (i, addr) in a.iter().enumerate() {
-            events.extend(d.record_latency(*addr, latency(i), start));
-        }
+    let windows: Vec<_> = a
+        .iter()
+        .enumerate()
+        .map(|(i, &addr)| {
+            let l = latency(i).as_secs_f64();
+            (
+                addr,
+                HeadWindow::from_latencies(HeadClass::Immediate, &[l; 6]),
+            )
+        })
+        .collect();
+    d.judge_latency(&windows, at + Duration::from_secs(1))
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_holding_its_requests_is_judged_by_their_age() {
+    // The slow endpoint finished only two (too few to judge alone), but holds eight more that
+    // have waited 900 ms on average: that is the evidence.
+    let (mut d, a) = detector(5, latency_settings(20));
+    let t0 = Instant::now();
+    let windows = |_: ()| -> Vec<(SocketAddr, HeadWindow)> {
+        a.iter()
+            .enumerate()
+            .map(|(i, &addr)| {
+                if i == 2 {
+                    let mut w = HeadWindow::from_latencies(HeadClass::Immediate, &[1.0; 2]);
+                    w.classes[0].waiting = 8;
+                    w.classes[0].waiting_age = 0.9;
+                    (addr, w)
+                } else {
+                    (
+                        addr,
+                        HeadWindow::from_latencies(HeadClass::Immediate, &[0.1; 20]),
+                    )
+                }
+            })
+            .collect()
+    };
+    assert!(d.judge_latency(&windows(()), t0).is_empty());
+    let events = d.judge_latency(&windows(()), t0 + Duration::from_secs(1));
+    assert_eq!(ejected(&events), vec![a[2]]);
+    // Classes are judged apart: per-token latencies never set the bar for stream heads.
+    let (mut d, a) = detector(5, latency_settings(20));
+    let mixed: Vec<_> = a
+        .iter()
+        .enumerate()
+        .map(|(i, &addr)| {
+            let mut w = HeadWindow::from_latencies(HeadClass::Immediate, &[0.05; 10]);
+            let per_token = HeadWindow::from_latencies(HeadClass::PerToken, &[0.01; 10]);
+            if i % 2 == 0 {
+                w.classes[1] = per_token.classes[1];
+            }
+            (addr, w)
+        })
+        .collect();
+    for k in 0..3 {
+        assert!(d
+            .judge_latency(&mixed, t0 + Duration::from_secs(k))
+            .is_empty());
     }
-    // The first record of the next interval runs the judgement.
-    events.extend(d.record_latency(a[0], latency(0), start + Duration::from_secs(1)));
-    events
 }
 
 #[tokio::test(start_paused = true)]

@@ -389,7 +389,7 @@ fn build_pool(
                     .clone()
             })
             .collect(),
-        guarded: p.health.is_some() || p.outlier.is_some(),
+        guarded: p.health.is_some() || detector.is_some(),
         slow_start: p
             .slow_start
             .as_ref()
@@ -405,6 +405,7 @@ fn build_pool(
             endpoint_states.into_boxed_slice(),
             detector,
             outlier_sink,
+            control.head_latency.clone(),
         )),
         overflow: metrics.overflow.clone(),
         spec: p.clone(),

@@ -5,6 +5,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
+use switchyard_balance::head_latency::LatencyHistogram;
 use switchyard_balance::EndpointState;
 use switchyard_health::{Outcome, OutlierDetector};
 
@@ -15,8 +17,10 @@ pub struct PassiveHealth {
     states: Box<[Arc<EndpointState>]>,
     detector: Option<Arc<Mutex<OutlierDetector>>>,
     sink: OutlierSink,
-    /// The detector judges latency (`outlier.latency`): attempts report theirs.
-    latency: bool,
+    /// The detector hears attempt outcomes (a latency-only one does not: its lock is skipped).
+    counts_outcomes: bool,
+    /// The pool's recent response-head latencies, for adaptive per-try timeouts.
+    head_latency: Arc<ArcSwap<LatencyHistogram>>,
 }
 
 impl PassiveHealth {
@@ -24,39 +28,25 @@ impl PassiveHealth {
         states: Box<[Arc<EndpointState>]>,
         detector: Option<Arc<Mutex<OutlierDetector>>>,
         sink: OutlierSink,
+        head_latency: Arc<ArcSwap<LatencyHistogram>>,
     ) -> Self {
-        let latency = detector.as_ref().is_some_and(|d| {
+        let counts_outcomes = detector.as_ref().is_some_and(|d| {
             d.lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .settings()
-                .latency
-                .is_some()
+                .counts_outcomes()
         });
         Self {
             states,
             detector,
             sink,
-            latency,
+            counts_outcomes,
+            head_latency,
         }
     }
 
-    /// Whether attempts should report their latency ([`PassiveHealth::record_latency`]).
-    pub fn tracks_latency(&self) -> bool {
-        self.latency
-    }
-
-    /// One attempt's latency, for latency outlier detection.
-    pub fn record_latency(&self, index: usize, latency: std::time::Duration) {
-        let (Some(state), Some(d)) = (self.states.get(index), &self.detector) else {
-            return;
-        };
-        let events = d
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .record_latency(state.address, latency, tokio::time::Instant::now());
-        for e in events {
-            (self.sink)(e);
-        }
+    /// The pool's recent response-head latencies.
+    pub fn head_latency(&self) -> arc_swap::Guard<Arc<LatencyHistogram>> {
+        self.head_latency.load()
     }
 
     /// Feed the failing flag and outlier detection with one attempt's outcome.
@@ -67,7 +57,7 @@ impl PassiveHealth {
         if outcome != Outcome::LocalOrigin {
             state.set_failing(outcome != Outcome::Success);
         }
-        if let Some(d) = &self.detector {
+        if let Some(d) = self.detector.as_ref().filter(|_| self.counts_outcomes) {
             let event = d
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)

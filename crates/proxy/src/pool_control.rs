@@ -9,12 +9,14 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
+use switchyard_balance::head_latency::LatencyHistogram;
 use switchyard_balance::EndpointState;
 use switchyard_config::health::OutlierDetection;
 use switchyard_config::resilience::{CircuitLimits, Concurrency};
 use switchyard_config::{Balancer, Pool, Protocol};
 use switchyard_health::{
-    spawn_ticker, ActiveCheck, HealthChecker, OutlierDetector, OutlierEvent, OutlierSettings,
+    spawn_head_watch, spawn_ticker, ActiveCheck, HealthChecker, OutlierDetector, OutlierEvent,
+    OutlierSettings,
 };
 use switchyard_inference::{
     spawn_scraper, EndpointSignals, InferencePicker, MetricNames, PickerConfig, PrefixIndex,
@@ -53,6 +55,10 @@ pub struct PoolControl {
     outlier: Option<OutlierDetection>,
     pub detector: Option<Arc<Mutex<OutlierDetector>>>,
     ticker: Option<JoinHandle<()>>,
+    /// The pool's recent response-head latencies (for adaptive per-try timeouts), refreshed
+    /// with latency outlier judgement by `head_watch`.
+    pub head_latency: Arc<ArcSwap<LatencyHistogram>>,
+    head_watch: Option<JoinHandle<()>>,
     checker: HealthChecker,
     by_address: ByAddress,
     /// HTTP/2 pools: each endpoint's connection (parallel to the pool's endpoints).
@@ -61,7 +67,10 @@ pub struct PoolControl {
 
 impl Drop for PoolControl {
     fn drop(&mut self) {
-        if let Some(t) = self.ticker.take() {
+        for t in [self.ticker.take(), self.head_watch.take()]
+            .into_iter()
+            .flatten()
+        {
             t.abort();
         }
         self.checker.shutdown();
@@ -200,6 +209,8 @@ impl PoolControl {
             outlier: None,
             detector: None,
             ticker: None,
+            head_latency: Arc::default(),
+            head_watch: None,
             checker,
             by_address,
             h2: Vec::new(),
@@ -234,7 +245,12 @@ impl PoolControl {
         );
         self.update_inference(spec, states, metrics);
         let addrs = states.iter().map(|s| s.address);
-        match (&spec.outlier, &self.detector) {
+        let before = self.detector.as_ref().map(Arc::as_ptr);
+        let outlier = spec
+            .outlier
+            .clone()
+            .or_else(|| OutlierDetection::implicit(states.len()));
+        match (&outlier, &self.detector) {
             (None, _) => {
                 if let Some(t) = self.ticker.take() {
                     t.abort();
@@ -252,11 +268,11 @@ impl PoolControl {
                 detector
                     .lock()
                     .expect("outlier lock")
-                    .update(Some(OutlierSettings::from(cfg)), addrs);
+                    .update(Some(OutlierSettings::for_pool(cfg, states.len())), addrs);
             }
             (Some(cfg), None) => {
                 let detector = Arc::new(Mutex::new(OutlierDetector::new(
-                    OutlierSettings::from(cfg),
+                    OutlierSettings::for_pool(cfg, states.len()),
                     addrs,
                 )));
                 let sink = outlier_sink(
@@ -269,6 +285,28 @@ impl PoolControl {
                 self.outlier = Some(cfg.clone());
             }
         }
+        if self.head_watch.is_none() || before != self.detector.as_ref().map(Arc::as_ptr) {
+            self.spawn_head_watch(metrics, &spec.name);
+        }
+    }
+
+    /// (Re)start the pool's head-latency reader, for the current detector.
+    fn spawn_head_watch(&mut self, metrics: &Metrics, pool: &str) {
+        if let Some(t) = self.head_watch.take() {
+            t.abort();
+        }
+        let by_address = self.by_address.clone();
+        let sink = outlier_sink(
+            self.by_address.clone(),
+            metrics.ejections.clone(),
+            pool.to_string(),
+        );
+        self.head_watch = Some(spawn_head_watch(
+            move || by_address.load().values().cloned().collect(),
+            &self.head_latency,
+            self.detector.as_ref().map(Arc::downgrade),
+            sink,
+        ));
     }
 
     /// HTTP/2 pools keep an endpoint's connection while its address and connection settings

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
+use switchyard_config::resilience::PerTryTimeout;
 use switchyard_resilience::{Hedger, RetryBudget, RetryPolicy};
 use switchyard_telemetry::metrics::{RouteNameLabels, RouteReasonLabels};
 use switchyard_telemetry::Metrics;
@@ -141,7 +142,7 @@ impl RouteRetry {
     pub(crate) fn new(c: &switchyard_config::resilience::RetryConfig) -> Self {
         let mut policy = RetryPolicy::new(c.attempts, c.retry_on.iter().copied());
         policy.retriable_status_codes = c.retriable_status_codes.clone();
-        policy.per_try_timeout = c.per_try_timeout;
+        policy.per_try_timeout = c.per_try_timeout.as_ref().and_then(PerTryTimeout::fixed);
         policy.backoff = switchyard_resilience::Backoff {
             base: c.backoff.base,
             max: c.backoff.max,

@@ -310,21 +310,24 @@ async fn http2_pools_enforce_max_pending_and_max_connections() {
     assert_eq!(total, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_replica_is_ejected_as_a_latency_outlier() {
+/// Send chat requests from `clients` concurrent clients through a gateway over four replicas
+/// (replica `slow_one` slowed by `ms`, `pool` settings) until that replica is ejected; then
+/// check that it alone was, for latency.
+async fn load_until_latency_ejection(slow_one: usize, ms: u64, pool: &str, clients: usize) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     let fleet = fleet(4).await;
     let eps = fleet.addresses();
-    slow(&fleet, 2, 200);
-    let pool = "    balancer: round_robin\n    outlier: { max_ejected_percent: 25, base_ejection: 30s, latency: { factor: 3, min_requests: 3, interval: 300ms, intervals: 2 } }\n";
-    let gw = std::sync::Arc::new(Gateway::start(&config(&eps, "", pool)));
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let clients: Vec<_> = (0..4)
+    slow(&fleet, slow_one, ms);
+    let gw = Arc::new(Gateway::start(&config(&eps, "", pool)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..clients)
         .map(|_| {
             let (gw, stop) = (gw.clone(), stop.clone());
             tokio::spawn(async move {
                 let c = client::http1();
-                for _ in 0..2000 {
-                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for _ in 0..5000 {
+                    if stop.load(Ordering::SeqCst) {
                         break;
                     }
                     assert_eq!(chat(&c, &gw).await.0, 200);
@@ -333,19 +336,62 @@ async fn a_slow_replica_is_ejected_as_a_latency_outlier() {
         })
         .collect();
     eventually("the slow replica ejected", || {
-        endpoint(&pools(&gw), eps[2])["ejected"] == true
+        endpoint(&pools(&gw), eps[slow_one])["ejected"] == true
     })
     .await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
     for c in clients {
         c.await.unwrap();
     }
     let p = pools(&gw);
     for (i, e) in eps.iter().enumerate() {
-        assert_eq!(endpoint(&p, *e)["ejected"], i == 2, "{p}");
+        assert_eq!(endpoint(&p, *e)["ejected"], i == slow_one, "{p}");
     }
     assert_eq!(
         gw.metric("switchyard_outlier_ejections_total{pool=\"p\",reason=\"latency\"}"),
         1.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_replica_is_ejected_as_a_latency_outlier() {
+    let pool = "    balancer: round_robin\n    outlier: { max_ejected_percent: 25, base_ejection: 30s, latency: { factor: 3, min_requests: 3, interval: 300ms, intervals: 2 } }\n";
+    load_until_latency_ejection(2, 200, pool, 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_outliers_are_ejected_by_default_in_pools_of_more_than_two() {
+    // The config an operator first writes: least_request, no `outlier` section. The slow
+    // replica gets few requests under least_request and finishes fewer; the age of what it
+    // holds is the evidence.
+    load_until_latency_ejection(1, 400, "    balancer: least_request\n", 6).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_endpoints_and_latency_false_judge_no_latency() {
+    // Two endpoints: no default. Explicitly off: none either. Both slowed pools keep serving
+    // from every endpoint.
+    let fleet = fleet(3).await;
+    let eps = fleet.addresses();
+    slow(&fleet, 0, 300);
+    for (endpoints, pool) in [
+        (&eps[..2], "    balancer: round_robin\n"),
+        (
+            &eps[..],
+            "    balancer: round_robin\n    outlier: { latency: false }\n",
+        ),
+    ] {
+        let gw = Gateway::start(&config(endpoints, "", pool));
+        let c = client::http1();
+        // Enough intervals for a judgement, if there were one to make.
+        let mut requests = 0;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(3) || requests < 12 {
+            assert_eq!(chat(&c, &gw).await.0, 200);
+            requests += 1;
+        }
+        let p = pools(&gw);
+        assert_eq!(endpoint(&p, eps[0])["ejected"], false, "{p}");
+        assert!(!gw.admin_get("/metrics").1.contains("reason=\"latency\""));
+    }
 }

@@ -295,3 +295,57 @@ async fn hedges_over_budget_are_refused_and_counted() {
     assert_eq!(gw.metric("switchyard_hedges_total{route=\"r\"}"), 0.0);
     assert_eq!(gw.metric("switchyard_hedges_won_total{route=\"r\"}"), 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adaptive_per_try_timeout_retries_a_request_stuck_on_a_slow_replica() {
+    // No fixed per-try timeout: `auto` reads the pool's recent time to head. Once it is known,
+    // replica 0 turns 20 s slow; a request answered before that was retried, not kept waiting
+    // (the margin is for a loaded machine: an adaptive timeout here is milliseconds).
+    let fleet = fleet(3).await;
+    let route = "    retry: { attempts: 2, retry_on: [reset], per_try_timeout: auto }\n";
+    let pool = "    balancer: round_robin\n    outlier: { consecutive_5xx: 0, consecutive_gateway_errors: 0, consecutive_refused: 0, latency: false }\n";
+    let gw = Gateway::start(&config(&fleet.addresses(), route, pool));
+    let c = client::http1();
+    let known = || !pools(&gw)["pools"][0]["head_latency"]["head"]["p99_ms"].is_null();
+    while !known() {
+        assert_eq!(chat(&c, &gw).await.0, 200);
+    }
+    slow(&fleet, 0, 20_000);
+    let start = Instant::now();
+    for _ in 0..6 {
+        assert_eq!(chat(&c, &gw).await.0, 200);
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "a request waited for the slow replica"
+    );
+    let retried = gw.metric("switchyard_retries_total{route=\"r\",reason=\"timeout\"}");
+    assert!(retried >= 2.0, "timeouts retried: {retried}");
+    // Nothing was ejected: the adaptive timeout acted alone.
+    assert_eq!(gw.metric("switchyard_endpoints_ejected{pool=\"p\"}"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adaptive_timeout_never_fails_a_request_it_cannot_retry() {
+    // One attempt only: `auto` has no retry to send, so the slow answer is waited for.
+    let fleet = fleet(3).await;
+    let route = "    retry: { attempts: 1, per_try_timeout: auto }\n";
+    let gw = Gateway::start(&config(
+        &fleet.addresses(),
+        route,
+        "    balancer: round_robin\n",
+    ));
+    let c = client::http1();
+    let known = || !pools(&gw)["pools"][0]["head_latency"]["head"]["p99_ms"].is_null();
+    while !known() {
+        assert_eq!(chat(&c, &gw).await.0, 200);
+    }
+    slow(&fleet, 0, 300);
+    for _ in 0..3 {
+        assert_eq!(chat(&c, &gw).await.0, 200);
+    }
+    assert_eq!(
+        gw.metric("switchyard_upstream_errors_total{pool=\"p\",kind=\"timeout\"}"),
+        0.0
+    );
+}

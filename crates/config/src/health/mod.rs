@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 
 mod outlier;
 
-pub use outlier::{FailurePercentage, LatencyOutlier, OutlierDetection, SuccessRate};
+pub use outlier::{
+    FailurePercentage, LatencyOutlier, LatencyToggle, OutlierDetection, SuccessRate,
+    LATENCY_DEFAULT_MIN_ENDPOINTS,
+};
 
 /// One validation problem: the key path relative to the pool, and what is wrong with it.
 pub type FieldError = (String, String);
@@ -320,6 +323,39 @@ mod tests {
         assert_eq!(health.http.as_ref().unwrap().path, "/health");
         assert_eq!((health.healthy, health.unhealthy), (2, 2));
         assert_eq!(default_panic_threshold(), 50);
+    }
+
+    #[test]
+    fn latency_outliers_are_on_by_default_above_two_endpoints() {
+        let o: OutlierDetection = crate::yaml::from_str("{}").unwrap();
+        assert_eq!(o.latency_for(2), None);
+        assert_eq!(o.latency_for(3), Some(LatencyOutlier::default()));
+        let off: OutlierDetection = crate::yaml::from_str("{ latency: false }").unwrap();
+        assert_eq!(off.latency_for(8), None);
+        let on: OutlierDetection = crate::yaml::from_str("{ latency: true }").unwrap();
+        assert_eq!(on.latency_for(2), Some(LatencyOutlier::default()));
+        let set: OutlierDetection =
+            crate::yaml::from_str("{ latency: { factor: 4, min_requests: 20 } }").unwrap();
+        let l = set.latency_for(1).unwrap();
+        assert_eq!((l.factor, l.min_requests, l.intervals), (4.0, 20, 2));
+        assert!(set.validate().is_empty());
+        let e = crate::yaml::from_str::<OutlierDetection>("{ latency: { facter: 4 } }")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("facter"), "{e}");
+        let bad: OutlierDetection = crate::yaml::from_str("{ latency: { factor: 0.5 } }").unwrap();
+        assert_eq!(keys(&bad.validate()), ["outlier.latency.factor"]);
+        // No `outlier` section: latency outliers only, and only above two endpoints.
+        assert_eq!(OutlierDetection::implicit(2), None);
+        let implicit = OutlierDetection::implicit(3).unwrap();
+        assert_eq!(implicit.consecutive_gateway_errors, 0);
+        assert_eq!(implicit.consecutive_refused, 0);
+        assert!(implicit.latency_for(3).is_some());
+        let json = serde_json::to_string(&set).unwrap();
+        assert_eq!(
+            crate::yaml::from_str::<OutlierDetection>(&json).unwrap(),
+            set
+        );
     }
 
     #[test]

@@ -40,19 +40,59 @@ pub struct OutlierDetection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_percentage: Option<FailurePercentage>,
     /// Latency outliers: an endpoint slower than `factor` × the pool's median for `intervals`
-    /// intervals in a row is ejected like an erroring one.
+    /// intervals in a row is ejected like an erroring one. Unset: on with the defaults for pools
+    /// of more than two endpoints (see [`OutlierDetection::latency_for`]); `false`: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub latency: Option<LatencyOutlier>,
+    pub latency: Option<LatencyToggle>,
 }
 
-/// `outlier.latency`: each endpoint's mean attempt latency over an `interval` (time to the
-/// response head, or to the per-try timeout) against the median of those means.
+/// `outlier.latency: true | false | { settings }`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum LatencyToggle {
+    Enabled(bool),
+    Settings(LatencyOutlier),
+}
+
+impl<'de> Deserialize<'de> for LatencyToggle {
+    // By hand rather than `untagged`, so a mistake inside the settings is reported as itself
+    // ("unknown field `facter`") instead of "did not match any variant".
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = LatencyToggle;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false, or latency outlier settings")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<LatencyToggle, E> {
+                Ok(LatencyToggle::Enabled(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<LatencyToggle, A::Error> {
+                LatencyOutlier::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(LatencyToggle::Settings)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Pools with more endpoints than this judge latency outliers unless told not to: with two, a
+/// median is one of the two, and ejecting either halves the pool.
+pub const LATENCY_DEFAULT_MIN_ENDPOINTS: usize = 3;
+
+/// `outlier.latency`: each endpoint's median time to response head over an `interval`
+/// (attempts that finished, at their latency; attempts still waiting, at their age) against the
+/// median of those medians. Non-streamed completions that say `max_tokens` are judged apart, per
+/// requested token.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LatencyOutlier {
     #[serde(default = "default_latency_factor")]
     pub factor: f64,
-    /// Attempts an endpoint needs in an interval to be judged in it.
+    /// Attempts an endpoint needs in an interval (finished or waiting) to be judged in it.
     #[serde(default = "default_latency_min_requests")]
     pub min_requests: u32,
     #[serde(default = "default_latency_interval", with = "humantime_serde")]
@@ -67,11 +107,26 @@ fn default_latency_factor() -> f64 {
 }
 
 fn default_latency_min_requests() -> u32 {
-    20
+    5
 }
 
+impl Default for LatencyOutlier {
+    fn default() -> Self {
+        Self {
+            factor: default_latency_factor(),
+            min_requests: default_latency_min_requests(),
+            interval: default_latency_interval(),
+            intervals: default_latency_intervals(),
+        }
+    }
+}
+
+/// Short, so a replica that turns slow is out within a second or so (two intervals): under
+/// least_request a 10× slow replica still gets a few requests a second until then, and each of
+/// them is a request in the p99.9. Half a second of a busy pool still gives every endpoint
+/// enough samples; a quiet pool is simply not judged.
 fn default_latency_interval() -> Duration {
-    Duration::from_secs(1)
+    Duration::from_millis(500)
 }
 
 fn default_latency_intervals() -> u32 {
@@ -182,6 +237,28 @@ fn default_fp_volume() -> u32 {
 }
 
 impl OutlierDetection {
+    /// What a pool with no `outlier` section gets: latency outliers only, for pools of more
+    /// than two endpoints (no consecutive-error detectors: those stay opt-in, as in Envoy).
+    pub fn implicit(endpoints: usize) -> Option<OutlierDetection> {
+        (endpoints >= LATENCY_DEFAULT_MIN_ENDPOINTS).then(|| OutlierDetection {
+            consecutive_5xx: 0,
+            consecutive_gateway_errors: 0,
+            consecutive_refused: 0,
+            latency: Some(LatencyToggle::Enabled(true)),
+            ..OutlierDetection::default()
+        })
+    }
+
+    /// The latency settings in force for a pool of `endpoints`.
+    pub fn latency_for(&self, endpoints: usize) -> Option<LatencyOutlier> {
+        match &self.latency {
+            Some(LatencyToggle::Settings(l)) => Some(l.clone()),
+            Some(LatencyToggle::Enabled(true)) => Some(LatencyOutlier::default()),
+            Some(LatencyToggle::Enabled(false)) => None,
+            None => (endpoints >= LATENCY_DEFAULT_MIN_ENDPOINTS).then(LatencyOutlier::default),
+        }
+    }
+
     /// Problems with these settings, as `("outlier.<key>", message)` pairs.
     pub fn validate(&self) -> Vec<FieldError> {
         let mut errors = Vec::new();
@@ -217,7 +294,7 @@ impl OutlierDetection {
                 err("failure_percentage.request_volume", "must be at least 1");
             }
         }
-        if let Some(l) = &self.latency {
+        if let Some(LatencyToggle::Settings(l)) = &self.latency {
             if !(l.factor.is_finite() && l.factor > 1.0) {
                 err("latency.factor", "must be a number above 1");
             }

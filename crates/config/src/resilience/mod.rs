@@ -18,7 +18,9 @@ pub use circuit_limits::CircuitLimits;
 pub use concurrency::{AdaptiveConcurrency, Concurrency, FixedConcurrency};
 pub use fairness::Fairness;
 pub use hedge::HedgeConfig;
-pub use retry::{BackoffConfig, RetryBudgetConfig, RetryConfig, MAX_ATTEMPTS};
+pub use retry::{
+    AutoTimeout, BackoffConfig, PerTryTimeout, RetryBudgetConfig, RetryConfig, MAX_ATTEMPTS,
+};
 pub use switchyard_resilience::RetryOn;
 
 /// Problems found by `validate`: (relative key path, message).

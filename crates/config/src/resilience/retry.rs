@@ -26,13 +26,10 @@ pub struct RetryConfig {
     /// Statuses retried under `retriable-status-codes`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retriable_status_codes: Vec<u16>,
-    /// Bound on each attempt up to response headers; unset, only the route timeout applies.
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub per_try_timeout: Option<Duration>,
+    /// Bound on each attempt up to response headers: a duration, or `auto` (see
+    /// [`AutoTimeout`]); unset, only the route timeout applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<PerTryTimeout>,
     #[serde(default)]
     pub backoff: BackoffConfig,
     /// A `Retry-After` longer than this is not waited for; the attempt is not retried.
@@ -113,11 +110,131 @@ impl RetryConfig {
                 ));
             }
         }
-        if self.per_try_timeout == Some(Duration::ZERO) {
-            p.push(("per_try_timeout".into(), "must be greater than zero".into()));
+        match &self.per_try_timeout {
+            Some(PerTryTimeout::Fixed(d)) if d.is_zero() => {
+                p.push(("per_try_timeout".into(), "must be greater than zero".into()));
+            }
+            Some(PerTryTimeout::Auto(a)) => {
+                for (k, m) in a.validate() {
+                    p.push((format!("per_try_timeout.{k}"), m));
+                }
+            }
+            _ => {}
         }
         prefixed(&mut p, "backoff", self.backoff.validate());
         prefixed(&mut p, "budget", self.budget.validate());
+        p
+    }
+}
+
+/// `per_try_timeout`: `2s`, or `auto`, or `{ percentile: 99, factor: 1.5, min: 10ms, max: 5s }`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum PerTryTimeout {
+    Fixed(#[serde(with = "humantime_serde")] Duration),
+    Auto(AutoTimeout),
+}
+
+impl PerTryTimeout {
+    /// The fixed bound, if this is one.
+    pub fn fixed(&self) -> Option<Duration> {
+        match self {
+            PerTryTimeout::Fixed(d) => Some(*d),
+            PerTryTimeout::Auto(_) => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PerTryTimeout {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = PerTryTimeout;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a duration such as 2s, or auto, or auto's settings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PerTryTimeout, E> {
+                if v == "auto" {
+                    return Ok(PerTryTimeout::Auto(AutoTimeout::default()));
+                }
+                humantime::parse_duration(v)
+                    .map(PerTryTimeout::Fixed)
+                    .map_err(|e| E::custom(format!("`{v}`: {e} (a duration such as 2s, or auto)")))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<PerTryTimeout, A::Error> {
+                AutoTimeout::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(PerTryTimeout::Auto)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `per_try_timeout: auto`: an attempt still without its response head after `factor` × the
+/// pool's recent `percentile` time to head (per requested token for non-streamed completions
+/// that say `max_tokens`, times the request's), bounded by `min` and `max` and the route
+/// timeout, is abandoned for a retry. Only when a retry may be sent then (attempts left, the
+/// body replayable, the retry budget and breaker allow it); otherwise the attempt goes on to the
+/// route timeout, so an adaptive timeout never fails a request a fixed one would not. Until the
+/// pool has seen enough attempts (20 in the last seconds), there is none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoTimeout {
+    #[serde(default = "default_auto_percentile")]
+    pub percentile: f64,
+    #[serde(default = "default_auto_factor")]
+    pub factor: f64,
+    #[serde(default = "default_auto_min", with = "humantime_serde")]
+    pub min: Duration,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max: Option<Duration>,
+}
+
+impl Default for AutoTimeout {
+    fn default() -> Self {
+        Self {
+            percentile: default_auto_percentile(),
+            factor: default_auto_factor(),
+            min: default_auto_min(),
+            max: None,
+        }
+    }
+}
+
+fn default_auto_percentile() -> f64 {
+    99.0
+}
+
+fn default_auto_factor() -> f64 {
+    1.5
+}
+
+fn default_auto_min() -> Duration {
+    Duration::from_millis(10)
+}
+
+impl AutoTimeout {
+    fn validate(&self) -> Vec<(&'static str, String)> {
+        let mut p = Vec::new();
+        if !(self.percentile > 0.0 && self.percentile <= 100.0) {
+            p.push(("percentile", "must be above 0 and at most 100".into()));
+        }
+        if !(self.factor.is_finite() && self.factor >= 1.0) {
+            p.push(("factor", "must be a number of at least 1".into()));
+        }
+        if self.min.is_zero() {
+            p.push(("min", "must be greater than zero".into()));
+        }
+        if self.max.is_some_and(|m| m < self.min) {
+            p.push(("max", "must be at least `min`".into()));
+        }
         p
     }
 }

@@ -46,7 +46,10 @@ fn contract_example_parses() {
         retry.retry_on,
         [ConnectFailure, Reset, GatewayError, Status503]
     );
-    assert_eq!(retry.per_try_timeout, Some(Duration::from_secs(2)));
+    assert_eq!(
+        retry.per_try_timeout,
+        Some(PerTryTimeout::Fixed(Duration::from_secs(2)))
+    );
     assert_eq!(retry.budget, RetryBudgetConfig::default());
     assert_eq!(retry.backoff, BackoffConfig::default());
     assert!(retry.validate().is_empty());
@@ -215,7 +218,7 @@ fn retry_validation() {
         attempts: 11,
         retry_on: vec![RetryOn::RetriableStatusCodes],
         retriable_status_codes: vec![],
-        per_try_timeout: Some(Duration::ZERO),
+        per_try_timeout: Some(PerTryTimeout::Fixed(Duration::ZERO)),
         backoff: BackoffConfig {
             base: Duration::ZERO,
             max: Duration::ZERO,
@@ -291,4 +294,36 @@ fn hedge_limits_and_concurrency_validation() {
     });
     let keys: Vec<String> = adaptive.validate().into_iter().map(|(k, _)| k).collect();
     assert_eq!(keys, ["min_limit", "sample_window", "min_rtt_interval"]);
+}
+
+#[test]
+fn per_try_timeout_is_a_duration_or_auto() {
+    let r: Route = yaml("retry: { attempts: 2, per_try_timeout: auto }\n").unwrap();
+    let retry = r.retry.unwrap();
+    assert_eq!(
+        retry.per_try_timeout,
+        Some(PerTryTimeout::Auto(AutoTimeout::default()))
+    );
+    assert!(retry.validate().is_empty());
+    roundtrip(&retry);
+    let r: Route = yaml(
+        "retry: { attempts: 2, per_try_timeout: { percentile: 95, factor: 2, min: 50ms, max: 1s } }\n",
+    )
+    .unwrap();
+    let Some(PerTryTimeout::Auto(a)) = r.retry.as_ref().unwrap().per_try_timeout.clone() else {
+        panic!("not auto");
+    };
+    assert_eq!((a.percentile, a.factor), (95.0, 2.0));
+    assert_eq!(a.max, Some(Duration::from_secs(1)));
+    roundtrip(r.retry.as_ref().unwrap());
+    // Mistakes are named, inside the settings as outside.
+    let e = yaml::<Route>("retry: { per_try_timeout: soon }\n").unwrap_err();
+    assert!(e.contains("`soon`") && e.contains("auto"), "{e}");
+    let e = yaml::<Route>("retry: { per_try_timeout: { percentil: 99 } }\n").unwrap_err();
+    assert!(e.contains("percentil"), "{e}");
+    let r: Route =
+        yaml("retry: { per_try_timeout: { factor: 0.5, min: 1s, max: 10ms } }\n").unwrap();
+    let problems = r.retry.unwrap().validate();
+    let keys: Vec<_> = problems.iter().map(|p| p.0.as_str()).collect();
+    assert_eq!(keys, ["per_try_timeout.factor", "per_try_timeout.max"]);
 }

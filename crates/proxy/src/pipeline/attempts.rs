@@ -6,7 +6,9 @@ use std::mem;
 
 use http::Response;
 use hyper::body::Incoming;
+use switchyard_balance::head_latency::HeadClass;
 use switchyard_balance::{InFlight, PickContext};
+use switchyard_config::resilience::{AutoTimeout, PerTryTimeout};
 use switchyard_resilience::{Attempt, BreakerGuard, RetryGuard, TriedSet};
 use tokio::time::Instant;
 
@@ -47,6 +49,8 @@ struct Attempts<'g> {
     /// When the response head must have arrived: the route timeout or a gRPC deadline.
     headers_by: Instant,
     retry_guards: Vec<(RetryGuard, BreakerGuard)>,
+    /// How this request's time to head is measured, and its size in that unit.
+    head_class: (HeadClass, u32),
 }
 
 /// How one attempt ended.
@@ -71,6 +75,7 @@ pub async fn run(
     body: RequestBody,
     mut preset: Option<usize>,
     admitted: &mut Admitted,
+    head_class: (HeadClass, u32),
 ) -> Result<Box<Answer>, Reject> {
     let start = rx.start_time();
     let headers_by = match rx.scan.grpc.then_some(rx.scan.grpc_timeout).flatten() {
@@ -85,6 +90,7 @@ pub async fn run(
         body: Some(body),
         headers_by,
         retry_guards: Vec::new(),
+        head_class,
     };
     if let Some(h) = &to.route.hedger {
         h.start_request();
@@ -99,7 +105,7 @@ pub async fn run(
             return Err(Reject::keep(GatewayError::NoEndpoint));
         };
         a.tried.insert(index);
-        let sending = a.begin(rx, head, index)?;
+        let mut sending = a.begin(rx, head, index)?;
         let endpoint = &pool.endpoints[index];
         // Boxed once: the attempt future is large, and the hedging race and the timeout below
         // would otherwise copy it as they wrap it.
@@ -114,8 +120,14 @@ pub async fn run(
             &endpoint.state,
         ));
         let attempt_start = Instant::now();
-        let raced = match sending.hedge_after {
-            Some(delay) => {
+        let (class, size) = a.head_class;
+        sending
+            .in_flight
+            .wait_head(class, size, attempt_start.into_std());
+        // A retry already decided (and its budget taken) when an adaptive timeout fired.
+        let mut decided = None;
+        let raced = match (sending.hedge_after, sending.soft_by) {
+            (Some(delay), _) => {
                 let cx = HedgeCx {
                     to,
                     tried: &a.tried,
@@ -131,8 +143,22 @@ pub async fn run(
                 let race = Box::pin(hedge::race(first.as_mut(), delay, cx));
                 tokio::time::timeout_at(sending.attempt_by, race).await.ok()
             }
-            None if sending.self_timed => Some(Raced::alone(first.as_mut().await)),
-            None => tokio::time::timeout_at(sending.attempt_by, first.as_mut())
+            (None, Some(soft_by)) => match tokio::time::timeout_at(soft_by, first.as_mut()).await {
+                Ok(r) => Some(Raced::alone(r)),
+                // Abandoned only for a retry that may go now; otherwise it waits on.
+                Err(_) => match a.retry(&Attempt::Timeout) {
+                    Some(delay) => {
+                        decided = Some(delay);
+                        None
+                    }
+                    None => tokio::time::timeout_at(sending.attempt_by, first.as_mut())
+                        .await
+                        .ok()
+                        .map(Raced::alone),
+                },
+            },
+            (None, None) if sending.self_timed => Some(Raced::alone(first.as_mut().await)),
+            (None, None) => tokio::time::timeout_at(sending.attempt_by, first.as_mut())
                 .await
                 .ok()
                 .map(Raced::alone),
@@ -154,6 +180,10 @@ pub async fn run(
                 rx.finish
                     .hold_budget(admitted.budget.take(), mem::take(&mut a.retry_guards));
                 return Ok(answer);
+            }
+            Ended::Failed(..) if decided.is_some() => {
+                sleep_before_retry(decided.unwrap_or_default(), a.headers_by).await;
+                continue;
             }
             Ended::Failed(attempt, error) => (attempt, error),
             Ended::Retry(delay) => {
@@ -185,6 +215,9 @@ struct Sending {
     attempt_by: Instant,
     /// Race a hedge after this long (first attempts of hedging routes with a replayable body).
     hedge_after: Option<std::time::Duration>,
+    /// An adaptive per-try timeout (`per_try_timeout: auto`): past it, a retry replaces the
+    /// attempt if one may be sent.
+    soft_by: Option<Instant>,
     /// An inline HTTP/1 exchange bounds itself on its connection's timer, which costs no timer
     /// registration per request; a hedged race or any other path is timed by the loop.
     self_timed: bool,
@@ -242,6 +275,15 @@ impl Attempts<'_> {
             .as_ref()
             .filter(|_| self.tries == 1 && replayable && pool.endpoints.len() > 1)
             .and_then(|h| h.delay());
+        let soft_by = route
+            .retries()
+            .filter(|r| replayable && hedge_after.is_none() && self.tries < r.policy.attempts)
+            .and_then(|r| match &r.config.per_try_timeout {
+                Some(PerTryTimeout::Auto(auto)) => self.auto_timeout(auto),
+                _ => None,
+            })
+            .map(|t| Instant::now() + t)
+            .filter(|&t| t < attempt_by);
         Ok(Sending {
             body,
             headers,
@@ -249,9 +291,28 @@ impl Attempts<'_> {
             in_flight,
             upgrade,
             attempt_by,
-            self_timed: hedge_after.is_none() && pool.upstream.self_timed(index, upgrade),
+            self_timed: hedge_after.is_none()
+                && soft_by.is_none()
+                && pool.upstream.self_timed(index, upgrade),
             hedge_after,
+            soft_by,
         })
+    }
+
+    /// `per_try_timeout: auto` for this request: the pool's recent quantile of time to head,
+    /// in the request's class and times its size, by the factor, within the bounds. `None`
+    /// until the pool has seen enough attempts.
+    fn auto_timeout(&self, auto: &AutoTimeout) -> Option<std::time::Duration> {
+        let (class, size) = self.head_class;
+        let q = self
+            .to
+            .pool()
+            .health
+            .head_latency()
+            .quantile(class, auto.percentile / 100.0)?;
+        let t = std::time::Duration::try_from_secs_f64(q * f64::from(size) * auto.factor).ok()?;
+        let t = t.max(auto.min);
+        Some(auto.max.map_or(t, |m| t.min(m)))
     }
 
     /// Record how the attempt at `index` ended (`None`: past its deadline) and say what it
@@ -266,6 +327,12 @@ impl Attempts<'_> {
         attempt_start: Instant,
     ) -> Result<Ended, Reject> {
         let (route, pool) = (self.to.route, self.to.pool());
+        // One clock read serves every latency record of this attempt.
+        let attempt_end = Instant::now();
+        let rtt = attempt_end.duration_since(attempt_start);
+        // The first attempt's time to head (or to its end: lost to a hedge, failed, timed out).
+        let mut in_flight = in_flight;
+        in_flight.head_done(rtt);
         let (result, index, in_flight, hedge_span) = match raced {
             None => (None, index, in_flight, None),
             Some(Raced {
@@ -292,15 +359,9 @@ impl Attempts<'_> {
         if let Some(lost) = hedge_span {
             lost.cancel();
         }
-        // One clock read serves every latency record of this attempt.
-        let attempt_end = Instant::now();
-        let rtt = attempt_end.duration_since(attempt_start);
         pool.endpoints[index]
             .state
             .record_latency_at(rtt, attempt_end.into_std());
-        if pool.health.tracks_latency() {
-            pool.health.record_latency(index, rtt);
-        }
         let (attempt, error) = match result {
             Some(Ok(sent)) => {
                 if let Some(h) = &route.hedger {

@@ -113,6 +113,13 @@ async fn forward(
     let mut admitted = admit::admit(rx, to, &head.parts.headers).await?;
     let priority = admit::priority(rx, to);
     let first = pick::first_pick(rx, to, parsed.as_ref(), priority)?;
+    // A whole completion's head comes with its last token: its wait is judged per token.
+    let head_class = switchyard_balance::head_latency::HeadClass::of(
+        parsed
+            .as_ref()
+            .filter(|p| !p.stream)
+            .and_then(|p| p.max_tokens),
+    );
     drop(parsed);
     mirror::copy(rx, to, &head, &body);
     // Kept only for a response filter that reads them: the last attempt takes the headers.
@@ -122,7 +129,16 @@ async fn forward(
         .as_deref()
         .filter(|f| f.response_reads_request())
         .map(|_| Box::new(head.parts.headers.clone()));
-    let answer = attempts::run(rx, to, &mut head, body, first.index, &mut admitted).await?;
+    let answer = attempts::run(
+        rx,
+        to,
+        &mut head,
+        body,
+        first.index,
+        &mut admitted,
+        head_class,
+    )
+    .await?;
     let added = response::Added {
         upgrade: head.upgrade.map(|(_, client_side)| client_side),
         pick_debug: first.debug_header,
