@@ -23,7 +23,7 @@ retries sent (Switchyard: switchyard_retries_total; Envoy: cluster.sim.upstream_
 per-try timeouts and ejections.
 
 Usage: python3 bench/fault/compare.py [--rounds 3] [--seconds 25] [--rate 90] [--whole-share 0.5]
-       [--per-try-timeout 3s] [--proxies switchyard,envoy] [--no-faults] [--latency-outliers]
+       [--per-try-timeout 3s] [--proxies switchyard,envoy] [--no-faults] [--no-latency-outliers]
        [--out fault.json]
 (`--no-faults`: the same load and configs without the crash and the slow replica, as a baseline.)
 Each proxy's counters (Prometheus metrics; Envoy /stats and /clusters) are kept in the work dir.
@@ -55,8 +55,9 @@ def start_fleet_8(d):
 
 def start_switchyard(d, addrs, args):
     eps = ", ".join(addrs)
-    latency = (", latency: {factor: 3, min_requests: 10, interval: 1s, intervals: 2}"
-               if args.latency_outliers else "")
+    # Latency outliers are judged by default in a pool of eight; `--no-latency-outliers` is the
+    # configuration before issue 20.
+    latency = ", latency: false" if args.no_latency_outliers else ""
     conf = os.path.join(d, "switchyard.yaml")
     with open(conf, "w") as f:
         f.write(f"""admin: {{address: 127.0.0.1:{ADMIN_PORT}}}
@@ -210,9 +211,9 @@ def main():
     ap.add_argument("--per-try-timeout", default="3s", help="both proxies' per-try timeout")
     ap.add_argument("--proxies", default="switchyard,envoy")
     ap.add_argument("--no-faults", action="store_true", help="baseline: the same load, no faults")
-    ap.add_argument("--latency-outliers", action="store_true",
-                    help="Switchyard also ejects latency outliers (outlier.latency: factor 3, "
-                         "min_requests 10, interval 1s, intervals 2)")
+    ap.add_argument("--no-latency-outliers", action="store_true",
+                    help="Switchyard does not judge latency outliers (outlier.latency: false); "
+                         "they are on by default in pools of more than two")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="sy-fault-")

@@ -224,6 +224,8 @@ pub struct OutlierDetector {
     settings: OutlierSettings,
     hosts: HashMap<SocketAddr, Host>,
     snapshot: Arc<ArcSwap<EjectionSnapshot>>,
+    /// Returns found between ticks (see [`OutlierDetector::take_returned`]).
+    returned: Vec<OutlierEvent>,
 }
 
 impl OutlierDetector {
@@ -232,6 +234,7 @@ impl OutlierDetector {
             settings,
             hosts: HashMap::new(),
             snapshot: Arc::default(),
+            returned: Vec::new(),
         };
         detector.update(None, endpoints);
         detector
@@ -388,16 +391,18 @@ impl OutlierDetector {
         }
         // Slowest first, so the ejection cap keeps out the worst ones.
         slow.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        let mut events = Vec::new();
+        let mut ejected = Vec::new();
         for (_, addr) in slow {
             if let Some(e) = self.try_eject(addr, EjectReason::Latency, now) {
                 if let Some(h) = self.hosts.get_mut(&addr) {
                     h.slow_intervals = 0;
                 }
-                events.push(e);
+                ejected.push(e);
             }
         }
         self.publish();
+        let mut events = self.take_returned();
+        events.extend(ejected);
         events
     }
 
@@ -405,24 +410,16 @@ impl OutlierDetector {
     /// multipliers, run the success-rate and failure-percentage detectors over the interval's
     /// counts, and start a new interval.
     pub fn tick(&mut self, now: Instant) -> Vec<OutlierEvent> {
-        let mut events = Vec::new();
         let interval = self.settings.interval;
-        for (&address, host) in &mut self.hosts {
-            match host.ejected_until {
-                Some(until) if now >= until => {
-                    host.ejected_until = None;
-                    host.returned_at = Some(until);
-                    events.push(OutlierEvent::Returned { address });
-                }
-                Some(_) => {}
-                None => {
-                    if host
-                        .returned_at
-                        .is_some_and(|t| now.duration_since(t) >= interval)
-                    {
-                        host.multiplier = host.multiplier.saturating_sub(1);
-                    }
-                }
+        self.expire(now);
+        let mut events = self.take_returned();
+        for host in self.hosts.values_mut() {
+            if !host.is_ejected(now)
+                && host
+                    .returned_at
+                    .is_some_and(|t| now.duration_since(t) >= interval)
+            {
+                host.multiplier = host.multiplier.saturating_sub(1);
             }
         }
         let mut candidates = Vec::new();
@@ -501,13 +498,35 @@ impl OutlierDetector {
             .collect()
     }
 
-    /// Eject `addr` unless the cap forbids it; the caller publishes.
+    /// Return every endpoint whose ejection has ended by `now`. Ticks do it, and so does every
+    /// ejection before it counts the ejected against the cap: otherwise an endpoint the cap
+    /// counts as back would still be flagged out until the next tick, and a burst of
+    /// ejections in between could flag out more than `max_ejected_percent` (measured: all
+    /// eight of a pool for half a second, with a 50% cap).
+    fn expire(&mut self, now: Instant) {
+        for (&address, host) in &mut self.hosts {
+            if let Some(until) = host.ejected_until.filter(|&u| now >= u) {
+                host.ejected_until = None;
+                host.returned_at = Some(until);
+                self.returned.push(OutlierEvent::Returned { address });
+            }
+        }
+    }
+
+    /// Returns found since the last call (by ejections between ticks): hand them to the same
+    /// sink as the ejections, so the endpoints' flags come back at once.
+    pub fn take_returned(&mut self) -> Vec<OutlierEvent> {
+        std::mem::take(&mut self.returned)
+    }
+
+    /// Eject `addr` unless the cap forbids it; the caller publishes and takes the returns.
     fn try_eject(
         &mut self,
         addr: SocketAddr,
         reason: EjectReason,
         now: Instant,
     ) -> Option<OutlierEvent> {
+        self.expire(now);
         let total = self.hosts.len() as u64;
         let ejected = self.hosts.values().filter(|h| h.is_ejected(now)).count() as u64;
         let cap = u64::from(self.settings.max_ejected_percent);

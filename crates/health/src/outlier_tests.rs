@@ -573,3 +573,34 @@ async fn a_fleet_wide_slowdown_ejects_nobody_and_the_cap_holds() {
         assert!(events.is_empty());
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_ejection_returns_the_expired_ones_before_counting_the_cap() {
+    // Two of four may be out. Both ejections end at 30 s; before the next tick, two other
+    // endpoints fail. Each ejection first returns the expired ones, so the flags never show
+    // more than two out.
+    let settings = OutlierSettings {
+        consecutive_gateway_errors: 1,
+        max_ejected_percent: 50,
+        interval: Duration::from_secs(10),
+        ..OutlierSettings::default()
+    };
+    let (mut d, a) = detector(4, settings);
+    let t0 = Instant::now();
+    assert!(d.record(a[0], Outcome::GatewayError, t0).is_some());
+    assert!(d.record(a[1], Outcome::GatewayError, t0).is_some());
+    let later = t0 + Duration::from_secs(31);
+    assert!(d.record(a[2], Outcome::GatewayError, later).is_some());
+    let returned = d.take_returned();
+    assert_eq!(returned.len(), 2, "{returned:?}");
+    assert!(returned
+        .iter()
+        .all(|e| matches!(e, OutlierEvent::Returned { .. })));
+    assert!(d.record(a[3], Outcome::GatewayError, later).is_some());
+    assert!(d.take_returned().is_empty());
+    // The tick finds nothing more to return.
+    assert!(d
+        .tick(later)
+        .iter()
+        .all(|e| !matches!(e, OutlierEvent::Returned { .. })));
+}

@@ -58,13 +58,15 @@ impl PassiveHealth {
             state.set_failing(outcome != Outcome::Success);
         }
         if let Some(d) = self.detector.as_ref().filter(|_| self.counts_outcomes) {
-            let event = d
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .record(state.address, outcome, tokio::time::Instant::now());
-            if let Some(e) = event {
-                (self.sink)(e);
-            }
+            let mut d = d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let event = d.record(state.address, outcome, tokio::time::Instant::now());
+            // Endpoints returned by that ejection's cap check (rare: only when one was due).
+            let returned = d.take_returned();
+            drop(d);
+            returned
+                .into_iter()
+                .chain(event)
+                .for_each(|e| (self.sink)(e));
         }
     }
 }
