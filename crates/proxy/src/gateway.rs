@@ -389,7 +389,9 @@ fn build_pool(
                     .clone()
             })
             .collect(),
-        guarded: p.health.is_some() || detector.is_some(),
+        guarded: p.health.is_some()
+            || p.outlier.is_some()
+            || crate::pool::implicit_detection_may_panic(p),
         slow_start: p
             .slow_start
             .as_ref()

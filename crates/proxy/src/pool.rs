@@ -106,3 +106,50 @@ impl PoolEntry {
         self.picker.wants_load_reports() || self.inference.as_ref().is_some_and(|p| p.config().orca)
     }
 }
+
+/// Whether the latency-only outlier detection a pool gets by default (no `outlier` section, more
+/// than two endpoints) could take out enough endpoints for panic mode. Its cap (10%, at least
+/// one endpoint) keeps a pool of three or more above the default 50% threshold, so such pools
+/// skip the availability scan panic mode costs on every pick; a threshold set higher keeps it.
+pub(crate) fn implicit_detection_may_panic(p: &Pool) -> bool {
+    let Some(o) = switchyard_config::health::OutlierDetection::implicit(p.endpoints.len()) else {
+        return false;
+    };
+    let n = p.endpoints.len();
+    let most_out = (n * o.max_ejected_percent as usize / 100).max(1);
+    (n - most_out) * 100 < p.panic_threshold as usize * n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(endpoints: usize, panic_threshold: u32) -> Pool {
+        let eps: Vec<String> = (0..endpoints)
+            .map(|i| format!("127.0.0.1:{}", 9000 + i))
+            .collect();
+        let yaml = format!(
+            "name: p\nendpoints: [{}]\npanic_threshold: {panic_threshold}\n",
+            eps.join(", ")
+        );
+        switchyard_config::yaml::from_str(&yaml).unwrap()
+    }
+
+    #[test]
+    fn default_latency_detection_needs_no_panic_scan_at_the_default_threshold() {
+        assert!(
+            !implicit_detection_may_panic(&pool(2, 50)),
+            "no default detection"
+        );
+        assert!(!implicit_detection_may_panic(&pool(3, 50)));
+        assert!(!implicit_detection_may_panic(&pool(40, 50)));
+        assert!(
+            implicit_detection_may_panic(&pool(3, 80)),
+            "2 of 3 is below 80%"
+        );
+        assert!(
+            implicit_detection_may_panic(&pool(40, 95)),
+            "36 of 40 is below 95%"
+        );
+    }
+}
