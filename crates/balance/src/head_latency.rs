@@ -10,15 +10,16 @@
 //! (a stream's head, most HTTP) in seconds, and attempts whose head waits for a whole generation
 //! (a non-streamed completion that says `max_tokens`) in seconds per requested token.
 //!
-//! Buckets are logarithmic (×1.5 from 50 µs, the last one open), so a median or a p99 is read to
-//! within one bucket (±25%), which is all a factor-of-three outlier test or a timeout needs.
+//! Buckets are logarithmic (two per doubling from 50 µs, the last one open), so a median or a
+//! p99 is read to within one bucket (±25%), which is all a factor-of-three outlier test or a
+//! timeout needs.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-pub const BUCKETS: usize = 32;
+/// Two buckets per doubling from 50 µs: the last one starts at ~26 s and is open.
+pub const BUCKETS: usize = 40;
 const BASE_SECS: f64 = 50e-6;
-const RATIO: f64 = 1.5;
 
 /// How an attempt's head latency is measured: see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,20 +49,38 @@ impl HeadClass {
     }
 }
 
+/// The bucket of `secs`: read off the float's bits (the exponent is the doubling, the top
+/// mantissa bit the half of it), because a logarithm per attempt cost ~50 instructions of the
+/// request path.
 fn bucket(secs: f64) -> usize {
-    if secs.is_nan() || secs <= BASE_SECS {
+    let x = secs / BASE_SECS;
+    if x.is_nan() || x <= 1.0 {
         return 0;
     }
-    let i = ((secs / BASE_SECS).ln() / RATIO.ln()) as usize;
-    i.min(BUCKETS - 1)
+    let bits = x.to_bits();
+    let doubling = ((bits >> 52) & 0x7ff).saturating_sub(1023);
+    let upper_half = (bits >> 51) & 1;
+    usize::try_from(2 * doubling + upper_half)
+        .unwrap_or(usize::MAX)
+        .min(BUCKETS - 1)
 }
 
-/// The value a bucket stands for: its geometric middle.
+/// Where bucket `i` starts: 2^(i/2) × (1 or 1.5) × 50 µs.
+fn bucket_start(i: usize) -> f64 {
+    let doubling = BASE_SECS * (1u64 << (i / 2).min(62)) as f64;
+    if i.is_multiple_of(2) {
+        doubling
+    } else {
+        doubling * 1.5
+    }
+}
+
+/// The value a bucket stands for: the geometric middle of its edges.
 fn bucket_value(i: usize) -> f64 {
-    BASE_SECS * RATIO.powf(i as f64 + 0.5)
+    (bucket_start(i) * bucket_start(i + 1)).sqrt()
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ClassRecorder {
     buckets: [AtomicU32; BUCKETS],
     waiting: AtomicU64,
@@ -69,6 +88,36 @@ struct ClassRecorder {
     waiting_since: AtomicU64,
     /// Sum of the waiting attempts' sizes.
     waiting_size: AtomicU64,
+}
+
+// By hand: `Default` is derived for arrays of at most 32.
+impl Default for ClassRecorder {
+    fn default() -> Self {
+        Self {
+            buckets: std::array::from_fn(|_| AtomicU32::new(0)),
+            waiting: AtomicU64::new(0),
+            waiting_since: AtomicU64::new(0),
+            waiting_size: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Default for ClassWindow {
+    fn default() -> Self {
+        Self {
+            finished: [0; BUCKETS],
+            waiting: 0,
+            waiting_age: 0.0,
+        }
+    }
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self {
+            classes: [[0.0; BUCKETS]; 2],
+        }
+    }
 }
 
 /// One endpoint's recorder (inside `EndpointState`).
@@ -138,7 +187,7 @@ impl HeadRecorder {
 }
 
 /// One class of one endpoint over an interval.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ClassWindow {
     pub finished: [u32; BUCKETS],
     /// Attempts still waiting for their head at the end of the interval.
@@ -199,7 +248,7 @@ impl HeadWindow {
 /// A pool's recent head latencies (finished attempts only), decayed by an eighth a second (a
 /// half-life of about five seconds) so the last seconds weigh most and a pool of a few requests
 /// a second still has enough: what adaptive per-try timeouts read.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LatencyHistogram {
     classes: [[f64; BUCKETS]; 2],
 }
@@ -245,16 +294,30 @@ impl LatencyHistogram {
         for (i, n) in counts.iter().enumerate() {
             seen += n;
             if seen >= want {
-                return Some(BASE_SECS * RATIO.powi(i as i32 + 1));
+                return Some(bucket_start(i + 1));
             }
         }
-        Some(BASE_SECS * RATIO.powi(BUCKETS as i32))
+        Some(bucket_start(BUCKETS))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bucket_edges_agree_with_the_bit_reading() {
+        for i in 0..BUCKETS - 1 {
+            let start = bucket_start(i);
+            assert_eq!(bucket(start * 1.0001), i, "just above bucket {i}'s start");
+            assert_eq!(
+                bucket(bucket_start(i + 1) * 0.9999),
+                i,
+                "just below bucket {}",
+                i + 1
+            );
+        }
+    }
 
     #[test]
     fn buckets_cover_50us_to_tens_of_seconds_in_order() {
