@@ -28,7 +28,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use switchyard_balance::head_latency::{HeadClass, HeadWindow};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -45,15 +44,6 @@ pub struct OutlierSettings {
     pub success_rate: Option<SuccessRateSettings>,
     pub failure_percentage: Option<FailurePercentageSettings>,
     pub latency: Option<LatencySettings>,
-}
-
-/// Latency outlier settings: see [`OutlierDetector::judge_latency`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct LatencySettings {
-    pub factor: f64,
-    pub min_requests: u32,
-    pub interval: Duration,
-    pub intervals: u32,
 }
 
 impl Default for OutlierSettings {
@@ -338,74 +328,6 @@ impl OutlierDetector {
         event
     }
 
-    /// Judge one latency interval (every `latency.interval`, from each endpoint's
-    /// [`HeadWindow`]): in each class, an endpoint with `min_requests` samples (attempts that
-    /// finished in the interval, and those still waiting for their head) is compared with the
-    /// others. Its median above `factor` × the median of those medians (over at least three
-    /// endpoints, so the median means something) counts a slow interval; judged and slow in no
-    /// class resets the count; `intervals` slow ones in a row eject it, under the same cap,
-    /// backoff and return as any ejection. A pool that slows down as a whole moves its median
-    /// with it: nobody is ejected.
-    pub fn judge_latency(
-        &mut self,
-        windows: &[(SocketAddr, HeadWindow)],
-        now: Instant,
-    ) -> Vec<OutlierEvent> {
-        let Some(l) = self.settings.latency.clone() else {
-            return Vec::new();
-        };
-        // Per endpoint: slowest ratio to its class's pool median; `None` when not judged.
-        let mut verdicts: HashMap<SocketAddr, f64> = HashMap::new();
-        for class in HeadClass::ALL {
-            let judged: Vec<(SocketAddr, f64)> = windows
-                .iter()
-                .filter(|(a, _)| self.hosts.get(a).is_some_and(|h| !h.is_ejected(now)))
-                .filter(|(_, w)| w.class(class).samples() >= u64::from(l.min_requests))
-                .filter_map(|(a, w)| Some((*a, w.class(class).median()?)))
-                .collect();
-            if judged.len() < 3 {
-                continue;
-            }
-            let mut medians: Vec<f64> = judged.iter().map(|j| j.1).collect();
-            medians.sort_by(f64::total_cmp);
-            let pool = medians[medians.len() / 2];
-            for (addr, m) in judged {
-                let ratio = m / pool.max(f64::MIN_POSITIVE);
-                let v = verdicts.entry(addr).or_insert(0.0);
-                *v = v.max(ratio);
-            }
-        }
-        let mut slow = Vec::new();
-        for (addr, ratio) in verdicts {
-            let Some(host) = self.hosts.get_mut(&addr) else {
-                continue;
-            };
-            if ratio > l.factor {
-                host.slow_intervals += 1;
-                if host.slow_intervals >= l.intervals {
-                    slow.push((ratio, addr));
-                }
-            } else {
-                host.slow_intervals = 0;
-            }
-        }
-        // Slowest first, so the ejection cap keeps out the worst ones.
-        slow.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        let mut ejected = Vec::new();
-        for (_, addr) in slow {
-            if let Some(e) = self.try_eject(addr, EjectReason::Latency, now) {
-                if let Some(h) = self.hosts.get_mut(&addr) {
-                    h.slow_intervals = 0;
-                }
-                ejected.push(e);
-            }
-        }
-        self.publish();
-        let mut events = self.take_returned();
-        events.extend(ejected);
-        events
-    }
-
     /// Run the interval work at `now`: return endpoints whose ejection ended, decay
     /// multipliers, run the success-rate and failure-percentage detectors over the interval's
     /// counts, and start a new interval.
@@ -595,6 +517,10 @@ pub fn spawn_ticker(
         }
     })
 }
+
+#[path = "outlier_latency.rs"]
+mod latency;
+pub use latency::LatencySettings;
 
 #[cfg(test)]
 #[path = "outlier_tests.rs"]

@@ -296,16 +296,12 @@ impl PoolControl {
             t.abort();
         }
         let by_address = self.by_address.clone();
-        let sink = outlier_sink(
-            self.by_address.clone(),
-            metrics.ejections.clone(),
-            pool.to_string(),
-        );
+        let sink = self.sink(metrics, pool);
         self.head_watch = Some(spawn_head_watch(
             move || by_address.load().values().cloned().collect(),
             &self.head_latency,
             self.detector.as_ref().map(Arc::downgrade),
-            sink,
+            move |e| sink(e),
         ));
     }
 

@@ -306,10 +306,7 @@ async fn an_adaptive_per_try_timeout_retries_a_request_stuck_on_a_slow_replica()
     let pool = "    balancer: round_robin\n    outlier: { consecutive_5xx: 0, consecutive_gateway_errors: 0, consecutive_refused: 0, latency: false }\n";
     let gw = Gateway::start(&config(&fleet.addresses(), route, pool));
     let c = client::http1();
-    let known = || !pools(&gw)["pools"][0]["head_latency"]["head"]["p99_ms"].is_null();
-    while !known() {
-        assert_eq!(chat(&c, &gw).await.0, 200);
-    }
+    until_head_latency_known(&gw, &c).await;
     slow(&fleet, 0, 20_000);
     let start = Instant::now();
     for _ in 0..6 {
@@ -336,10 +333,7 @@ async fn an_adaptive_timeout_never_fails_a_request_it_cannot_retry() {
         "    balancer: round_robin\n",
     ));
     let c = client::http1();
-    let known = || !pools(&gw)["pools"][0]["head_latency"]["head"]["p99_ms"].is_null();
-    while !known() {
-        assert_eq!(chat(&c, &gw).await.0, 200);
-    }
+    until_head_latency_known(&gw, &c).await;
     slow(&fleet, 0, 300);
     for _ in 0..3 {
         assert_eq!(chat(&c, &gw).await.0, 200);
@@ -348,4 +342,12 @@ async fn an_adaptive_timeout_never_fails_a_request_it_cannot_retry() {
         gw.metric("switchyard_upstream_errors_total{pool=\"p\",kind=\"timeout\"}"),
         0.0
     );
+}
+
+/// Send requests until the pool's recent time to head is known (`/pools`), so `auto` has a
+/// timeout to give.
+async fn until_head_latency_known(gw: &Gateway, c: &client::TestClient) {
+    while pools(gw)["pools"][0]["head_latency"]["head"]["p99_ms"].is_null() {
+        assert_eq!(chat(c, gw).await.0, 200);
+    }
 }

@@ -61,7 +61,8 @@ enum Ended {
     /// Failed: the attempt as the retry policy sees it, and the error to answer with unless it
     /// is retried.
     Failed(Attempt, GatewayError),
-    /// Answered with a response the policy retries (its budget taken), after this wait.
+    /// Retried (its budget taken), after this wait: a response the policy retries, or an
+    /// attempt abandoned at its adaptive per-try timeout.
     Retry(std::time::Duration),
 }
 
@@ -172,6 +173,11 @@ pub async fn run(
             sending.span,
             attempt_start,
         )?;
+        // An attempt abandoned at its adaptive timeout was retried when it was abandoned.
+        let ended = match (ended, decided) {
+            (Ended::Failed(..), Some(delay)) => Ended::Retry(delay),
+            (ended, _) => ended,
+        };
         let (attempt, error) = match ended {
             Ended::Answer(answer) => {
                 if let Some(p) = admitted.permit.as_mut() {
@@ -180,10 +186,6 @@ pub async fn run(
                 rx.finish
                     .hold_budget(admitted.budget.take(), mem::take(&mut a.retry_guards));
                 return Ok(answer);
-            }
-            Ended::Failed(..) if decided.is_some() => {
-                sleep_before_retry(decided.unwrap_or_default(), a.headers_by).await;
-                continue;
             }
             Ended::Failed(attempt, error) => (attempt, error),
             Ended::Retry(delay) => {
