@@ -7,6 +7,11 @@
 //! - `GET /pools`: pools, endpoints and their live state as JSON
 //! - `GET /rollouts`, `POST /rollouts/{route}/{action}`: canary rollouts and their controls
 //! - `GET /rate_limits`: each rate limit and its ten busiest keys now (hashed)
+//! - `GET /dashboard`: the live dashboard, one page compiled in (`dashboard.html`)
+//! - `GET /stats`, `/stats/stream`: live rates, latencies and state per route, pool and endpoint
+//!   (`stats.rs`); the stream sends the last minutes first, then a frame a second
+//! - `GET /tap`: a stream of request summaries as they finish; `GET /debug/requests[/{id}]`:
+//!   the last requests kept (`requests.rs`)
 //!
 //! The admin port is for operators and scrapers, but it is a port all the same: a request head
 //! must arrive within `admin.header_read_timeout` and fit in 16 KiB, a connection with nothing in
@@ -14,23 +19,29 @@
 //! (past that the listener stops accepting, as HAProxy does at `maxconn`, and the kernel's
 //! backlog holds the rest).
 
+mod body;
+mod dashboard;
+mod pools;
+mod requests;
+pub mod stats;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use switchyard_balance::head_latency::{HeadClass, LatencyHistogram};
 use switchyard_proxy::connection_idle::{Activity, Tracked};
 use switchyard_proxy::GatewayHandle;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+
+use body::{json, text, AdminBody};
+use stats::Stats;
 
 /// Largest admin request head (request line and headers), in bytes.
 pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
@@ -39,6 +50,8 @@ pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
 pub struct Admin {
     pub handle: Arc<GatewayHandle>,
     pub ready: AtomicBool,
+    /// The live-numbers sampler, started with the admin listener.
+    stats: OnceLock<Arc<Stats>>,
 }
 
 impl Admin {
@@ -46,6 +59,7 @@ impl Admin {
         Arc::new(Self {
             handle,
             ready: AtomicBool::new(false),
+            stats: OnceLock::new(),
         })
     }
 
@@ -60,6 +74,7 @@ impl Admin {
         let header_read = settings.header_read_timeout;
         let slots = Arc::new(Semaphore::new(settings.max_connections));
         let builder = Arc::new(connection_builder(header_read));
+        self.stats.get_or_init(|| Stats::spawn(self.handle.clone()));
         loop {
             // At the cap, wait for a connection to close before accepting the next.
             let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -100,7 +115,7 @@ impl Admin {
         }
     }
 
-    fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    fn route(&self, req: Request<Incoming>) -> Response<AdminBody> {
         if req.method() == Method::POST {
             if let Some(rest) = req.uri().path().strip_prefix("/rollouts/") {
                 return self.rollout_action(rest);
@@ -112,10 +127,19 @@ impl Admin {
                 "only GET is supported (and POST /rollouts/ROUTE/ACTION)\n",
             );
         }
+        let query = req.uri().query();
+        if let Some(id) = req.uri().path().strip_prefix("/debug/requests/") {
+            return requests::debug(&self.handle.observer, Some(id), query);
+        }
         match req.uri().path() {
+            "/dashboard" | "/dashboard/" => dashboard::page(),
+            "/stats" => self.stats_now(),
+            "/stats/stream" => self.stats_stream(),
+            "/tap" => requests::tap(&self.handle.observer, query),
+            "/debug/requests" => requests::debug(&self.handle.observer, None, query),
             "/metrics" => {
                 self.handle.refresh_gauges();
-                let mut r = Response::new(Full::new(Bytes::from(self.handle.metrics.encode())));
+                let mut r = Response::new(body::full(self.handle.metrics.encode()));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
                     header::HeaderValue::from_static(
@@ -134,9 +158,9 @@ impl Admin {
             "/live" => text(StatusCode::OK, "live\n"),
             "/config" => {
                 let g = self.handle.load();
-                json(serde_json::to_value(&*g.config).unwrap_or_default())
+                json(&serde_json::to_value(&*g.config).unwrap_or_default())
             }
-            "/pools" => json(self.pools()),
+            "/pools" => json(&pools::pools(&self.handle)),
             "/rollouts" => {
                 let g = self.handle.load();
                 let rollouts: Vec<_> = g
@@ -144,22 +168,64 @@ impl Admin {
                     .iter()
                     .filter_map(|r| r.rollout.as_ref().map(|ro| ro.view()))
                     .collect();
-                json(serde_json::json!({ "rollouts": rollouts }))
+                json(&serde_json::json!({ "rollouts": rollouts }))
             }
             "/rate_limits" => {
                 let g = self.handle.load();
                 let limits: Vec<_> = g.rate_limits.iter().map(|l| l.view(10)).collect();
-                json(serde_json::json!({ "rate_limits": limits }))
+                json(&serde_json::json!({ "rate_limits": limits }))
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /metrics /ready /live /config /pools /rollouts /rate_limits\n",
+                "not found; try /dashboard /metrics /stats /stats/stream /tap /debug/requests \
+                 /ready /live /config /pools /rollouts /rate_limits\n",
             ),
         }
     }
 
+    fn stats(&self) -> &Arc<Stats> {
+        self.stats.get_or_init(|| Stats::spawn(self.handle.clone()))
+    }
+
+    /// `GET /stats`: the latest frame, serialized once by the sampler.
+    fn stats_now(&self) -> Response<AdminBody> {
+        let frame = self.stats().latest();
+        if frame.is_empty() {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no stats yet: the first frame comes a second after start\n",
+            );
+        }
+        body::json_bytes(frame)
+    }
+
+    /// `GET /stats/stream`: the frames kept (the last minutes), then each new one.
+    fn stats_stream(&self) -> Response<AdminBody> {
+        let stats = self.stats().clone();
+        let mut next = stats.subscribe();
+        next.mark_unchanged();
+        let watching = self.handle.observer.watch();
+        let (tx, response) = body::event_stream();
+        tokio::spawn(async move {
+            let _watching = watching;
+            for frame in stats.history(stats::HISTORY) {
+                if tx.send(body::event(&frame)).await.is_err() {
+                    return;
+                }
+            }
+            // A reader slower than a frame a second skips to the newest (a watch keeps one).
+            while next.changed().await.is_ok() {
+                let frame = next.borrow_and_update().clone();
+                if tx.send(body::event(&frame)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        response
+    }
+
     /// `POST /rollouts/{route}/{pause|resume|promote|abort}`.
-    fn rollout_action(&self, rest: &str) -> Response<Full<Bytes>> {
+    fn rollout_action(&self, rest: &str) -> Response<AdminBody> {
         use switchyard_proxy::rollout::Action;
         let Some((route, action)) = rest.rsplit_once('/') else {
             return text(StatusCode::NOT_FOUND, "use /rollouts/ROUTE/ACTION\n");
@@ -180,107 +246,14 @@ impl Admin {
             return text(StatusCode::NOT_FOUND, "no rollout on that route\n");
         };
         match rollout.act(action) {
-            Ok(_) => json(rollout.view()),
+            Ok(_) => json(&rollout.view()),
             Err(e) => {
-                let mut r = json(serde_json::json!({ "error": e }));
+                let mut r = json(&serde_json::json!({ "error": e }));
                 *r.status_mut() = StatusCode::CONFLICT;
                 r
             }
         }
     }
-
-    fn pools(&self) -> serde_json::Value {
-        let g = self.handle.load();
-        let pools: Vec<_> = g
-            .pools
-            .iter()
-            .map(|p| {
-                let now = std::time::Instant::now();
-                let endpoints: Vec<_> = p
-                    .endpoints
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| {
-                        // What the `inference` picker scores: scraped signals corrected by the
-                        // gateway's own picks, and whether they are fresh.
-                        let inference = p.inference.as_ref().and_then(|picker| {
-                            let v = picker.endpoint_view(i, now)?;
-                            let scrape_error = v.last_scrape_error.map(|(e, age)| {
-                                serde_json::json!({
-                                    "cause": e.cause(),
-                                    "status": e.status(),
-                                    "ms_ago": age.as_secs_f64() * 1000.0,
-                                })
-                            });
-                            Some(serde_json::json!({
-                                "fresh": v.signals.fresh,
-                                "scrape_fresh": v.scrape_fresh,
-                                "last_scrape_ms_ago": v.last_scrape_age.map(|d| d.as_secs_f64() * 1000.0),
-                                "last_scrape_error": scrape_error,
-                                "waiting": v.signals.waiting,
-                                "running": v.signals.running,
-                                "kv_usage": v.signals.kv_usage,
-                                "in_flight_tokens": v.signals.in_flight_tokens,
-                                "num_gpu_blocks": v.signals.num_gpu_blocks,
-                                "lora_running": v.lora_running,
-                                "lora_waiting": v.lora_waiting,
-                            }))
-                        });
-                        serde_json::json!({
-                            "inference": inference,
-                            "address": e.address().to_string(),
-                            "weight": e.weight,
-                            "zone": e.zone,
-                            "region": e.region,
-                            "healthy": e.state.is_healthy(),
-                            "ejected": e.state.is_ejected(),
-                            "load_report": e.state.last_load_report().map(|(u, q, eps)| {
-                                serde_json::json!({"utilization": u, "qps": q, "eps": eps})
-                            }),
-                            "available": e.is_available(),
-                            "latency_ewma_ms": e.state.latency_at(std::time::Instant::now()).map(|d| d.as_secs_f64() * 1000.0),
-                            "in_flight": e.state.in_flight(),
-                            "requests": e.state.requests(),
-                            "failures": e.state.failures(),
-                        })
-                    })
-                    .collect();
-                // An `inference` pool with no fresh signals anywhere scores every endpoint on the
-                // gateway's own in-flight counts: say so rather than claim to be scoring.
-                let mode = match &p.inference {
-                    Some(picker) if picker.fresh_endpoints(now) == 0 => format!(
-                        "degraded: {} (no endpoint has fresh metrics)",
-                        p.picker.name()
-                    ),
-                    Some(_) => "inference".to_string(),
-                    None => p.picker.name().to_string(),
-                };
-                serde_json::json!({
-                    "name": p.name(),
-                    "protocol": p.spec.protocol,
-                    "balancer": p.spec.balancer.kind(),
-                    "mode": mode,
-                    "head_latency": head_latency(&p.health.head_latency()),
-                    "endpoints": endpoints,
-                })
-            })
-            .collect();
-        serde_json::json!({ "pools": pools })
-    }
-}
-
-/// The pool's recent time to response head, per class (what `per_try_timeout: auto` reads):
-/// p50 and p99 in milliseconds, `null` until enough attempts were seen.
-fn head_latency(h: &LatencyHistogram) -> serde_json::Value {
-    let mut out = serde_json::Map::new();
-    for class in HeadClass::ALL {
-        let ms = |q| h.quantile(class, q).map(|s| s * 1000.0);
-        out.insert(
-            class.as_str().into(),
-            serde_json::json!({"p50_ms": ms(0.5), "p99_ms": ms(0.99)}),
-        );
-    }
-    out.into()
 }
 
 fn connection_builder(header_read: Duration) -> auto::Builder<TokioExecutor> {
@@ -296,27 +269,6 @@ fn connection_builder(header_read: Duration) -> auto::Builder<TokioExecutor> {
         .keep_alive_interval(Some(header_read))
         .keep_alive_timeout(header_read);
     b
-}
-
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
-fn json(v: serde_json::Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(
-        serde_json::to_vec_pretty(&v).unwrap_or_default(),
-    )));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    r
 }
 
 /// Bind the admin address.

@@ -52,31 +52,39 @@ impl HeadClass {
 /// The bucket of `secs`: read off the float's bits (the exponent is the doubling, the top
 /// mantissa bit the half of it), because a logarithm per attempt cost ~50 instructions of the
 /// request path.
-fn bucket(secs: f64) -> usize {
+pub fn bucket(secs: f64) -> usize {
+    log_bucket::<1>(secs, BUCKETS)
+}
+
+/// Where bucket `i` starts: 2^(i/2) × (1 or 1.5) × 50 µs.
+pub fn bucket_start(i: usize) -> f64 {
+    log_bucket_start::<1>(i)
+}
+
+/// Log-linear buckets from 50 µs: each doubling split into 2^`SUB` equal parts, read off the
+/// float's exponent and top `SUB` mantissa bits; the last of `buckets` is open.
+pub fn log_bucket<const SUB: u32>(secs: f64, buckets: usize) -> usize {
     let x = secs / BASE_SECS;
     if x.is_nan() || x <= 1.0 {
         return 0;
     }
     let bits = x.to_bits();
     let doubling = ((bits >> 52) & 0x7ff).saturating_sub(1023);
-    let upper_half = (bits >> 51) & 1;
-    usize::try_from(2 * doubling + upper_half)
+    let part = (bits >> (52 - SUB)) & ((1 << SUB) - 1);
+    usize::try_from((doubling << SUB) + part)
         .unwrap_or(usize::MAX)
-        .min(BUCKETS - 1)
+        .min(buckets - 1)
 }
 
-/// Where bucket `i` starts: 2^(i/2) × (1 or 1.5) × 50 µs.
-fn bucket_start(i: usize) -> f64 {
-    let doubling = BASE_SECS * (1u64 << (i / 2).min(62)) as f64;
-    if i.is_multiple_of(2) {
-        doubling
-    } else {
-        doubling * 1.5
-    }
+/// Where bucket `i` of [`log_bucket`] starts: 2^(i / 2^SUB) × (1 + part / 2^SUB) × 50 µs.
+pub fn log_bucket_start<const SUB: u32>(i: usize) -> f64 {
+    let doubling = BASE_SECS * (1u64 << (i >> SUB).min(62)) as f64;
+    let part = (i & ((1 << SUB) - 1)) as f64;
+    doubling * (1.0 + part / f64::from(1u32 << SUB))
 }
 
 /// The value a bucket stands for: the geometric middle of its edges.
-fn bucket_value(i: usize) -> f64 {
+pub fn bucket_value(i: usize) -> f64 {
     (bucket_start(i) * bucket_start(i + 1)).sqrt()
 }
 
@@ -304,6 +312,20 @@ impl LatencyHistogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finer_buckets_agree_with_their_edges() {
+        for i in 1..80 {
+            let start = log_bucket_start::<2>(i);
+            assert_eq!(log_bucket::<2>(start * 1.0001, 84), i, "above {i}'s start");
+            assert_eq!(
+                log_bucket::<2>(log_bucket_start::<2>(i + 1) * 0.9999, 84),
+                i
+            );
+            assert!(log_bucket_start::<2>(i + 1) / start <= 1.25 + 1e-9);
+        }
+        assert_eq!(log_bucket::<2>(1e9, 84), 83);
+    }
 
     #[test]
     fn bucket_edges_agree_with_the_bit_reading() {

@@ -53,6 +53,9 @@ pub struct Admin {
     /// Connections served at once; past it the admin listener stops accepting until one closes.
     #[serde(default = "default_admin_max_connections")]
     pub max_connections: usize,
+    /// Finished requests kept for `/debug/requests/{id}` (0 keeps none). Read at start.
+    #[serde(default = "default_recent_requests")]
+    pub recent_requests: usize,
 }
 
 impl Default for Admin {
@@ -61,8 +64,13 @@ impl Default for Admin {
             address: default_admin_address(),
             header_read_timeout: default_header_read_timeout(),
             max_connections: default_admin_max_connections(),
+            recent_requests: default_recent_requests(),
         }
     }
+}
+
+fn default_recent_requests() -> usize {
+    1024
 }
 
 fn default_admin_max_connections() -> usize {

@@ -75,6 +75,13 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
     if config.admin.max_connections == 0 {
         c.error("admin.max_connections".to_string(), "must be at least 1");
     }
+    // ~300 bytes a slot, allocated at start: a million is 300 MB, past any debugging need.
+    if config.admin.recent_requests > 1_000_000 {
+        c.error(
+            "admin.recent_requests".to_string(),
+            "must be at most 1000000",
+        );
+    }
     let mut addresses = HashMap::new();
     for (i, l) in config.listeners.iter().enumerate() {
         // Port 0 asks the OS for a free port, so it never collides.

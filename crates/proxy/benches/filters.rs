@@ -18,9 +18,16 @@ fn route(filters: &str) -> RouteFilters {
     );
     let c = switchyard_config::parse(&yaml, std::path::Path::new("bench.yaml")).unwrap();
     let m = switchyard_telemetry::Metrics::new();
-    *RouteFilters::compile(&c.routes[0], || Arc::new(RouteMetrics::new(&m, "r", "")))
-        .unwrap()
-        .unwrap()
+    *RouteFilters::compile(&c.routes[0], || {
+        Arc::new(RouteMetrics::new(
+            &m,
+            &switchyard_proxy::observe::LiveRegistry::default(),
+            "r",
+            "",
+        ))
+    })
+    .unwrap()
+    .unwrap()
 }
 
 fn request() -> http::request::Parts {

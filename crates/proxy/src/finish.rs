@@ -12,6 +12,7 @@ use switchyard_telemetry::{AccessLog, AccessRecord};
 use tokio::time::Instant;
 
 pub use crate::models::RequestModel;
+use crate::observe::{Observer, RequestMeta, RequestRecord};
 use crate::passive_health::PassiveHealth;
 use crate::route_metrics::RouteMetrics;
 use crate::trace::RequestSpan;
@@ -59,6 +60,13 @@ pub struct Finish {
     charges: Vec<crate::rate_limit::TokenCharge>,
     /// Prompt plus completion tokens the response reported.
     usage: Option<u64>,
+    /// Where the finished request is reported for `/tap` and `/debug/requests`, and what it was.
+    observed: Option<Box<(Arc<Observer>, RequestMeta)>>,
+    /// Request start to the first chunk of a streamed response.
+    ttft: Option<std::time::Duration>,
+    hedged: bool,
+    /// The `inference` pick's explanation, when the pick made one.
+    pick: Option<Box<str>>,
 }
 
 impl Finish {
@@ -85,7 +93,32 @@ impl Finish {
             model: None,
             charges: Vec::new(),
             usage: None,
+            observed: None,
+            ttft: None,
+            hedged: false,
+            pick: None,
         }
+    }
+
+    /// Report the finished request to `observer` (`/tap`, `/debug/requests`).
+    pub fn observe(&mut self, observer: Arc<Observer>, meta: RequestMeta) {
+        self.observed = Some(Box::new((observer, meta)));
+    }
+
+    /// Whether an `inference` pick should explain itself for this request (someone is
+    /// watching, or a sample).
+    pub fn explains_pick(&self) -> bool {
+        self.observed.as_ref().is_some_and(|o| o.0.explain_pick())
+    }
+
+    /// The `inference` pick's explanation (the `x-switchyard-pick` text).
+    pub fn set_pick(&mut self, explanation: &str) {
+        self.pick = Some(explanation.into());
+    }
+
+    /// A hedge was sent for this request.
+    pub fn hedged(&mut self) {
+        self.hedged = true;
     }
 
     /// A token limit's reservation, to settle when the exchange ends.
@@ -168,6 +201,7 @@ impl Finish {
 
     /// The first chunk of a streamed response went out.
     pub fn first_chunk(&mut self) {
+        self.ttft.get_or_insert_with(|| self.start.elapsed());
         if let Some(t) = &self.trace {
             t.first_token();
         }
@@ -238,7 +272,11 @@ impl Drop for Finish {
                 c.settle(self.usage, ok);
             }
         }
-        if self.metrics.is_none() && self.access.is_none() && self.trace.is_none() {
+        if self.metrics.is_none()
+            && self.access.is_none()
+            && self.trace.is_none()
+            && self.observed.is_none()
+        {
             // Spent (handed over with `take`), or nothing to report to.
             return;
         }
@@ -247,6 +285,13 @@ impl Drop for Finish {
         if let Some(m) = &metrics {
             m.count(self.status);
             m.duration.observe(elapsed.as_secs_f64());
+            m.live.finished(
+                self.status,
+                elapsed,
+                self.error,
+                self.retries.len(),
+                self.hedged,
+            );
             if let Some(arm) = &m.arm {
                 arm.record(self.status, elapsed);
             }
@@ -257,7 +302,7 @@ impl Drop for Finish {
         let trace_id = self
             .trace
             .as_ref()
-            .filter(|_| self.access.is_some())
+            .filter(|_| self.access.is_some() || self.observed.is_some())
             .and_then(|t| t.trace_id());
         if let Some(t) = self.trace.take() {
             let routed = !route.is_empty();
@@ -294,6 +339,25 @@ impl Drop for Finish {
                 duration_ms: elapsed.as_secs_f64() * 1000.0,
                 response_bytes: self.bytes,
                 error: self.error,
+            });
+        }
+        if let Some(observed) = self.observed.take() {
+            let (observer, meta) = *observed;
+            observer.finished(RequestRecord {
+                ended: SystemTime::now(),
+                meta,
+                target: metrics,
+                endpoint: self.upstream.as_ref().map(|u| u.endpoint().address),
+                status: self.status,
+                duration: elapsed,
+                ttft: self.ttft,
+                model: self.model.take().map(|m| m.model.clone()),
+                retries: u8::try_from(self.retries.len()).unwrap_or(u8::MAX),
+                hedged: self.hedged,
+                error: self.error,
+                pick: self.pick.take(),
+                bytes: self.bytes,
+                trace_id,
             });
         }
     }

@@ -23,6 +23,7 @@ pub mod headers;
 pub mod listener;
 pub mod mirror;
 pub mod models;
+pub mod observe;
 pub mod passive_health;
 pub mod pipeline;
 pub mod pool;

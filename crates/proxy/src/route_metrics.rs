@@ -28,10 +28,17 @@ pub struct RouteMetrics {
     /// The rollout arm this target is, if its route has a rollout: it sees every finished
     /// request and streamed first chunk of the target.
     pub arm: Option<Arc<crate::rollout::judge::ArmWindow>>,
+    /// What `/stats` and the dashboard read: kept across reloads by (route, pool).
+    pub live: Arc<crate::observe::LiveRoute>,
 }
 
 impl RouteMetrics {
-    pub fn new(metrics: &Metrics, route: &str, pool: &str) -> Self {
+    pub fn new(
+        metrics: &Metrics,
+        live: &crate::observe::LiveRegistry,
+        route: &str,
+        pool: &str,
+    ) -> Self {
         let labels = RouteLabels {
             route: route.to_string(),
             pool: pool.to_string(),
@@ -52,6 +59,7 @@ impl RouteMetrics {
             tokens_family: metrics.tokens.clone(),
             tokens_by_model: ModelCells::new(),
             arm: None,
+            live: live.route(route, pool),
         }
     }
 

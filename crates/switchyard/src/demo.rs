@@ -187,7 +187,7 @@ async fn run(mut args: DemoArgs) -> anyhow::Result<()> {
     });
 
     println!(
-        "\nSwitchyard demo is running.\n\n  gateway    http://{gateway}\n  admin      http://{admin}/metrics  /pools  /config  /ready\n  fleet      {n} simulated replicas of {MODEL} (+ LoRA `{ADAPTER}`) in zone-a and zone-b:\n{fleet_list}  load       {load}\n\nTry a streamed chat completion:\n\n  curl -N http://{gateway}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\":\"{MODEL}\",\"stream\":true,\"max_tokens\":32,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'\n\nPress Ctrl-C to stop.\n",
+        "\nSwitchyard demo is running.\n\n  dashboard  http://{admin}/dashboard\n  gateway    http://{gateway}\n  admin      http://{admin}/metrics  /pools  /stats  /tap  /config  /ready\n  terminal   switchyard top --admin {admin}    switchyard tap --admin {admin}\n  fleet      {n} simulated replicas of {MODEL} (+ LoRA `{ADAPTER}`) in zone-a and zone-b:\n{fleet_list}  load       {load}\n\nTry a streamed chat completion:\n\n  curl -N http://{gateway}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\":\"{MODEL}\",\"stream\":true,\"max_tokens\":32,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'\n\nPress Ctrl-C to stop.\n",
         admin = started.admin_address,
         n = addresses.len(),
         fleet_list = addresses

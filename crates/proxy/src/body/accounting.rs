@@ -14,11 +14,14 @@ use switchyard_inference::{Usage, UsageTail};
 use tokio::time::Instant;
 
 use crate::models::ModelStreamMetrics;
+use crate::observe::LiveRoute;
 
 /// Usage and timing of one response. Boxed on the body: most responses carry none.
 pub struct Accounting {
     usage: Option<UsageReader>,
     stream: Option<StreamTimer>,
+    /// The route target's live numbers: output tokens.
+    live: std::sync::Arc<LiveRoute>,
 }
 
 /// The one usage reader: the body's last bytes, kept bounded, read for `usage` at the end.
@@ -38,6 +41,8 @@ pub struct StreamTimer {
     model: Option<ModelTiming>,
     /// The rollout arm of the route target, for its `ttft_p99` and `tpot_p99` checks.
     arm: Option<std::sync::Arc<crate::rollout::judge::ArmWindow>>,
+    /// The route target's live numbers (first chunk, gaps).
+    live: std::sync::Arc<LiveRoute>,
 }
 
 struct ModelTiming {
@@ -52,7 +57,12 @@ struct ModelTiming {
 
 impl StreamTimer {
     /// Times a stream whose request arrived at `start` into the route's histograms.
-    pub fn new(start: Instant, first_chunk: Histogram, chunk_gap: Histogram) -> Self {
+    pub fn new(
+        start: Instant,
+        first_chunk: Histogram,
+        chunk_gap: Histogram,
+        live: std::sync::Arc<LiveRoute>,
+    ) -> Self {
         Self {
             start,
             first_chunk,
@@ -60,6 +70,7 @@ impl StreamTimer {
             last_chunk: None,
             model: None,
             arm: None,
+            live,
         }
     }
 
@@ -91,6 +102,7 @@ impl StreamTimer {
                 let elapsed = now.duration_since(self.start);
                 let ttft = elapsed.as_secs_f64();
                 self.first_chunk.observe(ttft);
+                self.live.first_chunk(ttft);
                 if let Some(arm) = &self.arm {
                     arm.record_ttft(elapsed);
                 }
@@ -100,8 +112,9 @@ impl StreamTimer {
                 true
             }
             Some(prev) => {
-                self.chunk_gap
-                    .observe(now.duration_since(prev).as_secs_f64());
+                let gap = now.duration_since(prev).as_secs_f64();
+                self.chunk_gap.observe(gap);
+                self.live.chunk_gap(gap);
                 false
             }
         };
@@ -122,9 +135,16 @@ impl StreamTimer {
         first
     }
 
+    /// Output tokens of the stream: `usage`, else the text events counted for a known model.
+    fn output_tokens(&self, usage: Option<Usage>) -> Option<u64> {
+        usage
+            .map(|u| u.completion_tokens)
+            .or_else(|| self.model.as_ref().map(|m| m.text_events))
+    }
+
     fn on_end(&self, usage: Option<Usage>) {
         let Some(m) = &self.model else { return };
-        let output = usage.map_or(m.text_events, |u| u.completion_tokens);
+        let output = self.output_tokens(usage).unwrap_or(0);
         if output == 0 {
             return;
         }
@@ -144,13 +164,18 @@ impl StreamTimer {
 }
 
 impl Accounting {
-    pub fn new(usage_tokens: Option<(Counter, Counter)>, stream: Option<StreamTimer>) -> Self {
+    pub fn new(
+        usage_tokens: Option<(Counter, Counter)>,
+        stream: Option<StreamTimer>,
+        live: std::sync::Arc<LiveRoute>,
+    ) -> Self {
         Self {
             usage: usage_tokens.map(|tokens| UsageReader {
                 tokens,
                 tail: UsageTail::default(),
             }),
             stream,
+            live,
         }
     }
 
@@ -170,8 +195,15 @@ impl Accounting {
             u.tokens.1.inc_by(usage.completion_tokens);
             Some(usage)
         });
-        if let Some(s) = &self.stream {
-            s.on_end(usage);
+        let output = match &self.stream {
+            Some(s) => {
+                s.on_end(usage);
+                s.output_tokens(usage)
+            }
+            None => usage.map(|u| u.completion_tokens),
+        };
+        if let Some(n) = output.filter(|&n| n > 0) {
+            self.live.output_tokens(n);
         }
         usage
     }
@@ -190,6 +222,10 @@ mod tests {
     use prometheus_client::metrics::histogram::Histogram;
     use std::time::Duration;
     use tokio::time::Instant;
+
+    fn live() -> std::sync::Arc<crate::observe::LiveRoute> {
+        std::sync::Arc::default()
+    }
 
     fn histogram() -> Histogram {
         Histogram::new([0.001, 1.0, 10.0, 100.0].into_iter())
@@ -231,8 +267,10 @@ mod tests {
         let m = histograms();
         let (first, gap) = (histogram(), histogram());
         let t0 = Instant::now();
-        let timer = StreamTimer::new(t0, first.clone(), gap.clone()).with_model(m.clone());
-        let mut a = Accounting::new(Some(tokens.clone()), Some(timer));
+        let route = live();
+        let timer =
+            StreamTimer::new(t0, first.clone(), gap.clone(), route.clone()).with_model(m.clone());
+        let mut a = Accounting::new(Some(tokens.clone()), Some(timer), route.clone());
         let ms = |n| t0 + Duration::from_millis(n);
         assert!(a.on_chunk(ROLE, ms(100)));
         assert!(!a.on_chunk(TOKEN, ms(100)));
@@ -251,6 +289,12 @@ mod tests {
         assert_eq!(n, 2);
         assert!((sum - 0.04).abs() < 1e-9);
         assert_eq!(observed(&m.output_tokens), (1, 3.0));
+        // The live numbers see the same first chunk, gaps and output tokens.
+        let seen = route.snapshot();
+        assert_eq!(
+            (seen.ttft.count(), seen.itl.count(), seen.output_tokens),
+            (1, 5, 3)
+        );
         // (3 - 1) tokens over 40 ms.
         let (n, rate) = observed(&m.tokens_per_second);
         assert_eq!(n, 1);
@@ -261,8 +305,8 @@ mod tests {
     fn stream_of_unknown_model_counts_route_usage_only() {
         let tokens = (Counter::default(), Counter::default());
         let t0 = Instant::now();
-        let timer = StreamTimer::new(t0, histogram(), histogram());
-        let mut a = Accounting::new(Some(tokens.clone()), Some(timer));
+        let timer = StreamTimer::new(t0, histogram(), histogram(), live());
+        let mut a = Accounting::new(Some(tokens.clone()), Some(timer), live());
         a.on_chunk(TOKEN, t0);
         a.on_chunk(END, t0);
         let usage = a.on_end().expect("usage");
@@ -275,8 +319,8 @@ mod tests {
         let tokens = (Counter::default(), Counter::default());
         let m = histograms();
         let t0 = Instant::now();
-        let timer = StreamTimer::new(t0, histogram(), histogram()).with_model(m.clone());
-        let mut a = Accounting::new(Some(tokens.clone()), Some(timer));
+        let timer = StreamTimer::new(t0, histogram(), histogram(), live()).with_model(m.clone());
+        let mut a = Accounting::new(Some(tokens.clone()), Some(timer), live());
         for i in 0..4 {
             a.on_chunk(TOKEN, t0 + Duration::from_millis(10 * i));
         }
@@ -289,7 +333,7 @@ mod tests {
     #[test]
     fn json_usage_from_the_tail() {
         let tokens = (Counter::default(), Counter::default());
-        let mut a = Accounting::new(Some(tokens.clone()), None);
+        let mut a = Accounting::new(Some(tokens.clone()), None, live());
         let now = Instant::now();
         a.on_chunk(b"{\"choices\":[{\"message\":{\"content\":\"", now);
         a.on_chunk(&[b'a'; 200_000], now);

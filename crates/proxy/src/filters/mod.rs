@@ -151,9 +151,16 @@ pub(crate) mod tests {
         )
         .unwrap();
         let m = switchyard_telemetry::Metrics::new();
-        RouteFilters::compile(&c.routes[0], || Arc::new(RouteMetrics::new(&m, "r", "")))
-            .unwrap()
-            .unwrap()
+        RouteFilters::compile(&c.routes[0], || {
+            Arc::new(RouteMetrics::new(
+                &m,
+                &crate::observe::LiveRegistry::default(),
+                "r",
+                "",
+            ))
+        })
+        .unwrap()
+        .unwrap()
     }
 
     pub(crate) fn vars() -> (HeaderValue, HeaderValue) {

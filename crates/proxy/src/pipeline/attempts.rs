@@ -335,6 +335,9 @@ impl Attempts<'_> {
         // The first attempt's time to head (or to its end: lost to a hedge, failed, timed out).
         let mut in_flight = in_flight;
         in_flight.head_done(rtt);
+        if raced.as_ref().is_some_and(|r| r.hedged) {
+            rx.finish.hedged();
+        }
         let (result, index, in_flight, hedge_span) = match raced {
             None => (None, index, in_flight, None),
             Some(Raced {
@@ -346,11 +349,13 @@ impl Attempts<'_> {
                 result,
                 won: None,
                 span: lost,
+                ..
             }) => (Some(result), index, in_flight, lost),
             Some(Raced {
                 result,
                 won: Some(won),
                 span: winner,
+                ..
             }) => {
                 self.tried.insert(won.index);
                 // The hedge won: its span is the one that goes on; the first attempt's is lost.

@@ -178,11 +178,20 @@ impl<'c> Exchange<'c> {
                 &request_id,
             ))
         });
+        let mut finish = Finish::new(start, access, trace);
+        finish.observe(
+            handle.observer.clone(),
+            crate::observe::RequestMeta {
+                id: crate::observe::recent::RequestId::new(request_id.as_bytes()),
+                method: req.method().clone(),
+                path: crate::observe::recent::RequestPath::new(req.uri().path().as_bytes()),
+            },
+        );
         Self {
             conn,
             scan,
             request_id,
-            finish: Finish::new(start, access, trace),
+            finish,
             response_headers: Vec::new(),
         }
     }

@@ -28,6 +28,8 @@ pub struct Raced {
     pub result: Result<Sent, Failure>,
     pub won: Option<HedgeWin>,
     pub span: Option<AttemptSpan>,
+    /// A hedge was sent (whether or not it won).
+    pub hedged: bool,
 }
 
 impl Raced {
@@ -36,6 +38,7 @@ impl Raced {
             result,
             won: None,
             span: None,
+            hedged: false,
         }
     }
 }
@@ -100,11 +103,12 @@ where
         &endpoint.state,
     ));
     tokio::select! {
-        r = &mut first => Raced { result: r, won: None, span },
+        r = &mut first => Raced { result: r, won: None, span, hedged: true },
         r = second => match r {
             Ok(resp) => {
                 counters.won.inc();
-                Raced { result: Ok(resp), won: Some(HedgeWin { index, in_flight }), span }
+                let won = Some(HedgeWin { index, in_flight });
+                Raced { result: Ok(resp), won, span, hedged: true }
             }
             Err(failure) => {
                 if let Some(s) = span.take() {
@@ -115,7 +119,7 @@ where
                     pool.record_outcome(index, failure.outcome());
                 }
                 drop(in_flight);
-                Raced::alone(first.await)
+                Raced { hedged: true, ..Raced::alone(first.await) }
             }
         },
     }

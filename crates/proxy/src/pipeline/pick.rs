@@ -32,7 +32,10 @@ pub fn first_pick(
     // Scores are for operators: only a listener that trusts its clients answers the header.
     let debug_header = rx.scan.debug && rx.conn.trust.debug;
     // A sampled trace carries the explanation whether or not the client asked for it.
-    let debug = debug_header || rx.finish.trace().is_some_and(RequestSpan::recording);
+    // So does one watched live (`/tap`, the dashboard), or sampled for `/debug/requests`.
+    let debug = debug_header
+        || rx.finish.trace().is_some_and(RequestSpan::recording)
+        || rx.finish.explains_pick();
     let pick = picker.pick_request(
         &to.pool().endpoints,
         parsed,
@@ -56,6 +59,7 @@ pub fn first_pick(
         if let Some(t) = rx.finish.trace() {
             t.set_pick(&explanation, &pick.decision);
         }
+        rx.finish.set_pick(&explanation);
         if debug_header {
             first.debug_header = HeaderValue::from_str(&explanation).ok();
         }

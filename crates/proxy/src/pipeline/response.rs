@@ -158,6 +158,7 @@ fn accounting(
             rx.start_time(),
             metrics.stream_first_chunk.clone(),
             metrics.stream_chunk_gap.clone(),
+            metrics.live.clone(),
         )
         .with_arm(metrics.arm.clone());
         match model {
@@ -168,7 +169,8 @@ fn accounting(
             None => timer,
         }
     });
-    (usage_tokens.is_some() || stream.is_some()).then(|| Accounting::new(usage_tokens, stream))
+    (usage_tokens.is_some() || stream.is_some())
+        .then(|| Accounting::new(usage_tokens, stream, metrics.live.clone()))
 }
 
 /// Splice an upgraded connection (WebSocket and friends) once both sides have switched.

@@ -16,11 +16,12 @@ use crate::passive_health::PassiveHealth;
 pub use crate::pool::PoolEntry;
 use crate::pool_control::PoolControl;
 pub use crate::route_entry::{HedgeMetrics, RouteEntry, RouteRetry, RouteTarget};
-use crate::route_match::RouteMatch;
 pub use crate::route_metrics::RouteMetrics;
 use crate::upstream::upgrade::{build_client, client_key, UpgradeClient};
 use crate::upstream::{EndpointConns, Transport, Upstream};
-use switchyard_resilience::{HedgeDelay, HedgeParams, Hedger};
+use routes::build_route;
+
+mod routes;
 
 type ConnRegistry = HashMap<(String, std::net::SocketAddr), Arc<EndpointConns>>;
 
@@ -74,6 +75,15 @@ pub struct GatewayHandle {
     pub metrics: Arc<Metrics>,
     models: Arc<ModelLabels>,
     access_log: OnceLock<AccessLog>,
+    /// Live numbers, the last requests and the tap, across generations.
+    pub observer: Arc<crate::observe::Observer>,
+}
+
+/// What every generation shares: metric families, model labels, live numbers.
+struct Shared<'a> {
+    metrics: &'a Metrics,
+    models: &'a Arc<ModelLabels>,
+    live: &'a crate::observe::LiveRegistry,
 }
 
 impl GatewayHandle {
@@ -82,14 +92,19 @@ impl GatewayHandle {
         let mut conns = ConnRegistry::new();
         let mut controls = HashMap::new();
         let models = Arc::new(ModelLabels::new());
+        let observer = Arc::new(crate::observe::Observer::new(config.admin.recent_requests));
+        let shared = Shared {
+            metrics: &metrics,
+            models: &models,
+            live: &observer.live,
+        };
         let gateway = build(
             config,
             None,
             &mut states,
             &mut conns,
             &mut controls,
-            &metrics,
-            &models,
+            &shared,
         )?;
         Ok(Arc::new(Self {
             current: ArcSwap::from_pointee(gateway),
@@ -99,6 +114,7 @@ impl GatewayHandle {
             metrics,
             models,
             access_log: OnceLock::new(),
+            observer,
         }))
     }
 
@@ -116,15 +132,25 @@ impl GatewayHandle {
             .expect("connection registry lock poisoned");
         let mut controls = self.controls.lock().expect("pool control lock poisoned");
         let old = self.current.load_full();
+        let shared = Shared {
+            metrics: &self.metrics,
+            models: &self.models,
+            live: &self.observer.live,
+        };
         let gateway = build(
             config,
             Some(&old),
             &mut states,
             &mut conns,
             &mut controls,
-            &self.metrics,
-            &self.models,
+            &shared,
         )?;
+        self.observer.live.retain(|route, pool| {
+            gateway.routes.iter().any(|r| {
+                r.name == route
+                    && (pool.is_empty() || r.targets.iter().any(|t| t.metrics.pool() == pool))
+            }) || route.is_empty()
+        });
         controls.retain(|name, _| gateway.pools.iter().any(|p| p.name() == name));
         conns.retain(|(pool, addr), _| {
             gateway
@@ -167,9 +193,9 @@ fn build(
     states: &mut StateRegistry,
     conns: &mut ConnRegistry,
     controls: &mut HashMap<String, PoolControl>,
-    metrics: &Metrics,
-    models: &Arc<ModelLabels>,
+    shared: &Shared<'_>,
 ) -> Result<Gateway, String> {
+    let (metrics, models, live) = (shared.metrics, shared.models, shared.live);
     let old_clients: HashMap<&str, (&Pool, &UpgradeClient)> = old
         .map(|g| {
             g.pools
@@ -235,7 +261,7 @@ fn build(
         .iter()
         .map(|r| {
             let mut route =
-                build_route(r, old, &pools, metrics, config.runtime.state_dir.as_deref())?;
+                build_route(r, old, &pools, shared, config.runtime.state_dir.as_deref())?;
             route.rate_limits = r
                 .rate_limits
                 .iter()
@@ -276,7 +302,7 @@ fn build(
         config: Arc::new(config),
         routes,
         pools,
-        unrouted: Arc::new(RouteMetrics::new(metrics, "", "")),
+        unrouted: Arc::new(RouteMetrics::new(metrics, live, "", "")),
         models: models.clone(),
         rate_limits,
     })
@@ -421,138 +447,6 @@ fn build_pool(
         timeouts: error_counter("timeout"),
         resets: error_counter("reset"),
     }))
-}
-
-/// One route of a new generation; an unchanged retry policy or hedger keeps its state.
-fn build_route(
-    r: &switchyard_config::Route,
-    old: Option<&Gateway>,
-    pools: &[Arc<PoolEntry>],
-    metrics: &Metrics,
-    state_dir: Option<&std::path::Path>,
-) -> Result<RouteEntry, String> {
-    let rollout = build_rollout(r, old, metrics, state_dir)?;
-    let mut targets = Vec::new();
-    for (i, t) in r.targets().into_iter().enumerate() {
-        let pool = pools
-            .iter()
-            .find(|p| p.name() == t.pool)
-            .ok_or_else(|| format!("route `{}`: no pool named `{}`", r.name, t.pool))?
-            .clone();
-        targets.push(RouteTarget {
-            pool,
-            weight: t.weight,
-            model: t.model.map(Arc::from),
-            metrics: Arc::new(
-                RouteMetrics::new(metrics, &r.name, t.pool)
-                    .with_arm(rollout.as_ref().and_then(|ro| ro.arm(i)).cloned()),
-            ),
-        });
-    }
-    let filters = crate::filters::RouteFilters::compile(r, || {
-        Arc::new(RouteMetrics::new(metrics, &r.name, ""))
-    })
-    .map_err(|e| format!("route `{}`: {e}", r.name))?;
-    let answers = filters.as_ref().is_some_and(|f| f.answer.is_some());
-    if targets.is_empty() && !answers {
-        return Err(format!("route `{}`: no pool or backends", r.name));
-    }
-    let cumulative_weights = targets
-        .iter()
-        .scan(0u64, |sum, t| {
-            *sum += u64::from(t.weight);
-            Some(*sum)
-        })
-        .collect();
-    let retry = r.retry.as_ref().map(|c| {
-        let kept = old
-            .and_then(|g| g.routes.iter().find(|o| o.name == r.name))
-            .and_then(|o| o.retry.clone())
-            .filter(|o| o.config == *c);
-        kept.unwrap_or_else(|| RouteRetry::new(c))
-    });
-    let old_route = old.and_then(|g| g.routes.iter().find(|o| o.name == r.name));
-    let hedger = r.hedge.as_ref().map(|c| {
-        old_route
-            .filter(|o| o.hedge_config.as_ref() == Some(c))
-            .and_then(|o| o.hedger.clone())
-            .unwrap_or_else(|| {
-                let delay = match (c.delay, c.percentile) {
-                    (Some(d), _) => HedgeDelay::Fixed(d),
-                    (None, Some(p)) => HedgeDelay::Percentile(p),
-                    (None, None) => HedgeDelay::Percentile(95.0),
-                };
-                let mut params = HedgeParams::new(delay);
-                params.budget_percent = c.budget_percent;
-                Hedger::new(params)
-            })
-    });
-    Ok(RouteEntry {
-        hedge_metrics: hedger.as_ref().map(|_| HedgeMetrics::new(metrics, &r.name)),
-        priority: r.priority,
-        retry,
-        hedger,
-        hedge_config: r.hedge.clone(),
-        retries: metrics.retries.clone(),
-        retries_refused: metrics.retries_refused.clone(),
-        name: r.name.clone(),
-        matcher: RouteMatch::compile(&r.matcher).map_err(|e| format!("route `{}`: {e}", r.name))?,
-        targets: targets.into_boxed_slice(),
-        cumulative_weights,
-        timeout: r.timeout,
-        idle_timeout: r.idle_timeout,
-        max_request_body: r.max_request_body,
-        body_read_timeout: r.body_read_timeout,
-        split: crate::route_entry::Split::new(r)?,
-        rollout,
-        rate_limits: Box::new([]),
-        filters,
-        mirrors: r
-            .mirror
-            .iter()
-            .map(|m| {
-                let pool = pools
-                    .iter()
-                    .find(|p| p.name() == m.pool)
-                    .ok_or_else(|| format!("route `{}`: no pool named `{}`", r.name, m.pool))?;
-                Ok(Arc::new(crate::mirror::Mirror::new(
-                    r,
-                    m,
-                    pool.clone(),
-                    metrics,
-                )))
-            })
-            .collect::<Result<_, String>>()?,
-    })
-}
-
-/// A route's rollout: the running one when its block and backends are unchanged (a reload keeps
-/// its step, failures and windows), else one from its saved state (`runtime.state_dir`, after a
-/// restart), else a new one at its first step.
-fn build_rollout(
-    r: &switchyard_config::Route,
-    old: Option<&Gateway>,
-    metrics: &Metrics,
-    state_dir: Option<&std::path::Path>,
-) -> Result<Option<Arc<crate::rollout::Rollout>>, String> {
-    let Some(config) = &r.rollout else {
-        return Ok(None);
-    };
-    let pools: Vec<&str> = r.targets().iter().map(|t| t.pool).collect();
-    let kept = old
-        .and_then(|g| g.routes.iter().find(|o| o.name == r.name))
-        .filter(|o| {
-            let old_pools: Vec<&str> = o.targets.iter().map(|t| t.pool.name()).collect();
-            old_pools == pools
-        })
-        .and_then(|o| o.rollout.clone())
-        .filter(|ro| ro.config == *config);
-    if let Some(ro) = kept {
-        return Ok(Some(ro));
-    }
-    let ro = crate::rollout::Rollout::new(&r.name, config, &pools, metrics, state_dir)?;
-    ro.spawn();
-    Ok(Some(ro))
 }
 
 #[cfg(test)]
