@@ -65,6 +65,8 @@ pub struct Finish {
     /// Request start to the first chunk of a streamed response.
     ttft: Option<std::time::Duration>,
     hedged: bool,
+    /// The endpoint the last attempt went to (the answering one, or the last that failed).
+    tried: Option<SocketAddr>,
     /// The `inference` pick's explanation, when the pick made one.
     pick: Option<Box<str>>,
 }
@@ -96,6 +98,7 @@ impl Finish {
             observed: None,
             ttft: None,
             hedged: false,
+            tried: None,
             pick: None,
         }
     }
@@ -119,6 +122,11 @@ impl Finish {
     /// A hedge was sent for this request.
     pub fn hedged(&mut self) {
         self.hedged = true;
+    }
+
+    /// An attempt to `endpoint` ended (answered, failed or timed out).
+    pub fn tried(&mut self, endpoint: SocketAddr) {
+        self.tried = Some(endpoint);
     }
 
     /// A token limit's reservation, to settle when the exchange ends.
@@ -347,7 +355,11 @@ impl Drop for Finish {
                 ended: SystemTime::now(),
                 meta,
                 target: metrics,
-                endpoint: self.upstream.as_ref().map(|u| u.endpoint().address),
+                endpoint: self
+                    .upstream
+                    .as_ref()
+                    .map(|u| u.endpoint().address)
+                    .or(self.tried),
                 status: self.status,
                 duration: elapsed,
                 ttft: self.ttft,

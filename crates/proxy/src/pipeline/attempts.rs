@@ -369,6 +369,7 @@ impl Attempts<'_> {
         pool.endpoints[index]
             .state
             .record_latency_at(rtt, attempt_end.into_std());
+        rx.finish.tried(pool.endpoints[index].address());
         let (attempt, error) = match result {
             Some(Ok(sent)) => {
                 if let Some(h) = &route.hedger {
