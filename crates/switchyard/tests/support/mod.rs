@@ -6,6 +6,7 @@ pub mod client;
 pub mod ext_proc;
 pub mod fleet;
 pub mod origin;
+pub mod prometheus;
 pub mod redis;
 pub mod static_model;
 
