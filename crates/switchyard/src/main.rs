@@ -70,6 +70,10 @@ enum Command {
     Sim(switchyard_sim::SimArgs),
     /// Drive load at an OpenAI-compatible endpoint and report TTFT/ITL/goodput.
     Bench(switchyard_bench::BenchArgs),
+    /// Live routes, pools and endpoints from a gateway's admin API (q quits).
+    Top(switchyard_viz::TopArgs),
+    /// Print the gateway's finished requests as they happen, one line each.
+    Tap(switchyard_viz::TapArgs),
 }
 
 fn main() -> ExitCode {
@@ -109,6 +113,8 @@ fn main() -> ExitCode {
         },
         Command::Sim(args) => report(switchyard_sim::main(args)),
         Command::Bench(args) => report(switchyard_bench::main(args)),
+        Command::Top(args) => report(switchyard_viz::top(args)),
+        Command::Tap(args) => report(switchyard_viz::tap(args)),
         Command::Run { config } => {
             let path = config.unwrap_or_else(|| PathBuf::from("switchyard.yaml"));
             if !path.exists() {
