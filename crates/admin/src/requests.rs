@@ -1,16 +1,18 @@
 //! Single requests: `GET /tap` streams a summary of each as it finishes, and
 //! `GET /debug/requests[/{id}]` looks back at the last ones the gateway kept.
 //!
-//! Tap readers share one bounded broadcast: one that reads slower than traffic finishes is
-//! told how many summaries it missed (`{"dropped": N}`) and carries on from the newest, so a
-//! slow terminal never holds a request up.
+//! A tap reader is sampled at `max_rps` (default 100 a second, as Linkerd's tap) and queued
+//! apart from the others; what its rate or a full queue leaves out is counted and told to it
+//! (`{"dropped": N}`), so a slow terminal never holds a request up.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Response, StatusCode};
 use serde_json::{json, Value};
-use switchyard_proxy::observe::{Observer, RequestRecord};
-use tokio::sync::broadcast::error::RecvError;
+use switchyard_proxy::observe::{
+    Observer, RequestRecord, StatusFilter, TapFilter, DEFAULT_MAX_RPS,
+};
 
 use crate::body::{self, AdminBody};
 use crate::stats::unix_ms;
@@ -20,45 +22,31 @@ const KEEPALIVE_EVERY: Duration = Duration::from_secs(15);
 /// Records `/debug/requests` lists unless `limit` says otherwise, and at most.
 const LIST_DEFAULT: usize = 50;
 const LIST_MAX: usize = 1000;
+/// The most summaries a second one tap reader may ask for.
+const MAX_RPS: u32 = 100_000;
 
-/// Which requests a reader wants: `route`, `pool`, `status` (`5xx`, `4xx`, `2xx` or a code),
-/// `min_latency_ms`, `errors` (only requests with an error type).
+/// A reader's query: which requests (`route`, `pool`, `status`: `5xx`, `4xx`, `2xx` or a
+/// code, `min_latency_ms`), how many to list (`limit`, `/debug/requests`) and how many a second
+/// to stream (`max_rps`, `/tap`).
 #[derive(Default, Debug, PartialEq)]
-pub struct Filter {
-    route: Option<String>,
-    pool: Option<String>,
-    status: Option<StatusFilter>,
-    min_latency: Option<Duration>,
+pub struct Query {
+    filter: TapFilter,
     limit: Option<usize>,
+    max_rps: Option<u32>,
 }
 
-#[derive(Debug, PartialEq)]
-enum StatusFilter {
-    Class(u16),
-    Code(u16),
-}
-
-impl Filter {
+impl Query {
     /// Read a query string; an unknown key or a bad value is an error naming it.
-    pub fn parse(query: Option<&str>) -> Result<Filter, String> {
-        let mut f = Filter::default();
+    pub fn parse(query: Option<&str>) -> Result<Query, String> {
+        let mut q = Query::default();
         for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match &*k {
-                "route" => f.route = Some(v.into_owned()),
-                "pool" => f.pool = Some(v.into_owned()),
+                "route" => q.filter.route = Some(v.into_owned()),
+                "pool" => q.filter.pool = Some(v.into_owned()),
                 "status" => {
-                    let bad = || format!("status `{v}`: use 2xx, 3xx, 4xx, 5xx or a code");
-                    f.status = Some(match v.as_bytes() {
-                        [c @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] => {
-                            StatusFilter::Class(u16::from(c - b'0'))
-                        }
-                        _ => StatusFilter::Code(
-                            v.parse()
-                                .ok()
-                                .filter(|c| (100..600).contains(c))
-                                .ok_or_else(bad)?,
-                        ),
-                    });
+                    q.filter.status = Some(StatusFilter::parse(&v).ok_or_else(|| {
+                        format!("status `{v}`: use 2xx, 3xx, 4xx, 5xx or a code")
+                    })?);
                 }
                 "min_latency_ms" => {
                     let ms: f64 = v
@@ -66,38 +54,29 @@ impl Filter {
                         .ok()
                         .filter(|ms: &f64| ms.is_finite() && *ms >= 0.0)
                         .ok_or_else(|| format!("min_latency_ms `{v}`: not a number of ms"))?;
-                    f.min_latency = Some(Duration::from_secs_f64(ms.min(1e9) / 1000.0));
+                    q.filter.min_latency = Some(Duration::from_secs_f64(ms.min(1e9) / 1000.0));
                 }
                 "limit" => {
                     let n: usize = v.parse().map_err(|_| format!("limit `{v}`: not a count"))?;
-                    f.limit = Some(n.min(LIST_MAX));
+                    q.limit = Some(n.min(LIST_MAX));
+                }
+                "max_rps" => {
+                    let n = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_RPS).contains(n))
+                        .ok_or_else(|| format!("max_rps `{v}`: a count from 1 to {MAX_RPS}"))?;
+                    q.max_rps = Some(n);
                 }
                 other => {
                     return Err(format!(
-                    "unknown parameter `{other}`; use route, pool, status, min_latency_ms, limit"
-                ))
+                        "unknown parameter `{other}`; use route, pool, status, min_latency_ms, \
+                         limit, max_rps"
+                    ))
                 }
             }
         }
-        Ok(f)
-    }
-
-    pub fn accepts(&self, r: &RequestRecord) -> bool {
-        let status = match self.status {
-            None => true,
-            Some(StatusFilter::Class(c)) => r.status / 100 == c,
-            Some(StatusFilter::Code(c)) => r.status == c,
-        };
-        status
-            && self
-                .route
-                .as_deref()
-                .is_none_or(|want| r.route() == Some(want))
-            && self
-                .pool
-                .as_deref()
-                .is_none_or(|want| r.pool() == Some(want))
-            && self.min_latency.is_none_or(|min| r.duration >= min)
+        Ok(q)
     }
 }
 
@@ -125,30 +104,37 @@ pub fn record_json(r: &RequestRecord) -> Value {
     })
 }
 
-/// `GET /tap`: an event stream of request summaries, filtered.
-pub fn tap(observer: &Observer, query: Option<&str>) -> Response<AdminBody> {
-    let filter = match Filter::parse(query) {
-        Ok(f) => f,
+/// `GET /tap`: an event stream of request summaries, filtered and sampled.
+pub fn tap(observer: &Arc<Observer>, query: Option<&str>) -> Response<AdminBody> {
+    let q = match Query::parse(query) {
+        Ok(q) => q,
         Err(e) => return bad_request(&e),
     };
-    let mut rx = observer.tap();
+    let mut reader = observer.tap(q.filter, q.max_rps.unwrap_or(DEFAULT_MAX_RPS));
     let (tx, response) = body::event_stream();
     tokio::spawn(async move {
         let mut keepalive = tokio::time::interval(KEEPALIVE_EVERY);
         keepalive.tick().await;
         loop {
-            let event = tokio::select! {
-                r = rx.recv() => match r {
-                    Ok(record) if filter.accepts(&record) => {
-                        body::event(&serde_json::to_vec(&record_json(&record)).unwrap_or_default())
-                    }
-                    Ok(_) => continue,
-                    Err(RecvError::Lagged(n)) => {
-                        body::event(format!("{{\"dropped\":{n}}}").as_bytes())
-                    }
-                    Err(RecvError::Closed) => return,
+            let record = tokio::select! {
+                r = reader.recv() => match r {
+                    Some(record) => Some(record),
+                    None => return,
                 },
-                _ = keepalive.tick() => body::KEEPALIVE,
+                _ = keepalive.tick() => None,
+                // The client went away: stop tapping now, not at the next summary.
+                () = tx.closed() => return,
+            };
+            let dropped = reader.take_dropped();
+            if dropped > 0 {
+                let event = body::event(format!("{{\"dropped\":{dropped}}}").as_bytes());
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+            let event = match record {
+                Some(r) => body::event(&serde_json::to_vec(&record_json(&r)).unwrap_or_default()),
+                None => body::KEEPALIVE,
             };
             if tx.send(event).await.is_err() {
                 return;
@@ -177,14 +163,14 @@ pub fn debug(observer: &Observer, id: Option<&str>, query: Option<&str>) -> Resp
             }
         };
     }
-    let filter = match Filter::parse(query) {
-        Ok(f) => f,
+    let q = match Query::parse(query) {
+        Ok(q) => q,
         Err(e) => return bad_request(&e),
     };
-    let limit = filter.limit.unwrap_or(LIST_DEFAULT);
+    let limit = q.limit.unwrap_or(LIST_DEFAULT);
     let requests: Vec<Value> = observer
         .recent
-        .latest(limit, |r| filter.accepts(r))
+        .latest(limit, |r| q.filter.accepts(r))
         .iter()
         .map(record_json)
         .collect();
@@ -206,27 +192,119 @@ fn bad_request(e: &str) -> Response<AdminBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
+    use switchyard_proxy::observe::recent::{RequestId, RequestPath};
+    use switchyard_proxy::observe::{RequestMeta, TAP_BUFFER};
+
+    fn record(i: usize) -> RequestRecord {
+        RequestRecord {
+            ended: std::time::SystemTime::now(),
+            meta: RequestMeta {
+                id: RequestId::new(format!("r{i}").as_bytes()),
+                method: http::Method::POST,
+                path: RequestPath::new(b"/v1/completions"),
+            },
+            target: None,
+            endpoint: None,
+            status: 200,
+            duration: Duration::from_millis(2),
+            ttft: None,
+            model: None,
+            retries: 0,
+            hedged: false,
+            error: None,
+            pick: None,
+            bytes: 10,
+            trace_id: None,
+        }
+    }
+
+    /// The events a tap's body yields until `n` have come.
+    async fn events(body: &mut AdminBody, n: usize) -> Vec<Value> {
+        let mut text = String::new();
+        while text.matches("\n\n").count() < n {
+            let frame = body.frame().await.expect("open").expect("frame");
+            text.push_str(std::str::from_utf8(frame.data_ref().expect("data")).unwrap());
+        }
+        text.split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_slow_tap_reader_is_told_what_it_missed_and_traffic_never_waits() {
+        let observer = Arc::new(Observer::new(8));
+        let mut body = tap(&observer, Some("max_rps=100000")).into_body();
+        // Nobody reads: three times what the tap holds finish anyway, none of them waiting.
+        for i in 0..3 * TAP_BUFFER {
+            observer.finished(record(i));
+        }
+        let events = events(&mut body, 3).await;
+        // What the queue could not hold is said once, then the reader goes on with what it has.
+        assert_eq!(events[0], json!({"dropped": 2 * TAP_BUFFER}));
+        assert_eq!(events[1]["id"], "r0");
+        assert_eq!(events[2]["id"], "r1");
+    }
+
+    #[tokio::test]
+    async fn a_tap_is_sampled_at_its_rate_and_filtered_before_anything_is_copied() {
+        let observer = Arc::new(Observer::new(8));
+        let mut body = tap(&observer, Some("max_rps=10&status=5xx")).into_body();
+        for i in 0..1000 {
+            let mut r = record(i);
+            r.status = if i % 2 == 0 { 503 } else { 200 };
+            observer.finished(r);
+        }
+        // Only 5xx, a second's burst at 10 a second, the other 5xx counted as dropped.
+        let first = events(&mut body, 2).await;
+        assert!(
+            first[0]["dropped"]
+                .as_u64()
+                .is_some_and(|n| (485..=490).contains(&n)),
+            "{first:?}"
+        );
+        assert_eq!(first[1]["status"], 503);
+        // The tap is gone once its client is: nothing is offered to it any more.
+        assert_eq!(observer.tap_readers(), 1);
+        drop(body);
+        for _ in 0..100 {
+            if observer.tap_readers() == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(observer.tap_readers(), 0);
+    }
 
     #[test]
-    fn filters_parse_and_refuse_what_they_do_not_know() {
-        let f = Filter::parse(Some("route=chat&status=5xx&min_latency_ms=250")).unwrap();
-        assert_eq!(f.route.as_deref(), Some("chat"));
-        assert_eq!(f.status, Some(StatusFilter::Class(5)));
-        assert_eq!(f.min_latency, Some(Duration::from_millis(250)));
+    fn queries_parse_and_refuse_what_they_do_not_know() {
+        let q = Query::parse(Some("route=chat&status=5xx&min_latency_ms=250&max_rps=5")).unwrap();
+        assert_eq!(q.filter.route.as_deref(), Some("chat"));
+        assert_eq!(q.filter.status, Some(StatusFilter::Class(5)));
+        assert_eq!(q.filter.min_latency, Some(Duration::from_millis(250)));
+        assert_eq!(q.max_rps, Some(5));
         assert_eq!(
-            Filter::parse(Some("status=429")).unwrap().status,
+            Query::parse(Some("status=429")).unwrap().filter.status,
             Some(StatusFilter::Code(429))
         );
-        assert!(Filter::parse(Some("status=9xx")).is_err());
-        assert!(Filter::parse(Some("status=600")).is_err());
-        assert!(Filter::parse(Some("min_latency_ms=-1")).is_err());
-        assert!(Filter::parse(Some("min_latency_ms=NaN")).is_err());
-        let e = Filter::parse(Some("rout=chat")).unwrap_err();
+        for bad in [
+            "status=9xx",
+            "status=600",
+            "min_latency_ms=-1",
+            "min_latency_ms=NaN",
+            "max_rps=0",
+            "max_rps=1000001",
+            "limit=x",
+        ] {
+            assert!(Query::parse(Some(bad)).is_err(), "{bad}");
+        }
+        let e = Query::parse(Some("rout=chat")).unwrap_err();
         assert!(e.contains("`rout`"), "{e}");
         assert_eq!(
-            Filter::parse(Some("limit=99999")).unwrap().limit,
+            Query::parse(Some("limit=99999")).unwrap().limit,
             Some(LIST_MAX)
         );
-        assert_eq!(Filter::parse(None).unwrap(), Filter::default());
+        assert_eq!(Query::parse(None).unwrap(), Query::default());
     }
 }

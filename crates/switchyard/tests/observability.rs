@@ -301,3 +301,72 @@ async fn the_dashboard_shows_live_numbers_in_chromium() {
             > 10_000
     );
 }
+
+#[tokio::test]
+async fn top_and_tap_read_a_running_gateway() {
+    let fleet = fleet(1).await;
+    let (dead, _hold) = dead_address();
+    let gw = Gateway::start(&config(&fleet.addresses(), dead));
+    let c = client::http1();
+    assert_eq!(stream_chat(&c, &gw, "before").await, 200);
+    eventually("traffic in the stats", || {
+        json(&gw.admin_get("/stats").1)["routes"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["rps"].as_f64() > Some(0.0)))
+    })
+    .await;
+    let admin = gw.admin.to_string();
+
+    let top = std::process::Command::new(support::BIN)
+        .args(["top", "--admin", &admin, "--once"])
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&top.stdout);
+    assert!(top.status.success(), "{screen}");
+    assert!(
+        screen.contains("chat") && screen.contains(&fleet.addresses()[0].to_string()),
+        "{screen}"
+    );
+
+    // `tap` subscribes when it starts: send until it has seen two chat requests (bounded).
+    let mut tap = std::process::Command::new(support::BIN)
+        .args([
+            "tap", "--admin", &admin, "--route", "chat", "--max", "2", "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sent = 0;
+    while tap.try_wait().unwrap().is_none() {
+        assert!(sent < 500, "tap never saw two requests");
+        stream_chat(&c, &gw, &format!("tapped-{sent}")).await;
+        let _ = send(
+            &c,
+            http::Request::get(gw.url("/broken"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+        sent += 1;
+    }
+    let out = tap.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(json)
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["route"] == "chat" && l["status"] == 200),
+        "{lines:?}"
+    );
+
+    let refused = std::process::Command::new(support::BIN)
+        .args(["top", "--admin", &dead.to_string(), "--once"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains(&dead.to_string()));
+}

@@ -52,6 +52,9 @@ pub struct TapArgs {
     /// Stop after this many requests.
     #[arg(long)]
     pub max: Option<u64>,
+    /// Most requests a second the gateway sends (it samples above it, as Linkerd's tap does).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_rps: u32,
     /// Print each event's JSON as the gateway sent it.
     #[arg(long)]
     pub json: bool,
@@ -89,6 +92,7 @@ pub fn tap(args: TapArgs) -> anyhow::Result<()> {
         status: args.status,
         min_latency_ms: args.min_latency.map(|d| d.as_millis()),
         max: args.max,
+        max_rps: Some(args.max_rps),
         json: args.json,
     };
     let runtime = runtime()?;

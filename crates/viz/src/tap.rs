@@ -1,8 +1,9 @@
 //! `switchyard tap`: one line per finished request, live from the gateway's `/tap` stream.
 //!
 //! Filtering happens in the gateway (the flags become query parameters), so a quiet filter over
-//! a busy gateway costs the admin connection nothing. When this reader falls behind, the gateway
-//! skips summaries rather than queueing them and says how many; the tap prints that, so a gap
+//! a busy gateway costs the admin connection nothing. The gateway sends at most `--max-rps` a
+//! second (100 by default) and, when this reader falls behind, skips summaries rather than
+//! queueing them; either way it says how many; the tap prints that, so a gap
 //! in the output is never silent. A closed stdout (`| head`) ends the tap quietly.
 
 use std::io::{self, Write};
@@ -21,6 +22,8 @@ pub struct TapOptions {
     pub min_latency_ms: Option<u128>,
     /// Stop after this many requests (drop notices do not count).
     pub max: Option<u64>,
+    /// Most summaries a second the gateway sends.
+    pub max_rps: Option<u32>,
     pub json: bool,
 }
 
@@ -40,6 +43,9 @@ impl TapOptions {
         }
         if let Some(ms) = self.min_latency_ms {
             push_query(&mut query, "min_latency_ms", &ms.to_string());
+        }
+        if let Some(n) = self.max_rps {
+            push_query(&mut query, "max_rps", &n.to_string());
         }
         format!("/tap{query}")
     }
@@ -77,7 +83,9 @@ pub async fn tap(admin: &Admin, options: &TapOptions, out: &mut impl Write) -> a
         })?;
         let text = match (&event, options.json) {
             (_, true) => data,
-            (TapEvent::Dropped(n), false) => format!("... {n} requests dropped (reader too slow)"),
+            (TapEvent::Dropped(n), false) => {
+                format!("... {n} requests not shown (over --max-rps, or this reader fell behind)")
+            }
             (TapEvent::Request(summary), false) => line(summary),
         };
         if let Err(e) = writeln!(out, "{text}").and_then(|()| out.flush()) {
@@ -229,7 +237,10 @@ mod tests {
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 3, "{out}");
         assert!(lines[0].starts_with("16:40:00.123 200 POST"));
-        assert_eq!(lines[1], "... 12 requests dropped (reader too slow)");
+        assert_eq!(
+            lines[1],
+            "... 12 requests not shown (over --max-rps, or this reader fell behind)"
+        );
         assert!(lines[2].starts_with("16:40:00.200 503 GET"));
         assert_eq!(*server.requests.lock().unwrap(), ["/tap?status=5xx"]);
     }

@@ -2,23 +2,22 @@
 //! last requests for `/debug/requests` ([`recent`]), and `/tap`, a stream of request summaries.
 //!
 //! One [`Observer`] lives as long as the process (across reloads). Each finished request is
-//! handed to it once, from `Finish`'s drop. Watching must never slow traffic: tap readers get a
-//! bounded broadcast that drops what a slow reader missed (and tells it how many), the sampler
-//! reads atomics, and a request with nobody tapping builds nothing extra.
+//! handed to it once, from `Finish`'s drop. Watching must never slow traffic: tap readers have
+//! their own filters, rates and bounded queues ([`tap`]), the sampler reads atomics, and a
+//! request with nobody tapping builds nothing extra.
 
 pub mod live;
 pub mod recent;
+pub mod tap;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::broadcast;
+use arc_swap::ArcSwap;
 
 pub use live::{LiveRegistry, LiveRoute, RouteSnapshot};
 pub use recent::{RecentRequests, RequestMeta, RequestRecord};
-
-/// Summaries a tap reader may fall behind by before it is told it missed some.
-pub const TAP_BUFFER: usize = 1024;
+pub use tap::{StatusFilter, TapFilter, TapReader, DEFAULT_MAX_RPS, TAP_BUFFER};
 
 /// Without anyone watching, one `inference` pick in this many is explained, so the dashboard's
 /// recent picks and `/debug/requests` have some to show.
@@ -27,7 +26,9 @@ const EXPLAIN_ONE_IN: u64 = 64;
 pub struct Observer {
     pub live: LiveRegistry,
     pub recent: RecentRequests,
-    tap: broadcast::Sender<RequestRecord>,
+    /// The open tap readers; `tapping` counts them so the request path reads one atomic.
+    taps: ArcSwap<Vec<Arc<tap::Tap>>>,
+    tapping: AtomicUsize,
     /// Open `/stats/stream` readers (the dashboard, `switchyard top`).
     watchers: AtomicUsize,
     picks: AtomicU64,
@@ -38,24 +39,52 @@ impl Observer {
         Self {
             live: LiveRegistry::default(),
             recent: RecentRequests::new(recent_requests),
-            tap: broadcast::channel(TAP_BUFFER).0,
+            taps: ArcSwap::default(),
+            tapping: AtomicUsize::new(0),
             watchers: AtomicUsize::new(0),
             picks: AtomicU64::new(0),
         }
     }
 
-    /// A finished request: to tap readers, if any, and into the ring.
+    /// A finished request: to tap readers that want it, and into the ring.
     pub fn finished(&self, record: RequestRecord) {
-        if self.tap.receiver_count() > 0 {
-            // A send fails only when every reader left meanwhile.
-            let _ = self.tap.send(record.clone());
+        if self.tapping.load(Ordering::Relaxed) > 0 {
+            for tap in self.taps.load().iter() {
+                tap.offer(&record);
+            }
         }
         self.recent.push(record);
     }
 
-    /// Read every request summary from now on.
-    pub fn tap(&self) -> broadcast::Receiver<RequestRecord> {
-        self.tap.subscribe()
+    /// Read the summaries `filter` accepts from now on, at most `max_rps` a second.
+    pub fn tap(self: &Arc<Self>, filter: TapFilter, max_rps: u32) -> TapReader {
+        let (tap, rx) = tap::Tap::new(filter, max_rps);
+        self.taps.rcu(|taps| {
+            let mut taps = Vec::clone(taps);
+            taps.push(tap.clone());
+            taps
+        });
+        self.tapping.fetch_add(1, Ordering::Relaxed);
+        TapReader {
+            tap,
+            rx,
+            observer: self.clone(),
+        }
+    }
+
+    /// Open tap readers.
+    pub fn tap_readers(&self) -> usize {
+        self.tapping.load(Ordering::Relaxed)
+    }
+
+    fn untap(&self, gone: &Arc<tap::Tap>) {
+        self.taps.rcu(|taps| {
+            taps.iter()
+                .filter(|t| !Arc::ptr_eq(t, gone))
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+        self.tapping.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Someone reads the live numbers until the guard drops.
@@ -67,7 +96,7 @@ impl Observer {
     /// Whether this `inference` pick should explain itself (scores per scorer): always while
     /// someone taps or watches, else a sample.
     pub fn explain_pick(&self) -> bool {
-        self.tap.receiver_count() > 0
+        self.tapping.load(Ordering::Relaxed) > 0
             || self.watchers.load(Ordering::Relaxed) > 0
             || self
                 .picks
