@@ -81,10 +81,10 @@ impl Query {
 }
 
 /// One request as `/tap` and `/debug/requests` show it.
-pub fn record_json(r: &RequestRecord) -> Value {
+pub fn record_json(observer: &Observer, r: &RequestRecord) -> Value {
     let ms = |d: Duration| (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
     json!({
-        "time_ms": unix_ms(r.ended),
+        "time_ms": unix_ms(observer.wall_time(r.ended)),
         "id": r.meta.id.to_str_lossy(),
         "method": r.meta.method.as_str(),
         "path": r.meta.path.to_str_lossy(),
@@ -112,6 +112,7 @@ pub fn tap(observer: &Arc<Observer>, query: Option<&str>) -> Response<AdminBody>
     };
     let mut reader = observer.tap(q.filter, q.max_rps.unwrap_or(DEFAULT_MAX_RPS));
     let (tx, response) = body::event_stream();
+    let observer = observer.clone();
     tokio::spawn(async move {
         let mut keepalive = tokio::time::interval(KEEPALIVE_EVERY);
         keepalive.tick().await;
@@ -133,7 +134,9 @@ pub fn tap(observer: &Arc<Observer>, query: Option<&str>) -> Response<AdminBody>
                 }
             }
             let event = match record {
-                Some(r) => body::event(&serde_json::to_vec(&record_json(&r)).unwrap_or_default()),
+                Some(r) => body::event(
+                    &serde_json::to_vec(&record_json(&observer, &r)).unwrap_or_default(),
+                ),
                 None => body::KEEPALIVE,
             };
             if tx.send(event).await.is_err() {
@@ -151,7 +154,7 @@ pub fn debug(observer: &Observer, id: Option<&str>, query: Option<&str>) -> Resp
     if let Some(id) = id.filter(|id| !id.is_empty()) {
         let id = percent_decoded(id);
         return match observer.recent.find(id.as_bytes()) {
-            Some(r) => body::json(&record_json(&r)),
+            Some(r) => body::json(&record_json(observer, &r)),
             None => {
                 let mut r = body::json(&json!({
                     "error": format!(
@@ -172,7 +175,7 @@ pub fn debug(observer: &Observer, id: Option<&str>, query: Option<&str>) -> Resp
         .recent
         .latest(limit, |r| q.filter.accepts(r))
         .iter()
-        .map(record_json)
+        .map(|r| record_json(observer, r))
         .collect();
     body::json(&json!({ "kept": kept, "requests": requests }))
 }
@@ -198,7 +201,7 @@ mod tests {
 
     fn record(i: usize) -> RequestRecord {
         RequestRecord {
-            ended: std::time::SystemTime::now(),
+            ended: std::time::Instant::now(),
             meta: RequestMeta {
                 id: RequestId::new(format!("r{i}").as_bytes()),
                 method: http::Method::POST,

@@ -184,7 +184,7 @@ impl Sampler {
                     .iter()
                     .map(|r| {
                         json!({
-                            "time_ms": unix_ms(r.ended),
+                            "time_ms": unix_ms(observer.wall_time(r.ended)),
                             "endpoint": r.endpoint.map(|a| a.to_string()),
                             "explanation": r.pick.as_deref(),
                         })

@@ -61,7 +61,14 @@ pub struct Finish {
     /// Prompt plus completion tokens the response reported.
     usage: Option<u64>,
     /// Where the finished request is reported for `/tap` and `/debug/requests`, and what it was.
-    observed: Option<Box<(Arc<Observer>, RequestMeta)>>,
+    observed: Option<Box<Observed>>,
+}
+
+/// What `/tap` and `/debug/requests` show beyond the rest of [`Finish`]: boxed, because
+/// `Finish` is moved through every await of the pipeline and each byte it grows is copied there.
+struct Observed {
+    observer: Arc<Observer>,
+    meta: RequestMeta,
     /// Request start to the first chunk of a streamed response.
     ttft: Option<std::time::Duration>,
     hedged: bool,
@@ -96,37 +103,48 @@ impl Finish {
             charges: Vec::new(),
             usage: None,
             observed: None,
-            ttft: None,
-            hedged: false,
-            tried: None,
-            pick: None,
         }
     }
 
     /// Report the finished request to `observer` (`/tap`, `/debug/requests`).
     pub fn observe(&mut self, observer: Arc<Observer>, meta: RequestMeta) {
-        self.observed = Some(Box::new((observer, meta)));
+        self.observed = Some(Box::new(Observed {
+            observer,
+            meta,
+            ttft: None,
+            hedged: false,
+            tried: None,
+            pick: None,
+        }));
     }
 
     /// Whether an `inference` pick should explain itself for this request (someone is
     /// watching, or a sample).
     pub fn explains_pick(&self) -> bool {
-        self.observed.as_ref().is_some_and(|o| o.0.explain_pick())
+        self.observed
+            .as_ref()
+            .is_some_and(|o| o.observer.explain_pick())
     }
 
     /// The `inference` pick's explanation (the `x-switchyard-pick` text).
     pub fn set_pick(&mut self, explanation: &str) {
-        self.pick = Some(explanation.into());
+        if let Some(o) = self.observed.as_mut() {
+            o.pick = Some(explanation.into());
+        }
     }
 
     /// A hedge was sent for this request.
     pub fn hedged(&mut self) {
-        self.hedged = true;
+        if let Some(o) = self.observed.as_mut() {
+            o.hedged = true;
+        }
     }
 
     /// An attempt to `endpoint` ended (answered, failed or timed out).
     pub fn tried(&mut self, endpoint: SocketAddr) {
-        self.tried = Some(endpoint);
+        if let Some(o) = self.observed.as_mut() {
+            o.tried = Some(endpoint);
+        }
     }
 
     /// A token limit's reservation, to settle when the exchange ends.
@@ -209,7 +227,9 @@ impl Finish {
 
     /// The first chunk of a streamed response went out.
     pub fn first_chunk(&mut self) {
-        self.ttft.get_or_insert_with(|| self.start.elapsed());
+        if let Some(o) = self.observed.as_mut() {
+            o.ttft.get_or_insert_with(|| self.start.elapsed());
+        }
         if let Some(t) = &self.trace {
             t.first_token();
         }
@@ -298,7 +318,7 @@ impl Drop for Finish {
                 elapsed,
                 self.error,
                 self.retries.len(),
-                self.hedged,
+                self.observed.as_ref().is_some_and(|o| o.hedged),
             );
             if let Some(arm) = &m.arm {
                 arm.record(self.status, elapsed);
@@ -350,24 +370,31 @@ impl Drop for Finish {
             });
         }
         if let Some(observed) = self.observed.take() {
-            let (observer, meta) = *observed;
+            let Observed {
+                observer,
+                meta,
+                ttft,
+                hedged,
+                tried,
+                pick,
+            } = *observed;
             observer.finished(RequestRecord {
-                ended: SystemTime::now(),
+                ended: (self.start + elapsed).into_std(),
                 meta,
                 target: metrics,
                 endpoint: self
                     .upstream
                     .as_ref()
                     .map(|u| u.endpoint().address)
-                    .or(self.tried),
+                    .or(tried),
                 status: self.status,
                 duration: elapsed,
-                ttft: self.ttft,
+                ttft,
                 model: self.model.take().map(|m| m.model.clone()),
                 retries: u8::try_from(self.retries.len()).unwrap_or(u8::MAX),
-                hedged: self.hedged,
+                hedged,
                 error: self.error,
-                pick: self.pick.take(),
+                pick,
                 bytes: self.bytes,
                 trace_id,
             });

@@ -88,6 +88,16 @@ impl Events {
     }
 }
 
+/// Wait until a frame shows requests on some route.
+async fn traffic_in_stats(gw: &Gateway) {
+    eventually("traffic in the stats", || {
+        json(&gw.admin_get("/stats").1)["routes"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["rps"].as_f64() > Some(0.0)))
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn stats_tap_and_the_last_requests_follow_real_traffic() {
     let fleet = fleet(2).await;
@@ -195,12 +205,7 @@ async fn the_stats_stream_replays_history_then_follows() {
     let gw = Gateway::start(&config(&fleet.addresses(), dead));
     let c = client::http1();
     assert_eq!(stream_chat(&c, &gw, "first").await, 200);
-    eventually("a frame with the first request", || {
-        json(&gw.admin_get("/stats").1)["routes"]
-            .as_array()
-            .is_some_and(|r| r.iter().any(|r| r["rps"].as_f64() > Some(0.0)))
-    })
-    .await;
+    traffic_in_stats(&gw).await;
     let mut frames = Events::open(&gw, "/stats/stream").await;
     let first = frames.next().await;
     let mut last = first["time_ms"].as_u64().unwrap();
@@ -235,12 +240,7 @@ async fn the_dashboard_shows_live_numbers_in_chromium() {
             }
         }));
     }
-    eventually("traffic in the stats", || {
-        json(&gw.admin_get("/stats").1)["routes"]
-            .as_array()
-            .is_some_and(|r| r.iter().any(|r| r["rps"].as_f64() > Some(0.0)))
-    })
-    .await;
+    traffic_in_stats(&gw).await;
     let dir = tempfile::tempdir().unwrap();
     let shot = dir.path().join("dashboard.png");
     let url = format!("http://{}/dashboard", gw.admin);
@@ -309,12 +309,7 @@ async fn top_and_tap_read_a_running_gateway() {
     let gw = Gateway::start(&config(&fleet.addresses(), dead));
     let c = client::http1();
     assert_eq!(stream_chat(&c, &gw, "before").await, 200);
-    eventually("traffic in the stats", || {
-        json(&gw.admin_get("/stats").1)["routes"]
-            .as_array()
-            .is_some_and(|r| r.iter().any(|r| r["rps"].as_f64() > Some(0.0)))
-    })
-    .await;
+    traffic_in_stats(&gw).await;
     let admin = gw.admin.to_string();
 
     let top = std::process::Command::new(support::BIN)

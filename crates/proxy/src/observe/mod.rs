@@ -12,6 +12,7 @@ pub mod tap;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
@@ -32,6 +33,8 @@ pub struct Observer {
     /// Open `/stats/stream` readers (the dashboard, `switchyard top`).
     watchers: AtomicUsize,
     picks: AtomicU64,
+    /// The same moment on both clocks: records carry a monotonic time, shown as time of day.
+    anchor: (Instant, SystemTime),
 }
 
 impl Observer {
@@ -43,6 +46,16 @@ impl Observer {
             tapping: AtomicUsize::new(0),
             watchers: AtomicUsize::new(0),
             picks: AtomicU64::new(0),
+            anchor: (Instant::now(), SystemTime::now()),
+        }
+    }
+
+    /// The time of day at `t`.
+    pub fn wall_time(&self, t: Instant) -> SystemTime {
+        let (mono, wall) = self.anchor;
+        match t.checked_duration_since(mono) {
+            Some(after) => wall + after,
+            None => wall - mono.duration_since(t),
         }
     }
 

@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant};
 
 use http::Method;
 
@@ -62,8 +62,9 @@ pub struct RequestMeta {
 /// One finished request, as the ring, `/debug/requests` and `/tap` show it.
 #[derive(Clone)]
 pub struct RequestRecord {
-    /// When it ended (its last byte, or the client going away).
-    pub ended: SystemTime,
+    /// When it ended (its last byte, or the client going away); [`super::Observer::wall_time`]
+    /// tells the time of day, so the request path reads no second clock.
+    pub ended: Instant,
     pub meta: RequestMeta,
     /// The route target: its names, without copying them.
     pub target: Option<Arc<RouteMetrics>>,
@@ -167,7 +168,7 @@ mod tests {
 
     fn record(id: &str, status: u16) -> RequestRecord {
         RequestRecord {
-            ended: SystemTime::now(),
+            ended: Instant::now(),
             meta: RequestMeta {
                 id: RequestId::new(id.as_bytes()),
                 method: Method::GET,
