@@ -9,6 +9,8 @@
 #        HEADER_OPS=1         the route makes three header changes: sets `x-env: prod` and
 #                             removes `x-internal` on the request, adds `x-served-by: sy` to the
 #                             response (switchyard `filters`; NGINX proxy_set_header/add_header)
+#        RECENT_REQUESTS=N    switchyard keeps the last N requests for /debug/requests (default
+#                             1024; 0 turns the ring off)
 # Needs: valgrind, nginx, h2load, curl. Ports 18000 (origin) and 18080 (proxy) on 127.0.0.1.
 #
 # The proxy runs under callgrind with one worker; an NGINX origin returns a 14-byte body.
@@ -63,7 +65,7 @@ fi
 case "$who" in
 switchyard)
     cat >"$dir/switchyard.yaml" <<EOF
-admin: {address: 127.0.0.1:18901}
+admin: {address: 127.0.0.1:18901, recent_requests: ${RECENT_REQUESTS:-1024}}
 runtime: {workers: 1, watch_config: false}
 listeners: [{name: public, address: 127.0.0.1:18080}]
 routes: [{name: all, match: {path_prefix: /}, pool: origin$sy_filters}]

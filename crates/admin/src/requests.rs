@@ -201,24 +201,14 @@ mod tests {
 
     fn record(i: usize) -> RequestRecord {
         RequestRecord {
-            ended: std::time::Instant::now(),
             meta: RequestMeta {
                 id: RequestId::new(format!("r{i}").as_bytes()),
                 method: http::Method::POST,
                 path: RequestPath::new(b"/v1/completions"),
             },
-            target: None,
-            endpoint: None,
             status: 200,
             duration: Duration::from_millis(2),
-            ttft: None,
-            model: None,
-            retries: 0,
-            hedged: false,
-            error: None,
-            pick: None,
-            bytes: 10,
-            trace_id: None,
+            ..RequestRecord::default()
         }
     }
 
@@ -241,7 +231,7 @@ mod tests {
         let mut body = tap(&observer, Some("max_rps=100000")).into_body();
         // Nobody reads: three times what the tap holds finish anyway, none of them waiting.
         for i in 0..3 * TAP_BUFFER {
-            observer.finished(record(i));
+            observer.finished(|slot| *slot = record(i));
         }
         let events = events(&mut body, 3).await;
         // What the queue could not hold is said once, then the reader goes on with what it has.
@@ -257,7 +247,7 @@ mod tests {
         for i in 0..1000 {
             let mut r = record(i);
             r.status = if i % 2 == 0 { 503 } else { 200 };
-            observer.finished(r);
+            observer.finished(|slot| *slot = r);
         }
         // Only 5xx, a second's burst at 10 a second, the other 5xx counted as dropped.
         let first = events(&mut body, 2).await;

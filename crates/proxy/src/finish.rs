@@ -12,7 +12,7 @@ use switchyard_telemetry::{AccessLog, AccessRecord};
 use tokio::time::Instant;
 
 pub use crate::models::RequestModel;
-use crate::observe::{Observer, RequestMeta, RequestRecord};
+use crate::observe::{Observer, RequestMeta};
 use crate::passive_health::PassiveHealth;
 use crate::route_metrics::RouteMetrics;
 use crate::trace::RequestSpan;
@@ -62,6 +62,8 @@ pub struct Finish {
     usage: Option<u64>,
     /// Where the finished request is reported for `/tap` and `/debug/requests`, and what it was.
     observed: Option<Box<Observed>>,
+    /// A hedge was sent.
+    hedged: bool,
 }
 
 /// What `/tap` and `/debug/requests` show beyond the rest of [`Finish`]: boxed, because
@@ -71,7 +73,6 @@ struct Observed {
     meta: RequestMeta,
     /// Request start to the first chunk of a streamed response.
     ttft: Option<std::time::Duration>,
-    hedged: bool,
     /// The endpoint the last attempt went to (the answering one, or the last that failed).
     tried: Option<SocketAddr>,
     /// The `inference` pick's explanation, when the pick made one.
@@ -103,6 +104,7 @@ impl Finish {
             charges: Vec::new(),
             usage: None,
             observed: None,
+            hedged: false,
         }
     }
 
@@ -112,7 +114,6 @@ impl Finish {
             observer,
             meta,
             ttft: None,
-            hedged: false,
             tried: None,
             pick: None,
         }));
@@ -135,9 +136,7 @@ impl Finish {
 
     /// A hedge was sent for this request.
     pub fn hedged(&mut self) {
-        if let Some(o) = self.observed.as_mut() {
-            o.hedged = true;
-        }
+        self.hedged = true;
     }
 
     /// An attempt to `endpoint` ended (answered, failed or timed out).
@@ -318,7 +317,7 @@ impl Drop for Finish {
                 elapsed,
                 self.error,
                 self.retries.len(),
-                self.observed.as_ref().is_some_and(|o| o.hedged),
+                self.hedged,
             );
             if let Some(arm) = &m.arm {
                 arm.record(self.status, elapsed);
@@ -374,29 +373,34 @@ impl Drop for Finish {
                 observer,
                 meta,
                 ttft,
-                hedged,
                 tried,
                 pick,
             } = *observed;
-            observer.finished(RequestRecord {
-                ended: (self.start + elapsed).into_std(),
-                meta,
-                target: metrics,
-                endpoint: self
-                    .upstream
-                    .as_ref()
-                    .map(|u| u.endpoint().address)
-                    .or(tried),
-                status: self.status,
-                duration: elapsed,
-                ttft,
-                model: self.model.take().map(|m| m.model.clone()),
-                retries: u8::try_from(self.retries.len()).unwrap_or(u8::MAX),
-                hedged,
-                error: self.error,
-                pick,
-                bytes: self.bytes,
-                trace_id,
+            let hedged = self.hedged;
+            let endpoint = self
+                .upstream
+                .as_ref()
+                .map(|u| u.endpoint().address)
+                .or(tried);
+            let model = self.model.take().map(|m| m.model.clone());
+            let (status, error, bytes) = (self.status, self.error, self.bytes);
+            let retries = u8::try_from(self.retries.len()).unwrap_or(u8::MAX);
+            let ended = (self.start + elapsed).into_std();
+            observer.finished(|r| {
+                r.ended = ended;
+                r.meta = meta;
+                r.target = metrics;
+                r.endpoint = endpoint;
+                r.status = status;
+                r.duration = elapsed;
+                r.ttft = ttft;
+                r.model = model;
+                r.retries = retries;
+                r.hedged = hedged;
+                r.error = error;
+                r.pick = pick;
+                r.bytes = bytes;
+                r.trace_id = trace_id;
             });
         }
     }

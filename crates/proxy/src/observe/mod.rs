@@ -59,14 +59,28 @@ impl Observer {
         }
     }
 
-    /// A finished request: to tap readers that want it, and into the ring.
-    pub fn finished(&self, record: RequestRecord) {
-        if self.tapping.load(Ordering::Relaxed) > 0 {
-            for tap in self.taps.load().iter() {
-                tap.offer(&record);
+    /// A finished request: `fill` writes it (into the ring's oldest slot, in place), then it
+    /// goes to the tap readers that want it.
+    pub fn finished(&self, fill: impl FnOnce(&mut RequestRecord)) {
+        let offer = |r: &RequestRecord| {
+            if self.tapping.load(Ordering::Relaxed) > 0 {
+                for tap in self.taps.load().iter() {
+                    tap.offer(r);
+                }
             }
+        };
+        if self.recent.capacity() > 0 {
+            self.recent.write_then(fill, offer);
+        } else {
+            let mut record = RequestRecord::default();
+            fill(&mut record);
+            offer(&record);
         }
-        self.recent.push(record);
+    }
+
+    /// Whether a request starting now has anyone to report to: the ring, or a tap reader.
+    pub fn wants_requests(&self) -> bool {
+        self.recent.capacity() > 0 || self.tapping.load(Ordering::Relaxed) > 0
     }
 
     /// Read the summaries `filter` accepts from now on, at most `max_rps` a second.

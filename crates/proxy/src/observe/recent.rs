@@ -101,15 +101,54 @@ impl RequestRecord {
 
 /// The last `capacity` records, oldest overwritten.
 pub struct RecentRequests {
-    slots: Box<[Mutex<Option<RequestRecord>>]>,
+    /// Written in place (a record is ~300 bytes: building one and moving it in cost more than
+    /// writing its fields); `filled` tells a slot that was never written.
+    slots: Box<[Mutex<Slot>]>,
     next: AtomicUsize,
+}
+
+struct Slot {
+    filled: bool,
+    record: RequestRecord,
+}
+
+impl Default for RequestRecord {
+    fn default() -> Self {
+        RequestRecord {
+            ended: Instant::now(),
+            meta: RequestMeta {
+                id: RequestId::new(b""),
+                method: Method::GET,
+                path: RequestPath::new(b""),
+            },
+            target: None,
+            endpoint: None,
+            status: 0,
+            duration: Duration::ZERO,
+            ttft: None,
+            model: None,
+            retries: 0,
+            hedged: false,
+            error: None,
+            pick: None,
+            bytes: 0,
+            trace_id: None,
+        }
+    }
 }
 
 impl RecentRequests {
     /// A ring of `capacity` slots; 0 keeps nothing.
     pub fn new(capacity: usize) -> Self {
         Self {
-            slots: (0..capacity).map(|_| Mutex::new(None)).collect(),
+            slots: (0..capacity)
+                .map(|_| {
+                    Mutex::new(Slot {
+                        filled: false,
+                        record: RequestRecord::default(),
+                    })
+                })
+                .collect(),
             next: AtomicUsize::new(0),
         }
     }
@@ -119,16 +158,31 @@ impl RecentRequests {
     }
 
     pub fn push(&self, record: RequestRecord) {
-        if self.slots.is_empty() {
-            return;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let old = self.slot(i).replace(record);
-        // The evicted record (and whatever text it owned) is freed outside the lock.
-        drop(old);
+        self.write(|r| *r = record);
     }
 
-    fn slot(&self, i: usize) -> std::sync::MutexGuard<'_, Option<RequestRecord>> {
+    /// Overwrite the oldest slot's record in place with `fill`, and return what `then` makes
+    /// of it while still held.
+    pub fn write_then<T>(
+        &self,
+        fill: impl FnOnce(&mut RequestRecord),
+        then: impl FnOnce(&RequestRecord) -> T,
+    ) -> Option<T> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let mut slot = self.slot(i);
+        slot.filled = true;
+        fill(&mut slot.record);
+        Some(then(&slot.record))
+    }
+
+    pub fn write(&self, fill: impl FnOnce(&mut RequestRecord)) {
+        self.write_then(fill, |_| ());
+    }
+
+    fn slot(&self, i: usize) -> std::sync::MutexGuard<'_, Slot> {
         self.slots[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -146,8 +200,9 @@ impl RecentRequests {
                 break;
             }
             let i = (next - back) % n;
-            if let Some(r) = self.slot(i).as_ref().filter(|r| keep(r)) {
-                out.push(r.clone());
+            let slot = self.slot(i);
+            if slot.filled && keep(&slot.record) {
+                out.push(slot.record.clone());
             }
         }
         out
@@ -168,24 +223,14 @@ mod tests {
 
     fn record(id: &str, status: u16) -> RequestRecord {
         RequestRecord {
-            ended: Instant::now(),
             meta: RequestMeta {
                 id: RequestId::new(id.as_bytes()),
                 method: Method::GET,
                 path: RequestPath::new(b"/v1/models"),
             },
-            target: None,
-            endpoint: None,
             status,
             duration: Duration::from_millis(3),
-            ttft: None,
-            model: None,
-            retries: 0,
-            hedged: false,
-            error: None,
-            pick: None,
-            bytes: 0,
-            trace_id: None,
+            ..RequestRecord::default()
         }
     }
 

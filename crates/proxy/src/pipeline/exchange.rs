@@ -179,14 +179,16 @@ impl<'c> Exchange<'c> {
             ))
         });
         let mut finish = Finish::new(start, access, trace);
-        finish.observe(
-            handle.observer.clone(),
-            crate::observe::RequestMeta {
-                id: crate::observe::recent::RequestId::new(request_id.as_bytes()),
-                method: req.method().clone(),
-                path: crate::observe::recent::RequestPath::new(req.uri().path().as_bytes()),
-            },
-        );
+        if handle.observer.wants_requests() {
+            finish.observe(
+                handle.observer.clone(),
+                crate::observe::RequestMeta {
+                    id: crate::observe::recent::RequestId::new(request_id.as_bytes()),
+                    method: req.method().clone(),
+                    path: crate::observe::recent::RequestPath::new(req.uri().path().as_bytes()),
+                },
+            );
+        }
         Self {
             conn,
             scan,
