@@ -231,7 +231,7 @@ mod tests {
         let mut body = tap(&observer, Some("max_rps=100000")).into_body();
         // Nobody reads: three times what the tap holds finish anyway, none of them waiting.
         for i in 0..3 * TAP_BUFFER {
-            observer.finished(|slot| *slot = record(i));
+            observer.finished(Box::new(record(i)));
         }
         let events = events(&mut body, 3).await;
         // What the queue could not hold is said once, then the reader goes on with what it has.
@@ -247,7 +247,7 @@ mod tests {
         for i in 0..1000 {
             let mut r = record(i);
             r.status = if i % 2 == 0 { 503 } else { 200 };
-            observer.finished(|slot| *slot = r);
+            observer.finished(Box::new(r));
         }
         // Only 5xx, a second's burst at 10 a second, the other 5xx counted as dropped.
         let first = events(&mut body, 2).await;

@@ -12,7 +12,7 @@ use switchyard_telemetry::{AccessLog, AccessRecord};
 use tokio::time::Instant;
 
 pub use crate::models::RequestModel;
-use crate::observe::{Observer, RequestMeta};
+use crate::observe::{Observer, RequestMeta, RequestRecord};
 use crate::passive_health::PassiveHealth;
 use crate::route_metrics::RouteMetrics;
 use crate::trace::RequestSpan;
@@ -60,23 +60,12 @@ pub struct Finish {
     charges: Vec<crate::rate_limit::TokenCharge>,
     /// Prompt plus completion tokens the response reported.
     usage: Option<u64>,
-    /// Where the finished request is reported for `/tap` and `/debug/requests`, and what it was.
-    observed: Option<Box<Observed>>,
+    /// Where the finished request is reported for `/tap` and `/debug/requests`, and its record,
+    /// filled as the request goes (boxed: `Finish` is moved through every await of the
+    /// pipeline, and each byte it grows is copied there).
+    observed: Option<(Arc<Observer>, Box<RequestRecord>)>,
     /// A hedge was sent.
     hedged: bool,
-}
-
-/// What `/tap` and `/debug/requests` show beyond the rest of [`Finish`]: boxed, because
-/// `Finish` is moved through every await of the pipeline and each byte it grows is copied there.
-struct Observed {
-    observer: Arc<Observer>,
-    meta: RequestMeta,
-    /// Request start to the first chunk of a streamed response.
-    ttft: Option<std::time::Duration>,
-    /// The endpoint the last attempt went to (the answering one, or the last that failed).
-    tried: Option<SocketAddr>,
-    /// The `inference` pick's explanation, when the pick made one.
-    pick: Option<Box<str>>,
 }
 
 impl Finish {
@@ -110,13 +99,8 @@ impl Finish {
 
     /// Report the finished request to `observer` (`/tap`, `/debug/requests`).
     pub fn observe(&mut self, observer: Arc<Observer>, meta: RequestMeta) {
-        self.observed = Some(Box::new(Observed {
-            observer,
-            meta,
-            ttft: None,
-            tried: None,
-            pick: None,
-        }));
+        let record = observer.record(meta);
+        self.observed = Some((observer, record));
     }
 
     /// Whether an `inference` pick should explain itself for this request (someone is
@@ -124,13 +108,13 @@ impl Finish {
     pub fn explains_pick(&self) -> bool {
         self.observed
             .as_ref()
-            .is_some_and(|o| o.observer.explain_pick())
+            .is_some_and(|(observer, _)| observer.explain_pick())
     }
 
     /// The `inference` pick's explanation (the `x-switchyard-pick` text).
     pub fn set_pick(&mut self, explanation: &str) {
-        if let Some(o) = self.observed.as_mut() {
-            o.pick = Some(explanation.into());
+        if let Some((_, r)) = self.observed.as_mut() {
+            r.pick = Some(explanation.into());
         }
     }
 
@@ -141,8 +125,8 @@ impl Finish {
 
     /// An attempt to `endpoint` ended (answered, failed or timed out).
     pub fn tried(&mut self, endpoint: SocketAddr) {
-        if let Some(o) = self.observed.as_mut() {
-            o.tried = Some(endpoint);
+        if let Some((_, r)) = self.observed.as_mut() {
+            r.endpoint = Some(endpoint);
         }
     }
 
@@ -226,8 +210,8 @@ impl Finish {
 
     /// The first chunk of a streamed response went out.
     pub fn first_chunk(&mut self) {
-        if let Some(o) = self.observed.as_mut() {
-            o.ttft.get_or_insert_with(|| self.start.elapsed());
+        if let Some((_, r)) = self.observed.as_mut() {
+            r.ttft.get_or_insert_with(|| self.start.elapsed());
         }
         if let Some(t) = &self.trace {
             t.first_token();
@@ -368,40 +352,21 @@ impl Drop for Finish {
                 error: self.error,
             });
         }
-        if let Some(observed) = self.observed.take() {
-            let Observed {
-                observer,
-                meta,
-                ttft,
-                tried,
-                pick,
-            } = *observed;
-            let hedged = self.hedged;
-            let endpoint = self
-                .upstream
-                .as_ref()
-                .map(|u| u.endpoint().address)
-                .or(tried);
-            let model = self.model.take().map(|m| m.model.clone());
-            let (status, error, bytes) = (self.status, self.error, self.bytes);
-            let retries = u8::try_from(self.retries.len()).unwrap_or(u8::MAX);
-            let ended = (self.start + elapsed).into_std();
-            observer.finished(|r| {
-                r.ended = ended;
-                r.meta = meta;
-                r.target = metrics;
-                r.endpoint = endpoint;
-                r.status = status;
-                r.duration = elapsed;
-                r.ttft = ttft;
-                r.model = model;
-                r.retries = retries;
-                r.hedged = hedged;
-                r.error = error;
-                r.pick = pick;
-                r.bytes = bytes;
-                r.trace_id = trace_id;
-            });
+        if let Some((observer, mut r)) = self.observed.take() {
+            if let Some(up) = &self.upstream {
+                r.endpoint = Some(up.endpoint().address);
+            }
+            r.ended = (self.start + elapsed).into_std();
+            r.target = metrics;
+            r.status = self.status;
+            r.duration = elapsed;
+            r.model = self.model.take().map(|m| m.model.clone());
+            r.retries = u8::try_from(self.retries.len()).unwrap_or(u8::MAX);
+            r.hedged = self.hedged;
+            r.error = self.error;
+            r.bytes = self.bytes;
+            r.trace_id = trace_id;
+            observer.finished(r);
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod live;
 pub mod recent;
 pub mod tap;
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -19,6 +20,11 @@ use arc_swap::ArcSwap;
 pub use live::{LiveRegistry, LiveRoute, RouteSnapshot};
 pub use recent::{RecentRequests, RequestMeta, RequestRecord};
 pub use tap::{StatusFilter, TapFilter, TapReader, DEFAULT_MAX_RPS, TAP_BUFFER};
+
+thread_local! {
+    /// One record the ring evicted on this thread, for the thread's next request.
+    static SPARE: Cell<Option<Box<RequestRecord>>> = const { Cell::new(None) };
+}
 
 /// Without anyone watching, one `inference` pick in this many is explained, so the dashboard's
 /// recent picks and `/debug/requests` have some to show.
@@ -59,22 +65,30 @@ impl Observer {
         }
     }
 
-    /// A finished request: `fill` writes it (into the ring's oldest slot, in place), then it
-    /// goes to the tap readers that want it.
-    pub fn finished(&self, fill: impl FnOnce(&mut RequestRecord)) {
-        let offer = |r: &RequestRecord| {
-            if self.tapping.load(Ordering::Relaxed) > 0 {
-                for tap in self.taps.load().iter() {
-                    tap.offer(r);
-                }
+    /// A record for a request starting now: a spare one left by the ring, else a new one.
+    pub fn record(&self, meta: RequestMeta) -> Box<RequestRecord> {
+        // Its end time is set when it ends; until then any instant will do but a clock read.
+        let fresh = RequestRecord::starting(meta, self.anchor.0);
+        match SPARE.with(Cell::take) {
+            Some(mut r) => {
+                // Overwritten whole: what the evicted request held is let go here.
+                *r = fresh;
+                r
             }
-        };
-        if self.recent.capacity() > 0 {
-            self.recent.write_then(fill, offer);
-        } else {
-            let mut record = RequestRecord::default();
-            fill(&mut record);
-            offer(&record);
+            None => Box::new(fresh),
+        }
+    }
+
+    /// A finished request: to the tap readers that want it, then into the ring by its pointer.
+    pub fn finished(&self, record: Box<RequestRecord>) {
+        if self.tapping.load(Ordering::Relaxed) > 0 {
+            for tap in self.taps.load().iter() {
+                tap.offer(&record);
+            }
+        }
+        if let Some(evicted) = self.recent.push(record) {
+            // The next request on this thread reuses the allocation.
+            SPARE.with(|spare| spare.set(Some(evicted)));
         }
     }
 

@@ -99,28 +99,19 @@ impl RequestRecord {
     }
 }
 
-/// The last `capacity` records, oldest overwritten.
+/// The last `capacity` records, oldest overwritten. A record is ~300 bytes: each request's
+/// is allocated once when it starts, filled in place, and moved into the ring by its pointer.
 pub struct RecentRequests {
-    /// Written in place (a record is ~300 bytes: building one and moving it in cost more than
-    /// writing its fields); `filled` tells a slot that was never written.
-    slots: Box<[Mutex<Slot>]>,
+    slots: Box<[Mutex<Option<Box<RequestRecord>>>]>,
     next: AtomicUsize,
 }
 
-struct Slot {
-    filled: bool,
-    record: RequestRecord,
-}
-
-impl Default for RequestRecord {
-    fn default() -> Self {
+impl RequestRecord {
+    /// A record of a request that has just started: `meta`, nothing else yet.
+    pub fn starting(meta: RequestMeta, now: Instant) -> Self {
         RequestRecord {
-            ended: Instant::now(),
-            meta: RequestMeta {
-                id: RequestId::new(b""),
-                method: Method::GET,
-                path: RequestPath::new(b""),
-            },
+            ended: now,
+            meta,
             target: None,
             endpoint: None,
             status: 0,
@@ -137,18 +128,22 @@ impl Default for RequestRecord {
     }
 }
 
+impl Default for RequestRecord {
+    fn default() -> Self {
+        let meta = RequestMeta {
+            id: RequestId::new(b""),
+            method: Method::GET,
+            path: RequestPath::new(b""),
+        };
+        RequestRecord::starting(meta, Instant::now())
+    }
+}
+
 impl RecentRequests {
     /// A ring of `capacity` slots; 0 keeps nothing.
     pub fn new(capacity: usize) -> Self {
         Self {
-            slots: (0..capacity)
-                .map(|_| {
-                    Mutex::new(Slot {
-                        filled: false,
-                        record: RequestRecord::default(),
-                    })
-                })
-                .collect(),
+            slots: (0..capacity).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
         }
     }
@@ -157,32 +152,17 @@ impl RecentRequests {
         self.slots.len()
     }
 
-    pub fn push(&self, record: RequestRecord) {
-        self.write(|r| *r = record);
-    }
-
-    /// Overwrite the oldest slot's record in place with `fill`, and return what `then` makes
-    /// of it while still held.
-    pub fn write_then<T>(
-        &self,
-        fill: impl FnOnce(&mut RequestRecord),
-        then: impl FnOnce(&RequestRecord) -> T,
-    ) -> Option<T> {
+    /// Keep `record` in the oldest slot; returns the record it replaced (or `record` itself
+    /// when the ring keeps nothing), for reuse.
+    pub fn push(&self, record: Box<RequestRecord>) -> Option<Box<RequestRecord>> {
         if self.slots.is_empty() {
-            return None;
+            return Some(record);
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let mut slot = self.slot(i);
-        slot.filled = true;
-        fill(&mut slot.record);
-        Some(then(&slot.record))
+        self.slot(i).replace(record)
     }
 
-    pub fn write(&self, fill: impl FnOnce(&mut RequestRecord)) {
-        self.write_then(fill, |_| ());
-    }
-
-    fn slot(&self, i: usize) -> std::sync::MutexGuard<'_, Slot> {
+    fn slot(&self, i: usize) -> std::sync::MutexGuard<'_, Option<Box<RequestRecord>>> {
         self.slots[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -200,9 +180,8 @@ impl RecentRequests {
                 break;
             }
             let i = (next - back) % n;
-            let slot = self.slot(i);
-            if slot.filled && keep(&slot.record) {
-                out.push(slot.record.clone());
+            if let Some(r) = self.slot(i).as_deref().filter(|r| keep(r)) {
+                out.push(r.clone());
             }
         }
         out
@@ -238,7 +217,7 @@ mod tests {
     fn the_ring_keeps_the_last_n_newest_first() {
         let ring = RecentRequests::new(3);
         for i in 0..5 {
-            ring.push(record(&format!("r{i}"), 200));
+            ring.push(Box::new(record(&format!("r{i}"), 200)));
         }
         let ids: Vec<_> = ring
             .latest(10, |_| true)
@@ -255,7 +234,7 @@ mod tests {
     #[test]
     fn an_empty_ring_keeps_nothing() {
         let ring = RecentRequests::new(0);
-        ring.push(record("a", 200));
+        ring.push(Box::new(record("a", 200)));
         assert!(ring.latest(10, |_| true).is_empty());
         assert!(ring.find(b"a").is_none());
     }
@@ -267,7 +246,7 @@ mod tests {
         assert_eq!(t.as_bytes().len(), 96);
         assert!(t.truncated_at_cap());
         let ring = RecentRequests::new(2);
-        ring.push(record(&long, 502));
+        ring.push(Box::new(record(&long, 502)));
         assert_eq!(ring.find(long.as_bytes()).unwrap().status, 502);
     }
 }
