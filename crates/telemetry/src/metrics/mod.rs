@@ -113,7 +113,8 @@ impl Metrics {
         let upstream_errors = Family::default();
         registry.register(
             "switchyard_upstream_errors",
-            "Upstream failures by kind (connect, timeout, reset, idle_timeout)",
+            "Upstream failures by kind (timeout, reset); failed connections are \
+             switchyard_upstream_connect_errors",
             upstream_errors.clone(),
         );
         let downstream_connections = Family::default();
@@ -140,6 +141,11 @@ impl Metrics {
             "Configuration reload attempts by result",
             config_reloads.clone(),
         );
+        // Both series exist from the start, so `increase()` sees the first failure (a counter
+        // born at 1 has no increase to show).
+        for result in ["success", "failure"] {
+            drop(config_reloads.get_or_create(&ResultLabels { result }));
+        }
         let tls_certificate_reloads = Family::default();
         registry.register(
             "switchyard_tls_certificate_reloads",
