@@ -92,8 +92,16 @@ impl Stats {
 #[derive(Default)]
 struct Sampler {
     routes: HashMap<(String, String), Ticks<RouteSnapshot>>,
-    /// (requests, failures) per (pool, endpoint).
-    endpoints: HashMap<(String, SocketAddr), Ticks<(u64, u64)>>,
+    /// Per (pool, endpoint): requests, failures and the scraped prefix-cache counters.
+    endpoints: HashMap<(String, SocketAddr), Ticks<EndpointCounts>>,
+}
+
+#[derive(Clone, Copy)]
+struct EndpointCounts {
+    requests: u64,
+    failures: u64,
+    /// (queries, hits), as the endpoint's server reports them.
+    prefix_cache: Option<(f64, f64)>,
 }
 
 /// Values seen at the last ticks, oldest first.
@@ -137,28 +145,35 @@ impl Sampler {
         self.routes.retain(|k, _| seen.contains(k));
 
         let mut seen_endpoints = std::collections::HashSet::new();
-        let pools: Vec<Value> = g
-            .pools
-            .iter()
-            .map(|p| {
-                let (delta, secs) = by_pool.get(p.name()).cloned().unwrap_or_default();
-                let mut v = traffic(&delta, secs);
-                let endpoints: Vec<Value> = p
+        let pools: Vec<Value> =
+            g.pools
+                .iter()
+                .map(|p| {
+                    let (delta, secs) = by_pool.get(p.name()).cloned().unwrap_or_default();
+                    let mut v = traffic(&delta, secs);
+                    let endpoints: Vec<Value> = p
                     .endpoints
                     .iter()
                     .enumerate()
                     .map(|(i, e)| {
                         let key = (p.name().to_string(), e.address());
                         let q = self.endpoints.entry(key.clone()).or_default();
-                        let (requests, failures) = (e.state.requests(), e.state.failures());
-                        let ((r0, f0), secs) = window(q, now, (requests, failures));
-                        seen_endpoints.insert(key);
-                        let dr = requests.saturating_sub(r0);
-                        let df = failures.saturating_sub(f0);
-                        let signals = p.inference.as_ref().and_then(|pk| {
+                        let view = p.inference.as_ref().and_then(|pk| {
                             pk.endpoint_view(i, std::time::Instant::now())
-                                .map(|view| view.signals)
                         });
+                        let counts = EndpointCounts {
+                            requests: e.state.requests(),
+                            failures: e.state.failures(),
+                            prefix_cache: view.as_ref().and_then(|v| v.prefix_cache),
+                        };
+                        let (old, secs) = window(q, now, counts);
+                        // The oldest tick with counters: the first scrape may have come after
+                        // the window's start.
+                        let prefix_since = q.iter().find_map(|(_, c)| c.prefix_cache);
+                        seen_endpoints.insert(key);
+                        let dr = counts.requests.saturating_sub(old.requests);
+                        let df = counts.failures.saturating_sub(old.failures);
+                        let signals = view.as_ref().map(|v| v.signals);
                         json!({
                             "address": e.address().to_string(),
                             "zone": e.zone,
@@ -173,38 +188,39 @@ impl Sampler {
                             "waiting": signals.as_ref().map(|s| s.waiting),
                             "running": signals.as_ref().map(|s| s.running),
                             "kv_usage": signals.as_ref().map(|s| s.kv_usage),
+                            "prefix_hit_share": prefix_hit_share(prefix_since, counts.prefix_cache),
                         })
                     })
                     .collect();
-                let recent_picks: Vec<Value> = observer
-                    .recent
-                    .latest(RECENT_PICKS, |r| {
-                        r.pick.is_some() && r.pool() == Some(p.name())
-                    })
-                    .iter()
-                    .map(|r| {
-                        json!({
-                            "time_ms": unix_ms(observer.wall_time(r.ended)),
-                            "endpoint": r.endpoint.map(|a| a.to_string()),
-                            "explanation": r.pick.as_deref(),
+                    let recent_picks: Vec<Value> = observer
+                        .recent
+                        .latest(RECENT_PICKS, |r| {
+                            r.pick.is_some() && r.pool() == Some(p.name())
                         })
-                    })
-                    .collect();
-                v["pool"] = json!(p.name());
-                v["balancer"] = json!(p.spec.balancer.kind());
-                v["panic"] = json!(p.in_panic());
-                v["in_flight"] =
-                    json!(p.endpoints.iter().map(|e| e.state.in_flight()).sum::<u64>());
-                v["concurrency"] = p.limiter.as_ref().map_or(Value::Null, |l| {
-                    let s = l.stats();
-                    json!({"limit": s.limit, "in_flight": s.in_flight, "queued": s.queued})
-                });
-                v["breaker"] = breaker(&p.breaker);
-                v["endpoints"] = Value::Array(endpoints);
-                v["recent_picks"] = Value::Array(recent_picks);
-                v
-            })
-            .collect();
+                        .iter()
+                        .map(|r| {
+                            json!({
+                                "time_ms": unix_ms(observer.wall_time(r.ended)),
+                                "endpoint": r.endpoint.map(|a| a.to_string()),
+                                "explanation": r.pick.as_deref(),
+                            })
+                        })
+                        .collect();
+                    v["pool"] = json!(p.name());
+                    v["balancer"] = json!(p.spec.balancer.kind());
+                    v["panic"] = json!(p.in_panic());
+                    v["in_flight"] =
+                        json!(p.endpoints.iter().map(|e| e.state.in_flight()).sum::<u64>());
+                    v["concurrency"] = p.limiter.as_ref().map_or(Value::Null, |l| {
+                        let s = l.stats();
+                        json!({"limit": s.limit, "in_flight": s.in_flight, "queued": s.queued})
+                    });
+                    v["breaker"] = breaker(&p.breaker);
+                    v["endpoints"] = Value::Array(endpoints);
+                    v["recent_picks"] = Value::Array(recent_picks);
+                    v
+                })
+                .collect();
         self.endpoints.retain(|k, _| seen_endpoints.contains(k));
 
         let rollouts: Vec<_> = g
@@ -245,6 +261,14 @@ fn traffic(d: &RouteSnapshot, secs: f64) -> Value {
         "limited_per_s": rate(d.limited, secs),
         "overflow_per_s": rate(d.overflow, secs),
     })
+}
+
+/// Prefix-cache hits over queries between two scrapes' counters; `None` without lookups in
+/// between, or when a counter went back (a restarted server).
+fn prefix_hit_share(old: Option<(f64, f64)>, new: Option<(f64, f64)>) -> Option<f64> {
+    let ((q0, h0), (q1, h1)) = (old?, new?);
+    let (queries, hits) = (q1 - q0, h1 - h0);
+    (queries > 0.0 && hits >= 0.0).then(|| (hits / queries).min(1.0))
 }
 
 /// Per second, or `null` before a window has passed.
@@ -296,6 +320,20 @@ mod tests {
             assert!((secs - back as f64).abs() < 1e-9);
         }
         assert_eq!(q.len(), WINDOW + 1);
+    }
+
+    #[test]
+    fn prefix_hit_share_is_over_the_window_and_survives_restarts() {
+        assert_eq!(
+            prefix_hit_share(Some((100.0, 50.0)), Some((300.0, 200.0))),
+            Some(0.75)
+        );
+        assert_eq!(
+            prefix_hit_share(Some((100.0, 50.0)), Some((100.0, 50.0))),
+            None
+        );
+        assert_eq!(prefix_hit_share(Some((1e6, 9e5)), Some((10.0, 5.0))), None);
+        assert_eq!(prefix_hit_share(None, Some((10.0, 5.0))), None);
     }
 
     #[test]

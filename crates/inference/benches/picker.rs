@@ -45,6 +45,7 @@ fn setup() -> (Vec<Endpoint>, InferencePicker, Vec<u64>, String) {
                     num_gpu_blocks: Some(26_900),
                     lora: None,
                     models: None,
+                    prefix_cache: None,
                 },
                 now,
             );

@@ -108,6 +108,8 @@ pub struct EndpointView {
     pub last_scrape_error: Option<(crate::scrape::ScrapeError, Duration)>,
     pub lora_running: Vec<String>,
     pub lora_waiting: Vec<String>,
+    /// Prefix-cache counters (queries, hits) as last scraped, cumulative.
+    pub prefix_cache: Option<(f64, f64)>,
 }
 
 /// The `inference` picker for one pool. `signals[i]` and the prefix index's endpoint `i` belong
@@ -198,6 +200,7 @@ impl InferencePicker {
                 .map(|(e, t)| (e, now.saturating_duration_since(t))),
             lora_running: lora.running.clone(),
             lora_waiting: lora.waiting.clone(),
+            prefix_cache: s.prefix_cache(),
         })
     }
 

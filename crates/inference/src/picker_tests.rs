@@ -29,6 +29,7 @@ fn scraped(waiting: f64, kv: f64) -> ScrapedMetrics {
         num_gpu_blocks: Some(10_000),
         lora: None,
         models: None,
+        prefix_cache: None,
     }
 }
 

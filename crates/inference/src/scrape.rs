@@ -160,6 +160,10 @@ pub struct MetricNames {
     /// KV cache tokens in use (llama.cpp `kv_cache_tokens`): with KV usage it gives the cache
     /// size, in place of `cache_info`.
     pub kv_tokens: Option<String>,
+    /// Prefix-cache counters (queries, hits), summed over their series: the hit share over a
+    /// window is what operators read to see whether prefix affinity works (vLLM v1
+    /// `prefix_cache_queries`/`prefix_cache_hits`, in tokens).
+    pub prefix_cache: Option<(String, String)>,
     /// The metrics path.
     pub path: String,
 }
@@ -178,6 +182,10 @@ impl MetricNames {
             lora_info: Some("vllm:lora_requests_info".into()),
             model_label: Some("model_name".into()),
             kv_tokens: None,
+            prefix_cache: Some((
+                "vllm:prefix_cache_queries_total".into(),
+                "vllm:prefix_cache_hits_total".into(),
+            )),
             path: "/metrics".into(),
         }
     }
@@ -192,6 +200,7 @@ impl MetricNames {
             lora_info: None,
             model_label: Some("model_name".into()),
             kv_tokens: None,
+            prefix_cache: None,
             path: "/metrics".into(),
         }
     }
@@ -206,6 +215,7 @@ impl MetricNames {
             lora_info: None,
             model_label: None,
             kv_tokens: None,
+            prefix_cache: None,
             path: "/metrics".into(),
         }
     }
@@ -231,6 +241,7 @@ impl MetricNames {
             lora_info: None,
             model_label: None,
             kv_tokens: None,
+            prefix_cache: None,
             path: "/metrics".into(),
         }
     }
@@ -247,6 +258,7 @@ impl MetricNames {
             lora_info: None,
             model_label: None,
             kv_tokens: Some("llamacpp:kv_cache_tokens".into()),
+            prefix_cache: None,
             path: "/metrics".into(),
         }
     }
@@ -335,7 +347,19 @@ impl MetricNames {
             }
             models
         });
+        let sum = |name: &str| {
+            samples
+                .iter()
+                .filter(|s| s.name == name && s.value.is_finite() && s.value >= 0.0)
+                .map(|s| s.value)
+                .reduce(|a, b| a + b)
+        };
+        let prefix_cache = self
+            .prefix_cache
+            .as_ref()
+            .and_then(|(queries, hits)| Some((sum(queries)?, sum(hits)?)));
         Ok(ScrapedMetrics {
+            prefix_cache,
             models: models.filter(|m| !m.is_empty()),
             waiting: pick(&self.waiting, |a, b| a + b),
             running: pick(&self.running, |a, b| a + b),

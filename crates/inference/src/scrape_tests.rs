@@ -250,6 +250,25 @@ fn extracts_vllm_signals() {
         )
         .unwrap();
     assert_eq!(unlabeled.models, None);
+    assert_eq!(unlabeled.prefix_cache, None);
+}
+
+#[test]
+fn prefix_cache_counters_are_summed_and_need_both() {
+    let page = "vllm:prefix_cache_queries_total{model_name=\"a\"} 1000\n\
+                vllm:prefix_cache_queries_total{model_name=\"b\"} 500\n\
+                vllm:prefix_cache_hits_total{model_name=\"a\"} 600\n\
+                vllm:prefix_cache_hits_total{model_name=\"b\"} 150\n";
+    let m = MetricNames::vllm().extract(page).unwrap();
+    assert_eq!(m.prefix_cache, Some((1500.0, 750.0)));
+    let half = MetricNames::vllm()
+        .extract("vllm:prefix_cache_queries_total 10\n")
+        .unwrap();
+    assert_eq!(half.prefix_cache, None);
+    let bad = MetricNames::vllm()
+        .extract("vllm:prefix_cache_queries_total -5\nvllm:prefix_cache_hits_total 1\n")
+        .unwrap();
+    assert_eq!(bad.prefix_cache, None, "a negative counter is not read");
 }
 
 #[test]

@@ -53,6 +53,8 @@ pub struct ScrapedMetrics {
     pub lora: Option<LoraState>,
     /// Base models the server says it serves (the model label of its signal series).
     pub models: Option<Vec<String>>,
+    /// Prefix-cache counters as scraped: (queries, hits), cumulative.
+    pub prefix_cache: Option<(f64, f64)>,
 }
 
 /// Queue and KV signals read from an ORCA load report on a response, in a scrape's units.
@@ -138,6 +140,9 @@ pub struct EndpointSignals {
     orca_tokens: AtomicU64,
     in_flight: AtomicU64,
     in_flight_tokens: AtomicU64,
+    /// The last scraped prefix-cache counters, as f64 bits; `ABSENT` until a page had them.
+    prefix_queries_bits: AtomicU64,
+    prefix_hits_bits: AtomicU64,
 }
 
 impl Default for EndpointSignals {
@@ -189,7 +194,16 @@ impl EndpointSignals {
             orca_tokens: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             in_flight_tokens: AtomicU64::new(0),
+            prefix_queries_bits: AtomicU64::new(ABSENT),
+            prefix_hits_bits: AtomicU64::new(ABSENT),
         }
+    }
+
+    /// The prefix-cache counters (queries, hits) of the last scrape that had them.
+    pub fn prefix_cache(&self) -> Option<(f64, f64)> {
+        let q = self.prefix_queries_bits.load(Ordering::Relaxed);
+        let h = self.prefix_hits_bits.load(Ordering::Relaxed);
+        (q != ABSENT && h != ABSENT).then(|| (f64::from_bits(q), f64::from_bits(h)))
     }
 
     fn nanos(&self, now: Instant) -> u64 {
@@ -227,6 +241,12 @@ impl EndpointSignals {
         }
         if let Some(b) = m.num_gpu_blocks {
             self.num_gpu_blocks.store(b, Ordering::Relaxed);
+        }
+        if let Some((queries, hits)) = m.prefix_cache {
+            self.prefix_queries_bits
+                .store(queries.to_bits(), Ordering::Relaxed);
+            self.prefix_hits_bits
+                .store(hits.to_bits(), Ordering::Relaxed);
         }
         if let Some(l) = &m.lora {
             if **self.lora.load() != *l {

@@ -15,6 +15,7 @@ fn picks_between_scrapes_count_until_the_next_scrape() {
             num_gpu_blocks: Some(1000),
             lora: None,
             models: None,
+            prefix_cache: None,
         },
         t0,
     );

@@ -161,7 +161,22 @@ async fn stats_tap_and_the_last_requests_follow_real_traffic() {
     assert!(text.contains("admin.recent_requests"), "{text}");
     assert_eq!(gw.admin_get("/tap?status=9xx").0, 400);
 
-    // The live numbers: rates, stream timings and tokens per route; errors per pool; picks.
+    // The live numbers: rates, stream timings and tokens per route; errors per pool; picks;
+    // the prefix-cache hit share needs traffic between two of the sampler's ticks.
+    let gw = Arc::new(gw);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (gw, stop) = (gw.clone(), stop.clone());
+        tokio::spawn(async move {
+            let c = client::http1();
+            for i in 0..2000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                stream_chat(&c, &gw, &format!("more-{i}")).await;
+            }
+        })
+    };
     eventually("the chat route's live numbers", || {
         let s = json(&gw.admin_get("/stats").1);
         let route = s["routes"]
@@ -183,8 +198,18 @@ async fn stats_tap_and_the_last_requests_follow_real_traffic() {
                 && r["tokens_per_s"].as_f64() > Some(0.0)
                 && r["error_rate"] == 0.0
         }) && dead_pool.is_some_and(|p| p["error_rate"] == 1.0)
+            // The replicas' scraped prefix-cache counters, as a hit share over the window.
+            && s["pools"].as_array().unwrap().iter().any(|p| {
+                p["endpoints"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["prefix_hit_share"].as_f64().is_some_and(|h| (0.0..=1.0).contains(&h)))
+            })
     })
     .await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
     let s = json(&gw.admin_get("/stats").1);
     let p = s["pools"]
         .as_array()
