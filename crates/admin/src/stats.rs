@@ -23,6 +23,9 @@ use tokio::sync::watch;
 pub const WINDOW: usize = 5;
 /// Frames kept: five minutes at one a second.
 pub const HISTORY: usize = 300;
+/// And at most this many bytes of them: a frame grows with the endpoints (~300 bytes each), and
+/// five minutes of a thousand-endpoint fleet would be 90 MB.
+const HISTORY_BYTES: usize = 16 << 20;
 const TICK: Duration = Duration::from_secs(1);
 /// Recent `inference` picks shown per pool.
 const RECENT_PICKS: usize = 5;
@@ -59,10 +62,11 @@ impl Stats {
     fn publish(&self, frame: Bytes) {
         {
             let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
-            if history.len() == HISTORY {
-                history.pop_front();
-            }
             history.push_back(frame.clone());
+            let mut bytes: usize = history.iter().map(Bytes::len).sum();
+            while history.len() > HISTORY || (bytes > HISTORY_BYTES && history.len() > 1) {
+                bytes -= history.pop_front().map_or(0, |f| f.len());
+            }
         }
         self.latest.send_replace(frame);
     }
@@ -144,6 +148,24 @@ impl Sampler {
         }
         self.routes.retain(|k, _| seen.contains(k));
 
+        // The last picks per pool, from one pass over the ring.
+        let mut picks: HashMap<String, Vec<Value>> = HashMap::new();
+        let pools_with_picks = g.pools.iter().filter(|p| p.inference.is_some()).count();
+        let mut full = 0;
+        observer.recent.visit(|r| {
+            if let (Some(pick), Some(pool)) = (r.pick.as_deref(), r.pool()) {
+                let kept = picks.entry(pool.to_string()).or_default();
+                if kept.len() < RECENT_PICKS {
+                    kept.push(json!({
+                        "time_ms": unix_ms(observer.wall_time(r.ended)),
+                        "endpoint": r.endpoint.map(|a| a.to_string()),
+                        "explanation": pick,
+                    }));
+                    full += usize::from(kept.len() == RECENT_PICKS);
+                }
+            }
+            full < pools_with_picks
+        });
         let mut seen_endpoints = std::collections::HashSet::new();
         let pools: Vec<Value> =
             g.pools
@@ -192,20 +214,7 @@ impl Sampler {
                         })
                     })
                     .collect();
-                    let recent_picks: Vec<Value> = observer
-                        .recent
-                        .latest(RECENT_PICKS, |r| {
-                            r.pick.is_some() && r.pool() == Some(p.name())
-                        })
-                        .iter()
-                        .map(|r| {
-                            json!({
-                                "time_ms": unix_ms(observer.wall_time(r.ended)),
-                                "endpoint": r.endpoint.map(|a| a.to_string()),
-                                "explanation": r.pick.as_deref(),
-                            })
-                        })
-                        .collect();
+                    let recent_picks = picks.remove(p.name()).unwrap_or_default();
                     v["pool"] = json!(p.name());
                     v["balancer"] = json!(p.spec.balancer.kind());
                     v["panic"] = json!(p.in_panic());
@@ -334,6 +343,28 @@ mod tests {
         );
         assert_eq!(prefix_hit_share(Some((1e6, 9e5)), Some((10.0, 5.0))), None);
         assert_eq!(prefix_hit_share(None, Some((10.0, 5.0))), None);
+    }
+
+    #[tokio::test]
+    async fn history_is_bounded_in_frames_and_bytes() {
+        let stats = Stats {
+            latest: watch::channel(Bytes::new()).0,
+            history: Mutex::new(VecDeque::new()),
+        };
+        for i in 0..HISTORY + 10 {
+            stats.publish(Bytes::from(i.to_string()));
+        }
+        let kept = stats.history(usize::MAX);
+        assert_eq!(kept.len(), HISTORY);
+        assert_eq!(kept[0], Bytes::from(10.to_string()));
+        assert_eq!(stats.latest(), Bytes::from((HISTORY + 9).to_string()));
+        let big = Bytes::from(vec![b'x'; HISTORY_BYTES / 4]);
+        for _ in 0..10 {
+            stats.publish(big.clone());
+        }
+        let bytes: usize = stats.history(usize::MAX).iter().map(Bytes::len).sum();
+        assert!(bytes <= HISTORY_BYTES, "{bytes}");
+        assert_eq!(stats.history(usize::MAX).len(), 4);
     }
 
     #[test]

@@ -166,6 +166,20 @@ impl RecentRequests {
         self.slots[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Visit records newest first, while `visit` says to go on.
+    pub fn visit(&self, mut visit: impl FnMut(&RequestRecord) -> bool) {
+        let n = self.slots.len();
+        let next = self.next.load(Ordering::Relaxed);
+        for back in 1..=n.min(next) {
+            let slot = self.slot((next - back) % n);
+            if let Some(r) = slot.as_deref() {
+                if !visit(r) {
+                    return;
+                }
+            }
+        }
+    }
+
     /// Records newest first, at most `limit`, that `keep` accepts.
     pub fn latest(
         &self,
