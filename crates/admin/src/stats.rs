@@ -141,6 +141,7 @@ impl Sampler {
                 pool.0.add(&delta);
                 pool.1 = pool.1.max(secs);
                 let mut v = traffic(&delta, secs);
+                v["in_flight"] = json!(t.metrics.live.in_flight());
                 v["route"] = json!(r.name);
                 v["pool"] = json!(t.pool.name());
                 routes.push(v);

@@ -149,7 +149,10 @@ impl Finish {
 
     /// Routing picked a target: its metrics, and whether its clients speak the OpenAI API.
     pub fn set_route(&mut self, metrics: Arc<RouteMetrics>, openai: bool) {
-        self.metrics = Some(metrics);
+        metrics.live.started();
+        if let Some(old) = self.metrics.replace(metrics) {
+            old.live.left();
+        }
         self.openai = openai;
     }
 
@@ -162,6 +165,7 @@ impl Finish {
     /// Where a request that never matched a route is counted.
     pub fn set_unrouted(&mut self, metrics: &Arc<RouteMetrics>) {
         if self.metrics.is_none() {
+            metrics.live.started();
             self.metrics = Some(metrics.clone());
         }
     }
@@ -296,6 +300,7 @@ impl Drop for Finish {
         if let Some(m) = &metrics {
             m.count(self.status);
             m.duration.observe(elapsed.as_secs_f64());
+            m.live.left();
             m.live.finished(
                 self.status,
                 elapsed,

@@ -221,6 +221,16 @@ async fn stats_tap_and_the_last_requests_follow_real_traffic() {
     assert_eq!(p["endpoints"].as_array().unwrap().len(), 2);
     assert!(!p["recent_picks"].as_array().unwrap().is_empty(), "{p}");
     assert_eq!(s["window_s"], 5);
+    // The route's in-flight count goes back to nothing once the load has stopped.
+    eventually("no request in flight on the chat route", || {
+        json(&gw.admin_get("/stats").1)["routes"]
+            .as_array()
+            .is_some_and(|r| {
+                r.iter()
+                    .any(|r| r["route"] == "chat" && r["in_flight"] == 0)
+            })
+    })
+    .await;
 }
 
 #[tokio::test]

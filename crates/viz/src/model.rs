@@ -121,6 +121,8 @@ pub struct EndpointStats {
     pub running: Option<f64>,
     /// KV-cache use as a fraction (0.8 = 80 %).
     pub kv_usage: Option<f64>,
+    /// Prefix-cache hits over lookups in the window, as a fraction.
+    pub prefix_hit_share: Option<f64>,
 }
 
 impl EndpointStats {

@@ -281,6 +281,7 @@ const ENDPOINT_COLUMNS: &[Column] = &[
     num("QUEUE", 5),
     num("RUN", 5),
     num("KV%", 5),
+    num("PFX%", 5),
 ];
 
 fn endpoint_row(pool: &str, e: &EndpointStats) -> TableRow {
@@ -298,6 +299,7 @@ fn endpoint_row(pool: &str, e: &EndpointStats) -> TableRow {
             with(count, e.waiting),
             with(count, e.running),
             (percent(e.kv_usage), e.kv_usage),
+            (percent(e.prefix_hit_share), e.prefix_hit_share),
         ],
         e.rps,
         e.in_flight,
@@ -357,8 +359,8 @@ mod tests {
         assert_eq!(pools[0].cells[10..], ["57/256", "3", "2/3", "PANIC"]);
         assert!(pools[0].alarm);
         let endpoints = View::Endpoints.rows(&fixture(), View::Endpoints.default_sort());
-        assert_eq!(endpoints[0].cells[10], "81.5");
-        assert_eq!(endpoints[2].cells[9..], ["-", "-"]);
+        assert_eq!(endpoints[0].cells[10..], ["81.5", "62.0"]);
+        assert_eq!(endpoints[2].cells[9..], ["-", "-", "-"]);
         assert_eq!(endpoints[3].cells[3], "ejected");
         assert!(endpoints[3].alarm);
     }

@@ -7,7 +7,7 @@
 //! relaxed add per number, on memory that lives as long as the route.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -145,9 +145,26 @@ pub struct LiveRoute {
     shed: AtomicU64,
     limited: AtomicU64,
     overflow: AtomicU64,
+    /// Requests routed here and not finished (a stream, until its last byte).
+    in_flight: AtomicI64,
 }
 
 impl LiveRoute {
+    /// A request was routed here.
+    pub fn started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request routed here finished (or was routed elsewhere).
+    pub fn left(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Requests routed here and not yet finished.
+    pub fn in_flight(&self) -> u64 {
+        u64::try_from(self.in_flight.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
     /// A finished exchange.
     pub fn finished(
         &self,
@@ -341,6 +358,18 @@ mod tests {
         assert_eq!(d.duration.count(), 2);
         // A reset (a snapshot older than the counts) never goes negative.
         assert_eq!(before.since(&r.snapshot()).requests, 0);
+    }
+
+    #[test]
+    fn in_flight_counts_requests_between_routing_and_their_end() {
+        let r = LiveRoute::default();
+        r.started();
+        r.started();
+        r.left();
+        assert_eq!(r.in_flight(), 1);
+        r.left();
+        r.left();
+        assert_eq!(r.in_flight(), 0, "never below zero");
     }
 
     #[test]
