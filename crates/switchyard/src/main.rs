@@ -70,7 +70,7 @@ enum Command {
     Sim(switchyard_sim::SimArgs),
     /// Drive load at an OpenAI-compatible endpoint and report TTFT/ITL/goodput.
     Bench(switchyard_bench::BenchArgs),
-    /// Live routes, pools and endpoints from a gateway's admin API (q quits).
+    /// Live routes, pools, endpoints and recent picks from a gateway's admin API (q quits).
     Top(switchyard_viz::TopArgs),
     /// Print the gateway's finished requests as they happen, one line each.
     Tap(switchyard_viz::TapArgs),

@@ -12,16 +12,19 @@ pub enum View {
     Routes,
     Pools,
     Endpoints,
+    /// The last `inference` picks of each pool, with each candidate's scores.
+    Picks,
 }
 
 impl View {
-    pub const ALL: [View; 3] = [View::Routes, View::Pools, View::Endpoints];
+    pub const ALL: [View; 4] = [View::Routes, View::Pools, View::Endpoints, View::Picks];
 
     pub fn title(self) -> &'static str {
         match self {
             View::Routes => "Routes",
             View::Pools => "Pools",
             View::Endpoints => "Endpoints",
+            View::Picks => "Picks",
         }
     }
 
@@ -30,15 +33,16 @@ impl View {
             View::Routes => 0,
             View::Pools => 1,
             View::Endpoints => 2,
+            View::Picks => 3,
         }
     }
 
     pub fn next(self) -> View {
-        View::ALL[(self.index() + 1) % 3]
+        View::ALL[(self.index() + 1) % View::ALL.len()]
     }
 
     pub fn previous(self) -> View {
-        View::ALL[(self.index() + 2) % 3]
+        View::ALL[(self.index() + View::ALL.len() - 1) % View::ALL.len()]
     }
 
     pub fn columns(self) -> &'static [Column] {
@@ -46,14 +50,16 @@ impl View {
             View::Routes => ROUTE_COLUMNS,
             View::Pools => POOL_COLUMNS,
             View::Endpoints => ENDPOINT_COLUMNS,
+            View::Picks => PICK_COLUMNS,
         }
     }
 
-    /// Where sorting starts: the busiest first (requests per second, then in flight).
+    /// Where sorting starts: the busiest first (requests per second, then in flight); picks
+    /// newest first.
     pub fn default_sort(self) -> usize {
         self.columns()
             .iter()
-            .position(|c| c.title == "RPS")
+            .position(|c| c.title == "RPS" || c.title == "WHEN")
             .unwrap_or(0)
     }
 
@@ -75,6 +81,11 @@ impl View {
                 .pools
                 .iter()
                 .flat_map(|p| p.endpoints.iter().map(|e| endpoint_row(&p.pool, e)))
+                .collect(),
+            View::Picks => frame
+                .pools
+                .iter()
+                .flat_map(|p| p.recent_picks.iter().map(|k| pick_row(&p.pool, k)))
                 .collect(),
         };
         let order = self.columns().get(sort).map_or(Order::None, |c| c.sort);
@@ -212,6 +223,26 @@ fn route_row(r: &RouteStats) -> TableRow {
     );
     row.alarm = t.error_rate.is_some_and(|e| e >= 0.05);
     row
+}
+
+const PICK_COLUMNS: &[Column] = &[
+    text("POOL", 14),
+    num("WHEN", 12),
+    text("CHOSEN", 22),
+    plain("CANDIDATES: SCORE (PARTS), BEST FIRST", 120),
+];
+
+fn pick_row(pool: &str, k: &crate::model::Pick) -> TableRow {
+    row(
+        vec![
+            name(pool),
+            (crate::format::clock(k.time_ms), k.time_ms.map(|t| t as f64)),
+            name(k.endpoint.as_deref().unwrap_or("")),
+            name(k.explanation.as_deref().unwrap_or("")),
+        ],
+        None,
+        None,
+    )
 }
 
 const POOL_COLUMNS: &[Column] = &[

@@ -36,7 +36,7 @@ pub struct TopState {
     frame: Option<Frame>,
     view: View,
     /// The sort column of each view, by `View::index`.
-    sort: [usize; 3],
+    sort: [usize; View::ALL.len()],
     /// Why the stream is down, while it is.
     trouble: Option<String>,
 }
@@ -76,6 +76,7 @@ impl TopState {
             KeyCode::Char('1') => self.view = View::Routes,
             KeyCode::Char('2') => self.view = View::Pools,
             KeyCode::Char('3') => self.view = View::Endpoints,
+            KeyCode::Char('4') => self.view = View::Picks,
             KeyCode::Char('s') => {
                 let sort = &mut self.sort[self.view.index()];
                 *sort = self.view.next_sort(*sort);
@@ -108,7 +109,7 @@ impl TopState {
         }
         let status_line = match &self.trouble {
             Some(trouble) => Line::from(trouble.as_str()).red(),
-            None => Line::from("Tab/1-3 view   s sort column   q quit").dim(),
+            None => Line::from("Tab/1-4 view   s sort column   q quit").dim(),
         };
         status_line.render(status, buf);
     }

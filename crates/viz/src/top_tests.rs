@@ -100,11 +100,19 @@ fn interactive_screen_switches_views_and_sorts() {
     );
     assert!(line_of(&by_errors, "10.0.0.2:8000") < line_of(&by_errors, "10.0.0.1:8000"));
 
-    // Tab wraps to Routes, whose sort is untouched.
+    // Tab goes on to the recent picks, newest first, then wraps to Routes, whose sort is
+    // untouched.
+    state.on_key(key(KeyCode::Tab));
+    assert_eq!(state.view, View::Picks);
+    let picks = screen(&state, 160, 12);
+    assert!(picks.contains("sorted by WHEN (high first)"), "{picks}");
+    assert!(picks.contains("10.0.0.1:8000"), "{picks}");
     state.on_key(key(KeyCode::Tab));
     assert_eq!(state.view, View::Routes);
     assert!(screen(&state, 120, 12).contains("sorted by RPS"));
     state.on_key(key(KeyCode::BackTab));
+    assert_eq!(state.view, View::Picks);
+    assert!(!state.on_key(key(KeyCode::Char('3'))));
     assert_eq!(state.view, View::Endpoints);
 
     state.trouble = Some("admin gw:9901: the stream ended; reconnecting in 250ms".into());
