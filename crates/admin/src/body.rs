@@ -1,14 +1,13 @@
 //! Admin response bodies: whole documents, and server-sent event streams fed by a task.
 
 use std::convert::Infallible;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body::{Body, Frame};
+use http_body::Frame;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
+use switchyard_proxy::body::ChannelBody;
 use tokio::sync::mpsc;
 
 pub type AdminBody = UnsyncBoxBody<Bytes, Infallible>;
@@ -48,9 +47,9 @@ pub fn json_bytes(bytes: Bytes) -> Response<AdminBody> {
 
 /// An event stream (`text/event-stream`) and the sender its task writes events to; the task
 /// ends when a send fails, which is when the client has gone.
-pub fn event_stream() -> (mpsc::Sender<Bytes>, Response<AdminBody>) {
+pub fn event_stream() -> (mpsc::Sender<Frame<Bytes>>, Response<AdminBody>) {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    let mut r = Response::new(Channel(rx).boxed_unsync());
+    let mut r = Response::new(ChannelBody::new(rx).boxed_unsync());
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -61,29 +60,15 @@ pub fn event_stream() -> (mpsc::Sender<Bytes>, Response<AdminBody>) {
 }
 
 /// One server-sent event whose data is `json` (compact: one line, so one `data:` field).
-pub fn event(json: &[u8]) -> Bytes {
+pub fn event(json: &[u8]) -> Frame<Bytes> {
     let mut out = Vec::with_capacity(json.len() + 8);
     out.extend_from_slice(b"data: ");
     out.extend_from_slice(json);
     out.extend_from_slice(b"\n\n");
-    Bytes::from(out)
+    Frame::data(Bytes::from(out))
 }
 
 /// A comment line, which readers ignore: sent while idle so a gone client is noticed.
-pub const KEEPALIVE: Bytes = Bytes::from_static(b": keep-alive\n\n");
-
-struct Channel(mpsc::Receiver<Bytes>);
-
-impl Body for Channel {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
-    }
+pub fn keepalive() -> Frame<Bytes> {
+    Frame::data(Bytes::from_static(b": keep-alive\n\n"))
 }

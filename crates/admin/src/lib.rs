@@ -74,7 +74,8 @@ impl Admin {
         let header_read = settings.header_read_timeout;
         let slots = Arc::new(Semaphore::new(settings.max_connections));
         let builder = Arc::new(connection_builder(header_read));
-        self.stats.get_or_init(|| Stats::spawn(self.handle.clone()));
+        // The sampler runs from the start, so a page opened later has the last minutes.
+        self.stats();
         loop {
             // At the cap, wait for a connection to close before accepting the next.
             let Ok(slot) = slots.clone().acquire_owned().await else {

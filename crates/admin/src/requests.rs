@@ -137,7 +137,7 @@ pub fn tap(observer: &Arc<Observer>, query: Option<&str>) -> Response<AdminBody>
                 Some(r) => body::event(
                     &serde_json::to_vec(&record_json(&observer, &r)).unwrap_or_default(),
                 ),
-                None => body::KEEPALIVE,
+                None => body::keepalive(),
             };
             if tx.send(event).await.is_err() {
                 return;

@@ -28,13 +28,11 @@ mod replies;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, Request, Response};
-use http_body::{Body, Frame};
+use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -453,22 +451,10 @@ fn grpc_status(code: u8, message: &str) -> HeaderMap {
 }
 
 /// A response body fed from a channel: gRPC messages, then trailers.
-pub struct GrpcBody(mpsc::Receiver<Frame<Bytes>>);
-
-impl Body for GrpcBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|f| f.map(Ok))
-    }
-}
+pub type GrpcBody = switchyard_proxy::body::ChannelBody;
 
 fn grpc_response(rx: mpsc::Receiver<Frame<Bytes>>) -> Response<GrpcBody> {
-    let mut r = Response::new(GrpcBody(rx));
+    let mut r = Response::new(GrpcBody::new(rx));
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/grpc"),

@@ -300,7 +300,6 @@ impl Drop for Finish {
         if let Some(m) = &metrics {
             m.count(self.status);
             m.duration.observe(elapsed.as_secs_f64());
-            m.live.left();
             m.live.finished(
                 self.status,
                 elapsed,
@@ -365,7 +364,7 @@ impl Drop for Finish {
             r.target = metrics;
             r.status = self.status;
             r.duration = elapsed;
-            r.model = self.model.take().map(|m| m.model.clone());
+            r.model = self.model.take().map(|m| m.model);
             r.retries = u8::try_from(self.retries.len()).unwrap_or(u8::MAX);
             r.hedged = self.hedged;
             r.error = self.error;

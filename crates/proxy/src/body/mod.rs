@@ -5,9 +5,11 @@
 //! the request's bookkeeping when the stream ends.
 
 mod accounting;
+mod channel;
 mod request;
 mod response;
 
 pub use accounting::{Accounting, StreamTimer};
+pub use channel::ChannelBody;
 pub use request::{BodyTooLarge, BoxError, ClientBody, InBody, RequestBody};
 pub use response::{IdleTimeout, ResponseBody, UpstreamBody};

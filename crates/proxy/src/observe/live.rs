@@ -165,7 +165,7 @@ impl LiveRoute {
         u64::try_from(self.in_flight.load(Ordering::Relaxed)).unwrap_or(0)
     }
 
-    /// A finished exchange.
+    /// A finished exchange (no longer in flight).
     pub fn finished(
         &self,
         status: u16,
@@ -174,6 +174,7 @@ impl LiveRoute {
         retries: usize,
         hedged: bool,
     ) {
+        self.left();
         self.requests.fetch_add(1, Ordering::Relaxed);
         if status >= 500 {
             self.errors.fetch_add(1, Ordering::Relaxed);

@@ -186,18 +186,13 @@ impl RecentRequests {
         limit: usize,
         keep: impl Fn(&RequestRecord) -> bool,
     ) -> Vec<RequestRecord> {
-        let n = self.slots.len();
-        let next = self.next.load(Ordering::Relaxed);
         let mut out = Vec::new();
-        for back in 1..=n.min(next) {
-            if out.len() >= limit {
-                break;
-            }
-            let i = (next - back) % n;
-            if let Some(r) = self.slot(i).as_deref().filter(|r| keep(r)) {
+        self.visit(|r| {
+            if out.len() < limit && keep(r) {
                 out.push(r.clone());
             }
-        }
+            out.len() < limit
+        });
         out
     }
 
