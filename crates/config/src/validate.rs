@@ -360,6 +360,21 @@ mod tests {
     }
 
     #[test]
+    fn admin_limits() {
+        let e = errors("admin: {max_connections: 0, recent_requests: 2000000}\n");
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].contains("admin.max_connections: must be at least 1"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].contains("admin.recent_requests: must be at most 1000000"),
+            "{e:?}"
+        );
+        assert!(errors("admin: {recent_requests: 0}\n").is_empty());
+    }
+
+    #[test]
     fn bad_regex_and_prefix() {
         let e = errors(
             "pools: [{name: p}]\nroutes:\n  - name: r\n    pool: p\n    match: {path_regex: '(', path_prefix: v1}\n",
