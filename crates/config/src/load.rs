@@ -100,6 +100,20 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn http3_needs_tls_and_names_bad_quic_settings() {
+        let e = err("listeners:\n  - name: l\n    address: 127.0.0.1:0\n    http3: true\n");
+        assert_eq!(e.path, "listeners[0].http3");
+        assert_eq!(e.position.unwrap().line, 4);
+        let text = "listeners:\n  - name: l\n    address: 127.0.0.1:0\n    tls: {cert: c, key: k}\n    http3: true\n    quic: {receive_window: 1024}\n";
+        let e = parse(text, Path::new("t.yaml")).unwrap_err();
+        assert!(
+            e.0.iter()
+                .any(|e| e.path == "listeners[0].quic.receive_window"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn bad_endpoint_address() {
         let text = "pools:\n  - name: p\n    endpoints: [127.0.0.1:1, nonsense]\n";
         let e = err(text);

@@ -165,6 +165,17 @@ pub struct Listener {
     /// How request paths are normalized before routing (and forwarded normalized).
     #[serde(default)]
     pub path_normalization: PathNormalization,
+    /// Also serve HTTP/3 over QUIC on the same port (UDP); needs `tls`. TCP responses advertise
+    /// it with `Alt-Svc`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub http3: bool,
+    /// QUIC transport settings, for `http3: true`.
+    #[serde(default, skip_serializing_if = "is_default_quic")]
+    pub quic: crate::quic::Quic,
+}
+
+fn is_default_quic(q: &crate::quic::Quic) -> bool {
+    *q == crate::quic::Quic::default()
 }
 
 /// Request path normalization (RFC 3986 §6.2.2), applied before routing; the upstream gets the

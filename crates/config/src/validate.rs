@@ -131,6 +131,15 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
                 l.http2_keepalive_timeout,
             );
         }
+        if l.http3 && l.tls.is_none() {
+            c.error(
+                format!("listeners[{i}].http3"),
+                "HTTP/3 needs `tls` (QUIC is always encrypted)",
+            );
+        }
+        for (key, msg) in l.quic.validate() {
+            c.error(format!("listeners[{i}].quic.{key}"), msg);
+        }
         if let Some(tls) = &l.tls {
             for (key, p) in [("cert", &tls.cert), ("key", &tls.key)] {
                 if !p.is_file() {

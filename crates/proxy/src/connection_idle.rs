@@ -61,6 +61,13 @@ impl Activity {
         InFlight(self.clone())
     }
 
+    /// Resolves once no request is in flight (a draining connection may close then).
+    pub async fn quiet(&self) {
+        while self.in_flight.load(Ordering::Acquire) > 0 {
+            self.quiet.notified().await;
+        }
+    }
+
     /// Resolves once the connection has been idle too long: no request for `first` after it
     /// opened, or none in flight for `idle` after that (`None`: no bound once a request came).
     pub async fn idle(&self, first: Duration, idle: Option<Duration>) {

@@ -339,6 +339,7 @@ impl Drop for Finish {
                 path: &a.path,
                 protocol: match a.version {
                     Version::HTTP_2 => "HTTP/2",
+                    Version::HTTP_3 => "HTTP/3",
                     Version::HTTP_10 => "HTTP/1.0",
                     _ => "HTTP/1.1",
                 },

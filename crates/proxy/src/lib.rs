@@ -19,6 +19,7 @@ pub mod gateway;
 pub mod grpc;
 pub mod h1_codec;
 pub mod h1_server;
+pub mod h3;
 pub mod headers;
 pub mod listener;
 pub mod mirror;

@@ -125,6 +125,11 @@ impl AcceptLoop {
             .clone();
         let builder = Arc::new(connection_builder(&self.spec));
         let name: Arc<str> = Arc::from(self.spec.name.as_str());
+        // HTTP/3 on the same port (RFC 9114 §3.1.1); clients remember it for a day.
+        let alt_svc = (self.spec.http3 && self.tls.is_some()).then(|| {
+            http::HeaderValue::try_from(format!("h3=\":{local_port}\"; ma=86400"))
+                .expect("a port makes a valid header value")
+        });
         loop {
             let (stream, peer) = tokio::select! {
                 biased;
@@ -163,6 +168,7 @@ impl AcceptLoop {
             self.tracker.spawn(serve_connection(
                 stream,
                 self.tls.as_ref().map(|t| t.acceptor()),
+                alt_svc.clone(),
                 bounds,
                 builder.clone(),
                 self.handle.clone(),
@@ -186,6 +192,7 @@ impl Drop for OpenGuard {
 async fn serve_connection(
     stream: TcpStream,
     tls: Option<TlsAcceptor>,
+    alt_svc: Option<http::HeaderValue>,
     bounds: Bounds,
     builder: Arc<auto::Builder<TokioExecutor>>,
     handle: Arc<GatewayHandle>,
@@ -209,9 +216,13 @@ async fn serve_connection(
             let handle = handle.clone();
             let cx = cx.clone();
             let in_flight = activity.start();
+            let alt_svc = alt_svc.clone();
             async move {
                 let req = req.map(ClientBody::Hyper);
-                let resp = pipeline::handle(&handle, &cx, req, Downstream::Hyper).await;
+                let mut resp = pipeline::handle(&handle, &cx, req, Downstream::Hyper).await;
+                if let Some(v) = alt_svc {
+                    resp.headers_mut().insert(http::header::ALT_SVC, v);
+                }
                 Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, in_flight)))
             }
         })

@@ -21,6 +21,15 @@ struct Running {
     local_addr: SocketAddr,
     stop: CancellationToken,
     tls: Option<Arc<ReloadableTls>>,
+    /// The QUIC endpoint of an `http3` listener; a reload at the same address keeps it, so its
+    /// connections live on.
+    quic: Option<quinn::Endpoint>,
+}
+
+/// A listener bound and ready to serve: its TCP accept loop, and its QUIC one for HTTP/3.
+struct Prepared {
+    tcp: AcceptLoop,
+    quic: Option<crate::h3::QuicLoop>,
 }
 
 /// Listeners plus the shared gateway state.
@@ -70,7 +79,7 @@ impl Server {
         }
         // Bind before swapping so a failure leaves everything as it was.
         let prepared = self.prepare_listeners(&specs)?;
-        let fresh: Vec<String> = prepared.iter().map(|a| a.spec.name.clone()).collect();
+        let fresh: Vec<String> = prepared.iter().map(|a| a.tcp.spec.name.clone()).collect();
         self.handle.apply(config)?;
         self.commit_listeners(&specs, prepared);
         self.reload_certificates(|name| !fresh.iter().any(|f| f == name));
@@ -135,7 +144,7 @@ impl Server {
     }
 
     /// Bind sockets for listeners that are new or whose settings changed.
-    fn prepare_listeners(&self, specs: &[Listener]) -> Result<Vec<AcceptLoop>, String> {
+    fn prepare_listeners(&self, specs: &[Listener]) -> Result<Vec<Prepared>, String> {
         let running = self.listeners.lock().expect("listener lock");
         let mut out = Vec::new();
         for spec in specs {
@@ -155,40 +164,72 @@ impl Server {
                 )),
                 None => None,
             };
-            out.push(AcceptLoop {
+            let stop = CancellationToken::new();
+            let quic = match (&tls, spec.http3) {
+                (Some(tls), true) => {
+                    let bound = socket.local_addr().unwrap_or(address);
+                    // Same address and still HTTP/3: keep the endpoint and its connections.
+                    let kept = running
+                        .get(&spec.name)
+                        .filter(|r| r.local_addr == bound)
+                        .and_then(|r| r.quic.clone());
+                    let endpoint = match kept {
+                        Some(e) => e,
+                        None => crate::h3::endpoint(bound, spec, tls)?,
+                    };
+                    Some(crate::h3::QuicLoop {
+                        spec: spec.clone(),
+                        endpoint,
+                        handle: self.handle.clone(),
+                        tracker: self.tracker.clone(),
+                        tls: tls.clone(),
+                        stop: stop.clone(),
+                        shutdown: self.shutdown.clone(),
+                    })
+                }
+                _ => None,
+            };
+            let tcp = AcceptLoop {
                 spec: spec.clone(),
                 socket,
                 tls,
                 handle: self.handle.clone(),
                 tracker: self.tracker.clone(),
-                stop: CancellationToken::new(),
+                stop,
                 shutdown: self.shutdown.clone(),
-            });
+            };
+            out.push(Prepared { tcp, quic });
         }
         Ok(out)
     }
 
-    fn commit_listeners(&self, specs: &[Listener], prepared: Vec<AcceptLoop>) {
+    fn commit_listeners(&self, specs: &[Listener], prepared: Vec<Prepared>) {
         let mut running = self.listeners.lock().expect("listener lock");
-        for accept in prepared {
+        for Prepared { tcp: accept, quic } in prepared {
             let local_addr = accept.socket.local_addr().unwrap_or(accept.spec.address);
-            tracing::info!(listener = %accept.spec.name, address = %local_addr, tls = accept.tls.is_some(), "listening");
+            tracing::info!(listener = %accept.spec.name, address = %local_addr, tls = accept.tls.is_some(), http3 = quic.is_some(), "listening");
             let entry = Running {
                 spec: accept.spec.clone(),
                 local_addr,
                 stop: accept.stop.clone(),
                 tls: accept.tls.clone(),
+                quic: quic.as_ref().map(|q| q.endpoint.clone()),
             };
             if let Some(old) = running.insert(accept.spec.name.clone(), entry) {
                 old.stop.cancel();
+                close_unless_kept(old.quic, quic.as_ref().map(|q| &q.endpoint));
             }
             tokio::spawn(accept.run());
+            if let Some(quic) = quic {
+                tokio::spawn(quic.run());
+            }
         }
         running.retain(|name, r| {
             let keep = specs.iter().any(|s| &s.name == name);
             if !keep {
                 tracing::info!(listener = %name, "listener removed");
                 r.stop.cancel();
+                close_unless_kept(r.quic.take(), None);
             }
             keep
         });
@@ -207,5 +248,15 @@ impl Server {
             t.shutdown().await;
         }
         drained
+    }
+}
+
+/// A replaced listener's QUIC endpoint stops taking new connections (those open finish on
+/// their own), unless the new generation kept it.
+fn close_unless_kept(old: Option<quinn::Endpoint>, kept: Option<&quinn::Endpoint>) {
+    let Some(old) = old else { return };
+    let same = kept.is_some_and(|k| k.local_addr().ok() == old.local_addr().ok());
+    if !same {
+        old.set_server_config(None);
     }
 }

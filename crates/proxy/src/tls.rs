@@ -54,6 +54,9 @@ fn server_config(tls: &Tls) -> Result<Arc<rustls::ServerConfig>, String> {
 pub struct ReloadableTls {
     spec: Tls,
     current: ArcSwap<rustls::ServerConfig>,
+    /// Bumped on every successful reload: the QUIC endpoint (which holds its own copy of the
+    /// config) compares it to know when to take the new certificate.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl ReloadableTls {
@@ -62,12 +65,24 @@ impl ReloadableTls {
         Ok(Self {
             spec: spec.clone(),
             current: ArcSwap::new(server_config(spec)?),
+            generation: Default::default(),
         })
     }
 
     /// The acceptor for a new connection: the certificate current now.
     pub fn acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(self.current.load_full())
+    }
+
+    /// The rustls config served now, and its generation.
+    pub fn current(&self) -> (Arc<rustls::ServerConfig>, u64) {
+        let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
+        (self.current.load_full(), generation)
+    }
+
+    /// Whether the config changed since `generation`.
+    pub fn changed_since(&self, generation: u64) -> bool {
+        self.generation.load(std::sync::atomic::Ordering::Acquire) != generation
     }
 
     /// The files this listener reads.
@@ -80,6 +95,8 @@ impl ReloadableTls {
     pub fn reload(&self) -> Result<(), String> {
         let fresh = server_config(&self.spec)?;
         self.current.store(fresh);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ok(())
     }
 }

@@ -68,8 +68,8 @@ fn authority<B>(rx: &Exchange<'_>, req: &mut Request<B>) -> Result<(), Reject> {
     }
     match req.headers().get(HOST) {
         Some(h) if h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) => Ok(()),
-        // HTTP/2: `host` must name the entity `:authority` names.
-        Some(_) if req.version() == Version::HTTP_2 => bad("Host header differs from :authority"),
+        // HTTP/2 and HTTP/3: `host` must name the entity `:authority` names.
+        Some(_) if req.version() >= Version::HTTP_2 => bad("Host header differs from :authority"),
         // HTTP/1 absolute form: the target's authority wins over `Host`.
         _ => {
             let value = HeaderValue::from_str(a.as_str())
