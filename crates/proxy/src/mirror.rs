@@ -12,7 +12,6 @@ use std::time::Duration;
 use http::request::Parts;
 use http::HeaderMap;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use switchyard_resilience::BreakerGuard;
@@ -181,7 +180,7 @@ impl Drop for Slot {
 /// Read a response body to its end and discard it (an inline HTTP/1 connection then goes back
 /// to its pool), each chunk within `idle`.
 async fn drain(
-    body: Option<Incoming>,
+    body: Option<crate::upstream::UpstreamIncoming>,
     conn: Option<InlineConn>,
     idle: Duration,
 ) -> Result<(), &'static str> {

@@ -296,3 +296,42 @@ async fn reload_keeps_http3_connections_and_sigterm_drains_them() {
     assert_eq!(events.matches("data: ").count(), 5, "{events}");
     assert_eq!(gw.wait_exit(std::time::Duration::from_secs(30)), Some(0));
 }
+
+/// Run a script from tests/interop/ with the project's Python; its stdout as JSON.
+fn python_json(script: &str, args: &[String]) -> serde_json::Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/interop/");
+    let out = std::process::Command::new(support::python3())
+        .arg(format!("{path}{script}"))
+        .args(args)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{script}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn aioquic_client_streams_sse_and_uploads_over_http3() {
+    let origin = Origin::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (gw, _) = h3_gateway(dir.path(), &origin, "");
+    let cert = dir.path().join("cert.pem");
+    let got = python_json(
+        "h3_client.py",
+        &[
+            "127.0.0.1".into(),
+            gw.addr().port().to_string(),
+            cert.display().to_string(),
+        ],
+    );
+    assert_eq!(got["sse"]["status"], "200", "{got}");
+    assert_eq!(got["sse"]["events"], 5, "{got}");
+    // Forwarded as the origin sent them (100 ms apart), not collected into one.
+    assert!(got["sse"]["chunks"].as_u64().unwrap() >= 3, "{got}");
+    assert_eq!(got["upload"]["status"], "200", "{got}");
+    assert_eq!(got["upload"]["received"], got["upload"]["sent"], "{got}");
+}

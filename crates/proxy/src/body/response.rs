@@ -11,7 +11,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::accounting::Accounting;
@@ -19,6 +18,7 @@ use super::request::BoxError;
 use crate::finish::Finish;
 use crate::h1_codec::RawHeaders;
 use crate::upstream::InlineConn;
+use crate::upstream::UpstreamIncoming;
 
 /// No body bytes arrived from the upstream for `idle_timeout`.
 #[derive(Debug)]
@@ -83,8 +83,8 @@ impl Body for ResponseBody {
 /// just note the time: a stream of many small SSE events costs one clock read per event, not a
 /// timer reset.
 pub struct UpstreamBody {
-    /// The pooled client's body (HTTP/2); `None` when the body comes off `upstream`.
-    inner: Option<Incoming>,
+    /// The body of an HTTP/2 or HTTP/3 response; `None` when the body comes off `upstream`.
+    inner: Option<UpstreamIncoming>,
     idle_timeout: Duration,
     last_activity: Instant,
     deadline: Option<Instant>,
@@ -102,7 +102,7 @@ pub struct UpstreamBody {
 
 impl UpstreamBody {
     pub fn new(
-        inner: Option<Incoming>,
+        inner: Option<UpstreamIncoming>,
         idle_timeout: Duration,
         deadline: Option<Instant>,
         grpc: bool,

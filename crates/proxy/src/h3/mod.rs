@@ -34,7 +34,7 @@ use switchyard_telemetry::metrics::ListenerLabels;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use body::H3Body;
+pub use body::{H3Body, RecvHalf};
 
 use crate::connection_idle::Activity;
 use crate::framing_guard::FramingFlags;

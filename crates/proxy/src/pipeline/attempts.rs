@@ -5,7 +5,6 @@
 use std::mem;
 
 use http::Response;
-use hyper::body::Incoming;
 use switchyard_balance::head_latency::HeadClass;
 use switchyard_balance::{InFlight, PickContext};
 use switchyard_config::resilience::{AutoTimeout, PerTryTimeout};
@@ -28,7 +27,7 @@ use crate::upstream::{Failure, InlineConn, SendError, Sent};
 
 /// The response head to return, with what the response stage needs of it.
 pub struct Answer {
-    pub resp: Response<Option<Incoming>>,
+    pub resp: Response<Option<crate::upstream::UpstreamIncoming>>,
     pub scan: ResponseScan,
     /// The head as the upstream wrote it, when an inline HTTP/1 exchange kept it raw.
     pub raw: Option<Box<RawHeaders>>,

@@ -8,6 +8,8 @@
 mod failure;
 mod h1;
 mod h2;
+mod h3;
+mod incoming;
 pub mod upgrade;
 
 use std::future::Future;
@@ -17,7 +19,6 @@ use std::sync::Arc;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
 use switchyard_balance::EndpointState;
 use switchyard_resilience::CircuitBreaker;
 use tokio::time::Instant;
@@ -26,6 +27,8 @@ use crate::body::RequestBody;
 pub use failure::{Failure, SendError};
 pub use h1::{Encoded, EndpointConns, InlineConn};
 pub use h2::H2Endpoint;
+pub use h3::{H3Endpoint, H3ResponseBody};
+pub use incoming::UpstreamIncoming;
 pub use upgrade::UpgradeClient;
 
 /// How a pool reaches its endpoints (each list parallel to the pool's endpoints).
@@ -35,6 +38,8 @@ pub enum Transport {
     /// Each endpoint's multiplexed HTTP/2 connection, under the pool's connection and pending
     /// limits.
     Http2(Box<[Arc<H2Endpoint>]>),
+    /// Each endpoint's QUIC connection.
+    Http3(Box<[Arc<H3Endpoint>]>),
 }
 
 /// A pool's upstream transports.
@@ -48,7 +53,7 @@ pub struct Upstream {
 
 /// An attempt's response head, and the inline HTTP/1 connection its body arrives on (the
 /// other transports carry the body in the response).
-pub type Sent = (Response<Option<Incoming>>, Option<InlineConn>);
+pub type Sent = (Response<Option<UpstreamIncoming>>, Option<InlineConn>);
 
 impl Upstream {
     pub fn new(transport: Transport, upgrades: UpgradeClient, addresses: &[SocketAddr]) -> Self {
@@ -108,6 +113,18 @@ impl Upstream {
                     h2[index]
                         .send(req, breaker, state)
                         .await
+                        .map(|resp| (resp.map(|b| Some(UpstreamIncoming::Hyper(b))), None))
+                        .map_err(Failure::Inline)
+                }))
+            }
+            Some(Transport::Http3(h3)) => {
+                let mut req = self.absolute(index, parts, headers, body);
+                host_to_authority(&mut req);
+                *req.uri_mut() = with_scheme(std::mem::take(req.uri_mut()), Scheme::HTTPS);
+                Prepared::Pooled(Box::pin(async move {
+                    h3[index]
+                        .send(req, breaker)
+                        .await
                         .map(|resp| (resp.map(Some), None))
                         .map_err(Failure::Inline)
                 }))
@@ -118,7 +135,7 @@ impl Upstream {
                     self.upgrades
                         .request(req)
                         .await
-                        .map(|resp| (resp.map(Some), None))
+                        .map(|resp| (resp.map(|b| Some(UpstreamIncoming::Hyper(b))), None))
                         .map_err(Failure::Pooled)
                 }))
             }
@@ -184,4 +201,11 @@ fn host_to_authority(req: &mut Request<RequestBody>) {
 enum Prepared<'a> {
     Inline(&'a Arc<EndpointConns>, Encoded),
     Pooled(Pin<Box<dyn Future<Output = Result<Sent, Failure>> + Send + 'a>>),
+}
+
+/// HTTP/3 is always `https` (RFC 9114 §3.1).
+fn with_scheme(uri: Uri, scheme: Scheme) -> Uri {
+    let mut parts = uri.into_parts();
+    parts.scheme = Some(scheme);
+    Uri::from_parts(parts).expect("scheme, authority and path are set")
 }
