@@ -93,9 +93,15 @@ pub struct BenchArgs {
     /// Per-request timeout, send to end of stream.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     pub timeout: Duration,
-    /// Use HTTP/2 with prior knowledge (h2c).
+    /// Use HTTP/2: with prior knowledge (h2c) for http:// targets, over TLS for https:// ones.
     #[arg(long)]
     pub http2: bool,
+    /// Use HTTP/3 (QUIC) to https:// targets, one connection per target.
+    #[arg(long, conflicts_with = "http2")]
+    pub http3: bool,
+    /// PEM CA bundle that signs https:// targets' certificates.
+    #[arg(long)]
+    pub cacert: Option<PathBuf>,
     /// Ask for whole replies (`stream: false`): TTFT is then the time to the whole reply.
     #[arg(long)]
     pub no_stream: bool,
@@ -225,6 +231,8 @@ impl BenchArgs {
             .unwrap_or_default();
         spec.timeout = self.timeout;
         spec.http2 = self.http2;
+        spec.http3 = self.http3;
+        spec.cacert = self.cacert.clone();
         spec.stream = !self.no_stream;
         spec.seed = self.seed;
         spec.max_in_flight = self.max_in_flight;

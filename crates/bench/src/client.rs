@@ -16,15 +16,57 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Serialize;
 
+use crate::secure::{Failed, ReplyBody};
 use crate::sse::{self, Chunk, SseScanner};
 use crate::workload::{Input, Message, RequestPlan, Role};
 use crate::Endpoint;
 
-/// The pooled HTTP client used for every request of a run.
-pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+/// The HTTP client used for every request of a run: hyper's pool for `http://` targets, one
+/// multiplexed TLS or QUIC connection per target for `https://` ones.
+pub enum HttpClient {
+    Plain(Client<HttpConnector, Full<Bytes>>),
+    Secure(crate::secure::Secure),
+}
+
+impl HttpClient {
+    /// The client a run's settings ask for.
+    pub fn for_spec(spec: &crate::LoadSpec) -> anyhow::Result<Self> {
+        let secure = spec.targets.iter().any(|t| t.url.starts_with("https://"));
+        if !secure {
+            anyhow::ensure!(!spec.http3, "--http3 needs https:// targets");
+            let connect = spec.timeout.min(Duration::from_secs(10));
+            return Ok(Self::Plain(build_client(spec.http2, connect)));
+        }
+        anyhow::ensure!(
+            spec.http2 || spec.http3,
+            "https:// targets are spoken to over --http2 or --http3"
+        );
+        let ca = spec
+            .cacert
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("https:// targets need --cacert"))?;
+        Ok(Self::Secure(crate::secure::Secure::new(spec.http3, ca)?))
+    }
+
+    async fn request(
+        &self,
+        req: http::Request<Full<Bytes>>,
+    ) -> Result<http::Response<ReplyBody>, Failed> {
+        match self {
+            Self::Plain(c) => c
+                .request(req)
+                .await
+                .map(|r| r.map(ReplyBody::Hyper))
+                .map_err(|e| Failed {
+                    connect: e.is_connect(),
+                }),
+            Self::Secure(s) => s.request(req).await,
+        }
+    }
+}
 
 /// Builds the client: keep-alive pool, `TCP_NODELAY`, h2c prior knowledge when `http2`.
-pub fn build_client(http2: bool, connect_timeout: Duration) -> HttpClient {
+pub fn build_client(http2: bool, connect_timeout: Duration) -> Client<HttpConnector, Full<Bytes>> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.enforce_http(true);
@@ -246,8 +288,8 @@ async fn stream(
     };
     let resp = match client.request(req).await {
         Ok(r) => r,
-        Err(e) if e.is_connect() => return fail(ErrorKind::Connect),
-        Err(_) => return fail(ErrorKind::ConnectionClosed),
+        Err(Failed { connect: true }) => return fail(ErrorKind::Connect),
+        Err(Failed { connect: false }) => return fail(ErrorKind::ConnectionClosed),
     };
     let status = resp.status();
     let mut body = resp.into_body();
@@ -294,8 +336,8 @@ async fn whole(
     };
     let resp = match client.request(req).await {
         Ok(r) => r,
-        Err(e) if e.is_connect() => return fail(ErrorKind::Connect),
-        Err(_) => return fail(ErrorKind::ConnectionClosed),
+        Err(Failed { connect: true }) => return fail(ErrorKind::Connect),
+        Err(Failed { connect: false }) => return fail(ErrorKind::ConnectionClosed),
     };
     let status = resp.status();
     let body = resp.into_body().collect().await;

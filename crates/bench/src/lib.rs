@@ -36,6 +36,7 @@ pub mod client;
 pub mod dist;
 pub mod report;
 mod runner;
+pub mod secure;
 pub mod spec;
 pub mod sse;
 pub mod stats;

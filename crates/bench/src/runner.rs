@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http_body_util::Full;
 use tokio::task::JoinSet;
@@ -68,7 +68,7 @@ pub async fn run_load_with_progress(
         .map(|t| t.uri(spec.endpoint))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let run = Arc::new(Run {
-        client: client::build_client(spec.http2, spec.timeout.min(Duration::from_secs(10))),
+        client: HttpClient::for_spec(&spec)?,
         uris,
         picker: Mutex::new(Picker::new(
             spec.target_order,

@@ -56,12 +56,16 @@ impl Target {
             .parse()
             .with_context(|| format!("target `{}`: bad URL `{}`", self.name, self.url))?;
         match uri.scheme_str() {
-            Some("http") => Ok(uri),
+            Some("http" | "https") => Ok(uri),
             Some(other) => bail!(
-                "target `{}`: scheme `{other}` is not supported (use http://)",
+                "target `{}`: scheme `{other}` is not supported (use http:// or https://)",
                 self.name
             ),
-            None => bail!("target `{}`: URL `{}` needs http://", self.name, self.url),
+            None => bail!(
+                "target `{}`: URL `{}` needs http:// or https://",
+                self.name,
+                self.url
+            ),
         }
     }
 }
@@ -142,8 +146,15 @@ pub struct LoadSpec {
     /// Per-request limit, from sending to the end of the stream.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// Use HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
+    /// Use HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1; over TLS for `https://`
+    /// targets.
     pub http2: bool,
+    /// Use HTTP/3 (`https://` targets only).
+    #[serde(default)]
+    pub http3: bool,
+    /// The CA that signs `https://` targets' certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cacert: Option<std::path::PathBuf>,
     /// Stream completions (SSE). When false, each reply is one JSON document (`stream: false`).
     pub stream: bool,
     /// Seeds every random choice (prompts, lengths, arrivals, target picks).
@@ -173,6 +184,8 @@ impl LoadSpec {
             slo: Slo::default(),
             timeout: Duration::from_secs(60),
             http2: false,
+            http3: false,
+            cacert: None,
             stream: true,
             seed: 0,
             max_in_flight: 10_000,

@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""HTTP/3 against HTTP/2 through Switchyard (issue 15), side by side in one run.
+
+One Switchyard (one worker, pinned to core 1) with a TLS listener that also serves HTTP/3, in
+front of a simulated fleet (`switchyard sim`, 4 replicas). The load is `switchyard bench` on
+core 0 over ONE connection per protocol, as an SDK with a shared client holds it: HTTP/2 over
+TLS (ALPN h2) or HTTP/3 over QUIC; both TLS 1.3, both checked against the benchmark's own CA.
+
+1. `rate`: streamed completions at a fixed rate on loopback, alternating h2 and h3 rounds.
+   Reported per protocol: TTFT and end-to-end p50/p99, and Switchyard's CPU (user + system, from
+   /proc) per request.
+2. `loss` (needs root): the same, in a network namespace made here, where nftables drops 2% of
+   the packets to and from the gateway's port at random, TCP and UDP alike. The kernel here has
+   no `netem` (sch_netem is not built), so loss is made by `numgen random` in an nftables output
+   chain instead: a packet lost at the gateway's hop, with no added delay. 32 concurrent
+   streamed completions (closed loop) per round. Under loss, TCP holds every stream of the
+   connection behind a lost segment until it is repaired (head-of-line blocking); QUIC holds
+   only the stream the packet belonged to.
+
+Usage: sudo python3 bench/h3/compare.py [--rounds 3] [--seconds 20] [--rate 40]
+       [--scenarios rate,loss] [--out h3.json]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from common import BIN, MODEL, start_fleet, stop  # noqa: E402
+
+PORT = 18530
+ADMIN = 18531
+NETNS = "sy-h3bench"
+
+
+def make_cert(d):
+    """A CA and a `localhost` certificate it signs; returns (ca, cert, key)."""
+    run = lambda *c: subprocess.run(list(c), check=True, capture_output=True, cwd=d)  # noqa: E731
+    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=bench CA")
+    run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", "key.pem", "-out", "leaf.csr", "-subj", "/CN=localhost")
+    with open(os.path.join(d, "leaf.ext"), "w") as f:
+        f.write("basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost\n")
+    run("openssl", "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "cert.pem", "-days", "2", "-extfile", "leaf.ext")
+    return tuple(os.path.join(d, f) for f in ("ca.pem", "cert.pem", "key.pem"))
+
+
+def ns(cmd, netns):
+    return (["ip", "netns", "exec", netns] + cmd) if netns else cmd
+
+
+def start_switchyard(d, addrs, cert, key, netns):
+    conf = os.path.join(d, "switchyard.yaml")
+    eps = ", ".join(addrs)
+    with open(conf, "w") as f:
+        f.write(f"""admin: {{address: 127.0.0.1:{ADMIN}}}
+runtime: {{workers: 1, watch_config: false}}
+listeners:
+  - name: public
+    address: 127.0.0.1:{PORT}
+    tls: {{cert: {cert}, key: {key}}}
+    http3: true
+routes:
+  - {{name: api, match: {{path_prefix: /}}, pool: fleet, timeout: 60s}}
+pools:
+  - name: fleet
+    endpoints: [{eps}]
+    balancer: least_request
+""")
+    p = subprocess.Popen(ns(["taskset", "-c", "1", BIN, "run", "--config", conf], netns),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    for _ in range(400):
+        try:
+            subprocess.run(ns(["curl", "-sf", f"http://127.0.0.1:{ADMIN}/ready"], netns),
+                           check=True, capture_output=True, timeout=2)
+            return p
+        except Exception:
+            time.sleep(0.05)
+    stop(p)
+    sys.exit("switchyard never became ready")
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench(d, proto, ca, load, seconds, seed, netns):
+    out = os.path.join(d, f"{proto}-{seed}.json")
+    cmd = ["taskset", "-c", "0", BIN, "bench", "--quiet",
+           "--target", f"gw=https://localhost:{PORT}", "--cacert", ca, f"--{proto}",
+           "--model", MODEL, "--prompt-tokens", "256", "--output-tokens", "64",
+           "--duration", f"{seconds}s", "--timeout", "60s", "--seed", str(seed), "--out", out] + load
+    r = subprocess.run(ns(cmd, netns), capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"bench failed: {r.stderr}")
+    t = json.load(open(out))["targets"][0]
+    return {"sent": t["sent"], "completed": t["completed"], "failed": t["failed"],
+            "errors": t["errors"], "ttft_p50": t["ttft_ms"]["p50"], "ttft_p99": t["ttft_ms"]["p99"],
+            "e2e_p50": t["e2e_ms"]["p50"], "e2e_p99": t["e2e_ms"]["p99"]}
+
+
+def setup_netns():
+    subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)
+    subprocess.run(["ip", "netns", "add", NETNS], check=True)
+    run = lambda *c: subprocess.run(["ip", "netns", "exec", NETNS] + list(c), check=True)  # noqa: E731
+    run("ip", "link", "set", "lo", "up")
+    rules = f"""table inet loss {{
+  chain out {{
+    type filter hook output priority 0; policy accept;
+    meta l4proto {{ tcp, udp }} th dport {PORT} numgen random mod 50 0 drop
+    meta l4proto {{ tcp, udp }} th sport {PORT} numgen random mod 50 0 drop
+  }}
+}}
+"""
+    subprocess.run(["ip", "netns", "exec", NETNS, "nft", "-f", "-"], input=rules, text=True, check=True)
+
+
+def scenario(name, args, d, ca, cert, key):
+    netns = NETNS if name == "loss" else None
+    if netns:
+        setup_netns()
+    fleet_yaml = f"model: {MODEL}\nbase_port: 0\nreplicas:\n  - {{count: 4, speed: 20, max_num_seqs: 64}}\n"
+    if netns:
+        # The fleet runs in the namespace too (its traffic is not on the gateway's port, so it
+        # loses nothing).
+        conf = os.path.join(d, "fleet.yaml")
+        open(conf, "w").write(fleet_yaml)
+        fleet = subprocess.Popen(ns(["taskset", "-c", "1", BIN, "sim", "--config", conf, "--base-port", "0"], netns),
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                 start_new_session=True)
+        addrs = []
+        while len(addrs) < 4:
+            line = fleet.stdout.readline()
+            if not line:
+                sys.exit("simulator exited early")
+            if "listening on" in line:
+                addrs.append(line.split("listening on")[1].split()[0])
+    else:
+        fleet, addrs = start_fleet(d, fleet_yaml, 4, core="1")
+    gw = start_switchyard(d, addrs, cert, key, netns)
+    load = (["--concurrency", "32"] if name == "loss"
+            else ["--rate", str(args.rate), "--arrival", "constant"])
+    rows = {"http2": [], "http3": []}
+    try:
+        for rnd in range(args.rounds):
+            for proto in (["http2", "http3"] if rnd % 2 == 0 else ["http3", "http2"]):
+                before = cpu_seconds(gw.pid)
+                r = bench(d, proto, ca, load, args.seconds, 100 + rnd, netns)
+                r["cpu_us_per_request"] = (cpu_seconds(gw.pid) - before) * 1e6 / max(r["sent"], 1)
+                rows[proto].append(r)
+                print(f"{name} round {rnd} {proto}: {json.dumps(r)}", file=sys.stderr, flush=True)
+    finally:
+        stop(gw)
+        stop(fleet)
+        if netns:
+            subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)
+    med = lambda proto, k: statistics.median(r[k] for r in rows[proto])  # noqa: E731
+    summary = {k: {p: med(p, k) for p in rows} for k in
+               ("ttft_p50", "ttft_p99", "e2e_p50", "e2e_p99", "cpu_us_per_request")}
+    summary["ratio_h3_over_h2"] = {k: summary[k]["http3"] / summary[k]["http2"]
+                                   for k in ("ttft_p99", "e2e_p99", "cpu_us_per_request")}
+    summary["failed"] = {p: sum(r["failed"] for r in rows[p]) for p in rows}
+    return {"summary": summary, "rounds": rows}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--rate", type=float, default=40)
+    ap.add_argument("--scenarios", default="rate,loss")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory() as d:
+        ca, cert, key = make_cert(d)
+        for name in args.scenarios.split(","):
+            results[name] = scenario(name, args, d, ca, cert, key)
+            print(json.dumps({name: results[name]["summary"]}, indent=1), flush=True)
+    if args.out:
+        json.dump(results, open(args.out, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
