@@ -9,13 +9,13 @@ TLS (ALPN h2) or HTTP/3 over QUIC; both TLS 1.3, both checked against the benchm
 1. `rate`: streamed completions at a fixed rate on loopback, alternating h2 and h3 rounds.
    Reported per protocol: TTFT and end-to-end p50/p99, and Switchyard's CPU (user + system, from
    /proc) per request.
-2. `loss` (needs root): the same, in a network namespace made here, where nftables drops 2% of
-   the packets to and from the gateway's port at random, TCP and UDP alike. The kernel here has
-   no `netem` (sch_netem is not built), so loss is made by `numgen random` in an nftables output
-   chain instead: a packet lost at the gateway's hop, with no added delay. 32 concurrent
-   streamed completions (closed loop) per round. Under loss, TCP holds every stream of the
-   connection behind a lost segment until it is repaired (head-of-line blocking); QUIC holds
-   only the stream the packet belonged to.
+2. `loss` (needs root): the client in one network namespace, the gateway and the fleet in
+   another, joined by a link with 10 ms one-way delay that loses 2% of packets each way, TCP
+   and UDP alike (`lossy_link.py`: the kernel here has no `netem`, so the link is two TUN
+   devices and a process that carries packets between them). 32 concurrent streamed
+   completions (closed loop) per round. Under loss, TCP holds every stream of the connection
+   behind a lost segment until it is repaired (head-of-line blocking); QUIC holds only the
+   stream the packet belonged to.
 
 Usage: sudo python3 bench/h3/compare.py [--rounds 3] [--seconds 20] [--rate 40]
        [--scenarios rate,loss] [--out h3.json]
@@ -35,7 +35,9 @@ from common import BIN, MODEL, start_fleet, stop  # noqa: E402
 
 PORT = 18530
 ADMIN = 18531
-NETNS = "sy-h3bench"
+CLIENT_NS, SERVER_NS = "sy-h3-client", "sy-h3-server"
+CLIENT_ADDR, SERVER_ADDR = "10.77.0.1", "10.77.0.2"
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def make_cert(d):
@@ -46,7 +48,7 @@ def make_cert(d):
     run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
         "-keyout", "key.pem", "-out", "leaf.csr", "-subj", "/CN=localhost")
     with open(os.path.join(d, "leaf.ext"), "w") as f:
-        f.write("basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost\n")
+        f.write(f"basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:{SERVER_ADDR}\n")
     run("openssl", "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
         "-CAcreateserial", "-out", "cert.pem", "-days", "2", "-extfile", "leaf.ext")
     return tuple(os.path.join(d, f) for f in ("ca.pem", "cert.pem", "key.pem"))
@@ -56,7 +58,7 @@ def ns(cmd, netns):
     return (["ip", "netns", "exec", netns] + cmd) if netns else cmd
 
 
-def start_switchyard(d, addrs, cert, key, netns):
+def start_switchyard(d, addrs, cert, key, netns, host, quic):
     conf = os.path.join(d, "switchyard.yaml")
     eps = ", ".join(addrs)
     with open(conf, "w") as f:
@@ -64,9 +66,10 @@ def start_switchyard(d, addrs, cert, key, netns):
 runtime: {{workers: 1, watch_config: false}}
 listeners:
   - name: public
-    address: 127.0.0.1:{PORT}
+    address: {host}:{PORT}
     tls: {{cert: {cert}, key: {key}}}
     http3: true
+    quic: {quic}
 routes:
   - {{name: api, match: {{path_prefix: /}}, pool: fleet, timeout: 60s}}
 pools:
@@ -94,10 +97,10 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench(d, proto, ca, load, seconds, seed, netns):
+def bench(d, proto, ca, load, seconds, seed, netns, host):
     out = os.path.join(d, f"{proto}-{seed}.json")
     cmd = ["taskset", "-c", "0", BIN, "bench", "--quiet",
-           "--target", f"gw=https://localhost:{PORT}", "--cacert", ca, f"--{proto}",
+           "--target", f"gw=https://{host}:{PORT}", "--cacert", ca, f"--{proto}",
            "--model", MODEL, "--prompt-tokens", "256", "--output-tokens", "64",
            "--duration", f"{seconds}s", "--timeout", "60s", "--seed", str(seed), "--out", out] + load
     r = subprocess.run(ns(cmd, netns), capture_output=True, text=True)
@@ -109,27 +112,39 @@ def bench(d, proto, ca, load, seconds, seed, netns):
             "e2e_p50": t["e2e_ms"]["p50"], "e2e_p99": t["e2e_ms"]["p99"]}
 
 
-def setup_netns():
-    subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)
-    subprocess.run(["ip", "netns", "add", NETNS], check=True)
-    run = lambda *c: subprocess.run(["ip", "netns", "exec", NETNS] + list(c), check=True)  # noqa: E731
-    run("ip", "link", "set", "lo", "up")
-    rules = f"""table inet loss {{
-  chain out {{
-    type filter hook output priority 0; policy accept;
-    meta l4proto {{ tcp, udp }} th dport {PORT} numgen random mod 50 0 drop
-    meta l4proto {{ tcp, udp }} th sport {PORT} numgen random mod 50 0 drop
-  }}
-}}
-"""
-    subprocess.run(["ip", "netns", "exec", NETNS, "nft", "-f", "-"], input=rules, text=True, check=True)
+def start_link():
+    """The two namespaces and the lossy link between them."""
+    for n in (CLIENT_NS, SERVER_NS):
+        subprocess.run(["ip", "netns", "del", n], capture_output=True)
+        subprocess.run(["ip", "netns", "add", n], check=True)
+    link = subprocess.Popen([sys.executable, os.path.join(HERE, "lossy_link.py"),
+                             CLIENT_NS, f"{CLIENT_ADDR}/24", SERVER_NS, f"{SERVER_ADDR}/24",
+                             "--delay-ms", "10", "--loss", "0.02"],
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    if link.stdout.readline().strip() != "up":
+        sys.exit("lossy link did not come up")
+    return link
+
+
+def stop_link(link):
+    link.terminate()
+    carried = link.stdout.read().strip()
+    link.wait(timeout=10)
+    for n in (CLIENT_NS, SERVER_NS):
+        subprocess.run(["ip", "netns", "del", n], capture_output=True)
+    return json.loads(carried) if carried else {}
 
 
 def scenario(name, args, d, ca, cert, key):
-    netns = NETNS if name == "loss" else None
-    if netns:
-        setup_netns()
-    fleet_yaml = f"model: {MODEL}\nbase_port: 0\nreplicas:\n  - {{count: 4, speed: 20, max_num_seqs: 64}}\n"
+    lossy = name == "loss"
+    netns = SERVER_NS if lossy else None
+    client_ns = CLIENT_NS if lossy else None
+    host = SERVER_ADDR if lossy else "127.0.0.1"
+    link = start_link() if lossy else None
+    # Under loss the fleet runs at real speed (an H100's token rate), so the link carries what
+    # 32 real streams would; at a fixed rate it runs 20x faster to keep the gateway busy.
+    speed = 1 if lossy else 20
+    fleet_yaml = f"model: {MODEL}\nbase_port: 0\nreplicas:\n  - {{count: 4, speed: {speed}, max_num_seqs: 64}}\n"
     if netns:
         # The fleet runs in the namespace too (its traffic is not on the gateway's port, so it
         # loses nothing).
@@ -147,7 +162,7 @@ def scenario(name, args, d, ca, cert, key):
                 addrs.append(line.split("listening on")[1].split()[0])
     else:
         fleet, addrs = start_fleet(d, fleet_yaml, 4, core="1")
-    gw = start_switchyard(d, addrs, cert, key, netns)
+    gw = start_switchyard(d, addrs, cert, key, netns, host, args.quic)
     load = (["--concurrency", "32"] if name == "loss"
             else ["--rate", str(args.rate), "--arrival", "constant"])
     rows = {"http2": [], "http3": []}
@@ -155,21 +170,22 @@ def scenario(name, args, d, ca, cert, key):
         for rnd in range(args.rounds):
             for proto in (["http2", "http3"] if rnd % 2 == 0 else ["http3", "http2"]):
                 before = cpu_seconds(gw.pid)
-                r = bench(d, proto, ca, load, args.seconds, 100 + rnd, netns)
+                r = bench(d, proto, ca, load, args.seconds, 100 + rnd, client_ns, host)
                 r["cpu_us_per_request"] = (cpu_seconds(gw.pid) - before) * 1e6 / max(r["sent"], 1)
                 rows[proto].append(r)
                 print(f"{name} round {rnd} {proto}: {json.dumps(r)}", file=sys.stderr, flush=True)
     finally:
         stop(gw)
         stop(fleet)
-        if netns:
-            subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)
+        link_stats = stop_link(link) if link else None
     med = lambda proto, k: statistics.median(r[k] for r in rows[proto])  # noqa: E731
     summary = {k: {p: med(p, k) for p in rows} for k in
                ("ttft_p50", "ttft_p99", "e2e_p50", "e2e_p99", "cpu_us_per_request")}
     summary["ratio_h3_over_h2"] = {k: summary[k]["http3"] / summary[k]["http2"]
                                    for k in ("ttft_p99", "e2e_p99", "cpu_us_per_request")}
     summary["failed"] = {p: sum(r["failed"] for r in rows[p]) for p in rows}
+    if link_stats:
+        summary["link"] = link_stats
     return {"summary": summary, "rounds": rows}
 
 
@@ -179,6 +195,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--rate", type=float, default=40)
     ap.add_argument("--scenarios", default="rate,loss")
+    ap.add_argument("--quic", default="{}", help="the listener's quic settings, YAML flow map")
     ap.add_argument("--out")
     args = ap.parse_args()
     results = {}

@@ -26,6 +26,20 @@ pub struct Quic {
     pub allow_0rtt: bool,
     /// QUIC connections open at once; past it new ones are refused.
     pub max_connections: u32,
+    /// Congestion control of what the gateway sends. `bbr` paces by measured bandwidth and
+    /// round trip, so random loss (a radio link) does not collapse the window as it does
+    /// Cubic's; quinn marks its BBR experimental, hence not the default.
+    pub congestion: Congestion,
+}
+
+/// A QUIC congestion controller.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Congestion {
+    #[default]
+    Cubic,
+    NewReno,
+    Bbr,
 }
 
 impl Default for Quic {
@@ -36,6 +50,7 @@ impl Default for Quic {
             receive_window: 4 * 1024 * 1024,
             allow_0rtt: false,
             max_connections: 10_000,
+            congestion: Congestion::Cubic,
         }
     }
 }

@@ -87,6 +87,19 @@ fn server_config(
         .max_concurrent_bidi_streams(VarInt::from_u32(spec.max_concurrent_streams))
         // The peer's control and QPACK streams, with room for a few it may add (grease).
         .max_concurrent_uni_streams(VarInt::from_u32(8));
+    use quinn::congestion;
+    use switchyard_config::quic::Congestion;
+    match q.congestion {
+        Congestion::Cubic => {
+            transport.congestion_controller_factory(Arc::new(congestion::CubicConfig::default()))
+        }
+        Congestion::NewReno => {
+            transport.congestion_controller_factory(Arc::new(congestion::NewRenoConfig::default()))
+        }
+        Congestion::Bbr => {
+            transport.congestion_controller_factory(Arc::new(congestion::BbrConfig::default()))
+        }
+    };
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport));
     config.migration(true);
