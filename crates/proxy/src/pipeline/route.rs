@@ -24,7 +24,11 @@ pub fn route<'g>(
     let Some(route) = gateway
         .routes
         .iter()
-        .find(|r| r.matcher.matches(req) && r.matcher.model_matches(model_name))
+        .find(|r| {
+            r.matcher.matches(req)
+                && r.matcher.model_matches(model_name)
+                && r.matcher.client_matches(rx.conn.client_cert.as_deref())
+        })
     else {
         return Err(Reject::keep(GatewayError::NoRoute).into());
     };

@@ -8,6 +8,7 @@
 mod failure;
 mod h1;
 mod h2;
+mod io;
 pub mod upgrade;
 
 use std::future::Future;
