@@ -367,7 +367,7 @@ fn build_pool(
     };
     let client = match old_client {
         Some((spec, client)) if client_key(spec) == client_key(p) => client.clone(),
-        _ => build_client(p),
+        _ => build_client(p, tls.clone()),
     };
     let pool_label = PoolLabels {
         pool: p.name.clone(),

@@ -22,6 +22,7 @@ use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -38,13 +39,56 @@ pub fn client_config(
     spec: &UpstreamTls,
     default_alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ClientConfig>, String> {
-    build(spec, default_alpn, &mut std::collections::hash_map::DefaultHasher::new())
+    build(
+        spec,
+        default_alpn,
+        &mut std::collections::hash_map::DefaultHasher::new(),
+        &Arc::default(),
+    )
 }
+
+/// A pool without a client certificate: sends none, but remembers that an upstream asked. A
+/// TLS 1.3 server refuses a missing certificate only after the client's side of the handshake
+/// has finished, with an alert the client often never reads (the server's close resets the
+/// connection under the request just written); this is how such a reset is told from any other.
+#[derive(Debug)]
+struct NoClientCert(Arc<AtomicBool>);
+
+impl rustls::client::ResolvesClientCert for NoClientCert {
+    fn resolve(
+        &self,
+        _acceptable_issuers: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.0.store(true, Ordering::Relaxed);
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        false
+    }
+}
+
+/// A connection an upstream dropped before answering, after asking for the client certificate
+/// the pool does not have.
+#[derive(Debug)]
+pub struct ClientCertificateMissing;
+
+impl std::fmt::Display for ClientCertificateMissing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "the upstream asked for a client certificate (the pool has none) and closed the connection",
+        )
+    }
+}
+
+impl std::error::Error for ClientCertificateMissing {}
 
 fn build(
     spec: &UpstreamTls,
     default_alpn: &[&[u8]],
     digest: &mut impl Hasher,
+    asked: &Arc<AtomicBool>,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
     spec.hash(digest);
     default_alpn.hash(digest);
@@ -77,7 +121,7 @@ fn build(
                 .with_client_auth_cert(chain, key_der)
                 .map_err(|e| format!("{}: {e}", cert.display()))?
         }
-        _ => builder.with_no_client_auth(),
+        _ => builder.with_client_cert_resolver(Arc::new(NoClientCert(asked.clone()))),
     };
     config.alpn_protocols = match &spec.alpn {
         Some(list) => list.iter().map(|p| p.as_bytes().to_vec()).collect(),
@@ -170,6 +214,8 @@ pub struct UpstreamConnector {
     connector: TlsConnector,
     sni: Option<ServerName<'static>>,
     digest: u64,
+    /// An upstream asked for a client certificate this pool does not have.
+    asked_for_cert: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for UpstreamConnector {
@@ -184,7 +230,8 @@ impl std::fmt::Debug for UpstreamConnector {
 impl UpstreamConnector {
     pub fn new(spec: &UpstreamTls, default_alpn: &[&[u8]]) -> Result<Self, String> {
         let mut digest = std::collections::hash_map::DefaultHasher::new();
-        let config = build(spec, default_alpn, &mut digest)?;
+        let asked_for_cert = Arc::default();
+        let config = build(spec, default_alpn, &mut digest, &asked_for_cert)?;
         let sni = match &spec.sni {
             Some(name) => Some(
                 ServerName::try_from(name.clone()).map_err(|e| format!("sni `{name}`: {e}"))?,
@@ -195,7 +242,19 @@ impl UpstreamConnector {
             connector: TlsConnector::from(config),
             sni,
             digest: digest.finish(),
+            asked_for_cert,
         })
+    }
+
+    /// A connection that failed before its first answer, read in the light of what the
+    /// upstream asked: an upstream that wanted the client certificate this pool lacks dropped
+    /// it for that (see [`NoClientCert`]).
+    pub fn explain_early_failure(&self, e: io::Error) -> io::Error {
+        if self.asked_for_cert.load(Ordering::Relaxed) && TlsCause::find(&e).is_none() {
+            io::Error::new(io::ErrorKind::ConnectionAborted, ClientCertificateMissing)
+        } else {
+            e
+        }
     }
 
     /// Whether `other` was built from the same settings and file contents, so connections
@@ -349,20 +408,20 @@ impl TlsCause {
     /// error they wrap), with rustls' own description of it.
     pub fn find(err: &(dyn std::error::Error + 'static)) -> Option<(Self, String)> {
         let mut next = Some(err);
-        let mut depth = 0;
-        while let Some(e) = next {
+        for _ in 0..16 {
+            let e = next?;
             if let Some(tls) = e.downcast_ref::<rustls::Error>() {
                 return Some((Self::of(tls), tls.to_string()));
             }
-            if let Some(inner) = e
-                .downcast_ref::<io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            {
-                return Some((Self::of(inner), inner.to_string()));
+            if let Some(missing) = e.downcast_ref::<ClientCertificateMissing>() {
+                return Some((Self::ClientCertificateRejected, missing.to_string()));
             }
-            depth += 1;
-            next = if depth < 16 { e.source() } else { None };
+            next = match e.downcast_ref::<io::Error>() {
+                Some(io) => io
+                    .get_ref()
+                    .map(|inner| inner as &(dyn std::error::Error + 'static)),
+                None => e.source(),
+            };
         }
         None
     }

@@ -185,6 +185,10 @@ impl EndpointConns {
                 // The idle connection was closed under us before the upstream took the
                 // request: safe to try once more on a fresh connection.
                 Err(SendError::NotSent) if reused => {}
+                Err(SendError::Io(e)) if !reused && self.tls.is_some() => {
+                    let tls = self.tls.as_ref().expect("checked");
+                    return Err(SendError::Io(tls.explain_early_failure(e)));
+                }
                 Err(e) => return Err(e),
             }
             conn = self.connect_boxed(breaker, deadline).await?;

@@ -152,9 +152,13 @@ impl H2Endpoint {
         endpoint: &Arc<EndpointState>,
     ) -> Result<Response<Incoming>, SendError> {
         let mut send = self.stream(breaker, endpoint).await?;
-        send.send_request(req)
-            .await
-            .map_err(|e| SendError::Io(io::Error::other(e)))
+        send.send_request(req).await.map_err(|e| {
+            let e = io::Error::other(e);
+            SendError::Io(match &self.tls {
+                Some(tls) => tls.explain_early_failure(e),
+                None => e,
+            })
+        })
     }
 
     /// Wait for a stream on a live connection, under the `pending` and `connections` limits.
