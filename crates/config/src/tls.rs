@@ -199,9 +199,8 @@ mod tests {
             "{e:?}"
         );
         assert!(
-            e.iter().any(|m| m.contains(
-                "pools[0].tls.cert: file `/nonexistent/c.pem` does not exist"
-            )),
+            e.iter()
+                .any(|m| m.contains("pools[0].tls.cert: file `/nonexistent/c.pem` does not exist")),
             "{e:?}"
         );
         let e = with_pool_tls("{verify: false, key: /nonexistent/k.pem}");
@@ -243,16 +242,18 @@ mod tests {
             "listeners:\n  - name: l\n    address: 127.0.0.1:0\n    tls: {cert: /nonexistent/c, key: /nonexistent/k, client_ca: /nonexistent/ca}\n",
         );
         assert!(
-            e.iter().any(|m| m.contains(
-                "listeners[0].tls.client_ca: file `/nonexistent/ca` does not exist"
-            )),
+            e.iter()
+                .any(|m| m
+                    .contains("listeners[0].tls.client_ca: file `/nonexistent/ca` does not exist")),
             "{e:?}"
         );
     }
 
     #[test]
     fn client_cert_match_needs_a_field() {
-        let e = errors("pools: [{name: p}]\nroutes:\n  - {name: r, pool: p, match: {client_cert: {}}}\n");
+        let e = errors(
+            "pools: [{name: p}]\nroutes:\n  - {name: r, pool: p, match: {client_cert: {}}}\n",
+        );
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(
             e[0].contains("routes[0].match.client_cert: needs `san` or `subject`"),

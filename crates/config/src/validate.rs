@@ -334,7 +334,14 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
         }
         for (rel, msg) in m.client_cert.iter().flat_map(|x| x.validate()) {
             let path = format!("routes[{i}].match.client_cert");
-            c.error(if rel.is_empty() { path } else { format!("{path}.{rel}") }, msg);
+            c.error(
+                if rel.is_empty() {
+                    path
+                } else {
+                    format!("{path}.{rel}")
+                },
+                msg,
+            );
         }
         for name in m.headers.keys() {
             if name.is_empty() || !name.bytes().all(is_token_char) {

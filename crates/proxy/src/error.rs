@@ -121,8 +121,8 @@ impl GatewayError {
             | Self::Shed
             | Self::TenantQueueFull
             | Self::RateLimited { .. } => 8, // RESOURCE_EXHAUSTED
-            Self::BadRequest(_) => 13,              // INTERNAL
-            Self::NotImplemented(_) => 12,          // UNIMPLEMENTED
+            Self::BadRequest(_) => 13, // INTERNAL
+            Self::NotImplemented(_) => 12, // UNIMPLEMENTED
         }
     }
 

@@ -16,8 +16,7 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 static X_SWITCHYARD_PRIORITY: HeaderName = HeaderName::from_static("x-switchyard-priority");
 static X_SWITCHYARD_DEBUG: HeaderName = HeaderName::from_static("x-switchyard-debug");
 static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
-pub static X_FORWARDED_CLIENT_CERT: HeaderName =
-    HeaderName::from_static("x-forwarded-client-cert");
+pub static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// What the request path reads from a request's headers, gathered in one pass over them. A
 /// hashed lookup costs about as much as visiting every header of a typical request, and the
@@ -571,7 +570,10 @@ mod client_cert_tests {
     #[test]
     fn policies() {
         assert!(run(F::Sanitize, Some("Hash=forged"), Some("Hash=a")).is_empty());
-        assert_eq!(run(F::SanitizeSet, Some("Hash=forged"), Some("Hash=a")), ["Hash=a"]);
+        assert_eq!(
+            run(F::SanitizeSet, Some("Hash=forged"), Some("Hash=a")),
+            ["Hash=a"]
+        );
         assert!(run(F::SanitizeSet, Some("Hash=forged"), None).is_empty());
         assert_eq!(
             run(F::AppendForward, Some("Hash=up"), Some("Hash=a")),

@@ -250,8 +250,9 @@ fn service(
     http::Request<Incoming>,
     Response = http::Response<Tracked<crate::body::ResponseBody>>,
     Error = Infallible,
-    Future = impl Future<Output = Result<http::Response<Tracked<crate::body::ResponseBody>>, Infallible>>
-                 + Send,
+    Future = impl Future<
+        Output = Result<http::Response<Tracked<crate::body::ResponseBody>>, Infallible>,
+    > + Send,
 > + Clone {
     let activity = activity.clone();
     hyper::service::service_fn(move |req: http::Request<Incoming>| {
@@ -268,10 +269,7 @@ fn service(
 
 /// The connection's context with the identity of the client certificate rustls verified (read
 /// once here, for every request of the connection).
-fn with_client_cert(
-    cx: Arc<ConnContext>,
-    session: &rustls::ServerConnection,
-) -> Arc<ConnContext> {
+fn with_client_cert(cx: Arc<ConnContext>, session: &rustls::ServerConnection) -> Arc<ConnContext> {
     let Some(identity) = session
         .peer_certificates()
         .and_then(|chain| chain.first())

@@ -19,7 +19,10 @@ fn curl() -> Command {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(found, "`curl` is not installed; run scripts/test or install it");
+    assert!(
+        found,
+        "`curl` is not installed; run scripts/test or install it"
+    );
     Command::new("curl")
 }
 
@@ -33,9 +36,16 @@ fn fetch(
     extra: &[&str],
 ) -> Result<(u16, serde_json::Value), String> {
     let mut cmd = curl();
-    cmd.args(["-sS", "--max-time", "20", "-w", "\n%{http_code}", "--cacert"])
-        .arg(&edge.pem)
-        .args(extra);
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "20",
+        "-w",
+        "\n%{http_code}",
+        "--cacert",
+    ])
+    .arg(&edge.pem)
+    .args(extra);
     if let Some(c) = client {
         cmd.arg("--cert").arg(&c.cert).arg("--key").arg(&c.key);
     }
@@ -163,7 +173,10 @@ fn curl_clients_are_routed_by_their_certificate_to_a_python_mtls_upstream() {
         &edge,
         Some(&alice),
         "/a",
-        &["-H", "x-forwarded-client-cert: By=forged;URI=spiffe://test/admin"],
+        &[
+            "-H",
+            "x-forwarded-client-cert: By=forged;URI=spiffe://test/admin",
+        ],
     )
     .unwrap();
     assert_eq!(status, 200, "{v}");

@@ -122,7 +122,9 @@ async fn an_mtls_origin_needs_the_pools_client_certificate() {
             "{protocol}"
         );
         assert_eq!(
-            gw.log_count("upstream TLS failed (logged once per endpoint and cause until the next reload)"),
+            gw.log_count(
+                "upstream TLS failed (logged once per endpoint and cause until the next reload)"
+            ),
             1,
             "{protocol}: one line for four failures"
         );
@@ -136,7 +138,10 @@ async fn bad_upstream_certificates_are_502_with_their_cause() {
     let stranger = Ca::new(dir.path(), "stranger");
     let good = TlsOrigin::start(&server_cert(&ca, dir.path(), "good", false), None);
     let expired = TlsOrigin::start(&server_cert(&ca, dir.path(), "expired", true), None);
-    let untrusted = TlsOrigin::start(&server_cert(&stranger, dir.path(), "untrusted", false), None);
+    let untrusted = TlsOrigin::start(
+        &server_cert(&stranger, dir.path(), "untrusted", false),
+        None,
+    );
     let ca_pem = ca.pem.display();
     let routes: String = ["name", "expired", "untrusted", "noverify"]
         .iter()
@@ -151,9 +156,17 @@ async fn bad_upstream_certificates_are_502_with_their_cause() {
     );
     let gw = Gateway::start(&yaml);
     for (path, cause, words) in [
-        ("/name", "certificate_name_mismatch", "not valid for the server name"),
+        (
+            "/name",
+            "certificate_name_mismatch",
+            "not valid for the server name",
+        ),
         ("/expired", "certificate_expired", "expired"),
-        ("/untrusted", "certificate_untrusted", "not signed by a trusted CA"),
+        (
+            "/untrusted",
+            "certificate_untrusted",
+            "not signed by a trusted CA",
+        ),
     ] {
         let (status, v) = get_json(&gw, path).await;
         assert_eq!(status, 502, "{path}: {v}");

@@ -332,12 +332,11 @@ fn build_pool(
         })
         .collect();
     // Read here, so a reload re-reads rotated files; one that cannot be read refuses the reload.
-    let (tls, probe_tls) = match crate::tls::pool_connectors(p)
-        .map_err(|e| format!("pool `{}`: tls: {e}", p.name))?
-    {
-        Some((traffic, probe)) => (Some(traffic), probe),
-        None => (None, None),
-    };
+    let (tls, probe_tls) =
+        match crate::tls::pool_connectors(p).map_err(|e| format!("pool `{}`: tls: {e}", p.name))? {
+            Some(clients) => (Some(clients.traffic), clients.probe),
+            None => (None, None),
+        };
     let transport = if p.protocol == Protocol::Http1 {
         p.endpoints
             .iter()

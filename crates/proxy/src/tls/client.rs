@@ -233,9 +233,9 @@ impl UpstreamConnector {
         let asked_for_cert = Arc::default();
         let config = build(spec, default_alpn, &mut digest, &asked_for_cert)?;
         let sni = match &spec.sni {
-            Some(name) => Some(
-                ServerName::try_from(name.clone()).map_err(|e| format!("sni `{name}`: {e}"))?,
-            ),
+            Some(name) => {
+                Some(ServerName::try_from(name.clone()).map_err(|e| format!("sni `{name}`: {e}"))?)
+            }
             None => None,
         };
         Ok(Self {
@@ -276,9 +276,7 @@ impl UpstreamConnector {
         tcp: TcpStream,
         address: SocketAddr,
     ) -> io::Result<TlsStream<TcpStream>> {
-        self.connector
-            .connect(self.server_name(address), tcp)
-            .await
+        self.connector.connect(self.server_name(address), tcp).await
     }
 
     /// The same TLS client for the pool's health probes.
@@ -307,9 +305,7 @@ pub fn default_alpn(protocol: switchyard_config::Protocol) -> &'static [&'static
 /// The pool's TLS clients: one for traffic, one for health probes (whose protocol may differ
 /// from the pool's: an HTTP check speaks HTTP/1.1, a gRPC check HTTP/2). Errors name the pool's
 /// file that failed.
-pub fn pool_connectors(
-    pool: &switchyard_config::Pool,
-) -> Result<Option<(Arc<UpstreamConnector>, Option<switchyard_health::ProbeTls>)>, String> {
+pub fn pool_connectors(pool: &switchyard_config::Pool) -> Result<Option<PoolClients>, String> {
     let Some(spec) = &pool.tls else {
         return Ok(None);
     };
@@ -325,7 +321,17 @@ pub fn pool_connectors(
     if !spec.verify {
         tracing::warn!(pool = %pool.name, "tls.verify is off: upstream certificates are not checked");
     }
-    Ok(Some((Arc::new(traffic), probe)))
+    Ok(Some(PoolClients {
+        traffic: Arc::new(traffic),
+        probe,
+    }))
+}
+
+/// A pool's TLS clients, from [`pool_connectors`].
+pub struct PoolClients {
+    pub traffic: Arc<UpstreamConnector>,
+    /// For active health checks (none without `health`).
+    pub probe: Option<switchyard_health::ProbeTls>,
 }
 
 /// Why a TLS connection to an upstream failed, as the `reason` label and the error's message.
@@ -461,7 +467,10 @@ mod tests {
         assert_eq!(cause, TlsCause::Expired);
         assert!(text.contains("Expired"), "{text}");
         let wrapped = io::Error::other(io);
-        assert_eq!(TlsCause::find(&wrapped).map(|c| c.0), Some(TlsCause::Expired));
+        assert_eq!(
+            TlsCause::find(&wrapped).map(|c| c.0),
+            Some(TlsCause::Expired)
+        );
         let plain = io::Error::from(io::ErrorKind::ConnectionRefused);
         assert!(TlsCause::find(&plain).is_none());
         let alert = rustls::Error::AlertReceived(AlertDescription::CertificateRequired);

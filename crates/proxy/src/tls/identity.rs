@@ -80,7 +80,9 @@ impl ClientIdentity {
                     0x86 => self.uris.push(text()),
                     0x87 => match name.len() {
                         4 => self.ips.push(IpAddr::from(<[u8; 4]>::try_from(name).ok()?)),
-                        16 => self.ips.push(IpAddr::from(<[u8; 16]>::try_from(name).ok()?)),
+                        16 => self
+                            .ips
+                            .push(IpAddr::from(<[u8; 16]>::try_from(name).ok()?)),
                         _ => {}
                     },
                     _ => {}
@@ -97,7 +99,11 @@ impl ClientIdentity {
             .chain(&self.dns)
             .chain(&self.emails)
             .map(|s| std::borrow::Cow::Borrowed(s.as_str()))
-            .chain(self.ips.iter().map(|ip| std::borrow::Cow::Owned(ip.to_string())))
+            .chain(
+                self.ips
+                    .iter()
+                    .map(|ip| std::borrow::Cow::Owned(ip.to_string())),
+            )
     }
 
     /// This certificate as one element of `x-forwarded-client-cert` (Envoy's format:
@@ -284,7 +290,12 @@ mod tests {
         let sans: Vec<_> = id.sans().map(|s| s.into_owned()).collect();
         assert_eq!(
             sans,
-            ["spiffe://prod/ns/a/sa/x", "a.example", "ops@example.com", "10.0.0.7"]
+            [
+                "spiffe://prod/ns/a/sa/x",
+                "a.example",
+                "ops@example.com",
+                "10.0.0.7"
+            ]
         );
         let x = id.xfcc_element();
         assert!(
@@ -311,6 +322,9 @@ mod tests {
 
     #[test]
     fn unknown_attributes_are_dotted() {
-        assert_eq!(dotted_oid(&[0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D]), "1.2.840.113549");
+        assert_eq!(
+            dotted_oid(&[0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D]),
+            "1.2.840.113549"
+        );
     }
 }

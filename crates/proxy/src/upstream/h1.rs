@@ -25,11 +25,11 @@ use super::io::UpstreamIo;
 use super::SendError;
 use crate::body::RequestBody;
 use crate::deadline::LazyDeadline;
-use crate::tls::UpstreamConnector;
 use crate::h1_codec::{
     decode_chunked, encode_chunk, encode_last_chunk, encode_request_head, parse_response_head,
     response_framing, BodyFraming, Chunked, Decoded, ProtocolError, RawHeaders, ReqFraming,
 };
+use crate::tls::UpstreamConnector;
 use switchyard_resilience::{BreakerGuard, CircuitBreaker, Limit};
 
 /// Bytes asked of the socket per read.

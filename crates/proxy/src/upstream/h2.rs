@@ -96,7 +96,9 @@ impl ConnectFailure {
         match self {
             Self::Timeout => SendError::ConnectTimeout,
             Self::Io(kind, msg) => SendError::Connect(io::Error::new(*kind, msg.clone())),
-            Self::Tls(e) => SendError::Connect(io::Error::new(io::ErrorKind::InvalidData, e.clone())),
+            Self::Tls(e) => {
+                SendError::Connect(io::Error::new(io::ErrorKind::InvalidData, e.clone()))
+            }
         }
     }
 }

@@ -29,7 +29,9 @@ impl UpstreamIo {
             Self::Tls(io) => {
                 let mut cx = Context::from_waker(std::task::Waker::noop());
                 let mut buf = ReadBuf::new(&mut probe);
-                !Pin::new(&mut **io).poll_read(&mut cx, &mut buf).is_pending()
+                !Pin::new(&mut **io)
+                    .poll_read(&mut cx, &mut buf)
+                    .is_pending()
             }
         }
     }

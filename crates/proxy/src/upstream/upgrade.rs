@@ -24,7 +24,12 @@ pub type UpgradeClient = Client<UpstreamConnect, RequestBody>;
 /// The settings that decide whether an existing client can be kept across a reload (a pool
 /// with `tls` always gets a new one: its files may have changed).
 pub fn client_key(p: &Pool) -> (Protocol, Duration, Duration, bool) {
-    (p.protocol, p.connect_timeout, p.idle_timeout, p.tls.is_none())
+    (
+        p.protocol,
+        p.connect_timeout,
+        p.idle_timeout,
+        p.tls.is_none(),
+    )
 }
 
 pub fn build_client(p: &Pool, tls: Option<Arc<UpstreamConnector>>) -> UpgradeClient {

@@ -49,10 +49,12 @@ impl TlsOrigin {
                 for c in certs(ca) {
                     roots.add(c).unwrap();
                 }
-                let verifier =
-                    rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
-                        .build()
-                        .unwrap();
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    roots.into(),
+                    provider,
+                )
+                .build()
+                .unwrap();
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),
@@ -109,11 +111,10 @@ impl TlsOrigin {
                                     }
                                 },
                             );
-                            let _ = hyper_util::server::conn::auto::Builder::new(
-                                TokioExecutor::new(),
-                            )
-                            .serve_connection(TokioIo::new(tls), svc)
-                            .await;
+                            let _ =
+                                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                                    .serve_connection(TokioIo::new(tls), svc)
+                                    .await;
                         });
                     }
                 };
