@@ -172,6 +172,10 @@ pub struct Listener {
     /// QUIC transport settings, for `http3: true`.
     #[serde(default, skip_serializing_if = "is_default_quic")]
     pub quic: crate::quic::Quic,
+    /// What happens to `x-forwarded-client-cert`: stripped (`sanitize`, the default), set from
+    /// this connection's client certificate (`sanitize_set`), or appended to (`append_forward`).
+    #[serde(default)]
+    pub forward_client_cert: crate::tls::ForwardClientCert,
 }
 
 fn is_default_quic(q: &crate::quic::Quic) -> bool {
@@ -250,6 +254,14 @@ fn default_http2_keepalive_timeout() -> Duration {
 pub struct Tls {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// PEM bundle of the CAs whose client certificates are accepted; unset asks for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+    /// Refuse the handshake of a client without a certificate signed by `client_ca`. `false`
+    /// (Envoy's default) asks for one and verifies it when sent, but lets clients without one in;
+    /// routes tell them apart with `match.client_cert`.
+    #[serde(default)]
+    pub require_client_cert: bool,
 }
 
 /// A route: the first route whose `match` fits a request sends it to `pool`, or to one of its
@@ -379,6 +391,9 @@ pub struct Match {
     /// exact, or a prefix with a trailing `*`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// The connection's verified client certificate (listeners with `tls.client_ca`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<crate::tls::ClientCertMatch>,
 }
 
 /// A set of interchangeable upstream endpoints and how to spread load over them.
@@ -419,6 +434,9 @@ pub struct Pool {
     /// Ramp a new or returning endpoint's weight up over a window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slow_start: Option<crate::health::SlowStart>,
+    /// TLS (and client certificates) towards the endpoints, health checks included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::UpstreamTls>,
 }
 
 fn default_connect_timeout() -> Duration {
@@ -434,7 +452,8 @@ fn default_pool_idle_timeout() -> Duration {
 pub enum Protocol {
     #[default]
     Http1,
-    /// Cleartext HTTP/2 with prior knowledge; required for gRPC.
+    /// HTTP/2 with prior knowledge (cleartext), or over TLS with ALPN `h2` when the pool has
+    /// `tls`; required for gRPC.
     Http2,
 }
 

@@ -141,7 +141,17 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
             c.error(format!("listeners[{i}].quic.{key}"), msg);
         }
         if let Some(tls) = &l.tls {
-            for (key, p) in [("cert", &tls.cert), ("key", &tls.key)] {
+            if tls.require_client_cert && tls.client_ca.is_none() {
+                c.error(
+                    format!("listeners[{i}].tls.require_client_cert"),
+                    "needs `client_ca`, the CAs that sign the accepted client certificates",
+                );
+            }
+            let client_ca = tls.client_ca.as_ref().map(|p| ("client_ca", p));
+            for (key, p) in [("cert", &tls.cert), ("key", &tls.key)]
+                .into_iter()
+                .chain(client_ca)
+            {
                 if !p.is_file() {
                     c.error(
                         format!("listeners[{i}].tls.{key}"),
@@ -195,6 +205,9 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
         ];
         for (rel, msg) in health_problems.into_iter().flatten().flatten() {
             c.error(format!("pools[{i}].{rel}"), msg);
+        }
+        for (rel, msg) in p.tls.iter().flat_map(|t| t.validate()) {
+            c.error(format!("pools[{i}].tls.{rel}"), msg);
         }
         let mut seen = HashSet::new();
         for (j, e) in p.endpoints.iter().enumerate() {
@@ -327,6 +340,17 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
                     format!("`{method}` is not an HTTP method"),
                 );
             }
+        }
+        for (rel, msg) in m.client_cert.iter().flat_map(|x| x.validate()) {
+            let path = format!("routes[{i}].match.client_cert");
+            c.error(
+                if rel.is_empty() {
+                    path
+                } else {
+                    format!("{path}.{rel}")
+                },
+                msg,
+            );
         }
         for name in m.headers.keys() {
             if name.is_empty() || !name.bytes().all(is_token_char) {

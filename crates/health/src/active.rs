@@ -32,6 +32,8 @@ pub struct ActiveCheck {
     pub healthy: u32,
     /// Consecutive failures that turn a healthy endpoint unhealthy.
     pub unhealthy: u32,
+    /// Probe over TLS (pools with `tls`).
+    pub tls: Option<crate::probe::ProbeTls>,
 }
 
 impl ActiveCheck {
@@ -44,6 +46,7 @@ impl ActiveCheck {
             jitter: None,
             healthy: 2,
             unhealthy: 2,
+            tls: None,
         }
     }
 
@@ -277,7 +280,10 @@ async fn probe_loop(
 ) {
     let address = endpoint.address;
     loop {
-        let result = check.probe.run(address, check.timeout).await;
+        let result = check
+            .probe
+            .run_tls(address, check.timeout, check.tls.as_ref())
+            .await;
         if let Err(failure) = &result {
             tracing::debug!(%address, %failure, "health probe failed");
         }

@@ -30,6 +30,7 @@ impl From<&HealthCheck> for ActiveCheck {
             jitter: c.jitter,
             healthy: c.healthy,
             unhealthy: c.unhealthy,
+            tls: None,
         }
     }
 }

@@ -36,7 +36,7 @@ pub use outlier::{
     OutlierDetector, OutlierEvent, OutlierSettings, SuccessRateSettings,
 };
 pub use panic::{in_panic, EligibleSet, PanicMode};
-pub use probe::{Probe, ProbeFailure};
+pub use probe::{Probe, ProbeFailure, ProbeTls};
 pub use slow_start::{effective_weight, SlowStartSettings, Warmups};
 
 use switchyard_balance::EndpointState;

@@ -19,7 +19,10 @@ use http::HeaderMap;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Body;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 /// What a probe sends and what it accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +38,33 @@ pub enum Probe {
     Tcp,
 }
 
+/// TLS for the probes of a pool with `tls`: the same trust and client certificate as its
+/// traffic, so a certificate the gateway would refuse fails the probe too.
+#[derive(Clone)]
+pub struct ProbeTls {
+    pub connector: TlsConnector,
+    /// `None`: the endpoint's IP address.
+    pub server_name: Option<ServerName<'static>>,
+    /// Tells one set of settings and files from another (a reload that changes them restarts
+    /// the probes).
+    pub digest: u64,
+}
+
+impl PartialEq for ProbeTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.digest == other.digest && self.server_name == other.server_name
+    }
+}
+
+impl fmt::Debug for ProbeTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProbeTls")
+            .field("server_name", &self.server_name)
+            .field("digest", &self.digest)
+            .finish()
+    }
+}
+
 /// Why a probe failed. `Display` gives the reason carried by [`crate::HealthEvent`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeFailure {
@@ -48,6 +78,8 @@ pub enum ProbeFailure {
     NotServing(u64),
     /// The connection or the response was malformed.
     Protocol(String),
+    /// The TLS handshake failed (an untrusted, expired or misnamed certificate...).
+    Tls(String),
 }
 
 impl fmt::Display for ProbeFailure {
@@ -60,6 +92,7 @@ impl fmt::Display for ProbeFailure {
             ProbeFailure::NotServing(2) => write!(f, "health service says NOT_SERVING"),
             ProbeFailure::NotServing(s) => write!(f, "health service status {s}"),
             ProbeFailure::Protocol(msg) => write!(f, "protocol error: {msg}"),
+            ProbeFailure::Tls(msg) => write!(f, "TLS handshake failed: {msg}"),
         }
     }
 }
@@ -67,18 +100,52 @@ impl fmt::Display for ProbeFailure {
 impl Probe {
     /// Run the probe against `addr`, failing if it takes longer than `timeout`.
     pub async fn run(&self, addr: SocketAddr, timeout: Duration) -> Result<(), ProbeFailure> {
-        match tokio::time::timeout(timeout, self.run_unbounded(addr)).await {
+        self.run_tls(addr, timeout, None).await
+    }
+
+    /// As [`Probe::run`], over TLS when `tls` is set (a `Tcp` probe then passes once the
+    /// handshake does).
+    pub async fn run_tls(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        tls: Option<&ProbeTls>,
+    ) -> Result<(), ProbeFailure> {
+        match tokio::time::timeout(timeout, self.run_unbounded(addr, tls)).await {
             Ok(result) => result,
             Err(_) => Err(ProbeFailure::Timeout),
         }
     }
 
-    async fn run_unbounded(&self, addr: SocketAddr) -> Result<(), ProbeFailure> {
+    async fn run_unbounded(
+        &self,
+        addr: SocketAddr,
+        tls: Option<&ProbeTls>,
+    ) -> Result<(), ProbeFailure> {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| ProbeFailure::Connect(e.kind()))?;
         // Probes are tiny request/response exchanges; Nagle would only add delay.
         let _ = stream.set_nodelay(true);
+        let Some(tls) = tls else {
+            return self.exchange(stream, addr).await;
+        };
+        let name = tls
+            .server_name
+            .clone()
+            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+        let stream = tls
+            .connector
+            .connect(name, stream)
+            .await
+            .map_err(|e| ProbeFailure::Tls(tls_reason(&e)))?;
+        self.exchange(stream, addr).await
+    }
+
+    async fn exchange<S>(&self, stream: S, addr: SocketAddr) -> Result<(), ProbeFailure>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
         match self {
             Probe::Tcp => Ok(()),
             Probe::Http { path, expect } => http(stream, addr, path, expect).await,
@@ -87,12 +154,19 @@ impl Probe {
     }
 }
 
+/// rustls' own words for a failed handshake (tokio-rustls wraps its error in an `io::Error`).
+fn tls_reason(e: &std::io::Error) -> String {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .map_or_else(|| e.to_string(), |tls| tls.to_string())
+}
+
 fn protocol(e: impl fmt::Display) -> ProbeFailure {
     ProbeFailure::Protocol(e.to_string())
 }
 
-async fn http(
-    stream: TcpStream,
+async fn http<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
+    stream: S,
     addr: SocketAddr,
     path: &str,
     expect: &[(u16, u16)],
@@ -118,7 +192,11 @@ async fn http(
     }
 }
 
-async fn grpc(stream: TcpStream, addr: SocketAddr, service: &str) -> Result<(), ProbeFailure> {
+async fn grpc<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
+    stream: S,
+    addr: SocketAddr,
+    service: &str,
+) -> Result<(), ProbeFailure> {
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await

@@ -14,6 +14,8 @@ pub enum GatewayError {
     NoRoute,
     NoEndpoint,
     ConnectFailed,
+    /// TLS with the upstream failed; the cause says why (type `upstream_tls_error`).
+    UpstreamTls(crate::tls::TlsCause),
     UpstreamReset,
     Timeout,
     HeadersTooLarge,
@@ -46,7 +48,9 @@ impl GatewayError {
             Self::Shed | Self::TenantQueueFull | Self::RateLimited { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            Self::ConnectFailed | Self::UpstreamReset => StatusCode::BAD_GATEWAY,
+            Self::ConnectFailed | Self::UpstreamTls(_) | Self::UpstreamReset => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -62,6 +66,7 @@ impl GatewayError {
             Self::NoRoute => "no_route",
             Self::NoEndpoint => "no_endpoint",
             Self::ConnectFailed => "upstream_connect_failure",
+            Self::UpstreamTls(_) => "upstream_tls_error",
             Self::UpstreamReset => "upstream_reset",
             Self::Timeout => "upstream_timeout",
             Self::HeadersTooLarge => "headers_too_large",
@@ -82,6 +87,7 @@ impl GatewayError {
             Self::NoRoute => "no route matches this request",
             Self::NoEndpoint => "the pool has no available endpoint",
             Self::ConnectFailed => "could not connect to an upstream endpoint",
+            Self::UpstreamTls(cause) => cause.message(),
             Self::UpstreamReset => "the upstream closed or reset the connection",
             Self::Timeout => "the upstream did not respond in time",
             Self::HeadersTooLarge => "request headers exceed the listener's limits",
@@ -104,15 +110,19 @@ impl GatewayError {
     pub fn grpc_status(self) -> u8 {
         match self {
             Self::NoRoute => 12, // UNIMPLEMENTED
-            Self::NoEndpoint | Self::ConnectFailed | Self::UpstreamReset | Self::Overflow(_) => 14, // UNAVAILABLE
+            Self::NoEndpoint
+            | Self::ConnectFailed
+            | Self::UpstreamTls(_)
+            | Self::UpstreamReset
+            | Self::Overflow(_) => 14, // UNAVAILABLE
             Self::Timeout | Self::BodyTimeout => 4, // DEADLINE_EXCEEDED
             Self::HeadersTooLarge
             | Self::BodyTooLarge
             | Self::Shed
             | Self::TenantQueueFull
             | Self::RateLimited { .. } => 8, // RESOURCE_EXHAUSTED
-            Self::BadRequest(_) => 13,              // INTERNAL
-            Self::NotImplemented(_) => 12,          // UNIMPLEMENTED
+            Self::BadRequest(_) => 13, // INTERNAL
+            Self::NotImplemented(_) => 12, // UNIMPLEMENTED
         }
     }
 

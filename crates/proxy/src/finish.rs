@@ -28,6 +28,8 @@ pub struct AccessInfo {
     pub method: Method,
     pub path: String,
     pub version: Version,
+    /// The connection's verified client certificate.
+    pub client_cert: Option<Arc<crate::tls::ClientIdentity>>,
 }
 
 pub struct Finish {
@@ -355,6 +357,12 @@ impl Drop for Finish {
                 duration_ms: elapsed.as_secs_f64() * 1000.0,
                 response_bytes: self.bytes,
                 error: self.error,
+                client_subject: a.client_cert.as_ref().map(|c| c.subject.as_str()),
+                client_san: a
+                    .client_cert
+                    .as_ref()
+                    .map(|c| c.sans().map(|s| s.into_owned()).collect())
+                    .unwrap_or_default(),
             });
         }
         if let Some((observer, mut r)) = self.observed.take() {

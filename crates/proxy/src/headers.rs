@@ -16,6 +16,7 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 static X_SWITCHYARD_PRIORITY: HeaderName = HeaderName::from_static("x-switchyard-priority");
 static X_SWITCHYARD_DEBUG: HeaderName = HeaderName::from_static("x-switchyard-debug");
 static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+pub static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// What the request path reads from a request's headers, gathered in one pass over them. A
 /// hashed lookup costs about as much as visiting every header of a typical request, and the
@@ -55,6 +56,8 @@ pub struct RequestScan {
     pub grpc_timeout: Option<std::time::Duration>,
     /// `x-switchyard-debug: 1`: explain the pick in the response.
     pub debug: bool,
+    /// Any `x-forwarded-client-cert` header (a client's claim, stripped unless trusted).
+    pub client_cert_header: bool,
 }
 
 impl RequestScan {
@@ -118,6 +121,8 @@ impl RequestScan {
                 scan.debug = value.as_bytes() == b"1";
             } else if name == GRPC_TIMEOUT {
                 scan.grpc_timeout = crate::grpc::parse_timeout(value.as_bytes());
+            } else if name == X_FORWARDED_CLIENT_CERT {
+                scan.client_cert_header = true;
             }
         }
         scan.upgrade = upgrade_header && connection_upgrade;
@@ -499,5 +504,82 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-request-id", "abc-123".parse().unwrap());
         assert_eq!(request_id(&h), "abc-123");
+    }
+}
+
+/// `x-forwarded-client-cert` on the upstream hop (Envoy's `forward_client_cert_details`): the
+/// client's own header is dropped unless the listener appends to it, and this connection's
+/// element (`xfcc`, present when it has a client certificate and the listener forwards it) is
+/// set or appended.
+pub fn set_client_cert(
+    headers: &mut HeaderMap,
+    scan: &RequestScan,
+    policy: switchyard_config::ForwardClientCert,
+    xfcc: Option<&HeaderValue>,
+) {
+    use switchyard_config::ForwardClientCert as F;
+    match policy {
+        F::Sanitize | F::SanitizeSet => {
+            if scan.client_cert_header {
+                headers.remove(&X_FORWARDED_CLIENT_CERT);
+            }
+            if let (F::SanitizeSet, Some(v)) = (policy, xfcc) {
+                headers.insert(X_FORWARDED_CLIENT_CERT.clone(), v.clone());
+            }
+        }
+        F::AppendForward => {
+            let Some(v) = xfcc else {
+                return;
+            };
+            if !scan.client_cert_header {
+                headers.insert(X_FORWARDED_CLIENT_CERT.clone(), v.clone());
+                return;
+            }
+            let mut joined = Vec::new();
+            for old in headers.get_all(&X_FORWARDED_CLIENT_CERT) {
+                joined.extend_from_slice(old.as_bytes());
+                joined.push(b',');
+            }
+            joined.extend_from_slice(v.as_bytes());
+            if let Ok(value) = HeaderValue::from_bytes(&joined) {
+                headers.insert(X_FORWARDED_CLIENT_CERT.clone(), value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod client_cert_tests {
+    use super::*;
+    use switchyard_config::ForwardClientCert as F;
+
+    fn run(policy: F, client: Option<&str>, own: Option<&str>) -> Vec<String> {
+        let mut h = HeaderMap::new();
+        if let Some(c) = client {
+            h.insert("x-forwarded-client-cert", HeaderValue::from_str(c).unwrap());
+        }
+        let scan = RequestScan::new(&h);
+        let own = own.map(|v| HeaderValue::from_str(v).unwrap());
+        set_client_cert(&mut h, &scan, policy, own.as_ref());
+        h.get_all("x-forwarded-client-cert")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn policies() {
+        assert!(run(F::Sanitize, Some("Hash=forged"), Some("Hash=a")).is_empty());
+        assert_eq!(
+            run(F::SanitizeSet, Some("Hash=forged"), Some("Hash=a")),
+            ["Hash=a"]
+        );
+        assert!(run(F::SanitizeSet, Some("Hash=forged"), None).is_empty());
+        assert_eq!(
+            run(F::AppendForward, Some("Hash=up"), Some("Hash=a")),
+            ["Hash=up,Hash=a"]
+        );
+        assert_eq!(run(F::AppendForward, None, Some("Hash=a")), ["Hash=a"]);
+        assert_eq!(run(F::AppendForward, Some("Hash=up"), None), ["Hash=up"]);
     }
 }

@@ -6,6 +6,7 @@
 //! ([`crate::connection_idle`]), and an HTTP/2 peer that stops answering by keep-alive PINGs.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,6 +161,9 @@ impl AcceptLoop {
                 access_log: self.spec.access_log,
                 trust: Trust::of(&self.spec.trusted_headers),
                 paths: self.spec.path_normalization,
+                client_cert: None,
+                forward_client_cert: self.spec.forward_client_cert,
+                xfcc: None,
             });
             let bounds = Bounds {
                 header_read: self.spec.header_read_timeout,
@@ -208,28 +212,9 @@ async fn serve_connection(
         max_headers: cx.max_headers,
         header_read_timeout: bounds.header_read,
     };
-    let fast = tls.is_none().then(|| (handle.clone(), cx.clone()));
     let activity = Activity::new();
-    let svc = {
-        let activity = activity.clone();
-        hyper::service::service_fn(move |req: http::Request<Incoming>| {
-            let handle = handle.clone();
-            let cx = cx.clone();
-            let in_flight = activity.start();
-            let alt_svc = alt_svc.clone();
-            async move {
-                let req = req.map(ClientBody::Hyper);
-                let mut resp = pipeline::handle(&handle, &cx, req, Downstream::Hyper).await;
-                if let Some(v) = alt_svc {
-                    resp.headers_mut().insert(http::header::ALT_SVC, v);
-                }
-                Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, in_flight)))
-            }
-        })
-    };
     match tls {
         None => {
-            let (handle, cx) = fast.expect("set for plain connections");
             // Plain HTTP/1.1 takes the fast path; whatever it does not take (HTTP/2, uploads,
             // upgrades, odd requests) continues on hyper's server from the same byte.
             let (stream, buffered) =
@@ -237,6 +222,7 @@ async fn serve_connection(
                     h1_server::Outcome::Closed => return,
                     h1_server::Outcome::Fallback { stream, buffered } => (stream, buffered),
                 };
+            let svc = service(handle, cx, &activity, alt_svc);
             let io = Guarded::new(h1_server::Rewind::new(buffered, stream), framing);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
             drive(conn, shutdown, &activity, bounds).await;
@@ -251,12 +237,66 @@ async fn serve_connection(
                 }
                 Err(_) => return,
             };
+            let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+            let cx = with_client_cert(cx, leaf);
+            let svc = service(handle, cx, &activity, alt_svc);
             // The guard reads the decrypted bytes: under TLS it would see only ciphertext.
             let io = Guarded::new(tls, framing);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
             drive(conn, shutdown, &activity, bounds).await;
         }
     }
+}
+
+/// Hyper's service for one connection: every request through the pipeline, counted as in
+/// flight until its response body ends.
+fn service(
+    handle: Arc<GatewayHandle>,
+    cx: Arc<ConnContext>,
+    activity: &Arc<Activity>,
+    alt_svc: Option<http::HeaderValue>,
+) -> impl hyper::service::Service<
+    http::Request<Incoming>,
+    Response = http::Response<Tracked<crate::body::ResponseBody>>,
+    Error = Infallible,
+    Future = impl Future<
+        Output = Result<http::Response<Tracked<crate::body::ResponseBody>>, Infallible>,
+    > + Send,
+> + Clone {
+    let activity = activity.clone();
+    hyper::service::service_fn(move |req: http::Request<Incoming>| {
+        let handle = handle.clone();
+        let cx = cx.clone();
+        let in_flight = activity.start();
+        let alt_svc = alt_svc.clone();
+        async move {
+            let req = req.map(ClientBody::Hyper);
+            let mut resp = pipeline::handle(&handle, &cx, req, Downstream::Hyper).await;
+            if let Some(v) = alt_svc {
+                resp.headers_mut().insert(http::header::ALT_SVC, v);
+            }
+            Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, in_flight)))
+        }
+    })
+}
+
+/// The connection's context with the identity of the client certificate rustls verified (read
+/// once here, for every request of the connection).
+pub(crate) fn with_client_cert(
+    cx: Arc<ConnContext>,
+    leaf: Option<&rustls::pki_types::CertificateDer<'_>>,
+) -> Arc<ConnContext> {
+    let Some(identity) = leaf.and_then(|leaf| crate::tls::ClientIdentity::from_der(leaf)) else {
+        return cx;
+    };
+    let xfcc = (cx.forward_client_cert != switchyard_config::ForwardClientCert::Sanitize)
+        .then(|| http::HeaderValue::try_from(identity.xfcc_element()).ok())
+        .flatten();
+    Arc::new(ConnContext {
+        client_cert: Some(Arc::new(identity)),
+        xfcc,
+        ..(*cx).clone()
+    })
 }
 
 /// Run a connection to completion; on shutdown, let in-flight requests finish first

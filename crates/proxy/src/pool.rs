@@ -42,6 +42,10 @@ pub struct PoolEntry {
     /// Slow start: a newly entered endpoint's share ramps up over the window.
     pub slow_start: Option<switchyard_health::SlowStartSettings>,
     pub(crate) panic_gauge: prometheus_client::metrics::gauge::Gauge,
+    /// TLS failure causes already logged in this generation.
+    pub tls_errors: crate::tls::TlsErrorLog,
+    pub(crate) tls_error_counts:
+        prometheus_client::metrics::family::Family<PoolReasonLabels, Counter>,
 }
 
 impl PoolEntry {
@@ -58,6 +62,15 @@ impl PoolEntry {
             .get_or_create(&PoolReasonLabels {
                 pool: self.spec.name.clone(),
                 reason,
+            })
+            .inc();
+    }
+
+    pub fn count_tls_error(&self, cause: crate::tls::TlsCause) {
+        self.tls_error_counts
+            .get_or_create(&PoolReasonLabels {
+                pool: self.spec.name.clone(),
+                reason: cause.as_str(),
             })
             .inc();
     }

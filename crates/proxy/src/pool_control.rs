@@ -29,7 +29,15 @@ use switchyard_telemetry::metrics::{PoolLabels, PoolReasonLabels, ScrapeErrorLab
 use switchyard_telemetry::Metrics;
 use tokio::task::JoinHandle;
 
+use crate::tls::UpstreamConnector;
 use crate::upstream::H2Endpoint;
+
+/// A generation's TLS clients for the pool (none without `tls`), read when it was built.
+#[derive(Clone, Copy)]
+pub struct PoolTls<'a> {
+    pub traffic: Option<&'a Arc<UpstreamConnector>>,
+    pub probe: Option<&'a switchyard_health::ProbeTls>,
+}
 
 /// Applies an outlier event: endpoint flag, metric, log line.
 pub type OutlierSink = Arc<dyn Fn(OutlierEvent) + Send + Sync>;
@@ -176,7 +184,12 @@ fn scrape_sink(
 
 impl PoolControl {
     /// Controls for a new pool. Must run inside the runtime (health checks spawn tasks).
-    pub fn new(spec: &Pool, states: &[Arc<EndpointState>], metrics: &Metrics) -> Self {
+    pub fn new(
+        spec: &Pool,
+        states: &[Arc<EndpointState>],
+        metrics: &Metrics,
+        tls: PoolTls<'_>,
+    ) -> Self {
         let by_address: ByAddress = Arc::new(ArcSwap::from_pointee(HashMap::new()));
         let transitions = metrics.health_transitions.clone();
         let pool = spec.name.clone();
@@ -215,16 +228,22 @@ impl PoolControl {
             by_address,
             h2: Vec::new(),
         };
-        control.update(spec, states, metrics);
+        control.update(spec, states, metrics, tls);
         control
     }
 
     /// Apply a new generation's settings for this pool.
-    pub fn update(&mut self, spec: &Pool, states: &[Arc<EndpointState>], metrics: &Metrics) {
+    pub fn update(
+        &mut self,
+        spec: &Pool,
+        states: &[Arc<EndpointState>],
+        metrics: &Metrics,
+        tls: PoolTls<'_>,
+    ) {
         self.by_address.store(Arc::new(
             states.iter().map(|s| (s.address, s.clone())).collect(),
         ));
-        self.update_h2(spec, states);
+        self.update_h2(spec, states, tls.traffic);
         if spec.limits != self.limits {
             self.limits = spec.limits.clone();
             self.breaker = breaker(&spec.limits);
@@ -240,7 +259,10 @@ impl PoolControl {
             }));
         }
         self.checker.update(
-            spec.health.as_ref().map(ActiveCheck::from),
+            spec.health.as_ref().map(|h| ActiveCheck {
+                tls: tls.probe.cloned(),
+                ..ActiveCheck::from(h)
+            }),
             states.iter().cloned(),
         );
         self.update_inference(spec, states, metrics);
@@ -307,7 +329,12 @@ impl PoolControl {
 
     /// HTTP/2 pools keep an endpoint's connection while its address and connection settings
     /// stay the same.
-    fn update_h2(&mut self, spec: &Pool, states: &[Arc<EndpointState>]) {
+    fn update_h2(
+        &mut self,
+        spec: &Pool,
+        states: &[Arc<EndpointState>],
+        tls: Option<&Arc<UpstreamConnector>>,
+    ) {
         if spec.protocol != Protocol::Http2 {
             self.h2.clear();
             return;
@@ -319,7 +346,11 @@ impl PoolControl {
                 old.iter()
                     .find(|h| {
                         h.address() == s.address
-                            && h.same_settings(spec.connect_timeout, spec.idle_timeout)
+                            && h.same_settings(
+                                spec.connect_timeout,
+                                spec.idle_timeout,
+                                tls.map(|t| &**t),
+                            )
                     })
                     .cloned()
                     .unwrap_or_else(|| {
@@ -327,6 +358,7 @@ impl PoolControl {
                             s.address,
                             spec.connect_timeout,
                             spec.idle_timeout,
+                            tls.cloned(),
                         ))
                     })
             })

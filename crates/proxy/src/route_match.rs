@@ -19,6 +19,7 @@ pub struct RouteMatch {
     query: Vec<(String, String)>,
     /// Model name, exact, or a prefix when written with a trailing `*`.
     model: Option<(String, bool)>,
+    client_cert: Option<switchyard_config::ClientCertMatch>,
 }
 
 impl RouteMatch {
@@ -54,7 +55,26 @@ impl RouteMatch {
                 Some(prefix) => (prefix.to_string(), true),
                 None => (m.clone(), false),
             }),
+            client_cert: m.client_cert.clone(),
         })
+    }
+
+    /// The `client_cert` predicate, given the connection's verified client certificate.
+    pub fn client_matches(&self, id: Option<&crate::tls::ClientIdentity>) -> bool {
+        use switchyard_config::tls::wildcard_match;
+        let Some(want) = &self.client_cert else {
+            return true;
+        };
+        let Some(id) = id else {
+            return false;
+        };
+        want.subject
+            .as_deref()
+            .is_none_or(|s| wildcard_match(s, &id.subject))
+            && want
+                .san
+                .as_deref()
+                .is_none_or(|p| id.sans().any(|san| wildcard_match(p, &san)))
     }
 
     /// Whether this route wants the request's model (so the body must be read before routing).

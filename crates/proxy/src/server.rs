@@ -86,13 +86,19 @@ impl Server {
         Ok(())
     }
 
-    /// Certificate and key files of the running TLS listeners (what a file watch should watch).
+    /// Certificate, key and client CA files of the running TLS listeners (what a file watch
+    /// should watch).
     pub fn certificate_files(&self) -> Vec<std::path::PathBuf> {
         let running = self.listeners.lock().expect("listener lock");
         let mut files: Vec<_> = running
             .values()
             .filter_map(|r| r.tls.as_ref())
-            .flat_map(|t| [t.spec().cert.clone(), t.spec().key.clone()])
+            .flat_map(|t| {
+                let spec = t.spec();
+                [spec.cert.clone(), spec.key.clone()]
+                    .into_iter()
+                    .chain(spec.client_ca.clone())
+            })
             .collect();
         files.sort();
         files.dedup();

@@ -35,6 +35,12 @@ pub struct AccessRecord<'a> {
     /// The OpenTelemetry trace this request was recorded in, when it was sampled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<&'a str>,
+    /// The subject of the client certificate verified on the connection (mTLS listeners).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_subject: Option<&'a str>,
+    /// Its subject alternative names (URIs, DNS names, emails, IPs).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub client_san: Vec<String>,
 }
 
 fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {

@@ -61,7 +61,9 @@ impl Gateway {
     }
 
     pub fn route<B>(&self, req: &http::Request<B>) -> Option<&RouteEntry> {
-        self.routes.iter().find(|r| r.matcher.matches(req))
+        self.routes
+            .iter()
+            .find(|r| r.matcher.matches(req) && r.matcher.client_matches(None))
     }
 }
 
@@ -329,18 +331,29 @@ fn build_pool(
             region: e.region.clone(),
         })
         .collect();
+    // Read here, so a reload re-reads rotated files; one that cannot be read refuses the reload.
+    let (tls, probe_tls) =
+        match crate::tls::pool_connectors(p).map_err(|e| format!("pool `{}`: tls: {e}", p.name))? {
+            Some(clients) => (Some(clients.traffic), clients.probe),
+            None => (None, None),
+        };
     let transport = if p.protocol == Protocol::Http1 {
         p.endpoints
             .iter()
             .map(|e| {
                 let key = (p.name.clone(), e.address);
                 match conns.get(&key) {
-                    Some(c) if c.same_settings(p.connect_timeout, p.idle_timeout) => c.clone(),
+                    Some(c)
+                        if c.same_settings(p.connect_timeout, p.idle_timeout, tls.as_deref()) =>
+                    {
+                        c.clone()
+                    }
                     _ => {
                         let c = Arc::new(EndpointConns::new(
                             e.address,
                             p.connect_timeout,
                             p.idle_timeout,
+                            tls.clone(),
                         ));
                         conns.insert(key, c.clone());
                         c
@@ -353,7 +366,7 @@ fn build_pool(
     };
     let client = match old_client {
         Some((spec, client)) if client_key(spec) == client_key(p) => client.clone(),
-        _ => build_client(p),
+        _ => build_client(p, tls.clone()),
     };
     let pool_label = PoolLabels {
         pool: p.name.clone(),
@@ -376,14 +389,18 @@ fn build_pool(
             }
         }
     }
+    let pool_tls = crate::pool_control::PoolTls {
+        traffic: tls.as_ref(),
+        probe: probe_tls.as_ref(),
+    };
     let control = match controls.get_mut(&p.name) {
         Some(c) => {
-            c.update(p, &endpoint_states, metrics);
+            c.update(p, &endpoint_states, metrics, pool_tls);
             c
         }
         None => controls
             .entry(p.name.clone())
-            .or_insert_with(|| PoolControl::new(p, &endpoint_states, metrics)),
+            .or_insert_with(|| PoolControl::new(p, &endpoint_states, metrics, pool_tls)),
     };
     let breaker = control.breaker.clone();
     let limiter = control.limiter.clone();
@@ -436,6 +453,8 @@ fn build_pool(
             control.head_latency.clone(),
         )),
         overflow: metrics.overflow.clone(),
+        tls_errors: crate::tls::TlsErrorLog::default(),
+        tls_error_counts: metrics.upstream_tls_errors.clone(),
         spec: p.clone(),
         endpoints,
         picker: switchyard_balance::build(&p.balancer),

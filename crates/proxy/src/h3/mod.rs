@@ -196,6 +196,7 @@ struct Bounds {
     access_log: bool,
     trust: Trust,
     paths: switchyard_config::PathNormalization,
+    forward_client_cert: switchyard_config::ForwardClientCert,
 }
 
 impl Bounds {
@@ -209,6 +210,7 @@ impl Bounds {
             access_log: spec.access_log,
             trust: Trust::of(&spec.trusted_headers),
             paths: spec.path_normalization,
+            forward_client_cert: spec.forward_client_cert,
         }
     }
 }
@@ -251,7 +253,16 @@ impl Conn {
             access_log: bounds.access_log,
             trust: bounds.trust,
             paths: bounds.paths,
+            client_cert: None,
+            forward_client_cert: bounds.forward_client_cert,
+            xfcc: None,
         });
+        // The client certificate the handshake verified (a listener with `client_ca`).
+        let chain = quic.peer_identity().and_then(|i| {
+            i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        });
+        let cx = crate::listener::with_client_cert(cx, chain.as_deref().and_then(|c| c.first()));
         let mut builder = h3::server::builder();
         builder.max_field_section_size(bounds.max_header_bytes as u64);
         let build = builder.build::<_, bytes::Bytes>(h3_quinn::Connection::new(quic.clone()));

@@ -17,6 +17,7 @@ use crate::gateway::{Gateway, GatewayHandle, PoolEntry, RouteEntry, RouteTarget}
 use crate::headers::RequestScan;
 
 /// What the request path needs to know about the client connection.
+#[derive(Clone)]
 pub struct ConnContext {
     pub listener: Arc<str>,
     pub client: SocketAddr,
@@ -34,6 +35,13 @@ pub struct ConnContext {
     pub trust: Trust,
     /// How this listener normalizes request paths.
     pub paths: switchyard_config::PathNormalization,
+    /// The client certificate verified in this connection's handshake, if any.
+    pub client_cert: Option<Arc<crate::tls::ClientIdentity>>,
+    /// What `x-forwarded-client-cert` becomes upstream.
+    pub forward_client_cert: switchyard_config::ForwardClientCert,
+    /// This connection's `x-forwarded-client-cert` element, prebuilt when the listener forwards
+    /// it.
+    pub xfcc: Option<HeaderValue>,
 }
 
 /// The control headers a listener honours from its clients (`listeners[].trusted_headers`).
@@ -166,6 +174,7 @@ impl<'c> Exchange<'c> {
                 method: req.method().clone(),
                 path: req.uri().path().to_string(),
                 version: req.version(),
+                client_cert: conn.client_cert.clone(),
             })
         });
         let trace = gateway.tracing.as_ref().map(|t| {

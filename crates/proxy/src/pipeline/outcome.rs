@@ -95,6 +95,16 @@ pub fn failure(
     let endpoint = &pool.endpoints[index];
     endpoint.state.record_failure();
     pool.record_outcome(index, failure.outcome());
+    if let Some((cause, detail)) = failure.tls_cause() {
+        // A certificate problem is a connection the upstream could not have acted on: retried
+        // as a connect failure (another endpoint may be configured right).
+        pool.count_tls_error(cause);
+        if pool.tls_errors.first(endpoint.address(), cause) {
+            tracing::warn!(pool = %pool.name(), upstream = %endpoint.address(), cause = cause.as_str(), error = %detail, "upstream TLS failed (logged once per endpoint and cause until the next reload)");
+        }
+        pool.connect_errors.inc();
+        return Ok((Attempt::ConnectFailure, GatewayError::UpstreamTls(cause)));
+    }
     if connect {
         pool.connect_errors.inc();
         Ok((Attempt::ConnectFailure, GatewayError::ConnectFailed))

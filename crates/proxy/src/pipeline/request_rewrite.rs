@@ -55,6 +55,12 @@ pub fn rewrite(
     }
     host(rx, &mut parts);
     headers::set_forwarded(&mut parts.headers, scan, &rx.conn.client_ip, rx.conn.https);
+    headers::set_client_cert(
+        &mut parts.headers,
+        scan,
+        rx.conn.forward_client_cert,
+        rx.conn.xfcc.as_ref(),
+    );
     request_id(rx, &mut parts);
     if to.pool().wants_load_reports() {
         // Ask the backend for an ORCA load report on the response (gRFC A51).

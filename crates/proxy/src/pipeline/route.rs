@@ -21,11 +21,11 @@ pub fn route<'g>(
     shape: Shape,
 ) -> Result<Routed<'g>, Stop> {
     let model_name = model.map(RequestedModel::name);
-    let Some(route) = gateway
-        .routes
-        .iter()
-        .find(|r| r.matcher.matches(req) && r.matcher.model_matches(model_name))
-    else {
+    let Some(route) = gateway.routes.iter().find(|r| {
+        r.matcher.matches(req)
+            && r.matcher.model_matches(model_name)
+            && r.matcher.client_matches(rx.conn.client_cert.as_deref())
+    }) else {
         return Err(Reject::keep(GatewayError::NoRoute).into());
     };
     if let Some(f) = route.filters.as_deref() {

@@ -57,8 +57,22 @@ impl Failure {
         )
     }
 
+    /// Why TLS with the upstream failed, when it did: in the handshake, or on the first read
+    /// (TLS 1.3 servers refuse a client certificate only after the client's handshake is done).
+    pub fn tls_cause(&self) -> Option<(crate::tls::TlsCause, String)> {
+        let err: &(dyn std::error::Error + 'static) = match self {
+            Failure::Inline(SendError::Connect(e) | SendError::Io(e)) => e,
+            Failure::Pooled(e) => e,
+            _ => return None,
+        };
+        crate::tls::TlsCause::find(err)
+    }
+
     /// The gateway error type this failure stands for (for a hedge's span, which fails alone).
     pub fn kind(&self) -> &'static str {
+        if self.tls_cause().is_some() {
+            return "upstream_tls_error";
+        }
         match self {
             Failure::Inline(SendError::Connect(_) | SendError::ConnectTimeout) => {
                 "upstream_connect_failure"

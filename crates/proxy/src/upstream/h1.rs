@@ -21,6 +21,7 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::io::UpstreamIo;
 use super::SendError;
 use crate::body::RequestBody;
 use crate::deadline::LazyDeadline;
@@ -28,6 +29,7 @@ use crate::h1_codec::{
     decode_chunked, encode_chunk, encode_last_chunk, encode_request_head, parse_response_head,
     response_framing, BodyFraming, Chunked, Decoded, ProtocolError, RawHeaders, ReqFraming,
 };
+use crate::tls::UpstreamConnector;
 use switchyard_resilience::{BreakerGuard, CircuitBreaker, Limit};
 
 /// Bytes asked of the socket per read.
@@ -38,6 +40,8 @@ const COALESCE_BODY: usize = 16 * 1024;
 /// Idle connections to one endpoint, most recently used on top.
 pub struct EndpointConns {
     address: SocketAddr,
+    /// The pool's TLS client, for pools with `tls`.
+    tls: Option<Arc<UpstreamConnector>>,
     idle: Mutex<Vec<Idle>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
@@ -51,7 +55,7 @@ struct Idle {
 
 /// One open connection: the socket and its read buffer.
 struct Conn {
-    io: TcpStream,
+    io: UpstreamIo,
     buf: BytesMut,
     /// Bounds each exchange's wait for its head (the attempt's deadline; `None` when the caller
     /// times the exchange).
@@ -63,9 +67,8 @@ struct Conn {
 impl Conn {
     /// Whether the upstream closed (or wrote unasked-for bytes) while the connection sat idle.
     /// Costs no syscall unless the reactor saw the socket become readable.
-    fn is_stale(&self) -> bool {
-        let mut probe = [0u8; 1];
-        !matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    fn is_stale(&mut self) -> bool {
+        self.io.is_stale()
     }
 
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
@@ -74,9 +77,15 @@ impl Conn {
 }
 
 impl EndpointConns {
-    pub fn new(address: SocketAddr, connect_timeout: Duration, idle_timeout: Duration) -> Self {
+    pub fn new(
+        address: SocketAddr,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        tls: Option<Arc<UpstreamConnector>>,
+    ) -> Self {
         Self {
             address,
+            tls,
             idle: Mutex::new(Vec::new()),
             connect_timeout,
             idle_timeout,
@@ -89,15 +98,22 @@ impl EndpointConns {
     }
 
     /// Whether settings match, so the idle connections can be kept across a reload.
-    pub fn same_settings(&self, connect_timeout: Duration, idle_timeout: Duration) -> bool {
-        self.connect_timeout == connect_timeout && self.idle_timeout == idle_timeout
+    pub fn same_settings(
+        &self,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        tls: Option<&UpstreamConnector>,
+    ) -> bool {
+        self.connect_timeout == connect_timeout
+            && self.idle_timeout == idle_timeout
+            && UpstreamConnector::same(self.tls.as_deref(), tls)
     }
 
     /// An idle connection that still looks alive, or `None`.
     fn pop_idle(&self) -> Option<Box<Conn>> {
         let now = Instant::now();
         loop {
-            let idle = self.idle.lock().expect("idle lock").pop()?;
+            let mut idle = self.idle.lock().expect("idle lock").pop()?;
             if now.duration_since(idle.since) > self.idle_timeout || idle.conn.is_stale() {
                 continue;
             }
@@ -119,17 +135,27 @@ impl EndpointConns {
         let now = Instant::now();
         let connect_by = now + self.connect_timeout;
         let by = deadline.map_or(connect_by, |d| d.min(connect_by));
-        let io = tokio::time::timeout_at(by, TcpStream::connect(self.address))
+        let timed_out = || {
+            if by < connect_by {
+                SendError::Timeout
+            } else {
+                SendError::ConnectTimeout
+            }
+        };
+        let tcp = tokio::time::timeout_at(by, TcpStream::connect(self.address))
             .await
-            .map_err(|_| {
-                if by < connect_by {
-                    SendError::Timeout
-                } else {
-                    SendError::ConnectTimeout
-                }
-            })?
+            .map_err(|_| timed_out())?
             .map_err(SendError::Connect)?;
-        let _ = io.set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
+        let io = match &self.tls {
+            None => UpstreamIo::Plain(tcp),
+            Some(tls) => UpstreamIo::Tls(Box::new(
+                tokio::time::timeout_at(by, tls.handshake(tcp, self.address))
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(SendError::Connect)?,
+            )),
+        };
         Ok(Box::new(Conn {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
@@ -159,6 +185,10 @@ impl EndpointConns {
                 // The idle connection was closed under us before the upstream took the
                 // request: safe to try once more on a fresh connection.
                 Err(SendError::NotSent) if reused => {}
+                Err(SendError::Io(e)) if !reused && self.tls.is_some() => {
+                    let tls = self.tls.as_ref().expect("checked");
+                    return Err(SendError::Io(tls.explain_early_failure(e)));
+                }
                 Err(e) => return Err(e),
             }
             conn = self.connect_boxed(breaker, deadline).await?;
@@ -196,7 +226,11 @@ async fn write_all_by(conn: &mut Conn, mut buf: &[u8]) -> Result<(), Option<io::
                 }
             }
         }
-        Poll::Ready(Ok(()))
+        match Pin::new(&mut conn.io).poll_flush(cx) {
+            Poll::Ready(r) => Poll::Ready(r.map_err(Some)),
+            Poll::Pending if conn.deadline.poll(cx).is_ready() => Poll::Ready(Err(None)),
+            Poll::Pending => Poll::Pending,
+        }
     })
     .await
 }
@@ -381,6 +415,7 @@ impl InlineConn {
                 }
                 up.out.advance(n);
             }
+            ready!(Pin::new(&mut self.conn.io).poll_flush(cx)).map_err(SendError::Io)?;
             if up.done {
                 self.upload = None;
                 return Poll::Ready(Ok(()));

@@ -38,8 +38,10 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::io::UpstreamIo;
 use super::SendError;
 use crate::body::RequestBody;
+use crate::tls::UpstreamConnector;
 
 /// How often a waiting request looks again when nothing woke it.
 const RECHECK: Duration = Duration::from_millis(2);
@@ -50,6 +52,8 @@ const INITIAL_MAX_STREAMS: usize = 100;
 /// One endpoint's HTTP/2 connection, kept across config generations.
 pub struct H2Endpoint {
     address: SocketAddr,
+    /// The pool's TLS client, for pools with `tls`.
+    tls: Option<Arc<UpstreamConnector>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     state: Mutex<State>,
@@ -83,6 +87,8 @@ struct Conn {
 enum ConnectFailure {
     Timeout,
     Io(io::ErrorKind, String),
+    /// Kept whole, so every waiting request's answer names the TLS cause.
+    Tls(rustls::Error),
 }
 
 impl ConnectFailure {
@@ -90,6 +96,9 @@ impl ConnectFailure {
         match self {
             Self::Timeout => SendError::ConnectTimeout,
             Self::Io(kind, msg) => SendError::Connect(io::Error::new(*kind, msg.clone())),
+            Self::Tls(e) => {
+                SendError::Connect(io::Error::new(io::ErrorKind::InvalidData, e.clone()))
+            }
         }
     }
 }
@@ -102,9 +111,15 @@ enum Step {
 }
 
 impl H2Endpoint {
-    pub fn new(address: SocketAddr, connect_timeout: Duration, idle_timeout: Duration) -> Self {
+    pub fn new(
+        address: SocketAddr,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        tls: Option<Arc<UpstreamConnector>>,
+    ) -> Self {
         Self {
             address,
+            tls,
             connect_timeout,
             idle_timeout,
             state: Mutex::default(),
@@ -118,8 +133,15 @@ impl H2Endpoint {
     }
 
     /// Whether settings match, so the connection can be kept across a reload.
-    pub fn same_settings(&self, connect_timeout: Duration, idle_timeout: Duration) -> bool {
-        self.connect_timeout == connect_timeout && self.idle_timeout == idle_timeout
+    pub fn same_settings(
+        &self,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        tls: Option<&UpstreamConnector>,
+    ) -> bool {
+        self.connect_timeout == connect_timeout
+            && self.idle_timeout == idle_timeout
+            && UpstreamConnector::same(self.tls.as_deref(), tls)
     }
 
     /// Send `req` on this endpoint's connection (opening it if needed) once a stream is free.
@@ -132,9 +154,13 @@ impl H2Endpoint {
         endpoint: &Arc<EndpointState>,
     ) -> Result<Response<Incoming>, SendError> {
         let mut send = self.stream(breaker, endpoint).await?;
-        send.send_request(req)
-            .await
-            .map_err(|e| SendError::Io(io::Error::other(e)))
+        send.send_request(req).await.map_err(|e| {
+            let e = io::Error::other(e);
+            SendError::Io(match &self.tls {
+                Some(tls) => tls.explain_early_failure(e),
+                None => e,
+            })
+        })
     }
 
     /// Wait for a stream on a live connection, under the `pending` and `connections` limits.
@@ -228,11 +254,21 @@ impl H2Endpoint {
 
     /// Open the connection and start its driver, which holds `open` for the connection's life.
     async fn connect(self: &Arc<Self>, open: BreakerGuard) -> Result<Conn, SendError> {
-        let io = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.address))
+        let by = Instant::now() + self.connect_timeout;
+        let tcp = tokio::time::timeout_at(by, TcpStream::connect(self.address))
             .await
             .map_err(|_| SendError::ConnectTimeout)?
             .map_err(SendError::Connect)?;
-        let _ = io.set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
+        let io = match &self.tls {
+            None => UpstreamIo::Plain(tcp),
+            Some(tls) => UpstreamIo::Tls(Box::new(
+                tokio::time::timeout_at(by, tls.handshake(tcp, self.address))
+                    .await
+                    .map_err(|_| SendError::ConnectTimeout)?
+                    .map_err(SendError::Connect)?,
+            )),
+        };
         let (send, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(io))
@@ -279,7 +315,7 @@ impl H2Endpoint {
 /// Drive one connection: publish the server's stream limit, wake waiting requests as the
 /// connection makes progress, close it once idle, and hold its `connections` unit until it ends.
 async fn drive(
-    conn: http2::Connection<TokioIo<TcpStream>, RequestBody, TokioExecutor>,
+    conn: http2::Connection<TokioIo<UpstreamIo>, RequestBody, TokioExecutor>,
     id: u64,
     max_streams: Arc<AtomicUsize>,
     home: Weak<H2Endpoint>,
@@ -380,7 +416,13 @@ impl Connecting<'_> {
             Err(e) => {
                 st.failed = Some(match e {
                     SendError::ConnectTimeout => ConnectFailure::Timeout,
-                    SendError::Connect(e) => ConnectFailure::Io(e.kind(), e.to_string()),
+                    SendError::Connect(e) => match e
+                        .get_ref()
+                        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                    {
+                        Some(tls) => ConnectFailure::Tls(tls.clone()),
+                        None => ConnectFailure::Io(e.kind(), e.to_string()),
+                    },
                     _ => ConnectFailure::Io(io::ErrorKind::Other, "connect failed".into()),
                 });
             }

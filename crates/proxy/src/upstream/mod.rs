@@ -10,6 +10,7 @@ mod h1;
 mod h2;
 mod h3;
 mod incoming;
+mod io;
 pub mod upgrade;
 
 use std::future::Future;

@@ -6,9 +6,11 @@ pub mod client;
 pub mod ext_proc;
 pub mod fleet;
 pub mod origin;
+pub mod pki;
 pub mod prometheus;
 pub mod redis;
 pub mod static_model;
+pub mod tls_origin;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

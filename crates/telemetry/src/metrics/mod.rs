@@ -37,6 +37,7 @@ pub struct Metrics {
     pub ejections: Family<PoolReasonLabels, Counter>,
     pub ejected: Family<PoolLabels, Gauge>,
     pub health_transitions: Family<PoolReasonLabels, Counter>,
+    pub upstream_tls_errors: Family<PoolReasonLabels, Counter>,
     pub panic: Family<PoolLabels, Gauge>,
     pub concurrency_limit: Family<PoolLabels, Gauge>,
     pub concurrency_queued: Family<PoolLabels, Gauge>,
@@ -208,6 +209,11 @@ impl Metrics {
         let health_transitions = pool_family(
             "switchyard_health_transitions",
             "Active health check transitions, by new state (healthy, unhealthy)",
+        );
+        let upstream_tls_errors = pool_family(
+            "switchyard_upstream_tls_errors",
+            "Attempts that failed on TLS with an upstream, by cause (certificate_untrusted, \
+             certificate_name_mismatch, certificate_expired, client_certificate_required, ...)",
         );
         let mut pool_gauge = |name: &str, help: &str| {
             let f = Family::<PoolLabels, Gauge>::default();
@@ -431,6 +437,7 @@ impl Metrics {
             ejections,
             ejected,
             health_transitions,
+            upstream_tls_errors,
             panic,
             concurrency_limit,
             concurrency_queued,

@@ -7,6 +7,11 @@
 //! fails — a missing file, a key that does not match, a half-written PEM — keeps the previous
 //! certificate serving: an expired-soon certificate beats a listener that refuses every
 //! handshake. Connections already open keep the certificate they were accepted with.
+//!
+//! With `client_ca` the listener asks for client certificates and verifies them against it
+//! (Envoy's `DownstreamTlsContext` with a validation context): `require_client_cert` refuses the
+//! handshake of a client without one; otherwise such a client is let in without an identity. The
+//! CA bundle is re-read with the certificate.
 
 use std::sync::Arc;
 
@@ -40,10 +45,31 @@ fn server_config(tls: &Tls) -> Result<Arc<rustls::ServerConfig>, String> {
             .ok_or_else(|| format!("{}: no private key found", tls.key.display()))?
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
+        .map_err(|e| e.to_string())?;
+    let builder = match &tls.client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let mut digest = std::collections::hash_map::DefaultHasher::new();
+            for cert in super::client::read_certs(ca, &mut digest)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", ca.display()))?;
+            }
+            let mut verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider);
+            if !tls.require_client_cert {
+                verifier = verifier.allow_unauthenticated();
+            }
+            let verifier = verifier
+                .build()
+                .map_err(|e| format!("{}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| format!("{}: {e}", tls.cert.display()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
