@@ -114,6 +114,15 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_http3_pool_needs_tls_and_no_active_checks() {
+        let text = "pools:\n  - name: p\n    protocol: http3\n    health: {tcp: {}}\n";
+        let e = parse(text, Path::new("t.yaml")).unwrap_err();
+        let paths: Vec<_> = e.0.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.contains(&"pools[0].protocol"), "{e}");
+        assert!(paths.contains(&"pools[0].health"), "{e}");
+    }
+
+    #[test]
     fn bad_endpoint_address() {
         let text = "pools:\n  - name: p\n    endpoints: [127.0.0.1:1, nonsense]\n";
         let e = err(text);

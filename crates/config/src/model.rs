@@ -455,6 +455,8 @@ pub enum Protocol {
     /// HTTP/2 with prior knowledge (cleartext), or over TLS with ALPN `h2` when the pool has
     /// `tls`; required for gRPC.
     Http2,
+    /// HTTP/3 over QUIC (UDP) with ALPN `h3`; needs `tls`.
+    Http3,
 }
 
 /// One upstream endpoint: either a bare `IP:PORT` string or a map with weight and locality.

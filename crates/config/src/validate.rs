@@ -209,6 +209,23 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
         for (rel, msg) in p.tls.iter().flat_map(|t| t.validate()) {
             c.error(format!("pools[{i}].tls.{rel}"), msg);
         }
+        if p.protocol == crate::model::Protocol::Http3 {
+            if p.tls.is_none() {
+                c.error(
+                    format!("pools[{i}].protocol"),
+                    "`http3` needs `tls` (QUIC is always encrypted; `verify: false` accepts any \
+                     certificate)",
+                );
+            }
+            if p.health.is_some() {
+                // Active checks connect over TCP, which an HTTP/3-only server may not listen on.
+                c.error(
+                    format!("pools[{i}].health"),
+                    "active health checks speak TCP; an `http3` pool is watched by `outlier` \
+                     detection instead",
+                );
+            }
+        }
         let mut seen = HashSet::new();
         for (j, e) in p.endpoints.iter().enumerate() {
             if e.weight == 0 {

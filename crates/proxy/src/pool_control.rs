@@ -71,6 +71,8 @@ pub struct PoolControl {
     by_address: ByAddress,
     /// HTTP/2 pools: each endpoint's connection (parallel to the pool's endpoints).
     h2: Vec<Arc<H2Endpoint>>,
+    /// HTTP/3 pools: each endpoint's QUIC connection.
+    h3: Vec<Arc<crate::upstream::H3Endpoint>>,
 }
 
 impl Drop for PoolControl {
@@ -227,6 +229,7 @@ impl PoolControl {
             checker,
             by_address,
             h2: Vec::new(),
+            h3: Vec::new(),
         };
         control.update(spec, states, metrics, tls);
         control
@@ -244,6 +247,15 @@ impl PoolControl {
             states.iter().map(|s| (s.address, s.clone())).collect(),
         ));
         self.update_h2(spec, states, tls.traffic);
+        self.h3 = match spec.protocol {
+            Protocol::Http3 => crate::upstream::reconcile_h3(
+                &self.h3,
+                states.iter().map(|s| s.address),
+                tls.traffic,
+                spec.connect_timeout,
+            ),
+            _ => Vec::new(),
+        };
         if spec.limits != self.limits {
             self.limits = spec.limits.clone();
             self.breaker = breaker(&spec.limits);
@@ -369,6 +381,12 @@ impl PoolControl {
     /// HTTP/1 pools).
     pub fn h2_endpoints(&self) -> Vec<Arc<H2Endpoint>> {
         self.h2.clone()
+    }
+
+    /// This generation's HTTP/3 connections, parallel to the pool's endpoints (empty for other
+    /// pools).
+    pub fn h3_endpoints(&self) -> Vec<Arc<crate::upstream::H3Endpoint>> {
+        self.h3.clone()
     }
 
     fn update_inference(&mut self, spec: &Pool, states: &[Arc<EndpointState>], metrics: &Metrics) {

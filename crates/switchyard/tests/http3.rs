@@ -335,3 +335,87 @@ fn aioquic_client_streams_sse_and_uploads_over_http3() {
     assert_eq!(got["upload"]["status"], "200", "{got}");
     assert_eq!(got["upload"]["received"], got["upload"]["sent"], "{got}");
 }
+
+/// An aioquic HTTP/3 server (tests/interop/h3_origin.py) on a free UDP port, stopped on drop.
+struct H3Origin {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl H3Origin {
+    fn start(cert: &std::path::Path, key: &std::path::Path) -> Self {
+        use std::io::BufRead;
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/interop/h3_origin.py"
+        );
+        let mut child = std::process::Command::new(support::python3())
+            .arg(script)
+            .arg(cert)
+            .arg(key)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the aioquic origin");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line.trim().parse().expect("the origin prints its port");
+        Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+}
+
+impl Drop for H3Origin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn an_http3_pool_reaches_an_aioquic_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = tls_files(dir.path());
+    let origin = H3Origin::start(&cert, &key);
+    let yaml = format!(
+        "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: false}}\nlisteners: [{{name: public, address: 127.0.0.1:0}}]\nroutes:\n  - {{name: r, match: {{path_prefix: /}}, pool: p, timeout: 2s}}\npools:\n  - name: p\n    protocol: http3\n    tls: {{ca: {}, sni: localhost}}\n    endpoints: [{}]\n",
+        cert.display(),
+        origin.addr
+    );
+    let gw = Gateway::start(&yaml);
+    let client = support::client::http1();
+
+    let (status, _, body) = support::client::get(&client, &gw.url("/hello?q=1")).await;
+    assert_eq!(status, 200, "{body:?}");
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen["version"], "h3", "{seen}");
+    assert_eq!(seen["path"], "/hello?q=1", "{seen}");
+    assert!(
+        seen["authority"].as_str().unwrap().starts_with("127.0.0.1"),
+        "{seen}"
+    );
+    assert_eq!(seen["headers"]["x-forwarded-proto"], "http", "{seen}");
+
+    // A body goes up whole.
+    let up = http::Request::post(gw.url("/upload"))
+        .body(http_body_util::Full::new(Bytes::from(vec![7u8; 300_000])))
+        .unwrap();
+    let (status, _, body) = support::client::send(&client, up).await;
+    assert_eq!(status, 200);
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen["body_len"], 300_000, "{seen}");
+
+    // A stream comes back as it is sent (every event, in order).
+    let (status, _, body) = support::client::get(&client, &gw.url("/sse?n=4")).await;
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert_eq!(text.matches("data: ").count(), 4, "{text}");
+
+    // The origin gone (UDP says nothing): the route's timeout answers, not a hang.
+    drop(origin);
+    let (status, _, _) = support::client::get(&client, &gw.url("/after")).await;
+    assert!([502, 503, 504].contains(&status.as_u16()), "{status}");
+}

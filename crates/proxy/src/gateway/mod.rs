@@ -410,6 +410,7 @@ fn build_pool(
     let transport = match p.protocol {
         Protocol::Http1 => Transport::Http1(transport.into_boxed_slice()),
         Protocol::Http2 => Transport::Http2(control.h2_endpoints().into_boxed_slice()),
+        Protocol::Http3 => Transport::Http3(control.h3_endpoints().into_boxed_slice()),
     };
     let addresses: Vec<_> = p.endpoints.iter().map(|e| e.address).collect();
     Ok(Arc::new(PoolEntry {

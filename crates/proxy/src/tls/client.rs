@@ -299,6 +299,7 @@ pub fn default_alpn(protocol: switchyard_config::Protocol) -> &'static [&'static
     match protocol {
         switchyard_config::Protocol::Http1 => &[b"http/1.1"],
         switchyard_config::Protocol::Http2 => &[b"h2"],
+        switchyard_config::Protocol::Http3 => &[b"h3"],
     }
 }
 

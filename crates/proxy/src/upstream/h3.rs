@@ -1,6 +1,7 @@
-//! HTTP/3 upstreams (`pools[].protocol: http3`): one QUIC connection per endpoint, opened on
-//! first use (and again once it closes) and kept across reloads that leave the endpoint and its
-//! TLS settings alone; every request to the endpoint is a stream of it.
+//! HTTP/3 upstreams (`pools[].protocol: http3`, always with the pool's `tls`): one QUIC
+//! connection per endpoint, opened on first use (and again once it closes) and kept across
+//! reloads that leave the endpoint and its TLS settings alone; every request to the endpoint is
+//! a stream of it.
 //!
 //! Like the HTTP/2 transport, opening a connection takes one unit of the pool's `connections`
 //! limit for as long as it lives (none left: 503 `x-switchyard-overflow: connections`). QUIC's
@@ -13,17 +14,24 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::BodyExt;
+use quinn::crypto::rustls::QuicClientConfig;
+use rustls::pki_types::ServerName;
 use switchyard_resilience::{BreakerGuard, CircuitBreaker, Limit};
 use tokio::sync::oneshot;
 
 use super::{SendError, UpstreamIncoming};
 use crate::body::{BoxError, RequestBody};
 use crate::h3::H3Body;
+use crate::tls::UpstreamConnector;
+
+/// How long an upstream QUIC connection may go without hearing from its peer.
+const UPSTREAM_IDLE: Duration = Duration::from_secs(10);
 
 type SendRequest = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 type SendHalf = h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
@@ -33,9 +41,9 @@ pub type H3ResponseBody = H3Body<h3::client::RequestStream<h3_quinn::RecvStream,
 pub struct H3Endpoint {
     address: SocketAddr,
     server_name: String,
-    /// The pool's client endpoint (one UDP socket for all its connections).
-    client: quinn::Endpoint,
-    config: quinn::ClientConfig,
+    /// The pool's TLS client as QUIC takes it (refused when it cannot speak TLS 1.3).
+    config: Result<quinn::ClientConfig, String>,
+    tls: Arc<UpstreamConnector>,
     connect_timeout: Duration,
     live: tokio::sync::Mutex<Option<Live>>,
 }
@@ -47,19 +55,53 @@ struct Live {
     _open: BreakerGuard,
 }
 
+/// The process's QUIC client sockets (IPv4 and IPv6), shared by every HTTP/3 pool: quinn
+/// multiplexes connections on one socket, so pools need no socket each.
+fn client(address: SocketAddr) -> io::Result<quinn::Endpoint> {
+    static V4: OnceLock<quinn::Endpoint> = OnceLock::new();
+    static V6: OnceLock<quinn::Endpoint> = OnceLock::new();
+    let (cell, bind) = if address.is_ipv4() {
+        (&V4, SocketAddr::from(([0, 0, 0, 0], 0)))
+    } else {
+        (&V6, SocketAddr::from(([0u16; 8], 0)))
+    };
+    if let Some(e) = cell.get() {
+        return Ok(e.clone());
+    }
+    let endpoint = quinn::Endpoint::client(bind)?;
+    Ok(cell.get_or_init(|| endpoint).clone())
+}
+
 impl H3Endpoint {
     pub fn new(
         address: SocketAddr,
-        server_name: String,
-        client: quinn::Endpoint,
-        config: quinn::ClientConfig,
+        tls: Arc<UpstreamConnector>,
         connect_timeout: Duration,
     ) -> Self {
+        let config = QuicClientConfig::try_from(tls.config().clone())
+            .map(|c| {
+                let mut config = quinn::ClientConfig::new(Arc::new(c));
+                let mut transport = quinn::TransportConfig::default();
+                // A peer that stops answering (UDP has no reset; ICMP is ignored) is given up
+                // after this; an idle connection closes then too and the next request opens
+                // a fresh one.
+                transport.max_idle_timeout(Some(
+                    quinn::IdleTimeout::try_from(UPSTREAM_IDLE).expect("a few seconds"),
+                ));
+                config.transport_config(Arc::new(transport));
+                config
+            })
+            .map_err(|e| format!("QUIC needs TLS 1.3: {e}"));
+        let server_name = match tls.server_name(address) {
+            ServerName::DnsName(d) => d.as_ref().to_string(),
+            ServerName::IpAddress(ip) => std::net::IpAddr::from(ip).to_string(),
+            other => format!("{other:?}"),
+        };
         Self {
             address,
             server_name,
-            client,
             config,
+            tls,
             connect_timeout,
             live: tokio::sync::Mutex::new(None),
         }
@@ -70,8 +112,9 @@ impl H3Endpoint {
     }
 
     /// Whether a reload with these settings may keep this endpoint's connection.
-    pub fn same_settings(&self, server_name: &str, connect_timeout: Duration) -> bool {
-        self.server_name == server_name && self.connect_timeout == connect_timeout
+    pub fn same_settings(&self, tls: &UpstreamConnector, connect_timeout: Duration) -> bool {
+        UpstreamConnector::same(Some(&self.tls), Some(tls))
+            && self.connect_timeout == connect_timeout
     }
 
     pub async fn send(
@@ -99,7 +142,12 @@ impl H3Endpoint {
         let (body_failed, failed) = oneshot::channel();
         tokio::spawn(upload(body, tx, body_failed));
         match rx.recv_response().await {
-            Ok(resp) => Ok(resp.map(|()| UpstreamIncoming::H3(Box::new(H3Body::new(rx))))),
+            Ok(mut resp) => {
+                // The downstream writer speaks its own version; hyper's HTTP/1 writer refuses
+                // (panics on) a response that says HTTP/3.
+                *resp.version_mut() = http::Version::HTTP_11;
+                Ok(resp.map(|()| UpstreamIncoming::H3(Box::new(H3Body::new(rx)))))
+            }
             Err(e) => Err(match failed.await {
                 Ok(body_error) => SendError::Body(body_error),
                 Err(_) => SendError::Io(io::Error::other(e)),
@@ -123,13 +171,19 @@ impl H3Endpoint {
         let open = breaker
             .try_acquire(Limit::Connections)
             .map_err(SendError::Overflow)?;
+        let config = self
+            .config
+            .clone()
+            .map_err(|e| SendError::Connect(io::Error::other(e)))?;
         let connect = async {
-            let quic = self
-                .client
-                .connect_with(self.config.clone(), self.address, &self.server_name)
+            let quic = client(self.address)
+                .map_err(SendError::Connect)?
+                .connect_with(config, self.address, &self.server_name)
                 .map_err(|e| SendError::Connect(io::Error::other(e)))?
                 .await
-                .map_err(|e| SendError::Connect(connect_error(e)))?;
+                .map_err(|e| {
+                    SendError::Connect(self.tls.explain_early_failure(connect_error(e)))
+                })?;
             let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(quic.clone()))
                 .await
                 .map_err(|e| SendError::Connect(io::Error::other(e)))?;
@@ -193,4 +247,25 @@ async fn upload(mut body: RequestBody, mut tx: SendHalf, failed: oneshot::Sender
         }
     }
     let _ = tx.finish().await;
+}
+
+/// A reload's HTTP/3 endpoints: those whose address and settings are unchanged keep their
+/// connection; the rest start afresh. Empty for pools of other protocols.
+pub fn reconcile(
+    old: &[Arc<H3Endpoint>],
+    addresses: impl Iterator<Item = SocketAddr>,
+    tls: Option<&Arc<UpstreamConnector>>,
+    connect_timeout: Duration,
+) -> Vec<Arc<H3Endpoint>> {
+    let Some(tls) = tls else {
+        return Vec::new();
+    };
+    addresses
+        .map(|a| {
+            old.iter()
+                .find(|h| h.address == a && h.same_settings(tls, connect_timeout))
+                .cloned()
+                .unwrap_or_else(|| Arc::new(H3Endpoint::new(a, tls.clone(), connect_timeout)))
+        })
+        .collect()
 }

@@ -28,7 +28,7 @@ use crate::body::RequestBody;
 pub use failure::{Failure, SendError};
 pub use h1::{Encoded, EndpointConns, InlineConn};
 pub use h2::H2Endpoint;
-pub use h3::{H3Endpoint, H3ResponseBody};
+pub use h3::{reconcile as reconcile_h3, H3Endpoint, H3ResponseBody};
 pub use incoming::UpstreamIncoming;
 pub use upgrade::UpgradeClient;
 
