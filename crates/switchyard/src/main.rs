@@ -69,7 +69,7 @@ enum Command {
     /// Run a fleet of simulated OpenAI-compatible model servers.
     Sim(switchyard_sim::SimArgs),
     /// Drive load at an OpenAI-compatible endpoint and report TTFT/ITL/goodput.
-    Bench(switchyard_bench::BenchArgs),
+    Bench(Box<switchyard_bench::BenchArgs>),
     /// Live routes, pools, endpoints and recent picks from a gateway's admin API (q quits).
     Top(switchyard_viz::TopArgs),
     /// Print the gateway's finished requests as they happen, one line each.
@@ -112,7 +112,7 @@ fn main() -> ExitCode {
             ),
         },
         Command::Sim(args) => report(switchyard_sim::main(args)),
-        Command::Bench(args) => report(switchyard_bench::main(args)),
+        Command::Bench(args) => report(switchyard_bench::main(*args)),
         Command::Top(args) => report(switchyard_viz::top(args)),
         Command::Tap(args) => report(switchyard_viz::tap(args)),
         Command::Run { config } => {
