@@ -48,7 +48,7 @@ def make_cert(d):
     run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
         "-keyout", "key.pem", "-out", "leaf.csr", "-subj", "/CN=localhost")
     with open(os.path.join(d, "leaf.ext"), "w") as f:
-        f.write(f"basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:{SERVER_ADDR}\n")
+        f.write(f"basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1,IP:{SERVER_ADDR}\n")
     run("openssl", "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
         "-CAcreateserial", "-out", "cert.pem", "-days", "2", "-extfile", "leaf.ext")
     return tuple(os.path.join(d, f) for f in ("ca.pem", "cert.pem", "key.pem"))

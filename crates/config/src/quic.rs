@@ -30,6 +30,15 @@ pub struct Quic {
     /// round trip, so random loss (a radio link) does not collapse the window as it does
     /// Cubic's; quinn marks its BBR experimental, hence not the default.
     pub congestion: Congestion,
+    /// Ask clients that support the ACK frequency extension (draft-ietf-quic-ack-frequency;
+    /// quinn does) to acknowledge within this time instead of their own (25 ms by default), so a
+    /// lost packet at the end of a burst (the last token sent) is found and sent again sooner.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_ack_delay: Option<Duration>,
 }
 
 /// A QUIC congestion controller.
@@ -51,6 +60,7 @@ impl Default for Quic {
             allow_0rtt: false,
             max_connections: 10_000,
             congestion: Congestion::Cubic,
+            max_ack_delay: None,
         }
     }
 }
@@ -76,6 +86,15 @@ impl Quic {
             out.push((
                 "receive_window",
                 "must be at least stream_receive_window".to_string(),
+            ));
+        }
+        if self
+            .max_ack_delay
+            .is_some_and(|d| d.is_zero() || d > Duration::from_millis(16_383))
+        {
+            out.push((
+                "max_ack_delay",
+                "must be greater than zero and below 16384ms".to_string(),
             ));
         }
         if self.max_connections == 0 {

@@ -100,6 +100,11 @@ fn server_config(
             transport.congestion_controller_factory(Arc::new(congestion::BbrConfig::default()))
         }
     };
+    if let Some(delay) = q.max_ack_delay {
+        let mut ack = quinn::AckFrequencyConfig::default();
+        ack.max_ack_delay(Some(delay));
+        transport.ack_frequency_config(Some(ack));
+    }
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport));
     config.migration(true);
