@@ -67,6 +67,16 @@ async fn http1_and_http2_pools_reach_a_tls_origin_by_ip_and_by_name() {
         assert_eq!(v["version"], "HTTP/2.0");
     }
     assert_eq!(origin.hits(), 6);
+    // An upgrade goes through the pooled upgrade client, over TLS as well (the origin answers
+    // 200, so nothing switches and the connection closes after the answer).
+    let raw = client::raw_exchange(
+        gw.addr(),
+        b"GET /h1/ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade, close\r\nupgrade: websocket\r\n\r\n",
+        support::WAIT,
+    );
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.contains("\"path\":\"/h1/ws\""), "{raw}");
+    assert_eq!(origin.hits(), 7);
 }
 
 #[tokio::test]
