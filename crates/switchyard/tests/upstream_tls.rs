@@ -283,3 +283,35 @@ async fn a_reload_rereads_the_ca_and_refuses_an_unreadable_one() {
     let (status, v) = get_json(&gw, "/p").await;
     assert_eq!(status, 200, "{v}");
 }
+
+#[tokio::test]
+async fn a_tls_failure_is_a_connect_failure_retried_on_another_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "upstreams");
+    let good = TlsOrigin::start(&server_cert(&ca, dir.path(), "good", false), None);
+    let expired = TlsOrigin::start(&server_cert(&ca, dir.path(), "expired", true), None);
+    let routes = "  - name: p\n    match: {path_prefix: /p}\n    pool: p\n    retry: { attempts: 2, retry_on: [connect-failure], budget: { ratio: 1.0, min_concurrency: 10 } }\n";
+    let yaml = config(
+        routes,
+        &format!(
+            "  - {{name: p, balancer: round_robin, endpoints: [{}, {}], tls: {{ca: {}}}}}\n",
+            expired.addr,
+            good.addr,
+            ca.pem.display()
+        ),
+    );
+    let gw = Gateway::start(&yaml);
+    for _ in 0..6 {
+        let (status, v) = get_json(&gw, "/p").await;
+        assert_eq!(status, 200, "{v}");
+    }
+    assert_eq!(good.hits(), 6);
+    let failed = gw
+        .metric("switchyard_upstream_tls_errors_total{pool=\"p\",reason=\"certificate_expired\"}");
+    assert!(failed >= 1.0, "the expired endpoint was tried: {failed}");
+    assert_eq!(
+        gw.metric("switchyard_retries_total{route=\"p\",reason=\"connect-failure\"}"),
+        failed,
+        "each TLS failure retried as a connect failure"
+    );
+}
