@@ -94,6 +94,27 @@ impl UpstreamTls {
     }
 }
 
+impl UpstreamTls {
+    /// [`UpstreamTls::validate`], and an `alpn` the pool's protocol can speak: the transport
+    /// speaks one protocol, so the upstream must not be offered another to choose.
+    pub fn validate_for(&self, protocol: crate::Protocol) -> Vec<(String, String)> {
+        let mut out = self.validate();
+        let (name, speaks, wrong) = match protocol {
+            crate::Protocol::Http1 => ("http1", "http/1.1", "h2"),
+            crate::Protocol::Http2 => ("http2", "h2", "http/1.1"),
+        };
+        if let Some(alpn) = &self.alpn {
+            if alpn.iter().any(|p| p == wrong) || !alpn.iter().any(|p| p == speaks) {
+                out.push((
+                    "alpn".into(),
+                    format!("an {name} pool speaks `{speaks}`: offer it, and not `{wrong}`"),
+                ));
+            }
+        }
+        out
+    }
+}
+
 /// A DNS name (letters, digits, `-`, dots between labels of at most 63 bytes) or an IP address.
 fn valid_server_name(s: &str) -> bool {
     if s.parse::<std::net::IpAddr>().is_ok() {
@@ -213,13 +234,28 @@ mod tests {
 
     #[test]
     fn sni_and_alpn_are_checked() {
-        let e = with_pool_tls("{verify: false, sni: \"bad name\", alpn: [h2, \"\"]}");
+        let e = with_pool_tls("{verify: false, sni: \"bad name\", alpn: [http/1.1, \"\"]}");
         assert_eq!(e.len(), 2, "{e:?}");
         assert!(e[0].contains("pools[0].tls.sni"), "{e:?}");
         assert!(e[1].contains("pools[0].tls.alpn[1]"), "{e:?}");
         assert!(with_pool_tls("{verify: false, alpn: []}")[0].contains("at least one"));
         assert!(with_pool_tls("{verify: false, sni: 10.0.0.1}").is_empty());
         assert!(with_pool_tls("{verify: false, sni: api.internal.example}").is_empty());
+    }
+
+    #[test]
+    fn alpn_must_fit_the_protocol() {
+        let e = with_pool_tls("{verify: false, alpn: [h2]}");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].contains("pools[0].tls.alpn: an http1 pool speaks `http/1.1`"),
+            "{e:?}"
+        );
+        let e = errors(
+            "pools:\n  - {name: p, protocol: http2, tls: {verify: false, alpn: [http/1.1, h2]}}\n",
+        );
+        assert!(e[0].contains("an http2 pool speaks `h2`"), "{e:?}");
+        assert!(with_pool_tls("{verify: false, alpn: [http/1.1, x-custom]}").is_empty());
     }
 
     #[test]

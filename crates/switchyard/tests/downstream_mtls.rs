@@ -60,6 +60,26 @@ fn fetch(
     Ok((code.parse().unwrap(), v))
 }
 
+/// The access log line of the first request to `route`, once the writer has written it.
+fn access_line(gw: &Gateway, route: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + support::WAIT;
+    loop {
+        let found = gw
+            .stdout_lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["route"] == route);
+        if let Some(line) = found {
+            return line;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access log line for route `{route}`"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 fn edge_listener(dir: &Path, edge: &Ca, client_ca: &Path, require: bool, extra: &str) -> String {
     let cert = edge.issue(
         dir,
@@ -196,22 +216,13 @@ fn curl_clients_are_routed_by_their_certificate_to_a_python_mtls_upstream() {
     assert_eq!(v["origin"], origin.addr.to_string(), "{v}");
 
     // The access log names each client.
-    let lines: Vec<serde_json::Value> = gw
-        .stdout_lines()
-        .iter()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let alice_line = lines
-        .iter()
-        .find(|l| l["route"] == "team-a")
-        .expect("alice's request logged");
+    let alice_line = access_line(&gw, "team-a");
     assert_eq!(alice_line["client_subject"], "CN=alice");
     assert_eq!(
         alice_line["client_san"],
         serde_json::json!(["spiffe://test/team-a/alice"])
     );
-    let bob_line = lines.iter().find(|l| l["route"] == "bob").unwrap();
-    assert_eq!(bob_line["client_subject"], "CN=bob");
+    assert_eq!(access_line(&gw, "bob")["client_subject"], "CN=bob");
     drop(python);
 }
 

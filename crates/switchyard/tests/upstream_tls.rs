@@ -67,6 +67,19 @@ async fn http1_and_http2_pools_reach_a_tls_origin_by_ip_and_by_name() {
         assert_eq!(v["version"], "HTTP/2.0");
     }
     assert_eq!(origin.hits(), 6);
+    // Idle TLS connections are reused (the session tickets a TLS 1.3 server sends after the
+    // handshake do not make them look stale): one per pool.
+    assert_eq!(origin.handshakes(), 2);
+    // An upgrade goes through the pooled upgrade client, over TLS as well (the origin answers
+    // 200, so nothing switches and the connection closes after the answer).
+    let raw = client::raw_exchange(
+        gw.addr(),
+        b"GET /h1/ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade, close\r\nupgrade: websocket\r\n\r\n",
+        support::WAIT,
+    );
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.contains("\"path\":\"/h1/ws\""), "{raw}");
+    assert_eq!(origin.hits(), 7);
 }
 
 #[tokio::test]
@@ -260,10 +273,45 @@ async fn a_reload_rereads_the_ca_and_refuses_an_unreadable_one() {
     // generation keeps serving.
     std::fs::write(&trusted, "not a certificate\n").unwrap();
     gw.reload(&yaml);
-    assert_eq!(
-        gw.log_count("config reload rejected; keeping the previous config"),
-        1
+    let rejected = gw.log_lines("config reload rejected; keeping the previous config");
+    assert_eq!(rejected.len(), 1);
+    let why = rejected[0]["error"].as_str().unwrap();
+    assert!(
+        why.contains("pool `p`") && why.contains("trusted.pem"),
+        "{why}"
     );
     let (status, v) = get_json(&gw, "/p").await;
     assert_eq!(status, 200, "{v}");
+}
+
+#[tokio::test]
+async fn a_tls_failure_is_a_connect_failure_retried_on_another_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "upstreams");
+    let good = TlsOrigin::start(&server_cert(&ca, dir.path(), "good", false), None);
+    let expired = TlsOrigin::start(&server_cert(&ca, dir.path(), "expired", true), None);
+    let routes = "  - name: p\n    match: {path_prefix: /p}\n    pool: p\n    retry: { attempts: 2, retry_on: [connect-failure], budget: { ratio: 1.0, min_concurrency: 10 } }\n";
+    let yaml = config(
+        routes,
+        &format!(
+            "  - {{name: p, balancer: round_robin, endpoints: [{}, {}], tls: {{ca: {}}}}}\n",
+            expired.addr,
+            good.addr,
+            ca.pem.display()
+        ),
+    );
+    let gw = Gateway::start(&yaml);
+    for _ in 0..6 {
+        let (status, v) = get_json(&gw, "/p").await;
+        assert_eq!(status, 200, "{v}");
+    }
+    assert_eq!(good.hits(), 6);
+    let failed = gw
+        .metric("switchyard_upstream_tls_errors_total{pool=\"p\",reason=\"certificate_expired\"}");
+    assert!(failed >= 1.0, "the expired endpoint was tried: {failed}");
+    assert_eq!(
+        gw.metric("switchyard_retries_total{route=\"p\",reason=\"connect-failure\"}"),
+        failed,
+        "each TLS failure retried as a connect failure"
+    );
 }

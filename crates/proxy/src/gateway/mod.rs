@@ -365,7 +365,9 @@ fn build_pool(
         Vec::new()
     };
     let client = match old_client {
-        Some((spec, client)) if client_key(spec) == client_key(p) => client.clone(),
+        Some((spec, client)) if p.tls.is_none() && client_key(spec) == client_key(p) => {
+            client.clone()
+        }
         _ => build_client(p, tls.clone()),
     };
     let pool_label = PoolLabels {

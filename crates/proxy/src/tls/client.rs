@@ -246,9 +246,10 @@ impl UpstreamConnector {
         })
     }
 
-    /// A connection that failed before its first answer, read in the light of what the
-    /// upstream asked: an upstream that wanted the client certificate this pool lacks dropped
-    /// it for that (see [`NoClientCert`]).
+    /// A connection that failed before its first answer (HTTP/1: a fresh connection's first
+    /// exchange; HTTP/2: a stream that got no response), read in the light of what upstreams
+    /// asked: once one wanted the client certificate this pool lacks, such a failure is taken
+    /// for its refusal (see [`NoClientCert`]).
     pub fn explain_early_failure(&self, e: io::Error) -> io::Error {
         if self.asked_for_cert.load(Ordering::Relaxed) && TlsCause::find(&e).is_none() {
             io::Error::new(io::ErrorKind::ConnectionAborted, ClientCertificateMissing)
@@ -257,8 +258,8 @@ impl UpstreamConnector {
         }
     }
 
-    /// Whether `other` was built from the same settings and file contents, so connections
-    /// made by either are interchangeable.
+    /// Whether `a` and `b` were built from the same settings and file contents (or are both
+    /// absent), so connections made by either are interchangeable.
     pub fn same(a: Option<&Self>, b: Option<&Self>) -> bool {
         a.map(|c| c.digest) == b.map(|c| c.digest)
     }

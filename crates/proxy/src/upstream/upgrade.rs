@@ -21,8 +21,8 @@ use crate::tls::UpstreamConnector;
 
 pub type UpgradeClient = Client<UpstreamConnect, RequestBody>;
 
-/// The settings that decide whether an existing client can be kept across a reload (a pool
-/// with `tls` always gets a new one: its files may have changed).
+/// The settings that decide whether an existing client can be kept across a reload (the
+/// caller gives a pool with `tls` a new one: its files may have changed).
 pub fn client_key(p: &Pool) -> (Protocol, Duration, Duration, bool) {
     (
         p.protocol,

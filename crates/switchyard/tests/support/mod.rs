@@ -170,6 +170,17 @@ impl Gateway {
             .count()
     }
 
+    /// The log lines whose message equals `message`, as JSON.
+    pub fn log_lines(&self, message: &str) -> Vec<serde_json::Value> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["message"] == message)
+            .cloned()
+            .collect()
+    }
+
     /// Wait until `count` log lines with `message` have been seen.
     pub fn wait_log(&self, message: &str, count: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;

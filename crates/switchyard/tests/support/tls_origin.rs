@@ -16,6 +16,8 @@ pub struct TlsOrigin {
     pub addr: SocketAddr,
     /// Requests answered.
     pub hits: Arc<AtomicUsize>,
+    /// TLS handshakes completed.
+    pub handshakes: Arc<AtomicUsize>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -66,6 +68,8 @@ impl TlsOrigin {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let hits = Arc::new(AtomicUsize::new(0));
         let hits2 = hits.clone();
+        let handshakes = Arc::new(AtomicUsize::new(0));
+        let handshakes2 = handshakes.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -82,10 +86,12 @@ impl TlsOrigin {
                         stream.set_nodelay(true).unwrap();
                         let acceptor = acceptor.clone();
                         let hits = hits2.clone();
+                        let handshakes = handshakes2.clone();
                         tokio::spawn(async move {
                             let Ok(tls) = acceptor.accept(stream).await else {
                                 return;
                             };
+                            handshakes.fetch_add(1, Ordering::SeqCst);
                             let alpn = tls
                                 .get_ref()
                                 .1
@@ -127,6 +133,7 @@ impl TlsOrigin {
         TlsOrigin {
             addr: addr_rx.recv().unwrap(),
             hits,
+            handshakes,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
@@ -134,6 +141,10 @@ impl TlsOrigin {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn handshakes(&self) -> usize {
+        self.handshakes.load(Ordering::SeqCst)
     }
 }
 
