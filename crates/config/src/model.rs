@@ -165,6 +165,25 @@ pub struct Listener {
     /// How request paths are normalized before routing (and forwarded normalized).
     #[serde(default)]
     pub path_normalization: PathNormalization,
+    /// `http` (the default) or `tcp`: bytes forwarded to a pool unparsed (see [`crate::l4`]).
+    #[serde(default, skip_serializing_if = "crate::l4::ListenerProtocol::is_http")]
+    pub protocol: crate::l4::ListenerProtocol,
+    /// tcp: where connections go when no `sni_routes` entry matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// tcp: TLS passthrough, the pool chosen by the ClientHello's server name (first match).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni_routes: Vec<crate::l4::SniRoute>,
+    /// tcp: connections proxied at once; past it the listener stops accepting until one closes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// tcp: connects tried on other endpoints after a failed one.
+    #[serde(default = "default_connect_retries")]
+    pub connect_retries: u32,
+}
+
+fn default_connect_retries() -> u32 {
+    1
 }
 
 /// Request path normalization (RFC 3986 §6.2.2), applied before routing; the upstream gets the
@@ -408,6 +427,9 @@ pub struct Pool {
     /// Ramp a new or returning endpoint's weight up over a window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slow_start: Option<crate::health::SlowStart>,
+    /// PROXY protocol header ahead of a tcp listener's bytes (opt-in: the endpoint must expect it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<crate::l4::ProxyProtocol>,
 }
 
 fn default_connect_timeout() -> Duration {
