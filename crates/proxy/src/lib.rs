@@ -20,6 +20,7 @@ pub mod grpc;
 pub mod h1_codec;
 pub mod h1_server;
 pub mod headers;
+pub mod l4;
 pub mod listener;
 pub mod mirror;
 pub mod models;

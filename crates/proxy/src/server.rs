@@ -182,7 +182,11 @@ impl Server {
             if let Some(old) = running.insert(accept.spec.name.clone(), entry) {
                 old.stop.cancel();
             }
-            tokio::spawn(accept.run());
+            if accept.spec.is_tcp() {
+                tokio::spawn(crate::l4::run(accept));
+            } else {
+                tokio::spawn(accept.run());
+            }
         }
         running.retain(|name, r| {
             let keep = specs.iter().any(|s| &s.name == name);

@@ -9,6 +9,7 @@ pub mod origin;
 pub mod prometheus;
 pub mod redis;
 pub mod static_model;
+pub mod tcp;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
