@@ -66,21 +66,26 @@ pub async fn run(accept: AcceptLoop) {
         listener: name.clone(),
         direction,
     };
+    // One handle per statement: `get_or_create` returns a read guard on its family, and a
+    // second call on the same family in one statement would wait on it forever.
+    let open = metrics
+        .downstream_connections
+        .get_or_create(&labels)
+        .clone();
+    let received = metrics
+        .tcp
+        .downstream_bytes
+        .get_or_create(&direction("received"))
+        .clone();
+    let sent = metrics
+        .tcp
+        .downstream_bytes
+        .get_or_create(&direction("sent"))
+        .clone();
     let shared = Arc::new(Shared {
-        open: metrics
-            .downstream_connections
-            .get_or_create(&labels)
-            .clone(),
-        received: metrics
-            .tcp
-            .downstream_bytes
-            .get_or_create(&direction("received"))
-            .clone(),
-        sent: metrics
-            .tcp
-            .downstream_bytes
-            .get_or_create(&direction("sent"))
-            .clone(),
+        open,
+        received,
+        sent,
         handle: accept.handle.clone(),
         spec: accept.spec.clone(),
     });
@@ -203,19 +208,21 @@ async fn serve(
         endpoint: endpoint_labels.endpoint.clone(),
         direction,
     };
+    let upstream_bytes = |direction| {
+        let counter = metrics
+            .tcp
+            .upstream_bytes
+            .get_or_create(&endpoint_direction(direction))
+            .clone();
+        counter
+    };
+    let from_endpoint = upstream_bytes("received");
+    let to_endpoint = upstream_bytes("sent");
     let meters = Meters([
         shared.received.clone(),
         shared.sent.clone(),
-        metrics
-            .tcp
-            .upstream_bytes
-            .get_or_create(&endpoint_direction("received"))
-            .clone(),
-        metrics
-            .tcp
-            .upstream_bytes
-            .get_or_create(&endpoint_direction("sent"))
-            .clone(),
+        from_endpoint,
+        to_endpoint,
     ]);
     metrics
         .tcp

@@ -113,15 +113,21 @@ fn parse_v4(h: &[u8; 28]) -> Result<ProxyAddresses, String> {
 /// A TLS server whose certificate names `name`; after the handshake it writes
 /// `served by NAME\n` and closes.
 pub async fn tls_named(name: &'static str) -> Upstream {
-    let cert = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+    // The name as the subject's CN too, so that `openssl s_client`'s `subject=` line shows it.
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let key_pair = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key_pair).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key_pair.serialize_der().into());
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
     .with_no_client_auth()
-    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .with_single_cert(vec![cert.der().clone()], key)
     .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     serve(move |s: TcpStream| {
