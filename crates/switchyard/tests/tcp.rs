@@ -119,6 +119,28 @@ async fn a_refused_connect_is_retried_on_another_endpoint_and_ejects_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_is_closed_when_every_connect_fails() {
+    let (dead_a, _a) = dead_address();
+    let (dead_b, _b) = dead_address();
+    let gw = Gateway::start(&config("    pool: p\n", &pool("p", &[dead_a, dead_b], "")));
+    let mut s = connect(tcp_addr(&gw)).await;
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+        .await
+        .expect("closed once the connects failed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let unforwarded =
+        "switchyard_tcp_unforwarded_connections_total{listener=\"tcp\",reason=\"connect\"}";
+    eventually("counted as unforwarded", || gw.metric(unforwarded) == 1.0).await;
+    assert_eq!(
+        gw.metric("switchyard_upstream_connect_errors_total{pool=\"p\"}"),
+        2.0,
+        "the first connect and one retry"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_tcp_health_checks_take_a_dead_endpoint_out() {
     let live = up::echo().await;
     let (dead, _keep) = dead_address();

@@ -24,13 +24,14 @@ pub struct Connected {
 }
 
 /// Connect to an endpoint of `pool`, trying up to `retries` more endpoints after a failure.
-/// `None` when no endpoint is available or every attempt failed.
+/// The error is the reason the connection is not forwarded (a metric label): `no_endpoint` when
+/// none was available to try, `connect` when every attempt failed.
 pub async fn connect(
     pool: &PoolEntry,
     client: SocketAddr,
     retries: u32,
     metrics: &Metrics,
-) -> Option<Connected> {
+) -> Result<Connected, &'static str> {
     let ctx = match pool.spec.balancer.hash_key() {
         Some(_) => PickContext::with_hash_key(hash_source_ip(client.ip())),
         None => PickContext::new(),
@@ -40,7 +41,9 @@ pub async fn connect(
         if tried.covers(pool.endpoints.len()) {
             break;
         }
-        let index = pick_untried(pool, &tried, &ctx)?;
+        let Some(index) = pick_untried(pool, &tried, &ctx) else {
+            break;
+        };
         tried.insert(index);
         let endpoint = &pool.endpoints[index];
         let address = endpoint.address();
@@ -55,7 +58,7 @@ pub async fn connect(
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 pool.record_outcome(index, Outcome::Success);
-                return Some(Connected {
+                return Ok(Connected {
                     stream,
                     endpoint: address,
                     in_flight,
@@ -78,5 +81,9 @@ pub async fn connect(
             .inc();
         pool.record_outcome(index, outcome);
     }
-    None
+    Err(if tried.is_empty() {
+        "no_endpoint"
+    } else {
+        "connect"
+    })
 }

@@ -190,9 +190,9 @@ async fn serve(
     if pool.endpoints.is_empty() {
         return refuse("no_endpoint");
     }
-    let Some(upstream) = connect::connect(&pool, peer, shared.spec.connect_retries, metrics).await
-    else {
-        return refuse("connect");
+    let upstream = match connect::connect(&pool, peer, shared.spec.connect_retries, metrics).await {
+        Ok(upstream) => upstream,
+        Err(reason) => return refuse(reason),
     };
     let connect::Connected {
         stream: mut upstream,
