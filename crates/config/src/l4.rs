@@ -10,7 +10,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::locate::Locations;
 use crate::model::{Config, Listener};
 use crate::{Balancer, HashKey};
 
@@ -75,22 +74,52 @@ pub enum ProxyProtocol {
     V2,
 }
 
-/// Keys of a listener that only an HTTP listener reads, so a tcp listener refuses them rather
-/// than silently ignoring a setting the user expects to apply.
-const HTTP_ONLY_KEYS: &[&str] = &[
-    "tls",
-    "max_header_bytes",
-    "max_headers",
-    "max_concurrent_streams",
-    "http2_keepalive_interval",
-    "http2_keepalive_timeout",
-    "access_log",
-    "trusted_headers",
-    "path_normalization",
-];
+/// The HTTP-only settings `l` sets to other than their defaults: a tcp listener refuses them
+/// rather than silently ignoring a setting the user expects to apply. Values, not keys, are
+/// compared, so the effective config (`/config`, every key written out) reads back valid.
+fn http_settings(l: &Listener) -> Vec<&'static str> {
+    let d: Listener = crate::yaml::from_str("{name: d, address: '0.0.0.0:0'}")
+        .expect("a listener of defaults parses");
+    [
+        ("tls", l.tls.is_some()),
+        ("max_header_bytes", l.max_header_bytes != d.max_header_bytes),
+        ("max_headers", l.max_headers != d.max_headers),
+        (
+            "max_concurrent_streams",
+            l.max_concurrent_streams != d.max_concurrent_streams,
+        ),
+        (
+            "http2_keepalive_interval",
+            l.http2_keepalive_interval != d.http2_keepalive_interval,
+        ),
+        (
+            "http2_keepalive_timeout",
+            l.http2_keepalive_timeout != d.http2_keepalive_timeout,
+        ),
+        ("access_log", l.access_log),
+        ("trusted_headers", !l.trusted_headers.is_empty()),
+        (
+            "path_normalization",
+            l.path_normalization != d.path_normalization,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(key, set)| set.then_some(key))
+    .collect()
+}
 
-/// Keys only a tcp listener reads.
-const TCP_ONLY_KEYS: &[&str] = &["pool", "sni_routes", "max_connections", "connect_retries"];
+/// The tcp-only settings an HTTP listener `l` sets.
+fn tcp_settings(l: &Listener) -> Vec<&'static str> {
+    [
+        ("pool", l.pool.is_some()),
+        ("sni_routes", !l.sni_routes.is_empty()),
+        ("max_connections", l.max_connections.is_some()),
+        ("connect_retries", l.connect_retries != 1),
+    ]
+    .into_iter()
+    .filter_map(|(key, set)| set.then_some(key))
+    .collect()
+}
 
 /// The most connect attempts past the first: each waits up to the pool's connect timeout.
 pub const MAX_CONNECT_RETRIES: u32 = 10;
@@ -99,32 +128,28 @@ pub const MAX_CONNECT_RETRIES: u32 = 10;
 pub type Problem = (String, String, Option<String>);
 
 /// Every problem with tcp listeners and the pools they use.
-pub fn validate(config: &Config, locations: &Locations) -> Vec<Problem> {
+pub fn validate(config: &Config) -> Vec<Problem> {
     let mut out = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {
         let at = |key: &str| format!("listeners[{i}].{key}");
         if l.protocol.is_http() {
-            for key in TCP_ONLY_KEYS {
-                if locations.contains(&at(key)) {
-                    out.push((
-                        at(key),
-                        "only a `protocol: tcp` listener reads this".into(),
-                        None,
-                    ));
-                }
-            }
-            continue;
-        }
-        for key in HTTP_ONLY_KEYS {
-            if locations.contains(&at(key)) || (*key == "tls" && l.tls.is_some()) {
+            for key in tcp_settings(l) {
                 out.push((
                     at(key),
-                    "an HTTP setting: a `protocol: tcp` listener forwards bytes without reading \
-                     HTTP (TLS is passed through, routed by `sni_routes`)"
-                        .into(),
+                    "only a `protocol: tcp` listener reads this".into(),
                     None,
                 ));
             }
+            continue;
+        }
+        for key in http_settings(l) {
+            out.push((
+                at(key),
+                "an HTTP setting: a `protocol: tcp` listener forwards bytes without reading \
+                 HTTP (TLS is passed through, routed by `sni_routes`)"
+                    .into(),
+                None,
+            ));
         }
         if l.pool.is_none() && l.sni_routes.is_empty() {
             out.push((
@@ -378,6 +403,23 @@ mod tests {
             ),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn the_effective_config_reads_back_valid() {
+        // `/config` serializes the config; an HTTP listener must not come back with tcp keys.
+        let yaml = format!(
+            "{POOLS}listeners:\n  - {{name: h, address: '127.0.0.1:0'}}\n  - {{name: t, address: '127.0.0.1:0', protocol: tcp, pool: db, connect_retries: 3}}\n"
+        );
+        let c = crate::load::parse(&yaml, std::path::Path::new("c.yaml")).unwrap();
+        let json = serde_json::to_string(&c).unwrap();
+        let back = crate::load::parse(&json, std::path::Path::new("c.json")).unwrap();
+        assert_eq!(back, c);
+        assert!(!serde_json::to_value(&c.listeners[0])
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .contains_key("connect_retries"));
     }
 
     #[test]

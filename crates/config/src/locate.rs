@@ -36,11 +36,6 @@ impl Locations {
         }
     }
 
-    /// Whether the document sets `path` itself (not just an ancestor of it).
-    pub fn contains(&self, path: &str) -> bool {
-        self.map.contains_key(path)
-    }
-
     /// The position of `path`, or of its nearest indexed ancestor.
     pub fn find(&self, path: &str) -> Option<Position> {
         let mut p = path;

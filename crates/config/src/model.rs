@@ -178,12 +178,20 @@ pub struct Listener {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
     /// tcp: connects tried on other endpoints after a failed one.
-    #[serde(default = "default_connect_retries")]
+    #[serde(
+        default = "default_connect_retries",
+        skip_serializing_if = "is_default_connect_retries"
+    )]
     pub connect_retries: u32,
 }
 
 fn default_connect_retries() -> u32 {
     1
+}
+
+// Serialized only when set, so that an HTTP listener's effective config reads back valid.
+fn is_default_connect_retries(n: &u32) -> bool {
+    *n == default_connect_retries()
 }
 
 /// Request path normalization (RFC 3986 §6.2.2), applied before routing; the upstream gets the
