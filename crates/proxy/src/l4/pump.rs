@@ -1,7 +1,7 @@
 //! Moving bytes both ways between a client and its endpoint until both sides are done.
 //!
 //! The copy is Tokio's `copy_bidirectional` with larger buffers than its 8 KiB default (fewer
-//! reads and writes per byte; see `docs/benchmarks.md` for the measured sizes): a side that
+//! reads and writes per byte; [`BUFFER`]): a side that
 //! reaches EOF has the other side's write half shut down (half-close passes through), and the
 //! other direction keeps flowing until it ends too. Splicing through a pipe (HAProxy's
 //! `splice-auto`) would skip the copy into user space, but needs `unsafe` or a new dependency
@@ -23,7 +23,8 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Each direction's buffer. Measured against 8, 16 and 256 KiB in `docs/benchmarks.md`.
+/// Each direction's buffer, allocated for the connection's life (128 KiB a connection). 16 KiB
+/// (HAProxy's and NGINX's size) cost 8% more CPU per GB in `docs/benchmarks.md`'s run.
 pub const BUFFER: usize = 64 * 1024;
 
 /// Longest a byte count waits before it reaches the metrics.
