@@ -110,11 +110,13 @@ pub fn server_name(bytes: &[u8]) -> Parse {
             }
             let body_len =
                 usize::from(head[1]) << 16 | usize::from(head[2]) << 8 | usize::from(head[3]);
-            if let Some(body) = handshake.get(4..4 + body_len) {
-                return Parse::Done(hello_server_name(body));
-            }
+            // Decided on the length alone, before the body is complete, so that more bytes
+            // never turn an answer around.
             if body_len > MAX_CLIENT_HELLO {
                 return Parse::NotTls;
+            }
+            if let Some(body) = handshake.get(4..4 + body_len) {
+                return Parse::Done(hello_server_name(body));
             }
         }
     }
@@ -244,6 +246,20 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
             let _ = server_name(&bytes);
+        }
+
+        /// The fuzz target's property (`fuzz/fuzz_targets/tls_client_hello.rs`): a prefix is
+        /// either incomplete or answered as the whole is.
+        #[test]
+        fn a_prefix_is_incomplete_or_answered_as_the_whole(pos in 0usize..300, byte in any::<u8>()) {
+            let mut hello = real_client_hello("p.example");
+            let pos = pos % hello.len();
+            hello[pos] = byte;
+            let whole = server_name(&hello);
+            for cut in 0..hello.len() {
+                let part = server_name(&hello[..cut]);
+                prop_assert!(part == Parse::Incomplete || part == whole, "cut {}: {:?} vs {:?}", cut, part, whole);
+            }
         }
 
         #[test]
