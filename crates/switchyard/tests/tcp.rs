@@ -205,6 +205,33 @@ async fn max_connections_holds_new_connections_until_one_closes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pools_connection_limit_closes_clients_past_it() {
+    let echo = up::echo().await;
+    let limits = "    limits: {max_connections: 1}\n";
+    let gw = Gateway::start(&config("    pool: p\n", &pool("p", &[echo.addr], limits)));
+    let mut first = connect(tcp_addr(&gw)).await;
+    echo_once(&mut first, b"first").await;
+    let mut second = connect(tcp_addr(&gw)).await;
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(WAIT, second.read(&mut buf))
+        .await
+        .expect("closed at once")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "past the pool's limit");
+    let overflow =
+        "switchyard_tcp_unforwarded_connections_total{listener=\"tcp\",reason=\"overflow\"}";
+    eventually("counted as overflow", || gw.metric(overflow) == 1.0).await;
+    echo_once(&mut first, b"still served").await;
+    drop(first);
+    let open = format!(
+        "switchyard_tcp_upstream_connections{{pool=\"p\",endpoint=\"{}\"}}",
+        echo.addr
+    );
+    eventually("the slot freed", || gw.metric(&open) == 0.0).await;
+    assert_eq!(round_trip(tcp_addr(&gw), b"third").await, b"third");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_is_closed() {
     let echo = up::echo().await;
     let gw = Gateway::start(&config(

@@ -1,13 +1,15 @@
 //! Connecting a tcp listener's client to one of the pool's endpoints: the pool's picker chooses
 //! (hashing the client's IP for `ring_hash` and `maglev`), and a failed connect is counted into
 //! the endpoint's passive health and outlier detection, then retried on an endpoint not yet
-//! tried, as Envoy's tcp_proxy does with `max_connect_attempts`.
+//! tried, as Envoy's tcp_proxy does with `max_connect_attempts`. The pool's
+//! `limits.max_connections` circuit breaker counts these connections too (Envoy's
+//! `upstream_cx_overflow`): past it a client is closed rather than queued.
 
 use std::net::SocketAddr;
 
 use switchyard_balance::{hash_source_ip, InFlight, PickContext};
 use switchyard_health::Outcome;
-use switchyard_resilience::TriedSet;
+use switchyard_resilience::{BreakerGuard, Limit, TriedSet};
 use switchyard_telemetry::metrics::EndpointLabels;
 use switchyard_telemetry::Metrics;
 use tokio::net::TcpStream;
@@ -21,11 +23,14 @@ pub struct Connected {
     pub stream: TcpStream,
     pub endpoint: SocketAddr,
     pub in_flight: InFlight,
+    /// One of the pool's `limits.max_connections`.
+    pub breaker: BreakerGuard,
 }
 
 /// Connect to an endpoint of `pool`, trying up to `retries` more endpoints after a failure.
-/// The error is the reason the connection is not forwarded (a metric label): `no_endpoint` when
-/// none was available to try, `connect` when every attempt failed.
+/// The error is the reason the connection is not forwarded (a metric label): `overflow` past the
+/// pool's connection limit, `no_endpoint` when none was available to try, `connect` when every
+/// attempt failed.
 pub async fn connect(
     pool: &PoolEntry,
     client: SocketAddr,
@@ -35,6 +40,13 @@ pub async fn connect(
     let ctx = match pool.spec.balancer.hash_key() {
         Some(_) => PickContext::with_hash_key(hash_source_ip(client.ip())),
         None => PickContext::new(),
+    };
+    let breaker = match pool.breaker.try_acquire(Limit::Connections) {
+        Ok(guard) => guard,
+        Err(overflow) => {
+            pool.count_overflow(overflow.limit.as_str());
+            return Err("overflow");
+        }
     };
     let mut tried = TriedSet::new();
     for _ in 0..=retries {
@@ -62,6 +74,7 @@ pub async fn connect(
                     stream,
                     endpoint: address,
                     in_flight,
+                    breaker,
                 });
             }
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {

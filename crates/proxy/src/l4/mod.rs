@@ -198,6 +198,7 @@ async fn serve(
         stream: mut upstream,
         endpoint,
         in_flight: _in_flight,
+        breaker: _breaker,
     } = upstream;
     let endpoint_labels = EndpointLabels {
         pool: pool.name().to_owned(),

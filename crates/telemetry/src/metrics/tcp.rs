@@ -68,7 +68,7 @@ impl TcpMetrics {
         registry.register(
             "switchyard_tcp_unforwarded_connections",
             "tcp listener connections closed before reaching an endpoint, by reason \
-             (client_hello, no_route, no_endpoint, connect)",
+             (client_hello, no_route, overflow, no_endpoint, connect)",
             m.unforwarded.clone(),
         );
         m
