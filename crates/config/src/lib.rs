@@ -7,6 +7,7 @@ mod error;
 pub mod filters;
 pub mod health;
 mod kind_map;
+pub mod l4;
 pub mod load;
 pub mod locate;
 pub mod model;

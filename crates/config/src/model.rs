@@ -176,10 +176,37 @@ pub struct Listener {
     /// this connection's client certificate (`sanitize_set`), or appended to (`append_forward`).
     #[serde(default)]
     pub forward_client_cert: crate::tls::ForwardClientCert,
+    /// `http` (the default) or `tcp`: bytes forwarded to a pool unparsed (see [`crate::l4`]).
+    #[serde(default, skip_serializing_if = "crate::l4::ListenerProtocol::is_http")]
+    pub protocol: crate::l4::ListenerProtocol,
+    /// tcp: where connections go when no `sni_routes` entry matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// tcp: TLS passthrough, the pool chosen by the ClientHello's server name (first match).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni_routes: Vec<crate::l4::SniRoute>,
+    /// tcp: connections proxied at once; past it the listener stops accepting until one closes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// tcp: connects tried on other endpoints after a failed one.
+    #[serde(
+        default = "default_connect_retries",
+        skip_serializing_if = "is_default_connect_retries"
+    )]
+    pub connect_retries: u32,
 }
 
 fn is_default_quic(q: &crate::quic::Quic) -> bool {
     *q == crate::quic::Quic::default()
+}
+
+fn default_connect_retries() -> u32 {
+    1
+}
+
+// Serialized only when set, so that an HTTP listener's effective config reads back valid.
+fn is_default_connect_retries(n: &u32) -> bool {
+    *n == default_connect_retries()
 }
 
 /// Request path normalization (RFC 3986 §6.2.2), applied before routing; the upstream gets the
@@ -437,6 +464,9 @@ pub struct Pool {
     /// TLS (and client certificates) towards the endpoints, health checks included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::tls::UpstreamTls>,
+    /// PROXY protocol header ahead of a tcp listener's bytes (opt-in: the endpoint must expect it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<crate::l4::ProxyProtocol>,
 }
 
 fn default_connect_timeout() -> Duration {

@@ -99,15 +99,20 @@ impl UpstreamTls {
     /// speaks one protocol, so the upstream must not be offered another to choose.
     pub fn validate_for(&self, protocol: crate::Protocol) -> Vec<(String, String)> {
         let mut out = self.validate();
-        let (name, speaks, wrong) = match protocol {
-            crate::Protocol::Http1 => ("http1", "http/1.1", "h2"),
-            crate::Protocol::Http2 => ("http2", "h2", "http/1.1"),
+        let (name, speaks, wrong): (_, _, &[&str]) = match protocol {
+            crate::Protocol::Http1 => ("http1", "http/1.1", &["h2", "h3"]),
+            crate::Protocol::Http2 => ("http2", "h2", &["http/1.1", "h3"]),
+            crate::Protocol::Http3 => ("http3", "h3", &["http/1.1", "h2"]),
         };
         if let Some(alpn) = &self.alpn {
-            if alpn.iter().any(|p| p == wrong) || !alpn.iter().any(|p| p == speaks) {
+            if alpn.iter().any(|p| wrong.contains(&p.as_str())) || !alpn.iter().any(|p| p == speaks)
+            {
                 out.push((
                     "alpn".into(),
-                    format!("an {name} pool speaks `{speaks}`: offer it, and not `{wrong}`"),
+                    format!(
+                        "an {name} pool speaks `{speaks}`: offer it, and not `{}`",
+                        wrong.join("` or `")
+                    ),
                 ));
             }
         }

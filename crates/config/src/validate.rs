@@ -279,6 +279,12 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
         c.error(format!("redis.{rel}"), msg);
     }
     let pool_names: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
+    for (path, message, missing_pool) in crate::l4::validate(config) {
+        let suggestion = missing_pool
+            .as_deref()
+            .and_then(|p| nearest(p, pool_names.iter().copied()));
+        c.error(path, message).suggestion = suggestion;
+    }
     for (i, r) in config.routes.iter().enumerate() {
         for (rel, message, missing_pool) in
             crate::backends::validate_targets(r, |p| pool_names.contains(&p))

@@ -21,6 +21,7 @@ pub mod h1_codec;
 pub mod h1_server;
 pub mod h3;
 pub mod headers;
+pub mod l4;
 pub mod listener;
 pub mod mirror;
 pub mod models;

@@ -225,7 +225,11 @@ impl Server {
                 old.stop.cancel();
                 close_unless_kept(old.quic, quic.as_ref().map(|q| &q.endpoint));
             }
-            tokio::spawn(accept.run());
+            if accept.spec.is_tcp() {
+                tokio::spawn(crate::l4::run(accept));
+            } else {
+                tokio::spawn(accept.run());
+            }
             if let Some(quic) = quic {
                 tokio::spawn(quic.run());
             }

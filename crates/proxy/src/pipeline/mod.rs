@@ -28,7 +28,7 @@ mod mirror;
 mod model;
 mod outcome;
 mod pick;
-mod pick_endpoint;
+pub(crate) mod pick_endpoint;
 mod rate_limit;
 mod reject;
 mod request_body;

@@ -10,6 +10,7 @@ pub mod pki;
 pub mod prometheus;
 pub mod redis;
 pub mod static_model;
+pub mod tcp;
 pub mod tls_origin;
 
 use std::collections::HashMap;

@@ -11,8 +11,10 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 mod labels;
+mod tcp;
 
 pub use labels::*;
+pub use tcp::{EndpointDirectionLabels, ListenerDirectionLabels, TcpMetrics};
 
 /// Handles to all gateway metrics plus the registry that encodes them.
 #[derive(Debug)]
@@ -65,6 +67,8 @@ pub struct Metrics {
     pub rollout_analyses: Family<RolloutLabels, Counter>,
     pub rollout_transitions: Family<RolloutLabels, Counter>,
     pub rollout_check_value: Family<RolloutCheckLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// `protocol: tcp` listeners.
+    pub tcp: TcpMetrics,
 }
 
 fn duration_histogram() -> Histogram {
@@ -90,6 +94,7 @@ fn tokens_per_second_histogram() -> Histogram {
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::default();
+        let tcp = TcpMetrics::register(&mut registry);
         let requests = Family::default();
         registry.register(
             "switchyard_requests",
@@ -457,6 +462,7 @@ impl Metrics {
             config_reloads,
             tls_certificate_reloads,
             access_log_dropped,
+            tcp,
         })
     }
 
