@@ -18,7 +18,8 @@ TLS (ALPN h2) or HTTP/3 over QUIC; both TLS 1.3, both checked against the benchm
    stream the packet belonged to.
 
 Usage: sudo python3 bench/h3/compare.py [--rounds 3] [--seconds 20] [--rate 40]
-       [--scenarios rate,loss] [--out h3.json]
+       [--scenarios rate,loss] [--loss 0.02] [--quic '{congestion: bbr}'] [--out h3.json]
+(`--loss 0` runs the lossy scenario's link without loss: the control.)
 """
 
 import argparse
@@ -36,6 +37,7 @@ from common import BIN, MODEL, start_fleet, stop  # noqa: E402
 PORT = 18530
 ADMIN = 18531
 CLIENT_NS, SERVER_NS = "sy-h3-client", "sy-h3-server"
+LOSS = 0.02
 CLIENT_ADDR, SERVER_ADDR = "10.77.0.1", "10.77.0.2"
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -119,7 +121,7 @@ def start_link():
         subprocess.run(["ip", "netns", "add", n], check=True)
     link = subprocess.Popen([sys.executable, os.path.join(HERE, "lossy_link.py"),
                              CLIENT_NS, f"{CLIENT_ADDR}/24", SERVER_NS, f"{SERVER_ADDR}/24",
-                             "--delay-ms", "10", "--loss", "0.02"],
+                             "--delay-ms", "10", "--loss", str(LOSS)],
                             stdout=subprocess.PIPE, text=True, start_new_session=True)
     if link.stdout.readline().strip() != "up":
         sys.exit("lossy link did not come up")
@@ -196,8 +198,11 @@ def main():
     ap.add_argument("--rate", type=float, default=40)
     ap.add_argument("--scenarios", default="rate,loss")
     ap.add_argument("--quic", default="{}", help="the listener's quic settings, YAML flow map")
+    ap.add_argument("--loss", type=float, default=0.02, help="the lossy link's drop probability")
     ap.add_argument("--out")
     args = ap.parse_args()
+    global LOSS
+    LOSS = args.loss
     results = {}
     with tempfile.TemporaryDirectory() as d:
         ca, cert, key = make_cert(d)

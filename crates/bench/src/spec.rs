@@ -258,7 +258,8 @@ mod tests {
             "http://127.0.0.1:8080/v1/completions"
         );
         assert!(Target::parse("=http://x").is_err());
-        assert!(Target::parse("x=https://127.0.0.1").is_err());
+        assert!(Target::parse("x=https://127.0.0.1").is_ok());
+        assert!(Target::parse("x=ftp://127.0.0.1").is_err());
         assert!(Target::parse("127.0.0.1:80").is_err());
     }
 }
