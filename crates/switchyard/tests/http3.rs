@@ -419,3 +419,51 @@ async fn an_http3_pool_reaches_an_aioquic_origin() {
     let (status, _, _) = support::client::get(&client, &gw.url("/after")).await;
     assert!([502, 503, 504].contains(&status.as_u16()), "{status}");
 }
+
+#[tokio::test]
+async fn switchyard_bench_streams_completions_over_http3_and_http2_over_tls() {
+    let fleet = support::fleet::fleet(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = tls_files(dir.path());
+    let eps: Vec<String> = fleet.addresses().iter().map(|a| a.to_string()).collect();
+    let yaml = format!(
+        "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: false}}\nlisteners:\n  - name: public\n    address: 127.0.0.1:0\n    tls: {{cert: {}, key: {}}}\n    http3: true\nroutes: [{{name: r, match: {{path_prefix: /}}, pool: p}}]\npools: [{{name: p, endpoints: [{}]}}]\n",
+        cert.display(),
+        key.display(),
+        eps.join(", ")
+    );
+    let gw = Gateway::start(&yaml);
+    for proto in ["--http3", "--http2"] {
+        let out = dir.path().join(format!("{proto}.json"));
+        let status = tokio::process::Command::new(support::BIN)
+            .args(["bench", "--quiet", "--target"])
+            .arg(format!("gw=https://localhost:{}", gw.addr().port()))
+            .arg("--cacert")
+            .arg(&cert)
+            .args([
+                proto,
+                "--requests",
+                "12",
+                "--concurrency",
+                "4",
+                "--output-tokens",
+                "8",
+            ])
+            .args(["--model", support::fleet::MODEL, "--out"])
+            .arg(&out)
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success(), "{proto}");
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        let t = &report["targets"][0];
+        assert_eq!(t["completed"], 12, "{proto}: {t}");
+        assert!(t["ttft_ms"]["p50"].as_f64().unwrap() > 0.0, "{proto}: {t}");
+    }
+    // Both went through the gateway's TLS listener, one connection each.
+    assert_eq!(
+        gw.metric("switchyard_downstream_connections_accepted_total{listener=\"public\"}"),
+        2.0
+    );
+}
