@@ -6,14 +6,16 @@ front of a simulated fleet (`switchyard sim`, 4 replicas). The load is `switchya
 core 0 over ONE connection per protocol, as an SDK with a shared client holds it: HTTP/2 over
 TLS (ALPN h2) or HTTP/3 over QUIC; both TLS 1.3, both checked against the benchmark's own CA.
 
-1. `rate`: streamed completions at a fixed rate on loopback, alternating h2 and h3 rounds.
+1. `rate`: streamed completions at a fixed rate on loopback (4 replicas at 20x speed),
+   alternating h2 and h3 rounds.
    Reported per protocol: TTFT and end-to-end p50/p99, and Switchyard's CPU (user + system, from
    /proc) per request.
 2. `loss` (needs root): the client in one network namespace, the gateway and the fleet in
    another, joined by a link with 10 ms one-way delay that loses 2% of packets each way, TCP
    and UDP alike (`lossy_link.py`: the kernel here has no `netem`, so the link is two TUN
    devices and a process that carries packets between them). 32 concurrent streamed
-   completions (closed loop) per round. Under loss, TCP holds every stream of the connection
+   completions (closed loop) per round, on 16 replicas at real speed (two streams each, so
+   the first token's time is the prefill's plus the network's; run `--loss 0` for the control). Under loss, TCP holds every stream of the connection
    behind a lost segment until it is repaired (head-of-line blocking); QUIC holds only the
    stream the packet belonged to.
 
@@ -38,6 +40,7 @@ PORT = 18530
 ADMIN = 18531
 CLIENT_NS, SERVER_NS = "sy-h3-client", "sy-h3-server"
 LOSS = 0.02
+DELAY_MS = 10
 CLIENT_ADDR, SERVER_ADDR = "10.77.0.1", "10.77.0.2"
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -121,7 +124,7 @@ def start_link():
         subprocess.run(["ip", "netns", "add", n], check=True)
     link = subprocess.Popen([sys.executable, os.path.join(HERE, "lossy_link.py"),
                              CLIENT_NS, f"{CLIENT_ADDR}/24", SERVER_NS, f"{SERVER_ADDR}/24",
-                             "--delay-ms", "10", "--loss", str(LOSS)],
+                             "--delay-ms", str(DELAY_MS), "--loss", str(LOSS)],
                             stdout=subprocess.PIPE, text=True, start_new_session=True)
     if link.stdout.readline().strip() != "up":
         sys.exit("lossy link did not come up")
@@ -144,9 +147,12 @@ def scenario(name, args, d, ca, cert, key):
     host = SERVER_ADDR if lossy else "127.0.0.1"
     link = start_link() if lossy else None
     # Under loss the fleet runs at real speed (an H100's token rate), so the link carries what
-    # 32 real streams would; at a fixed rate it runs 20x faster to keep the gateway busy.
-    speed = 1 if lossy else 20
-    fleet_yaml = f"model: {MODEL}\nbase_port: 0\nreplicas:\n  - {{count: 4, speed: {speed}, max_num_seqs: 64}}\n"
+    # 32 real streams would, with a replica for every two streams: the time to first token is
+    # then the prefill's (near constant) plus the network's, and its tail is the transport's.
+    # At a fixed rate it runs 20x faster to keep the gateway busy.
+    replicas, speed = (16, 1) if lossy else (4, 20)
+    fleet_yaml = (f"model: {MODEL}\nbase_port: 0\nreplicas:\n"
+                  f"  - {{count: {replicas}, speed: {speed}, max_num_seqs: 64}}\n")
     if netns:
         # The fleet runs in the namespace too (its traffic is not on the gateway's port, so it
         # loses nothing).
@@ -156,16 +162,16 @@ def scenario(name, args, d, ca, cert, key):
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                  start_new_session=True)
         addrs = []
-        while len(addrs) < 4:
+        while len(addrs) < replicas:
             line = fleet.stdout.readline()
             if not line:
                 sys.exit("simulator exited early")
             if "listening on" in line:
                 addrs.append(line.split("listening on")[1].split()[0])
     else:
-        fleet, addrs = start_fleet(d, fleet_yaml, 4, core="1")
+        fleet, addrs = start_fleet(d, fleet_yaml, replicas, core="1")
     gw = start_switchyard(d, addrs, cert, key, netns, host, args.quic)
-    load = (["--concurrency", "32"] if name == "loss"
+    load = (["--concurrency", str(args.concurrency)] if name == "loss"
             else ["--rate", str(args.rate), "--arrival", "constant"])
     rows = {"http2": [], "http3": []}
     try:
@@ -198,11 +204,13 @@ def main():
     ap.add_argument("--rate", type=float, default=40)
     ap.add_argument("--scenarios", default="rate,loss")
     ap.add_argument("--quic", default="{}", help="the listener's quic settings, YAML flow map")
+    ap.add_argument("--concurrency", type=int, default=32, help="streams at once under loss")
+    ap.add_argument("--delay-ms", type=float, default=10, help="the lossy link's one-way delay")
     ap.add_argument("--loss", type=float, default=0.02, help="the lossy link's drop probability")
     ap.add_argument("--out")
     args = ap.parse_args()
-    global LOSS
-    LOSS = args.loss
+    global LOSS, DELAY_MS
+    LOSS, DELAY_MS = args.loss, args.delay_ms
     results = {}
     with tempfile.TemporaryDirectory() as d:
         ca, cert, key = make_cert(d)
