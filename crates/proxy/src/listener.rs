@@ -131,22 +131,9 @@ impl AcceptLoop {
             http::HeaderValue::try_from(format!("h3=\":{local_port}\"; ma=86400"))
                 .expect("a port makes a valid header value")
         });
-        loop {
-            let (stream, peer) = tokio::select! {
-                biased;
-                _ = self.stop.cancelled() => break,
-                _ = self.shutdown.cancelled() => break,
-                r = listener.accept() => match r {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(listener = %name, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
+        while let Some((stream, peer)) =
+            next_connection(&listener, &self.stop, &self.shutdown, &name).await
+        {
             accepted.inc();
             let cx = Arc::new(ConnContext {
                 framing: Arc::new(FramingFlags::default()),
@@ -182,6 +169,33 @@ impl AcceptLoop {
             ));
         }
         tracing::debug!(listener = %name, "stopped accepting");
+    }
+}
+
+/// The next client connection (with `TCP_NODELAY` set), or `None` once `stop` or `shutdown`
+/// fires. A failed accept (EMFILE and friends) backs off instead of spinning.
+pub(crate) async fn next_connection(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+    shutdown: &CancellationToken,
+    name: &str,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return None,
+            _ = shutdown.cancelled() => return None,
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Some((stream, peer));
+                }
+                Err(e) => {
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
     }
 }
 

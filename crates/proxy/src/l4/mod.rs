@@ -22,7 +22,6 @@ pub mod pump;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -107,20 +106,12 @@ pub async fn run(accept: AcceptLoop) {
                 p = cap.clone().acquire_owned() => p.ok(),
             },
         };
-        let (stream, peer) = tokio::select! {
-            biased;
-            _ = accept.stop.cancelled() => break,
-            _ = accept.shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(listener = %name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((stream, peer)) =
+            crate::listener::next_connection(&listener, &accept.stop, &accept.shutdown, &name)
+                .await
+        else {
+            break;
         };
-        let _ = stream.set_nodelay(true);
         accepted.inc();
         accept
             .tracker
