@@ -4,6 +4,9 @@
 
 mod support;
 
+#[path = "http3/zero_rtt.rs"]
+mod zero_rtt;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

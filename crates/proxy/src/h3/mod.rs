@@ -23,7 +23,6 @@ mod body;
 mod serve;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use prometheus_client::metrics::gauge::Gauge;
@@ -241,9 +240,13 @@ impl Conn {
         open.inc();
         let _guard = OpenGuard(open);
         let bounds = self.spec.clone();
-        let Some((quic, confirmed)) = self.handshake(incoming).await else {
+        let Some((quic, mut zero_rtt)) = self.handshake(incoming).await else {
             return;
         };
+        // A 0-RTT handshake still has to complete within the header-read bound: one that never
+        // does is a replay or a dead client.
+        let handshake_deadline = tokio::time::sleep(bounds.header_read);
+        tokio::pin!(handshake_deadline);
         let peer = quic.remote_address();
         let cx = Arc::new(ConnContext {
             framing: Arc::new(FramingFlags::default()),
@@ -289,7 +292,7 @@ impl Conn {
                             handle: self.handle.clone(),
                             cx: cx.clone(),
                             header_read: bounds.header_read,
-                            early: !confirmed.load(Ordering::Acquire),
+                            early: still_early(&mut zero_rtt),
                             in_flight: activity.start(),
                         };
                         self.tracker.spawn(req.serve(resolver));
@@ -300,6 +303,13 @@ impl Conn {
                         break;
                     }
                 },
+                _ = async { zero_rtt.as_mut().expect("guarded").await }, if zero_rtt.is_some() => {
+                    zero_rtt = None;
+                }
+                _ = &mut handshake_deadline, if zero_rtt.is_some() => {
+                    quic.close(VarInt::from_u32(H3_NO_ERROR), b"handshake");
+                    break;
+                }
                 _ = self.shutdown.cancelled(), if !draining => {
                     draining = true;
                     let _ = h3.shutdown(0).await;
@@ -319,12 +329,12 @@ impl Conn {
     }
 
     /// Complete the QUIC handshake within the header-read bound. With 0-RTT allowed the
-    /// connection is usable before the handshake is confirmed; `confirmed` turns true when it
-    /// is, and requests that arrive before that count as early data.
+    /// connection is usable before the handshake completes, and comes with the future that
+    /// says when it has: requests that arrive before that are early data.
     async fn handshake(
         &self,
         incoming: quinn::Incoming,
-    ) -> Option<(quinn::Connection, Arc<AtomicBool>)> {
+    ) -> Option<(quinn::Connection, Option<quinn::ZeroRttAccepted>)> {
         let connecting = match incoming.accept() {
             Ok(c) => c,
             Err(e) => {
@@ -332,30 +342,16 @@ impl Conn {
                 return None;
             }
         };
-        let confirmed = Arc::new(AtomicBool::new(true));
         let connecting = if self.spec.allow_0rtt {
             match connecting.into_0rtt() {
-                Ok((conn, accepted)) => {
-                    confirmed.store(false, Ordering::Release);
-                    let flag = confirmed.clone();
-                    let bound = self.spec.header_read;
-                    let quic = conn.clone();
-                    tokio::spawn(async move {
-                        match tokio::time::timeout(bound, accepted).await {
-                            Ok(_) => flag.store(true, Ordering::Release),
-                            // A handshake that never completes is a replay or a dead client.
-                            Err(_) => quic.close(VarInt::from_u32(H3_NO_ERROR), b"handshake"),
-                        }
-                    });
-                    return Some((conn, confirmed));
-                }
+                Ok((conn, accepted)) => return Some((conn, Some(accepted))),
                 Err(connecting) => connecting,
             }
         } else {
             connecting
         };
         match tokio::time::timeout(self.spec.header_read, connecting).await {
-            Ok(Ok(conn)) => Some((conn, confirmed)),
+            Ok(Ok(conn)) => Some((conn, None)),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "QUIC handshake failed");
                 None
@@ -363,4 +359,20 @@ impl Conn {
             Err(_) => None,
         }
     }
+}
+
+/// Whether a request arriving now is early data: the handshake has not completed. The answer
+/// is read off the handshake's own signal at the moment the request is taken (the connection's
+/// driver sets it before it hands over anything sent after the client's Finished), never off a
+/// flag another task sets later.
+fn still_early(zero_rtt: &mut Option<quinn::ZeroRttAccepted>) -> bool {
+    use futures_util::FutureExt;
+    let Some(pending) = zero_rtt.as_mut() else {
+        return false;
+    };
+    if pending.now_or_never().is_some() {
+        *zero_rtt = None;
+        return false;
+    }
+    true
 }
