@@ -246,7 +246,7 @@ async fn bad_http3_input_closes_the_stream_or_connection_not_the_gateway() {
         let _ = rx.read_to_end(1024).await;
         match conn.closed().await {
             quinn::ConnectionError::ApplicationClosed(close) => {
-                assert_eq!(close.error_code, quinn::VarInt::from_u32(code), "{close:?}")
+                assert_eq!(close.error_code, quinn::VarInt::from_u32(code), "{close:?}");
             }
             other => panic!("{garbage:?}: {other:?}"),
         }
