@@ -45,12 +45,13 @@ def wait_http(url, timeout=20):
     sys.exit(f"{url} never answered")
 
 
-def start_fleet(d, fleet_yaml, replicas, core="1"):
-    """Start `switchyard sim --config` on `core`; returns (process, ["ip:port", ...])."""
+def start_fleet(d, fleet_yaml, replicas, core="1", prefix=()):
+    """Start `switchyard sim --config` on `core`; returns (process, ["ip:port", ...]).
+    `prefix` goes before the command (e.g. `ip netns exec NS` to start it in a namespace)."""
     conf = os.path.join(d, "fleet.yaml")
     with open(conf, "w") as f:
         f.write(fleet_yaml)
-    p = subprocess.Popen(["taskset", "-c", core, BIN, "sim", "--config", conf, "--base-port", "0"],
+    p = subprocess.Popen(list(prefix) + ["taskset", "-c", core, BIN, "sim", "--config", conf, "--base-port", "0"],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                          start_new_session=True)
     addrs = []

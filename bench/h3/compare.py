@@ -153,23 +153,9 @@ def scenario(name, args, d, ca, cert, key):
     replicas, speed = (16, 1) if lossy else (4, 20)
     fleet_yaml = (f"model: {MODEL}\nbase_port: 0\nreplicas:\n"
                   f"  - {{count: {replicas}, speed: {speed}, max_num_seqs: 64}}\n")
-    if netns:
-        # The fleet runs in the namespace too (its traffic is not on the gateway's port, so it
-        # loses nothing).
-        conf = os.path.join(d, "fleet.yaml")
-        open(conf, "w").write(fleet_yaml)
-        fleet = subprocess.Popen(ns(["taskset", "-c", "1", BIN, "sim", "--config", conf, "--base-port", "0"], netns),
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                 start_new_session=True)
-        addrs = []
-        while len(addrs) < replicas:
-            line = fleet.stdout.readline()
-            if not line:
-                sys.exit("simulator exited early")
-            if "listening on" in line:
-                addrs.append(line.split("listening on")[1].split()[0])
-    else:
-        fleet, addrs = start_fleet(d, fleet_yaml, replicas, core="1")
+    # Under loss the fleet runs in the gateway's namespace too (its traffic is not on the
+    # gateway's port, so it loses nothing).
+    fleet, addrs = start_fleet(d, fleet_yaml, replicas, core="1", prefix=ns([], netns))
     gw = start_switchyard(d, addrs, cert, key, netns, host, args.quic)
     load = (["--concurrency", str(args.concurrency)] if name == "loss"
             else ["--rate", str(args.rate), "--arrival", "constant"])

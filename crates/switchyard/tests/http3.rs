@@ -36,7 +36,8 @@ fn h3_gateway(dir: &std::path::Path, origin: &Origin, listener_extra: &str) -> (
     (Gateway::start(&yaml), der)
 }
 
-fn client_config(der: &[u8]) -> quinn::ClientConfig {
+/// A QUIC client trusting `der`, speaking h3; with `early_data` it sends 0-RTT on resumption.
+fn client_config(der: &[u8], early_data: bool) -> quinn::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(der.to_vec().into()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -46,13 +47,14 @@ fn client_config(der: &[u8]) -> quinn::ClientConfig {
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"h3".to_vec()];
+    tls.enable_early_data = early_data;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     quinn::ClientConfig::new(Arc::new(crypto))
 }
 
 async fn quic_connect(addr: SocketAddr, der: &[u8]) -> quinn::Connection {
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(client_config(der));
+    endpoint.set_default_client_config(client_config(der, false));
     endpoint
         .connect(addr, "localhost")
         .unwrap()

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes};
 
 use super::support::origin::Origin;
-use super::{h3_gateway, request};
+use super::{client_config, h3_gateway, request};
 
 /// A UDP relay between a QUIC client and the gateway that can hold back everything the gateway
 /// sends: the client then never sees the server's handshake, so it cannot complete it and sends
@@ -77,19 +77,8 @@ async fn zero_rtt_serves_idempotent_requests_early_and_refuses_others_with_425()
     let (gw, der) = h3_gateway(dir.path(), &origin, "    quic: {allow_0rtt: true}\n");
 
     // One client config for both connections: its session cache carries the ticket over.
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(der.clone().into()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h3".to_vec()];
-    tls.enable_early_data = true;
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    endpoint.set_default_client_config(client_config(&der, true));
 
     // A full handshake first, for a session ticket.
     let first = endpoint

@@ -2,6 +2,7 @@
 //! and real origin servers, wait on readiness (never a fixed sleep), stop everything on drop.
 #![allow(dead_code)]
 
+pub mod background;
 pub mod client;
 pub mod ext_proc;
 pub mod fleet;

@@ -31,6 +31,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::background::Background;
+
 /// A body fed frame by frame from a channel.
 pub struct ChannelBody(mpsc::Receiver<Frame<Bytes>>);
 
@@ -64,8 +66,7 @@ pub struct Origin {
     pub connections: Arc<AtomicUsize>,
     /// Requests to `/gate` wait here for a permit.
     gate: Arc<tokio::sync::Semaphore>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: Background,
 }
 
 impl Origin {
@@ -85,8 +86,6 @@ impl Origin {
     }
 
     fn start_with(max_streams: Option<u32>) -> Origin {
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let hits = Arc::new(AtomicUsize::new(0));
         let hits2 = hits.clone();
         let connections = Arc::new(AtomicUsize::new(0));
@@ -95,54 +94,38 @@ impl Origin {
         let answered2 = answered.clone();
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let gate2 = gate.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let addr = listener.local_addr().unwrap();
-                addr_tx.send(addr).unwrap();
-                let serve = async {
-                    loop {
-                        let Ok((stream, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        stream.set_nodelay(true).unwrap();
-                        connections2.fetch_add(1, Ordering::SeqCst);
-                        let hits = hits2.clone();
-                        let answered = answered2.clone();
-                        let gate = gate2.clone();
-                        tokio::spawn(async move {
-                            let svc = hyper::service::service_fn(move |req| {
-                                hits.fetch_add(1, Ordering::SeqCst);
-                                handle(req, addr, answered.clone(), gate.clone())
-                            });
-                            let mut builder =
-                                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                            builder.http2().max_concurrent_streams(max_streams);
-                            let _ = builder
-                                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                                .await;
-                        });
-                    }
+        let server = Background::start(move |listener| async move {
+            let addr = listener.local_addr().unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
                 };
-                tokio::select! {
-                    _ = serve => {}
-                    _ = stop_rx => {}
-                }
-            });
+                stream.set_nodelay(true).unwrap();
+                connections2.fetch_add(1, Ordering::SeqCst);
+                let hits = hits2.clone();
+                let answered = answered2.clone();
+                let gate = gate2.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        handle(req, addr, answered.clone(), gate.clone())
+                    });
+                    let mut builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    builder.http2().max_concurrent_streams(max_streams);
+                    let _ = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
         });
-        let addr = addr_rx.recv().unwrap();
         Origin {
-            addr,
+            addr: server.addr,
             hits,
             answered,
             connections,
             gate,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -153,17 +136,6 @@ impl Origin {
     /// The JSON descriptions the default path answered with, in order.
     pub fn answered(&self) -> Vec<serde_json::Value> {
         self.answered.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Origin {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -21,6 +21,8 @@ pub use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
+use super::support::background::Background;
+
 /// Spans received, with the `service.name` of their resource.
 pub type Received = Arc<Mutex<Vec<(String, Span)>>>;
 
@@ -28,8 +30,7 @@ pub type Received = Arc<Mutex<Vec<(String, Span)>>>;
 pub struct Receiver {
     pub addr: SocketAddr,
     spans: Received,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: Background,
 }
 
 fn store(spans: &Received, req: ExportTraceServiceRequest) {
@@ -106,54 +107,34 @@ impl Receiver {
 
     fn start(grpc: bool) -> Receiver {
         let spans: Received = Arc::default();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let stored = spans.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                let serve = async {
-                    loop {
-                        let Ok((stream, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        let io = TokioIo::new(stream);
-                        let builder =
-                            hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                        if grpc {
-                            let svc = TowerToHyperService::new(TraceServiceServer::new(Grpc(
-                                stored.clone(),
-                            )));
-                            tokio::spawn(async move {
-                                let _ = builder.serve_connection(io, svc).await;
-                            });
-                        } else {
-                            let spans = stored.clone();
-                            let svc = hyper::service::service_fn(move |req| {
-                                http_export(spans.clone(), req)
-                            });
-                            tokio::spawn(async move {
-                                let _ = builder.serve_connection(io, svc).await;
-                            });
-                        }
-                    }
+        let server = Background::start(move |listener| async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
                 };
-                tokio::select! {
-                    _ = serve => {}
-                    _ = stop_rx => {}
+                let io = TokioIo::new(stream);
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                if grpc {
+                    let svc =
+                        TowerToHyperService::new(TraceServiceServer::new(Grpc(stored.clone())));
+                    tokio::spawn(async move {
+                        let _ = builder.serve_connection(io, svc).await;
+                    });
+                } else {
+                    let spans = stored.clone();
+                    let svc =
+                        hyper::service::service_fn(move |req| http_export(spans.clone(), req));
+                    tokio::spawn(async move {
+                        let _ = builder.serve_connection(io, svc).await;
+                    });
                 }
-            });
+            }
         });
         Receiver {
-            addr: addr_rx.recv().unwrap(),
+            addr: server.addr,
             spans,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -181,17 +162,6 @@ impl Receiver {
                 spans.len()
             );
             std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }

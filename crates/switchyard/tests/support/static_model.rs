@@ -13,6 +13,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use super::background::Background;
+
 /// What one replica reports.
 #[derive(Clone, Copy, Debug)]
 pub struct Load {
@@ -27,8 +29,7 @@ pub struct StaticModel {
     pub addr: SocketAddr,
     /// `/metrics` requests received.
     pub scrapes: Arc<AtomicUsize>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: Background,
 }
 
 impl StaticModel {
@@ -47,54 +48,26 @@ impl StaticModel {
         let metrics = Bytes::from(metrics);
         let scrapes = Arc::new(AtomicUsize::new(0));
         let counted = scrapes.clone();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let addr = listener.local_addr().unwrap();
-                addr_tx.send(addr).unwrap();
-                let serve = async {
-                    while let Ok((stream, _)) = listener.accept().await {
-                        stream.set_nodelay(true).unwrap();
-                        let metrics = metrics.clone();
-                        let counted = counted.clone();
-                        tokio::spawn(async move {
-                            let svc = hyper::service::service_fn(move |req| {
-                                answer(req, addr, metrics.clone(), counted.clone())
-                            });
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), svc)
-                                .await;
-                        });
-                    }
-                };
-                tokio::select! {
-                    _ = serve => {}
-                    _ = stop_rx => {}
-                }
-            });
+        let server = Background::start(move |listener| async move {
+            let addr = listener.local_addr().unwrap();
+            while let Ok((stream, _)) = listener.accept().await {
+                stream.set_nodelay(true).unwrap();
+                let metrics = metrics.clone();
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        answer(req, addr, metrics.clone(), counted.clone())
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
         });
         StaticModel {
-            addr: addr_rx.recv().unwrap(),
+            addr: server.addr,
             scrapes,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for StaticModel {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            _server: server,
         }
     }
 }

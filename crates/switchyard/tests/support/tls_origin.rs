@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use super::background::Background;
 use super::pki::Issued;
 
 pub struct TlsOrigin {
@@ -18,8 +19,7 @@ pub struct TlsOrigin {
     pub hits: Arc<AtomicUsize>,
     /// TLS handshakes completed.
     pub handshakes: Arc<AtomicUsize>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: Background,
 }
 
 fn certs(path: &std::path::Path) -> Vec<rustls::pki_types::CertificateDer<'static>> {
@@ -64,78 +64,60 @@ impl TlsOrigin {
         let mut config = builder.with_single_cert(chain, key).unwrap();
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let hits = Arc::new(AtomicUsize::new(0));
         let hits2 = hits.clone();
         let handshakes = Arc::new(AtomicUsize::new(0));
         let handshakes2 = handshakes.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                let serve = async {
-                    loop {
-                        let Ok((stream, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        stream.set_nodelay(true).unwrap();
-                        let acceptor = acceptor.clone();
-                        let hits = hits2.clone();
-                        let handshakes = handshakes2.clone();
-                        tokio::spawn(async move {
-                            let Ok(tls) = acceptor.accept(stream).await else {
-                                return;
-                            };
-                            handshakes.fetch_add(1, Ordering::SeqCst);
-                            let alpn = tls
-                                .get_ref()
-                                .1
-                                .alpn_protocol()
-                                .map(|p| String::from_utf8_lossy(p).into_owned())
-                                .unwrap_or_default();
-                            let svc = hyper::service::service_fn(
-                                move |req: http::Request<hyper::body::Incoming>| {
-                                    hits.fetch_add(1, Ordering::SeqCst);
-                                    let body = serde_json::json!({
-                                        "path": req.uri().path(),
-                                        "alpn": alpn,
-                                        "version": format!("{:?}", req.version()),
-                                        "xfcc": req
-                                            .headers()
-                                            .get("x-forwarded-client-cert")
-                                            .and_then(|v| v.to_str().ok()),
-                                    });
-                                    async move {
-                                        Ok::<_, std::convert::Infallible>(http::Response::new(
-                                            Full::new(Bytes::from(body.to_string())),
-                                        ))
-                                    }
-                                },
-                            );
-                            let _ =
-                                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                                    .serve_connection(TokioIo::new(tls), svc)
-                                    .await;
-                        });
-                    }
+        let server = Background::start(move |listener| async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
                 };
-                tokio::select! {
-                    _ = serve => {}
-                    _ = stop_rx => {}
-                }
-            });
+                stream.set_nodelay(true).unwrap();
+                let acceptor = acceptor.clone();
+                let hits = hits2.clone();
+                let handshakes = handshakes2.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    handshakes.fetch_add(1, Ordering::SeqCst);
+                    let alpn = tls
+                        .get_ref()
+                        .1
+                        .alpn_protocol()
+                        .map(|p| String::from_utf8_lossy(p).into_owned())
+                        .unwrap_or_default();
+                    let svc = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            hits.fetch_add(1, Ordering::SeqCst);
+                            let body = serde_json::json!({
+                                "path": req.uri().path(),
+                                "alpn": alpn,
+                                "version": format!("{:?}", req.version()),
+                                "xfcc": req
+                                    .headers()
+                                    .get("x-forwarded-client-cert")
+                                    .and_then(|v| v.to_str().ok()),
+                            });
+                            async move {
+                                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                    Bytes::from(body.to_string()),
+                                )))
+                            }
+                        },
+                    );
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
         });
         TlsOrigin {
-            addr: addr_rx.recv().unwrap(),
+            addr: server.addr,
             hits,
             handshakes,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -145,16 +127,5 @@ impl TlsOrigin {
 
     pub fn handshakes(&self) -> usize {
         self.handshakes.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for TlsOrigin {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
