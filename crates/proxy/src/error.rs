@@ -23,6 +23,9 @@ pub enum GatewayError {
     /// The client did not send the body the gateway reads whole within `body_read_timeout`.
     BodyTimeout,
     BadRequest(&'static str),
+    /// A request that arrived in TLS early data (0-RTT) and is not safe to replay (425,
+    /// RFC 8470): the client sends it again once its handshake is done.
+    TooEarly,
     /// A method or transfer coding the gateway does not forward (501).
     NotImplemented(&'static str),
     /// A circuit breaker or the concurrency limit refused the request; names which.
@@ -57,6 +60,7 @@ impl GatewayError {
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            Self::TooEarly => StatusCode::TOO_EARLY,
         }
     }
 
@@ -74,6 +78,7 @@ impl GatewayError {
             Self::BodyTimeout => "body_timeout",
             Self::BadRequest(_) => "bad_request",
             Self::NotImplemented(_) => "not_implemented",
+            Self::TooEarly => "too_early",
             Self::Overflow(_) => "overflow",
             Self::Shed => "shed",
             Self::TenantQueueFull => "tenant_queue_full",
@@ -96,6 +101,9 @@ impl GatewayError {
                 "the request body did not arrive within the route's body_read_timeout"
             }
             Self::BadRequest(why) | Self::NotImplemented(why) => why,
+            Self::TooEarly => {
+                "sent in early data and not safe to replay; retry after the handshake"
+            }
             Self::Overflow(_) => "the pool is at its configured limit",
             Self::Shed => "the pool is saturated and this request is sheddable; retry later",
             Self::TenantQueueFull => {
@@ -111,6 +119,7 @@ impl GatewayError {
         match self {
             Self::NoRoute => 12, // UNIMPLEMENTED
             Self::NoEndpoint
+            | Self::TooEarly
             | Self::ConnectFailed
             | Self::UpstreamTls(_)
             | Self::UpstreamReset

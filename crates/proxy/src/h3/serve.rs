@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use h3::error::Code;
 use h3::server::{RequestResolver, RequestStream};
-use http::{HeaderValue, Method, Response, StatusCode};
+use http::{HeaderValue, Response};
 use http_body_util::BodyExt;
 
 use super::body::{H3Body, Probed};
@@ -45,11 +45,6 @@ impl Request {
             Err(_) => return,
         };
         let (mut send, recv) = stream.split();
-        if self.early && !idempotent(req.method()) {
-            // RFC 8470 §5.2: early data that could be replayed is not acted on.
-            let _ = answer(&mut send, StatusCode::TOO_EARLY, "too_early").await;
-            return;
-        }
         let body = match H3Body::probe(recv) {
             Ok(Probed::Empty) => ClientBody::Full(None),
             Ok(Probed::Streaming(b)) => ClientBody::H3(b),
@@ -60,7 +55,9 @@ impl Request {
         };
         let mut req = req.map(|()| body);
         if self.early {
-            // RFC 8470 §5.1: tell the upstream, which may answer 425 itself.
+            // The pipeline's shape check refuses what is not safe to replay (425); RFC 8470
+            // §5.1: the upstream is told, and may answer 425 itself.
+            req.extensions_mut().insert(pipeline::EarlyData);
             static EARLY: http::HeaderName = http::HeaderName::from_static("early-data");
             req.headers_mut()
                 .insert(EARLY.clone(), HeaderValue::from_static("1"));
@@ -71,13 +68,6 @@ impl Request {
         }
         drop(self.in_flight);
     }
-}
-
-fn idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    )
 }
 
 /// Connection-specific fields are malformed in HTTP/3 (RFC 9114 §4.2); an HTTP/1 upstream's
@@ -126,26 +116,5 @@ async fn send_response(
             }
         }
     }
-    send.finish().await
-}
-
-/// A gateway-made answer on an HTTP/3 stream (the request never reached the pipeline).
-async fn answer(
-    send: &mut SendStream,
-    status: StatusCode,
-    kind: &str,
-) -> Result<(), h3::error::StreamError> {
-    let body = Bytes::from(format!(
-        r#"{{"error":{{"type":"{kind}","message":"{}"}}}}"#,
-        status.canonical_reason().unwrap_or("")
-    ));
-    let resp = Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::CONTENT_LENGTH, body.len())
-        .body(())
-        .expect("a valid response");
-    send.send_response(resp).await?;
-    send.send_data(body).await?;
     send.finish().await
 }

@@ -45,6 +45,7 @@ use http::Response;
 pub use exchange::{ClientRequest, ConnContext, Downstream, Exchange, Reject, Stop, Trust};
 pub use request_body::DEFAULT_MAX_REPLAY_BODY;
 pub use response::X_SWITCHYARD_PICK;
+pub use shape::EarlyData;
 #[doc(hidden)]
 pub use target::normalize_path;
 

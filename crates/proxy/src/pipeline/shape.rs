@@ -15,6 +15,11 @@ pub struct Shape {
     pub content_length: Option<u64>,
 }
 
+/// Marks a request that arrived in TLS early data (an HTTP/3 listener with `allow_0rtt`): an
+/// attacker who captured it could replay it, so only safe methods (GET, HEAD, OPTIONS, TRACE) are served from it.
+#[derive(Debug, Clone, Copy)]
+pub struct EarlyData;
+
 pub fn check<B>(rx: &Exchange<'_>, req: &Request<B>) -> Result<Shape, Reject> {
     let scan = &rx.scan;
     let conflicting_framing =
@@ -29,6 +34,10 @@ pub fn check<B>(rx: &Exchange<'_>, req: &Request<B>) -> Result<Shape, Reject> {
         return Err(Reject::close(GatewayError::BadRequest(
             "both Content-Length and Transfer-Encoding are present",
         )));
+    }
+    if req.extensions().get::<EarlyData>().is_some() && !req.method().is_safe() {
+        // RFC 8470 §5.2: not acted on; the client retries after its handshake.
+        return Err(Reject::keep(GatewayError::TooEarly));
     }
     if req.method() == http::Method::CONNECT {
         // Tunnels are not forwarded (a CONNECT's target is not a path a route could match);

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
+use http_body::Body;
 use http_body_util::BodyExt;
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::pki_types::ServerName;
@@ -123,24 +124,33 @@ impl H3Endpoint {
         breaker: &CircuitBreaker,
     ) -> Result<Response<UpstreamIncoming>, SendError> {
         let (parts, body) = req.into_parts();
-        let head = Request::from_parts(parts, ());
-        // A connection found closed only when opening the stream never carried the request:
-        // one fresh connection may take it.
+        let mut head = Some(Request::from_parts(parts, ()));
+        // A reused connection may turn out closed as the stream opens, before the request went
+        // anywhere: a fresh connection may take it then, so only that case keeps a copy.
         let mut stream = None;
         for fresh in [false, true] {
-            let mut send = self.sender(breaker, fresh).await?;
-            match send.send_request(head.clone()).await {
+            let (mut send, reused) = self.sender(breaker, fresh).await?;
+            let attempt = if reused { head.clone() } else { head.take() };
+            match send.send_request(attempt.expect("kept for a retry")).await {
                 Ok(s) => {
                     stream = Some(s);
                     break;
                 }
-                Err(e) if fresh => return Err(SendError::Io(io::Error::other(e))),
+                Err(e) if !reused => return Err(SendError::Io(io::Error::other(e))),
                 Err(_) => continue,
             }
         }
-        let (tx, mut rx) = stream.expect("sent or returned").split();
+        let (mut tx, mut rx) = stream.expect("sent or returned").split();
         let (body_failed, failed) = oneshot::channel();
-        tokio::spawn(upload(body, tx, body_failed));
+        if body.is_end_stream() {
+            // Nothing to upload (a GET): end the stream here rather than on a task.
+            tx.finish()
+                .await
+                .map_err(|e| SendError::Io(io::Error::other(e)))?;
+            drop(body_failed);
+        } else {
+            tokio::spawn(upload(body, tx, body_failed));
+        }
         match rx.recv_response().await {
             Ok(mut resp) => {
                 // The downstream writer speaks its own version; hyper's HTTP/1 writer refuses
@@ -155,16 +165,17 @@ impl H3Endpoint {
         }
     }
 
-    /// The live connection's request sender, connecting first if there is none (or `fresh`).
+    /// The live connection's request sender, connecting first if there is none (or `fresh`),
+    /// and whether the connection was already open.
     async fn sender(
         &self,
         breaker: &CircuitBreaker,
         fresh: bool,
-    ) -> Result<SendRequest, SendError> {
+    ) -> Result<(SendRequest, bool), SendError> {
         let mut live = self.live.lock().await;
         if let Some(l) = live.as_ref() {
             if !fresh && l.quic.close_reason().is_none() {
-                return Ok(l.send.clone());
+                return Ok((l.send.clone(), true));
             }
         }
         *live = None;
@@ -201,7 +212,7 @@ impl H3Endpoint {
             send: send.clone(),
             _open: open,
         });
-        Ok(send)
+        Ok((send, false))
     }
 }
 
