@@ -2,6 +2,7 @@
 //! lives in the crates.
 
 mod demo;
+mod etcd_source;
 mod file_watch;
 mod run;
 
@@ -35,14 +36,50 @@ enum LogFormat {
     Json,
 }
 
+/// Settings that differ per replica of a fleet sharing one config; they override the config's.
+#[derive(clap::Args)]
+struct ReplicaArgs {
+    /// Admin listen address (overrides `admin.address`).
+    #[arg(long)]
+    admin: Option<std::net::SocketAddr>,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate FILE, then write it to etcd with a compare-and-swap on the key's revision.
+    Push {
+        file: PathBuf,
+        /// `etcd://HOST:PORT/KEY`
+        #[arg(long)]
+        to: String,
+        /// Refuse unless the config in etcd is at this revision (what your change was made
+        /// against).
+        #[arg(long)]
+        expect_revision: Option<i64>,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway.
     Run {
         /// Config file [default: ./switchyard.yaml]
-        #[arg(long, short)]
+        #[arg(long, short, conflicts_with = "config_source")]
         config: Option<PathBuf>,
+        /// Read the config from etcd and follow it: `etcd://HOST:PORT[,HOST:PORT]/KEY`, the
+        /// whole config in KEY or its parts in keys under `KEY/`.
+        #[arg(long)]
+        config_source: Option<String>,
+        /// With --config-source: where the last good config is kept, to start from when etcd is
+        /// down.
+        #[arg(long, requires = "config_source")]
+        config_cache: Option<PathBuf>,
+        #[command(flatten)]
+        replica: ReplicaArgs,
     },
+    /// Fleet config in etcd.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Validate a config file: exit 0 when valid, 1 when not.
     Check {
         #[arg(long, short)]
@@ -115,7 +152,49 @@ fn main() -> ExitCode {
         Command::Bench(args) => report(switchyard_bench::main(*args)),
         Command::Top(args) => report(switchyard_viz::top(args)),
         Command::Tap(args) => report(switchyard_viz::tap(args)),
-        Command::Run { config } => {
+        Command::Config(ConfigCommand::Push {
+            file,
+            to,
+            expect_revision,
+        }) => {
+            let push = async {
+                let url = switchyard_fleet::EtcdUrl::parse(&to).map_err(|e| e.to_string())?;
+                switchyard_fleet::push::push(&file, &url, expect_revision).await
+            };
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|rt| rt.block_on(push));
+            match result {
+                Ok(pushed) => {
+                    println!(
+                        "{}: written at revision {} (was {})",
+                        to, pushed.revision, pushed.previous
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Run {
+            config_source: Some(source),
+            config_cache,
+            replica,
+            ..
+        } => match switchyard_fleet::EtcdUrl::parse(&source) {
+            Ok(url) => etcd_source::run(url, config_cache, replica.overrides()),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Run {
+            config, replica, ..
+        } => {
             let path = config.unwrap_or_else(|| PathBuf::from("switchyard.yaml"));
             if !path.exists() {
                 eprintln!(
@@ -124,8 +203,14 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(1);
             }
-            run::run(path)
+            run::run(path, replica.overrides())
         }
+    }
+}
+
+impl ReplicaArgs {
+    fn overrides(self) -> run::Overrides {
+        run::Overrides { admin: self.admin }
     }
 }
 

@@ -79,6 +79,8 @@ pub struct GatewayHandle {
     access_log: OnceLock<AccessLog>,
     /// Live numbers, the last requests and the tap, across generations.
     pub observer: Arc<crate::observe::Observer>,
+    /// Where the serving config came from (file or etcd revision), for `/config`.
+    pub source: Mutex<switchyard_config::SourceStatus>,
 }
 
 /// What every generation shares: metric families, model labels, live numbers.
@@ -117,6 +119,7 @@ impl GatewayHandle {
             models,
             access_log: OnceLock::new(),
             observer,
+            source: Mutex::new(switchyard_config::SourceStatus::default()),
         }))
     }
 
