@@ -100,6 +100,9 @@ pub struct Runtime {
     /// unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<std::path::PathBuf>,
+    /// Where this gateway runs, for pools with `locality`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<crate::locality::Locality>,
 }
 
 impl Default for Runtime {
@@ -109,6 +112,7 @@ impl Default for Runtime {
             drain_timeout: default_drain_timeout(),
             watch_config: true,
             state_dir: None,
+            locality: None,
         }
     }
 }
@@ -467,6 +471,9 @@ pub struct Pool {
     /// PROXY protocol header ahead of a tcp listener's bytes (opt-in: the endpoint must expect it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<crate::l4::ProxyProtocol>,
+    /// Prefer endpoints near the gateway (`runtime.locality`), spilling on capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<crate::locality::PoolLocality>,
 }
 
 fn default_connect_timeout() -> Duration {
@@ -498,6 +505,16 @@ pub struct EndpointSpec {
     pub zone: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// Failover order: lower levels take all traffic while they have room.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub priority: u32,
+    /// Concurrent requests this endpoint serves well, for `locality`'s spill decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u32>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Deserialize)]
@@ -510,6 +527,10 @@ struct EndpointMap {
     zone: Option<String>,
     #[serde(default)]
     region: Option<String>,
+    #[serde(default)]
+    priority: u32,
+    #[serde(default)]
+    capacity: Option<u32>,
 }
 
 fn default_weight() -> u32 {
@@ -523,7 +544,8 @@ impl<'de> Deserialize<'de> for EndpointSpec {
             type Value = EndpointSpec;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str(
-                    "an `IP:PORT` string or a map with `address`, `weight`, `zone`, `region`",
+                    "an `IP:PORT` string or a map with `address`, `weight`, `zone`, `region`, \
+                     `priority`, `capacity`",
                 )
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<EndpointSpec, E> {
@@ -535,6 +557,8 @@ impl<'de> Deserialize<'de> for EndpointSpec {
                     weight: 1,
                     zone: None,
                     region: None,
+                    priority: 0,
+                    capacity: None,
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<EndpointSpec, A::Error> {
@@ -544,6 +568,8 @@ impl<'de> Deserialize<'de> for EndpointSpec {
                     weight: m.weight,
                     zone: m.zone,
                     region: m.region,
+                    priority: m.priority,
+                    capacity: m.capacity,
                 })
             }
         }
