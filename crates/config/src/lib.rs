@@ -18,6 +18,7 @@ pub mod rollout;
 pub mod tls;
 pub mod trace;
 pub mod validate;
+pub mod xds;
 pub mod yaml;
 
 pub use backends::{Backend, Mirror, Rewrite, Sticky, Target};

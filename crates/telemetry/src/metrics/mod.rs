@@ -12,9 +12,11 @@ use prometheus_client::registry::Registry;
 
 mod labels;
 mod tcp;
+mod xds;
 
 pub use labels::*;
 pub use tcp::{EndpointDirectionLabels, ListenerDirectionLabels, TcpMetrics};
+pub use xds::{NodeLabels, NodeTypeLabels, NodeVersionLabels, ReloadLabels, XdsMetrics};
 
 /// Handles to all gateway metrics plus the registry that encodes them.
 #[derive(Debug)]
