@@ -127,3 +127,48 @@ async fn a_reload_reaches_envoys_on_sotw_and_delta_streams() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_envoy_rejects_is_reported_and_the_old_one_keeps_serving() {
+    let a = Origin::start();
+    let dir = tempfile::tempdir().unwrap();
+    let good = "  - name: r\n    match: {path_prefix: /, model: llama*}\n    pool: a\n";
+    let xds = Xds::start(dir.path(), &config(good, &[("a", a.addr)]));
+    // What Envoy cannot express is listed with the reason, not dropped quietly.
+    let report = xds.admin_json("/xds/report");
+    let untranslated = report["untranslated"].as_array().unwrap();
+    assert!(
+        untranslated
+            .iter()
+            .any(|u| u["field"] == "routes[r].match.model" && u["reason"].as_str().unwrap().contains("body")),
+        "{report}"
+    );
+    assert_eq!(xds.log_count("not translated for Envoy"), untranslated.len());
+
+    let envoy = Envoy::start(dir.path(), xds.ads, "n1", Api::Sotw).await;
+    let port = envoy.listener_port("gw").await;
+    assert_eq!(get(port, "/v1/x").await, 200);
+    let acked = xds.admin_json("/xds/nodes")["n1"]["acked"]["rds"].clone();
+
+    // Valid for the gateway's regex engine, too large a program for Envoy's RE2 limit.
+    let rejected = "  - name: r\n    match: {path_regex: '/v1/[a-z0-9]{64}/([a-z]+)/(x|y|z){8}'}\n    pool: a\n";
+    xds.reload(&config(rejected, &[("a", a.addr)]));
+    let mut report = serde_json::Value::Null;
+    support::eventually("the NACK to be reported", || {
+        report = xds.admin_json("/xds/report");
+        report["nacks"].as_array().is_some_and(|n| !n.is_empty())
+    })
+    .await;
+    let nack = &report["nacks"][0];
+    assert_eq!(nack["node"], "n1", "{report}");
+    assert_eq!(nack["type"], "rds", "{report}");
+    assert!(nack["detail"].as_str().unwrap().contains("RE2"), "{report}");
+    // The node keeps, and Envoy serves, the last version it accepted.
+    assert_eq!(xds.admin_json("/xds/nodes")["n1"]["acked"]["rds"], acked);
+    assert_eq!(get(port, "/v1/x").await, 200);
+    let (_, metrics) = raw_get(xds.admin, "/metrics");
+    assert!(
+        metrics.contains("switchyard_xds_nacks_total{node=\"n1\",type=\"rds\"} 1"),
+        "{metrics}"
+    );
+}
