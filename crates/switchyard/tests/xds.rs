@@ -70,12 +70,14 @@ async fn envoy_serves_the_routes_and_splits_of_a_switchyard_config() {
     assert!(da >= 5 && db >= 5, "a {da}, b {db}");
 
     // The node ACKed every type, and says so.
-    let nodes = xds.admin_json("/xds/nodes");
-    let node = &nodes["sotw-1"];
-    assert_eq!(node["streams"], 1, "{nodes}");
-    for t in ["cds", "eds", "lds", "rds"] {
-        assert!(node["acked"][t].is_string(), "{t} not acked: {nodes}");
-    }
+    support::eventually("the node to ACK every type", || {
+        let nodes = xds.admin_json("/xds/nodes");
+        ["cds", "eds", "lds", "rds"]
+            .iter()
+            .all(|t| nodes["sotw-1"]["acked"][t].is_string())
+    })
+    .await;
+    assert_eq!(xds.admin_json("/xds/nodes")["sotw-1"]["streams"], 1);
     let (_, metrics) = raw_get(xds.admin, "/metrics");
     assert!(
         metrics.contains("switchyard_xds_connected_streams{node=\"sotw-1\"} 1"),
@@ -108,8 +110,16 @@ async fn a_reload_reaches_envoys_on_sotw_and_delta_streams() {
         })
         .await;
     }
+    // Envoy serves the new route, then ACKs it.
+    let mut nodes = serde_json::Value::Null;
+    support::eventually("both nodes to ACK the new routes", || {
+        nodes = xds.admin_json("/xds/nodes");
+        ["sotw", "delta"]
+            .iter()
+            .all(|n| nodes[n]["acked"]["rds"] != pushes_before[n]["acked"]["rds"])
+    })
+    .await;
     // Only the route changed: clusters, endpoints and listeners were not pushed again.
-    let nodes = xds.admin_json("/xds/nodes");
     for node in ["sotw", "delta"] {
         for t in ["cds", "eds", "lds"] {
             assert_eq!(
@@ -117,7 +127,6 @@ async fn a_reload_reaches_envoys_on_sotw_and_delta_streams() {
                 "{node} {t}: {nodes}"
             );
         }
-        assert_ne!(nodes[node]["acked"]["rds"], pushes_before[node]["acked"]["rds"]);
     }
     let (_, metrics) = raw_get(xds.admin, "/metrics");
     for node in ["sotw", "delta"] {
@@ -148,7 +157,12 @@ async fn a_config_envoy_rejects_is_reported_and_the_old_one_keeps_serving() {
     let envoy = Envoy::start(dir.path(), xds.ads, "n1", Api::Sotw).await;
     let port = envoy.listener_port("gw").await;
     assert_eq!(get(port, "/v1/x").await, 200);
-    let acked = xds.admin_json("/xds/nodes")["n1"]["acked"]["rds"].clone();
+    let mut acked = serde_json::Value::Null;
+    support::eventually("the routes to be ACKed", || {
+        acked = xds.admin_json("/xds/nodes")["n1"]["acked"]["rds"].clone();
+        acked.is_string()
+    })
+    .await;
 
     // Valid for the gateway's regex engine, too large a program for Envoy's RE2 limit.
     let rejected = "  - name: r\n    match: {path_regex: '/v1/[a-z0-9]{64}/([a-z]+)/(x|y|z){8}'}\n    pool: a\n";
@@ -171,4 +185,131 @@ async fn a_config_envoy_rejects_is_reported_and_the_old_one_keeps_serving() {
         metrics.contains("switchyard_xds_nacks_total{node=\"n1\",type=\"rds\"} 1"),
         "{metrics}"
     );
+}
+
+/// Requests served by a simulated replica so far.
+fn served(addr: SocketAddr) -> f64 {
+    let (_, metrics) = raw_get(addr, "/metrics");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("vllm:request_success_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Chat completions through Envoy from `workers` tasks until `stop` (or a bound) is reached.
+fn load(
+    port: u16,
+    workers: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<usize>> {
+    (0..workers)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let c = support::client::http1();
+                let mut ok = 0;
+                for _ in 0..2000 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let body = serde_json::json!({
+                        "model": support::fleet::MODEL,
+                        "max_tokens": 24,
+                        "messages": [{"role": "user", "content": "route me"}],
+                    });
+                    let req = http::Request::post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+                        .header("content-type", "application/json")
+                        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+                        .unwrap();
+                    if support::client::send(&c, req).await.0 == 200 {
+                        ok += 1;
+                    }
+                }
+                ok
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_weights_shift_traffic_off_a_slow_replica_and_mark_a_dead_one_unhealthy() {
+    let fleet = support::fleet::fleet(3).await;
+    let eps = fleet.addresses();
+    // Replica 0 runs every engine step four times slower.
+    fleet
+        .set_faults(
+            0,
+            switchyard_sim::FaultConfig {
+                slow_factor: 4.0,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let list: Vec<String> = eps.iter().map(|a| a.to_string()).collect();
+    let yaml = format!(
+        "runtime: {{watch_config: false}}\nxds: {{weights_interval: 100ms}}\nlisteners:\n  - name: gw\n    address: 127.0.0.1:0\nroutes:\n  - name: chat\n    match: {{path_prefix: /}}\n    pool: llama\npools:\n  - name: llama\n    balancer: {{kind: inference, scrape_interval: 20ms}}\n    health: {{http: {{path: /health}}, interval: 100ms, timeout: 200ms, healthy: 1, unhealthy: 1}}\n    endpoints: [{}]\n",
+        list.join(", ")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let xds = Xds::start(dir.path(), &yaml);
+    let envoy = Envoy::start(dir.path(), xds.ads, "cap", Api::Sotw).await;
+    let port = envoy.listener_port("gw").await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers = load(port, 12, stop.clone());
+    let slow = eps[0].to_string();
+    let mut weights;
+    let deadline = std::time::Instant::now() + support::WAIT;
+    loop {
+        weights = envoy.endpoints().await;
+        let w = |a: &str| weights.iter().find(|e| e.0 == "llama" && e.1 == a).map(|e| e.2);
+        let others = eps[1..].iter().filter_map(|a| w(&a.to_string())).min();
+        if let (Some(s), Some(o)) = (w(&slow), others) {
+            if s * 3 < o * 2 {
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "slow replica's weight never fell: {weights:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // With the weights in place, the slow replica gets less than its fair share.
+    let before: Vec<f64> = eps.iter().map(|a| served(*a)).collect();
+    support::eventually("a batch of requests after the weights moved", || {
+        eps.iter().map(|a| served(*a)).sum::<f64>() - before.iter().sum::<f64>() >= 60.0
+    })
+    .await;
+    let after: Vec<f64> = eps.iter().map(|a| served(*a)).collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let batch: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let share = batch[0] / batch.iter().sum::<f64>();
+    assert!(share < 1.0 / 3.0, "slow replica's share {share:.2} of {batch:?}; weights {weights:?}");
+
+    // A replica whose health check fails goes to Envoy as UNHEALTHY.
+    let crash = br#"{"crash_for_ms": 60000}"#;
+    let request = format!(
+        "POST /sim/faults HTTP/1.1\r\nhost: sim\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+        crash.len(),
+        String::from_utf8_lossy(crash)
+    );
+    let answer = support::client::raw_exchange(eps[2], request.as_bytes(), std::time::Duration::from_secs(10));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let dead = eps[2].to_string();
+    let deadline = std::time::Instant::now() + support::WAIT;
+    loop {
+        let eps = envoy.endpoints().await;
+        let health = eps.iter().find(|e| e.1 == dead).map(|e| e.3.clone()).unwrap_or_default();
+        if health.contains("\"eds_health_status\":\"UNHEALTHY\"") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never UNHEALTHY: {eps:?}; control plane: {}",
+            xds.admin_json("/xds/weights")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
