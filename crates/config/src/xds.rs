@@ -42,3 +42,25 @@ impl Xds {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn the_interval_is_read_checked_and_unknown_keys_named() {
+        let ok = crate::parse("xds: {weights_interval: 250ms}\n", Path::new("c.yaml")).unwrap();
+        assert_eq!(
+            ok.xds.unwrap().weights_interval,
+            std::time::Duration::from_millis(250)
+        );
+        let short = crate::parse("xds: {weights_interval: 1ms}\n", Path::new("c.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(short.contains("xds.weights_interval"), "{short}");
+        let typo = crate::parse("xds: {weight_interval: 1s}\n", Path::new("c.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(typo.contains("weights_interval"), "{typo}");
+    }
+}

@@ -57,7 +57,10 @@ async fn serve(
 ) -> ExitCode {
     let watch = config.runtime.watch_config;
     let plane = ControlPlane::new(config);
-    let (ads, admin) = match (TcpListener::bind(listen).await, TcpListener::bind(admin).await) {
+    let (ads, admin) = match (
+        TcpListener::bind(listen).await,
+        TcpListener::bind(admin).await,
+    ) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) => {
             tracing::error!(address = %listen, error = %e, "cannot bind the xds listener");

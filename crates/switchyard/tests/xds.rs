@@ -3,9 +3,9 @@
 //! both state-of-the-world and delta streams; a config Envoy rejects reported while the old one
 //! keeps serving; capacity weights from a simulated fleet with a slow replica.
 
+mod support;
 #[path = "support/xds.rs"]
 mod xds_support;
-mod support;
 
 use std::net::SocketAddr;
 
@@ -94,7 +94,10 @@ async fn a_reload_reaches_envoys_on_sotw_and_delta_streams() {
     let xds = Xds::start(dir.path(), &config(&to("a"), &pools));
     let sotw = Envoy::start(dir.path(), xds.ads, "sotw", Api::Sotw).await;
     let delta = Envoy::start(dir.path(), xds.ads, "delta", Api::Delta).await;
-    let ports = [sotw.listener_port("gw").await, delta.listener_port("gw").await];
+    let ports = [
+        sotw.listener_port("gw").await,
+        delta.listener_port("gw").await,
+    ];
     for port in ports {
         let before = a.hits();
         assert_eq!(get(port, "/").await, 200);
@@ -149,10 +152,14 @@ async fn a_config_envoy_rejects_is_reported_and_the_old_one_keeps_serving() {
     assert!(
         untranslated
             .iter()
-            .any(|u| u["field"] == "routes[r].match.model" && u["reason"].as_str().unwrap().contains("body")),
+            .any(|u| u["field"] == "routes[r].match.model"
+                && u["reason"].as_str().unwrap().contains("body")),
         "{report}"
     );
-    assert_eq!(xds.log_count("not translated for Envoy"), untranslated.len());
+    assert_eq!(
+        xds.log_count("not translated for Envoy"),
+        untranslated.len()
+    );
 
     let envoy = Envoy::start(dir.path(), xds.ads, "n1", Api::Sotw).await;
     let port = envoy.listener_port("gw").await;
@@ -218,10 +225,13 @@ fn load(
                         "max_tokens": 24,
                         "messages": [{"role": "user", "content": "route me"}],
                     });
-                    let req = http::Request::post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
-                        .header("content-type", "application/json")
-                        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
-                        .unwrap();
+                    let req =
+                        http::Request::post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+                            .header("content-type", "application/json")
+                            .body(http_body_util::Full::new(bytes::Bytes::from(
+                                body.to_string(),
+                            )))
+                            .unwrap();
                     if support::client::send(&c, req).await.0 == 200 {
                         ok += 1;
                     }
@@ -263,14 +273,22 @@ async fn capacity_weights_shift_traffic_off_a_slow_replica_and_mark_a_dead_one_u
     let deadline = std::time::Instant::now() + support::WAIT;
     loop {
         weights = envoy.endpoints().await;
-        let w = |a: &str| weights.iter().find(|e| e.0 == "llama" && e.1 == a).map(|e| e.2);
+        let w = |a: &str| {
+            weights
+                .iter()
+                .find(|e| e.0 == "llama" && e.1 == a)
+                .map(|e| e.2)
+        };
         let others = eps[1..].iter().filter_map(|a| w(&a.to_string())).min();
         if let (Some(s), Some(o)) = (w(&slow), others) {
             if s * 3 < o * 2 {
                 break;
             }
         }
-        assert!(std::time::Instant::now() < deadline, "slow replica's weight never fell: {weights:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slow replica's weight never fell: {weights:?}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     // With the weights in place, the slow replica gets less than its fair share.
@@ -286,7 +304,10 @@ async fn capacity_weights_shift_traffic_off_a_slow_replica_and_mark_a_dead_one_u
     }
     let batch: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     let share = batch[0] / batch.iter().sum::<f64>();
-    assert!(share < 1.0 / 3.0, "slow replica's share {share:.2} of {batch:?}; weights {weights:?}");
+    assert!(
+        share < 1.0 / 3.0,
+        "slow replica's share {share:.2} of {batch:?}; weights {weights:?}"
+    );
 
     // A replica whose health check fails goes to Envoy as UNHEALTHY.
     let crash = br#"{"crash_for_ms": 60000}"#;
@@ -295,13 +316,21 @@ async fn capacity_weights_shift_traffic_off_a_slow_replica_and_mark_a_dead_one_u
         crash.len(),
         String::from_utf8_lossy(crash)
     );
-    let answer = support::client::raw_exchange(eps[2], request.as_bytes(), std::time::Duration::from_secs(10));
+    let answer = support::client::raw_exchange(
+        eps[2],
+        request.as_bytes(),
+        std::time::Duration::from_secs(10),
+    );
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let dead = eps[2].to_string();
     let deadline = std::time::Instant::now() + support::WAIT;
     loop {
         let eps = envoy.endpoints().await;
-        let health = eps.iter().find(|e| e.1 == dead).map(|e| e.3.clone()).unwrap_or_default();
+        let health = eps
+            .iter()
+            .find(|e| e.1 == dead)
+            .map(|e| e.3.clone())
+            .unwrap_or_default();
         if health.contains("\"eds_health_status\":\"UNHEALTHY\"") {
             break;
         }

@@ -50,7 +50,11 @@ pub async fn serve(listener: TcpListener, plane: Arc<ControlPlane>) {
 
 fn answer(plane: &ControlPlane, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET {
-        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
     }
     match req.uri().path() {
         "/ready" => reply(StatusCode::OK, "text/plain", "ready\n".into()),
@@ -78,7 +82,10 @@ fn answer(plane: &ControlPlane, req: &Request<Incoming>) -> Response<Full<Bytes>
                     .weights()
                     .into_iter()
                     .map(|(pool, w)| {
-                        (pool, w.into_iter().map(|(a, h)| (a.to_string(), h)).collect())
+                        (
+                            pool,
+                            w.into_iter().map(|(a, h)| (a.to_string(), h)).collect(),
+                        )
                     })
                     .collect();
             json(&weights)
@@ -88,7 +95,8 @@ fn answer(plane: &ControlPlane, req: &Request<Incoming>) -> Response<Full<Bytes>
 }
 
 fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
-    let body = serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    let body =
+        serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     reply(StatusCode::OK, "application/json", body)
 }
 

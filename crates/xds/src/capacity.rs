@@ -70,7 +70,12 @@ impl Capacity {
 
 impl Drop for Capacity {
     fn drop(&mut self) {
-        for t in self.tasks.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for t in self
+            .tasks
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             t.abort();
         }
     }

@@ -105,12 +105,17 @@ impl Stream {
         };
         let w = &mut self.watches[kind.index()];
         if !r.response_nonce.is_empty()
-            && w.pending.as_ref().is_some_and(|p| p.nonce == r.response_nonce)
+            && w.pending
+                .as_ref()
+                .is_some_and(|p| p.nonce == r.response_nonce)
         {
             if let Some(p) = w.pending.take() {
                 let latency = p.at.elapsed();
                 match &r.error_detail {
-                    Some(e) => self.plane.nodes.nack(&node, kind, &p.version, &e.message, latency),
+                    Some(e) => self
+                        .plane
+                        .nodes
+                        .nack(&node, kind, &p.version, &e.message, latency),
                     None => self.plane.nodes.ack(&node, kind, &p.version, latency),
                 }
             }

@@ -114,14 +114,13 @@ impl Nodes {
     }
 
     fn forget_metrics(&self, node: &str) {
-        self.metrics.connected.remove(&NodeLabels { node: node.into() });
+        self.metrics
+            .connected
+            .remove(&NodeLabels { node: node.into() });
     }
 
     pub fn pushed(&self, node: &str, kind: Kind) {
-        self.metrics
-            .pushes
-            .get_or_create(&labels(node, kind))
-            .inc();
+        self.metrics.pushes.get_or_create(&labels(node, kind)).inc();
     }
 
     pub fn ack(&self, node: &str, kind: Kind, version: &str, latency: Duration) {
@@ -219,11 +218,20 @@ mod tests {
         let nodes = Nodes::new(Arc::new(XdsMetrics::new()));
         nodes.connect("a", "sotw");
         nodes.ack("a", Kind::Cluster, "v1", Duration::from_millis(3));
-        nodes.nack("a", Kind::Cluster, "v2", &"x".repeat(10_000), Duration::ZERO);
+        nodes.nack(
+            "a",
+            Kind::Cluster,
+            "v2",
+            &"x".repeat(10_000),
+            Duration::ZERO,
+        );
         let a = &nodes.view()["a"];
         assert_eq!(a.acked["cds"], "v1");
         assert_eq!(a.nacks, 1);
         let nack = a.last_nack.as_ref().unwrap();
-        assert_eq!((nack.version.as_str(), nack.detail.len()), ("v2", MAX_DETAIL));
+        assert_eq!(
+            (nack.version.as_str(), nack.detail.len()),
+            ("v2", MAX_DETAIL)
+        );
     }
 }

@@ -30,9 +30,7 @@ impl Kind {
     pub fn type_url(self) -> &'static str {
         match self {
             Kind::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
-            Kind::Endpoint => {
-                "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-            }
+            Kind::Endpoint => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
             Kind::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
             Kind::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
         }

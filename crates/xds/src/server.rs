@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::discovery::v3::{
-    aggregated_discovery_service_server::{AggregatedDiscoveryService, AggregatedDiscoveryServiceServer},
+    aggregated_discovery_service_server::{
+        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+    },
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -38,7 +40,11 @@ impl AggregatedDiscoveryService for Ads {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
-        tokio::spawn(crate::sotw::run(self.plane.clone(), request.into_inner(), tx));
+        tokio::spawn(crate::sotw::run(
+            self.plane.clone(),
+            request.into_inner(),
+            tx,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -47,7 +53,11 @@ impl AggregatedDiscoveryService for Ads {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
-        tokio::spawn(crate::delta::run(self.plane.clone(), request.into_inner(), tx));
+        tokio::spawn(crate::delta::run(
+            self.plane.clone(),
+            request.into_inner(),
+            tx,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -74,7 +84,9 @@ pub async fn serve(listener: TcpListener, plane: Arc<ControlPlane>) {
                 .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
                 .keep_alive_interval(Duration::from_secs(30))
                 .keep_alive_timeout(Duration::from_secs(10));
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }

@@ -113,7 +113,10 @@ impl Stream {
             if let Some(p) = w.pending.take() {
                 let latency = p.at.elapsed();
                 match &r.error_detail {
-                    Some(e) => self.plane.nodes.nack(&node, kind, &p.version, &e.message, latency),
+                    Some(e) => self
+                        .plane
+                        .nodes
+                        .nack(&node, kind, &p.version, &e.message, latency),
                     None => self.plane.nodes.ack(&node, kind, &p.version, latency),
                 }
             }
@@ -125,7 +128,8 @@ impl Stream {
         }
         if names != w.names {
             // Newly asked-for resources go out even if an earlier response carried them.
-            w.sent.retain(|n, _| names.contains(n) || kind.is_wildcard());
+            w.sent
+                .retain(|n, _| names.contains(n) || kind.is_wildcard());
             for n in names.difference(&w.names) {
                 w.sent.remove(n);
             }

@@ -193,7 +193,10 @@ impl Envoy {
             admin: admin.unwrap(),
         };
         // Ready once the initial listeners and clusters from ADS are in.
-        crate::support::eventually("envoy to be ready", || raw_get(envoy.admin, "/ready").0 == 200).await;
+        crate::support::eventually("envoy to be ready", || {
+            raw_get(envoy.admin, "/ready").0 == 200
+        })
+        .await;
         envoy
     }
 
@@ -231,7 +234,11 @@ impl Envoy {
                 let a = &h["address"]["socket_address"];
                 out.push((
                     c["name"].as_str().unwrap_or_default().to_string(),
-                    format!("{}:{}", a["address"].as_str().unwrap_or_default(), a["port_value"]),
+                    format!(
+                        "{}:{}",
+                        a["address"].as_str().unwrap_or_default(),
+                        a["port_value"]
+                    ),
                     h["weight"].as_u64().unwrap_or(0),
                     h["health_status"].to_string(),
                 ));

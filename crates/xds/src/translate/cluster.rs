@@ -18,7 +18,9 @@ use envoy_types::pb::envoy::config::core::v3::{
     HealthCheck, Http2ProtocolOptions, HttpProtocolOptions as CoreHttpOptions, RuntimeDouble,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
-    http_protocol_options::{explicit_http_config::ProtocolConfig, ExplicitHttpConfig, UpstreamProtocolOptions},
+    http_protocol_options::{
+        explicit_http_config::ProtocolConfig, ExplicitHttpConfig, UpstreamProtocolOptions,
+    },
     HttpProtocolOptions,
 };
 use envoy_types::pb::envoy::r#type::v3::{Int64Range, Percent};
@@ -68,11 +70,12 @@ pub fn cluster(p: &Pool, budget: Option<&RetryBudgetConfig>, report: &mut Report
             LbPolicy::RoundRobin,
             Some(LbConfig::RoundRobinLbConfig(RoundRobinLbConfig {
                 slow_start_config: slow_start.clone(),
-                ..Default::default()
             })),
         ),
         Balancer::Random => (LbPolicy::Random, None),
-        Balancer::LeastRequest { choices } => (LbPolicy::LeastRequest, Some(least_request(*choices))),
+        Balancer::LeastRequest { choices } => {
+            (LbPolicy::LeastRequest, Some(least_request(*choices)))
+        }
         Balancer::RingHash { min_ring_size, .. } => (
             LbPolicy::RingHash,
             Some(LbConfig::RingHashLbConfig(RingHashLbConfig {
@@ -234,14 +237,20 @@ pub fn cluster(p: &Pool, budget: Option<&RetryBudgetConfig>, report: &mut Report
             max_ejection_percent: Some(u32_value(o.max_ejected_percent)),
             enforcing_success_rate: Some(u32_value(if o.success_rate.is_some() { 100 } else { 0 })),
             success_rate_minimum_hosts: o.success_rate.as_ref().map(|s| u32_value(s.minimum_hosts)),
-            success_rate_request_volume: o.success_rate.as_ref().map(|s| u32_value(s.request_volume)),
+            success_rate_request_volume: o
+                .success_rate
+                .as_ref()
+                .map(|s| u32_value(s.request_volume)),
             success_rate_stdev_factor: o.success_rate.as_ref().map(|s| u32_value(s.stdev_factor)),
             enforcing_failure_percentage: Some(u32_value(if o.failure_percentage.is_some() {
                 100
             } else {
                 0
             })),
-            failure_percentage_threshold: o.failure_percentage.as_ref().map(|f| u32_value(f.threshold)),
+            failure_percentage_threshold: o
+                .failure_percentage
+                .as_ref()
+                .map(|f| u32_value(f.threshold)),
             failure_percentage_minimum_hosts: o
                 .failure_percentage
                 .as_ref()
@@ -254,10 +263,26 @@ pub fn cluster(p: &Pool, budget: Option<&RetryBudgetConfig>, report: &mut Report
         });
     }
     for (field, set, reason) in [
-        ("concurrency", p.concurrency.is_some(), "Envoy's adaptive concurrency is an HTTP filter, not a cluster setting; not translated"),
-        ("fairness", p.fairness.is_some(), "tenant-fair queueing is the gateway's own"),
-        ("tls", p.tls.is_some(), "upstream TLS is not translated yet; Envoy connects in plaintext"),
-        ("proxy_protocol", p.proxy_protocol.is_some(), "tcp listeners are not translated"),
+        (
+            "concurrency",
+            p.concurrency.is_some(),
+            "Envoy's adaptive concurrency is an HTTP filter, not a cluster setting; not translated",
+        ),
+        (
+            "fairness",
+            p.fairness.is_some(),
+            "tenant-fair queueing is the gateway's own",
+        ),
+        (
+            "tls",
+            p.tls.is_some(),
+            "upstream TLS is not translated yet; Envoy connects in plaintext",
+        ),
+        (
+            "proxy_protocol",
+            p.proxy_protocol.is_some(),
+            "tcp listeners are not translated",
+        ),
     ] {
         if set {
             report.add(format!("{at}.{field}"), reason);

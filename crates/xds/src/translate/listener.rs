@@ -59,7 +59,9 @@ pub fn listener(l: &Config, report: &mut Report) -> Option<Listener> {
         })),
         http_filters: vec![HttpFilter {
             name: "envoy.filters.http.router".into(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(any(&Router::default()))),
+            config_type: Some(http_filter::ConfigType::TypedConfig(
+                any(&Router::default()),
+            )),
             ..Default::default()
         }],
         max_request_headers_kb: Some(u32_value(

@@ -10,6 +10,8 @@ mod cluster;
 mod endpoint;
 mod listener;
 mod route;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -65,7 +67,10 @@ pub fn translate(
         let Some(listener) = listener::listener(l, &mut report) else {
             continue;
         };
-        resources.push((Kind::Listener, Resource::new(Kind::Listener, &l.name, &listener)));
+        resources.push((
+            Kind::Listener,
+            Resource::new(Kind::Listener, &l.name, &listener),
+        ));
         let rc = route::route_configuration(&l.name, &routes);
         resources.push((Kind::Route, Resource::new(Kind::Route, &l.name, &rc)));
     }

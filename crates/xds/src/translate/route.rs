@@ -7,20 +7,24 @@ use envoy_types::pb::envoy::config::core::v3::{
     HeaderValueOption, RuntimeFractionalPercent,
 };
 use envoy_types::pb::envoy::config::route::v3::{
-    header_matcher::HeaderMatchSpecifier, query_parameter_matcher::QueryParameterMatchSpecifier,
+    header_matcher::HeaderMatchSpecifier,
+    query_parameter_matcher::QueryParameterMatchSpecifier,
     redirect_action::{PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier},
-    retry_policy::RetryBackOff, route::Action, route_action, route_match::PathSpecifier,
-    weighted_cluster::ClusterWeight, DirectResponseAction, HeaderMatcher, QueryParameterMatcher,
-    RedirectAction, RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
-    WeightedCluster,
+    retry_policy::RetryBackOff,
+    route::Action,
+    route_action,
+    route_match::PathSpecifier,
+    weighted_cluster::ClusterWeight,
+    DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, RetryPolicy, Route,
+    RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     string_matcher::MatchPattern, RegexMatchAndSubstitute, RegexMatcher, StringMatcher,
 };
 use envoy_types::pb::envoy::r#type::v3::{fractional_percent::DenominatorType, FractionalPercent};
+use route_action::hash_policy::{self, PolicySpecifier};
 use switchyard_config::filters::{parse_value, Filter, HeaderFilter, Part};
 use switchyard_config::resilience::RetryConfig;
-use route_action::hash_policy::{self, PolicySpecifier};
 use switchyard_config::{Balancer, Config, HashKey, Pool, Priority, Route as Config_};
 use switchyard_resilience::RetryOn;
 
@@ -57,15 +61,51 @@ fn route(r: &Config_, pools: &[Pool], report: &mut Report) -> Route {
         ..Default::default()
     };
     for (field, set, reason) in [
-        ("rate_limits", !r.rate_limits.is_empty(), "the gateway's rate limits have no per-route equivalent in Envoy's route"),
-        ("sticky", r.sticky.is_some(), "sticky weighted splits are the gateway's own"),
-        ("force_backend_header", r.force_backend_header.is_some(), "Envoy's cluster_header would let any client pick any cluster"),
-        ("rollout", r.rollout.is_some(), "canary rollouts are judged and driven by the gateway"),
-        ("rewrite", r.rewrite.is_some(), "model rewrites change the request body, which Envoy's route cannot"),
-        ("hedge", r.hedge.is_some(), "Envoy hedges only on per-try timeout, not after a delay"),
-        ("priority", r.priority != Priority::Standard, "request priority drives the gateway's admission queue"),
-        ("max_request_body", r.max_request_body != defaults.max_request_body, "Envoy bounds bodies per listener buffer, not per route"),
-        ("body_read_timeout", r.body_read_timeout != defaults.body_read_timeout, "Envoy has no per-route body read timeout"),
+        (
+            "rate_limits",
+            !r.rate_limits.is_empty(),
+            "the gateway's rate limits have no per-route equivalent in Envoy's route",
+        ),
+        (
+            "sticky",
+            r.sticky.is_some(),
+            "sticky weighted splits are the gateway's own",
+        ),
+        (
+            "force_backend_header",
+            r.force_backend_header.is_some(),
+            "Envoy's cluster_header would let any client pick any cluster",
+        ),
+        (
+            "rollout",
+            r.rollout.is_some(),
+            "canary rollouts are judged and driven by the gateway",
+        ),
+        (
+            "rewrite",
+            r.rewrite.is_some(),
+            "model rewrites change the request body, which Envoy's route cannot",
+        ),
+        (
+            "hedge",
+            r.hedge.is_some(),
+            "Envoy hedges only on per-try timeout, not after a delay",
+        ),
+        (
+            "priority",
+            r.priority != Priority::Standard,
+            "request priority drives the gateway's admission queue",
+        ),
+        (
+            "max_request_body",
+            r.max_request_body != defaults.max_request_body,
+            "Envoy bounds bodies per listener buffer, not per route",
+        ),
+        (
+            "body_read_timeout",
+            r.body_read_timeout != defaults.body_read_timeout,
+            "Envoy has no per-route body read timeout",
+        ),
     ] {
         if set {
             report.add(format!("{at}.{field}"), reason);
@@ -112,17 +152,19 @@ fn route(r: &Config_, pools: &[Pool], report: &mut Report) -> Route {
                 "Envoy does not bound shadow requests in flight",
             );
         }
-        action.request_mirror_policies.push(route_action::RequestMirrorPolicy {
-            cluster: m.pool.clone(),
-            runtime_fraction: Some(RuntimeFractionalPercent {
-                default_value: Some(FractionalPercent {
-                    numerator: (m.percent * 10_000.0).round() as u32,
-                    denominator: DenominatorType::Million as i32,
+        action
+            .request_mirror_policies
+            .push(route_action::RequestMirrorPolicy {
+                cluster: m.pool.clone(),
+                runtime_fraction: Some(RuntimeFractionalPercent {
+                    default_value: Some(FractionalPercent {
+                        numerator: (m.percent * 10_000.0).round() as u32,
+                        denominator: DenominatorType::Million as i32,
+                    }),
+                    ..Default::default()
                 }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        });
+            });
     }
     let mut answer = None;
     for (i, f) in r.filters.iter().enumerate() {
@@ -140,8 +182,9 @@ fn route(r: &Config_, pools: &[Pool], report: &mut Report) -> Route {
             }
             Filter::UrlRewrite(u) => {
                 if let Some(host) = &u.host {
-                    action.host_rewrite_specifier =
-                        Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(host.clone()));
+                    action.host_rewrite_specifier = Some(
+                        route_action::HostRewriteSpecifier::HostRewriteLiteral(host.clone()),
+                    );
                 }
                 if let Some(path) = &u.path {
                     action.regex_rewrite = Some(RegexMatchAndSubstitute {
@@ -168,7 +211,11 @@ fn route(r: &Config_, pools: &[Pool], report: &mut Report) -> Route {
                         .path
                         .clone()
                         .map(PathRewriteSpecifier::PathRedirect)
-                        .or_else(|| rd.path_prefix.clone().map(PathRewriteSpecifier::PrefixRewrite)),
+                        .or_else(|| {
+                            rd.path_prefix
+                                .clone()
+                                .map(PathRewriteSpecifier::PrefixRewrite)
+                        }),
                     response_code: match rd.status {
                         301 => RedirectResponseCode::MovedPermanently,
                         303 => RedirectResponseCode::SeeOther,
@@ -181,7 +228,8 @@ fn route(r: &Config_, pools: &[Pool], report: &mut Report) -> Route {
             }
             Filter::DirectResponse(d) => {
                 for (k, v) in &d.headers {
-                    out.response_headers_to_add.push(header(k, &literal(v), true));
+                    out.response_headers_to_add
+                        .push(header(k, &literal(v), true));
                 }
                 answer = Some(Action::DirectResponse(DirectResponseAction {
                     status: u32::from(d.status),
@@ -276,8 +324,10 @@ fn route_match(r: &Config_, at: &str, report: &mut Report) -> RouteMatch {
         ));
     }
     if let Some(method) = &m.method {
-        out.headers
-            .push(header_matcher(":method", MatchPattern::Exact(method.clone())));
+        out.headers.push(header_matcher(
+            ":method",
+            MatchPattern::Exact(method.clone()),
+        ));
     }
     for (name, value) in &m.headers {
         out.headers
@@ -323,7 +373,11 @@ fn header_matcher(name: &str, pattern: MatchPattern) -> HeaderMatcher {
 fn retry_policy(retry: &RetryConfig, at: &str, report: &mut Report) -> RetryPolicy {
     let defaults = RetryConfig::default();
     let mut on = Vec::new();
-    let mut codes: Vec<u32> = retry.retriable_status_codes.iter().map(|c| u32::from(*c)).collect();
+    let mut codes: Vec<u32> = retry
+        .retriable_status_codes
+        .iter()
+        .map(|c| u32::from(*c))
+        .collect();
     for r in &retry.retry_on {
         let name = match r {
             RetryOn::Status503 => {
@@ -450,7 +504,8 @@ fn regex_escape(s: &str) -> String {
 }
 
 fn default_route() -> Config_ {
-    serde_json::from_value(serde_json::json!({"name": "", "pool": ""})).expect("a route with defaults")
+    serde_json::from_value(serde_json::json!({"name": "", "pool": ""}))
+        .expect("a route with defaults")
 }
 
 fn default_mirror() -> switchyard_config::Mirror {
