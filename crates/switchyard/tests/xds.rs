@@ -342,3 +342,65 @@ async fn capacity_weights_shift_traffic_off_a_slow_replica_and_mark_a_dead_one_u
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoys_keep_serving_through_a_control_plane_restart_and_resume() {
+    let a = Origin::start();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = config(
+        "  - name: r\n    match: {path_prefix: /}\n    pool: a\n",
+        &[("a", a.addr)],
+    );
+    let xds = Xds::start(dir.path(), &yaml);
+    let ads = xds.ads;
+    let sotw = Envoy::start(dir.path(), ads, "sotw", Api::Sotw).await;
+    let delta = Envoy::start(dir.path(), ads, "delta", Api::Delta).await;
+    let ports = [
+        sotw.listener_port("gw").await,
+        delta.listener_port("gw").await,
+    ];
+    let mut acked = serde_json::Value::Null;
+    support::eventually("both nodes to ACK every type", || {
+        acked = xds.admin_json("/xds/nodes");
+        ["sotw", "delta"].iter().all(|n| {
+            ["cds", "eds", "lds", "rds"]
+                .iter()
+                .all(|t| acked[n]["acked"][t].is_string())
+        })
+    })
+    .await;
+
+    drop(xds);
+    for port in ports {
+        assert_eq!(
+            get(port, "/").await,
+            200,
+            "Envoy serves on without its control plane"
+        );
+    }
+    let xds = Xds::start_on(dir.path(), &yaml, &ads.to_string());
+    support::eventually("both Envoys to reconnect and ACK again", || {
+        let nodes = xds.admin_json("/xds/nodes");
+        ["sotw", "delta"]
+            .iter()
+            .all(|n| nodes[n]["streams"] == 1 && nodes[n]["acked"]["cds"].is_string())
+    })
+    .await;
+    // Same config, same versions: the delta node, which says what it has, is sent no endpoints
+    // or routes again.
+    let nodes = xds.admin_json("/xds/nodes");
+    for t in ["cds", "lds"] {
+        assert_eq!(
+            nodes["delta"]["acked"][t], acked["delta"]["acked"][t],
+            "{t}"
+        );
+    }
+    let (_, metrics) = raw_get(xds.admin, "/metrics");
+    assert!(
+        !metrics.contains("switchyard_xds_pushes_total{node=\"delta\",type=\"eds\"}"),
+        "{metrics}"
+    );
+    for port in ports {
+        assert_eq!(get(port, "/").await, 200);
+    }
+}

@@ -22,12 +22,17 @@ pub struct Xds {
 }
 
 impl Xds {
-    /// Start with `yaml` written to `dir/xds.yaml`.
+    /// Start with `yaml` written to `dir/xds.yaml`, ADS on an ephemeral port.
     pub fn start(dir: &Path, yaml: &str) -> Xds {
+        Self::start_on(dir, yaml, "127.0.0.1:0")
+    }
+
+    /// Start with ADS on `listen` (a restarted control plane takes its predecessor's port).
+    pub fn start_on(dir: &Path, yaml: &str, listen: &str) -> Xds {
         let config_path = dir.join("xds.yaml");
         std::fs::write(&config_path, yaml).unwrap();
         let mut child = Command::new(BIN)
-            .args(["--log-format", "json", "xds", "--listen", "127.0.0.1:0"])
+            .args(["--log-format", "json", "xds", "--listen", listen])
             .args(["--admin", "127.0.0.1:0", "--config"])
             .arg(&config_path)
             .env("RUST_LOG", "info")
