@@ -6,9 +6,10 @@
 //! running count, so it sees the pile-up whoever sent it, and turns it into
 //! `load_balancing_weight`s that Envoy's weighted least-request follows.
 //!
-//! The weight is inversely proportional to the replica's smoothed load relative to the pool's
-//! mean (`BASE × (mean + 1) / (load + 1)`): a replica at half speed holds about twice the
-//! requests for the same arrivals, and gets about half the weight. Three things keep weights
+//! The weight falls with the replica's smoothed load relative to the pool's mean
+//! (`BASE × ((mean + 1) / (load + 1))²`): a replica at half speed holds about twice the
+//! requests for the same arrivals, and gets about a quarter of the weight until its queue is
+//! back near the mean. Three things keep weights
 //! from flapping: the load is smoothed over intervals (an EWMA), a weight changes only when the
 //! new one is more than [`HYSTERESIS`] away from the pushed one, and a weight rises at most
 //! [`MAX_RISE`]-fold per interval, so a recovered replica comes back through a slow start
@@ -23,6 +24,10 @@ pub const MAX_WEIGHT: u32 = 10 * BASE;
 pub const HYSTERESIS: f64 = 0.2;
 /// Largest rise of a weight in one interval.
 pub const MAX_RISE: f64 = 2.0;
+/// How sharply weight falls with load: squared, so that a replica holding more than the mean
+/// sheds more than its proportional share. Every request it gets waits longer there, and TTFT's
+/// tail is made of those requests (bench/xds/ttft.py measured the linear form too).
+pub const EXPONENT: i32 = 2;
 /// EWMA weight of the newest load reading.
 const ALPHA: f64 = 0.6;
 
@@ -60,7 +65,7 @@ impl Weights {
         let mean = known.iter().sum::<f64>() / known.len() as f64;
         for (w, s) in self.current.iter_mut().zip(&self.smoothed) {
             let Some(load) = s else { continue };
-            let target = f64::from(BASE) * (mean + 1.0) / (load + 1.0);
+            let target = f64::from(BASE) * ((mean + 1.0) / (load + 1.0)).powi(EXPONENT);
             let target = target
                 .min(f64::from(*w) * MAX_RISE)
                 .clamp(1.0, f64::from(MAX_WEIGHT));
