@@ -37,8 +37,10 @@ async fn sotw(addr: String, i: usize, done: Arc<AtomicUsize>) -> anyhow::Result<
         response_nonce: nonce,
         ..Default::default()
     };
-    tx.send(req(Kind::Cluster, vec![], String::new(), String::new())).await?;
-    tx.send(req(Kind::Listener, vec![], String::new(), String::new())).await?;
+    tx.send(req(Kind::Cluster, vec![], String::new(), String::new()))
+        .await?;
+    tx.send(req(Kind::Listener, vec![], String::new(), String::new()))
+        .await?;
     let mut responses = client
         .stream_aggregated_resources(ReceiverStream::new(rx))
         .await?
@@ -49,8 +51,13 @@ async fn sotw(addr: String, i: usize, done: Arc<AtomicUsize>) -> anyhow::Result<
     while let Some(r) = responses.message().await? {
         let kind = Kind::from_type_url(&r.type_url).expect("a known type");
         let subscribed = names[kind.index()].clone();
-        tx.send(req(kind, subscribed, r.version_info.clone(), r.nonce.clone()))
-            .await?;
+        tx.send(req(
+            kind,
+            subscribed,
+            r.version_info.clone(),
+            r.nonce.clone(),
+        ))
+        .await?;
         if let Some(next) = kind.completed_by() {
             if names[next.index()].is_empty() {
                 names[next.index()] = names_of(&r.resources);
@@ -138,7 +145,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     while done.load(Ordering::SeqCst) < nodes {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "not every node ACKed within 60s");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "not every node ACKed within 60s"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     println!("acked {nodes}");
