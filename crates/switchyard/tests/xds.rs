@@ -138,6 +138,20 @@ async fn a_reload_reaches_envoys_on_sotw_and_delta_streams() {
             assert!(metrics.contains(&series), "{series} in {metrics}");
         }
     }
+
+    // A pool taken out of the config leaves both Envoys (left out of a state-of-the-world
+    // response, named in a delta one's removed resources), and traffic goes on.
+    xds.reload(&config(&to("b"), &[("b", b.addr)]));
+    for envoy in [&sotw, &delta] {
+        let deadline = std::time::Instant::now() + support::WAIT;
+        while envoy.endpoints().await.iter().any(|e| e.0 == "a") {
+            assert!(std::time::Instant::now() < deadline, "cluster `a` never removed");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    for port in ports {
+        assert_eq!(get(port, "/").await, 200);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
