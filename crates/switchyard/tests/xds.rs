@@ -145,7 +145,10 @@ async fn a_reload_reaches_envoys_on_sotw_and_delta_streams() {
     for envoy in [&sotw, &delta] {
         let deadline = std::time::Instant::now() + support::WAIT;
         while envoy.endpoints().await.iter().any(|e| e.0 == "a") {
-            assert!(std::time::Instant::now() < deadline, "cluster `a` never removed");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "cluster `a` never removed"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }

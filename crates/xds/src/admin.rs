@@ -26,8 +26,15 @@ struct NackView<'a> {
     nack: &'a crate::nodes::Nack,
 }
 
+/// Admin connections served at once; past it, accepting waits for one to close.
+const MAX_CONNECTIONS: usize = 64;
+
 pub async fn serve(listener: TcpListener, plane: Arc<ControlPlane>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
@@ -44,6 +51,7 @@ pub async fn serve(listener: TcpListener, plane: Arc<ControlPlane>) {
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            drop(slot);
         });
     }
 }

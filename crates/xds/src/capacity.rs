@@ -8,6 +8,7 @@
 //! `weighted_least_utilization` pools balance on ORCA reports riding on responses, which the
 //! control plane never sees; it scrapes their endpoints' vLLM metrics instead.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,11 +27,19 @@ use crate::weights::Weights;
 /// Weights are recomputed this often unless `xds.weights_interval` says otherwise.
 pub const DEFAULT_WEIGHTS_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The running weight tasks, one per watched pool; restarted on reload.
+/// The running weight tasks, one per watched pool. A reload keeps the task (and so the smoothed
+/// loads, the weights and the health verdicts) of a pool whose settings did not change.
 #[derive(Debug)]
 pub struct Capacity {
     plane: Arc<ControlPlane>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    tasks: Mutex<HashMap<String, Watched>>,
+}
+
+#[derive(Debug)]
+struct Watched {
+    pool: Pool,
+    interval: Duration,
+    task: JoinHandle<()>,
 }
 
 impl Capacity {
@@ -38,7 +47,7 @@ impl Capacity {
     pub fn start(plane: Arc<ControlPlane>) -> Capacity {
         let c = Capacity {
             plane,
-            tasks: Mutex::new(Vec::new()),
+            tasks: Mutex::new(HashMap::new()),
         };
         c.reload();
         c
@@ -52,32 +61,32 @@ impl Capacity {
             .as_ref()
             .map_or(DEFAULT_WEIGHTS_INTERVAL, |x| x.weights_interval);
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        for t in tasks.drain(..) {
-            t.abort();
-        }
+        let mut old = std::mem::take(&mut *tasks);
         for pool in &config.pools {
-            if let Some(scrape) = scrape_settings(&pool.balancer) {
-                tasks.push(tokio::spawn(watch_pool(
+            let Some(scrape) = scrape_settings(&pool.balancer) else {
+                continue;
+            };
+            let kept = old
+                .remove(&pool.name)
+                .filter(|w| w.pool == *pool && w.interval == interval);
+            let watched = kept.unwrap_or_else(|| Watched {
+                pool: pool.clone(),
+                interval,
+                task: tokio::spawn(watch_pool(
                     self.plane.clone(),
                     pool.clone(),
                     scrape,
                     interval,
-                )));
-            }
+                )),
+            });
+            tasks.insert(pool.name.clone(), watched);
         }
     }
 }
 
-impl Drop for Capacity {
+impl Drop for Watched {
     fn drop(&mut self) {
-        for t in self
-            .tasks
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
-            t.abort();
-        }
+        self.task.abort();
     }
 }
 

@@ -78,7 +78,10 @@ impl ControlPlane {
     /// New capacity weights and health for `pool`'s endpoints.
     pub fn set_weights(&self, pool: &str, weights: EndpointWeights) {
         let mut state = self.lock();
-        if state.weights.get(pool) == Some(&weights) {
+        // A task of a pool a reload just removed may report once more before it stops.
+        if state.weights.get(pool) == Some(&weights)
+            || !state.config.pools.iter().any(|p| p.name == pool)
+        {
             return;
         }
         state.weights.insert(pool.to_string(), weights);

@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -62,11 +62,18 @@ impl AggregatedDiscoveryService for Ads {
     }
 }
 
+/// Connections served at once (each Envoy holds one); past it, accepting waits for one to close.
+pub const MAX_CONNECTIONS: usize = 20_000;
+
 /// Serve ADS on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, plane: Arc<ControlPlane>) {
     let service = AggregatedDiscoveryServiceServer::new(Ads { plane })
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -87,6 +94,7 @@ pub async fn serve(listener: TcpListener, plane: Arc<ControlPlane>) {
             let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            drop(slot);
         });
     }
 }
