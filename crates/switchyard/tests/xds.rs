@@ -421,3 +421,33 @@ async fn envoys_keep_serving_through_a_control_plane_restart_and_resume() {
         assert_eq!(get(port, "/").await, 200);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_verifies_a_tls_pool_as_configured() {
+    use support::pki::{Ca, Leaf};
+    use support::tls_origin::TlsOrigin;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "upstream");
+    let server = ca.issue(
+        dir.path(),
+        "origin",
+        Leaf {
+            dns: &["origin.test"],
+            ..Leaf::default()
+        },
+    );
+    let origin = TlsOrigin::start(&server, None);
+    let ca_pem = ca.pem.display();
+    let yaml = format!(
+        "runtime: {{watch_config: false}}\nlisteners:\n  - name: gw\n    address: 127.0.0.1:0\nroutes:\n  - name: good\n    match: {{path_prefix: /good}}\n    pool: good\n  - name: wrong\n    match: {{path_prefix: /}}\n    pool: wrong\npools:\n  - name: good\n    endpoints: [{o}]\n    tls: {{sni: origin.test, ca: '{ca_pem}'}}\n  - name: wrong\n    endpoints: [{o}]\n    tls: {{sni: other.test, ca: '{ca_pem}'}}\n",
+        o = origin.addr
+    );
+    let xds = Xds::start(dir.path(), &yaml);
+    let envoy = Envoy::start(dir.path(), xds.ads, "tls", Api::Delta).await;
+    let port = envoy.listener_port("gw").await;
+    assert_eq!(get(port, "/good").await, 200);
+    assert_eq!(origin.hits(), 1);
+    // The certificate does not carry the name the pool expects: Envoy refuses it.
+    assert_eq!(get(port, "/wrong").await, 503);
+    assert_eq!(origin.hits(), 1);
+}

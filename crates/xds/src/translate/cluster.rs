@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use envoy_types::pb::envoy::config::cluster::v3::{
     circuit_breakers::{thresholds::RetryBudget, Thresholds},
     cluster::{
-        ClusterDiscoveryType, CommonLbConfig, DiscoveryType, EdsClusterConfig, LbConfig, LbPolicy,
-        LeastRequestLbConfig, MaglevLbConfig, RingHashLbConfig, RoundRobinLbConfig,
-        SlowStartConfig,
+        common_lb_config::ConsistentHashingLbConfig, ClusterDiscoveryType, CommonLbConfig,
+        DiscoveryType, EdsClusterConfig, LbConfig, LbPolicy, LeastRequestLbConfig, MaglevLbConfig,
+        RingHashLbConfig, RoundRobinLbConfig, SlowStartConfig,
     },
     CircuitBreakers, Cluster, OutlierDetection,
 };
@@ -114,6 +114,23 @@ pub fn cluster(p: &Pool, budget: Option<&RetryBudgetConfig>, report: &mut Report
             "Envoy ramps weights only under ROUND_ROBIN and LEAST_REQUEST",
         );
     }
+    if let Some(tls) = &p.tls {
+        c.transport_socket = Some(super::upstream_tls::transport_socket(
+            tls, p.protocol, &at, report,
+        ));
+    }
+    // Both hashing balancers bound each endpoint's load to `load_factor` × the mean, as
+    // Envoy's hash_balance_factor does (in percent).
+    if let Balancer::RingHash { load_factor, .. } | Balancer::Maglev { load_factor, .. } =
+        &p.balancer
+    {
+        if let Some(common) = c.common_lb_config.as_mut() {
+            common.consistent_hashing_lb_config = Some(ConsistentHashingLbConfig {
+                hash_balance_factor: Some(u32_value((load_factor * 100.0).round() as u32)),
+                ..Default::default()
+            });
+        }
+    }
     c.lb_policy = policy as i32;
     c.lb_config = config;
     match p.protocol {
@@ -140,7 +157,7 @@ pub fn cluster(p: &Pool, budget: Option<&RetryBudgetConfig>, report: &mut Report
         }
         Protocol::Http3 => report.add(
             format!("{at}.protocol"),
-            "HTTP/3 upstreams need TLS settings this control plane does not translate; Envoy uses HTTP/1.1",
+            "Envoy's HTTP/3 upstream needs a QUIC transport socket, not translated; Envoy uses HTTP/1.1",
         ),
     }
     if p.protocol != Protocol::Http2 {
@@ -272,11 +289,6 @@ pub fn cluster(p: &Pool, budget: Option<&RetryBudgetConfig>, report: &mut Report
             "fairness",
             p.fairness.is_some(),
             "tenant-fair queueing is the gateway's own",
-        ),
-        (
-            "tls",
-            p.tls.is_some(),
-            "upstream TLS is not translated yet; Envoy connects in plaintext",
         ),
         (
             "proxy_protocol",

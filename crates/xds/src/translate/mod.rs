@@ -12,6 +12,7 @@ mod listener;
 mod route;
 #[cfg(test)]
 mod tests;
+mod upstream_tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
