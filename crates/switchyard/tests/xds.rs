@@ -451,3 +451,39 @@ async fn envoy_verifies_a_tls_pool_as_configured() {
     assert_eq!(get(port, "/wrong").await, 503);
     assert_eq!(origin.hits(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_listener_proxies_bytes_and_routes_by_sni_through_envoy() {
+    use support::tcp as up;
+    let echo = up::echo().await;
+    let named = up::tls_named("b.test").await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "runtime: {{watch_config: false}}\nlisteners:\n  - name: raw\n    address: 127.0.0.1:0\n    protocol: tcp\n    pool: echo\n    sni_routes: [{{match: {{sni: b.test}}, pool: b}}]\npools:\n  - name: echo\n    endpoints: ['{}']\n  - name: b\n    endpoints: ['{}']\n",
+        echo.addr, named.addr
+    );
+    let xds = Xds::start(dir.path(), &yaml);
+    let envoy = Envoy::start(dir.path(), xds.ads, "l4", Api::Sotw).await;
+    let port = envoy.listener_port("raw").await;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    // Not TLS: the default chain, bytes both ways.
+    let mut plain = up::connect(addr).await;
+    up::echo_once(&mut plain, b"hello envoy").await;
+    up::echo_once(&mut plain, b"and again").await;
+    drop(plain);
+    // A ClientHello naming b.test goes to pool b, unterminated: the upstream's own certificate.
+    let out = tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new("timeout")
+            .args(["30", "openssl", "s_client", "-connect"])
+            .arg(addr.to_string())
+            .args(["-servername", "b.test"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(out.contains("s:CN = b.test"), "{out}");
+    assert_eq!(named.accepted(), 1);
+}

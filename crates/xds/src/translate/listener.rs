@@ -17,21 +17,13 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     common_tls_context::ValidationContextType, CertificateValidationContext, CommonTlsContext,
     DownstreamTlsContext, TlsCertificate,
 };
-use switchyard_config::l4::ListenerProtocol;
 use switchyard_config::{EscapedSlashes, ForwardClientCert, Listener as Config};
 
 use super::{ads_source, any, bool_value, duration, socket_address, u32_value, Report};
 
-/// `None` for a listener Envoy is not given (reported).
-pub fn listener(l: &Config, report: &mut Report) -> Option<Listener> {
+/// An HTTP listener (a `protocol: tcp` one is [`super::tcp_listener`]'s).
+pub fn listener(l: &Config, report: &mut Report) -> Listener {
     let at = format!("listeners[{}]", l.name);
-    if l.protocol == ListenerProtocol::Tcp {
-        report.add(
-            &at,
-            "tcp listeners (SNI routes, PROXY protocol) are not translated; the listener is left out",
-        );
-        return None;
-    }
     if l.http3 {
         report.add(
             format!("{at}.http3"),
@@ -127,7 +119,7 @@ pub fn listener(l: &Config, report: &mut Report) -> Option<Listener> {
             config_type: Some(transport_socket::ConfigType::TypedConfig(any(&context))),
         }
     });
-    Some(Listener {
+    Listener {
         name: l.name.clone(),
         address: Some(socket_address(l.address)),
         filter_chains: vec![FilterChain {
@@ -139,5 +131,5 @@ pub fn listener(l: &Config, report: &mut Report) -> Option<Listener> {
             ..Default::default()
         }],
         ..Default::default()
-    })
+    }
 }

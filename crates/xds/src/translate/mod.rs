@@ -10,6 +10,7 @@ mod cluster;
 mod endpoint;
 mod listener;
 mod route;
+mod tcp_listener;
 #[cfg(test)]
 mod tests;
 mod upstream_tls;
@@ -25,6 +26,7 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::google::protobuf::{self as pb, Any};
 use prost::{Message, Name};
 use serde::Serialize;
+use switchyard_config::l4::ListenerProtocol;
 use switchyard_config::resilience::RetryBudgetConfig;
 use switchyard_config::Config;
 
@@ -65,9 +67,15 @@ pub fn translate(
     report_global(config, &mut report);
     let routes = route::route_configuration_parts(config, &mut report);
     for l in &config.listeners {
-        let Some(listener) = listener::listener(l, &mut report) else {
+        if l.protocol == ListenerProtocol::Tcp {
+            let listener = tcp_listener::listener(l, &mut report);
+            resources.push((
+                Kind::Listener,
+                Resource::new(Kind::Listener, &l.name, &listener),
+            ));
             continue;
-        };
+        }
+        let listener = listener::listener(l, &mut report);
         resources.push((
             Kind::Listener,
             Resource::new(Kind::Listener, &l.name, &listener),
