@@ -453,13 +453,13 @@ async fn envoy_verifies_a_tls_pool_as_configured() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tcp_listener_proxies_bytes_and_routes_by_sni_through_envoy() {
+async fn a_tcp_listener_proxies_bytes_with_a_proxy_header_and_routes_by_sni_through_envoy() {
     use support::tcp as up;
-    let echo = up::echo().await;
+    let (echo, mut headers) = up::proxy_v2_echo().await;
     let named = up::tls_named("b.test").await;
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!(
-        "runtime: {{watch_config: false}}\nlisteners:\n  - name: raw\n    address: 127.0.0.1:0\n    protocol: tcp\n    pool: echo\n    sni_routes: [{{match: {{sni: b.test}}, pool: b}}]\npools:\n  - name: echo\n    endpoints: ['{}']\n  - name: b\n    endpoints: ['{}']\n",
+        "runtime: {{watch_config: false}}\nlisteners:\n  - name: raw\n    address: 127.0.0.1:0\n    protocol: tcp\n    pool: echo\n    sni_routes: [{{match: {{sni: b.test}}, pool: b}}]\npools:\n  - name: echo\n    proxy_protocol: v2\n    endpoints: ['{}']\n  - name: b\n    endpoints: ['{}']\n",
         echo.addr, named.addr
     );
     let xds = Xds::start(dir.path(), &yaml);
@@ -470,6 +470,10 @@ async fn a_tcp_listener_proxies_bytes_and_routes_by_sni_through_envoy() {
     let mut plain = up::connect(addr).await;
     up::echo_once(&mut plain, b"hello envoy").await;
     up::echo_once(&mut plain, b"and again").await;
+    // The pool's PROXY v2 header carried the client's address.
+    let (source, destination) = headers.recv().await.unwrap().unwrap();
+    assert_eq!(source, plain.local_addr().unwrap());
+    assert_eq!(destination, addr);
     drop(plain);
     // A ClientHello naming b.test goes to pool b, unterminated: the upstream's own certificate.
     let out = tokio::task::spawn_blocking(move || {

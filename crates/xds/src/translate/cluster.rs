@@ -17,6 +17,11 @@ use envoy_types::pb::envoy::config::core::v3::{
     health_check::{self, GrpcHealthCheck, HttpHealthCheck, TcpHealthCheck},
     HealthCheck, Http2ProtocolOptions, HttpProtocolOptions as CoreHttpOptions, RuntimeDouble,
 };
+use envoy_types::pb::envoy::config::core::v3::{
+    proxy_protocol_config, transport_socket, ProxyProtocolConfig, TransportSocket,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
+use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options::{
         explicit_http_config::ProtocolConfig, ExplicitHttpConfig, UpstreamProtocolOptions,
@@ -118,6 +123,9 @@ pub fn cluster(p: &Pool, budget: Option<&RetryBudgetConfig>, report: &mut Report
         c.transport_socket = Some(super::upstream_tls::transport_socket(
             tls, p.protocol, &at, report,
         ));
+    }
+    if p.proxy_protocol.is_some() {
+        c.transport_socket = Some(proxy_protocol_v2(c.transport_socket.take()));
     }
     // Both hashing balancers bound each endpoint's load to `load_factor` × the mean, as
     // Envoy's hash_balance_factor does (in percent).
@@ -290,15 +298,32 @@ pub fn cluster(p: &Pool, budget: Option<&RetryBudgetConfig>, report: &mut Report
             p.fairness.is_some(),
             "tenant-fair queueing is the gateway's own",
         ),
-        (
-            "proxy_protocol",
-            p.proxy_protocol.is_some(),
-            "tcp listeners are not translated",
-        ),
     ] {
         if set {
             report.add(format!("{at}.{field}"), reason);
         }
     }
     c
+}
+
+/// The PROXY v2 header ahead of the connection's bytes (or its TLS), as the gateway sends it.
+fn proxy_protocol_v2(inner: Option<TransportSocket>) -> TransportSocket {
+    let inner = inner.unwrap_or_else(|| TransportSocket {
+        name: "envoy.transport_sockets.raw_buffer".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(
+            &RawBuffer::default(),
+        ))),
+    });
+    let outer = ProxyProtocolUpstreamTransport {
+        config: Some(ProxyProtocolConfig {
+            version: proxy_protocol_config::Version::V2 as i32,
+            ..Default::default()
+        }),
+        transport_socket: Some(inner),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.upstream_proxy_protocol".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(&outer))),
+    }
 }
