@@ -20,6 +20,7 @@ pub mod source;
 pub mod tls;
 pub mod trace;
 pub mod validate;
+pub mod xds;
 pub mod yaml;
 
 pub use backends::{Backend, Mirror, Rewrite, Sticky, Target};

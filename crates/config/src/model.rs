@@ -38,6 +38,9 @@ pub struct Config {
     /// OpenTelemetry tracing; absent means off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<crate::trace::Tracing>,
+    /// Settings of `switchyard xds` (the Envoy control plane); the gateway ignores them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xds: Option<crate::xds::Xds>,
 }
 
 /// The admin listener: metrics, readiness, and state for operators. Loopback by default because

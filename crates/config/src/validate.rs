@@ -59,6 +59,9 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
     for (path, msg) in config.tracing.iter().flat_map(|t| t.validate()) {
         c.error(path, msg);
     }
+    for (path, msg) in config.xds.iter().flat_map(|x| x.validate()) {
+        c.error(path, msg);
+    }
 
     c.unique(
         "listener",

@@ -5,6 +5,7 @@ mod demo;
 mod etcd_source;
 mod file_watch;
 mod run;
+mod xds;
 
 /// mimalloc's per-thread free lists suit a proxy's many short-lived, same-sized allocations
 /// (headers, bodies, futures) better than glibc's arenas, and return memory more evenly.
@@ -103,6 +104,18 @@ enum Command {
         #[arg(long, default_value_t = switchyard_epp::DEFAULT_MAX_MESSAGE_BYTES)]
         max_message_bytes: usize,
     },
+    /// Serve the config to Envoy over xDS (ADS: LDS, RDS, CDS, EDS; state of the world and
+    /// delta on one port), with capacity-aware endpoint weights for inference pools.
+    Xds {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// gRPC (h2c) listen address of the ADS server.
+        #[arg(long, default_value = "127.0.0.1:18000")]
+        listen: std::net::SocketAddr,
+        /// Admin HTTP address: /xds/report, /xds/nodes, /xds/weights, /metrics, /ready.
+        #[arg(long, default_value = "127.0.0.1:9903")]
+        admin: std::net::SocketAddr,
+    },
     /// Run a fleet of simulated OpenAI-compatible model servers.
     Sim(switchyard_sim::SimArgs),
     /// Drive load at an OpenAI-compatible endpoint and report TTFT/ITL/goodput.
@@ -148,6 +161,11 @@ fn main() -> ExitCode {
                     }),
             ),
         },
+        Command::Xds {
+            config,
+            listen,
+            admin,
+        } => xds::run(config, listen, admin),
         Command::Sim(args) => report(switchyard_sim::main(args)),
         Command::Bench(args) => report(switchyard_bench::main(*args)),
         Command::Top(args) => report(switchyard_viz::top(args)),

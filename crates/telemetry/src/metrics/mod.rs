@@ -13,10 +13,12 @@ use prometheus_client::registry::Registry;
 mod config_source;
 mod labels;
 mod tcp;
+mod xds;
 
 pub use config_source::{ConfigSourceMetrics, SourceReasonLabels};
 pub use labels::*;
 pub use tcp::{EndpointDirectionLabels, ListenerDirectionLabels, TcpMetrics};
+pub use xds::{NodeLabels, NodeTypeLabels, NodeVersionLabels, ReloadLabels, XdsMetrics};
 
 /// Handles to all gateway metrics plus the registry that encodes them.
 #[derive(Debug)]
