@@ -55,3 +55,72 @@ pub enum LocalityMode {
     /// Ignore zones and regions; `priority` levels still order failover.
     Priority,
 }
+
+impl PoolLocality {
+    /// Problems as (key path relative to the pool, message).
+    pub fn validate(&self, pool: &crate::model::Pool) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if !(self.spill_at > 0.0 && self.spill_at <= 1.0) {
+            problems.push((
+                "locality.spill_at".into(),
+                format!("must be in (0, 1], not {}", self.spill_at),
+            ));
+        }
+        // These pickers hold per-endpoint tables built for the whole pool (a hash ring, the
+        // scraped signals and prefix index); they cannot pick within a tier.
+        let kind = pool.balancer.kind();
+        if matches!(kind, "ring_hash" | "maglev" | "inference") {
+            problems.push((
+                "locality".into(),
+                format!(
+                    "not supported with the `{kind}` balancer yet; use `priority` levels \
+                     through another balancer, or route zones to separate pools"
+                ),
+            ));
+        }
+        for (j, e) in pool.endpoints.iter().enumerate() {
+            if e.capacity == Some(0) {
+                problems.push((
+                    format!("endpoints[{j}].capacity"),
+                    "must be at least 1".into(),
+                ));
+            }
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    fn errors(pool_extra: &str) -> String {
+        let yaml = format!(
+            "pools:\n  - name: p\n    endpoints:\n      - {{address: 127.0.0.1:1, zone: a, capacity: 0}}\n{pool_extra}"
+        );
+        crate::parse(&yaml, Path::new("c.yaml"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn checks_spill_at_capacity_and_balancer() {
+        let e = errors("    locality: {spill_at: 1.5}\n");
+        assert!(
+            e.contains("pools[0].locality.spill_at: must be in (0, 1]"),
+            "{e}"
+        );
+        assert!(
+            e.contains("pools[0].endpoints[0].capacity: must be at least 1"),
+            "{e}"
+        );
+        let e = errors("    balancer: ring_hash\n    locality: {}\n");
+        assert!(
+            e.contains("not supported with the `ring_hash` balancer"),
+            "{e}"
+        );
+        let e = errors("    locality: {mode: nearest}\n");
+        assert!(e.contains("prefer_local"), "{e}");
+    }
+}

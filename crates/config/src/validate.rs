@@ -209,6 +209,9 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
         for (rel, msg) in health_problems.into_iter().flatten().flatten() {
             c.error(format!("pools[{i}].{rel}"), msg);
         }
+        for (rel, msg) in p.locality.iter().flat_map(|l| l.validate(p)) {
+            c.error(format!("pools[{i}].{rel}"), msg);
+        }
         for (rel, msg) in p.tls.iter().flat_map(|t| t.validate_for(p.protocol)) {
             c.error(format!("pools[{i}].tls.{rel}"), msg);
         }

@@ -43,6 +43,12 @@ struct ReplicaArgs {
     /// Admin listen address (overrides `admin.address`).
     #[arg(long)]
     admin: Option<std::net::SocketAddr>,
+    /// This replica's zone (overrides `runtime.locality.zone`).
+    #[arg(long, env = "SWITCHYARD_ZONE")]
+    zone: Option<String>,
+    /// This replica's region (overrides `runtime.locality.region`).
+    #[arg(long, env = "SWITCHYARD_REGION")]
+    region: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -228,7 +234,11 @@ fn main() -> ExitCode {
 
 impl ReplicaArgs {
     fn overrides(self) -> run::Overrides {
-        run::Overrides { admin: self.admin }
+        run::Overrides {
+            admin: self.admin,
+            zone: self.zone,
+            region: self.region,
+        }
     }
 }
 

@@ -56,12 +56,23 @@ pub fn run(path: PathBuf, overrides: Overrides) -> ExitCode {
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub admin: Option<std::net::SocketAddr>,
+    pub zone: Option<String>,
+    pub region: Option<String>,
 }
 
 impl Overrides {
     pub fn apply(&self, config: &mut Config) {
         if let Some(admin) = self.admin {
             config.admin.address = admin;
+        }
+        if self.zone.is_some() || self.region.is_some() {
+            let here = config.runtime.locality.get_or_insert_with(Default::default);
+            if let Some(zone) = &self.zone {
+                here.zone = Some(zone.clone());
+            }
+            if let Some(region) = &self.region {
+                here.region = Some(region.clone());
+            }
         }
     }
 }
