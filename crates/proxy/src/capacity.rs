@@ -11,9 +11,6 @@
 //! own `weighted_least_utilization` pools send), and `GET /capacity` on the admin API for a
 //! parent that polls.
 
-use std::sync::Mutex;
-use std::time::Instant;
-
 use http::{HeaderName, HeaderValue};
 use serde::Serialize;
 
@@ -36,26 +33,6 @@ pub struct PoolCapacity {
     pub utilization: Option<f64>,
     /// Attempts per second sent to the pool, over the last measured window.
     pub rps: f64,
-}
-
-/// Attempts per second, measured between two reads at least a second apart.
-#[derive(Debug)]
-pub struct RateMeter(Mutex<(Instant, u64, f64)>);
-
-impl RateMeter {
-    pub fn new(count: u64) -> Self {
-        Self(Mutex::new((Instant::now(), count, 0.0)))
-    }
-
-    fn rate(&self, count: u64) -> f64 {
-        let Ok(mut m) = self.0.lock() else { return 0.0 };
-        let elapsed = m.0.elapsed().as_secs_f64();
-        if elapsed >= 1.0 {
-            m.2 = count.saturating_sub(m.1) as f64 / elapsed;
-            *m = (Instant::now(), count, m.2);
-        }
-        m.2
-    }
 }
 
 /// Attempts sent to the pool so far.
@@ -114,19 +91,4 @@ pub fn load_report(pool: &PoolEntry) -> Option<HeaderValue> {
         c.rps.max(1.0)
     );
     HeaderValue::from_str(&text).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_rate_is_measured_over_a_window_of_a_second_or_more() {
-        let meter = RateMeter::new(10);
-        assert_eq!(meter.rate(50), 0.0, "no window has passed");
-        *meter.0.lock().unwrap() = (Instant::now() - std::time::Duration::from_secs(2), 10, 0.0);
-        let r = meter.rate(50);
-        assert!((19.0..=20.0).contains(&r), "{r}");
-        assert_eq!(meter.rate(60), r, "kept until the next window");
-    }
 }
