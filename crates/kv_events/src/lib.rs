@@ -15,10 +15,17 @@ pub mod decode;
 pub mod encode;
 pub mod event;
 pub mod msgpack;
+pub mod publisher;
+pub mod subscriber;
+pub mod zmtp;
 
 pub use decode::{decode_batch, DecodeError};
 pub use encode::encode_batch;
-pub use event::{engine_hash_of_bytes, is_gpu, BlockStored, EngineHash, EventBatch, KvEvent, Shape};
+pub use event::{
+    engine_hash_of_bytes, is_gpu, BlockStored, EngineHash, EventBatch, KvEvent, Shape,
+};
+pub use publisher::{Publisher, PublisherConfig};
+pub use subscriber::{Sink, SubscriberConfig};
 
 #[cfg(test)]
 mod decode_tests;
