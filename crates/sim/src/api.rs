@@ -74,6 +74,16 @@ async fn route(inc: &Incarnation, req: Request<Incoming>) -> Response<SimBody> {
             )
         }
         (Method::GET, "/sim/info") => json(StatusCode::OK, &info(inc)),
+        // vLLM's endpoint of the same name: drop every cached prefix (AllBlocksCleared).
+        (Method::POST, "/reset_prefix_cache") => match inc.engine.reset_prefix_cache() {
+            Ok(()) => full(StatusCode::OK, "text/plain", Bytes::new()),
+            Err(()) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The engine is not running.",
+                None,
+                None,
+            ),
+        },
         (Method::GET | Method::POST | Method::DELETE, "/sim/faults") => faults(inc, req).await,
         (
             _,
@@ -83,7 +93,8 @@ async fn route(inc: &Incarnation, req: Request<Incoming>) -> Response<SimBody> {
             | "/health"
             | "/metrics"
             | "/sim/faults"
-            | "/sim/info",
+            | "/sim/info"
+            | "/reset_prefix_cache",
         ) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "Method Not Allowed",
@@ -142,6 +153,11 @@ fn info(inc: &Incarnation) -> serde_json::Value {
         "max_num_batched_tokens": r.cfg.max_num_batched_tokens,
         "num_gpu_blocks": r.profile.num_gpu_blocks,
         "max_model_len": r.max_model_len,
+        "kv_events": r.kv_events.as_ref().map(|k| serde_json::json!({
+            "events": format!("tcp://{}", k.events),
+            "replay": format!("tcp://{}", k.replay),
+            "subscribers": inc.kv_publisher.as_ref().map_or(0, |p| p.subscribers()),
+        })),
     })
 }
 
