@@ -498,6 +498,11 @@ pub struct EndpointSpec {
     pub zone: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// This endpoint's KV-event PUB and replay sockets (`crate::kv_events`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_events: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_replay: Option<SocketAddr>,
 }
 
 #[derive(Deserialize)]
@@ -510,6 +515,10 @@ struct EndpointMap {
     zone: Option<String>,
     #[serde(default)]
     region: Option<String>,
+    #[serde(default, deserialize_with = "crate::kv_events::endpoint_socket")]
+    kv_events: Option<SocketAddr>,
+    #[serde(default, deserialize_with = "crate::kv_events::endpoint_socket")]
+    kv_replay: Option<SocketAddr>,
 }
 
 fn default_weight() -> u32 {
@@ -523,7 +532,7 @@ impl<'de> Deserialize<'de> for EndpointSpec {
             type Value = EndpointSpec;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str(
-                    "an `IP:PORT` string or a map with `address`, `weight`, `zone`, `region`",
+                    "an `IP:PORT` string or a map with `address`, `weight`, `zone`, `region`, `kv_events`, `kv_replay`",
                 )
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<EndpointSpec, E> {
@@ -535,6 +544,8 @@ impl<'de> Deserialize<'de> for EndpointSpec {
                     weight: 1,
                     zone: None,
                     region: None,
+                    kv_events: None,
+                    kv_replay: None,
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<EndpointSpec, A::Error> {
@@ -544,6 +555,8 @@ impl<'de> Deserialize<'de> for EndpointSpec {
                     weight: m.weight,
                     zone: m.zone,
                     region: m.region,
+                    kv_events: m.kv_events,
+                    kv_replay: m.kv_replay,
                 })
             }
         }
