@@ -20,6 +20,7 @@
 // The request path never panics on a missing value: it answers or fails the request.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod kv_index;
 pub mod model_rewrite;
 pub mod picker;
 pub mod prefix_index;

@@ -131,7 +131,7 @@ impl KvCache {
                 parent_block_hash: first.checked_sub(1).map(|p| name(hashes[p])),
                 token_ids: tokens[first * BLOCK_SIZE..(last + 1) * BLOCK_SIZE].to_vec(),
                 block_size: BLOCK_SIZE,
-                lora_id: lora.map(i64::from),
+                lora_id: lora.map(|a| i64::from(a) + 1),
                 lora_name: None,
                 medium: Some("GPU".into()),
             }));
