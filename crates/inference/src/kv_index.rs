@@ -276,9 +276,9 @@ impl Inner {
             Some(h) => ep.by_engine.get(&h).copied(),
         };
         let base_model = s.lora_id.is_none() && s.lora_name.is_none();
-        let Some(mut prev) = prev.filter(|_| {
-            s.block_size == block_size && is_gpu(s.medium.as_deref()) && base_model
-        }) else {
+        let Some(mut prev) = prev
+            .filter(|_| s.block_size == block_size && is_gpu(s.medium.as_deref()) && base_model)
+        else {
             ep.status.skipped += 1;
             return;
         };

@@ -46,6 +46,8 @@ pub trait Sink: Send {
     fn apply(&mut self, seq: u64, batch: EventBatch);
     /// Messages `from..to` are gone for good (not replayable, or undecodable).
     fn lost(&mut self, from: u64, to: u64, why: &str);
+    /// The connection is gone (the engine may be restarting); [`Sink::reset`] follows a new one.
+    fn disconnected(&mut self) {}
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
@@ -90,6 +92,7 @@ pub async fn run(cfg: SubscriberConfig, sink: &mut dyn Sink, cancel: Cancellatio
             _ = cancel.cancelled() => return,
             e = feed.follow(&mut r, &mut w, sink) => e,
         };
+        sink.disconnected();
         tracing::info!(endpoint = %cfg.endpoint, error = %e, "kv events: connection lost; reconnecting");
     }
 }
