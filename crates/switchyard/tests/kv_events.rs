@@ -1,0 +1,136 @@
+//! Precise prefix routing end to end: simulated replicas publish their KV-cache events (with
+//! messages dropped on the way, so gaps are replayed), the gateway subscribes per endpoint, and
+//! a request goes to the replica that really holds its prefix, even one the gateway never sent
+//! it to; a restarted replica's entries are dropped.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use support::client::{self, send, TestClient};
+use support::fleet::{pools, MODEL};
+use support::{eventually, Gateway};
+use switchyard_sim::config::KvEventsConfig;
+use switchyard_sim::{start_fleet, Fleet, FleetConfig, ReplicaConfig};
+
+async fn kv_fleet(n: usize, loss: f64) -> Fleet {
+    start_fleet(FleetConfig {
+        model: MODEL.into(),
+        replicas: vec![ReplicaConfig {
+            count: n,
+            speed: 20.0,
+            ..ReplicaConfig::default()
+        }],
+        kv_events: Some(KvEventsConfig {
+            shape: "map".into(),
+            loss,
+            ..KvEventsConfig::default()
+        }),
+        ..FleetConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn kv_config(fleet: &Fleet) -> String {
+    let endpoints: String = fleet
+        .addresses()
+        .iter()
+        .zip(fleet.kv_event_addresses())
+        .map(|(a, (events, replay))| {
+            format!(
+                "      - {{ address: {a}, kv_events: \"tcp://{events}\", kv_replay: \"tcp://{replay}\" }}\n"
+            )
+        })
+        .collect();
+    format!(
+        "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: false}}\nlisteners:\n  - {{name: public, address: 127.0.0.1:0, trusted_headers: [debug]}}\nroutes:\n  - name: r\n    match: {{path_prefix: /}}\n    pool: p\npools:\n  - name: p\n    endpoints:\n{endpoints}    balancer: {{ kind: inference, scrape_interval: 20ms, kv_events: {{}} }}\n"
+    )
+}
+
+fn kv_status(gw: &Gateway, i: usize) -> serde_json::Value {
+    pools(gw)["pools"][0]["endpoints"][i]["inference"]["kv_events"].clone()
+}
+
+async fn complete(
+    c: &TestClient,
+    url: &str,
+    prompt: &str,
+) -> (http::HeaderMap, serde_json::Value) {
+    let body = serde_json::json!({"model": MODEL, "prompt": prompt, "max_tokens": 2});
+    let req = http::Request::post(url)
+        .header("content-type", "application/json")
+        .header("x-switchyard-debug", "1")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let (status, headers, body) = send(c, req).await;
+    assert_eq!(status, 200, "{body:?}");
+    (headers, serde_json::from_slice(&body).unwrap())
+}
+
+fn direct(addr: SocketAddr) -> String {
+    format!("http://{addr}/v1/completions")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_follow_the_replicas_real_caches_through_loss_and_restarts() {
+    // A third of the event messages are dropped on the PUB side; only replay recovers them.
+    let fleet = kv_fleet(4, 0.3).await;
+    let gw = Gateway::start(&kv_config(&fleet));
+    let c = client::http1();
+    eventually("every endpoint subscribed", || {
+        (0..4).all(|i| kv_status(&gw, i)["fresh"] == true)
+    })
+    .await;
+
+    // Warm replica 2 directly, behind the gateway's back: only its events can tell.
+    let prompt = "Route this railway timetable question to the right desk. ".repeat(12);
+    let blocks = switchyard_sim::tokenizer::tokenize(&prompt).len() / 16;
+    let target = fleet.addresses()[2];
+    complete(&c, &direct(target), &prompt).await;
+    // A lost batch shows as a gap only when a later one arrives: keep the replica publishing
+    // (distinct prompts, each storing blocks) until the gateway holds the prompt's blocks.
+    for i in 0..200 {
+        if kv_status(&gw, 2)["blocks"].as_u64().unwrap() >= blocks as u64 {
+            break;
+        }
+        assert!(i < 199, "blocks never arrived: {}", kv_status(&gw, 2));
+        let filler = format!("{i} filler text that stores a block or two of its own. ").repeat(3);
+        complete(&c, &direct(target), &filler).await;
+    }
+    assert_eq!(kv_status(&gw, 2)["lost"], 0, "gaps were replayed, not lost");
+
+    // Through the gateway, the prompt goes to replica 2 and is served from its cache.
+    let (headers, body) = complete(&c, &gw.url("/v1/completions"), &prompt).await;
+    let pick = headers["x-switchyard-pick"].to_str().unwrap().to_string();
+    assert!(pick.starts_with("2="), "{pick}");
+    assert!(pick.contains("prefix=1.00"), "{pick}");
+    let cached = body["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(cached >= 16 * (blocks as u64 - 1), "{body}");
+
+    // Replica 2 restarts with an empty cache: the gateway drops its entries, though it has
+    // just sent the prompt there itself (the approximate index still says so).
+    let resets = kv_status(&gw, 2)["resets"].as_u64().unwrap();
+    let crash = serde_json::json!({"crash_for_ms": 100}).to_string();
+    let req = http::Request::post(format!("http://{target}/sim/faults"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(crash)))
+        .unwrap();
+    assert_eq!(send(&c, req).await.0, 200);
+    eventually("the restarted replica's entries dropped", || {
+        let s = kv_status(&gw, 2);
+        s["resets"].as_u64().unwrap() > resets && s["fresh"] == true && s["blocks"] == 0
+    })
+    .await;
+    eventually("the restarted replica serves again", || {
+        pools(&gw)["pools"][0]["endpoints"][2]["available"] == true
+    })
+    .await;
+    let (headers, _) = complete(&c, &gw.url("/v1/completions"), &prompt).await;
+    let pick = headers["x-switchyard-pick"].to_str().unwrap().to_string();
+    assert!(!pick.contains("prefix=1.00"), "stale hit claimed: {pick}");
+}
