@@ -54,11 +54,7 @@ fn kv_status(gw: &Gateway, i: usize) -> serde_json::Value {
     pools(gw)["pools"][0]["endpoints"][i]["inference"]["kv_events"].clone()
 }
 
-async fn complete(
-    c: &TestClient,
-    url: &str,
-    prompt: &str,
-) -> (http::HeaderMap, serde_json::Value) {
+async fn complete(c: &TestClient, url: &str, prompt: &str) -> (http::HeaderMap, serde_json::Value) {
     let body = serde_json::json!({"model": MODEL, "prompt": prompt, "max_tokens": 2});
     let req = http::Request::post(url)
         .header("content-type", "application/json")
