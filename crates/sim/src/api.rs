@@ -55,10 +55,10 @@ async fn route(inc: &Incarnation, req: Request<Incoming>) -> Response<SimBody> {
     let path = req.uri().path().to_string();
     match (req.method().clone(), path.as_str()) {
         (Method::POST, "/v1/chat/completions") => {
-            crate::openai::serve(inc, req, ApiKind::Chat).await
+            served_by(inc, crate::openai::serve(inc, req, ApiKind::Chat).await)
         }
         (Method::POST, "/v1/completions") => {
-            crate::openai::serve(inc, req, ApiKind::Completion).await
+            served_by(inc, crate::openai::serve(inc, req, ApiKind::Completion).await)
         }
         (Method::GET, "/v1/models") => json(StatusCode::OK, &models(inc)),
         (Method::GET, "/health") => full(StatusCode::OK, "text/plain", Bytes::new()),
@@ -108,6 +108,14 @@ async fn route(inc: &Incarnation, req: Request<Incoming>) -> Response<SimBody> {
             None,
         ),
     }
+}
+
+/// Names the replica that served an answer (`x-sim-replica: INDEX`), so benchmarks behind a
+/// router can check its picks against the replica's true cache.
+fn served_by(inc: &Incarnation, mut resp: Response<SimBody>) -> Response<SimBody> {
+    resp.headers_mut()
+        .insert("x-sim-replica", http::HeaderValue::from(inc.replica.index));
+    resp
 }
 
 fn unix_now() -> u64 {
