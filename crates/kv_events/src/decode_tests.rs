@@ -177,3 +177,13 @@ proptest! {
         let _ = decode_batch(&noise);
     }
 }
+
+/// The fuzz target's seeds are real frames of both shapes.
+#[test]
+fn fuzz_seeds_decode() {
+    let array = decode_batch(include_bytes!("../../../fuzz/corpus/kv_event_batch/array")).unwrap();
+    assert_eq!(array.events.len(), 3);
+    assert_eq!(array.events[2], KvEvent::AllBlocksCleared);
+    let map = decode_batch(include_bytes!("../../../fuzz/corpus/kv_event_batch/map")).unwrap();
+    assert!(matches!(&map.events[0], KvEvent::BlockStored(s) if s.token_ids == [1, 2, 3, 4]));
+}
