@@ -16,8 +16,17 @@
 //! unknown (skipped: its chain cannot be keyed), an endpoint over its block bound. An endpoint
 //! that lost messages for good is *stale* for `stale_for`: the picker scores it from the
 //! approximate index meanwhile, while new events rebuild its entries.
+//!
+//! Events arrive after the fact: a block is stored once its prefill is done, which under load is
+//! seconds after the pick that sent it. Scored on stored blocks alone, every request sharing a
+//! prefix that arrives meanwhile sees no holder and is spread by load, so the prefix is
+//! prefilled on every replica (measured: the prefix hit rate halved on an overloaded fleet). So
+//! a pick also records its blocks as *pending* on its endpoint, counted as held until the
+//! engine's `BlockStored` confirms them or [`PENDING_FOR`] passes; a removal, a clear or a
+//! reconnection drops them too. Pending entries are this gateway's own picks; stored ones are
+//! what every gateway subscribed to the same engines holds alike.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -31,6 +40,11 @@ type Map<V> = HashMap<u64, V, BuildHasherDefault<MulHasher>>;
 /// Most blocks kept per endpoint: a real engine's GPU cache holds a few hundred thousand at
 /// most (an H100's 8B model: ~30k); past this an engine is misbehaving and is dropped.
 pub const MAX_BLOCKS_PER_ENDPOINT: usize = 1 << 18;
+
+/// How long a pick's blocks count as held before the engine confirms them.
+pub const PENDING_FOR: Duration = Duration::from_secs(10);
+/// Most pending (block, endpoint) entries kept; the oldest go first.
+pub const MAX_PENDING: usize = 1 << 16;
 
 /// The gateway's key chain over full blocks of `block_size` tokens, seeded by `seed` (0 for the
 /// base model).
@@ -99,6 +113,10 @@ struct Inner {
     /// our key → endpoints holding it
     blocks: Map<Vec<u32>>,
     endpoints: Vec<Endpoint>,
+    /// our key → (endpoint, until) for blocks sent there and not yet confirmed
+    pending: Map<Vec<(u32, Instant)>>,
+    /// pending entries in the order they were made, to expire and bound them
+    pending_order: VecDeque<(Instant, u64, u32)>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -185,6 +203,23 @@ impl KvIndex {
         }
     }
 
+    /// A request with `keys` was sent to `endpoint` at `now`: count its blocks as held there
+    /// until the engine confirms them or [`PENDING_FOR`] passes.
+    pub fn record_pending(&self, endpoint: usize, keys: &[u64], now: Instant) {
+        let mut inner = self.lock();
+        let until = now + PENDING_FOR;
+        let id = endpoint as u32;
+        for &k in keys {
+            let holders = inner.pending.entry(k).or_default();
+            match holders.iter_mut().find(|(e, _)| *e == id) {
+                Some(slot) => slot.1 = until,
+                None => holders.push((id, until)),
+            }
+            inner.pending_order.push_back((until, k, id));
+        }
+        inner.expire_pending(now);
+    }
+
     /// Whether `endpoint`'s entries can be trusted now.
     pub fn is_fresh(&self, endpoint: usize, now: Instant) -> bool {
         self.lock()
@@ -205,11 +240,16 @@ impl KvIndex {
                 .map(|_| 0);
         }
         for (i, k) in keys.iter().enumerate() {
-            let Some(holders) = inner.blocks.get(k) else {
-                return;
-            };
+            let stored = inner.blocks.get(k).into_iter().flatten().copied();
+            let pending = inner
+                .pending
+                .get(k)
+                .into_iter()
+                .flatten()
+                .filter(|(_, until)| *until > now)
+                .map(|(e, _)| *e);
             let mut any = false;
-            for &e in holders {
+            for e in stored.chain(pending) {
                 if let Some(Some(run)) = out.get_mut(e as usize) {
                     if *run == i {
                         *run = i + 1;
@@ -251,6 +291,39 @@ impl Inner {
         for k in keys {
             self.drop_holder(k, endpoint as u32);
         }
+        let id = endpoint as u32;
+        self.pending.retain(|_, holders| {
+            holders.retain(|(e, _)| *e != id);
+            !holders.is_empty()
+        });
+    }
+
+    fn drop_pending(&mut self, key: u64, id: u32) {
+        if let Some(holders) = self.pending.get_mut(&key) {
+            holders.retain(|(e, _)| *e != id);
+            if holders.is_empty() {
+                self.pending.remove(&key);
+            }
+        }
+    }
+
+    /// Drops expired pending entries, and the oldest beyond [`MAX_PENDING`].
+    fn expire_pending(&mut self, now: Instant) {
+        while let Some(&(until, key, id)) = self.pending_order.front() {
+            if until > now && self.pending_order.len() <= MAX_PENDING {
+                break;
+            }
+            self.pending_order.pop_front();
+            // Only if this queue entry is the holder's latest (a re-record moved it on).
+            if let Some(holders) = self.pending.get_mut(&key) {
+                if let Some(p) = holders.iter().position(|&(e, u)| e == id && u == until) {
+                    holders.swap_remove(p);
+                }
+                if holders.is_empty() {
+                    self.pending.remove(&key);
+                }
+            }
+        }
     }
 
     fn drop_holder(&mut self, key: u64, id: u32) {
@@ -288,6 +361,7 @@ impl Inner {
             };
             let key = chain(prev, block);
             prev = key;
+            self.drop_pending(key, id);
             if let Some(old) = self.endpoints[endpoint].by_engine.insert(h, key) {
                 if old == key {
                     continue;
@@ -305,6 +379,7 @@ impl Inner {
         for h in hashes {
             if let Some(key) = self.endpoints[endpoint].by_engine.remove(h) {
                 self.drop_holder(key, endpoint as u32);
+                self.drop_pending(key, endpoint as u32);
             }
         }
     }

@@ -203,3 +203,35 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn picks_count_as_pending_until_confirmed_removed_or_expired() {
+    let idx = KvIndex::new(2, BS, Duration::from_secs(10));
+    idx.on_connect(0);
+    idx.on_connect(1);
+    let prompt: Vec<u32> = (0..8).collect();
+    let keys = token_block_keys(0, &prompt, BS);
+    let t = now();
+    idx.record_pending(1, &keys, t);
+    let mut out = [None; 2];
+    idx.matched_blocks_all(&keys, t, &mut out);
+    assert_eq!(out, [Some(0), Some(2)]);
+    // Expired: no longer claimed.
+    idx.matched_blocks_all(&keys, t + PENDING_FOR, &mut out);
+    assert_eq!(out, [Some(0), Some(0)]);
+    // Confirmed by the engine, then removed by it: the pending claim does not outlive either.
+    idx.record_pending(1, &keys, t);
+    let mut eng = Engine {
+        seed: 3,
+        cached: HashMap::new(),
+    };
+    idx.apply(1, &batch(vec![eng.store(&prompt)]));
+    idx.apply(1, &batch(vec![eng.remove(eng.name(keys[1]))]));
+    idx.matched_blocks_all(&keys, t, &mut out);
+    assert_eq!(out[1], Some(1));
+    // A reconnection drops pending claims with the rest.
+    idx.record_pending(0, &keys, t);
+    idx.on_connect(0);
+    idx.matched_blocks_all(&keys, t, &mut out);
+    assert_eq!(out[0], Some(0));
+}

@@ -403,6 +403,9 @@ impl InferencePicker {
             }
         }
         self.prefix.record(endpoint, req.block_hashes);
+        if let Some(kv) = &self.kv {
+            kv.record_pending(endpoint, req.token_blocks, Instant::now());
+        }
     }
 
     /// A response from `endpoint` carried an ORCA load report: its queue and KV figures become

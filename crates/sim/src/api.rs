@@ -57,9 +57,10 @@ async fn route(inc: &Incarnation, req: Request<Incoming>) -> Response<SimBody> {
         (Method::POST, "/v1/chat/completions") => {
             served_by(inc, crate::openai::serve(inc, req, ApiKind::Chat).await)
         }
-        (Method::POST, "/v1/completions") => {
-            served_by(inc, crate::openai::serve(inc, req, ApiKind::Completion).await)
-        }
+        (Method::POST, "/v1/completions") => served_by(
+            inc,
+            crate::openai::serve(inc, req, ApiKind::Completion).await,
+        ),
         (Method::GET, "/v1/models") => json(StatusCode::OK, &models(inc)),
         (Method::GET, "/health") => full(StatusCode::OK, "text/plain", Bytes::new()),
         (Method::GET, "/metrics") => {
