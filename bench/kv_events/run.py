@@ -115,9 +115,24 @@ def prefix_hit_rate(addrs):
     return hits / queries if queries else 0.0
 
 
-def ttft_row(d, fleet_name, mode, rate, seconds):
+def restarter(addrs, every, stop_event, seed=5):
+    """Crashes a replica (back after 300 ms) every `every` seconds until `stop_event`; the same
+    seed gives every row the same schedule."""
+    rng = random.Random(seed)
+    while not stop_event.wait(every):
+        victim = addrs[rng.randrange(len(addrs))]
+        req = urllib.request.Request(f"http://{victim}/sim/faults", method="POST", data=b'{"crash_for_ms": 300}',
+                                     headers={"content-type": "application/json"})
+        try:
+            urllib.request.urlopen(req, timeout=5).read()
+        except Exception:
+            pass
+
+
+def ttft_row(d, fleet_name, mode, rate, seconds, restart_every=0.0):
     fleet, addrs, kv = start_kv_fleet(d, fleet_name, 0.0)
     gws = []
+    stop_restarts = threading.Event()
     try:
         events = mode.startswith("events")
         for n in range(2 if mode.endswith("x2") else 1):
@@ -126,6 +141,8 @@ def ttft_row(d, fleet_name, mode, rate, seconds):
         for n in range(len(gws)):
             targets += ["--target", f"gw{n}=http://127.0.0.1:{PORTS[n][0]}"]
         out = os.path.join(d, "bench.json")
+        if restart_every:
+            threading.Thread(target=restarter, args=(addrs, restart_every, stop_restarts), daemon=True).start()
         subprocess.run(["taskset", "-c", "1", BIN, "bench", "--quiet", *targets, "--model", MODEL, *WORKLOAD,
                         "--rate", str(rate), "--duration", f"{seconds}s", "--seed", "11", "--timeout", "120s",
                         "--slo", "ttft=1s,tpot=50ms", "--out", out], check=True, stdout=subprocess.DEVNULL)
@@ -139,6 +156,7 @@ def ttft_row(d, fleet_name, mode, rate, seconds):
             "prefix_hit_rate": prefix_hit_rate(addrs),
         }
     finally:
+        stop_restarts.set()
         for g in gws:
             stop(g)
         stop(fleet)
@@ -232,6 +250,8 @@ def main():
     ap.add_argument("--loss", type=float, default=0.01)
     ap.add_argument("--restart-every", type=float, default=4.0)
     ap.add_argument("--correctness-rate", type=float, default=20)
+    ap.add_argument("--ttft-restart-every", type=float, default=0.0,
+                    help="also restart a replica every this many seconds in the ttft part")
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="sy-kv-")
     parts = args.part.split(",")
@@ -240,7 +260,7 @@ def main():
         for fleet in args.fleets.split(","):
             for rate in [float(r) for r in args.rates.split(",")]:
                 for mode in args.modes.split(","):
-                    res = ttft_row(d, fleet, mode, rate, args.seconds)
+                    res = ttft_row(d, fleet, mode, rate, args.seconds, args.ttft_restart_every)
                     rows.append({"fleet": fleet, "rate": rate, "mode": mode, **res})
                     print(f"{fleet} {rate} {mode}: {json.dumps(res)}", file=sys.stderr, flush=True)
         print("| fleet | rate (req/s) | routing | completed / failed | TTFT p50 / p99 (ms) | goodput | prefix hit rate |")
