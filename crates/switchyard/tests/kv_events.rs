@@ -1,7 +1,7 @@
 //! Precise prefix routing end to end: simulated replicas publish their KV-cache events (with
 //! messages dropped on the way, so gaps are replayed), the gateway subscribes per endpoint, and
 //! a request goes to the replica that really holds its prefix, even one the gateway never sent
-//! it to; a restarted replica's entries are dropped.
+//! it to; a cleared cache and a restarted replica's entries are dropped.
 
 mod support;
 
@@ -70,6 +70,20 @@ fn direct(addr: SocketAddr) -> String {
     format!("http://{addr}/v1/completions")
 }
 
+/// A lost batch shows as a gap only when a later one arrives: keep `target` publishing
+/// (distinct prompts, each storing blocks of its own) until `done`. Batches apply in order, so
+/// once one sent after an event is applied, that event is too.
+async fn publish_until(c: &TestClient, target: SocketAddr, what: &str, done: impl Fn() -> bool) {
+    for i in 0..200 {
+        if done() {
+            return;
+        }
+        let filler = format!("{i} filler text that stores a block or two of its own. ").repeat(3);
+        complete(c, &direct(target), &filler).await;
+    }
+    panic!("never happened: {what}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_follow_the_replicas_real_caches_through_loss_and_restarts() {
     // A third of the event messages are dropped on the PUB side; only replay recovers them.
@@ -86,16 +100,10 @@ async fn requests_follow_the_replicas_real_caches_through_loss_and_restarts() {
     let blocks = switchyard_sim::tokenizer::tokenize(&prompt).len() / 16;
     let target = fleet.addresses()[2];
     complete(&c, &direct(target), &prompt).await;
-    // A lost batch shows as a gap only when a later one arrives: keep the replica publishing
-    // (distinct prompts, each storing blocks) until the gateway holds the prompt's blocks.
-    for i in 0..200 {
-        if kv_status(&gw, 2)["blocks"].as_u64().unwrap() >= blocks as u64 {
-            break;
-        }
-        assert!(i < 199, "blocks never arrived: {}", kv_status(&gw, 2));
-        let filler = format!("{i} filler text that stores a block or two of its own. ").repeat(3);
-        complete(&c, &direct(target), &filler).await;
-    }
+    publish_until(&c, target, "the prompt's blocks indexed", || {
+        kv_status(&gw, 2)["blocks"].as_u64().unwrap() >= blocks as u64
+    })
+    .await;
     assert_eq!(kv_status(&gw, 2)["lost"], 0, "gaps were replayed, not lost");
 
     // Through the gateway, the prompt goes to replica 2 and is served from its cache.
@@ -107,6 +115,17 @@ async fn requests_follow_the_replicas_real_caches_through_loss_and_restarts() {
         .as_u64()
         .unwrap();
     assert!(cached >= 16 * (blocks as u64 - 1), "{body}");
+
+    // vLLM's /reset_prefix_cache on replica 2: its AllBlocksCleared drops the entries.
+    let resets = kv_status(&gw, 2)["resets"].as_u64().unwrap();
+    let req = http::Request::post(format!("http://{target}/reset_prefix_cache"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(&c, req).await.0, 200);
+    publish_until(&c, target, "AllBlocksCleared applied", || {
+        kv_status(&gw, 2)["resets"].as_u64().unwrap() > resets
+    })
+    .await;
 
     // Replica 2 restarts with an empty cache: the gateway drops its entries, though it has
     // just sent the prompt there itself (the approximate index still says so).
