@@ -72,7 +72,7 @@ pub async fn run(cfg: SubscriberConfig, sink: &mut dyn Sink, cancel: Cancellatio
                 continue;
             }
         };
-        backoff = FIRST_BACKOFF;
+        let connected_at = tokio::time::Instant::now();
         // Subscribe to every topic (ZMTP 3.0 form).
         if w.send(&[b"\x01"]).await.is_err() {
             continue;
@@ -94,6 +94,18 @@ pub async fn run(cfg: SubscriberConfig, sink: &mut dyn Sink, cancel: Cancellatio
         };
         sink.disconnected();
         tracing::info!(endpoint = %cfg.endpoint, error = %e, "kv events: connection lost; reconnecting");
+        // A publisher that accepts and then drops or garbles every connection is not hammered
+        // (each new connection replays its buffer): the backoff resets only after a connection
+        // that lasted.
+        if connected_at.elapsed() >= cfg.reconnect_max {
+            backoff = FIRST_BACKOFF;
+        } else {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(cfg.reconnect_max);
+        }
     }
 }
 
