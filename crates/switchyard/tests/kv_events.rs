@@ -149,3 +149,99 @@ async fn requests_follow_the_replicas_real_caches_through_loss_and_restarts() {
     let pick = headers["x-switchyard-pick"].to_str().unwrap().to_string();
     assert!(!pick.contains("prefix=1.00"), "stale hit claimed: {pick}");
 }
+
+const ZMQ_SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/interop/zmq_kv_events.py"
+);
+
+/// A line the child printed on stdout, read on a blocking thread.
+fn read_line(out: &mut std::io::BufReader<std::process::ChildStdout>) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    line.trim().to_string()
+}
+
+/// libzmq (pyzmq), shaped like vLLM's publisher: positional-array events with bytes hashes,
+/// the first batch only in the replay buffer. The gateway's SUB and DEALER talk to it, replay
+/// the gap, and route on what it stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_libzmq_publisher_shaped_like_vllm_feeds_the_index() {
+    let fleet = support::fleet::fleet(1).await;
+    let prompt = "Route this railway timetable question to the right desk. ".repeat(12);
+    let tokens = switchyard_sim::tokenizer::tokenize(&prompt);
+    let path = std::env::temp_dir().join(format!("kv-tokens-{}.json", std::process::id()));
+    std::fs::write(&path, serde_json::to_string(&tokens).unwrap()).unwrap();
+    let mut child = std::process::Command::new(support::python3())
+        .args([ZMQ_SCRIPT, "publish", path.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let _kill = support::Kill(child);
+    let line = read_line(&mut out);
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!((words[0], words[2]), ("pub", "replay"), "{line}");
+    let addr = fleet.addresses()[0];
+    let yaml = format!(
+        "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: false}}\nlisteners:\n  - {{name: public, address: 127.0.0.1:0, trusted_headers: [debug]}}\nroutes:\n  - name: r\n    match: {{path_prefix: /}}\n    pool: p\npools:\n  - name: p\n    endpoints:\n      - {{ address: {addr}, kv_events: \"{}\", kv_replay: \"{}\" }}\n    balancer: {{ kind: inference, kv_events: {{}} }}\n",
+        words[1], words[3]
+    );
+    let gw = Gateway::start(&yaml);
+    let blocks = tokens.len() / 16;
+    eventually("the replayed BlockStored applied", || {
+        kv_status(&gw, 0)["blocks"].as_u64() == Some(blocks as u64)
+    })
+    .await;
+    assert_eq!(kv_status(&gw, 0)["lost"], 0);
+    let c = client::http1();
+    let (headers, _) = complete(&c, &gw.url("/v1/completions"), &prompt).await;
+    let pick = headers["x-switchyard-pick"].to_str().unwrap().to_string();
+    assert!(pick.contains("prefix=1.00"), "{pick}");
+    let _ = std::fs::remove_file(&path);
+}
+
+/// The other way round: libzmq's SUB and DEALER against the simulator's PUB and ROUTER.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libzmq_subscribes_to_the_simulator() {
+    let fleet = kv_fleet(1, 0.0).await;
+    let (events, replay) = fleet.kv_event_addresses()[0];
+    let mut child = std::process::Command::new(support::python3())
+        .args([
+            ZMQ_SCRIPT,
+            "subscribe",
+            &format!("tcp://{events}"),
+            &format!("tcp://{replay}"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let _kill = support::Kill(child);
+    assert_eq!(read_line(&mut out), "subscribed");
+    let addr = fleet.addresses()[0];
+    let c = client::http1();
+    let info = || async {
+        let (_, _, body) = client::get(&c, &format!("http://{addr}/sim/info")).await;
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+    };
+    // Wait for the subscription to take effect (ZMQ's slow joiner), then store blocks.
+    for i in 0.. {
+        if info().await["kv_events"]["subscribers"] == 1 {
+            break;
+        }
+        assert!(i < 3000, "libzmq never subscribed");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let prompt = "A prompt long enough to fill a few blocks of the cache. ".repeat(6);
+    complete(&c, &direct(addr), &prompt).await;
+    let lines = tokio::task::spawn_blocking(move || {
+        (0..2).map(|_| read_line(&mut out)).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert_eq!(lines[0], "event BlockStored", "{lines:?}");
+    assert!(lines[1].starts_with("replayed "), "{lines:?}");
+    assert_ne!(lines[1], "replayed 0");
+}
