@@ -251,6 +251,37 @@ mod tests {
     }
 
     #[test]
+    fn kv_events_flags() {
+        assert_eq!(parse(&[]).unwrap().kv_events, None);
+        let cfg = parse(&[
+            "--kv-events",
+            "--kv-events-shape",
+            "map",
+            "--kv-events-loss",
+            "0.01",
+        ])
+        .unwrap();
+        let kv = cfg.kv_events.unwrap();
+        assert_eq!(
+            (kv.shape.as_str(), kv.loss, kv.replay_buffer),
+            ("map", 0.01, 10_000)
+        );
+        // Any kv-events flag turns publishing on.
+        assert!(parse(&["--kv-events-replay-buffer", "5"])
+            .unwrap()
+            .kv_events
+            .is_some());
+        assert!(parse(&["--kv-events", "--kv-events-shape", "tuple"]).is_err());
+        assert!(parse(&["--kv-events", "--kv-events-loss", "2"]).is_err());
+        let yaml = FleetConfig::from_yaml(
+            "kv_events: {shape: array, base_port: 7000}\nreplicas: [{count: 2}]\n",
+        )
+        .unwrap();
+        assert_eq!(yaml.kv_events.unwrap().base_port, 7000);
+        assert!(FleetConfig::from_yaml("kv_events: {shaep: map}\nreplicas: [{}]\n").is_err());
+    }
+
+    #[test]
     fn config_file_with_port_override() {
         let path =
             std::env::temp_dir().join(format!("switchyard-sim-test-{}.yaml", std::process::id()));
