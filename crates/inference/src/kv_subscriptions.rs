@@ -15,6 +15,8 @@ use crate::kv_index::KvIndex;
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest wait between reconnections to an engine that is down.
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
+/// A quiet stream asks for anything newer this often (a lost last message shows no gap).
+const IDLE_PROBE: Duration = Duration::from_secs(1);
 
 /// The running subscriptions of one pool; dropping it stops them.
 #[derive(Debug)]
@@ -43,6 +45,7 @@ pub fn spawn_kv_subscriptions(
             replay,
             timeout: TIMEOUT,
             reconnect_max: RECONNECT_MAX,
+            idle_probe: IDLE_PROBE,
         };
         let mut sink = IndexSink {
             index: index.clone(),

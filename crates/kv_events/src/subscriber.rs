@@ -7,6 +7,8 @@
 //!   high-water mark without telling anyone). They are asked for on the replay socket and
 //!   applied in order; what the engine no longer buffers is reported with [`Sink::lost`], so the
 //!   index can stop trusting what it holds for that engine rather than keep a removal it missed.
+//!   A lost *last* message leaves no gap to see, so a quiet stream is probed: after
+//!   `idle_probe` without a message the replay socket is asked for anything newer.
 //! * **Restarts**: a dropped connection may mean a new engine process with an empty cache and
 //!   seqs from 0 (vLLM's hashes are seeded per process, so old entries would never be removed).
 //!   Every new connection therefore starts with [`Sink::reset`] and a replay from seq 0, which
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::decode::decode_batch;
@@ -36,6 +39,9 @@ pub struct SubscriberConfig {
     pub timeout: Duration,
     /// Longest wait between reconnection attempts.
     pub reconnect_max: Duration,
+    /// After this long without a message, the replay socket is asked for anything after the
+    /// last one applied (a lost last message is otherwise noticed only when another arrives).
+    pub idle_probe: Duration,
 }
 
 /// What the feed tells its consumer.
@@ -60,7 +66,7 @@ pub async fn run(cfg: SubscriberConfig, sink: &mut dyn Sink, cancel: Cancellatio
             _ = cancel.cancelled() => return,
             c = connect(cfg.endpoint, SocketType::Sub, cfg.timeout) => c,
         };
-        let (mut r, mut w) = match conn {
+        let (r, mut w) = match conn {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(endpoint = %cfg.endpoint, error = %e, "kv events: connect failed");
@@ -85,12 +91,12 @@ pub async fn run(cfg: SubscriberConfig, sink: &mut dyn Sink, cancel: Cancellatio
         if cfg.replay.is_some() {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = feed.catch_up(0, None, sink) => {}
+                _ = feed.catch_up(0, None, sink, false) => {}
             }
         }
         let e = tokio::select! {
             _ = cancel.cancelled() => return,
-            e = feed.follow(&mut r, &mut w, sink) => e,
+            e = feed.follow(r, w, sink) => e,
         };
         sink.disconnected();
         tracing::info!(endpoint = %cfg.endpoint, error = %e, "kv events: connection lost; reconnecting");
@@ -128,27 +134,66 @@ struct Feed<'a> {
     expected: Option<u64>,
 }
 
+/// Reads messages on a task of its own (a ZMTP read is not cancel-safe, and the feed waits for
+/// messages with a timeout), answering commands such as PING there.
+fn read_messages(
+    mut r: ZmtpReader,
+    mut w: ZmtpWriter,
+) -> (
+    mpsc::Receiver<io::Result<Vec<Bytes>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = mpsc::channel(1024);
+    let task = tokio::spawn(async move {
+        loop {
+            let item = match r.recv().await {
+                Ok(Incoming::Message(parts)) => Ok(parts),
+                Ok(Incoming::Command { name, body }) => {
+                    match answer_command(&mut w, &name, &body).await {
+                        Ok(()) => continue,
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    (rx, task)
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn seq_of(b: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(b.try_into().ok()?))
 }
 
 impl Feed<'_> {
-    async fn follow(
-        &mut self,
-        r: &mut ZmtpReader,
-        w: &mut ZmtpWriter,
-        sink: &mut dyn Sink,
-    ) -> io::Error {
+    async fn follow(&mut self, r: ZmtpReader, w: ZmtpWriter, sink: &mut dyn Sink) -> io::Error {
+        let (mut messages, reader) = read_messages(r, w);
+        let _stop_reader = AbortOnDrop(reader);
         loop {
-            let parts = match r.recv().await {
-                Ok(Incoming::Message(parts)) => parts,
-                Ok(Incoming::Command { name, body }) => {
-                    if let Err(e) = answer_command(w, &name, &body).await {
-                        return e;
+            let parts = match tokio::time::timeout(self.cfg.idle_probe, messages.recv()).await {
+                Ok(Some(Ok(parts))) => parts,
+                Ok(Some(Err(e))) => return e,
+                Ok(None) => return io::ErrorKind::UnexpectedEof.into(),
+                // Nothing for a while: a lost *last* message shows no gap until the next one
+                // arrives, so ask the replay socket whether anything came after.
+                Err(_) => {
+                    if let Some(e) = self.expected.filter(|_| self.cfg.replay.is_some()) {
+                        self.catch_up(e, None, sink, true).await;
                     }
                     continue;
                 }
-                Err(e) => return e,
             };
             // [topic, seq, payload]; a message of another shape is not from a KV publisher.
             let (Some(seq), Some(payload)) = (
@@ -167,7 +212,7 @@ impl Feed<'_> {
                 Some(e) if seq < e => continue,
                 Some(e) if seq > e => {
                     if self.cfg.replay.is_some() {
-                        self.catch_up(e, Some(seq), sink).await;
+                        self.catch_up(e, Some(seq), sink, false).await;
                     }
                     if let Some(e) = self.expected.filter(|&e| e < seq) {
                         sink.lost(e, seq, "not in the engine's replay buffer");
@@ -192,7 +237,8 @@ impl Feed<'_> {
 
     /// Replays from `from` and applies, in order, what comes back below `until`. An empty
     /// buffer at the first catch-up means the engine has published nothing yet: seq 0 is next.
-    async fn catch_up(&mut self, from: u64, until: Option<u64>, sink: &mut dyn Sink) {
+    /// `quiet`: a failure is logged at debug level (the idle probe repeats every `idle_probe`).
+    async fn catch_up(&mut self, from: u64, until: Option<u64>, sink: &mut dyn Sink, quiet: bool) {
         let Some(addr) = self.cfg.replay else { return };
         let first = self.expected.is_none();
         let result = tokio::time::timeout(self.cfg.timeout, async {
@@ -229,6 +275,9 @@ impl Feed<'_> {
         match result {
             Ok(Ok(())) if first && self.expected.is_none() => self.expected = Some(0),
             Ok(Ok(())) => {}
+            Ok(Err(e)) if quiet => {
+                tracing::debug!(endpoint = %self.cfg.endpoint, replay = %addr, error = %e, "kv events: replay probe failed");
+            }
             Ok(Err(e)) => {
                 tracing::warn!(endpoint = %self.cfg.endpoint, replay = %addr, error = %e, "kv events: replay failed");
             }

@@ -73,6 +73,7 @@ fn sub_cfg(p: &Publisher, replay: bool) -> SubscriberConfig {
         replay: replay.then_some(p.replay_addr),
         timeout: Duration::from_secs(2),
         reconnect_max: Duration::from_millis(100),
+        idle_probe: Duration::from_millis(200),
     }
 }
 
@@ -179,4 +180,26 @@ async fn loss_beyond_the_replay_buffer_is_reported() {
     let s = seen.lock().unwrap();
     assert_eq!(s.applied, [0, 5, 6]);
     assert_eq!(s.lost, [(1, 5)]);
+}
+
+#[tokio::test]
+async fn a_lost_last_message_is_found_by_the_idle_probe() {
+    let cancel = CancellationToken::new();
+    let p = publisher(PublisherConfig::default(), &cancel).await;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let notify = Arc::new(Notify::new());
+    let mut sink = Recorder(seen.clone(), notify.clone());
+    let sub = tokio::spawn({
+        let (cancel, cfg) = (cancel.clone(), sub_cfg(&p, true));
+        async move { run(cfg, &mut sink, cancel).await }
+    });
+    wait_until(&seen, &notify, |s| s.resets == 1).await;
+    subscribed(&p).await;
+    // Dropped on the PUB side and nothing follows it: only the probe can find it.
+    p.set_loss(1.0);
+    p.publish(&batch());
+    wait_until(&seen, &notify, |s| s.applied == [0]).await;
+    cancel.cancel();
+    sub.await.unwrap();
+    assert!(seen.lock().unwrap().lost.is_empty());
 }

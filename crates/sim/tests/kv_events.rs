@@ -80,6 +80,7 @@ async fn published_events_follow_the_cache() {
         replay: Some(replay),
         timeout: Duration::from_secs(2),
         reconnect_max: Duration::from_millis(100),
+        idle_probe: Duration::from_millis(200),
     };
     let sub = tokio::spawn({
         let cancel = cancel.clone();

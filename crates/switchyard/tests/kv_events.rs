@@ -1,7 +1,8 @@
 //! Precise prefix routing end to end: simulated replicas publish their KV-cache events (with
 //! messages dropped on the way, so gaps are replayed), the gateway subscribes per endpoint, and
 //! a request goes to the replica that really holds its prefix, even one the gateway never sent
-//! it to; a cleared cache and a restarted replica's entries are dropped.
+//! it to; a cleared cache and a restarted replica's entries are dropped; a gateway started late
+//! holds what the first one holds.
 
 mod support;
 
@@ -70,9 +71,10 @@ fn direct(addr: SocketAddr) -> String {
     format!("http://{addr}/v1/completions")
 }
 
-/// A lost batch shows as a gap only when a later one arrives: keep `target` publishing
-/// (distinct prompts, each storing blocks of its own) until `done`. Batches apply in order, so
-/// once one sent after an event is applied, that event is too.
+/// A lost batch shows as a gap when a later one arrives (or at the subscriber's idle probe, a
+/// second later): keep `target` publishing (distinct prompts, each storing blocks of its own)
+/// until `done`. Batches apply in order, so once one sent after an event is applied, that event
+/// is too.
 async fn publish_until(c: &TestClient, target: SocketAddr, what: &str, done: impl Fn() -> bool) {
     for i in 0..200 {
         if done() {
@@ -148,6 +150,16 @@ async fn requests_follow_the_replicas_real_caches_through_loss_and_restarts() {
     let (headers, _) = complete(&c, &gw.url("/v1/completions"), &prompt).await;
     let pick = headers["x-switchyard-pick"].to_str().unwrap().to_string();
     assert!(!pick.contains("prefix=1.00"), "stale hit claimed: {pick}");
+
+    // A second gateway started now holds the same entries as the first (replayed on connect).
+    let gw2 = Gateway::start(&kv_config(&fleet));
+    eventually("two gateways hold the same index", || {
+        (0..4).all(|i| {
+            let (a, b) = (kv_status(&gw, i), kv_status(&gw2, i));
+            b["fresh"] == true && a["blocks"] == b["blocks"]
+        })
+    })
+    .await;
 }
 
 const ZMQ_SCRIPT: &str = concat!(
