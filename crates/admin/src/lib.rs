@@ -159,7 +159,20 @@ impl Admin {
             "/live" => text(StatusCode::OK, "live\n"),
             "/config" => {
                 let g = self.handle.load();
-                json(&serde_json::to_value(&*g.config).unwrap_or_default())
+                let mut config = serde_json::to_value(&*g.config).unwrap_or_default();
+                let source = self
+                    .handle
+                    .source
+                    .lock()
+                    .map(|s| s.clone())
+                    .unwrap_or_default();
+                if let Some(map) = config.as_object_mut() {
+                    map.insert(
+                        "source".into(),
+                        serde_json::to_value(source).unwrap_or_default(),
+                    );
+                }
+                json(&config)
             }
             "/pools" => json(&pools::pools(&self.handle)),
             "/rollouts" => {

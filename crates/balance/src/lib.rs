@@ -15,6 +15,7 @@ pub mod hash;
 pub mod head_latency;
 mod latency;
 pub mod least_request;
+pub mod locality;
 pub mod maglev;
 pub mod orca;
 pub mod peak_ewma;

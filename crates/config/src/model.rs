@@ -38,6 +38,9 @@ pub struct Config {
     /// OpenTelemetry tracing; absent means off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<crate::trace::Tracing>,
+    /// Settings of `switchyard xds` (the Envoy control plane); the gateway ignores them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xds: Option<crate::xds::Xds>,
 }
 
 /// The admin listener: metrics, readiness, and state for operators. Loopback by default because
@@ -100,6 +103,9 @@ pub struct Runtime {
     /// unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<std::path::PathBuf>,
+    /// Where this gateway runs, for pools with `locality`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<crate::locality::Locality>,
 }
 
 impl Default for Runtime {
@@ -109,6 +115,7 @@ impl Default for Runtime {
             drain_timeout: default_drain_timeout(),
             watch_config: true,
             state_dir: None,
+            locality: None,
         }
     }
 }
@@ -467,6 +474,9 @@ pub struct Pool {
     /// PROXY protocol header ahead of a tcp listener's bytes (opt-in: the endpoint must expect it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<crate::l4::ProxyProtocol>,
+    /// Prefer endpoints near the gateway (`runtime.locality`), spilling on capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<crate::locality::PoolLocality>,
 }
 
 fn default_connect_timeout() -> Duration {
@@ -498,11 +508,21 @@ pub struct EndpointSpec {
     pub zone: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// Failover order: lower levels take all traffic while they have room.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub priority: u32,
+    /// Concurrent requests this endpoint serves well, for `locality`'s spill decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u32>,
     /// This endpoint's KV-event PUB and replay sockets (`crate::kv_events`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kv_events: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kv_replay: Option<SocketAddr>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Deserialize)]
@@ -515,6 +535,10 @@ struct EndpointMap {
     zone: Option<String>,
     #[serde(default)]
     region: Option<String>,
+    #[serde(default)]
+    priority: u32,
+    #[serde(default)]
+    capacity: Option<u32>,
     #[serde(default, deserialize_with = "crate::kv_events::endpoint_socket")]
     kv_events: Option<SocketAddr>,
     #[serde(default, deserialize_with = "crate::kv_events::endpoint_socket")]
@@ -532,7 +556,8 @@ impl<'de> Deserialize<'de> for EndpointSpec {
             type Value = EndpointSpec;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str(
-                    "an `IP:PORT` string or a map with `address`, `weight`, `zone`, `region`, `kv_events`, `kv_replay`",
+                    "an `IP:PORT` string or a map with `address`, `weight`, `zone`, `region`, \
+                     `priority`, `capacity`, `kv_events`, `kv_replay`",
                 )
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<EndpointSpec, E> {
@@ -544,6 +569,8 @@ impl<'de> Deserialize<'de> for EndpointSpec {
                     weight: 1,
                     zone: None,
                     region: None,
+                    priority: 0,
+                    capacity: None,
                     kv_events: None,
                     kv_replay: None,
                 })
@@ -555,6 +582,8 @@ impl<'de> Deserialize<'de> for EndpointSpec {
                     weight: m.weight,
                     zone: m.zone,
                     region: m.region,
+                    priority: m.priority,
+                    capacity: m.capacity,
                     kv_events: m.kv_events,
                     kv_replay: m.kv_replay,
                 })

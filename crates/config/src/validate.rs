@@ -59,6 +59,9 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
     for (path, msg) in config.tracing.iter().flat_map(|t| t.validate()) {
         c.error(path, msg);
     }
+    for (path, msg) in config.xds.iter().flat_map(|x| x.validate()) {
+        c.error(path, msg);
+    }
 
     c.unique(
         "listener",
@@ -204,6 +207,9 @@ pub fn validate(config: &Config, file: &Path, locations: &Locations) -> Vec<Conf
             Some(crate::health::validate_panic_threshold(p.panic_threshold)),
         ];
         for (rel, msg) in health_problems.into_iter().flatten().flatten() {
+            c.error(format!("pools[{i}].{rel}"), msg);
+        }
+        for (rel, msg) in p.locality.iter().flat_map(|l| l.validate(p)) {
             c.error(format!("pools[{i}].{rel}"), msg);
         }
         for (rel, msg) in p.tls.iter().flat_map(|t| t.validate_for(p.protocol)) {

@@ -31,6 +31,8 @@ pub struct PoolEntry {
     /// Failing flags and outlier detection, fed by attempts and by finished streams.
     pub health: Arc<PassiveHealth>,
     pub(crate) overflow: prometheus_client::metrics::family::Family<PoolReasonLabels, Counter>,
+    /// Endpoints nearest first, for a pool with `locality` and more than one tier.
+    pub locality: Option<switchyard_balance::locality::Tiers>,
     /// The `inference` picker, for pools whose balancer is `inference`.
     pub inference: Option<Arc<switchyard_inference::InferencePicker>>,
     /// Attempts per endpoint (parallel to `endpoints`).
@@ -165,4 +167,30 @@ mod tests {
             "36 of 40 is below 95%"
         );
     }
+}
+
+/// The pool's locality tiers, when it asks for them and they differ.
+pub(crate) fn locality_tiers(
+    p: &switchyard_config::Pool,
+    here: Option<&switchyard_config::Locality>,
+    endpoints: &[switchyard_balance::Endpoint],
+) -> Option<switchyard_balance::locality::Tiers> {
+    use switchyard_balance::locality::{Here, Placement, Tiers};
+    let settings = p.locality.as_ref()?;
+    let placements: Vec<Placement> = p
+        .endpoints
+        .iter()
+        .map(|e| Placement {
+            priority: e.priority,
+            capacity: e.capacity,
+        })
+        .collect();
+    let here = match settings.mode {
+        switchyard_config::LocalityMode::PreferLocal => here.map(|l| Here {
+            region: l.region.clone(),
+            zone: l.zone.clone(),
+        }),
+        switchyard_config::LocalityMode::Priority => None,
+    };
+    Tiers::build(endpoints, &placements, here.as_ref(), settings.spill_at)
 }

@@ -2,8 +2,10 @@
 //! lives in the crates.
 
 mod demo;
+mod etcd_source;
 mod file_watch;
 mod run;
+mod xds;
 
 /// mimalloc's per-thread free lists suit a proxy's many short-lived, same-sized allocations
 /// (headers, bodies, futures) better than glibc's arenas, and return memory more evenly.
@@ -35,14 +37,56 @@ enum LogFormat {
     Json,
 }
 
+/// Settings that differ per replica of a fleet sharing one config; they override the config's.
+#[derive(clap::Args)]
+struct ReplicaArgs {
+    /// Admin listen address (overrides `admin.address`).
+    #[arg(long)]
+    admin: Option<std::net::SocketAddr>,
+    /// This replica's zone (overrides `runtime.locality.zone`).
+    #[arg(long, env = "SWITCHYARD_ZONE")]
+    zone: Option<String>,
+    /// This replica's region (overrides `runtime.locality.region`).
+    #[arg(long, env = "SWITCHYARD_REGION")]
+    region: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate FILE, then write it to etcd with a compare-and-swap on the key's revision.
+    Push {
+        file: PathBuf,
+        /// `etcd://HOST:PORT/KEY`
+        #[arg(long)]
+        to: String,
+        /// Refuse unless the config in etcd is at this revision (what your change was made
+        /// against).
+        #[arg(long)]
+        expect_revision: Option<i64>,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway.
     Run {
         /// Config file [default: ./switchyard.yaml]
-        #[arg(long, short)]
+        #[arg(long, short, conflicts_with = "config_source")]
         config: Option<PathBuf>,
+        /// Read the config from etcd and follow it: `etcd://HOST:PORT[,HOST:PORT]/KEY`, the
+        /// whole config in KEY or its parts in keys under `KEY/`.
+        #[arg(long)]
+        config_source: Option<String>,
+        /// With --config-source: where the last good config is kept, to start from when etcd is
+        /// down.
+        #[arg(long, requires = "config_source")]
+        config_cache: Option<PathBuf>,
+        #[command(flatten)]
+        replica: ReplicaArgs,
     },
+    /// Fleet config in etcd.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Validate a config file: exit 0 when valid, 1 when not.
     Check {
         #[arg(long, short)]
@@ -65,6 +109,18 @@ enum Command {
         /// Longer messages end the stream with RESOURCE_EXHAUSTED; longer bodies get 413.
         #[arg(long, default_value_t = switchyard_epp::DEFAULT_MAX_MESSAGE_BYTES)]
         max_message_bytes: usize,
+    },
+    /// Serve the config to Envoy over xDS (ADS: LDS, RDS, CDS, EDS; state of the world and
+    /// delta on one port), with capacity-aware endpoint weights for inference pools.
+    Xds {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// gRPC (h2c) listen address of the ADS server.
+        #[arg(long, default_value = "127.0.0.1:18000")]
+        listen: std::net::SocketAddr,
+        /// Admin HTTP address: /xds/report, /xds/nodes, /xds/weights, /metrics, /ready.
+        #[arg(long, default_value = "127.0.0.1:9903")]
+        admin: std::net::SocketAddr,
     },
     /// Run a fleet of simulated OpenAI-compatible model servers.
     Sim(switchyard_sim::SimArgs),
@@ -111,11 +167,58 @@ fn main() -> ExitCode {
                     }),
             ),
         },
+        Command::Xds {
+            config,
+            listen,
+            admin,
+        } => xds::run(config, listen, admin),
         Command::Sim(args) => report(switchyard_sim::main(args)),
         Command::Bench(args) => report(switchyard_bench::main(*args)),
         Command::Top(args) => report(switchyard_viz::top(args)),
         Command::Tap(args) => report(switchyard_viz::tap(args)),
-        Command::Run { config } => {
+        Command::Config(ConfigCommand::Push {
+            file,
+            to,
+            expect_revision,
+        }) => {
+            let push = async {
+                let url = switchyard_fleet::EtcdUrl::parse(&to).map_err(|e| e.to_string())?;
+                switchyard_fleet::push::push(&file, &url, expect_revision).await
+            };
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|rt| rt.block_on(push));
+            match result {
+                Ok(pushed) => {
+                    println!(
+                        "{}: written at revision {} (was {})",
+                        to, pushed.revision, pushed.previous
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Run {
+            config_source: Some(source),
+            config_cache,
+            replica,
+            ..
+        } => match switchyard_fleet::EtcdUrl::parse(&source) {
+            Ok(url) => etcd_source::run(url, config_cache, replica.overrides()),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Run {
+            config, replica, ..
+        } => {
             let path = config.unwrap_or_else(|| PathBuf::from("switchyard.yaml"));
             if !path.exists() {
                 eprintln!(
@@ -124,7 +227,17 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(1);
             }
-            run::run(path)
+            run::run(path, replica.overrides())
+        }
+    }
+}
+
+impl ReplicaArgs {
+    fn overrides(self) -> run::Overrides {
+        run::Overrides {
+            admin: self.admin,
+            zone: self.zone,
+            region: self.region,
         }
     }
 }

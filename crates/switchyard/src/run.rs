@@ -19,7 +19,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::file_watch::{self, read_settled, SETTLE, SETTLE_READS};
 
-pub fn run(path: PathBuf) -> ExitCode {
+pub fn run(path: PathBuf, overrides: Overrides) -> ExitCode {
     // Keep the exact text that was loaded: the file watcher compares against it, so an edit
     // made while we start up is still noticed.
     let text = match std::fs::read_to_string(&path) {
@@ -29,14 +29,56 @@ pub fn run(path: PathBuf) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let config = match switchyard_config::parse(&text, &path) {
+    let mut config = match switchyard_config::parse(&text, &path) {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{errors}");
             return ExitCode::from(1);
         }
     };
-    let runtime = match config.runtime.workers {
+    overrides.apply(&mut config);
+    let runtime = match build_runtime(config.runtime.workers) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let source = Source::File {
+        last_text: Some(text.into_bytes()),
+        path,
+    };
+    runtime.block_on(serve(source, config, overrides))
+}
+
+/// What `run` changes in every config it loads, from the command line: settings that differ
+/// per replica while the config is shared by a fleet (its admin address, its locality).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub admin: Option<std::net::SocketAddr>,
+    pub zone: Option<String>,
+    pub region: Option<String>,
+}
+
+impl Overrides {
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(admin) = self.admin {
+            config.admin.address = admin;
+        }
+        if self.zone.is_some() || self.region.is_some() {
+            let here = config.runtime.locality.get_or_insert_with(Default::default);
+            if let Some(zone) = &self.zone {
+                here.zone = Some(zone.clone());
+            }
+            if let Some(region) = &self.region {
+                here.region = Some(region.clone());
+            }
+        }
+    }
+}
+
+pub fn build_runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    match workers {
         Some(1) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
@@ -47,15 +89,18 @@ pub fn run(path: PathBuf) -> ExitCode {
         None => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build(),
-    };
-    let runtime = match runtime {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    runtime.block_on(serve(path, text.into_bytes(), config))
+    }
+}
+
+/// Where reloads come from.
+pub enum Source {
+    /// A local file, polled (with `runtime.watch_config`) and re-read on SIGHUP.
+    File {
+        path: PathBuf,
+        last_text: Option<Vec<u8>>,
+    },
+    /// etcd, followed by a watch ([`crate::etcd_source`]).
+    Etcd(crate::etcd_source::Following),
 }
 
 /// A started gateway: listeners bound, admin serving, ready.
@@ -100,7 +145,7 @@ pub async fn start(config: Config) -> Result<Started, String> {
     })
 }
 
-async fn serve(path: PathBuf, loaded: Vec<u8>, config: Config) -> ExitCode {
+pub async fn serve(mut source: Source, config: Config, overrides: Overrides) -> ExitCode {
     let drain_timeout = config.runtime.drain_timeout;
     let watch = config.runtime.watch_config;
     let Started { server, admin, .. } = match start(config).await {
@@ -120,39 +165,70 @@ async fn serve(path: PathBuf, loaded: Vec<u8>, config: Config) -> ExitCode {
         tracing::error!("cannot install signal handlers");
         return ExitCode::from(1);
     };
-    tracing::info!(config = %path.display(), "ready");
-    let mut last_text = Some(loaded);
+    match &mut source {
+        Source::File { path, .. } => {
+            set_status(&server, switchyard_config::SourceStatus::file(path));
+            tracing::info!(config = %path.display(), "ready");
+        }
+        Source::Etcd(following) => {
+            following.started(&server);
+            tracing::info!(config = %following.url, "ready");
+        }
+    }
     let mut cert_files = server.certificate_files();
     let mut last_certs = file_watch::contents(&cert_files);
     let mut poll = tokio::time::interval(Duration::from_secs(1));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let etcd_update = async {
+            match &mut source {
+                Source::Etcd(following) => following.updates.recv().await,
+                Source::File { .. } => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            update = etcd_update => {
+                let (Some(update), Source::Etcd(following)) = (update, &mut source) else {
+                    tracing::error!("the config source follower stopped");
+                    continue;
+                };
+                if following.update(&server, update, &overrides) {
+                    cert_files = server.certificate_files();
+                    last_certs = file_watch::contents(&cert_files);
+                }
+            }
             _ = hup.recv() => {
+                let Source::File { path, last_text } = &mut source else {
+                    tracing::info!("SIGHUP: the config follows etcd; re-reading TLS certificates");
+                    server.reload_certificates(|_| true);
+                    continue;
+                };
                 tracing::info!("SIGHUP: reloading");
-                let text = read_settled(|| file_watch::content(&path), SETTLE, SETTLE_READS).await;
-                last_text = text.clone().flatten();
-                reload(&server, &path, text);
+                let text = read_settled(|| file_watch::content(path), SETTLE, SETTLE_READS).await;
+                *last_text = text.clone().flatten();
+                reload(&server, path, text, &overrides);
                 // The reload re-read the certificates; the watch starts from what it read.
                 cert_files = server.certificate_files();
                 last_certs = file_watch::contents(&cert_files);
             }
             _ = poll.tick(), if watch => {
-                let now = file_watch::content(&path);
-                if now.is_some() && now != last_text {
-                    let text = read_settled(|| file_watch::content(&path), SETTLE, SETTLE_READS).await;
-                    match text {
-                        Some(Some(text)) if Some(&text) != last_text.as_ref() => {
-                            tracing::info!("config file changed: reloading");
-                            last_text = Some(text.clone());
-                            reload(&server, &path, Some(Some(text)));
-                            cert_files = server.certificate_files();
-                            last_certs = file_watch::contents(&cert_files);
+                if let Source::File { path, last_text } = &mut source {
+                    let now = file_watch::content(path);
+                    if now.is_some() && now != *last_text {
+                        let text = read_settled(|| file_watch::content(path), SETTLE, SETTLE_READS).await;
+                        match text {
+                            Some(Some(text)) if Some(&text) != last_text.as_ref() => {
+                                tracing::info!("config file changed: reloading");
+                                *last_text = Some(text.clone());
+                                reload(&server, path, Some(Some(text)), &overrides);
+                                cert_files = server.certificate_files();
+                                last_certs = file_watch::contents(&cert_files);
+                            }
+                            Some(_) => {}
+                            None => tracing::warn!("config file keeps changing; waiting for it to settle"),
                         }
-                        Some(_) => {}
-                        None => tracing::warn!("config file keeps changing; waiting for it to settle"),
+                        continue;
                     }
-                    continue;
                 }
                 if file_watch::contents(&cert_files) != last_certs {
                     let files = cert_files.clone();
@@ -180,10 +256,26 @@ async fn serve(path: PathBuf, loaded: Vec<u8>, config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+pub fn set_status(server: &Server, status: switchyard_config::SourceStatus) {
+    if let Ok(mut s) = server.handle.source.lock() {
+        *s = status;
+    }
+}
+
+/// Count a reload attempt's result.
+pub fn count_reload(server: &Server, ok: bool) {
+    let result = if ok { "success" } else { "failure" };
+    server
+        .handle
+        .metrics
+        .config_reloads
+        .get_or_create(&ResultLabels { result })
+        .inc();
+}
+
 /// Reload from `text`, the settled contents of the config file (`Some(None)`: unreadable;
 /// `None`: it never stopped changing).
-fn reload(server: &Arc<Server>, path: &Path, text: Option<Option<Vec<u8>>>) {
-    let metrics = &server.handle.metrics;
+fn reload(server: &Arc<Server>, path: &Path, text: Option<Option<Vec<u8>>>, overrides: &Overrides) {
     let result = match text {
         None => Err(format!(
             "{}: the file kept changing; not loading it half-written",
@@ -194,21 +286,18 @@ fn reload(server: &Arc<Server>, path: &Path, text: Option<Option<Vec<u8>>>) {
             .map_err(|e| format!("{}: {e}", path.display()))
             .and_then(|text| switchyard_config::parse(&text, path).map_err(|e| e.to_string())),
     }
-    .and_then(|config| server.reload(config));
+    .and_then(|mut config| {
+        overrides.apply(&mut config);
+        server.reload(config)
+    });
+    count_reload(server, result.is_ok());
     match result {
         Ok(()) => {
-            metrics
-                .config_reloads
-                .get_or_create(&ResultLabels { result: "success" })
-                .inc();
+            set_status(server, switchyard_config::SourceStatus::file(path));
             tracing::info!("config reloaded");
         }
         Err(e) => {
-            metrics
-                .config_reloads
-                .get_or_create(&ResultLabels { result: "failure" })
-                .inc();
-            tracing::error!(error = %e, "config reload rejected; keeping the previous config");
+            tracing::error!(error = %e, "config reload rejected; keeping the previous config")
         }
     }
 }

@@ -79,6 +79,8 @@ pub struct GatewayHandle {
     access_log: OnceLock<AccessLog>,
     /// Live numbers, the last requests and the tap, across generations.
     pub observer: Arc<crate::observe::Observer>,
+    /// Where the serving config came from (file or etcd revision), for `/config`.
+    pub source: Mutex<switchyard_config::SourceStatus>,
 }
 
 /// What every generation shares: metric families, model labels, live numbers.
@@ -117,6 +119,7 @@ impl GatewayHandle {
             models,
             access_log: OnceLock::new(),
             observer,
+            source: Mutex::new(switchyard_config::SourceStatus::default()),
         }))
     }
 
@@ -216,9 +219,12 @@ fn build(
     let mut pools = Vec::with_capacity(config.pools.len());
     for p in &config.pools {
         let old_client = old_clients.get(p.name.as_str()).copied();
-        pools.push(build_pool(
-            p, old, old_client, states, conns, controls, metrics,
-        )?);
+        let mut entry = build_pool(p, old, old_client, states, conns, controls, metrics)?;
+        if let Some(pool) = Arc::get_mut(&mut entry) {
+            pool.locality =
+                crate::pool::locality_tiers(p, config.runtime.locality.as_ref(), &pool.endpoints);
+        }
+        pools.push(entry);
     }
     // One Redis connection for the generation's shared limits, kept while its config is.
     let store = match &config.redis {
@@ -416,6 +422,7 @@ fn build_pool(
     };
     let addresses: Vec<_> = p.endpoints.iter().map(|e| e.address).collect();
     Ok(Arc::new(PoolEntry {
+        locality: None,
         inference,
         model_metrics: PoolModelMetrics::new(
             metrics,

@@ -48,6 +48,15 @@ pub(crate) fn pick_untried(
             return Some(i);
         }
     }
+    // A first attempt stays in the nearest tier with room (locality); retries and hedges go
+    // wherever an untried endpoint is.
+    if tried.is_empty() {
+        if let Some(tier) = pool.locality.as_ref().and_then(|l| l.choose()) {
+            if let Some(j) = pool.picker.pick_with(&tier.endpoints, ctx) {
+                return tier.indices.get(j).copied();
+            }
+        }
+    }
     let mut first = pool.picker.pick_with(&pool.endpoints, ctx)?;
     if pool.warming_declines(first) {
         first = pool.picker.pick_with(&pool.endpoints, ctx)?;

@@ -70,9 +70,19 @@ impl Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("switchyard.yaml");
         std::fs::write(&config_path, yaml).expect("write config");
+        let args = ["--config".into(), config_path.clone().into_os_string()];
+        Self::start_with(&args, dir, config_path)
+    }
+
+    /// Start `switchyard run` with `args`; `dir` lives as long as the gateway.
+    pub fn start_with(
+        args: &[std::ffi::OsString],
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+    ) -> Gateway {
         let mut child = Command::new(BIN)
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(&config_path)
+            .args(["--log-format", "json", "run"])
+            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -10,11 +10,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+mod config_source;
 mod labels;
 mod tcp;
+mod xds;
 
+pub use config_source::{ConfigSourceMetrics, SourceReasonLabels};
 pub use labels::*;
 pub use tcp::{EndpointDirectionLabels, ListenerDirectionLabels, TcpMetrics};
+pub use xds::{NodeLabels, NodeTypeLabels, NodeVersionLabels, ReloadLabels, XdsMetrics};
 
 /// Handles to all gateway metrics plus the registry that encodes them.
 #[derive(Debug)]
@@ -69,6 +73,8 @@ pub struct Metrics {
     pub rollout_check_value: Family<RolloutCheckLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// `protocol: tcp` listeners.
     pub tcp: TcpMetrics,
+    /// The config source (etcd) when the config is not a local file.
+    pub config_source: ConfigSourceMetrics,
 }
 
 fn duration_histogram() -> Histogram {
@@ -95,6 +101,7 @@ impl Metrics {
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::default();
         let tcp = TcpMetrics::register(&mut registry);
+        let config_source = ConfigSourceMetrics::register(&mut registry);
         let requests = Family::default();
         registry.register(
             "switchyard_requests",
@@ -463,6 +470,7 @@ impl Metrics {
             tls_certificate_reloads,
             access_log_dropped,
             tcp,
+            config_source,
         })
     }
 
