@@ -175,6 +175,26 @@ impl Admin {
                 json(&config)
             }
             "/pools" => json(&pools::pools(&self.handle)),
+            "/capacity" => {
+                let g = self.handle.load();
+                let pools: Vec<_> = g
+                    .pools
+                    .iter()
+                    .map(|p| switchyard_proxy::capacity::of(p))
+                    .collect();
+                let in_flight: u64 = pools.iter().map(|p| p.in_flight).sum();
+                let capacity: Option<u64> =
+                    pools.iter().filter_map(|p| p.capacity).reduce(|a, b| a + b);
+                let utilization = capacity
+                    .filter(|c| *c > 0)
+                    .map(|c| in_flight as f64 / c as f64);
+                json(&serde_json::json!({
+                    "in_flight": in_flight,
+                    "capacity": capacity,
+                    "utilization": utilization,
+                    "pools": pools,
+                }))
+            }
             "/rollouts" => {
                 let g = self.handle.load();
                 let rollouts: Vec<_> = g
@@ -192,7 +212,7 @@ impl Admin {
             _ => text(
                 StatusCode::NOT_FOUND,
                 "not found; try /dashboard /metrics /stats /stats/stream /tap /debug/requests \
-                 /ready /live /config /pools /rollouts /rate_limits\n",
+                 /ready /live /config /pools /capacity /rollouts /rate_limits\n",
             ),
         }
     }

@@ -9,6 +9,7 @@
 
 pub mod admission;
 pub mod body;
+pub mod capacity;
 pub mod connection_idle;
 mod deadline;
 pub mod error;

@@ -31,6 +31,8 @@ pub struct PoolEntry {
     /// Failing flags and outlier detection, fed by attempts and by finished streams.
     pub health: Arc<PassiveHealth>,
     pub(crate) overflow: prometheus_client::metrics::family::Family<PoolReasonLabels, Counter>,
+    /// Attempts per second, for capacity reports.
+    pub rate: RateMeter,
     /// Endpoints nearest first, for a pool with `locality` and more than one tier.
     pub locality: Option<switchyard_balance::locality::Tiers>,
     /// The `inference` picker, for pools whose balancer is `inference`.
@@ -135,6 +137,56 @@ pub(crate) fn implicit_detection_may_panic(p: &Pool) -> bool {
     (n - most_out) * 100 < p.panic_threshold as usize * n
 }
 
+/// The pool's locality tiers, when it asks for them and they differ.
+pub(crate) fn locality_tiers(
+    p: &switchyard_config::Pool,
+    here: Option<&switchyard_config::Locality>,
+    endpoints: &[switchyard_balance::Endpoint],
+) -> Option<switchyard_balance::locality::Tiers> {
+    use switchyard_balance::locality::{Here, Placement, Tiers};
+    let settings = p.locality.as_ref()?;
+    let placements: Vec<Placement> = p
+        .endpoints
+        .iter()
+        .map(|e| Placement {
+            priority: e.priority,
+            capacity: e.capacity,
+        })
+        .collect();
+    let here = match settings.mode {
+        switchyard_config::LocalityMode::PreferLocal => here.map(|l| Here {
+            region: l.region.clone(),
+            zone: l.zone.clone(),
+        }),
+        switchyard_config::LocalityMode::Priority => None,
+    };
+    Tiers::build(endpoints, &placements, here.as_ref(), settings.spill_at)
+}
+
+/// Attempts per second, measured between two reads at least a second apart.
+#[derive(Debug)]
+pub struct RateMeter(std::sync::Mutex<(std::time::Instant, u64, f64)>);
+
+impl RateMeter {
+    pub fn new(count: u64) -> Self {
+        Self(std::sync::Mutex::new((
+            std::time::Instant::now(),
+            count,
+            0.0,
+        )))
+    }
+
+    pub(crate) fn rate(&self, count: u64) -> f64 {
+        let Ok(mut m) = self.0.lock() else { return 0.0 };
+        let elapsed = m.0.elapsed().as_secs_f64();
+        if elapsed >= 1.0 {
+            m.2 = count.saturating_sub(m.1) as f64 / elapsed;
+            *m = (std::time::Instant::now(), count, m.2);
+        }
+        m.2
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,30 +219,18 @@ mod tests {
             "36 of 40 is below 95%"
         );
     }
-}
 
-/// The pool's locality tiers, when it asks for them and they differ.
-pub(crate) fn locality_tiers(
-    p: &switchyard_config::Pool,
-    here: Option<&switchyard_config::Locality>,
-    endpoints: &[switchyard_balance::Endpoint],
-) -> Option<switchyard_balance::locality::Tiers> {
-    use switchyard_balance::locality::{Here, Placement, Tiers};
-    let settings = p.locality.as_ref()?;
-    let placements: Vec<Placement> = p
-        .endpoints
-        .iter()
-        .map(|e| Placement {
-            priority: e.priority,
-            capacity: e.capacity,
-        })
-        .collect();
-    let here = match settings.mode {
-        switchyard_config::LocalityMode::PreferLocal => here.map(|l| Here {
-            region: l.region.clone(),
-            zone: l.zone.clone(),
-        }),
-        switchyard_config::LocalityMode::Priority => None,
-    };
-    Tiers::build(endpoints, &placements, here.as_ref(), settings.spill_at)
+    #[test]
+    fn the_rate_is_measured_over_a_window_of_a_second_or_more() {
+        let meter = RateMeter::new(10);
+        assert_eq!(meter.rate(50), 0.0, "no window has passed");
+        *meter.0.lock().unwrap() = (
+            std::time::Instant::now() - std::time::Duration::from_secs(2),
+            10,
+            0.0,
+        );
+        let r = meter.rate(50);
+        assert!((19.0..=20.0).contains(&r), "{r}");
+        assert_eq!(meter.rate(60), r, "kept until the next window");
+    }
 }

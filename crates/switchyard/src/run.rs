@@ -297,7 +297,7 @@ fn reload(server: &Arc<Server>, path: &Path, text: Option<Option<Vec<u8>>>, over
             tracing::info!("config reloaded");
         }
         Err(e) => {
-            tracing::error!(error = %e, "config reload rejected; keeping the previous config")
+            tracing::error!(error = %e, "config reload rejected; keeping the previous config");
         }
     }
 }

@@ -221,6 +221,7 @@ fn build(
         let old_client = old_clients.get(p.name.as_str()).copied();
         let mut entry = build_pool(p, old, old_client, states, conns, controls, metrics)?;
         if let Some(pool) = Arc::get_mut(&mut entry) {
+            pool.rate = crate::pool::RateMeter::new(crate::capacity::attempts(pool));
             pool.locality =
                 crate::pool::locality_tiers(p, config.runtime.locality.as_ref(), &pool.endpoints);
         }
@@ -423,6 +424,7 @@ fn build_pool(
     let addresses: Vec<_> = p.endpoints.iter().map(|e| e.address).collect();
     Ok(Arc::new(PoolEntry {
         locality: None,
+        rate: crate::pool::RateMeter::new(0),
         inference,
         model_metrics: PoolModelMetrics::new(
             metrics,

@@ -81,6 +81,8 @@ pub struct Exchange<'c> {
     pub finish: Finish,
     /// Headers stages add to the upstream's response (a sticky split's `Set-Cookie`).
     pub response_headers: Vec<(http::HeaderName, HeaderValue)>,
+    /// This gateway's ORCA load report, when the client asked for one (a parent gateway).
+    pub load_report: Option<HeaderValue>,
 }
 
 /// Where routing sent a request.
@@ -204,6 +206,7 @@ impl<'c> Exchange<'c> {
             request_id,
             finish,
             response_headers: Vec::new(),
+            load_report: None,
         }
     }
 

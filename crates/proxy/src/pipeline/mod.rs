@@ -84,6 +84,12 @@ async fn forward(
         (None, None)
     };
     let to = route::route(gateway, rx, &req, model.as_ref(), pre_read.as_ref(), shape)?;
+    if req
+        .headers()
+        .contains_key(&crate::capacity::ENDPOINT_LOAD_METRICS_FORMAT)
+    {
+        rx.load_report = crate::capacity::load_report(to.pool());
+    }
     let (mut head, body) = request_rewrite::rewrite(rx, to, req, pre_read);
     // Bodies the gateway reads are read (bounded in size and time) before admission, so a slow
     // upload never holds a slot a ready request could use.

@@ -3,6 +3,7 @@
 //! otherwise), and the body streams through [`UpstreamBody`], which measures it as it passes
 //! and finishes the request's bookkeeping after its last byte.
 
+use crate::capacity::ENDPOINT_LOAD_METRICS;
 use http::header::HeaderValue;
 use http::{HeaderName, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -65,6 +66,11 @@ pub fn stream_back(
             if !rx.response_headers.is_empty() {
                 raw.added.append(&mut rx.response_headers);
             }
+            if let Some(report) = rx.load_report.take() {
+                // This gateway's report replaces its endpoint's: the parent balances over us.
+                raw.remove_all(&ENDPOINT_LOAD_METRICS);
+                raw.added.push((ENDPOINT_LOAD_METRICS.clone(), report));
+            }
             if let Some(f) = filters {
                 f.apply_response_raw(
                     &mut raw,
@@ -95,6 +101,9 @@ pub fn stream_back(
         }
         for (name, value) in rx.response_headers.drain(..) {
             parts.headers.append(name, value);
+        }
+        if let Some(report) = rx.load_report.take() {
+            parts.headers.insert(ENDPOINT_LOAD_METRICS.clone(), report);
         }
         if let Some(f) = filters {
             f.apply_response(
