@@ -66,7 +66,12 @@ pub async fn run(cfg: SubscriberConfig, sink: &mut dyn Sink, cancel: Cancellatio
             _ = cancel.cancelled() => return,
             c = connect(cfg.endpoint, SocketType::Sub, cfg.timeout) => c,
         };
-        let (r, mut w) = match conn {
+        // Subscribe to every topic (ZMTP 3.0 form).
+        let subscribed = match conn {
+            Ok((r, mut w)) => w.send(&[b"\x01"]).await.map(|()| (r, w)),
+            Err(e) => Err(e),
+        };
+        let (r, w) = match subscribed {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(endpoint = %cfg.endpoint, error = %e, "kv events: connect failed");
@@ -79,10 +84,6 @@ pub async fn run(cfg: SubscriberConfig, sink: &mut dyn Sink, cancel: Cancellatio
             }
         };
         let connected_at = tokio::time::Instant::now();
-        // Subscribe to every topic (ZMTP 3.0 form).
-        if w.send(&[b"\x01"]).await.is_err() {
-            continue;
-        }
         sink.reset();
         let mut feed = Feed {
             cfg: &cfg,
