@@ -39,6 +39,17 @@ pub(crate) fn pools(handle: &GatewayHandle) -> serde_json::Value {
                             "num_gpu_blocks": v.signals.num_gpu_blocks,
                             "lora_running": v.lora_running,
                             "lora_waiting": v.lora_waiting,
+                            // The KV-event index's view of this endpoint (`kv_events`).
+                            "kv_events": picker.kv_index().and_then(|k| k.status(i, now)).map(|k| {
+                                serde_json::json!({
+                                    "fresh": k.fresh,
+                                    "blocks": k.blocks,
+                                    "batches": k.batches,
+                                    "resets": k.resets,
+                                    "lost": k.lost,
+                                    "skipped": k.skipped,
+                                })
+                            }),
                         }))
                     });
                     serde_json::json!({

@@ -72,6 +72,9 @@ pub enum Balancer {
         /// Ask each request's upstream for an ORCA load report and use its queue and KV
         /// figures when they are newer than the last scrape.
         orca: bool,
+        /// Precise prefix routing from the servers' KV-cache events (`crate::kv_events`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        kv_events: Option<crate::KvEvents>,
     },
 }
 
@@ -233,6 +236,7 @@ impl KindMap for Balancer {
                 "stale_after",
                 "weights",
                 "orca",
+                "kv_events",
             ],
             build: |s| {
                 Ok(Balancer::Inference {
@@ -241,6 +245,7 @@ impl KindMap for Balancer {
                     stale_after: s.stale_after.unwrap_or(Duration::from_millis(500)),
                     weights: s.weights.unwrap_or_default(),
                     orca: s.orca.unwrap_or(true),
+                    kv_events: s.kv_events,
                 })
             },
         },
@@ -263,6 +268,7 @@ pub(crate) struct Settings {
     stale_after: Option<Duration>,
     weights: Option<InferenceWeights>,
     orca: Option<bool>,
+    kv_events: Option<crate::KvEvents>,
     choices: Option<u32>,
     decay: Option<Duration>,
     default_rtt: Option<Duration>,
@@ -348,6 +354,7 @@ fn read_setting<'de, A: MapAccess<'de>>(
         "stale_after" => s.stale_after = Some(positive(key, map.next_value::<HumanDuration>()?.0)?),
         "weights" => s.weights = Some(map.next_value()?),
         "orca" => s.orca = Some(map.next_value()?),
+        "kv_events" => s.kv_events = Some(map.next_value()?),
         // `kind_map` only passes keys of some row of `Balancer::KINDS`.
         other => return Err(de::Error::custom(format!("no reader for `{other}`"))),
     }

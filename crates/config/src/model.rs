@@ -514,6 +514,11 @@ pub struct EndpointSpec {
     /// Concurrent requests this endpoint serves well, for `locality`'s spill decision.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capacity: Option<u32>,
+    /// This endpoint's KV-event PUB and replay sockets (`crate::kv_events`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_events: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_replay: Option<SocketAddr>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -534,6 +539,10 @@ struct EndpointMap {
     priority: u32,
     #[serde(default)]
     capacity: Option<u32>,
+    #[serde(default, deserialize_with = "crate::kv_events::endpoint_socket")]
+    kv_events: Option<SocketAddr>,
+    #[serde(default, deserialize_with = "crate::kv_events::endpoint_socket")]
+    kv_replay: Option<SocketAddr>,
 }
 
 fn default_weight() -> u32 {
@@ -548,7 +557,7 @@ impl<'de> Deserialize<'de> for EndpointSpec {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str(
                     "an `IP:PORT` string or a map with `address`, `weight`, `zone`, `region`, \
-                     `priority`, `capacity`",
+                     `priority`, `capacity`, `kv_events`, `kv_replay`",
                 )
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<EndpointSpec, E> {
@@ -562,6 +571,8 @@ impl<'de> Deserialize<'de> for EndpointSpec {
                     region: None,
                     priority: 0,
                     capacity: None,
+                    kv_events: None,
+                    kv_replay: None,
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<EndpointSpec, A::Error> {
@@ -573,6 +584,8 @@ impl<'de> Deserialize<'de> for EndpointSpec {
                     region: m.region,
                     priority: m.priority,
                     capacity: m.capacity,
+                    kv_events: m.kv_events,
+                    kv_replay: m.kv_replay,
                 })
             }
         }

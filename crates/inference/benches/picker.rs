@@ -87,6 +87,7 @@ fn bench(c: &mut Criterion) {
     );
     let cx = RequestContext {
         block_hashes: &request,
+        token_blocks: &[],
         adapter: None,
         est_tokens: 2300,
         debug: false,

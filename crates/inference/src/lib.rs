@@ -20,6 +20,8 @@
 // The request path never panics on a missing value: it answers or fails the request.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod kv_index;
+pub mod kv_subscriptions;
 pub mod model_rewrite;
 pub mod picker;
 pub mod prefix_index;
@@ -32,6 +34,8 @@ pub mod scrape;
 pub mod signals;
 pub mod usage;
 
+pub use kv_index::KvIndex;
+pub use kv_subscriptions::{spawn_kv_subscriptions, KvSubscriptions};
 pub use model_rewrite::rewrite_model;
 pub use picker::{Decision, EndpointView, InferencePicker, PickerConfig, RequestContext};
 pub use prefix_index::PrefixIndex;

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use switchyard_balance::Endpoint;
 
+use crate::kv_index::KvIndex;
 use crate::prefix_index::PrefixIndex;
 use crate::scorer::{scorers, ScoreContext, Scorer, Weights};
 use crate::signals::{EndpointSignals, SignalSnapshot};
@@ -65,6 +66,9 @@ impl Default for PickerConfig {
 pub struct RequestContext<'a> {
     /// [`crate::prompt_block_hashes_seeded`] of the prompt, with `block_tokens` per block.
     pub block_hashes: &'a [u64],
+    /// [`crate::kv_index::token_block_keys`] of the prompt's tokens, when the picker has a
+    /// [`KvIndex`] and the prompt could be tokenized as the engines do; empty otherwise.
+    pub token_blocks: &'a [u64],
     /// The LoRA adapter the request needs ([`crate::InferenceRequest::adapter`]).
     pub adapter: Option<&'a str>,
     /// Estimated tokens: prompt plus expected output.
@@ -120,6 +124,7 @@ pub struct InferencePicker {
     weight_sum: f64,
     signals: Vec<Arc<EndpointSignals>>,
     prefix: Arc<PrefixIndex>,
+    kv: Option<Arc<KvIndex>>,
 }
 
 impl std::fmt::Debug for InferencePicker {
@@ -160,7 +165,19 @@ impl InferencePicker {
             weight_sum,
             signals,
             prefix,
+            kv: None,
         }
+    }
+
+    /// Scores prefix hits from `kv` (the engines' KV events) for endpoints whose entries are
+    /// fresh there; the approximate index still serves the others and is still recorded.
+    pub fn with_kv_index(mut self, kv: Arc<KvIndex>) -> Self {
+        self.kv = Some(kv);
+        self
+    }
+
+    pub fn kv_index(&self) -> Option<&Arc<KvIndex>> {
+        self.kv.as_ref()
     }
 
     pub fn config(&self) -> &PickerConfig {
@@ -273,11 +290,11 @@ impl InferencePicker {
             return Decision::default();
         }
 
-        let mut matched = vec![0usize; n];
-        if cfg.weights.prefix > 0.0 && !req.block_hashes.is_empty() {
-            self.prefix
-                .matched_blocks_all(req.block_hashes, &mut matched);
-        }
+        let prefix_share = if cfg.weights.prefix > 0.0 {
+            self.prefix_share(req, n, now)
+        } else {
+            Vec::new()
+        };
         let latency: Vec<Option<Duration>> = if cfg.weights.latency > 0.0 {
             endpoints.iter().map(|e| e.state.latency_at(now)).collect()
         } else {
@@ -293,8 +310,7 @@ impl InferencePicker {
         };
         let cx = ScoreContext {
             snapshots: &snapshots,
-            matched_blocks: &matched,
-            request_blocks: req.block_hashes.len(),
+            prefix_share: &prefix_share,
             adapter: req.adapter,
             signals: &self.signals,
             latency: &latency,
@@ -352,6 +368,29 @@ impl InferencePicker {
         }
     }
 
+    /// Each endpoint's share of the request's prefix: from the KV-event index where it is fresh
+    /// for that endpoint, else from the approximate index.
+    fn prefix_share(&self, req: &RequestContext<'_>, n: usize, now: Instant) -> Vec<f64> {
+        let mut matched = vec![0usize; n];
+        if !req.block_hashes.is_empty() {
+            self.prefix
+                .matched_blocks_all(req.block_hashes, &mut matched);
+        }
+        let mut precise = vec![None; n];
+        if let (Some(kv), false) = (&self.kv, req.token_blocks.is_empty()) {
+            kv.matched_blocks_all(req.token_blocks, now, &mut precise);
+        }
+        let share = |m: usize, of: usize| if of == 0 { 0.0 } else { m as f64 / of as f64 };
+        matched
+            .iter()
+            .zip(&precise)
+            .map(|(&m, p)| match p {
+                Some(p) => share(*p, req.token_blocks.len()),
+                None => share(m, req.block_hashes.len()),
+            })
+            .collect()
+    }
+
     /// The request in `req` was sent to `endpoint`: remember its prefix blocks there and count
     /// its tokens as in flight until [`InferencePicker::finish`].
     pub fn record(&self, endpoint: usize, req: &RequestContext<'_>) {
@@ -364,6 +403,9 @@ impl InferencePicker {
             }
         }
         self.prefix.record(endpoint, req.block_hashes);
+        if let Some(kv) = &self.kv {
+            kv.record_pending(endpoint, req.token_blocks, Instant::now());
+        }
     }
 
     /// A response from `endpoint` carried an ORCA load report: its queue and KV figures become

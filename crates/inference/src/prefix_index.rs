@@ -33,7 +33,7 @@ pub const DEFAULT_CAPACITY_BLOCKS: usize = 10_000;
 /// uses for its bucket and tag) replaces a full SipHash; it also keeps structured keys from
 /// callers that pass their own hashes from degrading the map.
 #[derive(Default)]
-struct MulHasher(u64);
+pub(crate) struct MulHasher(u64);
 
 impl Hasher for MulHasher {
     fn finish(&self) -> u64 {

@@ -6,8 +6,9 @@
 
 use switchyard_balance::Endpoint;
 
+use crate::kv_index::token_block_keys;
 use crate::picker::{Decision, InferencePicker, RequestContext};
-use crate::request::InferenceRequest;
+use crate::request::{ApiKind, InferenceRequest};
 
 /// Output tokens assumed for a request without `max_tokens`, when estimating its load.
 pub const DEFAULT_EXPECTED_OUTPUT: u32 = 256;
@@ -42,11 +43,14 @@ impl InferencePicker {
     ) -> RequestPick {
         let hashes = req.block_hashes(self.config().block_tokens);
         let est_tokens = req.est_tokens(DEFAULT_EXPECTED_OUTPUT);
+        // An explicit `lora` field, else the model itself when the servers' metrics say it is
+        // an adapter (vLLM serves adapters under their own model names).
+        let adapter = req.adapter(|m| !self.is_adapter(m));
+        let tokens = self.token_blocks(req, adapter.is_some());
         let cx = RequestContext {
             block_hashes: &hashes,
-            // An explicit `lora` field, else the model itself when the servers' metrics say it
-            // is an adapter (vLLM serves adapters under their own model names).
-            adapter: req.adapter(|m| !self.is_adapter(m)),
+            token_blocks: &tokens,
+            adapter,
             est_tokens,
             debug,
         };
@@ -59,6 +63,21 @@ impl InferencePicker {
             decision,
             est_tokens,
             shed,
+        }
+    }
+
+    /// The request's blocks as the engines key them, for the KV-event index: its prompt
+    /// tokenized as the simulator tokenizes a completions prompt (the one tokenizer built in;
+    /// `kv_events.tokenizer: sim`). Chat prompts go through the engine's chat template, which
+    /// the gateway does not have, and adapters' blocks are seeded by the adapter: both are
+    /// scored by the approximate index.
+    fn token_blocks(&self, req: &InferenceRequest, adapter: bool) -> Vec<u64> {
+        match &self.kv_index() {
+            Some(kv) if req.kind == ApiKind::Completions && !adapter && !req.prompt.is_empty() => {
+                let tokens = switchyard_sim::tokenizer::tokenize(&req.prompt);
+                token_block_keys(0, &tokens, kv.block_size())
+            }
+            _ => Vec::new(),
         }
     }
 }

@@ -16,10 +16,10 @@ use crate::signals::{EndpointSignals, SignalSnapshot};
 #[derive(Debug)]
 pub struct ScoreContext<'a> {
     pub snapshots: &'a [SignalSnapshot],
-    /// Leading prefix blocks of the request each endpoint probably holds.
-    pub matched_blocks: &'a [usize],
-    /// Prefix blocks in the request.
-    pub request_blocks: usize,
+    /// Share (0..1) of the request's leading prefix blocks each endpoint holds: known from its
+    /// KV events where those are fresh ([`crate::kv_index`]), else as guessed by
+    /// [`crate::prefix_index`].
+    pub prefix_share: &'a [f64],
     /// The LoRA adapter the request needs, if any.
     pub adapter: Option<&'a str>,
     /// Per-endpoint signals (LoRA state); shorter than the pool when some have none.
@@ -109,10 +109,11 @@ impl Scorer for PrefixScorer {
         "prefix"
     }
     fn score(&self, cx: &ScoreContext<'_>, e: usize) -> f64 {
-        if cx.request_blocks == 0 {
-            return 0.0;
-        }
-        (cx.matched_blocks[e] as f64 / cx.request_blocks as f64).min(1.0)
+        cx.prefix_share
+            .get(e)
+            .copied()
+            .unwrap_or(0.0)
+            .clamp(0.0, 1.0)
     }
 }
 
@@ -237,8 +238,7 @@ mod tests {
         ];
         let cx = ScoreContext {
             snapshots: &snaps,
-            matched_blocks: &[4, 0, 8],
-            request_blocks: 8,
+            prefix_share: &[0.5, 0.0, 1.0],
             adapter: Some("a"),
             signals: &sig,
             latency: &latency,

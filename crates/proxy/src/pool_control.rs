@@ -19,8 +19,8 @@ use switchyard_health::{
     OutlierSettings,
 };
 use switchyard_inference::{
-    spawn_scraper, EndpointSignals, InferencePicker, MetricNames, PickerConfig, PrefixIndex,
-    ScrapeEvent, ScrapeSink, Scraper,
+    spawn_kv_subscriptions, spawn_scraper, EndpointSignals, InferencePicker, KvIndex,
+    KvSubscriptions, MetricNames, PickerConfig, PrefixIndex, ScrapeEvent, ScrapeSink, Scraper,
 };
 use switchyard_resilience::{
     CircuitBreaker, ConcurrencyLimiter, ConcurrencyMode, GradientParams, QueueParams,
@@ -46,11 +46,15 @@ type ByAddress = Arc<ArcSwap<HashMap<SocketAddr, Arc<EndpointState>>>>;
 
 /// Scraped signals and the prefix index of an `inference` pool. Rebuilt when the pool's
 /// endpoints or settings change, since both are indexed by endpoint position.
+type KvSockets = Vec<Option<(SocketAddr, Option<SocketAddr>)>>;
+
 struct InferenceState {
-    key: (switchyard_config::Balancer, Vec<SocketAddr>),
+    key: (switchyard_config::Balancer, Vec<SocketAddr>, KvSockets),
     signals: Vec<Arc<EndpointSignals>>,
     prefix: Arc<PrefixIndex>,
     _scraper: Scraper,
+    /// The KV-event index and the subscriptions feeding it (`kv_events`).
+    kv: Option<(Arc<KvIndex>, KvSubscriptions)>,
 }
 
 /// One pool's long-lived controls.
@@ -394,15 +398,31 @@ impl PoolControl {
             metrics: flavour,
             scrape_interval,
             stale_after,
+            kv_events,
             ..
         } = &spec.balancer
         else {
             self.inference = None;
             return;
         };
+        let kv_sockets: KvSockets = match kv_events {
+            Some(kv) => states
+                .iter()
+                .map(|s| {
+                    let own = spec.endpoints.iter().find(|e| e.address == s.address);
+                    kv.sockets(
+                        s.address,
+                        own.and_then(|e| e.kv_events),
+                        own.and_then(|e| e.kv_replay),
+                    )
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         let key = (
             spec.balancer.clone(),
             states.iter().map(|s| s.address).collect::<Vec<_>>(),
+            kv_sockets.clone(),
         );
         if self.inference.as_ref().is_some_and(|i| i.key == key) {
             return;
@@ -424,11 +444,21 @@ impl PoolControl {
             *stale_after,
             scrape_sink(metrics.scrape_errors.clone(), spec.name.clone()),
         );
+        let kv = kv_events.as_ref().map(|kv| {
+            let index = Arc::new(KvIndex::new(
+                states.len(),
+                PickerConfig::default().block_tokens,
+                kv.stale_for,
+            ));
+            let subscriptions = spawn_kv_subscriptions(kv_sockets, index.clone());
+            (index, subscriptions)
+        });
         self.inference = Some(InferenceState {
             key,
             signals,
             prefix: Arc::new(PrefixIndex::new()),
             _scraper: scraper,
+            kv,
         });
     }
 
@@ -450,11 +480,11 @@ impl PoolControl {
             orca: *orca,
             ..PickerConfig::default()
         };
-        Some(Arc::new(InferencePicker::new(
-            config,
-            state.signals.clone(),
-            state.prefix.clone(),
-        )))
+        let picker = InferencePicker::new(config, state.signals.clone(), state.prefix.clone());
+        Some(Arc::new(match &state.kv {
+            Some((index, _)) => picker.with_kv_index(index.clone()),
+            None => picker,
+        }))
     }
 
     /// Where ejections found on the request path (by `record`) are applied.

@@ -55,11 +55,12 @@ async fn route(inc: &Incarnation, req: Request<Incoming>) -> Response<SimBody> {
     let path = req.uri().path().to_string();
     match (req.method().clone(), path.as_str()) {
         (Method::POST, "/v1/chat/completions") => {
-            crate::openai::serve(inc, req, ApiKind::Chat).await
+            served_by(inc, crate::openai::serve(inc, req, ApiKind::Chat).await)
         }
-        (Method::POST, "/v1/completions") => {
-            crate::openai::serve(inc, req, ApiKind::Completion).await
-        }
+        (Method::POST, "/v1/completions") => served_by(
+            inc,
+            crate::openai::serve(inc, req, ApiKind::Completion).await,
+        ),
         (Method::GET, "/v1/models") => json(StatusCode::OK, &models(inc)),
         (Method::GET, "/health") => full(StatusCode::OK, "text/plain", Bytes::new()),
         (Method::GET, "/metrics") => {
@@ -74,6 +75,16 @@ async fn route(inc: &Incarnation, req: Request<Incoming>) -> Response<SimBody> {
             )
         }
         (Method::GET, "/sim/info") => json(StatusCode::OK, &info(inc)),
+        // vLLM's endpoint of the same name: drop every cached prefix (AllBlocksCleared).
+        (Method::POST, "/reset_prefix_cache") => match inc.engine.reset_prefix_cache() {
+            Ok(()) => full(StatusCode::OK, "text/plain", Bytes::new()),
+            Err(()) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The engine is not running.",
+                None,
+                None,
+            ),
+        },
         (Method::GET | Method::POST | Method::DELETE, "/sim/faults") => faults(inc, req).await,
         (
             _,
@@ -83,7 +94,8 @@ async fn route(inc: &Incarnation, req: Request<Incoming>) -> Response<SimBody> {
             | "/health"
             | "/metrics"
             | "/sim/faults"
-            | "/sim/info",
+            | "/sim/info"
+            | "/reset_prefix_cache",
         ) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "Method Not Allowed",
@@ -97,6 +109,14 @@ async fn route(inc: &Incarnation, req: Request<Incoming>) -> Response<SimBody> {
             None,
         ),
     }
+}
+
+/// Names the replica that served an answer (`x-sim-replica: INDEX`), so benchmarks behind a
+/// router can check its picks against the replica's true cache.
+fn served_by(inc: &Incarnation, mut resp: Response<SimBody>) -> Response<SimBody> {
+    resp.headers_mut()
+        .insert("x-sim-replica", http::HeaderValue::from(inc.replica.index));
+    resp
 }
 
 fn unix_now() -> u64 {
@@ -142,6 +162,11 @@ fn info(inc: &Incarnation) -> serde_json::Value {
         "max_num_batched_tokens": r.cfg.max_num_batched_tokens,
         "num_gpu_blocks": r.profile.num_gpu_blocks,
         "max_model_len": r.max_model_len,
+        "kv_events": r.kv_events.as_ref().map(|k| serde_json::json!({
+            "events": format!("tcp://{}", k.events),
+            "replay": format!("tcp://{}", k.replay),
+            "subscribers": inc.kv_publisher.as_ref().map_or(0, |p| p.subscribers()),
+        })),
     })
 }
 

@@ -27,6 +27,63 @@ pub struct FleetConfig {
     pub base_port: u16,
     /// Replica specs, in order.
     pub replicas: Vec<ReplicaConfig>,
+    /// Publish KV-cache events as vLLM's `--kv-events-config` does; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_events: Option<KvEventsConfig>,
+}
+
+/// KV-cache event publishing: per replica a PUB socket and a replay ROUTER socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KvEventsConfig {
+    /// Wire shape: `array` (vLLM before mid-2026) or `map` (tagged by `type`, since).
+    pub shape: String,
+    /// Share of messages not sent on the PUB socket (still replayable), 0..1.
+    pub loss: f64,
+    /// Messages kept for replay (vLLM's `buffer_steps`).
+    pub replay_buffer: usize,
+    /// Replica `i` publishes on `base_port + 2i` and replays on `base_port + 2i + 1`;
+    /// 0 picks ephemeral ports.
+    pub base_port: u16,
+}
+
+impl Default for KvEventsConfig {
+    fn default() -> Self {
+        Self {
+            shape: "array".into(),
+            loss: 0.0,
+            replay_buffer: 10_000,
+            base_port: 0,
+        }
+    }
+}
+
+impl KvEventsConfig {
+    /// The publisher settings these stand for.
+    pub fn publisher(&self) -> switchyard_kv_events::PublisherConfig {
+        switchyard_kv_events::PublisherConfig {
+            shape: switchyard_kv_events::Shape::parse(&self.shape).unwrap_or_default(),
+            loss: self.loss,
+            replay_buffer: self.replay_buffer,
+            topic: Vec::new(),
+        }
+    }
+
+    fn validate(&self, replicas: usize) -> anyhow::Result<()> {
+        if switchyard_kv_events::Shape::parse(&self.shape).is_none() {
+            bail!("kv_events.shape must be array or map, not {:?}", self.shape);
+        }
+        if !(0.0..=1.0).contains(&self.loss) {
+            bail!("kv_events.loss must be within 0..1");
+        }
+        if self.replay_buffer == 0 {
+            bail!("kv_events.replay_buffer must be > 0");
+        }
+        if self.base_port != 0 && usize::from(self.base_port) + 2 * replicas > 65_536 {
+            bail!("kv_events.base_port leaves no room for {replicas} replicas");
+        }
+        Ok(())
+    }
 }
 
 /// One replica spec (or `count` identical replicas).
@@ -128,6 +185,7 @@ impl FleetConfig {
                 profile: profile.into(),
                 ..Default::default()
             }],
+            kv_events: None,
         }
     }
 
@@ -170,6 +228,9 @@ impl FleetConfig {
                 self.base_port,
                 all.len()
             );
+        }
+        if let Some(kv) = &self.kv_events {
+            kv.validate(all.len())?;
         }
         for (i, r) in all.iter().enumerate() {
             let p = r

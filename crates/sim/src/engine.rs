@@ -23,6 +23,7 @@ use crate::cost_model::Profile;
 use crate::faults::FaultConfig;
 use crate::metrics::EngineMetrics;
 use crate::scheduler::{Scheduler, SchedulerConfig, SeqSpec};
+use switchyard_kv_events::{EventBatch, Publisher};
 
 /// How far behind schedule the loop may be and still chain steps back to back.
 pub const CATCH_UP: Duration = Duration::from_millis(5);
@@ -41,18 +42,33 @@ pub struct EngineConfig {
     pub speed: f64,
     /// LoRA adapter names, indexed by adapter id.
     pub adapter_names: Vec<String>,
+    /// Where this life's KV-cache events go (`--kv-events`).
+    pub kv_events: Option<Arc<Publisher>>,
+}
+
+/// What the engine is asked to do.
+#[derive(Debug)]
+enum Work {
+    Seq(SeqSpec),
+    /// Drop the prefix cache (vLLM's `/reset_prefix_cache`).
+    ResetPrefixCache,
 }
 
 /// Submits requests to a running engine.
 #[derive(Debug, Clone)]
 pub struct EngineHandle {
-    tx: UnboundedSender<SeqSpec>,
+    tx: UnboundedSender<Work>,
 }
 
 impl EngineHandle {
     /// Queues a request; fails if the engine has stopped (replica crashed or shut down).
-    pub fn submit(&self, spec: SeqSpec) -> Result<(), SeqSpec> {
-        self.tx.send(spec).map_err(|e| e.0)
+    pub fn submit(&self, spec: SeqSpec) -> Result<(), ()> {
+        self.tx.send(Work::Seq(spec)).map_err(|_| ())
+    }
+
+    /// Drops the prefix cache before the next step; fails if the engine has stopped.
+    pub fn reset_prefix_cache(&self) -> Result<(), ()> {
+        self.tx.send(Work::ResetPrefixCache).map_err(|_| ())
     }
 }
 
@@ -71,16 +87,23 @@ pub fn spawn(
 
 async fn run(
     cfg: EngineConfig,
-    mut rx: UnboundedReceiver<SeqSpec>,
+    mut rx: UnboundedReceiver<Work>,
     faults: Arc<Mutex<FaultConfig>>,
     metrics: Arc<Mutex<EngineMetrics>>,
     cancel: CancellationToken,
 ) {
     let mut sched = Scheduler::new(cfg.scheduler);
+    if cfg.kv_events.is_some() {
+        sched.kv_mut().enable_events(fastrand::u64(..));
+    }
+    let add = |sched: &mut Scheduler, w: Work| match w {
+        Work::Seq(spec) => sched.add(spec),
+        Work::ResetPrefixCache => sched.kv_mut().reset_prefix_cache(),
+    };
     let mut prev_deadline: Option<Instant> = None;
     loop {
-        while let Ok(spec) = rx.try_recv() {
-            sched.add(spec);
+        while let Ok(w) = rx.try_recv() {
+            add(&mut sched, w);
         }
         let work = {
             let mut m = metrics.lock().expect("metrics lock");
@@ -92,6 +115,7 @@ async fn run(
             sched.update_gauges(&mut m, &cfg.adapter_names);
             work
         };
+        publish(&cfg, &mut sched);
         if work.scheduled_tokens == 0 && work.lora_loads == 0 {
             // Idle: wait for a new request. (Queued work that cannot be scheduled should not
             // exist — admission control rejects requests larger than the cache — but if it did,
@@ -99,8 +123,8 @@ async fn run(
             prev_deadline = None;
             let stuck = sched.has_work();
             tokio::select! {
-                spec = rx.recv() => match spec {
-                    Some(spec) => sched.add(spec),
+                w = rx.recv() => match w {
+                    Some(w) => add(&mut sched, w),
                     None => return,
                 },
                 _ = tokio::time::sleep(IDLE_RETRY), if stuck => {}
@@ -123,5 +147,27 @@ async fn run(
         prev_deadline = Some(deadline);
         let mut m = metrics.lock().expect("metrics lock");
         sched.complete_step(Instant::now().max(deadline), &mut m);
+        drop(m);
+        publish(&cfg, &mut sched);
     }
+}
+
+/// Publishes the cache events of the step just planned or completed, as one batch.
+fn publish(cfg: &EngineConfig, sched: &mut Scheduler) {
+    let Some(publisher) = &cfg.kv_events else {
+        return;
+    };
+    let events = sched.kv_mut().take_events();
+    if events.is_empty() {
+        return;
+    }
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    publisher.publish(&EventBatch {
+        ts,
+        events,
+        dp_rank: Some(0),
+        unknown: 0,
+    });
 }

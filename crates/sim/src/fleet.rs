@@ -42,12 +42,37 @@ pub async fn start_fleet(cfg: FleetConfig) -> anyhow::Result<Fleet> {
             replica::bind(addr).with_context(|| format!("replica {i}: cannot listen on {addr}"))?,
         );
     }
+    let mut kv_listeners = Vec::with_capacity(specs.len());
+    for i in 0..specs.len() {
+        let Some(kv) = &cfg.kv_events else {
+            kv_listeners.push(None);
+            continue;
+        };
+        let port = |k: usize| match kv.base_port {
+            0 => 0,
+            base => base + (2 * i + k) as u16,
+        };
+        let events = SocketAddr::new(cfg.host, port(0));
+        let replay = SocketAddr::new(cfg.host, port(1));
+        kv_listeners.push(Some((
+            kv.publisher(),
+            replica::bind(events)
+                .with_context(|| format!("replica {i}: cannot publish kv events on {events}"))?,
+            replica::bind(replay)
+                .with_context(|| format!("replica {i}: cannot serve kv replay on {replay}"))?,
+        )));
+    }
     let shutdown = CancellationToken::new();
     let mut replicas = Vec::with_capacity(specs.len());
     let mut tasks = Vec::with_capacity(specs.len());
-    for (i, (spec, listener)) in specs.into_iter().zip(listeners).enumerate() {
+    for (i, ((spec, listener), kv)) in specs
+        .into_iter()
+        .zip(listeners)
+        .zip(kv_listeners)
+        .enumerate()
+    {
         let (replica, supervisor) =
-            replica::start(i, &cfg.model, spec, listener, shutdown.child_token())?;
+            replica::start(i, &cfg.model, spec, listener, kv, shutdown.child_token())?;
         replicas.push(replica);
         tasks.push(tokio::spawn(supervisor));
     }
@@ -62,6 +87,14 @@ impl Fleet {
     /// Listening address of each replica, in replica order.
     pub fn addresses(&self) -> Vec<SocketAddr> {
         self.replicas.iter().map(|r| r.addr).collect()
+    }
+
+    /// KV-event (PUB) and replay (ROUTER) addresses of each replica, when publishing.
+    pub fn kv_event_addresses(&self) -> Vec<(SocketAddr, SocketAddr)> {
+        self.replicas
+            .iter()
+            .filter_map(|r| r.kv_events.as_ref().map(|k| (k.events, k.replay)))
+            .collect()
     }
 
     /// Replaces the faults of replica `index` (as `POST /sim/faults` would, minus crashes).

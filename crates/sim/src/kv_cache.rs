@@ -15,7 +15,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::tokenizer::fnv1a;
+use switchyard_kv_events::{BlockStored, KvEvent};
+
+use crate::tokenizer::{fnv1a, mix64};
 
 /// Tokens per KV block (vLLM's default on CUDA).
 pub const BLOCK_SIZE: usize = 16;
@@ -58,6 +60,11 @@ pub struct KvCache {
     by_hash: HashMap<u64, BlockId>,
     tick: u64,
     used: usize,
+    /// Events since the last [`KvCache::take_events`], when publishing (`--kv-events`).
+    events: Option<Vec<KvEvent>>,
+    /// This process's hash seed: the names published for blocks are seeded per engine process,
+    /// as vLLM's are, so subscribers cannot mistake them for names of their own.
+    event_seed: u64,
 }
 
 impl KvCache {
@@ -70,6 +77,65 @@ impl KvCache {
             by_hash: HashMap::new(),
             tick: 0,
             used: 0,
+            events: None,
+            event_seed: 0,
+        }
+    }
+
+    /// Starts recording cache events, publishing block names seeded with `seed`.
+    pub fn enable_events(&mut self, seed: u64) {
+        self.events = Some(Vec::new());
+        self.event_seed = seed;
+    }
+
+    /// Whether events are recorded.
+    pub fn events_enabled(&self) -> bool {
+        self.events.is_some()
+    }
+
+    /// The events recorded since the last call, in order.
+    pub fn take_events(&mut self) -> Vec<KvEvent> {
+        self.events.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// The name published for the block whose chain hash is `hash`.
+    pub fn published_hash(&self, hash: u64) -> u64 {
+        mix64(hash ^ self.event_seed)
+    }
+
+    /// Records that blocks `range` of a prompt (chain `hashes`, tokens `tokens`) became cached,
+    /// as one `BlockStored` per run of blocks that were cached anew (a block already cached
+    /// under the same hash was stored before).
+    pub fn note_stored(
+        &mut self,
+        hashes: &[u64],
+        tokens: &[u32],
+        fresh: &[usize],
+        lora: Option<u16>,
+    ) {
+        let seed = self.event_seed;
+        let Some(events) = self.events.as_mut() else {
+            return;
+        };
+        let name = |h: u64| mix64(h ^ seed);
+        let mut run_start = 0;
+        while run_start < fresh.len() {
+            let mut end = run_start + 1;
+            while end < fresh.len() && fresh[end] == fresh[end - 1] + 1 {
+                end += 1;
+            }
+            let first = fresh[run_start];
+            let last = fresh[end - 1];
+            events.push(KvEvent::BlockStored(BlockStored {
+                block_hashes: hashes[first..=last].iter().map(|&h| name(h)).collect(),
+                parent_block_hash: first.checked_sub(1).map(|p| name(hashes[p])),
+                token_ids: tokens[first * BLOCK_SIZE..(last + 1) * BLOCK_SIZE].to_vec(),
+                block_size: BLOCK_SIZE,
+                lora_id: lora.map(|a| i64::from(a) + 1),
+                lora_name: None,
+                medium: Some("GPU".into()),
+            }));
+            run_start = end;
         }
     }
 
@@ -149,20 +215,56 @@ impl KvCache {
         block.lru_tick = None;
         if let Some(h) = block.hash.take() {
             self.by_hash.remove(&h);
+            let name = mix64(h ^ self.event_seed);
+            if let Some(events) = self.events.as_mut() {
+                match events.last_mut() {
+                    Some(KvEvent::BlockRemoved { block_hashes, .. }) => block_hashes.push(name),
+                    _ => events.push(KvEvent::BlockRemoved {
+                        block_hashes: vec![name],
+                        medium: Some("GPU".into()),
+                    }),
+                }
+            }
         }
         Some(b)
     }
 
     /// Records that `block` now holds the full prefix named by `hash`, making it findable. If an
-    /// identical block is already cached the first one stays canonical (as in vLLM).
-    pub fn register(&mut self, block: BlockId, hash: u64) {
+    /// identical block is already cached the first one stays canonical (as in vLLM). Returns
+    /// whether the prefix was cached anew.
+    pub fn register(&mut self, block: BlockId, hash: u64) -> bool {
         if self.blocks[block as usize].hash.is_some() {
-            return;
+            return false;
         }
         if let std::collections::hash_map::Entry::Vacant(e) = self.by_hash.entry(hash) {
             e.insert(block);
             self.blocks[block as usize].hash = Some(hash);
+            return true;
         }
+        false
+    }
+
+    /// Drops every cached prefix (vLLM's `reset_prefix_cache`): blocks in use stay allocated
+    /// but are no longer findable; free ones become plain.
+    pub fn reset_prefix_cache(&mut self) {
+        for (_, b) in std::mem::take(&mut self.evictable) {
+            let block = &mut self.blocks[b as usize];
+            block.lru_tick = None;
+            block.hash = None;
+            self.free_plain.push(b);
+        }
+        for block in &mut self.blocks {
+            block.hash = None;
+        }
+        self.by_hash.clear();
+        if let Some(events) = self.events.as_mut() {
+            events.push(KvEvent::AllBlocksCleared);
+        }
+    }
+
+    /// Whether the prefix named by `hash` is cached (for checking what subscribers believe).
+    pub fn contains(&self, hash: u64) -> bool {
+        self.by_hash.contains_key(&hash)
     }
 
     /// Drops one reference on each block of `table` (tail first) and clears it.

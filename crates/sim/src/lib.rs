@@ -83,6 +83,22 @@ pub struct SimArgs {
     /// Resident LoRA adapters at most (vLLM --max-loras).
     #[arg(long, default_value_t = 4)]
     pub max_loras: usize,
+    /// Publish KV-cache events (ZMQ PUB + replay ROUTER per replica), as vLLM's
+    /// --kv-events-config does.
+    #[arg(long)]
+    pub kv_events: bool,
+    /// KV events wire shape: array or map. [default: array, or the config file's]
+    #[arg(long)]
+    pub kv_events_shape: Option<String>,
+    /// Share of KV event messages not sent on the PUB socket (still replayable).
+    #[arg(long)]
+    pub kv_events_loss: Option<f64>,
+    /// KV event messages kept for replay.
+    #[arg(long)]
+    pub kv_events_replay_buffer: Option<usize>,
+    /// Replica i publishes on this + 2i and replays on this + 2i + 1; 0 picks ephemeral ports.
+    #[arg(long)]
+    pub kv_events_base_port: Option<u16>,
 }
 
 impl SimArgs {
@@ -109,8 +125,28 @@ impl SimArgs {
                     max_loras: self.max_loras,
                     ..Default::default()
                 }],
+                kv_events: None,
             },
         };
+        let kv_flags = self.kv_events_shape.is_some()
+            || self.kv_events_loss.is_some()
+            || self.kv_events_replay_buffer.is_some()
+            || self.kv_events_base_port.is_some();
+        if self.kv_events || kv_flags {
+            let kv = cfg.kv_events.get_or_insert_with(Default::default);
+            if let Some(s) = &self.kv_events_shape {
+                kv.shape.clone_from(s);
+            }
+            if let Some(l) = self.kv_events_loss {
+                kv.loss = l;
+            }
+            if let Some(n) = self.kv_events_replay_buffer {
+                kv.replay_buffer = n;
+            }
+            if let Some(p) = self.kv_events_base_port {
+                kv.base_port = p;
+            }
+        }
         if let Some(port) = self.base_port {
             cfg.base_port = port;
         }
@@ -133,6 +169,9 @@ pub fn main(args: SimArgs) -> anyhow::Result<()> {
         let fleet = start_fleet(cfg).await?;
         for (i, addr) in fleet.addresses().iter().enumerate() {
             println!("replica {i} listening on {addr}");
+        }
+        for (i, (events, replay)) in fleet.kv_event_addresses().iter().enumerate() {
+            println!("replica {i} kv-events on tcp://{events} replay tcp://{replay}");
         }
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
@@ -209,6 +248,37 @@ mod tests {
         assert!(!cfg.host.is_loopback());
         assert!(parse(&["--profile", "tpu"]).is_err());
         assert!(parse(&["--replicas", "0"]).is_err());
+    }
+
+    #[test]
+    fn kv_events_flags() {
+        assert_eq!(parse(&[]).unwrap().kv_events, None);
+        let cfg = parse(&[
+            "--kv-events",
+            "--kv-events-shape",
+            "map",
+            "--kv-events-loss",
+            "0.01",
+        ])
+        .unwrap();
+        let kv = cfg.kv_events.unwrap();
+        assert_eq!(
+            (kv.shape.as_str(), kv.loss, kv.replay_buffer),
+            ("map", 0.01, 10_000)
+        );
+        // Any kv-events flag turns publishing on.
+        assert!(parse(&["--kv-events-replay-buffer", "5"])
+            .unwrap()
+            .kv_events
+            .is_some());
+        assert!(parse(&["--kv-events", "--kv-events-shape", "tuple"]).is_err());
+        assert!(parse(&["--kv-events", "--kv-events-loss", "2"]).is_err());
+        let yaml = FleetConfig::from_yaml(
+            "kv_events: {shape: array, base_port: 7000}\nreplicas: [{count: 2}]\n",
+        )
+        .unwrap();
+        assert_eq!(yaml.kv_events.unwrap().base_port, 7000);
+        assert!(FleetConfig::from_yaml("kv_events: {shaep: map}\nreplicas: [{}]\n").is_err());
     }
 
     #[test]

@@ -261,7 +261,7 @@ pub async fn serve(inc: &Incarnation, req: Request<Incoming>, kind: ApiKind) -> 
             )
         }
     };
-    let p = match parse(&body, kind, replica) {
+    let mut p = match parse(&body, kind, replica) {
         Ok(p) => p,
         Err(resp) => return *resp,
     };
@@ -275,9 +275,11 @@ pub async fn serve(inc: &Incarnation, req: Request<Incoming>, kind: ApiKind) -> 
         .record_arrival(arrival);
     let (tx, mut rx) = unbounded_channel();
     let salt = p.adapter.map_or(0, |a| u64::from(a) + 1);
+    let prompt_len = p.prompt.len();
     let spec = SeqSpec {
-        prompt_len: p.prompt.len(),
+        prompt_len,
         block_hashes: block_hashes(&p.prompt, salt),
+        tokens: std::mem::take(&mut p.prompt),
         output_len: p.output_len,
         finish: p.finish,
         adapter: p.adapter,
@@ -303,7 +305,7 @@ pub async fn serve(inc: &Incarnation, req: Request<Incoming>, kind: ApiKind) -> 
             rx,
             writer,
             p.seed,
-            p.prompt.len(),
+            prompt_len,
             p.include_usage,
             faults.drop_stream_after_tokens,
         );
@@ -324,8 +326,10 @@ pub async fn serve(inc: &Incarnation, req: Request<Incoming>, kind: ApiKind) -> 
     }
     let mut generated = 0;
     let mut finish = None;
+    let mut cached_tokens = 0;
     while let Some(ev) = rx.recv().await {
         generated = ev.generated;
+        cached_tokens = ev.cached_tokens;
         if ev.finish.is_some() {
             finish = ev.finish;
             break;
@@ -341,8 +345,9 @@ pub async fn serve(inc: &Incarnation, req: Request<Incoming>, kind: ApiKind) -> 
     };
     let text = generated_text(p.seed, generated);
     let usage = Usage {
-        prompt_tokens: p.prompt.len(),
+        prompt_tokens: prompt_len,
         completion_tokens: generated as usize,
+        cached_tokens,
     }
     .to_json();
     let choice = match kind {

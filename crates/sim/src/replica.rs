@@ -23,6 +23,15 @@ use crate::engine::{self, EngineConfig, EngineHandle};
 use crate::faults::FaultConfig;
 use crate::metrics::{EngineMetrics, MetricsInfo};
 use crate::scheduler::SchedulerConfig;
+use switchyard_kv_events::{Publisher, PublisherConfig};
+
+/// A replica's KV-event sockets: what it publishes like, and where (kept across crashes).
+#[derive(Debug)]
+pub struct KvEventSockets {
+    pub publisher: PublisherConfig,
+    pub events: SocketAddr,
+    pub replay: SocketAddr,
+}
 
 /// What stays the same across a replica's incarnations.
 #[derive(Debug)]
@@ -43,6 +52,8 @@ pub struct Replica {
     pub info: MetricsInfo,
     /// Bound address (the port is kept across crashes).
     pub addr: SocketAddr,
+    /// KV-event sockets, when publishing.
+    pub kv_events: Option<KvEventSockets>,
     crash_tx: mpsc::UnboundedSender<Duration>,
 }
 
@@ -69,6 +80,8 @@ pub struct Incarnation {
     pub replica: Arc<Replica>,
     /// Submits requests to this life's engine.
     pub engine: EngineHandle,
+    /// This life's KV-event publisher (a new process publishes from seq 0).
+    pub kv_publisher: Option<Arc<Publisher>>,
     /// This life's metrics.
     pub metrics: Arc<Mutex<EngineMetrics>>,
 }
@@ -87,14 +100,27 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-/// Builds the replica for `cfg`, bound to `listener`, and returns it with its supervisor future.
+/// Builds the replica for `cfg`, bound to `listener` (and to `kv`'s event and replay
+/// listeners when publishing), and returns it with its supervisor future.
 pub fn start(
     index: usize,
     model: &str,
     cfg: ReplicaConfig,
     listener: TcpListener,
+    kv: Option<(PublisherConfig, TcpListener, TcpListener)>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Arc<Replica>, impl std::future::Future<Output = ()>)> {
+    let (kv_events, kv_listeners) = match kv {
+        Some((publisher, events, replay)) => (
+            Some(KvEventSockets {
+                publisher,
+                events: events.local_addr()?,
+                replay: replay.local_addr()?,
+            }),
+            Some((events, replay)),
+        ),
+        None => (None, None),
+    };
     let profile = cfg.resolved_profile()?;
     let max_model_len = cfg.resolved_max_model_len(&profile);
     let (crash_tx, crash_rx) = mpsc::unbounded_channel();
@@ -112,6 +138,7 @@ pub fn start(
             ..cfg.faults.clone()
         })),
         addr: listener.local_addr()?,
+        kv_events,
         profile,
         max_model_len,
         cfg,
@@ -119,18 +146,31 @@ pub fn start(
     });
     Ok((
         replica.clone(),
-        supervise(replica, listener, crash_rx, shutdown),
+        supervise(replica, listener, kv_listeners, crash_rx, shutdown),
     ))
 }
 
 async fn supervise(
     replica: Arc<Replica>,
     mut listener: TcpListener,
+    mut kv_listeners: Option<(TcpListener, TcpListener)>,
     mut crash_rx: mpsc::UnboundedReceiver<Duration>,
     shutdown: CancellationToken,
 ) {
     loop {
         let life = shutdown.child_token();
+        let kv_publisher = match (&replica.kv_events, kv_listeners.take()) {
+            (Some(kv), Some((events, replay))) => {
+                match Publisher::start(kv.publisher.clone(), events, replay, life.clone()) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        tracing::warn!(replica = replica.index, error = %e, "kv events publisher failed");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let metrics = Arc::new(Mutex::new(EngineMetrics::default()));
         let engine_cfg = EngineConfig {
             scheduler: SchedulerConfig {
@@ -142,6 +182,7 @@ async fn supervise(
             profile: replica.profile.clone(),
             speed: replica.cfg.speed,
             adapter_names: replica.cfg.lora_adapters.clone(),
+            kv_events: kv_publisher.clone(),
         };
         let (engine, engine_task) = engine::spawn(
             engine_cfg,
@@ -152,6 +193,7 @@ async fn supervise(
         let inc = Arc::new(Incarnation {
             replica: replica.clone(),
             engine,
+            kv_publisher,
             metrics,
         });
         let crash = accept_loop(&listener, inc, &life, &mut crash_rx).await;
@@ -169,6 +211,21 @@ async fn supervise(
             _ = shutdown.cancelled() => return,
         }
         listener = loop {
+            let kv = match &replica.kv_events {
+                Some(kv) => match (bind(kv.events), bind(kv.replay)) {
+                    (Ok(e), Ok(r)) => Some((e, r)),
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::warn!(replica = replica.index, error = %e, "rebinding kv event sockets after crash failed; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                            _ = shutdown.cancelled() => return,
+                        }
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            kv_listeners = kv;
             match bind(replica.addr) {
                 Ok(l) => break l,
                 Err(e) => {

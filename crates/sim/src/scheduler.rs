@@ -55,6 +55,8 @@ pub struct Emitted {
     pub generated: u32,
     /// Set on the last token.
     pub finish: Option<FinishReason>,
+    /// Prompt tokens found in the prefix cache when the request was (last) admitted.
+    pub cached_tokens: usize,
 }
 
 /// A request as submitted to the engine.
@@ -64,6 +66,8 @@ pub struct SeqSpec {
     pub prompt_len: usize,
     /// Hash chain of the prompt's full blocks ([`crate::kv_cache::block_hashes`]).
     pub block_hashes: Vec<u64>,
+    /// The prompt's tokens (published with its blocks when KV events are on).
+    pub tokens: Vec<u32>,
     /// Tokens to generate.
     pub output_len: u32,
     /// Reported when `output_len` is reached.
@@ -85,6 +89,7 @@ struct Seq {
     hashed_blocks: usize,
     scheduled: usize,
     last_token_at: Option<Instant>,
+    cached_tokens: usize,
 }
 
 impl Seq {
@@ -138,6 +143,7 @@ impl Scheduler {
             hashed_blocks: 0,
             scheduled: 0,
             last_token_at: None,
+            cached_tokens: 0,
         });
     }
 
@@ -214,6 +220,7 @@ impl Scheduler {
             m.prefix_queries += num_tokens as u64;
             m.prefix_hits += cached as u64;
             seq.num_computed = cached;
+            seq.cached_tokens = cached;
             seq.hashed_blocks = hit;
             seq.scheduled = n;
             budget -= n;
@@ -281,12 +288,24 @@ impl Scheduler {
             seq.scheduled = 0;
             let full = (seq.num_computed.min(seq.spec.prompt_len) / BLOCK_SIZE)
                 .min(seq.spec.block_hashes.len());
+            let mut fresh = Vec::new();
             while seq.hashed_blocks < full {
-                self.kv.register(
+                if self.kv.register(
                     seq.blocks[seq.hashed_blocks],
                     seq.spec.block_hashes[seq.hashed_blocks],
-                );
+                ) && self.kv.events_enabled()
+                {
+                    fresh.push(seq.hashed_blocks);
+                }
                 seq.hashed_blocks += 1;
+            }
+            if !fresh.is_empty() {
+                self.kv.note_stored(
+                    &seq.spec.block_hashes,
+                    &seq.spec.tokens,
+                    &fresh,
+                    seq.spec.adapter,
+                );
             }
             if seq.num_computed < seq.num_tokens() {
                 i += 1;
@@ -310,6 +329,7 @@ impl Scheduler {
                 .send(Emitted {
                     generated: seq.generated,
                     finish,
+                    cached_tokens: seq.cached_tokens,
                 })
                 .is_ok();
             if finish.is_none() && delivered {
@@ -347,6 +367,11 @@ impl Scheduler {
         };
         m.running_loras = names(&mut self.running.iter().filter_map(|s| s.spec.adapter));
         m.waiting_loras = names(&mut self.waiting.iter().filter_map(|s| s.spec.adapter));
+    }
+
+    /// The KV cache, to publish its events and reset it.
+    pub fn kv_mut(&mut self) -> &mut KvCache {
+        &mut self.kv
     }
 
     /// The KV cache (read-only, for tests).

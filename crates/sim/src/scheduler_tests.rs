@@ -20,6 +20,7 @@ fn spec(
     let s = SeqSpec {
         prompt_len: prompt.len(),
         block_hashes: block_hashes(prompt, adapter.map_or(0, |a| u64::from(a) + 1)),
+        tokens: prompt.to_vec(),
         output_len: out,
         finish: FinishReason::Length,
         adapter,

@@ -45,6 +45,8 @@ pub struct Usage {
     pub prompt_tokens: usize,
     /// Generated tokens.
     pub completion_tokens: usize,
+    /// Prompt tokens served from the prefix cache (vLLM's `prompt_tokens_details`).
+    pub cached_tokens: usize,
 }
 
 impl Usage {
@@ -54,6 +56,7 @@ impl Usage {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": { "cached_tokens": self.cached_tokens },
         })
     }
 }
@@ -220,6 +223,7 @@ impl SseBody {
                 let usage = Usage {
                     prompt_tokens: self.prompt_tokens,
                     completion_tokens: self.sent as usize,
+                    cached_tokens: ev.cached_tokens,
                 };
                 self.writer.usage(&mut buf, usage);
             }
@@ -283,6 +287,7 @@ mod tests {
             Usage {
                 prompt_tokens: 3,
                 completion_tokens: 2,
+                cached_tokens: 0,
             },
         );
         let text = std::str::from_utf8(&buf).unwrap();
@@ -322,6 +327,7 @@ mod tests {
         tx.send(Emitted {
             generated: 1,
             finish: None,
+            cached_tokens: 0,
         })
         .unwrap();
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
@@ -333,6 +339,7 @@ mod tests {
         tx.send(Emitted {
             generated: 2,
             finish: Some(FinishReason::Length),
+            cached_tokens: 0,
         })
         .unwrap();
         let last = body.frame().await.unwrap().unwrap().into_data().unwrap();

@@ -1,0 +1,390 @@
+//! Which endpoint *does* hold which prompt-prefix blocks: the index built from the engines'
+//! KV-cache events (`switchyard_kv_events`), next to [`crate::prefix_index`]'s guess.
+//!
+//! Keys are the gateway's own: a hash chain over each block's token ids
+//! ([`token_block_keys`]), computed from the `token_ids` a `BlockStored` carries and, for a
+//! request, from its prompt tokenized as the engine tokenizes it. The engine's own block hashes
+//! are seeded per process (vLLM's `PYTHONHASHSEED`, SGLang's likewise), so two replicas name the
+//! same prefix differently and a restarted one renames everything; llm-d keys its index the same
+//! way for the same reason. Engine hashes are kept per endpoint only to map a `BlockRemoved`
+//! (which carries nothing else) back to the key it removes.
+//!
+//! What the index must never do is claim a hit that is not there: a pick made for it lands on a
+//! replica that prefills from scratch while the load scorers thought it cheap. So every doubt
+//! drops entries rather than keeps them: a new connection (the engine may have restarted), a
+//! lost message (a removal may be in it), `AllBlocksCleared`, a `BlockStored` whose parent is
+//! unknown (skipped: its chain cannot be keyed), an endpoint over its block bound. An endpoint
+//! that lost messages for good is *stale* for `stale_for`: the picker scores it from the
+//! approximate index meanwhile, while new events rebuild its entries.
+//!
+//! Events arrive after the fact: a block is stored once its prefill is done, which under load is
+//! seconds after the pick that sent it. Scored on stored blocks alone, every request sharing a
+//! prefix that arrives meanwhile sees no holder and is spread by load, so the prefix is
+//! prefilled on every replica (measured: the prefix hit rate halved on an overloaded fleet). So
+//! a pick also records its blocks as *pending* on its endpoint, counted as held until the
+//! engine's `BlockStored` confirms them or [`PENDING_FOR`] passes; a removal, a clear or a
+//! reconnection drops them too. Pending entries are this gateway's own picks; stored ones are
+//! what every gateway subscribed to the same engines holds alike.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use switchyard_kv_events::{is_gpu, BlockStored, EngineHash, EventBatch, KvEvent};
+
+use crate::prefix_index::MulHasher;
+
+type Map<V> = HashMap<u64, V, BuildHasherDefault<MulHasher>>;
+
+/// Most blocks kept per endpoint: a real engine's GPU cache holds a few hundred thousand at
+/// most (an H100's 8B model: ~30k); past this an engine is misbehaving and is dropped.
+pub const MAX_BLOCKS_PER_ENDPOINT: usize = 1 << 18;
+
+/// How long a pick's blocks count as held before the engine confirms them.
+pub const PENDING_FOR: Duration = Duration::from_secs(10);
+/// Most pending (block, endpoint) entries kept; the oldest go first.
+pub const MAX_PENDING: usize = 1 << 16;
+
+/// The gateway's key chain over full blocks of `block_size` tokens, seeded by `seed` (0 for the
+/// base model).
+pub fn token_block_keys(seed: u64, tokens: &[u32], block_size: usize) -> Vec<u64> {
+    let mut prev = chain_start(seed);
+    tokens
+        .chunks_exact(block_size.max(1))
+        .map(|block| {
+            prev = chain(prev, block);
+            prev
+        })
+        .collect()
+}
+
+fn chain_start(seed: u64) -> u64 {
+    seed ^ 0x6b76_5f69_6e64_6578
+}
+
+fn chain(prev: u64, block: &[u32]) -> u64 {
+    let mut h = prev ^ (block.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    for &t in block {
+        h = (h ^ u64::from(t))
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    h ^ (h >> 33)
+}
+
+/// Counters of what the events did to one endpoint's entries, for operators and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvEndpointStatus {
+    /// Blocks held now.
+    pub blocks: usize,
+    /// Connected to the engine's publisher and not stale.
+    pub fresh: bool,
+    pub batches: u64,
+    /// Entries dropped wholesale: reconnections, lost messages, clears.
+    pub resets: u64,
+    /// Message ranges lost for good.
+    pub lost: u64,
+    /// `BlockStored` events skipped (unknown parent, another block size, not GPU).
+    pub skipped: u64,
+}
+
+#[derive(Default)]
+struct Endpoint {
+    /// engine hash → our key
+    by_engine: Map<u64>,
+    connected: bool,
+    stale_until: Option<Instant>,
+    status: KvEndpointStatus,
+}
+
+/// The precise index of one pool, endpoints addressed by position like [`crate::PrefixIndex`].
+#[derive(Debug)]
+pub struct KvIndex {
+    block_size: usize,
+    stale_for: Duration,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// our key → endpoints holding it
+    blocks: Map<Vec<u32>>,
+    endpoints: Vec<Endpoint>,
+    /// our key → (endpoint, until) for blocks sent there and not yet confirmed
+    pending: Map<Vec<(u32, Instant)>>,
+    /// pending entries in the order they were made, to expire and bound them
+    pending_order: VecDeque<(Instant, u64, u32)>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("blocks", &self.blocks.len())
+            .finish()
+    }
+}
+
+impl KvIndex {
+    /// An index for `endpoints` engines with `block_size`-token blocks.
+    pub fn new(endpoints: usize, block_size: usize, stale_for: Duration) -> Self {
+        let mut inner = Inner::default();
+        inner.endpoints.resize_with(endpoints, Endpoint::default);
+        Self {
+            block_size,
+            stale_for,
+            inner: Mutex::new(inner),
+        }
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Connected to `endpoint`'s publisher anew: whatever it held may belong to a dead process.
+    pub fn on_connect(&self, endpoint: usize) {
+        let mut inner = self.lock();
+        inner.clear(endpoint);
+        if let Some(ep) = inner.endpoints.get_mut(endpoint) {
+            ep.connected = true;
+        }
+    }
+
+    /// Lost the connection: score `endpoint` approximately until it is back.
+    pub fn on_disconnect(&self, endpoint: usize) {
+        let mut inner = self.lock();
+        inner.clear(endpoint);
+        if let Some(ep) = inner.endpoints.get_mut(endpoint) {
+            ep.connected = false;
+        }
+    }
+
+    /// Messages were lost for good: drop the entries and be stale for `stale_for`.
+    pub fn on_lost(&self, endpoint: usize, now: Instant) {
+        let mut inner = self.lock();
+        inner.clear(endpoint);
+        if let Some(ep) = inner.endpoints.get_mut(endpoint) {
+            ep.status.lost += 1;
+            ep.stale_until = Some(now + self.stale_for);
+        }
+    }
+
+    /// Applies one batch from `endpoint`, in order.
+    pub fn apply(&self, endpoint: usize, batch: &EventBatch) {
+        let mut inner = self.lock();
+        if endpoint >= inner.endpoints.len() {
+            return;
+        }
+        inner.endpoints[endpoint].status.batches += 1;
+        for e in &batch.events {
+            match e {
+                KvEvent::BlockStored(s) => inner.stored(endpoint, s, self.block_size),
+                KvEvent::BlockRemoved {
+                    block_hashes,
+                    medium,
+                } if is_gpu(medium.as_deref()) => inner.removed(endpoint, block_hashes),
+                KvEvent::BlockRemoved { .. } => {}
+                KvEvent::AllBlocksCleared => inner.clear(endpoint),
+            }
+        }
+        if inner.endpoints[endpoint].by_engine.len() > MAX_BLOCKS_PER_ENDPOINT {
+            tracing::warn!(
+                endpoint,
+                limit = MAX_BLOCKS_PER_ENDPOINT,
+                "kv events: endpoint claims more cached blocks than the bound; dropping them"
+            );
+            inner.clear(endpoint);
+        }
+    }
+
+    /// A request with `keys` was sent to `endpoint` at `now`: count its blocks as held there
+    /// until the engine confirms them or [`PENDING_FOR`] passes.
+    pub fn record_pending(&self, endpoint: usize, keys: &[u64], now: Instant) {
+        let mut inner = self.lock();
+        let until = now + PENDING_FOR;
+        let id = endpoint as u32;
+        for &k in keys {
+            let holders = inner.pending.entry(k).or_default();
+            match holders.iter_mut().find(|(e, _)| *e == id) {
+                Some(slot) => slot.1 = until,
+                None => holders.push((id, until)),
+            }
+            inner.pending_order.push_back((until, k, id));
+        }
+        inner.expire_pending(now);
+    }
+
+    /// Whether `endpoint`'s entries can be trusted now.
+    pub fn is_fresh(&self, endpoint: usize, now: Instant) -> bool {
+        self.lock()
+            .endpoints
+            .get(endpoint)
+            .is_some_and(|ep| ep.is_fresh(now))
+    }
+
+    /// For endpoints `0..out.len()`: `Some(matched leading blocks of keys)` where the entries
+    /// are fresh, `None` where the caller should fall back.
+    pub fn matched_blocks_all(&self, keys: &[u64], now: Instant, out: &mut [Option<usize>]) {
+        let inner = self.lock();
+        for (e, o) in out.iter_mut().enumerate() {
+            *o = inner
+                .endpoints
+                .get(e)
+                .filter(|ep| ep.is_fresh(now))
+                .map(|_| 0);
+        }
+        for (i, k) in keys.iter().enumerate() {
+            let stored = inner.blocks.get(k).into_iter().flatten().copied();
+            let pending = inner
+                .pending
+                .get(k)
+                .into_iter()
+                .flatten()
+                .filter(|(_, until)| *until > now)
+                .map(|(e, _)| *e);
+            let mut any = false;
+            for e in stored.chain(pending) {
+                if let Some(Some(run)) = out.get_mut(e as usize) {
+                    if *run == i {
+                        *run = i + 1;
+                        any = true;
+                    }
+                }
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    /// What the events did to `endpoint`.
+    pub fn status(&self, endpoint: usize, now: Instant) -> Option<KvEndpointStatus> {
+        let inner = self.lock();
+        let ep = inner.endpoints.get(endpoint)?;
+        Some(KvEndpointStatus {
+            blocks: ep.by_engine.len(),
+            fresh: ep.is_fresh(now),
+            ..ep.status
+        })
+    }
+}
+
+impl Endpoint {
+    fn is_fresh(&self, now: Instant) -> bool {
+        self.connected && self.stale_until.is_none_or(|t| now >= t)
+    }
+}
+
+impl Inner {
+    fn clear(&mut self, endpoint: usize) {
+        let Some(ep) = self.endpoints.get_mut(endpoint) else {
+            return;
+        };
+        ep.status.resets += 1;
+        let keys: Vec<u64> = ep.by_engine.drain().map(|(_, k)| k).collect();
+        for k in keys {
+            self.drop_holder(k, endpoint as u32);
+        }
+        let id = endpoint as u32;
+        self.pending.retain(|_, holders| {
+            holders.retain(|(e, _)| *e != id);
+            !holders.is_empty()
+        });
+    }
+
+    fn drop_pending(&mut self, key: u64, id: u32) {
+        if let Some(holders) = self.pending.get_mut(&key) {
+            holders.retain(|(e, _)| *e != id);
+            if holders.is_empty() {
+                self.pending.remove(&key);
+            }
+        }
+    }
+
+    /// Drops expired pending entries, and the oldest beyond [`MAX_PENDING`].
+    fn expire_pending(&mut self, now: Instant) {
+        while let Some(&(until, key, id)) = self.pending_order.front() {
+            if until > now && self.pending_order.len() <= MAX_PENDING {
+                break;
+            }
+            self.pending_order.pop_front();
+            // Only if this queue entry is the holder's latest (a re-record moved it on).
+            if let Some(holders) = self.pending.get_mut(&key) {
+                if let Some(p) = holders.iter().position(|&(e, u)| e == id && u == until) {
+                    holders.swap_remove(p);
+                }
+                if holders.is_empty() {
+                    self.pending.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn drop_holder(&mut self, key: u64, id: u32) {
+        if let Some(holders) = self.blocks.get_mut(&key) {
+            if let Some(p) = holders.iter().position(|&e| e == id) {
+                holders.swap_remove(p);
+            }
+            if holders.is_empty() {
+                self.blocks.remove(&key);
+            }
+        }
+    }
+
+    fn stored(&mut self, endpoint: usize, s: &BlockStored, block_size: usize) {
+        let id = endpoint as u32;
+        let ep = &mut self.endpoints[endpoint];
+        // A chain continues from its parent's key; an unknown parent (its event was before our
+        // time, or lost) leaves nothing to key the chain from. Another block size cannot match
+        // requests keyed with ours, offloaded copies are not GPU hits, and LoRA blocks belong to
+        // an adapter (requests for adapters are scored approximately).
+        let prev = match s.parent_block_hash {
+            None => Some(chain_start(0)),
+            Some(h) => ep.by_engine.get(&h).copied(),
+        };
+        let base_model = s.lora_id.is_none() && s.lora_name.is_none();
+        let Some(mut prev) = prev
+            .filter(|_| s.block_size == block_size && is_gpu(s.medium.as_deref()) && base_model)
+        else {
+            ep.status.skipped += 1;
+            return;
+        };
+        for (i, &h) in s.block_hashes.iter().enumerate() {
+            let Some(block) = s.token_ids.get(i * block_size..(i + 1) * block_size) else {
+                break;
+            };
+            let key = chain(prev, block);
+            prev = key;
+            self.drop_pending(key, id);
+            if let Some(old) = self.endpoints[endpoint].by_engine.insert(h, key) {
+                if old == key {
+                    continue;
+                }
+                self.drop_holder(old, id);
+            }
+            let holders = self.blocks.entry(key).or_default();
+            if !holders.contains(&id) {
+                holders.push(id);
+            }
+        }
+    }
+
+    fn removed(&mut self, endpoint: usize, hashes: &[EngineHash]) {
+        for h in hashes {
+            if let Some(key) = self.endpoints[endpoint].by_engine.remove(h) {
+                self.drop_holder(key, endpoint as u32);
+                self.drop_pending(key, endpoint as u32);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "kv_index_tests.rs"]
+mod tests;

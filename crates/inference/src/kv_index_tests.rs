@@ -1,0 +1,237 @@
+use std::collections::{BTreeSet, HashMap};
+
+use proptest::prelude::*;
+
+use super::*;
+
+const BS: usize = 4;
+
+fn now() -> Instant {
+    Instant::now()
+}
+
+/// A toy engine: caches whole-prompt chains, names blocks with a per-process seed, and emits
+/// the events vLLM would.
+struct Engine {
+    seed: u64,
+    /// engine hash → our key, of what is cached
+    cached: HashMap<u64, u64>,
+}
+
+impl Engine {
+    fn name(&self, chain_pos: u64) -> u64 {
+        chain_pos.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.seed
+    }
+
+    /// Stores the full blocks of `tokens`; the events name each block by its position hash.
+    fn store(&mut self, tokens: &[u32]) -> KvEvent {
+        let keys = token_block_keys(0, tokens, BS);
+        let names: Vec<u64> = keys.iter().map(|&k| self.name(k)).collect();
+        for (n, k) in names.iter().zip(&keys) {
+            self.cached.insert(*n, *k);
+        }
+        KvEvent::BlockStored(BlockStored {
+            block_hashes: names,
+            parent_block_hash: None,
+            token_ids: tokens[..keys.len() * BS].to_vec(),
+            block_size: BS,
+            ..Default::default()
+        })
+    }
+
+    fn remove(&mut self, name: u64) -> KvEvent {
+        self.cached.remove(&name);
+        KvEvent::BlockRemoved {
+            block_hashes: vec![name],
+            medium: None,
+        }
+    }
+
+    fn true_keys(&self) -> BTreeSet<u64> {
+        self.cached.values().copied().collect()
+    }
+}
+
+fn batch(events: Vec<KvEvent>) -> EventBatch {
+    EventBatch {
+        events,
+        ..Default::default()
+    }
+}
+
+fn held(idx: &KvIndex, e: usize, keys: &BTreeSet<u64>) -> BTreeSet<u64> {
+    let mut out = vec![None; e + 1];
+    keys.iter()
+        .copied()
+        .filter(|k| {
+            idx.matched_blocks_all(&[*k], now(), &mut out);
+            out[e] == Some(1)
+        })
+        .collect()
+}
+
+#[test]
+fn requests_match_what_the_engine_stored_under_its_own_names() {
+    let idx = KvIndex::new(3, BS, Duration::from_secs(10));
+    for e in 0..3 {
+        idx.on_connect(e);
+    }
+    let prompt: Vec<u32> = (0..13).collect();
+    let mut eng = Engine {
+        seed: 7,
+        cached: HashMap::new(),
+    };
+    idx.apply(1, &batch(vec![eng.store(&prompt)]));
+    // A continuation stored later, chained to its parent by the engine's name.
+    let keys = token_block_keys(0, &prompt, BS);
+    let more: Vec<u32> = (100..104).collect();
+    let mut full = prompt[..12].to_vec();
+    full.extend(&more);
+    idx.apply(
+        1,
+        &batch(vec![KvEvent::BlockStored(BlockStored {
+            block_hashes: vec![99],
+            parent_block_hash: Some(eng.name(keys[2])),
+            token_ids: more,
+            block_size: BS,
+            ..Default::default()
+        })]),
+    );
+    let req = token_block_keys(0, &full, BS);
+    let mut out = [None; 3];
+    idx.matched_blocks_all(&req, now(), &mut out);
+    assert_eq!(out, [Some(0), Some(4), Some(0)]);
+
+    // Removing the second block cuts the match there.
+    idx.apply(1, &batch(vec![eng.remove(eng.name(keys[1]))]));
+    idx.matched_blocks_all(&req, now(), &mut out);
+    assert_eq!(out[1], Some(1));
+
+    // An orphan (unknown parent) is skipped rather than keyed wrongly.
+    idx.apply(
+        2,
+        &batch(vec![KvEvent::BlockStored(BlockStored {
+            block_hashes: vec![5],
+            parent_block_hash: Some(12345),
+            token_ids: vec![1; BS],
+            block_size: BS,
+            ..Default::default()
+        })]),
+    );
+    assert_eq!(idx.status(2, now()).unwrap().skipped, 1);
+
+    // AllBlocksCleared, a reconnection and a loss each drop the endpoint's entries.
+    idx.apply(1, &batch(vec![KvEvent::AllBlocksCleared]));
+    idx.matched_blocks_all(&req, now(), &mut out);
+    assert_eq!(out[1], Some(0));
+    idx.apply(0, &batch(vec![eng.store(&prompt)]));
+    idx.on_lost(0, now());
+    idx.matched_blocks_all(&req, now(), &mut out);
+    assert_eq!(out[0], None, "stale: the caller falls back");
+    assert!(idx.is_fresh(0, now() + Duration::from_secs(11)));
+    idx.on_disconnect(2);
+    assert!(!idx.is_fresh(2, now()));
+}
+
+#[test]
+fn entries_are_bounded_per_endpoint() {
+    let idx = KvIndex::new(1, 1, Duration::from_secs(1));
+    idx.on_connect(0);
+    let n = MAX_BLOCKS_PER_ENDPOINT + 1;
+    idx.apply(
+        0,
+        &batch(vec![KvEvent::BlockStored(BlockStored {
+            block_hashes: (0..n as u64).collect(),
+            parent_block_hash: None,
+            token_ids: (0..n as u32).collect(),
+            block_size: 1,
+            ..Default::default()
+        })]),
+    );
+    assert_eq!(idx.status(0, now()).unwrap().blocks, 0);
+}
+
+proptest! {
+    /// Two engines store and evict at random, each restarting now and then (new seed, empty
+    /// cache, a reconnection). Applied in order, the index holds exactly each engine's cache;
+    /// with messages lost, it holds nothing the engine does not (and is stale meanwhile).
+    #[test]
+    fn index_never_claims_a_block_the_engine_lacks(
+        ops in proptest::collection::vec((0usize..2, 0u8..10, proptest::collection::vec(0u32..3, 4..12)), 1..60),
+        lose in proptest::collection::vec(any::<bool>(), 60),
+    ) {
+        let idx = KvIndex::new(2, BS, Duration::from_secs(3600));
+        let mut engines: Vec<Engine> = (0..2).map(|s| Engine { seed: s, cached: HashMap::new() }).collect();
+        for e in 0..2 { idx.on_connect(e); }
+        let mut universe = BTreeSet::new();
+        for (step, (e, op, tokens)) in ops.into_iter().enumerate() {
+            let eng = &mut engines[e];
+            let event = match op {
+                0..=5 => {
+                    universe.extend(token_block_keys(0, &tokens, BS));
+                    eng.store(&tokens)
+                }
+                6..=7 => match eng.cached.keys().next().copied() {
+                    Some(name) => eng.remove(name),
+                    None => continue,
+                },
+                8 => {
+                    eng.cached.clear();
+                    KvEvent::AllBlocksCleared
+                }
+                _ => {
+                    *eng = Engine { seed: eng.seed + 100, cached: HashMap::new() };
+                    idx.on_connect(e);
+                    continue;
+                }
+            };
+            if lose[step] {
+                idx.on_lost(e, now());
+            } else {
+                idx.apply(e, &batch(vec![event]));
+            }
+            for (e, eng) in engines.iter().enumerate() {
+                let truth = eng.true_keys();
+                let mut out = [None; 2];
+                idx.matched_blocks_all(&[], now(), &mut out);
+                if out[e].is_none() {
+                    continue; // stale: not consulted
+                }
+                let held = held(&idx, e, &universe);
+                prop_assert!(held.is_subset(&truth), "endpoint {e} holds {:?} beyond {:?}", held, truth);
+            }
+        }
+    }
+}
+
+#[test]
+fn picks_count_as_pending_until_confirmed_removed_or_expired() {
+    let idx = KvIndex::new(2, BS, Duration::from_secs(10));
+    idx.on_connect(0);
+    idx.on_connect(1);
+    let prompt: Vec<u32> = (0..8).collect();
+    let keys = token_block_keys(0, &prompt, BS);
+    let t = now();
+    idx.record_pending(1, &keys, t);
+    let mut out = [None; 2];
+    idx.matched_blocks_all(&keys, t, &mut out);
+    assert_eq!(out, [Some(0), Some(2)]);
+    // Expired: no longer claimed.
+    idx.matched_blocks_all(&keys, t + PENDING_FOR, &mut out);
+    assert_eq!(out, [Some(0), Some(0)]);
+    // Confirmed by the engine, then removed by it: the pending claim does not outlive either.
+    idx.record_pending(1, &keys, t);
+    let mut eng = Engine {
+        seed: 3,
+        cached: HashMap::new(),
+    };
+    idx.apply(1, &batch(vec![eng.store(&prompt)]));
+    idx.apply(1, &batch(vec![eng.remove(eng.name(keys[1]))]));
+    idx.matched_blocks_all(&keys, t, &mut out);
+    assert_eq!(out[1], Some(1));
+    // A reconnection drops pending claims with the rest.
+    idx.record_pending(0, &keys, t);
+    idx.on_connect(0);
+    idx.matched_blocks_all(&keys, t, &mut out);
+    assert_eq!(out[0], Some(0));
+}
