@@ -113,6 +113,21 @@ pub fn cluster(p: &Pool, budget: Option<&RetryBudgetConfig>, report: &mut Report
             (LbPolicy::LeastRequest, Some(least_request(2)))
         }
     };
+    if p.locality.is_some() {
+        report.add(
+            format!("{at}.locality"),
+            "Envoy's zone-aware routing spills on health only, not on capacity; endpoints keep \
+             their zone, region and priority, so set zone_aware_lb_config on the Envoy side",
+        );
+    }
+    for (j, e) in p.endpoints.iter().enumerate() {
+        if e.capacity.is_some() {
+            report.add(
+                format!("{at}.endpoints[{j}].capacity"),
+                "Envoy has no per-endpoint capacity; it feeds only Switchyard's own spillover",
+            );
+        }
+    }
     if slow_start.is_some() && !matches!(policy, LbPolicy::RoundRobin | LbPolicy::LeastRequest) {
         report.add(
             format!("{at}.slow_start"),
