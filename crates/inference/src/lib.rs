@@ -25,6 +25,7 @@ pub mod kv_subscriptions;
 pub mod model_rewrite;
 pub mod picker;
 pub mod prefix_index;
+pub mod prefix_owner;
 pub mod prom_text;
 mod prompt_walk;
 pub mod request;

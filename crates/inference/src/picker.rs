@@ -290,11 +290,18 @@ impl InferencePicker {
             return Decision::default();
         }
 
-        let prefix_share = if cfg.weights.prefix > 0.0 {
+        let mut prefix_share = if cfg.weights.prefix > 0.0 {
             self.prefix_share(req, n, now)
         } else {
             Vec::new()
         };
+        // A prefix no candidate is known to hold goes to its owner on every replica alike.
+        if !prefix_share.is_empty() && candidates.iter().all(|&i| prefix_share[i] == 0.0) {
+            let addresses: Vec<_> = endpoints.iter().map(|e| e.address()).collect();
+            if let Some(o) = crate::prefix_owner::owner(req.block_hashes, &candidates, &addresses) {
+                prefix_share[o] = crate::prefix_owner::OWNER_SHARE;
+            }
+        }
         let latency: Vec<Option<Duration>> = if cfg.weights.latency > 0.0 {
             endpoints.iter().map(|e| e.state.latency_at(now)).collect()
         } else {

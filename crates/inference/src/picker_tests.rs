@@ -68,12 +68,21 @@ fn prefers_the_endpoint_holding_the_prefix_when_loads_are_equal() {
     for _ in 0..50 {
         assert_eq!(picker.pick_at(&eps, &req, now).index, Some(2));
     }
-    // A different prompt spreads over all four.
+    // A prompt nobody holds goes to its owner (prefix_owner.rs), the same on another picker
+    // (another gateway replica) that has seen nothing at all.
     let other = prompt_block_hashes(&prompt("another"), 16);
     let req = RequestContext {
         block_hashes: &other,
         ..Default::default()
     };
+    let first = picker.pick_at(&eps, &req, now).index;
+    let (eps2, replica, now2) = setup(&[(2.0, 0.3); 4]);
+    for _ in 0..50 {
+        assert_eq!(picker.pick_at(&eps, &req, now).index, first);
+        assert_eq!(replica.pick_at(&eps2, &req, now2).index, first);
+    }
+    // Without a prompt to own, near-equal scores are broken at random.
+    let req = RequestContext::default();
     let mut seen = [false; 4];
     for _ in 0..200 {
         seen[picker.pick_at(&eps, &req, now).index.unwrap()] = true;
