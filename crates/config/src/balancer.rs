@@ -108,6 +108,9 @@ pub struct InferenceWeights {
     pub lora: f64,
     pub in_flight: f64,
     pub latency: f64,
+    /// The prefix share credited to a new prefix's rendezvous owner, so that gateway replicas
+    /// place it alike (`switchyard_inference::prefix_owner`); 0 turns owners off.
+    pub prefix_owner: f64,
 }
 
 impl Default for InferenceWeights {
@@ -119,6 +122,7 @@ impl Default for InferenceWeights {
             lora: 1.0,
             in_flight: 1.0,
             latency: 0.0,
+            prefix_owner: 0.5,
         }
     }
 }

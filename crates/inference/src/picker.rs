@@ -296,10 +296,14 @@ impl InferencePicker {
             Vec::new()
         };
         // A prefix no candidate is known to hold goes to its owner on every replica alike.
-        if !prefix_share.is_empty() && candidates.iter().all(|&i| prefix_share[i] == 0.0) {
+        let owner_share = cfg.weights.prefix_owner;
+        if owner_share > 0.0
+            && !prefix_share.is_empty()
+            && candidates.iter().all(|&i| prefix_share[i] == 0.0)
+        {
             let addresses: Vec<_> = endpoints.iter().map(|e| e.address()).collect();
             if let Some(o) = crate::prefix_owner::owner(req.block_hashes, &candidates, &addresses) {
-                prefix_share[o] = crate::prefix_owner::OWNER_SHARE;
+                prefix_share[o] = owner_share.min(1.0);
             }
         }
         let latency: Vec<Option<Duration>> = if cfg.weights.latency > 0.0 {

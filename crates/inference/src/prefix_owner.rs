@@ -6,8 +6,8 @@
 //! a prefix seen by three replicas at once would be scattered over three servers by their load
 //! scores, each computing it again. The inference Extension runs a single active picker for this
 //! reason (GAIE #1406). Here, a prefix that no candidate is known to hold is given a virtual
-//! share on its owner: the candidate with the highest hash of (prefix, endpoint address), the
-//! same on every replica. Only candidates count (saturated endpoints are not), and the share is
+//! share on its owner (`weights.prefix_owner`, half a full hit by default): the candidate with
+//! the highest hash of (prefix, endpoint address), the same on every replica. Only candidates count (saturated endpoints are not), and the share is
 //! one scorer input among the load terms, so an owner much busier than the others still loses:
 //! the load stays bounded. Removing an endpoint moves only the prefixes it owned.
 
@@ -16,9 +16,6 @@ use std::net::SocketAddr;
 /// Prefixes are told apart by their first this-many blocks (512 tokens at 16 per block): long
 /// enough to separate system prompts, short enough that a user's question does not.
 pub const OWNER_DEPTH_BLOCKS: usize = 32;
-
-/// The virtual prefix share the owner gets: half of what a full cache hit scores.
-pub const OWNER_SHARE: f64 = 0.5;
 
 /// The owner of the prefix `block_hashes` among `candidates` (indices into `addresses`).
 pub fn owner(
