@@ -185,9 +185,13 @@ impl Admin {
                 let in_flight: u64 = pools.iter().map(|p| p.in_flight).sum();
                 let capacity: Option<u64> =
                     pools.iter().filter_map(|p| p.capacity).reduce(|a, b| a + b);
-                let utilization = capacity
-                    .filter(|c| *c > 0)
-                    .map(|c| in_flight as f64 / c as f64);
+                // Each pool's utilization weighted by its capacity: pools without one count
+                // neither their requests nor their room.
+                let used: f64 = pools
+                    .iter()
+                    .filter_map(|p| Some(p.utilization? * p.capacity? as f64))
+                    .sum();
+                let utilization = capacity.filter(|c| *c > 0).map(|c| used / c as f64);
                 json(&serde_json::json!({
                     "in_flight": in_flight,
                     "capacity": capacity,

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 
+use crate::layout::range_end;
 use crate::watch::{connect, read};
 use crate::EtcdUrl;
 
@@ -43,13 +44,13 @@ pub async fn push(file: &Path, url: &EtcdUrl, expect: Option<i64>) -> Result<Pus
              the change"
         ));
     }
-    // mod_revision 0 compares as "the key does not exist".
+    // Nothing in the range may have changed since the read: not the key, and no part created
+    // under it (which would leave both layouts set, and every replica refusing them).
     let txn = Txn::new()
-        .when([Compare::mod_revision(
-            url.key.as_bytes(),
-            CompareOp::Equal,
-            previous,
-        )])
+        .when([
+            Compare::mod_revision(url.key.as_bytes(), CompareOp::Less, current.read_at + 1)
+                .with_range(range_end(&url.key)),
+        ])
         .and_then([TxnOp::put(url.key.as_bytes(), text.into_bytes(), None)]);
     let response = client
         .txn(txn)

@@ -13,7 +13,7 @@ use std::time::Duration;
 use etcd_client::{Client, ConnectOptions, GetOptions, WatchOptions};
 use tokio::sync::mpsc;
 
-use crate::layout::{belongs, range_end, Entry};
+use crate::layout::{belongs, range_end, Entry, MAX_CONFIG_BYTES};
 use crate::EtcdUrl;
 
 /// One revision of the config range.
@@ -44,6 +44,10 @@ pub enum Update {
 /// requests are.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Largest message taken from etcd: a whole config (the range read) and then some. tonic's
+/// default of 4 MiB would refuse a legal 8 MiB config, and refuse it again on every retry.
+const MAX_MESSAGE: usize = 2 * MAX_CONFIG_BYTES;
+
 /// Backoff between reconnects: doubling from `MIN_BACKOFF` to `MAX_BACKOFF`, with jitter so a
 /// fleet does not reconnect in step after an etcd restart.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -53,7 +57,10 @@ pub async fn connect(url: &EtcdUrl) -> Result<Client, String> {
     let options = ConnectOptions::new()
         .with_connect_timeout(CALL_TIMEOUT)
         .with_timeout(CALL_TIMEOUT)
-        .with_keep_alive(Duration::from_secs(5), CALL_TIMEOUT);
+        .with_keep_alive(Duration::from_secs(5), CALL_TIMEOUT)
+        // A member cut off from the quorum would keep a watch open and silent: the replica
+        // would look current while missing every change.
+        .with_require_leader(true);
     Client::connect(url.endpoints.clone(), Some(options))
         .await
         .map_err(|e| format!("{url}: cannot connect: {e}"))
@@ -63,6 +70,8 @@ pub async fn connect(url: &EtcdUrl) -> Result<Client, String> {
 pub async fn read(client: &mut Client, url: &EtcdUrl) -> Result<Snapshot, String> {
     let options = GetOptions::new().with_range(range_end(&url.key));
     let response = client
+        .kv_client()
+        .max_decoding_message_size(MAX_MESSAGE)
         .get(url.key.as_bytes(), Some(options))
         .await
         .map_err(|e| format!("{url}: read failed: {e}"))?;
@@ -101,6 +110,10 @@ pub async fn follow(url: EtcdUrl, mut after: i64, from_cache: bool, updates: mps
     let mut must_read = from_cache;
     loop {
         let result = follow_once(&url, &mut after, &mut must_read, &updates, &mut reachable).await;
+        // Every reconnect reads the range afresh and watches from there: a watch resumed from
+        // an old revision would replay history (each write a whole config) and could fail on it
+        // again and again.
+        must_read = true;
         if updates.is_closed() {
             return;
         }
@@ -147,15 +160,21 @@ async fn follow_once(
                 send(updates, Update::Reconnected).await?;
             }
             *must_read = false;
-            if snapshot.read_at > *after {
+            if snapshot.read_at != *after {
+                if snapshot.read_at < *after {
+                    tracing::warn!(source = %url, read_at = snapshot.read_at, after = *after, "etcd's revision went backwards (restored from a backup, or another cluster); following it");
+                }
                 *after = snapshot.read_at;
                 send(updates, Update::Changed(snapshot)).await?;
             }
         }
         let options = WatchOptions::new()
             .with_range(range_end(&url.key))
-            .with_start_revision(*after + 1);
+            .with_start_revision(*after + 1)
+            .with_fragment();
         let mut stream = client
+            .watch_client()
+            .max_decoding_message_size(MAX_MESSAGE)
             .watch(url.key.as_bytes(), Some(options))
             .await
             .map_err(|e| format!("{url}: watch failed: {e}"))?;

@@ -13,8 +13,9 @@
 
 use std::net::SocketAddr;
 
-/// Prefixes are told apart by their first this-many blocks (512 tokens at 16 per block): long
-/// enough to separate system prompts, short enough that a user's question does not.
+/// Prefixes are told apart by their first this-many blocks (512 tokens at 16 per block; the
+/// whole prompt when shorter): long enough to separate system prompts, short enough that a
+/// user's question after a long one does not.
 pub const OWNER_DEPTH_BLOCKS: usize = 32;
 
 /// The owner of the prefix `block_hashes` among `candidates` (indices into `addresses`).

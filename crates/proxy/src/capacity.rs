@@ -28,8 +28,8 @@ pub struct PoolCapacity {
     pub in_flight: u64,
     /// Concurrent requests the available endpoints declare; `None` when none declares one.
     pub capacity: Option<u64>,
-    /// In flight over capacity (or the endpoints' own ORCA utilization), 1 when nothing is
-    /// available; `None` when neither is known.
+    /// In flight over capacity on the endpoints that declare one (or the endpoints' own ORCA
+    /// utilization), 1 when nothing is available; `None` when neither is known.
     pub utilization: Option<f64>,
     /// Attempts per second sent to the pool, over the last measured window.
     pub rps: f64,
@@ -43,6 +43,8 @@ pub(crate) fn attempts(pool: &PoolEntry) -> u64 {
 pub fn of(pool: &PoolEntry) -> PoolCapacity {
     let mut available = 0;
     let mut in_flight = 0;
+    // In flight on the endpoints that declare a capacity, measured against it.
+    let mut in_flight_declared = 0;
     let mut capacity: Option<u64> = None;
     let mut reported = (0.0, 0usize);
     for (e, spec) in pool.endpoints.iter().zip(&pool.spec.endpoints) {
@@ -53,6 +55,7 @@ pub fn of(pool: &PoolEntry) -> PoolCapacity {
         in_flight += e.state.in_flight();
         if let Some(c) = spec.capacity {
             *capacity.get_or_insert(0) += u64::from(c);
+            in_flight_declared += e.state.in_flight();
         }
         if let Some((u, _, _)) = e.state.last_load_report() {
             reported = (reported.0 + u, reported.1 + 1);
@@ -61,7 +64,7 @@ pub fn of(pool: &PoolEntry) -> PoolCapacity {
     let utilization = if available == 0 {
         Some(1.0)
     } else if let Some(c) = capacity.filter(|c| *c > 0) {
-        Some(in_flight as f64 / c as f64)
+        Some(in_flight_declared as f64 / c as f64)
     } else if reported.1 > 0 {
         Some(reported.0 / reported.1 as f64)
     } else {

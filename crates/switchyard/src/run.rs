@@ -175,6 +175,7 @@ pub async fn serve(mut source: Source, config: Config, overrides: Overrides) -> 
             tracing::info!(config = %following.url, "ready");
         }
     }
+    let mut following_alive = true;
     let mut cert_files = server.certificate_files();
     let mut last_certs = file_watch::contents(&cert_files);
     let mut poll = tokio::time::interval(Duration::from_secs(1));
@@ -187,9 +188,12 @@ pub async fn serve(mut source: Source, config: Config, overrides: Overrides) -> 
             }
         };
         tokio::select! {
-            update = etcd_update => {
+            update = etcd_update, if following_alive => {
                 let (Some(update), Source::Etcd(following)) = (update, &mut source) else {
-                    tracing::error!("the config source follower stopped");
+                    // Keeps serving the last config; a closed channel would wake this loop
+                    // at once, forever.
+                    tracing::error!("the config source follower stopped; no more config updates");
+                    following_alive = false;
                     continue;
                 };
                 if following.update(&server, update, &overrides) {

@@ -81,8 +81,9 @@ pub struct Exchange<'c> {
     pub finish: Finish,
     /// Headers stages add to the upstream's response (a sticky split's `Set-Cookie`).
     pub response_headers: Vec<(http::HeaderName, HeaderValue)>,
-    /// This gateway's ORCA load report, when the client asked for one (a parent gateway).
-    pub load_report: Option<HeaderValue>,
+    /// The client asked for an ORCA load report (a parent gateway): this gateway's, or `None`
+    /// when it has none; either way it replaces the endpoint's.
+    pub load_report: Option<Option<HeaderValue>>,
 }
 
 /// Where routing sent a request.

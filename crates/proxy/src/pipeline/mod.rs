@@ -88,7 +88,7 @@ async fn forward(
         .headers()
         .contains_key(&crate::capacity::ENDPOINT_LOAD_METRICS_FORMAT)
     {
-        rx.load_report = crate::capacity::load_report(to.pool());
+        rx.load_report = Some(crate::capacity::load_report(to.pool()));
     }
     let (mut head, body) = request_rewrite::rewrite(rx, to, req, pre_read);
     // Bodies the gateway reads are read (bounded in size and time) before admission, so a slow

@@ -67,9 +67,12 @@ pub fn stream_back(
                 raw.added.append(&mut rx.response_headers);
             }
             if let Some(report) = rx.load_report.take() {
-                // This gateway's report replaces its endpoint's: the parent balances over us.
+                // This gateway's report replaces its endpoint's: the parent balances over us,
+                // not over one of our backends.
                 raw.remove_all(&ENDPOINT_LOAD_METRICS);
-                raw.added.push((ENDPOINT_LOAD_METRICS.clone(), report));
+                if let Some(report) = report {
+                    raw.added.push((ENDPOINT_LOAD_METRICS.clone(), report));
+                }
             }
             if let Some(f) = filters {
                 f.apply_response_raw(
@@ -103,7 +106,10 @@ pub fn stream_back(
             parts.headers.append(name, value);
         }
         if let Some(report) = rx.load_report.take() {
-            parts.headers.insert(ENDPOINT_LOAD_METRICS.clone(), report);
+            parts.headers.remove(&ENDPOINT_LOAD_METRICS);
+            if let Some(report) = report {
+                parts.headers.insert(ENDPOINT_LOAD_METRICS.clone(), report);
+            }
         }
         if let Some(f) = filters {
             f.apply_response(
