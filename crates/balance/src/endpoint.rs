@@ -182,6 +182,15 @@ impl EndpointState {
         self.reported.last()
     }
 
+    /// The utilization of a load report no older than `max_age` at `now`: a report only
+    /// arrives with a response, so one from an endpoint no longer sent traffic would otherwise
+    /// stand forever.
+    pub fn recent_utilization(&self, max_age: Duration, now: Instant) -> Option<f64> {
+        let age = u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX);
+        self.reported
+            .utilization_since(self.nanos(now).saturating_sub(age))
+    }
+
     /// [`EndpointState::record_load_report`] with an explicit clock.
     pub fn record_load_report_at(&self, report: &LoadReport, now: Instant) -> bool {
         self.reported.record(report, self.nanos(now))

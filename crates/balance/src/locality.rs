@@ -13,6 +13,9 @@
 
 use crate::Endpoint;
 
+/// How long an ORCA utilization report counts for the spill decision.
+const REPORT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Per-endpoint inputs from the config.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Placement {
@@ -120,10 +123,11 @@ impl Tiers {
         if let Some(cap) = self.capacity[i] {
             return e.state.in_flight() as f64 >= self.spill_at * f64::from(cap);
         }
-        // ORCA utilization, when the endpoint reports it.
+        // ORCA utilization, when the endpoint reported it recently: a tier judged full gets no
+        // more traffic, hence no fresher report, so an old one must not keep it full.
         e.state
-            .last_load_report()
-            .is_some_and(|(utilization, _, _)| utilization >= self.spill_at)
+            .recent_utilization(REPORT_MAX_AGE, std::time::Instant::now())
+            .is_some_and(|utilization| utilization >= self.spill_at)
     }
 
     pub fn tiers(&self) -> &[Tier] {
@@ -214,5 +218,30 @@ mod tests {
         assert_eq!(tiers.choose().unwrap().indices, [2]);
         // One tier: nothing to prefer.
         assert!(Tiers::build(&eps, &[], None, 0.8).is_none());
+    }
+
+    #[test]
+    fn a_reported_utilization_counts_while_fresh_only() {
+        let eps = fleet();
+        let tiers = Tiers::build(&eps, &[], Some(&here("a", "eu")), 0.8).unwrap();
+        let report = crate::LoadReport {
+            application_utilization: 0.9,
+            rps_fractional: 10.0,
+            ..Default::default()
+        };
+        let now = std::time::Instant::now();
+        assert!(eps[1].state.record_load_report_at(&report, now));
+        assert!(eps[3].state.record_load_report_at(&report, now));
+        assert_eq!(
+            tiers.choose().unwrap().indices,
+            [0],
+            "both local endpoints report 90%"
+        );
+        let later = now + REPORT_MAX_AGE + std::time::Duration::from_secs(1);
+        assert_eq!(
+            eps[1].state.recent_utilization(REPORT_MAX_AGE, now),
+            Some(0.9)
+        );
+        assert_eq!(eps[1].state.recent_utilization(REPORT_MAX_AGE, later), None);
     }
 }

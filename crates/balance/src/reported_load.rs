@@ -61,6 +61,13 @@ impl ReportedLoad {
         Some((f(&self.utilization), f(&self.qps), f(&self.eps)))
     }
 
+    /// The last utilization reported at or after `oldest` (same clock as `record`).
+    pub(crate) fn utilization_since(&self, oldest: u64) -> Option<f64> {
+        let last = self.last_update.load(Ordering::Relaxed);
+        (last != 0 && last - 1 >= oldest)
+            .then(|| f64::from_bits(self.utilization.load(Ordering::Relaxed)))
+    }
+
     /// The usable weight `at`, or `None` when there is no report, it is still in blackout, or it
     /// has expired (which also restarts the blackout for the next report).
     pub(crate) fn weight(&self, at: u64, policy: &WeightPolicy) -> Option<f64> {
