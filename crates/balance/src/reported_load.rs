@@ -64,7 +64,7 @@ impl ReportedLoad {
     /// The last utilization reported at or after `oldest` (same clock as `record`).
     pub(crate) fn utilization_since(&self, oldest: u64) -> Option<f64> {
         let last = self.last_update.load(Ordering::Relaxed);
-        (last != 0 && last - 1 >= oldest)
+        (last != 0 && last > oldest)
             .then(|| f64::from_bits(self.utilization.load(Ordering::Relaxed)))
     }
 
