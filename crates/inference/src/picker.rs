@@ -301,8 +301,8 @@ impl InferencePicker {
             && !prefix_share.is_empty()
             && candidates.iter().all(|&i| prefix_share[i] == 0.0)
         {
-            let addresses: Vec<_> = endpoints.iter().map(|e| e.address()).collect();
-            if let Some(o) = crate::prefix_owner::owner(req.block_hashes, &candidates, &addresses) {
+            let address = |i: usize| endpoints.get(i).map(|e| e.address());
+            if let Some(o) = crate::prefix_owner::owner(req.block_hashes, &candidates, address) {
                 prefix_share[o] = owner_share.min(1.0);
             }
         }

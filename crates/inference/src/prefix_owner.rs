@@ -18,22 +18,29 @@ use std::net::SocketAddr;
 /// user's question after a long one does not.
 pub const OWNER_DEPTH_BLOCKS: usize = 32;
 
-/// The owner of the prefix `block_hashes` among `candidates` (indices into `addresses`).
+/// The owner of the prefix `block_hashes` among `candidates`, whose addresses `address` gives.
 pub fn owner(
     block_hashes: &[u64],
     candidates: &[usize],
-    addresses: &[SocketAddr],
+    address: impl Fn(usize) -> Option<SocketAddr>,
 ) -> Option<usize> {
     let key = *block_hashes.get(block_hashes.len().min(OWNER_DEPTH_BLOCKS).checked_sub(1)?)?;
     candidates
         .iter()
         .copied()
-        .max_by_key(|&i| addresses.get(i).map_or(0, |a| weight(key, a)))
+        .max_by_key(|&i| address(i).map_or(0, |a| weight(key, a)))
 }
 
-fn weight(key: u64, address: &SocketAddr) -> u64 {
-    let mut bytes = key.to_le_bytes().to_vec();
-    bytes.extend_from_slice(address.to_string().as_bytes());
+/// Hash of (prefix key, address) from a stack buffer: this runs per candidate on a pick.
+fn weight(key: u64, address: SocketAddr) -> u64 {
+    let mut bytes = [0u8; 26];
+    bytes[..8].copy_from_slice(&key.to_le_bytes());
+    let ip = match address.ip() {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    };
+    bytes[8..24].copy_from_slice(&ip);
+    bytes[24..].copy_from_slice(&address.port().to_le_bytes());
     switchyard_balance::hash_key(&bytes)
 }
 
@@ -53,9 +60,12 @@ mod tests {
         reversed.reverse();
         for key in 0..200u64 {
             let hashes = [key, key + 1];
-            assert_eq!(owner(&hashes, &all, &a), owner(&hashes, &reversed, &a));
+            assert_eq!(
+                owner(&hashes, &all, |i| a.get(i).copied()),
+                owner(&hashes, &reversed, |i| a.get(i).copied())
+            );
         }
-        assert_eq!(owner(&[], &all, &a), None);
+        assert_eq!(owner(&[], &all, |i| a.get(i).copied()), None);
     }
 
     #[test]
@@ -66,9 +76,9 @@ mod tests {
         let mut per = [0usize; 8];
         for key in 0..4000u64 {
             let hashes = [key.wrapping_mul(0x9e37_79b9_7f4a_7c15)];
-            let before = owner(&hashes, &all, &a).unwrap();
+            let before = owner(&hashes, &all, |i| a.get(i).copied()).unwrap();
             per[before] += 1;
-            let after = owner(&hashes, &without_3, &a).unwrap();
+            let after = owner(&hashes, &without_3, |i| a.get(i).copied()).unwrap();
             if before != 3 {
                 assert_eq!(before, after);
             }
@@ -81,8 +91,8 @@ mod tests {
         let a = addrs(8);
         let all: Vec<usize> = (0..8).collect();
         let mut long: Vec<u64> = (0..40).collect();
-        let first = owner(&long, &all, &a);
+        let first = owner(&long, &all, |i| a.get(i).copied());
         long[35] = 999; // a different question after the shared 32 blocks
-        assert_eq!(owner(&long, &all, &a), first);
+        assert_eq!(owner(&long, &all, |i| a.get(i).copied()), first);
     }
 }

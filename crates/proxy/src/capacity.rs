@@ -40,7 +40,15 @@ pub(crate) fn attempts(pool: &PoolEntry) -> u64 {
     pool.picks.iter().map(|c| c.get()).sum()
 }
 
-pub fn of(pool: &PoolEntry) -> PoolCapacity {
+/// What the available endpoints hold and can take, without the pool's name or rate.
+struct Measure {
+    available: usize,
+    in_flight: u64,
+    capacity: Option<u64>,
+    utilization: Option<f64>,
+}
+
+fn measure(pool: &PoolEntry) -> Measure {
     let mut available = 0;
     let mut in_flight = 0;
     // In flight on the endpoints that declare a capacity, measured against it.
@@ -51,11 +59,12 @@ pub fn of(pool: &PoolEntry) -> PoolCapacity {
         if !e.is_available() {
             continue;
         }
+        let here = e.state.in_flight();
         available += 1;
-        in_flight += e.state.in_flight();
+        in_flight += here;
         if let Some(c) = spec.capacity {
             *capacity.get_or_insert(0) += u64::from(c);
-            in_flight_declared += e.state.in_flight();
+            in_flight_declared += here;
         }
         if let Some((u, _, _)) = e.state.last_load_report() {
             reported = (reported.0 + u, reported.1 + 1);
@@ -70,13 +79,23 @@ pub fn of(pool: &PoolEntry) -> PoolCapacity {
     } else {
         None
     };
-    PoolCapacity {
-        pool: pool.spec.name.clone(),
-        endpoints: pool.endpoints.len(),
+    Measure {
         available,
         in_flight,
         capacity,
         utilization,
+    }
+}
+
+pub fn of(pool: &PoolEntry) -> PoolCapacity {
+    let m = measure(pool);
+    PoolCapacity {
+        pool: pool.spec.name.clone(),
+        endpoints: pool.endpoints.len(),
+        available: m.available,
+        in_flight: m.in_flight,
+        capacity: m.capacity,
+        utilization: m.utilization,
         rps: pool.rate.rate(attempts(pool)),
     }
 }
@@ -84,14 +103,14 @@ pub fn of(pool: &PoolEntry) -> PoolCapacity {
 /// The ORCA report for a response from `pool`: its utilization (1 when unknown and nothing is
 /// available; otherwise omitted, and the parent balances on in-flight counts) and request rate.
 pub fn load_report(pool: &PoolEntry) -> Option<HeaderValue> {
-    let c = of(pool);
-    let utilization = c.utilization?;
+    let utilization = measure(pool).utilization?;
+    let rps = pool.rate.rate(attempts(pool));
     // A58 ignores a report without a rate or a utilization, so an idle gateway would get the
     // mean weight instead of the most: report at least 1% and one request per second.
     let text = format!(
         "TEXT application_utilization={:.4}, rps_fractional={:.3}",
         utilization.max(0.01),
-        c.rps.max(1.0)
+        rps.max(1.0)
     );
     HeaderValue::from_str(&text).ok()
 }
