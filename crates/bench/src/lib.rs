@@ -40,6 +40,7 @@ pub mod secure;
 pub mod spec;
 pub mod sse;
 pub mod stats;
+pub mod streams;
 pub mod sweep;
 mod text;
 pub mod workload;

@@ -50,4 +50,6 @@ pub use scrape::{
     spawn_scraper, MetricNames, ScrapeError, ScrapeEvent, ScrapeSink, Scraper, MAX_SCRAPE_BYTES,
 };
 pub use signals::{EndpointSignals, OrcaSignals, SignalSnapshot};
-pub use usage::{find_usage, token_events, TokenEvents, Usage, UsageTail, USAGE_TAIL_BYTES};
+pub use usage::{
+    find_usage, token_events, TokenEvents, Usage, UsageLines, UsageTail, USAGE_TAIL_BYTES,
+};

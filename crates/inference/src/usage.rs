@@ -67,6 +67,69 @@ impl UsageTail {
     }
 }
 
+/// `usage` read from a server-sent event stream line by line as it passes, keeping only the
+/// unfinished last line between chunks.
+///
+/// A stream's `usage` is one `data:` line (compact JSON, the last event before `[DONE]`), so
+/// nothing before the current line needs keeping. A [`UsageTail`] kept up to
+/// [`USAGE_TAIL_BYTES`] of every stream for its whole life: 64 KiB per long token stream, most
+/// of a gateway's memory at 10k streams (issue 19). Between events this holds nothing.
+#[derive(Debug, Default)]
+pub struct UsageLines {
+    partial: Vec<u8>,
+    /// The unfinished line outgrew the bound: skip to the next line break.
+    skipping: bool,
+    found: Option<Usage>,
+}
+
+impl UsageLines {
+    /// Longest line read for `usage`.
+    const MAX_LINE: usize = USAGE_TAIL_BYTES;
+
+    pub fn push(&mut self, chunk: &[u8]) {
+        let mut rest = chunk;
+        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+            if self.partial.is_empty() && !self.skipping {
+                self.line(&rest[..i]);
+            } else {
+                if !self.skipping {
+                    let mut line = std::mem::take(&mut self.partial);
+                    line.extend_from_slice(&rest[..i]);
+                    self.line(&line);
+                }
+                self.partial = Vec::new();
+                self.skipping = false;
+            }
+            rest = &rest[i + 1..];
+        }
+        if rest.is_empty() || self.skipping {
+            return;
+        }
+        if self.partial.len() + rest.len() > Self::MAX_LINE {
+            self.partial = Vec::new();
+            self.skipping = true;
+        } else {
+            self.partial.extend_from_slice(rest);
+        }
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        if let Some(u) = find_usage(line) {
+            self.found = Some(u);
+        }
+    }
+
+    /// The last usage the stream reported.
+    pub fn usage(&self) -> Option<Usage> {
+        self.found
+    }
+
+    /// Bytes held between chunks.
+    pub fn held(&self) -> usize {
+        self.partial.capacity()
+    }
+}
+
 /// The last `"usage": {...}` object in `text` that has token counts. Keys inside JSON strings
 /// (escaped quotes) are skipped; `"usage": null` (OpenAI's streamed chunks before the last) is
 /// passed over for an earlier one.
@@ -134,7 +197,8 @@ impl TokenEvents {
                 self.partial.extend_from_slice(&chunk[..first_break]);
                 count += token_events(&self.partial);
             }
-            self.partial.clear();
+            // Let the allocation go: a stream holds nothing between whole events.
+            self.partial = Vec::new();
             self.skipping = false;
         } else {
             count += token_events(&chunk[..first_break]);
@@ -275,5 +339,41 @@ mod tests {
         let completion = b"data: {\"choices\":[{\"text\":\" a\",\"index\":0}]}\n\ndata: {\"choices\":[{\"text\":\"\",\"finish_reason\":\"stop\"}]}\n\n";
         assert_eq!(token_events(completion), 1);
         assert_eq!(token_events(b": keep-alive\n\n"), 0);
+    }
+
+    #[test]
+    fn stream_usage_line_by_line_holds_nothing_between_events() {
+        let mut u = UsageLines::default();
+        let stream: &[u8] =
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}],\"usage\":null}\n\n\
+            data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":4}}\n\n\
+            data: [DONE]\n\n";
+        // Every split point: the event cut by a read is still read whole.
+        for cut in 0..stream.len() {
+            let mut u2 = UsageLines::default();
+            u2.push(&stream[..cut]);
+            u2.push(&stream[cut..]);
+            let got = u2.usage().map(|u| (u.prompt_tokens, u.completion_tokens));
+            assert_eq!(got, Some((7, 4)), "cut at {cut}");
+            assert_eq!(u2.held(), 0);
+        }
+        u.push(&stream[..40]);
+        assert!(u.held() > 0);
+        u.push(&stream[40..]);
+        assert_eq!(u.held(), 0);
+    }
+
+    #[test]
+    fn stream_usage_line_is_bounded() {
+        let mut u = UsageLines::default();
+        u.push(b"data: {\"x\":\"");
+        for _ in 0..100 {
+            u.push(&[b'a'; 4096]);
+            // The line's length is bounded; its allocation grows by doubling up to twice that.
+            assert!(u.held() <= 2 * USAGE_TAIL_BYTES);
+        }
+        u.push(b"\"}\n\ndata: {\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n");
+        assert_eq!(u.usage().map(|u| u.completion_tokens), Some(2));
+        assert_eq!(u.held(), 0);
     }
 }

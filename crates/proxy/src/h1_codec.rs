@@ -458,20 +458,6 @@ pub fn response_framing(
     })
 }
 
-/// Read more bytes from `io` into `buf`, growing it by `chunk` when under 1 KiB is left. Both
-/// directions of the HTTP/1 path read through this.
-pub fn read_more<T: tokio::io::AsyncRead + Unpin>(
-    io: &mut T,
-    cx: &mut std::task::Context<'_>,
-    buf: &mut BytesMut,
-    chunk: usize,
-) -> std::task::Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(chunk);
-    }
-    tokio_util::io::poll_read_buf(std::pin::Pin::new(io), cx, buf)
-}
-
 /// Where a chunked body's decoder is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Chunked {

@@ -19,7 +19,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +37,10 @@ const FAST_BODY_MAX: u64 = 64 * 1024;
 /// Response body frames up to this size are copied next to the head and sent in one write.
 const COALESCE: usize = 16 * 1024;
 const READ_CHUNK: usize = 8 * 1024;
+/// Room a response head is encoded into.
+const HEAD_OUT: usize = 4 * 1024;
+/// Most of the write buffer a response waiting for its next body frame keeps.
+const IDLE_OUT: usize = 1024;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How the fast path ended.
@@ -65,8 +69,9 @@ pub async fn serve(
 ) -> Outcome {
     let mut conn = Conn {
         io: stream,
-        buf: BytesMut::with_capacity(READ_CHUNK),
-        out: BytesMut::with_capacity(READ_CHUNK),
+        // Both grow on first use: a connection that waits holds neither (h1_codec::read_more).
+        buf: BytesMut::new(),
+        out: BytesMut::new(),
         deadline: LazyDeadline::new(Instant::now() + limits.header_read_timeout),
         stop: Box::pin(shutdown.clone().cancelled_owned()),
     };
@@ -81,7 +86,15 @@ pub async fn serve(
             Ok(None) => return Outcome::Closed,
             Err(Fallback) => return conn.fallback(),
         };
-        let resp = pipeline::handle(handle, cx, req, pipeline::Downstream::Http1).await;
+        // Boxed: the pipeline's state is done with once the head is back, and inline it would
+        // stay part of the connection's task while a response streams (issue 19).
+        let resp = Box::pin(pipeline::handle(
+            handle,
+            cx,
+            req,
+            pipeline::Downstream::Http1,
+        ))
+        .await;
         let close = close_requested || shutdown.is_cancelled();
         match conn.write_response(resp, is_head, close).await {
             Ok(true) => {}
@@ -127,7 +140,7 @@ impl Conn {
     }
 
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        crate::h1_codec::read_more(&mut self.io, cx, &mut self.buf, READ_CHUNK)
+        crate::read_buf::read_more(&mut self.io, cx, &mut self.buf, READ_CHUNK)
     }
 
     /// Read until a whole head is buffered. `Ok(None)`: the client went away (or stayed silent
@@ -228,6 +241,7 @@ impl Conn {
             || status == StatusCode::NOT_MODIFIED;
         let out = &mut self.out;
         out.clear();
+        out.reserve(HEAD_OUT);
         put_status_line(out, status);
         // One pass over the headers also finds what the framing needs (no hashed lookups).
         let (mut has_date, mut has_length) = (false, false);
@@ -281,6 +295,11 @@ impl Conn {
                     if !self.out.is_empty() {
                         self.io.write_all(&self.out).await?;
                         self.out.clear();
+                    }
+                    // A stream waiting for its next token keeps no head-sized buffer; a
+                    // token's chunk needs a small one (issue 19).
+                    if self.out.capacity() > IDLE_OUT {
+                        self.out = BytesMut::new();
                     }
                     std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
                 }
@@ -462,65 +481,6 @@ fn date_now() -> [u8; 29] {
         c.set((secs, v));
         v
     })
-}
-
-/// An IO that replays bytes already read before reading from the socket again: how a
-/// connection moves from the fast path to hyper's server mid-stream.
-pub struct Rewind<T> {
-    prefix: Bytes,
-    inner: T,
-}
-
-impl<T> Rewind<T> {
-    pub fn new(prefix: Bytes, inner: T) -> Self {
-        Self { prefix, inner }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

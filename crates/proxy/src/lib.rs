@@ -32,6 +32,8 @@ pub mod pipeline;
 pub mod pool;
 pub mod pool_control;
 pub mod rate_limit;
+pub mod read_buf;
+pub mod rewind;
 pub mod rollout;
 pub mod route_entry;
 pub mod route_match;

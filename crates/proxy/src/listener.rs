@@ -236,28 +236,37 @@ async fn serve_connection(
                     h1_server::Outcome::Closed => return,
                     h1_server::Outcome::Fallback { stream, buffered } => (stream, buffered),
                 };
-            let svc = service(handle, cx, &activity, alt_svc);
-            let io = Guarded::new(h1_server::Rewind::new(buffered, stream), framing);
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-            drive(conn, shutdown, &activity, bounds).await;
+            // Boxed, as is the TLS path: hyper's connection is several KiB of state, and
+            // inline it would size the task of every fast-path connection, a streaming one
+            // included (issue 19).
+            Box::pin(async move {
+                let svc = service(handle, cx, &activity, alt_svc);
+                let io = Guarded::new(crate::rewind::Rewind::new(buffered, stream), framing);
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+                drive(conn, shutdown, &activity, bounds).await;
+            })
+            .await;
         }
         Some(acceptor) => {
-            let tls = match tokio::time::timeout(bounds.header_read, acceptor.accept(stream)).await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
-            let cx = with_client_cert(cx, leaf);
-            let svc = service(handle, cx, &activity, alt_svc);
-            // The guard reads the decrypted bytes: under TLS it would see only ciphertext.
-            let io = Guarded::new(tls, framing);
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-            drive(conn, shutdown, &activity, bounds).await;
+            Box::pin(async move {
+                let tls =
+                    match tokio::time::timeout(bounds.header_read, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+                let cx = with_client_cert(cx, leaf);
+                let svc = service(handle, cx, &activity, alt_svc);
+                // The guard reads the decrypted bytes: under TLS it would see only ciphertext.
+                let io = Guarded::new(tls, framing);
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+                drive(conn, shutdown, &activity, bounds).await;
+            })
+            .await;
         }
     }
 }
@@ -285,7 +294,9 @@ fn service(
         let alt_svc = alt_svc.clone();
         async move {
             let req = req.map(ClientBody::Hyper);
-            let mut resp = pipeline::handle(&handle, &cx, req, Downstream::Hyper).await;
+            // Boxed: hyper keeps the service future's room in each HTTP/2 stream's task while
+            // the body streams, long after the pipeline is done with it (issue 19).
+            let mut resp = Box::pin(pipeline::handle(&handle, &cx, req, Downstream::Hyper)).await;
             if let Some(v) = alt_svc {
                 resp.headers_mut().insert(http::header::ALT_SVC, v);
             }

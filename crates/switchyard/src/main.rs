@@ -9,6 +9,8 @@ mod xds;
 
 /// mimalloc's per-thread free lists suit a proxy's many short-lived, same-sized allocations
 /// (headers, bodies, futures) better than glibc's arenas, and return memory more evenly.
+/// `--features system-alloc` leaves it out, for heap profilers that hook malloc (heaptrack).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -126,6 +128,9 @@ enum Command {
     Sim(switchyard_sim::SimArgs),
     /// Drive load at an OpenAI-compatible endpoint and report TTFT/ITL/goodput.
     Bench(Box<switchyard_bench::BenchArgs>),
+    /// The streaming benchmark's two ends: an SSE origin and a client holding N streams.
+    #[command(subcommand)]
+    Streams(switchyard_bench::streams::StreamsArgs),
     /// Live routes, pools, endpoints and recent picks from a gateway's admin API (q quits).
     Top(switchyard_viz::TopArgs),
     /// Print the gateway's finished requests as they happen, one line each.
@@ -174,6 +179,7 @@ fn main() -> ExitCode {
         } => xds::run(config, listen, admin),
         Command::Sim(args) => report(switchyard_sim::main(args)),
         Command::Bench(args) => report(switchyard_bench::main(*args)),
+        Command::Streams(args) => report(switchyard_bench::streams::main(args)),
         Command::Top(args) => report(switchyard_viz::top(args)),
         Command::Tap(args) => report(switchyard_viz::tap(args)),
         Command::Config(ConfigCommand::Push {

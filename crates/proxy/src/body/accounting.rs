@@ -10,7 +10,7 @@
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
-use switchyard_inference::{Usage, UsageTail};
+use switchyard_inference::{Usage, UsageLines, UsageTail};
 use tokio::time::Instant;
 
 use crate::models::ModelStreamMetrics;
@@ -24,11 +24,34 @@ pub struct Accounting {
     live: std::sync::Arc<LiveRoute>,
 }
 
-/// The one usage reader: the body's last bytes, kept bounded, read for `usage` at the end.
+/// The one usage reader.
 struct UsageReader {
     /// (prompt, completion) counters: the model's when the gateway read it, else the route's.
     tokens: (Counter, Counter),
-    tail: UsageTail,
+    scan: UsageScan,
+}
+
+/// Where `usage` is looked for: a stream's lines as they pass (nothing kept between events),
+/// or a JSON document's last bytes, kept bounded and read when the body ends.
+enum UsageScan {
+    Lines(UsageLines),
+    Tail(UsageTail),
+}
+
+impl UsageScan {
+    fn push(&mut self, data: &[u8]) {
+        match self {
+            UsageScan::Lines(l) => l.push(data),
+            UsageScan::Tail(t) => t.push(data),
+        }
+    }
+
+    fn usage(&mut self) -> Option<Usage> {
+        match self {
+            UsageScan::Lines(l) => l.usage(),
+            UsageScan::Tail(t) => t.usage(),
+        }
+    }
 }
 
 /// The one stream timer of a streamed (SSE) response.
@@ -172,7 +195,11 @@ impl Accounting {
         Self {
             usage: usage_tokens.map(|tokens| UsageReader {
                 tokens,
-                tail: UsageTail::default(),
+                scan: if stream.is_some() {
+                    UsageScan::Lines(UsageLines::default())
+                } else {
+                    UsageScan::Tail(UsageTail::default())
+                },
             }),
             stream,
             live,
@@ -182,7 +209,7 @@ impl Accounting {
     /// One data chunk went by at `now`. Returns whether it was a stream's first chunk.
     pub fn on_chunk(&mut self, data: &[u8], now: Instant) -> bool {
         if let Some(u) = self.usage.as_mut() {
-            u.tail.push(data);
+            u.scan.push(data);
         }
         self.stream.as_mut().is_some_and(|s| s.on_chunk(data, now))
     }
@@ -190,7 +217,7 @@ impl Accounting {
     /// The body ended cleanly: count the usage it reported, and return it.
     pub fn on_end(&mut self) -> Option<Usage> {
         let usage = self.usage.as_mut().and_then(|u| {
-            let usage = u.tail.usage()?;
+            let usage = u.scan.usage()?;
             u.tokens.0.inc_by(usage.prompt_tokens);
             u.tokens.1.inc_by(usage.completion_tokens);
             Some(usage)
@@ -210,7 +237,10 @@ impl Accounting {
 
     #[cfg(test)]
     fn tail_len(&self) -> usize {
-        self.usage.as_ref().map_or(0, |u| u.tail.len())
+        self.usage.as_ref().map_or(0, |u| match &u.scan {
+            UsageScan::Lines(l) => l.held(),
+            UsageScan::Tail(t) => t.len(),
+        })
     }
 }
 
@@ -276,6 +306,8 @@ mod tests {
         assert!(!a.on_chunk(TOKEN, ms(100)));
         a.on_chunk(TOKEN, ms(120));
         a.on_chunk(TOKEN, ms(140));
+        // Between whole events a stream's usage reader holds nothing.
+        assert_eq!(a.tail_len(), 0);
         // The usage event split over two frames is still found at the end.
         a.on_chunk(&END[..30], ms(141));
         a.on_chunk(&END[30..], ms(141));

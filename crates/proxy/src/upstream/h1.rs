@@ -72,7 +72,7 @@ impl Conn {
     }
 
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        crate::h1_codec::read_more(&mut self.io, cx, &mut self.buf, READ_CHUNK)
+        crate::read_buf::read_more(&mut self.io, cx, &mut self.buf, READ_CHUNK)
     }
 }
 
@@ -158,7 +158,7 @@ impl EndpointConns {
         };
         Ok(Box::new(Conn {
             io,
-            buf: BytesMut::with_capacity(READ_CHUNK),
+            buf: BytesMut::new(),
             deadline: LazyDeadline::new(now + Duration::from_secs(3600)),
             _open: open,
         }))
