@@ -285,7 +285,9 @@ fn service(
         let alt_svc = alt_svc.clone();
         async move {
             let req = req.map(ClientBody::Hyper);
-            let mut resp = pipeline::handle(&handle, &cx, req, Downstream::Hyper).await;
+            // Boxed: hyper moves this future into its per-stream task (and tokio into the
+            // task's cell); inline, the pipeline's multi-KB state was copied each time.
+            let mut resp = Box::pin(pipeline::handle(&handle, &cx, req, Downstream::Hyper)).await;
             if let Some(v) = alt_svc {
                 resp.headers_mut().insert(http::header::ALT_SVC, v);
             }
