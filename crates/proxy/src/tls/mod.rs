@@ -54,3 +54,26 @@ pub fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, rustls::Er
     }
     rustls::crypto::ring::Ticketer::new()
 }
+
+/// No session tickets: resumption from the config's stateful session cache only. rustls
+/// accepts 0-RTT early data only that way (a cached session is taken once, a ticket could be
+/// replayed), so an HTTP/3 listener with `allow_0rtt` uses it instead of [`ticketer`].
+pub fn no_tickets() -> Arc<dyn rustls::server::ProducesTickets> {
+    #[derive(Debug)]
+    struct Stateful;
+    impl rustls::server::ProducesTickets for Stateful {
+        fn enabled(&self) -> bool {
+            false
+        }
+        fn lifetime(&self) -> u32 {
+            0
+        }
+        fn encrypt(&self, _plain: &[u8]) -> Option<Vec<u8>> {
+            None
+        }
+        fn decrypt(&self, _cipher: &[u8]) -> Option<Vec<u8>> {
+            None
+        }
+    }
+    Arc::new(Stateful)
+}
