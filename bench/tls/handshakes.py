@@ -15,9 +15,12 @@ offers it), session tickets on. Per proxy and key type, interleaved by round:
 The client is Python's `ssl` (OpenSSL), several processes on the load core. It cannot saturate
 the proxy core (a client handshake costs more than a server one), so the robust number is the
 proxy's CPU time (utime+stime from /proc) per connection; `per core` is 1e6 / that, the
-connections per second one core would sustain at 100%. The load is bounded by time and count.
+connections per second one core would sustain at 100%. A proxy's CPU per connection depends on
+how busy it is (a busier event loop wakes less often per connection), so the client is paced at
+the same rate for every proxy (`--rate`, 400 connections per second, which it sustains even on
+a loaded machine). The load is bounded by time and count.
 
-Usage: python3 bench/tls/handshakes.py [--rounds 3] [--seconds 3] [--keys ecdsa,rsa]
+Usage: python3 bench/tls/handshakes.py [--rounds 3] [--seconds 3] [--rate 400] [--keys ecdsa,rsa]
        [--proxies switchyard,switchyard-ring,nginx,haproxy] [--out results.json]
 Needs: target/release/switchyard (built with `--features aws-lc-rs` for `switchyard`;
 `switchyard-ring` runs the same binary with SWITCHYARD_TLS_PROVIDER=ring), nginx, haproxy,
@@ -141,14 +144,20 @@ def one_connection(ctx, port, session):
 
 
 def client_worker(args):
-    port, seconds, max_conns, resume = args
+    port, seconds, max_conns, resume, interval = args
     ctx = client_context()
     session = None
     if resume:  # a first, full handshake to get a ticket
         session, _, _ = one_connection(ctx, port, None)
     done = resumed = failed = 0
-    deadline = time.time() + seconds
+    start = time.time()
+    deadline = start + seconds
     while time.time() < deadline and done < max_conns:
+        # Paced: the k-th connection of this worker starts at start + k * interval (or at once
+        # when behind), so every proxy sees the same connection rate.
+        wait = start + (done + failed) * interval - time.time()
+        if wait > 0:
+            time.sleep(wait)
         try:
             s, r, ok = one_connection(ctx, port, session if resume else None)
         except (OSError, ssl.SSLError):
@@ -162,17 +171,19 @@ def client_worker(args):
     return done, resumed, failed
 
 
-def client_main(port, seconds, procs, resume, max_conns):
-    """Runs on the load core: `procs` processes each opening connections one after another."""
+def client_main(port, seconds, procs, resume, max_conns, rate):
+    """Runs on the load core: `procs` processes each opening connections one after another,
+    `rate` per second in all (0: as fast as they can)."""
+    interval = procs / rate if rate else 0.0
     with multiprocessing.Pool(procs) as pool:
-        res = pool.map(client_worker, [(port, seconds, max_conns, resume)] * procs)
+        res = pool.map(client_worker, [(port, seconds, max_conns, resume, interval)] * procs)
     print(json.dumps({"done": sum(r[0] for r in res), "resumed": sum(r[1] for r in res),
                       "failed": sum(r[2] for r in res)}))
 
 
-def handshakes(proxy, port, seconds, procs, resume):
+def handshakes(proxy, port, seconds, procs, resume, rate):
     argv = ["taskset", "-c", LOAD_CORE, sys.executable, __file__, "--client", str(port), "--seconds", str(seconds),
-            "--procs", str(procs)] + (["--resume"] if resume else [])
+            "--procs", str(procs), "--rate", str(rate)] + (["--resume"] if resume else [])
     c0, t0 = cpu_seconds(proxy.p.pid), time.time()
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
     c1, t1 = cpu_seconds(proxy.p.pid), time.time()
@@ -200,6 +211,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=3)
     ap.add_argument("--procs", type=int, default=4, help="client processes on the load core")
+    ap.add_argument("--rate", type=float, default=400,
+                    help="connections per second, the same for every proxy (0: unpaced)")
     ap.add_argument("--keys", default="ecdsa,rsa")
     ap.add_argument("--proxies", default="switchyard,switchyard-ring,nginx,haproxy")
     ap.add_argument("--out", default=None)
@@ -207,7 +220,7 @@ def main():
     ap.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.client is not None:
-        return client_main(args.client, args.seconds, args.procs, args.resume, max_conns=100_000)
+        return client_main(args.client, args.seconds, args.procs, args.resume, 100_000, args.rate)
     for tool in ("taskset", "h2load", "nginx", "haproxy", "openssl"):
         if not shutil.which(tool):
             sys.exit(f"missing tool: {tool}")
@@ -228,9 +241,9 @@ def main():
                     proxy, port = start_proxy(name, d, k, origin_port)
                     try:
                         res = {"rss_idle_mb": rss_mb(proxy.p.pid)}
-                        handshakes(proxy, port, 1, args.procs, False)  # warm-up: pooled upstream
+                        handshakes(proxy, port, 1, args.procs, False, args.rate)  # warm-up: pooled upstream
                         for label, resume in (("full", False), ("resumed", True)):
-                            for key, v in handshakes(proxy, port, args.seconds, args.procs, resume).items():
+                            for key, v in handshakes(proxy, port, args.seconds, args.procs, resume, args.rate).items():
                                 res[f"{label}_{key}"] = v
                         for proto in ("h1", "h2"):
                             for key, v in keepalive(proxy, port, args.seconds, proto).items():
