@@ -317,7 +317,7 @@ fn new_request_id() -> HeaderValue {
     // HPACK "never indexed": a value unique to one request only churns an HTTP/2 encoder's
     // table. Indexed, each response's id was inserted into h2's 4 KiB dynamic table, evicting
     // an older one after walking the chain of every id still there (~50, each compared):
-    // ~4.6k instructions per h2 response (docs/benchmarks.md, "TLS handshakes and HTTP/2 CPU").
+    // ~2.5k instructions per h2 response (docs/benchmarks.md, "TLS handshakes and HTTP/2 CPU").
     id.set_sensitive(true);
     id
 }
