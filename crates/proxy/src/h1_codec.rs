@@ -328,12 +328,22 @@ impl RawHeaders {
 
     /// The same headers as a map, for writers that need one (HTTP/2, hyper's server).
     pub fn to_map(&self) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(self.spans.len() + self.added.len());
-        for (name, value) in self.iter() {
+        // Room for the request id and a few more the gateway adds afterwards: no regrowth.
+        let mut map = HeaderMap::with_capacity(self.spans.len() + self.added.len() + 4);
+        for s in &self.spans {
+            let name = &self.head[s.name.0 as usize..s.name.1 as usize];
+            // A slice of the head, not a copy: no allocation per value (h2 responses build
+            // this map for every request).
+            let value = self.head.slice(s.value.0 as usize..s.value.1 as usize);
             // Both were checked by the parser; a name or value `http` refuses is left out.
-            if let (Some(name), Ok(value)) = (header_name(name), HeaderValue::from_bytes(value)) {
+            if let (Some(name), Ok(value)) =
+                (header_name(name), HeaderValue::from_maybe_shared(value))
+            {
                 map.append(name, value);
             }
+        }
+        for (name, value) in &self.added {
+            map.append(name.clone(), value.clone());
         }
         map
     }

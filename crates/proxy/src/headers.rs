@@ -313,7 +313,13 @@ fn new_request_id() -> HeaderValue {
     out[14..18].copy_from_slice(&hex[12..16]);
     out[19..23].copy_from_slice(&hex[16..20]);
     out[24..].copy_from_slice(&hex[20..]);
-    HeaderValue::from_bytes(&out).expect("hex and dashes are valid header bytes")
+    let mut id = HeaderValue::from_bytes(&out).expect("hex and dashes are valid header bytes");
+    // HPACK "never indexed": a value unique to one request only churns an HTTP/2 encoder's
+    // table. Indexed, each response's id was inserted into h2's 4 KiB dynamic table, evicting
+    // an older one after walking the chain of every id still there (~50, each compared):
+    // ~2.5k instructions per h2 response (docs/benchmarks.md, "TLS handshakes and HTTP/2 CPU").
+    id.set_sensitive(true);
+    id
 }
 
 /// A `Content-Length` value (surrounding whitespace allowed), at most 19 digits.

@@ -294,8 +294,10 @@ fn service(
         let alt_svc = alt_svc.clone();
         async move {
             let req = req.map(ClientBody::Hyper);
-            // Boxed: hyper keeps the service future's room in each HTTP/2 stream's task while
-            // the body streams, long after the pipeline is done with it (issue 19).
+            // Boxed: hyper moves this future into its per-stream task (and tokio into the
+            // task's cell), copying the pipeline's multi-KiB state each time; and it keeps the
+            // future's room in the stream's task while the body streams, long after the
+            // pipeline is done with it (issue 19).
             let mut resp = Box::pin(pipeline::handle(&handle, &cx, req, Downstream::Hyper)).await;
             if let Some(v) = alt_svc {
                 resp.headers_mut().insert(http::header::ALT_SVC, v);

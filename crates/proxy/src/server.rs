@@ -213,7 +213,7 @@ impl Server {
         let mut running = self.listeners.lock().expect("listener lock");
         for Prepared { tcp: accept, quic } in prepared {
             let local_addr = accept.socket.local_addr().unwrap_or(accept.spec.address);
-            tracing::info!(listener = %accept.spec.name, address = %local_addr, tls = accept.tls.is_some(), http3 = quic.is_some(), "listening");
+            tracing::info!(listener = %accept.spec.name, address = %local_addr, tls = accept.tls.is_some(), tls_provider = accept.tls.is_some().then(crate::tls::provider_name), http3 = quic.is_some(), "listening");
             let entry = Running {
                 spec: accept.spec.clone(),
                 local_addr,

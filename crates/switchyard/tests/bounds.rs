@@ -1,6 +1,6 @@
 //! Every connection and every buffer has a bound (issue 12 items 6, 9 and 11): HTTP/2
 //! connections that idle or stall inside a header block are closed, rotated certificates are
-//! served after a reload, the admin port cuts off slow clients, and the endpoint picker refuses
+//! served after a reload (and TLS sessions still resume across one), the admin port cuts off slow clients, and the endpoint picker refuses
 //! a gRPC message larger than its limit. Tests wait on state; a bound that does not hold fails
 //! at the harness's generous deadline.
 
@@ -254,6 +254,64 @@ async fn sighup_serves_a_rotated_certificate_and_keeps_it_when_the_next_is_broke
     let failures = gw
         .metric("switchyard_tls_certificate_reloads_total{listener=\"public\",result=\"failure\"}");
     assert_eq!(failures, 1.0);
+}
+
+/// One request over a new TLS 1.3 connection made with `cfg` (whose session store keeps the
+/// tickets the gateway sends); whether its handshake resumed a session.
+async fn resumed(addr: SocketAddr, cfg: &Arc<rustls::ClientConfig>) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connector = tokio_rustls::TlsConnector::from(cfg.clone());
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let kind = tls.get_ref().1.handshake_kind();
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // Reading the response also reads the tickets TLS 1.3 sends after the handshake.
+    let mut response = Vec::new();
+    let _ = tls.read_to_end(&mut response).await;
+    assert!(response.starts_with(b"HTTP/1.1 200"), "{response:?}");
+    kind == Some(rustls::HandshakeKind::Resumed)
+}
+
+#[tokio::test]
+async fn tls_sessions_resume_from_tickets_and_across_a_certificate_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (new_cert(), new_cert());
+    let (gw, _origin) = tls_gateway(dir.path(), &a, false);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(a.der.clone().into()).unwrap();
+    roots.add(b.der.clone().into()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    assert!(
+        !resumed(gw.addr(), &cfg).await,
+        "the first handshake is a full one"
+    );
+    assert!(
+        resumed(gw.addr(), &cfg).await,
+        "the second resumes from a ticket"
+    );
+
+    // A reload (new certificate) keeps the listener's ticket key: tickets issued before it
+    // still resume.
+    std::fs::write(dir.path().join("cert.pem"), &b.cert_pem).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &b.key_pem).unwrap();
+    gw.signal("HUP");
+    wait_for_cert(gw.addr(), &[&a, &b], &b).await;
+    assert!(
+        resumed(gw.addr(), &cfg).await,
+        "a ticket from before the reload resumes"
+    );
 }
 
 #[tokio::test]

@@ -73,6 +73,10 @@ fn server_config(
     crypto.alpn_protocols = vec![b"h3".to_vec()];
     // quinn takes early data all or nothing; the request path decides what may use it.
     crypto.max_early_data_size = if spec.quic.allow_0rtt { u32::MAX } else { 0 };
+    if spec.quic.allow_0rtt {
+        // rustls takes early data only on a stateful resumption (`tls::no_tickets`).
+        crypto.ticketer = crate::tls::no_tickets();
+    }
     let crypto = QuicServerConfig::try_from(crypto)
         .map_err(|e| format!("listener `{}`: QUIC needs TLS 1.3: {e}", spec.name))?;
     let q = &spec.quic;

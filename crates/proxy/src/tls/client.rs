@@ -92,7 +92,7 @@ fn build(
 ) -> Result<Arc<rustls::ClientConfig>, String> {
     spec.hash(digest);
     default_alpn.hash(digest);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = super::provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;

@@ -12,6 +12,12 @@
 //! (Envoy's `DownstreamTlsContext` with a validation context): `require_client_cert` refuses the
 //! handshake of a client without one; otherwise such a client is let in without an identity. The
 //! CA bundle is re-read with the certificate.
+//!
+//! Resumption: TLS 1.3 (and 1.2) session tickets are on, sealed by one [`super::ticketer`] per
+//! listener that outlives certificate reloads (a reload does not force every client back to a
+//! full handshake). rustls' default, without a ticketer, is a stateful cache of only 256
+//! sessions per listener: past 256 recent clients, resumption silently turned into full
+//! handshakes.
 
 use std::sync::Arc;
 
@@ -21,10 +27,16 @@ use tokio_rustls::TlsAcceptor;
 
 /// Build an acceptor from PEM files; errors name the file.
 pub fn acceptor(tls: &Tls) -> Result<TlsAcceptor, String> {
-    server_config(tls).map(TlsAcceptor::from)
+    server_config(tls, &new_ticketer()?).map(TlsAcceptor::from)
 }
 
-fn server_config(tls: &Tls) -> Result<Arc<rustls::ServerConfig>, String> {
+type Ticketer = Arc<dyn rustls::server::ProducesTickets>;
+
+fn new_ticketer() -> Result<Ticketer, String> {
+    super::ticketer().map_err(|e| format!("session tickets: {e}"))
+}
+
+fn server_config(tls: &Tls, ticketer: &Ticketer) -> Result<Arc<rustls::ServerConfig>, String> {
     let certs = {
         let mut r = std::io::BufReader::new(
             std::fs::File::open(&tls.cert).map_err(|e| format!("{}: {e}", tls.cert.display()))?,
@@ -44,7 +56,7 @@ fn server_config(tls: &Tls) -> Result<Arc<rustls::ServerConfig>, String> {
             .map_err(|e| format!("{}: {e}", tls.key.display()))?
             .ok_or_else(|| format!("{}: no private key found", tls.key.display()))?
     };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = super::provider();
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
@@ -73,6 +85,7 @@ fn server_config(tls: &Tls) -> Result<Arc<rustls::ServerConfig>, String> {
         .with_single_cert(certs, key)
         .map_err(|e| format!("{}: {e}", tls.cert.display()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ticketer = ticketer.clone();
     Ok(Arc::new(config))
 }
 
@@ -80,6 +93,8 @@ fn server_config(tls: &Tls) -> Result<Arc<rustls::ServerConfig>, String> {
 pub struct ReloadableTls {
     spec: Tls,
     current: ArcSwap<rustls::ServerConfig>,
+    /// Kept across reloads: tickets issued before one still resume after it.
+    ticketer: Ticketer,
     /// Bumped on every successful reload: the QUIC endpoint (which holds its own copy of the
     /// config) compares it to know when to take the new certificate.
     generation: std::sync::atomic::AtomicU64,
@@ -88,9 +103,11 @@ pub struct ReloadableTls {
 impl ReloadableTls {
     /// Read the certificate and key; errors name the file.
     pub fn load(spec: &Tls) -> Result<Self, String> {
+        let ticketer = new_ticketer()?;
         Ok(Self {
             spec: spec.clone(),
-            current: ArcSwap::new(server_config(spec)?),
+            current: ArcSwap::new(server_config(spec, &ticketer)?),
+            ticketer,
             generation: Default::default(),
         })
     }
@@ -119,7 +136,7 @@ impl ReloadableTls {
     /// Re-read the files and serve what they hold from the next connection on. On error the
     /// previous certificate stays.
     pub fn reload(&self) -> Result<(), String> {
-        let fresh = server_config(&self.spec)?;
+        let fresh = server_config(&self.spec, &self.ticketer)?;
         self.current.store(fresh);
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
