@@ -90,7 +90,9 @@ listeners:
   - {{name: secure, address: 127.0.0.1:{SECURE}, max_concurrent_streams: 128,
       tls: {{cert: {tls['cert']}, key: {tls['key']}}}}}
 routes: [{{name: all, match: {{path_prefix: /}}, pool: origin, timeout: 600s}}]
-pools: [{{name: origin, endpoints: [{origin}]}}]
+# Like Envoy's circuit breakers below: the default 1024 would refuse streams past it.
+pools: [{{name: origin, endpoints: [{origin}],
+          limits: {{max_connections: 100000, max_pending: 100000, max_requests: 100000}}}}]
 """)
         return [BIN, "run", "--config", conf]
     if name == "nginx":
@@ -189,7 +191,7 @@ static_resources:
 {listener("plain", PLAIN_H1)}{listener("plain2", PLAIN_H2)}{listener("secure", SECURE, tls_block)}
   clusters:
   - name: origin
-    connect_timeout: 1s
+    connect_timeout: 5s
     type: STATIC
     circuit_breakers:
       thresholds: [{{max_connections: 1000000, max_pending_requests: 1000000, max_requests: 1000000}}]

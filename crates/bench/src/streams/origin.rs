@@ -53,7 +53,16 @@ impl OriginSpec {
 
 /// Accept and serve until the process is stopped.
 pub async fn serve(listen: SocketAddr, spec: OriginSpec) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(listen).await?;
+    // A deep accept queue: a proxy opens thousands of upstream connections at once when a
+    // client's streams arrive together, and a dropped SYN costs a second-long retransmit.
+    let socket = if listen.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(listen)?;
+    let listener: TcpListener = socket.listen(65_535)?;
     println!("listening on {}", listener.local_addr()?);
     loop {
         // Out of file descriptors or a connection reset before accept: keep serving.
