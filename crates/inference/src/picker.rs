@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use switchyard_balance::Endpoint;
 
 use crate::kv_index::KvIndex;
+use crate::predictor::{Features, LatencyPredictor, Measured, Slo, Ticket};
 use crate::prefix_index::PrefixIndex;
 use crate::scorer::{scorers, ScoreContext, Scorer, Weights};
 use crate::signals::{EndpointSignals, SignalSnapshot};
@@ -73,6 +74,11 @@ pub struct RequestContext<'a> {
     pub adapter: Option<&'a str>,
     /// Estimated tokens: prompt plus expected output.
     pub est_tokens: u32,
+    /// Estimated prompt tokens (a feature of the latency predictor).
+    pub prompt_tokens: u32,
+    /// The request's latency objectives (`x-slo-ttft-ms`, `x-slo-tpot-ms`); the predictor's
+    /// default SLO fills what is unset.
+    pub slo: Slo,
     /// Fill [`Decision::top`] (for `x-switchyard-debug: 1`).
     pub debug: bool,
 }
@@ -95,6 +101,10 @@ pub struct Decision {
     pub saturated: bool,
     /// The best candidates, best first (at most 5; only when `debug` was asked).
     pub top: Vec<Scored>,
+    /// How the SLO decision went, when the request had an SLO and the predictor was warm.
+    pub slo: Option<crate::slo_pick::SloOutcome>,
+    /// What the predictor learns from when the response ends ([`InferencePicker::observe`]).
+    pub ticket: Option<Ticket>,
 }
 
 /// Number of candidates reported in [`Decision::top`].
@@ -125,6 +135,7 @@ pub struct InferencePicker {
     signals: Vec<Arc<EndpointSignals>>,
     prefix: Arc<PrefixIndex>,
     kv: Option<Arc<KvIndex>>,
+    predictor: Option<Arc<LatencyPredictor>>,
 }
 
 impl std::fmt::Debug for InferencePicker {
@@ -166,6 +177,26 @@ impl InferencePicker {
             signals,
             prefix,
             kv: None,
+            predictor: None,
+        }
+    }
+
+    /// Predict each candidate's latency with `predictor` (kept across config generations
+    /// while endpoint positions stay the same), train it on every pick, and decide requests
+    /// with an SLO by it ([`crate::slo_pick`]).
+    pub fn with_predictor(mut self, predictor: Arc<LatencyPredictor>) -> Self {
+        self.predictor = Some(predictor);
+        self
+    }
+
+    pub fn predictor(&self) -> Option<&Arc<LatencyPredictor>> {
+        self.predictor.as_ref()
+    }
+
+    /// The response to a pick with `ticket` ended with `measured`: train the predictor.
+    pub fn observe(&self, ticket: &Ticket, measured: Measured) {
+        if let Some(p) = &self.predictor {
+            p.observe(ticket, measured);
         }
     }
 
@@ -353,6 +384,23 @@ impl InferencePicker {
             }
         }
 
+        let (slo, ticket) = match &self.predictor {
+            Some(p) => {
+                let features = |i: usize| {
+                    let share = prefix_share.get(i).copied().unwrap_or(0.0);
+                    Features::new(f64::from(req.prompt_tokens), share, &snapshots[i])
+                };
+                let (slo, predicted) = self.predict(p, req, &candidates, &features, &mut chosen);
+                let ticket = Ticket {
+                    endpoint: chosen,
+                    features: features(chosen),
+                    predicted,
+                };
+                (slo, Some(ticket))
+            }
+            None => (None, None),
+        };
+
         let top = if req.debug {
             let mut order: Vec<usize> = (0..candidates.len()).collect();
             order.sort_by(|&a, &b| totals[b].total_cmp(&totals[a]));
@@ -376,7 +424,39 @@ impl InferencePicker {
             index: Some(chosen),
             saturated,
             top,
+            slo,
+            ticket,
         }
+    }
+
+    /// The predictor's part of a pick: for a request with an SLO and a warm model, the SLO
+    /// decision replaces `chosen`; either way, the chosen endpoint's prediction.
+    fn predict(
+        &self,
+        p: &LatencyPredictor,
+        req: &RequestContext<'_>,
+        candidates: &[usize],
+        features: &dyn Fn(usize) -> Features,
+        chosen: &mut usize,
+    ) -> (
+        Option<crate::slo_pick::SloOutcome>,
+        Option<crate::predictor::Prediction>,
+    ) {
+        let cfg = p.config();
+        let slo = req.slo.or(cfg.default_slo);
+        p.with_model(|m| {
+            let Some(m) = m else {
+                return (None, None);
+            };
+            let explore = (cfg.explore, fastrand::f64(), fastrand::u32(..));
+            match crate::slo_pick::choose(m, slo, candidates, features, cfg.selection, explore) {
+                Some(c) => {
+                    *chosen = c.index;
+                    (Some(c.outcome), Some(c.predicted))
+                }
+                None => (None, Some(m.predict(*chosen, &features(*chosen)))),
+            }
+        })
     }
 
     /// Each endpoint's share of the request's prefix: from the KV-event index where it is fresh
@@ -466,6 +546,15 @@ impl InferencePicker {
         let mut out = String::new();
         if decision.saturated {
             out.push_str("saturated;");
+        }
+        if let Some(o) = decision.slo {
+            out.push_str(&format!("slo={};", o.name()));
+        }
+        if let Some(p) = decision.ticket.and_then(|t| t.predicted) {
+            out.push_str(&format!(
+                "predicted(ttft_ms={:.1},tpot_ms={:.2});",
+                p.ttft_ms, p.tpot_ms
+            ));
         }
         for (k, s) in decision.top.iter().enumerate() {
             if k > 0 {
