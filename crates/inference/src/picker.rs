@@ -328,6 +328,8 @@ impl InferencePicker {
         };
         // A prefix no candidate is known to hold goes to its owner on every replica alike.
         let owner_share = cfg.weights.prefix_owner;
+        // The owner's credit is a placement hint, not a cache hit: the predictor ignores it.
+        let mut owner = None;
         if owner_share > 0.0
             && !prefix_share.is_empty()
             && candidates.iter().all(|&i| prefix_share[i] == 0.0)
@@ -335,6 +337,7 @@ impl InferencePicker {
             let address = |i: usize| endpoints.get(i).map(|e| e.address());
             if let Some(o) = crate::prefix_owner::owner(req.block_hashes, &candidates, address) {
                 prefix_share[o] = owner_share.min(1.0);
+                owner = Some(o);
             }
         }
         let latency: Vec<Option<Duration>> = if cfg.weights.latency > 0.0 {
@@ -387,7 +390,10 @@ impl InferencePicker {
         let (slo, ticket) = match &self.predictor {
             Some(p) => {
                 let features = |i: usize| {
-                    let share = prefix_share.get(i).copied().unwrap_or(0.0);
+                    let share = match owner {
+                        Some(o) if o == i => 0.0,
+                        _ => prefix_share.get(i).copied().unwrap_or(0.0),
+                    };
                     Features::new(f64::from(req.prompt_tokens), share, &snapshots[i])
                 };
                 let (slo, predicted) = self.predict(p, req, &candidates, &features, &mut chosen);
