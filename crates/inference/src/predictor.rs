@@ -7,9 +7,10 @@
 //! what that one cannot:
 //!
 //! * **The model** is linear in a handful of features ([`Features`]: uncached and cached prompt
-//!   tokens, queue, running, KV use, in-flight tokens, running × uncached prompt), fitted by
+//!   tokens, queue, running, KV use, in-flight tokens, running × uncached prompt, and the
+//!   requests and prompt tokens the gateway sent that await their first byte), fitted by
 //!   weighted ridge regression with weights 1/y², which minimises *relative* error (what MAPE
-//!   measures) rather than letting the slowest requests dominate. A 16×16 solve over at most a
+//!   measures) rather than letting the slowest requests dominate. A 20×20 solve over at most a
 //!   thousand samples takes well under a millisecond; it runs every `refit_every` samples on the
 //!   path that reports them (amortised, never on the pick), and picks read the result through
 //!   an `ArcSwap` without locking.
@@ -39,7 +40,7 @@ use crate::predictor_fit::{fit, fit_scales, quantile};
 use crate::signals::SignalSnapshot;
 
 /// Number of features per candidate (the first is the constant 1).
-pub const FEATURES: usize = 8;
+pub const FEATURES: usize = 10;
 pub(crate) const PARAMS: usize = 2 * FEATURES;
 /// Load buckets: queue + running of 0, 1, 2–3, 4–7, ..., 64 and more.
 const BUCKETS: usize = 8;
@@ -136,8 +137,15 @@ pub struct Features(pub [f64; FEATURES]);
 
 impl Features {
     /// Features of a request with `prompt_tokens`, of which `prefix_share` (0..1) is expected
-    /// in the endpoint's cache, on an endpoint whose signals are `s`.
-    pub fn new(prompt_tokens: f64, prefix_share: f64, s: &SignalSnapshot) -> Self {
+    /// in the endpoint's cache, on an endpoint whose signals are `s` and where `prefilling`
+    /// (requests, their prompt tokens) await their first byte
+    /// ([`crate::EndpointSignals::prefilling`]).
+    pub fn new(
+        prompt_tokens: f64,
+        prefix_share: f64,
+        s: &SignalSnapshot,
+        prefilling: (f64, f64),
+    ) -> Self {
         let share = prefix_share.clamp(0.0, 1.0);
         let uncached = prompt_tokens * (1.0 - share) / 1000.0;
         let running = s.running / 32.0;
@@ -150,6 +158,8 @@ impl Features {
             s.kv_usage.unwrap_or(0.0),
             s.in_flight_tokens / 10_000.0,
             running * uncached,
+            prefilling.1 / 1000.0,
+            prefilling.0 / 8.0,
         ])
     }
 

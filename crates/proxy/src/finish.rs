@@ -76,6 +76,9 @@ struct InferencePick {
     picker: Arc<switchyard_inference::InferencePicker>,
     index: usize,
     est_tokens: u32,
+    /// Prompt tokens, counted as prefilling on the endpoint until the first byte (`prefilled`).
+    prompt_tokens: u32,
+    prefilled: bool,
     /// What the latency predictor learns from, when the pool has one.
     ticket: Option<switchyard_inference::Ticket>,
     first_chunk: Option<Instant>,
@@ -233,13 +236,15 @@ impl Finish {
         &mut self,
         picker: Arc<switchyard_inference::InferencePicker>,
         index: usize,
-        est_tokens: u32,
+        (est_tokens, prompt_tokens): (u32, u32),
         ticket: Option<switchyard_inference::Ticket>,
     ) {
         self.inference = Some(Box::new(InferencePick {
             picker,
             index,
             est_tokens,
+            prompt_tokens,
+            prefilled: false,
             ticket,
             first_chunk: None,
             output_tokens: None,
@@ -270,6 +275,9 @@ impl Finish {
     pub fn first_chunk(&mut self) {
         if let Some(i) = self.inference.as_mut() {
             i.first_chunk.get_or_insert_with(Instant::now);
+            if !std::mem::replace(&mut i.prefilled, true) {
+                i.picker.prefilled(i.index, i.prompt_tokens);
+            }
         }
         if let Some((_, r)) = self.observed.as_mut() {
             r.ttft.get_or_insert_with(|| self.start.elapsed());
@@ -337,6 +345,9 @@ impl Drop for Finish {
     fn drop(&mut self) {
         if let Some(i) = self.inference.take() {
             i.picker.finish(i.index, i.est_tokens);
+            if !i.prefilled {
+                i.picker.prefilled(i.index, i.prompt_tokens);
+            }
             if (200..300).contains(&self.status) && self.error.is_none() {
                 i.observe(self.start, self.start.elapsed());
             }

@@ -56,8 +56,12 @@ pub fn first_pick(
     }
     let index = pick.index();
     if let Some(i) = index {
-        rx.finish
-            .set_inference(picker.clone(), i, pick.est_tokens, pick.decision.ticket);
+        rx.finish.set_inference(
+            picker.clone(),
+            i,
+            (pick.est_tokens, parsed.prompt_tokens),
+            pick.decision.ticket,
+        );
     }
     let mut first = FirstPick {
         index,
