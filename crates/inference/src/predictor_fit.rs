@@ -2,8 +2,38 @@
 //! parameters, per-endpoint scales, and quantiles of the measured/predicted ratios.
 
 use crate::predictor::{
-    Measured, Sample, Window, FEATURES, MIN_SCALE_SAMPLES, MIN_TARGET_MS, PARAMS,
+    Measured, Sample, Window, BUCKETS, FEATURES, MIN_SCALE_SAMPLES, MIN_TARGET_MS, PARAMS,
 };
+
+/// Weights per load bucket, shrunk toward the pool-wide fit.
+pub(crate) type Thetas = [[f64; PARAMS]; BUCKETS];
+
+/// Samples a load bucket needs for weights of its own.
+const MIN_BUCKET_FIT: usize = 32;
+
+/// The pool-wide weights, then each load bucket's: a bucket's fit is pulled toward the pool's
+/// (a ridge prior centred there, stronger the fewer samples it has), so the model is piecewise
+/// linear in load (queueing is not linear) without a sparse bucket fitting noise.
+pub(crate) fn fit_buckets(w: &Window) -> Option<Thetas> {
+    let total: usize = w.buckets.iter().map(|b| b.items.len()).sum();
+    let (global, curvature) = fit(w.buckets.iter().flat_map(|b| &b.items), &w.scale, None)?;
+    let mut thetas = [global; BUCKETS];
+    for (t, b) in thetas.iter_mut().zip(&w.buckets) {
+        let n = b.items.len();
+        if n >= MIN_BUCKET_FIT {
+            // The pool's curvature at this bucket's size, so that a feature the bucket never
+            // saw keeps the pool's weight rather than none.
+            let mut prior = curvature;
+            for c in &mut prior {
+                *c *= 8.0 / total.max(1) as f64;
+            }
+            if let Some((own, _)) = fit(b.items.iter(), &w.scale, Some((&global, &prior))) {
+                *t = own;
+            }
+        }
+    }
+    Some(thetas)
+}
 
 /// The regression rows of one sample: (features over the joint parameters, target in ms).
 fn rows(s: &Sample, mut f: impl FnMut(&[f64; PARAMS], f64)) {
@@ -32,12 +62,15 @@ fn rows(s: &Sample, mut f: impl FnMut(&[f64; PARAMS], f64)) {
     }
 }
 
-/// Weighted ridge regression (weights 1/y², targets divided by their endpoint's scale).
+/// Weighted ridge regression (weights 1/y², targets divided by their endpoint's scale),
+/// toward `prior` weights with per-parameter strengths when given. Returns the weights and the
+/// data's curvature (the normal matrix's diagonal).
 #[allow(clippy::needless_range_loop)]
-pub(crate) fn fit<'a>(
+fn fit<'a>(
     samples: impl Iterator<Item = &'a Sample>,
     scale: &[f64],
-) -> Option<[f64; PARAMS]> {
+    prior: Option<(&[f64; PARAMS], &[f64; PARAMS])>,
+) -> Option<([f64; PARAMS], [f64; PARAMS])> {
     let mut a = [[0.0f64; PARAMS]; PARAMS];
     let mut b = [0.0f64; PARAMS];
     for s in samples {
@@ -60,15 +93,21 @@ pub(crate) fn fit<'a>(
     // Ridge relative to each parameter's own curvature: the TTFT and TPOT blocks see targets
     // an order of magnitude apart, and one λ for both would flatten the smaller one.
     let trace: f64 = (0..PARAMS).map(|i| a[i][i]).sum();
+    let mut curvature = [0.0; PARAMS];
     for (i, row) in a.iter_mut().enumerate() {
+        curvature[i] = row[i];
+        if let Some((p, strength)) = prior {
+            row[i] += strength[i];
+            b[i] += strength[i] * p[i];
+        }
         row[i] += 1e-6 * row[i] + 1e-12 * trace + 1e-15;
     }
-    solve(a, b)
+    solve(a, b).map(|t| (t, curvature))
 }
 
 /// Per-endpoint scales by least squares on relative error, normalised to a geometric mean of
 /// one over the endpoints that have enough samples.
-pub(crate) fn fit_scales(w: &mut Window, theta: &[f64; PARAMS]) {
+pub(crate) fn fit_scales(w: &mut Window, thetas: &Thetas) {
     let n = w.scale.len();
     let mut num = vec![0.0; n];
     let mut den = vec![0.0; n];
@@ -78,6 +117,7 @@ pub(crate) fn fit_scales(w: &mut Window, theta: &[f64; PARAMS]) {
         if e >= n {
             continue;
         }
+        let theta = &thetas[s.x.bucket()];
         rows(s, |phi, y| {
             let p: f64 = phi.iter().zip(theta).map(|(x, t)| x * t).sum();
             let y = y.max(MIN_TARGET_MS);

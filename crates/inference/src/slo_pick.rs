@@ -4,11 +4,13 @@
 //! [`crate::predictor`].
 //!
 //! A candidate is *feasible* when its predicted TTFT and TPOT, each raised by the model's
-//! margin (the configured quantile of measured/predicted), are within the SLO. By default the
-//! pick is the feasible candidate with the *least* headroom, as llm-d's SLO-aware scheduler
-//! does: requests pack onto endpoints that can just take them, and the endpoints with room are
-//! kept for requests that need it (a long prompt, a tight objective). `selection:
-//! lowest_latency` picks the feasible candidate with the most headroom instead.
+//! margin (the configured quantile of measured/predicted), are within the SLO. By default
+//! (`selection: lowest_latency`) the pick is the feasible candidate with the most headroom.
+//! `least_headroom` takes the one with the *least*, as llm-d's SLO-aware scheduler does:
+//! requests pack onto endpoints that can just take them, keeping the others for requests that
+//! need room. At full load on simulated fleets packing met far fewer SLOs (prediction errors
+//! near the boundary become misses, and packed endpoints queue; docs/benchmarks.md), so it is
+//! not the default.
 //!
 //! When no candidate is feasible the decision says so ([`SloOutcome::Infeasible`]) and names the
 //! candidate with the least predicted violation; the caller sheds a sheddable request (429) and
