@@ -40,9 +40,10 @@ impl Default for Predictor {
     }
 }
 
-/// A pool's default latency objectives.
+/// Default latency objectives of a pool (`predictor.slo`) or a route (`slo`); each more than 0
+/// and at most 10 minutes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(try_from = "RawSlo")]
 pub struct DefaultSlo {
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub ttft: Option<Duration>,
@@ -61,6 +62,50 @@ pub enum Selection {
     LeastHeadroom,
 }
 
+pub(crate) fn slo_unset(s: &DefaultSlo) -> bool {
+    s.is_unset()
+}
+
+/// [`DefaultSlo`] as written, before its bounds are checked.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawSlo {
+    #[serde(with = "humantime_serde")]
+    ttft: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    tpot: Option<Duration>,
+}
+
+impl TryFrom<RawSlo> for DefaultSlo {
+    type Error = String;
+    fn try_from(r: RawSlo) -> Result<Self, String> {
+        let slo = DefaultSlo {
+            ttft: r.ttft,
+            tpot: r.tpot,
+        };
+        slo.check("slo")?;
+        Ok(slo)
+    }
+}
+
+impl DefaultSlo {
+    pub fn is_unset(&self) -> bool {
+        self.ttft.is_none() && self.tpot.is_none()
+    }
+
+    /// Zero or over 10 minutes is refused, naming the key under `at`.
+    pub fn check(&self, at: &str) -> Result<(), String> {
+        for (key, d) in [("ttft", self.ttft), ("tpot", self.tpot)] {
+            if let Some(d) = d {
+                if d.is_zero() || d > Duration::from_secs(600) {
+                    return Err(format!("`{at}.{key}` must be more than 0 and at most 10m"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Predictor {
     /// The ranges the field docs state, as a message naming the key.
     pub fn check(&self) -> Result<(), String> {
@@ -76,14 +121,7 @@ impl Predictor {
         range("bucket_samples", self.bucket_samples.into(), 16.0, 4096.0)?;
         range("refit_every", self.refit_every.into(), 1.0, 4096.0)?;
         range("min_samples", self.min_samples.into(), 16.0, 100_000.0)?;
-        for (key, d) in [("slo.ttft", self.slo.ttft), ("slo.tpot", self.slo.tpot)] {
-            if let Some(d) = d {
-                if d.is_zero() || d > Duration::from_secs(600) {
-                    return Err(format!("`{key}` must be more than 0 and at most 10m"));
-                }
-            }
-        }
-        Ok(())
+        self.slo.check("slo")
     }
 }
 
@@ -123,6 +161,10 @@ mod tests {
             (r#"{"min_samples":1}"#, "`min_samples`"),
             (r#"{"qantile":0.9}"#, "unknown field `qantile`"),
             (r#"{"selection":"fastest"}"#, "unknown variant `fastest`"),
+            (
+                r#"{"slo":{"tpot":"11m"}}"#,
+                "`slo.tpot` must be more than 0",
+            ),
         ] {
             let e = parse(&format!(r#"{{"kind":"inference","predictor":{bad}}}"#)).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");

@@ -1,7 +1,8 @@
 //! Predicted-latency routing end to end: a gateway with `predictor:` over simulated replicas
 //! learns their TTFT from its own streamed responses, exports its prediction error, sheds a
 //! sheddable request whose SLO no replica can meet (429 `slo_unattainable`), sends a standard
-//! one anyway, and ignores a malformed SLO header.
+//! one anyway, and ignores a malformed SLO header; a route's `slo` applies to requests that send
+//! none.
 
 mod support;
 
@@ -120,4 +121,32 @@ async fn learns_exports_its_error_and_sheds_infeasible_slos() {
         assert!(!pick.contains("slo="), "{bad}: {pick}");
     }
     assert_eq!(gw.metric(shed), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routes_slo_applies_to_requests_without_one() {
+    let fleet = fleet().await;
+    let route = "    slo: {ttft: 1ms}\n";
+    let pool = "    balancer: {kind: inference, scrape_interval: 20ms, predictor: {min_samples: 16, refit_every: 4}}\n";
+    let gw = Gateway::start(&config(&fleet.addresses(), route, pool));
+    let c = client::http1();
+    // Standard requests are served while the model warms and after (where the violation is
+    // predicted smallest).
+    let mut warm = false;
+    for _ in 0..400 {
+        let (status, pick, body) = stream(&c, &gw, &[]).await;
+        assert_eq!(status, 200, "{body}");
+        if pick.contains("slo=infeasible") {
+            warm = true;
+            break;
+        }
+    }
+    assert!(warm, "the route's SLO never reached the picker");
+    let sheddable = ("x-switchyard-priority", "sheddable");
+    let (status, _, body) = stream(&c, &gw, &[sheddable]).await;
+    assert_eq!(status, 429, "{body}");
+    // The request's own header wins over the route's.
+    let (status, pick, body) = stream(&c, &gw, &[sheddable, ("x-slo-ttft-ms", "60000")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!pick.contains("slo=infeasible"), "{pick}");
 }

@@ -43,7 +43,7 @@ pub fn first_pick(
         parsed,
         priority == Priority::Sheddable,
         debug,
-        rx.scan.slo,
+        rx.scan.slo.or(to.route.slo),
     );
     if pick.shed {
         let error = if pick.slo_shed() {
