@@ -394,10 +394,7 @@ impl InferencePicker {
                         Some(o) if o == i => 0.0,
                         _ => prefix_share.get(i).copied().unwrap_or(0.0),
                     };
-                    let prefilling = self
-                        .signals
-                        .get(i)
-                        .map_or((0.0, 0.0, 0.0), |s| s.prefilling());
+                    let prefilling = self.signals.get(i).map_or((0.0, 0.0), |s| s.prefilling());
                     Features::new(
                         f64::from(req.prompt_tokens),
                         share,

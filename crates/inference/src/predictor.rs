@@ -12,7 +12,7 @@
 //!   weighted ridge regression with weights 1/y², which minimises *relative* error (what MAPE
 //!   measures) rather than letting the slowest requests dominate. Each load bucket (below) gets
 //!   weights of its own, shrunk toward the pool-wide fit, so the model is piecewise linear in
-//!   load: a queue behind a full batch does not cost what a queue behind a half-empty one does. A 24×24 solve over at most a
+//!   load: a queue behind a full batch does not cost what a queue behind a half-empty one does. A 20×20 solve over at most a
 //!   thousand samples takes well under a millisecond; it runs every `refit_every` samples on the
 //!   path that reports them (amortised, never on the pick), and picks read the result through
 //!   an `ArcSwap` without locking.
@@ -42,7 +42,7 @@ use crate::predictor_fit::{fit_buckets, fit_scales, quantile, Thetas};
 use crate::signals::SignalSnapshot;
 
 /// Number of features per candidate (the first is the constant 1).
-pub const FEATURES: usize = 12;
+pub const FEATURES: usize = 10;
 pub(crate) const PARAMS: usize = 2 * FEATURES;
 /// Load buckets: queue + running of 0, 1, 2–3, 4–7, ..., 64 and more.
 pub(crate) const BUCKETS: usize = 8;
@@ -140,13 +140,13 @@ pub struct Features(pub [f64; FEATURES]);
 impl Features {
     /// Features of a request with `prompt_tokens`, of which `prefix_share` (0..1) is expected
     /// in the endpoint's cache, on an endpoint whose signals are `s` and where `prefilling`
-    /// (requests, their prompt tokens) await their first byte, of the gateway's in flight
-    /// ([`crate::EndpointSignals::prefilling`]: requests, prompt tokens, in flight).
+    /// (requests, their prompt tokens) await their first byte
+    /// ([`crate::EndpointSignals::prefilling`]).
     pub fn new(
         prompt_tokens: f64,
         prefix_share: f64,
         s: &SignalSnapshot,
-        prefilling: (f64, f64, f64),
+        prefilling: (f64, f64),
     ) -> Self {
         let share = prefix_share.clamp(0.0, 1.0);
         let uncached = prompt_tokens * (1.0 - share) / 1000.0;
@@ -162,11 +162,6 @@ impl Features {
             running * uncached,
             prefilling.1 / 1000.0,
             prefilling.0 / 8.0,
-            // The gateway's own count of its requests past their first byte: decoding now,
-            // exact where the scraped `running` is up to a scrape old.
-            (prefilling.2 - prefilling.0).max(0.0) / 32.0,
-            // Prefill queued ahead shares each step with the running decodes.
-            prefilling.1 / 1000.0 * running,
         ])
     }
 

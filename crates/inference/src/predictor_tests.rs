@@ -33,7 +33,7 @@ fn trained(streams: bool, n: usize) -> LatencyPredictor {
     let mut rng = fastrand::Rng::with_seed(3);
     for _ in 0..n {
         let (e, prompt, share, s) = random_case(&mut rng);
-        let x = Features::new(prompt, share, &s, (0.0, 0.0, 0.0));
+        let x = Features::new(prompt, share, &s, (0.0, 0.0));
         let (ttft, tpot) = truth(e, prompt, share, &s);
         let ticket = Ticket {
             endpoint: e,
@@ -65,7 +65,7 @@ fn mape(p: &LatencyPredictor) -> (f64, f64) {
     for _ in 0..500 {
         let (e, prompt, share, s) = random_case(&mut rng);
         let (ttft, tpot) = truth(e, prompt, share, &s);
-        let got = m.predict(e, &Features::new(prompt, share, &s, (0.0, 0.0, 0.0)));
+        let got = m.predict(e, &Features::new(prompt, share, &s, (0.0, 0.0)));
         et += (got.ttft_ms - ttft).abs() / ttft;
         ep += (got.tpot_ms - tpot).abs() / tpot;
     }
@@ -110,7 +110,7 @@ fn buckets_keep_rare_load_levels() {
     let p = LatencyPredictor::new(PredictorConfig::default(), 1, PredictorMetrics::default());
     let observe = |waiting: f64| {
         let s = snapshot(waiting, 4.0, 0.2, 0.0);
-        let x = Features::new(500.0, 0.0, &s, (0.0, 0.0, 0.0));
+        let x = Features::new(500.0, 0.0, &s, (0.0, 0.0));
         let (ttft, tpot) = truth(0, 500.0, 0.0, &s);
         let t = Ticket {
             endpoint: 0,
@@ -147,7 +147,7 @@ fn buckets_keep_rare_load_levels() {
     let s = snapshot(40.0, 4.0, 0.2, 0.0);
     let (want, _) = truth(0, 500.0, 0.0, &s);
     let got = m
-        .predict(0, &Features::new(500.0, 0.0, &s, (0.0, 0.0, 0.0)))
+        .predict(0, &Features::new(500.0, 0.0, &s, (0.0, 0.0)))
         .ttft_ms;
     assert!((got - want).abs() / want < 0.05, "{got} vs {want}");
 }
@@ -162,7 +162,7 @@ fn margin_covers_noise_at_the_quantile() {
     let mut rng = fastrand::Rng::with_seed(5);
     for _ in 0..3000 {
         let s = snapshot(f64::from(rng.u32(0..8)), 8.0, 0.3, 0.0);
-        let x = Features::new(800.0, 0.0, &s, (0.0, 0.0, 0.0));
+        let x = Features::new(800.0, 0.0, &s, (0.0, 0.0));
         let (ttft, tpot) = truth(0, 800.0, 0.0, &s);
         // ±20% uniform noise.
         let noise = 0.8 + 0.4 * rng.f64();

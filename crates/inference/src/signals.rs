@@ -372,13 +372,11 @@ impl EndpointSignals {
         saturating_sub(&self.prefilling_tokens, u64::from(prompt_tokens));
     }
 
-    /// Requests awaiting their first byte here, their prompt tokens, and the requests in
-    /// flight here in all.
-    pub fn prefilling(&self) -> (f64, f64, f64) {
+    /// Requests awaiting their first byte here, and their prompt tokens.
+    pub fn prefilling(&self) -> (f64, f64) {
         (
             self.prefilling.load(Ordering::Relaxed) as f64,
             self.prefilling_tokens.load(Ordering::Relaxed) as f64,
-            self.in_flight() as f64,
         )
     }
 
