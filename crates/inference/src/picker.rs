@@ -402,7 +402,8 @@ impl InferencePicker {
                         prefilling,
                     )
                 };
-                let (slo, predicted) = self.predict(p, req, &candidates, &features, &mut chosen);
+                let (slo, predicted) =
+                    crate::slo_pick::decide(p, req.slo, &candidates, &features, &mut chosen);
                 let ticket = Ticket {
                     endpoint: chosen,
                     features: features(chosen),
@@ -439,36 +440,6 @@ impl InferencePicker {
             slo,
             ticket,
         }
-    }
-
-    /// The predictor's part of a pick: for a request with an SLO and a warm model, the SLO
-    /// decision replaces `chosen`; either way, the chosen endpoint's prediction.
-    fn predict(
-        &self,
-        p: &LatencyPredictor,
-        req: &RequestContext<'_>,
-        candidates: &[usize],
-        features: &dyn Fn(usize) -> Features,
-        chosen: &mut usize,
-    ) -> (
-        Option<crate::slo_pick::SloOutcome>,
-        Option<crate::predictor::Prediction>,
-    ) {
-        let cfg = p.config();
-        let slo = req.slo.or(cfg.default_slo);
-        p.with_model(|m| {
-            let Some(m) = m else {
-                return (None, None);
-            };
-            let explore = (cfg.explore, fastrand::f64(), fastrand::u32(..));
-            match crate::slo_pick::choose(m, slo, candidates, features, cfg.selection, explore) {
-                Some(c) => {
-                    *chosen = c.index;
-                    (Some(c.outcome), Some(c.predicted))
-                }
-                None => (None, Some(m.predict(*chosen, &features(*chosen)))),
-            }
-        })
     }
 
     /// Each endpoint's share of the request's prefix: from the KV-event index where it is fresh

@@ -21,7 +21,7 @@
 //! k-th feasible one when exploring.
 
 pub use crate::predictor::Selection;
-use crate::predictor::{Features, Model, Prediction, Slo};
+use crate::predictor::{Features, LatencyPredictor, Model, Prediction, Slo};
 
 /// What the SLO decision found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +50,33 @@ pub struct SloChoice {
     pub index: usize,
     pub outcome: SloOutcome,
     pub predicted: Prediction,
+}
+
+/// The predictor's part of a pick: for a request with an SLO (`slo`, else the pool's default)
+/// and a warm model, the SLO decision replaces `chosen`; either way, the chosen endpoint's
+/// prediction.
+pub(crate) fn decide(
+    p: &LatencyPredictor,
+    slo: Slo,
+    candidates: &[usize],
+    features: &dyn Fn(usize) -> Features,
+    chosen: &mut usize,
+) -> (Option<SloOutcome>, Option<Prediction>) {
+    let cfg = p.config();
+    let slo = slo.or(cfg.default_slo);
+    p.with_model(|m| {
+        let Some(m) = m else {
+            return (None, None);
+        };
+        let explore = (cfg.explore, fastrand::f64(), fastrand::u32(..));
+        match choose(m, slo, candidates, features, cfg.selection, explore) {
+            Some(c) => {
+                *chosen = c.index;
+                (Some(c.outcome), Some(c.predicted))
+            }
+            None => (None, Some(m.predict(*chosen, &features(*chosen)))),
+        }
+    })
 }
 
 /// How far a margined prediction is from the SLO: the larger of predicted/objective over the
