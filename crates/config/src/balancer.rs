@@ -75,6 +75,9 @@ pub enum Balancer {
         /// Precise prefix routing from the servers' KV-cache events (`crate::kv_events`).
         #[serde(skip_serializing_if = "Option::is_none")]
         kv_events: Option<crate::KvEvents>,
+        /// Predicted-latency routing and request SLOs (`crate::predictor`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        predictor: Option<Box<crate::Predictor>>,
     },
 }
 
@@ -241,6 +244,7 @@ impl KindMap for Balancer {
                 "weights",
                 "orca",
                 "kv_events",
+                "predictor",
             ],
             build: |s| {
                 Ok(Balancer::Inference {
@@ -250,6 +254,7 @@ impl KindMap for Balancer {
                     weights: s.weights.unwrap_or_default(),
                     orca: s.orca.unwrap_or(true),
                     kv_events: s.kv_events,
+                    predictor: s.predictor,
                 })
             },
         },
@@ -273,6 +278,7 @@ pub(crate) struct Settings {
     weights: Option<InferenceWeights>,
     orca: Option<bool>,
     kv_events: Option<crate::KvEvents>,
+    predictor: Option<Box<crate::Predictor>>,
     choices: Option<u32>,
     decay: Option<Duration>,
     default_rtt: Option<Duration>,
@@ -359,6 +365,11 @@ fn read_setting<'de, A: MapAccess<'de>>(
         "weights" => s.weights = Some(map.next_value()?),
         "orca" => s.orca = Some(map.next_value()?),
         "kv_events" => s.kv_events = Some(map.next_value()?),
+        "predictor" => {
+            let p: crate::Predictor = map.next_value()?;
+            p.check().map_err(de::Error::custom)?;
+            s.predictor = Some(Box::new(p));
+        }
         // `kind_map` only passes keys of some row of `Balancer::KINDS`.
         other => return Err(de::Error::custom(format!("no reader for `{other}`"))),
     }

@@ -4,6 +4,7 @@
 //! Every struct denies unknown keys; a typo is an error that names the nearest valid key, never a
 //! silently ignored setting.
 
+use crate::predictor::{slo_unset, DefaultSlo};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -356,6 +357,9 @@ pub struct Route {
     /// Default priority of the route's requests; header `x-switchyard-priority` overrides it.
     #[serde(default)]
     pub priority: Priority,
+    /// SLOs for requests without `x-slo-*` headers (over the pool's `predictor.slo`).
+    #[serde(default, skip_serializing_if = "slo_unset")]
+    pub slo: DefaultSlo,
 }
 
 /// How a request fares when its pool is saturated: `sheddable` ones are refused at once (429

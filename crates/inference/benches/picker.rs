@@ -91,6 +91,7 @@ fn bench(c: &mut Criterion) {
         adapter: None,
         est_tokens: 2300,
         debug: false,
+        ..Default::default()
     };
     assert_eq!(
         picker.pick(&endpoints, &cx).index,

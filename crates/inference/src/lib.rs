@@ -15,6 +15,8 @@
 //!   server's Prometheus endpoint, corrected between scrapes by the gateway's own picks;
 //! * [`scorer`] and [`picker`]: weighted scorers, a saturation filter and the `inference` picker;
 //! * [`model_rewrite`]: per-target model rewrite of a request body, byte for byte otherwise;
+//! * [`predictor`] and [`slo_pick`]: TTFT/TPOT predicted per endpoint by an online model, and
+//!   the pick for requests with latency SLOs;
 //! * [`usage`]: token usage read from responses as they pass (bounded tail, no buffering).
 
 // The request path never panics on a missing value: it answers or fails the request.
@@ -24,6 +26,8 @@ pub mod kv_index;
 pub mod kv_subscriptions;
 pub mod model_rewrite;
 pub mod picker;
+pub mod predictor;
+mod predictor_fit;
 pub mod prefix_index;
 pub mod prefix_owner;
 pub mod prom_text;
@@ -33,12 +37,17 @@ pub mod request_pick;
 pub mod scorer;
 pub mod scrape;
 pub mod signals;
+pub mod slo_pick;
 pub mod usage;
 
 pub use kv_index::KvIndex;
 pub use kv_subscriptions::{spawn_kv_subscriptions, KvSubscriptions};
 pub use model_rewrite::rewrite_model;
 pub use picker::{Decision, EndpointView, InferencePicker, PickerConfig, RequestContext};
+pub use predictor::{
+    parse_slo_ms, LatencyPredictor, Measured, PredictorConfig, PredictorMetrics, Selection, Slo,
+    Ticket,
+};
 pub use prefix_index::PrefixIndex;
 pub use request::{
     estimate_tokens, parse_openai, prompt_block_hashes, prompt_block_hashes_seeded, seed_for,

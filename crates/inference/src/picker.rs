@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use switchyard_balance::Endpoint;
 
 use crate::kv_index::KvIndex;
+use crate::predictor::{Features, LatencyPredictor, Measured, Slo, Ticket};
 use crate::prefix_index::PrefixIndex;
 use crate::scorer::{scorers, ScoreContext, Scorer, Weights};
 use crate::signals::{EndpointSignals, SignalSnapshot};
@@ -73,6 +74,11 @@ pub struct RequestContext<'a> {
     pub adapter: Option<&'a str>,
     /// Estimated tokens: prompt plus expected output.
     pub est_tokens: u32,
+    /// Estimated prompt tokens (a feature of the latency predictor).
+    pub prompt_tokens: u32,
+    /// The request's latency objectives (`x-slo-ttft-ms`, `x-slo-tpot-ms`); the predictor's
+    /// default SLO fills what is unset.
+    pub slo: Slo,
     /// Fill [`Decision::top`] (for `x-switchyard-debug: 1`).
     pub debug: bool,
 }
@@ -95,6 +101,10 @@ pub struct Decision {
     pub saturated: bool,
     /// The best candidates, best first (at most 5; only when `debug` was asked).
     pub top: Vec<Scored>,
+    /// How the SLO decision went, when the request had an SLO and the predictor was warm.
+    pub slo: Option<crate::slo_pick::SloOutcome>,
+    /// What the predictor learns from when the response ends ([`InferencePicker::observe`]).
+    pub ticket: Option<Ticket>,
 }
 
 /// Number of candidates reported in [`Decision::top`].
@@ -125,6 +135,7 @@ pub struct InferencePicker {
     signals: Vec<Arc<EndpointSignals>>,
     prefix: Arc<PrefixIndex>,
     kv: Option<Arc<KvIndex>>,
+    predictor: Option<Arc<LatencyPredictor>>,
 }
 
 impl std::fmt::Debug for InferencePicker {
@@ -166,6 +177,26 @@ impl InferencePicker {
             signals,
             prefix,
             kv: None,
+            predictor: None,
+        }
+    }
+
+    /// Predict each candidate's latency with `predictor` (kept across config generations
+    /// while endpoint positions stay the same), train it on every pick, and decide requests
+    /// with an SLO by it ([`crate::slo_pick`]).
+    pub fn with_predictor(mut self, predictor: Arc<LatencyPredictor>) -> Self {
+        self.predictor = Some(predictor);
+        self
+    }
+
+    pub fn predictor(&self) -> Option<&Arc<LatencyPredictor>> {
+        self.predictor.as_ref()
+    }
+
+    /// The response to a pick with `ticket` ended with `measured`: train the predictor.
+    pub fn observe(&self, ticket: &Ticket, measured: Measured) {
+        if let Some(p) = &self.predictor {
+            p.observe(ticket, measured);
         }
     }
 
@@ -297,6 +328,8 @@ impl InferencePicker {
         };
         // A prefix no candidate is known to hold goes to its owner on every replica alike.
         let owner_share = cfg.weights.prefix_owner;
+        // The owner's credit is a placement hint, not a cache hit: the predictor ignores it.
+        let mut owner = None;
         if owner_share > 0.0
             && !prefix_share.is_empty()
             && candidates.iter().all(|&i| prefix_share[i] == 0.0)
@@ -304,6 +337,7 @@ impl InferencePicker {
             let address = |i: usize| endpoints.get(i).map(|e| e.address());
             if let Some(o) = crate::prefix_owner::owner(req.block_hashes, &candidates, address) {
                 prefix_share[o] = owner_share.min(1.0);
+                owner = Some(o);
             }
         }
         let latency: Vec<Option<Duration>> = if cfg.weights.latency > 0.0 {
@@ -353,6 +387,33 @@ impl InferencePicker {
             }
         }
 
+        let (slo, ticket) = match &self.predictor {
+            Some(p) => {
+                let features = |i: usize| {
+                    let share = match owner {
+                        Some(o) if o == i => 0.0,
+                        _ => prefix_share.get(i).copied().unwrap_or(0.0),
+                    };
+                    let prefilling = self.signals.get(i).map_or((0.0, 0.0), |s| s.prefilling());
+                    Features::new(
+                        f64::from(req.prompt_tokens),
+                        share,
+                        &snapshots[i],
+                        prefilling,
+                    )
+                };
+                let (slo, predicted) =
+                    crate::slo_pick::decide(p, req.slo, &candidates, &features, &mut chosen);
+                let ticket = Ticket {
+                    endpoint: chosen,
+                    features: features(chosen),
+                    predicted,
+                };
+                (slo, Some(ticket))
+            }
+            None => (None, None),
+        };
+
         let top = if req.debug {
             let mut order: Vec<usize> = (0..candidates.len()).collect();
             order.sort_by(|&a, &b| totals[b].total_cmp(&totals[a]));
@@ -376,6 +437,8 @@ impl InferencePicker {
             index: Some(chosen),
             saturated,
             top,
+            slo,
+            ticket,
         }
     }
 
@@ -408,6 +471,9 @@ impl InferencePicker {
         let signals = self.signals.get(endpoint);
         if let Some(s) = signals {
             s.on_pick(req.est_tokens);
+            if self.predictor.is_some() {
+                s.on_prefill(req.prompt_tokens);
+            }
             let blocks = s.num_gpu_blocks();
             if blocks > 0 && self.prefix.capacity(endpoint) != blocks as usize {
                 self.prefix.set_capacity(endpoint, blocks as usize);
@@ -454,6 +520,14 @@ impl InferencePicker {
         }
     }
 
+    /// The request recorded on `endpoint` with `prompt_tokens` got its first byte, or ended
+    /// without one (pools with a predictor count prefills; see [`InferencePicker::record`]).
+    pub fn prefilled(&self, endpoint: usize, prompt_tokens: u32) {
+        if let (Some(s), true) = (self.signals.get(endpoint), self.predictor.is_some()) {
+            s.on_prefilled(prompt_tokens);
+        }
+    }
+
     /// The request recorded on `endpoint` with `est_tokens` finished (or failed).
     pub fn finish(&self, endpoint: usize, est_tokens: u32) {
         if let Some(s) = self.signals.get(endpoint) {
@@ -466,6 +540,15 @@ impl InferencePicker {
         let mut out = String::new();
         if decision.saturated {
             out.push_str("saturated;");
+        }
+        if let Some(o) = decision.slo {
+            out.push_str(&format!("slo={};", o.name()));
+        }
+        if let Some(p) = decision.ticket.and_then(|t| t.predicted) {
+            out.push_str(&format!(
+                "predicted(ttft_ms={:.1},tpot_ms={:.2});",
+                p.ttft_ms, p.tpot_ms
+            ));
         }
         for (k, s) in decision.top.iter().enumerate() {
             if k > 0 {

@@ -8,7 +8,9 @@ use switchyard_balance::Endpoint;
 
 use crate::kv_index::token_block_keys;
 use crate::picker::{Decision, InferencePicker, RequestContext};
+use crate::predictor::Slo;
 use crate::request::{ApiKind, InferenceRequest};
+use crate::slo_pick::SloOutcome;
 
 /// Output tokens assumed for a request without `max_tokens`, when estimating its load.
 pub const DEFAULT_EXPECTED_OUTPUT: u32 = 256;
@@ -20,8 +22,16 @@ pub struct RequestPick {
     /// Tokens recorded as in flight on the chosen endpoint, to release with
     /// [`InferencePicker::finish`] when the exchange ends.
     pub est_tokens: u32,
-    /// The request was sheddable and every endpoint saturated: nothing was recorded; refuse it.
+    /// The request was sheddable and every endpoint saturated, or no endpoint is predicted to
+    /// meet its SLO: nothing was recorded; refuse it.
     pub shed: bool,
+}
+
+impl RequestPick {
+    /// Shed because no endpoint is predicted to meet the request's SLO.
+    pub fn slo_shed(&self) -> bool {
+        self.shed && self.decision.slo == Some(SloOutcome::Infeasible)
+    }
 }
 
 impl RequestPick {
@@ -41,6 +51,20 @@ impl InferencePicker {
         sheddable: bool,
         debug: bool,
     ) -> RequestPick {
+        self.pick_request_slo(endpoints, req, sheddable, debug, Slo::default())
+    }
+
+    /// [`InferencePicker::pick_request`] for a request with latency objectives `slo` (the
+    /// pool's default SLO fills what is unset). A sheddable request no endpoint is predicted to
+    /// meet is shed; any other goes where the violation is predicted smallest.
+    pub fn pick_request_slo(
+        &self,
+        endpoints: &[Endpoint],
+        req: &InferenceRequest,
+        sheddable: bool,
+        debug: bool,
+        slo: Slo,
+    ) -> RequestPick {
         let hashes = req.block_hashes(self.config().block_tokens);
         let est_tokens = req.est_tokens(DEFAULT_EXPECTED_OUTPUT);
         // An explicit `lora` field, else the model itself when the servers' metrics say it is
@@ -52,10 +76,16 @@ impl InferencePicker {
             token_blocks: &tokens,
             adapter,
             est_tokens,
+            prompt_tokens: req.prompt_tokens,
+            slo,
             debug,
         };
         let decision = self.pick(endpoints, &cx);
-        let shed = decision.saturated && sheddable;
+        let infeasible = decision.slo == Some(SloOutcome::Infeasible);
+        let shed = (decision.saturated || infeasible) && sheddable;
+        if let (Some(p), Some(o)) = (self.predictor(), decision.slo) {
+            p.count_slo(o, shed);
+        }
         if let Some(i) = decision.index.filter(|_| !shed) {
             self.record(i, &cx);
         }

@@ -140,6 +140,11 @@ pub struct EndpointSignals {
     orca_tokens: AtomicU64,
     in_flight: AtomicU64,
     in_flight_tokens: AtomicU64,
+    /// Requests sent and not yet answered with a first byte, and their prompt tokens: the
+    /// prefill queued ahead of a new request, as the gateway counts it (the latency predictor's
+    /// feature; counted only for pools with one).
+    prefilling: AtomicU64,
+    prefilling_tokens: AtomicU64,
     /// The last scraped prefix-cache counters, as f64 bits; `ABSENT` until a page had them.
     prefix_queries_bits: AtomicU64,
     prefix_hits_bits: AtomicU64,
@@ -194,6 +199,8 @@ impl EndpointSignals {
             orca_tokens: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             in_flight_tokens: AtomicU64::new(0),
+            prefilling: AtomicU64::new(0),
+            prefilling_tokens: AtomicU64::new(0),
             prefix_queries_bits: AtomicU64::new(ABSENT),
             prefix_hits_bits: AtomicU64::new(ABSENT),
         }
@@ -350,6 +357,27 @@ impl EndpointSignals {
     /// Requests the gateway has in flight here.
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// A request with `prompt_tokens` was sent here and awaits its first byte.
+    pub fn on_prefill(&self, prompt_tokens: u32) {
+        self.prefilling.fetch_add(1, Ordering::Relaxed);
+        self.prefilling_tokens
+            .fetch_add(u64::from(prompt_tokens), Ordering::Relaxed);
+    }
+
+    /// A request counted by [`EndpointSignals::on_prefill`] got its first byte (or ended).
+    pub fn on_prefilled(&self, prompt_tokens: u32) {
+        saturating_sub(&self.prefilling, 1);
+        saturating_sub(&self.prefilling_tokens, u64::from(prompt_tokens));
+    }
+
+    /// Requests awaiting their first byte here, and their prompt tokens.
+    pub fn prefilling(&self) -> (f64, f64) {
+        (
+            self.prefilling.load(Ordering::Relaxed) as f64,
+            self.prefilling_tokens.load(Ordering::Relaxed) as f64,
+        )
     }
 
     /// Read the signals for a pick: each from the newest source within `stale_after`, plus the

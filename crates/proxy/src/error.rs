@@ -32,6 +32,8 @@ pub enum GatewayError {
     Overflow(&'static str),
     /// A sheddable request met a saturated pool.
     Shed,
+    /// A sheddable request with a latency SLO no endpoint is predicted to meet.
+    SloUnattainable,
     /// The pool is at its concurrency limit and the request's tenant already holds its share
     /// of the queue.
     TenantQueueFull,
@@ -48,9 +50,10 @@ impl GatewayError {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::NoEndpoint | Self::Overflow(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Shed | Self::TenantQueueFull | Self::RateLimited { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::Shed
+            | Self::SloUnattainable
+            | Self::TenantQueueFull
+            | Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ConnectFailed | Self::UpstreamTls(_) | Self::UpstreamReset => {
                 StatusCode::BAD_GATEWAY
             }
@@ -81,6 +84,7 @@ impl GatewayError {
             Self::TooEarly => "too_early",
             Self::Overflow(_) => "overflow",
             Self::Shed => "shed",
+            Self::SloUnattainable => "slo_unattainable",
             Self::TenantQueueFull => "tenant_queue_full",
             // OpenAI's own code for the same answer.
             Self::RateLimited { .. } => "rate_limit_exceeded",
@@ -106,6 +110,10 @@ impl GatewayError {
             }
             Self::Overflow(_) => "the pool is at its configured limit",
             Self::Shed => "the pool is saturated and this request is sheddable; retry later",
+            Self::SloUnattainable => {
+                "no endpoint is predicted to meet this request's latency SLO (x-slo-ttft-ms, \
+                 x-slo-tpot-ms) and it is sheddable; retry later or relax the SLO"
+            }
             Self::TenantQueueFull => {
                 "the pool is at its limit and this tenant already has its share of requests \
                  queued; retry later"
@@ -128,6 +136,7 @@ impl GatewayError {
             Self::HeadersTooLarge
             | Self::BodyTooLarge
             | Self::Shed
+            | Self::SloUnattainable
             | Self::TenantQueueFull
             | Self::RateLimited { .. } => 8, // RESOURCE_EXHAUSTED
             Self::BadRequest(_) => 13, // INTERNAL

@@ -45,8 +45,9 @@ pub struct Finish {
     /// The upstream endpoint's pool health and index, for outlier detection.
     health: Option<(Arc<PassiveHealth>, usize)>,
     access: Option<Box<AccessInfo>>,
-    /// An `inference` pick to release (its in-flight tokens) when the exchange ends.
-    inference: Option<(Arc<switchyard_inference::InferencePicker>, usize, u32)>,
+    /// An `inference` pick to release (its in-flight tokens) when the exchange ends, and to
+    /// train its latency predictor with.
+    inference: Option<Box<InferencePick>>,
     /// A streamed response whose success outlier detection hears of when it ends cleanly.
     success_deferred: bool,
     /// The request's place in its route's retry budget, and the retries it took: held to the
@@ -68,6 +69,49 @@ pub struct Finish {
     observed: Option<(Arc<Observer>, Box<RequestRecord>)>,
     /// A hedge was sent.
     hedged: bool,
+}
+
+/// An `inference` pick, released when the exchange ends.
+struct InferencePick {
+    picker: Arc<switchyard_inference::InferencePicker>,
+    index: usize,
+    est_tokens: u32,
+    /// Prompt tokens, counted as prefilling on the endpoint until the first byte (`prefilled`).
+    prompt_tokens: u32,
+    prefilled: bool,
+    /// What the latency predictor learns from, when the pool has one.
+    ticket: Option<switchyard_inference::Ticket>,
+    first_chunk: Option<Instant>,
+    output_tokens: Option<u64>,
+}
+
+impl InferencePick {
+    /// Train the predictor on what this exchange measured: TTFT (and TPOT from the output
+    /// tokens) for a stream, the whole latency for a response without a first chunk.
+    fn observe(&self, start: Instant, elapsed: std::time::Duration) {
+        use switchyard_inference::Measured;
+        let Some(ticket) = &self.ticket else { return };
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        let output = self.output_tokens.and_then(|n| u32::try_from(n).ok());
+        let measured = match (self.first_chunk, output) {
+            (Some(first), n) => {
+                let ttft = first.saturating_duration_since(start);
+                let tpot = n
+                    .filter(|&n| n > 1)
+                    .map(|n| ms(elapsed.saturating_sub(ttft)) / f64::from(n - 1));
+                Measured::Stream {
+                    ttft_ms: ms(ttft),
+                    tpot_ms: tpot,
+                }
+            }
+            (None, Some(n)) if n > 0 => Measured::Total {
+                latency_ms: ms(elapsed),
+                output_tokens: n,
+            },
+            _ => return,
+        };
+        self.picker.observe(ticket, measured);
+    }
 }
 
 impl Finish {
@@ -192,9 +236,19 @@ impl Finish {
         &mut self,
         picker: Arc<switchyard_inference::InferencePicker>,
         index: usize,
-        est_tokens: u32,
+        (est_tokens, prompt_tokens): (u32, u32),
+        ticket: Option<switchyard_inference::Ticket>,
     ) {
-        self.inference = Some((picker, index, est_tokens));
+        self.inference = Some(Box::new(InferencePick {
+            picker,
+            index,
+            est_tokens,
+            prompt_tokens,
+            prefilled: false,
+            ticket,
+            first_chunk: None,
+            output_tokens: None,
+        }));
     }
 
     /// The request's span, when tracing is on.
@@ -209,6 +263,9 @@ impl Finish {
     /// Usage (prompt, completion tokens) the response reported.
     pub fn set_usage(&mut self, input: u64, output: u64) {
         self.usage = Some(input + output);
+        if let Some(i) = self.inference.as_mut() {
+            i.output_tokens = Some(output);
+        }
         if let Some(t) = &self.trace {
             t.set_usage(input, output);
         }
@@ -216,6 +273,12 @@ impl Finish {
 
     /// The first chunk of a streamed response went out.
     pub fn first_chunk(&mut self) {
+        if let Some(i) = self.inference.as_mut() {
+            i.first_chunk.get_or_insert_with(Instant::now);
+            if !std::mem::replace(&mut i.prefilled, true) {
+                i.picker.prefilled(i.index, i.prompt_tokens);
+            }
+        }
         if let Some((_, r)) = self.observed.as_mut() {
             r.ttft.get_or_insert_with(|| self.start.elapsed());
         }
@@ -280,8 +343,14 @@ impl Finish {
 
 impl Drop for Finish {
     fn drop(&mut self) {
-        if let Some((picker, index, tokens)) = self.inference.take() {
-            picker.finish(index, tokens);
+        if let Some(i) = self.inference.take() {
+            i.picker.finish(i.index, i.est_tokens);
+            if !i.prefilled {
+                i.picker.prefilled(i.index, i.prompt_tokens);
+            }
+            if (200..300).contains(&self.status) && self.error.is_none() {
+                i.observe(self.start, self.start.elapsed());
+            }
         }
         if !self.charges.is_empty() {
             let ok = (200..300).contains(&self.status);

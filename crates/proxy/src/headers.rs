@@ -15,6 +15,8 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static X_SWITCHYARD_PRIORITY: HeaderName = HeaderName::from_static("x-switchyard-priority");
 static X_SWITCHYARD_DEBUG: HeaderName = HeaderName::from_static("x-switchyard-debug");
+static X_SLO_TTFT_MS: HeaderName = HeaderName::from_static("x-slo-ttft-ms");
+static X_SLO_TPOT_MS: HeaderName = HeaderName::from_static("x-slo-tpot-ms");
 static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 pub static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
@@ -34,6 +36,9 @@ pub struct RequestScan {
     /// Any `x-request-id` header, sane or not.
     pub request_id_present: bool,
     pub priority: Option<Priority>,
+    /// `x-slo-ttft-ms` / `x-slo-tpot-ms`: a request's latency objectives, whole milliseconds
+    /// 1..=600000 ([`switchyard_inference::parse_slo_ms`]); any other value is ignored.
+    pub slo: switchyard_inference::Slo,
     /// The first `x-forwarded-for` value, to append the client to.
     pub forwarded_for: Option<HeaderValue>,
     /// Any `x-forwarded-for` or `x-forwarded-proto` header (replaced, not appended).
@@ -117,6 +122,10 @@ impl RequestScan {
                 scan.forwarded_headers = true;
             } else if name == X_SWITCHYARD_PRIORITY {
                 scan.priority = value.to_str().ok().and_then(Priority::parse);
+            } else if name == X_SLO_TTFT_MS {
+                scan.slo.ttft_ms = switchyard_inference::parse_slo_ms(value.as_bytes());
+            } else if name == X_SLO_TPOT_MS {
+                scan.slo.tpot_ms = switchyard_inference::parse_slo_ms(value.as_bytes());
             } else if name == X_SWITCHYARD_DEBUG {
                 scan.debug = value.as_bytes() == b"1";
             } else if name == GRPC_TIMEOUT {

@@ -31,6 +31,7 @@ pub mod passive_health;
 pub mod pipeline;
 pub mod pool;
 pub mod pool_control;
+pub mod predictor;
 pub mod rate_limit;
 pub mod read_buf;
 pub mod rewind;

@@ -55,6 +55,8 @@ struct InferenceState {
     _scraper: Scraper,
     /// The KV-event index and the subscriptions feeding it (`kv_events`).
     kv: Option<(Arc<KvIndex>, KvSubscriptions)>,
+    /// The latency predictor (`predictor`).
+    predictor: Option<Arc<switchyard_inference::LatencyPredictor>>,
 }
 
 /// One pool's long-lived controls.
@@ -399,6 +401,7 @@ impl PoolControl {
             scrape_interval,
             stale_after,
             kv_events,
+            predictor,
             ..
         } = &spec.balancer
         else {
@@ -459,6 +462,9 @@ impl PoolControl {
             prefix: Arc::new(PrefixIndex::new()),
             _scraper: scraper,
             kv,
+            predictor: predictor
+                .as_ref()
+                .map(|p| crate::predictor::build(p, states.len(), metrics, &spec.name)),
         });
     }
 
@@ -480,11 +486,14 @@ impl PoolControl {
             orca: *orca,
             ..PickerConfig::default()
         };
-        let picker = InferencePicker::new(config, state.signals.clone(), state.prefix.clone());
-        Some(Arc::new(match &state.kv {
-            Some((index, _)) => picker.with_kv_index(index.clone()),
-            None => picker,
-        }))
+        let mut picker = InferencePicker::new(config, state.signals.clone(), state.prefix.clone());
+        if let Some((index, _)) = &state.kv {
+            picker = picker.with_kv_index(index.clone());
+        }
+        if let Some(p) = &state.predictor {
+            picker = picker.with_predictor(p.clone());
+        }
+        Some(Arc::new(picker))
     }
 
     /// Where ejections found on the request path (by `record`) are applied.
@@ -501,6 +510,9 @@ impl PoolControl {
         let labels = PoolLabels {
             pool: pool.to_string(),
         };
+        if let Some(p) = self.inference.as_ref().and_then(|i| i.predictor.as_ref()) {
+            crate::predictor::refresh_gauges(p, metrics, &labels);
+        }
         let ejected = states.iter().filter(|s| s.is_ejected()).count();
         metrics.ejected.get_or_create(&labels).set(ejected as i64);
         if let Some(l) = &self.limiter {

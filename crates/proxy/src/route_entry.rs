@@ -29,6 +29,8 @@ pub struct RouteEntry {
     pub body_read_timeout: Duration,
     /// Default priority of the route's requests.
     pub priority: switchyard_config::Priority,
+    /// Latency SLOs of the route's requests that send none (`slo`; the pool's fill the rest).
+    pub slo: switchyard_inference::Slo,
     pub retry: Option<RouteRetry>,
     /// Hedging, with the config it was built from (kept across reloads when unchanged).
     pub hedger: Option<Hedger>,

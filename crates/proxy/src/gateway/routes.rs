@@ -80,6 +80,10 @@ pub(super) fn build_route(
     Ok(RouteEntry {
         hedge_metrics: hedger.as_ref().map(|_| HedgeMetrics::new(metrics, &r.name)),
         priority: r.priority,
+        slo: switchyard_inference::Slo {
+            ttft_ms: r.slo.ttft.map(|d| d.as_secs_f64() * 1000.0),
+            tpot_ms: r.slo.tpot.map(|d| d.as_secs_f64() * 1000.0),
+        },
         retry,
         hedger,
         hedge_config: r.hedge.clone(),

@@ -1,7 +1,9 @@
 //! Stage 6, the inference-aware first pick: an `inference` pool scores its endpoints on queue,
 //! KV cache, prefix affinity, LoRA adapters and in-flight tokens, through the same seam
 //! `switchyard epp` uses ([`switchyard_inference::InferencePicker::pick_request`]). Other pools
-//! pick in the attempt loop; retries always do.
+//! pick in the attempt loop; retries always do. With a `predictor`, a request's latency SLO
+//! (`x-slo-ttft-ms`, `x-slo-tpot-ms`) decides the pick, and a sheddable one no endpoint can
+//! serve in time is refused here (429 `slo_unattainable`).
 
 use http::HeaderValue;
 use switchyard_config::Priority;
@@ -36,19 +38,30 @@ pub fn first_pick(
     let debug = debug_header
         || rx.finish.trace().is_some_and(RequestSpan::recording)
         || rx.finish.explains_pick();
-    let pick = picker.pick_request(
+    let pick = picker.pick_request_slo(
         &to.pool().endpoints,
         parsed,
         priority == Priority::Sheddable,
         debug,
+        rx.scan.slo.or(to.route.slo),
     );
     if pick.shed {
-        to.pool().count_overflow("shed");
-        return Err(Reject::keep(GatewayError::Shed));
+        let error = if pick.slo_shed() {
+            GatewayError::SloUnattainable
+        } else {
+            GatewayError::Shed
+        };
+        to.pool().count_overflow(error.kind());
+        return Err(Reject::keep(error));
     }
     let index = pick.index();
     if let Some(i) = index {
-        rx.finish.set_inference(picker.clone(), i, pick.est_tokens);
+        rx.finish.set_inference(
+            picker.clone(),
+            i,
+            (pick.est_tokens, parsed.prompt_tokens),
+            pick.decision.ticket,
+        );
     }
     let mut first = FirstPick {
         index,

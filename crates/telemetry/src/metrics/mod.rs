@@ -12,11 +12,13 @@ use prometheus_client::registry::Registry;
 
 mod config_source;
 mod labels;
+mod predictor;
 mod tcp;
 mod xds;
 
 pub use config_source::{ConfigSourceMetrics, SourceReasonLabels};
 pub use labels::*;
+pub use predictor::{PoolOutcomeLabels, PredictorMetrics, SLO_OUTCOMES};
 pub use tcp::{EndpointDirectionLabels, ListenerDirectionLabels, TcpMetrics};
 pub use xds::{NodeLabels, NodeTypeLabels, NodeVersionLabels, ReloadLabels, XdsMetrics};
 
@@ -75,6 +77,8 @@ pub struct Metrics {
     pub tcp: TcpMetrics,
     /// The config source (etcd) when the config is not a local file.
     pub config_source: ConfigSourceMetrics,
+    /// `inference` pools' latency predictors.
+    pub predictor: PredictorMetrics,
 }
 
 fn duration_histogram() -> Histogram {
@@ -101,6 +105,7 @@ impl Metrics {
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::default();
         let tcp = TcpMetrics::register(&mut registry);
+        let predictor = PredictorMetrics::register(&mut registry);
         let config_source = ConfigSourceMetrics::register(&mut registry);
         let requests = Family::default();
         registry.register(
@@ -471,6 +476,7 @@ impl Metrics {
             access_log_dropped,
             tcp,
             config_source,
+            predictor,
         })
     }
 

@@ -1,0 +1,240 @@
+use super::*;
+
+fn snapshot(waiting: f64, running: f64, kv: f64, in_flight_tokens: f64) -> SignalSnapshot {
+    SignalSnapshot {
+        waiting,
+        running,
+        kv_usage: Some(kv),
+        in_flight_tokens,
+        num_gpu_blocks: 1000,
+        fresh: true,
+    }
+}
+
+/// A synthetic engine: TTFT is a fixed cost, prefill of the uncached prompt, and a wait per
+/// queued request; TPOT grows with the batch. Endpoint 3 runs at half speed.
+fn truth(endpoint: usize, prompt: f64, share: f64, s: &SignalSnapshot) -> (f64, f64) {
+    let slow = if endpoint == 3 { 2.0 } else { 1.0 };
+    let ttft = 20.0 + 0.08 * prompt * (1.0 - share) + 35.0 * s.waiting + 0.4 * s.running;
+    let tpot = 8.0 + 0.15 * s.running + 4.0 * s.kv_usage.unwrap_or(0.0);
+    (slow * ttft, slow * tpot)
+}
+
+fn random_case(rng: &mut fastrand::Rng) -> (usize, f64, f64, SignalSnapshot) {
+    let e = rng.usize(0..4);
+    let waiting = f64::from(rng.u32(0..12));
+    let running = f64::from(rng.u32(0..64));
+    let s = snapshot(waiting, running, rng.f64() * 0.9, running * 300.0);
+    (e, f64::from(rng.u32(100..3000)), rng.f64() * 0.8, s)
+}
+
+fn trained(streams: bool, n: usize) -> LatencyPredictor {
+    let p = LatencyPredictor::new(PredictorConfig::default(), 4, PredictorMetrics::default());
+    let mut rng = fastrand::Rng::with_seed(3);
+    for _ in 0..n {
+        let (e, prompt, share, s) = random_case(&mut rng);
+        let x = Features::new(prompt, share, &s, (0.0, 0.0));
+        let (ttft, tpot) = truth(e, prompt, share, &s);
+        let ticket = Ticket {
+            endpoint: e,
+            features: x,
+            predicted: p.model().map(|m| m.predict(e, &x)),
+        };
+        let output = rng.u32(16..256);
+        let measured = if streams {
+            Measured::Stream {
+                ttft_ms: ttft,
+                tpot_ms: Some(tpot),
+            }
+        } else {
+            Measured::Total {
+                latency_ms: ttft + f64::from(output) * tpot,
+                output_tokens: output,
+            }
+        };
+        p.observe(&ticket, measured);
+    }
+    p
+}
+
+/// Mean absolute percentage error of TTFT and TPOT on fresh cases.
+fn mape(p: &LatencyPredictor) -> (f64, f64) {
+    let m = p.model().expect("warm");
+    let mut rng = fastrand::Rng::with_seed(99);
+    let (mut et, mut ep) = (0.0, 0.0);
+    for _ in 0..500 {
+        let (e, prompt, share, s) = random_case(&mut rng);
+        let (ttft, tpot) = truth(e, prompt, share, &s);
+        let got = m.predict(e, &Features::new(prompt, share, &s, (0.0, 0.0)));
+        et += (got.ttft_ms - ttft).abs() / ttft;
+        ep += (got.tpot_ms - tpot).abs() / tpot;
+    }
+    (et / 500.0, ep / 500.0)
+}
+
+#[test]
+fn cold_until_min_samples() {
+    let p = trained(true, 40);
+    assert!(p.model().is_none());
+    let p = trained(true, 80);
+    assert!(p.model().is_some());
+}
+
+#[test]
+fn learns_streams_with_a_half_speed_endpoint() {
+    let p = trained(true, 2000);
+    let (ttft, tpot) = mape(&p);
+    assert!(ttft < 0.05, "TTFT MAPE {ttft}");
+    assert!(tpot < 0.05, "TPOT MAPE {tpot}");
+    let m = p.model().unwrap();
+    let ratio = m.scale(3) / m.scale(0);
+    assert!(
+        (ratio - 2.0).abs() < 0.1,
+        "slow endpoint's scale ratio {ratio}"
+    );
+    // The online error the metric reports is small once warm.
+    assert!(p.ttft_mape().unwrap() < 0.05, "{:?}", p.ttft_mape());
+}
+
+#[test]
+fn learns_ttft_and_tpot_from_total_latency_alone() {
+    // Non-streamed responses show no first token; the joint fit still separates the two.
+    let p = trained(false, 3000);
+    let (ttft, tpot) = mape(&p);
+    assert!(ttft < 0.15, "TTFT MAPE {ttft}");
+    assert!(tpot < 0.05, "TPOT MAPE {tpot}");
+}
+
+#[test]
+fn buckets_keep_rare_load_levels() {
+    let p = LatencyPredictor::new(PredictorConfig::default(), 1, PredictorMetrics::default());
+    let observe = |waiting: f64| {
+        let s = snapshot(waiting, 4.0, 0.2, 0.0);
+        let x = Features::new(500.0, 0.0, &s, (0.0, 0.0));
+        let (ttft, tpot) = truth(0, 500.0, 0.0, &s);
+        let t = Ticket {
+            endpoint: 0,
+            features: x,
+            predicted: None,
+        };
+        p.observe(
+            &t,
+            Measured::Stream {
+                ttft_ms: ttft,
+                tpot_ms: Some(tpot),
+            },
+        );
+    };
+    // A short burst at a queue of 40, then a long quiet spell.
+    for _ in 0..100 {
+        observe(40.0);
+    }
+    for i in 0..20_000 {
+        observe(f64::from(i % 2));
+    }
+    // The window is bounded, and the burst's samples are still in it.
+    assert!(p.samples() <= 8 * 128);
+    let w = p.window.lock().unwrap();
+    let burst = w
+        .buckets
+        .iter()
+        .flat_map(|b| &b.items)
+        .filter(|s| s.x.0[3] * 8.0 > 30.0)
+        .count();
+    assert!(burst >= 100, "{burst} burst samples left");
+    drop(w);
+    let m = p.model().unwrap();
+    let s = snapshot(40.0, 4.0, 0.2, 0.0);
+    let (want, _) = truth(0, 500.0, 0.0, &s);
+    let got = m
+        .predict(0, &Features::new(500.0, 0.0, &s, (0.0, 0.0)))
+        .ttft_ms;
+    assert!((got - want).abs() / want < 0.05, "{got} vs {want}");
+}
+
+#[test]
+fn margin_covers_noise_at_the_quantile() {
+    let cfg = PredictorConfig {
+        quantile: 0.99,
+        ..PredictorConfig::default()
+    };
+    let p = LatencyPredictor::new(cfg, 1, PredictorMetrics::default());
+    let mut rng = fastrand::Rng::with_seed(5);
+    for _ in 0..3000 {
+        let s = snapshot(f64::from(rng.u32(0..8)), 8.0, 0.3, 0.0);
+        let x = Features::new(800.0, 0.0, &s, (0.0, 0.0));
+        let (ttft, tpot) = truth(0, 800.0, 0.0, &s);
+        // ±20% uniform noise.
+        let noise = 0.8 + 0.4 * rng.f64();
+        let t = Ticket {
+            endpoint: 0,
+            features: x,
+            predicted: p.model().map(|m| m.predict(0, &x)),
+        };
+        p.observe(
+            &t,
+            Measured::Stream {
+                ttft_ms: ttft * noise,
+                tpot_ms: Some(tpot),
+            },
+        );
+    }
+    let (margin, _) = p.model().unwrap().margins();
+    assert!(margin > 1.1 && margin < 1.4, "p99 margin {margin}");
+}
+
+#[test]
+fn slo_headers_parse_strictly() {
+    assert_eq!(parse_slo_ms(b"250"), Some(250.0));
+    assert_eq!(parse_slo_ms(b"600000"), Some(600_000.0));
+    for bad in [
+        &b""[..],
+        b"0",
+        b"600001",
+        b"9999999",
+        b"-5",
+        b"1.5",
+        b" 20",
+        b"20ms",
+        b"1e3",
+    ] {
+        assert_eq!(
+            parse_slo_ms(bad),
+            None,
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}
+
+#[test]
+fn insane_measurements_and_unknown_endpoints_are_ignored() {
+    let p = LatencyPredictor::new(PredictorConfig::default(), 2, PredictorMetrics::default());
+    let t = |endpoint| Ticket {
+        endpoint,
+        features: Features::default(),
+        predicted: None,
+    };
+    p.observe(
+        &t(5),
+        Measured::Stream {
+            ttft_ms: 10.0,
+            tpot_ms: None,
+        },
+    );
+    p.observe(
+        &t(0),
+        Measured::Stream {
+            ttft_ms: f64::NAN,
+            tpot_ms: None,
+        },
+    );
+    p.observe(
+        &t(0),
+        Measured::Total {
+            latency_ms: 10.0,
+            output_tokens: 0,
+        },
+    );
+    assert_eq!(p.samples(), 0);
+}

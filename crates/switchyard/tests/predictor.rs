@@ -1,0 +1,152 @@
+//! Predicted-latency routing end to end: a gateway with `predictor:` over simulated replicas
+//! learns their TTFT from its own streamed responses, exports its prediction error, sheds a
+//! sheddable request whose SLO no replica can meet (429 `slo_unattainable`), sends a standard
+//! one anyway, and ignores a malformed SLO header; a route's `slo` applies to requests that send
+//! none.
+
+mod support;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use support::client::{self, send, TestClient};
+use support::fleet::{config, MODEL};
+use support::{eventually, Gateway};
+use switchyard_sim::{start_fleet, Fleet, FleetConfig, ReplicaConfig};
+
+async fn fleet() -> Fleet {
+    start_fleet(FleetConfig {
+        model: MODEL.into(),
+        base_port: 0,
+        replicas: vec![
+            ReplicaConfig {
+                count: 2,
+                ..ReplicaConfig::default()
+            },
+            ReplicaConfig {
+                count: 1,
+                speed: 0.5,
+                ..ReplicaConfig::default()
+            },
+        ],
+        ..FleetConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// A streamed chat request with extra `headers`; returns status, the pick explanation and body.
+async fn stream(c: &TestClient, gw: &Gateway, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let body = serde_json::json!({
+        "model": MODEL, "max_tokens": 4, "stream": true,
+        "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "Which platform does the 7:15 to York leave from?"}],
+    });
+    let mut req = http::Request::post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-switchyard-debug", "1");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+    let (status, headers, body) = send(c, req).await;
+    let pick = headers
+        .get("x-switchyard-pick")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status.as_u16(), pick, String::from_utf8_lossy(&body).into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learns_exports_its_error_and_sheds_infeasible_slos() {
+    let fleet = fleet().await;
+    let pool = "    balancer: {kind: inference, scrape_interval: 20ms, predictor: {min_samples: 16, refit_every: 4}}\n";
+    let gw = Gateway::start(&config(&fleet.addresses(), "", pool));
+    let c = client::http1();
+
+    // Train until picks carry a prediction (the model is warm), then until the rolling error
+    // has enough scored predictions to be exported.
+    let mut warm = false;
+    for _ in 0..400 {
+        let (status, pick, body) = stream(&c, &gw, &[]).await;
+        assert_eq!(status, 200, "{body}");
+        warm |= pick.contains("predicted(ttft_ms=");
+        if warm && gw.metric("switchyard_predictor_ttft_mape{pool=\"p\"}") > 0.0 {
+            break;
+        }
+    }
+    assert!(warm, "the predictor never warmed up");
+    eventually("the TTFT error exported", || {
+        gw.metric("switchyard_predictor_ttft_error_ratio_count{pool=\"p\"}") >= 16.0
+            && gw.metric("switchyard_predictor_ttft_mape{pool=\"p\"}") > 0.0
+    })
+    .await;
+    assert!(gw.metric("switchyard_predictor_samples{pool=\"p\"}") >= 16.0);
+
+    // 1 ms to first token is out of reach: a sheddable request is refused, in OpenAI's shape.
+    let sheddable = [
+        ("x-slo-ttft-ms", "1"),
+        ("x-switchyard-priority", "sheddable"),
+    ];
+    let (status, _, body) = stream(&c, &gw, &sheddable).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("slo_unattainable"), "{body}");
+    let shed = "switchyard_slo_picks_total{pool=\"p\",outcome=\"shed\"}";
+    assert_eq!(gw.metric(shed), 1.0);
+
+    // A standard request with the same SLO goes where the violation is predicted smallest.
+    let (status, pick, body) = stream(&c, &gw, &[("x-slo-ttft-ms", "1")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(pick.contains("slo=infeasible"), "{pick}");
+
+    // A generous SLO is met, and picks say so.
+    let (status, pick, _) = stream(&c, &gw, &[("x-slo-ttft-ms", "60000")]).await;
+    assert_eq!(status, 200);
+    assert!(
+        pick.contains("slo=met") || pick.contains("slo=explored"),
+        "{pick}"
+    );
+
+    // A malformed SLO is ignored, not shed.
+    for bad in ["abc", "0", "1.5", "9999999"] {
+        let (status, pick, body) = stream(
+            &c,
+            &gw,
+            &[
+                ("x-slo-ttft-ms", bad),
+                ("x-switchyard-priority", "sheddable"),
+            ],
+        )
+        .await;
+        assert_eq!(status, 200, "{bad}: {body}");
+        assert!(!pick.contains("slo="), "{bad}: {pick}");
+    }
+    assert_eq!(gw.metric(shed), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routes_slo_applies_to_requests_without_one() {
+    let fleet = fleet().await;
+    let route = "    slo: {ttft: 1ms}\n";
+    let pool = "    balancer: {kind: inference, scrape_interval: 20ms, predictor: {min_samples: 16, refit_every: 4}}\n";
+    let gw = Gateway::start(&config(&fleet.addresses(), route, pool));
+    let c = client::http1();
+    // Standard requests are served while the model warms and after (where the violation is
+    // predicted smallest).
+    let mut warm = false;
+    for _ in 0..400 {
+        let (status, pick, body) = stream(&c, &gw, &[]).await;
+        assert_eq!(status, 200, "{body}");
+        if pick.contains("slo=infeasible") {
+            warm = true;
+            break;
+        }
+    }
+    assert!(warm, "the route's SLO never reached the picker");
+    let sheddable = ("x-switchyard-priority", "sheddable");
+    let (status, _, body) = stream(&c, &gw, &[sheddable]).await;
+    assert_eq!(status, 429, "{body}");
+    // The request's own header wins over the route's.
+    let (status, pick, body) = stream(&c, &gw, &[sheddable, ("x-slo-ttft-ms", "60000")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!pick.contains("slo=infeasible"), "{pick}");
+}
