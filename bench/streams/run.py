@@ -242,6 +242,7 @@ def _ppid(pid):
 
 def row(name, proto, secure, n, args, tls, d):
     interval = n / args.rate
+    ports_free()
     origin, origin_addr = start_origin(interval)
     proxy = start(proxy_argv(name, d, origin_addr, tls), PROXY_CORE)
     try:
@@ -295,7 +296,20 @@ def row(name, proto, secure, n, args, tls, d):
         stop(origin)
 
 
+def ports_free():
+    """Refuse to start while something (a proxy left from a killed run) holds the ports: Envoy
+    binds with SO_REUSEPORT, so a leftover one would silently take half the connections."""
+    import socket
+    for port in (PLAIN_H1, PLAIN_H2, SECURE):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                sys.exit(f"port {port} is in use: stop what listens there first")
+
+
 def main():
+    # A SIGTERM runs the `finally` blocks that stop the proxy and origin of the current row.
+    import signal
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     ap = argparse.ArgumentParser()
     ap.add_argument("--proxies", default="switchyard,nginx,haproxy,envoy")
     ap.add_argument("--counts", default="1000,5000,10000")
