@@ -19,8 +19,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -44,11 +43,11 @@ const IDLE_OUT: usize = 1024;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How the fast path ended.
-pub enum Outcome {
+pub enum Outcome<T> {
     /// The connection is finished (closed by either side, or after an error).
     Closed,
     /// Hand the connection to the general server, replaying `buffered` first.
-    Fallback { stream: TcpStream, buffered: Bytes },
+    Fallback { stream: T, buffered: Bytes },
 }
 
 /// Per-listener settings the fast path enforces.
@@ -59,14 +58,16 @@ pub struct Limits {
     pub header_read_timeout: Duration,
 }
 
-/// Serve HTTP/1.1 requests on `stream` until it closes or needs the general server.
-pub async fn serve(
-    stream: TcpStream,
+/// Serve HTTP/1.1 requests on `stream` (plain TCP, or TLS once the handshake is done) until it
+/// closes or needs the general server. `alt_svc` goes on every response (HTTP/3 advertised).
+pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
+    stream: T,
     handle: &GatewayHandle,
     cx: &ConnContext,
     limits: Limits,
     shutdown: &CancellationToken,
-) -> Outcome {
+    alt_svc: Option<&HeaderValue>,
+) -> Outcome<T> {
     let mut conn = Conn {
         io: stream,
         // Both grow on first use: a connection that waits holds neither (h1_codec::read_more).
@@ -88,13 +89,16 @@ pub async fn serve(
         };
         // Boxed: the pipeline's state is done with once the head is back, and inline it would
         // stay part of the connection's task while a response streams (issue 19).
-        let resp = Box::pin(pipeline::handle(
+        let mut resp = Box::pin(pipeline::handle(
             handle,
             cx,
             req,
             pipeline::Downstream::Http1,
         ))
         .await;
+        if let Some(v) = alt_svc {
+            resp.headers_mut().insert(http::header::ALT_SVC, v.clone());
+        }
         let close = close_requested || shutdown.is_cancelled();
         match conn.write_response(resp, is_head, close).await {
             Ok(true) => {}
@@ -109,8 +113,8 @@ pub async fn serve(
 /// The request cannot take the fast path.
 struct Fallback;
 
-struct Conn {
-    io: TcpStream,
+struct Conn<T> {
+    io: T,
     /// Bytes read and not yet consumed.
     buf: BytesMut,
     /// The response being written.
@@ -131,8 +135,8 @@ struct Head {
     close: bool,
 }
 
-impl Conn {
-    fn fallback(self) -> Outcome {
+impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
+    fn fallback(self) -> Outcome<T> {
         Outcome::Fallback {
             stream: self.io,
             buffered: self.buf.freeze(),
@@ -282,6 +286,7 @@ impl Conn {
         if no_body {
             drop(body);
             self.io.write_all(&self.out).await?;
+            self.io.flush().await?;
             return Ok(!close);
         }
         // Body frames: those ready now join the head in one write; later ones go out as they
@@ -296,6 +301,8 @@ impl Conn {
                         self.io.write_all(&self.out).await?;
                         self.out.clear();
                     }
+                    // Under TLS, records can sit in the session until flushed (a no-op on TCP).
+                    self.io.flush().await?;
                     // A stream waiting for its next token keeps no head-sized buffer; a
                     // token's chunk needs a small one (issue 19).
                     if self.out.capacity() > IDLE_OUT {
@@ -317,6 +324,7 @@ impl Conn {
                     if !self.out.is_empty() {
                         let _ = self.io.write_all(&self.out).await;
                     }
+                    let _ = self.io.flush().await;
                     return Ok(false);
                 }
                 Some(Ok(frame)) => match frame.into_data() {
@@ -334,6 +342,7 @@ impl Conn {
             self.io.write_all(&self.out).await?;
             self.out.clear();
         }
+        self.io.flush().await?;
         Ok(!close)
     }
 

@@ -232,7 +232,7 @@ async fn serve_connection(
             // Plain HTTP/1.1 takes the fast path; whatever it does not take (HTTP/2, uploads,
             // upgrades, odd requests) continues on hyper's server from the same byte.
             let (stream, buffered) =
-                match h1_server::serve(stream, &handle, &cx, limits, &shutdown).await {
+                match h1_server::serve(stream, &handle, &cx, limits, &shutdown, None).await {
                     h1_server::Outcome::Closed => return,
                     h1_server::Outcome::Fallback { stream, buffered } => (stream, buffered),
                 };
@@ -248,27 +248,70 @@ async fn serve_connection(
             .await;
         }
         Some(acceptor) => {
-            Box::pin(async move {
-                let tls =
-                    match tokio::time::timeout(bounds.header_read, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
-                let cx = with_client_cert(cx, leaf);
-                let svc = service(handle, cx, &activity, alt_svc);
-                // The guard reads the decrypted bytes: under TLS it would see only ciphertext.
-                let io = Guarded::new(tls, framing);
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-                drive(conn, shutdown, &activity, bounds).await;
-            })
+            Box::pin(serve_tls(
+                stream, acceptor, alt_svc, bounds, limits, builder, handle, cx, activity, shutdown,
+            ))
             .await;
         }
     }
+}
+
+/// A TLS connection: the handshake, then HTTP/1.1 on the fast path (as plain connections) or
+/// h2 and everything the fast path does not take on hyper's server. Each step is boxed, so the
+/// connection's task holds only the step it is in: a streaming HTTP/1.1 response keeps neither
+/// the handshake's nor hyper's state (issue 19).
+#[allow(clippy::too_many_arguments)]
+async fn serve_tls(
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    alt_svc: Option<http::HeaderValue>,
+    bounds: Bounds,
+    limits: h1_server::Limits,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    handle: Arc<GatewayHandle>,
+    cx: Arc<ConnContext>,
+    activity: Arc<Activity>,
+    shutdown: CancellationToken,
+) {
+    let accept = Box::pin(tokio::time::timeout(
+        bounds.header_read,
+        acceptor.accept(stream),
+    ));
+    let tls = match accept.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+    let cx = with_client_cert(cx, leaf);
+    let framing = cx.framing.clone();
+    let (tls, buffered) = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        (tls, bytes::Bytes::new())
+    } else {
+        let served = Box::pin(h1_server::serve(
+            tls,
+            &handle,
+            &cx,
+            limits,
+            &shutdown,
+            alt_svc.as_ref(),
+        ));
+        match served.await {
+            h1_server::Outcome::Closed => return,
+            h1_server::Outcome::Fallback { stream, buffered } => (stream, buffered),
+        }
+    };
+    Box::pin(async move {
+        let svc = service(handle, cx, &activity, alt_svc);
+        // The guard reads the decrypted bytes: under TLS it would see only ciphertext.
+        let io = Guarded::new(crate::rewind::Rewind::new(buffered, tls), framing);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+        drive(conn, shutdown, &activity, bounds).await;
+    })
+    .await;
 }
 
 /// Hyper's service for one connection: every request through the pipeline, counted as in
