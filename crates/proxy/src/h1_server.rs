@@ -1,5 +1,5 @@
-//! The downstream HTTP/1.1 fast path: plain keep-alive requests parsed once and answered
-//! without a general-purpose server in between.
+//! The downstream HTTP/1.1 fast path: keep-alive requests, over plain TCP or TLS, parsed once
+//! and answered without a general-purpose server in between.
 //!
 //! Most proxied traffic is the same shape: an HTTP/1.1 request with no body or a small body of
 //! known length, answered with a streamed response. This loop reads heads straight into one
