@@ -20,18 +20,38 @@ use tokio::time::Instant;
 
 use crate::stats::Summary;
 
-/// What `streams load` does.
-#[derive(Debug, Clone)]
+/// What `streams load` does (its command-line flags).
+#[derive(clap::Args, Debug, Clone)]
 pub struct LoadSpec {
+    /// The stream's URL through the proxy (http:// or https://).
+    #[arg(long)]
     pub url: String,
+    /// Streams to hold open.
+    #[arg(long)]
     pub streams: usize,
+    /// Use HTTP/2 (h2c for http://, ALPN h2 for https://).
+    #[arg(long)]
     pub http2: bool,
+    /// HTTP/2: streams per connection.
+    #[arg(long, default_value_t = 100)]
     pub per_connection: usize,
+    /// PEM CA bundle for https:// URLs.
+    #[arg(long)]
     pub cacert: Option<PathBuf>,
+    /// How long to wait for every stream to deliver its first chunk.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     pub ramp_timeout: Duration,
+    /// Settle time after `ready`, before the window.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     pub settle: Duration,
+    /// Measurement window.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub window: Duration,
+    /// A gap between two chunks of one stream longer than this is a stall.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     pub stall_after: Duration,
+    /// Connections opened at once while ramping up.
+    #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
 }
 

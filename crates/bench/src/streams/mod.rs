@@ -20,7 +20,6 @@ mod load;
 mod origin;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 pub use load::{LoadReport, LoadSpec};
@@ -44,38 +43,7 @@ pub enum StreamsArgs {
         chunk_bytes: usize,
     },
     /// Hold N streams through a proxy and measure them.
-    Load {
-        /// The stream's URL through the proxy (http:// or https://).
-        #[arg(long)]
-        url: String,
-        /// Streams to hold open.
-        #[arg(long)]
-        streams: usize,
-        /// Use HTTP/2 (h2c for http://, ALPN h2 for https://).
-        #[arg(long)]
-        http2: bool,
-        /// HTTP/2: streams per connection.
-        #[arg(long, default_value_t = 100)]
-        per_connection: usize,
-        /// PEM CA bundle for https:// URLs.
-        #[arg(long)]
-        cacert: Option<PathBuf>,
-        /// How long to wait for every stream to deliver its first chunk.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
-        ramp_timeout: Duration,
-        /// Settle time after `ready`, before the window.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
-        settle: Duration,
-        /// Measurement window.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
-        window: Duration,
-        /// A gap between two chunks of one stream longer than this is a stall.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
-        stall_after: Duration,
-        /// Connections opened at once while ramping up.
-        #[arg(long, default_value_t = 256)]
-        connect_concurrency: usize,
-    },
+    Load(LoadSpec),
 }
 
 /// Entry point: one current-thread runtime, meant to be pinned to one core.
@@ -93,30 +61,7 @@ pub fn main(args: StreamsArgs) -> anyhow::Result<()> {
             let spec = OriginSpec::new(interval_min, interval_max, chunk_bytes)?;
             runtime.block_on(origin::serve(listen, spec))
         }
-        StreamsArgs::Load {
-            url,
-            streams,
-            http2,
-            per_connection,
-            cacert,
-            ramp_timeout,
-            settle,
-            window,
-            stall_after,
-            connect_concurrency,
-        } => {
-            let spec = LoadSpec {
-                url,
-                streams,
-                http2,
-                per_connection,
-                cacert,
-                ramp_timeout,
-                settle,
-                window,
-                stall_after,
-                connect_concurrency,
-            };
+        StreamsArgs::Load(spec) => {
             let report = runtime.block_on(load::run(spec))?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
