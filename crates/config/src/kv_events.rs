@@ -6,6 +6,7 @@
 //! machine, a fleet of simulators) name their sockets per endpoint instead.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
@@ -22,10 +23,8 @@ pub struct KvEvents {
     /// stale instead of being replayed.
     #[serde(deserialize_with = "template", skip_serializing_if = "Option::is_none")]
     pub replay: Option<String>,
-    /// How prompts are tokenized to key blocks as the engine does: `sim`, the simulator's
-    /// tokenizer (the only one built in).
-    #[serde(deserialize_with = "tokenizer")]
-    pub tokenizer: String,
+    /// How prompts are tokenized to key blocks as the engine does.
+    pub tokenizer: KvTokenizer,
     /// How long an endpoint whose events were lost for good is scored by the approximate
     /// index instead, while its precise entries are rebuilt from new events.
     #[serde(with = "humantime_serde")]
@@ -37,14 +36,23 @@ impl Default for KvEvents {
         Self {
             endpoint: None,
             replay: None,
-            tokenizer: "sim".into(),
+            tokenizer: KvTokenizer::Sim,
             stale_for: Duration::from_secs(10),
         }
     }
 }
 
-/// Tokenizers `kv_events.tokenizer` accepts.
-pub const KV_TOKENIZERS: &[&str] = &["sim"];
+/// `kv_events.tokenizer`: the gateway must tokenize a prompt exactly as the engines do, or no
+/// block key it computes matches one they stored.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvTokenizer {
+    /// The simulator's tokenizer (`switchyard sim` without a `tokenizer:`).
+    Sim,
+    /// The model's Hugging Face `tokenizer.json`, read from this path when the config loads
+    /// (vLLM reads the same file; a path that cannot be read fails the load).
+    Huggingface(PathBuf),
+}
 
 impl KvEvents {
     /// The PUB and replay sockets of the endpoint at `address`, its own `kv_events` and
@@ -90,14 +98,6 @@ fn template<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error>
         .map(|_| Some(s))
 }
 
-fn tokenizer<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let s = String::deserialize(d)?;
-    if !KV_TOKENIZERS.contains(&s.as_str()) {
-        return Err(serde::de::Error::unknown_variant(&s, KV_TOKENIZERS));
-    }
-    Ok(s)
-}
-
 /// An endpoint's own `kv_events` / `kv_replay`: `tcp://IP:PORT`.
 pub(crate) fn endpoint_socket<'de, D: Deserializer<'de>>(
     d: D,
@@ -131,7 +131,16 @@ mod tests {
             serde_json::from_value::<KvEvents>(serde_json::json!({"endpoint": "tcp://host:1"}));
         assert!(bad.unwrap_err().to_string().contains("tcp://{host}:PORT"));
         let bad = serde_json::from_value::<KvEvents>(serde_json::json!({"tokenizer": "gpt2"}));
-        assert!(bad.unwrap_err().to_string().contains("sim"));
+        let bad = bad.unwrap_err().to_string();
+        assert!(bad.contains("sim") && bad.contains("huggingface"), "{bad}");
+        let hf: KvEvents = serde_json::from_value(
+            serde_json::json!({"tokenizer": {"huggingface": "/models/m/tokenizer.json"}}),
+        )
+        .unwrap();
+        assert_eq!(
+            hf.tokenizer,
+            KvTokenizer::Huggingface("/models/m/tokenizer.json".into())
+        );
         assert!(serde_json::from_value::<KvEvents>(serde_json::json!({"endpiont": "x"})).is_err());
     }
 }

@@ -28,7 +28,7 @@ pub mod yaml;
 pub use backends::{Backend, Mirror, Rewrite, Sticky, Target};
 pub use balancer::*;
 pub use error::{nearest, ConfigError, ConfigErrors};
-pub use kv_events::KvEvents;
+pub use kv_events::{KvEvents, KvTokenizer};
 pub use load::{load_file, parse};
 pub use locality::{Locality, LocalityMode, PoolLocality};
 pub use model::*;

@@ -1,5 +1,6 @@
 //! Cost of precise prefix scoring on the request path: tokenizing a ~2k-token prompt as the
-//! simulator does and keying its blocks, and matching them against a KV-event index of 64
+//! simulator does, and with a real model's tokenizer.json (SmolLM2's, tests/fixtures), and
+//! keying its blocks, and matching them against a KV-event index of 64
 //! endpoints holding ~100k blocks (the shape of `picker.rs`'s bench: 8 system prompts of 32
 //! blocks held everywhere, each prompt 96 blocks of its own).
 
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use switchyard_inference::kv_index::token_block_keys;
-use switchyard_inference::KvIndex;
+use switchyard_inference::{KvIndex, PromptTokenizer};
 use switchyard_kv_events::{BlockStored, EventBatch, KvEvent};
 use switchyard_sim::tokenizer::tokenize;
 
@@ -24,6 +25,16 @@ fn bench(c: &mut Criterion) {
     assert!(tokenize(&prompt).len() >= 2000);
     c.bench_function("kv_tokenize_and_key_2k_token_prompt", |b| {
         b.iter(|| token_block_keys(0, &tokenize(black_box(&prompt)), BS));
+    });
+    let hf = PromptTokenizer::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/smollm2-135m-tokenizer.json"
+    )))
+    .unwrap();
+    let keyed = KvIndex::new(1, BS, Duration::from_secs(10)).with_tokenizer(hf);
+    assert!(keyed.prompt_keys(&prompt).len() >= 1000 / BS);
+    c.bench_function("kv_hf_tokenize_and_key_prompt", |b| {
+        b.iter(|| keyed.prompt_keys(black_box(&prompt)));
     });
 
     let index = KvIndex::new(ENDPOINTS, BS, Duration::from_secs(10));

@@ -32,6 +32,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use switchyard_kv_events::{is_gpu, BlockStored, EngineHash, EventBatch, KvEvent};
+use switchyard_sim::prompt_tokenizer::PromptTokenizer;
 
 use crate::prefix_index::MulHasher;
 
@@ -105,6 +106,8 @@ struct Endpoint {
 pub struct KvIndex {
     block_size: usize,
     stale_for: Duration,
+    /// How a request's prompt becomes the engine's tokens (`kv_events.tokenizer`).
+    tokenizer: PromptTokenizer,
     inner: Mutex<Inner>,
 }
 
@@ -135,12 +138,37 @@ impl KvIndex {
         Self {
             block_size,
             stale_for,
+            tokenizer: PromptTokenizer::Sim,
             inner: Mutex::new(inner),
         }
     }
 
+    /// Keys prompts with `tokenizer` instead of the simulator's.
+    pub fn with_tokenizer(mut self, tokenizer: PromptTokenizer) -> Self {
+        self.tokenizer = tokenizer;
+        self
+    }
+
     pub fn block_size(&self) -> usize {
         self.block_size
+    }
+
+    pub fn tokenizer(&self) -> &PromptTokenizer {
+        &self.tokenizer
+    }
+
+    /// Whether keying a prompt costs enough to run off the event loop: a model's tokenizer
+    /// takes about a millisecond for 2k tokens (`benches/kv_index.rs`), the simulator's 25 µs.
+    pub fn costly_keys(&self) -> bool {
+        !self.tokenizer.is_sim()
+    }
+
+    /// The engine's block keys of a completions prompt; empty when the tokenizer refuses it.
+    pub fn prompt_keys(&self, prompt: &str) -> Vec<u64> {
+        self.tokenizer
+            .encode(prompt)
+            .map(|tokens| token_block_keys(0, &tokens, self.block_size))
+            .unwrap_or_default()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

@@ -59,6 +59,7 @@ pub use scrape::{
     spawn_scraper, MetricNames, ScrapeError, ScrapeEvent, ScrapeSink, Scraper, MAX_SCRAPE_BYTES,
 };
 pub use signals::{EndpointSignals, OrcaSignals, SignalSnapshot};
+pub use switchyard_sim::prompt_tokenizer::PromptTokenizer;
 pub use usage::{
     find_usage, token_events, TokenEvents, Usage, UsageLines, UsageTail, USAGE_TAIL_BYTES,
 };

@@ -66,6 +66,10 @@ pub struct InferenceRequest {
     pub user: Option<String>,
     /// Chat messages (0 for other APIs): each adds its chat template's tokens on the server.
     pub messages: u32,
+    /// The prompt's KV block keys as the pool's engines compute them, when the gateway keyed
+    /// them before the pick, off the event loop ([`crate::KvIndex::costly_keys`]); `None`: the
+    /// pick keys the prompt itself if it needs to.
+    pub engine_keys: Option<Vec<u64>>,
 }
 
 impl InferenceRequest {
@@ -293,6 +297,7 @@ pub fn parse_openai(path: &str, body: &[u8]) -> Result<InferenceRequest, Request
         stream: parsed.stream.unwrap_or(false),
         user,
         messages: u32::try_from(walk.messages).unwrap_or(u32::MAX),
+        engine_keys: None,
     })
 }
 

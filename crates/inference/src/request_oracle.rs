@@ -101,6 +101,7 @@ pub fn parse_with_tree(path: &str, body: &[u8]) -> Result<InferenceRequest, Requ
         max_tokens: parsed.max_completion_tokens.or(parsed.max_tokens),
         stream: parsed.stream.unwrap_or(false),
         user: parsed.user,
+        engine_keys: None,
     })
 }
 /// A string, an array of strings, an array of token ids, or an array of token-id arrays.

@@ -6,7 +6,6 @@
 
 use switchyard_balance::Endpoint;
 
-use crate::kv_index::token_block_keys;
 use crate::picker::{Decision, InferencePicker, RequestContext};
 use crate::predictor::Slo;
 use crate::request::{ApiKind, InferenceRequest};
@@ -97,15 +96,17 @@ impl InferencePicker {
     }
 
     /// The request's blocks as the engines key them, for the KV-event index: its prompt
-    /// tokenized as the simulator tokenizes a completions prompt (the one tokenizer built in;
-    /// `kv_events.tokenizer: sim`). Chat prompts go through the engine's chat template, which
-    /// the gateway does not have, and adapters' blocks are seeded by the adapter: both are
-    /// scored by the approximate index.
+    /// tokenized as the engine tokenizes a completions prompt (`kv_events.tokenizer`: the
+    /// simulator's, or the model's tokenizer.json). Chat prompts go through the engine's chat
+    /// template, which the gateway does not render, and adapters' blocks are seeded by the
+    /// adapter: both are scored by the approximate index.
     fn token_blocks(&self, req: &InferenceRequest, adapter: bool) -> Vec<u64> {
         match &self.kv_index() {
             Some(kv) if req.kind == ApiKind::Completions && !adapter && !req.prompt.is_empty() => {
-                let tokens = switchyard_sim::tokenizer::tokenize(&req.prompt);
-                token_block_keys(0, &tokens, kv.block_size())
+                match &req.engine_keys {
+                    Some(keys) => keys.clone(),
+                    None => kv.prompt_keys(&req.prompt),
+                }
             }
             _ => Vec::new(),
         }

@@ -13,14 +13,15 @@ use switchyard_balance::head_latency::LatencyHistogram;
 use switchyard_balance::EndpointState;
 use switchyard_config::health::OutlierDetection;
 use switchyard_config::resilience::{CircuitLimits, Concurrency};
-use switchyard_config::{Balancer, Pool, Protocol};
+use switchyard_config::{Balancer, KvTokenizer, Pool, Protocol};
 use switchyard_health::{
     spawn_head_watch, spawn_ticker, ActiveCheck, HealthChecker, OutlierDetector, OutlierEvent,
     OutlierSettings,
 };
 use switchyard_inference::{
     spawn_kv_subscriptions, spawn_scraper, EndpointSignals, InferencePicker, KvIndex,
-    KvSubscriptions, MetricNames, PickerConfig, PrefixIndex, ScrapeEvent, ScrapeSink, Scraper,
+    KvSubscriptions, MetricNames, PickerConfig, PrefixIndex, PromptTokenizer, ScrapeEvent,
+    ScrapeSink, Scraper,
 };
 use switchyard_resilience::{
     CircuitBreaker, ConcurrencyLimiter, ConcurrencyMode, GradientParams, QueueParams,
@@ -197,7 +198,7 @@ impl PoolControl {
         states: &[Arc<EndpointState>],
         metrics: &Metrics,
         tls: PoolTls<'_>,
-    ) -> Self {
+    ) -> Result<Self, String> {
         let by_address: ByAddress = Arc::new(ArcSwap::from_pointee(HashMap::new()));
         let transitions = metrics.health_transitions.clone();
         let pool = spec.name.clone();
@@ -237,8 +238,8 @@ impl PoolControl {
             h2: Vec::new(),
             h3: Vec::new(),
         };
-        control.update(spec, states, metrics, tls);
-        control
+        control.update(spec, states, metrics, tls)?;
+        Ok(control)
     }
 
     /// Apply a new generation's settings for this pool.
@@ -248,7 +249,10 @@ impl PoolControl {
         states: &[Arc<EndpointState>],
         metrics: &Metrics,
         tls: PoolTls<'_>,
-    ) {
+    ) -> Result<(), String> {
+        // Read first: a tokenizer file that cannot be read fails the reload before anything of
+        // the running generation's pool changed.
+        let tokenizer = self.kv_tokenizer(spec)?;
         self.by_address.store(Arc::new(
             states.iter().map(|s| (s.address, s.clone())).collect(),
         ));
@@ -283,7 +287,7 @@ impl PoolControl {
             }),
             states.iter().cloned(),
         );
-        self.update_inference(spec, states, metrics);
+        self.update_inference(spec, states, metrics, tokenizer);
         let addrs = states.iter().map(|s| s.address);
         let before = self.detector.as_ref().map(Arc::as_ptr);
         let outlier = spec
@@ -328,6 +332,7 @@ impl PoolControl {
         if self.head_watch.is_none() || before != self.detector.as_ref().map(Arc::as_ptr) {
             self.spawn_head_watch(metrics, &spec.name);
         }
+        Ok(())
     }
 
     /// (Re)start the pool's head-latency reader, for the current detector.
@@ -395,7 +400,36 @@ impl PoolControl {
         self.h3.clone()
     }
 
-    fn update_inference(&mut self, spec: &Pool, states: &[Arc<EndpointState>], metrics: &Metrics) {
+    /// The tokenizer `kv_events` keys prompts with: the one already loaded when its file is
+    /// unchanged (a reload does not read a multi-MB file again), else read now.
+    fn kv_tokenizer(&self, spec: &Pool) -> Result<PromptTokenizer, String> {
+        let Balancer::Inference {
+            kv_events: Some(kv),
+            ..
+        } = &spec.balancer
+        else {
+            return Ok(PromptTokenizer::Sim);
+        };
+        match &kv.tokenizer {
+            KvTokenizer::Sim => Ok(PromptTokenizer::Sim),
+            KvTokenizer::Huggingface(path) => {
+                let loaded = self.inference.as_ref().and_then(|i| i.kv.as_ref());
+                match loaded.map(|(index, _)| index.tokenizer()) {
+                    Some(t @ PromptTokenizer::HuggingFace(_, p)) if **p == *path => Ok(t.clone()),
+                    _ => PromptTokenizer::load(path)
+                        .map_err(|e| format!("pool `{}`: kv_events.tokenizer: {e}", spec.name)),
+                }
+            }
+        }
+    }
+
+    fn update_inference(
+        &mut self,
+        spec: &Pool,
+        states: &[Arc<EndpointState>],
+        metrics: &Metrics,
+        tokenizer: PromptTokenizer,
+    ) {
         let Balancer::Inference {
             metrics: flavour,
             scrape_interval,
@@ -448,11 +482,14 @@ impl PoolControl {
             scrape_sink(metrics.scrape_errors.clone(), spec.name.clone()),
         );
         let kv = kv_events.as_ref().map(|kv| {
-            let index = Arc::new(KvIndex::new(
-                states.len(),
-                PickerConfig::default().block_tokens,
-                kv.stale_for,
-            ));
+            let index = Arc::new(
+                KvIndex::new(
+                    states.len(),
+                    PickerConfig::default().block_tokens,
+                    kv.stale_for,
+                )
+                .with_tokenizer(tokenizer),
+            );
             let subscriptions = spawn_kv_subscriptions(kv_sockets, index.clone());
             (index, subscriptions)
         });

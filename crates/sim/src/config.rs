@@ -30,6 +30,12 @@ pub struct FleetConfig {
     /// Publish KV-cache events as vLLM's `--kv-events-config` does; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_events: Option<KvEventsConfig>,
+    /// A Hugging Face `tokenizer.json`: completions prompts are tokenized with it (as vLLM
+    /// serving that model would), so a gateway keying blocks with the same file matches the
+    /// replicas' KV events. Chat prompts keep the simulator's template. The simulator's own
+    /// tokenizer when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<std::path::PathBuf>,
 }
 
 /// KV-cache event publishing: per replica a PUB socket and a replay ROUTER socket.
@@ -186,6 +192,7 @@ impl FleetConfig {
                 ..Default::default()
             }],
             kv_events: None,
+            tokenizer: None,
         }
     }
 

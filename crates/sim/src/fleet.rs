@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::FleetConfig;
 use crate::faults::FaultConfig;
+use crate::prompt_tokenizer::PromptTokenizer;
 use crate::replica::{self, Replica};
 
 /// A running fleet. Dropping it stops the replicas without waiting; [`Fleet::shutdown`] waits.
@@ -29,6 +30,10 @@ pub struct Fleet {
 /// port when `base_port` is 0, or its own `port` when set.
 pub async fn start_fleet(cfg: FleetConfig) -> anyhow::Result<Fleet> {
     cfg.validate()?;
+    let tokenizer = match &cfg.tokenizer {
+        Some(path) => PromptTokenizer::load(path).map_err(anyhow::Error::msg)?,
+        None => PromptTokenizer::Sim,
+    };
     let specs = cfg.expanded();
     let mut listeners = Vec::with_capacity(specs.len());
     for (i, spec) in specs.iter().enumerate() {
@@ -71,8 +76,14 @@ pub async fn start_fleet(cfg: FleetConfig) -> anyhow::Result<Fleet> {
         .zip(kv_listeners)
         .enumerate()
     {
-        let (replica, supervisor) =
-            replica::start(i, &cfg.model, spec, listener, kv, shutdown.child_token())?;
+        let (replica, supervisor) = replica::start(
+            i,
+            &cfg.model,
+            spec,
+            (listener, kv),
+            tokenizer.clone(),
+            shutdown.child_token(),
+        )?;
         replicas.push(replica);
         tasks.push(tokio::spawn(supervisor));
     }

@@ -14,7 +14,8 @@
 //!   `sse` — streaming format;
 //! * `engine` — the timed step loop; `scheduler` — what runs in a step; [`kv_cache`],
 //!   `lora` — the resources it schedules; [`cost_model`] — how long a step takes;
-//! * [`tokenizer`] — deterministic token approximation; `metrics` — vLLM metrics; [`faults`].
+//! * [`tokenizer`] — deterministic token approximation; [`prompt_tokenizer`] — it or a model's
+//!   tokenizer.json; `metrics` — vLLM metrics; [`faults`].
 //!
 //! User documentation: `docs/sim.md`.
 
@@ -28,6 +29,7 @@ pub mod kv_cache;
 mod lora;
 mod metrics;
 mod openai;
+pub mod prompt_tokenizer;
 mod replica;
 mod scheduler;
 mod sse;
@@ -99,6 +101,10 @@ pub struct SimArgs {
     /// Replica i publishes on this + 2i and replays on this + 2i + 1; 0 picks ephemeral ports.
     #[arg(long)]
     pub kv_events_base_port: Option<u16>,
+    /// A Hugging Face tokenizer.json: completions prompts are tokenized with it, as an engine
+    /// serving that model would (chat prompts keep the simulator's template).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
 }
 
 impl SimArgs {
@@ -126,8 +132,12 @@ impl SimArgs {
                     ..Default::default()
                 }],
                 kv_events: None,
+                tokenizer: None,
             },
         };
+        if let Some(t) = &self.tokenizer {
+            cfg.tokenizer = Some(t.clone());
+        }
         let kv_flags = self.kv_events_shape.is_some()
             || self.kv_events_loss.is_some()
             || self.kv_events_replay_buffer.is_some()

@@ -19,6 +19,7 @@ use tokio::sync::mpsc::unbounded_channel;
 
 use crate::api::{created, error, json, SimBody};
 use crate::kv_cache::block_hashes;
+use crate::prompt_tokenizer::PromptTokenizer;
 use crate::replica::{Incarnation, Replica};
 use crate::scheduler::{FinishReason, SeqSpec};
 use crate::sse::{ApiKind, ChunkWriter, SseBody, Usage};
@@ -78,7 +79,7 @@ fn parse(body: &[u8], kind: ApiKind, replica: &Replica) -> Result<Parsed, Reject
     };
     let prompt = match kind {
         ApiKind::Chat => chat_prompt(obj.get("messages"))?,
-        ApiKind::Completion => completion_prompt(obj.get("prompt"))?,
+        ApiKind::Completion => completion_prompt(obj.get("prompt"), &replica.tokenizer)?,
     };
     if prompt.is_empty() {
         return Err(bad("The prompt cannot be empty.", "prompt"));
@@ -212,18 +213,26 @@ fn chat_prompt(messages: Option<&Value>) -> Result<Vec<u32>, Reject> {
     ))
 }
 
-fn completion_prompt(prompt: Option<&Value>) -> Result<Vec<u32>, Reject> {
+fn completion_prompt(
+    prompt: Option<&Value>,
+    tokenizer: &PromptTokenizer,
+) -> Result<Vec<u32>, Reject> {
     let invalid = || {
         bad(
             "'prompt' must be a string, a one-element array of strings, or an array of token ids.",
             "prompt",
         )
     };
+    let encode = |s: &str| {
+        tokenizer
+            .encode(s)
+            .ok_or_else(|| bad("The prompt could not be tokenized.", "prompt"))
+    };
     match prompt {
         None => Err(bad("Field required: 'prompt'.", "prompt")),
-        Some(Value::String(s)) => Ok(tokenizer::tokenize(s)),
+        Some(Value::String(s)) => encode(s),
         Some(Value::Array(items)) => match items.as_slice() {
-            [Value::String(s)] => Ok(tokenizer::tokenize(s)),
+            [Value::String(s)] => encode(s),
             [Value::Array(ids)] => token_ids(ids).ok_or_else(invalid),
             ids if !ids.is_empty() => token_ids(ids).ok_or_else(invalid),
             _ => Err(invalid()),

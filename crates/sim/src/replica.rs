@@ -25,6 +25,8 @@ use crate::metrics::{EngineMetrics, MetricsInfo};
 use crate::scheduler::SchedulerConfig;
 use switchyard_kv_events::{Publisher, PublisherConfig};
 
+use crate::prompt_tokenizer::PromptTokenizer;
+
 /// A replica's KV-event sockets: what it publishes like, and where (kept across crashes).
 #[derive(Debug)]
 pub struct KvEventSockets {
@@ -54,6 +56,8 @@ pub struct Replica {
     pub addr: SocketAddr,
     /// KV-event sockets, when publishing.
     pub kv_events: Option<KvEventSockets>,
+    /// How completions prompts become tokens.
+    pub tokenizer: PromptTokenizer,
     crash_tx: mpsc::UnboundedSender<Duration>,
 }
 
@@ -106,8 +110,11 @@ pub fn start(
     index: usize,
     model: &str,
     cfg: ReplicaConfig,
-    listener: TcpListener,
-    kv: Option<(PublisherConfig, TcpListener, TcpListener)>,
+    (listener, kv): (
+        TcpListener,
+        Option<(PublisherConfig, TcpListener, TcpListener)>,
+    ),
+    tokenizer: PromptTokenizer,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Arc<Replica>, impl std::future::Future<Output = ()>)> {
     let (kv_events, kv_listeners) = match kv {
@@ -139,6 +146,7 @@ pub fn start(
         })),
         addr: listener.local_addr()?,
         kv_events,
+        tokenizer,
         profile,
         max_model_len,
         cfg,

@@ -404,12 +404,13 @@ fn build_pool(
     };
     let control = match controls.get_mut(&p.name) {
         Some(c) => {
-            c.update(p, &endpoint_states, metrics, pool_tls);
+            c.update(p, &endpoint_states, metrics, pool_tls)?;
             c
         }
-        None => controls
-            .entry(p.name.clone())
-            .or_insert_with(|| PoolControl::new(p, &endpoint_states, metrics, pool_tls)),
+        None => {
+            let control = PoolControl::new(p, &endpoint_states, metrics, pool_tls)?;
+            controls.entry(p.name.clone()).or_insert(control)
+        }
     };
     let breaker = control.breaker.clone();
     let limiter = control.limiter.clone();

