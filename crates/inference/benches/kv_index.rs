@@ -28,7 +28,7 @@ fn bench(c: &mut Criterion) {
     });
     let hf = PromptTokenizer::load(std::path::Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/smollm2-135m-tokenizer.json"
+        "/../../tests/fixtures/smollm2-135m/tokenizer.json"
     )))
     .unwrap();
     let keyed = KvIndex::new(1, BS, Duration::from_secs(10)).with_tokenizer(hf);

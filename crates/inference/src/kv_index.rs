@@ -32,6 +32,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use switchyard_kv_events::{is_gpu, BlockStored, EngineHash, EventBatch, KvEvent};
+use switchyard_sim::chat_template::chat_messages;
 use switchyard_sim::prompt_tokenizer::PromptTokenizer;
 
 use crate::prefix_index::MulHasher;
@@ -161,6 +162,50 @@ impl KvIndex {
     /// takes about a millisecond for 2k tokens (`benches/kv_index.rs`), the simulator's 25 µs.
     pub fn costly_keys(&self) -> bool {
         !self.tokenizer.is_sim()
+    }
+
+    /// The engine's block keys of a chat request's conversation (the request body's
+    /// `messages`), rendered with the model's chat template; empty (scored by the approximate
+    /// index) without one, when the body or the template refuses, and for what the rendering
+    /// here does not reproduce: `tools` (the engine renders their definitions into the prompt)
+    /// and non-text content parts (the engine inserts placeholder tokens for an image).
+    pub fn chat_keys(&self, body: &[u8]) -> Vec<u64> {
+        #[derive(serde::Deserialize)]
+        struct Chat {
+            messages: Option<serde_json::Value>,
+            tools: Option<serde_json::Value>,
+        }
+        let Ok(chat) = serde_json::from_slice::<Chat>(body) else {
+            return Vec::new();
+        };
+        let tools = chat
+            .tools
+            .as_ref()
+            .is_some_and(|t| t.as_array().is_none_or(|a| !a.is_empty()));
+        let non_text = |m: &serde_json::Value| {
+            m.get("content")
+                .and_then(|c| c.as_array())
+                .is_some_and(|parts| {
+                    parts
+                        .iter()
+                        .any(|p| p.get("type").is_some_and(|t| t != "text"))
+                })
+        };
+        let multimodal = chat
+            .messages
+            .as_ref()
+            .and_then(|m| m.as_array())
+            .is_some_and(|list| list.iter().any(non_text));
+        if tools || multimodal {
+            return Vec::new();
+        }
+        let Ok(messages) = chat_messages(chat.messages.as_ref()) else {
+            return Vec::new();
+        };
+        match self.tokenizer.encode_chat(&messages) {
+            Some(Ok(tokens)) => token_block_keys(0, &tokens, self.block_size),
+            _ => Vec::new(),
+        }
     }
 
     /// The engine's block keys of a completions prompt; empty when the tokenizer refuses it.

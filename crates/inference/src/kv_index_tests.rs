@@ -235,3 +235,37 @@ fn picks_count_as_pending_until_confirmed_removed_or_expired() {
     idx.matched_blocks_all(&keys, t, &mut out);
     assert_eq!(out[0], Some(0));
 }
+
+#[test]
+fn chat_keys_come_from_the_models_template_and_only_for_what_it_renders() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/smollm2-135m/tokenizer.json"
+    );
+    let tk = PromptTokenizer::load(std::path::Path::new(path)).unwrap();
+    let idx = KvIndex::new(1, BS, Duration::from_secs(10)).with_tokenizer(tk.clone());
+    let system = "You answer questions about railway timetables. ".repeat(8);
+    let body = |extra: &str| {
+        format!(
+            r#"{{"model":"m","messages":[{{"role":"system","content":"{system}"}},{{"role":"user","content":"When?"}}]{extra}}}"#
+        )
+    };
+    let keys = idx.chat_keys(body("").as_bytes());
+    let conv = [
+        ("system".to_string(), system.clone()),
+        ("user".to_string(), "When?".to_string()),
+    ];
+    let tokens = tk.encode_chat(&conv).unwrap().unwrap();
+    assert_eq!(keys, token_block_keys(0, &tokens, BS));
+    assert!(keys.len() >= 4);
+    // Tools and images change what the engine renders: left to the approximate index.
+    let tools = r#","tools":[{"type":"function","function":{"name":"f"}}]"#;
+    assert!(idx.chat_keys(body(tools).as_bytes()).is_empty());
+    assert_eq!(idx.chat_keys(body(r#","tools":[]"#).as_bytes()), keys);
+    let image = r#"{"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"x"}}]}]}"#;
+    assert!(idx.chat_keys(image.as_bytes()).is_empty());
+    assert!(idx.chat_keys(b"not json").is_empty());
+    // The simulator's tokenizer has no model template.
+    let sim = KvIndex::new(1, BS, Duration::from_secs(10));
+    assert!(sim.chat_keys(body("").as_bytes()).is_empty());
+}

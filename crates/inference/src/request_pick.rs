@@ -95,19 +95,18 @@ impl InferencePicker {
         }
     }
 
-    /// The request's blocks as the engines key them, for the KV-event index: its prompt
-    /// tokenized as the engine tokenizes a completions prompt (`kv_events.tokenizer`: the
-    /// simulator's, or the model's tokenizer.json). Chat prompts go through the engine's chat
-    /// template, which the gateway does not render, and adapters' blocks are seeded by the
-    /// adapter: both are scored by the approximate index.
+    /// The request's blocks as the engines key them, for the KV-event index: keys computed
+    /// before the pick (a model's tokenizer, off the event loop: completions, and chat through
+    /// the model's chat template), else a completions prompt tokenized here with the simulator's
+    /// tokenizer. Chat without a model's template and adapters' blocks (seeded by the adapter)
+    /// are scored by the approximate index.
     fn token_blocks(&self, req: &InferenceRequest, adapter: bool) -> Vec<u64> {
-        match &self.kv_index() {
-            Some(kv) if req.kind == ApiKind::Completions && !adapter && !req.prompt.is_empty() => {
-                match &req.engine_keys {
-                    Some(keys) => keys.clone(),
-                    None => kv.prompt_keys(&req.prompt),
-                }
-            }
+        let Some(kv) = self.kv_index().filter(|_| !adapter) else {
+            return Vec::new();
+        };
+        match (&req.engine_keys, req.kind) {
+            (Some(keys), _) => keys.clone(),
+            (None, ApiKind::Completions) if !req.prompt.is_empty() => kv.prompt_keys(&req.prompt),
             _ => Vec::new(),
         }
     }

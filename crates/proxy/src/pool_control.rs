@@ -415,7 +415,7 @@ impl PoolControl {
             KvTokenizer::Huggingface(path) => {
                 let loaded = self.inference.as_ref().and_then(|i| i.kv.as_ref());
                 match loaded.map(|(index, _)| index.tokenizer()) {
-                    Some(t @ PromptTokenizer::HuggingFace(_, p)) if **p == *path => Ok(t.clone()),
+                    Some(t) if t.path() == Some(path.as_path()) => Ok(t.clone()),
                     _ => PromptTokenizer::load(path)
                         .map_err(|e| format!("pool `{}`: kv_events.tokenizer: {e}", spec.name)),
                 }

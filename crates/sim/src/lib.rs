@@ -20,6 +20,7 @@
 //! User documentation: `docs/sim.md`.
 
 mod api;
+pub mod chat_template;
 pub mod config;
 pub mod cost_model;
 mod engine;

@@ -18,6 +18,7 @@ use serde_json::Value;
 use tokio::sync::mpsc::unbounded_channel;
 
 use crate::api::{created, error, json, SimBody};
+use crate::chat_template::chat_messages;
 use crate::kv_cache::block_hashes;
 use crate::prompt_tokenizer::PromptTokenizer;
 use crate::replica::{Incarnation, Replica};
@@ -78,7 +79,7 @@ fn parse(body: &[u8], kind: ApiKind, replica: &Replica) -> Result<Parsed, Reject
         }
     };
     let prompt = match kind {
-        ApiKind::Chat => chat_prompt(obj.get("messages"))?,
+        ApiKind::Chat => chat_prompt(obj.get("messages"), &replica.tokenizer)?,
         ApiKind::Completion => completion_prompt(obj.get("prompt"), &replica.tokenizer)?,
     };
     if prompt.is_empty() {
@@ -169,48 +170,14 @@ fn parse(body: &[u8], kind: ApiKind, replica: &Replica) -> Result<Parsed, Reject
     })
 }
 
-fn chat_prompt(messages: Option<&Value>) -> Result<Vec<u32>, Reject> {
-    let Some(messages) = messages else {
-        return Err(bad("Field required: 'messages'.", "messages"));
-    };
-    let Some(list) = messages.as_array().filter(|l| !l.is_empty()) else {
-        return Err(bad("'messages' must be a non-empty array.", "messages"));
-    };
-    let mut parts: Vec<(String, String)> = Vec::with_capacity(list.len());
-    for (i, m) in list.iter().enumerate() {
-        let Some(role) = m.get("role").and_then(Value::as_str) else {
-            return Err(bad(
-                format!("messages[{i}].role is required and must be a string."),
-                "messages",
-            ));
-        };
-        let content = match m.get("content") {
-            None | Some(Value::Null) => String::new(),
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Array(items)) => {
-                let mut text = String::new();
-                for item in items {
-                    if let Some(t) = item.get("text").and_then(Value::as_str) {
-                        if !text.is_empty() {
-                            text.push('\n');
-                        }
-                        text.push_str(t);
-                    }
-                }
-                text
-            }
-            Some(_) => {
-                return Err(bad(
-                    format!("messages[{i}].content must be a string or an array."),
-                    "messages",
-                ))
-            }
-        };
-        parts.push((role.to_string(), content));
+fn chat_prompt(messages: Option<&Value>, tokenizer: &PromptTokenizer) -> Result<Vec<u32>, Reject> {
+    let parts = chat_messages(messages).map_err(|e| bad(e, "messages"))?;
+    match tokenizer.encode_chat(&parts) {
+        Some(tokens) => tokens.map_err(|e| bad(e, "messages")),
+        None => Ok(tokenizer::tokenize_chat(
+            parts.iter().map(|(r, c)| (r.as_str(), c.as_str())),
+        )),
     }
-    Ok(tokenizer::tokenize_chat(
-        parts.iter().map(|(r, c)| (r.as_str(), c.as_str())),
-    ))
 }
 
 fn completion_prompt(

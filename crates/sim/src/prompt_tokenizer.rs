@@ -4,12 +4,17 @@
 //! A gateway that keys KV blocks from an engine's events must tokenize a prompt exactly as that
 //! engine does, or no block it computes will ever match one the engine stored (issue 18). vLLM
 //! tokenizes a completions prompt with the model's `tokenizer.json` and special tokens added
-//! (BOS for Llama-style models), so [`PromptTokenizer::encode`] does the same. The simulator
+//! (BOS for Llama-style models), so [`PromptTokenizer::encode`] does the same; a chat request it
+//! renders with the model's chat template (`tokenizer_config.json` beside the tokenizer file,
+//! [`crate::chat_template`]) and tokenizes without adding special tokens, as
+//! [`PromptTokenizer::encode_chat`] does. The simulator
 //! takes the same file (`tokenizer:` in its fleet config), so tests and benchmarks can run a
 //! fleet that tokenizes as a real model's engines would.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use crate::chat_template::ChatTemplate;
 
 /// Largest `tokenizer.json` read: Llama 3's is 9 MB, Qwen's 7 MB; the bound keeps a wrong path
 /// (a model's weights) from being read into memory.
@@ -21,42 +26,80 @@ pub enum PromptTokenizer {
     /// The simulator's deterministic stand-in.
     #[default]
     Sim,
-    /// A Hugging Face tokenizer, and the file it came from (for messages).
-    HuggingFace(Arc<tokenizers::Tokenizer>, Arc<PathBuf>),
+    /// A model's Hugging Face tokenizer.
+    HuggingFace(Arc<HfTokenizer>),
+}
+
+/// A model's `tokenizer.json`, its chat template when it has one, and the file it came from.
+pub struct HfTokenizer {
+    tokenizer: tokenizers::Tokenizer,
+    chat: Option<ChatTemplate>,
+    path: PathBuf,
 }
 
 impl std::fmt::Debug for PromptTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Sim => f.write_str("sim"),
-            Self::HuggingFace(_, path) => write!(f, "huggingface:{}", path.display()),
+            Self::HuggingFace(hf) => write!(f, "huggingface:{}", hf.path.display()),
         }
     }
 }
 
 impl PromptTokenizer {
-    /// Reads a `tokenizer.json`. Truncation and padding set in the file are turned off: an
-    /// engine keys every token of a prompt, and a truncated prompt would key fewer blocks.
+    /// Reads a `tokenizer.json`, and the chat template of the `tokenizer_config.json` beside it
+    /// if there is one (a model directory's layout). Truncation and padding set in the file are
+    /// turned off: an engine keys every token of a prompt, and a truncated prompt would key
+    /// fewer blocks.
     pub fn load(path: &Path) -> Result<Self, String> {
         let shown = path.display();
-        let len = std::fs::metadata(path)
-            .map_err(|e| format!("tokenizer {shown}: {e}"))?
-            .len();
-        if len > MAX_TOKENIZER_FILE {
-            return Err(format!(
-                "tokenizer {shown}: {len} bytes, more than the {MAX_TOKENIZER_FILE} a tokenizer.json may have"
-            ));
-        }
-        let bytes = std::fs::read(path).map_err(|e| format!("tokenizer {shown}: {e}"))?;
+        let bytes = read_bounded(path).map_err(|e| format!("tokenizer {shown}: {e}"))?;
         let mut tk = tokenizers::Tokenizer::from_bytes(&bytes)
             .map_err(|e| format!("tokenizer {shown}: not a Hugging Face tokenizer.json: {e}"))?;
         tk.with_truncation(None)
             .map_err(|e| format!("tokenizer {shown}: {e}"))?;
         tk.with_padding(None);
-        Ok(Self::HuggingFace(
-            Arc::new(tk),
-            Arc::new(path.to_path_buf()),
-        ))
+        let config = path.with_file_name("tokenizer_config.json");
+        let chat = match read_bounded(&config) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("{}: {e}", config.display())),
+            Ok(bytes) => {
+                let json: serde_json::Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| format!("{}: {e}", config.display()))?;
+                ChatTemplate::from_tokenizer_config(&json)
+                    .map_err(|e| format!("{}: {e}", config.display()))?
+            }
+        };
+        Ok(Self::HuggingFace(Arc::new(HfTokenizer {
+            tokenizer: tk,
+            chat,
+            path: path.to_path_buf(),
+        })))
+    }
+
+    /// The `tokenizer.json` it was read from.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Self::Sim => None,
+            Self::HuggingFace(hf) => Some(&hf.path),
+        }
+    }
+
+    /// Token ids of a chat conversation as the engine computes them: the chat template
+    /// rendered, then tokenized without special tokens added (they are in the template).
+    /// `None` when there is no model chat template (the simulator's, or a model without
+    /// `tokenizer_config.json`); an error when the template refuses the conversation.
+    pub fn encode_chat(&self, messages: &[(String, String)]) -> Option<Result<Vec<u32>, String>> {
+        let Self::HuggingFace(hf) = self else {
+            return None;
+        };
+        let chat = hf.chat.as_ref()?;
+        Some(chat.render(messages).and_then(|text| {
+            hf.tokenizer
+                .encode_fast(text, false)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| format!("tokenizer: {e}"))
+        }))
     }
 
     /// Token ids of a completions prompt, as the engine computes them; `None` when the
@@ -64,7 +107,8 @@ impl PromptTokenizer {
     pub fn encode(&self, text: &str) -> Option<Vec<u32>> {
         match self {
             Self::Sim => Some(crate::tokenizer::tokenize(text)),
-            Self::HuggingFace(tk, _) => tk
+            Self::HuggingFace(hf) => hf
+                .tokenizer
                 .encode_fast(text, true)
                 .ok()
                 .map(|e| e.get_ids().to_vec()),
@@ -75,6 +119,21 @@ impl PromptTokenizer {
     pub fn is_sim(&self) -> bool {
         matches!(self, Self::Sim)
     }
+}
+
+/// A file of at most [`MAX_TOKENIZER_FILE`] bytes.
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_TOKENIZER_FILE + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_TOKENIZER_FILE {
+        return Err(std::io::Error::other(format!(
+            "more than the {MAX_TOKENIZER_FILE} bytes a tokenizer file may have"
+        )));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -104,7 +104,7 @@ async fn forward(
     };
     let parsed = if !upgrade && to.inference_api(path) {
         let parsed = model::parse_openai(rx, &head, &body).await?;
-        Some(model::engine_keys(to, parsed).await)
+        Some(model::engine_keys(to, parsed, &body).await)
     } else {
         None
     };

@@ -103,30 +103,45 @@ pub(crate) async fn parse_openai(
     })
 }
 
-/// A completions prompt keyed as the pool's engines key it, on the blocking pool, when the pool
-/// routes on KV events with a model's tokenizer: tokenizing 2k tokens takes about a millisecond,
-/// which would stall every other request of this worker.
-pub(crate) async fn engine_keys(to: Routed<'_>, mut parsed: InferenceRequest) -> InferenceRequest {
+/// A request's prompt keyed as the pool's engines key it, on the blocking pool, when the pool
+/// routes on KV events with a model's tokenizer: a completions prompt tokenized, a chat request
+/// rendered with the model's chat template first (from the body, which the parse above kept
+/// only as text). Tokenizing 2k tokens takes about a millisecond, which would stall every other
+/// request of this worker.
+pub(crate) async fn engine_keys(
+    to: Routed<'_>,
+    mut parsed: InferenceRequest,
+    body: &RequestBody,
+) -> InferenceRequest {
+    use switchyard_inference::ApiKind;
     let kv = to.pool().inference.as_ref().and_then(|p| p.kv_index());
     let Some(kv) = kv.filter(|kv| kv.costly_keys()).cloned() else {
         return parsed;
     };
-    if parsed.kind != switchyard_inference::ApiKind::Completions || parsed.prompt.is_empty() {
-        return parsed;
-    }
-    let prompt = std::mem::take(&mut parsed.prompt);
-    match tokio::task::spawn_blocking(move || {
-        let keys = kv.prompt_keys(&prompt);
-        (prompt, keys)
-    })
-    .await
-    {
+    let keys = match parsed.kind {
+        ApiKind::Completions if !parsed.prompt.is_empty() => {
+            let prompt = std::mem::take(&mut parsed.prompt);
+            tokio::task::spawn_blocking(move || {
+                let keys = kv.prompt_keys(&prompt);
+                (Some(prompt), keys)
+            })
+            .await
+        }
+        ApiKind::ChatCompletions => {
+            let bytes = body.buffered().unwrap_or_default();
+            tokio::task::spawn_blocking(move || (None, kv.chat_keys(&bytes))).await
+        }
+        _ => return parsed,
+    };
+    match keys {
         Ok((prompt, keys)) => {
-            parsed.prompt = prompt;
+            if let Some(p) = prompt {
+                parsed.prompt = p;
+            }
             parsed.engine_keys = Some(keys);
         }
-        // The tokenizer panicked or the runtime is shutting down; the prompt went with the task,
-        // so the pick scores this request on load alone.
+        // The tokenizer panicked or the runtime is shutting down; a completions prompt went
+        // with the task, so the pick scores this request on load alone.
         Err(_) => parsed.engine_keys = Some(Vec::new()),
     }
     parsed
