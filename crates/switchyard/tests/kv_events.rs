@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http_body_util::Full;
 use support::client::{self, send, TestClient};
-use support::fleet::{pools, MODEL};
+use support::fleet::{kv_events_config, pools, MODEL};
 use support::{eventually, Gateway};
 use switchyard_sim::config::KvEventsConfig;
 use switchyard_sim::{start_fleet, Fleet, FleetConfig, ReplicaConfig};
@@ -33,22 +33,6 @@ async fn kv_fleet(n: usize, loss: f64) -> Fleet {
     })
     .await
     .unwrap()
-}
-
-fn kv_config(fleet: &Fleet) -> String {
-    let endpoints: String = fleet
-        .addresses()
-        .iter()
-        .zip(fleet.kv_event_addresses())
-        .map(|(a, (events, replay))| {
-            format!(
-                "      - {{ address: {a}, kv_events: \"tcp://{events}\", kv_replay: \"tcp://{replay}\" }}\n"
-            )
-        })
-        .collect();
-    format!(
-        "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: false}}\nlisteners:\n  - {{name: public, address: 127.0.0.1:0, trusted_headers: [debug]}}\nroutes:\n  - name: r\n    match: {{path_prefix: /}}\n    pool: p\npools:\n  - name: p\n    endpoints:\n{endpoints}    balancer: {{ kind: inference, scrape_interval: 20ms, kv_events: {{}} }}\n"
-    )
 }
 
 fn kv_status(gw: &Gateway, i: usize) -> serde_json::Value {
@@ -90,7 +74,7 @@ async fn publish_until(c: &TestClient, target: SocketAddr, what: &str, done: imp
 async fn requests_follow_the_replicas_real_caches_through_loss_and_restarts() {
     // A third of the event messages are dropped on the PUB side; only replay recovers them.
     let fleet = kv_fleet(4, 0.3).await;
-    let gw = Gateway::start(&kv_config(&fleet));
+    let gw = Gateway::start(&kv_events_config(&fleet, ""));
     let c = client::http1();
     eventually("every endpoint subscribed", || {
         (0..4).all(|i| kv_status(&gw, i)["fresh"] == true)
@@ -152,7 +136,7 @@ async fn requests_follow_the_replicas_real_caches_through_loss_and_restarts() {
     assert!(!pick.contains("prefix=1.00"), "stale hit claimed: {pick}");
 
     // A second gateway started now holds the same entries as the first (replayed on connect).
-    let gw2 = Gateway::start(&kv_config(&fleet));
+    let gw2 = Gateway::start(&kv_events_config(&fleet, ""));
     eventually("two gateways hold the same index", || {
         (0..4).all(|i| {
             let (a, b) = (kv_status(&gw, i), kv_status(&gw2, i));

@@ -13,32 +13,16 @@ use std::path::Path;
 use bytes::Bytes;
 use http_body_util::Full;
 use support::client::{self, send, TestClient};
-use support::fleet::{pools, MODEL};
+use support::fleet::{kv_events_config, pools, MODEL};
 use support::{eventually, Gateway, BIN};
 use switchyard_sim::config::KvEventsConfig;
 use switchyard_sim::prompt_tokenizer::PromptTokenizer;
-use switchyard_sim::{start_fleet, Fleet, FleetConfig, ReplicaConfig};
+use switchyard_sim::{start_fleet, FleetConfig, ReplicaConfig};
 
 const TOKENIZER: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../tests/fixtures/smollm2-135m/tokenizer.json"
 );
-
-fn config(fleet: &Fleet, tokenizer: &str) -> String {
-    let endpoints: String = fleet
-        .addresses()
-        .iter()
-        .zip(fleet.kv_event_addresses())
-        .map(|(a, (events, replay))| {
-            format!(
-                "      - {{ address: {a}, kv_events: \"tcp://{events}\", kv_replay: \"tcp://{replay}\" }}\n"
-            )
-        })
-        .collect();
-    format!(
-        "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: false}}\nlisteners:\n  - {{name: public, address: 127.0.0.1:0, trusted_headers: [debug]}}\nroutes:\n  - name: r\n    match: {{path_prefix: /}}\n    pool: p\npools:\n  - name: p\n    endpoints:\n{endpoints}    balancer: {{ kind: inference, scrape_interval: 20ms, kv_events: {{ tokenizer: {tokenizer} }} }}\n"
-    )
-}
 
 fn blocks(gw: &Gateway, i: usize) -> u64 {
     pools(gw)["pools"][0]["endpoints"][i]["inference"]["kv_events"]["blocks"]
@@ -93,11 +77,11 @@ async fn a_models_tokenizer_json_keys_blocks_as_its_engines_do() {
     })
     .await
     .unwrap();
-    let hf = Gateway::start(&config(
+    let hf = Gateway::start(&kv_events_config(
         &fleet,
-        &format!("{{huggingface: \"{TOKENIZER}\"}}"),
+        &format!("tokenizer: {{huggingface: \"{TOKENIZER}\"}}"),
     ));
-    let sim = Gateway::start(&config(&fleet, "sim"));
+    let sim = Gateway::start(&kv_events_config(&fleet, "tokenizer: sim"));
 
     // Digits, punctuation and non-ASCII text, where tokenizers differ most.
     let prompt =

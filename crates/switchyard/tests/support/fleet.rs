@@ -159,3 +159,21 @@ pub fn endpoint_requests(gw: &Gateway) -> Vec<u64> {
         .map(|e| e["requests"].as_u64().unwrap())
         .collect()
 }
+
+/// A gateway config with one `inference` pool over `fleet`, subscribed to each replica's KV
+/// events (`kv_events: {KV}` with `kv` inside the braces), and the debug header trusted.
+pub fn kv_events_config(fleet: &Fleet, kv: &str) -> String {
+    let endpoints: String = fleet
+        .addresses()
+        .iter()
+        .zip(fleet.kv_event_addresses())
+        .map(|(a, (events, replay))| {
+            format!(
+                "      - {{ address: {a}, kv_events: \"tcp://{events}\", kv_replay: \"tcp://{replay}\" }}\n"
+            )
+        })
+        .collect();
+    format!(
+        "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: false}}\nlisteners:\n  - {{name: public, address: 127.0.0.1:0, trusted_headers: [debug]}}\nroutes:\n  - name: r\n    match: {{path_prefix: /}}\n    pool: p\npools:\n  - name: p\n    endpoints:\n{endpoints}    balancer: {{ kind: inference, scrape_interval: 20ms, kv_events: {{{kv}}} }}\n"
+    )
+}
