@@ -208,6 +208,29 @@ impl KvIndex {
         }
     }
 
+    /// The block keys of a completions prompt sent as token ids (`[ids]` or `[[ids]]`), which
+    /// the engine keys as they are, whatever its tokenizer; empty for anything else (text, a
+    /// batch of several prompts).
+    pub fn token_id_keys(&self, body: &[u8]) -> Vec<u64> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Prompt {
+            Ids(Vec<u32>),
+            One([Vec<u32>; 1]),
+            Other(serde::de::IgnoredAny),
+        }
+        #[derive(serde::Deserialize)]
+        struct Completion {
+            prompt: Option<Prompt>,
+        }
+        match serde_json::from_slice::<Completion>(body).map(|c| c.prompt) {
+            Ok(Some(Prompt::Ids(ids) | Prompt::One([ids]))) => {
+                token_block_keys(0, &ids, self.block_size)
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// The engine's block keys of a completions prompt; empty when the tokenizer refuses it.
     pub fn prompt_keys(&self, prompt: &str) -> Vec<u64> {
         self.tokenizer

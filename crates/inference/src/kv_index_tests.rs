@@ -269,3 +269,27 @@ fn chat_keys_come_from_the_models_template_and_only_for_what_it_renders() {
     let sim = KvIndex::new(1, BS, Duration::from_secs(10));
     assert!(sim.chat_keys(body("").as_bytes()).is_empty());
 }
+
+#[test]
+fn token_id_prompts_are_keyed_as_sent() {
+    let idx = KvIndex::new(1, BS, Duration::from_secs(10));
+    let ids: Vec<u32> = (0..40).collect();
+    let want = token_block_keys(0, &ids, BS);
+    assert_eq!(want.len(), 40 / BS);
+    assert_eq!(idx.token_id_keys(br#"{"prompt": [0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,33,34,35,36,37,38,39]}"#), want);
+    let one = format!(
+        r#"{{"prompt": [{}]}}"#,
+        serde_json::to_string(&ids).unwrap()
+    );
+    assert_eq!(idx.token_id_keys(one.as_bytes()), want);
+    for other in [
+        r#"{"prompt": "text"}"#,
+        r#"{"prompt": [[1, 2], [3, 4]]}"#,
+        r#"{"prompt": [-1, 2]}"#,
+        r#"{"prompt": []}"#,
+        r#"{}"#,
+        "not json",
+    ] {
+        assert!(idx.token_id_keys(other.as_bytes()).is_empty(), "{other}");
+    }
+}

@@ -146,6 +146,37 @@ async fn requests_follow_the_replicas_real_caches_through_loss_and_restarts() {
     .await;
 }
 
+/// A prompt sent as token ids is keyed from the ids as sent, with no tokenizer involved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_id_prompts_follow_the_cache_that_holds_them() {
+    let fleet = kv_fleet(2, 0.0).await;
+    let gw = Gateway::start(&kv_events_config(&fleet, ""));
+    let ids: Vec<u32> = (0..200).map(|i| 1000 + i * 7).collect();
+    let c = client::http1();
+    let send_ids = |url: String| {
+        let body = serde_json::json!({"model": MODEL, "prompt": ids, "max_tokens": 2});
+        let req = http::Request::post(url)
+            .header("content-type", "application/json")
+            .header("x-switchyard-debug", "1")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        send(&c, req)
+    };
+    let (status, _, _) = send_ids(direct(fleet.addresses()[1])).await;
+    assert_eq!(status, 200);
+    eventually("the ids' blocks indexed", || {
+        kv_status(&gw, 1)["blocks"].as_u64() >= Some(200 / 16)
+    })
+    .await;
+    let (status, headers, _) = send_ids(gw.url("/v1/completions")).await;
+    assert_eq!(status, 200);
+    let pick = headers["x-switchyard-pick"].to_str().unwrap();
+    assert!(
+        pick.starts_with("1=") && pick.contains("prefix=1.00"),
+        "{pick}"
+    );
+}
+
 const ZMQ_SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../tests/interop/zmq_kv_events.py"

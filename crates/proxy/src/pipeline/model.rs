@@ -103,23 +103,38 @@ pub(crate) async fn parse_openai(
     })
 }
 
-/// A request's prompt keyed as the pool's engines key it, on the blocking pool, when the pool
-/// routes on KV events with a model's tokenizer: a completions prompt tokenized, a chat request
-/// rendered with the model's chat template first (from the body, which the parse above kept
-/// only as text). Tokenizing 2k tokens takes about a millisecond, which would stall every other
-/// request of this worker.
+/// A request's prompt keyed as the pool's engines key it, before the pick, when the pool routes
+/// on KV events: a prompt of token ids as it is (any tokenizer); with a model's tokenizer, a
+/// completions prompt tokenized, and a chat request rendered with the model's chat template
+/// first (from the body, which the parse above kept only as text). A model's tokenizer takes
+/// about a millisecond for 2k tokens, which would stall every other request of this worker, so
+/// that work, and reading a large body's ids, runs on the blocking pool.
 pub(crate) async fn engine_keys(
     to: Routed<'_>,
     mut parsed: InferenceRequest,
     body: &RequestBody,
 ) -> InferenceRequest {
     use switchyard_inference::ApiKind;
-    let kv = to.pool().inference.as_ref().and_then(|p| p.kv_index());
-    let Some(kv) = kv.filter(|kv| kv.costly_keys()).cloned() else {
+    let Some(kv) = to
+        .pool()
+        .inference
+        .as_ref()
+        .and_then(|p| p.kv_index())
+        .cloned()
+    else {
         return parsed;
     };
+    let bytes = || body.buffered().unwrap_or_default();
     let keys = match parsed.kind {
-        ApiKind::Completions if !parsed.prompt.is_empty() => {
+        ApiKind::Completions if parsed.prompt.is_empty() && parsed.prompt_tokens > 0 => {
+            let bytes = bytes();
+            if bytes.len() <= switchyard_inference::INLINE_PARSE_BYTES {
+                parsed.engine_keys = Some(kv.token_id_keys(&bytes));
+                return parsed;
+            }
+            tokio::task::spawn_blocking(move || (None, kv.token_id_keys(&bytes))).await
+        }
+        ApiKind::Completions if kv.costly_keys() && !parsed.prompt.is_empty() => {
             let prompt = std::mem::take(&mut parsed.prompt);
             tokio::task::spawn_blocking(move || {
                 let keys = kv.prompt_keys(&prompt);
@@ -127,8 +142,8 @@ pub(crate) async fn engine_keys(
             })
             .await
         }
-        ApiKind::ChatCompletions => {
-            let bytes = body.buffered().unwrap_or_default();
+        ApiKind::ChatCompletions if kv.costly_keys() => {
+            let bytes = bytes();
             tokio::task::spawn_blocking(move || (None, kv.chat_keys(&bytes))).await
         }
         _ => return parsed,
