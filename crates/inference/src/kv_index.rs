@@ -48,6 +48,24 @@ pub const PENDING_FOR: Duration = Duration::from_secs(10);
 /// Most pending (block, endpoint) entries kept; the oldest go first.
 pub const MAX_PENDING: usize = 1 << 16;
 
+/// The most prompt text keyed with a model's tokenizer: about 32k tokens of English. A model's
+/// tokenizer costs up to ~1 µs a byte (a run of digits is a token each; `benches/kv_index.rs`),
+/// so a prompt of several MiB would hold a blocking thread for seconds; past the bound a prompt
+/// is keyed on its first part, which is where the prefixes it could share are.
+pub const MAX_KEYED_PROMPT_BYTES: usize = 128 << 10;
+
+/// `text` up to [`MAX_KEYED_PROMPT_BYTES`] (at a character boundary), and whether it was cut.
+fn keyed_part(text: &str) -> (&str, bool) {
+    if text.len() <= MAX_KEYED_PROMPT_BYTES {
+        return (text, false);
+    }
+    let mut end = MAX_KEYED_PROMPT_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&text[..end], true)
+}
+
 /// The gateway's key chain over full blocks of `block_size` tokens, seeded by `seed` (0 for the
 /// base model).
 pub fn token_block_keys(seed: u64, tokens: &[u32], block_size: usize) -> Vec<u64> {
@@ -202,8 +220,12 @@ impl KvIndex {
         let Ok(messages) = chat_messages(chat.messages.as_ref()) else {
             return Vec::new();
         };
-        match self.tokenizer.encode_chat(&messages) {
-            Some(Ok(tokens)) => token_block_keys(0, &tokens, self.block_size),
+        match self.tokenizer.render_chat(&messages) {
+            Some(Ok(text)) => {
+                let (text, cut) = keyed_part(&text);
+                let tokens = self.tokenizer.encode_rendered(text).unwrap_or_default();
+                self.keys_of(&tokens, cut)
+            }
             _ => Vec::new(),
         }
     }
@@ -233,10 +255,19 @@ impl KvIndex {
 
     /// The engine's block keys of a completions prompt; empty when the tokenizer refuses it.
     pub fn prompt_keys(&self, prompt: &str) -> Vec<u64> {
-        self.tokenizer
-            .encode(prompt)
-            .map(|tokens| token_block_keys(0, &tokens, self.block_size))
-            .unwrap_or_default()
+        let (text, cut) = keyed_part(prompt);
+        let tokens = self.tokenizer.encode(text).unwrap_or_default();
+        self.keys_of(&tokens, cut)
+    }
+
+    /// Block keys of `tokens`; of a prompt cut by [`keyed_part`], without the last two blocks,
+    /// whose tokens the cut may have changed (BPE merges across it).
+    fn keys_of(&self, tokens: &[u32], cut: bool) -> Vec<u64> {
+        let mut keys = token_block_keys(0, tokens, self.block_size);
+        if cut {
+            keys.truncate(keys.len().saturating_sub(2));
+        }
+        keys
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

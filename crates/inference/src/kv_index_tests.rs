@@ -293,3 +293,26 @@ fn token_id_prompts_are_keyed_as_sent() {
         assert!(idx.token_id_keys(other.as_bytes()).is_empty(), "{other}");
     }
 }
+
+#[test]
+fn long_prompts_are_keyed_on_their_first_part() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/smollm2-135m/tokenizer.json"
+    );
+    let tk = PromptTokenizer::load(std::path::Path::new(path)).unwrap();
+    let idx = KvIndex::new(1, BS, Duration::from_secs(10)).with_tokenizer(tk.clone());
+    // Multi-byte characters across the cut, and text past it that must not matter.
+    let head = "Zürich–Genève timetable line ".repeat(MAX_KEYED_PROMPT_BYTES / 20);
+    let long = format!("{head}{}", "tail text ".repeat(10_000));
+    let keys = idx.prompt_keys(&long);
+    let full = token_block_keys(0, &tk.encode(&long).unwrap(), BS);
+    assert!(keys.len() > 1000 && keys.len() < full.len());
+    assert_eq!(
+        keys[..],
+        full[..keys.len()],
+        "the keyed part's blocks are the prompt's"
+    );
+    let other = format!("{head}{}", "other tail ".repeat(10_000));
+    assert_eq!(idx.prompt_keys(&other), keys);
+}

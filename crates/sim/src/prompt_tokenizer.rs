@@ -86,20 +86,35 @@ impl PromptTokenizer {
     }
 
     /// Token ids of a chat conversation as the engine computes them: the chat template
-    /// rendered, then tokenized without special tokens added (they are in the template).
-    /// `None` when there is no model chat template (the simulator's, or a model without
-    /// `tokenizer_config.json`); an error when the template refuses the conversation.
+    /// rendered ([`Self::render_chat`]), then tokenized without special tokens added (they are
+    /// in the template). `None` when there is no model chat template; an error when the
+    /// template refuses the conversation.
     pub fn encode_chat(&self, messages: &[(String, String)]) -> Option<Result<Vec<u32>, String>> {
+        Some(self.render_chat(messages)?.and_then(|text| {
+            self.encode_rendered(&text)
+                .ok_or_else(|| "tokenizer: the rendered conversation".to_string())
+        }))
+    }
+
+    /// The conversation as the model's chat template renders it; `None` when there is no
+    /// model chat template (the simulator's, or a model without `tokenizer_config.json`).
+    pub fn render_chat(&self, messages: &[(String, String)]) -> Option<Result<String, String>> {
         let Self::HuggingFace(hf) = self else {
             return None;
         };
-        let chat = hf.chat.as_ref()?;
-        Some(chat.render(messages).and_then(|text| {
-            hf.tokenizer
+        Some(hf.chat.as_ref()?.render(messages))
+    }
+
+    /// Token ids of text a chat template rendered: no special tokens added.
+    pub fn encode_rendered(&self, text: &str) -> Option<Vec<u32>> {
+        match self {
+            Self::Sim => Some(crate::tokenizer::tokenize(text)),
+            Self::HuggingFace(hf) => hf
+                .tokenizer
                 .encode_fast(text, false)
-                .map(|e| e.get_ids().to_vec())
-                .map_err(|e| format!("tokenizer: {e}"))
-        }))
+                .ok()
+                .map(|e| e.get_ids().to_vec()),
+        }
     }
 
     /// Token ids of a completions prompt, as the engine computes them; `None` when the
