@@ -30,6 +30,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
         if !this.prefix.is_empty() {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix.split_to(n));
+            if this.prefix.is_empty() {
+                // An empty slice still holds the read buffer it was cut from, for as long as
+                // the connection lives.
+                this.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.inner).poll_read(cx, buf)
