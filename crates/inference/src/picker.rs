@@ -70,6 +70,10 @@ pub struct RequestContext<'a> {
     /// [`crate::kv_index::token_block_keys`] of the prompt's tokens, when the picker has a
     /// [`KvIndex`] and the prompt could be tokenized as the engines do; empty otherwise.
     pub token_blocks: &'a [u64],
+    /// Per endpoint, an oracle's count of the prompt's leading blocks cached there, to score
+    /// in place of the KV-event index's stored blocks ([`crate::prefix_truth`], benchmarks
+    /// only); empty otherwise.
+    pub cached_truth: &'a [Option<usize>],
     /// The LoRA adapter the request needs ([`crate::InferenceRequest::adapter`]).
     pub adapter: Option<&'a str>,
     /// Estimated tokens: prompt plus expected output.
@@ -452,7 +456,7 @@ impl InferencePicker {
         }
         let mut precise = vec![None; n];
         if let (Some(kv), false) = (&self.kv, req.token_blocks.is_empty()) {
-            kv.matched_blocks_all(req.token_blocks, now, &mut precise);
+            kv.matched_blocks_given(req.token_blocks, now, req.cached_truth, &mut precise);
         }
         let share = |m: usize, of: usize| if of == 0 { 0.0 } else { m as f64 / of as f64 };
         matched

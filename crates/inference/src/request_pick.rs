@@ -65,6 +65,20 @@ impl InferencePicker {
         debug: bool,
         slo: Slo,
     ) -> RequestPick {
+        self.pick_request_given(endpoints, req, sheddable, debug, slo, &[])
+    }
+
+    /// [`InferencePicker::pick_request_slo`] scoring each endpoint's cached prefix from
+    /// `cached_truth` where it names one ([`crate::prefix_truth`]: a benchmark's oracle).
+    pub fn pick_request_given(
+        &self,
+        endpoints: &[Endpoint],
+        req: &InferenceRequest,
+        sheddable: bool,
+        debug: bool,
+        slo: Slo,
+        cached_truth: &[Option<usize>],
+    ) -> RequestPick {
         let hashes = req.block_hashes(self.config().block_tokens);
         let est_tokens = req.est_tokens(DEFAULT_EXPECTED_OUTPUT);
         // An explicit `lora` field, else the model itself when the servers' metrics say it is
@@ -74,6 +88,7 @@ impl InferencePicker {
         let cx = RequestContext {
             block_hashes: &hashes,
             token_blocks: &tokens,
+            cached_truth,
             adapter,
             est_tokens,
             prompt_tokens: req.prompt_tokens,

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::FleetConfig;
 use crate::faults::FaultConfig;
+use crate::oracle::FleetTruth;
 use crate::replica::{self, Replica};
 
 /// A running fleet. Dropping it stops the replicas without waiting; [`Fleet::shutdown`] waits.
@@ -62,6 +63,12 @@ pub async fn start_fleet(cfg: FleetConfig) -> anyhow::Result<Fleet> {
                 .with_context(|| format!("replica {i}: cannot serve kv replay on {replay}"))?,
         )));
     }
+    let truth = Arc::new(FleetTruth {
+        replicas: listeners
+            .iter()
+            .map(|l| Ok((l.local_addr()?, Arc::default())))
+            .collect::<std::io::Result<_>>()?,
+    });
     let shutdown = CancellationToken::new();
     let mut replicas = Vec::with_capacity(specs.len());
     let mut tasks = Vec::with_capacity(specs.len());
@@ -71,8 +78,15 @@ pub async fn start_fleet(cfg: FleetConfig) -> anyhow::Result<Fleet> {
         .zip(kv_listeners)
         .enumerate()
     {
-        let (replica, supervisor) =
-            replica::start(i, &cfg.model, spec, listener, kv, shutdown.child_token())?;
+        let (replica, supervisor) = replica::start(
+            i,
+            &cfg.model,
+            spec,
+            listener,
+            kv,
+            truth.clone(),
+            shutdown.child_token(),
+        )?;
         replicas.push(replica);
         tasks.push(tokio::spawn(supervisor));
     }

@@ -28,6 +28,7 @@ pub mod kv_cache;
 mod lora;
 mod metrics;
 mod openai;
+pub mod oracle;
 mod replica;
 mod scheduler;
 mod sse;
