@@ -19,8 +19,9 @@ pub const DEFAULT_EXPECTED_OUTPUT: u32 = 256;
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequestPick {
     pub decision: Decision,
-    /// Tokens recorded as in flight on the chosen endpoint, to release with
-    /// [`InferencePicker::finish`] when the exchange ends.
+    /// Tokens recorded as in flight on the chosen endpoint (its work there: prompt tokens not
+    /// cached there plus expected output), to release with [`InferencePicker::finish`] when
+    /// the exchange ends.
     pub est_tokens: u32,
     /// The request was sheddable and every endpoint saturated, or no endpoint is predicted to
     /// meet its SLO: nothing was recorded; refuse it.
@@ -101,8 +102,10 @@ impl InferencePicker {
         if let (Some(p), Some(o)) = (self.predictor(), decision.slo) {
             p.count_slo(o, shed);
         }
+        // In flight is the request's work where it went: its cached prompt tokens cost nothing.
+        let est_tokens = decision.work_tokens;
         if let Some(i) = decision.index.filter(|_| !shed) {
-            self.record(i, &cx);
+            self.record(i, &RequestContext { est_tokens, ..cx });
         }
         RequestPick {
             decision,
