@@ -49,7 +49,7 @@ def one_request(port, prompt, stats, lock):
 
 def correctness(d, fleet_name, events, rate, seconds, loss, restart_every):
     fleet, addrs, kv = start_kv_fleet(d, fleet_name, loss)
-    gws = [start_gateway(d, 0, addrs, kv, events)]
+    gws = [start_gateway(d, 0, addrs, kv, events, owners=False)]
     stats = {"picks": 0, "false_hits": 0, "believed_hits": 0, "unexplained": 0, "errors": 0, "restarts": 0}
     lock = threading.Lock()
     rng = random.Random(7)
@@ -78,7 +78,7 @@ def correctness(d, fleet_name, events, rate, seconds, loss, restart_every):
             return res
         # A second gateway starts cold: time until its index matches the first one's.
         t0 = time.time()
-        gws.append(start_gateway(d, 1, addrs, kv, True))
+        gws.append(start_gateway(d, 1, addrs, kv, True, owners=False))
         ready = time.time() - t0
         want = [e.get("blocks") for e in kv_blocks(0)]
         while [e.get("blocks") for e in kv_blocks(1)] != want:

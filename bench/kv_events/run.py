@@ -30,7 +30,8 @@ Two parts:
   with the users' histories the distinct prefixes are about twice what the fleet's cache holds,
   so replicas evict (LRU) under every router, and an index that does not follow evictions
   misroutes.
-* `correctness`: one gateway with events; 1% of event messages dropped on the PUB side (replayed
+* `correctness`: one gateway with events (rendezvous owners off, `weights: {prefix_owner: 0}`:
+  their credit for a prefix nobody holds would read as a believed hit); 1% of event messages dropped on the PUB side (replayed
   or, failing that, the endpoint is stale and scored approximately) and a replica restarted
   every few seconds; each reply names the replica that served it (`x-sim-replica`) and the
   cached prompt tokens it found (`usage.prompt_tokens_details.cached_tokens`, the replica's true
