@@ -114,6 +114,10 @@ pub struct BenchArgs {
     /// Extra request header, NAME:VALUE (repeatable).
     #[arg(long = "header", value_name = "NAME:VALUE")]
     pub headers: Vec<String>,
+    /// Before each request, post its body to this simulator URL (`http://HOST:PORT/sim/oracle/cached`)
+    /// and send the answer as `x-switchyard-oracle-cached`: routing on the true cache state.
+    #[arg(long, value_name = "URL")]
+    pub prefix_oracle: Option<http::Uri>,
     /// Run once per level: rate=1,2,4,8 or concurrency=1,8,32.
     #[arg(long)]
     pub sweep: Option<String>,
@@ -237,6 +241,7 @@ impl BenchArgs {
         spec.seed = self.seed;
         spec.max_in_flight = self.max_in_flight;
         spec.headers = headers;
+        spec.prefix_oracle = self.prefix_oracle.clone();
         spec.validate()?;
         Ok(CliPlan {
             spec,

@@ -67,7 +67,12 @@ pub async fn run_load_with_progress(
         .iter()
         .map(|t| t.uri(spec.endpoint))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let oracle = spec.prefix_oracle.clone().map(|uri| {
+        let connect = spec.timeout.min(std::time::Duration::from_secs(10));
+        (client::build_client(false, connect), uri)
+    });
     let run = Arc::new(Run {
+        oracle,
         client: HttpClient::for_spec(&spec)?,
         uris,
         picker: Mutex::new(Picker::new(
@@ -124,6 +129,8 @@ pub async fn run_load_with_progress(
 
 struct Run {
     spec: LoadSpec,
+    /// `--prefix-oracle`: where each request's true cache state is asked for.
+    oracle: Option<(PlainClient, http::Uri)>,
     client: HttpClient,
     uris: Vec<http::Uri>,
     picker: Mutex<Picker>,
@@ -208,7 +215,17 @@ async fn worker(run: Arc<Run>, deadline: Instant) {
 /// Sends one planned request and records it.
 async fn send(run: Arc<Run>, plan: RequestPlan) {
     run.progress.sent.fetch_add(1, Ordering::Relaxed);
-    let m = match build_request(&run, &plan) {
+    let body = client::request_body(
+        run.spec.endpoint,
+        &plan,
+        run.spec.model.as_deref(),
+        run.spec.stream,
+    );
+    let truth = match &run.oracle {
+        Some((c, uri)) => oracle_cached(c, uri, body.clone()).await,
+        None => None,
+    };
+    let m = match build_request(&run, &plan, body, truth) {
         Ok(req) => {
             client::execute(
                 &run.client,
@@ -240,16 +257,41 @@ async fn send(run: Arc<Run>, plan: RequestPlan) {
     }
 }
 
+type PlainClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<bytes::Bytes>,
+>;
+
+/// The simulator's answer to `body` (`ADDRESS=BLOCKS,...`); `None` if it could not be had
+/// (the request is then routed without it, as the gateway ignores a missing header).
+async fn oracle_cached(
+    client: &PlainClient,
+    uri: &http::Uri,
+    body: bytes::Bytes,
+) -> Option<String> {
+    use http_body_util::BodyExt;
+    let req = http::Request::post(uri.clone())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body))
+        .ok()?;
+    let resp = client.request(req).await.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let bytes = http_body_util::Limited::new(resp.into_body(), 64 << 10)
+        .collect()
+        .await
+        .ok()?
+        .to_bytes();
+    String::from_utf8(bytes.to_vec()).ok()
+}
+
 fn build_request(
     run: &Run,
     plan: &RequestPlan,
+    body: bytes::Bytes,
+    truth: Option<String>,
 ) -> Result<http::Request<Full<bytes::Bytes>>, http::Error> {
-    let body = client::request_body(
-        run.spec.endpoint,
-        plan,
-        run.spec.model.as_deref(),
-        run.spec.stream,
-    );
     let accept = if run.spec.stream {
         "text/event-stream"
     } else {
@@ -260,6 +302,9 @@ fn build_request(
         .header(http::header::ACCEPT, accept);
     for (k, v) in run.spec.headers.iter().chain(&plan.headers) {
         b = b.header(k.as_str(), v.as_str());
+    }
+    if let Some(t) = truth {
+        b = b.header("x-switchyard-oracle-cached", t);
     }
     b.body(Full::new(body))
 }

@@ -163,6 +163,11 @@ pub struct LoadSpec {
     pub max_in_flight: usize,
     /// Extra headers on every request (e.g. authorization).
     pub headers: Vec<(String, String)>,
+    /// A simulator's `/sim/oracle/cached` URL: each request's body is posted there first and
+    /// the answer sent along as `x-switchyard-oracle-cached` (a gateway's oracle routing mode,
+    /// for benchmarks; the TTFT clock starts after the lookup).
+    #[serde(skip)]
+    pub prefix_oracle: Option<http::Uri>,
 }
 
 impl LoadSpec {
@@ -190,6 +195,7 @@ impl LoadSpec {
             seed: 0,
             max_in_flight: 10_000,
             headers: Vec::new(),
+            prefix_oracle: None,
         }
     }
 

@@ -358,16 +358,47 @@ impl KvIndex {
     /// For endpoints `0..out.len()`: `Some(matched leading blocks of keys)` where the entries
     /// are fresh, `None` where the caller should fall back.
     pub fn matched_blocks_all(&self, keys: &[u64], now: Instant, out: &mut [Option<usize>]) {
+        self.matched_blocks_given(keys, now, &[], out);
+    }
+
+    /// [`KvIndex::matched_blocks_all`] with the stored blocks of the endpoints that `truth`
+    /// names taken from it (leading blocks cached there, [`crate::prefix_truth`]) instead of
+    /// the events; pending picks count as always.
+    pub fn matched_blocks_given(
+        &self,
+        keys: &[u64],
+        now: Instant,
+        truth: &[Option<usize>],
+        out: &mut [Option<usize>],
+    ) {
         let inner = self.lock();
+        let truth_at = |e: usize| truth.get(e).copied().flatten();
         for (e, o) in out.iter_mut().enumerate() {
-            *o = inner
-                .endpoints
-                .get(e)
-                .filter(|ep| ep.is_fresh(now))
-                .map(|_| 0);
+            *o = match truth_at(e) {
+                Some(_) => Some(0),
+                None => inner
+                    .endpoints
+                    .get(e)
+                    .filter(|ep| ep.is_fresh(now))
+                    .map(|_| 0),
+            };
         }
+        // Without an oracle (every production pick) no endpoint is walked per key for it.
+        let told_upto = if truth.iter().any(Option::is_some) {
+            out.len()
+        } else {
+            0
+        };
         for (i, k) in keys.iter().enumerate() {
-            let stored = inner.blocks.get(k).into_iter().flatten().copied();
+            let told = (0..told_upto).filter(|&e| truth_at(e).is_some_and(|t| t > i));
+            let stored = inner
+                .blocks
+                .get(k)
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|&e| truth_at(e as usize).is_none())
+                .chain(told.map(|e| e as u32));
             let pending = inner
                 .pending
                 .get(k)

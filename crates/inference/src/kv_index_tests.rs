@@ -316,3 +316,31 @@ fn long_prompts_are_keyed_on_their_first_part() {
     let other = format!("{head}{}", "other tail ".repeat(10_000));
     assert_eq!(idx.prompt_keys(&other), keys);
 }
+
+#[test]
+fn an_oracles_truth_replaces_stored_blocks_but_not_pending_picks() {
+    let idx = KvIndex::new(3, BS, Duration::from_secs(10));
+    idx.on_connect(0);
+    idx.on_connect(1);
+    let prompt: Vec<u32> = (0..16).collect();
+    let keys = token_block_keys(0, &prompt, BS);
+    let mut eng = Engine {
+        seed: 5,
+        cached: HashMap::new(),
+    };
+    // The events say endpoint 0 holds all 4 blocks; the truth says 1 (an eviction the index
+    // has not heard of yet). Endpoint 1 holds nothing but has a pending pick of 2 blocks, which
+    // the truth (0 cached) does not erase. Endpoint 2 has no events and no truth: fall back.
+    idx.apply(0, &batch(vec![eng.store(&prompt)]));
+    let t = now();
+    idx.record_pending(1, &keys[..2], t);
+    let mut out = [None; 3];
+    idx.matched_blocks_given(&keys, t, &[], &mut out);
+    assert_eq!(out, [Some(4), Some(2), None]);
+    idx.matched_blocks_given(&keys, t, &[Some(1), Some(0)], &mut out);
+    assert_eq!(out, [Some(1), Some(2), None]);
+    // The truth serves an endpoint whose events are not fresh, and past the pending run.
+    idx.on_disconnect(1);
+    idx.matched_blocks_given(&keys, t, &[Some(1), Some(3), Some(4)], &mut out);
+    assert_eq!(out, [Some(1), Some(3), Some(4)]);
+}

@@ -30,6 +30,7 @@ pub mod predictor;
 mod predictor_fit;
 pub mod prefix_index;
 pub mod prefix_owner;
+pub mod prefix_truth;
 pub mod prom_text;
 mod prompt_walk;
 pub mod request;

@@ -70,6 +70,10 @@ pub struct RequestContext<'a> {
     /// [`crate::kv_index::token_block_keys`] of the prompt's tokens, when the picker has a
     /// [`KvIndex`] and the prompt could be tokenized as the engines do; empty otherwise.
     pub token_blocks: &'a [u64],
+    /// Per endpoint, an oracle's count of the prompt's leading blocks cached there, to score
+    /// in place of the KV-event index's stored blocks ([`crate::prefix_truth`], benchmarks
+    /// only); empty otherwise.
+    pub cached_truth: &'a [Option<usize>],
     /// The LoRA adapter the request needs ([`crate::InferenceRequest::adapter`]).
     pub adapter: Option<&'a str>,
     /// Estimated tokens: prompt plus expected output.
@@ -105,6 +109,10 @@ pub struct Decision {
     pub slo: Option<crate::slo_pick::SloOutcome>,
     /// What the predictor learns from when the response ends ([`InferencePicker::observe`]).
     pub ticket: Option<Ticket>,
+    /// The request's work on the chosen endpoint, in tokens: `est_tokens` less the prompt
+    /// tokens cached there, as far as the picker knows. [`InferencePicker::record`] counts it
+    /// as in flight.
+    pub work_tokens: u32,
 }
 
 /// Number of candidates reported in [`Decision::top`].
@@ -340,6 +348,15 @@ impl InferencePicker {
                 owner = Some(o);
             }
         }
+        // Work per candidate: the prompt tokens cached there are not prefilled again. The
+        // owner's credit is no hit.
+        let hit_share = |i: usize| match owner {
+            Some(o) if o == i => 0.0,
+            _ => prefix_share.get(i).copied().unwrap_or(0.0),
+        };
+        let est = f64::from(req.est_tokens);
+        let cached_max = f64::from(req.prompt_tokens).min(est);
+        let new_tokens: Vec<f64> = (0..n).map(|i| est - hit_share(i) * cached_max).collect();
         let latency: Vec<Option<Duration>> = if cfg.weights.latency > 0.0 {
             endpoints.iter().map(|e| e.state.latency_at(now)).collect()
         } else {
@@ -358,9 +375,10 @@ impl InferencePicker {
             prefix_share: &prefix_share,
             adapter: req.adapter,
             signals: &self.signals,
+            new_tokens: &new_tokens,
             latency: &latency,
             waiting_range: range(&|i| Some(snapshots[i].waiting)),
-            tokens_range: range(&|i| Some(snapshots[i].in_flight_tokens)),
+            tokens_range: range(&|i| Some(snapshots[i].in_flight_tokens + new_tokens[i])),
             latency_range: range(&|i| latency.get(i).copied().flatten().map(|d| d.as_secs_f64())),
         };
 
@@ -390,10 +408,7 @@ impl InferencePicker {
         let (slo, ticket) = match &self.predictor {
             Some(p) => {
                 let features = |i: usize| {
-                    let share = match owner {
-                        Some(o) if o == i => 0.0,
-                        _ => prefix_share.get(i).copied().unwrap_or(0.0),
-                    };
+                    let share = hit_share(i);
                     let prefilling = self.signals.get(i).map_or((0.0, 0.0), |s| s.prefilling());
                     Features::new(
                         f64::from(req.prompt_tokens),
@@ -439,6 +454,7 @@ impl InferencePicker {
             top,
             slo,
             ticket,
+            work_tokens: new_tokens[chosen].round().max(0.0) as u32,
         }
     }
 
@@ -452,7 +468,7 @@ impl InferencePicker {
         }
         let mut precise = vec![None; n];
         if let (Some(kv), false) = (&self.kv, req.token_blocks.is_empty()) {
-            kv.matched_blocks_all(req.token_blocks, now, &mut precise);
+            kv.matched_blocks_given(req.token_blocks, now, req.cached_truth, &mut precise);
         }
         let share = |m: usize, of: usize| if of == 0 { 0.0 } else { m as f64 / of as f64 };
         matched

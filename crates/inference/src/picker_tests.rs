@@ -304,3 +304,100 @@ proptest! {
         }
     }
 }
+
+/// A picker over two endpoints whose signals the test can scrape again.
+fn two_scraped() -> (
+    Vec<Endpoint>,
+    InferencePicker,
+    Vec<Arc<EndpointSignals>>,
+    Instant,
+) {
+    let now = Instant::now();
+    let signals: Vec<_> = (0..2)
+        .map(|_| {
+            let s = Arc::new(EndpointSignals::new());
+            s.apply_scrape(&scraped(0.0, 0.3), now);
+            s
+        })
+        .collect();
+    let picker = InferencePicker::new(
+        PickerConfig::default(),
+        signals.clone(),
+        Arc::new(PrefixIndex::new()),
+    );
+    (endpoints(2), picker, signals, now)
+}
+
+#[test]
+fn in_flight_work_counts_only_tokens_not_cached_where_they_go() {
+    // Both endpoints hold a conversation's system prompt; endpoint 0 also holds the whole
+    // conversation so far and is serving its previous turn. That turn is work of its uncached
+    // tokens only, and the next turn costs little at 0 and a history's prefill at 1: it stays.
+    let (eps, picker, signals, now) = two_scraped();
+    let system = prompt("system").repeat(4);
+    let turn = format!("{system} {}", "history ".repeat(150));
+    let sys_hashes = prompt_block_hashes(&system, 16);
+    let hashes = prompt_block_hashes(&turn, 16);
+    let prompt_tokens = 16 * hashes.len() as u32;
+    let req = RequestContext {
+        block_hashes: &hashes,
+        est_tokens: prompt_tokens + 64,
+        prompt_tokens,
+        debug: true,
+        ..Default::default()
+    };
+    // The previous turn was sent to 0 (where the system prompt was) and is running: the next
+    // scrape shows no queue.
+    picker.prefix_index().record(1, &sys_hashes);
+    picker.prefix_index().record(0, &sys_hashes);
+    let d = picker.pick_at(&eps, &req, now);
+    let whole_prefill = d.work_tokens;
+    picker.record(
+        0,
+        &RequestContext {
+            est_tokens: 64,
+            ..req
+        },
+    );
+    picker.prefix_index().record(0, &hashes);
+    for s in &signals {
+        s.apply_scrape(&scraped(0.0, 0.3), now);
+    }
+    let d = picker.pick_at(&eps, &req, now);
+    assert_eq!(d.work_tokens, 64, "every prompt block cached there");
+    for _ in 0..50 {
+        let d = picker.pick_at(&eps, &req, now);
+        assert_eq!(d.index, Some(0), "{}", InferencePicker::debug_header(&d));
+    }
+    // Had the previous turn been counted whole, endpoint 0 would look a prompt's worth busier
+    // and the conversation would move, to be prefilled again on 1.
+    picker.finish(0, 64);
+    picker.record(
+        0,
+        &RequestContext {
+            est_tokens: prompt_tokens + 64,
+            ..req
+        },
+    );
+    for s in &signals {
+        s.apply_scrape(&scraped(0.0, 0.3), now);
+    }
+    assert!(whole_prefill > 64);
+    let d = picker.pick_at(&eps, &req, now);
+    assert_eq!(d.index, Some(1), "{}", InferencePicker::debug_header(&d));
+    // Real work in flight there still counts: a backlog of uncached prompts moves it.
+    picker.finish(0, prompt_tokens + 64);
+    for _ in 0..4 {
+        picker.record(
+            0,
+            &RequestContext {
+                est_tokens: 4 * prompt_tokens,
+                ..req
+            },
+        );
+    }
+    for s in &signals {
+        s.apply_scrape(&scraped(0.0, 0.3), now);
+    }
+    assert_eq!(picker.pick_at(&eps, &req, now).index, Some(1));
+}

@@ -18,8 +18,9 @@ pub const DEFAULT_EXPECTED_OUTPUT: u32 = 256;
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequestPick {
     pub decision: Decision,
-    /// Tokens recorded as in flight on the chosen endpoint, to release with
-    /// [`InferencePicker::finish`] when the exchange ends.
+    /// Tokens recorded as in flight on the chosen endpoint (its work there: prompt tokens not
+    /// cached there plus expected output), to release with [`InferencePicker::finish`] when
+    /// the exchange ends.
     pub est_tokens: u32,
     /// The request was sheddable and every endpoint saturated, or no endpoint is predicted to
     /// meet its SLO: nothing was recorded; refuse it.
@@ -64,6 +65,20 @@ impl InferencePicker {
         debug: bool,
         slo: Slo,
     ) -> RequestPick {
+        self.pick_request_given(endpoints, req, sheddable, debug, slo, &[])
+    }
+
+    /// [`InferencePicker::pick_request_slo`] scoring each endpoint's cached prefix from
+    /// `cached_truth` where it names one ([`crate::prefix_truth`]: a benchmark's oracle).
+    pub fn pick_request_given(
+        &self,
+        endpoints: &[Endpoint],
+        req: &InferenceRequest,
+        sheddable: bool,
+        debug: bool,
+        slo: Slo,
+        cached_truth: &[Option<usize>],
+    ) -> RequestPick {
         let hashes = req.block_hashes(self.config().block_tokens);
         let est_tokens = req.est_tokens(DEFAULT_EXPECTED_OUTPUT);
         // An explicit `lora` field, else the model itself when the servers' metrics say it is
@@ -73,6 +88,7 @@ impl InferencePicker {
         let cx = RequestContext {
             block_hashes: &hashes,
             token_blocks: &tokens,
+            cached_truth,
             adapter,
             est_tokens,
             prompt_tokens: req.prompt_tokens,
@@ -85,8 +101,10 @@ impl InferencePicker {
         if let (Some(p), Some(o)) = (self.predictor(), decision.slo) {
             p.count_slo(o, shed);
         }
+        // In flight is the request's work where it went: its cached prompt tokens cost nothing.
+        let est_tokens = decision.work_tokens;
         if let Some(i) = decision.index.filter(|_| !shed) {
-            self.record(i, &cx);
+            self.record(i, &RequestContext { est_tokens, ..cx });
         }
         RequestPick {
             decision,

@@ -24,6 +24,9 @@ pub struct ScoreContext<'a> {
     pub adapter: Option<&'a str>,
     /// Per-endpoint signals (LoRA state); shorter than the pool when some have none.
     pub signals: &'a [std::sync::Arc<EndpointSignals>],
+    /// Tokens this request would add to each endpoint's work: its expected output plus the
+    /// prompt tokens not cached there (empty: none counted).
+    pub new_tokens: &'a [f64],
     /// Peak-EWMA latency per endpoint, when known.
     pub latency: &'a [Option<Duration>],
     /// Min and max over the candidates of waiting requests, in-flight tokens and latency (s).
@@ -78,12 +81,21 @@ impl Scorer for KvCacheScorer {
     }
 }
 
-/// Fewer estimated tokens in flight from this gateway is better: it sees a burst before any
-/// scrape does, and weighs a 4k-token prompt above a 40-token one.
+/// Less work in flight from this gateway, this request's included, is better: it sees a burst
+/// before any scrape does, and weighs a 4k-token prompt above a 40-token one. Work is tokens to
+/// compute: a prompt's tokens cached where it is sent cost next to nothing there, so they are
+/// not counted, neither for the requests in flight nor for this one ([`ScoreContext::new_tokens`]).
+/// Counted whole, a replica serving a hot prefix looked busiest exactly because it holds it, and
+/// the load terms moved conversations off it, to be prefilled again elsewhere.
 #[derive(Debug, Clone)]
 pub struct InFlightTokensScorer {
     /// Spread floor in tokens.
     pub floor: f64,
+}
+
+/// Endpoint `e`'s work in flight with the request placed there.
+pub fn work_after(cx: &ScoreContext<'_>, e: usize) -> f64 {
+    cx.snapshots[e].in_flight_tokens + cx.new_tokens.get(e).copied().unwrap_or(0.0)
 }
 
 impl Scorer for InFlightTokensScorer {
@@ -91,11 +103,7 @@ impl Scorer for InFlightTokensScorer {
         "in_flight"
     }
     fn score(&self, cx: &ScoreContext<'_>, e: usize) -> f64 {
-        lower_is_better(
-            cx.snapshots[e].in_flight_tokens,
-            cx.tokens_range,
-            self.floor,
-        )
+        lower_is_better(work_after(cx, e), cx.tokens_range, self.floor)
     }
 }
 
@@ -241,6 +249,7 @@ mod tests {
             prefix_share: &[0.5, 0.0, 1.0],
             adapter: Some("a"),
             signals: &sig,
+            new_tokens: &[],
             latency: &latency,
             waiting_range: (0.0, 20.0),
             tokens_range: (0.0, 8192.0),

@@ -86,6 +86,7 @@ async fn route(inc: &Incarnation, req: Request<Incoming>) -> Response<SimBody> {
             ),
         },
         (Method::GET | Method::POST | Method::DELETE, "/sim/faults") => faults(inc, req).await,
+        (Method::POST, "/sim/oracle/cached") => crate::openai::oracle_cached(inc, req).await,
         (
             _,
             "/v1/chat/completions"
@@ -95,6 +96,7 @@ async fn route(inc: &Incarnation, req: Request<Incoming>) -> Response<SimBody> {
             | "/metrics"
             | "/sim/faults"
             | "/sim/info"
+            | "/sim/oracle/cached"
             | "/reset_prefix_cache",
         ) => error(
             StatusCode::METHOD_NOT_ALLOWED,

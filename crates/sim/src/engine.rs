@@ -44,6 +44,8 @@ pub struct EngineConfig {
     pub adapter_names: Vec<String>,
     /// Where this life's KV-cache events go (`--kv-events`).
     pub kv_events: Option<Arc<Publisher>>,
+    /// Where the cache mirrors what it holds, for `/sim/oracle/cached`.
+    pub truth: Option<Arc<crate::oracle::CacheView>>,
 }
 
 /// What the engine is asked to do.
@@ -95,6 +97,9 @@ async fn run(
     let mut sched = Scheduler::new(cfg.scheduler);
     if cfg.kv_events.is_some() {
         sched.kv_mut().enable_events(fastrand::u64(..));
+    }
+    if let Some(view) = &cfg.truth {
+        sched.kv_mut().mirror_into(view.clone());
     }
     let add = |sched: &mut Scheduler, w: Work| match w {
         Work::Seq(spec) => sched.add(spec),

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::FleetConfig;
 use crate::faults::FaultConfig;
+use crate::oracle::FleetTruth;
 use crate::prompt_tokenizer::PromptTokenizer;
 use crate::replica::{self, Replica};
 
@@ -67,6 +68,12 @@ pub async fn start_fleet(cfg: FleetConfig) -> anyhow::Result<Fleet> {
                 .with_context(|| format!("replica {i}: cannot serve kv replay on {replay}"))?,
         )));
     }
+    let truth = Arc::new(FleetTruth {
+        replicas: listeners
+            .iter()
+            .map(|l| Ok((l.local_addr()?, Arc::default())))
+            .collect::<std::io::Result<_>>()?,
+    });
     let shutdown = CancellationToken::new();
     let mut replicas = Vec::with_capacity(specs.len());
     let mut tasks = Vec::with_capacity(specs.len());
@@ -82,6 +89,7 @@ pub async fn start_fleet(cfg: FleetConfig) -> anyhow::Result<Fleet> {
             spec,
             (listener, kv),
             tokenizer.clone(),
+            truth.clone(),
             shutdown.child_token(),
         )?;
         replicas.push(replica);

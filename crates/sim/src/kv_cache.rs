@@ -14,9 +14,11 @@
 //! is what vLLM reports as `kv_cache_usage_perc`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use switchyard_kv_events::{BlockStored, KvEvent};
 
+use crate::oracle::CacheView;
 use crate::tokenizer::{fnv1a, mix64};
 
 /// Tokens per KV block (vLLM's default on CUDA).
@@ -65,6 +67,10 @@ pub struct KvCache {
     /// This process's hash seed: the names published for blocks are seeded per engine process,
     /// as vLLM's are, so subscribers cannot mistake them for names of their own.
     event_seed: u64,
+    /// Where the findable hashes are mirrored for `/sim/oracle/cached`.
+    view: Option<Arc<CacheView>>,
+    /// Cached blocks evicted so far.
+    evicted: u64,
 }
 
 impl KvCache {
@@ -79,7 +85,18 @@ impl KvCache {
             used: 0,
             events: None,
             event_seed: 0,
+            view: None,
+            evicted: 0,
         }
+    }
+
+    /// Mirrors the findable hashes into `view` from now on (cleared first: a new cache).
+    pub fn mirror_into(&mut self, view: Arc<CacheView>) {
+        view.clear();
+        for &h in self.by_hash.keys() {
+            view.insert(h);
+        }
+        self.view = Some(view);
     }
 
     /// Starts recording cache events, publishing block names seeded with `seed`.
@@ -137,6 +154,11 @@ impl KvCache {
             }));
             run_start = end;
         }
+    }
+
+    /// Cached blocks evicted so far (to make room; a reset is not counted).
+    pub fn evicted(&self) -> u64 {
+        self.evicted
     }
 
     /// Total number of blocks.
@@ -215,6 +237,10 @@ impl KvCache {
         block.lru_tick = None;
         if let Some(h) = block.hash.take() {
             self.by_hash.remove(&h);
+            self.evicted += 1;
+            if let Some(v) = &self.view {
+                v.remove(h);
+            }
             let name = mix64(h ^ self.event_seed);
             if let Some(events) = self.events.as_mut() {
                 match events.last_mut() {
@@ -239,6 +265,9 @@ impl KvCache {
         if let std::collections::hash_map::Entry::Vacant(e) = self.by_hash.entry(hash) {
             e.insert(block);
             self.blocks[block as usize].hash = Some(hash);
+            if let Some(v) = &self.view {
+                v.insert(hash);
+            }
             return true;
         }
         false
@@ -257,6 +286,9 @@ impl KvCache {
             block.hash = None;
         }
         self.by_hash.clear();
+        if let Some(v) = &self.view {
+            v.clear();
+        }
         if let Some(events) = self.events.as_mut() {
             events.push(KvEvent::AllBlocksCleared);
         }

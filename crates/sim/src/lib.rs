@@ -30,6 +30,7 @@ pub mod kv_cache;
 mod lora;
 mod metrics;
 mod openai;
+pub mod oracle;
 pub mod prompt_tokenizer;
 mod replica;
 mod scheduler;

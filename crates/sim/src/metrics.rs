@@ -82,6 +82,8 @@ pub struct EngineMetrics {
     pub generation_tokens: u64,
     /// Requests preempted (recompute) for lack of KV blocks.
     pub preemptions: u64,
+    /// Cached prefix blocks evicted to make room (a simulator counter: vLLM exports none).
+    pub evicted_blocks: u64,
     /// Requests finished, by reason: (length, stop, abort).
     pub finished: [u64; 3],
     /// Time to first token.
@@ -113,6 +115,7 @@ impl Default for EngineMetrics {
             prompt_tokens: 0,
             generation_tokens: 0,
             preemptions: 0,
+            evicted_blocks: 0,
             finished: [0; 3],
             ttft: Histogram::new(TTFT_BUCKETS),
             itl: Histogram::new(ITL_BUCKETS),
@@ -252,6 +255,12 @@ pub fn render(info: &MetricsInfo, m: &EngineMetrics) -> String {
         "counter",
         "Cumulative number of preemption from the engine.",
         m.preemptions.to_string(),
+    );
+    simple(
+        "switchyard_sim_kv_evicted_blocks_total",
+        "counter",
+        "Cached prefix blocks evicted to make room for new ones.",
+        m.evicted_blocks.to_string(),
     );
 
     let _ = write!(

@@ -350,3 +350,37 @@ pub async fn serve(inc: &Incarnation, req: Request<Incoming>, kind: ApiKind) -> 
         }),
     )
 }
+
+/// Largest body `/sim/oracle/cached` reads: a long prompt, not an upload.
+const ORACLE_MAX_BODY: usize = 16 << 20;
+
+/// `POST /sim/oracle/cached` with a completions or chat request body: how many leading blocks
+/// of its prompt every replica of the fleet holds now, as `ADDRESS=BLOCKS,...` (see
+/// [`crate::oracle`]). The prompt is parsed and hashed exactly as serving it would.
+pub async fn oracle_cached(inc: &Incarnation, req: Request<Incoming>) -> Response<SimBody> {
+    let body = match http_body_util::Limited::new(req.into_body(), ORACLE_MAX_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("failed to read body (at most {ORACLE_MAX_BODY} bytes): {e}"),
+                None,
+                None,
+            )
+        }
+    };
+    let kind = match serde_json::from_slice::<Value>(&body) {
+        Ok(v) if v.get("messages").is_some() => ApiKind::Chat,
+        _ => ApiKind::Completion,
+    };
+    let p = match parse(&body, kind, &inc.replica) {
+        Ok(p) => p,
+        Err(resp) => return *resp,
+    };
+    let salt = p.adapter.map_or(0, |a| u64::from(a) + 1);
+    let text = inc.replica.truth.cached(&block_hashes(&p.prompt, salt));
+    crate::api::full(StatusCode::OK, "text/plain", bytes::Bytes::from(text))
+}

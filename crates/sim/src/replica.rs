@@ -22,6 +22,7 @@ use crate::cost_model::Profile;
 use crate::engine::{self, EngineConfig, EngineHandle};
 use crate::faults::FaultConfig;
 use crate::metrics::{EngineMetrics, MetricsInfo};
+use crate::oracle::{CacheView, FleetTruth};
 use crate::scheduler::SchedulerConfig;
 use switchyard_kv_events::{Publisher, PublisherConfig};
 
@@ -58,6 +59,8 @@ pub struct Replica {
     pub kv_events: Option<KvEventSockets>,
     /// How completions prompts become tokens.
     pub tokenizer: PromptTokenizer,
+    /// Every replica's true cache, for `/sim/oracle/cached` (this one's is at `index`).
+    pub truth: Arc<FleetTruth>,
     crash_tx: mpsc::UnboundedSender<Duration>,
 }
 
@@ -65,6 +68,11 @@ impl Replica {
     /// Asks the supervisor to crash this replica for `down`.
     pub fn crash(&self, down: Duration) {
         let _ = self.crash_tx.send(down);
+    }
+
+    /// This replica's entry in [`Replica::truth`].
+    pub fn own_view(&self) -> Option<Arc<CacheView>> {
+        self.truth.replicas.get(self.index).map(|(_, v)| v.clone())
     }
 
     /// The adapter id of `name`, if this replica serves it.
@@ -115,6 +123,7 @@ pub fn start(
         Option<(PublisherConfig, TcpListener, TcpListener)>,
     ),
     tokenizer: PromptTokenizer,
+    truth: Arc<FleetTruth>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Arc<Replica>, impl std::future::Future<Output = ()>)> {
     let (kv_events, kv_listeners) = match kv {
@@ -147,6 +156,7 @@ pub fn start(
         addr: listener.local_addr()?,
         kv_events,
         tokenizer,
+        truth,
         profile,
         max_model_len,
         cfg,
@@ -191,6 +201,7 @@ async fn supervise(
             speed: replica.cfg.speed,
             adapter_names: replica.cfg.lora_adapters.clone(),
             kv_events: kv_publisher.clone(),
+            truth: replica.own_view(),
         };
         let (engine, engine_task) = engine::spawn(
             engine_cfg,
@@ -208,6 +219,10 @@ async fn supervise(
         life.cancel();
         drop(listener);
         let _ = engine_task.await;
+        // The process is gone and its cache with it.
+        if let Some(view) = replica.own_view() {
+            view.clear();
+        }
         let Some(down) = crash else { return };
         tracing::warn!(
             replica = replica.index,

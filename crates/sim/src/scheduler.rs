@@ -354,6 +354,7 @@ impl Scheduler {
         m.running = self.running.len();
         m.waiting = self.waiting.len();
         m.kv_usage = self.kv.usage();
+        m.evicted_blocks = self.kv.evicted();
         if adapter_names.is_empty() {
             return;
         }

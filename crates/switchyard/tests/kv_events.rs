@@ -272,3 +272,85 @@ async fn libzmq_subscribes_to_the_simulator() {
     assert!(lines[1].starts_with("replayed "), "{lines:?}");
     assert_ne!(lines[1], "replayed 0");
 }
+
+async fn complete_told(
+    c: &TestClient,
+    url: &str,
+    prompt: &str,
+    truth: &str,
+) -> (http::HeaderMap, serde_json::Value) {
+    let body = serde_json::json!({"model": MODEL, "prompt": prompt, "max_tokens": 2});
+    let req = http::Request::post(url)
+        .header("content-type", "application/json")
+        .header("x-switchyard-debug", "1")
+        .header("x-switchyard-oracle-cached", truth)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let (status, headers, body) = send(c, req).await;
+    assert_eq!(status, 200, "{body:?}");
+    (headers, serde_json::from_slice(&body).unwrap())
+}
+
+/// A benchmark's oracle: the simulator's true cache state, passed per request, replaces what
+/// the event index holds, on listeners that trust debug headers only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oracles_header_replaces_the_index_on_trusted_listeners_only() {
+    let fleet = kv_fleet(4, 0.0).await;
+    let config = kv_events_config(&fleet, "").replace(
+        "listeners:\n",
+        "listeners:\n  - {name: untrusted, address: 127.0.0.1:0}\n",
+    );
+    let gw = Gateway::start(&config);
+    let c = client::http1();
+    eventually("every endpoint subscribed", || {
+        (0..4).all(|i| kv_status(&gw, i)["fresh"] == true)
+    })
+    .await;
+    let addrs = fleet.addresses();
+    let prompt = "Which platform does the night train to the coast leave from? ".repeat(12);
+    let blocks = switchyard_sim::tokenizer::tokenize(&prompt).len() / 16;
+    complete(&c, &direct(addrs[1]), &prompt).await;
+    eventually("the prompt's blocks indexed on replica 1", || {
+        kv_status(&gw, 1)["blocks"].as_u64().unwrap() >= blocks as u64
+    })
+    .await;
+
+    // An oracle that says replica 1 lost it and replica 3 has it wins over the index.
+    let told = format!("{}=0,{}={blocks}", addrs[1], addrs[3]);
+    let (headers, _) = complete_told(&c, &gw.url("/v1/completions"), &prompt, &told).await;
+    let pick = headers["x-switchyard-pick"].to_str().unwrap();
+    assert!(pick.starts_with("3="), "{pick}");
+    assert!(pick.contains("prefix=1.00"), "{pick}");
+
+    // The simulator's own answer: replicas 1 (warmed directly) and 3 (just served it) hold it.
+    let req = http::Request::post(format!("http://{}/sim/oracle/cached", addrs[0]))
+        .body(Full::new(Bytes::from(
+            serde_json::json!({"model": MODEL, "prompt": prompt}).to_string(),
+        )))
+        .unwrap();
+    let (status, _, truth) = send(&c, req).await;
+    assert_eq!(status, 200);
+    let truth = String::from_utf8(truth.to_vec()).unwrap();
+    let want = format!(
+        "{}=0,{}={blocks},{}=0,{}={blocks}",
+        addrs[0], addrs[1], addrs[2], addrs[3]
+    );
+    assert_eq!(truth, want);
+    let (headers, _) = complete_told(&c, &gw.url("/v1/completions"), &prompt, &truth).await;
+    let pick = headers["x-switchyard-pick"].to_str().unwrap();
+    assert!(pick.starts_with("1=") || pick.starts_with("3="), "{pick}");
+
+    // From a client the listener does not trust, the header is ignored: the index decides.
+    let untrusted = format!("http://{}/v1/completions", gw.listeners["untrusted"]);
+    // (Honoured, this would send it to cold replica 0.)
+    let lie = format!("{}={blocks},{}=0,{}=0", addrs[0], addrs[1], addrs[3]);
+    let (_, body) = complete_told(&c, &untrusted, &prompt, &lie).await;
+    let cached = body["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        cached >= 16 * (blocks as u64 - 1),
+        "served from a warm cache: {body}"
+    );
+    fleet.shutdown().await;
+}

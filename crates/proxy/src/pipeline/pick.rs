@@ -27,6 +27,7 @@ pub fn first_pick(
     to: Routed<'_>,
     parsed: Option<&InferenceRequest>,
     priority: Priority,
+    headers: &http::HeaderMap,
 ) -> Result<FirstPick, Reject> {
     let (Some(picker), Some(parsed)) = (to.pool().inference.as_ref(), parsed) else {
         return Ok(FirstPick::default());
@@ -38,12 +39,18 @@ pub fn first_pick(
     let debug = debug_header
         || rx.finish.trace().is_some_and(RequestSpan::recording)
         || rx.finish.explains_pick();
-    let pick = picker.pick_request_slo(
+    // A benchmark's oracle (`x-switchyard-oracle-cached`), from trusted clients only.
+    let truth = match rx.conn.trust.debug {
+        true => oracle_truth(to, headers),
+        false => Vec::new(),
+    };
+    let pick = picker.pick_request_given(
         &to.pool().endpoints,
         parsed,
         priority == Priority::Sheddable,
         debug,
         rx.scan.slo.or(to.route.slo),
+        &truth,
     );
     if pick.shed {
         let error = if pick.slo_shed() {
@@ -78,4 +85,19 @@ pub fn first_pick(
         }
     }
     Ok(first)
+}
+
+fn oracle_truth(to: Routed<'_>, headers: &http::HeaderMap) -> Vec<Option<usize>> {
+    use switchyard_inference::prefix_truth;
+    let Some(value) = headers.get(prefix_truth::ORACLE_CACHED_HEADER) else {
+        return Vec::new();
+    };
+    let addresses: Vec<_> = to.pool().endpoints.iter().map(|e| e.address()).collect();
+    prefix_truth::parse(value.as_bytes(), &addresses).unwrap_or_else(|e| {
+        tracing::debug!(
+            error = e,
+            "ignoring a malformed x-switchyard-oracle-cached header"
+        );
+        Vec::new()
+    })
 }
