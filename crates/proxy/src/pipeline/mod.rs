@@ -51,12 +51,26 @@ pub use target::normalize_path;
 
 use crate::body::ResponseBody;
 use crate::gateway::{Gateway, GatewayHandle};
+use exchange::Routed;
 
 /// Serve one request. Never fails: every problem becomes a gateway response.
-pub async fn handle(
+///
+/// The request goes into a box before the future exists: an async fn keeps room for its
+/// arguments in every state of its future, so a by-value request head (264 bytes) would be held
+/// twice at every level for as long as the upstream takes to answer (issue 19).
+pub fn handle<'a>(
+    handle: &'a GatewayHandle,
+    cx: &'a ConnContext,
+    req: ClientRequest,
+    downstream: Downstream,
+) -> impl std::future::Future<Output = Response<ResponseBody>> + 'a {
+    serve(handle, cx, Box::new(req), downstream)
+}
+
+async fn serve(
     handle: &GatewayHandle,
     cx: &ConnContext,
-    req: ClientRequest,
+    req: Box<ClientRequest>,
     downstream: Downstream,
 ) -> Response<ResponseBody> {
     // The request keeps the generation it started on to the end, whatever reloads happen.
@@ -69,13 +83,61 @@ pub async fn handle(
     }
 }
 
-/// The stages, in order.
+/// The stages, in order: everything up to the first pick, then the attempts and the response.
 async fn forward(
     gateway: &Gateway,
     rx: &mut Exchange<'_>,
-    mut req: ClientRequest,
+    req: Box<ClientRequest>,
     downstream: Downstream,
 ) -> Result<Response<ResponseBody>, Stop> {
+    let Prepared {
+        to,
+        mut head,
+        body,
+        mut admitted,
+        first,
+        head_class,
+        request_headers,
+    } = prepare(gateway, rx, req).await?;
+    let answer = attempts::run(
+        rx,
+        to,
+        &mut head,
+        body,
+        first.index,
+        &mut admitted,
+        head_class,
+    )
+    .await?;
+    let added = response::Added {
+        upgrade: head.upgrade.map(|(_, client_side)| client_side),
+        pick_debug: first.debug_header,
+        request_headers,
+    };
+    Ok(response::stream_back(
+        gateway, rx, to, answer, added, downstream,
+    ))
+}
+
+/// A request admitted, its first endpoint picked: what the attempts need. A stage of its own so
+/// that what only the earlier stages hold (the client's request, the parsed body, the body
+/// reads) is gone from the future while the upstream answers, which for a token stream is the
+/// whole time before its first byte (issue 19: memory per stream).
+struct Prepared<'g> {
+    to: Routed<'g>,
+    head: request_rewrite::UpstreamHead,
+    body: crate::body::RequestBody,
+    admitted: admit::Admitted,
+    first: pick::FirstPick,
+    head_class: (switchyard_balance::head_latency::HeadClass, u32),
+    request_headers: Option<Box<http::HeaderMap>>,
+}
+
+async fn prepare<'g>(
+    gateway: &'g Gateway,
+    rx: &mut Exchange<'_>,
+    mut req: Box<ClientRequest>,
+) -> Result<Prepared<'g>, Stop> {
     let shape = shape::check(rx, &req)?;
     target::check(rx, &mut req)?;
     let (pre_read, model) = if gateway.needs_model {
@@ -90,7 +152,7 @@ async fn forward(
     {
         rx.load_report = Some(crate::capacity::load_report(to.pool()));
     }
-    let (mut head, body) = request_rewrite::rewrite(rx, to, req, pre_read);
+    let (mut head, body) = request_rewrite::rewrite(rx, to, *req, pre_read);
     // Bodies the gateway reads are read (bounded in size and time) before admission, so a slow
     // upload never holds a slot a ready request could use.
     let upgrade = head.upgrade.is_some();
@@ -118,7 +180,7 @@ async fn forward(
         ))
         .await?;
     }
-    let mut admitted = admit::admit(rx, to, &head.parts.headers).await?;
+    let admitted = admit::admit(rx, to, &head.parts.headers).await?;
     let priority = admit::priority(rx, to);
     let first = pick::first_pick(rx, to, parsed.as_ref(), priority, &head.parts.headers)?;
     // A whole completion's head comes with its last token: its wait is judged per token.
@@ -137,22 +199,13 @@ async fn forward(
         .as_deref()
         .filter(|f| f.response_reads_request())
         .map(|_| Box::new(head.parts.headers.clone()));
-    let answer = attempts::run(
-        rx,
+    Ok(Prepared {
         to,
-        &mut head,
+        head,
         body,
-        first.index,
-        &mut admitted,
+        admitted,
+        first,
         head_class,
-    )
-    .await?;
-    let added = response::Added {
-        upgrade: head.upgrade.map(|(_, client_side)| client_side),
-        pick_debug: first.debug_header,
         request_headers,
-    };
-    Ok(response::stream_back(
-        gateway, rx, to, answer, added, downstream,
-    ))
+    })
 }
