@@ -400,6 +400,7 @@ impl InferencePicker {
                         share,
                         &snapshots[i],
                         prefilling,
+                        p.backlog_ms(i, now),
                     )
                 };
                 let (slo, predicted) =
@@ -523,8 +524,11 @@ impl InferencePicker {
     /// The request recorded on `endpoint` with `prompt_tokens` got its first byte, or ended
     /// without one (pools with a predictor count prefills; see [`InferencePicker::record`]).
     pub fn prefilled(&self, endpoint: usize, prompt_tokens: u32) {
-        if let (Some(s), true) = (self.signals.get(endpoint), self.predictor.is_some()) {
+        if let (Some(s), Some(p)) = (self.signals.get(endpoint), &self.predictor) {
             s.on_prefilled(prompt_tokens);
+            if s.prefilling().0 == 0.0 {
+                p.on_drained(endpoint);
+            }
         }
     }
 

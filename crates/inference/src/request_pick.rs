@@ -88,6 +88,9 @@ impl InferencePicker {
         }
         if let Some(i) = decision.index.filter(|_| !shed) {
             self.record(i, &cx);
+            if let (Some(p), Some(t)) = (self.predictor(), &decision.ticket) {
+                p.on_sent(i, &t.features, std::time::Instant::now());
+            }
         }
         RequestPick {
             decision,
