@@ -529,6 +529,9 @@ impl InferencePicker {
             if s.prefilling().0 == 0.0 {
                 p.on_drained(endpoint);
             }
+            if let Some(q) = p.queue() {
+                q.kick();
+            }
         }
     }
 
@@ -536,6 +539,9 @@ impl InferencePicker {
     pub fn finish(&self, endpoint: usize, est_tokens: u32) {
         if let Some(s) = self.signals.get(endpoint) {
             s.on_finish(est_tokens);
+        }
+        if let Some(q) = self.predictor.as_ref().and_then(|p| p.queue()) {
+            q.kick();
         }
     }
 

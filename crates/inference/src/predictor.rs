@@ -85,6 +85,8 @@ pub struct PredictorConfig {
     pub default_slo: Slo,
     /// Which feasible endpoint an SLO pick takes.
     pub selection: Selection,
+    /// Hold requests no endpoint is predicted to serve in time ([`crate::slo_queue`]).
+    pub queue: Option<crate::slo_queue::QueueConfig>,
 }
 
 /// How a feasible candidate is chosen ([`crate::slo_pick`]).
@@ -107,6 +109,7 @@ impl Default for PredictorConfig {
             explore: 0.02,
             default_slo: Slo::default(),
             selection: Selection::LowestLatency,
+            queue: None,
         }
     }
 }
@@ -334,6 +337,7 @@ pub struct LatencyPredictor {
     /// nanoseconds since `epoch` (0: drained).
     drain_at: Vec<AtomicU64>,
     epoch: Instant,
+    queue: Option<crate::slo_queue::SloQueue>,
 }
 
 impl LatencyPredictor {
@@ -350,14 +354,20 @@ impl LatencyPredictor {
             scale: vec![1.0; endpoints],
         };
         Self {
-            config,
             endpoints,
             model: ArcSwapOption::empty(),
             window: Mutex::new(window),
             metrics,
             drain_at: (0..endpoints).map(|_| AtomicU64::new(0)).collect(),
             epoch: Instant::now(),
+            queue: config.queue.map(crate::slo_queue::SloQueue::new),
+            config,
         }
+    }
+
+    /// The pool's SLO queue, when configured.
+    pub fn queue(&self) -> Option<&crate::slo_queue::SloQueue> {
+        self.queue.as_ref()
     }
 
     fn nanos(&self, now: Instant) -> u64 {

@@ -4,6 +4,8 @@
 //! seeded the hashes with the model only; one estimated output with a bare 256), so the same
 //! request could score differently behind Envoy than through the gateway.
 
+use std::time::Instant;
+
 use switchyard_balance::Endpoint;
 
 use crate::kv_index::token_block_keys;
@@ -67,8 +69,6 @@ impl InferencePicker {
     ) -> RequestPick {
         let hashes = req.block_hashes(self.config().block_tokens);
         let est_tokens = req.est_tokens(DEFAULT_EXPECTED_OUTPUT);
-        // An explicit `lora` field, else the model itself when the servers' metrics say it is
-        // an adapter (vLLM serves adapters under their own model names).
         let adapter = req.adapter(|m| !self.is_adapter(m));
         let tokens = self.token_blocks(req, adapter.is_some());
         let cx = RequestContext {
@@ -81,13 +81,85 @@ impl InferencePicker {
             debug,
         };
         let decision = self.pick(endpoints, &cx);
+        self.settle(decision, &cx, sheddable)
+    }
+
+    /// [`InferencePicker::pick_request_slo`], holding a request that is not sheddable at the
+    /// gateway while no endpoint is predicted to meet its SLO, when the pool's predictor has a
+    /// queue ([`crate::slo_queue`]). `rank` is its priority (0 most urgent).
+    pub async fn pick_request_queued(
+        &self,
+        endpoints: &[Endpoint],
+        req: &InferenceRequest,
+        (sheddable, rank): (bool, usize),
+        debug: bool,
+        slo: Slo,
+    ) -> RequestPick {
+        let queue = self.predictor().and_then(|p| Some((p, p.queue()?)));
+        let Some((predictor, queue)) = queue.filter(|_| !sheddable) else {
+            return self.pick_request_slo(endpoints, req, sheddable, debug, slo);
+        };
+        let slo = slo.or(predictor.config().default_slo);
+        let hashes = req.block_hashes(self.config().block_tokens);
+        let est_tokens = req.est_tokens(DEFAULT_EXPECTED_OUTPUT);
+        // An explicit `lora` field, else the model itself when the servers' metrics say it is
+        // an adapter (vLLM serves adapters under their own model names).
+        let adapter = req.adapter(|m| !self.is_adapter(m));
+        let tokens = self.token_blocks(req, adapter.is_some());
+        let mut cx = RequestContext {
+            block_hashes: &hashes,
+            token_blocks: &tokens,
+            adapter,
+            est_tokens,
+            prompt_tokens: req.prompt_tokens,
+            slo,
+            debug,
+        };
+        let first = self.pick(endpoints, &cx);
+        if first.slo != Some(SloOutcome::Infeasible) {
+            return self.settle(first, &cx, false);
+        }
+        let Some(place) = queue.enter(rank) else {
+            return self.settle(first, &cx, false);
+        };
+        let start = Instant::now();
+        let max_wait = queue.config().max_wait;
+        loop {
+            let waited = start.elapsed();
+            if waited >= max_wait {
+                // Held long enough: the least violating endpoint, as without a queue.
+                let decision = self.pick(endpoints, &cx);
+                return self.settle(decision, &cx, false);
+            }
+            let left = slo
+                .ttft_ms
+                .map(|t| t - waited.as_secs_f64() * 1000.0)
+                .filter(|&t| t > 0.0);
+            // With its budget spent, a request waits for room a fresh one would find in time.
+            cx.slo = Slo {
+                ttft_ms: left.or(slo.ttft_ms),
+                tpot_ms: slo.tpot_ms,
+            };
+            let ask = || {
+                let d = self.pick(endpoints, &cx);
+                (d.slo != Some(SloOutcome::Infeasible)).then_some(d)
+            };
+            if let Some(decision) = place.ask_or_wait(max_wait - waited, ask).await {
+                return self.settle(decision, &cx, false);
+            }
+        }
+    }
+
+    /// Record a decision (unless it is shed) and count its SLO outcome.
+    fn settle(&self, decision: Decision, cx: &RequestContext<'_>, sheddable: bool) -> RequestPick {
+        let est_tokens = cx.est_tokens;
         let infeasible = decision.slo == Some(SloOutcome::Infeasible);
         let shed = (decision.saturated || infeasible) && sheddable;
         if let (Some(p), Some(o)) = (self.predictor(), decision.slo) {
             p.count_slo(o, shed);
         }
         if let Some(i) = decision.index.filter(|_| !shed) {
-            self.record(i, &cx);
+            self.record(i, cx);
             if let (Some(p), Some(t)) = (self.predictor(), &decision.ticket) {
                 p.on_sent(i, &t.features, std::time::Instant::now());
             }

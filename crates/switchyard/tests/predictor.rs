@@ -2,7 +2,8 @@
 //! learns their TTFT from its own streamed responses, exports its prediction error, sheds a
 //! sheddable request whose SLO no replica can meet (429 `slo_unattainable`), sends a standard
 //! one anyway, and ignores a malformed SLO header; a route's `slo` applies to requests that send
-//! none.
+//! none; with `predictor.queue`, such a standard request is held (bounded in time and number)
+//! instead.
 
 mod support;
 
@@ -149,4 +150,67 @@ async fn a_routes_slo_applies_to_requests_without_one() {
     let (status, pick, body) = stream(&c, &gw, &[sheddable, ("x-slo-ttft-ms", "60000")]).await;
     assert_eq!(status, 200, "{body}");
     assert!(!pick.contains("slo=infeasible"), "{pick}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_holds_infeasible_requests_within_its_bounds() {
+    let fleet = fleet().await;
+    let pool = "    balancer: {kind: inference, scrape_interval: 20ms, predictor: {min_samples: 16, refit_every: 4, queue: {max_wait: 400ms, max_queued: 1}}}\n";
+    let gw = std::sync::Arc::new(Gateway::start(&config(&fleet.addresses(), "", pool)));
+    let c = client::http1();
+    let mut warm = false;
+    for _ in 0..400 {
+        let (status, pick, body) = stream(&c, &gw, &[]).await;
+        assert_eq!(status, 200, "{body}");
+        if pick.contains("predicted(ttft_ms=") {
+            warm = true;
+            break;
+        }
+    }
+    assert!(warm, "the predictor never warmed up");
+
+    // 1 ms to first token is out of reach: a standard request is held (the gauge says so)
+    // for max_wait, then sent where the violation is predicted smallest.
+    let held = {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let c = client::http1();
+            let start = std::time::Instant::now();
+            let r = stream(&c, &gw, &[("x-slo-ttft-ms", "1")]).await;
+            (r, start.elapsed())
+        })
+    };
+    eventually("a request held", || {
+        gw.metric("switchyard_slo_queued{pool=\"p\"}") == 1.0
+    })
+    .await;
+    // The queue holds one: the next goes at once, to the least violating endpoint.
+    let (status, pick, body) = stream(&c, &gw, &[("x-slo-ttft-ms", "1")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(pick.contains("slo=infeasible"), "{pick}");
+    let ((status, pick, body), waited) = held.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(pick.contains("slo=infeasible"), "{pick}");
+    assert!(
+        waited >= std::time::Duration::from_millis(400),
+        "{waited:?}"
+    );
+    eventually("the queue empty", || {
+        gw.metric("switchyard_slo_queued{pool=\"p\"}") == 0.0
+    })
+    .await;
+    // A sheddable request is refused, not held.
+    let sheddable = [
+        ("x-slo-ttft-ms", "1"),
+        ("x-switchyard-priority", "sheddable"),
+    ];
+    let (status, _, body) = stream(&c, &gw, &sheddable).await;
+    assert_eq!(status, 429, "{body}");
+    // A generous SLO is not held.
+    let (status, pick, _) = stream(&c, &gw, &[("x-slo-ttft-ms", "60000")]).await;
+    assert_eq!(status, 200);
+    assert!(
+        pick.contains("slo=met") || pick.contains("slo=explored"),
+        "{pick}"
+    );
 }

@@ -119,7 +119,7 @@ async fn forward(
     }
     let mut admitted = admit::admit(rx, to, &head.parts.headers).await?;
     let priority = admit::priority(rx, to);
-    let first = pick::first_pick(rx, to, parsed.as_ref(), priority)?;
+    let first = pick::first_pick(rx, to, parsed.as_ref(), priority).await?;
     // A whole completion's head comes with its last token: its wait is judged per token.
     let head_class = switchyard_balance::head_latency::HeadClass::of(
         parsed
