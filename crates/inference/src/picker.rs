@@ -535,6 +535,18 @@ impl InferencePicker {
         }
     }
 
+    /// Whether some endpoint has no prefill work from the gateway ahead: nothing it was sent
+    /// awaits a first byte, and no predicted backlog (pools with a predictor; else false).
+    pub fn prefill_idle(&self, now: Instant) -> bool {
+        let Some(p) = &self.predictor else {
+            return false;
+        };
+        self.signals
+            .iter()
+            .enumerate()
+            .any(|(i, s)| s.prefilling().0 == 0.0 && p.backlog_ms(i, now) == 0.0)
+    }
+
     /// The request recorded on `endpoint` with `est_tokens` finished (or failed).
     pub fn finish(&self, endpoint: usize, est_tokens: u32) {
         if let Some(s) = self.signals.get(endpoint) {

@@ -10,7 +10,7 @@ use switchyard_balance::Endpoint;
 
 use crate::kv_index::token_block_keys;
 use crate::picker::{Decision, InferencePicker, RequestContext};
-use crate::predictor::Slo;
+use crate::predictor::{Prediction, Slo};
 use crate::request::{ApiKind, InferenceRequest};
 use crate::slo_pick::SloOutcome;
 
@@ -131,18 +131,31 @@ impl InferencePicker {
                 let decision = self.pick(endpoints, &cx);
                 return self.settle(decision, &cx, false);
             }
-            let left = slo
-                .ttft_ms
-                .map(|t| t - waited.as_secs_f64() * 1000.0)
-                .filter(|&t| t > 0.0);
-            // With its budget spent, a request waits for room a fresh one would find in time.
             cx.slo = Slo {
-                ttft_ms: left.or(slo.ttft_ms),
+                ttft_ms: slo.ttft_ms.map(|t| t - waited.as_secs_f64() * 1000.0),
                 tpot_ms: slo.tpot_ms,
             };
             let ask = || {
                 let d = self.pick(endpoints, &cx);
-                (d.slo != Some(SloOutcome::Infeasible)).then_some(d)
+                if d.slo != Some(SloOutcome::Infeasible) {
+                    return Some(d);
+                }
+                // A request that can no longer make its SLO (what is left of it is less than its
+                // predicted TTFT on the best endpoint were it idle) is late wherever it goes: it
+                // waits until some endpoint has no prefill work ahead, so that it delays no
+                // request that can still be served in time.
+                let doomed = match (cx.slo.ttft_ms, d.ticket, predictor.model()) {
+                    (Some(left), Some(t), Some(m)) => {
+                        left < m
+                            .margined(Prediction {
+                                ttft_ms: m.idle_ttft_ms(t.endpoint, &t.features),
+                                tpot_ms: 0.0,
+                            })
+                            .ttft_ms
+                    }
+                    _ => false,
+                };
+                (doomed && self.prefill_idle(Instant::now())).then_some(d)
             };
             if let Some(decision) = place.ask_or_wait(max_wait - waited, ask).await {
                 return self.settle(decision, &cx, false);
