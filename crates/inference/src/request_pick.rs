@@ -10,7 +10,7 @@ use switchyard_balance::Endpoint;
 
 use crate::kv_index::token_block_keys;
 use crate::picker::{Decision, InferencePicker, RequestContext};
-use crate::predictor::{Prediction, Slo};
+use crate::predictor::Slo;
 use crate::request::{ApiKind, InferenceRequest};
 use crate::slo_pick::SloOutcome;
 
@@ -132,7 +132,10 @@ impl InferencePicker {
                 return self.settle(decision, &cx, false);
             }
             cx.slo = Slo {
-                ttft_ms: slo.ttft_ms.map(|t| t - waited.as_secs_f64() * 1000.0),
+                // Never zero or less: with no budget left nothing is feasible.
+                ttft_ms: slo
+                    .ttft_ms
+                    .map(|t| (t - waited.as_secs_f64() * 1000.0).max(1e-3)),
                 tpot_ms: slo.tpot_ms,
             };
             let ask = || {
@@ -141,17 +144,12 @@ impl InferencePicker {
                     return Some(d);
                 }
                 // A request that can no longer make its SLO (what is left of it is less than its
-                // predicted TTFT on the best endpoint were it idle) is late wherever it goes: it
+                // mean predicted TTFT on the least violating endpoint were it idle) is late wherever it goes: it
                 // waits until some endpoint has no prefill work ahead, so that it delays no
                 // request that can still be served in time.
                 let doomed = match (cx.slo.ttft_ms, d.ticket, predictor.model()) {
                     (Some(left), Some(t), Some(m)) => {
-                        left < m
-                            .margined(Prediction {
-                                ttft_ms: m.idle_ttft_ms(t.endpoint, &t.features),
-                                tpot_ms: 0.0,
-                            })
-                            .ttft_ms
+                        left < m.idle_ttft_ms(t.endpoint, &t.features)
                     }
                     _ => false,
                 };

@@ -12,7 +12,7 @@ use http_body_util::Full;
 use support::client::{self, send, TestClient};
 use support::fleet::{config, MODEL};
 use support::{eventually, Gateway};
-use switchyard_sim::{start_fleet, Fleet, FleetConfig, ReplicaConfig};
+use switchyard_sim::{start_fleet, FaultConfig, Fleet, FleetConfig, ReplicaConfig};
 
 async fn fleet() -> Fleet {
     start_fleet(FleetConfig {
@@ -169,8 +169,37 @@ async fn the_queue_holds_infeasible_requests_within_its_bounds() {
     }
     assert!(warm, "the predictor never warmed up");
 
-    // 1 ms to first token is out of reach: a standard request is held (the gauge says so)
-    // for max_wait, then sent where the violation is predicted smallest.
+    // Every replica stops answering, and requests it never answers keep each one busy with
+    // prefill work from the gateway's view: no endpoint is idle.
+    for i in 0..3 {
+        fleet
+            .set_faults(
+                i,
+                FaultConfig {
+                    hang: true,
+                    ..FaultConfig::default()
+                },
+            )
+            .unwrap();
+    }
+    let picks = || -> f64 {
+        let (_, text) = gw.admin_get("/metrics");
+        text.lines()
+            .filter(|l| l.starts_with("switchyard_upstream_picks_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let before = picks();
+    let blockers: Vec<_> = (0..6)
+        .map(|_| {
+            let gw = gw.clone();
+            tokio::spawn(async move { stream(&client::http1(), &gw, &[]).await })
+        })
+        .collect();
+    eventually("the blockers sent", || picks() >= before + 6.0).await;
+    // 1 ms to first token is out of reach anywhere: a standard request that can no longer make
+    // its SLO is held (the gauge says so) while no endpoint is idle, then, after max_wait, sent
+    // where the violation is predicted smallest.
     let held = {
         let gw = gw.clone();
         tokio::spawn(async move {
@@ -184,6 +213,9 @@ async fn the_queue_holds_infeasible_requests_within_its_bounds() {
         gw.metric("switchyard_slo_queued{pool=\"p\"}") == 1.0
     })
     .await;
+    for i in 0..3 {
+        fleet.set_faults(i, FaultConfig::default()).unwrap();
+    }
     // The queue holds one: the next goes at once, to the least violating endpoint.
     let (status, pick, body) = stream(&c, &gw, &[("x-slo-ttft-ms", "1")]).await;
     assert_eq!(status, 200, "{body}");
@@ -195,6 +227,9 @@ async fn the_queue_holds_infeasible_requests_within_its_bounds() {
         waited >= std::time::Duration::from_millis(400),
         "{waited:?}"
     );
+    for b in blockers {
+        b.abort();
+    }
     eventually("the queue empty", || {
         gw.metric("switchyard_slo_queued{pool=\"p\"}") == 0.0
     })
