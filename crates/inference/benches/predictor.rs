@@ -63,7 +63,13 @@ fn setup() -> (Vec<Endpoint>, InferencePicker) {
         let mut snap = snap;
         snap.waiting = f64::from(fastrand::u32(0..10));
         let prompt = f64::from(fastrand::u32(100..3000));
-        let x = Features::new(prompt, 0.0, &snap, (snap.waiting, snap.waiting * 1000.0));
+        let x = Features::new(
+            prompt,
+            0.0,
+            &snap,
+            (snap.waiting, snap.waiting * 1000.0),
+            0.0,
+        );
         let slow = if e == 15 { 2.0 } else { 1.0 };
         let ticket = Ticket {
             endpoint: e,

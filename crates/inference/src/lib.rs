@@ -39,6 +39,7 @@ pub mod scorer;
 pub mod scrape;
 pub mod signals;
 pub mod slo_pick;
+pub mod slo_queue;
 pub mod usage;
 
 pub use kv_index::KvIndex;

@@ -415,6 +415,7 @@ impl InferencePicker {
                         share,
                         &snapshots[i],
                         prefilling,
+                        p.backlog_ms(i, now),
                     )
                 };
                 let (slo, predicted) =
@@ -539,9 +540,27 @@ impl InferencePicker {
     /// The request recorded on `endpoint` with `prompt_tokens` got its first byte, or ended
     /// without one (pools with a predictor count prefills; see [`InferencePicker::record`]).
     pub fn prefilled(&self, endpoint: usize, prompt_tokens: u32) {
-        if let (Some(s), true) = (self.signals.get(endpoint), self.predictor.is_some()) {
+        if let (Some(s), Some(p)) = (self.signals.get(endpoint), &self.predictor) {
             s.on_prefilled(prompt_tokens);
+            if s.prefilling().0 == 0.0 {
+                p.on_drained(endpoint);
+            }
+            if let Some(q) = p.queue() {
+                q.kick();
+            }
         }
+    }
+
+    /// Whether some endpoint has no prefill work from the gateway ahead: nothing it was sent
+    /// awaits a first byte, and no predicted backlog (pools with a predictor; else false).
+    pub fn prefill_idle(&self, now: Instant) -> bool {
+        let Some(p) = &self.predictor else {
+            return false;
+        };
+        self.signals
+            .iter()
+            .enumerate()
+            .any(|(i, s)| s.prefilling().0 == 0.0 && p.backlog_ms(i, now) == 0.0)
     }
 
     /// The request recorded on `endpoint` with `est_tokens` finished (or failed).
@@ -549,37 +568,9 @@ impl InferencePicker {
         if let Some(s) = self.signals.get(endpoint) {
             s.on_finish(est_tokens);
         }
-    }
-
-    /// A debug header value for a decision: `idx=score(part=score,...);...`.
-    pub fn debug_header(decision: &Decision) -> String {
-        let mut out = String::new();
-        if decision.saturated {
-            out.push_str("saturated;");
+        if let Some(q) = self.predictor.as_ref().and_then(|p| p.queue()) {
+            q.kick();
         }
-        if let Some(o) = decision.slo {
-            out.push_str(&format!("slo={};", o.name()));
-        }
-        if let Some(p) = decision.ticket.and_then(|t| t.predicted) {
-            out.push_str(&format!(
-                "predicted(ttft_ms={:.1},tpot_ms={:.2});",
-                p.ttft_ms, p.tpot_ms
-            ));
-        }
-        for (k, s) in decision.top.iter().enumerate() {
-            if k > 0 {
-                out.push(';');
-            }
-            out.push_str(&format!("{}={:.3}(", s.index, s.score));
-            for (j, (name, v)) in s.parts.iter().enumerate() {
-                if j > 0 {
-                    out.push(',');
-                }
-                out.push_str(&format!("{name}={v:.2}"));
-            }
-            out.push(')');
-        }
-        out
     }
 }
 

@@ -33,7 +33,7 @@ fn trained(streams: bool, n: usize) -> LatencyPredictor {
     let mut rng = fastrand::Rng::with_seed(3);
     for _ in 0..n {
         let (e, prompt, share, s) = random_case(&mut rng);
-        let x = Features::new(prompt, share, &s, (0.0, 0.0));
+        let x = Features::new(prompt, share, &s, (0.0, 0.0), 0.0);
         let (ttft, tpot) = truth(e, prompt, share, &s);
         let ticket = Ticket {
             endpoint: e,
@@ -65,7 +65,7 @@ fn mape(p: &LatencyPredictor) -> (f64, f64) {
     for _ in 0..500 {
         let (e, prompt, share, s) = random_case(&mut rng);
         let (ttft, tpot) = truth(e, prompt, share, &s);
-        let got = m.predict(e, &Features::new(prompt, share, &s, (0.0, 0.0)));
+        let got = m.predict(e, &Features::new(prompt, share, &s, (0.0, 0.0), 0.0));
         et += (got.ttft_ms - ttft).abs() / ttft;
         ep += (got.tpot_ms - tpot).abs() / tpot;
     }
@@ -110,7 +110,7 @@ fn buckets_keep_rare_load_levels() {
     let p = LatencyPredictor::new(PredictorConfig::default(), 1, PredictorMetrics::default());
     let observe = |waiting: f64| {
         let s = snapshot(waiting, 4.0, 0.2, 0.0);
-        let x = Features::new(500.0, 0.0, &s, (0.0, 0.0));
+        let x = Features::new(500.0, 0.0, &s, (0.0, 0.0), 0.0);
         let (ttft, tpot) = truth(0, 500.0, 0.0, &s);
         let t = Ticket {
             endpoint: 0,
@@ -147,7 +147,7 @@ fn buckets_keep_rare_load_levels() {
     let s = snapshot(40.0, 4.0, 0.2, 0.0);
     let (want, _) = truth(0, 500.0, 0.0, &s);
     let got = m
-        .predict(0, &Features::new(500.0, 0.0, &s, (0.0, 0.0)))
+        .predict(0, &Features::new(500.0, 0.0, &s, (0.0, 0.0), 0.0))
         .ttft_ms;
     assert!((got - want).abs() / want < 0.05, "{got} vs {want}");
 }
@@ -162,7 +162,7 @@ fn margin_covers_noise_at_the_quantile() {
     let mut rng = fastrand::Rng::with_seed(5);
     for _ in 0..3000 {
         let s = snapshot(f64::from(rng.u32(0..8)), 8.0, 0.3, 0.0);
-        let x = Features::new(800.0, 0.0, &s, (0.0, 0.0));
+        let x = Features::new(800.0, 0.0, &s, (0.0, 0.0), 0.0);
         let (ttft, tpot) = truth(0, 800.0, 0.0, &s);
         // ±20% uniform noise.
         let noise = 0.8 + 0.4 * rng.f64();
@@ -237,4 +237,32 @@ fn insane_measurements_and_unknown_endpoints_are_ignored() {
         },
     );
     assert_eq!(p.samples(), 0);
+}
+
+#[test]
+fn backlog_queues_sends_drains_with_time_and_resets_when_nothing_prefills() {
+    let p = trained(true, 400);
+    let t0 = Instant::now();
+    // Cold endpoints and unknown ones have none.
+    assert_eq!(p.backlog_ms(1, t0), 0.0);
+    assert_eq!(p.backlog_ms(99, t0), 0.0);
+    let idle = snapshot(0.0, 0.0, 0.1, 0.0);
+    let x = Features::new(1000.0, 0.0, &idle, (0.0, 0.0), 0.0);
+    let one = p.model().unwrap().idle_ttft_ms(1, &x);
+    // Truth: 20 + 80 ms for 1,000 uncached tokens on an idle endpoint.
+    assert!((one - 100.0).abs() < 10.0, "{one}");
+    p.on_sent(1, &x, t0);
+    p.on_sent(1, &x, t0);
+    let b = p.backlog_ms(1, t0);
+    assert!((b - 2.0 * one).abs() < 1e-3, "{b} vs 2 x {one}");
+    // Time drains it; a send after it drained starts from then, not from the old deadline.
+    let later = t0 + std::time::Duration::from_secs_f64(b / 1000.0 + 1.0);
+    assert_eq!(p.backlog_ms(1, later), 0.0);
+    p.on_sent(1, &x, later);
+    assert!((p.backlog_ms(1, later) - one).abs() < 1e-3);
+    // The slow endpoint's work counts double; a drained endpoint has none.
+    p.on_sent(3, &x, t0);
+    assert!(p.backlog_ms(3, t0) > 1.5 * one, "{}", p.backlog_ms(3, t0));
+    p.on_drained(3);
+    assert_eq!(p.backlog_ms(3, t0), 0.0);
 }

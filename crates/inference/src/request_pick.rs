@@ -4,6 +4,8 @@
 //! seeded the hashes with the model only; one estimated output with a bare 256), so the same
 //! request could score differently behind Envoy than through the gateway.
 
+use std::time::Instant;
+
 use switchyard_balance::Endpoint;
 
 use crate::picker::{Decision, InferencePicker, RequestContext};
@@ -81,8 +83,6 @@ impl InferencePicker {
     ) -> RequestPick {
         let hashes = req.block_hashes(self.config().block_tokens);
         let est_tokens = req.est_tokens(DEFAULT_EXPECTED_OUTPUT);
-        // An explicit `lora` field, else the model itself when the servers' metrics say it is
-        // an adapter (vLLM serves adapters under their own model names).
         let adapter = req.adapter(|m| !self.is_adapter(m));
         let tokens = self.token_blocks(req, adapter.is_some());
         let cx = RequestContext {
@@ -96,6 +96,90 @@ impl InferencePicker {
             debug,
         };
         let decision = self.pick(endpoints, &cx);
+        self.settle(decision, &cx, sheddable)
+    }
+
+    /// [`InferencePicker::pick_request_slo`], holding a request that is not sheddable at the
+    /// gateway while no endpoint is predicted to meet its SLO, when the pool's predictor has a
+    /// queue ([`crate::slo_queue`]). `rank` is its priority (0 most urgent).
+    pub async fn pick_request_queued(
+        &self,
+        endpoints: &[Endpoint],
+        req: &InferenceRequest,
+        (sheddable, rank): (bool, usize),
+        debug: bool,
+        slo: Slo,
+        cached_truth: &[Option<usize>],
+    ) -> RequestPick {
+        let queue = self.predictor().and_then(|p| Some((p, p.queue()?)));
+        let Some((predictor, queue)) = queue.filter(|_| !sheddable) else {
+            return self.pick_request_given(endpoints, req, sheddable, debug, slo, cached_truth);
+        };
+        let slo = slo.or(predictor.config().default_slo);
+        let hashes = req.block_hashes(self.config().block_tokens);
+        let est_tokens = req.est_tokens(DEFAULT_EXPECTED_OUTPUT);
+        // An explicit `lora` field, else the model itself when the servers' metrics say it is
+        // an adapter (vLLM serves adapters under their own model names).
+        let adapter = req.adapter(|m| !self.is_adapter(m));
+        let tokens = self.token_blocks(req, adapter.is_some());
+        let mut cx = RequestContext {
+            block_hashes: &hashes,
+            token_blocks: &tokens,
+            cached_truth,
+            adapter,
+            est_tokens,
+            prompt_tokens: req.prompt_tokens,
+            slo,
+            debug,
+        };
+        let first = self.pick(endpoints, &cx);
+        if first.slo != Some(SloOutcome::Infeasible) {
+            return self.settle(first, &cx, false);
+        }
+        let Some(place) = queue.enter(rank) else {
+            return self.settle(first, &cx, false);
+        };
+        let start = Instant::now();
+        let max_wait = queue.config().max_wait;
+        loop {
+            let waited = start.elapsed();
+            if waited >= max_wait {
+                // Held long enough: the least violating endpoint, as without a queue.
+                let decision = self.pick(endpoints, &cx);
+                return self.settle(decision, &cx, false);
+            }
+            cx.slo = Slo {
+                // Never zero or less: with no budget left nothing is feasible.
+                ttft_ms: slo
+                    .ttft_ms
+                    .map(|t| (t - waited.as_secs_f64() * 1000.0).max(1e-3)),
+                tpot_ms: slo.tpot_ms,
+            };
+            let ask = || {
+                let d = self.pick(endpoints, &cx);
+                if d.slo != Some(SloOutcome::Infeasible) {
+                    return Some(d);
+                }
+                // A request that can no longer make its SLO (what is left of it is less than its
+                // mean predicted TTFT on the least violating endpoint were it idle) is late wherever it goes: it
+                // waits until some endpoint has no prefill work ahead, so that it delays no
+                // request that can still be served in time.
+                let doomed = match (cx.slo.ttft_ms, d.ticket, predictor.model()) {
+                    (Some(left), Some(t), Some(m)) => {
+                        left < m.idle_ttft_ms(t.endpoint, &t.features)
+                    }
+                    _ => false,
+                };
+                (doomed && self.prefill_idle(Instant::now())).then_some(d)
+            };
+            if let Some(decision) = place.ask_or_wait(max_wait - waited, ask).await {
+                return self.settle(decision, &cx, false);
+            }
+        }
+    }
+
+    /// Record a decision (unless it is shed) and count its SLO outcome.
+    fn settle(&self, decision: Decision, cx: &RequestContext<'_>, sheddable: bool) -> RequestPick {
         let infeasible = decision.slo == Some(SloOutcome::Infeasible);
         let shed = (decision.saturated || infeasible) && sheddable;
         if let (Some(p), Some(o)) = (self.predictor(), decision.slo) {
@@ -104,7 +188,10 @@ impl InferencePicker {
         // In flight is the request's work where it went: its cached prompt tokens cost nothing.
         let est_tokens = decision.work_tokens;
         if let Some(i) = decision.index.filter(|_| !shed) {
-            self.record(i, &RequestContext { est_tokens, ..cx });
+            self.record(i, &RequestContext { est_tokens, ..*cx });
+            if let (Some(p), Some(t)) = (self.predictor(), &decision.ticket) {
+                p.on_sent(i, &t.features, std::time::Instant::now());
+            }
         }
         RequestPick {
             decision,
@@ -127,5 +214,35 @@ impl InferencePicker {
             (None, ApiKind::Completions) if !req.prompt.is_empty() => kv.prompt_keys(&req.prompt),
             _ => Vec::new(),
         }
+    }
+    /// A debug header value for a decision: `idx=score(part=score,...);...`.
+    pub fn debug_header(decision: &Decision) -> String {
+        let mut out = String::new();
+        if decision.saturated {
+            out.push_str("saturated;");
+        }
+        if let Some(o) = decision.slo {
+            out.push_str(&format!("slo={};", o.name()));
+        }
+        if let Some(p) = decision.ticket.and_then(|t| t.predicted) {
+            out.push_str(&format!(
+                "predicted(ttft_ms={:.1},tpot_ms={:.2});",
+                p.ttft_ms, p.tpot_ms
+            ));
+        }
+        for (k, s) in decision.top.iter().enumerate() {
+            if k > 0 {
+                out.push(';');
+            }
+            out.push_str(&format!("{}={:.3}(", s.index, s.score));
+            for (j, (name, v)) in s.parts.iter().enumerate() {
+                if j > 0 {
+                    out.push(',');
+                }
+                out.push_str(&format!("{name}={v:.2}"));
+            }
+            out.push(')');
+        }
+        out
     }
 }

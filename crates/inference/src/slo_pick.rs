@@ -203,7 +203,7 @@ mod tests {
             num_gpu_blocks: 0,
             fresh: true,
         };
-        Features::new(0.0, 0.0, &s, (0.0, 0.0))
+        Features::new(0.0, 0.0, &s, (0.0, 0.0), 0.0)
     }
 
     const NO_EXPLORE: (f64, f64, u32) = (0.0, 1.0, 0);

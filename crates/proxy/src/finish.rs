@@ -81,6 +81,9 @@ struct InferencePick {
     prefilled: bool,
     /// What the latency predictor learns from, when the pool has one.
     ticket: Option<switchyard_inference::Ticket>,
+    /// When the pick was made: what the predictor predicted is measured from here, not from
+    /// the request's arrival (a request held in the SLO queue waited before it).
+    picked_at: Instant,
     first_chunk: Option<Instant>,
     output_tokens: Option<u64>,
 }
@@ -246,6 +249,7 @@ impl Finish {
             prompt_tokens,
             prefilled: false,
             ticket,
+            picked_at: Instant::now(),
             first_chunk: None,
             output_tokens: None,
         }));
@@ -349,7 +353,7 @@ impl Drop for Finish {
                 i.picker.prefilled(i.index, i.prompt_tokens);
             }
             if (200..300).contains(&self.status) && self.error.is_none() {
-                i.observe(self.start, self.start.elapsed());
+                i.observe(i.picked_at, i.picked_at.elapsed());
             }
         }
         if !self.charges.is_empty() {

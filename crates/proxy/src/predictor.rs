@@ -31,6 +31,12 @@ pub fn build(
             ConfigSelection::LeastHeadroom => Selection::LeastHeadroom,
             ConfigSelection::LowestLatency => Selection::LowestLatency,
         },
+        queue: spec
+            .queue
+            .map(|q| switchyard_inference::slo_queue::QueueConfig {
+                max_wait: q.max_wait,
+                max_queued: q.max_queued as usize,
+            }),
     };
     let m = &metrics.predictor;
     let labels = PoolLabels {
@@ -52,7 +58,8 @@ pub fn build(
     Arc::new(LatencyPredictor::new(config, endpoints, handles))
 }
 
-/// Gauges read rather than counted: the rolling TTFT MAPE and the window's size.
+/// Gauges read rather than counted: the rolling TTFT MAPE, the window's size and the
+/// requests held in the SLO queue.
 pub fn refresh_gauges(p: &LatencyPredictor, metrics: &Metrics, labels: &PoolLabels) {
     let m = &metrics.predictor;
     if let Some(mape) = p.ttft_mape() {
@@ -61,4 +68,9 @@ pub fn refresh_gauges(p: &LatencyPredictor, metrics: &Metrics, labels: &PoolLabe
     m.samples
         .get_or_create(labels)
         .set(i64::try_from(p.samples()).unwrap_or(i64::MAX));
+    if let Some(q) = p.queue() {
+        m.slo_queued
+            .get_or_create(labels)
+            .set(i64::try_from(q.held()).unwrap_or(i64::MAX));
+    }
 }

@@ -30,7 +30,14 @@ fn envoy_bin() -> String {
 }
 
 /// Envoy's config: its listener and admin API on ports the OS picks (read back once it runs).
-fn envoy_config(epp: SocketAddr) -> String {
+/// With `responses`, the filter streams each response's headers and body to the picker too (what
+/// its latency predictor learns from).
+fn envoy_config(epp: SocketAddr, responses: bool) -> String {
+    let (headers, body) = if responses {
+        ("SEND", "STREAMED")
+    } else {
+        ("SKIP", "NONE")
+    };
     format!(
         r#"admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}}}
 static_resources:
@@ -58,9 +65,9 @@ static_resources:
               message_timeout: 5s
               processing_mode:
                 request_header_mode: SEND
-                response_header_mode: SKIP
+                response_header_mode: {headers}
                 request_body_mode: BUFFERED
-                response_body_mode: NONE
+                response_body_mode: {body}
                 request_trailer_mode: SKIP
                 response_trailer_mode: SKIP
           - name: envoy.filters.http.router
@@ -75,50 +82,23 @@ static_resources:
         explicit_http_config: {{http2_protocol_options: {{}}}}
     load_assignment:
       cluster_name: epp
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}}}]}}]
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]
   - name: original_dst
     type: ORIGINAL_DST
     lb_policy: CLUSTER_PROVIDED
     connect_timeout: 1s
     original_dst_lb_config: {{use_http_header: true, http_header_name: x-gateway-destination-endpoint}}
 "#,
-        epp.port()
+        port = epp.port()
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn envoy_routes_where_the_endpoint_picker_says() {
-    let fleet = start_fleet(FleetConfig {
-        model: MODEL.into(),
-        base_port: 0,
-        replicas: vec![ReplicaConfig {
-            count: 3,
-            speed: 50.0,
-            ..ReplicaConfig::default()
-        }],
-        ..FleetConfig::default()
-    })
-    .await
-    .unwrap();
-    let eps: Vec<String> = fleet.addresses().iter().map(|a| a.to_string()).collect();
-    let dir = tempfile::tempdir().unwrap();
-    let receiver = otlp::Receiver::grpc();
-    let config = dir.path().join("epp.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "pools:\n  - name: llama\n    balancer: {{kind: inference, scrape_interval: 20ms}}\n    endpoints: [{}]\ntracing:\n  otlp: {{endpoint: 'http://{}'}}\n  batch: {{scheduled_delay: 20ms}}\n",
-            eps.join(", "),
-            receiver.addr
-        ),
-    )
-    .unwrap();
-    let (_epp, epp_addr) = support::start_epp(&config, &[]);
-
-    let envoy_yaml = dir.path().join("envoy.yaml");
-    std::fs::write(&envoy_yaml, envoy_config(epp_addr)).unwrap();
-    let admin_path = dir.path().join("envoy-admin-address");
-    let _envoy = Kill(
+/// A running Envoy asking the picker at `epp`, and its listener's port.
+async fn start_envoy(dir: &std::path::Path, epp: SocketAddr, responses: bool) -> (Kill, u64) {
+    let envoy_yaml = dir.join("envoy.yaml");
+    std::fs::write(&envoy_yaml, envoy_config(epp, responses)).unwrap();
+    let admin_path = dir.join("envoy-admin-address");
+    let envoy = Kill(
         Command::new(envoy_bin())
             .args([
                 "--disable-hot-restart",
@@ -157,6 +137,40 @@ async fn envoy_routes_where_the_endpoint_picker_says() {
     let listen = listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
         .as_u64()
         .unwrap_or_else(|| panic!("no listener port in {listeners}"));
+    (envoy, listen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_routes_where_the_endpoint_picker_says() {
+    let fleet = start_fleet(FleetConfig {
+        model: MODEL.into(),
+        base_port: 0,
+        replicas: vec![ReplicaConfig {
+            count: 3,
+            speed: 50.0,
+            ..ReplicaConfig::default()
+        }],
+        ..FleetConfig::default()
+    })
+    .await
+    .unwrap();
+    let eps: Vec<String> = fleet.addresses().iter().map(|a| a.to_string()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = otlp::Receiver::grpc();
+    let config = dir.path().join("epp.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "pools:\n  - name: llama\n    balancer: {{kind: inference, scrape_interval: 20ms}}\n    endpoints: [{}]\ntracing:\n  otlp: {{endpoint: 'http://{}'}}\n  batch: {{scheduled_delay: 20ms}}\n",
+            eps.join(", "),
+            receiver.addr
+        ),
+    )
+    .unwrap();
+    let (_epp, epp_addr) = support::start_epp(&config, &[]);
+
+    let (_envoy, listen) = start_envoy(dir.path(), epp_addr, false).await;
+    let c = client::http1();
 
     // The same long system prompt every time: the picker keeps it on one replica.
     let system = "You route trains through a busy switchyard and answer briefly. ".repeat(40);
@@ -211,4 +225,78 @@ async fn envoy_routes_where_the_endpoint_picker_says() {
         .unwrap();
     let (status, _, body) = send(&c, req).await;
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+}
+
+/// The picker never carries a response, but Envoy streams each one to it when asked: a pool
+/// with a `predictor` learns TTFT and TPOT from those messages, as the gateway does from its own
+/// responses, until its picks carry predictions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_predictor_learns_from_the_responses_envoy_streams_to_the_picker() {
+    let fleet = start_fleet(FleetConfig {
+        model: MODEL.into(),
+        base_port: 0,
+        replicas: vec![ReplicaConfig {
+            count: 2,
+            ..ReplicaConfig::default()
+        }],
+        ..FleetConfig::default()
+    })
+    .await
+    .unwrap();
+    let eps: Vec<String> = fleet.addresses().iter().map(|a| a.to_string()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = otlp::Receiver::grpc();
+    let config = dir.path().join("epp.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "pools:\n  - name: llama\n    balancer: {{kind: inference, scrape_interval: 20ms, predictor: {{min_samples: 16, refit_every: 4}}}}\n    endpoints: [{}]\ntracing:\n  otlp: {{endpoint: 'http://{}'}}\n  batch: {{scheduled_delay: 20ms}}\n",
+            eps.join(", "),
+            receiver.addr
+        ),
+    )
+    .unwrap();
+    let (_epp, epp_addr) = support::start_epp(&config, &[]);
+    let (_envoy, listen) = start_envoy(dir.path(), epp_addr, true).await;
+    let c = client::http1();
+    let ask = |trace: String, stream: bool| {
+        let body = serde_json::json!({
+            "model": MODEL, "max_tokens": 4, "stream": stream,
+            "messages": [{"role": "user", "content": "Which platform for the 7:15 to York?"}]
+        });
+        http::Request::post(format!("http://127.0.0.1:{listen}/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .header("traceparent", trace)
+            .header("x-slo-ttft-ms", "60000")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    };
+    // 24 responses, streamed and whole: past min_samples, so the model is fitted by the end of
+    // the last one's stream (Envoy passes the last chunk on only after the picker's reply).
+    for i in 0..24 {
+        let trace = format!("00-{TRACE}-00f067aa0ba902{i:02x}-00");
+        let (status, _, body) = send(&c, ask(trace, i % 3 != 0)).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    // The next pick (sampled, so it explains itself) predicts, and decides by the SLO.
+    let warm = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let (status, _, _) = send(&c, ask(format!("00-{warm}-00f067aa0ba902b7-01"), true)).await;
+    assert_eq!(status, 200);
+    let spans = receiver.wait_trace(warm, 1);
+    let explanation = spans[0]
+        .attributes
+        .iter()
+        .find(|kv| kv.key == "switchyard.pick.explanation")
+        .and_then(
+            |kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(otlp::Value::StringValue(e)) => Some(e.clone()),
+                _ => None,
+            },
+        )
+        .unwrap_or_default();
+    assert!(explanation.contains("predicted(ttft_ms="), "{explanation}");
+    assert!(
+        explanation.contains("slo=met") || explanation.contains("slo=explored"),
+        "{explanation}"
+    );
 }

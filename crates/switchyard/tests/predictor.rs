@@ -2,7 +2,8 @@
 //! learns their TTFT from its own streamed responses, exports its prediction error, sheds a
 //! sheddable request whose SLO no replica can meet (429 `slo_unattainable`), sends a standard
 //! one anyway, and ignores a malformed SLO header; a route's `slo` applies to requests that send
-//! none.
+//! none; with `predictor.queue`, such a standard request is held (bounded in time and number)
+//! instead.
 
 mod support;
 
@@ -11,7 +12,7 @@ use http_body_util::Full;
 use support::client::{self, send, TestClient};
 use support::fleet::{config, MODEL};
 use support::{eventually, Gateway};
-use switchyard_sim::{start_fleet, Fleet, FleetConfig, ReplicaConfig};
+use switchyard_sim::{start_fleet, FaultConfig, Fleet, FleetConfig, ReplicaConfig};
 
 async fn fleet() -> Fleet {
     start_fleet(FleetConfig {
@@ -149,4 +150,102 @@ async fn a_routes_slo_applies_to_requests_without_one() {
     let (status, pick, body) = stream(&c, &gw, &[sheddable, ("x-slo-ttft-ms", "60000")]).await;
     assert_eq!(status, 200, "{body}");
     assert!(!pick.contains("slo=infeasible"), "{pick}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_holds_infeasible_requests_within_its_bounds() {
+    let fleet = fleet().await;
+    let pool = "    balancer: {kind: inference, scrape_interval: 20ms, predictor: {min_samples: 16, refit_every: 4, queue: {max_wait: 400ms, max_queued: 1}}}\n";
+    let gw = std::sync::Arc::new(Gateway::start(&config(&fleet.addresses(), "", pool)));
+    let c = client::http1();
+    let mut warm = false;
+    for _ in 0..400 {
+        let (status, pick, body) = stream(&c, &gw, &[]).await;
+        assert_eq!(status, 200, "{body}");
+        if pick.contains("predicted(ttft_ms=") {
+            warm = true;
+            break;
+        }
+    }
+    assert!(warm, "the predictor never warmed up");
+
+    // Every replica stops answering, and requests it never answers keep each one busy with
+    // prefill work from the gateway's view: no endpoint is idle.
+    for i in 0..3 {
+        fleet
+            .set_faults(
+                i,
+                FaultConfig {
+                    hang: true,
+                    ..FaultConfig::default()
+                },
+            )
+            .unwrap();
+    }
+    let picks = || -> f64 {
+        let (_, text) = gw.admin_get("/metrics");
+        text.lines()
+            .filter(|l| l.starts_with("switchyard_upstream_picks_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let before = picks();
+    let blockers: Vec<_> = (0..6)
+        .map(|_| {
+            let gw = gw.clone();
+            tokio::spawn(async move { stream(&client::http1(), &gw, &[]).await })
+        })
+        .collect();
+    eventually("the blockers sent", || picks() >= before + 6.0).await;
+    // 1 ms to first token is out of reach anywhere: a standard request that can no longer make
+    // its SLO is held (the gauge says so) while no endpoint is idle, then, after max_wait, sent
+    // where the violation is predicted smallest.
+    let held = {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let c = client::http1();
+            let start = std::time::Instant::now();
+            let r = stream(&c, &gw, &[("x-slo-ttft-ms", "1")]).await;
+            (r, start.elapsed())
+        })
+    };
+    eventually("a request held", || {
+        gw.metric("switchyard_slo_queued{pool=\"p\"}") == 1.0
+    })
+    .await;
+    for i in 0..3 {
+        fleet.set_faults(i, FaultConfig::default()).unwrap();
+    }
+    // The queue holds one: the next goes at once, to the least violating endpoint.
+    let (status, pick, body) = stream(&c, &gw, &[("x-slo-ttft-ms", "1")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(pick.contains("slo=infeasible"), "{pick}");
+    let ((status, pick, body), waited) = held.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(pick.contains("slo=infeasible"), "{pick}");
+    assert!(
+        waited >= std::time::Duration::from_millis(400),
+        "{waited:?}"
+    );
+    for b in blockers {
+        b.abort();
+    }
+    eventually("the queue empty", || {
+        gw.metric("switchyard_slo_queued{pool=\"p\"}") == 0.0
+    })
+    .await;
+    // A sheddable request is refused, not held.
+    let sheddable = [
+        ("x-slo-ttft-ms", "1"),
+        ("x-switchyard-priority", "sheddable"),
+    ];
+    let (status, _, body) = stream(&c, &gw, &sheddable).await;
+    assert_eq!(status, 429, "{body}");
+    // A generous SLO is not held.
+    let (status, pick, _) = stream(&c, &gw, &[("x-slo-ttft-ms", "60000")]).await;
+    assert_eq!(status, 200);
+    assert!(
+        pick.contains("slo=met") || pick.contains("slo=explored"),
+        "{pick}"
+    );
 }

@@ -3,7 +3,8 @@
 //! `switchyard epp` uses ([`switchyard_inference::InferencePicker::pick_request`]). Other pools
 //! pick in the attempt loop; retries always do. With a `predictor`, a request's latency SLO
 //! (`x-slo-ttft-ms`, `x-slo-tpot-ms`) decides the pick, and a sheddable one no endpoint can
-//! serve in time is refused here (429 `slo_unattainable`).
+//! serve in time is refused here (429 `slo_unattainable`), and with `predictor.queue` any other
+//! such request is held here until one is predicted to (`switchyard_inference::slo_queue`).
 
 use http::HeaderValue;
 use switchyard_config::Priority;
@@ -22,7 +23,7 @@ pub struct FirstPick {
     pub debug_header: Option<HeaderValue>,
 }
 
-pub fn first_pick(
+pub async fn first_pick(
     rx: &mut Exchange<'_>,
     to: Routed<'_>,
     parsed: Option<&InferenceRequest>,
@@ -44,14 +45,22 @@ pub fn first_pick(
         true => oracle_truth(to, headers),
         false => Vec::new(),
     };
-    let pick = picker.pick_request_given(
-        &to.pool().endpoints,
-        parsed,
-        priority == Priority::Sheddable,
-        debug,
-        rx.scan.slo.or(to.route.slo),
-        &truth,
-    );
+    let rank = match priority {
+        Priority::Critical => 0,
+        Priority::Standard => 1,
+        Priority::Sheddable => 2,
+    };
+    // With a `predictor.queue`, a request no endpoint can serve in time waits here for one.
+    let pick = picker
+        .pick_request_queued(
+            &to.pool().endpoints,
+            parsed,
+            (priority == Priority::Sheddable, rank),
+            debug,
+            rx.scan.slo.or(to.route.slo),
+            &truth,
+        )
+        .await;
     if pick.shed {
         let error = if pick.slo_shed() {
             GatewayError::SloUnattainable

@@ -34,6 +34,7 @@ pub struct PredictorMetrics {
     pub latency_error: Family<PoolLabels, Histogram, fn() -> Histogram>,
     pub ttft_mape: Family<PoolLabels, Gauge<f64, AtomicU64>>,
     pub samples: Family<PoolLabels, Gauge>,
+    pub slo_queued: Family<PoolLabels, Gauge>,
     pub slo_picks: Family<PoolOutcomeLabels, Counter>,
 }
 
@@ -44,6 +45,7 @@ impl PredictorMetrics {
             latency_error: Family::new_with_constructor(error_histogram),
             ttft_mape: Family::default(),
             samples: Family::default(),
+            slo_queued: Family::default(),
             slo_picks: Family::default(),
         };
         registry.register(
@@ -67,6 +69,12 @@ impl PredictorMetrics {
             "switchyard_predictor_samples",
             "Training samples in the predictor's window",
             m.samples.clone(),
+        );
+        registry.register(
+            "switchyard_slo_queued",
+            "Requests held at the gateway for an endpoint predicted to meet their SLO \
+             (predictor.queue)",
+            m.slo_queued.clone(),
         );
         registry.register(
             "switchyard_slo_picks",
