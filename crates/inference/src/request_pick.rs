@@ -81,20 +81,8 @@ impl InferencePicker {
         slo: Slo,
         cached_truth: &[Option<usize>],
     ) -> RequestPick {
-        let hashes = req.block_hashes(self.config().block_tokens);
-        let est_tokens = req.est_tokens(DEFAULT_EXPECTED_OUTPUT);
-        let adapter = req.adapter(|m| !self.is_adapter(m));
-        let tokens = self.token_blocks(req, adapter.is_some());
-        let cx = RequestContext {
-            block_hashes: &hashes,
-            token_blocks: &tokens,
-            cached_truth,
-            adapter,
-            est_tokens,
-            prompt_tokens: req.prompt_tokens,
-            slo,
-            debug,
-        };
+        let keys = self.keys(req);
+        let cx = self.context(req, &keys, cached_truth, slo, debug);
         let decision = self.pick(endpoints, &cx);
         self.settle(decision, &cx, sheddable)
     }
@@ -116,22 +104,8 @@ impl InferencePicker {
             return self.pick_request_given(endpoints, req, sheddable, debug, slo, cached_truth);
         };
         let slo = slo.or(predictor.config().default_slo);
-        let hashes = req.block_hashes(self.config().block_tokens);
-        let est_tokens = req.est_tokens(DEFAULT_EXPECTED_OUTPUT);
-        // An explicit `lora` field, else the model itself when the servers' metrics say it is
-        // an adapter (vLLM serves adapters under their own model names).
-        let adapter = req.adapter(|m| !self.is_adapter(m));
-        let tokens = self.token_blocks(req, adapter.is_some());
-        let mut cx = RequestContext {
-            block_hashes: &hashes,
-            token_blocks: &tokens,
-            cached_truth,
-            adapter,
-            est_tokens,
-            prompt_tokens: req.prompt_tokens,
-            slo,
-            debug,
-        };
+        let keys = self.keys(req);
+        let mut cx = self.context(req, &keys, cached_truth, slo, debug);
         let first = self.pick(endpoints, &cx);
         if first.slo != Some(SloOutcome::Infeasible) {
             return self.settle(first, &cx, false);
@@ -175,6 +149,38 @@ impl InferencePicker {
             if let Some(decision) = place.ask_or_wait(max_wait - waited, ask).await {
                 return self.settle(decision, &cx, false);
             }
+        }
+    }
+
+    /// The request's prefix keys: the approximate index's block hashes, and its blocks as the
+    /// engines key them for the KV-event index.
+    fn keys(&self, req: &InferenceRequest) -> (Vec<u64>, Vec<u64>) {
+        let adapter = req.adapter(|m| !self.is_adapter(m));
+        (
+            req.block_hashes(self.config().block_tokens),
+            self.token_blocks(req, adapter.is_some()),
+        )
+    }
+
+    fn context<'a>(
+        &self,
+        req: &'a InferenceRequest,
+        (hashes, tokens): &'a (Vec<u64>, Vec<u64>),
+        cached_truth: &'a [Option<usize>],
+        slo: Slo,
+        debug: bool,
+    ) -> RequestContext<'a> {
+        RequestContext {
+            block_hashes: hashes,
+            token_blocks: tokens,
+            cached_truth,
+            // An explicit `lora` field, else the model itself when the servers' metrics say it
+            // is an adapter (vLLM serves adapters under their own model names).
+            adapter: req.adapter(|m| !self.is_adapter(m)),
+            est_tokens: req.est_tokens(DEFAULT_EXPECTED_OUTPUT),
+            prompt_tokens: req.prompt_tokens,
+            slo,
+            debug,
         }
     }
 
