@@ -140,6 +140,28 @@ async fn start_envoy(dir: &std::path::Path, epp: SocketAddr, responses: bool) ->
     (envoy, listen)
 }
 
+/// The picker's config in `dir`: one `inference` pool over `fleet` (`balancer` is added to its
+/// balancer's settings), spans to `receiver`.
+fn epp_config(
+    dir: &std::path::Path,
+    fleet: &switchyard_sim::Fleet,
+    balancer: &str,
+    receiver: &otlp::Receiver,
+) -> std::path::PathBuf {
+    let eps: Vec<String> = fleet.addresses().iter().map(|a| a.to_string()).collect();
+    let config = dir.join("epp.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "pools:\n  - name: llama\n    balancer: {{kind: inference, scrape_interval: 20ms{balancer}}}\n    endpoints: [{}]\ntracing:\n  otlp: {{endpoint: 'http://{}'}}\n  batch: {{scheduled_delay: 20ms}}\n",
+            eps.join(", "),
+            receiver.addr
+        ),
+    )
+    .unwrap();
+    config
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_routes_where_the_endpoint_picker_says() {
     let fleet = start_fleet(FleetConfig {
@@ -154,19 +176,9 @@ async fn envoy_routes_where_the_endpoint_picker_says() {
     })
     .await
     .unwrap();
-    let eps: Vec<String> = fleet.addresses().iter().map(|a| a.to_string()).collect();
     let dir = tempfile::tempdir().unwrap();
     let receiver = otlp::Receiver::grpc();
-    let config = dir.path().join("epp.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "pools:\n  - name: llama\n    balancer: {{kind: inference, scrape_interval: 20ms}}\n    endpoints: [{}]\ntracing:\n  otlp: {{endpoint: 'http://{}'}}\n  batch: {{scheduled_delay: 20ms}}\n",
-            eps.join(", "),
-            receiver.addr
-        ),
-    )
-    .unwrap();
+    let config = epp_config(dir.path(), &fleet, "", &receiver);
     let (_epp, epp_addr) = support::start_epp(&config, &[]);
 
     let (_envoy, listen) = start_envoy(dir.path(), epp_addr, false).await;
@@ -243,19 +255,14 @@ async fn the_predictor_learns_from_the_responses_envoy_streams_to_the_picker() {
     })
     .await
     .unwrap();
-    let eps: Vec<String> = fleet.addresses().iter().map(|a| a.to_string()).collect();
     let dir = tempfile::tempdir().unwrap();
     let receiver = otlp::Receiver::grpc();
-    let config = dir.path().join("epp.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "pools:\n  - name: llama\n    balancer: {{kind: inference, scrape_interval: 20ms, predictor: {{min_samples: 16, refit_every: 4}}}}\n    endpoints: [{}]\ntracing:\n  otlp: {{endpoint: 'http://{}'}}\n  batch: {{scheduled_delay: 20ms}}\n",
-            eps.join(", "),
-            receiver.addr
-        ),
-    )
-    .unwrap();
+    let config = epp_config(
+        dir.path(),
+        &fleet,
+        ", predictor: {min_samples: 16, refit_every: 4}",
+        &receiver,
+    );
     let (_epp, epp_addr) = support::start_epp(&config, &[]);
     let (_envoy, listen) = start_envoy(dir.path(), epp_addr, true).await;
     let c = client::http1();
