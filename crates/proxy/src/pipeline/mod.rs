@@ -1,5 +1,6 @@
 //! The request path as named stages over one per-request context ([`Exchange`]). [`forward`]
-//! is the list of stages in the order a request meets them; each stage is a file here, and a
+//! (stages 1–6 in [`prepare`], 7–8 after it) is the list of stages in the order a request meets
+//! them; each stage is a file here, and a
 //! stage that refuses a request returns a [`Reject`] (or answers itself with [`Stop::Respond`]):
 //!
 //! 1. `shape.rs`: limits and request shape (431, 400 and close, 501); `target.rs`: one
