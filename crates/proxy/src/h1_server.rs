@@ -471,7 +471,7 @@ fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
 }
 
 /// The `Date` header value, formatted once per second per thread.
-fn date_now() -> [u8; 29] {
+pub(crate) fn date_now() -> [u8; 29] {
     use std::cell::Cell;
     use std::time::{SystemTime, UNIX_EPOCH};
     thread_local! {

@@ -1,4 +1,4 @@
-//! The request path: listeners ([`listener`], [`h1_server`]), one config generation
+//! The request path: listeners ([`listener`], [`h1_server`], [`h2_server`]), one config generation
 //! ([`gateway`]: routes, [`pool`]s), the per-request stages ([`pipeline`]), the upstream
 //! transports behind one seam ([`upstream`]), bodies that stream with limits and timeouts
 //! ([`body`]), the bookkeeping after the last byte ([`finish`]), and the running server with
@@ -20,6 +20,7 @@ pub mod gateway;
 pub mod grpc;
 pub mod h1_codec;
 pub mod h1_server;
+pub mod h2_server;
 pub mod h3;
 pub mod headers;
 pub mod l4;

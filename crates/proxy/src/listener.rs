@@ -28,8 +28,8 @@ use crate::body::ClientBody;
 use crate::connection_idle::{Activity, Tracked};
 use crate::framing_guard::{FramingFlags, Guarded};
 use crate::gateway::GatewayHandle;
-use crate::h1_server;
 use crate::pipeline::{self, ConnContext, Trust};
+use crate::{h1_server, h2_server};
 use switchyard_telemetry::metrics::ListenerLabels;
 
 /// Bind with SO_REUSEPORT so a reload can open the new socket before closing the old one, and
@@ -65,29 +65,30 @@ pub struct AcceptLoop {
     pub shutdown: CancellationToken,
 }
 
+/// hyper's server, for the HTTP/1 requests the fast path hands over (uploads, upgrades, odd
+/// shapes). HTTP/2 never reaches it: `h2_server` takes the preface and ALPN `h2`.
 fn connection_builder(spec: &Listener) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
+    let mut b = auto::Builder::new(TokioExecutor::new()).http1_only();
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(spec.header_read_timeout)
         .max_buf_size(spec.max_header_bytes.max(8192))
         .max_headers(spec.max_headers)
         .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(spec.max_concurrent_streams)
-        .max_header_list_size(u32::try_from(spec.max_header_bytes).unwrap_or(u32::MAX))
-        // Rapid reset (CVE-2023-44487): cap streams reset before we even accepted them, and
-        // streams we had to reset for the peer's errors; past either the connection gets GOAWAY.
-        .max_pending_accept_reset_streams(Some(64))
-        .max_local_error_reset_streams(Some(256))
-        // A peer that stops answering (or sits inside a header block, where it cannot answer)
-        // is closed after the interval plus the timeout.
-        .keep_alive_interval(
-            (!spec.http2_keepalive_interval.is_zero()).then_some(spec.http2_keepalive_interval),
-        )
-        .keep_alive_timeout(spec.http2_keepalive_timeout);
     b
+}
+
+fn h2_settings(spec: &Listener) -> h2_server::Settings {
+    h2_server::Settings {
+        max_concurrent_streams: spec.max_concurrent_streams,
+        max_header_bytes: spec.max_header_bytes,
+        max_headers: spec.max_headers,
+        header_read_timeout: spec.header_read_timeout,
+        idle_timeout: (!spec.idle_timeout.is_zero()).then_some(spec.idle_timeout),
+        keepalive_interval: (!spec.http2_keepalive_interval.is_zero())
+            .then_some(spec.http2_keepalive_interval),
+        keepalive_timeout: spec.http2_keepalive_timeout,
+    }
 }
 
 /// Time bounds of one connection.
@@ -125,6 +126,7 @@ impl AcceptLoop {
             .get_or_create(&labels)
             .clone();
         let builder = Arc::new(connection_builder(&self.spec));
+        let h2 = h2_settings(&self.spec);
         let name: Arc<str> = Arc::from(self.spec.name.as_str());
         // HTTP/3 on the same port (RFC 9114 §3.1.1); clients remember it for a day.
         let alt_svc = (self.spec.http3 && self.tls.is_some()).then(|| {
@@ -162,6 +164,7 @@ impl AcceptLoop {
                 alt_svc.clone(),
                 bounds,
                 builder.clone(),
+                h2,
                 self.handle.clone(),
                 cx,
                 open.clone(),
@@ -213,6 +216,7 @@ async fn serve_connection(
     alt_svc: Option<http::HeaderValue>,
     bounds: Bounds,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    h2: h2_server::Settings,
     handle: Arc<GatewayHandle>,
     cx: Arc<ConnContext>,
     open: Gauge,
@@ -236,6 +240,14 @@ async fn serve_connection(
                     h1_server::Outcome::Closed => return,
                     h1_server::Outcome::Fallback { stream, buffered } => (stream, buffered),
                 };
+            if buffered.starts_with(&h2_server::PREFACE[..3]) {
+                // Boxed for the same reason as hyper's connection below.
+                Box::pin(h2_server::serve(
+                    stream, buffered, &handle, &cx, h2, &shutdown, None, &activity,
+                ))
+                .await;
+                return;
+            }
             // Boxed, as is the TLS path: hyper's connection is several KiB of state, and
             // inline it would size the task of every fast-path connection, a streaming one
             // included (issue 19).
@@ -249,7 +261,8 @@ async fn serve_connection(
         }
         Some(acceptor) => {
             Box::pin(serve_tls(
-                stream, acceptor, alt_svc, bounds, limits, builder, handle, cx, activity, shutdown,
+                stream, acceptor, alt_svc, bounds, limits, builder, h2, handle, cx, activity,
+                shutdown,
             ))
             .await;
         }
@@ -268,6 +281,7 @@ async fn serve_tls(
     bounds: Bounds,
     limits: h1_server::Limits,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    h2: h2_server::Settings,
     handle: Arc<GatewayHandle>,
     cx: Arc<ConnContext>,
     activity: Arc<Activity>,
@@ -289,7 +303,18 @@ async fn serve_tls(
     let cx = with_client_cert(cx, leaf);
     let framing = cx.framing.clone();
     let (tls, buffered) = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-        (tls, bytes::Bytes::new())
+        let served = h2_server::serve(
+            tls,
+            bytes::Bytes::new(),
+            &handle,
+            &cx,
+            h2,
+            &shutdown,
+            alt_svc.as_ref(),
+            &activity,
+        );
+        Box::pin(served).await;
+        return;
     } else {
         let served = Box::pin(h1_server::serve(
             tls,

@@ -13,85 +13,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use support::origin::Origin;
+use support::raw_h2::{frame, FrameReader, ACK, END_STREAM, GOAWAY, HEADERS, PING};
 use support::{ext_proc, Gateway, Kill, WAIT};
-
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const HEADERS: u8 = 0x1;
-const SETTINGS: u8 = 0x4;
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-const END_STREAM: u8 = 0x1;
-const ACK: u8 = 0x1;
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = len.to_be_bytes()[1..].to_vec();
-    f.extend_from_slice(&[kind, flags]);
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// Frames read from a raw h2 connection: (type, flags).
-struct FrameReader {
-    stream: std::net::TcpStream,
-    buf: Vec<u8>,
-}
-
-impl FrameReader {
-    fn new(stream: std::net::TcpStream) -> Self {
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        Self {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    /// The next frame, or `None` when the server closed the connection. Panics when nothing
-    /// arrives for [`WAIT`].
-    fn next(&mut self) -> Option<(u8, u8)> {
-        loop {
-            if self.buf.len() >= 9 {
-                let len = u32::from_be_bytes([0, self.buf[0], self.buf[1], self.buf[2]]) as usize;
-                if self.buf.len() >= 9 + len {
-                    let head = (self.buf[3], self.buf[4]);
-                    self.buf.drain(..9 + len);
-                    return Some(head);
-                }
-            }
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
-                Err(e) => panic!("no frame and no close within {WAIT:?}: {e}"),
-            }
-        }
-    }
-
-    /// Read until the server closes; returns the frame types seen.
-    fn until_closed(&mut self) -> Vec<u8> {
-        let mut kinds = Vec::new();
-        while let Some((kind, _)) = self.next() {
-            kinds.push(kind);
-        }
-        kinds
-    }
-}
 
 fn listener_config(origin: SocketAddr, settings: &str) -> String {
     format!(
         "admin: {{address: 127.0.0.1:0}}\nruntime: {{workers: 1, watch_config: false}}\nlisteners:\n  - name: public\n    address: 127.0.0.1:0\n{settings}routes:\n  - {{name: r, match: {{path_prefix: /}}, pool: p}}\npools:\n  - {{name: p, endpoints: [{origin}]}}\n"
     )
-}
-
-/// Open a raw h2 connection: preface and an empty SETTINGS.
-fn raw_h2(addr: SocketAddr) -> std::net::TcpStream {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_nodelay(true).unwrap();
-    s.write_all(PREFACE).unwrap();
-    s.write_all(&frame(SETTINGS, 0, 0, &[])).unwrap();
-    s
 }
 
 #[tokio::test]
@@ -140,7 +68,7 @@ fn a_header_block_without_end_headers_is_closed_within_the_header_timeout() {
         origin.addr,
         "    header_read_timeout: 500ms\n    idle_timeout: 1h\n    http2_keepalive_interval: 0s\n",
     ));
-    let mut s = raw_h2(gw.addr());
+    let mut s = support::raw_h2::connect(gw.addr());
     // HEADERS for stream 1 with END_STREAM but not END_HEADERS, and never a CONTINUATION:
     // :method GET, :scheme http, :path / (HPACK static table indices 2, 6, 4).
     s.write_all(&frame(HEADERS, END_STREAM, 1, &[0x82, 0x86, 0x84]))
@@ -157,7 +85,7 @@ fn a_silent_http2_peer_is_pinged() {
         origin.addr,
         "    header_read_timeout: 1h\n    http2_keepalive_interval: 100ms\n    http2_keepalive_timeout: 100ms\n",
     ));
-    let mut reader = FrameReader::new(raw_h2(gw.addr()));
+    let mut reader = FrameReader::new(support::raw_h2::connect(gw.addr()));
     // The gateway PINGs; unanswered, the connection is then closed.
     let mut pinged = false;
     while let Some((kind, flags)) = reader.next() {

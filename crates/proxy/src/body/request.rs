@@ -22,11 +22,13 @@ impl fmt::Display for BodyTooLarge {
 }
 impl std::error::Error for BodyTooLarge {}
 
-/// A client's request body as the listener hands it over: hyper's stream, an HTTP/3 request
-/// stream, or a small body the HTTP/1 fast path (`h1_server.rs`) read whole with the head.
+/// A client's request body as the listener hands it over: hyper's stream, an HTTP/2 or HTTP/3
+/// request stream, or a small body the HTTP/1 fast path (`h1_server.rs`) read whole with the
+/// head.
 #[derive(Debug)]
 pub enum ClientBody {
     Hyper(Incoming),
+    H2(crate::h2_server::H2Body),
     H3(Box<crate::h3::H3Body>),
     Full(Option<Bytes>),
 }
@@ -41,6 +43,7 @@ impl Body for ClientBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Self::Hyper(i) => Pin::new(i).poll_frame(cx).map_err(Into::into),
+            Self::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Self::H3(b) => Pin::new(b.as_mut()).poll_frame(cx),
             Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         }
@@ -49,6 +52,7 @@ impl Body for ClientBody {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Hyper(i) => i.is_end_stream(),
+            Self::H2(b) => b.is_end_stream(),
             Self::H3(b) => b.is_end_stream(),
             Self::Full(b) => b.is_none(),
         }
@@ -57,6 +61,7 @@ impl Body for ClientBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Hyper(i) => i.size_hint(),
+            Self::H2(b) => b.size_hint(),
             Self::H3(b) => b.size_hint(),
             Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }

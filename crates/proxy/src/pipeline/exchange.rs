@@ -68,7 +68,8 @@ impl Trust {
 pub enum Downstream {
     /// The HTTP/1.1 fast path (`h1_server`), which writes raw upstream heads as they came.
     Http1,
-    /// hyper's server (HTTP/2, TLS, the HTTP/1 fallback): responses carry a header map.
+    /// Every other server (`h2_server`, HTTP/3, hyper's for the HTTP/1 fallback): responses
+    /// carry a header map.
     Hyper,
 }
 

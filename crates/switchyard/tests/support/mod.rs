@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod origin;
 pub mod pki;
 pub mod prometheus;
+pub mod raw_h2;
 pub mod redis;
 pub mod static_model;
 pub mod tcp;
