@@ -13,12 +13,14 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::origin::Origin;
 use support::raw_h2::{
-    connect, frame, literal_block, FrameReader, DATA, END_HEADERS, END_STREAM, HEADERS, RST_STREAM,
+    connect, frame, literal_block, FrameReader, ACK, CONTINUATION, DATA, END_HEADERS, END_STREAM,
+    GOAWAY, HEADERS, PING, RST_STREAM, SETTINGS,
 };
 use support::{Gateway, WAIT};
 
 const PROTOCOL_ERROR: u32 = 0x1;
 const REFUSED_STREAM: u32 = 0x7;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 fn config(origin: SocketAddr, listener: &str) -> String {
     format!(
@@ -159,4 +161,64 @@ fn streams_past_the_advertised_limit_are_refused() {
     r.write(&burst);
     let rst = r.next_on(7).expect("closed before stream 7 was answered");
     assert_eq!((rst.kind, rst.error_code()), (RST_STREAM, REFUSED_STREAM));
+}
+
+#[test]
+fn control_frames_are_answered_and_unknown_ones_ignored() {
+    let origin = Origin::start();
+    let gw = Gateway::start(&config(origin.addr, ""));
+    let mut r = FrameReader::new(connect(gw.addr()));
+    r.write(&frame(PING, 0, 0, b"opaque!!"));
+    r.write(&frame(0xfa, 0, 0, b"an extension frame"));
+    r.write(&frame(
+        HEADERS,
+        END_STREAM | END_HEADERS,
+        1,
+        &literal_block(&get_fields("/ok")),
+    ));
+    let (mut settings_acked, mut pong) = (false, None);
+    let head = loop {
+        let f = r.next_frame().expect("closed before the response");
+        match f.kind {
+            SETTINGS if f.flags & ACK != 0 => settings_acked = true,
+            PING if f.flags & ACK != 0 => pong = Some(f.payload),
+            HEADERS if f.stream == 1 => break f,
+            _ => {}
+        }
+    };
+    assert!(settings_acked, "our SETTINGS were not acknowledged");
+    assert_eq!(pong.as_deref(), Some(&b"opaque!!"[..]));
+    assert_eq!(head.payload.first(), Some(&0x88), "{head:?}");
+}
+
+#[test]
+fn a_continuation_flood_is_cut_off_with_goaway() {
+    let origin = Origin::start();
+    let gw = Gateway::start(&config(origin.addr, "    max_header_bytes: 8192\n"));
+    let mut r = FrameReader::new(connect(gw.addr()));
+    // A header block that never ends (CVE-2024-27316): the gateway stops buffering it long
+    // before the peer stops sending.
+    r.write(&frame(
+        HEADERS,
+        END_STREAM,
+        1,
+        &literal_block(&get_fields("/")),
+    ));
+    let filler = vec![0u8; 16_384];
+    let mut sent = 0;
+    let goaway = loop {
+        if sent < 8 {
+            // The gateway may close while we write: the GOAWAY is what counts.
+            let _ = std::io::Write::write_all(r.stream(), &frame(CONTINUATION, 0, 1, &filler));
+            sent += 1;
+            continue;
+        }
+        match r.next_frame() {
+            Some(f) if f.kind == GOAWAY => break f,
+            Some(_) => {}
+            None => panic!("closed without GOAWAY"),
+        }
+    };
+    assert_eq!(goaway.error_code(), ENHANCE_YOUR_CALM);
+    assert_eq!(origin.hits(), 0);
 }
