@@ -1,20 +1,20 @@
 //! Time bounds for a connection between requests, for HTTP/2 above all.
 //!
-//! hyper bounds an HTTP/1 connection's wait for a request head (`header_read_timeout`), but its
-//! HTTP/2 server has no idle timeout at all: a connection that never sends a request, or one
-//! that stops at a HEADERS frame without END_HEADERS, stays open for ever. Envoy closes a
-//! connection that has had no active stream for its `idle_timeout`, with GOAWAY; this module
-//! does the same from outside hyper, by counting the requests in flight on the connection.
+//! A multiplexed connection has no "waiting for the next request head" state to time out: a
+//! connection that never sends a request, or one that stops at a HEADERS frame without
+//! END_HEADERS, would stay open for ever. Envoy closes a connection that has had no active
+//! stream for its `idle_timeout`, with GOAWAY; this module tells our servers (`h2_server`, and
+//! hyper's HTTP/1 server for the requests the fast path hands over) when to, by counting the
+//! requests in flight on the connection.
 //!
-//! - Until the first request arrives, the bound is the listener's `header_read_timeout`. The h2
-//!   server only hands over a request once its header block is complete, so this also bounds a
-//!   first header block that never ends.
+//! - Until the first request arrives, the bound is the listener's `header_read_timeout`. A
+//!   request counts only once its header block is complete, so this also bounds a first header
+//!   block that never ends.
 //! - After that, a connection with no request in flight for `idle_timeout` is closed.
-//! - A later header block that never ends is bounded by the keep-alive PING (configured on
-//!   hyper): a peer in the middle of a header block cannot answer a PING without a protocol
-//!   error, so it is closed after the ping interval plus its timeout.
+//! - A later header block that never ends is bounded by `h2_server` itself, by the same
+//!   `header_read_timeout`.
 //!
-//! A request counts as in flight from the moment hyper hands it to us until its response body
+//! A request counts as in flight from the moment its head is complete until its response body
 //! is dropped (sent in full, or abandoned), so a long streamed completion is never idle.
 
 use std::future::pending;

@@ -269,10 +269,10 @@ async fn serve_connection(
     }
 }
 
-/// A TLS connection: the handshake, then HTTP/1.1 on the fast path (as plain connections) or
-/// h2 and everything the fast path does not take on hyper's server. Each step is boxed, so the
-/// connection's task holds only the step it is in: a streaming HTTP/1.1 response keeps neither
-/// the handshake's nor hyper's state (issue 19).
+/// A TLS connection: the handshake, then h2 (ALPN) on `h2_server`, or HTTP/1.1 on the fast
+/// path (as plain connections) and what the fast path does not take on hyper's server. Each
+/// step is boxed, so the connection's task holds only the step it is in: a streaming HTTP/1.1
+/// response keeps neither the handshake's nor hyper's state (issue 19).
 #[allow(clippy::too_many_arguments)]
 async fn serve_tls(
     stream: TcpStream,
@@ -394,10 +394,9 @@ pub(crate) fn with_client_cert(
     })
 }
 
-/// Run a connection to completion; on shutdown, let in-flight requests finish first
-/// (HTTP/1: close after the current response; HTTP/2: GOAWAY). A connection idle past its
-/// bounds is closed the same way, but only waited for as long as a header read: with nothing
-/// in flight, a peer that does not let the close complete (no PING ack) is cut off.
+/// Run a hyper (HTTP/1) connection to completion; on shutdown, let the request in flight
+/// finish first and close after its response. A connection idle past its bounds is closed the
+/// same way, but only waited for as long as a header read.
 async fn drive<C>(conn: C, shutdown: CancellationToken, activity: &Activity, bounds: Bounds)
 where
     C: GracefulConnection,

@@ -3,7 +3,7 @@
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{Conn, ConnError, Result, MAX_LOCAL_RESETS};
+use super::{Conn, ConnError, Result, MAX_LOCAL_RESETS, RESET_BUDGET, RESET_REFILL_PER_SEC};
 use crate::h2_server::core::reset_stream;
 use crate::h2_server::frame::{self, Head, Reason, HEADER_LEN};
 
@@ -252,8 +252,11 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Conn<'a, T> {
         s.reset = true;
         s.wake();
         drop(core);
-        self.reset_budget -= 1;
-        if self.reset_budget <= 0 {
+        let now = tokio::time::Instant::now();
+        let refill = now.duration_since(self.reset_budget_at).as_secs_f64() * RESET_REFILL_PER_SEC;
+        self.reset_budget_at = now;
+        self.reset_budget = (self.reset_budget + refill).min(RESET_BUDGET) - 1.0;
+        if self.reset_budget <= 0.0 {
             return Err(ConnError(
                 Reason::ENHANCE_YOUR_CALM,
                 "too many streams reset by the peer",

@@ -34,8 +34,11 @@ const STREAM_WINDOW: u32 = 1024 * 1024;
 /// Frames handled per turn of the loop before yielding to other connections.
 const TURNS: usize = 32;
 /// The peer resetting streams we were serving costs one of these each; a stream answered in
-/// full earns one back. At zero the connection is closed (rapid reset, CVE-2023-44487).
-const RESET_BUDGET: i32 = 100;
+/// full earns one back, and so does each 1/[`RESET_REFILL_PER_SEC`] of a second. At zero the
+/// connection is closed (rapid reset, CVE-2023-44487): an attack resets streams by the
+/// thousand per second, a client cancelling generations a few at a time never gets there.
+const RESET_BUDGET: f64 = 100.0;
+const RESET_REFILL_PER_SEC: f64 = 20.0;
 /// Streams we reset for the peer's errors before the connection is closed.
 const MAX_LOCAL_RESETS: u32 = 256;
 
@@ -75,7 +78,8 @@ pub struct Conn<'a, T> {
     failed: bool,
     /// The drain was for idleness: bounded like a header read.
     drain_deadline: Option<Pin<Box<Sleep>>>,
-    reset_budget: i32,
+    reset_budget: f64,
+    reset_budget_at: Instant,
     local_resets: u32,
     ping: Option<Keepalive>,
     stop: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
@@ -164,6 +168,7 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Conn<'a, T> {
             failed: false,
             drain_deadline: None,
             reset_budget: RESET_BUDGET,
+            reset_budget_at: Instant::now(),
             local_resets: 0,
             ping,
             stop: Box::pin(shutdown.clone().cancelled_owned()),
@@ -407,7 +412,7 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Conn<'a, T> {
             return;
         };
         if !s.reset {
-            self.reset_budget = (self.reset_budget + 1).min(RESET_BUDGET);
+            self.reset_budget = (self.reset_budget + 1.0).min(RESET_BUDGET);
             if !s.recv.end {
                 // §8.1: the response is complete; the client may stop sending its body.
                 frame::put_rst(&mut core.out, id, Reason::NO_ERROR);
