@@ -4,16 +4,15 @@
 //! response is sent, or at once when the stream is reset, which drops the pipeline's future
 //! and with it the upstream request, as a cancelled request should.
 
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TE, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderValue, Request, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::BodyExt;
 
 use super::core::{reset_stream, Shared, OUT_HIGH};
 use super::frame::{self, Reason};
@@ -24,29 +23,120 @@ use crate::gateway::GatewayHandle;
 use crate::pipeline::{self, ConnContext, Downstream};
 
 /// A stream's future, stopped early when the stream is reset.
+///
+/// Two phases, so that a long stream does not keep the first one's state: the pipeline's
+/// future (boxed: ~2 KiB, most of it room for stages long done) until the response head, then
+/// only the body and the bytes waiting for window (issue 19: memory per stream).
 pub struct StreamTask<'a> {
     pub id: u32,
     shared: Arc<Shared>,
-    work: Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+    phase: Phase<'a>,
+    alt_svc: Option<&'a HeaderValue>,
+    /// Keeps the connection from counting as idle until the response is sent.
+    in_flight: Option<InFlight>,
+}
+
+type Pipeline<'a> = Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send + 'a>>;
+
+enum Phase<'a> {
+    Pipeline {
+        work: Pipeline<'a>,
+        head: bool,
+    },
+    Body {
+        body: ResponseBody,
+        /// Data taken from the body, not yet sent for want of window; and whether it ends
+        /// the stream.
+        pending: Bytes,
+        last: bool,
+    },
 }
 
 impl Future for StreamTask<'_> {
     type Output = u32;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u32> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u32> {
+        let this = self.get_mut();
+        let id = this.id;
         {
-            let mut core = self.shared.lock();
+            let mut core = this.shared.lock();
             let closed = core.closed;
-            match core.streams.get_mut(&self.id) {
+            match core.streams.get_mut(&id) {
                 Some(s) if !s.reset && !closed => match &s.task {
                     Some(w) if w.will_wake(cx.waker()) => {}
                     _ => s.task = Some(cx.waker().clone()),
                 },
-                _ => return Poll::Ready(self.id),
+                _ => return Poll::Ready(id),
             }
         }
-        let id = self.id;
-        self.work.as_mut().poll(cx).map(|()| id)
+        loop {
+            match &mut this.phase {
+                Phase::Pipeline { work, head } => {
+                    let Poll::Ready(resp) = work.as_mut().poll(cx) else {
+                        return Poll::Pending;
+                    };
+                    let (mut parts, body) = resp.into_parts();
+                    if let Some(v) = this.alt_svc {
+                        parts.headers.insert(http::header::ALT_SVC, v.clone());
+                    }
+                    prepare_head(&mut parts, &body, *head);
+                    let end = body.is_end_stream();
+                    send_head(&this.shared, id, parts.status, &parts.headers, end);
+                    if end {
+                        return this.done();
+                    }
+                    this.phase = Phase::Body {
+                        body,
+                        pending: Bytes::new(),
+                        last: false,
+                    };
+                }
+                Phase::Body {
+                    body,
+                    pending,
+                    last,
+                } => {
+                    if !pending.is_empty() || *last {
+                        match poll_send(&this.shared, id, pending, *last, cx) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(false) => return Poll::Ready(id),
+                            Poll::Ready(true) if *last => return this.done(),
+                            Poll::Ready(true) => {}
+                        }
+                    }
+                    match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+                        None => *last = true,
+                        Some(Ok(frame)) => match frame.into_data() {
+                            Ok(data) => {
+                                *last = body.is_end_stream();
+                                *pending = data;
+                            }
+                            Err(frame) => {
+                                if let Ok(trailers) = frame.into_trailers() {
+                                    send_trailers(&this.shared, id, &trailers);
+                                    return this.done();
+                                }
+                            }
+                        },
+                        Some(Err(e)) => {
+                            // The upstream broke off mid-body: the client must not take a
+                            // truncated body for a whole one, so the stream is reset rather
+                            // than finished.
+                            tracing::debug!(error = %e, "upstream body failed; resetting HTTP/2 stream");
+                            reset_stream(&mut this.shared.lock(), id, Reason::INTERNAL_ERROR);
+                            return Poll::Ready(id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl StreamTask<'_> {
+    fn done(&mut self) -> Poll<u32> {
+        self.in_flight = None;
+        Poll::Ready(self.id)
     }
 }
 
@@ -64,64 +154,15 @@ pub fn start<'a>(
     scx: StreamCx<'a>,
     in_flight: InFlight,
 ) -> StreamTask<'a> {
-    let work = Box::pin(respond(shared.clone(), id, req, scx, in_flight));
+    let head = req.method() == http::Method::HEAD;
+    let work = Box::pin(pipeline::handle(scx.handle, scx.cx, req, Downstream::Hyper));
     StreamTask {
         id,
         shared: shared.clone(),
-        work,
+        phase: Phase::Pipeline { work, head },
+        alt_svc: scx.alt_svc,
+        in_flight: Some(in_flight),
     }
-}
-
-async fn respond(
-    shared: Arc<Shared>,
-    id: u32,
-    req: Request<ClientBody>,
-    scx: StreamCx<'_>,
-    in_flight: InFlight,
-) {
-    let head = req.method() == http::Method::HEAD;
-    let resp = pipeline::handle(scx.handle, scx.cx, req, Downstream::Hyper).await;
-    let (mut parts, mut body) = resp.into_parts();
-    if let Some(v) = scx.alt_svc {
-        parts.headers.insert(http::header::ALT_SVC, v.clone());
-    }
-    prepare_head(&mut parts, &body, head);
-    let mut end = body.is_end_stream();
-    send_head(&shared, id, parts.status, &parts.headers, end);
-    while !end {
-        match body.frame().await {
-            None => {
-                send_data(&shared, id, Bytes::new(), true).await;
-                end = true;
-            }
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => {
-                    let last = body.is_end_stream();
-                    if data.is_empty() && !last {
-                        continue;
-                    }
-                    if !send_data(&shared, id, data, last).await {
-                        return;
-                    }
-                    end = last;
-                }
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        send_trailers(&shared, id, &trailers);
-                        end = true;
-                    }
-                }
-            },
-            Some(Err(e)) => {
-                // The upstream broke off mid-body: the client must not take a truncated body
-                // for a whole one, so the stream is reset rather than finished.
-                tracing::debug!(error = %e, "upstream body failed; resetting HTTP/2 stream");
-                reset_stream(&mut shared.lock(), id, Reason::INTERNAL_ERROR);
-                return;
-            }
-        }
-    }
-    drop(in_flight);
 }
 
 /// What an HTTP/2 response head must not carry, and what hyper's server added: `date`, and a
@@ -193,42 +234,45 @@ fn send_trailers(shared: &Shared, id: u32, trailers: &http::HeaderMap) {
     core.wake_conn();
 }
 
-/// Sends `data` as DATA frames as the windows and the output buffer allow; `false` when the
-/// stream or the connection went away first.
-async fn send_data(shared: &Shared, id: u32, mut data: Bytes, last: bool) -> bool {
-    poll_fn(|cx| {
-        let mut core = shared.lock();
-        let core = &mut *core;
-        if core.closed {
-            return Poll::Ready(false);
-        }
-        let Some(s) = core.streams.get_mut(&id).filter(|s| !s.reset) else {
-            return Poll::Ready(false);
-        };
-        if data.is_empty() {
-            // An empty DATA frame ending the stream needs no window.
-            frame::put_data(&mut core.out, id, &[], last);
-            core.wake_conn();
-            return Poll::Ready(true);
-        }
-        while !data.is_empty() {
-            let room = s.send_window.min(core.conn_send).max(0) as usize;
-            let n = data.len().min(room).min(core.peer_max_frame);
-            if n == 0 || core.out.len() >= OUT_HIGH {
-                // Woken by a WINDOW_UPDATE (stream or connection) or by the output draining.
-                s.task = Some(cx.waker().clone());
-                core.blocked.push(cx.waker().clone());
-                core.wake_conn();
-                return Poll::Pending;
-            }
-            s.send_window -= n as i64;
-            core.conn_send -= n as i64;
-            let end = last && n == data.len();
-            frame::put_data(&mut core.out, id, &data[..n], end);
-            data.advance(n);
-        }
+/// Sends `data` as DATA frames as the windows and the output buffer allow (what is sent is
+/// taken off `data`); `Ready(false)` when the stream or the connection went away first.
+fn poll_send(
+    shared: &Shared,
+    id: u32,
+    data: &mut Bytes,
+    last: bool,
+    cx: &mut Context<'_>,
+) -> Poll<bool> {
+    let mut core = shared.lock();
+    let core = &mut *core;
+    if core.closed {
+        return Poll::Ready(false);
+    }
+    let Some(s) = core.streams.get_mut(&id).filter(|s| !s.reset) else {
+        return Poll::Ready(false);
+    };
+    if data.is_empty() {
+        // An empty DATA frame ending the stream needs no window.
+        frame::put_data(&mut core.out, id, &[], last);
         core.wake_conn();
-        Poll::Ready(true)
-    })
-    .await
+        return Poll::Ready(true);
+    }
+    while !data.is_empty() {
+        let room = s.send_window.min(core.conn_send).max(0) as usize;
+        let n = data.len().min(room).min(core.peer_max_frame);
+        if n == 0 || core.out.len() >= OUT_HIGH {
+            // Woken by a WINDOW_UPDATE (stream or connection) or by the output draining.
+            s.task = Some(cx.waker().clone());
+            core.blocked.push(cx.waker().clone());
+            core.wake_conn();
+            return Poll::Pending;
+        }
+        s.send_window -= n as i64;
+        core.conn_send -= n as i64;
+        let end = last && n == data.len();
+        frame::put_data(&mut core.out, id, &data[..n], end);
+        data.advance(n);
+    }
+    core.wake_conn();
+    Poll::Ready(true)
 }

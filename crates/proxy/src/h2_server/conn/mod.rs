@@ -31,6 +31,8 @@ use crate::pipeline::ConnContext;
 
 /// Our receive window per stream (SETTINGS_INITIAL_WINDOW_SIZE), as hyper's server had.
 const STREAM_WINDOW: u32 = 1024 * 1024;
+/// Output buffer capacity kept once everything queued is written.
+const OUT_KEEP: usize = 8 * 1024;
 /// Frames handled per turn of the loop before yielding to other connections.
 const TURNS: usize = 32;
 /// The peer resetting streams we were serving costs one of these each; a stream answered in
@@ -223,6 +225,11 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Conn<'a, T> {
                         if let Err(e) = self.on_frames() {
                             self.fail(e);
                         }
+                        if self.rbuf.is_empty() {
+                            // Every frame read is handled: a connection that now waits holds
+                            // no read buffer (the next read allocates one).
+                            self.rbuf = BytesMut::new();
+                        }
                     }
                     Poll::Ready(Ok(false)) => {
                         // The peer closed: nobody is left to answer.
@@ -386,8 +393,9 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Conn<'a, T> {
                     if was_high && core.out.len() < OUT_HIGH {
                         core.wake_blocked();
                     }
-                    if core.out.is_empty() && core.out.capacity() > OUT_HIGH {
-                        // A burst's buffer is not kept for an idle connection.
+                    if core.out.is_empty() && core.out.capacity() > OUT_KEEP {
+                        // A burst's buffer is not kept for a connection that then streams or
+                        // waits (issue 19: memory per stream).
                         core.out = BytesMut::new();
                     }
                 }
