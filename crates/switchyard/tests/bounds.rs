@@ -49,16 +49,7 @@ async fn an_idle_http2_connection_gets_goaway_but_a_long_stream_does_not() {
         r = &mut conn => panic!("connection ended with a stream in flight: {r:?}"),
     }
     // Now nothing is in flight: the gateway closes the connection with GOAWAY (NO_ERROR).
-    let ended = tokio::time::timeout(WAIT, conn)
-        .await
-        .expect("idle HTTP/2 connection was never closed");
-    match ended {
-        Ok(()) => {}
-        Err(e) => assert!(
-            e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR),
-            "{e:?}"
-        ),
-    }
+    support::raw_h2::expect_idle_close(conn, "idle HTTP/2 connection was never closed").await;
 }
 
 #[test]

@@ -95,16 +95,8 @@ async fn a_reset_stream_ends_its_request_and_the_connection_can_idle() {
         }
     }
     stream.send_reset(h2::Reason::CANCEL);
-    let ended = tokio::time::timeout(WAIT, conn)
-        .await
-        .expect("the cancelled request kept the connection busy");
-    match ended {
-        Ok(()) => {}
-        Err(e) => assert!(
-            e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR),
-            "{e:?}"
-        ),
-    }
+    support::raw_h2::expect_idle_close(conn, "the cancelled request kept the connection busy")
+        .await;
 }
 
 #[test]

@@ -144,3 +144,18 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     s.write_all(&frame(SETTINGS, 0, 0, &[])).unwrap();
     s
 }
+
+/// Waits for an h2 client connection to be closed by the gateway as idle: a clean end, or
+/// GOAWAY with NO_ERROR. `why` names what kept it busy if it never is.
+pub async fn expect_idle_close<T>(conn: h2::client::Connection<T, bytes::Bytes>, why: &str)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let ended = tokio::time::timeout(WAIT, conn).await.expect(why);
+    if let Err(e) = ended {
+        assert!(
+            e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR),
+            "{e:?}"
+        );
+    }
+}
