@@ -93,6 +93,27 @@ pub struct Conn<'a, T> {
     alt_svc: Option<&'a HeaderValue>,
 }
 
+/// Ends every stream: their futures are dropped, and request bodies still read elsewhere (by
+/// an upstream connection's task) end in error instead of waiting for frames that will not come.
+fn close(tasks: &mut FuturesUnordered<StreamTask<'_>>, shared: &Shared) {
+    // Dropped before the lock is taken: a stream's request body locks it when dropped.
+    *tasks = FuturesUnordered::new();
+    let mut core = shared.lock();
+    core.closed = true;
+    for s in core.streams.values_mut() {
+        s.wake();
+    }
+    core.streams.clear();
+    core.wake_blocked();
+}
+
+impl<T> Drop for Conn<'_, T> {
+    fn drop(&mut self) {
+        // Also when the connection's task is cancelled rather than run to its end.
+        close(&mut self.tasks, &self.shared);
+    }
+}
+
 struct Keepalive {
     interval: Duration,
     timeout: Duration,
@@ -185,25 +206,13 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Conn<'a, T> {
 
     pub async fn run(mut self) {
         poll_fn(|cx| self.poll(cx)).await;
-        self.close();
+        close(&mut self.tasks, &self.shared);
         // TLS: a close_notify; TCP: FIN. Bounded: the peer may not read at all any more.
         let _ = tokio::time::timeout(
             Duration::from_secs(1),
             tokio::io::AsyncWriteExt::shutdown(&mut self.io),
         )
         .await;
-    }
-
-    /// Ends every stream: their futures are dropped, their bodies end in error.
-    fn close(&mut self) {
-        self.tasks = FuturesUnordered::new();
-        let mut core = self.shared.lock();
-        core.closed = true;
-        for s in core.streams.values_mut() {
-            s.wake();
-        }
-        core.streams.clear();
-        core.wake_blocked();
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -341,13 +350,7 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Conn<'a, T> {
         frame::put_goaway(&mut core.out, self.accepted_id, e.0);
         drop(core);
         // Streams stop now; the GOAWAY is still written before the close.
-        self.tasks = FuturesUnordered::new();
-        let mut core = self.shared.lock();
-        core.closed = true;
-        for s in core.streams.values_mut() {
-            s.wake();
-        }
-        core.streams.clear();
+        close(&mut self.tasks, &self.shared);
     }
 
     /// `Ok(true)`: bytes arrived; `Ok(false)`: the peer closed.
