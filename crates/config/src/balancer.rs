@@ -138,7 +138,9 @@ impl Default for InferenceWeights {
 /// a prefill elsewhere and an eviction there, and enough of them tip the fleet into a state
 /// where few prefixes are found at all (docs/benchmarks.md, issue 18). A request leaves its
 /// holder only when the holder's queue is `min_imbalance` requests over the least-loaded
-/// candidate's *and* the queueing it saves outweighs the prefill it adds.
+/// candidate's (or its KV usage `min_kv_imbalance` over the least-used one's) *and* the
+/// queueing it saves outweighs the prefill it adds. Off by default: it did not lower TTFT p99
+/// on the simulated fleets (docs/benchmarks.md).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PrefixStickiness {
@@ -150,6 +152,9 @@ pub struct PrefixStickiness {
     /// Prefill tokens one waiting request is worth, for comparing the queueing a move saves with
     /// the prefill it adds (unused when a warm latency predictor compares the two instead).
     pub queue_tokens: f64,
+    /// KV-cache usage (0..1) by which the holder may exceed the least-used candidate and still
+    /// be kept: past it the holder would evict cached blocks or preempt to take the request.
+    pub min_kv_imbalance: f64,
 }
 
 impl Default for PrefixStickiness {
@@ -158,6 +163,7 @@ impl Default for PrefixStickiness {
             enabled: false,
             min_imbalance: 4.0,
             queue_tokens: 1024.0,
+            min_kv_imbalance: 0.15,
         }
     }
 }
@@ -169,6 +175,9 @@ impl PrefixStickiness {
         }
         if !(self.queue_tokens.is_finite() && self.queue_tokens > 0.0) {
             return Err("`stickiness.queue_tokens` must be a number > 0".into());
+        }
+        if !(self.min_kv_imbalance.is_finite() && self.min_kv_imbalance >= 0.0) {
+            return Err("`stickiness.min_kv_imbalance` must be a number >= 0".into());
         }
         Ok(())
     }

@@ -420,15 +420,17 @@ impl InferencePicker {
             hit_share: hit_share(i),
             waiting: snapshots[i].waiting,
             new_tokens: new_tokens[i],
+            kv_usage: snapshots[i].kv_usage,
             saturated: saturated_at(&snapshots[i]),
             predicted_ttft_ms: self
                 .predictor
                 .as_ref()
                 .and_then(|p| p.with_model(|m| Some(m?.predict(i, &features(p, i)).ttft_ms))),
         };
-        let (min_waiting, stick) = (cx.waiting_range.0, &cfg.stickiness);
+        let min_kv = range(&|i| snapshots[i].kv_usage).0;
+        let (least, stick) = ((cx.waiting_range.0, min_kv), &cfg.stickiness);
         let sticky =
-            crate::stickiness::apply(stick, &candidates, &totals, min_waiting, &mut chosen, place);
+            crate::stickiness::apply(stick, &candidates, &totals, least, &mut chosen, place);
 
         let (slo, ticket) = match &self.predictor {
             Some(p) => {

@@ -14,7 +14,11 @@
 //!
 //! * **Guard** (smg's): the holder keeps the request until its queue is
 //!   [`PrefixStickiness::min_imbalance`] waiting requests over the least-loaded candidate's.
-//!   Below that, queue differences are the noise of Poisson arrivals and scrape timing.
+//!   Below that, queue differences are the noise of Poisson arrivals and scrape timing. Or
+//!   until its KV usage is [`PrefixStickiness::min_kv_imbalance`] over the least-used one's:
+//!   on the simulated fleets the cache, not the queue, is what runs out first, and a holder
+//!   kept with a full cache evicts other conversations' blocks or preempts (without this half
+//!   of the guard, stickiness measured worse than none on both fleets).
 //! * **Cost**: past the guard, the request moves only if the queueing it avoids outweighs the
 //!   prefill it adds. With a warm latency predictor that is its TTFT prediction at each place
 //!   (the prefix share is one of its features); otherwise the waiting requests it skips, each
@@ -22,7 +26,9 @@
 //!   tokens at the destination.
 //!
 //! A saturated holder is never kept (the saturation filter's promise holds), and a request whose
-//! prefix no candidate holds is left to the score alone.
+//! prefix no candidate holds is left to the score alone. Off by default: measured against the
+//! weighted sum alone (docs/benchmarks.md, "Cost-based prefix stickiness"), it did not lower
+//! TTFT p99 on either fleet.
 
 pub use switchyard_config::PrefixStickiness;
 
@@ -37,6 +43,8 @@ pub struct Place {
     pub waiting: f64,
     /// Tokens the request would cost there: expected output plus uncached prompt tokens.
     pub new_tokens: f64,
+    /// KV-cache usage there (0..1), when known.
+    pub kv_usage: Option<f64>,
     /// Over a saturation threshold.
     pub saturated: bool,
     /// Predicted TTFT there (ms), when a warm predictor gave one.
@@ -75,12 +83,12 @@ pub fn holder(
 
 /// The stickiness step of a pick: when `chosen` (the score's pick among `candidates`) is not
 /// the prefix's holder and [`keep`] says stay, `chosen` becomes the holder. `place(i)` describes
-/// candidate `i`; `min_waiting` is the least waiting count among the candidates.
+/// candidate `i`; `least` is the least (waiting count, KV usage) among the candidates.
 pub fn apply(
     cfg: &PrefixStickiness,
     candidates: &[usize],
     totals: &[f64],
-    min_waiting: f64,
+    least: (f64, f64),
     chosen: &mut usize,
     place: impl Fn(usize) -> Place,
 ) -> Option<Kept> {
@@ -88,7 +96,7 @@ pub fn apply(
         return None;
     }
     let h = holder(candidates, totals, |i| place(i).hit_share)?;
-    if h == *chosen || !keep(cfg, &place(h), &place(*chosen), min_waiting) {
+    if h == *chosen || !keep(cfg, &place(h), &place(*chosen), least) {
         return None;
     }
     let over = std::mem::replace(chosen, h);
@@ -96,11 +104,16 @@ pub fn apply(
 }
 
 /// Whether the request should stay on `holder` rather than go to `chosen`, the score's pick;
-/// `min_waiting` is the least waiting count among the candidates.
-pub fn keep(cfg: &PrefixStickiness, holder: &Place, chosen: &Place, min_waiting: f64) -> bool {
+/// `least` is the least (waiting count, KV usage) among the candidates.
+pub fn keep(cfg: &PrefixStickiness, holder: &Place, chosen: &Place, least: (f64, f64)) -> bool {
+    let (min_waiting, min_kv) = least;
+    let kv_over = holder
+        .kv_usage
+        .is_some_and(|kv| kv - min_kv >= cfg.min_kv_imbalance);
     if !cfg.enabled
         || holder.endpoint == chosen.endpoint
         || holder.saturated
+        || kv_over
         || holder.hit_share <= chosen.hit_share + SAME_SHARE
     {
         return false;
@@ -123,8 +136,7 @@ mod tests {
     fn on() -> PrefixStickiness {
         PrefixStickiness {
             enabled: true,
-            min_imbalance: 4.0,
-            queue_tokens: 1024.0,
+            ..PrefixStickiness::default()
         }
     }
 
@@ -136,6 +148,7 @@ mod tests {
             hit_share: 1.0,
             waiting: holder_waiting,
             new_tokens: 64.0,
+            kv_usage: Some(0.6),
             saturated: false,
             predicted_ttft_ms: None,
         };
@@ -144,6 +157,7 @@ mod tests {
             hit_share: 0.77,
             waiting: other_waiting,
             new_tokens: 64.0 + 464.0,
+            kv_usage: Some(0.5),
             ..h
         };
         (h, c)
@@ -152,23 +166,34 @@ mod tests {
     #[test]
     fn keeps_a_prefix_on_a_mildly_busier_holder() {
         let (h, c) = pair(3.0, 0.0);
-        assert!(keep(&on(), &h, &c, 0.0));
+        assert!(keep(&on(), &h, &c, (0.0, 0.5)));
         // Past the guard the cost decides: one request's queue is worth more than 464 tokens.
         let (h, c) = pair(5.0, 4.0);
-        assert!(!keep(&on(), &h, &c, 1.0));
+        assert!(!keep(&on(), &h, &c, (1.0, 0.5)));
         // but not when the destination would prefill the whole prompt.
         let c = Place {
             new_tokens: 2064.0,
             hit_share: 0.0,
             ..c
         };
-        assert!(keep(&on(), &h, &c, 1.0));
+        assert!(keep(&on(), &h, &c, (1.0, 0.5)));
     }
 
     #[test]
     fn moves_it_when_the_holder_is_much_busier() {
         let (h, c) = pair(12.0, 1.0);
-        assert!(!keep(&on(), &h, &c, 1.0));
+        assert!(!keep(&on(), &h, &c, (1.0, 0.5)));
+    }
+
+    #[test]
+    fn a_holder_much_fuller_in_kv_is_not_kept() {
+        let (h, c) = pair(1.0, 0.0);
+        let full = Place {
+            kv_usage: Some(0.85),
+            ..h
+        };
+        assert!(!keep(&on(), &full, &c, (0.0, 0.5)));
+        assert!(keep(&on(), &h, &c, (0.0, 0.5)));
     }
 
     #[test]
@@ -178,18 +203,18 @@ mod tests {
             saturated: true,
             ..h
         };
-        assert!(!keep(&on(), &h, &c, 0.0));
+        assert!(!keep(&on(), &h, &c, (0.0, 0.5)));
     }
 
     #[test]
     fn off_or_without_a_holding_it_leaves_the_score_alone() {
         let (h, c) = pair(1.0, 0.0);
-        assert!(!keep(&PrefixStickiness::default(), &h, &c, 0.0));
+        assert!(!keep(&PrefixStickiness::default(), &h, &c, (0.0, 0.5)));
         let h = Place {
             hit_share: c.hit_share,
             ..h
         };
-        assert!(!keep(&on(), &h, &c, 0.0));
+        assert!(!keep(&on(), &h, &c, (0.0, 0.5)));
         assert_eq!(holder(&[2, 0, 1], &[0.1, 0.2, 0.3], |_| 0.0), None);
         assert_eq!(holder(&[], &[], |_| 1.0), None);
     }
@@ -206,13 +231,13 @@ mod tests {
         let (h, c) = pair(2.0, 0.0);
         let place = |i: usize| if i == 0 { h } else { c };
         let mut chosen = 1;
-        let kept = apply(&on(), &[0, 1], &[0.6, 0.7], 0.0, &mut chosen, place);
+        let kept = apply(&on(), &[0, 1], &[0.6, 0.7], (0.0, 0.5), &mut chosen, place);
         assert_eq!(kept, Some(Kept { kept: 0, over: 1 }));
         assert_eq!(chosen, 0);
         let mut chosen = 1;
         let off = PrefixStickiness::default();
         assert_eq!(
-            apply(&off, &[0, 1], &[0.6, 0.7], 0.0, &mut chosen, place),
+            apply(&off, &[0, 1], &[0.6, 0.7], (0.0, 0.5), &mut chosen, place),
             None
         );
         assert_eq!(chosen, 1);
@@ -222,7 +247,7 @@ mod tests {
             ..place(i)
         };
         assert_eq!(
-            apply(&on(), &[0, 1], &[0.6, 0.7], 0.0, &mut chosen, bare),
+            apply(&on(), &[0, 1], &[0.6, 0.7], (0.0, 0.5), &mut chosen, bare),
             None
         );
         assert_eq!(chosen, 1);
@@ -240,7 +265,7 @@ mod tests {
                 predicted_ttft_ms: Some(c_ms),
                 ..c
             };
-            keep(&on(), &h, &c, 0.0)
+            keep(&on(), &h, &c, (0.0, 0.5))
         };
         assert!(with(120.0, 150.0));
         assert!(!with(400.0, 150.0));
