@@ -61,17 +61,19 @@ def start_kv_fleet(d, fleet, loss):
     return p, addrs, kv
 
 
-def start_gateway(d, n, addrs, kv, events, owners=True):
+def start_gateway(d, n, addrs, kv, events, owners=True, keys=""):
     """Switchyard `inference` on core 0, with the KV-event index when `events`. Its listener
     trusts debug headers: the correctness part reads its explanations, the oracle mode sends
     `x-switchyard-oracle-cached`. `owners=False` turns rendezvous owners off: their credit for
-    a prefix nobody holds reads as a prefix share in the explanation, not a believed hit."""
+    a prefix nobody holds reads as a prefix share in the explanation, not a believed hit. `keys`
+    are more settings of the balancer map, as YAML (`stickiness: {enabled: true}`)."""
     port, admin = PORTS[n]
     eps = "\n".join(
         f"      - {{address: {a}, kv_events: \"{e}\", kv_replay: \"{r}\"}}" if events else f"      - {a}"
         for a, (e, r) in zip(addrs, kv))
     weights = "" if owners else ", weights: {prefix_owner: 0}"
-    balancer = f"{{kind: inference{', kv_events: {}' if events else ''}{weights}}}"
+    extra = f", {keys}" if keys else ""
+    balancer = f"{{kind: inference{', kv_events: {}' if events else ''}{weights}{extra}}}"
     conf = os.path.join(d, f"gw{n}.yaml")
     with open(conf, "w") as f:
         f.write(f"""admin: {{address: 127.0.0.1:{admin}}}

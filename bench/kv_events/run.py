@@ -67,6 +67,9 @@ def main():
                     help="the system prompts' share of the fleet's KV blocks (sets the groups)")
     ap.add_argument("--routers-bin", default=None, help="directory of vllm-router, smg, sglang-router")
     ap.add_argument("--out", default=None, help="write the ttft results as JSON")
+    ap.add_argument("--balancer-keys", default="",
+                    help="more settings of Switchyard's balancer map in the ttft rows, as YAML "
+                         "(`stickiness: {enabled: true}`); calibration runs without them")
     ap.add_argument("--loss", type=float, default=0.01)
     ap.add_argument("--restart-every", type=float, default=4.0)
     ap.add_argument("--correctness-rate", type=float, default=20)

@@ -30,7 +30,7 @@ def restarter(addrs, every, stop_event, seed=5):
             pass
 
 
-def row(d, fleet, mode, load_args, seconds, system_share, routers_bin=None, restart_every=0.0):
+def row(d, fleet, mode, load_args, seconds, system_share, routers_bin=None, restart_every=0.0, keys=""):
     """One row: a fresh fleet and router(s), `switchyard bench` with `load_args`."""
     proc, addrs, kv = start_kv_fleet(d, fleet, 0.0)
     routers = []
@@ -40,7 +40,8 @@ def row(d, fleet, mode, load_args, seconds, system_share, routers_bin=None, rest
             routers.append(start_router(mode, addrs, routers_bin))
         elif mode in SWITCHYARD_MODES:
             for n in range(2 if mode.endswith("x2") else 1):
-                routers.append(start_gateway(d, n, addrs, kv, mode != "approximate" and mode != "approximate-x2"))
+                routers.append(start_gateway(d, n, addrs, kv, mode != "approximate" and mode != "approximate-x2",
+                                             keys=keys))
         else:
             sys.exit(f"unknown mode {mode}")
         targets = []
@@ -95,7 +96,7 @@ def run(d, args, log):
         for load, rate in zip(loads, rates):
             for mode in args.modes.split(","):
                 res = row(d, fleet, mode, ["--rate", f"{rate:.2f}"], args.seconds, args.system_share,
-                          args.routers_bin, args.ttft_restart_every)
+                          args.routers_bin, args.ttft_restart_every, args.balancer_keys)
                 rows.append({"load": load, "rate": rate, "mode": mode, **res})
                 log(f"{fleet} {rate:.2f} {mode}: {json.dumps(res)}")
         results[fleet] = {"capacity_rps": cap, "rows": rows}

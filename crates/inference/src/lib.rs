@@ -14,6 +14,7 @@
 //! * [`signals`] and [`scrape`]: queue depth, KV usage and LoRA state scraped from each model
 //!   server's Prometheus endpoint, corrected between scrapes by the gateway's own picks;
 //! * [`scorer`] and [`picker`]: weighted scorers, a saturation filter and the `inference` picker;
+//!   [`stickiness`]: a prefix kept on its holder unless moving it pays;
 //! * [`model_rewrite`]: per-target model rewrite of a request body, byte for byte otherwise;
 //! * [`predictor`] and [`slo_pick`]: TTFT/TPOT predicted per endpoint by an online model, and
 //!   the pick for requests with latency SLOs;
@@ -40,6 +41,7 @@ pub mod scrape;
 pub mod signals;
 pub mod slo_pick;
 pub mod slo_queue;
+pub mod stickiness;
 pub mod usage;
 
 pub use kv_index::KvIndex;

@@ -10,9 +10,9 @@
 //!    of it, so that a burst arriving between two scrapes spreads over equally good replicas
 //!    rather than herding onto the first.
 //!
-//! "Sticky until saturated" for a prompt prefix needs no special case: the prefix scorer keeps
-//! sending a prefix to the replica that holds it while the load scorers allow, and the
-//! saturation filter cuts it off once that replica is over its thresholds.
+//! "Sticky until saturated": the prefix scorer keeps a prefix on its holder while the load
+//! scorers allow, the saturation filter cuts it off; with [`crate::stickiness`] on, a cost
+//! comparison after the score keeps it there longer.
 //!
 //! The picker does not change state while picking. After sending a request, the proxy calls
 //! [`InferencePicker::record`] (prefix index + gateway-side load) and, when the response ends,
@@ -46,6 +46,8 @@ pub struct PickerConfig {
     /// Ask upstreams for ORCA load reports (`endpoint-load-metrics-format`) and fold those
     /// that carry queue or KV figures into the signals ([`InferencePicker::apply_load_report`]).
     pub orca: bool,
+    /// Keep a request on its prefix's holder unless moving it pays ([`crate::stickiness`]).
+    pub stickiness: crate::stickiness::PrefixStickiness,
 }
 
 impl Default for PickerConfig {
@@ -58,6 +60,7 @@ impl Default for PickerConfig {
             tie_epsilon: 0.01,
             block_tokens: 16,
             orca: true,
+            stickiness: Default::default(),
         }
     }
 }
@@ -113,6 +116,8 @@ pub struct Decision {
     /// tokens cached there, as far as the picker knows. [`InferencePicker::record`] counts it
     /// as in flight.
     pub work_tokens: u32,
+    /// Stickiness kept the request on its prefix's holder over the score's pick.
+    pub sticky: Option<crate::stickiness::Kept>,
 }
 
 /// Number of candidates reported in [`Decision::top`].
@@ -405,19 +410,31 @@ impl InferencePicker {
             }
         }
 
+        let features = |p: &LatencyPredictor, i: usize| {
+            let prefilling = self.signals.get(i).map_or((0.0, 0.0), |s| s.prefilling());
+            let (prompt, backlog) = (f64::from(req.prompt_tokens), p.backlog_ms(i, now));
+            Features::new(prompt, hit_share(i), &snapshots[i], prefilling, backlog)
+        };
+        let place = |i: usize| crate::stickiness::Place {
+            endpoint: i,
+            hit_share: hit_share(i),
+            waiting: snapshots[i].waiting,
+            new_tokens: new_tokens[i],
+            kv_usage: snapshots[i].kv_usage,
+            saturated: saturated_at(&snapshots[i]),
+            predicted_ttft_ms: self
+                .predictor
+                .as_ref()
+                .and_then(|p| p.with_model(|m| Some(m?.predict(i, &features(p, i)).ttft_ms))),
+        };
+        let min_kv = range(&|i| snapshots[i].kv_usage).0;
+        let (least, stick) = ((cx.waiting_range.0, min_kv), &cfg.stickiness);
+        let sticky =
+            crate::stickiness::apply(stick, &candidates, &totals, least, &mut chosen, place);
+
         let (slo, ticket) = match &self.predictor {
             Some(p) => {
-                let features = |i: usize| {
-                    let share = hit_share(i);
-                    let prefilling = self.signals.get(i).map_or((0.0, 0.0), |s| s.prefilling());
-                    Features::new(
-                        f64::from(req.prompt_tokens),
-                        share,
-                        &snapshots[i],
-                        prefilling,
-                        p.backlog_ms(i, now),
-                    )
-                };
+                let features = |i: usize| features(p, i);
                 let (slo, predicted) =
                     crate::slo_pick::decide(p, req.slo, &candidates, &features, &mut chosen);
                 let ticket = Ticket {
@@ -456,6 +473,8 @@ impl InferencePicker {
             slo,
             ticket,
             work_tokens: new_tokens[chosen].round().max(0.0) as u32,
+            // An SLO decision may have moved the request again.
+            sticky: sticky.filter(|k| k.kept == chosen),
         }
     }
 

@@ -401,3 +401,63 @@ fn in_flight_work_counts_only_tokens_not_cached_where_they_go() {
     }
     assert_eq!(picker.pick_at(&eps, &req, now).index, Some(1));
 }
+
+#[test]
+fn stickiness_keeps_a_conversation_on_a_mildly_busier_holder_and_says_so() {
+    let (eps, plain, now) = setup(&[(3.0, 0.4), (0.0, 0.3)]);
+    let config = PickerConfig {
+        stickiness: crate::stickiness::PrefixStickiness {
+            enabled: true,
+            ..Default::default()
+        },
+        ..PickerConfig::default()
+    };
+    let sticky = InferencePicker::new(config, plain.signals.clone(), plain.prefix.clone());
+    let hashes = prompt_block_hashes(&prompt("conversation"), 16);
+    // 0 holds the whole conversation, 1 its first three quarters (the system prompt, say).
+    plain.prefix_index().record(0, &hashes);
+    plain
+        .prefix_index()
+        .record(1, &hashes[..hashes.len() * 3 / 4]);
+    let req = RequestContext {
+        block_hashes: &hashes,
+        est_tokens: 1100,
+        prompt_tokens: 1000,
+        debug: true,
+        ..Default::default()
+    };
+    // The weighted sum moves it for three waiting requests and a little KV usage.
+    let d = plain.pick_at(&eps, &req, now);
+    assert_eq!((d.index, d.sticky), (Some(1), None));
+    let d = sticky.pick_at(&eps, &req, now);
+    let kept = crate::stickiness::Kept { kept: 0, over: 1 };
+    assert_eq!((d.index, d.sticky), (Some(0), Some(kept)));
+    let header = InferencePicker::debug_header(&d);
+    assert!(header.starts_with("sticky(kept=0,over=1);1="), "{header}");
+    // Much busier: the queueing saved outweighs prefilling the last quarter again.
+    sticky.signals[0].apply_scrape(&scraped(12.0, 0.4), now);
+    let d = sticky.pick_at(&eps, &req, now);
+    assert_eq!((d.index, d.sticky), (Some(1), None));
+    // Much fuller KV cache: it would evict or preempt to take the request.
+    sticky.signals[0].apply_scrape(&scraped(3.0, 0.7), now);
+    let d = sticky.pick_at(&eps, &req, now);
+    assert_eq!((d.index, d.sticky), (Some(1), None));
+    // A saturated holder is never kept, also when every endpoint is saturated and all are
+    // candidates again.
+    sticky.signals[0].apply_scrape(&scraped(500.0, 0.4), now);
+    sticky.signals[1].apply_scrape(&scraped(200.0, 0.2), now);
+    let d = sticky.pick_at(&eps, &req, now);
+    assert_eq!((d.index, d.sticky, d.saturated), (Some(1), None, true));
+    sticky.signals[1].apply_scrape(&scraped(0.0, 0.3), now);
+    // No prefix information at all: the score alone.
+    sticky.signals[0].apply_scrape(&scraped(3.0, 0.4), now);
+    let d = sticky.pick_at(
+        &eps,
+        &RequestContext {
+            block_hashes: &[],
+            ..req
+        },
+        now,
+    );
+    assert_eq!((d.index, d.sticky), (Some(1), None));
+}

@@ -230,6 +230,9 @@ impl InferencePicker {
         if let Some(o) = decision.slo {
             out.push_str(&format!("slo={};", o.name()));
         }
+        if let Some(k) = decision.sticky {
+            out.push_str(&format!("sticky(kept={},over={});", k.kept, k.over));
+        }
         if let Some(p) = decision.ticket.and_then(|t| t.predicted) {
             out.push_str(&format!(
                 "predicted(ttft_ms={:.1},tpot_ms={:.2});",

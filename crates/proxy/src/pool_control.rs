@@ -511,6 +511,7 @@ impl PoolControl {
         let Balancer::Inference {
             stale_after,
             weights,
+            stickiness,
             orca,
             ..
         } = &spec.balancer
@@ -519,6 +520,7 @@ impl PoolControl {
         };
         let config = PickerConfig {
             weights: *weights,
+            stickiness: *stickiness,
             stale_after: *stale_after,
             orca: *orca,
             ..PickerConfig::default()
