@@ -398,9 +398,12 @@ async fn envoys_keep_serving_through_a_control_plane_restart_and_resume() {
     let xds = Xds::start_on(dir.path(), &yaml, &ads.to_string());
     support::eventually("both Envoys to reconnect and ACK again", || {
         let nodes = xds.admin_json("/xds/nodes");
-        ["sotw", "delta"]
-            .iter()
-            .all(|n| nodes[n]["streams"] == 1 && nodes[n]["acked"]["cds"].is_string())
+        ["sotw", "delta"].iter().all(|n| {
+            nodes[n]["streams"] == 1
+                && ["cds", "lds"]
+                    .iter()
+                    .all(|t| nodes[n]["acked"][t].is_string())
+        })
     })
     .await;
     // Same config, same versions: the delta node, which says what it has, is sent no endpoints
