@@ -32,19 +32,8 @@ if [ "$proto" = h1 ]; then
     bind_proto=""
 fi
 
-cat >"$dir/origin.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $dir/origin.pid;
-error_log $dir/origin-error.log error;
-events { worker_connections 4096; }
-http {
-  access_log off; keepalive_requests 10000000;
-  client_body_temp_path $dir; proxy_temp_path $dir; fastcgi_temp_path $dir;
-  uwsgi_temp_path $dir; scgi_temp_path $dir;
-  server { listen 127.0.0.1:$base; location / { return 200 "hello, world!\n"; } }
-}
-CONF
+. "$root/bench/proxies/configs.sh"
+nginx_conf origin 'server { listen 127.0.0.1:'$base'; location / { return 200 "hello, world!\n"; } }'
 cat >"$dir/sy.yaml" <<CONF
 admin: {address: 127.0.0.1:$((base + 901))}
 runtime: {workers: 1, watch_config: false}
@@ -52,22 +41,7 @@ listeners: [{name: public, address: 127.0.0.1:$((base + 80))}]
 routes: [{name: all, match: {path_prefix: /}, pool: origin}]
 pools: [{name: origin, endpoints: [127.0.0.1:$base]}]
 CONF
-cat >"$dir/ha.cfg" <<CONF
-global
-  nbthread 1
-  maxconn 8000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-frontend f
-  bind 127.0.0.1:$((base + 81)) $bind_proto
-  default_backend b
-backend b
-  server o 127.0.0.1:$base
-CONF
+haproxy_conf "$dir/ha.cfg" "127.0.0.1:$((base + 81)) $bind_proto" "127.0.0.1:$base"
 
 taskset -c 1 nginx -c "$dir/origin.conf" &
 pids+=($!)

@@ -41,26 +41,9 @@ ap=$((base + 901))
 load=(--h1 -c 10)
 [ "${PROTO:-h1}" = h2c ] && load=(-c 10 -m 10)
 
-nginx_conf() { # name listen-port body
-    mkdir -p "$dir/$1-tmp"
-    cat >"$dir/$1.conf" <<EOF
-worker_processes 1;
-daemon off;
-user root;
-pid $dir/$1.pid;
-error_log $dir/$1-error.log error;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 10000000;
-  client_body_temp_path $dir/$1-tmp; proxy_temp_path $dir/$1-tmp; fastcgi_temp_path $dir/$1-tmp;
-  uwsgi_temp_path $dir/$1-tmp; scgi_temp_path $dir/$1-tmp;
-  $3
-}
-EOF
-}
+. "$root/bench/proxies/configs.sh"
 
-nginx_conf origin $op 'server { listen 127.0.0.1:'$op'; location / { return 200 "hello, world!\n"; } }'
+nginx_conf origin 'server { listen 127.0.0.1:'$op'; location / { return 200 "hello, world!\n"; } }'
 taskset -c 1 nginx -c "$dir/origin.conf" &
 pids+=($!)
 
@@ -85,29 +68,14 @@ EOF
     pids+=($!)
     ;;
 nginx)
-    nginx_conf proxy $pp 'upstream origin { server 127.0.0.1:'$op'; keepalive 256; keepalive_requests 10000000; }
+    nginx_conf proxy 'upstream origin { server 127.0.0.1:'$op'; keepalive 256; keepalive_requests 10000000; }
   server { listen 127.0.0.1:'$pp'; listen 127.0.0.1:'$((pp + 1))' http2; location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; '"$nginx_ops"' } }'
     taskset -c 0 valgrind --tool=callgrind --trace-children=yes --callgrind-out-file="$dir/cg.%p" \
         nginx -c "$dir/proxy.conf" 2>/dev/null &
     pids+=($!)
     ;;
 haproxy)
-    cat >"$dir/haproxy.cfg" <<EOF
-global
-  nbthread 1
-  maxconn 8000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-frontend f
-  bind 127.0.0.1:$pp
-  default_backend b
-backend b
-  server o 127.0.0.1:$op
-EOF
+    haproxy_conf "$dir/haproxy.cfg" "127.0.0.1:$pp" "127.0.0.1:$op"
     taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$dir/cg.%p" \
         haproxy -f "$dir/haproxy.cfg" -db 2>/dev/null &
     pids+=($!)
