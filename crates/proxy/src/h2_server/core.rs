@@ -80,6 +80,24 @@ pub struct Core {
 }
 
 impl Core {
+    /// A connection's state before any frame from the peer: `out` holds what we send first
+    /// (our SETTINGS), and our streams' receive window is `stream_window`.
+    pub fn new(out: BytesMut, stream_window: u32) -> Self {
+        Core {
+            streams: StreamMap::default(),
+            out,
+            conn_send: frame::DEFAULT_WINDOW,
+            conn_recv: i64::from(CONN_WINDOW),
+            peer_initial_window: frame::DEFAULT_WINDOW,
+            peer_max_frame: frame::DEFAULT_MAX_FRAME,
+            conn_unreleased: 0,
+            stream_window,
+            conn_waker: None,
+            blocked: Vec::new(),
+            closed: false,
+        }
+    }
+
     /// Wakes the connection's task to write what was queued.
     pub fn wake_conn(&mut self) {
         if let Some(w) = self.conn_waker.take() {
@@ -136,13 +154,14 @@ pub struct Stream {
 }
 
 impl Stream {
-    pub fn new(send_window: i64, end: bool, content_length: Option<u64>) -> Self {
+    pub fn new(send_window: i64, recv_window: u32, end: bool, content_length: Option<u64>) -> Self {
         Stream {
             send_window,
             task: None,
             reset: false,
             recv: Recv {
                 end,
+                window: i64::from(recv_window),
                 content_length,
                 ..Recv::default()
             },

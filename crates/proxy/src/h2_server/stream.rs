@@ -5,6 +5,7 @@
 //! and with it the upstream request, as a cancelled request should.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -55,8 +56,27 @@ enum Phase<'a> {
 impl Future for StreamTask<'_> {
     type Output = u32;
 
+    /// A panic in one request's handling resets its stream and leaves the connection's other
+    /// streams running, as a task per stream would (hyper's server spawned one).
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u32> {
         let this = self.get_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| this.poll_stream(cx))) {
+            Ok(poll) => poll,
+            Err(_) => {
+                tracing::error!(
+                    stream = this.id,
+                    "handling a request panicked; resetting its HTTP/2 stream"
+                );
+                reset_stream(&mut this.shared.lock(), this.id, Reason::INTERNAL_ERROR);
+                this.done()
+            }
+        }
+    }
+}
+
+impl StreamTask<'_> {
+    fn poll_stream(&mut self, cx: &mut Context<'_>) -> Poll<u32> {
+        let this = self;
         let id = this.id;
         {
             let mut core = this.shared.lock();
@@ -131,9 +151,7 @@ impl Future for StreamTask<'_> {
             }
         }
     }
-}
 
-impl StreamTask<'_> {
     fn done(&mut self) -> Poll<u32> {
         self.in_flight = None;
         Poll::Ready(self.id)
@@ -200,12 +218,17 @@ fn prepare_head(parts: &mut http::response::Parts, body: &ResponseBody, head: bo
 fn send_head(shared: &Shared, id: u32, status: StatusCode, headers: &http::HeaderMap, end: bool) {
     let mut block = BytesMut::with_capacity(256);
     hpack::encode_response(&mut block, status, headers);
+    send_block(shared, id, &block, end);
+}
+
+/// A header block (head or trailers) on a stream that is still open.
+fn send_block(shared: &Shared, id: u32, block: &[u8], end: bool) {
     let mut core = shared.lock();
     if core.streams.get(&id).is_none_or(|s| s.reset) {
         return;
     }
     let max = core.peer_max_frame;
-    frame::put_header_block(&mut core.out, id, &block, end, max);
+    frame::put_header_block(&mut core.out, id, block, end, max);
     core.wake_conn();
 }
 
@@ -225,13 +248,7 @@ pub fn answer(out: &mut BytesMut, id: u32, status: StatusCode, max_frame: usize)
 fn send_trailers(shared: &Shared, id: u32, trailers: &http::HeaderMap) {
     let mut block = BytesMut::with_capacity(128);
     hpack::encode_headers(&mut block, trailers);
-    let mut core = shared.lock();
-    if core.streams.get(&id).is_none_or(|s| s.reset) {
-        return;
-    }
-    let max = core.peer_max_frame;
-    frame::put_header_block(&mut core.out, id, &block, true, max);
-    core.wake_conn();
+    send_block(shared, id, &block, true);
 }
 
 /// Sends `data` as DATA frames as the windows and the output buffer allow (what is sent is
@@ -275,4 +292,67 @@ fn poll_send(
     }
     core.wake_conn();
     Poll::Ready(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use super::*;
+    use crate::h2_server::core::{Core, Stream};
+    use crate::h2_server::frame::{Head, HEADER_LEN};
+
+    fn task(shared: &Arc<Shared>, id: u32, work: Pipeline<'static>) -> StreamTask<'static> {
+        shared
+            .lock()
+            .streams
+            .insert(id, Stream::new(65_535, 65_535, true, None));
+        StreamTask {
+            id,
+            shared: shared.clone(),
+            phase: Phase::Pipeline { work, head: false },
+            alt_svc: None,
+            in_flight: None,
+        }
+    }
+
+    /// The frames queued for the socket, as (header, payload).
+    fn frames(out: &[u8]) -> Vec<(Head, Vec<u8>)> {
+        let mut rest = out;
+        let mut all = Vec::new();
+        while rest.len() >= HEADER_LEN {
+            let head = Head::parse(rest);
+            let end = HEADER_LEN + head.len;
+            all.push((head, rest[HEADER_LEN..end].to_vec()));
+            rest = &rest[end..];
+        }
+        all
+    }
+
+    #[test]
+    fn a_panicking_handler_resets_its_stream_and_spares_the_others() {
+        let shared = Shared::new(Core::new(BytesMut::new(), 65_535));
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut panics = task(&shared, 1, Box::pin(async { panic!("a handler's bug") }));
+        let mut answers = task(
+            &shared,
+            3,
+            Box::pin(async { Response::new(ResponseBody::empty()) }),
+        );
+
+        assert_eq!(Pin::new(&mut panics).poll(&mut cx), Poll::Ready(1));
+        assert_eq!(Pin::new(&mut answers).poll(&mut cx), Poll::Ready(3));
+
+        let core = shared.lock();
+        assert!(core.streams[&1].reset);
+        assert!(!core.streams[&3].reset);
+        let sent = frames(&core.out);
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        let (rst, reason) = &sent[0];
+        assert_eq!((rst.kind, rst.stream), (frame::RST_STREAM, 1));
+        assert_eq!(reason[..], Reason::INTERNAL_ERROR.0.to_be_bytes());
+        let (headers, _) = &sent[1];
+        assert_eq!((headers.kind, headers.stream), (frame::HEADERS, 3));
+        assert!(headers.has(frame::END_STREAM));
+    }
 }

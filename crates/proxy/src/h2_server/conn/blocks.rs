@@ -5,7 +5,7 @@ use bytes::BytesMut;
 use http::{Request, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{Block, Conn, ConnError, Result, STREAM_WINDOW};
+use super::{Block, Conn, ConnError, Result};
 use crate::body::ClientBody;
 use crate::h2_server::core::{reset_stream, H2Body, Stream};
 use crate::h2_server::frame::{self, Head, Reason};
@@ -177,8 +177,8 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Conn<'a, T> {
         }
         self.accepted_id = id;
         let window = core.peer_initial_window;
-        let mut stream = Stream::new(window, b.end_stream, head.content_length);
-        stream.recv.window = i64::from(STREAM_WINDOW);
+        let recv_window = core.stream_window;
+        let stream = Stream::new(window, recv_window, b.end_stream, head.content_length);
         core.streams.insert(id, stream);
         drop(core);
         let body = if b.end_stream {

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use super::core::{Core, Shared, StreamMap, CONN_WINDOW, OUT_HIGH};
+use super::core::{Core, Shared, CONN_WINDOW, OUT_HIGH};
 use super::frame::{self, Reason};
 use super::stream::StreamTask;
 use super::Settings;
@@ -152,19 +152,7 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Conn<'a, T> {
             ],
         );
         frame::put_window_update(&mut out, 0, CONN_WINDOW - frame::DEFAULT_WINDOW as u32);
-        let core = Core {
-            streams: StreamMap::default(),
-            out,
-            conn_send: frame::DEFAULT_WINDOW,
-            conn_recv: i64::from(CONN_WINDOW),
-            peer_initial_window: frame::DEFAULT_WINDOW,
-            peer_max_frame: frame::DEFAULT_MAX_FRAME,
-            conn_unreleased: 0,
-            stream_window: STREAM_WINDOW,
-            conn_waker: None,
-            blocked: Vec::new(),
-            closed: false,
-        };
+        let core = Core::new(out, STREAM_WINDOW);
         let ping = settings.keepalive_interval.map(|interval| Keepalive {
             interval,
             timeout: settings.keepalive_timeout,
