@@ -123,6 +123,30 @@ def kv_blocks(n):
     return [(e["inference"] or {}).get("kv_events") or {} for e in pools["pools"][0]["endpoints"]]
 
 
+def gateway_prefix_picks(admin_port):
+    """A gateway's `switchyard_inference_prefix_picks_total`, by reason (holder, moved,
+    holder_saturated, unheld)."""
+    picks = {}
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5).read().decode()
+    for line in text.splitlines():
+        if line.startswith("switchyard_inference_prefix_picks_total{"):
+            reason = line.split('reason="', 1)[1].split('"', 1)[0]
+            picks[reason] = picks.get(reason, 0) + float(line.rsplit(" ", 1)[1])
+    return picks
+
+
+def replica_requests(addrs):
+    """Requests each replica completed, in `addrs` order: how a router spread the fleet's work."""
+    counts = []
+    for a in addrs:
+        n = 0.0
+        for line in urllib.request.urlopen(f"http://{a}/metrics", timeout=5).read().decode().splitlines():
+            if line.startswith("vllm:request_success_total{"):
+                n += float(line.rsplit(" ", 1)[1])
+        counts.append(int(n))
+    return counts
+
+
 def sim_counters(addrs):
     """Summed over replicas: prefix-cache hit rate, preempted requests, evicted blocks."""
     hits = queries = preempted = evicted = 0.0

@@ -8,7 +8,8 @@ import sys
 import threading
 import urllib.request
 
-from fleet import FLEETS, PORTS, ROUTERS, sim_counters, start_gateway, start_kv_fleet, start_router, workload
+from fleet import (FLEETS, PORTS, ROUTERS, gateway_prefix_picks, replica_requests, sim_counters, start_gateway,
+                   start_kv_fleet, start_router, workload)
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from common import BIN, MODEL, stop  # noqa: E402
@@ -57,7 +58,15 @@ def row(d, fleet, mode, load_args, seconds, system_share, routers_bin=None, rest
                        check=True, stdout=subprocess.DEVNULL)
         ts = json.load(open(out))["targets"]
         hit_rate, preempted, evicted = sim_counters(addrs)
+        extra = {"replica_requests": replica_requests(addrs)}
+        if mode in SWITCHYARD_MODES:
+            picks = {}
+            for n in range(len(routers)):
+                for reason, count in gateway_prefix_picks(PORTS[n][1]).items():
+                    picks[reason] = picks.get(reason, 0) + count
+            extra["prefix_picks"] = picks
         return {
+            **extra,
             "completed": sum(t["completed"] for t in ts), "failed": sum(t["failed"] for t in ts),
             "throughput": sum(t["request_throughput"] for t in ts),
             # Over two gateways: the worse of the two.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::inference_policy::{InferenceWeights, PrefixStickiness, Saturation};
 use crate::kind_map::{self, HumanDuration, Kind, KindMap};
 
 /// Which picker spreads requests over a pool's endpoints. Written as a bare name
@@ -17,6 +18,8 @@ use crate::kind_map::{self, HumanDuration, Kind, KindMap};
 /// default, so each bare name is valid on its own.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+// `Inference` is the large one; a pool holds one balancer, built once per config load.
+#[allow(clippy::large_enum_variant)]
 pub enum Balancer {
     #[default]
     RoundRobin,
@@ -71,6 +74,8 @@ pub enum Balancer {
         weights: InferenceWeights,
         /// Keep a request on the replica holding most of its prefix unless moving it pays.
         stickiness: PrefixStickiness,
+        /// When an endpoint is left out of the pick, and when the pool sheds.
+        saturation: Saturation,
         /// Ask each request's upstream for an ORCA load report and use its queue and KV
         /// figures when they are newer than the last scrape.
         orca: bool,
@@ -97,89 +102,6 @@ impl Balancer {
             Self::WeightedLeastUtilization { .. } => "weighted_least_utilization",
             Self::Inference { .. } => "inference",
         }
-    }
-}
-
-/// Scorer weights of the `inference` balancer, as written under `weights:` and as the scorers
-/// read them (`switchyard_inference::scorer::scorers`). The defaults follow llm-d's profile
-/// (queue : KV : prefix = 2 : 2 : 3) and add LoRA affinity and in-flight tokens at 1 each;
-/// latency is off.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct InferenceWeights {
-    pub queue: f64,
-    pub kv_cache: f64,
-    pub prefix: f64,
-    pub lora: f64,
-    pub in_flight: f64,
-    pub latency: f64,
-    /// The prefix share credited to a new prefix's rendezvous owner, so that gateway replicas
-    /// place it alike (`switchyard_inference::prefix_owner`); 0 turns owners off.
-    pub prefix_owner: f64,
-}
-
-impl Default for InferenceWeights {
-    fn default() -> Self {
-        Self {
-            queue: 2.0,
-            kv_cache: 2.0,
-            prefix: 3.0,
-            lora: 1.0,
-            in_flight: 1.0,
-            latency: 0.0,
-            prefix_owner: 0.5,
-        }
-    }
-}
-
-/// Cost-based prefix stickiness of the `inference` balancer (`stickiness:`), read by
-/// `switchyard_inference::stickiness`. A weighted sum moves a prefix off the replica holding it
-/// as soon as that replica's load terms are a little worse; on a fleet at its limit each move is
-/// a prefill elsewhere and an eviction there, and enough of them tip the fleet into a state
-/// where few prefixes are found at all (docs/benchmarks.md, issue 18). A request leaves its
-/// holder only when the holder's queue is `min_imbalance` requests over the least-loaded
-/// candidate's (or its KV usage `min_kv_imbalance` over the least-used one's) *and* the
-/// queueing it saves outweighs the prefill it adds. Off by default: it did not lower TTFT p99
-/// on the simulated fleets (docs/benchmarks.md).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PrefixStickiness {
-    pub enabled: bool,
-    /// Waiting requests by which the holder must exceed the least-loaded candidate before the
-    /// request may leave it (smg's absolute balance threshold, in queue rather than in-flight
-    /// requests).
-    pub min_imbalance: f64,
-    /// Prefill tokens one waiting request is worth, for comparing the queueing a move saves with
-    /// the prefill it adds (unused when a warm latency predictor compares the two instead).
-    pub queue_tokens: f64,
-    /// KV-cache usage (0..1) by which the holder may exceed the least-used candidate and still
-    /// be kept: past it the holder would evict cached blocks or preempt to take the request.
-    pub min_kv_imbalance: f64,
-}
-
-impl Default for PrefixStickiness {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            min_imbalance: 4.0,
-            queue_tokens: 1024.0,
-            min_kv_imbalance: 0.15,
-        }
-    }
-}
-
-impl PrefixStickiness {
-    fn check(&self) -> Result<(), String> {
-        if !(self.min_imbalance.is_finite() && self.min_imbalance >= 0.0) {
-            return Err("`stickiness.min_imbalance` must be a number >= 0".into());
-        }
-        if !(self.queue_tokens.is_finite() && self.queue_tokens > 0.0) {
-            return Err("`stickiness.queue_tokens` must be a number > 0".into());
-        }
-        if !(self.min_kv_imbalance.is_finite() && self.min_kv_imbalance >= 0.0) {
-            return Err("`stickiness.min_kv_imbalance` must be a number >= 0".into());
-        }
-        Ok(())
     }
 }
 
@@ -296,6 +218,7 @@ impl KindMap for Balancer {
                 "stale_after",
                 "weights",
                 "stickiness",
+                "saturation",
                 "orca",
                 "kv_events",
                 "predictor",
@@ -307,6 +230,7 @@ impl KindMap for Balancer {
                     stale_after: s.stale_after.unwrap_or(Duration::from_millis(500)),
                     weights: s.weights.unwrap_or_default(),
                     stickiness: s.stickiness.unwrap_or_default(),
+                    saturation: s.saturation.unwrap_or_default(),
                     orca: s.orca.unwrap_or(true),
                     kv_events: s.kv_events,
                     predictor: s.predictor,
@@ -332,6 +256,7 @@ pub(crate) struct Settings {
     stale_after: Option<Duration>,
     weights: Option<InferenceWeights>,
     stickiness: Option<PrefixStickiness>,
+    saturation: Option<Saturation>,
     orca: Option<bool>,
     kv_events: Option<crate::KvEvents>,
     predictor: Option<Box<crate::Predictor>>,
@@ -423,6 +348,11 @@ fn read_setting<'de, A: MapAccess<'de>>(
             let st: PrefixStickiness = map.next_value()?;
             st.check().map_err(de::Error::custom)?;
             s.stickiness = Some(st);
+        }
+        "saturation" => {
+            let sat: Saturation = map.next_value()?;
+            sat.check().map_err(de::Error::custom)?;
+            s.saturation = Some(sat);
         }
         "orca" => s.orca = Some(map.next_value()?),
         "kv_events" => s.kv_events = Some(map.next_value()?),
@@ -518,33 +448,6 @@ mod tests {
             assert_eq!(b.kind(), kind.name);
             let bare: Balancer = serde_json::from_value(serde_json::json!(kind.name)).unwrap();
             assert_eq!(bare, b);
-        }
-    }
-
-    #[test]
-    fn stickiness_reads_its_keys_and_refuses_nonsense() {
-        let parse = |v| serde_json::from_value::<Balancer>(v);
-        let Balancer::Inference { stickiness, .. } = parse(serde_json::json!({
-            "kind": "inference", "stickiness": {"enabled": true, "min_imbalance": 2}
-        }))
-        .unwrap() else {
-            panic!("not inference")
-        };
-        assert_eq!(
-            stickiness,
-            PrefixStickiness {
-                enabled: true,
-                min_imbalance: 2.0,
-                ..PrefixStickiness::default()
-            }
-        );
-        for bad in [
-            serde_json::json!({"min_imbalance": -1}),
-            serde_json::json!({"queue_tokens": 0}),
-            serde_json::json!({"enable": true}),
-        ] {
-            let v = serde_json::json!({"kind": "inference", "stickiness": bad});
-            assert!(parse(v).is_err(), "{bad}");
         }
     }
 }

@@ -47,7 +47,9 @@ pub mod usage;
 pub use kv_index::KvIndex;
 pub use kv_subscriptions::{spawn_kv_subscriptions, KvSubscriptions};
 pub use model_rewrite::rewrite_model;
-pub use picker::{Decision, EndpointView, InferencePicker, PickerConfig, RequestContext};
+pub use picker::{
+    Decision, EndpointView, InferencePicker, PickerConfig, PrefixOutcome, RequestContext,
+};
 pub use predictor::{
     parse_slo_ms, LatencyPredictor, Measured, PredictorConfig, PredictorMetrics, Selection, Slo,
     Ticket,

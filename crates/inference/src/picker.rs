@@ -29,6 +29,10 @@ use crate::prefix_index::PrefixIndex;
 use crate::scorer::{scorers, ScoreContext, Scorer, Weights};
 use crate::signals::{EndpointSignals, SignalSnapshot};
 
+/// `record`, `finish` and the other calls that feed the picker after its pick.
+#[path = "picker_feedback.rs"]
+mod feedback;
+
 /// Picker settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PickerConfig {
@@ -90,6 +94,53 @@ pub struct RequestContext<'a> {
     pub debug: bool,
 }
 
+/// Where a pick went relative to the request's prefix *holder*: the available endpoint with
+/// the largest share of the prompt's blocks cached, as far as the picker knows (a rendezvous
+/// owner's credit is no share). Counted per pool, it shows what load balancing and the
+/// saturation filter cost in prefix-cache hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PrefixOutcome {
+    /// No available endpoint is known to hold any of the prefix.
+    #[default]
+    Unheld,
+    /// To a holder.
+    Holder,
+    /// Away from a holder that was a candidate: its load, or the SLO, outweighed the hit.
+    Moved,
+    /// Away from holders that were all left out as saturated.
+    HolderSaturated,
+}
+
+impl PrefixOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unheld => "unheld",
+            Self::Holder => "holder",
+            Self::Moved => "moved",
+            Self::HolderSaturated => "holder_saturated",
+        }
+    }
+
+    /// `share` per endpoint (the hit share only), `chosen` the pick among `candidates`.
+    fn of(
+        share: impl Fn(usize) -> f64,
+        held: &[usize],
+        candidates: &[usize],
+        chosen: usize,
+    ) -> Self {
+        let best = held.iter().map(|&i| share(i)).fold(0.0, f64::max);
+        if best <= 0.0 {
+            Self::Unheld
+        } else if share(chosen) >= best {
+            Self::Holder
+        } else if candidates.iter().any(|&i| share(i) >= best) {
+            Self::Moved
+        } else {
+            Self::HolderSaturated
+        }
+    }
+}
+
 /// One scored endpoint, for debug output.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scored {
@@ -118,6 +169,8 @@ pub struct Decision {
     pub work_tokens: u32,
     /// Stickiness kept the request on its prefix's holder over the score's pick.
     pub sticky: Option<crate::stickiness::Kept>,
+    /// Where the request went relative to the endpoint holding most of its prefix.
+    pub prefix: PrefixOutcome,
 }
 
 /// Number of candidates reported in [`Decision::top`].
@@ -466,9 +519,12 @@ impl InferencePicker {
         } else {
             Vec::new()
         };
+        let available: Vec<usize> = (0..n).filter(|&i| available(i)).collect();
+        let prefix = PrefixOutcome::of(hit_share, &available, &candidates, chosen);
         Decision {
             index: Some(chosen),
             saturated,
+            prefix,
             top,
             slo,
             ticket,
@@ -499,97 +555,6 @@ impl InferencePicker {
                 None => share(m, req.block_hashes.len()),
             })
             .collect()
-    }
-
-    /// The request in `req` was sent to `endpoint`: remember its prefix blocks there and count
-    /// its tokens as in flight until [`InferencePicker::finish`].
-    pub fn record(&self, endpoint: usize, req: &RequestContext<'_>) {
-        let signals = self.signals.get(endpoint);
-        if let Some(s) = signals {
-            s.on_pick(req.est_tokens);
-            if self.predictor.is_some() {
-                s.on_prefill(req.prompt_tokens);
-            }
-            let blocks = s.num_gpu_blocks();
-            if blocks > 0 && self.prefix.capacity(endpoint) != blocks as usize {
-                self.prefix.set_capacity(endpoint, blocks as usize);
-            }
-        }
-        self.prefix.record(endpoint, req.block_hashes);
-        if let Some(kv) = &self.kv {
-            kv.record_pending(endpoint, req.token_blocks, Instant::now());
-        }
-    }
-
-    /// A response from `endpoint` carried an ORCA load report: its queue and KV figures become
-    /// the endpoint's signals until a newer scrape or report (see [`crate::signals`]). Ignored
-    /// when [`PickerConfig::orca`] is off or the report has no such figures.
-    pub fn apply_load_report(&self, endpoint: usize, report: &switchyard_balance::LoadReport) {
-        self.apply_load_report_at(endpoint, report, Instant::now());
-    }
-
-    /// [`InferencePicker::apply_load_report`] from a raw `endpoint-load-metrics` header value
-    /// (for callers that have not parsed it, like the EPP); a malformed value is ignored.
-    pub fn apply_load_report_header(&self, endpoint: usize, value: &[u8]) {
-        if self.config.orca {
-            if let Ok(r) = switchyard_balance::parse_orca(value) {
-                self.apply_load_report(endpoint, &r);
-            }
-        }
-    }
-
-    /// [`InferencePicker::apply_load_report`] with an explicit clock.
-    pub fn apply_load_report_at(
-        &self,
-        endpoint: usize,
-        report: &switchyard_balance::LoadReport,
-        now: Instant,
-    ) {
-        if !self.config.orca {
-            return;
-        }
-        if let (Some(s), Some(r)) = (
-            self.signals.get(endpoint),
-            crate::signals::OrcaSignals::from_orca(report),
-        ) {
-            s.apply_orca(&r, now);
-        }
-    }
-
-    /// The request recorded on `endpoint` with `prompt_tokens` got its first byte, or ended
-    /// without one (pools with a predictor count prefills; see [`InferencePicker::record`]).
-    pub fn prefilled(&self, endpoint: usize, prompt_tokens: u32) {
-        if let (Some(s), Some(p)) = (self.signals.get(endpoint), &self.predictor) {
-            s.on_prefilled(prompt_tokens);
-            if s.prefilling().0 == 0.0 {
-                p.on_drained(endpoint);
-            }
-            if let Some(q) = p.queue() {
-                q.kick();
-            }
-        }
-    }
-
-    /// Whether some endpoint has no prefill work from the gateway ahead: nothing it was sent
-    /// awaits a first byte, and no predicted backlog (pools with a predictor; else false).
-    pub fn prefill_idle(&self, now: Instant) -> bool {
-        let Some(p) = &self.predictor else {
-            return false;
-        };
-        self.signals
-            .iter()
-            .enumerate()
-            .any(|(i, s)| s.prefilling().0 == 0.0 && p.backlog_ms(i, now) == 0.0)
-    }
-
-    /// The request recorded on `endpoint` with `est_tokens` finished (or failed).
-    pub fn finish(&self, endpoint: usize, est_tokens: u32) {
-        if let Some(s) = self.signals.get(endpoint) {
-            s.on_finish(est_tokens);
-        }
-        if let Some(q) = self.predictor.as_ref().and_then(|p| p.queue()) {
-            q.kick();
-        }
     }
 }
 

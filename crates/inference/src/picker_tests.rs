@@ -99,23 +99,62 @@ fn sticky_until_saturated() {
         est_tokens: 500,
         ..Default::default()
     };
-    let first = picker.pick_at(&eps, &req, now).index.unwrap();
+    let d = picker.pick_at(&eps, &req, now);
+    assert_eq!(d.prefix, PrefixOutcome::Unheld);
+    let first = d.index.unwrap();
     picker.record(first, &req);
     // Moderate extra load on the holder does not move the prefix.
     picker.signals[first].apply_scrape(&scraped(20.0, 0.5), now);
     for _ in 0..20 {
-        assert_eq!(picker.pick_at(&eps, &req, now).index, Some(first));
+        let d = picker.pick_at(&eps, &req, now);
+        assert_eq!((d.index, d.prefix), (Some(first), PrefixOutcome::Holder));
     }
     // Saturated (queue over the threshold): the prefix moves.
     picker.signals[first].apply_scrape(&scraped(500.0, 0.5), now);
     let d = picker.pick_at(&eps, &req, now);
     assert_eq!(d.index, Some(1 - first));
+    assert_eq!(d.prefix, PrefixOutcome::HolderSaturated);
     assert!(!d.saturated);
     // Both saturated: still picks, and says so.
     picker.signals[1 - first].apply_scrape(&scraped(0.0, 0.99), now);
     let d = picker.pick_at(&eps, &req, now);
     assert!(d.saturated);
     assert!(d.index.is_some());
+}
+
+#[test]
+fn saturation_thresholds_are_settings_and_a_load_driven_move_is_told_apart() {
+    let (eps, _, now) = setup(&[(0.0, 0.95), (0.0, 0.2)]);
+    let hashes = prompt_block_hashes(&prompt("kv-heavy"), 16);
+    let req = RequestContext {
+        block_hashes: &hashes,
+        est_tokens: 500,
+        ..Default::default()
+    };
+    let with = |max_kv_usage: f64, waiting: f64| {
+        let signals = (0..2).map(|_| Arc::new(EndpointSignals::new())).collect();
+        let config = PickerConfig {
+            max_kv_usage,
+            ..PickerConfig::default()
+        };
+        let p = InferencePicker::new(config, signals, Arc::new(PrefixIndex::new()));
+        p.signals[0].apply_scrape(&scraped(waiting, 0.95), now);
+        p.signals[1].apply_scrape(&scraped(0.0, 0.2), now);
+        p.prefix_index().record(0, &hashes);
+        p
+    };
+    // At the default 0.9, the holder's 95% KV usage leaves it out.
+    let d = with(0.9, 0.0).pick_at(&eps, &req, now);
+    assert_eq!(
+        (d.index, d.prefix),
+        (Some(1), PrefixOutcome::HolderSaturated)
+    );
+    // With KV usage not counted (1.0) the holder is a candidate and keeps its prefix...
+    let d = with(1.0, 0.0).pick_at(&eps, &req, now);
+    assert_eq!((d.index, d.prefix), (Some(0), PrefixOutcome::Holder));
+    // ...until its queue outweighs the hit: a move, not a saturation.
+    let d = with(1.0, 100.0).pick_at(&eps, &req, now);
+    assert_eq!((d.index, d.prefix), (Some(1), PrefixOutcome::Moved));
 }
 
 #[test]

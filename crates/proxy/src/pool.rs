@@ -31,6 +31,7 @@ pub struct PoolEntry {
     /// Failing flags and outlier detection, fed by attempts and by finished streams.
     pub health: Arc<PassiveHealth>,
     pub(crate) overflow: prometheus_client::metrics::family::Family<PoolReasonLabels, Counter>,
+    pub(crate) prefix_picks: prometheus_client::metrics::family::Family<PoolReasonLabels, Counter>,
     /// Attempts per second, for capacity reports.
     pub rate: RateMeter,
     /// Endpoints nearest first, for a pool with `locality` and more than one tier.
@@ -66,6 +67,15 @@ impl PoolEntry {
             .get_or_create(&PoolReasonLabels {
                 pool: self.spec.name.clone(),
                 reason,
+            })
+            .inc();
+    }
+
+    pub fn count_prefix_pick(&self, outcome: switchyard_inference::PrefixOutcome) {
+        self.prefix_picks
+            .get_or_create(&PoolReasonLabels {
+                pool: self.spec.name.clone(),
+                reason: outcome.as_str(),
             })
             .inc();
     }

@@ -512,6 +512,7 @@ impl PoolControl {
             stale_after,
             weights,
             stickiness,
+            saturation,
             orca,
             ..
         } = &spec.balancer
@@ -521,6 +522,8 @@ impl PoolControl {
         let config = PickerConfig {
             weights: *weights,
             stickiness: *stickiness,
+            max_waiting: saturation.max_waiting,
+            max_kv_usage: saturation.max_kv_usage,
             stale_after: *stale_after,
             orca: *orca,
             ..PickerConfig::default()

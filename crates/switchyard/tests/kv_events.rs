@@ -101,6 +101,8 @@ async fn requests_follow_the_replicas_real_caches_through_loss_and_restarts() {
         .as_u64()
         .unwrap();
     assert!(cached >= 16 * (blocks as u64 - 1), "{body}");
+    let holder = r#"switchyard_inference_prefix_picks_total{pool="p",reason="holder"}"#;
+    assert_eq!(gw.metric(holder), 1.0, "the pick counted as a holder's");
 
     // vLLM's /reset_prefix_cache on replica 2: its AllBlocksCleared drops the entries.
     let resets = kv_status(&gw, 2)["resets"].as_u64().unwrap();
@@ -134,6 +136,7 @@ async fn requests_follow_the_replicas_real_caches_through_loss_and_restarts() {
     let (headers, _) = complete(&c, &gw.url("/v1/completions"), &prompt).await;
     let pick = headers["x-switchyard-pick"].to_str().unwrap().to_string();
     assert!(!pick.contains("prefix=1.00"), "stale hit claimed: {pick}");
+    assert_eq!(gw.metric(holder), 1.0, "no holder now: {pick}");
 
     // A second gateway started now holds the same entries as the first (replayed on connect).
     let gw2 = Gateway::start(&kv_events_config(&fleet, ""));

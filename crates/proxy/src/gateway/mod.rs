@@ -466,6 +466,7 @@ fn build_pool(
             control.head_latency.clone(),
         )),
         overflow: metrics.overflow.clone(),
+        prefix_picks: metrics.inference_prefix_picks.clone(),
         tls_errors: crate::tls::TlsErrorLog::default(),
         tls_error_counts: metrics.upstream_tls_errors.clone(),
         spec: p.clone(),

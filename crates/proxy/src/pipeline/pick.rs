@@ -72,6 +72,7 @@ pub async fn first_pick(
     }
     let index = pick.index();
     if let Some(i) = index {
+        to.pool().count_prefix_pick(pick.decision.prefix);
         rx.finish.set_inference(
             picker.clone(),
             i,

@@ -42,6 +42,7 @@ pub struct Metrics {
     pub hedges_won: Family<RouteNameLabels, Counter>,
     pub hedges_refused: Family<RouteReasonLabels, Counter>,
     pub overflow: Family<PoolReasonLabels, Counter>,
+    pub inference_prefix_picks: Family<PoolReasonLabels, Counter>,
     pub ejections: Family<PoolReasonLabels, Counter>,
     pub ejected: Family<PoolLabels, Gauge>,
     pub health_transitions: Family<PoolReasonLabels, Counter>,
@@ -218,6 +219,12 @@ impl Metrics {
         let overflow = pool_family(
             "switchyard_overflow",
             "Requests refused by a circuit breaker or the concurrency limit, by which",
+        );
+        let inference_prefix_picks = pool_family(
+            "switchyard_inference_prefix_picks",
+            "`inference` pool picks by where they went relative to the endpoint holding most of \
+             the prompt's prefix (holder, moved: its load outweighed the hit, holder_saturated: \
+             the saturation filter left it out, unheld: nobody holds it)",
         );
         let ejections = pool_family(
             "switchyard_outlier_ejections",
@@ -451,6 +458,7 @@ impl Metrics {
             hedges_won,
             hedges_refused,
             overflow,
+            inference_prefix_picks,
             ejections,
             ejected,
             health_transitions,
