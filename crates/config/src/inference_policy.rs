@@ -93,6 +93,13 @@ impl PrefixStickiness {
 /// Leaving a replica out moves the requests whose prefix it holds: each such move is a
 /// prefill elsewhere. `switchyard_inference_prefix_picks_total{reason="holder_saturated"}`
 /// counts them, so an operator can see what the thresholds cost in cache hits.
+///
+/// KV usage is not a threshold by default (`max_kv_usage: 1`). A replica whose running batch
+/// fills its cache queues the next request, which `max_waiting` and the queue and KV scorers
+/// already weigh; leaving it out at 90% moved the conversations it held on a busy fleet, each
+/// move a prefill that filled another replica's cache, until few prefixes were found anywhere
+/// (docs/benchmarks.md, issue 18: at 100% load the hit rate fell from ~82% to 36–63% in some
+/// runs on both simulated fleets, and never with the threshold off).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Saturation {
@@ -106,7 +113,7 @@ impl Default for Saturation {
     fn default() -> Self {
         Self {
             max_waiting: 128.0,
-            max_kv_usage: 0.9,
+            max_kv_usage: 1.0,
         }
     }
 }

@@ -39,7 +39,8 @@ pub struct PickerConfig {
     pub weights: Weights,
     /// An endpoint with more waiting requests than this is saturated.
     pub max_waiting: f64,
-    /// An endpoint with more KV-cache usage than this (0..1) is saturated.
+    /// An endpoint with more KV-cache usage than this (0..1) is saturated; 1 (the default)
+    /// leaves KV usage to the `kv_cache` scorer (see `switchyard_config::Saturation`).
     pub max_kv_usage: f64,
     /// Signals older than this are treated as unknown.
     pub stale_after: Duration,
@@ -59,7 +60,7 @@ impl Default for PickerConfig {
         Self {
             weights: Weights::default(),
             max_waiting: 128.0,
-            max_kv_usage: 0.9,
+            max_kv_usage: 1.0,
             stale_after: Duration::from_millis(500),
             tie_epsilon: 0.01,
             block_tokens: 16,

@@ -34,6 +34,13 @@ fn scraped(waiting: f64, kv: f64) -> ScrapedMetrics {
 }
 
 fn setup(loads: &[(f64, f64)]) -> (Vec<Endpoint>, InferencePicker, Instant) {
+    setup_with(PickerConfig::default(), loads)
+}
+
+fn setup_with(
+    config: PickerConfig,
+    loads: &[(f64, f64)],
+) -> (Vec<Endpoint>, InferencePicker, Instant) {
     let now = Instant::now();
     let signals: Vec<_> = loads
         .iter()
@@ -43,11 +50,7 @@ fn setup(loads: &[(f64, f64)]) -> (Vec<Endpoint>, InferencePicker, Instant) {
             s
         })
         .collect();
-    let picker = InferencePicker::new(
-        PickerConfig::default(),
-        signals,
-        Arc::new(PrefixIndex::new()),
-    );
+    let picker = InferencePicker::new(config, signals, Arc::new(PrefixIndex::new()));
     (endpoints(loads.len()), picker, now)
 }
 
@@ -116,7 +119,7 @@ fn sticky_until_saturated() {
     assert_eq!(d.prefix, PrefixOutcome::HolderSaturated);
     assert!(!d.saturated);
     // Both saturated: still picks, and says so.
-    picker.signals[1 - first].apply_scrape(&scraped(0.0, 0.99), now);
+    picker.signals[1 - first].apply_scrape(&scraped(300.0, 0.5), now);
     let d = picker.pick_at(&eps, &req, now);
     assert!(d.saturated);
     assert!(d.index.is_some());
@@ -143,13 +146,14 @@ fn saturation_thresholds_are_settings_and_a_load_driven_move_is_told_apart() {
         p.prefix_index().record(0, &hashes);
         p
     };
-    // At the default 0.9, the holder's 95% KV usage leaves it out.
+    // At 0.9, the holder's 95% KV usage leaves it out.
     let d = with(0.9, 0.0).pick_at(&eps, &req, now);
     assert_eq!(
         (d.index, d.prefix),
         (Some(1), PrefixOutcome::HolderSaturated)
     );
-    // With KV usage not counted (1.0) the holder is a candidate and keeps its prefix...
+    // With KV usage not counted (1.0, the default) the holder is a candidate and keeps its
+    // prefix...
     let d = with(1.0, 0.0).pick_at(&eps, &req, now);
     assert_eq!((d.index, d.prefix), (Some(0), PrefixOutcome::Holder));
     // ...until its queue outweighs the hit: a move, not a saturation.
@@ -318,7 +322,9 @@ proptest! {
         adapter in proptest::option::of("[ab]"),
     ) {
         let loads: Vec<_> = state.iter().map(|s| (s.2, s.3)).collect();
-        let (eps, picker, now) = setup(&loads);
+        // KV usage as a threshold too (off by default), so that both halves are exercised.
+        let config = PickerConfig { max_kv_usage: 0.9, ..PickerConfig::default() };
+        let (eps, picker, now) = setup_with(config, &loads);
         let hashes = prompt_block_hashes(&prompt("p"), 16);
         for (i, s) in state.iter().enumerate() {
             eps[i].state.set_healthy(s.0);
