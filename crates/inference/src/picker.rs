@@ -122,14 +122,18 @@ impl PrefixOutcome {
         }
     }
 
-    /// `share` per endpoint (the hit share only), `chosen` the pick among `candidates`.
+    /// `share` per endpoint (the hit share only) over the `available` ones of `0..n`, `chosen`
+    /// the pick among `candidates`.
     fn of(
         share: impl Fn(usize) -> f64,
-        held: &[usize],
+        (n, available): (usize, impl Fn(usize) -> bool),
         candidates: &[usize],
         chosen: usize,
     ) -> Self {
-        let best = held.iter().map(|&i| share(i)).fold(0.0, f64::max);
+        let best = (0..n)
+            .filter(|&i| available(i))
+            .map(&share)
+            .fold(0.0, f64::max);
         if best <= 0.0 {
             Self::Unheld
         } else if share(chosen) >= best {
@@ -520,8 +524,7 @@ impl InferencePicker {
         } else {
             Vec::new()
         };
-        let available: Vec<usize> = (0..n).filter(|&i| available(i)).collect();
-        let prefix = PrefixOutcome::of(hit_share, &available, &candidates, chosen);
+        let prefix = PrefixOutcome::of(hit_share, (n, available), &candidates, chosen);
         Decision {
             index: Some(chosen),
             saturated,
