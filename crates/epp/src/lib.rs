@@ -347,6 +347,9 @@ impl Epp {
                     tpot_ms: slo_header("x-slo-tpot-ms"),
                 };
                 let pick = picker.pick_request_slo(&pool.endpoints, &parsed, sheddable, debug, slo);
+                if pick.index().is_some() && !pick.shed {
+                    pool.count_prefix_pick(pick.decision.prefix);
+                }
                 if let Some(s) = span.as_mut().filter(|s| s.recording()) {
                     s.explain(
                         &switchyard_inference::InferencePicker::debug_header(&pick.decision),
@@ -354,6 +357,7 @@ impl Epp {
                     );
                 }
                 if pick.shed {
+                    pool.count_overflow("shed");
                     end_span(span, None, Some("shed"));
                     return immediate(
                         429,
@@ -474,12 +478,15 @@ fn grpc_response(rx: mpsc::Receiver<Frame<Bytes>>) -> Response<GrpcBody> {
     r
 }
 
-/// Bind `listen` and serve until Ctrl-C.
+/// Bind `listen` and serve until Ctrl-C; with `admin`, the gateway's admin API there too
+/// (`/metrics` with the pool's scrape, KV-event and pick counters, `/pools`, `/ready`), as an
+/// llm-d EPP serves its metrics.
 pub async fn run(
     config: Config,
     listen: SocketAddr,
     pool: Option<String>,
     max_message_bytes: usize,
+    admin: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     let epp = Epp::new(config, pool.as_deref(), max_message_bytes)?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -487,6 +494,16 @@ pub async fn run(
     tracing::info!(address = %addr, "endpoint picker listening");
     println!("switchyard epp listening on {addr}");
     let handle = epp.handle.clone();
+    if let Some(address) = admin {
+        let listener = switchyard_admin::bind(address)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot bind admin listener {address}: {e}"))?;
+        let address = listener.local_addr()?;
+        let admin = switchyard_admin::Admin::new(handle.clone());
+        tokio::spawn(admin.clone().serve(listener));
+        admin.set_ready(true);
+        println!("switchyard epp admin listening on {address}");
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = epp.serve(listener) => {}

@@ -111,6 +111,9 @@ enum Command {
         /// Longer messages end the stream with RESOURCE_EXHAUSTED; longer bodies get 413.
         #[arg(long, default_value_t = switchyard_epp::DEFAULT_MAX_MESSAGE_BYTES)]
         max_message_bytes: usize,
+        /// Admin HTTP address (/metrics, /pools, /ready); none unless given.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
     },
     /// Serve the config to Envoy over xDS (ADS: LDS, RDS, CDS, EDS; state of the world and
     /// delta on one port), with capacity-aware endpoint weights for inference pools.
@@ -157,6 +160,7 @@ fn main() -> ExitCode {
             listen,
             pool,
             max_message_bytes,
+            admin,
         } => match switchyard_config::load_file(&config) {
             Err(errors) => {
                 eprintln!("{errors}");
@@ -168,7 +172,13 @@ fn main() -> ExitCode {
                     .build()
                     .map_err(anyhow::Error::from)
                     .and_then(|rt| {
-                        rt.block_on(switchyard_epp::run(cfg, listen, pool, max_message_bytes))
+                        rt.block_on(switchyard_epp::run(
+                            cfg,
+                            listen,
+                            pool,
+                            max_message_bytes,
+                            admin,
+                        ))
                     }),
             ),
         },

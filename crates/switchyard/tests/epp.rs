@@ -179,7 +179,8 @@ async fn envoy_routes_where_the_endpoint_picker_says() {
     let dir = tempfile::tempdir().unwrap();
     let receiver = otlp::Receiver::grpc();
     let config = epp_config(dir.path(), &fleet, "", &receiver);
-    let (_epp, epp_addr) = support::start_epp(&config, &[]);
+    let (_epp, epp_addr, admin) = support::start_epp_with_admin(&config);
+    assert_eq!(support::client::raw_get(admin, "/ready").0, 200);
 
     let (_envoy, listen) = start_envoy(dir.path(), epp_addr, false).await;
     let c = client::http1();
@@ -229,6 +230,23 @@ async fn envoy_routes_where_the_endpoint_picker_says() {
         served.iter().any(|n| *n >= 7.0),
         "prefix not kept together: {served:?}"
     );
+    // The picker's admin API counts its picks by where they went against the prefix's holder.
+    let (_, metrics) = support::client::raw_get(admin, "/metrics");
+    let picks = |reason: &str| {
+        let series = format!(
+            "switchyard_inference_prefix_picks_total{{pool=\"llama\",reason=\"{reason}\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let counted: f64 = ["holder", "moved", "holder_saturated", "unheld"]
+        .iter()
+        .map(|r| picks(r))
+        .sum();
+    assert_eq!(counted, 8.0, "{metrics}");
+    assert!(picks("holder") >= 6.0, "{metrics}");
 
     // A malformed body never reaches a replica: the picker answers 400 through Envoy.
     let req = http::Request::post(format!("http://127.0.0.1:{listen}/v1/chat/completions"))

@@ -286,6 +286,33 @@ impl Drop for Kill {
 /// Start `switchyard epp` on an ephemeral port with `config` (and `extra_args`); returns it and
 /// the address it printed once listening.
 pub fn start_epp(config: &std::path::Path, extra_args: &[&str]) -> (Kill, SocketAddr) {
+    let (epp, mut lines) = spawn_epp(config, extra_args);
+    (epp, printed_address(&mut lines))
+}
+
+/// [`start_epp`] with its admin API on an ephemeral port too: (the picker, its gRPC address,
+/// its admin address).
+pub fn start_epp_with_admin(config: &std::path::Path) -> (Kill, SocketAddr, SocketAddr) {
+    let (epp, mut lines) = spawn_epp(config, &["--admin", "127.0.0.1:0"]);
+    let grpc = printed_address(&mut lines);
+    (epp, grpc, printed_address(&mut lines))
+}
+
+type Lines = std::io::Lines<BufReader<std::process::ChildStdout>>;
+
+/// The address at the end of the next line the process printed.
+fn printed_address(lines: &mut Lines) -> SocketAddr {
+    let line = lines
+        .next()
+        .expect("epp printed its address")
+        .expect("a line");
+    line.rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .expect("an address at the end of the line")
+}
+
+fn spawn_epp(config: &std::path::Path, extra_args: &[&str]) -> (Kill, Lines) {
     let mut epp = Kill(
         Command::new(BIN)
             .args(["epp", "--listen", "127.0.0.1:0", "--config"])
@@ -296,15 +323,6 @@ pub fn start_epp(config: &std::path::Path, extra_args: &[&str]) -> (Kill, Socket
             .spawn()
             .expect("start switchyard epp"),
     );
-    let line = BufReader::new(epp.0.stdout.take().expect("piped stdout"))
-        .lines()
-        .next()
-        .expect("epp printed its address")
-        .expect("a line");
-    let addr = line
-        .rsplit(' ')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .expect("an address at the end of the line");
-    (epp, addr)
+    let lines = BufReader::new(epp.0.stdout.take().expect("piped stdout")).lines();
+    (epp, lines)
 }
