@@ -501,8 +501,13 @@ pub async fn run(
         let address = listener.local_addr()?;
         let admin = switchyard_admin::Admin::new(handle.clone());
         tokio::spawn(admin.clone().serve(listener));
-        admin.set_ready(true);
         println!("switchyard epp admin listening on {address}");
+        // Ready as the gateway is: once the picker has seen its endpoints' first scrapes.
+        let gateway = handle.clone();
+        tokio::spawn(async move {
+            gateway.first_scrapes_done().await;
+            admin.set_ready(true);
+        });
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -110,19 +110,6 @@ pub struct Started {
     pub admin_address: std::net::SocketAddr,
 }
 
-/// An `inference` pool scores endpoints blind until their first scrape comes back: readiness
-/// waits for that (a failed scrape counts), at most as long as a scrape may take. Traffic that
-/// arrives meanwhile is served all the same.
-async fn wait_for_first_scrapes(server: &Server) {
-    let gateway = server.handle.load();
-    let (mut done, bound) = gateway.first_scrapes();
-    let until = tokio::time::Instant::now() + bound + Duration::from_millis(100);
-    while !done && tokio::time::Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        done = gateway.first_scrapes().0;
-    }
-}
-
 /// Bind listeners and the admin API for `config` and mark the gateway ready. Must run inside the
 /// runtime.
 pub async fn start(config: Config) -> Result<Started, String> {
@@ -136,7 +123,7 @@ pub async fn start(config: Config) -> Result<Started, String> {
     let admin_address = listener.local_addr().unwrap_or(admin_address);
     tracing::info!(address = %admin_address, "admin listening");
     tokio::spawn(admin.clone().serve(listener));
-    wait_for_first_scrapes(&server).await;
+    server.handle.first_scrapes_done().await;
     admin.set_ready(true);
     Ok(Started {
         server,

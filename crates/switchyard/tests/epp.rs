@@ -180,7 +180,11 @@ async fn envoy_routes_where_the_endpoint_picker_says() {
     let receiver = otlp::Receiver::grpc();
     let config = epp_config(dir.path(), &fleet, "", &receiver);
     let (_epp, epp_addr, admin) = support::start_epp_with_admin(&config);
-    assert_eq!(support::client::raw_get(admin, "/ready").0, 200);
+    // Ready once the picker has heard back from its first scrape of each replica.
+    support::eventually("the picker ready", || {
+        support::client::raw_get(admin, "/ready").0 == 200
+    })
+    .await;
 
     let (_envoy, listen) = start_envoy(dir.path(), epp_addr, false).await;
     let c = client::http1();

@@ -91,6 +91,19 @@ struct Shared<'a> {
 }
 
 impl GatewayHandle {
+    /// Returns once every `inference` pool has heard back from its first scrape of each
+    /// endpoint (a failure counts), or after the longest a scrape may take plus 100 ms: what
+    /// startup readiness waits on, so that a load balancer waiting on `/ready` never sends the
+    /// first requests to a picker that scores blind. Traffic that comes earlier is served.
+    pub async fn first_scrapes_done(&self) {
+        let (mut done, bound) = self.load().first_scrapes();
+        let until = tokio::time::Instant::now() + bound + std::time::Duration::from_millis(100);
+        while !done && tokio::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            done = self.load().first_scrapes().0;
+        }
+    }
+
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Self>, String> {
         let mut states = StateRegistry::default();
         let mut conns = ConnRegistry::new();
