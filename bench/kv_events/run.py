@@ -19,6 +19,8 @@ Two parts:
     of the blocks its event index holds; pending picks and every load term stay the same, so
     `events` against `oracle` is the cost of the index's inaccuracy alone;
   - `approximate-x2` / `events-x2`: two gateway replicas, arrivals spread over both;
+  - `epp`: `switchyard epp` with the `events` pool, behind Envoy (ext_proc, the request body
+    buffered, an ORIGINAL_DST cluster), both on core 0: the picker where llm-d puts its EPP;
   - `vllm-router`, `smg`, `sglang-router`: the PyPI routers with `--policy cache_aware`
     (defaults otherwise; `--routers-bin` names the directory of their executables).
   A fresh fleet and router start for every row, so caches start cold for all. Routers on core

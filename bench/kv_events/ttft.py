@@ -8,8 +8,8 @@ import sys
 import threading
 import urllib.request
 
-from fleet import (FLEETS, PORTS, ROUTERS, gateway_prefix_picks, replica_requests, sim_counters, start_gateway,
-                   start_kv_fleet, start_router, workload)
+from fleet import (FLEETS, PORTS, ROUTERS, gateway_prefix_picks, replica_requests, sim_counters,
+                   start_epp_behind_envoy, start_gateway, start_kv_fleet, start_router, workload)
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from common import BIN, MODEL, stop  # noqa: E402
@@ -39,6 +39,8 @@ def row(d, fleet, mode, load_args, seconds, system_share, routers_bin=None, rest
     try:
         if mode in ROUTERS:
             routers.append(start_router(mode, addrs, routers_bin))
+        elif mode == "epp":
+            routers += start_epp_behind_envoy(d, addrs, kv)
         elif mode in SWITCHYARD_MODES:
             for n in range(2 if mode.endswith("x2") else 1):
                 routers.append(start_gateway(d, n, addrs, kv, mode != "approximate" and mode != "approximate-x2",
@@ -46,7 +48,7 @@ def row(d, fleet, mode, load_args, seconds, system_share, routers_bin=None, rest
         else:
             sys.exit(f"unknown mode {mode}")
         targets = []
-        for n in range(len(routers)):
+        for n in range(1 if mode == "epp" else len(routers)):
             targets += ["--target", f"gw{n}=http://127.0.0.1:{PORTS[n][0]}"]
         oracle = ["--prefix-oracle", f"http://{addrs[0]}/sim/oracle/cached"] if mode == "oracle" else []
         out = os.path.join(d, "bench.json")
@@ -59,9 +61,9 @@ def row(d, fleet, mode, load_args, seconds, system_share, routers_bin=None, rest
         ts = json.load(open(out))["targets"]
         hit_rate, preempted, evicted = sim_counters(addrs)
         extra = {"replica_requests": replica_requests(addrs)}
-        if mode in SWITCHYARD_MODES:
+        if mode in SWITCHYARD_MODES or mode == "epp":
             picks = {}
-            for n in range(len(routers)):
+            for n in range(1 if mode == "epp" else len(routers)):
                 for reason, count in gateway_prefix_picks(PORTS[n][1]).items():
                     picks[reason] = picks.get(reason, 0) + count
             extra["prefix_picks"] = picks
