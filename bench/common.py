@@ -128,6 +128,38 @@ static_resources:
     return p
 
 
+def start_envoy_for_epp(d, port, admin, epp_port, original_dst_extra=""):
+    """Envoy (one worker, core 0) with the ext_proc filter asking `switchyard epp` at `epp_port`
+    (request headers and the buffered body; responses not sent) and an ORIGINAL_DST cluster
+    routing where it says (`x-gateway-destination-endpoint`), route timeout 120 s.
+    `original_dst_extra` are YAML lines indented for that cluster."""
+    filters = """          - name: envoy.filters.http.ext_proc
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
+              grpc_service: {envoy_grpc: {cluster_name: epp}}
+              message_timeout: 5s
+              processing_mode: {request_header_mode: SEND, response_header_mode: SKIP, request_body_mode: BUFFERED, response_body_mode: NONE, request_trailer_mode: SKIP, response_trailer_mode: SKIP}
+"""
+    clusters = f"""  - name: epp
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: epp
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {epp_port}}}}}}}}}]}}]
+  - name: original_dst
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    connect_timeout: 1s
+{original_dst_extra}    original_dst_lb_config: {{use_http_header: true, http_header_name: x-gateway-destination-endpoint}}
+"""
+    return start_envoy(d, port, admin, [], "                  timeout: 120s\n",
+                       filters=filters, route_cluster="original_dst", clusters=clusters)
+
+
 def envoy_operator_retry(per_try_timeout, timeout):
     """Route lines (indented for `start_envoy`'s `route_extra`): the retry policy an operator first
     writes, as the fault benchmarks configure it: 3 attempts on connect-failure, reset and

@@ -23,14 +23,7 @@ want chromium chromium
 if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
   need_apt+=(python3-venv)
 fi
-if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "bench/setup.sh: installing ${need_apt[*]}" >&2
-  sudo=()
-  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-  export DEBIAN_FRONTEND=noninteractive
-  "${sudo[@]}" apt-get update -qq
-  "${sudo[@]}" apt-get install -y -qq "${need_apt[@]}"
-fi
+scripts/apt-install ${need_apt[@]+"${need_apt[@]}"}
 
 scripts/venv
 

@@ -25,7 +25,7 @@ import tempfile
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from common import BIN, MODEL, start_envoy, start_fleet, stop, wait_http  # noqa: E402
+from common import BIN, MODEL, start_envoy, start_envoy_for_epp, start_fleet, stop, wait_http  # noqa: E402
 PORT, ADMIN = 18580, 18581
 
 
@@ -61,31 +61,7 @@ def start_envoy_epp(d, addrs):
         f.write(f"pools: [{{name: sim, balancer: inference, endpoints: [{', '.join(addrs)}]}}]\n")
     epp = subprocess.Popen(["taskset", "-c", "0", BIN, "epp", "--config", conf, "--listen", f"127.0.0.1:{EPP_PORT}"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    filters = """          - name: envoy.filters.http.ext_proc
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
-              grpc_service: {envoy_grpc: {cluster_name: epp}}
-              message_timeout: 5s
-              processing_mode: {request_header_mode: SEND, response_header_mode: SKIP, request_body_mode: BUFFERED, response_body_mode: NONE, request_trailer_mode: SKIP, response_trailer_mode: SKIP}
-"""
-    clusters = f"""  - name: epp
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: epp
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {EPP_PORT}}}}}}}}}]}}]
-  - name: original_dst
-    type: ORIGINAL_DST
-    lb_policy: CLUSTER_PROVIDED
-    connect_timeout: 1s
-    original_dst_lb_config: {{use_http_header: true, http_header_name: x-gateway-destination-endpoint}}
-"""
-    envoy = start_envoy(d, PORT, ADMIN, [], "                  timeout: 120s\n",
-                        filters=filters, route_cluster="original_dst", clusters=clusters)
+    envoy = start_envoy_for_epp(d, PORT, ADMIN, EPP_PORT)
     return envoy, epp
 
 

@@ -11,7 +11,7 @@ import sys
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from common import BIN, MODEL, envoy_bin, wait_http  # noqa: E402
+from common import BIN, MODEL, start_envoy_for_epp, wait_http  # noqa: E402
 
 # Per fleet: replicas (one at half speed), and the shared-prefix groups that make the workload's
 # working set exceed the fleet's cache (see WORKING SET in run.py's docstring).
@@ -61,6 +61,13 @@ def start_kv_fleet(d, fleet, loss):
     return p, addrs, kv
 
 
+def pool_endpoints(addrs, kv, events):
+    """The pool's `endpoints:` lines: each replica with its KV-event sockets when `events`."""
+    return "\n".join(
+        f"      - {{address: {a}, kv_events: \"{e}\", kv_replay: \"{r}\"}}" if events else f"      - {a}"
+        for a, (e, r) in zip(addrs, kv))
+
+
 def start_gateway(d, n, addrs, kv, events, owners=True, keys=""):
     """Switchyard `inference` on core 0, with the KV-event index when `events`. Its listener
     trusts debug headers: the correctness part reads its explanations, the oracle mode sends
@@ -68,9 +75,7 @@ def start_gateway(d, n, addrs, kv, events, owners=True, keys=""):
     a prefix nobody holds reads as a prefix share in the explanation, not a believed hit. `keys`
     are more settings of the balancer map, as YAML (`stickiness: {enabled: true}`)."""
     port, admin = PORTS[n]
-    eps = "\n".join(
-        f"      - {{address: {a}, kv_events: \"{e}\", kv_replay: \"{r}\"}}" if events else f"      - {a}"
-        for a, (e, r) in zip(addrs, kv))
+    eps = pool_endpoints(addrs, kv, events)
     weights = "" if owners else ", weights: {prefix_owner: 0}"
     extra = f", {keys}" if keys else ""
     balancer = f"{{kind: inference{', kv_events: {}' if events else ''}{weights}{extra}}}"
@@ -101,7 +106,7 @@ def start_epp_behind_envoy(d, addrs, kv):
     """`switchyard epp` with the KV-event index (the `events` gateway's pool), behind Envoy 1.40
     (one worker, ext_proc with the request body buffered, an ORIGINAL_DST cluster), both on
     core 0: the picker behind an existing Envoy, as llm-d deploys its EPP."""
-    eps = "\n".join(f"      - {{address: {a}, kv_events: \"{e}\", kv_replay: \"{r}\"}}" for a, (e, r) in zip(addrs, kv))
+    eps = pool_endpoints(addrs, kv, True)
     conf = os.path.join(d, "epp.yaml")
     with open(conf, "w") as f:
         f.write(f"pools:\n  - name: sim\n    balancer: {{kind: inference, kv_events: {{}}}}\n    endpoints:\n{eps}\n")
@@ -109,67 +114,10 @@ def start_epp_behind_envoy(d, addrs, kv):
                             "--admin", f"127.0.0.1:{PORTS[0][1]}"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     wait_http(f"http://127.0.0.1:{PORTS[0][1]}/ready")
-    envoy_yaml = os.path.join(d, "envoy.yaml")
-    with open(envoy_yaml, "w") as f:
-        f.write(ENVOY_EPP.format(listen=PORTS[0][0], admin=ENVOY_ADMIN, epp=EPP_GRPC))
-    envoy = subprocess.Popen(["taskset", "-c", "0", envoy_bin(), "--disable-hot-restart", "--concurrency", "1",
-                              "-l", "error", "-c", envoy_yaml],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_http(f"http://127.0.0.1:{ENVOY_ADMIN}/ready", timeout=60)
+    # The routers' limits raised, as for the other routers (Envoy's default is 1,024 requests).
+    limits = "    circuit_breakers: {thresholds: [{max_connections: 100000, max_pending_requests: 100000, max_requests: 100000}]}\n"
+    envoy = start_envoy_for_epp(d, PORTS[0][0], ENVOY_ADMIN, EPP_GRPC, original_dst_extra=limits)
     return [envoy, epp]
-
-
-ENVOY_EPP = """admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
-static_resources:
-  listeners:
-  - name: l
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route: {{cluster: original_dst, timeout: 120s}}
-          http_filters:
-          - name: envoy.filters.http.ext_proc
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
-              grpc_service: {{envoy_grpc: {{cluster_name: epp}}}}
-              message_timeout: 5s
-              processing_mode:
-                request_header_mode: SEND
-                response_header_mode: SKIP
-                request_body_mode: BUFFERED
-                response_body_mode: NONE
-                request_trailer_mode: SKIP
-                response_trailer_mode: SKIP
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
-  - name: epp
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: epp
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {epp}}}}}}}}}]}}]
-  - name: original_dst
-    type: ORIGINAL_DST
-    lb_policy: CLUSTER_PROVIDED
-    connect_timeout: 1s
-    circuit_breakers: {{thresholds: [{{max_connections: 100000, max_pending_requests: 100000, max_requests: 100000}}]}}
-    original_dst_lb_config: {{use_http_header: true, http_header_name: x-gateway-destination-endpoint}}
-"""
 
 
 ROUTERS = {

@@ -103,7 +103,7 @@ pub struct RequestContext<'a> {
 pub enum PrefixOutcome {
     /// No available endpoint is known to hold any of the prefix.
     #[default]
-    Unheld,
+    Unheld = 0,
     /// To a holder.
     Holder,
     /// Away from a holder that was a candidate: its load, or the SLO, outweighed the hit.
@@ -113,6 +113,14 @@ pub enum PrefixOutcome {
 }
 
 impl PrefixOutcome {
+    /// Every outcome, each at the index of its discriminant.
+    pub const ALL: [Self; 4] = [
+        Self::Unheld,
+        Self::Holder,
+        Self::Moved,
+        Self::HolderSaturated,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Unheld => "unheld",
@@ -126,7 +134,8 @@ impl PrefixOutcome {
     /// the pick among `candidates`.
     fn of(
         share: impl Fn(usize) -> f64,
-        (n, available): (usize, impl Fn(usize) -> bool),
+        n: usize,
+        available: impl Fn(usize) -> bool,
         candidates: &[usize],
         chosen: usize,
     ) -> Self {
@@ -524,7 +533,7 @@ impl InferencePicker {
         } else {
             Vec::new()
         };
-        let prefix = PrefixOutcome::of(hit_share, (n, available), &candidates, chosen);
+        let prefix = PrefixOutcome::of(hit_share, n, available, &candidates, chosen);
         Decision {
             index: Some(chosen),
             saturated,

@@ -506,3 +506,11 @@ fn stickiness_keeps_a_conversation_on_a_mildly_busier_holder_and_says_so() {
     );
     assert_eq!((d.index, d.sticky), (Some(1), None));
 }
+
+#[test]
+fn prefix_outcomes_sit_at_their_discriminants() {
+    // The proxy indexes its per-pool counters by `outcome as usize`.
+    for (i, o) in PrefixOutcome::ALL.iter().enumerate() {
+        assert_eq!(*o as usize, i, "{o:?}");
+    }
+}

@@ -31,7 +31,9 @@ pub struct PoolEntry {
     /// Failing flags and outlier detection, fed by attempts and by finished streams.
     pub health: Arc<PassiveHealth>,
     pub(crate) overflow: prometheus_client::metrics::family::Family<PoolReasonLabels, Counter>,
-    pub(crate) prefix_picks: prometheus_client::metrics::family::Family<PoolReasonLabels, Counter>,
+    /// `inference` pools: picks by [`switchyard_inference::PrefixOutcome`], in the order of
+    /// its `ALL` (counted on every request, so resolved once per generation).
+    pub(crate) prefix_picks: Option<[Counter; 4]>,
     /// Attempts per second, for capacity reports.
     pub rate: RateMeter,
     /// Endpoints nearest first, for a pool with `locality` and more than one tier.
@@ -72,12 +74,9 @@ impl PoolEntry {
     }
 
     pub fn count_prefix_pick(&self, outcome: switchyard_inference::PrefixOutcome) {
-        self.prefix_picks
-            .get_or_create(&PoolReasonLabels {
-                pool: self.spec.name.clone(),
-                reason: outcome.as_str(),
-            })
-            .inc();
+        if let Some(counters) = &self.prefix_picks {
+            counters[outcome as usize].inc();
+        }
     }
 
     pub fn count_tls_error(&self, cause: crate::tls::TlsCause) {

@@ -439,6 +439,17 @@ fn build_pool(
     Ok(Arc::new(PoolEntry {
         locality: None,
         rate: crate::pool::RateMeter::new(0),
+        prefix_picks: inference.as_ref().map(|_| {
+            switchyard_inference::PrefixOutcome::ALL.map(|o| {
+                metrics
+                    .inference_prefix_picks
+                    .get_or_create(&switchyard_telemetry::metrics::PoolReasonLabels {
+                        pool: p.name.clone(),
+                        reason: o.as_str(),
+                    })
+                    .clone()
+            })
+        }),
         inference,
         model_metrics: PoolModelMetrics::new(
             metrics,
@@ -479,7 +490,6 @@ fn build_pool(
             control.head_latency.clone(),
         )),
         overflow: metrics.overflow.clone(),
-        prefix_picks: metrics.inference_prefix_picks.clone(),
         tls_errors: crate::tls::TlsErrorLog::default(),
         tls_error_counts: metrics.upstream_tls_errors.clone(),
         spec: p.clone(),
