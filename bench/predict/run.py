@@ -72,6 +72,8 @@ WORKLOADS = {
               "--output-dist", "uniform:16,128"],
 }
 WORKLOAD = WORKLOADS["mixed"]
+# Every replica runs priority scheduling (vLLM `--scheduling-policy priority`), for every picker.
+ENGINE_PRIORITY = False
 BALANCERS = {
     "least_request": "least_request",
     "inference": "inference",
@@ -79,6 +81,7 @@ BALANCERS = {
     "predicted-pack": "{kind: inference, predictor: {selection: least_headroom}}",
     "predicted-shed": "{kind: inference, predictor: {}}",
     "predicted-queue": "{kind: inference, predictor: {queue: {}}}",
+    "predicted-late": "{kind: inference, predictor: {late_priority: 1}}",
 }
 
 
@@ -125,6 +128,8 @@ def error_mean(name):
 def run(d, fleet, picker, load_args, seconds, slo_ms, extra=()):
     """One row: fresh fleet and gateway, `switchyard bench` with `load_args`."""
     yaml, _ = FLEETS[fleet]
+    if ENGINE_PRIORITY:
+        yaml = yaml.replace("max_num_seqs:", "scheduling_policy: priority, max_num_seqs:")
     fp, addrs = start_fleet(d, f"model: {MODEL}\nbase_port: 0\n" + yaml, 8)
     gw = None
     try:
@@ -169,9 +174,12 @@ def main():
     ap.add_argument("--slo-factor", type=float, default=2.0)
     ap.add_argument("--steady-load", type=float, default=0.7, help="0 skips the steady MAPE rows")
     ap.add_argument("--workload", choices=sorted(WORKLOADS), default="mixed")
+    ap.add_argument("--engine-priority", action="store_true",
+                    help="replicas schedule by the request's `priority` (vLLM --scheduling-policy priority)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    global WORKLOAD
+    global WORKLOAD, ENGINE_PRIORITY
+    ENGINE_PRIORITY = args.engine_priority
     WORKLOAD = WORKLOADS[args.workload]
     d = tempfile.mkdtemp(prefix="sy-predict-")
     results = {"args": vars(args), "fleets": {}}

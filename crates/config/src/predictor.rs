@@ -29,6 +29,13 @@ pub struct Predictor {
     /// defaults).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue: Option<SloQueue>,
+    /// The engine `priority` (vLLM's and SGLang's request field; lower runs first) given to a
+    /// request no endpoint is predicted to serve within its SLO even in the model's typical
+    /// case, so the engine runs requests that can still meet theirs first. Unset (the default)
+    /// leaves bodies alone: the engines must run priority scheduling (vLLM
+    /// `--scheduling-policy priority`), or vLLM refuses a priority other than 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub late_priority: Option<i64>,
 }
 
 /// `predictor.queue`: how long and how many requests the gateway holds for an endpoint
@@ -63,6 +70,7 @@ impl Default for Predictor {
             refit_every: 16,
             min_samples: 64,
             queue: None,
+            late_priority: None,
         }
     }
 }

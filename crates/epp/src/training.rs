@@ -115,6 +115,7 @@ impl Drop for Picked {
         if self.ticket.is_some() && self.first_chunk.is_none() {
             self.picker.prefilled(self.index, self.prompt_tokens);
         }
-        self.picker.finish(self.index, self.tokens);
+        self.picker
+            .finish(self.index, self.tokens, self.ticket.as_ref());
     }
 }

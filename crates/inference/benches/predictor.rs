@@ -68,13 +68,14 @@ fn setup() -> (Vec<Endpoint>, InferencePicker) {
             0.0,
             &snap,
             (snap.waiting, snap.waiting * 1000.0),
-            0.0,
+            (0.0, 0.0),
         );
         let slow = if e == 15 { 2.0 } else { 1.0 };
         let ticket = Ticket {
             endpoint: e,
             features: x,
             predicted: predictor.model().map(|m| m.predict(e, &x)),
+            ends_at: 0,
         };
         let ttft = slow * (30.0 + 40.0 * snap.waiting + 0.05 * prompt);
         let t = Instant::now();

@@ -15,7 +15,8 @@
 //!   server's Prometheus endpoint, corrected between scrapes by the gateway's own picks;
 //! * [`scorer`] and [`picker`]: weighted scorers, a saturation filter and the `inference` picker;
 //!   [`stickiness`]: a prefix kept on its holder unless moving it pays;
-//! * [`model_rewrite`]: per-target model rewrite of a request body, byte for byte otherwise;
+//! * [`body_rewrite`]: per-target model rewrite of a request body, and the engine priority of
+//!   a request predicted late, byte for byte otherwise;
 //! * [`predictor`] and [`slo_pick`]: TTFT/TPOT predicted per endpoint by an online model, and
 //!   the pick for requests with latency SLOs;
 //! * [`usage`]: token usage read from responses as they pass (bounded tail, no buffering).
@@ -23,9 +24,10 @@
 // The request path never panics on a missing value: it answers or fails the request.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod batch_slots;
+pub mod body_rewrite;
 pub mod kv_index;
 pub mod kv_subscriptions;
-pub mod model_rewrite;
 pub mod picker;
 pub mod predictor;
 mod predictor_fit;
@@ -44,9 +46,9 @@ pub mod slo_queue;
 pub mod stickiness;
 pub mod usage;
 
+pub use body_rewrite::{add_priority, rewrite_model};
 pub use kv_index::KvIndex;
 pub use kv_subscriptions::{spawn_kv_subscriptions, KvSubscriptions};
-pub use model_rewrite::rewrite_model;
 pub use picker::{
     Decision, EndpointView, InferencePicker, PickerConfig, PrefixOutcome, RequestContext,
 };

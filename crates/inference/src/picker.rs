@@ -478,9 +478,12 @@ impl InferencePicker {
         }
 
         let features = |p: &LatencyPredictor, i: usize| {
-            let prefilling = self.signals.get(i).map_or((0.0, 0.0), |s| s.prefilling());
-            let (prompt, backlog) = (f64::from(req.prompt_tokens), p.backlog_ms(i, now));
-            Features::new(prompt, hit_share(i), &snapshots[i], prefilling, backlog)
+            let signals = self.signals.get(i);
+            let prefilling = signals.map_or((0.0, 0.0), |s| s.prefilling());
+            let limit = signals.and_then(|s| s.batch_limit());
+            let ahead = (p.backlog_ms(i, now), p.slot_wait_ms(i, limit, now));
+            let prompt = f64::from(req.prompt_tokens);
+            Features::new(prompt, hit_share(i), &snapshots[i], prefilling, ahead)
         };
         let place = |i: usize| crate::stickiness::Place {
             endpoint: i,
@@ -508,6 +511,7 @@ impl InferencePicker {
                     endpoint: chosen,
                     features: features(chosen),
                     predicted,
+                    ends_at: 0,
                 };
                 (slo, Some(ticket))
             }

@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use super::{InferencePicker, RequestContext};
+use crate::predictor::Ticket;
 
 impl InferencePicker {
     /// The request in `req` was sent to `endpoint`: remember its prefix blocks there and count
@@ -89,9 +90,13 @@ impl InferencePicker {
     }
 
     /// The request recorded on `endpoint` with `est_tokens` finished (or failed).
-    pub fn finish(&self, endpoint: usize, est_tokens: u32) {
+    /// `ticket` is the pick's, when the pool has a predictor.
+    pub fn finish(&self, endpoint: usize, est_tokens: u32, ticket: Option<&Ticket>) {
         if let Some(s) = self.signals.get(endpoint) {
             s.on_finish(est_tokens);
+        }
+        if let (Some(p), Some(t)) = (&self.predictor, ticket) {
+            p.on_ended(endpoint, t.ends_at);
         }
         if let Some(q) = self.predictor.as_ref().and_then(|p| p.queue()) {
             q.kick();

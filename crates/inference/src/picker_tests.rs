@@ -289,7 +289,7 @@ fn picks_between_scrapes_spread_a_burst() {
         "{counts:?}"
     );
     for _ in 0..100 {
-        picker.finish(0, 2000);
+        picker.finish(0, 2000, None);
     }
     assert_eq!(picker.signals[0].in_flight(), 0);
 }
@@ -416,7 +416,7 @@ fn in_flight_work_counts_only_tokens_not_cached_where_they_go() {
     }
     // Had the previous turn been counted whole, endpoint 0 would look a prompt's worth busier
     // and the conversation would move, to be prefilled again on 1.
-    picker.finish(0, 64);
+    picker.finish(0, 64, None);
     picker.record(
         0,
         &RequestContext {
@@ -431,7 +431,7 @@ fn in_flight_work_counts_only_tokens_not_cached_where_they_go() {
     let d = picker.pick_at(&eps, &req, now);
     assert_eq!(d.index, Some(1), "{}", InferencePicker::debug_header(&d));
     // Real work in flight there still counts: a backlog of uncached prompts moves it.
-    picker.finish(0, prompt_tokens + 64);
+    picker.finish(0, prompt_tokens + 64, None);
     for _ in 0..4 {
         picker.record(
             0,
@@ -513,4 +513,46 @@ fn prefix_outcomes_sit_at_their_discriminants() {
     for (i, o) in PrefixOutcome::ALL.iter().enumerate() {
         assert_eq!(*o as usize, i, "{o:?}");
     }
+}
+
+#[test]
+fn a_picked_request_is_tracked_in_its_endpoints_batch_until_it_finishes() {
+    use crate::predictor::{LatencyPredictor, Measured, PredictorConfig};
+    let (eps, picker, now) = setup(&[(0.0, 0.1)]);
+    let config = PredictorConfig {
+        min_samples: 16,
+        refit_every: 4,
+        ..PredictorConfig::default()
+    };
+    let predictor = Arc::new(LatencyPredictor::new(config, 1, Default::default()));
+    let picker = picker.with_predictor(predictor.clone());
+    let body = br#"{"model":"m","prompt":"the 7:15 to York","max_tokens":40}"#;
+    let req = crate::request::parse_openai("/v1/completions", body).unwrap();
+    let measured = Measured::Stream {
+        ttft_ms: 50.0,
+        tpot_ms: Some(10.0),
+    };
+    for _ in 0..32 {
+        let pick = picker.pick_request(&eps, &req, false, false);
+        let ticket = pick
+            .decision
+            .ticket
+            .expect("a pool with a predictor keeps a ticket");
+        picker.observe(&ticket, measured);
+        picker.finish(0, pick.est_tokens, Some(&ticket));
+    }
+    assert!(predictor.model().is_some(), "warm");
+    assert_eq!(
+        predictor.slot_wait_ms(0, Some(1), now),
+        0.0,
+        "every one ended"
+    );
+    // Warm: the next is tracked (about 50 + 40 × 10 ms), and a batch of one is full until then.
+    let pick = picker.pick_request(&eps, &req, false, false);
+    let ticket = pick.decision.ticket.unwrap();
+    assert!(ticket.ends_at > 0);
+    let wait = predictor.slot_wait_ms(0, Some(1), Instant::now());
+    assert!((300.0..=500.0).contains(&wait), "{wait}");
+    picker.finish(0, pick.est_tokens, Some(&ticket));
+    assert_eq!(predictor.slot_wait_ms(0, Some(1), Instant::now()), 0.0);
 }

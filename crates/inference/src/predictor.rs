@@ -27,6 +27,9 @@
 //!   left awaiting its first byte is drained. The backlog at pick time (`drain_at − now`) is a
 //!   feature. One atomic per endpoint; nothing here is simulator-specific: it is what the
 //!   gateway sent and when, and the first bytes it saw.
+//! * **Full batches**: at full load a request waits for a batch slot more than for prefill. The
+//!   wait until the endpoint's batch frees one, from the predicted ends of what the gateway has
+//!   in flight there ([`crate::batch_slots`]), is a feature too.
 //! * **Mixed hardware**: a multiplicative scale per endpoint (TTFT and TPOT both ≈ `s_e × w·x`),
 //!   refitted by alternating least squares after each fit and normalised to a geometric mean of
 //!   one. A replica at half speed gets `s_e ≈ 2` instead of biasing one global fit for every pod.
@@ -55,7 +58,7 @@ use crate::predictor_fit::{fit_buckets, fit_scales, quantile, Thetas};
 use crate::signals::SignalSnapshot;
 
 /// Number of features per candidate (the first is the constant 1).
-pub const FEATURES: usize = 10;
+pub const FEATURES: usize = 11;
 pub(crate) const PARAMS: usize = 2 * FEATURES;
 /// Load buckets: queue + running of 0, 1, 2–3, 4–7, ..., 64 and more.
 pub(crate) const BUCKETS: usize = 8;
@@ -87,6 +90,8 @@ pub struct PredictorConfig {
     pub selection: Selection,
     /// Hold requests no endpoint is predicted to serve in time ([`crate::slo_queue`]).
     pub queue: Option<crate::slo_queue::QueueConfig>,
+    /// Engine priority for requests predicted late everywhere ([`crate::SloOutcome::Late`]).
+    pub late_priority: Option<i64>,
 }
 
 /// How a feasible candidate is chosen ([`crate::slo_pick`]).
@@ -110,6 +115,7 @@ impl Default for PredictorConfig {
             default_slo: Slo::default(),
             selection: Selection::LowestLatency,
             queue: None,
+            late_priority: None,
         }
     }
 }
@@ -157,14 +163,15 @@ impl Features {
     /// Features of a request with `prompt_tokens`, of which `prefix_share` (0..1) is expected
     /// in the endpoint's cache, on an endpoint whose signals are `s`, where `prefilling`
     /// (requests, their prompt tokens) await their first byte
-    /// ([`crate::EndpointSignals::prefilling`]) and `backlog_ms` of prefill work is predicted
-    /// ahead ([`LatencyPredictor::backlog_ms`]).
+    /// ([`crate::EndpointSignals::prefilling`]), `backlog_ms` of prefill work is predicted
+    /// ahead ([`LatencyPredictor::backlog_ms`]) and a batch slot is predicted free in
+    /// `slot_wait_ms` ([`LatencyPredictor::slot_wait_ms`]).
     pub fn new(
         prompt_tokens: f64,
         prefix_share: f64,
         s: &SignalSnapshot,
         prefilling: (f64, f64),
-        backlog_ms: f64,
+        (backlog_ms, slot_wait_ms): (f64, f64),
     ) -> Self {
         let share = prefix_share.clamp(0.0, 1.0);
         Features([
@@ -178,6 +185,7 @@ impl Features {
             backlog_ms / 100.0,
             prefilling.1 / 1000.0,
             prefilling.0 / 8.0,
+            slot_wait_ms / 100.0,
         ])
     }
 
@@ -211,6 +219,9 @@ pub struct Ticket {
     pub endpoint: usize,
     pub features: Features,
     pub predicted: Option<Prediction>,
+    /// Its predicted end as tracked for the endpoint's batch ([`LatencyPredictor::track_end`];
+    /// 0: not tracked).
+    pub ends_at: u64,
 }
 
 /// A fitted model: shared weights, per-endpoint scales and the SLO margins.
@@ -277,8 +288,8 @@ pub struct PredictorMetrics {
     pub ttft_error: Option<prometheus_client::metrics::histogram::Histogram>,
     /// The same for each response's total latency (streamed or not).
     pub latency_error: Option<prometheus_client::metrics::histogram::Histogram>,
-    /// SLO picks by outcome: met, explored, infeasible (sent anyway), shed.
-    pub slo_picks: Option<[prometheus_client::metrics::counter::Counter; 4]>,
+    /// SLO picks by outcome: met, explored, infeasible (sent anyway), shed, late (sent anyway).
+    pub slo_picks: Option<[prometheus_client::metrics::counter::Counter; 5]>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -336,6 +347,8 @@ pub struct LatencyPredictor {
     /// Per endpoint: when the prefill work the gateway sent it is predicted to drain, in
     /// nanoseconds since `epoch` (0: drained).
     drain_at: Vec<AtomicU64>,
+    /// Per endpoint: the predicted ends of the requests in flight there.
+    pub(crate) slots: crate::batch_slots::BatchSlots,
     epoch: Instant,
     queue: Option<crate::slo_queue::SloQueue>,
 }
@@ -359,6 +372,7 @@ impl LatencyPredictor {
             window: Mutex::new(window),
             metrics,
             drain_at: (0..endpoints).map(|_| AtomicU64::new(0)).collect(),
+            slots: crate::batch_slots::BatchSlots::new(endpoints),
             epoch: Instant::now(),
             queue: config.queue.map(crate::slo_queue::SloQueue::new),
             config,
@@ -370,7 +384,7 @@ impl LatencyPredictor {
         self.queue.as_ref()
     }
 
-    fn nanos(&self, now: Instant) -> u64 {
+    pub(crate) fn nanos(&self, now: Instant) -> u64 {
         u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
@@ -441,6 +455,7 @@ impl LatencyPredictor {
                 (SloOutcome::Met, _) => 0,
                 (SloOutcome::Explored, _) => 1,
                 (SloOutcome::Infeasible, _) => 2,
+                (SloOutcome::Late, _) => 4,
             };
             c[k].inc();
         }

@@ -33,12 +33,13 @@ fn trained(streams: bool, n: usize) -> LatencyPredictor {
     let mut rng = fastrand::Rng::with_seed(3);
     for _ in 0..n {
         let (e, prompt, share, s) = random_case(&mut rng);
-        let x = Features::new(prompt, share, &s, (0.0, 0.0), 0.0);
+        let x = Features::new(prompt, share, &s, (0.0, 0.0), (0.0, 0.0));
         let (ttft, tpot) = truth(e, prompt, share, &s);
         let ticket = Ticket {
             endpoint: e,
             features: x,
             predicted: p.model().map(|m| m.predict(e, &x)),
+            ends_at: 0,
         };
         let output = rng.u32(16..256);
         let measured = if streams {
@@ -65,7 +66,7 @@ fn mape(p: &LatencyPredictor) -> (f64, f64) {
     for _ in 0..500 {
         let (e, prompt, share, s) = random_case(&mut rng);
         let (ttft, tpot) = truth(e, prompt, share, &s);
-        let got = m.predict(e, &Features::new(prompt, share, &s, (0.0, 0.0), 0.0));
+        let got = m.predict(e, &Features::new(prompt, share, &s, (0.0, 0.0), (0.0, 0.0)));
         et += (got.ttft_ms - ttft).abs() / ttft;
         ep += (got.tpot_ms - tpot).abs() / tpot;
     }
@@ -110,12 +111,13 @@ fn buckets_keep_rare_load_levels() {
     let p = LatencyPredictor::new(PredictorConfig::default(), 1, PredictorMetrics::default());
     let observe = |waiting: f64| {
         let s = snapshot(waiting, 4.0, 0.2, 0.0);
-        let x = Features::new(500.0, 0.0, &s, (0.0, 0.0), 0.0);
+        let x = Features::new(500.0, 0.0, &s, (0.0, 0.0), (0.0, 0.0));
         let (ttft, tpot) = truth(0, 500.0, 0.0, &s);
         let t = Ticket {
             endpoint: 0,
             features: x,
             predicted: None,
+            ends_at: 0,
         };
         p.observe(
             &t,
@@ -147,7 +149,7 @@ fn buckets_keep_rare_load_levels() {
     let s = snapshot(40.0, 4.0, 0.2, 0.0);
     let (want, _) = truth(0, 500.0, 0.0, &s);
     let got = m
-        .predict(0, &Features::new(500.0, 0.0, &s, (0.0, 0.0), 0.0))
+        .predict(0, &Features::new(500.0, 0.0, &s, (0.0, 0.0), (0.0, 0.0)))
         .ttft_ms;
     assert!((got - want).abs() / want < 0.05, "{got} vs {want}");
 }
@@ -162,7 +164,7 @@ fn margin_covers_noise_at_the_quantile() {
     let mut rng = fastrand::Rng::with_seed(5);
     for _ in 0..3000 {
         let s = snapshot(f64::from(rng.u32(0..8)), 8.0, 0.3, 0.0);
-        let x = Features::new(800.0, 0.0, &s, (0.0, 0.0), 0.0);
+        let x = Features::new(800.0, 0.0, &s, (0.0, 0.0), (0.0, 0.0));
         let (ttft, tpot) = truth(0, 800.0, 0.0, &s);
         // ±20% uniform noise.
         let noise = 0.8 + 0.4 * rng.f64();
@@ -170,6 +172,7 @@ fn margin_covers_noise_at_the_quantile() {
             endpoint: 0,
             features: x,
             predicted: p.model().map(|m| m.predict(0, &x)),
+            ends_at: 0,
         };
         p.observe(
             &t,
@@ -214,6 +217,7 @@ fn insane_measurements_and_unknown_endpoints_are_ignored() {
         endpoint,
         features: Features::default(),
         predicted: None,
+        ends_at: 0,
     };
     p.observe(
         &t(5),
@@ -247,7 +251,7 @@ fn backlog_queues_sends_drains_with_time_and_resets_when_nothing_prefills() {
     assert_eq!(p.backlog_ms(1, t0), 0.0);
     assert_eq!(p.backlog_ms(99, t0), 0.0);
     let idle = snapshot(0.0, 0.0, 0.1, 0.0);
-    let x = Features::new(1000.0, 0.0, &idle, (0.0, 0.0), 0.0);
+    let x = Features::new(1000.0, 0.0, &idle, (0.0, 0.0), (0.0, 0.0));
     let one = p.model().unwrap().idle_ttft_ms(1, &x);
     // Truth: 20 + 80 ms for 1,000 uncached tokens on an idle endpoint.
     assert!((one - 100.0).abs() < 10.0, "{one}");
@@ -265,4 +269,30 @@ fn backlog_queues_sends_drains_with_time_and_resets_when_nothing_prefills() {
     assert!(p.backlog_ms(3, t0) > 1.5 * one, "{}", p.backlog_ms(3, t0));
     p.on_drained(3);
     assert_eq!(p.backlog_ms(3, t0), 0.0);
+}
+
+#[test]
+fn a_full_batch_waits_for_the_earliest_predicted_end() {
+    let p = trained(true, 400);
+    let t0 = Instant::now();
+    let pred = |ttft_ms, tpot_ms| Some(Prediction { ttft_ms, tpot_ms });
+    // Cold (no prediction): not tracked.
+    assert_eq!(p.track_end(0, None, 100, t0), 0);
+    // Two in flight: ends at 50 + 10 × 5 = 100 ms and 20 + 100 × 2 = 220 ms.
+    let a = p.track_end(0, pred(50.0, 5.0), 10, t0);
+    let b = p.track_end(0, pred(20.0, 2.0), 100, t0);
+    assert!(a > 0 && b > a);
+    let wait = |limit| p.slot_wait_ms(0, limit, t0);
+    // A batch of 3 has room; an unknown limit is no wait.
+    assert_eq!((wait(Some(3)), wait(None)), (0.0, 0.0));
+    // A batch of 2 frees a slot when the first ends; of 1, when the second does.
+    assert!((wait(Some(2)) - 100.0).abs() < 1e-6, "{}", wait(Some(2)));
+    assert!((wait(Some(1)) - 220.0).abs() < 1e-6, "{}", wait(Some(1)));
+    p.on_ended(0, a);
+    assert_eq!(wait(Some(2)), 0.0);
+    assert!((wait(Some(1)) - 220.0).abs() < 1e-6);
+    // Another endpoint's requests are not this one's; nonsense predictions are not tracked.
+    assert_eq!(p.slot_wait_ms(1, Some(1), t0), 0.0);
+    assert_eq!(p.track_end(1, pred(f64::NAN, 1.0), 10, t0), 0);
+    assert_eq!(p.track_end(99, pred(1.0, 1.0), 10, t0), 0);
 }

@@ -32,7 +32,18 @@ pub struct RequestPick {
 impl RequestPick {
     /// Shed because no endpoint is predicted to meet the request's SLO.
     pub fn slo_shed(&self) -> bool {
-        self.shed && self.decision.slo == Some(SloOutcome::Infeasible)
+        self.shed && self.decision.slo.is_some_and(SloOutcome::is_infeasible)
+    }
+}
+
+impl InferencePicker {
+    /// The engine priority `decision`'s request is to carry: the predictor's `late_priority`
+    /// when no endpoint is predicted to serve it in time even in the model's typical case.
+    pub fn late_priority(&self, decision: &Decision) -> Option<i64> {
+        let late = decision.slo == Some(SloOutcome::Late);
+        self.predictor()
+            .and_then(|p| p.config().late_priority)
+            .filter(|_| late)
     }
 }
 
@@ -107,7 +118,7 @@ impl InferencePicker {
         let keys = self.keys(req);
         let mut cx = self.context(req, &keys, cached_truth, slo, debug);
         let first = self.pick(endpoints, &cx);
-        if first.slo != Some(SloOutcome::Infeasible) {
+        if !first.slo.is_some_and(SloOutcome::is_infeasible) {
             return self.settle(first, &cx, false);
         }
         let Some(place) = queue.enter(rank) else {
@@ -131,7 +142,7 @@ impl InferencePicker {
             };
             let ask = || {
                 let d = self.pick(endpoints, &cx);
-                if d.slo != Some(SloOutcome::Infeasible) {
+                if !d.slo.is_some_and(SloOutcome::is_infeasible) {
                     return Some(d);
                 }
                 // A request that can no longer make its SLO (what is left of it is less than its
@@ -185,8 +196,13 @@ impl InferencePicker {
     }
 
     /// Record a decision (unless it is shed) and count its SLO outcome.
-    fn settle(&self, decision: Decision, cx: &RequestContext<'_>, sheddable: bool) -> RequestPick {
-        let infeasible = decision.slo == Some(SloOutcome::Infeasible);
+    fn settle(
+        &self,
+        mut decision: Decision,
+        cx: &RequestContext<'_>,
+        sheddable: bool,
+    ) -> RequestPick {
+        let infeasible = decision.slo.is_some_and(SloOutcome::is_infeasible);
         let shed = (decision.saturated || infeasible) && sheddable;
         if let (Some(p), Some(o)) = (self.predictor(), decision.slo) {
             p.count_slo(o, shed);
@@ -195,8 +211,17 @@ impl InferencePicker {
         let est_tokens = decision.work_tokens;
         if let Some(i) = decision.index.filter(|_| !shed) {
             self.record(i, &RequestContext { est_tokens, ..*cx });
-            if let (Some(p), Some(t)) = (self.predictor(), &decision.ticket) {
-                p.on_sent(i, &t.features, std::time::Instant::now());
+            let late = self.late_priority(&decision).is_some();
+            if let (Some(p), Some(t)) = (self.predictor(), decision.ticket.as_mut()) {
+                let now = std::time::Instant::now();
+                // A late request sent with a lower engine priority is prefilled after the
+                // requests still on time: it is no backlog ahead of them. It does hold a
+                // batch slot once it runs.
+                if !late {
+                    p.on_sent(i, &t.features, now);
+                }
+                let output = cx.est_tokens.saturating_sub(cx.prompt_tokens);
+                t.ends_at = p.track_end(i, t.predicted, output, now);
             }
         }
         RequestPick {

@@ -129,6 +129,9 @@ pub struct EndpointSignals {
     tokens_total: AtomicU64,
     scrape_picked: AtomicU64,
     scrape_tokens: AtomicU64,
+    /// The most requests a scrape found running while others waited: the engine's batch limit
+    /// (`max_num_seqs`) once it has been reached; 0 until a scrape found a queue.
+    batch_limit: AtomicU64,
     /// The last ORCA report: counts (`ABSENT` when not reported), KV usage bits (`ABSENT`
     /// likewise), when (nanoseconds since `epoch` plus one; 0 = never), and the pick totals
     /// then.
@@ -190,6 +193,7 @@ impl EndpointSignals {
             picked_total: AtomicU64::new(0),
             tokens_total: AtomicU64::new(0),
             scrape_picked: AtomicU64::new(0),
+            batch_limit: AtomicU64::new(0),
             scrape_tokens: AtomicU64::new(0),
             orca_waiting: AtomicU64::new(ABSENT),
             orca_running: AtomicU64::new(ABSENT),
@@ -240,6 +244,9 @@ impl EndpointSignals {
         }
         if let Some(r) = m.running {
             self.running.store(f64_count(r), Ordering::Relaxed);
+            if m.waiting.is_some_and(|w| w >= 1.0) {
+                self.batch_limit.fetch_max(f64_count(r), Ordering::Relaxed);
+            }
         }
         if let Some(kv) = m.kv_usage.filter(|kv| kv.is_finite()) {
             self.kv_usage_bits
@@ -352,6 +359,12 @@ impl EndpointSignals {
     /// KV cache size in blocks, 0 when unknown.
     pub fn num_gpu_blocks(&self) -> u64 {
         self.num_gpu_blocks.load(Ordering::Relaxed)
+    }
+
+    /// The engine's batch limit as scrapes have shown it (see the field); `None` until one
+    /// found requests waiting.
+    pub fn batch_limit(&self) -> Option<u64> {
+        Some(self.batch_limit.load(Ordering::Relaxed)).filter(|&n| n > 0)
     }
 
     /// Requests the gateway has in flight here.

@@ -14,7 +14,9 @@
 //!
 //! When no candidate is feasible the decision says so ([`SloOutcome::Infeasible`]) and names the
 //! candidate with the least predicted violation; the caller sheds a sheddable request (429) and
-//! sends any other there. A share `explore` of feasible picks goes to a random feasible
+//! sends any other there. When even the unmargined prediction (the model's typical case) misses
+//! everywhere, the request is [`SloOutcome::Late`]: with `predictor.late_priority` it is sent
+//! with an engine priority that lets requests still able to meet theirs run first. A share `explore` of feasible picks goes to a random feasible
 //! candidate instead, so the model keeps seeing endpoints it would not choose.
 //!
 //! The decision allocates nothing: one pass over the candidates, a second only to find the
@@ -30,8 +32,11 @@ pub enum SloOutcome {
     Met,
     /// A random feasible candidate, for exploration.
     Explored,
-    /// None is: the least violating candidate.
+    /// None is, with the model's margin: the least violating candidate.
     Infeasible,
+    /// None is even without the margin: the least violating candidate, where the request is
+    /// late all the same.
+    Late,
 }
 
 impl SloOutcome {
@@ -40,7 +45,13 @@ impl SloOutcome {
             Self::Met => "met",
             Self::Explored => "explored",
             Self::Infeasible => "infeasible",
+            Self::Late => "late",
         }
+    }
+
+    /// No candidate was predicted to meet the SLO ([`Self::Infeasible`] or [`Self::Late`]).
+    pub fn is_infeasible(self) -> bool {
+        matches!(self, Self::Infeasible | Self::Late)
     }
 }
 
@@ -155,7 +166,10 @@ pub fn choose(
     }
     least_bad.map(|(i, _, p)| SloChoice {
         index: i,
-        outcome: SloOutcome::Infeasible,
+        outcome: match load_ratio(p, slo) > 1.0 {
+            true => SloOutcome::Late,
+            false => SloOutcome::Infeasible,
+        },
         predicted: p,
     })
 }
@@ -169,8 +183,13 @@ mod tests {
     /// A warm model of 4 endpoints where TTFT = 50 ms + 20 ms per waiting request, endpoint 3
     /// twice as slow.
     fn model() -> std::sync::Arc<Model> {
+        model_with(0.5, 0.0)
+    }
+
+    /// [`model`] with margin `quantile`, every other TTFT `noise` × higher.
+    fn model_with(quantile: f64, noise: f64) -> std::sync::Arc<Model> {
         let cfg = PredictorConfig {
-            quantile: 0.5,
+            quantile,
             ..PredictorConfig::default()
         };
         let p = LatencyPredictor::new(cfg, 4, Default::default());
@@ -179,11 +198,12 @@ mod tests {
             let waiting = f64::from(n % 13);
             let x = features(waiting);
             let slow = if e == 3 { 2.0 } else { 1.0 };
-            let ttft = slow * (50.0 + 20.0 * waiting);
+            let ttft = slow * (50.0 + 20.0 * waiting) * (1.0 + noise * f64::from(n / 4 % 2));
             let ticket = Ticket {
                 endpoint: e,
                 features: x,
                 predicted: p.model().map(|m| m.predict(e, &x)),
+                ends_at: 0,
             };
             let measured = Measured::Stream {
                 ttft_ms: ttft,
@@ -203,7 +223,7 @@ mod tests {
             num_gpu_blocks: 0,
             fresh: true,
         };
-        Features::new(0.0, 0.0, &s, (0.0, 0.0), 0.0)
+        Features::new(0.0, 0.0, &s, (0.0, 0.0), (0.0, 0.0))
     }
 
     const NO_EXPLORE: (f64, f64, u32) = (0.0, 1.0, 0);
@@ -257,8 +277,8 @@ mod tests {
             NO_EXPLORE,
         )
         .unwrap();
-        // 230, 170, 290 and 2 × 110 = 220 ms: endpoint 1 violates least.
-        assert_eq!((c.index, c.outcome), (1, SloOutcome::Infeasible), "{c:?}");
+        // 230, 170, 290 and 2 × 110 = 220 ms: endpoint 1 violates least, late even unmargined.
+        assert_eq!((c.index, c.outcome), (1, SloOutcome::Late), "{c:?}");
         // A TPOT objective only the fast endpoints meet.
         let slo = Slo {
             ttft_ms: None,
@@ -273,7 +293,31 @@ mod tests {
             NO_EXPLORE,
         )
         .unwrap();
-        assert_eq!(c.outcome, SloOutcome::Infeasible);
+        assert_eq!(c.outcome, SloOutcome::Late);
+    }
+
+    #[test]
+    fn late_only_when_even_the_unmargined_prediction_misses() {
+        // Half the TTFTs 40% higher: a margin above 1 at the 0.9 quantile.
+        let m = model_with(0.9, 0.4);
+        let p = m.predict(0, &features(0.0)).ttft_ms;
+        let margined = m.margined(m.predict(0, &features(0.0))).ttft_ms;
+        assert!(margined > p * 1.1, "{p} {margined}");
+        let outcome = |slo_ms: f64| {
+            let slo = Slo {
+                ttft_ms: Some(slo_ms),
+                tpot_ms: None,
+            };
+            let x = |_| features(0.0);
+            choose(&m, slo, &[0], x, Selection::LowestLatency, NO_EXPLORE)
+                .unwrap()
+                .outcome
+        };
+        // Met in the typical case, not with the margin: infeasible, not late.
+        assert_eq!(outcome((p + margined) / 2.0), SloOutcome::Infeasible);
+        assert_eq!(outcome(p * 0.9), SloOutcome::Late);
+        assert_eq!(outcome(margined * 1.01), SloOutcome::Met);
+        assert!(SloOutcome::Late.is_infeasible() && !SloOutcome::Met.is_infeasible());
     }
 
     #[test]

@@ -348,7 +348,7 @@ impl Finish {
 impl Drop for Finish {
     fn drop(&mut self) {
         if let Some(i) = self.inference.take() {
-            i.picker.finish(i.index, i.est_tokens);
+            i.picker.finish(i.index, i.est_tokens, i.ticket.as_ref());
             if !i.prefilled {
                 i.picker.prefilled(i.index, i.prompt_tokens);
             }

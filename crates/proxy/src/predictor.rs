@@ -37,6 +37,7 @@ pub fn build(
                 max_wait: q.max_wait,
                 max_queued: q.max_queued as usize,
             }),
+        late_priority: spec.late_priority,
     };
     let m = &metrics.predictor;
     let labels = PoolLabels {

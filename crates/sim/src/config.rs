@@ -112,6 +112,9 @@ pub struct ReplicaConfig {
     pub max_num_seqs: usize,
     /// Tokens per step (vLLM `--max-num-batched-tokens`); longer prompts are prefilled in chunks.
     pub max_num_batched_tokens: usize,
+    /// `fcfs` or `priority` (vLLM `--scheduling-policy`): whether requests' `priority` field
+    /// orders the waiting queue.
+    pub scheduling_policy: crate::scheduler::Policy,
     /// KV cache size in 16-token blocks; the profile's value when unset.
     pub num_gpu_blocks: Option<usize>,
     /// Longest prompt + completion accepted; 131072 capped by the KV cache when unset.
@@ -141,6 +144,7 @@ impl Default for ReplicaConfig {
             max_loras: 4,
             max_num_seqs: 256,
             max_num_batched_tokens: 8192,
+            scheduling_policy: crate::scheduler::Policy::Fcfs,
             num_gpu_blocks: None,
             max_model_len: None,
             port: None,

@@ -46,6 +46,7 @@ pub use config::{FleetConfig, ReplicaConfig};
 pub use cost_model::Profile;
 pub use faults::FaultConfig;
 pub use fleet::{start_fleet, Fleet};
+pub use scheduler::Policy;
 
 /// `switchyard sim` arguments.
 #[derive(clap::Args, Debug, Clone)]

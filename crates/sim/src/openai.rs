@@ -38,6 +38,7 @@ struct Parsed {
     stream: bool,
     include_usage: bool,
     seed: u64,
+    priority: i64,
 }
 
 type Reject = Box<Response<SimBody>>;
@@ -117,6 +118,20 @@ fn parse(body: &[u8], kind: ApiKind, replica: &Replica) -> Result<Parsed, Reject
             None => return Err(bad("'seed' must be an integer.", "seed")),
         },
     };
+    let priority = match obj.get("priority") {
+        None | Some(Value::Null) => 0,
+        Some(p) => match p.as_i64() {
+            Some(p) => p,
+            None => return Err(bad("'priority' must be an integer.", "priority")),
+        },
+    };
+    // vLLM refuses a priority its scheduler would ignore.
+    if priority != 0 && replica.cfg.scheduling_policy != crate::scheduler::Policy::Priority {
+        return Err(bad(
+            format!("Got priority {priority} but Priority scheduling is not enabled."),
+            "priority",
+        ));
+    }
     let room = replica.max_model_len.saturating_sub(prompt.len());
     let (output_len, finish) = match max_tokens {
         Some(n) => {
@@ -167,6 +182,7 @@ fn parse(body: &[u8], kind: ApiKind, replica: &Replica) -> Result<Parsed, Reject
         stream,
         include_usage,
         seed,
+        priority,
     })
 }
 
@@ -261,6 +277,7 @@ pub async fn serve(inc: &Incarnation, req: Request<Incoming>, kind: ApiKind) -> 
         adapter: p.adapter,
         sink: tx,
         arrival,
+        priority: p.priority,
     };
     if inc.engine.submit(spec).is_err() {
         return error(

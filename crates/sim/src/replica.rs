@@ -196,6 +196,7 @@ async fn supervise(
                 max_num_batched_tokens: replica.cfg.max_num_batched_tokens,
                 num_gpu_blocks: replica.profile.num_gpu_blocks,
                 max_loras: replica.cfg.max_loras,
+                policy: replica.cfg.scheduling_policy,
             },
             profile: replica.profile.clone(),
             speed: replica.cfg.speed,

@@ -78,6 +78,27 @@ pub struct SeqSpec {
     pub sink: UnboundedSender<Emitted>,
     /// When the request arrived (for TTFT and e2e latency).
     pub arrival: Instant,
+    /// vLLM's request `priority`: lower runs first under [`Policy::Priority`].
+    pub priority: i64,
+}
+
+impl SeqSpec {
+    /// The order of [`Policy::Priority`]: priority, then arrival (vLLM's).
+    fn rank(&self) -> (i64, Instant) {
+        (self.priority, self.arrival)
+    }
+}
+
+/// Which waiting request a replica admits first (vLLM `--scheduling-policy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// Arrival order; a request asking for a priority other than 0 is refused, as vLLM does.
+    #[default]
+    Fcfs,
+    /// Lowest `priority` first, then arrival; when the cache runs out, the running request
+    /// ranked last is preempted (not the newest).
+    Priority,
 }
 
 #[derive(Debug)]
@@ -109,6 +130,8 @@ pub struct SchedulerConfig {
     pub num_gpu_blocks: usize,
     /// Resident LoRA adapters at most.
     pub max_loras: usize,
+    /// Admission order.
+    pub policy: Policy,
 }
 
 /// Queue, batch and KV cache of one replica.
@@ -135,16 +158,44 @@ impl Scheduler {
 
     /// Queues a request.
     pub fn add(&mut self, spec: SeqSpec) {
-        self.waiting.push_back(Seq {
-            spec,
-            generated: 0,
-            num_computed: 0,
-            blocks: Vec::new(),
-            hashed_blocks: 0,
-            scheduled: 0,
-            last_token_at: None,
-            cached_tokens: 0,
-        });
+        self.enqueue(
+            Seq {
+                spec,
+                generated: 0,
+                num_computed: 0,
+                blocks: Vec::new(),
+                hashed_blocks: 0,
+                scheduled: 0,
+                last_token_at: None,
+                cached_tokens: 0,
+            },
+            false,
+        );
+    }
+
+    /// Puts a new or preempted request in the waiting queue: at the back (a preempted one at
+    /// the front) in arrival order; by rank under [`Policy::Priority`].
+    fn enqueue(&mut self, seq: Seq, preempted: bool) {
+        match (self.cfg.policy, preempted) {
+            (Policy::Priority, _) => {
+                let rank = seq.spec.rank();
+                let at = self.waiting.partition_point(|w| w.spec.rank() <= rank);
+                self.waiting.insert(at, seq);
+            }
+            (Policy::Fcfs, false) => self.waiting.push_back(seq),
+            (Policy::Fcfs, true) => self.waiting.push_front(seq),
+        }
+    }
+
+    /// The running request to preempt when the cache runs out: the newest, or the one ranked
+    /// last under [`Policy::Priority`].
+    fn victim(&self) -> usize {
+        match self.cfg.policy {
+            Policy::Fcfs => self.running.len() - 1,
+            Policy::Priority => (0..self.running.len())
+                .max_by_key(|&j| self.running[j].spec.rank())
+                .expect("a request is running"),
+        }
     }
 
     /// Whether any request is queued or running.
@@ -167,9 +218,15 @@ impl Scheduler {
             let need = blocks_for(seq.num_computed + n).saturating_sub(seq.blocks.len());
             let mut fits = true;
             while !self.kv.allocate(&mut self.running[i].blocks, &[], 0, need) {
-                let victim = self.running.pop().expect("request i is running");
+                let v = self.victim();
+                let victim = self.running.remove(v);
                 preempted = true;
-                let was_self = self.running.len() == i;
+                let was_self = v == i;
+                if v < i {
+                    // Already given its tokens this step: they go back to the budget.
+                    budget += victim.scheduled;
+                    i -= 1;
+                }
                 self.preempt(victim, m);
                 if was_self {
                     fits = false;
@@ -254,7 +311,7 @@ impl Scheduler {
         seq.hashed_blocks = 0;
         seq.scheduled = 0;
         m.preemptions += 1;
-        self.waiting.push_front(seq);
+        self.enqueue(seq, true);
     }
 
     fn drop_cancelled(&mut self, m: &mut EngineMetrics) {

@@ -8,6 +8,7 @@ fn cfg(max_num_seqs: usize, tokens: usize, blocks: usize) -> SchedulerConfig {
         max_num_batched_tokens: tokens,
         num_gpu_blocks: blocks,
         max_loras: 1,
+        policy: Policy::Fcfs,
     }
 }
 
@@ -26,6 +27,7 @@ fn spec(
         adapter,
         sink: tx,
         arrival: Instant::now(),
+        priority: 0,
     };
     (s, rx)
 }
@@ -118,6 +120,84 @@ fn batch_is_capped_by_max_num_seqs() {
     let steps = run(&mut s, &mut m);
     assert!(steps.iter().all(|w| w.decode_seqs <= 2));
     assert!(rxs.iter_mut().all(|rx| drain(rx).len() == 4));
+}
+
+#[test]
+fn priority_policy_admits_the_lowest_priority_value_first() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        policy: Policy::Priority,
+        ..cfg(1, 8192, 100)
+    });
+    let mut m = EngineMetrics::default();
+    let mut rxs = Vec::new();
+    // Arrival order: a (priority 5), b (5), c (0); one runs at a time.
+    for (i, p) in [5, 5, 0].into_iter().enumerate() {
+        let (mut sp, rx) = spec(&prompt(10, i as u32 * 100), 1, None);
+        sp.priority = p;
+        s.add(sp);
+        rxs.push(rx);
+    }
+    let mut order = Vec::new();
+    while s.has_work() {
+        s.schedule(&mut m);
+        s.complete_step(Instant::now(), &mut m);
+        for (i, rx) in rxs.iter_mut().enumerate() {
+            if !drain(rx).is_empty() {
+                order.push(i);
+            }
+        }
+    }
+    // c jumps the queue; a and b keep their arrival order.
+    assert_eq!(order, [2, 0, 1]);
+}
+
+#[test]
+fn fcfs_policy_keeps_arrival_order_whatever_the_priority() {
+    let mut s = Scheduler::new(cfg(1, 8192, 100));
+    let mut m = EngineMetrics::default();
+    let mut rxs = Vec::new();
+    for (i, p) in [5, 0].into_iter().enumerate() {
+        let (mut sp, rx) = spec(&prompt(10, i as u32 * 100), 1, None);
+        sp.priority = p;
+        s.add(sp);
+        rxs.push(rx);
+    }
+    s.schedule(&mut m);
+    s.complete_step(Instant::now(), &mut m);
+    assert_eq!(drain(&mut rxs[0]).len(), 1);
+    assert!(drain(&mut rxs[1]).is_empty());
+}
+
+#[test]
+fn priority_policy_preempts_the_request_ranked_last() {
+    // 3 blocks: two 16-token prompts need a second block each once they decode past 16.
+    let mut s = Scheduler::new(SchedulerConfig {
+        policy: Policy::Priority,
+        ..cfg(8, 8192, 3)
+    });
+    let mut m = EngineMetrics::default();
+    // `low` arrives first but ranks last; FCFS would preempt `high`, the newer one.
+    let (mut low, mut rl) = spec(&prompt(16, 0), 20, None);
+    low.priority = 1;
+    let (high, mut rh) = spec(&prompt(16, 100), 20, None);
+    s.add(low);
+    s.add(high);
+    let mut high_done_first = None;
+    while s.has_work() {
+        s.schedule(&mut m);
+        s.complete_step(Instant::now(), &mut m);
+        let (h, l) = (drain(&mut rh), drain(&mut rl));
+        if high_done_first.is_none() {
+            if h.last().is_some_and(|e| e.finish.is_some()) {
+                high_done_first = Some(true);
+            } else if l.last().is_some_and(|e| e.finish.is_some()) {
+                high_done_first = Some(false);
+            }
+        }
+    }
+    assert!(m.preemptions > 0);
+    assert_eq!(high_done_first, Some(true));
+    assert_eq!(s.kv().usage(), 0.0);
 }
 
 #[test]

@@ -184,6 +184,7 @@ async fn prepare<'g>(
     let admitted = admit::admit(rx, to, &head.parts.headers).await?;
     let priority = admit::priority(rx, to);
     let first = pick::first_pick(rx, to, parsed.as_ref(), priority, &head.parts.headers).await?;
+    pick::apply_late_priority(&first, &mut head.parts, &mut body);
     // A whole completion's head comes with its last token: its wait is judged per token.
     let head_class = switchyard_balance::head_latency::HeadClass::of(
         parsed

@@ -21,6 +21,8 @@ use crate::trace::RequestSpan;
 pub struct FirstPick {
     pub index: Option<usize>,
     pub debug_header: Option<HeaderValue>,
+    /// The engine priority the body is to carry (`predictor.late_priority`).
+    pub late_priority: Option<i64>,
 }
 
 pub async fn first_pick(
@@ -83,6 +85,7 @@ pub async fn first_pick(
     let mut first = FirstPick {
         index,
         debug_header: None,
+        late_priority: picker.late_priority(&pick.decision),
     };
     if debug {
         let explanation = InferencePicker::debug_header(&pick.decision);
@@ -95,6 +98,27 @@ pub async fn first_pick(
         }
     }
     Ok(first)
+}
+
+/// Give a request predicted late everywhere its engine priority (`first.late_priority`), so
+/// the engine serves requests still on time first; a body that is not a buffered JSON object,
+/// or that sets its own `priority`, goes as it is.
+pub fn apply_late_priority(
+    first: &FirstPick,
+    head: &mut http::request::Parts,
+    body: &mut crate::body::RequestBody,
+) {
+    let Some(priority) = first.late_priority else {
+        return;
+    };
+    let rewritten = body
+        .buffered()
+        .and_then(|b| switchyard_inference::add_priority(&b, priority));
+    if let Some(b) = rewritten {
+        head.headers
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+        *body = crate::body::RequestBody::Buffered(Some(bytes::Bytes::from(b)));
+    }
 }
 
 fn oracle_truth(to: Routed<'_>, headers: &http::HeaderMap) -> Vec<Option<usize>> {

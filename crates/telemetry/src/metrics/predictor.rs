@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 use super::labels::PoolLabels;
 
 /// `outcome`: `met`, `explored`, `infeasible` (sent where the violation is predicted
-/// smallest) or `shed`.
+/// smallest), `late` (infeasible even by the model's typical case, sent the same way) or `shed`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolOutcomeLabels {
     pub pool: String,
@@ -21,7 +21,7 @@ pub struct PoolOutcomeLabels {
 }
 
 /// The outcomes of [`PredictorMetrics::slo_picks`], in the order the predictor counts them.
-pub const SLO_OUTCOMES: [&str; 4] = ["met", "explored", "infeasible", "shed"];
+pub const SLO_OUTCOMES: [&str; 5] = ["met", "explored", "infeasible", "shed", "late"];
 
 fn error_histogram() -> Histogram {
     // 0.5% .. ~260%, as a ratio (0.1 = 10%).

@@ -1,5 +1,6 @@
-//! Per-target model rewrite (aliases, version splits): replace the value of the top-level
-//! `model` key of an OpenAI-style JSON request body, and nothing else.
+//! Rewrites of a top-level field of an OpenAI-style JSON request body, and nothing else: the
+//! per-target model rewrite (aliases, version splits) replaces the value of `model`; a request
+//! predicted late everywhere gets the engine `priority` that lets on-time requests go first.
 //!
 //! Re-serializing the parsed body would be simpler and wrong: it reorders keys, drops
 //! duplicates, renormalizes numbers (`1.0` → `1`) and escapes, and turns a body the client
@@ -15,7 +16,10 @@ use std::ops::Range;
 /// JSON string). `None` when there is nothing to change: the body is not a JSON object, has no
 /// top-level `model` string, or already names exactly `model`. The caller fixes `Content-Length`.
 pub fn rewrite_model(body: &[u8], model: &str) -> Option<Vec<u8>> {
-    let spans = top_level_model_values(body)?;
+    let spans = top_level_values(body, "model")?;
+    if spans.is_empty() || spans.iter().any(|s| body[s.start] != b'"') {
+        return None;
+    }
     let literal = serde_json::to_string(model).expect("a string always serializes");
     if spans.iter().all(|s| body[s.clone()] == *literal.as_bytes()) {
         return None;
@@ -32,10 +36,27 @@ pub fn rewrite_model(body: &[u8], model: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Byte ranges (quotes included) of the string values of top-level `model` keys. `None` when
-/// the body is not one well-formed JSON object (as far as its structure goes), or a top-level
-/// `model` is not a string.
-fn top_level_model_values(b: &[u8]) -> Option<Vec<Range<usize>>> {
+/// The body with `"priority": priority` added as its first member (vLLM's and SGLang's request
+/// field: the order of an engine's waiting queue under priority scheduling). `None` when the
+/// body is not one JSON object or already sets a top-level `priority`: a client's own stays.
+/// The caller fixes `Content-Length`.
+pub fn add_priority(body: &[u8], priority: i64) -> Option<Vec<u8>> {
+    if !top_level_values(body, "priority")?.is_empty() {
+        return None;
+    }
+    let open = skip_ws(body, 0);
+    let empty = body[skip_ws(body, open + 1)] == b'}';
+    let member = format!("\"priority\":{priority}{}", if empty { "" } else { "," });
+    let mut out = Vec::with_capacity(body.len() + member.len());
+    out.extend_from_slice(&body[..=open]);
+    out.extend_from_slice(member.as_bytes());
+    out.extend_from_slice(&body[open + 1..]);
+    Some(out)
+}
+
+/// Byte ranges of the values of top-level `key` keys (strings with their quotes). `None` when
+/// the body is not one well-formed JSON object (as far as its structure goes).
+fn top_level_values(b: &[u8], key: &str) -> Option<Vec<Range<usize>>> {
     let mut spans = Vec::new();
     let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {
@@ -50,17 +71,14 @@ fn top_level_model_values(b: &[u8]) -> Option<Vec<Range<usize>>> {
                 return None;
             }
             let key_end = skip_string(b, i)?;
-            let key = &b[i..key_end];
+            let name = &b[i..key_end];
             i = skip_ws(b, key_end);
             if b.get(i) != Some(&b':') {
                 return None;
             }
             let value_start = skip_ws(b, i + 1);
             let value_end = skip_value(b, value_start)?;
-            if is_model_key(key) {
-                if b[value_start] != b'"' {
-                    return None;
-                }
+            if is_key(name, key) {
                 spans.push(value_start..value_end);
             }
             i = skip_ws(b, value_end);
@@ -74,18 +92,18 @@ fn top_level_model_values(b: &[u8]) -> Option<Vec<Range<usize>>> {
             }
         }
     }
-    if skip_ws(b, i) != b.len() || spans.is_empty() {
+    if skip_ws(b, i) != b.len() {
         return None;
     }
     Some(spans)
 }
 
-/// Whether a key literal (quotes included) decodes to `model`; escaped spellings count.
-fn is_model_key(key: &[u8]) -> bool {
-    if key == b"\"model\"" {
+/// Whether a key literal (quotes included) decodes to `key`; escaped spellings count.
+fn is_key(literal: &[u8], key: &str) -> bool {
+    if literal.len() == key.len() + 2 && &literal[1..literal.len() - 1] == key.as_bytes() {
         return true;
     }
-    key.contains(&b'\\') && serde_json::from_slice::<String>(key).is_ok_and(|k| k == "model")
+    literal.contains(&b'\\') && serde_json::from_slice::<String>(literal).is_ok_and(|k| k == key)
 }
 
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
@@ -151,7 +169,33 @@ fn skip_value(b: &[u8], mut i: usize) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::rewrite_model;
+    use super::{add_priority, rewrite_model};
+
+    fn prio(body: &str, p: i64) -> Option<String> {
+        add_priority(body.as_bytes(), p).map(|b| String::from_utf8(b).unwrap())
+    }
+
+    #[test]
+    fn priority_is_added_first_and_every_other_byte_kept() {
+        let body = " {\"model\":\"m\", \"metadata\":{\"priority\":3},\"prompt\":\"priority\"}\n";
+        let out = prio(body, 10).unwrap();
+        assert_eq!(
+            out,
+            " {\"priority\":10,\"model\":\"m\", \"metadata\":{\"priority\":3},\"prompt\":\"priority\"}\n"
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["priority"], 10);
+        assert_eq!(prio("{ }", -2).unwrap(), r#"{"priority":-2 }"#);
+    }
+
+    #[test]
+    fn a_clients_own_priority_stays_and_non_objects_are_left_alone() {
+        assert_eq!(prio(r#"{"model":"m","priority":0}"#, 10), None);
+        assert_eq!(prio(r#"{"model":"m","pri\u006frity":-5}"#, 10), None);
+        for body in ["[1]", "\"s\"", "{\"model\":\"m\"} x", "{\"model\":", ""] {
+            assert_eq!(prio(body, 1), None, "{body:?}");
+        }
+    }
 
     fn rw(body: &str, model: &str) -> Option<String> {
         rewrite_model(body.as_bytes(), model).map(|b| String::from_utf8(b).unwrap())
