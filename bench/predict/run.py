@@ -31,7 +31,11 @@ endpoint closest to the SLO that still meets it, as llm-d), `predicted-shed` (`p
 every request sheddable, `x-switchyard-priority: sheddable`: those no endpoint is predicted to
 serve within the SLO are refused with 429 and count as misses), `predicted-queue` (`predictor:
 {queue: {}}`: a request no endpoint is predicted to serve within the SLO is held at the gateway
-until one is, its SLO reduced by the time held, at most 1 s; nothing is shed).
+until one is, its SLO reduced by the time held, at most 1 s; nothing is shed), `predicted-late`
+(`predictor: {late_priority: 1}`: a request predicted late everywhere even without the margin is
+sent with `"priority": 1`, so replicas with `--engine-priority` (every replica, every picker:
+`scheduling_policy: priority`, vLLM's `--scheduling-policy priority`) prefill on-time requests
+first).
 
 Workloads (`--workload`): `mixed`, prompts uniform 128..2,048 tokens (the longest ones' unloaded
 TTFT is near the SLO, which caps attainment for every picker), and `fixed`, 1,024-token prompts;
