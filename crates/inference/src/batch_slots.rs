@@ -18,7 +18,7 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::predictor::{LatencyPredictor, Prediction};
+use crate::predictor::{Features, LatencyPredictor};
 
 /// Requests tracked per endpoint at most.
 pub const MAX_TRACKED: usize = 4096;
@@ -87,18 +87,32 @@ impl LatencyPredictor {
         self.slots.wait_ns(endpoint, limit, self.nanos(now)) as f64 / 1e6
     }
 
-    /// A request predicted `predicted` with `output_tokens` to generate was sent to `endpoint`
-    /// at `now`: track its predicted end until [`LatencyPredictor::on_ended`]. Returns the
-    /// value to hand back then (0: not tracked, as while the model is cold).
+    /// A request with features `x` and `output_tokens` to generate was sent to `endpoint` at
+    /// `now`: track its predicted end until [`LatencyPredictor::on_ended`]. Returns the value
+    /// to hand back then (0: not tracked, as while the model is cold).
+    ///
+    /// The end is the slot wait `x` was made with, then the request's TTFT were the endpoint
+    /// idle, then its output at the TPOT predicted as if the batch had room: none of it comes
+    /// from the model's weight on the slot wait itself. (Were it so, a weight above one would
+    /// push each end further than the last, each wait longer than the last, and predictions
+    /// would run away: a first version did, and shedding then refused almost everything.)
     pub fn track_end(
         &self,
         endpoint: usize,
-        predicted: Option<Prediction>,
+        x: &Features,
         output_tokens: u32,
         now: Instant,
     ) -> u64 {
-        let Some(p) = predicted else { return 0 };
-        let ms = p.ttft_ms + f64::from(output_tokens) * p.tpot_ms;
+        let own = x.without_slot_wait();
+        let Some(ms) = self.with_model(|m| {
+            let m = m?;
+            let tpot = m.predict(endpoint, &own).tpot_ms;
+            Some(
+                x.slot_wait_ms() + m.idle_ttft_ms(endpoint, &own) + f64::from(output_tokens) * tpot,
+            )
+        }) else {
+            return 0;
+        };
         if !(ms.is_finite() && ms >= 0.0) {
             return 0;
         }

@@ -59,6 +59,8 @@ use crate::signals::SignalSnapshot;
 
 /// Number of features per candidate (the first is the constant 1).
 pub const FEATURES: usize = 11;
+/// Index of the batch-slot wait in [`Features`].
+const SLOT_WAIT: usize = 10;
 pub(crate) const PARAMS: usize = 2 * FEATURES;
 /// Load buckets: queue + running of 0, 1, 2–3, 4–7, ..., 64 and more.
 pub(crate) const BUCKETS: usize = 8;
@@ -187,6 +189,17 @@ impl Features {
             prefilling.0 / 8.0,
             slot_wait_ms / 100.0,
         ])
+    }
+
+    /// The `slot_wait_ms` these features were made with.
+    pub fn slot_wait_ms(&self) -> f64 {
+        self.0[SLOT_WAIT] * 100.0
+    }
+
+    /// These features as if the endpoint's batch had room.
+    pub fn without_slot_wait(mut self) -> Self {
+        self.0[SLOT_WAIT] = 0.0;
+        self
     }
 
     /// The load bucket: queue + running in powers of two.

@@ -275,24 +275,44 @@ fn backlog_queues_sends_drains_with_time_and_resets_when_nothing_prefills() {
 fn a_full_batch_waits_for_the_earliest_predicted_end() {
     let p = trained(true, 400);
     let t0 = Instant::now();
-    let pred = |ttft_ms, tpot_ms| Some(Prediction { ttft_ms, tpot_ms });
-    // Cold (no prediction): not tracked.
-    assert_eq!(p.track_end(0, None, 100, t0), 0);
-    // Two in flight: ends at 50 + 10 × 5 = 100 ms and 20 + 100 × 2 = 220 ms.
-    let a = p.track_end(0, pred(50.0, 5.0), 10, t0);
-    let b = p.track_end(0, pred(20.0, 2.0), 100, t0);
+    let idle = snapshot(0.0, 0.0, 0.1, 0.0);
+    let x = |slot_wait| Features::new(1000.0, 0.0, &idle, (0.0, 0.0), (0.0, slot_wait));
+    // Cold: not tracked.
+    let cold = LatencyPredictor::new(PredictorConfig::default(), 1, PredictorMetrics::default());
+    assert_eq!(cold.track_end(0, &x(0.0), 10, t0), 0);
+    let m = p.model().unwrap();
+    let service = |out| m.idle_ttft_ms(0, &x(0.0)) + f64::from(out) * m.predict(0, &x(0.0)).tpot_ms;
+    // Truth: 100 ms to the first token, then 10 × 8.4 ms.
+    assert!((service(10) - 184.0).abs() < 20.0, "{}", service(10));
+    let a = p.track_end(0, &x(0.0), 10, t0);
+    let b = p.track_end(0, &x(0.0), 100, t0);
     assert!(a > 0 && b > a);
     let wait = |limit| p.slot_wait_ms(0, limit, t0);
     // A batch of 3 has room; an unknown limit is no wait.
     assert_eq!((wait(Some(3)), wait(None)), (0.0, 0.0));
     // A batch of 2 frees a slot when the first ends; of 1, when the second does.
-    assert!((wait(Some(2)) - 100.0).abs() < 1e-6, "{}", wait(Some(2)));
-    assert!((wait(Some(1)) - 220.0).abs() < 1e-6, "{}", wait(Some(1)));
+    assert!(
+        (wait(Some(2)) - service(10)).abs() < 1e-3,
+        "{}",
+        wait(Some(2))
+    );
+    assert!(
+        (wait(Some(1)) - service(100)).abs() < 1e-3,
+        "{}",
+        wait(Some(1))
+    );
     p.on_ended(0, a);
     assert_eq!(wait(Some(2)), 0.0);
-    assert!((wait(Some(1)) - 220.0).abs() < 1e-6);
-    // Another endpoint's requests are not this one's; nonsense predictions are not tracked.
+    p.on_ended(0, b);
+    // One that found the batch full ends its own service after that wait, whatever weight
+    // the model gives the wait.
+    p.track_end(0, &x(300.0), 10, t0);
+    assert!(
+        (wait(Some(1)) - 300.0 - service(10)).abs() < 1e-3,
+        "{}",
+        wait(Some(1))
+    );
+    // Another endpoint's requests are not this one's; unknown endpoints are not tracked.
     assert_eq!(p.slot_wait_ms(1, Some(1), t0), 0.0);
-    assert_eq!(p.track_end(1, pred(f64::NAN, 1.0), 10, t0), 0);
-    assert_eq!(p.track_end(99, pred(1.0, 1.0), 10, t0), 0);
+    assert_eq!(p.track_end(99, &x(0.0), 10, t0), 0);
 }

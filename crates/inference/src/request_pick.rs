@@ -221,7 +221,7 @@ impl InferencePicker {
                     p.on_sent(i, &t.features, now);
                 }
                 let output = cx.est_tokens.saturating_sub(cx.prompt_tokens);
-                t.ends_at = p.track_end(i, t.predicted, output, now);
+                t.ends_at = p.track_end(i, &t.features, output, now);
             }
         }
         RequestPick {
