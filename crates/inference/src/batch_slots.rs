@@ -7,9 +7,9 @@
 //! when, and knows what each asked for (`max_tokens`, or a default). So each endpoint keeps the
 //! predicted end of every request the gateway has in flight there (sent + TTFT + output × TPOT,
 //! from the model at send time), and a new request's wait for a slot is the end of the
-//! `(in flight − batch limit)`-th earliest of them, or none while the batch has room. The batch
-//! limit is learned from scrapes ([`crate::EndpointSignals::batch_limit`]: the most requests seen
-//! running while others waited); until one has been seen the wait is 0.
+//! `(in flight − batch limit)`-th earliest of them, or none while the batch has room. Whether the
+//! batch is full, and its size, come from the last scrape ([`crate::EndpointSignals::full_batch`]:
+//! requests waiting, and how many run); with no queue there the wait is 0.
 //!
 //! Requests the engine stops early (an end-of-sequence before `max_tokens`) end before their
 //! predicted end and are dropped from the list then, so an estimate never outlives its request.

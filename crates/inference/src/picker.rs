@@ -480,7 +480,7 @@ impl InferencePicker {
         let features = |p: &LatencyPredictor, i: usize| {
             let signals = self.signals.get(i);
             let prefilling = signals.map_or((0.0, 0.0), |s| s.prefilling());
-            let limit = signals.and_then(|s| s.batch_limit());
+            let limit = signals.and_then(|s| s.full_batch());
             let ahead = (p.backlog_ms(i, now), p.slot_wait_ms(i, limit, now));
             let prompt = f64::from(req.prompt_tokens);
             Features::new(prompt, hit_share(i), &snapshots[i], prefilling, ahead)

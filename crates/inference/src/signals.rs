@@ -129,9 +129,6 @@ pub struct EndpointSignals {
     tokens_total: AtomicU64,
     scrape_picked: AtomicU64,
     scrape_tokens: AtomicU64,
-    /// The most requests a scrape found running while others waited: the engine's batch limit
-    /// (`max_num_seqs`) once it has been reached; 0 until a scrape found a queue.
-    batch_limit: AtomicU64,
     /// The last ORCA report: counts (`ABSENT` when not reported), KV usage bits (`ABSENT`
     /// likewise), when (nanoseconds since `epoch` plus one; 0 = never), and the pick totals
     /// then.
@@ -193,7 +190,6 @@ impl EndpointSignals {
             picked_total: AtomicU64::new(0),
             tokens_total: AtomicU64::new(0),
             scrape_picked: AtomicU64::new(0),
-            batch_limit: AtomicU64::new(0),
             scrape_tokens: AtomicU64::new(0),
             orca_waiting: AtomicU64::new(ABSENT),
             orca_running: AtomicU64::new(ABSENT),
@@ -244,9 +240,6 @@ impl EndpointSignals {
         }
         if let Some(r) = m.running {
             self.running.store(f64_count(r), Ordering::Relaxed);
-            if m.waiting.is_some_and(|w| w >= 1.0) {
-                self.batch_limit.fetch_max(f64_count(r), Ordering::Relaxed);
-            }
         }
         if let Some(kv) = m.kv_usage.filter(|kv| kv.is_finite()) {
             self.kv_usage_bits
@@ -361,10 +354,17 @@ impl EndpointSignals {
         self.num_gpu_blocks.load(Ordering::Relaxed)
     }
 
-    /// The engine's batch limit as scrapes have shown it (see the field); `None` until one
-    /// found requests waiting.
-    pub fn batch_limit(&self) -> Option<u64> {
-        Some(self.batch_limit.load(Ordering::Relaxed)).filter(|&n| n > 0)
+    /// The engine's batch, when the last scrape found it full: the requests running while
+    /// others waited (as scraped, without the gateway's picks since). `None` while it has room.
+    ///
+    /// Only live evidence: a limit remembered from an earlier scrape (the most ever seen
+    /// running with a queue) was set low by the first scrapes of a burst, and with sheddable
+    /// traffic it never rose again, since the requests that would have shown the real limit
+    /// were shed on its account.
+    pub fn full_batch(&self) -> Option<u64> {
+        let waiting = self.waiting.load(Ordering::Relaxed);
+        let running = self.running.load(Ordering::Relaxed);
+        (waiting > 0 && running > 0).then_some(running)
     }
 
     /// Requests the gateway has in flight here.

@@ -195,3 +195,25 @@ fn orca_reports_map_to_signals() {
         switchyard_balance::parse_orca(b"TEXT cpu_utilization=0.9, rps_fractional=3").unwrap();
     assert_eq!(OrcaSignals::from_orca(&cpu), None);
 }
+
+#[test]
+fn a_batch_is_full_only_while_the_last_scrape_found_a_queue() {
+    let s = EndpointSignals::new();
+    let now = Instant::now();
+    assert_eq!(s.full_batch(), None);
+    let queue = |waiting, running| ScrapedMetrics {
+        running: Some(running),
+        ..scrape(waiting, 0.5)
+    };
+    s.apply_scrape(&queue(0.0, 12.0), now);
+    assert_eq!(s.full_batch(), None, "room: nothing waits");
+    s.apply_scrape(&queue(3.0, 16.0), now);
+    assert_eq!(s.full_batch(), Some(16));
+    // The gateway's own picks since are no engine queue.
+    s.apply_scrape(&queue(0.0, 16.0), now);
+    s.on_pick(100);
+    assert_eq!(s.full_batch(), None);
+    // A smaller batch later is the batch now (not the largest ever seen).
+    s.apply_scrape(&queue(1.0, 4.0), now);
+    assert_eq!(s.full_batch(), Some(4));
+}
