@@ -14,7 +14,8 @@
 //!
 //! When no candidate is feasible the decision says so ([`SloOutcome::Infeasible`]) and names the
 //! candidate with the least predicted violation; the caller sheds a sheddable request (429) and
-//! sends any other there. When even the unmargined prediction (the model's typical case) misses
+//! sends any other there, except a share `explore` of them, sent there as explored (so a model
+//! that came to predict everything late still learns what really happens). When even the unmargined prediction (the model's typical case) misses
 //! everywhere, the request is [`SloOutcome::Late`]: with `predictor.late_priority` it is sent
 //! with an engine priority that lets requests still able to meet theirs run first. A share `explore` of feasible picks goes to a random feasible
 //! candidate instead, so the model keeps seeing endpoints it would not choose.
@@ -164,13 +165,20 @@ pub fn choose(
             predicted: p,
         });
     }
-    least_bad.map(|(i, _, p)| SloChoice {
-        index: i,
-        outcome: match load_ratio(p, slo) > 1.0 {
-            true => SloOutcome::Late,
-            false => SloOutcome::Infeasible,
-        },
-        predicted: p,
+    // A share `explore` of these goes out as explored, not infeasible: a sheddable one is sent
+    // rather than refused. Else a model that came to predict every endpoint late (a margin
+    // blown up by a burst) would refuse all sheddable traffic and, learning only from what it
+    // sends, never see that it was wrong.
+    let (index, _, predicted) = least_bad?;
+    let outcome = match (explore_roll < share, load_ratio(predicted, slo) > 1.0) {
+        (true, _) => SloOutcome::Explored,
+        (false, true) => SloOutcome::Late,
+        (false, false) => SloOutcome::Infeasible,
+    };
+    Some(SloChoice {
+        index,
+        outcome,
+        predicted,
     })
 }
 
@@ -294,6 +302,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.outcome, SloOutcome::Late);
+    }
+
+    #[test]
+    fn a_share_of_requests_no_endpoint_can_serve_goes_out_as_explored() {
+        let m = model();
+        let slo = Slo {
+            ttft_ms: Some(1.0),
+            tpot_ms: None,
+        };
+        let pick = |roll| {
+            let x = |_| features(0.0);
+            choose(&m, slo, &[0, 1], x, Selection::LowestLatency, (0.1, roll, 0)).unwrap()
+        };
+        // Within the share: sent (not shed) where the violation is least, to learn from.
+        let c = pick(0.05);
+        assert_eq!(c.outcome, SloOutcome::Explored);
+        assert!(!c.outcome.is_infeasible());
+        assert_eq!(pick(0.5).outcome, SloOutcome::Late);
     }
 
     #[test]

@@ -60,7 +60,7 @@ async fn stream(c: &TestClient, gw: &Gateway, headers: &[(&str, &str)]) -> (u16,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learns_exports_its_error_and_sheds_infeasible_slos() {
     let fleet = fleet().await;
-    let pool = "    balancer: {kind: inference, scrape_interval: 20ms, predictor: {min_samples: 16, refit_every: 4}}\n";
+    let pool = "    balancer: {kind: inference, scrape_interval: 20ms, predictor: {min_samples: 16, refit_every: 4, explore: 0}}\n";
     let gw = Gateway::start(&config(&fleet.addresses(), "", pool));
     let c = client::http1();
 
@@ -128,7 +128,7 @@ async fn learns_exports_its_error_and_sheds_infeasible_slos() {
 async fn a_routes_slo_applies_to_requests_without_one() {
     let fleet = fleet().await;
     let route = "    slo: {ttft: 1ms}\n";
-    let pool = "    balancer: {kind: inference, scrape_interval: 20ms, predictor: {min_samples: 16, refit_every: 4}}\n";
+    let pool = "    balancer: {kind: inference, scrape_interval: 20ms, predictor: {min_samples: 16, refit_every: 4, explore: 0}}\n";
     let gw = Gateway::start(&config(&fleet.addresses(), route, pool));
     let c = client::http1();
     // Standard requests are served while the model warms and after (where the violation is
@@ -158,7 +158,7 @@ async fn a_routes_slo_applies_to_requests_without_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_queue_holds_infeasible_requests_within_its_bounds() {
     let fleet = fleet().await;
-    let pool = "    balancer: {kind: inference, scrape_interval: 20ms, predictor: {min_samples: 16, refit_every: 4, queue: {max_wait: 400ms, max_queued: 1}}}\n";
+    let pool = "    balancer: {kind: inference, scrape_interval: 20ms, predictor: {min_samples: 16, refit_every: 4, explore: 0, queue: {max_wait: 400ms, max_queued: 1}}}\n";
     let gw = std::sync::Arc::new(Gateway::start(&config(&fleet.addresses(), "", pool)));
     let c = client::http1();
     let mut warm = false;
@@ -259,7 +259,7 @@ async fn the_queue_holds_infeasible_requests_within_its_bounds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_request_carries_the_engine_priority() {
     use switchyard_sim::Policy;
-    let pool = "    balancer: {kind: inference, scrape_interval: 20ms, predictor: {min_samples: 16, refit_every: 4, late_priority: 7}}\n";
+    let pool = "    balancer: {kind: inference, scrape_interval: 20ms, predictor: {min_samples: 16, refit_every: 4, explore: 0, late_priority: 7}}\n";
     for policy in [Policy::Fcfs, Policy::Priority] {
         let fleet = start_fleet(FleetConfig {
             model: MODEL.into(),
