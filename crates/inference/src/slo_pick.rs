@@ -313,7 +313,15 @@ mod tests {
         };
         let pick = |roll| {
             let x = |_| features(0.0);
-            choose(&m, slo, &[0, 1], x, Selection::LowestLatency, (0.1, roll, 0)).unwrap()
+            choose(
+                &m,
+                slo,
+                &[0, 1],
+                x,
+                Selection::LowestLatency,
+                (0.1, roll, 0),
+            )
+            .unwrap()
         };
         // Within the share: sent (not shed) where the violation is least, to learn from.
         let c = pick(0.05);
