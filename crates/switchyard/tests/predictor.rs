@@ -57,6 +57,19 @@ async fn stream(c: &TestClient, gw: &Gateway, headers: &[(&str, &str)]) -> (u16,
     (status.as_u16(), pick, String::from_utf8_lossy(&body).into())
 }
 
+/// Send plain streamed requests (each must succeed) until a pick's explanation contains
+/// `marker`; whether one did within 400.
+async fn train_until(c: &TestClient, gw: &Gateway, marker: &str) -> bool {
+    for _ in 0..400 {
+        let (status, pick, body) = stream(c, gw, &[]).await;
+        assert_eq!(status, 200, "{body}");
+        if pick.contains(marker) {
+            return true;
+        }
+    }
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learns_exports_its_error_and_sheds_infeasible_slos() {
     let fleet = fleet().await;
@@ -133,15 +146,7 @@ async fn a_routes_slo_applies_to_requests_without_one() {
     let c = client::http1();
     // Standard requests are served while the model warms and after (where the violation is
     // predicted smallest).
-    let mut warm = false;
-    for _ in 0..400 {
-        let (status, pick, body) = stream(&c, &gw, &[]).await;
-        assert_eq!(status, 200, "{body}");
-        if pick.contains("slo=late") {
-            warm = true;
-            break;
-        }
-    }
+    let warm = train_until(&c, &gw, "slo=late").await;
     assert!(warm, "the route's SLO never reached the picker");
     let sheddable = ("x-switchyard-priority", "sheddable");
     let (status, _, body) = stream(&c, &gw, &[sheddable]).await;
@@ -275,15 +280,7 @@ async fn a_late_request_carries_the_engine_priority() {
         .unwrap();
         let gw = Gateway::start(&config(&fleet.addresses(), "", pool));
         let c = client::http1();
-        let mut warm = false;
-        for _ in 0..400 {
-            let (status, pick, body) = stream(&c, &gw, &[]).await;
-            assert_eq!(status, 200, "{body}");
-            if pick.contains("predicted(ttft_ms=") {
-                warm = true;
-                break;
-            }
-        }
+        let warm = train_until(&c, &gw, "predicted(ttft_ms=").await;
         assert!(warm, "the predictor never warmed up");
         // On time: sent as it came, whatever the replicas' policy.
         let (status, pick, body) = stream(&c, &gw, &[("x-slo-ttft-ms", "60000")]).await;
