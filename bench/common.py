@@ -128,6 +128,22 @@ static_resources:
     return p
 
 
+def grpc_cluster(name, port):
+    """An Envoy static_resources cluster `name`: HTTP/2 (gRPC) to 127.0.0.1:`port`, as YAML lines
+    of a `clusters:` list."""
+    return f"""  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: {name}
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]
+"""
+
+
 def start_envoy_for_epp(d, port, admin, epp_port, original_dst_extra=""):
     """Envoy (one worker, core 0) with the ext_proc filter asking `switchyard epp` at `epp_port`
     (request headers and the buffered body; responses not sent) and an ORIGINAL_DST cluster
@@ -140,17 +156,7 @@ def start_envoy_for_epp(d, port, admin, epp_port, original_dst_extra=""):
               message_timeout: 5s
               processing_mode: {request_header_mode: SEND, response_header_mode: SKIP, request_body_mode: BUFFERED, response_body_mode: NONE, request_trailer_mode: SKIP, response_trailer_mode: SKIP}
 """
-    clusters = f"""  - name: epp
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: epp
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {epp_port}}}}}}}}}]}}]
-  - name: original_dst
+    clusters = grpc_cluster("epp", epp_port) + f"""  - name: original_dst
     type: ORIGINAL_DST
     lb_policy: CLUSTER_PROVIDED
     connect_timeout: 1s

@@ -29,7 +29,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from common import BIN, MODEL, envoy_bin, start_fleet, stop, wait_http  # noqa: E402
+from common import BIN, MODEL, envoy_bin, grpc_cluster, start_fleet, stop, wait_http  # noqa: E402
 
 ADS, ADMIN = 18620, 18621
 ENVOY_ADMIN = 18630
@@ -56,17 +56,7 @@ dynamic_resources:
   lds_config: {{ads: {{}}, resource_api_version: V3}}
 static_resources:
   clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {ADS}}}}}}}}}]}}]
-"""
+""" + grpc_cluster("xds", ADS)
 
 
 def listener_port(admin):

@@ -180,7 +180,7 @@ mod tests {
     fn predictor_settings_parse_and_are_checked() {
         let b = parse(
             r#"{"kind":"inference","predictor":{"slo":{"ttft":"500ms"},"quantile":0.99,
-                "selection":"least_headroom"}}"#,
+                "selection":"least_headroom","late_priority":-3}}"#,
         )
         .unwrap();
         let Balancer::Inference { predictor, .. } = b else {
@@ -189,6 +189,7 @@ mod tests {
         let p = predictor.unwrap();
         assert_eq!(p.slo.ttft, Some(Duration::from_millis(500)));
         assert_eq!((p.quantile, p.selection), (0.99, Selection::LeastHeadroom));
+        assert_eq!(p.late_priority, Some(-3));
         assert_eq!(p.explore, 0.02);
         assert_eq!(p.queue, None);
         let b =
@@ -219,6 +220,8 @@ mod tests {
             (r#"{"queue":{"max_wiat":"1s"}}"#, "unknown field `max_wiat`"),
             (r#"{"qantile":0.9}"#, "unknown field `qantile`"),
             (r#"{"selection":"fastest"}"#, "unknown variant `fastest`"),
+            (r#"{"late_priority":"low"}"#, "invalid type"),
+            (r#"{"late_priority":1.5}"#, "invalid type"),
             (
                 r#"{"slo":{"tpot":"11m"}}"#,
                 "`slo.tpot` must be more than 0",

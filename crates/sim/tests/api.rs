@@ -77,6 +77,14 @@ async fn bad_requests_get_openai_errors() {
     );
     let two = format!(r#"{{"model":"{MODEL}","prompt":"x","n":2}}"#);
     assert_openai_error(&post(addr, "/v1/completions", &two).await, 400, Some("n"));
+    // A priority is an integer, and only a replica scheduling by priority takes one (vLLM).
+    for bad in [r#""high""#, "1.5", "1"] {
+        let body = format!(r#"{{"model":"{MODEL}","prompt":"x","priority":{bad}}}"#);
+        let r = post(addr, "/v1/completions", &body).await;
+        assert_openai_error(&r, 400, Some("priority"));
+    }
+    let zero = format!(r#"{{"model":"{MODEL}","prompt":"x","max_tokens":1,"priority":0}}"#);
+    assert_eq!(post(addr, "/v1/completions", &zero).await.status, 200);
     let bad_messages = format!(r#"{{"model":"{MODEL}","messages":[{{"content":"no role"}}]}}"#);
     assert_openai_error(
         &post(addr, "/v1/chat/completions", &bad_messages).await,
