@@ -40,9 +40,14 @@
 //! * **Rare load levels** are not forgotten: samples live in buckets keyed by the endpoint's load
 //!   (queue + running, in powers of two), each a bounded ring, so an hour at low load does not
 //!   flush what the model saw in the last burst.
-//! * **Tail targets**: the ratio of measured to predicted latency is kept in a bounded ring and
-//!   the configured quantile of it (`quantile: 0.9` by default; 0.99 for a p99 SLO) is the margin
-//!   an SLO decision multiplies predictions by ([`Model::margined`]).
+//! * **Tail targets**: at each fit, the configured quantile (`quantile: 0.9` by default; 0.99
+//!   for a p99 SLO) of measured over predicted latency, over the window's samples as the *new*
+//!   model predicts them, is the margin an SLO decision multiplies predictions by
+//!   ([`Model::margined`]). Ratios recorded against the predictions made at pick time would
+//!   keep a stale model's errors: the first fits, from a few dozen warm-up samples, predicted
+//!   near zero for loads they had not seen, their ratios ran to the thousands, and with
+//!   sheddable traffic the margin they set refused nearly every request, so few new ratios
+//!   came to replace them (2,152 of 2,515 shed on a simulated fleet).
 //!
 //! Prediction error is measured online, on the prediction made at pick time: the absolute
 //! percentage error of each TTFT (and of each total latency) goes to the pool's metrics, and
@@ -54,7 +59,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
 
-use crate::predictor_fit::{fit_buckets, fit_scales, quantile, Thetas};
+use crate::predictor_fit::{fit_buckets, fit_scales, margins, Thetas};
 use crate::signals::SignalSnapshot;
 
 /// Number of features per candidate (the first is the constant 1).
@@ -64,8 +69,7 @@ const SLOT_WAIT: usize = 10;
 pub(crate) const PARAMS: usize = 2 * FEATURES;
 /// Load buckets: queue + running of 0, 1, 2–3, 4–7, ..., 64 and more.
 pub(crate) const BUCKETS: usize = 8;
-/// Ratios and errors kept for margins and the rolling MAPE.
-const RATIOS: usize = 512;
+/// Errors kept for the rolling MAPE.
 const ERRORS: usize = 256;
 /// Samples an endpoint needs in the window before its own scale is fitted.
 pub(crate) const MIN_SCALE_SAMPLES: usize = 8;
@@ -343,8 +347,6 @@ impl<T> Ring<T> {
 pub(crate) struct Window {
     pub(crate) buckets: Vec<Ring<Sample>>,
     since_fit: usize,
-    ttft_ratio: Ring<f64>,
-    tpot_ratio: Ring<f64>,
     ttft_error: Ring<f64>,
     pub(crate) scale: Vec<f64>,
 }
@@ -374,8 +376,6 @@ impl LatencyPredictor {
                 .map(|_| Ring::new(config.bucket_samples))
                 .collect(),
             since_fit: 0,
-            ttft_ratio: Ring::new(RATIOS),
-            tpot_ratio: Ring::new(RATIOS),
             ttft_error: Ring::new(ERRORS),
             scale: vec![1.0; endpoints],
         };
@@ -513,15 +513,11 @@ impl LatencyPredictor {
 
     fn record_error(&self, w: &mut Window, p: Prediction, measured: Measured) {
         match measured {
-            Measured::Stream { ttft_ms, tpot_ms } => {
+            Measured::Stream { ttft_ms, .. } => {
                 let ape = (p.ttft_ms - ttft_ms).abs() / ttft_ms;
                 w.ttft_error.push(ape);
-                w.ttft_ratio.push(ttft_ms / p.ttft_ms);
                 if let Some(h) = &self.metrics.ttft_error {
                     h.observe(ape);
-                }
-                if let Some(t) = tpot_ms {
-                    w.tpot_ratio.push(t / p.tpot_ms);
                 }
             }
             Measured::Total {
@@ -529,10 +525,6 @@ impl LatencyPredictor {
                 output_tokens,
             } => {
                 let predicted = p.ttft_ms + f64::from(output_tokens) * p.tpot_ms;
-                // One ratio for both: the split between the two is not observed.
-                let r = latency_ms / predicted;
-                w.ttft_ratio.push(r);
-                w.tpot_ratio.push(r);
                 if let Some(h) = &self.metrics.latency_error {
                     h.observe((predicted - latency_ms).abs() / latency_ms);
                 }
@@ -562,14 +554,16 @@ impl LatencyPredictor {
             theta = Some(t);
         }
         let theta: Thetas = theta?;
-        let q = self.config.quantile;
-        Some(Model {
+        let mut model = Model {
             idle: [theta[0][0], theta[0][1], theta[0][2]],
             theta,
             scale: w.scale.clone(),
-            margin_ttft: quantile(&w.ttft_ratio.items, q).unwrap_or(1.0),
-            margin_tpot: quantile(&w.tpot_ratio.items, q).unwrap_or(1.0),
-        })
+            margin_ttft: 1.0,
+            margin_tpot: 1.0,
+        };
+        let (ttft, tpot) = margins(w, |e, x| model.predict(e, x), self.config.quantile);
+        (model.margin_ttft, model.margin_tpot) = (ttft, tpot);
+        Some(model)
     }
 }
 

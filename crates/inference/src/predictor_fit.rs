@@ -2,7 +2,8 @@
 //! parameters, per-endpoint scales, and quantiles of the measured/predicted ratios.
 
 use crate::predictor::{
-    Measured, Sample, Window, BUCKETS, FEATURES, MIN_SCALE_SAMPLES, MIN_TARGET_MS, PARAMS,
+    Features, Measured, Prediction, Sample, Window, BUCKETS, FEATURES, MIN_SCALE_SAMPLES,
+    MIN_TARGET_MS, PARAMS,
 };
 
 /// Weights per load bucket, shrunk toward the pool-wide fit.
@@ -183,7 +184,41 @@ fn solve(mut a: [[f64; PARAMS]; PARAMS], mut b: [f64; PARAMS]) -> Option<[f64; P
 }
 
 /// The `q` quantile of `values` (nearest rank), when there are 16 or more.
-pub(crate) fn quantile(values: &[f64], q: f64) -> Option<f64> {
+/// The margins (TTFT, TPOT): quantile `q` of measured over predicted latency over the window's
+/// samples, as `predict` (the model just fitted) predicts them; 1 while fewer than 16.
+pub(crate) fn margins(
+    w: &Window,
+    predict: impl Fn(usize, &Features) -> Prediction,
+    q: f64,
+) -> (f64, f64) {
+    let (mut ttft, mut tpot) = (Vec::new(), Vec::new());
+    for s in w.buckets.iter().flat_map(|b| &b.items) {
+        let p = predict(usize::from(s.endpoint), &s.x);
+        match s.measured {
+            Measured::Stream { ttft_ms, tpot_ms } => {
+                ttft.push(ttft_ms / p.ttft_ms);
+                if let Some(t) = tpot_ms {
+                    tpot.push(t / p.tpot_ms);
+                }
+            }
+            Measured::Total {
+                latency_ms,
+                output_tokens,
+            } => {
+                // One ratio for both: the split between the two is not observed.
+                let r = latency_ms / (p.ttft_ms + f64::from(output_tokens) * p.tpot_ms);
+                ttft.push(r);
+                tpot.push(r);
+            }
+        }
+    }
+    (
+        quantile(&ttft, q).unwrap_or(1.0),
+        quantile(&tpot, q).unwrap_or(1.0),
+    )
+}
+
+fn quantile(values: &[f64], q: f64) -> Option<f64> {
     if values.len() < 16 {
         return None;
     }

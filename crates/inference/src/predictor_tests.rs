@@ -187,6 +187,41 @@ fn margin_covers_noise_at_the_quantile() {
 }
 
 #[test]
+fn margin_is_the_current_models_not_the_picks() {
+    // Every pick's prediction was near zero, as the first fits' were for loads they had not
+    // seen: the margin is what the model fitted now makes of the same samples, not those picks'
+    // ratios (thousands), which once refused nearly every sheddable request.
+    let p = LatencyPredictor::new(PredictorConfig::default(), 1, PredictorMetrics::default());
+    let mut rng = fastrand::Rng::with_seed(9);
+    for _ in 0..600 {
+        let s = snapshot(f64::from(rng.u32(0..8)), 8.0, 0.3, 0.0);
+        let x = Features::new(800.0, 0.0, &s, (0.0, 0.0), (0.0, 0.0));
+        let (ttft, tpot) = truth(0, 800.0, 0.0, &s);
+        let t = Ticket {
+            endpoint: 0,
+            features: x,
+            predicted: Some(Prediction {
+                ttft_ms: MIN_TARGET_MS,
+                tpot_ms: MIN_TARGET_MS,
+            }),
+            ends_at: 0,
+        };
+        p.observe(
+            &t,
+            Measured::Stream {
+                ttft_ms: ttft,
+                tpot_ms: Some(tpot),
+            },
+        );
+    }
+    let (ttft, tpot) = p.model().unwrap().margins();
+    assert!((0.95..1.1).contains(&ttft), "TTFT margin {ttft}");
+    assert!((0.95..1.1).contains(&tpot), "TPOT margin {tpot}");
+    // The error is still the picks' own: that is what was predicted.
+    assert!(p.ttft_mape().unwrap() > 0.9);
+}
+
+#[test]
 fn slo_headers_parse_strictly() {
     assert_eq!(parse_slo_ms(b"250"), Some(250.0));
     assert_eq!(parse_slo_ms(b"600000"), Some(600_000.0));

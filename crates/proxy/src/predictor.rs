@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use switchyard_config::predictor::Selection as ConfigSelection;
 use switchyard_inference::{LatencyPredictor, PredictorConfig, PredictorMetrics, Selection, Slo};
-use switchyard_telemetry::metrics::{PoolLabels, PoolOutcomeLabels, SLO_OUTCOMES};
+use switchyard_telemetry::metrics::{
+    PoolLabels, PoolObjectiveLabels, PoolOutcomeLabels, SLO_OUTCOMES,
+};
 use switchyard_telemetry::Metrics;
 
 /// The predictor of pool `pool` with `endpoints` endpoints.
@@ -59,12 +61,22 @@ pub fn build(
     Arc::new(LatencyPredictor::new(config, endpoints, handles))
 }
 
-/// Gauges read rather than counted: the rolling TTFT MAPE, the window's size and the
-/// requests held in the SLO queue.
+/// Gauges read rather than counted: the rolling TTFT MAPE, the SLO margins, the window's size
+/// and the requests held in the SLO queue.
 pub fn refresh_gauges(p: &LatencyPredictor, metrics: &Metrics, labels: &PoolLabels) {
     let m = &metrics.predictor;
     if let Some(mape) = p.ttft_mape() {
         m.ttft_mape.get_or_create(labels).set(mape);
+    }
+    if let Some(model) = p.model() {
+        let (ttft, tpot) = model.margins();
+        for (objective, v) in [("ttft", ttft), ("tpot", tpot)] {
+            let labels = PoolObjectiveLabels {
+                pool: labels.pool.clone(),
+                objective,
+            };
+            m.margin.get_or_create(&labels).set(v);
+        }
     }
     m.samples
         .get_or_create(labels)

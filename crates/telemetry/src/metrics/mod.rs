@@ -18,7 +18,7 @@ mod xds;
 
 pub use config_source::{ConfigSourceMetrics, SourceReasonLabels};
 pub use labels::*;
-pub use predictor::{PoolOutcomeLabels, PredictorMetrics, SLO_OUTCOMES};
+pub use predictor::{PoolObjectiveLabels, PoolOutcomeLabels, PredictorMetrics, SLO_OUTCOMES};
 pub use tcp::{EndpointDirectionLabels, ListenerDirectionLabels, TcpMetrics};
 pub use xds::{NodeLabels, NodeTypeLabels, NodeVersionLabels, ReloadLabels, XdsMetrics};
 

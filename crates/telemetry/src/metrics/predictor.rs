@@ -20,6 +20,13 @@ pub struct PoolOutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// `objective`: `ttft` or `tpot`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolObjectiveLabels {
+    pub pool: String,
+    pub objective: &'static str,
+}
+
 /// The outcomes of [`PredictorMetrics::slo_picks`], in the order the predictor counts them.
 pub const SLO_OUTCOMES: [&str; 5] = ["met", "explored", "infeasible", "shed", "late"];
 
@@ -34,6 +41,7 @@ pub struct PredictorMetrics {
     pub latency_error: Family<PoolLabels, Histogram, fn() -> Histogram>,
     pub ttft_mape: Family<PoolLabels, Gauge<f64, AtomicU64>>,
     pub samples: Family<PoolLabels, Gauge>,
+    pub margin: Family<PoolObjectiveLabels, Gauge<f64, AtomicU64>>,
     pub slo_queued: Family<PoolLabels, Gauge>,
     pub slo_picks: Family<PoolOutcomeLabels, Counter>,
 }
@@ -45,6 +53,7 @@ impl PredictorMetrics {
             latency_error: Family::new_with_constructor(error_histogram),
             ttft_mape: Family::default(),
             samples: Family::default(),
+            margin: Family::default(),
             slo_queued: Family::default(),
             slo_picks: Family::default(),
         };
@@ -69,6 +78,12 @@ impl PredictorMetrics {
             "switchyard_predictor_samples",
             "Training samples in the predictor's window",
             m.samples.clone(),
+        );
+        registry.register(
+            "switchyard_predictor_margin",
+            "What SLO decisions multiply predictions by: the configured quantile of measured \
+             over predicted latency (1 = predictions are taken as they are)",
+            m.margin.clone(),
         );
         registry.register(
             "switchyard_slo_queued",
