@@ -95,6 +95,8 @@ async fn learns_exports_its_error_and_sheds_infeasible_slos() {
     })
     .await;
     assert!(gw.metric("switchyard_predictor_samples{pool=\"p\"}") >= 16.0);
+    let margin = gw.metric("switchyard_predictor_margin{pool=\"p\",objective=\"ttft\"}");
+    assert!(margin > 0.5 && margin < 10.0, "TTFT margin {margin}");
 
     // 1 ms to first token is out of reach: a sheddable request is refused, in OpenAI's shape.
     let sheddable = [
