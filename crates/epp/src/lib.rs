@@ -328,6 +328,7 @@ impl Epp {
                 s.end(at, error);
             }
         };
+        let mut late_body = None;
         let index = match &pool.inference {
             Some(picker) if !body.is_empty() => {
                 let path = header(":path").unwrap_or("/v1/chat/completions");
@@ -364,6 +365,11 @@ impl Epp {
                         error_json("shed", 429, "the pool is saturated; retry later"),
                     );
                 }
+                // A request late everywhere carries the engine priority that lets on-time ones
+                // go first, as through the gateway.
+                late_body = picker
+                    .late_priority(&pick.decision)
+                    .and_then(|p| switchyard_inference::add_priority(body, p));
                 if let Some(i) = pick.index() {
                     *picked = Some(Picked::new(
                         picker.clone(),
@@ -391,9 +397,15 @@ impl Epp {
             // Ask the model server for an ORCA load report on its response.
             set_headers.push(proto::set_header(ORCA_FORMAT_HEADER, "TEXT"));
         }
+        if let Some(b) = &late_body {
+            set_headers.push(proto::set_header("content-length", &b.len().to_string()));
+        }
         let common = Some(proto::CommonResponse {
             status: 0,
             header_mutation: Some(proto::HeaderMutation { set_headers }),
+            body_mutation: late_body.map(|b| proto::BodyMutation {
+                mutation: Some(proto::body_mutation::Mutation::Body(b)),
+            }),
             clear_route_cache: false,
         });
         let mut reply = if at_headers {

@@ -106,8 +106,27 @@ pub struct CommonResponse {
     pub status: i32,
     #[prost(message, optional, tag = "2")]
     pub header_mutation: Option<HeaderMutation>,
+    #[prost(message, optional, tag = "3")]
+    pub body_mutation: Option<BodyMutation>,
     #[prost(bool, tag = "5")]
     pub clear_route_cache: bool,
+}
+
+/// A replacement of the buffered body. With headers sent (`SEND`) and the body `BUFFERED`,
+/// Envoy keeps the request's `content-length` and rejects a body of another length: the
+/// replacement comes with the new length in the same reply's header mutation.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BodyMutation {
+    #[prost(oneof = "body_mutation::Mutation", tags = "1")]
+    pub mutation: Option<body_mutation::Mutation>,
+}
+
+pub mod body_mutation {
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Mutation {
+        #[prost(bytes = "vec", tag = "1")]
+        Body(Vec<u8>),
+    }
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -200,6 +200,12 @@ impl Features {
         self.0[SLOT_WAIT] * 100.0
     }
 
+    /// Whether the endpoint had requests waiting at its last scrape, or a full batch by the
+    /// predicted ends of what is in flight there.
+    pub fn queueing(&self) -> bool {
+        self.0[3] > 0.0 || self.0[SLOT_WAIT] > 0.0
+    }
+
     /// These features as if the endpoint's batch had room.
     pub fn without_slot_wait(mut self) -> Self {
         self.0[SLOT_WAIT] = 0.0;

@@ -282,7 +282,7 @@ async fn the_predictor_learns_from_the_responses_envoy_streams_to_the_picker() {
     let config = epp_config(
         dir.path(),
         &fleet,
-        ", predictor: {min_samples: 16, refit_every: 4}",
+        ", predictor: {min_samples: 16, refit_every: 4, explore: 0, late_priority: 1}",
         &receiver,
     );
     let (_epp, epp_addr) = support::start_epp(&config, &[]);
@@ -328,4 +328,16 @@ async fn the_predictor_learns_from_the_responses_envoy_streams_to_the_picker() {
         explanation.contains("slo=met") || explanation.contains("slo=explored"),
         "{explanation}"
     );
+
+    // 1 ms to first token is late everywhere: the picker adds `"priority": 1` to the body
+    // Envoy forwards (with its new length, or Envoy would refuse the mutation). These replicas
+    // schedule first come, first served, so they answer vLLM's 400 naming the priority: the
+    // field arrived.
+    let mut late = ask(format!("00-{TRACE}-00f067aa0ba902c1-00"), true);
+    late.headers_mut()
+        .insert("x-slo-ttft-ms", http::HeaderValue::from_static("1"));
+    let (status, _, body) = send(&c, late).await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("Got priority 1"), "{body}");
 }
