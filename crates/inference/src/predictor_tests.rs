@@ -106,26 +106,34 @@ fn learns_ttft_and_tpot_from_total_latency_alone() {
     assert!(tpot < 0.05, "TPOT MAPE {tpot}");
 }
 
+/// Endpoint 0 streamed a response with `ttft` and `tpot`, picked with features `x` and
+/// `predicted`.
+fn observe_stream(
+    p: &LatencyPredictor,
+    x: Features,
+    predicted: Option<Prediction>,
+    (ttft, tpot): (f64, f64),
+) {
+    let t = Ticket {
+        endpoint: 0,
+        features: x,
+        predicted,
+        ends_at: 0,
+    };
+    let measured = Measured::Stream {
+        ttft_ms: ttft,
+        tpot_ms: Some(tpot),
+    };
+    p.observe(&t, measured);
+}
+
 #[test]
 fn buckets_keep_rare_load_levels() {
     let p = LatencyPredictor::new(PredictorConfig::default(), 1, PredictorMetrics::default());
     let observe = |waiting: f64| {
         let s = snapshot(waiting, 4.0, 0.2, 0.0);
         let x = Features::new(500.0, 0.0, &s, (0.0, 0.0), (0.0, 0.0));
-        let (ttft, tpot) = truth(0, 500.0, 0.0, &s);
-        let t = Ticket {
-            endpoint: 0,
-            features: x,
-            predicted: None,
-            ends_at: 0,
-        };
-        p.observe(
-            &t,
-            Measured::Stream {
-                ttft_ms: ttft,
-                tpot_ms: Some(tpot),
-            },
-        );
+        observe_stream(&p, x, None, truth(0, 500.0, 0.0, &s));
     };
     // A short burst at a queue of 40, then a long quiet spell.
     for _ in 0..100 {
@@ -168,19 +176,8 @@ fn margin_covers_noise_at_the_quantile() {
         let (ttft, tpot) = truth(0, 800.0, 0.0, &s);
         // ±20% uniform noise.
         let noise = 0.8 + 0.4 * rng.f64();
-        let t = Ticket {
-            endpoint: 0,
-            features: x,
-            predicted: p.model().map(|m| m.predict(0, &x)),
-            ends_at: 0,
-        };
-        p.observe(
-            &t,
-            Measured::Stream {
-                ttft_ms: ttft * noise,
-                tpot_ms: Some(tpot),
-            },
-        );
+        let predicted = p.model().map(|m| m.predict(0, &x));
+        observe_stream(&p, x, predicted, (ttft * noise, tpot));
     }
     let (margin, _) = p.model().unwrap().margins();
     assert!(margin > 1.1 && margin < 1.4, "p99 margin {margin}");
@@ -196,23 +193,11 @@ fn margin_is_the_current_models_not_the_picks() {
     for _ in 0..600 {
         let s = snapshot(f64::from(rng.u32(0..8)), 8.0, 0.3, 0.0);
         let x = Features::new(800.0, 0.0, &s, (0.0, 0.0), (0.0, 0.0));
-        let (ttft, tpot) = truth(0, 800.0, 0.0, &s);
-        let t = Ticket {
-            endpoint: 0,
-            features: x,
-            predicted: Some(Prediction {
-                ttft_ms: MIN_TARGET_MS,
-                tpot_ms: MIN_TARGET_MS,
-            }),
-            ends_at: 0,
+        let near_zero = Prediction {
+            ttft_ms: MIN_TARGET_MS,
+            tpot_ms: MIN_TARGET_MS,
         };
-        p.observe(
-            &t,
-            Measured::Stream {
-                ttft_ms: ttft,
-                tpot_ms: Some(tpot),
-            },
-        );
+        observe_stream(&p, x, Some(near_zero), truth(0, 800.0, 0.0, &s));
     }
     let (ttft, tpot) = p.model().unwrap().margins();
     assert!((0.95..1.1).contains(&ttft), "TTFT margin {ttft}");
