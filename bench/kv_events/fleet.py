@@ -146,6 +146,21 @@ def start_router(name, addrs, bindir):
     return p
 
 
+def start_vllm_router_kv(addrs, kv, bindir):
+    """vllm-router with its `kv_aware` policy fed by every replica's KV-event and replay sockets
+    (blocks of 16 tokens, as the simulator's), pinned to core 0. It scores only requests that
+    carry token ids: its rows send completions prompts as ids (`--prompt-token-ids`)."""
+    sources = []
+    for a, (events, replay) in zip(addrs, kv):
+        sources += ["--kv-event-source", f"http://{a}={events}", "--kv-event-replay-source", f"http://{a}={replay}"]
+    p = subprocess.Popen(["taskset", "-c", "0", router_bin("vllm-router", bindir), "--host", "127.0.0.1",
+                          "--port", str(PORTS[0][0]), "--policy", "kv_aware", "--kv-event-block-size", "16",
+                          "--kv-event-model", MODEL, *sources, "--worker-urls", *[f"http://{a}" for a in addrs]],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_http(f"http://127.0.0.1:{PORTS[0][0]}/v1/models", timeout=60)
+    return p
+
+
 def kv_blocks(n):
     pools = json.load(urllib.request.urlopen(f"http://127.0.0.1:{PORTS[n][1]}/pools", timeout=5))
     return [(e["inference"] or {}).get("kv_events") or {} for e in pools["pools"][0]["endpoints"]]

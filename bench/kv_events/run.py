@@ -23,6 +23,11 @@ Two parts:
     buffered, an ORIGINAL_DST cluster), both on core 0: the picker where llm-d puts its EPP;
   - `vllm-router`, `smg`, `sglang-router`: the PyPI routers with `--policy cache_aware`
     (defaults otherwise; `--routers-bin` names the directory of their executables).
+  - `vllm-router-kv`: vllm-router with `--policy kv_aware`, subscribed to every replica's
+    KV-event and replay sockets: the third-party router fed by the same events. It scores only
+    requests that carry token ids, so its rows send the same prompts as token ids
+    (`switchyard bench --prompt-token-ids`, the simulator's tokenizer: the tokens the replicas
+    compute from the text either way).
   A fresh fleet and router start for every row, so caches start cold for all. Routers on core
   0; simulator and load generator on core 1.
 

@@ -9,7 +9,8 @@ import threading
 import urllib.request
 
 from fleet import (FLEETS, PORTS, ROUTERS, gateway_prefix_picks, replica_requests, sim_counters,
-                   start_epp_behind_envoy, start_gateway, start_kv_fleet, start_router, workload)
+                   start_epp_behind_envoy, start_gateway, start_kv_fleet, start_router, start_vllm_router_kv,
+                   workload)
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from common import BIN, MODEL, stop  # noqa: E402
@@ -39,6 +40,8 @@ def row(d, fleet, mode, load_args, seconds, system_share, routers_bin=None, rest
     try:
         if mode in ROUTERS:
             routers.append(start_router(mode, addrs, routers_bin))
+        elif mode == "vllm-router-kv":
+            routers.append(start_vllm_router_kv(addrs, kv, routers_bin))
         elif mode == "epp":
             routers += start_epp_behind_envoy(d, addrs, kv)
         elif mode in SWITCHYARD_MODES:
@@ -50,12 +53,16 @@ def row(d, fleet, mode, load_args, seconds, system_share, routers_bin=None, rest
         targets = []
         for n in range(1 if mode == "epp" else len(routers)):
             targets += ["--target", f"gw{n}=http://127.0.0.1:{PORTS[n][0]}"]
-        oracle = ["--prefix-oracle", f"http://{addrs[0]}/sim/oracle/cached"] if mode == "oracle" else []
+        mode_args = {
+            "oracle": ["--prefix-oracle", f"http://{addrs[0]}/sim/oracle/cached"],
+            # It scores only prompts that come as token ids.
+            "vllm-router-kv": ["--prompt-token-ids"],
+        }.get(mode, [])
         out = os.path.join(d, "bench.json")
         if restart_every:
             threading.Thread(target=restarter, args=(addrs, restart_every, stop_restarts), daemon=True).start()
         subprocess.run(["taskset", "-c", "1", BIN, "bench", "--quiet", *targets, "--model", MODEL,
-                        *workload(fleet, system_share), *load_args, *oracle, "--duration", f"{seconds}s",
+                        *workload(fleet, system_share), *load_args, *mode_args, "--duration", f"{seconds}s",
                         "--seed", "11", "--timeout", "120s", "--slo", "ttft=1s,tpot=50ms", "--out", out],
                        check=True, stdout=subprocess.DEVNULL)
         ts = json.load(open(out))["targets"]

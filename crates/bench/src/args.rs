@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::bail;
+use switchyard_sim::prompt_tokenizer::PromptTokenizer;
 
 use crate::dist::Distribution;
 use crate::spec::{Arrival, Endpoint, Load, LoadSpec, Target, TargetOrder};
@@ -118,6 +119,14 @@ pub struct BenchArgs {
     /// and send the answer as `x-switchyard-oracle-cached`: routing on the true cache state.
     #[arg(long, value_name = "URL")]
     pub prefix_oracle: Option<http::Uri>,
+    /// Completions only: send each prompt as token ids (`"prompt": [ids]`), tokenized with the
+    /// simulator's tokenizer or `--tokenizer`'s. For routers that score only requests that carry
+    /// tokens, such as vllm-router's `kv_aware`.
+    #[arg(long)]
+    pub prompt_token_ids: bool,
+    /// With --prompt-token-ids: a model's Hugging Face `tokenizer.json`.
+    #[arg(long, value_name = "FILE", requires = "prompt_token_ids")]
+    pub tokenizer: Option<PathBuf>,
     /// Run once per level: rate=1,2,4,8 or concurrency=1,8,32.
     #[arg(long)]
     pub sweep: Option<String>,
@@ -242,6 +251,15 @@ impl BenchArgs {
         spec.max_in_flight = self.max_in_flight;
         spec.headers = headers;
         spec.prefix_oracle = self.prefix_oracle.clone();
+        if self.prompt_token_ids {
+            if self.endpoint != Endpoint::Completions {
+                bail!("--prompt-token-ids needs --endpoint completions (chat sends messages)");
+            }
+            spec.prompt_ids = Some(match &self.tokenizer {
+                Some(path) => PromptTokenizer::load(path).map_err(anyhow::Error::msg)?,
+                None => PromptTokenizer::Sim,
+            });
+        }
         spec.validate()?;
         Ok(CliPlan {
             spec,
@@ -328,10 +346,26 @@ mod tests {
                 "--target http://127.0.0.1:1 --rate 1 --requests 1 --header nocolon",
                 "NAME:VALUE",
             ),
+            (
+                "--target http://127.0.0.1:1 --rate 1 --requests 1 --prompt-token-ids",
+                "--endpoint completions",
+            ),
+            (
+                "--target http://127.0.0.1:1 --rate 1 --requests 1 --endpoint completions \
+                 --prompt-token-ids --tokenizer /nonexistent/tokenizer.json",
+                "/nonexistent/tokenizer.json",
+            ),
         ] {
             let err = plan(line).unwrap_err().to_string();
             assert!(err.contains(want), "{line}: {err}");
         }
         assert!(plan("--target http://127.0.0.1:1 --rate 1 --concurrency 2 --requests 1").is_err());
+        // A tokenizer without --prompt-token-ids is refused by clap.
+        assert!(
+            plan("--target http://127.0.0.1:1 --rate 1 --requests 1 --tokenizer t.json").is_err()
+        );
+        let p = plan("--target http://127.0.0.1:1 --rate 1 --requests 1 --endpoint completions --prompt-token-ids")
+            .unwrap();
+        assert!(p.spec.prompt_ids.is_some_and(|t| t.is_sim()));
     }
 }

@@ -18,6 +18,8 @@ use serde::Serialize;
 
 use crate::secure::{Failed, ReplyBody};
 use crate::sse::{self, Chunk, SseScanner};
+use switchyard_sim::prompt_tokenizer::PromptTokenizer;
+
 use crate::workload::{Input, Message, RequestPlan, Role};
 use crate::Endpoint;
 
@@ -164,11 +166,19 @@ struct ChatBody<'a> {
     ignore_eos: bool,
 }
 
+/// A completions prompt: text, or the token ids it tokenizes to.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Prompt<'a> {
+    Text(&'a str),
+    Ids(Vec<u32>),
+}
+
 #[derive(Serialize)]
 struct CompletionBody<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     model: Option<&'a str>,
-    prompt: &'a str,
+    prompt: Prompt<'a>,
     max_tokens: u32,
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -177,12 +187,14 @@ struct CompletionBody<'a> {
 }
 
 /// The JSON body for `plan` on `endpoint` (`ignore_eos`; streamed with usage included unless
-/// `stream` is false, as servers refuse `stream_options` without `stream`).
+/// `stream` is false, as servers refuse `stream_options` without `stream`). With `ids`, a
+/// completions prompt goes as the token ids that tokenizer makes of it (as text if it refuses).
 pub fn request_body(
     endpoint: Endpoint,
     plan: &RequestPlan,
     model: Option<&str>,
     stream: bool,
+    ids: Option<&PromptTokenizer>,
 ) -> Bytes {
     let model = plan.model.as_deref().or(model);
     let so = || {
@@ -222,6 +234,10 @@ pub fn request_body(
                     joined = join_messages(m);
                     joined.as_str()
                 }
+            };
+            let prompt = match ids.and_then(|t| t.encode(prompt)) {
+                Some(ids) => Prompt::Ids(ids),
+                None => Prompt::Text(prompt),
             };
             serde_json::to_vec(&CompletionBody {
                 model,
@@ -488,6 +504,7 @@ mod tests {
             &plan(Input::Text("hello".into())),
             Some("m"),
             true,
+            None,
         );
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(
@@ -507,16 +524,29 @@ mod tests {
         ]);
         let mut p = plan(chat);
         p.model = Some("override".into());
-        let v: serde_json::Value =
-            serde_json::from_slice(&request_body(Endpoint::Completions, &p, Some("m"), true))
-                .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&request_body(
+            Endpoint::Completions,
+            &p,
+            Some("m"),
+            true,
+            None,
+        ))
+        .unwrap();
         assert_eq!(v["prompt"], "sys\n\nq");
         assert_eq!(v["model"], "override");
+        // As token ids: the simulator's tokenizer's, in a JSON array.
+        let sim = PromptTokenizer::Sim;
+        let b = request_body(Endpoint::Completions, &p, None, true, Some(&sim));
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        let want = switchyard_sim::tokenizer::tokenize("sys\n\nq");
+        assert!(!want.is_empty());
+        assert_eq!(v["prompt"], serde_json::json!(want));
         let v: serde_json::Value = serde_json::from_slice(&request_body(
             Endpoint::Chat,
             &plan(Input::Text("x".into())),
             None,
             true,
+            None,
         ))
         .unwrap();
         assert!(v.get("model").is_none());
@@ -525,6 +555,7 @@ mod tests {
             &plan(Input::Text("x".into())),
             None,
             false,
+            None,
         ))
         .unwrap();
         assert_eq!(v["stream"], false);

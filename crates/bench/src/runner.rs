@@ -220,6 +220,7 @@ async fn send(run: Arc<Run>, plan: RequestPlan) {
         &plan,
         run.spec.model.as_deref(),
         run.spec.stream,
+        run.spec.prompt_ids.as_ref(),
     );
     let truth = match &run.oracle {
         Some((c, uri)) => oracle_cached(c, uri, body.clone()).await,

@@ -168,6 +168,9 @@ pub struct LoadSpec {
     /// for benchmarks; the TTFT clock starts after the lookup).
     #[serde(skip)]
     pub prefix_oracle: Option<http::Uri>,
+    /// Completions prompts go as token ids, from this tokenizer.
+    #[serde(skip)]
+    pub prompt_ids: Option<switchyard_sim::prompt_tokenizer::PromptTokenizer>,
 }
 
 impl LoadSpec {
@@ -196,6 +199,7 @@ impl LoadSpec {
             max_in_flight: 10_000,
             headers: Vec::new(),
             prefix_oracle: None,
+            prompt_ids: None,
         }
     }
 
