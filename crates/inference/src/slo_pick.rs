@@ -185,9 +185,9 @@ pub fn choose(
         });
     }
     // A share `explore` of these goes out as explored, not infeasible: a sheddable one is sent
-    // rather than refused. Else a model that came to predict every endpoint late (a margin
-    // blown up by a burst) would refuse all sheddable traffic and, learning only from what it
-    // sends, never see that it was wrong.
+    // rather than refused. Else a model that came to predict every endpoint late (after a
+    // burst, say) would refuse all sheddable traffic and, learning only from what it sends,
+    // never see that it was wrong.
     let (mut index, _, mut predicted) = least_bad?;
     let outcome = match (explore_roll < share, load_ratio(predicted, slo) > 1.0) {
         (true, _) => SloOutcome::Explored,
@@ -195,8 +195,9 @@ pub fn choose(
         (false, false) => SloOutcome::Infeasible,
     };
     // Late everywhere: better late where on-time requests could not be served anyway. (Not
-    // an infeasible one: it may still make it where it is predicted to, and sent to a spare
-    // endpoint it missed for certain; on a simulated fleet doing so lowered attainment.)
+    // an infeasible one: it may still make it where it is predicted to, and on a spare
+    // endpoint it misses for certain; on a simulated fleet doing so raised the TTFT tail and
+    // not attainment.)
     if let (SloOutcome::Late, Some((i, _, p))) = (outcome, spare) {
         (index, predicted) = (i, p);
     }
