@@ -30,7 +30,7 @@
 //! keeps seeing endpoints it would not choose.
 //!
 //! The decision allocates nothing: one pass over the candidates, a second only to find the
-//! k-th feasible one when exploring.
+//! k-th feasible one when exploring or a spare endpoint for a late request.
 
 pub use crate::predictor::Selection;
 use crate::predictor::{Features, LatencyPredictor, Model, Prediction, Slo};
@@ -132,21 +132,11 @@ pub fn choose(
     let mut feasible = 0u32;
     let mut best: Option<(usize, f64, Prediction)> = None;
     let mut least_bad: Option<(usize, f64, Prediction)> = None;
-    // The least violating of the endpoints that could not meet the TTFT objective even idle
-    // and have room: where a request late everywhere costs no request that is on time.
-    let mut spare: Option<(usize, f64, Prediction)> = None;
     for &i in candidates {
-        let x = features(i);
-        let p = model.predict(i, &x);
+        let p = model.predict(i, &features(i));
         let r = load_ratio(model.margined(p), slo);
         if least_bad.is_none_or(|(_, b, _)| r < b) {
             least_bad = Some((i, r, p));
-        }
-        let useless = slo
-            .ttft_ms
-            .is_some_and(|t| model.idle_ttft_ms(i, &x) * model.margins().0 > t);
-        if useless && !x.queueing() && spare.is_none_or(|(_, b, _)| r < b) {
-            spare = Some((i, r, p));
         }
         if r <= 1.0 {
             feasible += 1;
@@ -198,14 +188,41 @@ pub fn choose(
     // an infeasible one: it may still make it where it is predicted to, and on a spare
     // endpoint it misses for certain; on a simulated fleet doing so raised the TTFT tail and
     // not attainment.)
-    if let (SloOutcome::Late, Some((i, _, p))) = (outcome, spare) {
-        (index, predicted) = (i, p);
+    if outcome == SloOutcome::Late {
+        if let Some((i, p)) = spare(model, slo, candidates, &features) {
+            (index, predicted) = (i, p);
+        }
     }
     Some(SloChoice {
         index,
         outcome,
         predicted,
     })
+}
+
+/// The least violating of the candidates that could not meet the TTFT objective even idle and
+/// have room: where a request late everywhere costs no request that is on time. A second pass,
+/// taken only for late requests, so that a pick some endpoint can serve pays nothing for it.
+fn spare(
+    model: &Model,
+    slo: Slo,
+    candidates: &[usize],
+    features: impl Fn(usize) -> Features,
+) -> Option<(usize, Prediction)> {
+    let ttft = slo.ttft_ms?;
+    let mut spare: Option<(usize, f64, Prediction)> = None;
+    for &i in candidates {
+        let x = features(i);
+        if x.queueing() || model.idle_ttft_ms(i, &x) * model.margins().0 <= ttft {
+            continue;
+        }
+        let p = model.predict(i, &x);
+        let r = load_ratio(model.margined(p), slo);
+        if spare.is_none_or(|(_, b, _)| r < b) {
+            spare = Some((i, r, p));
+        }
+    }
+    spare.map(|(i, _, p)| (i, p))
 }
 
 #[cfg(test)]
