@@ -71,8 +71,8 @@ def pool_endpoints(addrs, kv, events):
 def start_gateway(d, n, addrs, kv, events, owners=True, keys=""):
     """Switchyard `inference` on core 0, with the KV-event index when `events`. Its listener
     trusts debug headers: the correctness part reads its explanations, the oracle mode sends
-    `x-switchyard-oracle-cached`. `owners=False` turns rendezvous owners off: their credit for
-    a prefix nobody holds reads as a prefix share in the explanation, not a believed hit. `keys`
+    `x-switchyard-oracle-cached`. `owners=False` turns rendezvous owners off (as in the correctness
+    runs before session 17, when an owner's credit read as a prefix share in the explanation). `keys`
     are more settings of the balancer map, as YAML (`stickiness: {enabled: true}`)."""
     port, admin = PORTS[n]
     eps = pool_endpoints(addrs, kv, events)

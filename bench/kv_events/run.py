@@ -18,7 +18,13 @@ Two parts:
     passes the answer as `x-switchyard-oracle-cached`): the picker scores those counts in place
     of the blocks its event index holds; pending picks and every load term stay the same, so
     `events` against `oracle` is the cost of the index's inaccuracy alone;
-  - `approximate-x2` / `events-x2`: two gateway replicas, arrivals spread over both;
+  - `approximate-x2` / `events-x2`: two gateway replicas, one workload's arrivals spread over
+    both (`switchyard bench --spread`: a conversation's next turn lands on either, as behind an
+    L4 balancer);
+  - `approximate-x2-same` / `events-x2-same`: two gateway replicas each sent the same
+    workload at half the rate (the bench's comparison mode, and these modes' meaning before
+    session 17): every new prefix reaches both gateways within one arrival gap, the worst case
+    for placing it alike;
   - `epp`: `switchyard epp` with the `events` pool, behind Envoy (ext_proc, the request body
     buffered, an ORIGINAL_DST cluster), both on core 0: the picker where llm-d puts its EPP;
   - `vllm-router`, `smg`, `sglang-router`: the PyPI routers with `--policy cache_aware`
@@ -37,8 +43,8 @@ Two parts:
   with the users' histories the distinct prefixes are about twice what the fleet's cache holds,
   so replicas evict (LRU) under every router, and an index that does not follow evictions
   misroutes.
-* `correctness`: one gateway with events (rendezvous owners off, `weights: {prefix_owner: 0}`:
-  their credit for a prefix nobody holds would read as a believed hit); 1% of event messages dropped on the PUB side (replayed
+* `correctness`: one gateway with events (rendezvous owners off, `weights: {prefix_owner: 0}`,
+  as in the runs before session 17, when an owner's credit read as a believed hit); 1% of event messages dropped on the PUB side (replayed
   or, failing that, the endpoint is stale and scored approximately) and a replica restarted
   every few seconds; each reply names the replica that served it (`x-sim-replica`) and the
   cached prompt tokens it found (`usage.prompt_tokens_details.cached_tokens`, the replica's true

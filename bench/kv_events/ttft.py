@@ -15,7 +15,8 @@ from fleet import (FLEETS, PORTS, ROUTERS, gateway_prefix_picks, replica_request
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from common import BIN, MODEL, stop  # noqa: E402
 
-SWITCHYARD_MODES = ("approximate", "events", "oracle", "approximate-x2", "events-x2")
+SWITCHYARD_MODES = ("approximate", "events", "oracle", "approximate-x2", "events-x2", "approximate-x2-same",
+                    "events-x2-same")
 
 
 def restarter(addrs, every, stop_event, seed=5):
@@ -45,8 +46,8 @@ def row(d, fleet, mode, load_args, seconds, system_share, routers_bin=None, rest
         elif mode == "epp":
             routers += start_epp_behind_envoy(d, addrs, kv)
         elif mode in SWITCHYARD_MODES:
-            for n in range(2 if mode.endswith("x2") else 1):
-                routers.append(start_gateway(d, n, addrs, kv, mode != "approximate" and mode != "approximate-x2",
+            for n in range(2 if "-x2" in mode else 1):
+                routers.append(start_gateway(d, n, addrs, kv, not mode.startswith("approximate"),
                                              keys=keys))
         else:
             sys.exit(f"unknown mode {mode}")
@@ -57,6 +58,9 @@ def row(d, fleet, mode, load_args, seconds, system_share, routers_bin=None, rest
             "oracle": ["--prefix-oracle", f"http://{addrs[0]}/sim/oracle/cached"],
             # It scores only prompts that come as token ids.
             "vllm-router-kv": ["--prompt-token-ids"],
+            # Two gateway replicas in front of one fleet: one workload, arrivals spread over them.
+            "approximate-x2": ["--spread"],
+            "events-x2": ["--spread"],
         }.get(mode, [])
         out = os.path.join(d, "bench.json")
         if restart_every:

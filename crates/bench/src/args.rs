@@ -55,6 +55,10 @@ pub struct BenchArgs {
     /// How each arrival picks its target.
     #[arg(long, value_enum, default_value_t = TargetOrder::RoundRobin)]
     pub target_order: TargetOrder,
+    /// The targets are replicas of one service (gateways in front of the same fleet): one
+    /// workload whose arrivals are spread over them, rather than the same workload to each.
+    #[arg(long)]
+    pub spread: bool,
     /// What to send: synthetic, shared-prefix or trace.
     #[arg(long, value_enum, default_value_t = WorkloadKind::Synthetic)]
     pub workload: WorkloadKind,
@@ -236,6 +240,7 @@ impl BenchArgs {
         spec.duration = self.duration;
         spec.max_requests = self.requests;
         spec.target_order = self.target_order;
+        spec.spread = self.spread;
         spec.slo = self
             .slo
             .as_deref()

@@ -61,7 +61,8 @@ pub async fn run_load_with_progress(
     progress: Arc<Progress>,
 ) -> anyhow::Result<Report> {
     spec.validate()?;
-    let workload = Workload::new(&spec.workload, spec.targets.len(), spec.seed)?;
+    let states = if spec.spread { 1 } else { spec.targets.len() };
+    let workload = Workload::new(&spec.workload, states, spec.seed)?;
     let uris = spec
         .targets
         .iter()
@@ -175,14 +176,14 @@ async fn drive_open(
         let Some(target) = run.picker.lock().ok().map(|mut p| p.next()) else {
             break;
         };
-        let Some(plan) = run.workload.lock().ok().and_then(|mut w| w.next(target)) else {
+        let Some(plan) = run.next_plan(target) else {
             break;
         };
         if tasks.len() >= run.spec.max_in_flight {
             // The plan is consumed anyway so trace lines stay aligned with their timestamps and
             // every target keeps seeing the same prompt sequence.
             if let (Some(session), Ok(mut w)) = (plan.session, run.workload.lock()) {
-                w.complete(target, session, None);
+                w.complete(run.state_of(target), session, None);
             }
             if let Ok(mut c) = run.collector.lock() {
                 c.dropped(target);
@@ -195,6 +196,24 @@ async fn drive_open(
     false
 }
 
+impl Run {
+    /// Whose workload state serves `target`: its own, or with `spread` the one all share.
+    fn state_of(&self, target: usize) -> usize {
+        if self.spec.spread {
+            0
+        } else {
+            target
+        }
+    }
+
+    /// The next request for `target`.
+    fn next_plan(&self, target: usize) -> Option<RequestPlan> {
+        let mut plan = self.workload.lock().ok()?.next(self.state_of(target))?;
+        plan.target = target;
+        Some(plan)
+    }
+}
+
 /// A closed-loop virtual user.
 async fn worker(run: Arc<Run>, deadline: Instant) {
     let bound = run.spec.request_bound();
@@ -205,7 +224,7 @@ async fn worker(run: Arc<Run>, deadline: Instant) {
         let Some(target) = run.picker.lock().ok().map(|mut p| p.next()) else {
             break;
         };
-        let Some(plan) = run.workload.lock().ok().and_then(|mut w| w.next(target)) else {
+        let Some(plan) = run.next_plan(target) else {
             break;
         };
         send(run.clone(), plan).await;
@@ -250,7 +269,7 @@ async fn send(run: Arc<Run>, plan: RequestPlan) {
     counter.fetch_add(1, Ordering::Relaxed);
     if let Some(session) = plan.session {
         if let Ok(mut w) = run.workload.lock() {
-            w.complete(plan.target, session, m.reply.as_deref());
+            w.complete(run.state_of(plan.target), session, m.reply.as_deref());
         }
     }
     if let Ok(mut c) = run.collector.lock() {

@@ -139,6 +139,10 @@ pub struct LoadSpec {
     pub max_requests: Option<u64>,
     /// How arrivals pick targets.
     pub target_order: TargetOrder,
+    /// The targets are replicas of one service: one workload, its arrivals spread over them
+    /// (a conversation's next turn goes wherever its arrival lands), rather than the same
+    /// workload sent to each for comparison.
+    pub spread: bool,
     /// What each request asks for.
     pub workload: WorkloadSpec,
     /// Latency objectives for goodput.
@@ -188,6 +192,7 @@ impl LoadSpec {
             duration: None,
             max_requests: None,
             target_order: TargetOrder::RoundRobin,
+            spread: false,
             workload,
             slo: Slo::default(),
             timeout: Duration::from_secs(60),

@@ -298,6 +298,44 @@ async fn shared_prefix_sends_history_back() {
 }
 
 #[tokio::test]
+async fn spread_targets_share_one_conversation() {
+    let script = Script::Stream {
+        first: Duration::from_millis(2),
+        gap: Duration::from_millis(1),
+        tokens: 4,
+        usage: true,
+    };
+    let (a, b) = (start(script.clone()).await, start(script).await);
+    let mut s = spec(vec![Target::new("a", a.url()), Target::new("b", b.url())]);
+    s.workload = WorkloadSpec::SharedPrefix(SharedPrefixSpec {
+        groups: 1,
+        users_per_group: 1,
+        system_prompt_tokens: 20,
+        question_tokens: 5,
+        turns: 4,
+        output_tokens: switchyard_bench::Distribution::Fixed { value: 4 },
+    });
+    s.load = Load::Closed { concurrency: 1 };
+    s.max_requests = Some(4);
+    s.spread = true;
+    let r = run_load(s, CancellationToken::new()).await.unwrap();
+    // One user's turns alternate between the two replicas, each turn carrying the history the
+    // other one answered: one conversation, not one per target.
+    let lens = |t: &common::TestServer| -> Vec<usize> {
+        let bodies = t.bodies.lock().unwrap();
+        bodies
+            .iter()
+            .map(|b| b["messages"].as_array().unwrap().len())
+            .collect()
+    };
+    assert_eq!((lens(&a), lens(&b)), (vec![2, 6], vec![4, 8]));
+    assert_eq!(
+        r.targets.iter().map(|t| t.completed).collect::<Vec<_>>(),
+        vec![2, 2]
+    );
+}
+
+#[tokio::test]
 async fn cancelling_returns_a_partial_report() {
     let server = start(Script::Stream {
         first: Duration::from_millis(5),

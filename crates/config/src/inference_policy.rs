@@ -16,8 +16,11 @@ pub struct InferenceWeights {
     pub lora: f64,
     pub in_flight: f64,
     pub latency: f64,
-    /// The prefix share credited to a new prefix's rendezvous owner, so that gateway replicas
-    /// place it alike (`switchyard_inference::prefix_owner`); 0 turns owners off.
+    /// How far behind the best score (as a share of a full prefix hit's) a new prefix's
+    /// rendezvous owner may be and still take it, so that gateway replicas place it alike
+    /// (`switchyard_inference::prefix_owner`); 0 turns owners off. Small by default: a wide
+    /// band places new prefixes by hash rather than by load, and on a fleet short of KV cache
+    /// that imbalance lasts as long as the prefixes do.
     pub prefix_owner: f64,
 }
 
@@ -30,7 +33,7 @@ impl Default for InferenceWeights {
             lora: 1.0,
             in_flight: 1.0,
             latency: 0.0,
-            prefix_owner: 0.5,
+            prefix_owner: 0.15,
         }
     }
 }

@@ -96,8 +96,7 @@ pub struct RequestContext<'a> {
 }
 
 /// Where a pick went relative to the request's prefix *holder*: the available endpoint with
-/// the largest share of the prompt's blocks cached, as far as the picker knows (a rendezvous
-/// owner's credit is no share). Counted per pool, it shows what load balancing and the
+/// the largest share of the prompt's blocks cached, as far as the picker knows. Counted per pool, it shows what load balancing and the
 /// saturation filter cost in prefix-cache hits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PrefixOutcome {
@@ -401,31 +400,13 @@ impl InferencePicker {
             return Decision::default();
         }
 
-        let mut prefix_share = if cfg.weights.prefix > 0.0 {
+        let prefix_share = if cfg.weights.prefix > 0.0 {
             self.prefix_share(req, n, now)
         } else {
             Vec::new()
         };
-        // A prefix no candidate is known to hold goes to its owner on every replica alike.
-        let owner_share = cfg.weights.prefix_owner;
-        // The owner's credit is a placement hint, not a cache hit: the predictor ignores it.
-        let mut owner = None;
-        if owner_share > 0.0
-            && !prefix_share.is_empty()
-            && candidates.iter().all(|&i| prefix_share[i] == 0.0)
-        {
-            let address = |i: usize| endpoints.get(i).map(|e| e.address());
-            if let Some(o) = crate::prefix_owner::owner(req.block_hashes, &candidates, address) {
-                prefix_share[o] = owner_share.min(1.0);
-                owner = Some(o);
-            }
-        }
-        // Work per candidate: the prompt tokens cached there are not prefilled again. The
-        // owner's credit is no hit.
-        let hit_share = |i: usize| match owner {
-            Some(o) if o == i => 0.0,
-            _ => prefix_share.get(i).copied().unwrap_or(0.0),
-        };
+        // Work per candidate: the prompt tokens cached there are not prefilled again.
+        let hit_share = |i: usize| prefix_share.get(i).copied().unwrap_or(0.0);
         let est = f64::from(req.est_tokens);
         let cached_max = f64::from(req.prompt_tokens).min(est);
         let new_tokens: Vec<f64> = (0..n).map(|i| est - hit_share(i) * cached_max).collect();
@@ -454,18 +435,33 @@ impl InferencePicker {
             latency_range: range(&|i| latency.get(i).copied().flatten().map(|d| d.as_secs_f64())),
         };
 
-        let totals: Vec<f64> = candidates
-            .iter()
-            .map(|&i| {
-                self.scorers
-                    .iter()
-                    .map(|(s, w)| w * s.score(&cx, i))
-                    .sum::<f64>()
-                    / self.weight_sum
-            })
-            .collect();
+        let total = |cx: &ScoreContext<'_>, i: usize| {
+            self.scorers
+                .iter()
+                .map(|(s, w)| w * s.score(cx, i))
+                .sum::<f64>()
+                / self.weight_sum
+        };
+        let totals: Vec<f64> = candidates.iter().map(|&i| total(&cx, i)).collect();
         let best = totals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        // Reservoir-sample one of the near-best candidates.
+        // A prefix no candidate is known to hold goes to its rendezvous owner among the
+        // candidates scoring within the owner's band of the best: the same on every gateway
+        // replica while they score those alike, and never far from the best.
+        let owner_band =
+            cfg.weights.prefix_owner.clamp(0.0, 1.0) * cfg.weights.prefix / self.weight_sum;
+        let owner = (owner_band > 0.0
+            && !prefix_share.is_empty()
+            && candidates.iter().all(|&i| prefix_share[i] == 0.0))
+        .then(|| {
+            let behind = |i: usize| {
+                let k = candidates.iter().position(|&c| c == i);
+                k.map_or(f64::INFINITY, |k| best - totals[k])
+            };
+            let address = |i: usize| endpoints.get(i).map(|e| e.address());
+            crate::prefix_owner::owner(req.block_hashes, &candidates, address, behind, owner_band)
+        })
+        .flatten();
+        // Else reservoir-sample one of the near-best candidates.
         let mut chosen = candidates[0];
         let mut ties = 0u32;
         for (&i, &t) in candidates.iter().zip(&totals) {
@@ -475,6 +471,9 @@ impl InferencePicker {
                     chosen = i;
                 }
             }
+        }
+        if let Some(o) = owner {
+            chosen = o;
         }
 
         let features = |p: &LatencyPredictor, i: usize| {

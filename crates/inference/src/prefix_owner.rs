@@ -5,11 +5,20 @@
 //! index from KV events learns of a prefix only after its prefill has stored blocks. Until then
 //! a prefix seen by three replicas at once would be scattered over three servers by their load
 //! scores, each computing it again. The inference Extension runs a single active picker for this
-//! reason (GAIE #1406). Here, a prefix that no candidate is known to hold is given a virtual
-//! share on its owner (`weights.prefix_owner`, half a full hit by default): the candidate with
-//! the highest hash of (prefix, endpoint address), the same on every replica. Only candidates count (saturated endpoints are not), and the share is
-//! one scorer input among the load terms, so an owner much busier than the others still loses:
-//! the load stays bounded. Removing an endpoint moves only the prefixes it owned.
+//! reason (GAIE #1406). Here, a prefix that no candidate is known to hold goes to its owner: of
+//! the candidates whose score is within a band of the best (`weights.prefix_owner`, as a share
+//! of a full prefix hit's score), the one with the highest hash of (prefix, endpoint address).
+//! Replicas that score those candidates alike choose the same one without talking; removing an
+//! endpoint moves only the prefixes it owned; and the owner is never much busier than the best.
+//!
+//! A narrow band, not a credit: until session 17 the owner was the highest hash among all
+//! candidates, credited half a prefix hit among the load terms. With a hash, a prefix's owner
+//! is a ball thrown into a bin, and on a shared-prefix workload each system prompt stays where
+//! it was first placed: the bins' uneven counts became lasting load imbalance, which the load
+//! terms then answered by copying prompts onto second servers (more prefill, more KV blocks per
+//! running batch, full caches, preemptions). On `h100` at 80% load with KV events, TTFT p99 was
+//! 190–396 ms with the credit (hash or load-ordered owners) and 84–94 ms with the band
+//! (docs/benchmarks.md, session 17).
 
 use std::net::SocketAddr;
 
@@ -18,16 +27,24 @@ use std::net::SocketAddr;
 /// user's question after a long one does not.
 pub const OWNER_DEPTH_BLOCKS: usize = 32;
 
-/// The owner of the prefix `block_hashes` among `candidates`, whose addresses `address` gives.
+/// The owner of the prefix `block_hashes` among `candidates`, whose addresses `address` gives:
+/// of those whose `load` is within `band` of the least, the one with the highest hash.
 pub fn owner(
     block_hashes: &[u64],
     candidates: &[usize],
     address: impl Fn(usize) -> Option<SocketAddr>,
+    load: impl Fn(usize) -> f64,
+    band: f64,
 ) -> Option<usize> {
     let key = *block_hashes.get(block_hashes.len().min(OWNER_DEPTH_BLOCKS).checked_sub(1)?)?;
+    let least = candidates
+        .iter()
+        .map(|&i| load(i))
+        .fold(f64::INFINITY, f64::min);
     candidates
         .iter()
         .copied()
+        .filter(|&i| load(i) <= least + band)
         .max_by_key(|&i| address(i).map_or(0, |a| weight(key, a)))
 }
 
@@ -61,11 +78,11 @@ mod tests {
         for key in 0..200u64 {
             let hashes = [key, key + 1];
             assert_eq!(
-                owner(&hashes, &all, |i| a.get(i).copied()),
-                owner(&hashes, &reversed, |i| a.get(i).copied())
+                owner(&hashes, &all, |i| a.get(i).copied(), |_| 0.0, 1.0),
+                owner(&hashes, &reversed, |i| a.get(i).copied(), |_| 0.0, 1.0)
             );
         }
-        assert_eq!(owner(&[], &all, |i| a.get(i).copied()), None);
+        assert_eq!(owner(&[], &all, |i| a.get(i).copied(), |_| 0.0, 1.0), None);
     }
 
     #[test]
@@ -76,9 +93,9 @@ mod tests {
         let mut per = [0usize; 8];
         for key in 0..4000u64 {
             let hashes = [key.wrapping_mul(0x9e37_79b9_7f4a_7c15)];
-            let before = owner(&hashes, &all, |i| a.get(i).copied()).unwrap();
+            let before = owner(&hashes, &all, |i| a.get(i).copied(), |_| 0.0, 1.0).unwrap();
             per[before] += 1;
-            let after = owner(&hashes, &without_3, |i| a.get(i).copied()).unwrap();
+            let after = owner(&hashes, &without_3, |i| a.get(i).copied(), |_| 0.0, 1.0).unwrap();
             if before != 3 {
                 assert_eq!(before, after);
             }
@@ -91,8 +108,55 @@ mod tests {
         let a = addrs(8);
         let all: Vec<usize> = (0..8).collect();
         let mut long: Vec<u64> = (0..40).collect();
-        let first = owner(&long, &all, |i| a.get(i).copied());
+        let first = owner(&long, &all, |i| a.get(i).copied(), |_| 0.0, 1.0);
         long[35] = 999; // a different question after the shared 32 blocks
-        assert_eq!(owner(&long, &all, |i| a.get(i).copied()), first);
+        assert_eq!(
+            owner(&long, &all, |i| a.get(i).copied(), |_| 0.0, 1.0),
+            first
+        );
+    }
+
+    #[test]
+    fn the_least_loaded_owns_and_placement_stays_even() {
+        let a = addrs(8);
+        let all: Vec<usize> = (0..8).collect();
+        let address = |i: usize| a.get(i).copied();
+        // Each new prefix is placed, and adds a request where it went (as a burst of new system
+        // prompts does before any finishes).
+        let (mut hashed, mut placed) = ([0f64; 8], [0f64; 8]);
+        for key in 0..64u64 {
+            let hashes = [key.wrapping_mul(0x9e37_79b9_7f4a_7c15)];
+            hashed[owner(&hashes, &all, address, |_| 0.0, 1.0).unwrap()] += 1.0;
+            let o = owner(&hashes, &all, address, |i| placed[i], 0.5).unwrap();
+            placed[o] += 1.0;
+        }
+        assert_eq!(placed, [8.0; 8], "by load");
+        assert_ne!(hashed, [8.0; 8], "by hash alone");
+        // Loads within the band of the least leave the hash's choice in place.
+        let hashes = [7u64];
+        let first = owner(&hashes, &all, address, |_| 0.0, 1.0).unwrap();
+        let nudged = owner(
+            &hashes,
+            &all,
+            address,
+            |i| if i == first { 0.5 } else { 0.0 },
+            1.0,
+        );
+        assert_eq!(nudged, Some(first));
+        // One loaded past the band gives the prefix to the next by hash.
+        let busy = owner(
+            &hashes,
+            &all,
+            address,
+            |i| if i == first { 3.0 } else { 0.0 },
+            1.0,
+        )
+        .unwrap();
+        assert_ne!(busy, first);
+        let without_first: Vec<usize> = all.iter().copied().filter(|&i| i != first).collect();
+        assert_eq!(
+            owner(&hashes, &without_first, address, |_| 0.0, 1.0),
+            Some(busy)
+        );
     }
 }

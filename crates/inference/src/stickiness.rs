@@ -37,7 +37,7 @@ pub use switchyard_config::PrefixStickiness;
 pub struct Place {
     pub endpoint: usize,
     /// Share (0..1) of the request's prompt cached there as far as the picker knows (a real
-    /// hit, not a rendezvous owner's credit).
+    /// hit).
     pub hit_share: f64,
     /// Requests waiting there (scraped plus picked since).
     pub waiting: f64,
