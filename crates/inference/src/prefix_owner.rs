@@ -19,6 +19,13 @@
 //! running batch, full caches, preemptions). On `h100` at 80% load with KV events, TTFT p99 was
 //! 190–396 ms with the credit (hash or load-ordered owners) and 84–94 ms with the band
 //! (docs/benchmarks.md, session 17).
+//!
+//! The band trades one case against another. Replicas score candidates with their own picks
+//! and in-flight work, so when the *same* new prefix reaches two replicas within milliseconds
+//! (a burst of a new system prompt) a narrow band lets them choose different owners; a wider
+//! one (`prefix_owner: 0.5`) makes them agree more often but places new prefixes more by hash
+//! than by load. Scoring the band on the servers' readings alone (what all replicas share) was
+//! measured too: it lost the picks in flight that keep a single gateway's placement even.
 
 use std::net::SocketAddr;
 
