@@ -1,19 +1,19 @@
 #!/usr/bin/env python3
 """Several active gateway replicas, one routing view (issue #16): 3 replicas sharing the
-arrivals (the bench spreads them over the three, as round robin would) against 1 replica, on
-the shared-prefix workload over a simulated fleet of 8 with one replica at half speed, for the
+arrivals (one workload spread over the three, `switchyard bench --spread`, as an L4 balancer in
+front would) against 1 replica, on bench/kv_events' shared-prefix workload (system prompts
+filling half the fleet's KV cache) over a simulated fleet of 8 with one replica at half speed, for the
 approximate `inference` picker (each replica learns prefixes only from its own picks) and for
 precise prefix routing from KV-cache events (every replica subscribes to the same engines, so
 all hold the same index). Reported: the fleet's prefix-cache hit rate (the simulators' own
 counters) and TTFT p99 (the worst replica's), and 3 vs 1 for each.
 
-Reuses bench/kv_events/run.py's fleet and gateway starters.
+Reuses bench/kv_events/fleet.py's fleet and gateway starters.
 
   .venv/bin/python bench/fleet/replicas.py --fleets h100,a100-small --seconds 20
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,9 +21,12 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-spec = importlib.util.spec_from_file_location("kv_run", os.path.join(HERE, "..", "kv_events", "run.py"))
-kv = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(kv)
+sys.path.insert(0, os.path.join(HERE, ".."))
+# After bench/ on the path, so that `fleet` is bench/kv_events/fleet.py, not this directory.
+sys.path.insert(0, os.path.join(HERE, "..", "kv_events"))
+import fleet as kv  # noqa: E402
+from common import BIN, MODEL, stop  # noqa: E402
+
 kv.PORTS.append((18594, 18595))
 
 
@@ -37,16 +40,17 @@ def row(d, fleet_name, events, replicas, rate, seconds):
         for n in range(replicas):
             targets += ["--target", f"gw{n}=http://127.0.0.1:{kv.PORTS[n][0]}"]
         out = os.path.join(d, "bench.json")
-        subprocess.run(["taskset", "-c", "1", kv.BIN, "bench", "--quiet", *targets, "--model", kv.MODEL,
-                        *kv.WORKLOAD, "--rate", str(rate), "--duration", f"{seconds}s", "--seed", "11",
-                        "--timeout", "120s", "--out", out], check=True, stdout=subprocess.DEVNULL)
+        # `--spread`: the replicas share one workload, as behind an L4 balancer.
+        subprocess.run(["taskset", "-c", "1", BIN, "bench", "--quiet", *targets, "--spread", "--model", MODEL,
+                        *kv.workload(fleet_name, 0.5), "--rate", str(rate), "--duration", f"{seconds}s",
+                        "--seed", "11", "--timeout", "120s", "--out", out], check=True, stdout=subprocess.DEVNULL)
         ts = json.load(open(out))["targets"]
-        return (kv.prefix_hit_rate(addrs), max(t["ttft_ms"]["p99"] for t in ts),
+        return (kv.sim_counters(addrs)[0], max(t["ttft_ms"]["p99"] for t in ts),
                 sum(t["failed"] for t in ts))
     finally:
         for g in gws:
-            kv.stop(g)
-        kv.stop(fleet)
+            stop(g)
+        stop(fleet)
 
 
 def main():

@@ -18,10 +18,30 @@ pub struct InferenceWeights {
     pub latency: f64,
     /// How far behind the best score (as a share of a full prefix hit's) a new prefix's
     /// rendezvous owner may be and still take it, so that gateway replicas place it alike
-    /// (`switchyard_inference::prefix_owner`); 0 turns owners off. Small by default: a wide
-    /// band places new prefixes by hash rather than by load, and on a fleet short of KV cache
-    /// that imbalance lasts as long as the prefixes do.
-    pub prefix_owner: f64,
+    /// (`switchyard_inference::prefix_owner`); 0 turns owners off. Unset, it is
+    /// [`InferenceWeights::OWNER_BAND_EVENTS`] with a KV-event index and
+    /// [`InferenceWeights::OWNER_BAND_APPROXIMATE`] without one.
+    pub prefix_owner: Option<f64>,
+}
+
+impl InferenceWeights {
+    /// With KV events every gateway replica holds the same index, so "no candidate holds it"
+    /// means new to the fleet, and replicas disagree only when one new prefix reaches several
+    /// at once: a narrow band, placing new prefixes by load (docs/benchmarks.md, session 17).
+    pub const OWNER_BAND_EVENTS: f64 = 0.15;
+    /// Without them each replica's approximate index knows only its own picks, so "no
+    /// candidate holds it" is that replica's ignorance and every such pick must agree across
+    /// replicas: a wide band (a narrow one took three replicas' hit rate from 84% to 26%).
+    pub const OWNER_BAND_APPROXIMATE: f64 = 0.5;
+
+    /// The owner's band for a pool with (`events`) or without a KV-event index.
+    pub fn owner_band(&self, events: bool) -> f64 {
+        self.prefix_owner.unwrap_or(if events {
+            Self::OWNER_BAND_EVENTS
+        } else {
+            Self::OWNER_BAND_APPROXIMATE
+        })
+    }
 }
 
 impl Default for InferenceWeights {
@@ -33,7 +53,7 @@ impl Default for InferenceWeights {
             lora: 1.0,
             in_flight: 1.0,
             latency: 0.0,
-            prefix_owner: 0.15,
+            prefix_owner: None,
         }
     }
 }
@@ -163,6 +183,33 @@ mod tests {
             let v = serde_json::json!({"kind": "inference", "stickiness": bad});
             assert!(parse(v).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_unset_owner_band_is_narrow_with_kv_events_and_wide_without() {
+        let parse = |v| serde_json::from_value::<Balancer>(v).unwrap();
+        let Balancer::Inference { weights, .. } = parse(serde_json::json!({"kind": "inference"}))
+        else {
+            panic!("not inference")
+        };
+        assert_eq!(
+            weights.owner_band(true),
+            InferenceWeights::OWNER_BAND_EVENTS
+        );
+        assert_eq!(
+            weights.owner_band(false),
+            InferenceWeights::OWNER_BAND_APPROXIMATE
+        );
+        let Balancer::Inference { weights, .. } = parse(serde_json::json!({
+            "kind": "inference", "weights": {"prefix_owner": 0}
+        })) else {
+            panic!("not inference")
+        };
+        assert_eq!(
+            (weights.owner_band(true), weights.owner_band(false)),
+            (0.0, 0.0)
+        );
+        assert_eq!(weights.prefix, InferenceWeights::default().prefix);
     }
 
     #[test]

@@ -447,8 +447,9 @@ impl InferencePicker {
         // A prefix no candidate is known to hold goes to its rendezvous owner among the
         // candidates scoring within the owner's band of the best: the same on every gateway
         // replica while they score those alike, and never far from the best.
-        let owner_band =
-            cfg.weights.prefix_owner.clamp(0.0, 1.0) * cfg.weights.prefix / self.weight_sum;
+        let owner_band = cfg.weights.owner_band(self.kv.is_some()).clamp(0.0, 1.0)
+            * cfg.weights.prefix
+            / self.weight_sum;
         let owner = (owner_band > 0.0
             && !prefix_share.is_empty()
             && candidates.iter().all(|&i| prefix_share[i] == 0.0))
