@@ -96,8 +96,8 @@ pub struct RequestContext<'a> {
 }
 
 /// Where a pick went relative to the request's prefix *holder*: the available endpoint with
-/// the largest share of the prompt's blocks cached, as far as the picker knows. Counted per pool, it shows what load balancing and the
-/// saturation filter cost in prefix-cache hits.
+/// the largest share of the prompt's blocks cached, as far as the picker knows. Counted per
+/// pool, it shows what load balancing and the saturation filter cost in prefix-cache hits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PrefixOutcome {
     /// No available endpoint is known to hold any of the prefix.
@@ -435,14 +435,16 @@ impl InferencePicker {
             latency_range: range(&|i| latency.get(i).copied().flatten().map(|d| d.as_secs_f64())),
         };
 
-        let total = |cx: &ScoreContext<'_>, i: usize| {
-            self.scorers
-                .iter()
-                .map(|(s, w)| w * s.score(cx, i))
-                .sum::<f64>()
-                / self.weight_sum
-        };
-        let totals: Vec<f64> = candidates.iter().map(|&i| total(&cx, i)).collect();
+        let totals: Vec<f64> = candidates
+            .iter()
+            .map(|&i| {
+                self.scorers
+                    .iter()
+                    .map(|(s, w)| w * s.score(&cx, i))
+                    .sum::<f64>()
+                    / self.weight_sum
+            })
+            .collect();
         let best = totals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         // A prefix no candidate is known to hold goes to its rendezvous owner among the
         // candidates scoring within the owner's band of the best: the same on every gateway
