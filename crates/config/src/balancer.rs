@@ -343,7 +343,11 @@ fn read_setting<'de, A: MapAccess<'de>>(
             s.scrape_interval = Some(positive(key, map.next_value::<HumanDuration>()?.0)?);
         }
         "stale_after" => s.stale_after = Some(positive(key, map.next_value::<HumanDuration>()?.0)?),
-        "weights" => s.weights = Some(map.next_value()?),
+        "weights" => {
+            let w: InferenceWeights = map.next_value()?;
+            w.check().map_err(de::Error::custom)?;
+            s.weights = Some(w);
+        }
         "stickiness" => {
             let st: PrefixStickiness = map.next_value()?;
             st.check().map_err(de::Error::custom)?;

@@ -34,6 +34,16 @@ impl InferenceWeights {
     /// replicas: a wide band (a narrow one took three replicas' hit rate from 84% to 26%).
     pub const OWNER_BAND_APPROXIMATE: f64 = 0.5;
 
+    /// The band, when set, is a share of a hit: 0 (owners off) to 1.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        match self.prefix_owner {
+            Some(b) if !(0.0..=1.0).contains(&b) => Err(format!(
+                "`weights.prefix_owner` must be a number from 0 to 1, not {b}"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The owner's band for a pool with (`events`) or without a KV-event index.
     pub fn owner_band(&self, events: bool) -> f64 {
         self.prefix_owner.unwrap_or(if events {
@@ -210,6 +220,13 @@ mod tests {
             (0.0, 0.0)
         );
         assert_eq!(weights.prefix, InferenceWeights::default().prefix);
+        for bad in [-0.1, 1.5] {
+            let v = serde_json::json!({"kind": "inference", "weights": {"prefix_owner": bad}});
+            let e = serde_json::from_value::<Balancer>(v)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("weights.prefix_owner"), "{e}");
+        }
     }
 
     #[test]
