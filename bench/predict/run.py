@@ -43,6 +43,10 @@ output uniform 16..128 tokens in both, streamed.
 
 Usage: python3 bench/predict/run.py [--fleets h100,a100-small] [--loads 1.0] [--seconds 40]
        [--pickers envoy,inference,predicted] [--workload mixed|fixed]
+       [--define 'predicted-narrow={kind: inference, predictor: {}, weights: {prefix_owner: 0.15}}']
+       [--capacity a100-small=25.6 --slo-ms a100-small=180] [--repeat 3]
+`--define` adds a picker of your own; `--capacity` with `--slo-ms` skips a fleet's calibration,
+so variants compare at one offered rate across runs; `--repeat` interleaves several rows of each.
 """
 
 import argparse
@@ -168,6 +172,22 @@ def run(d, fleet, picker, load_args, seconds, slo_ms, extra=()):
         stop(fp)
 
 
+def fleet_numbers(text, flag):
+    """`h100=87.1,a100-small=25.6` as a dict of floats."""
+    out = {}
+    for part in (text or "").split(","):
+        if not part:
+            continue
+        fleet, sep, value = part.partition("=")
+        if not sep or fleet not in FLEETS:
+            sys.exit(f"{flag} {part!r}: expected FLEET=NUMBER with FLEET one of {', '.join(FLEETS)}")
+        try:
+            out[fleet] = float(value)
+        except ValueError:
+            sys.exit(f"{flag} {part!r}: {value!r} is not a number")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--fleets", default="h100,a100-small")
@@ -180,27 +200,55 @@ def main():
     ap.add_argument("--workload", choices=sorted(WORKLOADS), default="mixed")
     ap.add_argument("--engine-priority", action="store_true",
                     help="replicas schedule by the request's `priority` (vLLM --scheduling-policy priority)")
+    ap.add_argument("--define", action="append", default=[], metavar="NAME=BALANCER",
+                    help="a picker of your own: NAME, a gateway with `balancer: BALANCER` (YAML flow), "
+                         "e.g. 'narrow={kind: inference, predictor: {}, weights: {prefix_owner: 0.15}}'; "
+                         "a name starting with `predicted` gets the predictor's columns")
+    ap.add_argument("--capacity", default=None, metavar="FLEET=RPS,...",
+                    help="skip calibration for these fleets: their capacity in req/s (needs --slo-ms)")
+    ap.add_argument("--slo-ms", default=None, metavar="FLEET=MS,...",
+                    help="skip calibration for these fleets: their TTFT SLO in ms (needs --capacity)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every load's pickers this many times, interleaved (each row a fresh fleet)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     global WORKLOAD, ENGINE_PRIORITY
     ENGINE_PRIORITY = args.engine_priority
     WORKLOAD = WORKLOADS[args.workload]
+    for spec in args.define:
+        name, sep, balancer = spec.partition("=")
+        if not sep or not name or not balancer:
+            sys.exit(f"--define {spec!r}: expected NAME=BALANCER")
+        BALANCERS[name] = balancer
+    pickers = args.pickers.split(",")
+    for picker in pickers:
+        if picker != "envoy" and picker not in BALANCERS:
+            sys.exit(f"--pickers: unknown picker {picker!r} (known: envoy, {', '.join(BALANCERS)})")
+    given_capacity, given_slo = fleet_numbers(args.capacity, "--capacity"), fleet_numbers(args.slo_ms, "--slo-ms")
     d = tempfile.mkdtemp(prefix="sy-predict-")
     results = {"args": vars(args), "fleets": {}}
     for fleet in args.fleets.split(","):
         _, batch = FLEETS[fleet]
-        unloaded = run(d, fleet, "least_request", ["--rate", "1"], args.calib_seconds, None)
-        cap = run(d, fleet, "least_request", ["--concurrency", str(batch)], args.calib_seconds, None)
-        slo = args.slo_factor * unloaded["ttft_p50_ms"]
-        capacity = cap["throughput"]
-        print(f"{fleet}: unloaded TTFT p50 {unloaded['ttft_p50_ms']:.1f} ms -> SLO {slo:.0f} ms; "
-              f"capacity {capacity:.2f} req/s", file=sys.stderr, flush=True)
+        if (fleet in given_capacity) != (fleet in given_slo):
+            sys.exit(f"{fleet}: give both --capacity and --slo-ms, or neither")
+        if fleet in given_capacity:
+            capacity, slo = given_capacity[fleet], given_slo[fleet]
+            unloaded = {"ttft_p50_ms": slo / args.slo_factor}
+            print(f"{fleet}: given SLO {slo:.0f} ms, capacity {capacity:.2f} req/s", file=sys.stderr, flush=True)
+        else:
+            unloaded = run(d, fleet, "least_request", ["--rate", "1"], args.calib_seconds, None)
+            cap = run(d, fleet, "least_request", ["--concurrency", str(batch)], args.calib_seconds, None)
+            slo = args.slo_factor * unloaded["ttft_p50_ms"]
+            capacity = cap["throughput"]
+            print(f"{fleet}: unloaded TTFT p50 {unloaded['ttft_p50_ms']:.1f} ms -> SLO {slo:.0f} ms; "
+                  f"capacity {capacity:.2f} req/s", file=sys.stderr, flush=True)
         rows = []
         for load in [float(x) for x in args.loads.split(",")]:
-            for picker in args.pickers.split(","):
-                r = run(d, fleet, picker, ["--rate", f"{load * capacity:.2f}"], args.seconds, slo)
-                rows.append({"load": load, "picker": picker, **r})
-                print(f"{fleet} load {load} {picker}: {json.dumps(r)}", file=sys.stderr, flush=True)
+            for _ in range(args.repeat):
+                for picker in pickers:
+                    r = run(d, fleet, picker, ["--rate", f"{load * capacity:.2f}"], args.seconds, slo)
+                    rows.append({"load": load, "picker": picker, **r})
+                    print(f"{fleet} load {load} {picker}: {json.dumps(r)}", file=sys.stderr, flush=True)
         steady = []
         if args.steady_load > 0:
             for mode, extra in [("stream", ()), ("no-stream", ("--no-stream",))]:
