@@ -103,8 +103,59 @@ fn fit<'a>(
         }
         row[i] += 1e-6 * row[i] + 1e-12 * trace + 1e-15;
     }
-    solve(a, b).map(|t| (t, curvature))
+    solve_monotone(a, b).map(|t| (t, curvature))
 }
+
+/// Whether parameter `i` must not be negative: every weight but each block's constant. Each
+/// feature is a load or a size (queue, batch, KV use, tokens, predicted backlog), so a
+/// negative weight predicts a *lower* latency for more load. Unconstrained, correlated
+/// features (the scraped queue, the gateway's requests awaiting a first byte, its predicted
+/// backlog) fit with opposite signs that cancel in the load seen so far; where they part,
+/// as when the gateway piles requests onto one endpoint between two scrapes, the model can
+/// rank the busiest endpoint fastest, and an SLO pick then sends it more.
+fn non_negative(i: usize) -> bool {
+    i % FEATURES != 0
+}
+
+/// [`solve`] with the weights [`non_negative`] names kept at or above zero: the unconstrained
+/// solution when it already is; else projected coordinate descent on the same quadratic
+/// (`½ xᵀa x − bᵀx`), from that solution clamped. `a` is positive definite (the ridge
+/// makes it so), so each coordinate step is exact and the sweeps converge to the constrained
+/// minimum; a bounded number of sweeps makes a refit's cost bounded too.
+#[allow(clippy::needless_range_loop)]
+pub(crate) fn solve_monotone(
+    a: [[f64; PARAMS]; PARAMS],
+    b: [f64; PARAMS],
+) -> Option<[f64; PARAMS]> {
+    let mut x = solve(a, b)?;
+    if (0..PARAMS).all(|i| !non_negative(i) || x[i] >= 0.0) {
+        return Some(x);
+    }
+    for i in 0..PARAMS {
+        if non_negative(i) {
+            x[i] = x[i].max(0.0);
+        }
+    }
+    for _ in 0..MONOTONE_SWEEPS {
+        let mut moved = 0.0f64;
+        for i in 0..PARAMS {
+            let r: f64 = b[i] - (0..PARAMS).map(|j| a[i][j] * x[j]).sum::<f64>();
+            let mut v = x[i] + r / a[i][i];
+            if non_negative(i) {
+                v = v.max(0.0);
+            }
+            moved = moved.max((v - x[i]).abs() / x[i].abs().max(1e-3));
+            x[i] = v;
+        }
+        if moved < 1e-9 {
+            break;
+        }
+    }
+    x.iter().all(|v| v.is_finite()).then_some(x)
+}
+
+/// Coordinate sweeps a constrained fit may take (each ~PARAMS² multiply-adds).
+const MONOTONE_SWEEPS: usize = 200;
 
 /// Per-endpoint scales by least squares on relative error, normalised to a geometric mean of
 /// one over the endpoints that have enough samples.
@@ -226,4 +277,54 @@ fn quantile(values: &[f64], q: f64) -> Option<f64> {
     v.sort_by(f64::total_cmp);
     let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
     v.get(rank - 1).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The identity, with parameters `i` and `j` correlated by `c`.
+    fn correlated(i: usize, j: usize, c: f64) -> [[f64; PARAMS]; PARAMS] {
+        let mut a = [[0.0; PARAMS]; PARAMS];
+        for (k, row) in a.iter_mut().enumerate() {
+            row[k] = 1.0;
+        }
+        a[i][j] = c;
+        a[j][i] = c;
+        a
+    }
+
+    #[test]
+    fn a_load_weight_stays_at_or_above_zero_and_the_rest_refit() {
+        // Queue (3) and requests awaiting a first byte (9), correlated 0.9: unconstrained,
+        // x3 = 2.89 and x9 = -2.11. Constrained, x9 = 0 and x3 takes what it explains alone.
+        let a = correlated(3, 9, 0.9);
+        let mut b = [0.0; PARAMS];
+        b[3] = 1.0;
+        b[9] = 0.5;
+        // A constant may be negative.
+        b[0] = -1.0;
+        let free = solve(a, b).unwrap();
+        assert!(free[9] < -2.0 && free[3] > 2.8, "{free:?}");
+        let x = solve_monotone(a, b).unwrap();
+        assert!((x[3] - 1.0).abs() < 1e-6, "{x:?}");
+        assert_eq!(x[9], 0.0);
+        assert!((x[0] + 1.0).abs() < 1e-9);
+        // The same in the TPOT block.
+        let (i, j) = (FEATURES + 3, FEATURES + 9);
+        let mut b2 = [0.0; PARAMS];
+        b2[i] = 1.0;
+        b2[j] = 0.5;
+        let y = solve_monotone(correlated(i, j, 0.9), b2).unwrap();
+        assert!((y[i] - 1.0).abs() < 1e-6 && y[j] == 0.0, "{y:?}");
+    }
+
+    #[test]
+    fn a_solution_already_non_negative_is_the_unconstrained_one() {
+        let a = correlated(3, 9, 0.5);
+        let mut b = [0.0; PARAMS];
+        b[3] = 1.0;
+        b[9] = 1.0;
+        assert_eq!(solve_monotone(a, b), solve(a, b));
+    }
 }

@@ -336,3 +336,55 @@ fn a_full_batch_waits_for_the_earliest_predicted_end() {
     assert_eq!(p.slot_wait_ms(1, Some(1), t0), 0.0);
     assert_eq!(p.track_end(99, &x(0.0), 10, t0), 0);
 }
+
+#[test]
+fn more_load_never_predicts_faster() {
+    // Trained where the gateway's count of requests awaiting a first byte runs a little apart
+    // from the scraped queue, and where it ran ahead the response happened to come sooner (in
+    // a real fleet: a scrape that lagged the requests it had already counted). Unconstrained,
+    // the count's weight fits negative; asked about an endpoint the gateway has just piled 20
+    // requests onto, which the last scrape did not show yet, such a model predicts it faster
+    // than before, and an SLO pick would send it more.
+    let p = LatencyPredictor::new(PredictorConfig::default(), 2, PredictorMetrics::default());
+    let mut rng = fastrand::Rng::with_seed(7);
+    for _ in 0..2_000 {
+        let waiting = f64::from(rng.u32(0..12));
+        let s = snapshot(waiting, 8.0, 0.3, 0.0);
+        let ahead = rng.f64() * 2.0 - 1.0;
+        let prefilling = (waiting + ahead).max(0.0);
+        let x = Features::new(
+            1000.0,
+            0.0,
+            &s,
+            (prefilling, prefilling * 1000.0),
+            (0.0, 0.0),
+        );
+        let ttft = 50.0 + 20.0 * waiting - 3.0 * ahead;
+        observe_stream(&p, x, None, (ttft, 10.0));
+    }
+    let m = p.model().expect("warm");
+    for waiting in [0.0, 3.0, 7.0] {
+        let s = snapshot(waiting, 8.0, 0.3, 0.0);
+        let at = |prefilling: f64| {
+            let x = Features::new(
+                1000.0,
+                0.0,
+                &s,
+                (prefilling, prefilling * 1000.0),
+                (0.0, 0.0),
+            );
+            m.predict(0, &x).ttft_ms
+        };
+        let (seen, piled) = (at(waiting), at(waiting + 20.0));
+        assert!(
+            piled >= seen - 1e-6,
+            "queue {waiting}: {seen:.1} ms, {piled:.1} ms with 20 more sent"
+        );
+        // And the fit still knows the queue.
+        let want = 50.0 + 20.0 * waiting;
+        assert!(
+            (seen - want).abs() / want < 0.1,
+            "queue {waiting}: {seen:.1} ms, want {want}"
+        );
+    }
+}
