@@ -29,10 +29,14 @@ impl InferenceWeights {
     /// means new to the fleet, and replicas disagree only when one new prefix reaches several
     /// at once: a narrow band, placing new prefixes by load (docs/benchmarks.md, session 17).
     pub const OWNER_BAND_EVENTS: f64 = 0.15;
-    /// Without them each replica's approximate index knows only its own picks, so "no
-    /// candidate holds it" is that replica's ignorance and every such pick must agree across
-    /// replicas: a wide band (a narrow one took three replicas' hit rate from 84% to 26%).
-    pub const OWNER_BAND_APPROXIMATE: f64 = 0.5;
+    /// Without them, off: a single gateway's approximate index records its own picks, so an
+    /// owner only ever decides a prompt's first placement, and any band wider than the ties
+    /// places some by hash rather than load. Session 17's wide default (0.5, for several
+    /// replicas without events, whose indexes each know only their own picks) measured
+    /// 4–9× the TTFT p99 of owners off for one gateway on a shared-prefix workload, and 3–7
+    /// points less SLO attainment on prompts that share nothing (docs/benchmarks.md, session
+    /// 18). Several replicas without events set `prefix_owner: 0.5` (docs/fleet.md).
+    pub const OWNER_BAND_APPROXIMATE: f64 = 0.0;
 
     /// The band, when set, is a share of a hit: 0 (owners off) to 1.
     pub(crate) fn check(&self) -> Result<(), String> {
@@ -196,7 +200,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unset_owner_band_is_narrow_with_kv_events_and_wide_without() {
+    fn an_unset_owner_band_is_narrow_with_kv_events_and_off_without() {
         let parse = |v| serde_json::from_value::<Balancer>(v).unwrap();
         let Balancer::Inference { weights, .. } = parse(serde_json::json!({"kind": "inference"}))
         else {
@@ -206,19 +210,18 @@ mod tests {
             weights.owner_band(true),
             InferenceWeights::OWNER_BAND_EVENTS
         );
-        assert_eq!(
-            weights.owner_band(false),
-            InferenceWeights::OWNER_BAND_APPROXIMATE
-        );
-        let Balancer::Inference { weights, .. } = parse(serde_json::json!({
-            "kind": "inference", "weights": {"prefix_owner": 0}
-        })) else {
-            panic!("not inference")
-        };
-        assert_eq!(
-            (weights.owner_band(true), weights.owner_band(false)),
-            (0.0, 0.0)
-        );
+        assert_eq!(weights.owner_band(false), 0.0);
+        for band in [0.0, 0.5] {
+            let Balancer::Inference { weights, .. } = parse(serde_json::json!({
+                "kind": "inference", "weights": {"prefix_owner": band}
+            })) else {
+                panic!("not inference")
+            };
+            assert_eq!(
+                (weights.owner_band(true), weights.owner_band(false)),
+                (band, band)
+            );
+        }
         assert_eq!(weights.prefix, InferenceWeights::default().prefix);
         for bad in [-0.1, 1.5] {
             let v = serde_json::json!({"kind": "inference", "weights": {"prefix_owner": bad}});

@@ -25,9 +25,14 @@
 //! a narrow band lets them choose different owners; a wider one makes them agree more often
 //! but places new prefixes more by hash than by load. With KV events that happens only for a
 //! burst of a brand-new prompt, so the band is narrow (0.15). Without them every prefix a
-//! replica has not routed itself looks new to it, so the band is wide (0.5): narrow, three
-//! replicas' hit rate fell from 84% to 26% (`InferenceWeights::owner_band`). Scoring the band on the servers' readings alone (what all replicas share) was
-//! measured too: it lost the picks in flight that keep a single gateway's placement even.
+//! replica has not routed itself looks new to it, which only a wide band (0.5) answers, and a
+//! single gateway pays for that band: every prompt's first placement partly by hash, so on a
+//! shared-prefix workload TTFT p99 4–9× that of owners off, and on prompts that share nothing
+//! 3–7 points of SLO attainment (session 18). So without events owners are off unless set
+//! (`InferenceWeights::owner_band`); several replicas without events set 0.5, which keeps
+//! about half their hits where the narrow band kept a quarter (session 17). Scoring the band
+//! on the servers' readings alone (what all replicas share) was measured too: it lost the
+//! picks in flight that keep a single gateway's placement even.
 
 use std::net::SocketAddr;
 
