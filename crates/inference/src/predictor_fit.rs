@@ -114,7 +114,7 @@ fn fit<'a>(
 /// as when the gateway piles requests onto one endpoint between two scrapes, the model can
 /// rank the busiest endpoint fastest, and an SLO pick then sends it more.
 fn non_negative(i: usize) -> bool {
-    i % FEATURES != 0
+    !i.is_multiple_of(FEATURES)
 }
 
 /// [`solve`] with the weights [`non_negative`] names kept at or above zero: the unconstrained
