@@ -81,6 +81,8 @@ def row(d, fleet, mode, load_args, seconds, system_share, routers_bin=None, rest
         return {
             **extra,
             "completed": sum(t["completed"] for t in ts), "failed": sum(t["failed"] for t in ts),
+            # What the failures were (status, timeout, reset), so a failed request is explained.
+            "errors": merge_counts(t.get("errors") or {} for t in ts),
             "throughput": sum(t["request_throughput"] for t in ts),
             # Over two gateways: the worse of the two.
             "ttft_p50_ms": max(t["ttft_ms"]["p50"] for t in ts),
@@ -93,6 +95,14 @@ def row(d, fleet, mode, load_args, seconds, system_share, routers_bin=None, rest
         for r in routers:
             stop(r)
         stop(proc)
+
+
+def merge_counts(maps):
+    out = {}
+    for m in maps:
+        for k, v in m.items():
+            out[k] = out.get(k, 0) + v
+    return out
 
 
 def capacity(d, fleet, seconds, system_share):

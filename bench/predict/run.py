@@ -156,8 +156,8 @@ def run(d, fleet, picker, load_args, seconds, slo_ms, extra=()):
                         *extra, "--out", out], check=True, stdout=subprocess.DEVNULL)
         t = json.load(open(out))["targets"][0]
         row = {
-            "completed": t["completed"], "failed": t["failed"], "throughput": t["request_throughput"],
-            "ttft_p50_ms": t["ttft_ms"]["p50"], "ttft_p99_ms": t["ttft_ms"]["p99"],
+            "completed": t["completed"], "failed": t["failed"], "errors": t.get("errors") or {},
+            "throughput": t["request_throughput"], "ttft_p50_ms": t["ttft_ms"]["p50"], "ttft_p99_ms": t["ttft_ms"]["p99"],
             "attainment": (t.get("goodput") or {}).get("share"),
         }
         if picker.startswith("predicted"):
