@@ -346,35 +346,29 @@ fn more_load_never_predicts_faster() {
     // requests onto, which the last scrape did not show yet, such a model predicts it faster
     // than before, and an SLO pick would send it more.
     let p = LatencyPredictor::new(PredictorConfig::default(), 2, PredictorMetrics::default());
-    let mut rng = fastrand::Rng::with_seed(7);
-    for _ in 0..2_000 {
-        let waiting = f64::from(rng.u32(0..12));
+    // A 1,000-token request to an endpoint with `waiting` queued (scraped) and `prefilling`
+    // sent by this gateway and awaiting their first byte.
+    let features = |waiting: f64, prefilling: f64| {
         let s = snapshot(waiting, 8.0, 0.3, 0.0);
-        let ahead = rng.f64() * 2.0 - 1.0;
-        let prefilling = (waiting + ahead).max(0.0);
-        let x = Features::new(
+        Features::new(
             1000.0,
             0.0,
             &s,
             (prefilling, prefilling * 1000.0),
             (0.0, 0.0),
-        );
+        )
+    };
+    let mut rng = fastrand::Rng::with_seed(7);
+    for _ in 0..2_000 {
+        let waiting = f64::from(rng.u32(0..12));
+        let ahead = rng.f64() * 2.0 - 1.0;
+        let x = features(waiting, (waiting + ahead).max(0.0));
         let ttft = 50.0 + 20.0 * waiting - 3.0 * ahead;
         observe_stream(&p, x, None, (ttft, 10.0));
     }
     let m = p.model().expect("warm");
     for waiting in [0.0, 3.0, 7.0] {
-        let s = snapshot(waiting, 8.0, 0.3, 0.0);
-        let at = |prefilling: f64| {
-            let x = Features::new(
-                1000.0,
-                0.0,
-                &s,
-                (prefilling, prefilling * 1000.0),
-                (0.0, 0.0),
-            );
-            m.predict(0, &x).ttft_ms
-        };
+        let at = |prefilling: f64| m.predict(0, &features(waiting, prefilling)).ttft_ms;
         let (seen, piled) = (at(waiting), at(waiting + 20.0));
         assert!(
             piled >= seen - 1e-6,
