@@ -400,10 +400,10 @@ impl InferencePicker {
             return Decision::default();
         }
 
-        let prefix_share = if cfg.weights.prefix > 0.0 {
+        let (prefix_share, recalled) = if cfg.weights.prefix > 0.0 {
             self.prefix_share(req, n, now)
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         // Work per candidate: the prompt tokens cached there are not prefilled again.
         let hit_share = |i: usize| prefix_share.get(i).copied().unwrap_or(0.0);
@@ -448,7 +448,8 @@ impl InferencePicker {
         let best = totals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         // A prefix no candidate is known to hold goes to its rendezvous owner among the
         // candidates scoring within the owner's band of the best: the same on every gateway
-        // replica while they score those alike, and never far from the best.
+        // replica while they score those alike, and never far from the best. One this gateway
+        // sent it to before comes first (the KV events may say its blocks are gone).
         let owner_band = cfg.weights.owner_band(self.kv.is_some()).clamp(0.0, 1.0)
             * cfg.weights.prefix
             / self.weight_sum;
@@ -461,7 +462,15 @@ impl InferencePicker {
                 k.map_or(f64::INFINITY, |k| best - totals[k])
             };
             let address = |i: usize| endpoints.get(i).map(|e| e.address());
-            crate::prefix_owner::owner(req.block_hashes, &candidates, address, behind, owner_band)
+            let recalled = |i: usize| recalled.get(i).copied().unwrap_or(0);
+            crate::prefix_owner::owner_recalling(
+                req.block_hashes,
+                &candidates,
+                address,
+                behind,
+                owner_band,
+                recalled,
+            )
         })
         .flatten();
         // Else reservoir-sample one of the near-best candidates.
@@ -554,8 +563,14 @@ impl InferencePicker {
     }
 
     /// Each endpoint's share of the request's prefix: from the KV-event index where it is fresh
-    /// for that endpoint, else from the approximate index.
-    fn prefix_share(&self, req: &RequestContext<'_>, n: usize, now: Instant) -> Vec<f64> {
+    /// for that endpoint, else from the approximate index; and the approximate index's blocks
+    /// per endpoint (where this gateway sent the prefix), whatever the events say.
+    fn prefix_share(
+        &self,
+        req: &RequestContext<'_>,
+        n: usize,
+        now: Instant,
+    ) -> (Vec<f64>, Vec<usize>) {
         let mut matched = vec![0usize; n];
         if !req.block_hashes.is_empty() {
             self.prefix
@@ -566,14 +581,15 @@ impl InferencePicker {
             kv.matched_blocks_given(req.token_blocks, now, req.cached_truth, &mut precise);
         }
         let share = |m: usize, of: usize| if of == 0 { 0.0 } else { m as f64 / of as f64 };
-        matched
+        let shares = matched
             .iter()
             .zip(&precise)
             .map(|(&m, p)| match p {
                 Some(p) => share(*p, req.token_blocks.len()),
                 None => share(m, req.block_hashes.len()),
             })
-            .collect()
+            .collect();
+        (shares, matched)
     }
 }
 

@@ -100,6 +100,35 @@ fn prefers_the_endpoint_holding_the_prefix_when_loads_are_equal() {
 }
 
 #[test]
+fn a_prefix_whose_blocks_are_gone_goes_back_where_this_gateway_sent_it() {
+    // Four engines publishing KV events, none holding anything: the one this gateway sent the
+    // prompt to has restarted (a fresh connection clears its entries).
+    let (eps, picker, now) = setup(&[(2.0, 0.3); 4]);
+    let kv = Arc::new(KvIndex::new(4, 16, Duration::from_secs(1)));
+    for e in 0..4 {
+        kv.on_connect(e);
+    }
+    let picker = picker.with_kv_index(kv);
+    let hashes = prompt_block_hashes(&prompt("system prompt"), 16);
+    let tokens: Vec<u64> = (0..hashes.len() as u64).collect();
+    let req = RequestContext {
+        block_hashes: &hashes,
+        token_blocks: &tokens,
+        est_tokens: 1000,
+        ..Default::default()
+    };
+    // Unheld everywhere and never sent: its owner by hash, every time.
+    let by_hash = picker.pick_at(&eps, &req, now).index.unwrap();
+    let sent = (by_hash + 1) % 4;
+    picker.prefix_index().record(sent, &hashes);
+    for _ in 0..50 {
+        let d = picker.pick_at(&eps, &req, now);
+        assert_eq!(d.index, Some(sent));
+        assert_eq!(d.prefix, PrefixOutcome::Unheld, "no hit is credited");
+    }
+}
+
+#[test]
 fn sticky_until_saturated() {
     let (eps, picker, now) = setup(&[(0.0, 0.2), (0.0, 0.2)]);
     let hashes = prompt_block_hashes(&prompt("shared"), 16);
