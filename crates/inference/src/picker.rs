@@ -449,7 +449,8 @@ impl InferencePicker {
         // A prefix no candidate is known to hold goes to its rendezvous owner among the
         // candidates scoring within the owner's band of the best: the same on every gateway
         // replica while they score those alike, and never far from the best. One this gateway
-        // sent it to before comes first (the KV events may say its blocks are gone).
+        // sent it to before comes first, as far behind as its hit would have been scored (the
+        // KV events say its blocks are gone: an engine restarted or evicted them).
         let owner_band = cfg.weights.owner_band(self.kv.is_some()).clamp(0.0, 1.0)
             * cfg.weights.prefix
             / self.weight_sum;
@@ -462,7 +463,14 @@ impl InferencePicker {
                 k.map_or(f64::INFINITY, |k| best - totals[k])
             };
             let address = |i: usize| endpoints.get(i).map(|e| e.address());
-            let recalled = |i: usize| recalled.get(i).copied().unwrap_or(0);
+            // The score the approximate index would give the hit this gateway's record shows.
+            let hit_score = cfg.weights.prefix / self.weight_sum;
+            let blocks = req.block_hashes.len().max(1) as f64;
+            let recalled = |i: usize| {
+                recalled
+                    .get(i)
+                    .map_or(0.0, |&m| m as f64 / blocks * hit_score)
+            };
             crate::prefix_owner::owner_recalling(
                 req.block_hashes,
                 &candidates,

@@ -50,37 +50,43 @@ pub fn owner(
     load: impl Fn(usize) -> f64,
     band: f64,
 ) -> Option<usize> {
-    owner_recalling(block_hashes, candidates, address, load, band, |_| 0)
+    owner_recalling(block_hashes, candidates, address, load, band, |_| 0.0)
 }
 
-/// [`owner`], except that within the band a candidate this gateway sent the prefix to before
-/// comes first, the one with most of it (`recalled`: its blocks in the gateway's own record).
+/// [`owner`], except that a candidate this gateway sent the prefix to before comes first, and
+/// may be as far behind the best as the hit its own record credits it with (`recalled`: that
+/// hit's score, 0 where it sent none), as the approximate index would have scored it.
 ///
 /// For a prefix the KV events say nobody holds any more, because its engine restarted or
-/// evicted it: the engine that lost it is where its group was placed by load, and, emptied
-/// by a restart, the least busy. Placed as new, by hash, the group lands on a replica already
-/// holding its own, and a restart scatters some eight groups over the rest of the fleet: on
-/// `h100` at 80% load with a replica crashing every 5 s, TTFT p99 with events was 2–3× the
-/// approximate index's, which does not know the blocks are gone and keeps each group where
-/// it was (docs/benchmarks.md, session 19).
+/// evicted it: the engine that lost it is where its group was placed, and, emptied by a
+/// restart, about to be the least busy. Placed as new, by hash within the narrow band, the
+/// group lands on a replica already holding its own, and a restart scatters some eight groups
+/// over the rest of the fleet: on `h100` at 80% load with a replica crashing every 5 s, TTFT
+/// p99 with events was 2–3× the approximate index's, which does not know the blocks are gone
+/// and keeps each group where it was (docs/benchmarks.md, session 19).
 pub fn owner_recalling(
     block_hashes: &[u64],
     candidates: &[usize],
     address: impl Fn(usize) -> Option<SocketAddr>,
     load: impl Fn(usize) -> f64,
     band: f64,
-    recalled: impl Fn(usize) -> usize,
+    recalled: impl Fn(usize) -> f64,
 ) -> Option<usize> {
     let key = *block_hashes.get(block_hashes.len().min(OWNER_DEPTH_BLOCKS).checked_sub(1)?)?;
     let least = candidates
         .iter()
         .map(|&i| load(i))
         .fold(f64::INFINITY, f64::min);
+    let hash = |i: usize| address(i).map_or(0, |a| weight(key, a));
     candidates
         .iter()
         .copied()
-        .filter(|&i| load(i) <= least + band)
-        .max_by_key(|&i| (recalled(i), address(i).map_or(0, |a| weight(key, a))))
+        .filter(|&i| load(i) <= least + band.max(recalled(i)))
+        .max_by(|&a, &b| {
+            recalled(a)
+                .total_cmp(&recalled(b))
+                .then_with(|| hash(a).cmp(&hash(b)))
+        })
 }
 
 /// Hash of (prefix key, address) from a stack buffer: this runs per candidate on a pick.
@@ -196,35 +202,36 @@ mod tests {
     }
 
     #[test]
-    fn a_recalled_candidate_within_the_band_comes_before_the_hash() {
+    fn a_recalled_candidate_comes_first_as_far_behind_as_its_recalled_hit() {
         let a = addrs(8);
         let all: Vec<usize> = (0..8).collect();
         let address = |i: usize| a.get(i).copied();
         let hashes = [7u64];
-        let by_hash = owner(&hashes, &all, address, |_| 0.0, 0.5).unwrap();
+        let by_hash = owner(&hashes, &all, address, |_| 0.0, 0.1).unwrap();
         let sent = (by_hash + 1) % 8;
-        let recalled = |i: usize| if i == sent { 3 } else { 0 };
-        let load = |i: usize| if i == sent { 0.4 } else { 0.0 };
+        let recalled = |i: usize| if i == sent { 0.3 } else { 0.0 };
+        // Behind by more than the band, less than its recalled hit.
+        let load = |i: usize| if i == sent { 0.25 } else { 0.0 };
         assert_eq!(
-            owner_recalling(&hashes, &all, address, load, 0.5, recalled),
+            owner_recalling(&hashes, &all, address, load, 0.1, recalled),
             Some(sent)
         );
         // Of two, the one with more of the prefix.
         let more = (by_hash + 2) % 8;
         let both = |i: usize| {
-            [(sent, 3), (more, 5)]
+            [(sent, 0.3), (more, 0.5)]
                 .iter()
                 .find(|e| e.0 == i)
-                .map_or(0, |e| e.1)
+                .map_or(0.0, |e| e.1)
         };
         assert_eq!(
-            owner_recalling(&hashes, &all, address, |_| 0.0, 0.5, both),
+            owner_recalling(&hashes, &all, address, |_| 0.0, 0.1, both),
             Some(more)
         );
-        // Busier than the band allows, it is passed over as any other would be.
-        let busy = |i: usize| if i == sent { 0.6 } else { 0.0 };
+        // Further behind than that, it is passed over.
+        let busy = |i: usize| if i == sent { 0.4 } else { 0.0 };
         assert_eq!(
-            owner_recalling(&hashes, &all, address, busy, 0.5, recalled),
+            owner_recalling(&hashes, &all, address, busy, 0.1, recalled),
             Some(by_hash)
         );
     }
