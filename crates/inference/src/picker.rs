@@ -33,6 +33,11 @@ use crate::signals::{EndpointSignals, SignalSnapshot};
 #[path = "picker_feedback.rs"]
 mod feedback;
 
+/// What the two prefix indexes say of a request's prefix, and where a new one goes.
+#[path = "picker_prefix.rs"]
+mod prefix;
+use prefix::PrefixKnown;
+
 /// Picker settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PickerConfig {
@@ -400,13 +405,13 @@ impl InferencePicker {
             return Decision::default();
         }
 
-        let (prefix_share, recalled) = if cfg.weights.prefix > 0.0 {
-            self.prefix_share(req, n, now)
+        let prefix = if cfg.weights.prefix > 0.0 {
+            self.prefix_known(req, n, now)
         } else {
-            (Vec::new(), Vec::new())
+            PrefixKnown::default()
         };
         // Work per candidate: the prompt tokens cached there are not prefilled again.
-        let hit_share = |i: usize| prefix_share.get(i).copied().unwrap_or(0.0);
+        let hit_share = |i: usize| prefix.share.get(i).copied().unwrap_or(0.0);
         let est = f64::from(req.est_tokens);
         let cached_max = f64::from(req.prompt_tokens).min(est);
         let new_tokens: Vec<f64> = (0..n).map(|i| est - hit_share(i) * cached_max).collect();
@@ -425,7 +430,7 @@ impl InferencePicker {
         };
         let cx = ScoreContext {
             snapshots: &snapshots,
-            prefix_share: &prefix_share,
+            prefix_share: &prefix.share,
             adapter: req.adapter,
             signals: &self.signals,
             new_tokens: &new_tokens,
@@ -446,41 +451,7 @@ impl InferencePicker {
             })
             .collect();
         let best = totals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        // A prefix no candidate is known to hold goes to its rendezvous owner among the
-        // candidates scoring within the owner's band of the best: the same on every gateway
-        // replica while they score those alike, and never far from the best. One this gateway
-        // sent it to before comes first, as far behind as its hit would have been scored (the
-        // KV events say its blocks are gone: an engine restarted or evicted them).
-        let owner_band = cfg.weights.owner_band(self.kv.is_some()).clamp(0.0, 1.0)
-            * cfg.weights.prefix
-            / self.weight_sum;
-        let owner = (owner_band > 0.0
-            && !prefix_share.is_empty()
-            && candidates.iter().all(|&i| prefix_share[i] == 0.0))
-        .then(|| {
-            let behind = |i: usize| {
-                let k = candidates.iter().position(|&c| c == i);
-                k.map_or(f64::INFINITY, |k| best - totals[k])
-            };
-            let address = |i: usize| endpoints.get(i).map(|e| e.address());
-            // The score the approximate index would give the hit this gateway's record shows.
-            let hit_score = cfg.weights.prefix / self.weight_sum;
-            let blocks = req.block_hashes.len().max(1) as f64;
-            let recalled = |i: usize| {
-                recalled
-                    .get(i)
-                    .map_or(0.0, |&m| m as f64 / blocks * hit_score)
-            };
-            crate::prefix_owner::owner_recalling(
-                req.block_hashes,
-                &candidates,
-                address,
-                behind,
-                owner_band,
-                recalled,
-            )
-        })
-        .flatten();
+        let owner = self.new_prefix_owner(endpoints, req, &prefix, &candidates, &totals, best);
         // Else reservoir-sample one of the near-best candidates.
         let mut chosen = candidates[0];
         let mut ties = 0u32;
@@ -568,36 +539,6 @@ impl InferencePicker {
             // An SLO decision may have moved the request again.
             sticky: sticky.filter(|k| k.kept == chosen),
         }
-    }
-
-    /// Each endpoint's share of the request's prefix: from the KV-event index where it is fresh
-    /// for that endpoint, else from the approximate index; and the approximate index's blocks
-    /// per endpoint (where this gateway sent the prefix), whatever the events say.
-    fn prefix_share(
-        &self,
-        req: &RequestContext<'_>,
-        n: usize,
-        now: Instant,
-    ) -> (Vec<f64>, Vec<usize>) {
-        let mut matched = vec![0usize; n];
-        if !req.block_hashes.is_empty() {
-            self.prefix
-                .matched_blocks_all(req.block_hashes, &mut matched);
-        }
-        let mut precise = vec![None; n];
-        if let (Some(kv), false) = (&self.kv, req.token_blocks.is_empty()) {
-            kv.matched_blocks_given(req.token_blocks, now, req.cached_truth, &mut precise);
-        }
-        let share = |m: usize, of: usize| if of == 0 { 0.0 } else { m as f64 / of as f64 };
-        let shares = matched
-            .iter()
-            .zip(&precise)
-            .map(|(&m, p)| match p {
-                Some(p) => share(*p, req.token_blocks.len()),
-                None => share(m, req.block_hashes.len()),
-            })
-            .collect();
-        (shares, matched)
     }
 }
 
